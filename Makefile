@@ -1,0 +1,49 @@
+# The two commands a new user needs: `make demo` and `make test`.
+# Both install what they need (a virtual environment, the Python packages,
+# mosquitto from Debian's packages) on a fresh Debian machine.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba
+
+.PHONY: demo test check lint typecheck unit kernels-nojit bench install system-deps clean
+
+demo: install system-deps
+	$(BIN)/vigil demo
+
+test: install system-deps check
+	$(BIN)/pytest
+	NUMBA_DISABLE_JIT=1 $(BIN)/pytest -q tests/unit -k "kernel"
+
+check: lint typecheck
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+bench: install system-deps
+	$(BIN)/pytest bench --benchmark-only --benchmark-columns=median,ops,rounds
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# mosquitto is a real broker from Debian's packages: the demo and the
+# integration tests start their own instance on a free loopback port.
+system-deps:
+	@command -v mosquitto >/dev/null 2>&1 || command -v /usr/sbin/mosquitto >/dev/null 2>&1 || \
+	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto mosquitto-clients; }
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Vigil's engine: the Faust app, the topology, transports, kernel state and the CLI."""

@@ -1,0 +1,1 @@
+"""numba kernels: quality control, windows, derived metrics and level evaluation."""

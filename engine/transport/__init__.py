@@ -1,0 +1,1 @@
+"""Faust transports: the embedded durable log (``local://``); Kafka is Faust's own."""

@@ -1,0 +1,1 @@
+"""Rule and station-registry schema, loader, compiler and the shipped rule packs."""

@@ -1,0 +1,1 @@
+"""Realistic station simulators with fault injection."""
