@@ -1,0 +1,63 @@
+"""Compiled rules: what the kernels run, made from validated rule files (see ``rules/``).
+
+This is the contract between ``rules/`` (YAML, pydantic, the station registry) and the
+engine. Everything here is already validated; the engine never re-parses YAML.
+
+A ``ThresholdRule`` applies to one metric of a set of stations. Per station it has four
+thresholds, one per level (blue, yellow, orange, red), in the metric's unit; NaN means
+"this level is not used at this station". ``direction`` is +1 for ``above`` rules
+(level entered when the window aggregate >= threshold) and -1 for ``below`` rules.
+A level is left only when the aggregate is back past ``threshold - direction*deadband``
+(hysteresis), so a reading dithering on the line does not page anyone twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["RuleSet", "ThresholdRule"]
+
+N_LEVELS = 4  # blue, yellow, orange, red
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """One compiled threshold rule. Times in ms, values in the metric's unit."""
+
+    rule_id: str
+    metric: str
+    stations: tuple[str, ...]
+    thresholds: npt.NDArray[np.float64]  # shape (len(stations), 4); NaN = level unused
+    direction: Literal[1, -1] = 1
+    window_ms: int = 15 * 60_000
+    aggregate: Literal["max", "min", "mean", "last"] = "max"
+    deadband: float = 0.0
+    for_ms: int = 0
+    stale_ms: int = 0  # 0 = no staleness check
+    summary: str = "{station} {metric} {value:.2f} reached {level} (threshold {threshold:.2f})"
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # station -> labels
+
+    def __post_init__(self) -> None:
+        if self.thresholds.shape != (len(self.stations), N_LEVELS):
+            raise ValueError(
+                f"rule {self.rule_id}: thresholds shape {self.thresholds.shape}, "
+                f"expected ({len(self.stations)}, {N_LEVELS})"
+            )
+        if self.window_ms <= 0:
+            raise ValueError(f"rule {self.rule_id}: window_ms must be positive")
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """All rules the engine runs, and a version that changes when any rule does."""
+
+    rules: tuple[ThresholdRule, ...]
+    version: str = "0"
+
+    def for_metric(self, metric: str) -> tuple[ThresholdRule, ...]:
+        return tuple(r for r in self.rules if r.metric == metric)
