@@ -1,0 +1,196 @@
+"""The station registry: what each station is, where, what it measures, its levels.
+
+Contract:
+
+- ``Station`` is a frozen pydantic model. Levels and elevations are in metres (the
+  datum of the station's own gauge); ``metrics`` maps each metric the station reports
+  to its unit (``water_level: m``, ``rainfall: mm``, ``pm2_5: ug/m3``); a reading's unit
+  is fixed by this map (DESIGN.md, Contracts).
+- ``fields`` holds free numeric attributes (``seepage_limit``, ``k_residual`` …); a rule
+  names a built-in level or a free field the same way: ``station.<name>``.
+- ``Registry`` keeps stations in file order (the compiler's row order) and answers
+  ``field_names()`` (every name a rule may reference) and ``get(id)``.
+- ``load_registry(path)`` reads ``.yaml``/``.yml`` (``stations: [...]``) or ``.csv``
+  (see ``registry_csv``) and raises ``RulesInvalid`` with every problem found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+
+from rules.durations import parse_duration_ms
+from rules.errors import Problem, RulesInvalid, did_you_mean, problems_from_validation
+from rules.model import StrictModel
+from rules.source import Source, SourceError, load_yaml
+
+__all__ = ["LEVEL_FIELDS", "Registry", "Station", "StationKind", "load_registry"]
+
+StationKind = Literal[
+    "river_gauge",
+    "rain_gauge",
+    "reservoir",
+    "sluice",
+    "tide_gauge",
+    "groundwater",
+    "seepage_weir",
+    "piezometer",
+    "deformation",
+    "air_quality",
+    "weather",
+]
+
+DurationMs = Annotated[int, BeforeValidator(parse_duration_ms)]
+
+#: Built-in numeric station attributes a rule may reference as ``station.<name>`` (m).
+LEVEL_FIELDS = (
+    "elevation",
+    "sensor_elevation",
+    "warning_level",  # 警戒水位
+    "guaranteed_level",  # 保证水位
+    "flood_limit_level",  # 汛限水位 (防洪限制水位)
+    "normal_pool_level",  # 正常蓄水位
+    "design_flood_level",  # 设计洪水位
+    "check_flood_level",  # 校核洪水位
+    "historical_max_level",  # 历史最高水位
+)
+
+
+class Station(StrictModel):
+    """One station. Levels in metres unless the registry's metric units say otherwise."""
+
+    id: str = Field(min_length=1, pattern=r"^\S+$")
+    kind: StationKind
+    name: str = ""
+    basin: str | None = None
+    district: str | None = None
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    metrics: dict[str, str] = Field(default_factory=dict)  # metric -> unit
+    report_interval_ms: DurationMs | None = Field(default=None, alias="report_interval")
+    reservoir: str | None = None  # id of the reservoir station a dam instrument belongs to
+    elevation: float | None = None
+    sensor_elevation: float | None = None
+    warning_level: float | None = None
+    guaranteed_level: float | None = None
+    flood_limit_level: float | None = None
+    normal_pool_level: float | None = None
+    design_flood_level: float | None = None
+    check_flood_level: float | None = None
+    historical_max_level: float | None = None
+    tags: frozenset[str] = frozenset()
+    fields: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _kind_hint(cls, value: Any) -> Any:
+        choices = get_args(StationKind)
+        if isinstance(value, str) and value not in choices:
+            raise ValueError(f"unknown station kind {value!r}{did_you_mean(value, choices)}")
+        return value
+
+    @model_validator(mode="after")
+    def _free_fields_do_not_shadow(self) -> Station:
+        clash = sorted(set(self.fields) & set(type(self).model_fields))
+        if clash:
+            raise ValueError(f"free field {clash[0]!r} has the name of a built-in field")
+        return self
+
+    def value(self, name: str) -> float | None:
+        """The numeric attribute ``name`` (built-in level or free field), None if unset."""
+        if name in LEVEL_FIELDS:
+            got: float | None = getattr(self, name)
+            return got
+        return self.fields.get(name)
+
+    def labels(self) -> dict[str, str]:
+        """Labels every alert of this station carries: kind, name, basin, district."""
+        out = {"kind": self.kind, "name": self.name or self.id}
+        if self.basin:
+            out["basin"] = self.basin
+        if self.district:
+            out["district"] = self.district
+        return out
+
+
+class Registry:
+    """Stations in file order, indexed by id. Immutable after construction."""
+
+    def __init__(self, stations: tuple[Station, ...], file: str = "") -> None:
+        self.file = file
+        self.stations = stations
+        self._by_id = {s.id: s for s in stations}
+        free: set[str] = set()
+        for s in stations:
+            free.update(s.fields)
+        self._field_names = frozenset(LEVEL_FIELDS) | free
+
+    def __len__(self) -> int:
+        return len(self.stations)
+
+    def __iter__(self) -> Iterator[Station]:
+        return iter(self.stations)
+
+    def __contains__(self, station_id: object) -> bool:
+        return station_id in self._by_id
+
+    def get(self, station_id: str) -> Station:
+        return self._by_id[station_id]
+
+    def field_names(self) -> frozenset[str]:
+        """Every name a rule may reference as ``station.<name>`` in this registry."""
+        return self._field_names
+
+    def select(self, predicate: Callable[[Station], bool]) -> tuple[Station, ...]:
+        return tuple(s for s in self.stations if predicate(s))
+
+
+def load_registry(path: str | Path) -> Registry:
+    """Load a ``.yaml``/``.yml`` or ``.csv`` registry; raises RulesInvalid on problems."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        from rules.registry_csv import read_csv_source
+
+        source = read_csv_source(path)
+    else:
+        try:
+            source = load_yaml(path)
+        except SourceError as exc:
+            raise RulesInvalid([Problem(str(path), exc.line, exc.col, "", exc.message)]) from exc
+    return registry_from_source(source)
+
+
+def registry_from_source(source: Source) -> Registry:
+    """Validate ``{"stations": [...]}`` data; every station's problems are collected."""
+    data = source.data
+    if not isinstance(data, dict) or not isinstance(data.get("stations"), list):
+        line, col = source.position(())
+        raise RulesInvalid(
+            [Problem(source.file, line, col, "", "expected a mapping with a 'stations' list")]
+        )
+    problems: list[Problem] = []
+    for key in data:
+        if key != "stations":
+            line, col = source.position((key,))
+            problems.append(Problem(source.file, line, col, str(key), "unknown field"))
+    stations: list[Station] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(data["stations"]):
+        try:
+            station = Station.model_validate(raw)
+        except ValidationError as exc:
+            problems += problems_from_validation(exc, source, ("stations", i), 0)
+            continue
+        if station.id in seen:
+            line, col = source.position(("stations", i, "id"))
+            message = f"duplicate station id {station.id!r}"
+            problems.append(Problem(source.file, line, col, f"stations[{i}].id", message))
+            continue
+        seen.add(station.id)
+        stations.append(station)
+    if problems:
+        raise RulesInvalid(problems)
+    return Registry(tuple(stations), source.file)

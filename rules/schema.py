@@ -1,0 +1,353 @@
+"""The rule-file schema: what a hydrologist writes, validated into frozen models.
+
+A rule file is ``{version: 1, rules: [...]}``. Each rule is one of three kinds, told
+apart by its keys (see ``rule_model_for``):
+
+- ``ThresholdSpec`` (``metric`` + ``levels``): one metric (or derived metric) of each
+  selected station, a window aggregate, four colour levels each ``above:`` or ``below:``
+  a number or ``station.<field> [+|- number]``.
+- ``CompoundSpec`` (``all:`` or ``any:`` conditions): several metrics of one station,
+  raising one ``level`` when all/any hold.
+- ``CorroborationSpec`` (``corroborate:``): at least ``k`` stations of a group (basin,
+  district, or the whole selection) at or above a level of another rule.
+
+Units: thresholds, ``deadband`` and QC limits are in the metric's unit as written in the
+station registry; durations are strings (``15m``) held as integer milliseconds.
+Validation context ``{"station_fields": set[str]}`` widens the names ``station.<x>`` may
+use (the registry's free fields); without it only the built-in levels are known.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+
+from rules.errors import did_you_mean
+from rules.model import StrictModel
+from rules.registry import LEVEL_FIELDS, DurationMs, Station, StationKind
+
+__all__ = [
+    "LEVELS",
+    "QC",
+    "Aggregate",
+    "CompoundSpec",
+    "Condition",
+    "Corroborate",
+    "CorroborationSpec",
+    "Derived",
+    "LevelName",
+    "LevelSpec",
+    "Levels",
+    "Ref",
+    "RuleSpec",
+    "Selection",
+    "Summary",
+    "ThresholdSpec",
+    "Window",
+    "rule_model_for",
+]
+
+LevelName = Literal["blue", "yellow", "orange", "red"]
+LEVELS: tuple[LevelName, ...] = ("blue", "yellow", "orange", "red")
+#: Window aggregates. ``delta`` = last - first in the window (rate of rise per window).
+Aggregate = Literal["max", "min", "mean", "sum", "last", "first", "count", "delta"]
+
+_REF = re.compile(r"^station\.([A-Za-z_][A-Za-z0-9_]*)\s*(?:([+-])\s*(\d+(?:\.\d*)?|\.\d+))?$")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A threshold: a number, or a station field plus an offset (same unit)."""
+
+    number: float | None = None
+    field: str | None = None
+    offset: float = 0.0
+
+    def resolve(self, station: Station | None) -> float | None:
+        """The threshold at ``station``; None when the station lacks the field."""
+        if self.field is None:
+            return self.number
+        if station is None:
+            return None
+        base = station.value(self.field)
+        return None if base is None else base + self.offset
+
+    def __str__(self) -> str:
+        if self.field is None:
+            return f"{self.number:g}"
+        if self.offset:
+            return f"station.{self.field} {'+' if self.offset > 0 else '-'} {abs(self.offset):g}"
+        return f"station.{self.field}"
+
+
+def _parse_ref(value: Any, info: ValidationInfo) -> Ref:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number or a station field, got {value!r}")
+    if isinstance(value, int | float):
+        return Ref(number=float(value))
+    known = set(LEVEL_FIELDS) | set((info.context or {}).get("station_fields", ()))
+    if isinstance(value, str):
+        match = _REF.match(value.strip())
+        if match:
+            name, sign, amount = match.groups()
+            if name not in known:
+                raise ValueError(
+                    f"expected a number or a station field, got {name!r}{did_you_mean(name, known)}"
+                )
+            offset = float(amount) * (-1 if sign == "-" else 1) if amount else 0.0
+            return Ref(field=name, offset=offset)
+        word = value.strip().split()[0] if value.strip() else value
+        hint = did_you_mean(word, known)
+        if hint:
+            hint = hint.replace("mean '", "mean 'station.")
+        raise ValueError(f"expected a number or a station field, got {value!r}{hint}")
+    raise ValueError(f"expected a number or a station field, got {value!r}")
+
+
+Threshold = Annotated[Ref, BeforeValidator(_parse_ref)]
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class Selection(StrictModel):
+    """Which stations a rule applies to; every given criterion must hold (AND).
+
+    Within one criterion a list means any of (OR). ``tags`` requires all listed tags.
+    ``measures`` keeps stations whose registry ``metrics`` include that metric.
+    """
+
+    ids: list[str] | None = None
+    kind: Annotated[list[StationKind], BeforeValidator(_one_or_many)] | None = None
+    tags: Annotated[list[str], BeforeValidator(_one_or_many)] | None = None
+    basin: Annotated[list[str], BeforeValidator(_one_or_many)] | None = None
+    district: Annotated[list[str], BeforeValidator(_one_or_many)] | None = None
+    measures: str | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Selection:
+        if not any(v is not None for v in self.__dict__.values()):
+            raise ValueError(
+                "select needs at least one of ids, kind, tags, basin, district, measures"
+            )
+        return self
+
+    def matches(self, s: Station) -> bool:
+        return (
+            (self.ids is None or s.id in self.ids)
+            and (self.kind is None or s.kind in self.kind)
+            and (self.tags is None or set(self.tags) <= s.tags)
+            and (self.basin is None or s.basin in self.basin)
+            and (self.district is None or s.district in self.district)
+            and (self.measures is None or self.measures in s.metrics)
+        )
+
+
+class Window(StrictModel):
+    """``size`` (duration) and the ``aggregate`` over the readings in it."""
+
+    size: DurationMs
+    aggregate: Aggregate = "last"
+
+
+class LevelSpec(StrictModel):
+    """Exactly one of ``above`` (value >= threshold) or ``below`` (value <= threshold)."""
+
+    above: Threshold | None = None
+    below: Threshold | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> LevelSpec:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("give exactly one of 'above' or 'below'")
+        return self
+
+    @property
+    def direction(self) -> Literal[1, -1]:
+        return 1 if self.above is not None else -1
+
+    @property
+    def ref(self) -> Ref:
+        ref = self.above if self.above is not None else self.below
+        assert ref is not None
+        return ref
+
+
+class Levels(StrictModel):
+    """The four colours; at least one, all in the same direction."""
+
+    blue: LevelSpec | None = None
+    yellow: LevelSpec | None = None
+    orange: LevelSpec | None = None
+    red: LevelSpec | None = None
+
+    @model_validator(mode="after")
+    def _used_and_one_direction(self) -> Levels:
+        used = self.used()
+        if not used:
+            raise ValueError("give at least one of blue, yellow, orange, red")
+        first_name, first = used[0]
+        for name, spec in used[1:]:
+            if spec.direction != first.direction:
+                word = "above" if first.direction == 1 else "below"
+                raise ValueError(
+                    f"{name} uses {'below' if word == 'above' else 'above'} but {first_name} "
+                    f"uses {word}: all levels of a rule go the same direction"
+                )
+        return self
+
+    def used(self) -> list[tuple[LevelName, LevelSpec]]:
+        return [(n, s) for n in LEVELS if (s := getattr(self, n)) is not None]
+
+    @property
+    def direction(self) -> Literal[1, -1]:
+        return self.used()[0][1].direction
+
+
+class QC(StrictModel):
+    """Reading checks before aggregation (metric's unit): range, step, flat line."""
+
+    min: float | None = None
+    max: float | None = None
+    max_step: float | None = Field(default=None, gt=0)  # largest plausible change per reading
+    flatline: DurationMs | None = None  # same value this long = stuck sensor
+    drop: tuple[Literal["suspect", "fail", "missing"], ...] = ("fail", "missing")
+
+    @model_validator(mode="after")
+    def _range(self) -> QC:
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise ValueError(f"min {self.min:g} must be below max {self.max:g}")
+        return self
+
+
+class Summary(StrictModel):
+    """Alert text in Chinese and English; ``{placeholders}`` see ``SUMMARY_FIELDS``."""
+
+    zh: str
+    en: str
+
+    @field_validator("zh", "en")
+    @classmethod
+    def _parses(cls, text: str) -> str:
+        try:
+            list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise ValueError(f"bad template: {exc}") from exc
+        return text
+
+
+class Derived(StrictModel):
+    """A metric computed from others of the same station (or its reservoir).
+
+    - ``pressure_head``: ``station.sensor_elevation + from / 9.81`` (kPa -> m of water).
+    - ``linear_residual``: ``from - (intercept + slope * against)``; ``against`` is a metric
+      of the station's reservoir (``Station.reservoir``), e.g. seepage level against
+      reservoir level; intercept and slope are numbers or ``station.<field>``.
+    """
+
+    op: Literal["pressure_head", "linear_residual"]
+    from_: str = Field(alias="from")
+    against: str | None = None
+    intercept: Threshold | None = None
+    slope: Threshold | None = None
+
+    @model_validator(mode="after")
+    def _operands(self) -> Derived:
+        if self.op == "linear_residual" and (
+            self.against is None or self.intercept is None or self.slope is None
+        ):
+            raise ValueError("linear_residual needs 'against', 'intercept' and 'slope'")
+        return self
+
+
+class RuleBase(StrictModel):
+    """What every rule kind has. ``for_ms``: how long a condition must hold first."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    select: Selection
+    for_ms: DurationMs | None = Field(default=None, alias="for")
+    stale_ms: DurationMs | None = Field(default=None, alias="stale")
+    labels: dict[str, str] = Field(default_factory=dict)
+    summary: Summary | None = None
+
+
+class ThresholdSpec(RuleBase):
+    """One metric per station against four levels. ``deadband`` in the metric's unit."""
+
+    metric: str
+    unit: str | None = None
+    derive: Derived | None = None
+    window: Window
+    levels: Levels
+    deadband: float = Field(default=0.0, ge=0)
+    qc: QC | None = None
+
+
+class Condition(StrictModel):
+    """One clause of a compound rule: ``metric`` window aggregate above/below a threshold."""
+
+    metric: str
+    unit: str | None = None
+    window: Window
+    above: Threshold | None = None
+    below: Threshold | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Condition:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("give exactly one of 'above' or 'below'")
+        return self
+
+
+class CompoundSpec(RuleBase):
+    """Several metrics of one station; raises ``level`` when ``all`` (or ``any``) hold."""
+
+    all: list[Condition] | None = Field(default=None, min_length=1)
+    any: list[Condition] | None = Field(default=None, min_length=1)
+    level: LevelName
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> CompoundSpec:
+        if (self.all is None) == (self.any is None):
+            raise ValueError("give exactly one of 'all' or 'any'")
+        return self
+
+    @property
+    def conditions(self) -> list[Condition]:
+        return self.all if self.all is not None else (self.any or [])
+
+
+class Corroborate(StrictModel):
+    """``k`` stations of a group at or above ``level`` of rule ``rule`` within ``within``."""
+
+    rule: str
+    level: LevelName
+    k: int = Field(ge=1)
+    group_by: Literal["basin", "district"] | None = None
+    within: DurationMs
+
+
+class CorroborationSpec(RuleBase):
+    """Corroboration across stations: raises ``level`` for the whole group."""
+
+    corroborate: Corroborate
+    level: LevelName
+
+
+RuleSpec = ThresholdSpec | CompoundSpec | CorroborationSpec
+
+
+def rule_model_for(raw: Any) -> type[ThresholdSpec] | type[CompoundSpec] | type[CorroborationSpec]:
+    """The rule kind, told by its keys: ``corroborate`` > ``all``/``any`` > threshold."""
+    if isinstance(raw, dict):
+        if "corroborate" in raw:
+            return CorroborationSpec
+        if "all" in raw or "any" in raw:
+            return CompoundSpec
+    return ThresholdSpec

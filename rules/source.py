@@ -1,0 +1,111 @@
+"""YAML with positions: plain Python data plus the line and column of every value.
+
+``load_yaml(path)`` returns a ``Source``: ``data`` (dicts, lists, scalars, as
+``yaml.safe_load`` would give) and ``position(path)`` for any path into it, a tuple of
+keys and list indices. Positions are 1-based ``(line, column)``. For a mapping entry the
+position is its *key* (where a reader's eye goes: ``above:``); for a list item it is the
+item itself. A path that does not exist (a missing key) falls back to its nearest
+existing parent, so "field required" errors point at the mapping that lacks it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Pos", "Source", "SourceError", "load_yaml", "parse_yaml"]
+
+Pos = tuple[int, int]
+Key = str | int
+
+try:  # libyaml keeps marks too, and is several times faster on big registries
+    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
+except AttributeError:  # pragma: no cover - PyYAML without libyaml
+    _Loader = yaml.SafeLoader
+
+
+class SourceError(ValueError):
+    """A file that is not readable YAML; ``line`` and ``col`` are 1-based."""
+
+    def __init__(self, file: str, line: int, col: int, message: str) -> None:
+        super().__init__(f"{file}:{line}:{col}: {message}")
+        self.file, self.line, self.col, self.message = file, line, col, message
+
+
+@dataclass(frozen=True)
+class Source:
+    """Parsed YAML and the position of each value in it."""
+
+    file: str
+    data: Any
+    positions: dict[tuple[Key, ...], Pos] = field(default_factory=dict)
+
+    def position(self, path: tuple[Key, ...]) -> Pos:
+        """Position of ``path``, or of its nearest existing parent; (1, 1) at worst."""
+        for cut in range(len(path), -1, -1):
+            pos = self.positions.get(path[:cut])
+            if pos is not None:
+                return pos
+        return (1, 1)
+
+
+def load_yaml(path: str | Path) -> Source:
+    """Read and parse one YAML file. Raises SourceError on a syntax error."""
+    text = Path(path).read_text(encoding="utf-8")
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, file: str) -> Source:
+    """Parse YAML text; ``file`` is only used in positions and messages."""
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise SourceError(file, line, col, f"invalid YAML: {exc.problem or exc}") from exc
+    positions: dict[tuple[Key, ...], Pos] = {}
+    if node is None:
+        return Source(file, None, positions)
+    positions[()] = _pos(node)
+    data = _build(node, (), positions, file)
+    return Source(file, data, positions)
+
+
+def _pos(node: yaml.Node) -> Pos:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _build(
+    node: yaml.Node, path: tuple[Key, ...], positions: dict[tuple[Key, ...], Pos], file: str
+) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                line, col = _pos(key_node)
+                raise SourceError(file, line, col, "expected a plain key")
+            key = _scalar(key_node)
+            if key in out:
+                line, col = _pos(key_node)
+                raise SourceError(file, line, col, f"duplicate key {key!r}")
+            positions[(*path, key)] = _pos(key_node)
+            out[key] = _build(value_node, (*path, key), positions, file)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for i, item in enumerate(node.value):
+            positions[(*path, i)] = _pos(item)
+            items.append(_build(item, (*path, i), positions, file))
+        return items
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    # Resolve the implicit tag (int, float, bool, null, str) the way safe_load does.
+    return _CONSTRUCTOR.construct_object(node, deep=True)
+
+
+_CONSTRUCTOR = yaml.SafeLoader("")
