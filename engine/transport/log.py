@@ -1,0 +1,290 @@
+"""A durable, partitioned, append-only log on local disk (RocksDB through rocksdict).
+
+This is the storage under the embedded ``local://`` Faust transport: Kafka's data model
+(topics, partitions, offsets, committed offsets per consumer group) in one process, with
+no broker to install. Every write is a synchronous RocksDB write batch (``sync=True``:
+the WAL is fsynced before the call returns), so a record whose offset was returned to a
+producer survives ``kill -9`` and power loss, and a commit is atomic with the checkpoint
+blobs written in the same batch.
+
+Key layout (all integers big-endian so that byte order is numeric order)::
+
+    b"T" topic                                   -> msgpack {"partitions": n, ...}
+    b"L" topic 0x00 partition:u32 offset:u64     -> msgpack [key, value, ts_ms, headers]
+    b"C" group 0x00 topic 0x00 partition:u32     -> offset:i64 (next offset to read)
+    b"S" name                                    -> opaque checkpoint blob
+
+One process owns a log directory at a time (RocksDB's LOCK file enforces it); inside
+the process, ``DurableLog.shared`` hands every user of a path the same instance.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgpack
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+__all__ = ["DurableLog", "LogRecord", "TopicExists", "UnknownTopic"]
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_I64 = struct.Struct(">q")
+
+
+class UnknownTopic(KeyError):
+    """A topic that was never created in this log."""
+
+
+class TopicExists(ValueError):
+    """Re-creating a topic with a different partition count."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One stored record, shaped like a Kafka consumer record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int  # ms since epoch
+    headers: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """A record to append; ``timestamp`` in ms since epoch."""
+
+    topic: str
+    partition: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def _tp_prefix(topic: str, partition: int) -> bytes:
+    return b"L" + topic.encode() + b"\x00" + _U32.pack(partition)
+
+
+def _commit_key(group: str, topic: str, partition: int) -> bytes:
+    return b"C" + group.encode() + b"\x00" + topic.encode() + b"\x00" + _U32.pack(partition)
+
+
+class DurableLog:
+    """Topics and partitions of records, with committed offsets, on one RocksDB."""
+
+    _shared: ClassVar[dict[Path, DurableLog]] = {}
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self._db = Rdict(str(self.path / "log"), options)
+        self._sync = WriteOptions()
+        self._sync.sync = True
+        self._topics: dict[str, dict[str, Any]] = {}
+        self._highwater: dict[tuple[str, int], int] = {}
+        self._load_topics()
+        self._refs = 0
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    def shared(cls, path: str | Path) -> DurableLog:
+        """The process-wide instance for ``path``; pair every call with ``release``."""
+        key = Path(path).resolve()
+        with cls._shared_lock:
+            log = cls._shared.get(key)
+            if log is None:
+                log = cls._shared[key] = cls(key)
+            log._refs += 1
+            return log
+
+    def release(self) -> None:
+        """Drop one ``shared`` reference; the last one closes the database."""
+        with self._shared_lock:
+            self._refs -= 1
+            if self._refs <= 0:
+                self._shared.pop(self.path.resolve(), None)
+                self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ---- topics ----------------------------------------------------------------------
+
+    def _load_topics(self) -> None:
+        it = self._db.iter()
+        it.seek(b"T")
+        while it.valid():
+            key = it.key()
+            if not key.startswith(b"T"):
+                break
+            topic = key[1:].decode()
+            self._topics[topic] = msgpack.unpackb(it.value())
+            it.next()
+        for topic, meta in self._topics.items():
+            for partition in range(meta["partitions"]):
+                self._highwater[(topic, partition)] = self._scan_highwater(topic, partition)
+
+    def _scan_highwater(self, topic: str, partition: int) -> int:
+        prefix = _tp_prefix(topic, partition)
+        it = self._db.iter()
+        it.seek_for_prev(prefix + b"\xff" * 8)
+        if it.valid() and it.key().startswith(prefix):
+            return int(_U64.unpack(it.key()[len(prefix) :])[0]) + 1
+        return 0
+
+    def create_topic(self, topic: str, partitions: int, **config: Any) -> bool:
+        """Create ``topic``; returns False if it already exists with that partition count."""
+        if partitions < 1:
+            raise ValueError(f"topic {topic!r}: partitions must be >= 1, got {partitions}")
+        existing = self._topics.get(topic)
+        if existing is not None:
+            if existing["partitions"] != partitions:
+                raise TopicExists(
+                    f"topic {topic!r} exists with {existing['partitions']} partitions, "
+                    f"not {partitions}"
+                )
+            return False
+        meta = {"partitions": partitions, **config}
+        self._db.put(b"T" + topic.encode(), msgpack.packb(meta), self._sync)
+        self._topics[topic] = meta
+        for partition in range(partitions):
+            self._highwater[(topic, partition)] = 0
+        return True
+
+    def topics(self) -> Mapping[str, int]:
+        """Topic name -> partition count."""
+        return {t: m["partitions"] for t, m in self._topics.items()}
+
+    def partitions(self, topic: str) -> int | None:
+        meta = self._topics.get(topic)
+        return None if meta is None else int(meta["partitions"])
+
+    def _check_tp(self, topic: str, partition: int) -> None:
+        n = self.partitions(topic)
+        if n is None:
+            raise UnknownTopic(topic)
+        if not 0 <= partition < n:
+            raise ValueError(f"topic {topic!r} has {n} partitions, no partition {partition}")
+
+    # ---- records ---------------------------------------------------------------------
+
+    def append(self, records: Sequence[Append]) -> list[int]:
+        """Durably append ``records`` in one atomic write; returns their offsets."""
+        batch = WriteBatch(raw_mode=True)
+        offsets: list[int] = []
+        next_offsets: dict[tuple[str, int], int] = {}
+        for rec in records:
+            self._check_tp(rec.topic, rec.partition)
+            tp = (rec.topic, rec.partition)
+            offset = next_offsets.get(tp, self._highwater[tp])
+            next_offsets[tp] = offset + 1
+            batch.put(
+                _tp_prefix(rec.topic, rec.partition) + _U64.pack(offset),
+                msgpack.packb(
+                    [rec.key, rec.value, rec.timestamp, [list(h) for h in rec.headers]],
+                    use_bin_type=True,
+                ),
+            )
+            offsets.append(offset)
+        self._db.write(batch, self._sync)
+        self._highwater.update(next_offsets)
+        return offsets
+
+    def read(self, topic: str, partition: int, offset: int, max_records: int) -> list[LogRecord]:
+        """Up to ``max_records`` records of one partition from ``offset`` on."""
+        self._check_tp(topic, partition)
+        prefix = _tp_prefix(topic, partition)
+        it = self._db.iter()
+        it.seek(prefix + _U64.pack(max(offset, 0)))
+        out: list[LogRecord] = []
+        n_prefix = len(prefix)
+        while it.valid() and len(out) < max_records:
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            k, v, ts, headers = msgpack.unpackb(it.value(), raw=False)
+            out.append(
+                LogRecord(
+                    topic=topic,
+                    partition=partition,
+                    offset=int(_U64.unpack(key[n_prefix:])[0]),
+                    key=k,
+                    value=v,
+                    timestamp=ts,
+                    headers=tuple((str(h), bytes(b)) for h, b in headers),
+                )
+            )
+            it.next()
+        return out
+
+    def highwater(self, topic: str, partition: int) -> int:
+        """The offset the next appended record will get (Kafka's log-end offset)."""
+        self._check_tp(topic, partition)
+        return self._highwater[(topic, partition)]
+
+    def earliest(self, topic: str, partition: int) -> int:
+        """The lowest offset still stored (the highwater when the partition is empty)."""
+        self._check_tp(topic, partition)
+        prefix = _tp_prefix(topic, partition)
+        it = self._db.iter()
+        it.seek(prefix)
+        if it.valid() and it.key().startswith(prefix):
+            return int(_U64.unpack(it.key()[len(prefix) :])[0])
+        return self._highwater[(topic, partition)]
+
+    def trim(self, topic: str, partition: int, before: int) -> None:
+        """Delete the records of one partition below offset ``before`` (retention)."""
+        self._check_tp(topic, partition)
+        prefix = _tp_prefix(topic, partition)
+        batch = WriteBatch(raw_mode=True)
+        batch.delete_range(prefix + _U64.pack(0), prefix + _U64.pack(max(before, 0)))
+        self._db.write(batch, self._sync)
+
+    # ---- consumer groups and checkpoints ----------------------------------------------
+
+    def committed(self, group: str, topic: str, partition: int) -> int | None:
+        """The group's committed offset (next offset to read), or None if never committed."""
+        raw = self._db.get(_commit_key(group, topic, partition))
+        return None if raw is None else int(_I64.unpack(raw)[0])
+
+    def commit(
+        self,
+        group: str,
+        offsets: Mapping[tuple[str, int], int],
+        blobs: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """Atomically and durably store committed offsets and checkpoint blobs together."""
+        batch = WriteBatch(raw_mode=True)
+        for (topic, partition), offset in offsets.items():
+            batch.put(_commit_key(group, topic, partition), _I64.pack(offset))
+        for name, blob in (blobs or {}).items():
+            batch.put(b"S" + name.encode(), blob)
+        self._db.write(batch, self._sync)
+
+    def blob(self, name: str) -> bytes | None:
+        """A checkpoint blob stored by ``commit``."""
+        raw = self._db.get(b"S" + name.encode())
+        return None if raw is None else bytes(raw)
+
+    def groups_committed(self, topic: str, partition: int) -> Iterable[int]:
+        """Committed offsets of every group on one partition (for retention)."""
+        it = self._db.iter()
+        it.seek(b"C")
+        suffix = b"\x00" + topic.encode() + b"\x00" + _U32.pack(partition)
+        while it.valid() and it.key().startswith(b"C"):
+            if it.key().endswith(suffix):
+                yield int(_I64.unpack(it.value())[0])
+            it.next()
