@@ -39,7 +39,15 @@ class ThresholdRule:
     deadband: float = 0.0
     for_ms: int = 0
     stale_ms: int = 0  # 0 = no staleness check
-    summary: str = "{station} {metric} {value:.2f} reached {level} (threshold {threshold:.2f})"
+    # str.format templates; fields: station, name, metric, level, previous_level, value,
+    # threshold, unit and every label of the station.
+    summary: str = (
+        "{name} ({station}): {metric} {value:.2f} {unit}, level {level} "
+        "(was {previous_level}; threshold {threshold:.2f})"
+    )
+    resolved_summary: str = (
+        "{name} ({station}): {metric} back to {value:.2f} {unit}, all clear from {previous_level}"
+    )
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # station -> labels
 
     def __post_init__(self) -> None:

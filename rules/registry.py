@@ -20,14 +20,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from rules.durations import parse_duration_ms
 from rules.errors import Problem, RulesInvalid, did_you_mean, problems_from_validation
 from rules.model import StrictModel
 from rules.source import Source, SourceError, load_yaml
 
-__all__ = ["LEVEL_FIELDS", "Registry", "Station", "StationKind", "load_registry"]
+__all__ = ["LEVEL_FIELDS", "Kind", "Registry", "Station", "StationKind", "load_registry"]
 
 StationKind = Literal[
     "river_gauge",
@@ -59,11 +59,22 @@ LEVEL_FIELDS = (
 )
 
 
+def _check_kind(value: Any) -> Any:
+    choices = get_args(StationKind)
+    if isinstance(value, str) and value not in choices:
+        raise ValueError(f"unknown station kind {value!r}{did_you_mean(value, choices)}")
+    return value
+
+
+#: A station kind, refused with a spelling hint (``river_gage`` -> ``river_gauge``).
+Kind = Annotated[StationKind, BeforeValidator(_check_kind)]
+
+
 class Station(StrictModel):
     """One station. Levels in metres unless the registry's metric units say otherwise."""
 
     id: str = Field(min_length=1, pattern=r"^\S+$")
-    kind: StationKind
+    kind: Kind
     name: str = ""
     basin: str | None = None
     district: str | None = None
@@ -83,14 +94,6 @@ class Station(StrictModel):
     historical_max_level: float | None = None
     tags: frozenset[str] = frozenset()
     fields: dict[str, float] = Field(default_factory=dict)
-
-    @field_validator("kind", mode="before")
-    @classmethod
-    def _kind_hint(cls, value: Any) -> Any:
-        choices = get_args(StationKind)
-        if isinstance(value, str) and value not in choices:
-            raise ValueError(f"unknown station kind {value!r}{did_you_mean(value, choices)}")
-        return value
 
     @model_validator(mode="after")
     def _free_fields_do_not_shadow(self) -> Station:

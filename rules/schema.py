@@ -28,11 +28,12 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 
 from rules.errors import did_you_mean
 from rules.model import StrictModel
-from rules.registry import LEVEL_FIELDS, DurationMs, Station, StationKind
+from rules.registry import LEVEL_FIELDS, DurationMs, Kind, Station
 
 __all__ = [
     "LEVELS",
     "QC",
+    "SUMMARY_FIELDS",
     "Aggregate",
     "CompoundSpec",
     "Condition",
@@ -53,6 +54,17 @@ __all__ = [
 
 LevelName = Literal["blue", "yellow", "orange", "red"]
 LEVELS: tuple[LevelName, ...] = ("blue", "yellow", "orange", "red")
+
+
+def _check_level(value: Any) -> Any:
+    if isinstance(value, str) and value not in LEVELS:
+        raise ValueError(
+            f"expected one of blue, yellow, orange, red, got {value!r}{did_you_mean(value, LEVELS)}"
+        )
+    return value
+
+
+Level = Annotated[LevelName, BeforeValidator(_check_level)]
 #: Window aggregates. ``delta`` = last - first in the window (rate of rise per window).
 Aggregate = Literal["max", "min", "mean", "sum", "last", "first", "count", "delta"]
 
@@ -123,7 +135,7 @@ class Selection(StrictModel):
     """
 
     ids: list[str] | None = None
-    kind: Annotated[list[StationKind], BeforeValidator(_one_or_many)] | None = None
+    kind: Annotated[list[Kind], BeforeValidator(_one_or_many)] | None = None
     tags: Annotated[list[str], BeforeValidator(_one_or_many)] | None = None
     basin: Annotated[list[str], BeforeValidator(_one_or_many)] | None = None
     district: Annotated[list[str], BeforeValidator(_one_or_many)] | None = None
@@ -225,6 +237,25 @@ class QC(StrictModel):
         return self
 
 
+#: Placeholders every summary may use; a rule's own ``labels`` keys are allowed too.
+#: The engine formats with ``summary.format(station=, metric=, value=, level=, threshold=,
+#: **labels)``, where labels hold kind, name, basin, district, unit and the rule's labels.
+SUMMARY_FIELDS = frozenset(
+    {
+        "station",
+        "metric",
+        "value",
+        "level",
+        "threshold",
+        "unit",
+        "kind",
+        "name",
+        "basin",
+        "district",
+    }
+)
+
+
 class Summary(StrictModel):
     """Alert text in Chinese and English; ``{placeholders}`` see ``SUMMARY_FIELDS``."""
 
@@ -310,7 +341,7 @@ class CompoundSpec(RuleBase):
 
     all: list[Condition] | None = Field(default=None, min_length=1)
     any: list[Condition] | None = Field(default=None, min_length=1)
-    level: LevelName
+    level: Level
 
     @model_validator(mode="after")
     def _one_mode(self) -> CompoundSpec:
@@ -327,7 +358,7 @@ class Corroborate(StrictModel):
     """``k`` stations of a group at or above ``level`` of rule ``rule`` within ``within``."""
 
     rule: str
-    level: LevelName
+    level: Level
     k: int = Field(ge=1)
     group_by: Literal["basin", "district"] | None = None
     within: DurationMs
@@ -337,7 +368,7 @@ class CorroborationSpec(RuleBase):
     """Corroboration across stations: raises ``level`` for the whole group."""
 
     corroborate: Corroborate
-    level: LevelName
+    level: Level
 
 
 RuleSpec = ThresholdSpec | CompoundSpec | CorroborationSpec

@@ -1,0 +1,316 @@
+"""Semantic checks of validated rules against the station registry.
+
+The schema says a rule is well formed; these say it makes sense for the stations it
+selects. Each check returns ``Problem``s pointing at the key to change:
+
+- selection matches no station; ``select.ids`` names an unknown station;
+- a selected station does not report the metric; the rule's ``unit`` differs from the
+  registry's unit for the metric;
+- ``window.size`` shorter than a station's reporting interval (the window may hold no
+  reading at all);
+- a ``station.<field>`` that some selected stations lack (they are named);
+- levels out of order at some station, evaluated with that station's values: thresholds
+  must not fall from blue to red for ``above`` nor rise for ``below`` (equal is allowed:
+  NWS flood and moderate stage are both 20 ft at Oso Creek);
+- summary placeholders that the engine will not fill;
+- corroboration of an unknown rule, or ``k`` larger than a group.
+
+Without a registry, only the checks that need no station run.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterable, Sequence
+
+from rules.durations import format_duration_ms
+from rules.errors import Problem, did_you_mean
+from rules.loader import LoadedRule, RuleFile
+from rules.registry import Registry, Station
+from rules.schema import (
+    SUMMARY_FIELDS,
+    CompoundSpec,
+    Condition,
+    CorroborationSpec,
+    Ref,
+    ThresholdSpec,
+    Window,
+)
+from rules.source import Key
+
+__all__ = ["check_rules", "name_some", "selected_stations"]
+
+_DERIVED_UNIT = {"pressure_head": "m"}
+
+
+def name_some(ids: Sequence[str], limit: int = 5) -> str:
+    """``HZ001, HZ002 and 3 more``: enough names to act on, never a wall of them."""
+    shown = ", ".join(ids[:limit])
+    return f"{shown} and {len(ids) - limit} more" if len(ids) > limit else shown
+
+
+def selected_stations(rule: LoadedRule, registry: Registry) -> tuple[Station, ...]:
+    return registry.select(rule.spec.select.matches)
+
+
+def check_rules(files: Iterable[RuleFile], registry: Registry | None) -> list[Problem]:
+    """Every semantic problem of the given (already schema-valid) rules."""
+    files = list(files)
+    all_rules = [r for f in files for r in f.rules]
+    problems: list[Problem] = []
+    seen: dict[str, LoadedRule] = {}
+    for rule in all_rules:
+        first = seen.setdefault(rule.spec.id, rule)
+        if first is not rule:
+            where = f"{first.source.file}:{first.source.position(first.base)[0]}"
+            problems.append(
+                rule.problem(("id",), f"duplicate rule id {rule.spec.id!r} (first at {where})")
+            )
+    thresholds = {r.spec.id: r for r in all_rules if isinstance(r.spec, ThresholdSpec)}
+    for rule in all_rules:
+        problems += _check_summary(rule)
+        stations = selected_stations(rule, registry) if registry is not None else None
+        if registry is not None and stations is not None:
+            problems += _check_selection(rule, registry, stations)
+        spec = rule.spec
+        if isinstance(spec, ThresholdSpec):
+            problems += _check_threshold(rule, spec, registry, stations)
+        elif isinstance(spec, CompoundSpec):
+            for i, cond in enumerate(spec.conditions):
+                mode = "all" if spec.all is not None else "any"
+                problems += _check_condition(rule, (mode, i), cond, stations)
+        elif isinstance(spec, CorroborationSpec):
+            problems += _check_corroboration(rule, spec, thresholds, stations)
+    return problems
+
+
+def _check_selection(
+    rule: LoadedRule, registry: Registry, stations: Sequence[Station]
+) -> list[Problem]:
+    out = []
+    for i, sid in enumerate(rule.spec.select.ids or ()):
+        if sid not in registry:
+            hint = did_you_mean(sid, (s.id for s in registry))
+            out.append(rule.problem(("select", "ids", i), f"unknown station {sid!r}{hint}"))
+    if not stations:
+        out.append(rule.problem(("select",), f"selection matches no station in {registry.file}"))
+    return out
+
+
+def _check_threshold(
+    rule: LoadedRule,
+    spec: ThresholdSpec,
+    registry: Registry | None,
+    stations: Sequence[Station] | None,
+) -> list[Problem]:
+    out: list[Problem] = []
+    refs: list[tuple[tuple[Key, ...], Ref]] = [
+        (("levels", name, "above" if lvl.direction == 1 else "below"), lvl.ref)
+        for name, lvl in spec.levels.used()
+    ]
+    if stations is not None:
+        if spec.derive is None:
+            out += _metric_and_unit(rule, ("metric",), spec.metric, spec.unit, stations)
+        else:
+            out += _check_derived(rule, spec, registry, stations)
+        out += _window(rule, ("window", "size"), spec.window, stations)
+        for path, ref in refs:
+            out += _missing_field(rule, path, ref, stations)
+    out += _level_order(rule, spec, refs, stations)
+    return out
+
+
+def _check_derived(
+    rule: LoadedRule, spec: ThresholdSpec, registry: Registry | None, stations: Sequence[Station]
+) -> list[Problem]:
+    derive = spec.derive
+    assert derive is not None and registry is not None
+    out = _metric_and_unit(rule, ("derive", "from"), derive.from_, None, stations)
+    unit = _DERIVED_UNIT.get(derive.op) or _unit_of(derive.from_, stations)
+    if spec.unit is not None and unit is not None and spec.unit != unit:
+        out.append(
+            rule.problem(("unit",), f"unit {spec.unit!r} does not match {derive.op}'s {unit!r}")
+        )
+    if derive.op == "pressure_head":
+        out += _missing_field(rule, ("derive", "op"), Ref(field="sensor_elevation"), stations)
+    else:
+        lacking = [s.id for s in stations if s.reservoir is None]
+        if lacking:
+            out.append(
+                rule.problem(("derive", "against"), f"no reservoir set for {name_some(lacking)}")
+            )
+        reservoirs = [
+            registry.get(s.reservoir) for s in stations if s.reservoir and s.reservoir in registry
+        ]
+        unknown = [
+            s.id for s in stations if s.reservoir is not None and s.reservoir not in registry
+        ]
+        if unknown:
+            msg = f"reservoir of {name_some(unknown)} is not in the registry"
+            out.append(rule.problem(("derive", "against"), msg))
+        assert derive.against is not None
+        out += _metric_and_unit(rule, ("derive", "against"), derive.against, None, reservoirs)
+        for key in ("intercept", "slope"):
+            ref = getattr(derive, key)
+            out += _missing_field(rule, ("derive", key), ref, stations)
+    return out
+
+
+def _check_condition(
+    rule: LoadedRule, base: tuple[Key, ...], cond: Condition, stations: Sequence[Station] | None
+) -> list[Problem]:
+    if stations is None:
+        return []
+    ref, word = (cond.above, "above") if cond.above is not None else (cond.below, "below")
+    assert ref is not None
+    return [
+        *_metric_and_unit(rule, (*base, "metric"), cond.metric, cond.unit, stations),
+        *_window(rule, (*base, "window", "size"), cond.window, stations),
+        *_missing_field(rule, (*base, word), ref, stations),
+    ]
+
+
+def _check_corroboration(
+    rule: LoadedRule,
+    spec: CorroborationSpec,
+    thresholds: dict[str, LoadedRule],
+    stations: Sequence[Station] | None,
+) -> list[Problem]:
+    c = spec.corroborate
+    if c.rule not in thresholds:
+        hint = did_you_mean(c.rule, thresholds)
+        return [rule.problem(("corroborate", "rule"), f"no threshold rule {c.rule!r}{hint}")]
+    if stations is None:
+        return []
+    out = []
+    if c.group_by is not None:
+        lacking = [s.id for s in stations if getattr(s, c.group_by) is None]
+        if lacking:
+            msg = f"{c.group_by} is not set for {name_some(lacking)}"
+            out.append(rule.problem(("corroborate", "group_by"), msg))
+    groups: dict[str | None, int] = {}
+    for s in stations:
+        key = getattr(s, c.group_by) if c.group_by else None
+        groups[key] = groups.get(key, 0) + 1
+    small = sorted(str(g) for g, n in groups.items() if n < c.k and g is not None)
+    if c.group_by is None and stations and len(stations) < c.k:
+        out.append(
+            rule.problem(
+                ("corroborate", "k"), f"k {c.k} is more than the {len(stations)} selected stations"
+            )
+        )
+    elif small:
+        msg = f"k {c.k} is more than the stations of {c.group_by} {name_some(small)}"
+        out.append(rule.problem(("corroborate", "k"), msg))
+    return out
+
+
+def _unit_of(metric: str, stations: Sequence[Station]) -> str | None:
+    units = {s.metrics[metric] for s in stations if metric in s.metrics}
+    return units.pop() if len(units) == 1 else None
+
+
+def _metric_and_unit(
+    rule: LoadedRule,
+    path: tuple[Key, ...],
+    metric: str,
+    unit: str | None,
+    stations: Sequence[Station],
+) -> list[Problem]:
+    out = []
+    lacking = [s.id for s in stations if metric not in s.metrics]
+    if lacking:
+        known = {m for s in stations for m in s.metrics}
+        msg = f"{name_some(lacking)} do not report {metric!r}{did_you_mean(metric, known)}"
+        out.append(rule.problem(path, msg))
+    if unit is not None:
+        wrong: dict[str, list[str]] = {}
+        for s in stations:
+            if metric in s.metrics and s.metrics[metric] != unit:
+                wrong.setdefault(s.metrics[metric], []).append(s.id)
+        for reg_unit, ids in sorted(wrong.items()):
+            msg = (
+                f"unit {unit!r} does not match the registry's {reg_unit!r} for {metric} "
+                f"at {name_some(ids)}"
+            )
+            out.append(rule.problem((*path[:-1], "unit"), msg))
+    return out
+
+
+def _window(
+    rule: LoadedRule, path: tuple[Key, ...], window: Window, stations: Sequence[Station]
+) -> list[Problem]:
+    short = [
+        s
+        for s in stations
+        if s.report_interval_ms is not None and window.size < s.report_interval_ms
+    ]
+    if not short:
+        return []
+    interval = max(s.report_interval_ms or 0 for s in short)
+    msg = (
+        f"window {format_duration_ms(window.size)} is shorter than the reporting interval "
+        f"{format_duration_ms(interval)} of {name_some([s.id for s in short])}"
+    )
+    return [rule.problem(path, msg)]
+
+
+def _missing_field(
+    rule: LoadedRule, path: tuple[Key, ...], ref: Ref | None, stations: Sequence[Station]
+) -> list[Problem]:
+    if ref is None or ref.field is None:
+        return []
+    lacking = [s.id for s in stations if s.value(ref.field) is None]
+    if not lacking:
+        return []
+    return [rule.problem(path, f"station field {ref.field!r} is not set for {name_some(lacking)}")]
+
+
+def _level_order(
+    rule: LoadedRule,
+    spec: ThresholdSpec,
+    refs: list[tuple[tuple[Key, ...], Ref]],
+    stations: Sequence[Station] | None,
+) -> list[Problem]:
+    """Thresholds must not go backwards, per station; reported at the later level."""
+    direction = spec.levels.direction
+    names = [name for name, _ in spec.levels.used()]
+    where: list[Station | None] = list(stations) if stations is not None else [None]
+    bad: dict[int, list[str]] = {}  # index of the later level -> "HZ001 (3.2 < 3.5)"
+    for s in where:
+        values = [ref.resolve(s) for _, ref in refs]
+        for i in range(1, len(values)):
+            prev = next((v for v in reversed(values[:i]) if v is not None), None)
+            cur = values[i]
+            if prev is not None and cur is not None and (cur - prev) * direction < 0:
+                sign = "<" if direction == 1 else ">"
+                bad.setdefault(i, []).append(
+                    f"{s.id + ' ' if s else ''}({cur:g} {sign} {prev:g})".strip()
+                )
+    out = []
+    order = " <= ".join(names) if direction == 1 else " >= ".join(names)
+    for i, where_bad in sorted(bad.items()):
+        word = "below" if direction == 1 else "above"
+        msg = (
+            f"{names[i]} threshold is {word} {names[i - 1]}'s at {name_some(where_bad, 3)}; "
+            f"levels must go {order}"
+        )
+        out.append(rule.problem(refs[i][0], msg))
+    return out
+
+
+def _check_summary(rule: LoadedRule) -> list[Problem]:
+    summary = rule.spec.summary
+    if summary is None:
+        return []
+    allowed = SUMMARY_FIELDS | set(rule.spec.labels)
+    out = []
+    for lang in ("zh", "en"):
+        for _, name, _, _ in string.Formatter().parse(getattr(summary, lang)):
+            if name is None:
+                continue
+            field = name.split(".")[0].split("[")[0]
+            if field not in allowed:
+                msg = f"unknown placeholder {{{field}}}{did_you_mean(field, allowed)}"
+                out.append(rule.problem(("summary", lang), msg))
+    return out

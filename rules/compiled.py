@@ -1,0 +1,133 @@
+"""Compiled forms the engine does not run yet, as plain frozen dataclasses.
+
+``engine.ruleset.ThresholdRule`` is the contract for simple threshold rules. The forms
+here are the compiler's output for the rest, ready for when the kernels exist:
+
+- ``WindowThresholdRule``: a threshold rule whose aggregate the engine's ThresholdRule
+  does not accept yet (``sum`` for rainfall accumulation, ``delta`` for rate of rise,
+  ``first``, ``count``). Same fields and meaning as ThresholdRule otherwise.
+- ``DerivedMetric``: how to compute a derived series before thresholds apply.
+- ``CompoundRule``: all/any of several metric conditions at one station.
+- ``CorroborationRule``: k stations of a group at or above a level of another rule.
+- ``QCParams``: reading checks of one rule's metric.
+
+Arrays are per station, in the order of ``stations``; values in the metric's unit; NaN
+means "not used at this station"; times in ms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.alerts import Level
+
+__all__ = [
+    "CompiledCondition",
+    "CompoundRule",
+    "CorroborationRule",
+    "DerivedMetric",
+    "QCParams",
+    "WindowThresholdRule",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class WindowThresholdRule:
+    """A ThresholdRule with an aggregate the engine does not take yet (sum, delta …)."""
+
+    rule_id: str
+    metric: str
+    stations: tuple[str, ...]
+    thresholds: FloatArray  # (len(stations), 4); NaN = level unused
+    direction: Literal[1, -1]
+    window_ms: int
+    aggregate: str
+    deadband: float
+    for_ms: int
+    stale_ms: int
+    summary: str
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DerivedMetric:
+    """``metric`` computed per station from ``source`` (see ``schema.Derived``).
+
+    pressure_head: ``sensor_elevation + source / 9.81`` (kPa -> m).
+    linear_residual: ``source - (intercept + slope * against)`` where ``against`` is read
+    at ``against_stations[i]`` (the station's reservoir).
+    """
+
+    rule_id: str
+    metric: str
+    op: Literal["pressure_head", "linear_residual"]
+    source: str
+    stations: tuple[str, ...]
+    sensor_elevation: FloatArray  # (n,), NaN when unused
+    against: str | None = None
+    against_stations: tuple[str, ...] = ()
+    intercept: FloatArray | None = None  # (n,)
+    slope: FloatArray | None = None  # (n,)
+
+
+@dataclass(frozen=True)
+class CompiledCondition:
+    """One clause: window aggregate of ``metric`` compared with a per-station threshold."""
+
+    metric: str
+    window_ms: int
+    aggregate: str
+    direction: Literal[1, -1]
+    thresholds: FloatArray  # (n_stations,)
+
+
+@dataclass(frozen=True)
+class CompoundRule:
+    """Raises ``level`` at a station when all (mode ``all``) or any clauses hold."""
+
+    rule_id: str
+    stations: tuple[str, ...]
+    mode: Literal["all", "any"]
+    conditions: tuple[CompiledCondition, ...]
+    level: Level
+    for_ms: int
+    stale_ms: int
+    summary: str
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CorroborationRule:
+    """Raises ``level`` for a group when >= ``k`` of its stations are at >= ``min_level``
+    of rule ``source_rule`` within ``within_ms`` of each other."""
+
+    rule_id: str
+    source_rule: str
+    min_level: Level
+    k: int
+    groups: Mapping[str, tuple[str, ...]]  # group name ("" = whole selection) -> stations
+    within_ms: int
+    level: Level
+    for_ms: int
+    summary: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QCParams:
+    """Reading checks applied to ``metric`` before the rule aggregates it."""
+
+    rule_id: str
+    metric: str
+    min: float | None
+    max: float | None
+    max_step: float | None
+    flatline_ms: int | None
+    drop: tuple[str, ...]

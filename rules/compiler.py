@@ -1,0 +1,215 @@
+"""Validated rules + registry -> what the engine runs.
+
+Contract: ``compile_rules(files, registry, lang)`` expects rules that passed the schema
+and ``checks.check_rules`` (use ``rules.api.load_ruleset`` to get both); a station that
+lacks a referenced field then cannot occur, so NaN in the output only ever means "level
+not used by this rule". Rows follow registry order; columns are blue, yellow, orange,
+red (``engine.alerts.Level`` - 1).
+
+Threshold rules whose aggregate ``engine.ruleset.ThresholdRule`` accepts become
+ThresholdRules in ``Compiled.ruleset``; the rest go to the dataclasses of
+``rules.compiled`` until the engine grows kernels for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, get_args, get_type_hints
+
+import numpy as np
+
+from engine.alerts import Level
+from engine.ruleset import N_LEVELS, RuleSet, ThresholdRule
+from rules.checks import selected_stations
+from rules.compiled import (
+    CompiledCondition,
+    CompoundRule,
+    CorroborationRule,
+    DerivedMetric,
+    FloatArray,
+    QCParams,
+    WindowThresholdRule,
+)
+from rules.loader import RuleFile
+from rules.registry import Registry, Station
+from rules.schema import CompoundSpec, CorroborationSpec, Ref, Summary, ThresholdSpec
+
+__all__ = ["ENGINE_AGGREGATES", "Compiled", "compile_rules"]
+
+#: Aggregates the engine's ThresholdRule accepts, read from its annotation so that
+#: widening the engine's Literal moves rules into the RuleSet without a change here.
+ENGINE_AGGREGATES = frozenset(get_args(get_type_hints(ThresholdRule)["aggregate"]))
+_DEFAULT_SUMMARY = {
+    "zh": "{name}({station}) {metric} {value:.2f}{unit} 达到{level}预警(阈值 {threshold:.2f})",
+    "en": "{name} ({station}) {metric} {value:.2f} {unit} reached {level} (threshold {threshold:.2f})",
+}
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """Everything compiled from a set of rule files against one registry."""
+
+    ruleset: RuleSet
+    windowed: tuple[WindowThresholdRule, ...] = ()
+    derived: tuple[DerivedMetric, ...] = ()
+    compound: tuple[CompoundRule, ...] = ()
+    corroboration: tuple[CorroborationRule, ...] = ()
+    qc: tuple[QCParams, ...] = ()
+
+
+def compile_rules(files: Iterable[RuleFile], registry: Registry, lang: str = "zh") -> Compiled:
+    """Compile checked rules; ``lang`` ("zh" or "en") picks the summary text."""
+    files = list(files)
+    out: dict[str, list[Any]] = {
+        k: [] for k in ("rules", "windowed", "derived", "compound", "corr", "qc")
+    }
+    digest = hashlib.blake2b(digest_size=8)
+    for rule in (r for f in files for r in f.rules):
+        spec = rule.spec
+        stations = selected_stations(rule, registry)
+        digest.update(spec.model_dump_json(by_alias=True).encode())
+        for s in stations:
+            digest.update(s.model_dump_json().encode())
+        if isinstance(spec, ThresholdSpec):
+            kind, compiled = _threshold(spec, stations, lang)
+            out[kind].append(compiled)
+            if spec.derive is not None:
+                out["derived"].append(_derived(spec, stations, registry))
+            if spec.qc is not None:
+                q = spec.qc
+                out["qc"].append(
+                    QCParams(
+                        spec.id,
+                        spec.derive.from_ if spec.derive else spec.metric,
+                        q.min,
+                        q.max,
+                        q.max_step,
+                        q.flatline,
+                        tuple(q.drop),
+                    )
+                )
+        elif isinstance(spec, CompoundSpec):
+            out["compound"].append(_compound(spec, stations, lang))
+        elif isinstance(spec, CorroborationSpec):
+            out["corr"].append(_corroboration(spec, stations, lang))
+    return Compiled(
+        ruleset=RuleSet(tuple(out["rules"]), version=digest.hexdigest()),
+        windowed=tuple(out["windowed"]),
+        derived=tuple(out["derived"]),
+        compound=tuple(out["compound"]),
+        corroboration=tuple(out["corr"]),
+        qc=tuple(out["qc"]),
+    )
+
+
+def _per_station(ref: Ref | None, stations: Sequence[Station]) -> FloatArray:
+    values = [ref.resolve(s) if ref is not None else None for s in stations]
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _summary(summary: Summary | None, lang: str) -> str:
+    if summary is None:
+        return _DEFAULT_SUMMARY[lang]
+    text: str = getattr(summary, lang)
+    return text
+
+
+def _labels(
+    stations: Sequence[Station], unit: str | None, extra: Mapping[str, str]
+) -> dict[str, dict[str, str]]:
+    return {s.id: {**s.labels(), **({"unit": unit} if unit else {}), **extra} for s in stations}
+
+
+def _threshold(
+    spec: ThresholdSpec, stations: Sequence[Station], lang: str
+) -> tuple[str, ThresholdRule | WindowThresholdRule]:
+    thresholds = np.full((len(stations), N_LEVELS), np.nan, dtype=np.float64)
+    for name, level in spec.levels.used():
+        thresholds[:, Level.parse(name) - 1] = _per_station(level.ref, stations)
+    if spec.derive is not None:
+        unit = "m" if spec.derive.op == "pressure_head" else None
+        unit = unit or next((s.metrics.get(spec.derive.from_) for s in stations), None)
+    else:
+        unit = next((s.metrics.get(spec.metric) for s in stations), None)
+    kwargs: dict[str, Any] = dict(
+        rule_id=spec.id,
+        metric=spec.metric,
+        stations=tuple(s.id for s in stations),
+        thresholds=thresholds,
+        direction=spec.levels.direction,
+        window_ms=spec.window.size,
+        aggregate=spec.window.aggregate,
+        deadband=spec.deadband,
+        for_ms=spec.for_ms or 0,
+        stale_ms=spec.stale_ms or 0,
+        summary=_summary(spec.summary, lang),
+        labels=_labels(stations, unit or spec.unit, spec.labels),
+    )
+    if spec.window.aggregate in ENGINE_AGGREGATES:
+        return "rules", ThresholdRule(**kwargs)
+    return "windowed", WindowThresholdRule(**kwargs)
+
+
+def _derived(spec: ThresholdSpec, stations: Sequence[Station], registry: Registry) -> DerivedMetric:
+    d = spec.derive
+    assert d is not None
+    return DerivedMetric(
+        rule_id=spec.id,
+        metric=spec.metric,
+        op=d.op,
+        source=d.from_,
+        stations=tuple(s.id for s in stations),
+        sensor_elevation=_per_station(Ref(field="sensor_elevation"), stations),
+        against=d.against,
+        against_stations=tuple(s.reservoir or "" for s in stations) if d.against else (),
+        intercept=_per_station(d.intercept, stations) if d.intercept else None,
+        slope=_per_station(d.slope, stations) if d.slope else None,
+    )
+
+
+def _compound(spec: CompoundSpec, stations: Sequence[Station], lang: str) -> CompoundRule:
+    conditions = tuple(
+        CompiledCondition(
+            metric=c.metric,
+            window_ms=c.window.size,
+            aggregate=c.window.aggregate,
+            direction=1 if c.above is not None else -1,
+            thresholds=_per_station(c.above if c.above is not None else c.below, stations),
+        )
+        for c in spec.conditions
+    )
+    return CompoundRule(
+        rule_id=spec.id,
+        stations=tuple(s.id for s in stations),
+        mode="all" if spec.all is not None else "any",
+        conditions=conditions,
+        level=Level.parse(spec.level),
+        for_ms=spec.for_ms or 0,
+        stale_ms=spec.stale_ms or 0,
+        summary=_summary(spec.summary, lang),
+        labels=_labels(stations, None, spec.labels),
+    )
+
+
+def _corroboration(
+    spec: CorroborationSpec, stations: Sequence[Station], lang: str
+) -> CorroborationRule:
+    c = spec.corroborate
+    groups: dict[str, list[str]] = {}
+    for s in stations:
+        key = (getattr(s, c.group_by) or "") if c.group_by else ""
+        groups.setdefault(key, []).append(s.id)
+    return CorroborationRule(
+        rule_id=spec.id,
+        source_rule=c.rule,
+        min_level=Level.parse(c.level),
+        k=c.k,
+        groups={g: tuple(ids) for g, ids in groups.items()},
+        within_ms=c.within,
+        level=Level.parse(spec.level),
+        for_ms=spec.for_ms or 0,
+        summary=_summary(spec.summary, lang),
+        labels=dict(spec.labels),
+    )
