@@ -43,7 +43,9 @@ __all__ = ["ENGINE_AGGREGATES", "Compiled", "compile_rules"]
 ENGINE_AGGREGATES = frozenset(get_args(get_type_hints(ThresholdRule)["aggregate"]))
 _DEFAULT_SUMMARY = {
     "zh": "{name}({station}) {metric} {value:.2f}{unit} 达到{level}预警(阈值 {threshold:.2f})",
-    "en": "{name} ({station}) {metric} {value:.2f} {unit} reached {level} (threshold {threshold:.2f})",
+    "en": (
+        "{name} ({station}) {metric} {value:.2f} {unit} reached {level} (threshold {threshold:.2f})"
+    ),
 }
 
 
