@@ -78,6 +78,9 @@ def problems_from_validation(
         if err["type"] == "unknown_field":
             loc = (*loc, ctx["field"])
         full = (*base, *loc)
+        # a scalar that a validator wrapped in a list (``kind: x`` -> [x]) has no [0]
+        while full and isinstance(full[-1], int) and full not in source.positions:
+            full = full[:-1]
         line, col = source.position(full)
         problems.append(
             Problem(source.file, line, col, format_path(full[shown_from:]), _message(err))

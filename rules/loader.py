@@ -51,9 +51,13 @@ class RuleFile:
 
 
 def read_rule_file(
-    path: str | Path, station_fields: Iterable[str] = ()
+    path: str | Path, station_fields: Iterable[str] | None = None
 ) -> tuple[RuleFile, list[Problem]]:
-    """Validate one file; returns the rules that passed and the problems of the rest."""
+    """Validate one file; returns the rules that passed and the problems of the rest.
+
+    ``station_fields``: names ``station.<x>`` may use (``Registry.field_names()``); None
+    (no registry) accepts any name.
+    """
     file = str(path)
     try:
         source = load_yaml(path)
@@ -71,7 +75,7 @@ def read_rule_file(
     ]
     if data.get("version", 1) != 1:
         problems.append(_at(source, ("version",), f"unsupported version {data['version']!r}"))
-    context = {"station_fields": frozenset(station_fields)}
+    context = {} if station_fields is None else {"station_fields": frozenset(station_fields)}
     rules: list[LoadedRule] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(data["rules"]):
@@ -96,7 +100,7 @@ def read_rule_file(
 
 def load_rule_file(path: str | Path, registry: Registry | None = None) -> RuleFile:
     """The file's rules, or RulesInvalid with every schema problem (no registry checks)."""
-    fields = registry.field_names() if registry is not None else ()
+    fields = registry.field_names() if registry is not None else None
     rule_file, problems = read_rule_file(path, fields)
     if problems:
         raise RulesInvalid(problems)

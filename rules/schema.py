@@ -13,8 +13,9 @@ apart by its keys (see ``rule_model_for``):
 
 Units: thresholds, ``deadband`` and QC limits are in the metric's unit as written in the
 station registry; durations are strings (``15m``) held as integer milliseconds.
-Validation context ``{"station_fields": set[str]}`` widens the names ``station.<x>`` may
-use (the registry's free fields); without it only the built-in levels are known.
+Validation context ``{"station_fields": set[str]}`` lists the names ``station.<x>`` may
+use (the registry's built-in and free fields); without it any well-formed name passes and
+the registry checks catch it later.
 """
 
 from __future__ import annotations
@@ -101,12 +102,14 @@ def _parse_ref(value: Any, info: ValidationInfo) -> Ref:
         raise ValueError(f"expected a number or a station field, got {value!r}")
     if isinstance(value, int | float):
         return Ref(number=float(value))
-    known = set(LEVEL_FIELDS) | set((info.context or {}).get("station_fields", ()))
+    # Without a registry (no "station_fields" in the context) any name may be a free field.
+    fields = (info.context or {}).get("station_fields")
+    known = set(LEVEL_FIELDS) | set(fields or ())
     if isinstance(value, str):
         match = _REF.match(value.strip())
         if match:
             name, sign, amount = match.groups()
-            if name not in known:
+            if fields is not None and name not in known:
                 raise ValueError(
                     f"expected a number or a station field, got {name!r}{did_you_mean(name, known)}"
                 )

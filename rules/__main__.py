@@ -1,0 +1,5 @@
+"""``python -m rules check PATH... [--stations S]``."""
+
+from rules.cli import main
+
+raise SystemExit(main())
