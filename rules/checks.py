@@ -221,7 +221,8 @@ def _metric_and_unit(
     lacking = [s.id for s in stations if metric not in s.metrics]
     if lacking:
         known = {m for s in stations for m in s.metrics}
-        msg = f"{name_some(lacking)} do not report {metric!r}{did_you_mean(metric, known)}"
+        hint = "" if metric in known else did_you_mean(metric, known)
+        msg = f"{metric!r} is not reported by {name_some(lacking)}{hint}"
         out.append(rule.problem(path, msg))
     if unit is not None:
         wrong: dict[str, list[str]] = {}
