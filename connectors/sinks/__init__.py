@@ -1,0 +1,1 @@
+"""Delivery sinks: where alert events reach people (and files)."""

@@ -1,0 +1,214 @@
+"""The Faust topology: telemetry -> per-partition kernels -> alerts -> dispatcher.
+
+Topics (names prefixed by the app id, DESIGN.md): ``<id>-telemetry`` carries columnar
+batches (raw bytes, ``engine.batch``), ``<id>-alerts`` alert events as JSON keyed by
+fingerprint (one series stays in one partition, so its transitions stay in order), and
+``<id>-dead-letter`` the raw bytes of anything rejected, with the reason in the
+``vigil-reason`` header.
+
+The same topology runs on the embedded ``local://`` transport and on Kafka; only the
+broker URL differs. On ``local://`` the processors' state is checkpointed atomically
+with the consumer offsets (see ``engine.transport.local``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faust
+from aiokafka.partitioner import DefaultPartitioner
+from faust.types import TP
+
+from connectors.sinks.base import Sink
+from engine.alerts import AlertEvent
+from engine.batch import BatchBuilder, BatchDecodeError, TelemetryBatch
+from engine.dispatch import Dispatcher
+from engine.processor import PartitionProcessor
+from engine.ruleset import RuleSet
+from engine.transport.local import Transport as LocalTransport
+
+__all__ = ["Reading", "Topology"]
+
+log = logging.getLogger(__name__)
+
+Reading = tuple[str, str, int, float]  # station, metric, ts_ms, value
+
+_partitioner = DefaultPartitioner()
+
+
+class Topology:
+    """Builds the Faust app, its topics and agents, around one rule set."""
+
+    def __init__(
+        self,
+        *,
+        app_id: str,
+        broker: str,
+        partitions: int,
+        ruleset: RuleSet,
+        sinks: Sequence[Sink],
+        data_dir: Path,
+        lateness_ms: int = 60_000,
+        web_port: int | None = None,
+    ) -> None:
+        self.partitions = partitions
+        self.ruleset = ruleset
+        self.lateness_ms = lateness_ms
+        self.counters: Counter[str] = Counter()
+        self.app = faust.App(
+            app_id,
+            broker=broker,
+            store="memory://",
+            datadir=str(data_dir / "faust"),
+            topic_partitions=partitions,
+            broker_commit_interval=1.0,
+            web_enabled=web_port is not None,
+            web_port=web_port or 6066,
+            autodiscover=False,
+            # Batches, not records: a few large records per second, never a flood.
+            stream_buffer_maxsize=64,
+        )
+        self.telemetry = self.app.topic(
+            f"{app_id}-telemetry", key_serializer="raw", value_serializer="raw",
+            partitions=partitions,
+        )  # fmt: skip
+        self.alerts = self.app.topic(
+            f"{app_id}-alerts", key_serializer="raw", value_serializer="raw",
+            partitions=partitions,
+        )  # fmt: skip
+        self.dead_letter = self.app.topic(
+            f"{app_id}-dead-letter", key_serializer="raw", value_serializer="raw",
+            partitions=1,
+        )  # fmt: skip
+        self._declare_local_topics()
+        self.processors: dict[int, PartitionProcessor] = {}
+        self.dispatcher = Dispatcher(sinks)
+        self.app.agent(self.telemetry, name="evaluate", isolated_partitions=True)(self._evaluate)
+        self.app.agent(self.alerts, name="dispatch")(self._dispatch)
+        self._checkpoint_registered = False
+
+    def _declare_local_topics(self) -> None:
+        # Create the topics with their partition counts before anything produces: a
+        # first send to an unknown topic would create it with the app's default count.
+        transport = self.app.transport
+        if isinstance(transport, LocalTransport):
+            for topic in (self.telemetry, self.alerts, self.dead_letter):
+                transport.create_topic(topic.get_topic_name(), topic.partitions or 1)
+
+    # ---- producing -------------------------------------------------------------------------
+
+    def partition_for(self, station: str) -> int:
+        """Kafka's murmur2 partition of a station id, the same on both transports."""
+        all_partitions = list(range(self.partitions))
+        return int(_partitioner(station.encode(), all_partitions, all_partitions))
+
+    async def produce(self, readings: Sequence[Reading]) -> None:
+        """Produce readings as one batch per partition; returns once all are durable."""
+        builders: dict[int, BatchBuilder] = {}
+        for station, metric, ts, value in readings:
+            p = self.partition_for(station)
+            builder = builders.get(p)
+            if builder is None:
+                builder = builders[p] = BatchBuilder()
+            builder.add(station, metric, ts, value)
+        futures = [
+            await self.telemetry.send(value=b.build().encode(), partition=p)
+            for p, b in builders.items()
+        ]
+        for fut in futures:
+            await fut
+        self.counters["readings_produced"] += len(readings)
+
+    async def send_dead_letter(self, raw: bytes, reason: str, source: str) -> None:
+        """Keep rejected input with its reason; returns once it is durable."""
+        fut = await self.dead_letter.send(
+            key=source.encode(),
+            value=raw,
+            headers={
+                "vigil-reason": reason.encode(),
+                "vigil-source": source.encode(),
+                "vigil-received-at": str(int(time.time() * 1000)).encode(),
+            },
+        )
+        await fut
+        self.counters["dead_letter"] += 1
+        log.warning("dead-letter from %s: %s", source, reason)
+
+    # ---- agents ----------------------------------------------------------------------------
+
+    def processor(self, partition: int) -> PartitionProcessor:
+        proc = self.processors.get(partition)
+        if proc is None:
+            proc = PartitionProcessor(self.ruleset, lateness_ms=self.lateness_ms)
+            blob = self._local_log_blob(partition)
+            if blob is not None:
+                proc.restore(blob)
+                log.info("partition %d: state restored, resuming at offset %d", partition,
+                         proc.next_offset)  # fmt: skip
+            self.processors[partition] = proc
+        elif proc.ruleset is not self.ruleset:
+            proc.swap_rules(self.ruleset)  # at a batch boundary, never inside one
+        return proc
+
+    async def _evaluate(self, stream: Any) -> None:
+        self._register_checkpoints()
+        async for event in stream.events():
+            message = event.message
+            try:
+                batch = TelemetryBatch.decode(event.value)
+            except BatchDecodeError as exc:
+                await self.send_dead_letter(
+                    event.value or b"", f"bad telemetry batch: {exc}",
+                    f"{message.topic}/{message.partition}@{message.offset}",
+                )  # fmt: skip
+                continue
+            proc = self.processor(message.partition)
+            alerts = proc.process(batch, message.offset)
+            self.counters["readings_evaluated"] += len(batch)
+            for alert in alerts:
+                fut = await self.alerts.send(
+                    key=alert.fingerprint.encode(), value=alert.to_json().encode()
+                )
+                await fut  # durable before the state that caused it can be committed
+
+    async def _dispatch(self, stream: Any) -> None:
+        async for value in stream:
+            await self.dispatcher.dispatch(AlertEvent.from_json(value))
+
+    # ---- checkpoints -----------------------------------------------------------------------
+
+    def _checkpoint_name(self, partition: int) -> str:
+        return f"processor/{self.telemetry.get_topic_name()}/{partition}"
+
+    def _local_log_blob(self, partition: int) -> bytes | None:
+        transport = self.app.transport
+        if isinstance(transport, LocalTransport):
+            return transport.log.blob(self._checkpoint_name(partition))
+        return None
+
+    def _register_checkpoints(self) -> None:
+        transport = self.app.transport
+        if self._checkpoint_registered or not isinstance(transport, LocalTransport):
+            return
+        topic = self.telemetry.get_topic_name()
+
+        def checkpoints(offsets: Any) -> dict[str, bytes]:
+            blobs = {}
+            for tp in offsets:
+                if isinstance(tp, TP) and tp.topic == topic and tp.partition in self.processors:
+                    blobs[self._checkpoint_name(tp.partition)] = self.processors[
+                        tp.partition
+                    ].snapshot()
+            return blobs
+
+        transport.checkpoint_sources.append(checkpoints)
+        self._checkpoint_registered = True
+
+    def swap_rules(self, ruleset: RuleSet) -> None:
+        """Install new rules; each partition picks them up before its next batch."""
+        self.ruleset = ruleset
