@@ -247,7 +247,7 @@ def _update_kernel(  # type: ignore[no-untyped-def]
             if t < ta[s, slot]:
                 aa[s, slot] = v
                 ta[s, slot] = t
-            if t > tb[s, slot]:
+            if t >= tb[s, slot]:
                 bb[s, slot] = v
                 tb[s, slot] = t
         elif agg == _MIN:
