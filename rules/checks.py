@@ -23,6 +23,9 @@ from __future__ import annotations
 import string
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+import numpy.typing as npt
+
 from rules.durations import format_duration_ms
 from rules.errors import Problem, did_you_mean
 from rules.loader import LoadedRule, RuleFile
@@ -38,7 +41,9 @@ from rules.schema import (
 )
 from rules.source import Key
 
-__all__ = ["check_rules", "name_some", "selected_stations"]
+__all__ = ["check_rules", "name_some", "per_station", "selected_stations"]
+
+FloatArray = npt.NDArray[np.float64]
 
 _DERIVED_UNIT = {"pressure_head": "m"}
 
@@ -267,6 +272,16 @@ def _missing_field(
     return [rule.problem(path, f"station field {ref.field!r} is not set for {name_some(lacking)}")]
 
 
+def per_station(ref: Ref | None, stations: Sequence[Station]) -> FloatArray:
+    """``ref`` resolved at each station, NaN where unset; a bare number is broadcast."""
+    if ref is None:
+        return np.full(len(stations), np.nan)
+    if ref.field is None:
+        return np.full(len(stations), np.nan if ref.number is None else ref.number)
+    values = [s.value(ref.field) for s in stations]
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64) + ref.offset
+
+
 def _level_order(
     rule: LoadedRule,
     spec: ThresholdSpec,
@@ -276,27 +291,28 @@ def _level_order(
     """Thresholds must not go backwards, per station; reported at the later level."""
     direction = spec.levels.direction
     names = [name for name, _ in spec.levels.used()]
-    where: list[Station | None] = list(stations) if stations is not None else [None]
-    bad: dict[int, list[str]] = {}  # index of the later level -> "HZ001 (3.2 < 3.5)"
-    for s in where:
-        values = [ref.resolve(s) for _, ref in refs]
-        for i in range(1, len(values)):
-            prev = next((v for v in reversed(values[:i]) if v is not None), None)
-            cur = values[i]
-            if prev is not None and cur is not None and (cur - prev) * direction < 0:
-                sign = "<" if direction == 1 else ">"
-                bad.setdefault(i, []).append(
-                    f"{s.id + ' ' if s else ''}({cur:g} {sign} {prev:g})".strip()
-                )
-    out = []
+    if stations is None:  # numbers only: one row, no station name
+        values = np.array([[r.number if r.field is None else np.nan for _, r in refs]])
+        ids = [""]
+    else:
+        values = np.column_stack([per_station(r, stations) for _, r in refs])
+        ids = [s.id + " " for s in stations]
     order = " <= ".join(names) if direction == 1 else " >= ".join(names)
-    for i, where_bad in sorted(bad.items()):
-        word = "below" if direction == 1 else "above"
-        msg = (
-            f"{names[i]} threshold is {word} {names[i - 1]}'s at {name_some(where_bad, 3)}; "
-            f"levels must go {order}"
-        )
-        out.append(rule.problem(refs[i][0], msg))
+    word, sign = ("below", "<") if direction == 1 else ("above", ">")
+    out = []
+    prev = values[:, 0].copy()  # the last set threshold so far, per station
+    for i in range(1, len(refs)):
+        cur = values[:, i]
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero((cur - prev) * direction < 0)
+        if bad.size:
+            where = [f"{ids[k]}({cur[k]:g} {sign} {prev[k]:g})" for k in bad]
+            msg = (
+                f"{names[i]} threshold is {word} {names[i - 1]}'s at {name_some(where, 3)}; "
+                f"levels must go {order}"
+            )
+            out.append(rule.problem(refs[i][0], msg))
+        prev = np.where(np.isnan(cur), prev, cur)
     return out
 
 

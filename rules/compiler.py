@@ -22,13 +22,12 @@ import numpy as np
 
 from engine.alerts import Level
 from engine.ruleset import N_LEVELS, RuleSet, ThresholdRule
-from rules.checks import selected_stations
+from rules.checks import per_station, selected_stations
 from rules.compiled import (
     CompiledCondition,
     CompoundRule,
     CorroborationRule,
     DerivedMetric,
-    FloatArray,
     QCParams,
     WindowThresholdRule,
 )
@@ -68,12 +67,12 @@ def compile_rules(files: Iterable[RuleFile], registry: Registry, lang: str = "zh
         k: [] for k in ("rules", "windowed", "derived", "compound", "corr", "qc")
     }
     digest = hashlib.blake2b(digest_size=8)
+    for station in registry:  # the version changes when a station's values do
+        digest.update(station.model_dump_json().encode())
     for rule in (r for f in files for r in f.rules):
         spec = rule.spec
         stations = selected_stations(rule, registry)
         digest.update(spec.model_dump_json(by_alias=True).encode())
-        for s in stations:
-            digest.update(s.model_dump_json().encode())
         if isinstance(spec, ThresholdSpec):
             kind, compiled = _threshold(spec, stations, lang)
             out[kind].append(compiled)
@@ -106,11 +105,6 @@ def compile_rules(files: Iterable[RuleFile], registry: Registry, lang: str = "zh
     )
 
 
-def _per_station(ref: Ref | None, stations: Sequence[Station]) -> FloatArray:
-    values = [ref.resolve(s) if ref is not None else None for s in stations]
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-
-
 def _summary(summary: Summary | None, lang: str) -> str:
     if summary is None:
         return _DEFAULT_SUMMARY[lang]
@@ -129,7 +123,7 @@ def _threshold(
 ) -> tuple[str, ThresholdRule | WindowThresholdRule]:
     thresholds = np.full((len(stations), N_LEVELS), np.nan, dtype=np.float64)
     for name, level in spec.levels.used():
-        thresholds[:, Level.parse(name) - 1] = _per_station(level.ref, stations)
+        thresholds[:, Level.parse(name) - 1] = per_station(level.ref, stations)
     if spec.derive is not None:
         unit = "m" if spec.derive.op == "pressure_head" else None
         unit = unit or next((s.metrics.get(spec.derive.from_) for s in stations), None)
@@ -163,11 +157,11 @@ def _derived(spec: ThresholdSpec, stations: Sequence[Station], registry: Registr
         op=d.op,
         source=d.from_,
         stations=tuple(s.id for s in stations),
-        sensor_elevation=_per_station(Ref(field="sensor_elevation"), stations),
+        sensor_elevation=per_station(Ref(field="sensor_elevation"), stations),
         against=d.against,
         against_stations=tuple(s.reservoir or "" for s in stations) if d.against else (),
-        intercept=_per_station(d.intercept, stations) if d.intercept else None,
-        slope=_per_station(d.slope, stations) if d.slope else None,
+        intercept=per_station(d.intercept, stations) if d.intercept else None,
+        slope=per_station(d.slope, stations) if d.slope else None,
     )
 
 
@@ -178,7 +172,7 @@ def _compound(spec: CompoundSpec, stations: Sequence[Station], lang: str) -> Com
             window_ms=c.window.size,
             aggregate=c.window.aggregate,
             direction=1 if c.above is not None else -1,
-            thresholds=_per_station(c.above if c.above is not None else c.below, stations),
+            thresholds=per_station(c.above if c.above is not None else c.below, stations),
         )
         for c in spec.conditions
     )
