@@ -38,7 +38,8 @@ def validate(
         files.append(rule_file)
         problems += found
     problems += check_rules(files, registry)
-    return files, sorted(problems)
+    problems.sort(key=lambda p: (p.file, p.line, p.col))  # stable: schema order at a tie
+    return files, problems
 
 
 def _registry(stations: PathLike | Registry) -> Registry:
