@@ -317,17 +317,16 @@ def _level_order(
 
 
 def _check_summary(rule: LoadedRule) -> list[Problem]:
-    summary = rule.spec.summary
-    if summary is None:
-        return []
     allowed = SUMMARY_FIELDS | set(rule.spec.labels)
     out = []
-    for lang in ("zh", "en"):
-        for _, name, _, _ in string.Formatter().parse(getattr(summary, lang)):
-            if name is None:
-                continue
-            field = name.split(".")[0].split("[")[0]
-            if field not in allowed:
-                msg = f"unknown placeholder {{{field}}}{did_you_mean(field, allowed)}"
-                out.append(rule.problem(("summary", lang), msg))
+    for key in ("summary", "all_clear"):
+        summary = getattr(rule.spec, key)
+        for lang in ("zh", "en") if summary is not None else ():
+            for _, name, _, _ in string.Formatter().parse(getattr(summary, lang)):
+                if name is None:
+                    continue
+                field = name.split(".")[0].split("[")[0]
+                if field not in allowed:
+                    msg = f"unknown placeholder {{{field}}}{did_you_mean(field, allowed)}"
+                    out.append(rule.problem((key, lang), msg))
     return out

@@ -53,6 +53,7 @@ class WindowThresholdRule:
     for_ms: int
     stale_ms: int
     summary: str
+    resolved_summary: str
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
@@ -100,6 +101,7 @@ class CompoundRule:
     for_ms: int
     stale_ms: int
     summary: str
+    resolved_summary: str
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
@@ -117,6 +119,7 @@ class CorroborationRule:
     level: Level
     for_ms: int
     summary: str
+    resolved_summary: str
     labels: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, get_args, get_type_hints
 
 import numpy as np
@@ -33,18 +33,18 @@ from rules.compiled import (
 )
 from rules.loader import RuleFile
 from rules.registry import Registry, Station
-from rules.schema import CompoundSpec, CorroborationSpec, Ref, Summary, ThresholdSpec
+from rules.schema import CompoundSpec, CorroborationSpec, Ref, RuleSpec, Summary, ThresholdSpec
 
 __all__ = ["ENGINE_AGGREGATES", "Compiled", "compile_rules"]
 
 #: Aggregates the engine's ThresholdRule accepts, read from its annotation so that
 #: widening the engine's Literal moves rules into the RuleSet without a change here.
 ENGINE_AGGREGATES = frozenset(get_args(get_type_hints(ThresholdRule)["aggregate"]))
-_DEFAULT_SUMMARY = {
-    "zh": "{name}({station}) {metric} {value:.2f}{unit} 达到{level}预警(阈值 {threshold:.2f})",
-    "en": (
-        "{name} ({station}) {metric} {value:.2f} {unit} reached {level} (threshold {threshold:.2f})"
-    ),
+_ENGINE_DEFAULTS = {f.name: str(f.default) for f in fields(ThresholdRule) if "summary" in f.name}
+#: Chinese defaults; in English the engine's own ThresholdRule defaults apply.
+_DEFAULT_ZH = {
+    "summary": "{name}({station}){metric} {value:.2f} {unit},{level}预警(阈值 {threshold:.2f})",
+    "all_clear": "{name}({station}){metric} 回落至 {value:.2f} {unit},{previous_level}预警解除",
 }
 
 
@@ -105,11 +105,18 @@ def compile_rules(files: Iterable[RuleFile], registry: Registry, lang: str = "zh
     )
 
 
-def _summary(summary: Summary | None, lang: str) -> str:
-    if summary is None:
-        return _DEFAULT_SUMMARY[lang]
-    text: str = getattr(summary, lang)
-    return text
+def _texts(spec: RuleSpec, lang: str) -> dict[str, str]:
+    """``summary`` and ``resolved_summary`` keyword arguments for a compiled rule."""
+    out = {}
+    for key, arg in (("summary", "summary"), ("all_clear", "resolved_summary")):
+        given: Summary | None = getattr(spec, key)
+        if given is not None:
+            out[arg] = str(getattr(given, lang))
+        elif lang == "zh":
+            out[arg] = _DEFAULT_ZH[key]
+        else:
+            out[arg] = _ENGINE_DEFAULTS[arg]
+    return out
 
 
 def _labels(
@@ -140,7 +147,7 @@ def _threshold(
         deadband=spec.deadband,
         for_ms=spec.for_ms or 0,
         stale_ms=spec.stale_ms or 0,
-        summary=_summary(spec.summary, lang),
+        **_texts(spec, lang),
         labels=_labels(stations, unit or spec.unit, spec.labels),
     )
     if spec.window.aggregate in ENGINE_AGGREGATES:
@@ -184,7 +191,7 @@ def _compound(spec: CompoundSpec, stations: Sequence[Station], lang: str) -> Com
         level=Level.parse(spec.level),
         for_ms=spec.for_ms or 0,
         stale_ms=spec.stale_ms or 0,
-        summary=_summary(spec.summary, lang),
+        **_texts(spec, lang),
         labels=_labels(stations, None, spec.labels),
     )
 
@@ -206,6 +213,6 @@ def _corroboration(
         within_ms=c.within,
         level=Level.parse(spec.level),
         for_ms=spec.for_ms or 0,
-        summary=_summary(spec.summary, lang),
+        **_texts(spec, lang),
         labels=dict(spec.labels),
     )

@@ -241,18 +241,20 @@ class QC(StrictModel):
 
 
 #: Placeholders every summary may use; a rule's own ``labels`` keys are allowed too.
-#: The engine formats with ``summary.format(station=, metric=, value=, level=, threshold=,
-#: **labels)``, where labels hold kind, name, basin, district, unit and the rule's labels.
+#: The engine (``engine/processor.py``) formats with station, name, metric, level,
+#: previous_level, value, threshold, unit and every label of the station: kind, name,
+#: basin, district, unit and the rule's own ``labels``.
 SUMMARY_FIELDS = frozenset(
     {
         "station",
+        "name",
+        "previous_level",
         "metric",
         "value",
         "level",
         "threshold",
         "unit",
         "kind",
-        "name",
         "basin",
         "district",
     }
@@ -308,7 +310,8 @@ class RuleBase(StrictModel):
     for_ms: DurationMs | None = Field(default=None, alias="for")
     stale_ms: DurationMs | None = Field(default=None, alias="stale")
     labels: dict[str, str] = Field(default_factory=dict)
-    summary: Summary | None = None
+    summary: Summary | None = None  # text of a level transition (firing)
+    all_clear: Summary | None = None  # text when the series returns to no level
 
 
 class ThresholdSpec(RuleBase):

@@ -168,7 +168,12 @@ def test_summary_placeholder_unknown() -> None:
         levels: {red: {above: 1}}
         labels: {team: hydro}
         summary: {zh: "{stn} {team}", en: "{station} {value:.1f}"}
-    """) == ["r.yaml:9:13: summary.zh: unknown placeholder {stn} (did you mean 'station'?)"]
+        all_clear: {zh: "{previous_level}", en: "{prev_level}"}
+    """) == [
+        "r.yaml:9:13: summary.zh: unknown placeholder {stn} (did you mean 'station'?)",
+        "r.yaml:10:39: all_clear.en: unknown placeholder {prev_level} "
+        "(did you mean 'previous_level'?)",
+    ]
 
 
 def test_compound_condition_checks() -> None:

@@ -41,6 +41,21 @@ def test_river_level_thresholds_per_station(flood: Compiled) -> None:
         "domain": "flood",
     }
     assert rule.summary.startswith("{name}({station})水位")
+    assert rule.resolved_summary.endswith("{previous_level}预警解除")
+
+
+def test_default_texts_per_language(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text(
+        "rules:\n  - id: r\n    select: {ids: [HZ001]}\n    metric: water_level\n"
+        "    window: {size: 15m}\n    levels: {red: {above: 9}}\n",
+        encoding="utf-8",
+    )
+    zh = load_ruleset([tmp_path / "r.yaml"], PACKS / "demo_stations.yaml").ruleset.rules[0]
+    en = load_ruleset([tmp_path / "r.yaml"], PACKS / "demo_stations.yaml", lang="en")
+    default = ThresholdRule("x", "m", (), np.empty((0, 4)))
+    assert "预警(阈值" in zh.summary and "预警解除" in zh.resolved_summary
+    assert en.ruleset.rules[0].summary == default.summary
+    assert en.ruleset.rules[0].resolved_summary == default.resolved_summary
 
 
 def test_unused_levels_are_nan(flood: Compiled) -> None:

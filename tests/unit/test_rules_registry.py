@@ -49,7 +49,12 @@ def test_yaml_registry(tmp_path: Path) -> None:
     assert hz.value("warning_level") == 4.5
     assert hz.value("blue_level") == 4.2
     assert hz.value("historical_max_level") is None
-    assert hz.labels() == {"kind": "river_gauge", "name": "示例一号站", "basin": "demo", "district": "upper"}
+    assert hz.labels() == {
+        "kind": "river_gauge",
+        "name": "示例一号站",
+        "basin": "demo",
+        "district": "upper",
+    }
     assert reg.get("SK01-P1").labels() == {"kind": "piezometer", "name": "SK01-P1"}
     assert "blue_level" in reg.field_names() and "warning_level" in reg.field_names()
 
