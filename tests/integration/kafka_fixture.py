@@ -17,6 +17,7 @@ sys.path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -123,10 +124,8 @@ def start_cluster(state_dir: Path, brokers: int = 1) -> KafkaCluster:
     except KafkaScriptError as exc:
         # Leave no half-started JVMs behind; the logs are gone with them, so the
         # script's stderr (which quotes the log tail) is the report.
-        try:
+        with contextlib.suppress(KafkaScriptError):
             cluster.down()
-        except KafkaScriptError:
-            pass
         pytest.fail(f"could not start a {brokers}-node Kafka cluster:\n{exc}", pytrace=False)
     return cluster
 

@@ -155,9 +155,18 @@ def test_faust_agent_forwards_between_topics(kafka_bootstrap: str, tmp_path: Pat
         "VIGIL_TEST_SINK": sink,
         "PYTHONUNBUFFERED": "1",
     }
+
+    # faust declares (creates) only its internal topics (changelogs, repartition,
+    # assignor); application topics must exist before the worker subscribes, or the
+    # assignor ignores them ("Ignoring missing topic") and the agent never gets a partition.
+    async def create_topics() -> None:
+        await _create_topic(kafka_bootstrap, source, partitions=4)
+        await _create_topic(kafka_bootstrap, sink, partitions=4)
+
+    asyncio.run(create_topics())
     with log.open("wb") as out:
         worker = subprocess.Popen(
-            [sys.executable, str(app_file), "worker", "--loglevel", "info"],
+            [sys.executable, str(app_file), "worker", "--without-web", "--loglevel", "info"],
             cwd=tmp_path,
             env=env,
             stdout=out,
@@ -190,7 +199,7 @@ def test_faust_agent_forwards_between_topics(kafka_bootstrap: str, tmp_path: Pat
             worker.wait()
 
     worker_log = log.read_text(errors="replace")
-    assert source_partitions == {0, 1, 2, 3}, "faust did not declare the 4-partition source"
+    assert source_partitions == {0, 1, 2, 3}
     assert len(got) == len(records), f"{len(got)} of {len(records)} arrived:\n{worker_log[-4000:]}"
     values = [json.loads(v or b"null") for _, _, v in got]
     assert sorted(v["seq"] for v in values) == list(range(len(records)))
