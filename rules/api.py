@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from rules.checks import check_rules
 from rules.compiler import Compiled, compile_rules
@@ -47,7 +48,7 @@ def _registry(stations: PathLike | Registry) -> Registry:
 
 
 def load_ruleset(
-    paths: Sequence[PathLike], stations: PathLike | Registry, lang: str = "zh"
+    paths: Sequence[PathLike], stations: PathLike | Registry, lang: Literal["zh", "en"] = "zh"
 ) -> Compiled:
     """Validate, check and compile; raises RulesInvalid listing every problem."""
     registry = _registry(stations)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, get_args, get_type_hints
+from typing import Any, Literal, get_args, get_type_hints
 
 import numpy as np
 
@@ -60,7 +60,9 @@ class Compiled:
     qc: tuple[QCParams, ...] = ()
 
 
-def compile_rules(files: Iterable[RuleFile], registry: Registry, lang: str = "zh") -> Compiled:
+def compile_rules(
+    files: Iterable[RuleFile], registry: Registry, lang: Literal["zh", "en"] = "zh"
+) -> Compiled:
     """Compile checked rules; ``lang`` ("zh" or "en") picks the summary text."""
     files = list(files)
     out: dict[str, list[Any]] = {
