@@ -19,8 +19,19 @@ class JsonlSink:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_torn_tail()
         self._keys = self._scan()
         self._file = self.path.open("a", encoding="utf-8")
+
+    def _drop_torn_tail(self) -> None:
+        # A crash mid-write leaves a partial last line; its event was not acknowledged
+        # and will be redelivered, so cut it off rather than append after it.
+        if not self.path.exists():
+            return
+        with self.path.open("rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
 
     def _scan(self) -> set[str]:
         keys: set[str] = set()

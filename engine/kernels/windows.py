@@ -150,7 +150,7 @@ def new_window_state(n_sensors: int, spec: WindowSpec, watermark_ms: int) -> Win
     return WindowState(buckets, clock)
 
 
-def _fields(
+def bucket_fields(
     state: WindowState,
 ) -> tuple[npt.NDArray[np.generic], ...]:
     b = state.buckets
@@ -173,7 +173,7 @@ def window_update(
 ) -> npt.NDArray[np.uint8]:
     """Add a batch to the open windows; returns a code per reading (see module doc)."""
     return _update_kernel(
-        *_fields(state),
+        *bucket_fields(state),
         spec.agg_code,
         int(state.clock["next_close"][0]),
         spec.bucket_ms,
@@ -194,7 +194,7 @@ def window_close_until(state: WindowState, spec: WindowSpec, watermark_ms: int) 
         e = np.empty(0, dtype=np.int64)
         return ClosedWindows(e, e.copy(), np.empty(0), e.copy())
     out = _close_kernel(
-        *_fields(state),
+        *bucket_fields(state),
         spec.agg_code,
         nc,
         new_nc,

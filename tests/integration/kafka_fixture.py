@@ -121,13 +121,14 @@ def start_cluster(state_dir: Path, brokers: int = 1) -> KafkaCluster:
     cluster = KafkaCluster(state_dir=state_dir, brokers=brokers, env=env)
     try:
         cluster.up()
+        return cluster
     except KafkaScriptError as exc:
-        # Leave no half-started JVMs behind; the logs are gone with them, so the
-        # script's stderr (which quotes the log tail) is the report.
-        with contextlib.suppress(KafkaScriptError):
-            cluster.down()
-        pytest.fail(f"could not start a {brokers}-node Kafka cluster:\n{exc}", pytrace=False)
-    return cluster
+        reason = str(exc)
+    # Leave no half-started JVMs behind; the logs go with them, so the script's
+    # stderr (which quotes the log tail) is the report.
+    with contextlib.suppress(KafkaScriptError):
+        cluster.down()
+    pytest.fail(f"could not start a {brokers}-node Kafka cluster:\n{reason}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

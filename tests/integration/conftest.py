@@ -1,0 +1,93 @@
+"""Real services for integration tests: mosquitto, and the gateway as a child process.
+
+A missing service is a failure with the reason, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+import rules
+from connectors.mosquitto import Mosquitto
+
+PACKS = Path(rules.__file__).resolve().parent / "packs"
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[Mosquitto]:
+    with Mosquitto() as broker:
+        yield broker
+
+
+class EngineProcess:
+    """``vigil run --config`` in a child process, with its stdout watched."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[str] | None = None
+        self._subscribed = threading.Event()
+
+    def start(self, timeout: float = 120.0) -> None:
+        self._subscribed.clear()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "run", "--config", str(self.config),
+             "--loglevel", "warn"],
+            stdout=subprocess.PIPE, stderr=self.log.open("a"), text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        threading.Thread(target=self._watch, args=(self.proc,), daemon=True).start()
+        if not self._subscribed.wait(timeout):
+            self.kill()
+            raise AssertionError(f"engine did not subscribe in {timeout}s:\n{self.log.read_text()}")
+
+    def _watch(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "ingest subscribed" in line:
+                self._subscribed.set()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+def write_settings(tmp: Path, port: int, **overrides: object) -> Path:
+    settings: dict[str, object] = {
+        "app_id": "vigil-test",
+        "data_dir": str(tmp / "data"),
+        "partitions": 2,
+        "stations": str(PACKS / "demo_stations.yaml"),
+        "rules": [str(PACKS / "flood.yaml")],
+        "alerts_jsonl": str(tmp / "alerts.jsonl"),
+        "console": False,
+        "mqtt": {"host": "127.0.0.1", "port": port, "client_id": "vigil-test-gateway"},
+        "batch": {"max_readings": 500, "linger_ms": 20},
+        "lateness_ms": 0,
+    }
+    settings.update(overrides)
+    path = tmp / "vigil.yaml"
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def engine(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[EngineProcess]:
+    proc = EngineProcess(write_settings(tmp_path, mosquitto.port), tmp_path / "engine.log")
+    yield proc
+    proc.kill()

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from connectors.sinks.jsonl import JsonlSink
+from engine.alerts import AlertEvent, fingerprint
+from engine.dispatch import Dispatcher
+
+
+def _event(at: int, level: str = "yellow") -> AlertEvent:
+    return AlertEvent(
+        fingerprint=fingerprint("r", "S1", "water_level"), rule_id="r", station="S1",
+        metric="water_level", level=level, previous_level="none", state="firing",
+        started_at=at, at=at, value=4.6, threshold=4.5, summary="S1 yellow",
+    )  # fmt: skip
+
+
+class ListSink:
+    name = "list"
+
+    def __init__(self, fail_times: int = 0) -> None:
+        self.events: list[AlertEvent] = []
+        self.fail_times = fail_times
+
+    async def deliver(self, event: AlertEvent) -> None:
+        if self.fail_times:
+            self.fail_times -= 1
+            raise ConnectionError("receiver down")
+        self.events.append(event)
+
+    def delivered_keys(self) -> set[str]:
+        return set()
+
+    def close(self) -> None:
+        return None
+
+
+def test_duplicates_are_dropped_by_idempotency_key() -> None:
+    sink = ListSink()
+    d = Dispatcher([sink])
+    results = [asyncio.run(d.dispatch(e)) for e in (_event(1), _event(1), _event(2))]
+    assert results == [True, False, True]
+    assert [e.at for e in sink.events] == [1, 2]
+    assert d.counters["duplicates"] == 1
+
+
+def test_failing_sink_is_retried() -> None:
+    sink = ListSink(fail_times=1)
+    d = Dispatcher([sink], retries=2)
+    asyncio.run(d.dispatch(_event(1)))
+    assert [e.at for e in sink.events] == [1]
+    assert d.counters["failed.list"] == 1
+
+
+def test_jsonl_sink_remembers_deliveries_across_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.jsonl"
+    sink = JsonlSink(path)
+    asyncio.run(Dispatcher([sink]).dispatch(_event(1)))
+    sink.close()
+    with path.open("a") as f:
+        f.write('{"fingerprint": "torn')  # a crash mid-line
+    sink = JsonlSink(path)
+    d = Dispatcher([sink])
+    assert asyncio.run(d.dispatch(_event(1))) is False
+    assert asyncio.run(d.dispatch(_event(2))) is True
+    sink.close()
+    keys = [AlertEvent.from_json(x).at for x in path.read_text().splitlines() if x.startswith('{"at')]
+    assert keys == [1, 2]

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+
+from connectors.mqtt import PayloadError, TopicTemplate, decode_payload
+
+NOW = 1_700_000_000_000
+
+
+def test_template_round_trip_and_subscription() -> None:
+    t = TopicTemplate("site/{station}/sensors/{metric}")
+    assert t.subscription == "site/+/sensors/+"
+    assert t.parse(t.topic("HZ001", "water_level")) == ("HZ001", "water_level")
+
+
+def test_template_rejects_topic_outside_it() -> None:
+    with pytest.raises(PayloadError, match="does not match template"):
+        TopicTemplate("vigil/{station}/{metric}").parse("other/HZ001/water_level")
+
+
+def test_template_needs_both_fields() -> None:
+    with pytest.raises(ValueError, match="must contain {station} and {metric}"):
+        TopicTemplate("vigil/{station}")
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b'{"value": 3.2, "ts": 1700000000123}', [(1700000000123, 3.2)]),
+        (b'{"value": 3, "ts": "2023-11-14T22:13:20+00:00"}', [(1700000000000, 3.0)]),
+        (b'{"value": 1.5}', [(NOW, 1.5)]),
+        (b'[{"value": 1, "ts": 1}, {"value": 2, "ts": 2}]', [(1, 1.0), (2, 2.0)]),
+    ],
+)
+def test_decodes_readings(payload: bytes, expected: list[tuple[int, float]]) -> None:
+    assert decode_payload(payload, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\xff\xfe", "payload is not JSON"),
+        (b"{", "payload is not JSON"),
+        (b"[]", "payload is an empty list"),
+        (b"3.5", "expected an object with 'value', got float"),
+        (b'{"ts": 1}', "object has no 'value'"),
+        (b'{"value": true}', "value must be a number, got True"),
+        (b'{"value": "3.1"}', "value must be a number, got '3.1'"),
+        (b'{"value": NaN}', "value must be finite, got nan"),
+        (b'{"value": 1, "ts": "yesterday"}', "ts 'yesterday' is not ISO 8601"),
+        (b'{"value": 1, "ts": "2023-11-14T22:13:20"}', "has no UTC offset"),
+        (b'{"value": 1, "ts": [1]}', "ts must be epoch ms or ISO 8601, got list"),
+    ],
+)
+def test_rejects_with_reason(payload: bytes, reason: str) -> None:
+    with pytest.raises(PayloadError, match=reason.replace("(", r"\(").replace("[", r"\[")):
+        decode_payload(payload, NOW)
