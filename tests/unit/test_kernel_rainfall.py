@@ -33,7 +33,8 @@ def test_storm_accumulations() -> None:
     # 5-min reports: 2 mm each in hour 0, 1 mm each in hour 2; gauge 1 reports once
     rows = [(0, T0 + i * 300_000, 2.0) for i in range(12)]
     rows += [(0, T0 + 2 * H + i * 300_000, 1.0) for i in range(12)] + [(1, T0 + 5, 0.5)]
-    assert _add(state, spec, rows) == [0] * 12 + [2] * 12 + [0]  # hour 2 is beyond the ring? no:
+    # hour 2 is more than one bucket ahead of the watermark: EARLY, sent again below
+    assert _add(state, spec, rows) == [0] * 12 + [2] * 12 + [0]
     out = rain_close_until(state, spec, T0 + H)
     assert out.sensor.tolist() == [0, 1]
     assert out.acc_mm.tolist() == [[24.0, 24.0, 24.0, 24.0], [0.5, 0.5, 0.5, 0.5]]
