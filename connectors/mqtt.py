@@ -15,6 +15,7 @@ of such objects. Anything else goes to dead-letter with the reason; the stream g
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -190,16 +191,21 @@ class MqttIngest:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         if reason_code.is_failure:
-            log.error("MQTT connect to %s:%s refused: %s", self.options.host, self.options.port,
-                      reason_code)  # fmt: skip
+            log.error(
+                "MQTT connect to %s:%s refused: %s",
+                self.options.host,
+                self.options.port,
+                reason_code,
+            )
             return
         client.subscribe(self.template.subscription, qos=1)
         log.info("MQTT connected to %s:%s", self.options.host, self.options.port)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
         if any(rc.is_failure for rc in reason_codes):
-            log.error("MQTT subscription to %s refused: %s", self.template.subscription,
-                      reason_codes)  # fmt: skip
+            log.error(
+                "MQTT subscription to %s refused: %s", self.template.subscription, reason_codes
+            )
             return
         self.subscribed.set()
 
@@ -227,10 +233,8 @@ class MqttIngest:
         self._client.loop_stop()
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     # ---- batching ------------------------------------------------------------------------
 
@@ -245,7 +249,7 @@ class MqttIngest:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             await self._handle(batch)
 
@@ -272,4 +276,3 @@ class MqttIngest:
         self.counters["readings"] += len(readings)
         for m in messages:
             self._client.ack(m.mid, 1)
-

@@ -62,7 +62,9 @@ class TelemetryBatch:
         n = len(self.ts)
         for name in ("station_idx", "metric_idx", "value", "quality"):
             if len(getattr(self, name)) != n:
-                raise BatchDecodeError(f"column {name!r} has {len(getattr(self, name))} rows, ts has {n}")
+                raise BatchDecodeError(
+                    f"column {name!r} has {len(getattr(self, name))} rows, ts has {n}"
+                )
         if n and int(self.station_idx.max()) >= len(self.stations):
             raise BatchDecodeError("station index out of range")
         if n and int(self.metric_idx.max()) >= len(self.metrics):

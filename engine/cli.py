@@ -49,8 +49,7 @@ def _rules_check(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vigil",
-        description="Real-time stream processing for flood, dam-safety and air-quality "
-        "telemetry.",
+        description="Real-time stream processing for flood, dam-safety and air-quality telemetry.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -52,7 +52,9 @@ class MqttSettings(_Frozen):
             return None
         value = os.environ.get(self.password_env)
         if value is None:
-            raise ConfigError(f"mqtt.password_env: environment variable {self.password_env} is not set")
+            raise ConfigError(
+                f"mqtt.password_env: environment variable {self.password_env} is not set"
+            )
         return SecretStr(value)
 
     def options(self, max_readings: int, linger_ms: int) -> MqttOptions:
@@ -88,8 +90,8 @@ class Settings(_Frozen):
     rules: tuple[Path, ...] = Field(min_length=1)
     alerts_jsonl: Path | None = None
     console: bool = True
-    mqtt: MqttSettings = MqttSettings()
-    batch: BatchSettings = BatchSettings()
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     lateness_ms: int = Field(60_000, ge=0)
     web_port: int | None = Field(None, ge=1, le=65535)
 

@@ -108,8 +108,10 @@ def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> 
 
 def _summary(events: list[AlertEvent], published: int, dead: list[tuple[str, str]]) -> None:
     print("\nSummary")
-    print(f"  readings published: {published}   alert events: {len(events)}   "
-          f"dead-lettered messages: {len(dead)}")  # fmt: skip
+    print(
+        f"  readings published: {published}   alert events: {len(events)}   "
+        f"dead-lettered messages: {len(dead)}"
+    )
     by_station: dict[str, list[AlertEvent]] = {}
     for e in events:
         by_station.setdefault(e.station, []).append(e)
@@ -142,19 +144,31 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="vigil-demo-"))
     readings = list(flood_readings(WAVES, START_MS, HOURS, STEP_MIN))
     publish_s = max(5.0, duration_s - 15.0)
-    print(f"Vigil demo: {len(WAVES)} river gauges, {HOURS:.0f} h of 5-min readings "
-          f"({len(readings)}) replayed in {publish_s:.0f} s\n")  # fmt: skip
+    print(
+        f"Vigil demo: {len(WAVES)} river gauges, {HOURS:.0f} h of 5-min readings "
+        f"({len(readings)}) replayed in {publish_s:.0f} s\n"
+    )
     engine: subprocess.Popen[str] | None = None
     try:
         with Mosquitto() as broker:
             print(f"  mosquitto on 127.0.0.1:{broker.port}")
             config = _write_settings(workdir, broker.port)
             engine = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "run", "--config", str(config),
-                 "--loglevel", "warn"],
-                stdout=subprocess.PIPE, stderr=(workdir / "engine.log").open("w"), text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "engine.cli",
+                    "run",
+                    "--config",
+                    str(config),
+                    "--loglevel",
+                    "warn",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=(workdir / "engine.log").open("w"),
+                text=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
+            )
             if not _wait_for_line(engine, "ingest subscribed", timeout=120):
                 print("the engine did not start; see", workdir / "engine.log", file=sys.stderr)
                 return 1
@@ -197,4 +211,3 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
             engine.wait()
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-

@@ -24,9 +24,7 @@ log = logging.getLogger(__name__)
 class Dispatcher:
     """Delivers each new event to every sink; drops events already delivered."""
 
-    def __init__(
-        self, sinks: Sequence[Sink], *, remember: int = 100_000, retries: int = 3
-    ) -> None:
+    def __init__(self, sinks: Sequence[Sink], *, remember: int = 100_000, retries: int = 3) -> None:
         self.sinks = tuple(sinks)
         self.retries = retries
         self.counters: Counter[str] = Counter()

@@ -76,8 +76,11 @@ class Gateway:
         if await loop.run_in_executor(None, self.ingest.subscribed.wait, 60.0):
             o = self.ingest.options
             # One plain line on stdout: what operators (and `vigil demo`) wait for.
-            print(f"vigil: ingest subscribed to {self.ingest.template.subscription} "
-                  f"on {o.host}:{o.port}", flush=True)  # fmt: skip
+            print(
+                f"vigil: ingest subscribed to {self.ingest.template.subscription} "
+                f"on {o.host}:{o.port}",
+                flush=True,
+            )
         else:
             log.error("MQTT: not subscribed after 60 s; still retrying")
 
@@ -91,4 +94,3 @@ class Gateway:
             self.topology.app, loglevel=loglevel, quiet=True, redirect_stdouts=False
         )
         worker.execute_from_commandline()
-

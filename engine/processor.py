@@ -144,9 +144,16 @@ class PartitionProcessor:
         sensor, ts, value = sensor[keep], batch.ts[rows][keep], batch.value[rows][keep]
         out = _outputs(2 * len(ts))
         n = kernel.process(
-            rs.state, rs.thresholds, rs.rule.direction, rs.rule.deadband, rs.rule.window_ms,
-            sensor, ts, value, *out,
-        )  # fmt: skip
+            rs.state,
+            rs.thresholds,
+            rs.rule.direction,
+            rs.rule.deadband,
+            rs.rule.window_ms,
+            sensor,
+            ts,
+            value,
+            *out,
+        )
         return self._events(rs, out, n)
 
     def close_windows(self, watermark: int) -> list[AlertEvent]:
@@ -157,9 +164,14 @@ class PartitionProcessor:
                 continue
             out = _outputs(len(rs.state))
             n = kernel.close_windows(
-                rs.state, rs.thresholds, rs.rule.direction, rs.rule.deadband,
-                rs.rule.window_ms, watermark, *out,
-            )  # fmt: skip
+                rs.state,
+                rs.thresholds,
+                rs.rule.direction,
+                rs.rule.deadband,
+                rs.rule.window_ms,
+                watermark,
+                *out,
+            )
             events.extend(self._events(rs, out, n))
         return events
 

@@ -74,17 +74,23 @@ class Topology:
             stream_buffer_maxsize=64,
         )
         self.telemetry = self.app.topic(
-            f"{app_id}-telemetry", key_serializer="raw", value_serializer="raw",
+            f"{app_id}-telemetry",
+            key_serializer="raw",
+            value_serializer="raw",
             partitions=partitions,
-        )  # fmt: skip
+        )
         self.alerts = self.app.topic(
-            f"{app_id}-alerts", key_serializer="raw", value_serializer="raw",
+            f"{app_id}-alerts",
+            key_serializer="raw",
+            value_serializer="raw",
             partitions=partitions,
-        )  # fmt: skip
+        )
         self.dead_letter = self.app.topic(
-            f"{app_id}-dead-letter", key_serializer="raw", value_serializer="raw",
+            f"{app_id}-dead-letter",
+            key_serializer="raw",
+            value_serializer="raw",
             partitions=1,
-        )  # fmt: skip
+        )
         self._declare_local_topics()
         self.processors: dict[int, PartitionProcessor] = {}
         self.dispatcher = Dispatcher(sinks)
@@ -148,8 +154,11 @@ class Topology:
             blob = self._local_log_blob(partition)
             if blob is not None:
                 proc.restore(blob)
-                log.info("partition %d: state restored, resuming at offset %d", partition,
-                         proc.next_offset)  # fmt: skip
+                log.info(
+                    "partition %d: state restored, resuming at offset %d",
+                    partition,
+                    proc.next_offset,
+                )
             self.processors[partition] = proc
         elif proc.ruleset is not self.ruleset:
             proc.swap_rules(self.ruleset)  # at a batch boundary, never inside one
@@ -163,9 +172,10 @@ class Topology:
                 batch = TelemetryBatch.decode(event.value)
             except BatchDecodeError as exc:
                 await self.send_dead_letter(
-                    event.value or b"", f"bad telemetry batch: {exc}",
+                    event.value or b"",
+                    f"bad telemetry batch: {exc}",
                     f"{message.topic}/{message.partition}@{message.offset}",
-                )  # fmt: skip
+                )
                 continue
             proc = self.processor(message.partition)
             alerts = proc.process(batch, message.offset)

@@ -17,8 +17,13 @@ __all__ = ["Publisher"]
 class Publisher:
     """A paho client that publishes JSON readings ``{"value": v, "ts": ms}``."""
 
-    def __init__(self, host: str, port: int, template: str = "vigil/{station}/{metric}",
-                 client_id: str = "vigil-simulator") -> None:  # fmt: skip
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        template: str = "vigil/{station}/{metric}",
+        client_id: str = "vigil-simulator",
+    ) -> None:
         self.template = TopicTemplate(template)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         self.client.max_queued_messages_set(0)

@@ -79,5 +79,7 @@ class LevelsReference:
             st = self.sensors[s]
             if not st.silent and st.last_ts is not None and now_ms - st.last_ts > self.p.stale_ms:
                 st.silent = True
-                out.append((s, st.level, st.level, st.last_ts + self.p.stale_ms, np.nan, np.nan, SILENT))
+                out.append(
+                    (s, st.level, st.level, st.last_ts + self.p.stale_ms, np.nan, np.nan, SILENT)
+                )
         return out

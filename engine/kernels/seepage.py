@@ -35,7 +35,9 @@ def vnotch_flow_m3s(head_m: F8 | float) -> F8:
     """Flow over a 90° V-notch weir in m³/s; 0 for a head at or below the notch."""
     h = np.asarray(head_m, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        return np.where(h > 0, VNOTCH_C * np.power(np.maximum(h, 0.0), 2.5), np.where(np.isnan(h), np.nan, 0.0))
+        return np.where(
+            h > 0, VNOTCH_C * np.power(np.maximum(h, 0.0), 2.5), np.where(np.isnan(h), np.nan, 0.0)
+        )
 
 
 def vnotch_flow_ls(head_m: F8 | float) -> F8:

@@ -63,8 +63,14 @@ def new_state(n: int) -> npt.NDArray[np.void]:
 
 
 @njit(cache=True)
-def _level_for(agg: float, thr: npt.NDArray[np.float64], direction: int, current: int,
-               deadband: float, escalate_only: bool) -> int:
+def _level_for(
+    agg: float,
+    thr: npt.NDArray[np.float64],
+    direction: int,
+    current: int,
+    deadband: float,
+    escalate_only: bool,
+) -> int:
     """Highest level whose condition holds; levels at or below ``current`` keep the deadband."""
     best = 0
     for k in range(4, 0, -1):
@@ -86,8 +92,22 @@ def _level_for(agg: float, thr: npt.NDArray[np.float64], direction: int, current
 
 
 @njit(cache=True)
-def _emit(out_sensor, out_from, out_to, out_ts, out_value, out_thr, n_out,  # type: ignore[no-untyped-def]
-          sensor, frm, to, ts, value, thr_row, direction):
+def _emit(  # type: ignore[no-untyped-def]
+    out_sensor,
+    out_from,
+    out_to,
+    out_ts,
+    out_value,
+    out_thr,
+    n_out,
+    sensor,
+    frm,
+    to,
+    ts,
+    value,
+    thr_row,
+    direction,
+):
     out_sensor[n_out] = sensor
     out_from[n_out] = frm
     out_to[n_out] = to
@@ -99,17 +119,43 @@ def _emit(out_sensor, out_from, out_to, out_ts, out_value, out_thr, n_out,  # ty
 
 
 @njit(cache=True)
-def _close(state, i, thresholds, direction, deadband, window_ms,  # type: ignore[no-untyped-def]
-           out_sensor, out_from, out_to, out_ts, out_value, out_thr, n_out):
+def _close(  # type: ignore[no-untyped-def]
+    state,
+    i,
+    thresholds,
+    direction,
+    deadband,
+    window_ms,
+    out_sensor,
+    out_from,
+    out_to,
+    out_ts,
+    out_value,
+    out_thr,
+    n_out,
+):
     st = state[i]
     if st.win_start == NO_WINDOW or st.count == 0:
         return n_out
     current = st.level
     new = _level_for(st.agg, thresholds[i], direction, current, deadband, False)
     if new < current:
-        n_out = _emit(out_sensor, out_from, out_to, out_ts, out_value, out_thr, n_out,
-                      i, current, new, st.win_start + window_ms, st.agg, thresholds[i],
-                      direction)
+        n_out = _emit(
+            out_sensor,
+            out_from,
+            out_to,
+            out_ts,
+            out_value,
+            out_thr,
+            n_out,
+            i,
+            current,
+            new,
+            st.win_start + window_ms,
+            st.agg,
+            thresholds[i],
+            direction,
+        )
         st.level = new
     st.win_start = NO_WINDOW
     st.count = 0
@@ -117,9 +163,22 @@ def _close(state, i, thresholds, direction, deadband, window_ms,  # type: ignore
 
 
 @njit(cache=True)
-def process(state, thresholds, direction, deadband, window_ms,  # type: ignore[no-untyped-def]
-            sensor, ts, value,
-            out_sensor, out_from, out_to, out_ts, out_value, out_thr):
+def process(  # type: ignore[no-untyped-def]
+    state,
+    thresholds,
+    direction,
+    deadband,
+    window_ms,
+    sensor,
+    ts,
+    value,
+    out_sensor,
+    out_from,
+    out_to,
+    out_ts,
+    out_value,
+    out_thr,
+):
     """Apply readings in order; returns the number of transitions written to ``out_*``.
 
     ``sensor`` (int32), ``ts`` (int64 ms) and ``value`` (float64) are parallel arrays.
@@ -137,8 +196,21 @@ def process(state, thresholds, direction, deadband, window_ms,  # type: ignore[n
             continue
         start = t - (t % window_ms)
         if st.win_start != start:
-            n_out = _close(state, i, thresholds, direction, deadband, window_ms,
-                           out_sensor, out_from, out_to, out_ts, out_value, out_thr, n_out)
+            n_out = _close(
+                state,
+                i,
+                thresholds,
+                direction,
+                deadband,
+                window_ms,
+                out_sensor,
+                out_from,
+                out_to,
+                out_ts,
+                out_value,
+                out_thr,
+                n_out,
+            )
             st.win_start = start
             st.agg = v * direction
             st.count = 0
@@ -152,15 +224,41 @@ def process(state, thresholds, direction, deadband, window_ms,  # type: ignore[n
         if new > current:
             if current == 0:
                 st.episode_start = t
-            n_out = _emit(out_sensor, out_from, out_to, out_ts, out_value, out_thr, n_out,
-                          i, current, new, t, st.agg, thresholds[i], direction)
+            n_out = _emit(
+                out_sensor,
+                out_from,
+                out_to,
+                out_ts,
+                out_value,
+                out_thr,
+                n_out,
+                i,
+                current,
+                new,
+                t,
+                st.agg,
+                thresholds[i],
+                direction,
+            )
             st.level = new
     return n_out
 
 
 @njit(cache=True)
-def close_windows(state, thresholds, direction, deadband, window_ms, watermark,  # type: ignore[no-untyped-def]
-                  out_sensor, out_from, out_to, out_ts, out_value, out_thr):
+def close_windows(  # type: ignore[no-untyped-def]
+    state,
+    thresholds,
+    direction,
+    deadband,
+    window_ms,
+    watermark,
+    out_sensor,
+    out_from,
+    out_to,
+    out_ts,
+    out_value,
+    out_thr,
+):
     """Close every open window that ends at or before ``watermark`` (ms).
 
     ``out_*`` must hold at least ``len(state)`` rows. Returns the number written.
@@ -169,8 +267,21 @@ def close_windows(state, thresholds, direction, deadband, window_ms, watermark, 
     for i in range(state.shape[0]):
         ws = state[i].win_start
         if ws != NO_WINDOW and ws + window_ms <= watermark:
-            n_out = _close(state, i, thresholds, direction, deadband, window_ms,
-                           out_sensor, out_from, out_to, out_ts, out_value, out_thr, n_out)
+            n_out = _close(
+                state,
+                i,
+                thresholds,
+                direction,
+                deadband,
+                window_ms,
+                out_sensor,
+                out_from,
+                out_to,
+                out_ts,
+                out_value,
+                out_thr,
+                n_out,
+            )
     return n_out
 
 

@@ -19,6 +19,7 @@ transports. Transactions (``processing_guarantee="exactly_once"``) are not suppo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -358,8 +359,8 @@ class Consumer(base.Consumer):
 class Transport(base.Transport):
     """Faust transport over a ``DurableLog`` directory (URL ``local:///dir``)."""
 
-    Consumer: ClassVar[type[Consumer]] = Consumer  # type: ignore[misc]
-    Producer: ClassVar[type[Producer]] = Producer  # type: ignore[misc]
+    Consumer: ClassVar[type[Consumer]] = Consumer
+    Producer: ClassVar[type[Producer]] = Producer
 
     driver_version = "vigil-local-1"
     default_port = 0
@@ -401,7 +402,5 @@ class Transport(base.Transport):
         """Wait until a producer appends, at most ``timeout`` seconds."""
         if self._data_event is None:
             self._data_event = asyncio.Event()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._data_event.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass

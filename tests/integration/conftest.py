@@ -40,11 +40,21 @@ class EngineProcess:
     def start(self, timeout: float = 120.0) -> None:
         self._subscribed.clear()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "run", "--config", str(self.config),
-             "--loglevel", "warn"],
-            stdout=subprocess.PIPE, stderr=self.log.open("a"), text=True,
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "run",
+                "--config",
+                str(self.config),
+                "--loglevel",
+                "warn",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self.log.open("a"),
+            text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+        )
         threading.Thread(target=self._watch, args=(self.proc,), daemon=True).start()
         if not self._subscribed.wait(timeout):
             self.kill()

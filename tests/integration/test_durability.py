@@ -45,7 +45,9 @@ def _readings() -> list[tuple[str, str, int, float]]:
         # One flood wave per station over the run: up through the levels and back down.
         shape = math.sin(math.pi * k / (N_STEPS - 1)) ** 2
         for station, (base, peak) in STATIONS.items():
-            out.append((station, "water_level", T0 + k * 60_000, round(base + (peak - base) * shape, 3)))
+            out.append(
+                (station, "water_level", T0 + k * 60_000, round(base + (peak - base) * shape, 3))
+            )
     return out
 
 
@@ -70,7 +72,9 @@ def _log_state(data: Path) -> tuple[set[tuple[str, int]], bool, dict[int, bytes]
         log.close()
 
 
-def _expected_alerts(ruleset_source: EngineProcess, readings: list[tuple[str, str, int, float]]) -> set[tuple[str, int, str, str]]:
+def _expected_alerts(
+    ruleset_source: EngineProcess, readings: list[tuple[str, str, int, float]]
+) -> set[tuple[str, int, str, str]]:
     from engine.config import load_settings
     from engine.gateway import load_rules
 
@@ -121,7 +125,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_once(
         proc = PartitionProcessor(ruleset)
         proc.restore(blob)
         for station in STATIONS:
-            accepted[station] = accepted.get(station, 0) + proc.accepted("flood.river_level", station)
+            accepted[station] = accepted.get(station, 0) + proc.accepted(
+                "flood.river_level", station
+            )
     assert accepted == {station: N_STEPS for station in STATIONS}
 
     # Exactly once to people, and the same alerts as one uninterrupted pass.
@@ -129,7 +135,11 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_once(
     events = [AlertEvent.from_json(line) for line in lines if line]
     keys = [e.key for e in events]
     assert len(keys) == len(set(keys)), "an alert was delivered twice"
-    got = {(e.station, e.at, e.previous_level, e.level) for e in events if e.rule_id == "flood.river_level"}
+    got = {
+        (e.station, e.at, e.previous_level, e.level)
+        for e in events
+        if e.rule_id == "flood.river_level"
+    }
     assert got == _expected_alerts(engine, readings)
     assert kills >= 3
     assert json.loads(lines[0])["fingerprint"]

@@ -23,9 +23,10 @@ KEYS = ("a", "b", "c", "d", "e")
 def _start(data: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, str(APP), str(data)],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
-    )  # fmt: skip
+    )
 
 
 def _produce(data: Path, start: int, n: int) -> None:
@@ -33,10 +34,12 @@ def _produce(data: Path, start: int, n: int) -> None:
     log = DurableLog(data)
     try:
         log.create_topic("numbers", 3)
-        log.append([
-            Append("numbers", i % 3, None, f"{KEYS[i % len(KEYS)]}:{i}".encode(), 0)
-            for i in range(start, start + n)
-        ])  # fmt: skip
+        log.append(
+            [
+                Append("numbers", i % 3, None, f"{KEYS[i % len(KEYS)]}:{i}".encode(), 0)
+                for i in range(start, start + n)
+            ]
+        )
     finally:
         log.close()
 

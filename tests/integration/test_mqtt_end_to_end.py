@@ -39,7 +39,9 @@ def _wait_alerts(path: Path, n: int, timeout: float = 30.0) -> list[AlertEvent]:
             if len(events) >= n:
                 return events
         time.sleep(0.1)
-    raise AssertionError(f"expected {n} alerts in {path}, got: {path.read_text() if path.exists() else 'no file'}")
+    raise AssertionError(
+        f"expected {n} alerts in {path}, got: {path.read_text() if path.exists() else 'no file'}"
+    )
 
 
 def test_mosquitto_pub_reading_raises_alert_and_bad_payloads_dead_letter(

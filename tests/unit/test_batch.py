@@ -8,7 +8,11 @@ from engine.batch import BatchDecodeError, Quality, TelemetryBatch
 
 
 def test_round_trip_keeps_every_column() -> None:
-    rows = [("S1", "water_level", 1000, 1.5), ("S2", "rainfall", 2000, 0.2), ("S1", "rainfall", 3000, 0.0)]
+    rows = [
+        ("S1", "water_level", 1000, 1.5),
+        ("S2", "rainfall", 2000, 0.2),
+        ("S1", "rainfall", 3000, 0.0),
+    ]
     batch = TelemetryBatch.decode(TelemetryBatch.from_rows(rows).encode())
     assert [r[:4] for r in batch.rows()] == rows
     assert batch.stations == ("S1", "S2") and batch.metrics == ("water_level", "rainfall")

@@ -41,7 +41,7 @@ def test_every_problem_is_listed_with_its_field(tmp_path: Path) -> None:
 
 def test_missing_files_and_bad_template(tmp_path: Path) -> None:
     path = _write(tmp_path, "stations: nope.yaml\nrules: [flood.yaml]\n")
-    with pytest.raises(ConfigError, match="file not found: .*nope.yaml"):
+    with pytest.raises(ConfigError, match=r"file not found: .*nope\.yaml"):
         load_settings(path)
     path = _write(
         tmp_path, "stations: stations.yaml\nrules: [flood.yaml]\nmqtt: {topic_template: a/b}\n"
@@ -50,7 +50,9 @@ def test_missing_files_and_bad_template(tmp_path: Path) -> None:
         load_settings(path)
 
 
-def test_password_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_password_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = _write(
         tmp_path,
         "stations: stations.yaml\nrules: [flood.yaml]\nmqtt: {username: gw, password_env: GW_PW}\n",

@@ -10,10 +10,19 @@ from engine.dispatch import Dispatcher
 
 def _event(at: int, level: str = "yellow") -> AlertEvent:
     return AlertEvent(
-        fingerprint=fingerprint("r", "S1", "water_level"), rule_id="r", station="S1",
-        metric="water_level", level=level, previous_level="none", state="firing",
-        started_at=at, at=at, value=4.6, threshold=4.5, summary="S1 yellow",
-    )  # fmt: skip
+        fingerprint=fingerprint("r", "S1", "water_level"),
+        rule_id="r",
+        station="S1",
+        metric="water_level",
+        level=level,
+        previous_level="none",
+        state="firing",
+        started_at=at,
+        at=at,
+        value=4.6,
+        threshold=4.5,
+        summary="S1 yellow",
+    )
 
 
 class ListSink:
@@ -65,5 +74,7 @@ def test_jsonl_sink_remembers_deliveries_across_restarts(tmp_path: Path) -> None
     assert asyncio.run(d.dispatch(_event(1))) is False
     assert asyncio.run(d.dispatch(_event(2))) is True
     sink.close()
-    keys = [AlertEvent.from_json(x).at for x in path.read_text().splitlines() if x.startswith('{"at')]
+    keys = [
+        AlertEvent.from_json(x).at for x in path.read_text().splitlines() if x.startswith('{"at')
+    ]
     assert keys == [1, 2]

@@ -10,8 +10,13 @@ from engine.transport.log import Append, DurableLog, TopicExists, UnknownTopic
 def test_offsets_commits_and_blobs_survive_reopen(tmp_path: Path) -> None:
     log = DurableLog(tmp_path)
     log.create_topic("t", 2)
-    offsets = log.append([Append("t", 0, b"k", b"v0", 10), Append("t", 1, None, b"w0", 11),
-                          Append("t", 0, b"k", b"v1", 12, (("h", b"x"),))])  # fmt: skip
+    offsets = log.append(
+        [
+            Append("t", 0, b"k", b"v0", 10),
+            Append("t", 1, None, b"w0", 11),
+            Append("t", 0, b"k", b"v1", 12, (("h", b"x"),)),
+        ]
+    )
     assert offsets == [0, 0, 1]
     log.commit("g", {("t", 0): 1}, {"cp": b"state"})
     log.close()

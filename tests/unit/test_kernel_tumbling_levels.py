@@ -17,7 +17,7 @@ THRESHOLDS = np.array([[1.0, 2.0, 3.0, 4.0], [np.nan, 2.5, np.nan, 5.0], [-1.0, 
 
 reading = st.tuples(
     st.integers(0, 2),  # sensor
-    st.integers(0, 40) .map(lambda m: m * 60_000),  # minute, with duplicates and gaps
+    st.integers(0, 40).map(lambda m: m * 60_000),  # minute, with duplicates and gaps
     st.one_of(st.floats(-6, 6, allow_nan=False), st.just(float("nan"))),
 )
 
@@ -26,25 +26,41 @@ def _kernel(direction: int, deadband: float, readings: list[tuple[int, int, floa
     state = k.new_state(3)
     thr = THRESHOLDS * direction
     n = len(readings)
-    out = (np.empty(2 * n, np.int32), np.empty(2 * n, np.int8), np.empty(2 * n, np.int8),
-           np.empty(2 * n, np.int64), np.empty(2 * n, np.float64), np.empty(2 * n, np.float64))  # fmt: skip
+    out = (
+        np.empty(2 * n, np.int32),
+        np.empty(2 * n, np.int8),
+        np.empty(2 * n, np.int8),
+        np.empty(2 * n, np.int64),
+        np.empty(2 * n, np.float64),
+        np.empty(2 * n, np.float64),
+    )
     sensor = np.array([r[0] for r in readings], np.int32)
     ts = np.array([r[1] for r in readings], np.int64)
     value = np.array([r[2] for r in readings], np.float64)
     m = k.process(state, thr, direction, deadband, WINDOW, sensor, ts, value, *out)
-    return [(int(out[0][j]), int(out[1][j]), int(out[2][j]), int(out[3][j]), float(out[4][j]))
-            for j in range(m)]  # fmt: skip
+    return [
+        (int(out[0][j]), int(out[1][j]), int(out[2][j]), int(out[3][j]), float(out[4][j]))
+        for j in range(m)
+    ]
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(reading, max_size=80), st.sampled_from([1, -1]), st.sampled_from([0.0, 0.3]))
 def test_kernel_matches_reference(readings: list, direction: int, deadband: float) -> None:
-    expected = k.reference_process([0, 0, 0], THRESHOLDS * direction, direction, deadband, WINDOW, readings)
+    expected = k.reference_process(
+        [0, 0, 0], THRESHOLDS * direction, direction, deadband, WINDOW, readings
+    )
     assert _kernel(direction, deadband, readings) == expected
 
 
 def test_kernel_escalates_early_and_clears_at_window_close() -> None:
-    readings = [(0, 0, 0.5), (0, 60_000, 2.2), (0, 120_000, 4.1), (0, WINDOW, 0.2), (0, 2 * WINDOW, 0.1)]
+    readings = [
+        (0, 0, 0.5),
+        (0, 60_000, 2.2),
+        (0, 120_000, 4.1),
+        (0, WINDOW, 0.2),
+        (0, 2 * WINDOW, 0.1),
+    ]
     assert _kernel(1, 0.0, readings) == [
         (0, 0, 2, 60_000, 2.2),  # straight to yellow on the reading that crossed
         (0, 2, 4, 120_000, 4.1),

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from connectors.mqtt import PayloadError, TopicTemplate, decode_payload
@@ -19,7 +21,7 @@ def test_template_rejects_topic_outside_it() -> None:
 
 
 def test_template_needs_both_fields() -> None:
-    with pytest.raises(ValueError, match="must contain {station} and {metric}"):
+    with pytest.raises(ValueError, match=re.escape("must contain {station} and {metric}")):
         TopicTemplate("vigil/{station}")
 
 
@@ -53,5 +55,5 @@ def test_decodes_readings(payload: bytes, expected: list[tuple[int, float]]) -> 
     ],
 )
 def test_rejects_with_reason(payload: bytes, reason: str) -> None:
-    with pytest.raises(PayloadError, match=reason.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(PayloadError, match=re.escape(reason)):
         decode_payload(payload, NOW)
