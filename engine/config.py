@@ -90,8 +90,8 @@ class Settings(_Frozen):
     rules: tuple[Path, ...] = Field(min_length=1)
     alerts_jsonl: Path | None = None
     console: bool = True
-    mqtt: MqttSettings = Field(default_factory=MqttSettings)
-    batch: BatchSettings = Field(default_factory=BatchSettings)
+    mqtt: MqttSettings = MqttSettings()
+    batch: BatchSettings = BatchSettings()
     lateness_ms: int = Field(60_000, ge=0)
     web_port: int | None = Field(None, ge=1, le=65535)
 
