@@ -154,7 +154,8 @@ class MqttIngest:
         self.template = TopicTemplate(options.topic_template)
         self._produce = produce
         self._dead_letter = dead_letter
-        self._known = known_stations
+        #: Station ids accepted; others go to dead-letter. Replaced on hot reload.
+        self.known_stations = known_stations
         self.counters: Counter[str] = Counter()
         self.subscribed = threading.Event()
         self._queue: asyncio.Queue[_Message] = asyncio.Queue()
@@ -260,7 +261,8 @@ class MqttIngest:
             self.counters["received"] += 1
             try:
                 station, metric = self.template.parse(m.topic)
-                if self._known is not None and station not in self._known:
+                known = self.known_stations
+                if known is not None and station not in known:
                     raise PayloadError(f"unknown station {station!r}")
                 values = decode_payload(m.payload, m.received_ms)
             except PayloadError as exc:

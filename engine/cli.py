@@ -6,6 +6,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.ruleset import RuleSet
 
 __all__ = ["main"]
 
@@ -46,6 +51,82 @@ def _rules_check(args: argparse.Namespace) -> int:
     return 1 if lines else 0
 
 
+def _compile(rules: list[str], stations: str) -> RuleSet:
+    from rules.api import load_ruleset
+
+    return load_ruleset(rules, stations, "en").ruleset
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from connectors.sinks.console import format_event
+    from engine.replay import read_readings, replay
+    from rules.errors import RulesInvalid
+
+    try:
+        ruleset = _compile(args.rules, args.stations)
+        readings, problems = read_readings(args.input, args.station, args.metric)
+    except RulesInvalid as exc:
+        print("\n".join(exc.lines), file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for line in problems:
+        print(line, file=sys.stderr)
+    events = replay(ruleset, readings)
+    for event in events:
+        print(format_event(event))
+    if args.alerts_out:
+        with open(args.alerts_out, "w", encoding="utf-8") as f:
+            f.writelines(e.to_json() + "\n" for e in events)
+    print(
+        f"{len(readings)} readings, {len(events)} alert events, {len(problems)} rows skipped",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _rules_diff(args: argparse.Namespace) -> int:
+    from engine.replay import diff_alerts, read_readings, replay
+    from rules.errors import RulesInvalid
+
+    try:
+        old = _compile([args.old], args.stations)
+        new = _compile([args.new], args.stations)
+        readings, problems = read_readings(args.input, args.station, args.metric)
+    except RulesInvalid as exc:
+        print("\n".join(exc.lines), file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for line in problems:
+        print(line, file=sys.stderr)
+    diff = diff_alerts(replay(old, readings), replay(new, readings))
+    for e in diff.added:
+        print(f"+ {_ms(e.at)} {e.rule_id} {e.station} {e.previous_level}->{e.level} {e.value:g}")
+    for e in diff.removed:
+        print(f"- {_ms(e.at)} {e.rule_id} {e.station} {e.previous_level}->{e.level} {e.value:g}")
+    for o, n in diff.moved:
+        print(f"~ {_ms(o.at)} -> {_ms(n.at)} {n.rule_id} {n.station} {n.previous_level}->{n.level}")
+    print(
+        f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.moved)} moved, "
+        f"{diff.unchanged} unchanged",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _ms(ts: int) -> str:
+    return datetime.fromtimestamp(ts / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _add_input_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="CSV: station,metric,ts,value")
+    parser.add_argument("--station", help="station id, for a CSV without a station column")
+    parser.add_argument("--metric", help="metric name, for a CSV without a metric column")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vigil",
@@ -67,12 +148,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_run)
 
+    replay = sub.add_parser("replay", help="backtest rules over a CSV of readings")
+    replay.add_argument("--rules", required=True, action="append", help="rule file (repeatable)")
+    replay.add_argument("--stations", required=True, help="station registry (YAML or CSV)")
+    replay.add_argument("--alerts-out", help="write the alert events here as JSON lines")
+    _add_input_args(replay)
+    replay.set_defaults(func=_replay)
+
     rules = sub.add_parser("rules", help="work with rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
     check = rules_sub.add_parser("check", help="validate rule files; problems as file:line:col")
     check.add_argument("paths", nargs="+", help="rule files")
     check.add_argument("--stations", help="station registry (YAML or CSV) for semantic checks")
     check.set_defaults(func=_rules_check)
+    diff = rules_sub.add_parser("diff", help="which alerts a rule change adds, removes or moves")
+    diff.add_argument("old", help="the rule file as it is")
+    diff.add_argument("new", help="the rule file as proposed")
+    diff.add_argument("--stations", required=True, help="station registry (YAML or CSV)")
+    _add_input_args(diff)
+    diff.set_defaults(func=_rules_diff)
     return parser
 
 

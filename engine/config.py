@@ -94,6 +94,7 @@ class Settings(_Frozen):
     batch: BatchSettings = BatchSettings()
     lateness_ms: int = Field(60_000, ge=0)
     web_port: int | None = Field(None, ge=1, le=65535)
+    reload_interval_s: float = Field(2.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _files_exist(self) -> Settings:

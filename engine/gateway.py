@@ -23,6 +23,7 @@ from engine.config import Settings
 from engine.ruleset import RuleSet
 from engine.topology import Topology
 from rules.api import load_ruleset
+from rules.errors import RulesInvalid
 from rules.registry import load_registry
 
 __all__ = ["Gateway", "load_rules"]
@@ -68,7 +69,35 @@ class Gateway:
         )
         app = self.topology.app
         app.task(self._start_ingest)
+        app.timer(settings.reload_interval_s)(self._check_reload)
         app.on_before_shutdown.connect(self._stop_ingest)
+        self._watched = self._mtimes()
+        self.reload_errors: list[str] = []
+
+    def _mtimes(self) -> dict[str, float]:
+        paths = (self.settings.stations, *self.settings.rules)
+        return {str(p): p.stat().st_mtime_ns if p.exists() else -1 for p in paths}
+
+    async def _check_reload(self) -> None:
+        """Hot reload: swap in changed rule or station files once they validate."""
+        mtimes = self._mtimes()
+        if mtimes == self._watched:
+            return
+        self._watched = mtimes
+        try:
+            ruleset, stations = load_rules(self.settings)
+        except RulesInvalid as exc:
+            self.reload_errors = exc.lines
+            for line in exc.lines:
+                log.error("rules reload rejected, the running rules stay: %s", line)
+            return
+        except OSError as exc:
+            log.error("rules reload failed, the running rules stay: %s", exc)
+            return
+        self.reload_errors = []
+        self.topology.swap_rules(ruleset)
+        self.ingest.known_stations = stations
+        log.warning("rules reloaded: version %s, %d rules", ruleset.version, len(ruleset.rules))
 
     async def _start_ingest(self) -> None:
         await self.ingest.start()
