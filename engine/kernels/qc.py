@@ -47,6 +47,7 @@ from engine.kernels._common import (
     Q_SUSPECT,
     TS_MAX,
 )
+from engine.kernels._prefetch import PREFETCH_AHEAD, prefetch
 
 __all__ = ["QC_PARAMS_DTYPE", "QC_STATE_DTYPE", "QCParams", "new_qc_state", "qc_batch"]
 
@@ -163,6 +164,12 @@ def _qc_kernel(  # type: ignore[no-untyped-def]
     n = ts.shape[0]
     out = np.empty(n, dtype=np.uint8)
     for i in range(n):
+        if i + PREFETCH_AHEAD < n:
+            ahead = sensor[i + PREFETCH_AHEAD]
+            prefetch(last_value, ahead)
+            prefetch(flat_run, ahead)
+            prefetch(fail_lo, ahead)
+            prefetch(rate_per_h, ahead)
         s = sensor[i]
         v = value[i]
         t = ts[i]
@@ -196,7 +203,7 @@ def _qc_kernel(  # type: ignore[no-untyped-def]
         if qi > q:
             q = qi
         out[i] = q
-        if qi == Q_FAIL or qi == Q_MISSING:
+        if qi in (Q_FAIL, Q_MISSING):
             continue
         last_value[s] = v
         last_ts[s] = t

@@ -46,6 +46,7 @@ import numpy.typing as npt
 from numba import njit
 
 from engine.kernels._common import MS_PER_HOUR, Q_FAIL, Q_MISSING
+from engine.kernels._prefetch import PREFETCH_AHEAD, prefetch2
 
 __all__ = [
     "ACCEPTED",
@@ -216,6 +217,10 @@ def _update_kernel(  # type: ignore[no-untyped-def]
     hi = next_close - m + ring
     temporal = agg >= _TEMPORAL_FROM
     for i in range(n):
+        if i + PREFETCH_AHEAD < n:
+            ahead = sensor[i + PREFETCH_AHEAD]
+            prefetch2(kk, ahead, 0)
+            prefetch2(kk, ahead, ring - 1)
         v = value[i]
         q = quality[i]
         if q == Q_FAIL or q == Q_MISSING or np.isnan(v):
