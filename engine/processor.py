@@ -149,6 +149,7 @@ class PartitionProcessor:
             rs.rule.direction,
             rs.rule.deadband,
             rs.rule.window_ms,
+            rs.rule.for_ms,
             sensor,
             ts,
             value,

@@ -19,7 +19,12 @@ thresholds.
   ``dropped``). This is what makes at-least-once delivery safe: a redelivered reading
   never counts twice. NaN values are skipped too.
 
-State is one 48-byte record per sensor (``STATE_DTYPE``), indexed by a dense sensor
+* With a ``for`` duration, a level is entered only once the running aggregate has
+  breached it without a break for at least ``for_ms`` (checked on each reading; a new
+  window whose first reading is below the line breaks the run). De-escalation has no
+  ``for``: the deadband does that job.
+
+State is one 80-byte record per sensor (``STATE_DTYPE``), indexed by a dense sensor
 index; thresholds are an (n_sensors, 4) float64 array with NaN for unused levels.
 Transitions are written to caller-provided output arrays; only transitions are output.
 """
@@ -50,6 +55,12 @@ STATE_DTYPE = np.dtype(
         ("accepted", "<u4"),  # readings accepted in total (duplicates excluded)
         ("dropped", "<u4"),  # late, duplicate or NaN readings skipped
         ("level", "<i4"),  # current level 0..4
+        # Since when the running aggregate has breached each level without a break (ms),
+        # NO_WINDOW when it does not: the clock of the rule's `for` duration.
+        ("since1", "<i8"),
+        ("since2", "<i8"),
+        ("since3", "<i8"),
+        ("since4", "<i8"),
     ]
 )
 
@@ -58,37 +69,62 @@ def new_state(n: int) -> npt.NDArray[np.void]:
     """State for ``n`` sensors: no window open, level NONE."""
     state = np.zeros(n, dtype=STATE_DTYPE)
     state["win_start"] = NO_WINDOW
-    state["last_ts"] = NO_WINDOW
+    for name in ("last_ts", "since1", "since2", "since3", "since4"):
+        state[name] = NO_WINDOW
     return state
 
 
 @njit(cache=True)
-def _level_for(
-    agg: float,
-    thr: npt.NDArray[np.float64],
-    direction: int,
-    current: int,
-    deadband: float,
-    escalate_only: bool,
-) -> int:
-    """Highest level whose condition holds; levels at or below ``current`` keep the deadband."""
-    best = 0
+def _held_level(agg, thr, direction, current, deadband):  # type: ignore[no-untyped-def]
+    """Highest level at or below ``current`` still held within the deadband, 0 if none."""
+    for k in range(current, 0, -1):
+        t = thr[k - 1]
+        if not np.isnan(t) and agg >= t * direction - deadband:
+            return k
+    return 0
+
+
+@njit(cache=True)
+def _breached(agg, thr, direction):  # type: ignore[no-untyped-def]
+    """Highest level whose threshold the aggregate reaches (no deadband), 0 if none."""
     for k in range(4, 0, -1):
         t = thr[k - 1]
-        if np.isnan(t):
-            continue
-        t = t * direction
-        if k > current:
-            if agg >= t:
-                best = k
-                break
-        elif escalate_only:
-            best = current
-            break
-        elif agg >= t - deadband:
-            best = k
-            break
-    return best
+        if not np.isnan(t) and agg >= t * direction:
+            return k
+    return 0
+
+
+@njit(cache=True)
+def _get_since(st, k):  # type: ignore[no-untyped-def]
+    if k == 1:
+        return st["since1"]
+    if k == 2:
+        return st["since2"]
+    if k == 3:
+        return st["since3"]
+    return st["since4"]
+
+
+@njit(cache=True)
+def _set_since(st, k, value):  # type: ignore[no-untyped-def]
+    if k == 1:
+        st["since1"] = value
+    elif k == 2:
+        st["since2"] = value
+    elif k == 3:
+        st["since3"] = value
+    else:
+        st["since4"] = value
+
+
+@njit(cache=True)
+def _due_level(st, thr, t, for_ms):  # type: ignore[no-untyped-def]
+    """Track the breach runs at time ``t``; the highest level whose run lasted ``for_ms``."""
+    for k in range(4, st["level"], -1):
+        since = _get_since(st, k)
+        if since != NO_WINDOW and not np.isnan(thr[k - 1]) and t - since >= for_ms:
+            return k
+    return st["level"]
 
 
 @njit(cache=True)
@@ -135,10 +171,10 @@ def _close(  # type: ignore[no-untyped-def]
     n_out,
 ):
     st = state[i]
-    if st.win_start == NO_WINDOW or st.count == 0:
+    if st["win_start"] == NO_WINDOW or st["count"] == 0:
         return n_out
-    current = st.level
-    new = _level_for(st.agg, thresholds[i], direction, current, deadband, False)
+    current = st["level"]
+    new = _held_level(st["agg"], thresholds[i], direction, current, deadband)
     if new < current:
         n_out = _emit(
             out_sensor,
@@ -151,14 +187,14 @@ def _close(  # type: ignore[no-untyped-def]
             i,
             current,
             new,
-            st.win_start + window_ms,
-            st.agg,
+            st["win_start"] + window_ms,
+            st["agg"],
             thresholds[i],
             direction,
         )
-        st.level = new
-    st.win_start = NO_WINDOW
-    st.count = 0
+        st["level"] = new
+    st["win_start"] = NO_WINDOW
+    st["count"] = 0
     return n_out
 
 
@@ -169,6 +205,7 @@ def process(  # type: ignore[no-untyped-def]
     direction,
     deadband,
     window_ms,
+    for_ms,
     sensor,
     ts,
     value,
@@ -191,11 +228,11 @@ def process(  # type: ignore[no-untyped-def]
         v = value[r]
         t = ts[r]
         st = state[i]
-        if np.isnan(v) or t <= st.last_ts:
-            st.dropped += 1
+        if np.isnan(v) or t <= st["last_ts"]:
+            st["dropped"] += 1
             continue
         start = t - (t % window_ms)
-        if st.win_start != start:
+        if st["win_start"] != start:
             n_out = _close(
                 state,
                 i,
@@ -211,19 +248,25 @@ def process(  # type: ignore[no-untyped-def]
                 out_thr,
                 n_out,
             )
-            st.win_start = start
-            st.agg = v * direction
-            st.count = 0
-        elif v * direction > st.agg:
-            st.agg = v * direction
-        st.count += 1
-        st.accepted += 1
-        st.last_ts = t
-        current = st.level
-        new = _level_for(st.agg, thresholds[i], direction, current, deadband, True)
+            st["win_start"] = start
+            st["agg"] = v * direction
+            st["count"] = 0
+        elif v * direction > st["agg"]:
+            st["agg"] = v * direction
+        st["count"] += 1
+        st["accepted"] += 1
+        st["last_ts"] = t
+        current = st["level"]
+        raw = _breached(st["agg"], thresholds[i], direction)
+        for k in range(1, 5):
+            if k > raw:
+                _set_since(st, k, NO_WINDOW)
+            elif _get_since(st, k) == NO_WINDOW:
+                _set_since(st, k, t)
+        new = _due_level(st, thresholds[i], t, for_ms)
         if new > current:
             if current == 0:
-                st.episode_start = t
+                st["episode_start"] = t
             n_out = _emit(
                 out_sensor,
                 out_from,
@@ -236,11 +279,11 @@ def process(  # type: ignore[no-untyped-def]
                 current,
                 new,
                 t,
-                st.agg,
+                st["agg"],
                 thresholds[i],
                 direction,
             )
-            st.level = new
+            st["level"] = new
     return n_out
 
 
@@ -265,7 +308,7 @@ def close_windows(  # type: ignore[no-untyped-def]
     """
     n_out = 0
     for i in range(state.shape[0]):
-        ws = state[i].win_start
+        ws = state[i]["win_start"]
         if ws != NO_WINDOW and ws + window_ms <= watermark:
             n_out = _close(
                 state,
@@ -292,6 +335,7 @@ def reference_process(
     deadband: float,
     window_ms: int,
     readings: list[tuple[int, int, float]],
+    for_ms: int = 0,
 ) -> list[tuple[int, int, int, int, float]]:
     """Plain-Python statement of ``process`` for differential tests.
 
@@ -299,43 +343,52 @@ def reference_process(
     (sensor, ts, value). Returns transitions (sensor, from, to, ts, aggregate); the
     state starts empty (no open windows) and is not carried between calls.
     """
-    win: dict[int, tuple[int, float, int]] = {}  # sensor -> (start, agg, count)
+    win: dict[int, tuple[int, float]] = {}  # sensor -> (window start, aggregate)
     last: dict[int, int] = {}
+    since: dict[tuple[int, int], int] = {}  # (sensor, level) -> start of the breach run
     out: list[tuple[int, int, int, int, float]] = []
 
-    def target(i: int, agg: float, escalate_only: bool) -> int:
-        cur = levels[i]
-        for k in (4, 3, 2, 1):
-            t = thresholds[i, k - 1]
-            if np.isnan(t):
-                continue
-            t = t * direction
-            if k > cur:
-                if agg >= t:
-                    return k
-            elif escalate_only:
-                return cur
-            elif agg >= t - deadband:
-                return k
-        return 0
+    def used(i: int, k: int) -> bool:
+        return not np.isnan(thresholds[i, k - 1])
+
+    def line(i: int, k: int) -> float:
+        return float(thresholds[i, k - 1]) * direction
 
     for i, t, v in readings:
         if np.isnan(v) or t <= last.get(i, NO_WINDOW):
             continue
         start = t - t % window_ms
         if i in win and win[i][0] != start:
-            wstart, wagg, _ = win.pop(i)
-            new = target(i, wagg, False)
-            if new < levels[i]:
-                out.append((i, levels[i], new, wstart + window_ms, wagg * direction))
-                levels[i] = new
-        if i not in win:
-            win[i] = (start, v * direction, 0)
-        s, agg, c = win[i]
-        win[i] = (s, max(agg, v * direction), c + 1)
+            wstart, wagg = win.pop(i)
+            held = next(
+                (
+                    k
+                    for k in range(levels[i], 0, -1)
+                    if used(i, k) and wagg >= line(i, k) - deadband
+                ),
+                0,
+            )
+            if held < levels[i]:
+                out.append((i, levels[i], held, wstart + window_ms, wagg * direction))
+                levels[i] = held
+        agg = max(win[i][1], v * direction) if i in win else v * direction
+        win[i] = (start, agg)
         last[i] = t
-        new = target(i, win[i][1], True)
-        if new > levels[i]:
-            out.append((i, levels[i], new, t, win[i][1] * direction))
-            levels[i] = new
+        raw = next((k for k in (4, 3, 2, 1) if used(i, k) and agg >= line(i, k)), 0)
+        for k in (1, 2, 3, 4):
+            if k > raw:
+                since.pop((i, k), None)
+            else:
+                since.setdefault((i, k), t)
+        due = next(
+            (
+                k
+                for k in range(4, levels[i], -1)
+                if (i, k) in since and used(i, k) and t - since[(i, k)] >= for_ms
+            ),
+            levels[i],
+        )
+        if due > levels[i]:
+            out.append((i, levels[i], due, t, agg * direction))
+            levels[i] = due
     return out

@@ -22,7 +22,9 @@ reading = st.tuples(
 )
 
 
-def _kernel(direction: int, deadband: float, readings: list[tuple[int, int, float]]) -> list:
+def _kernel(
+    direction: int, deadband: float, readings: list[tuple[int, int, float]], for_ms: int = 0
+) -> list:
     state = k.new_state(3)
     thr = THRESHOLDS * direction
     n = len(readings)
@@ -37,7 +39,7 @@ def _kernel(direction: int, deadband: float, readings: list[tuple[int, int, floa
     sensor = np.array([r[0] for r in readings], np.int32)
     ts = np.array([r[1] for r in readings], np.int64)
     value = np.array([r[2] for r in readings], np.float64)
-    m = k.process(state, thr, direction, deadband, WINDOW, sensor, ts, value, *out)
+    m = k.process(state, thr, direction, deadband, WINDOW, for_ms, sensor, ts, value, *out)
     return [
         (int(out[0][j]), int(out[1][j]), int(out[2][j]), int(out[3][j]), float(out[4][j]))
         for j in range(m)
@@ -45,12 +47,19 @@ def _kernel(direction: int, deadband: float, readings: list[tuple[int, int, floa
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(reading, max_size=80), st.sampled_from([1, -1]), st.sampled_from([0.0, 0.3]))
-def test_kernel_matches_reference(readings: list, direction: int, deadband: float) -> None:
+@given(
+    st.lists(reading, max_size=80),
+    st.sampled_from([1, -1]),
+    st.sampled_from([0.0, 0.3]),
+    st.sampled_from([0, 120_000, 600_000]),
+)
+def test_kernel_matches_reference(
+    readings: list, direction: int, deadband: float, for_ms: int
+) -> None:
     expected = k.reference_process(
-        [0, 0, 0], THRESHOLDS * direction, direction, deadband, WINDOW, readings
+        [0, 0, 0], THRESHOLDS * direction, direction, deadband, WINDOW, readings, for_ms
     )
-    assert _kernel(direction, deadband, readings) == expected
+    assert _kernel(direction, deadband, readings, for_ms) == expected
 
 
 def test_kernel_escalates_early_and_clears_at_window_close() -> None:
@@ -74,6 +83,17 @@ def test_deadband_holds_a_level_until_clearly_below() -> None:
     got = _kernel(1, 0.3, readings)
     # 1.9 is within 0.3 of yellow's 2.0: held. 1.5 is not: blue when [30, 45 min) ends.
     assert got == [(0, 0, 2, 0, 2.1), (0, 2, 1, 3 * WINDOW, 1.5)]
+
+
+def test_for_duration_waits_for_an_unbroken_breach() -> None:
+    m = 60_000
+    readings = [(0, 0, 2.2), (0, 5 * m, 2.3), (0, 9 * m, 2.4), (0, 10 * m, 2.5), (0, 11 * m, 3.2)]
+    # yellow (2.0) breached since 0: due at 10 min; orange (3.0) only since 11 min.
+    assert _kernel(1, 0.0, readings, for_ms=10 * m) == [(0, 0, 2, 10 * m, 2.5)]
+    # A new window whose first reading is below the line breaks the run.
+    broken = [(0, 0, 2.2), (0, 9 * m, 2.2), (0, 15 * m, 0.5), (0, 16 * m, 2.2), (0, 25 * m, 2.2)]
+    assert _kernel(1, 0.0, broken, for_ms=10 * m) == []
+    assert _kernel(1, 0.0, [*broken, (0, 26 * m, 2.2)], for_ms=10 * m) == [(0, 0, 2, 26 * m, 2.2)]
 
 
 def _rule() -> ThresholdRule:
