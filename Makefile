@@ -38,12 +38,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # mosquitto is a real broker from Debian's packages: the demo and the
-# integration tests start their own instance on a free loopback port.
+# integration tests start their own instance on a free loopback port. Java and Maven
+# run the Kafka broker that scripts/kafka fetches from Maven Central for the Kafka tests.
+APT_PACKAGES := mosquitto mosquitto-clients default-jre-headless maven
+
 system-deps:
-	@command -v mosquitto >/dev/null 2>&1 || command -v /usr/sbin/mosquitto >/dev/null 2>&1 || \
+	@{ command -v mosquitto || command -v /usr/sbin/mosquitto; } >/dev/null 2>&1 && \
+	  command -v mosquitto_pub >/dev/null 2>&1 && \
+	  command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 || \
 	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto mosquitto-clients; }
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES); }
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
