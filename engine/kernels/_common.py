@@ -8,6 +8,7 @@ flags of :class:`engine.batch.Quality` and the time sentinels are plain module i
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "MS_PER_HOUR",
@@ -18,6 +19,7 @@ __all__ = [
     "Q_SUSPECT",
     "Q_UNCHECKED",
     "TS_MAX",
+    "check_sensors",
 ]
 
 Q_UNCHECKED = 0
@@ -32,3 +34,14 @@ NO_TS = int(np.iinfo(np.int64).min)
 TS_MAX = int(np.iinfo(np.int64).max)
 
 MS_PER_HOUR = 3_600_000.0
+
+
+def check_sensors(sensor: npt.NDArray[np.integer], n_sensors: int, kernel: str) -> None:
+    """Raise IndexError for a sensor index outside the state: the compiled kernels do not
+    bounds-check, so a bad index would silently write into another sensor's memory."""
+    if len(sensor) and (int(sensor.max()) >= n_sensors or int(sensor.min()) < 0):
+        raise IndexError(
+            f"{kernel}: sensor index {int(sensor.max())} outside the state of {n_sensors} sensors"
+            if int(sensor.max()) >= n_sensors
+            else f"{kernel}: negative sensor index {int(sensor.min())}"
+        )

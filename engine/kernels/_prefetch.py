@@ -45,7 +45,7 @@ else:
         # rw=1 (the kernels write the record back), locality=3, data cache
         builder.call(fn, [i8p, i32(1), i32(3), i32(1)])
 
-    @intrinsic  # type: ignore[misc]
+    @intrinsic
     def prefetch(typingctx: Any, arr: Any, i: Any) -> Any:
         if not isinstance(arr, types.Array) or arr.ndim != 1:
             return None
@@ -57,7 +57,7 @@ else:
 
         return types.void(arr, i), codegen
 
-    @intrinsic  # type: ignore[misc]
+    @intrinsic
     def prefetch2(typingctx: Any, arr: Any, i: Any, j: Any) -> Any:
         if not isinstance(arr, types.Array) or arr.ndim != 2:
             return None

@@ -42,11 +42,11 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from engine.kernels._common import NO_TS
+from engine.kernels._common import NO_TS, check_sensors
 
 __all__ = [
-    "LEVELS_STATE_DTYPE",
     "LEVEL",
+    "LEVELS_STATE_DTYPE",
     "RETURNED",
     "SILENT",
     "LevelParams",
@@ -110,6 +110,11 @@ def levels_evaluate(
     value: npt.NDArray[np.float64],
 ) -> Transitions:
     """Evaluate values (e.g. closed-window aggregates) and return the transitions."""
+    check_sensors(sensor, len(state), "levels_evaluate")
+    if len(params.thresholds) != len(state):
+        raise ValueError(
+            f"levels_evaluate: {len(params.thresholds)} threshold rows for {len(state)} sensors"
+        )
     out = _evaluate_kernel(
         state["level"],
         state["silent"],

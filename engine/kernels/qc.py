@@ -46,6 +46,7 @@ from engine.kernels._common import (
     Q_MISSING,
     Q_SUSPECT,
     TS_MAX,
+    check_sensors,
 )
 from engine.kernels._prefetch import PREFETCH_AHEAD, prefetch
 
@@ -119,6 +120,9 @@ def qc_batch(
     q_in: npt.NDArray[np.uint8] | None = None,
 ) -> npt.NDArray[np.uint8]:
     """Flag a batch (arrival order) and advance ``state`` in place; returns uint8 flags."""
+    check_sensors(sensor, len(state), "qc_batch")
+    if len(params.fail_lo) != len(state):
+        raise ValueError(f"qc_batch: {len(params.fail_lo)} thresholds for {len(state)} sensors")
     if q_in is None:
         q_in = np.zeros(len(ts), dtype=np.uint8)
     future_lim = TS_MAX if params.future_ms >= TS_MAX - now_ms else now_ms + params.future_ms

@@ -43,7 +43,7 @@ class QCReference:
             return max(Quality.FAIL, qi)
         if _outside(v, p.fail_lo[s], p.fail_hi[s]):
             return max(Quality.FAIL, qi)
-        flags = [Quality.GOOD]
+        flags: list[int] = [Quality.GOOD]
         if _outside(v, p.suspect_lo[s], p.suspect_hi[s]):
             flags.append(Quality.SUSPECT)
         prev = self.prev.get(s)

@@ -30,7 +30,9 @@ def _run(p: LevelParams, values: list[float], step: int = MIN) -> list[tuple[int
     tr = levels_evaluate(
         state, p, np.zeros(n, np.int64), np.arange(n, dtype=np.int64) * step, np.array(values)
     )
-    return list(zip(tr.from_level.tolist(), tr.to_level.tolist(), (tr.ts // step).tolist(), strict=True))
+    return list(
+        zip(tr.from_level.tolist(), tr.to_level.tolist(), (tr.ts // step).tolist(), strict=True)
+    )
 
 
 FLOOD = np.array([[11.0, 20.0, 20.0, 25.0]])
@@ -63,7 +65,7 @@ def test_for_ms_requires_a_sustained_breach_per_level() -> None:
 
 
 def test_silence_and_return() -> None:
-    p = LevelParams(FLOOD, stale_ms=30 * MIN)
+    p = LevelParams(np.repeat(FLOOD, 3, axis=0), stale_ms=30 * MIN)
     state = new_levels_state(3)
     levels_evaluate(state, p, np.array([0, 1]), np.array([0, 10 * MIN]), np.array([12.0, 1.0]))
     out = levels_check_silence(state, p, 35 * MIN)
@@ -84,6 +86,15 @@ def test_params_are_checked() -> None:
         LevelParams(FLOOD, direction=0)
 
 
+def test_bad_sensor_index_and_shape_are_refused() -> None:
+    state = new_levels_state(2)
+    one = np.ones(1)
+    with pytest.raises(IndexError, match="levels_evaluate: sensor index 2 outside the state of 2"):
+        levels_evaluate(state, LevelParams(np.repeat(FLOOD, 2, axis=0)), np.array([2]), one, one)
+    with pytest.raises(ValueError, match="levels_evaluate: 1 threshold rows for 2 sensors"):
+        levels_evaluate(state, LevelParams(FLOOD), np.array([0]), one.astype(np.int64), one)
+
+
 def test_state_is_42_bytes_per_sensor() -> None:
     assert LEVELS_STATE_DTYPE.itemsize == 42
 
@@ -93,7 +104,9 @@ def level_cases(draw: st.DrawFn):  # type: ignore[no-untyped-def]
     n = 3
     rows = []
     for _ in range(n):
-        thr = sorted(draw(st.lists(st.sampled_from([1.0, 2.0, 2.0, 3.0, 5.0]), min_size=4, max_size=4)))
+        thr = sorted(
+            draw(st.lists(st.sampled_from([1.0, 2.0, 2.0, 3.0, 5.0]), min_size=4, max_size=4))
+        )
         rows.append([math.nan if draw(st.integers(0, 5)) == 0 else x for x in thr])
     direction = draw(st.sampled_from([1, -1]))
     th = np.array(rows) * direction
@@ -105,7 +118,9 @@ def level_cases(draw: st.DrawFn):  # type: ignore[no-untyped-def]
         stale_ms=draw(st.sampled_from([0, 5 * MIN])),
     )
     value = st.one_of(
-        st.sampled_from([0.0, 1.0, 2.0, 2.75, 3.0, 5.0, 6.0, math.nan]).map(lambda v: v * direction),
+        st.sampled_from([0.0, 1.0, 2.0, 2.75, 3.0, 5.0, 6.0, math.nan]).map(
+            lambda v: v * direction
+        ),
         st.floats(-7, 7),
     )
     ops = []
@@ -140,7 +155,10 @@ def test_kernel_matches_reference(case) -> None:  # type: ignore[no-untyped-def]
         s = np.array([e[0] for e in evs], dtype=np.int64)
         t = np.array([e[1] for e in evs], dtype=np.int64)
         v = np.array([e[2] for e in evs], dtype=np.float64)
-        _same(_rows(levels_evaluate(state, p, s, t, v)), ref.evaluate(s.tolist(), t.tolist(), v.tolist()))
+        _same(
+            _rows(levels_evaluate(state, p, s, t, v)),
+            ref.evaluate(s.tolist(), t.tolist(), v.tolist()),
+        )
         _same(_rows(levels_check_silence(state, p, now)), ref.check_silence(now))
     for sensor, st_ in ref.sensors.items():
         assert state["level"][sensor] == st_.level

@@ -98,7 +98,9 @@ def qc_cases(draw: st.DrawFn) -> tuple[QCParams, list[list[tuple[int, int, float
 
 @settings(max_examples=80, deadline=None)
 @given(qc_cases())
-def test_kernel_matches_reference(case: tuple[QCParams, list[list[tuple[int, int, float, int]]]]) -> None:
+def test_kernel_matches_reference(
+    case: tuple[QCParams, list[list[tuple[int, int, float, int]]]],
+) -> None:
     p, batches = case
     state = new_qc_state(N)
     ref = QCReference(p)
@@ -132,5 +134,8 @@ def test_one_batch_equals_reading_by_reading(
     cols = [np.array([r[i] for r in rows], dtype=d) for i, d in enumerate(("u4", "i8", "f8", "u1"))]
     whole = qc_batch(new_qc_state(N), p, cols[0], cols[1], cols[2], NOW, cols[3])
     state = new_qc_state(N)
-    single = [qc_batch(state, p, *(c[i : i + 1] for c in cols[:3]), NOW, cols[3][i : i + 1])[0] for i in range(len(rows))]
+    single = [
+        qc_batch(state, p, *(c[i : i + 1] for c in cols[:3]), NOW, cols[3][i : i + 1])[0]
+        for i in range(len(rows))
+    ]
     assert whole.tolist() == single

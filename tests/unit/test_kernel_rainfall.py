@@ -43,8 +43,11 @@ def test_storm_accumulations() -> None:
     # hour 1 (dry) and hour 2
     assert out.hour_end.tolist() == [T0 + 2 * H, T0 + 2 * H, T0 + 3 * H, T0 + 3 * H]
     assert out.acc_mm.tolist() == [
-        [0.0, 24.0, 24.0, 24.0], [0.0, 0.5, 0.5, 0.5], [12.0, 36.0, 36.0, 36.0], [0.0, 0.5, 0.5, 0.5]
-    ]  # fmt: skip
+        [0.0, 24.0, 24.0, 24.0],
+        [0.0, 0.5, 0.5, 0.5],
+        [12.0, 36.0, 36.0, 36.0],
+        [0.0, 0.5, 0.5, 0.5],
+    ]
     # 24 h after the last rain nothing is left to report
     late = rain_close_until(state, spec, T0 + 40 * H)
     assert late.hour_end.max() == T0 + 26 * H
@@ -77,7 +80,9 @@ def test_kernel_matches_sums_over_accepted_readings(case) -> None:  # type: igno
     ref = WindowsReference(spec.window, T0)  # for the codes and the accepted readings
     for rows, q, wm in steps:
         codes = _add(state, spec, rows, q)
-        assert codes == ref.update([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], q)
+        assert codes == ref.update(
+            [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], q
+        )
         nc0 = ref.next_close
         ref.close_until(wm)
         got = rain_close_until(state, spec, wm)
@@ -90,4 +95,9 @@ def test_kernel_matches_sums_over_accepted_readings(case) -> None:  # type: igno
                     want.append((s, (k + 1) * spec.bucket_ms, accs))
         assert got.sensor.tolist() == [w[0] for w in want]
         assert got.hour_end.tolist() == [w[1] for w in want]
-        np.testing.assert_allclose(got.acc_mm.reshape(-1, len(spec.spans)), np.array([w[2] for w in want]).reshape(-1, len(spec.spans)), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(
+            got.acc_mm.reshape(-1, len(spec.spans)),
+            np.array([w[2] for w in want]).reshape(-1, len(spec.spans)),
+            rtol=1e-9,
+            atol=1e-9,
+        )

@@ -45,7 +45,7 @@ def test_late_within_lateness_updates_and_beyond_is_reported() -> None:
     assert out.sensor.tolist() == [0, 1]
     assert out.window_end.tolist() == [T0 + 15 * MIN] * 2
     assert out.value.tolist() == [7.0, 4.0]
-    assert out.count.tolist() == [2, 1]
+    assert out.n_readings.tolist() == [2, 1]
     # now the window is closed: a reading for it is reported back, not silently dropped
     assert _upd(st_, spec, [(0, T0 + 3 * MIN, 99.0)]) == [LATE]
 
@@ -127,12 +127,14 @@ def test_kernel_matches_reference(case) -> None:  # type: ignore[no-untyped-def]
     ref = WindowsReference(spec, T0)
     for rows, q, wm in [*steps, ([], [], steps[-1][2] + 100 * spec.bucket_ms)]:
         codes = _upd(state, spec, rows, q)
-        assert codes == ref.update([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], q)
+        assert codes == ref.update(
+            [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], q
+        )
         got = window_close_until(state, spec, wm)
         want = ref.close_until(wm)
         assert got.sensor.tolist() == [w[0] for w in want]
         assert got.window_end.tolist() == [w[1] for w in want]
-        assert got.count.tolist() == [w[3] for w in want]
+        assert got.n_readings.tolist() == [w[3] for w in want]
         np.testing.assert_allclose(got.value, [w[2] for w in want], rtol=1e-9, atol=1e-9)
 
 
