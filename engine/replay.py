@@ -91,15 +91,24 @@ def _chunks(readings: Sequence[Reading], size: int) -> Iterator[Sequence[Reading
 
 
 def replay(
-    ruleset: RuleSet, readings: Sequence[Reading], batch_size: int = 10_000
+    ruleset: RuleSet,
+    readings: Sequence[Reading],
+    batch_size: int = 10_000,
+    *,
+    flush: bool = True,
 ) -> list[AlertEvent]:
-    """The alert events the engine would have sent for ``readings``."""
+    """The alert events the engine would have sent for ``readings``.
+
+    With ``flush`` the windows still open after the last reading are closed, as if time
+    had moved on; without it the result is what a live engine has sent by then.
+    """
     ordered = sorted(readings, key=lambda r: r[2])
     proc = PartitionProcessor(ruleset, lateness_ms=0)
     events: list[AlertEvent] = []
     for offset, chunk in enumerate(_chunks(ordered, batch_size)):
         events.extend(proc.process(TelemetryBatch.from_rows(chunk), offset))
-    events.extend(proc.close_windows(END_OF_TIME))
+    if flush:
+        events.extend(proc.close_windows(END_OF_TIME))
     return events
 
 

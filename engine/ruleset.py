@@ -35,7 +35,9 @@ class ThresholdRule:
     thresholds: npt.NDArray[np.float64]  # shape (len(stations), 4); NaN = level unused
     direction: Literal[1, -1] = 1
     window_ms: int = 15 * 60_000
-    aggregate: Literal["max", "min", "mean", "last"] = "max"
+    aggregate: Literal["max", "min", "mean", "sum", "count", "first", "last", "delta", "rate"] = (
+        "max"
+    )
     deadband: float = 0.0
     for_ms: int = 0
     stale_ms: int = 0  # 0 = no staleness check

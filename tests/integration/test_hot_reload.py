@@ -102,7 +102,7 @@ def test_reload_rejects_bad_files_and_swaps_good_ones(mosquitto: Mosquitto, tmp_
         for p in range(log.partitions("vigil-test-telemetry") or 0):
             blob = log.blob(f"processor/vigil-test-telemetry/{p}")
             if blob is not None:
-                proc = PartitionProcessor(ruleset)
+                proc = PartitionProcessor(ruleset, lateness_ms=0)
                 proc.restore(blob)
                 counted += proc.accepted("test.level", "HZ003")
     finally:

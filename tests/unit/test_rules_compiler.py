@@ -21,9 +21,18 @@ def flood() -> Compiled:
 
 def test_river_level_thresholds_per_station(flood: Compiled) -> None:
     assert isinstance(flood.ruleset, RuleSet)
-    (rule,) = flood.ruleset.rules  # max aggregate: runs in the engine today
+    # Every windowed threshold rule of the pack runs in the engine.
+    by_id = {r.rule_id: r for r in flood.ruleset.rules}
+    assert {r: by_id[r].aggregate for r in by_id} == {
+        "flood.river_level": "max",
+        "flood.river_rise_rate": "delta",
+        "flood.rain_1h": "sum",
+        "flood.rain_3h": "sum",
+        "flood.rain_6h": "sum",
+        "flood.rain_24h": "sum",
+    }
+    rule = by_id["flood.river_level"]
     assert isinstance(rule, ThresholdRule)
-    assert rule.rule_id == "flood.river_level"
     assert rule.stations == ("HZ001", "HZ002", "HZ003")
     assert rule.thresholds.shape == (3, 4)
     np.testing.assert_allclose(
@@ -59,14 +68,15 @@ def test_default_texts_per_language(tmp_path: Path) -> None:
 
 
 def test_unused_levels_are_nan(flood: Compiled) -> None:
-    rise = next(r for r in flood.windowed if r.rule_id == "flood.river_rise_rate")
+    rise = next(r for r in flood.ruleset.rules if r.rule_id == "flood.river_rise_rate")
     assert rise.aggregate == "delta"
     assert np.isnan(rise.thresholds[:, Level.RED - 1]).all()
     np.testing.assert_allclose(rise.thresholds[:, :3], [[0.3, 0.5, 1.0]] * 3)
 
 
-def test_rain_sums_wait_for_the_engine(flood: Compiled) -> None:
-    sums = {r.rule_id: r for r in flood.windowed if r.aggregate == "sum"}
+def test_rain_sums_compile_into_the_ruleset(flood: Compiled) -> None:
+    assert flood.windowed == ()
+    sums = {r.rule_id: r for r in flood.ruleset.rules if r.aggregate == "sum"}
     assert sorted(sums) == ["flood.rain_1h", "flood.rain_24h", "flood.rain_3h", "flood.rain_6h"]
     np.testing.assert_allclose(sums["flood.rain_3h"].thresholds[0], [55, 75, 100, 120])
     assert sums["flood.rain_3h"].window_ms == 3 * 3_600_000

@@ -1,0 +1,119 @@
+"""The runner contract shared by the processor and the two runner kinds."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.ruleset import ThresholdRule
+
+__all__ = ["RawTransition", "Runner", "SensorIndex", "runner_for"]
+
+
+class RawTransition(NamedTuple):
+    """A level change of one sensor; times in ms UTC, value in the metric's unit."""
+
+    sensor: int  # dense index of the runner
+    from_level: int
+    to_level: int
+    at: int
+    value: float
+    threshold: float
+    started_at: int  # when the episode (departure from level 0) began
+
+
+class SensorIndex:
+    """Dense per-partition sensor index for one rule: station -> row, grown on first sight."""
+
+    def __init__(self, rule: ThresholdRule) -> None:
+        self.stations: list[str] = []
+        self.index: dict[str, int] = {}
+        self.bind(rule)
+
+    def bind(self, rule: ThresholdRule) -> None:
+        self.rule = rule
+        self._rule_rows = {s: i for i, s in enumerate(rule.stations)}
+
+    def rule_row(self, station: str) -> int | None:
+        return self._rule_rows.get(station)
+
+    def lookup(self, stations: tuple[str, ...]) -> tuple[npt.NDArray[np.int32], list[str]]:
+        """Dense index per station (-1: not selected by the rule) and the new ones."""
+        new: list[str] = []
+        out = np.empty(len(stations), np.int32)
+        for j, station in enumerate(stations):
+            i = self.index.get(station)
+            if i is None:
+                if station not in self._rule_rows:
+                    out[j] = -1
+                    continue
+                i = self.index[station] = len(self.stations)
+                self.stations.append(station)
+                new.append(station)
+            out[j] = i
+        return out, new
+
+
+class Runner(Protocol):
+    """One rule on one partition. Readings arrive per batch, sorted by event time."""
+
+    sensors: SensorIndex
+
+    def apply(
+        self,
+        sensor: npt.NDArray[np.int32],
+        ts: npt.NDArray[np.int64],
+        value: npt.NDArray[np.float64],
+        quality: npt.NDArray[np.uint8],
+        watermark: int,
+    ) -> list[RawTransition]:
+        """Take readings of sensors already indexed; returns the transitions they cause."""
+        ...
+
+    def close(self, watermark: int) -> list[RawTransition]:
+        """Close windows with ``end + lateness <= watermark`` for every sensor; the
+        watermark is the latest event time (ms) the partition has seen."""
+        ...
+
+    def grow(self, n: int) -> None:
+        """Make room for ``n`` sensors, keeping state; new rows take the rule's thresholds."""
+        ...
+
+    def rebind(self, rule: ThresholdRule) -> None:
+        """Take a reloaded rule's thresholds, keeping the window state."""
+        ...
+
+    def accepted(self, station: str) -> int:
+        """Readings of ``station`` counted into windows (duplicates excluded)."""
+        ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def restore(self, saved: dict[str, Any]) -> None: ...
+
+
+def signature(rule: ThresholdRule) -> list[object]:
+    """What must match for a rule's state to survive a reload or a restore."""
+    return [rule.metric, rule.direction, rule.window_ms, rule.aggregate]
+
+
+def gathered_thresholds(sensors: SensorIndex, n: int) -> npt.NDArray[np.float64]:
+    """The rule's thresholds in dense order, NaN-padded to ``n`` rows."""
+    out = np.full((n, 4), np.nan)
+    for i, station in enumerate(sensors.stations):
+        row = sensors.rule_row(station)
+        if row is not None:
+            out[i] = sensors.rule.thresholds[row]
+    return out
+
+
+def runner_for(rule: ThresholdRule, lateness_ms: int) -> Runner:
+    from engine.runners.tumbling import TumblingRunner
+    from engine.runners.windowed import WindowedRunner
+
+    monotone = (rule.aggregate, rule.direction) in (("max", 1), ("min", -1))
+    if monotone:
+        return TumblingRunner(rule, lateness_ms)
+    return WindowedRunner(rule, lateness_ms)
