@@ -42,8 +42,11 @@ class PartitionProcessor:
     past the window's end (event time), so slightly late readings still count.
     """
 
-    def __init__(self, ruleset: RuleSet, *, lateness_ms: int = 60_000) -> None:
+    def __init__(
+        self, ruleset: RuleSet, *, lateness_ms: int = 60_000, early_firing: bool = True
+    ) -> None:
         self.lateness_ms = lateness_ms
+        self.early_firing = early_firing
         self.next_offset = 0
         self.watermark = NO_TIME  # the latest event time seen (ms)
         self._runners: dict[str, Runner] = {}
@@ -61,7 +64,9 @@ class PartitionProcessor:
                 old.rebind(rule)
                 kept[rule.rule_id] = old
             else:
-                kept[rule.rule_id] = runner_for(rule, self.lateness_ms)
+                kept[rule.rule_id] = runner_for(
+                    rule, self.lateness_ms, early_firing=self.early_firing
+                )
         self._runners = kept
         self.ruleset = ruleset
 

@@ -112,6 +112,37 @@ def replay(
     return events
 
 
+def window_values(
+    ruleset: RuleSet, readings: Sequence[Reading], batch_size: int = 10_000
+) -> list[tuple[str, str, str, str, int, float]]:
+    """Every closed window's aggregate: (rule_id, station, metric, aggregate, end_ms, value).
+
+    Computed by the window chain over the same readings (a shadow of ``replay``; the
+    early-firing runner keeps no per-window output).
+    """
+    from engine.runners.windowed import WindowedRunner
+
+    ordered = sorted(readings, key=lambda r: r[2])
+    proc = PartitionProcessor(ruleset, lateness_ms=0, early_firing=False)
+    runners = {rid: proc.runner(rid) for rid in (r.rule_id for r in ruleset.rules)}
+    for runner in runners.values():
+        assert isinstance(runner, WindowedRunner)
+        runner.closed = []
+    for offset, chunk in enumerate(_chunks(ordered, batch_size)):
+        proc.process(TelemetryBatch.from_rows(chunk), offset)
+    proc.close_windows(END_OF_TIME)
+    rows = []
+    for rid, runner in runners.items():
+        assert isinstance(runner, WindowedRunner) and runner.closed is not None
+        rule = runner.rule
+        for sensor, end, value in runner.closed:
+            rows.append(
+                (rid, runner.sensors.stations[sensor], rule.metric, rule.aggregate, end, value)
+            )
+    rows.sort(key=lambda r: (r[4], r[0], r[1]))
+    return rows
+
+
 @dataclass(frozen=True)
 class AlertDiff:
     """How a rule change alters the alerts over the same readings."""

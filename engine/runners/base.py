@@ -109,11 +109,13 @@ def gathered_thresholds(sensors: SensorIndex, n: int) -> npt.NDArray[np.float64]
     return out
 
 
-def runner_for(rule: ThresholdRule, lateness_ms: int) -> Runner:
+def runner_for(rule: ThresholdRule, lateness_ms: int, *, early_firing: bool = True) -> Runner:
+    """The runner for ``rule``; ``early_firing=False`` forces the window chain (which
+    reports every closed window's aggregate, for replays that record them)."""
     from engine.runners.tumbling import TumblingRunner
     from engine.runners.windowed import WindowedRunner
 
     monotone = (rule.aggregate, rule.direction) in (("max", 1), ("min", -1))
-    if monotone:
+    if monotone and early_firing:
         return TumblingRunner(rule, lateness_ms)
     return WindowedRunner(rule, lateness_ms)
