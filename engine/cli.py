@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from engine.replay import MetricRow
     from engine.ruleset import RuleSet
 
 __all__ = ["main"]
@@ -59,12 +60,12 @@ def _compile(rules: list[str], stations: str) -> RuleSet:
 
 def _replay(args: argparse.Namespace) -> int:
     from connectors.sinks.console import format_event
-    from engine.replay import read_readings, replay
+    from engine.replay import computed_values, read_readings, replay
     from rules.errors import RulesInvalid
 
     try:
         ruleset = _compile(args.rules, args.stations)
-        readings, problems = read_readings(args.input, args.station, args.metric)
+        readings, problems = read_readings(args.input, args.station, args.metric, args.wide)
     except RulesInvalid as exc:
         print("\n".join(exc.lines), file=sys.stderr)
         return 2
@@ -79,11 +80,24 @@ def _replay(args: argparse.Namespace) -> int:
     if args.alerts_out:
         with open(args.alerts_out, "w", encoding="utf-8") as f:
             f.writelines(e.to_json() + "\n" for e in events)
+    if args.metrics_out:
+        _write_metrics(args.metrics_out, computed_values(ruleset, readings))
     print(
         f"{len(readings)} readings, {len(events)} alert events, {len(problems)} rows skipped",
         file=sys.stderr,
     )
     return 0
+
+
+def _write_metrics(path: str, rows: list[MetricRow]) -> None:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["source", "station", "metric", "kind", "time", "value", "detail"])
+        for r in rows:
+            out.writerow([r.source, r.station, r.metric, r.kind, _ms(r.ts), f"{r.value:.6g}",
+                          r.detail])  # fmt: skip
 
 
 def _rules_diff(args: argparse.Namespace) -> int:
@@ -93,7 +107,7 @@ def _rules_diff(args: argparse.Namespace) -> int:
     try:
         old = _compile([args.old], args.stations)
         new = _compile([args.new], args.stations)
-        readings, problems = read_readings(args.input, args.station, args.metric)
+        readings, problems = read_readings(args.input, args.station, args.metric, args.wide)
     except RulesInvalid as exc:
         print("\n".join(exc.lines), file=sys.stderr)
         return 2
@@ -125,6 +139,10 @@ def _add_input_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="CSV: station,metric,ts,value")
     parser.add_argument("--station", help="station id, for a CSV without a station column")
     parser.add_argument("--metric", help="metric name, for a CSV without a metric column")
+    parser.add_argument(
+        "--wide", action="store_true",
+        help="one column per metric (timestamp,station,PM2.5,...): every numeric cell is a reading",
+    )  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -152,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--rules", required=True, action="append", help="rule file (repeatable)")
     replay.add_argument("--stations", required=True, help="station registry (YAML or CSV)")
     replay.add_argument("--alerts-out", help="write the alert events here as JSON lines")
+    replay.add_argument("--metrics-out", help="write every closed window's value here (CSV)")
     _add_input_args(replay)
     replay.set_defaults(func=_replay)
 

@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from engine.alerts import AlertEvent, Level, fingerprint
 from engine.batch import TelemetryBatch
+from engine.derive.aqi import AqiDeriver
 from engine.ruleset import RuleSet, ThresholdRule
 from engine.runners import RawTransition, Runner, runner_for
 from engine.runners.base import signature
@@ -50,6 +51,7 @@ class PartitionProcessor:
         self.next_offset = 0
         self.watermark = NO_TIME  # the latest event time seen (ms)
         self._runners: dict[str, Runner] = {}
+        self.aqi: AqiDeriver | None = None
         self.ruleset = ruleset
         self.swap_rules(ruleset)
 
@@ -69,6 +71,16 @@ class PartitionProcessor:
                 )
         self._runners = kept
         self.ruleset = ruleset
+        # AQI is derived for the stations that rules on `aqi` select.
+        aqi_stations = {
+            s for r in ruleset.rules if r.metric == AqiDeriver.metric for s in r.stations
+        }
+        if not aqi_stations:
+            self.aqi = None
+        elif self.aqi is None:
+            self.aqi = AqiDeriver(aqi_stations, self.lateness_ms)
+        else:
+            self.aqi.stations = frozenset(aqi_stations)
 
     def runner(self, rule_id: str) -> Runner:
         return self._runners[rule_id]
@@ -82,18 +94,27 @@ class PartitionProcessor:
         events: list[AlertEvent] = []
         if len(batch):
             watermark = max(self.watermark, int(batch.ts.max()))
-            for metric_i, metric in enumerate(batch.metrics):
-                runners = [r for r in self._runners.values() if r.sensors.rule.metric == metric]
-                if not runners:
-                    continue
-                rows = np.flatnonzero(batch.metric_idx == metric_i)
-                # Event-time order per sensor; stable so equal times keep arrival order.
-                rows = rows[np.argsort(batch.ts[rows], kind="stable")]
-                for runner in runners:
-                    events += self._apply(runner, batch, rows, watermark)
+            events += self._run_rules(batch, watermark)
+            if self.aqi is not None:
+                derived = self.aqi.feed(batch, watermark)
+                if derived:
+                    events += self._run_rules(TelemetryBatch.from_rows(derived), watermark)
             self.watermark = watermark
             events += self.close_windows(watermark)
         self.next_offset = offset + 1
+        return events
+
+    def _run_rules(self, batch: TelemetryBatch, watermark: int) -> list[AlertEvent]:
+        events: list[AlertEvent] = []
+        for metric_i, metric in enumerate(batch.metrics):
+            runners = [r for r in self._runners.values() if r.sensors.rule.metric == metric]
+            if not runners:
+                continue
+            rows = np.flatnonzero(batch.metric_idx == metric_i)
+            # Event-time order per sensor; stable so equal times keep arrival order.
+            rows = rows[np.argsort(batch.ts[rows], kind="stable")]
+            for runner in runners:
+                events += self._apply(runner, batch, rows, watermark)
         return events
 
     def _apply(
@@ -117,6 +138,10 @@ class PartitionProcessor:
     def close_windows(self, watermark: int) -> list[AlertEvent]:
         """Close windows whose end + lateness <= ``watermark`` (ms), silent sensors too."""
         events: list[AlertEvent] = []
+        if self.aqi is not None:
+            derived = self.aqi.flush(watermark)
+            if derived:
+                events += self._run_rules(TelemetryBatch.from_rows(derived), watermark)
         for runner in self._runners.values():
             events += self._events(runner, runner.close(watermark))
         return events
@@ -163,6 +188,7 @@ class PartitionProcessor:
                 "next_offset": self.next_offset,
                 "watermark": self.watermark,
                 "rules": {rid: r.snapshot() for rid, r in self._runners.items()},
+                "aqi": None if self.aqi is None else self.aqi.snapshot(),
             },
             use_bin_type=True,
         )
@@ -174,6 +200,8 @@ class PartitionProcessor:
             raise ValueError(f"unknown processor snapshot version {data.get('v')!r}")
         self.next_offset = int(data["next_offset"])
         self.watermark = int(data["watermark"])
+        if self.aqi is not None and data.get("aqi"):
+            self.aqi.restore(data["aqi"])
         for rid, saved in data["rules"].items():
             runner = self._runners.get(rid)
             if runner is None or signature(runner.sensors.rule) != saved["sig"]:

@@ -49,10 +49,48 @@ def _ts(raw: str) -> int:
     return int(parsed.timestamp() * 1000)
 
 
+def metric_name(column: str) -> str:
+    """A wide CSV's column as a metric: ``PM2.5_24h`` -> ``pm2_5_24h``."""
+    return column.strip().lower().replace(".", "_").replace(" ", "_")
+
+
+def _read_wide(path: Path, station: str | None) -> tuple[list[Reading], list[str]]:
+    readings: list[Reading] = []
+    problems: list[str] = []
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or ())
+        ts_col = "ts" if "ts" in columns else "timestamp"
+        if ts_col not in columns or (station is None and "station" not in columns):
+            raise ValueError(f"{path}:1: a wide CSV needs a timestamp and a station column")
+        value_cols = [c for c in columns if c not in (ts_col, "station")]
+        for row in reader:
+            try:
+                ts = _ts(row[ts_col])
+            except ValueError as exc:
+                problems.append(f"{path}:{reader.line_num}: {exc}")
+                continue
+            for col in value_cols:
+                cell = (row.get(col) or "").strip()
+                try:
+                    value = float(cell)
+                except ValueError:
+                    continue  # empty cells and text columns (units, file names) are not data
+                if math.isfinite(value):
+                    readings.append((station or row["station"], metric_name(col), ts, value))
+    return readings, problems
+
+
 def read_readings(
-    path: str | Path, station: str | None = None, metric: str | None = None
+    path: str | Path, station: str | None = None, metric: str | None = None, wide: bool = False
 ) -> tuple[list[Reading], list[str]]:
-    """Readings from ``path`` and ``file:line: message`` lines for the rows skipped."""
+    """Readings from ``path`` and ``file:line: message`` lines for the rows skipped.
+
+    ``wide``: one row per time, one column per metric (``timestamp,station,PM2.5,...``);
+    every numeric cell is a reading, column names become metric names (``metric_name``).
+    """
+    if wide:
+        return _read_wide(Path(path), station)
     readings: list[Reading] = []
     problems: list[str] = []
     with Path(path).open(newline="", encoding="utf-8") as f:
@@ -112,34 +150,54 @@ def replay(
     return events
 
 
-def window_values(
-    ruleset: RuleSet, readings: Sequence[Reading], batch_size: int = 10_000
-) -> list[tuple[str, str, str, str, int, float]]:
-    """Every closed window's aggregate: (rule_id, station, metric, aggregate, end_ms, value).
+@dataclass(frozen=True)
+class MetricRow:
+    """One computed value: a closed window's aggregate, or a derived metric's value."""
 
-    Computed by the window chain over the same readings (a shadow of ``replay``; the
-    early-firing runner keeps no per-window output).
+    source: str  # the rule id, or "derive.aqi"
+    station: str
+    metric: str
+    kind: str  # the window aggregate, or "hourly" for derived AQI
+    ts: int  # ms: the window's end, or the derived value's hour
+    value: float
+    detail: str = ""  # e.g. the primary pollutant(s) of an AQI
+
+
+def computed_values(
+    ruleset: RuleSet, readings: Sequence[Reading], batch_size: int = 10_000
+) -> list[MetricRow]:
+    """Every closed window's aggregate and every derived value over ``readings``.
+
+    Computed by the window chain (a shadow of ``replay``; the early-firing runner keeps
+    no per-window output), with the same derivations the live engine makes.
     """
     from engine.runners.windowed import WindowedRunner
 
     ordered = sorted(readings, key=lambda r: r[2])
     proc = PartitionProcessor(ruleset, lateness_ms=0, early_firing=False)
-    runners = {rid: proc.runner(rid) for rid in (r.rule_id for r in ruleset.rules)}
-    for runner in runners.values():
+    runners: dict[str, WindowedRunner] = {}
+    for rule in ruleset.rules:
+        runner = proc.runner(rule.rule_id)
         assert isinstance(runner, WindowedRunner)
         runner.closed = []
+        runners[rule.rule_id] = runner
+    if proc.aqi is not None:
+        proc.aqi.record = []
     for offset, chunk in enumerate(_chunks(ordered, batch_size)):
         proc.process(TelemetryBatch.from_rows(chunk), offset)
     proc.close_windows(END_OF_TIME)
-    rows = []
+    rows: list[MetricRow] = []
     for rid, runner in runners.items():
-        assert isinstance(runner, WindowedRunner) and runner.closed is not None
         rule = runner.rule
-        for sensor, end, value in runner.closed:
-            rows.append(
-                (rid, runner.sensors.stations[sensor], rule.metric, rule.aggregate, end, value)
-            )
-    rows.sort(key=lambda r: (r[4], r[0], r[1]))
+        for sensor, end, value in runner.closed or ():
+            station = runner.sensors.stations[sensor]
+            rows.append(MetricRow(rid, station, rule.metric, rule.aggregate, end, value))
+    for hour in (proc.aqi.record or []) if proc.aqi is not None else []:
+        rows.append(
+            MetricRow("derive.aqi", hour.station, "aqi", "hourly", hour.hour, hour.aqi,
+                      "+".join(hour.primary))
+        )  # fmt: skip
+    rows.sort(key=lambda r: (r.ts, r.source, r.station))
     return rows
 
 

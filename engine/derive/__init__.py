@@ -1,0 +1,1 @@
+"""Derived metrics: readings computed from other readings before rules apply."""
