@@ -9,7 +9,8 @@ closed window. So a round's time includes the amortised close and level cost.
 Implementations, measured in the same run on the same readings:
 
 - ``numba``: :mod:`engine.kernels.qc`, :mod:`~engine.kernels.windows`,
-  :mod:`~engine.kernels.levels` as the engine calls them;
+  :mod:`~engine.kernels.levels` as the engine calls them, per-sensor QC thresholds;
+- ``numba_rulewide_qc``: the same with one set of QC thresholds for the whole rule;
 - ``numpy``: vectorised per batch (gather/scatter, ``np.maximum.at``); it does *less*
   than the kernels: no flat-line or rate test, no lateness, readings of one sensor within
   a batch are not ordered for the spike test;
@@ -52,6 +53,7 @@ class Workload:
     ts: npt.NDArray[np.int64]
     value: npt.NDArray[np.float64]
     qc: QCParams
+    qc_shared: QCParams
     levels: LevelParams
     spec: WindowSpec
 
@@ -68,8 +70,14 @@ def workload(n: int) -> Workload:
     ts = T0 + slot * 5 * MIN + rng.integers(0, 5 * MIN, 3 * n)
     value = rng.normal(6.0, 3.0, 3 * n)  # water level, m: ~25 % of windows reach a level
     value[rng.random(3 * n) < 0.001] = np.nan
+    levels = LevelParams(np.tile(np.array([THRESHOLDS]), (n, 1)), deadband=DEADBAND)
+    qc, shared = _qc_params(n), _qc_params(1)
+    return Workload(n, sensor, ts, value, qc, shared, levels, WindowSpec(bucket_ms=WINDOW))
+
+
+def _qc_params(n: int) -> QCParams:
     full = np.full
-    qc = QCParams(
+    return QCParams(
         fail_lo=full(n, -5.0),
         fail_hi=full(n, 40.0),
         suspect_lo=full(n, -1.0),
@@ -80,8 +88,6 @@ def workload(n: int) -> Workload:
         flat_suspect_n=12,
         flat_fail_n=48,
     )
-    levels = LevelParams(np.tile(np.array([THRESHOLDS]), (n, 1)), deadband=DEADBAND)
-    return Workload(n, sensor, ts, value, qc, levels, WindowSpec(bucket_ms=WINDOW))
 
 
 def _touch(*arrays: npt.NDArray[Any]) -> None:
@@ -99,12 +105,13 @@ def numba_setup(w: Workload) -> tuple[Any, ...]:
     return qs, ws, ls
 
 
-def numba_chain(w: Workload, batch: int, qs: Any, ws: Any, ls: Any) -> int:
+def numba_chain(w: Workload, batch: int, qs: Any, ws: Any, ls: Any, shared: bool = False) -> int:
     transitions = 0
     now = T0 + 20 * MIN
+    qc = w.qc_shared if shared else w.qc
     for i in range(0, w.readings, batch):
         s, t, v = w.sensor[i : i + batch], w.ts[i : i + batch], w.value[i : i + batch]
-        flags = qc_batch(qs, w.qc, s, t, v, now)
+        flags = qc_batch(qs, qc, s, t, v, now)
         window_update(ws, w.spec, s, t, v, flags)
         closed = window_close_until(ws, w.spec, int(t.max()) - MIN)
         tr = levels_evaluate(ls, w.levels, closed.sensor, closed.window_end, closed.value)
@@ -190,8 +197,14 @@ def python_chain(w: Workload, batch: int, qc: dict, win: dict, lev: dict) -> int
     return transitions
 
 
+def numba_chain_shared_qc(w: Workload, batch: int, qs: Any, ws: Any, ls: Any) -> int:
+    """The same with rule-wide QC thresholds (one value for all sensors)."""
+    return numba_chain(w, batch, qs, ws, ls, shared=True)
+
+
 IMPLS = {
     "numba": (numba_setup, numba_chain),
+    "numba_rulewide_qc": (numba_setup, numba_chain_shared_qc),
     "numpy": (numpy_setup, numpy_chain),
     "python": (python_setup, python_chain),
 }
@@ -213,7 +226,7 @@ def test_tumbling_flood_rule(benchmark: Any, n: int, batch: int, impl: str) -> N
         pytest.skip("per-reading Python with dicts: 10 M sensors do not fit the run")
     w = workload(n)
     setup, chain = IMPLS[impl]
-    if impl == "numba":  # compile (or load from cache) outside the timed rounds
+    if impl.startswith("numba"):  # compile (or load from cache) outside the timed rounds
         chain(workload_small(), 1000, *setup(workload_small()))
     rounds = 1 if (impl == "python" and n >= 1_000_000) else 3
     result = benchmark.pedantic(

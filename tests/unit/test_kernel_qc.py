@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -51,6 +52,20 @@ def test_each_rule_flags_its_own_case() -> None:
     assert _flags(flat, t, [1.0, 1.0005, 1.0]) == [1, 3, 4]
     future = _params(future_ms=MIN, max_age_ms=10 * MIN)
     assert _flags(future, [NOW + 2 * MIN, NOW - 11 * MIN, NOW + MIN], [1.0, 1.0, 1.0]) == [4, 4, 1]
+
+
+def test_single_thresholds_apply_to_every_sensor() -> None:
+    p = _params(fail_hi=np.array([10.0]), spike=np.array([1.0]))
+    t = np.array([NOW - 2 * MIN, NOW - MIN, NOW - 2 * MIN, NOW - MIN], dtype=np.int64)
+    s = np.array([0, 0, 5, 5], dtype=np.uint32)
+    got = qc_batch(new_qc_state(6), p, s, t, np.array([1.0, 3.0, 11.0, 2.0]), NOW)
+    assert got.tolist() == [1, 3, 4, 1]
+
+
+def test_threshold_count_must_match_the_state() -> None:
+    p = QCParams.disabled(3)
+    with pytest.raises(ValueError, match="qc_batch: 3 thresholds for 2 sensors"):
+        qc_batch(new_qc_state(2), p, np.zeros(1, np.uint32), np.zeros(1, np.int64), np.ones(1), NOW)
 
 
 def test_failed_reading_is_not_the_next_reference() -> None:

@@ -1,0 +1,41 @@
+"""Turn a ``--benchmark-json`` file of ``test_bench_kernels.py`` into the RESULTS.md table.
+
+Usage: ``.venv/bin/python bench/summarize.py bench.json``
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import defaultdict
+
+
+def main(path: str) -> None:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    rows: dict[tuple[int, int], dict[str, float]] = defaultdict(dict)
+    state = None
+    for b in data["benchmarks"]:
+        m = re.search(r"\[(\d+)-(\d+)-(\w+)\]", b["name"])
+        if not m:
+            continue
+        n, batch, impl = int(m[1]), int(m[2]), m[3]
+        rows[(n, batch)][impl] = b["extra_info"]["readings_per_s"]
+        state = state or {k: v for k, v in b["extra_info"].items() if k.startswith("bytes_")}
+    impls = ["numba", "numba_rulewide_qc", "numpy", "python"]
+    print("| sensors | batch | " + " | ".join(f"{i} (M readings/s)" for i in impls), end="")
+    print(" | numba ÷ numpy | numba ÷ python |")
+    print("|---" * (len(impls) + 4) + "|")
+    for (n, batch), r in sorted(rows.items()):
+        cells = [f"{r[i] / 1e6:.2f}" if i in r else "–" for i in impls]
+        vs_np = f"{r['numba'] / r['numpy']:.1f}×" if "numpy" in r else "–"
+        vs_py = f"{r['numba'] / r['python']:.0f}×" if "python" in r else "–"
+        print(f"| {n:,} | {batch:,} | " + " | ".join(cells) + f" | {vs_np} | {vs_py} |")
+    print()
+    print("state bytes per sensor:", state)
+    print("machine:", data["machine_info"].get("cpu", {}).get("brand_raw"), data["datetime"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
