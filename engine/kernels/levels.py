@@ -110,6 +110,8 @@ def levels_evaluate(
     value: npt.NDArray[np.float64],
 ) -> Transitions:
     """Evaluate values (e.g. closed-window aggregates) and return the transitions."""
+    if len(ts) == 0:  # most batches close no window: skip the dispatch
+        return Transitions(*_EMPTY)
     check_sensors(sensor, len(state), "levels_evaluate")
     if len(params.thresholds) != len(state):
         raise ValueError(
@@ -136,10 +138,21 @@ def levels_check_silence(
 ) -> Transitions:
     """Report sensors silent for more than ``stale_ms`` at ``now_ms`` (all sensors)."""
     if params.stale_ms <= 0:
-        return Transitions(*_empty(0))
+        return Transitions(*_EMPTY)
     return Transitions(
         *_silence_kernel(state["level"], state["silent"], state["last_ts"], params.stale_ms, now_ms)
     )
+
+
+_EMPTY = (
+    np.empty(0, dtype=np.int64),
+    np.empty(0, dtype=np.uint8),
+    np.empty(0, dtype=np.uint8),
+    np.empty(0, dtype=np.int64),
+    np.empty(0, dtype=np.float64),
+    np.empty(0, dtype=np.float64),
+    np.empty(0, dtype=np.uint8),
+)
 
 
 @njit(cache=True)
