@@ -210,6 +210,16 @@ class PartitionProcessor:
             runner.restore(saved)
 
 
+# The four-colour warning scale as Chinese alerts name it (蓝色预警 ... 红色预警).
+_LEVEL_ZH = {
+    Level.NONE: "无",
+    Level.BLUE: "蓝色",
+    Level.YELLOW: "黄色",
+    Level.ORANGE: "橙色",
+    Level.RED: "红色",
+}
+
+
 def _summary(
     rule: ThresholdRule,
     station: str,
@@ -219,12 +229,13 @@ def _summary(
     value: float,
     threshold: float,
 ) -> str:
+    names = _LEVEL_ZH if rule.lang == "zh" else {lv: lv.label for lv in Level}
     fields = {
         "station": station,
         "name": labels.get("name", station),
         "metric": rule.metric,
-        "level": level.label,
-        "previous_level": previous.label,
+        "level": names[level],
+        "previous_level": names[previous],
         "value": value,
         "threshold": threshold,
         "unit": labels.get("unit", ""),

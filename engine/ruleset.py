@@ -51,6 +51,7 @@ class ThresholdRule:
         "{name} ({station}): {metric} back to {value:.2f} {unit}, all clear from {previous_level}"
     )
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # station -> labels
+    lang: Literal["zh", "en"] = "en"  # the summaries' language; level names follow it
 
     def __post_init__(self) -> None:
         if self.thresholds.shape != (len(self.stations), N_LEVELS):
