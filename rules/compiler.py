@@ -153,7 +153,7 @@ def _threshold(
         labels=_labels(stations, unit or spec.unit, spec.labels),
     )
     if spec.window.aggregate in ENGINE_AGGREGATES:
-        return "rules", ThresholdRule(**kwargs, lang=lang)
+        return "rules", ThresholdRule(**kwargs, lang="zh" if lang == "zh" else "en")
     return "windowed", WindowThresholdRule(**kwargs)
 
 
