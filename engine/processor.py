@@ -16,6 +16,7 @@ consumer's committed offsets.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import msgpack
 import numpy as np
@@ -24,6 +25,7 @@ import numpy.typing as npt
 from engine.alerts import AlertEvent, Level, fingerprint
 from engine.batch import TelemetryBatch
 from engine.derive.aqi import AqiDeriver
+from engine.health import HealthChange, RuleHealth, health_summary
 from engine.ruleset import RuleSet, ThresholdRule
 from engine.runners import RawTransition, Runner, runner_for
 from engine.runners.base import signature
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_VERSION = 2
 NO_TIME = int(np.iinfo(np.int64).min)
+FUTURE_MS = 5 * 60_000  # a device clock this far ahead of the gateway's is wrong
 
 
 class PartitionProcessor:
@@ -44,10 +47,20 @@ class PartitionProcessor:
     """
 
     def __init__(
-        self, ruleset: RuleSet, *, lateness_ms: int = 60_000, early_firing: bool = True
+        self,
+        ruleset: RuleSet,
+        *,
+        lateness_ms: int = 60_000,
+        early_firing: bool = True,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         self.lateness_ms = lateness_ms
         self.early_firing = early_firing
+        #: Wall clock (ms) for the live engine: readings stamped more than
+        #: FUTURE_MS ahead of it fail QC and cannot drag the watermark forward. None
+        #: (replays) judges time by the data alone.
+        self.clock = clock
+        self._health: dict[str, RuleHealth] = {}
         self.next_offset = 0
         self.watermark = NO_TIME  # the latest event time seen (ms)
         self._runners: dict[str, Runner] = {}
@@ -70,6 +83,11 @@ class PartitionProcessor:
                     rule, self.lateness_ms, early_firing=self.early_firing
                 )
         self._runners = kept
+        self._health = {
+            rid: self._health.get(rid) or RuleHealth(r.sensors.rule) for rid, r in kept.items()
+        }
+        for rid, health in self._health.items():
+            health.rebind(kept[rid].sensors.rule)
         self.ruleset = ruleset
         # AQI is derived for the stations that rules on `aqi` select.
         aqi_stations = {
@@ -93,7 +111,10 @@ class PartitionProcessor:
             return []  # already applied before a restart: replaying must not double-count
         events: list[AlertEvent] = []
         if len(batch):
-            watermark = max(self.watermark, int(batch.ts.max()))
+            newest = int(batch.ts.max())
+            if self.clock is not None:
+                newest = min(newest, self.clock() + FUTURE_MS)
+            watermark = max(self.watermark, newest)
             events += self._run_rules(batch, watermark)
             if self.aqi is not None:
                 derived = self.aqi.feed(batch, watermark)
@@ -125,15 +146,18 @@ class PartitionProcessor:
         watermark: int,
     ) -> list[AlertEvent]:
         lut, new = runner.sensors.lookup(batch.stations)
+        health = self._health[runner.sensors.rule.rule_id]
         if new:
             runner.grow(len(runner.sensors.stations))
+            health.grow(len(runner.sensors.stations))
         sensor = lut[batch.station_idx[rows]]
         keep = sensor >= 0
-        rows = rows[keep]
-        raw = runner.apply(
-            sensor[keep], batch.ts[rows], batch.value[rows], batch.quality[rows], watermark
-        )
-        return self._events(runner, raw)
+        rows, sensor = rows[keep], sensor[keep]
+        ts, value = batch.ts[rows], batch.value[rows]
+        now = self.clock() if self.clock is not None else watermark
+        flags, changes = health.check(sensor, ts, value, batch.quality[rows], now)
+        raw = runner.apply(sensor, ts, value, flags, watermark)
+        return self._health_events(runner, changes) + self._events(runner, raw)
 
     def close_windows(self, watermark: int) -> list[AlertEvent]:
         """Close windows whose end + lateness <= ``watermark`` (ms), silent sensors too."""
@@ -142,8 +166,35 @@ class PartitionProcessor:
             derived = self.aqi.flush(watermark)
             if derived:
                 events += self._run_rules(TelemetryBatch.from_rows(derived), watermark)
-        for runner in self._runners.values():
+        for rid, runner in self._runners.items():
             events += self._events(runner, runner.close(watermark))
+            events += self._health_events(runner, self._health[rid].check_silence(watermark))
+        return events
+
+    def _health_events(self, runner: Runner, changes: list[HealthChange]) -> list[AlertEvent]:
+        rule = runner.sensors.rule
+        events = []
+        for ch in changes:
+            station = runner.sensors.stations[ch.sensor]
+            labels = {**rule.labels.get(station, {}), "health": ch.kind}
+            level = Level.BLUE if ch.firing else Level.NONE
+            events.append(
+                AlertEvent(
+                    fingerprint=fingerprint(f"{rule.rule_id}#{ch.kind}", station, rule.metric),
+                    rule_id=f"{rule.rule_id}#{ch.kind}",
+                    station=station,
+                    metric=rule.metric,
+                    level=level.label,
+                    previous_level=(Level.NONE if ch.firing else Level.BLUE).label,
+                    state="firing" if ch.firing else "resolved",
+                    started_at=ch.since,
+                    at=ch.at,
+                    value=ch.value,
+                    threshold=float("nan"),
+                    summary=health_summary(rule, station, labels, ch),
+                    labels=labels,
+                )
+            )
         return events
 
     def _events(self, runner: Runner, raw: list[RawTransition]) -> list[AlertEvent]:
@@ -188,6 +239,10 @@ class PartitionProcessor:
                 "next_offset": self.next_offset,
                 "watermark": self.watermark,
                 "rules": {rid: r.snapshot() for rid, r in self._runners.items()},
+                "health": {
+                    rid: h.snapshot(len(self._runners[rid].sensors.stations))
+                    for rid, h in self._health.items()
+                },
                 "aqi": None if self.aqi is None else self.aqi.snapshot(),
             },
             use_bin_type=True,
@@ -208,6 +263,12 @@ class PartitionProcessor:
                 log.info("rule %s changed or removed since the checkpoint; its state resets", rid)
                 continue
             runner.restore(saved)
+            health_saved = data.get("health", {}).get(rid)
+            if health_saved is not None:
+                health = self._health[rid]
+                health.grow(len(runner.sensors.stations))
+                lut, _ = runner.sensors.lookup(tuple(saved["stations"]))
+                health.restore(health_saved, lut.tolist())
 
 
 # The four-colour warning scale as Chinese alerts name it (蓝色预警 ... 红色预警).

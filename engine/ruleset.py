@@ -20,9 +20,24 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["RuleSet", "ThresholdRule"]
+__all__ = ["QcLimits", "RuleSet", "ThresholdRule"]
 
 N_LEVELS = 4  # blue, yellow, orange, red
+
+
+@dataclass(frozen=True)
+class QcLimits:
+    """Quality control of a rule's readings, in the metric's unit (None = test off).
+
+    ``min``/``max``: gross range, outside is FAIL; ``max_step``: a jump larger than this
+    from the previous reading is SUSPECT; ``flat_n``: this many equal readings in a row
+    is a stuck sensor, FAIL. Failed readings never raise or clear a level.
+    """
+
+    min: float | None = None
+    max: float | None = None
+    max_step: float | None = None
+    flat_n: int = 0
 
 
 @dataclass(frozen=True)
@@ -40,7 +55,8 @@ class ThresholdRule:
     )
     deadband: float = 0.0
     for_ms: int = 0
-    stale_ms: int = 0  # 0 = no staleness check
+    stale_ms: int = 0  # 0 = no staleness check; else a silent gauge raises an alert
+    qc: QcLimits | None = None
     # str.format templates; fields: station, name, metric, level, previous_level, value,
     # threshold, unit and every label of the station.
     summary: str = (

@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args, get_type_hints
 import numpy as np
 
 from engine.alerts import Level
-from engine.ruleset import N_LEVELS, RuleSet, ThresholdRule
+from engine.ruleset import N_LEVELS, QcLimits, RuleSet, ThresholdRule
 from rules.checks import per_station, selected_stations
 from rules.compiled import (
     CompiledCondition,
@@ -127,6 +127,19 @@ def _labels(
     return {s.id: {**s.labels(), **({"unit": unit} if unit else {}), **extra} for s in stations}
 
 
+def _qc_limits(spec: ThresholdSpec, stations: Sequence[Station]) -> QcLimits | None:
+    """The engine's QC limits; a flat-line duration becomes a count of reports at the
+    fastest reporting interval among the rule's stations (at least 3)."""
+    q = spec.qc
+    if q is None:
+        return None
+    flat_n = 0
+    if q.flatline:
+        intervals = [s.report_interval_ms for s in stations if s.report_interval_ms]
+        flat_n = max(3, q.flatline // min(intervals)) if intervals else 0
+    return QcLimits(q.min, q.max, q.max_step, flat_n)
+
+
 def _threshold(
     spec: ThresholdSpec, stations: Sequence[Station], lang: str
 ) -> tuple[str, ThresholdRule | WindowThresholdRule]:
@@ -152,6 +165,8 @@ def _threshold(
         **_texts(spec, lang),
         labels=_labels(stations, unit or spec.unit, spec.labels),
     )
+    if spec.window.aggregate in ENGINE_AGGREGATES:
+        kwargs["qc"] = _qc_limits(spec, stations)
     if spec.window.aggregate in ENGINE_AGGREGATES:
         return "rules", ThresholdRule(**kwargs, lang="zh" if lang == "zh" else "en")
     return "windowed", WindowThresholdRule(**kwargs)
