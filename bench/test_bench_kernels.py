@@ -34,7 +34,13 @@ import pytest
 
 from engine.kernels.levels import LEVELS_STATE_DTYPE, LevelParams, levels_evaluate, new_levels_state
 from engine.kernels.qc import QC_PARAMS_DTYPE, QC_STATE_DTYPE, QCParams, new_qc_state, qc_batch
-from engine.kernels.windows import WindowSpec, new_window_state, window_close_until, window_update
+from engine.kernels.windows import (
+    WindowSpec,
+    new_closed_buffer,
+    new_window_state,
+    window_close_until,
+    window_update,
+)
 
 FULL = os.environ.get("VIGIL_BENCH_FULL") == "1"
 SIZES = [100_000, 1_000_000, *([10_000_000] if FULL else [])]
@@ -101,11 +107,14 @@ def _touch(*arrays: npt.NDArray[Any]) -> None:
 
 def numba_setup(w: Workload) -> tuple[Any, ...]:
     qs, ws, ls = new_qc_state(w.n), new_window_state(w.n, w.spec, T0), new_levels_state(w.n)
-    _touch(qs, ws.buckets, ls, w.qc.packed)
-    return qs, ws, ls
+    closed = new_closed_buffer(w.n)  # the engine keeps one per rule and reuses it
+    _touch(qs, ws.buckets, ls, w.qc.packed, *closed)
+    return qs, ws, ls, closed
 
 
-def numba_chain(w: Workload, batch: int, qs: Any, ws: Any, ls: Any, shared: bool = False) -> int:
+def numba_chain(
+    w: Workload, batch: int, qs: Any, ws: Any, ls: Any, buf: Any, shared: bool = False
+) -> int:
     transitions = 0
     now = T0 + 20 * MIN
     qc = w.qc_shared if shared else w.qc
@@ -113,10 +122,10 @@ def numba_chain(w: Workload, batch: int, qs: Any, ws: Any, ls: Any, shared: bool
         s, t, v = w.sensor[i : i + batch], w.ts[i : i + batch], w.value[i : i + batch]
         flags = qc_batch(qs, qc, s, t, v, now)
         window_update(ws, w.spec, s, t, v, flags)
-        closed = window_close_until(ws, w.spec, int(t.max()) - MIN)
+        closed = window_close_until(ws, w.spec, int(t.max()) - MIN, buf)
         tr = levels_evaluate(ls, w.levels, closed.sensor, closed.window_end, closed.value)
         transitions += len(tr.ts)
-    closed = window_close_until(ws, w.spec, T0 + WINDOW + MIN)
+    closed = window_close_until(ws, w.spec, T0 + WINDOW + MIN, buf)
     return transitions + len(
         levels_evaluate(ls, w.levels, closed.sensor, closed.window_end, closed.value).ts
     )
@@ -197,9 +206,9 @@ def python_chain(w: Workload, batch: int, qc: dict, win: dict, lev: dict) -> int
     return transitions
 
 
-def numba_chain_shared_qc(w: Workload, batch: int, qs: Any, ws: Any, ls: Any) -> int:
+def numba_chain_shared_qc(w: Workload, batch: int, qs: Any, ws: Any, ls: Any, buf: Any) -> int:
     """The same with rule-wide QC thresholds (one value for all sensors)."""
-    return numba_chain(w, batch, qs, ws, ls, shared=True)
+    return numba_chain(w, batch, qs, ws, ls, buf, shared=True)
 
 
 IMPLS = {

@@ -57,6 +57,7 @@ __all__ = [
     "ClosedWindows",
     "WindowSpec",
     "WindowState",
+    "new_closed_buffer",
     "new_window_state",
     "window_close_until",
     "window_update",
@@ -188,14 +189,25 @@ def window_update(
     )
 
 
-def window_close_until(state: WindowState, spec: WindowSpec, watermark_ms: int) -> ClosedWindows:
-    """Close every window with ``window_end + lateness_ms <= watermark_ms``, all sensors."""
+def window_close_until(
+    state: WindowState, spec: WindowSpec, watermark_ms: int, out: ClosedWindows | None = None
+) -> ClosedWindows:
+    """Close every window with ``window_end + lateness_ms <= watermark_ms``, all sensors.
+
+    ``out``, when given (see :func:`new_closed_buffer`), is reused for the result when it
+    is large enough, and the returned arrays are views into it, overwritten by the next
+    call with the same buffer. At millions of sensors, faulting in fresh pages for the
+    result costs as much as computing it.
+    """
     nc = int(state.clock["next_close"][0])
     new_nc = (watermark_ms - spec.lateness_ms) // spec.bucket_ms
     if new_nc <= nc:
         e = np.empty(0, dtype=np.int64)
         return ClosedWindows(e, e.copy(), np.empty(0), e.copy())
-    out = _close_kernel(
+    n_rows = len(state.buckets) * min(new_nc - nc, spec.ring_size)
+    if out is None or len(out.sensor) < n_rows:
+        out = new_closed_buffer(n_rows)
+    j = _close_kernel(
         *bucket_fields(state),
         spec.agg_code,
         nc,
@@ -203,9 +215,20 @@ def window_close_until(state: WindowState, spec: WindowSpec, watermark_ms: int) 
         spec.bucket_ms,
         spec.buckets_per_window,
         spec.ring_size,
+        *out,
     )
     state.clock["next_close"][0] = new_nc
-    return ClosedWindows(*out)
+    return ClosedWindows(out.sensor[:j], out.window_end[:j], out.value[:j], out.n_readings[:j])
+
+
+def new_closed_buffer(rows: int) -> ClosedWindows:
+    """Room for ``rows`` closed windows (one per sensor and window closed at once)."""
+    return ClosedWindows(
+        np.empty(rows, dtype=np.int64),
+        np.empty(rows, dtype=np.int64),
+        np.empty(rows, dtype=np.float64),
+        np.empty(rows, dtype=np.int64),
+    )
 
 
 @njit(cache=True)
@@ -279,18 +302,22 @@ def _update_kernel(  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _close_kernel(kk, nn, aa, bb, ta, tb, agg, nc, new_nc, bucket_ms, m, ring):  # type: ignore[no-untyped-def]
+def _close_kernel(  # type: ignore[no-untyped-def]
+    kk, nn, aa, bb, ta, tb, agg, nc, new_nc, bucket_ms, m, ring, o_s, o_e, o_v, o_n
+):
     n_sensors = kk.shape[0]
     # windows past nc + ring - 1 cannot hold data: their buckets were never accepted
     last = min(new_nc - 1, nc + ring - 1)
-    n_win = last - nc + 1
-    o_s = np.empty(n_sensors * n_win, dtype=np.int64)
-    o_e = np.empty(n_sensors * n_win, dtype=np.int64)
-    o_v = np.empty(n_sensors * n_win, dtype=np.float64)
-    o_n = np.empty(n_sensors * n_win, dtype=np.int64)
     temporal = agg >= _TEMPORAL_FROM
+    # the slot and key of each bucket do not depend on the sensor: computed once per window
+    slots = np.empty(m, dtype=np.int64)
+    keys = np.empty(m, dtype=np.uint32)
     j = 0
     for k in range(nc, last + 1):
+        for d in range(m):
+            kb = k - m + 1 + d
+            slots[d] = kb % ring
+            keys[d] = np.uint32(kb & 0xFFFFFFFF)
         for s in range(n_sensors):
             cnt = 0
             acc = 0.0
@@ -298,10 +325,10 @@ def _close_kernel(kk, nn, aa, bb, ta, tb, agg, nc, new_nc, bucket_ms, m, ring): 
             fb = 0.0
             t0 = 0
             t1 = 0
-            for kb in range(k - m + 1, k + 1):
-                slot = kb % ring
+            for d in range(m):
+                slot = slots[d]
                 c = nn[s, slot]
-                if c == 0 or kk[s, slot] != np.uint32(kb & 0xFFFFFFFF):
+                if c == 0 or kk[s, slot] != keys[d]:
                     continue
                 x = aa[s, slot]
                 if cnt == 0:
@@ -338,4 +365,4 @@ def _close_kernel(kk, nn, aa, bb, ta, tb, agg, nc, new_nc, bucket_ms, m, ring): 
             o_v[j] = acc
             o_n[j] = cnt
             j += 1
-    return o_s[:j], o_e[:j], o_v[:j], o_n[:j]
+    return j
