@@ -24,6 +24,12 @@ import numpy.typing as npt
 
 from engine.alerts import AlertEvent, Level, fingerprint
 from engine.batch import TelemetryBatch
+from engine.compound import (
+    CompoundChange,
+    CompoundState,
+    clause_rules,
+    parse_clause,
+)
 from engine.derive.aqi import AqiDeriver
 from engine.health import HealthChange, RuleHealth, health_summary
 from engine.ruleset import RuleSet, ThresholdRule
@@ -61,6 +67,7 @@ class PartitionProcessor:
         #: (replays) judges time by the data alone.
         self.clock = clock
         self._health: dict[str, RuleHealth] = {}
+        self._compound: dict[str, CompoundState] = {}
         self.next_offset = 0
         self.watermark = NO_TIME  # the latest event time seen (ms)
         self._runners: dict[str, Runner] = {}
@@ -73,7 +80,8 @@ class PartitionProcessor:
     def swap_rules(self, ruleset: RuleSet) -> None:
         """Install a new rule set between batches, keeping the state of unchanged rules."""
         kept: dict[str, Runner] = {}
-        for rule in ruleset.rules:
+        clauses = [c for compound in ruleset.compound for c in clause_rules(compound)]
+        for rule in (*ruleset.rules, *clauses):
             old = self._runners.get(rule.rule_id)
             if old is not None and signature(old.sensors.rule) == signature(rule):
                 old.rebind(rule)
@@ -83,6 +91,11 @@ class PartitionProcessor:
                     rule, self.lateness_ms, early_firing=self.early_firing
                 )
         self._runners = kept
+        self._compound = {
+            c.rule_id: self._compound.get(c.rule_id) or CompoundState(c) for c in ruleset.compound
+        }
+        for c in ruleset.compound:
+            self._compound[c.rule_id].rule = c
         self._health = {
             rid: self._health.get(rid) or RuleHealth(r.sensors.rule) for rid, r in kept.items()
         }
@@ -169,10 +182,45 @@ class PartitionProcessor:
         for rid, runner in self._runners.items():
             events += self._events(runner, runner.close(watermark))
             events += self._health_events(runner, self._health[rid].check_silence(watermark))
+        for state in self._compound.values():
+            events += self._compound_events(state, state.due(watermark))
+        return events
+
+    def _compound_events(
+        self, state: CompoundState, changes: list[CompoundChange]
+    ) -> list[AlertEvent]:
+        rule = state.rule
+        metric = "+".join(c.metric for c in rule.conditions)
+        events = []
+        for ch in changes:
+            labels = dict(rule.labels.get(ch.station, {}))
+            level = rule.level if ch.firing else Level.NONE
+            previous = Level.NONE if ch.firing else rule.level
+            template = rule.summary if ch.firing else rule.resolved_summary
+            events.append(
+                AlertEvent(
+                    fingerprint=fingerprint(rule.rule_id, ch.station, metric),
+                    rule_id=rule.rule_id,
+                    station=ch.station,
+                    metric=metric,
+                    level=level.label,
+                    previous_level=previous.label,
+                    state="firing" if ch.firing else "resolved",
+                    started_at=ch.since,
+                    at=ch.at,
+                    value=float("nan"),
+                    threshold=float("nan"),
+                    summary=_format(template, rule.lang, ch.station, metric, labels, level,
+                                    previous, float("nan"), float("nan")),
+                    labels=labels,
+                )
+            )  # fmt: skip
         return events
 
     def _health_events(self, runner: Runner, changes: list[HealthChange]) -> list[AlertEvent]:
         rule = runner.sensors.rule
+        if parse_clause(rule.rule_id) is not None:
+            return []  # a compound's clause: its standalone rule reports the gauge's health
         events = []
         for ch in changes:
             station = runner.sensors.stations[ch.sensor]
@@ -199,6 +247,17 @@ class PartitionProcessor:
 
     def _events(self, runner: Runner, raw: list[RawTransition]) -> list[AlertEvent]:
         rule = runner.sensors.rule
+        clause = parse_clause(rule.rule_id)
+        if clause is not None:  # an internal clause of a compound rule: no alert of its own
+            state = self._compound[clause[0]]
+            changes = [
+                ch
+                for tr in raw
+                for ch in state.clause(
+                    runner.sensors.stations[tr.sensor], clause[1], tr.to_level > 0, tr.at
+                )
+            ]
+            return self._compound_events(state, changes)
         events = []
         for tr in raw:
             station = runner.sensors.stations[tr.sensor]
@@ -244,6 +303,7 @@ class PartitionProcessor:
                     for rid, h in self._health.items()
                 },
                 "aqi": None if self.aqi is None else self.aqi.snapshot(),
+                "compound": {cid: c.snapshot() for cid, c in self._compound.items()},
             },
             use_bin_type=True,
         )
@@ -257,6 +317,9 @@ class PartitionProcessor:
         self.watermark = int(data["watermark"])
         if self.aqi is not None and data.get("aqi"):
             self.aqi.restore(data["aqi"])
+        for cid, saved_compound in data.get("compound", {}).items():
+            if cid in self._compound:
+                self._compound[cid].restore(saved_compound)
         for rid, saved in data["rules"].items():
             runner = self._runners.get(rid)
             if runner is None or signature(runner.sensors.rule) != saved["sig"]:
@@ -290,11 +353,29 @@ def _summary(
     value: float,
     threshold: float,
 ) -> str:
-    names = _LEVEL_ZH if rule.lang == "zh" else {lv: lv.label for lv in Level}
+    template = rule.resolved_summary if level is Level.NONE else rule.summary
+    return _format(
+        template, rule.lang, station, rule.metric, labels, level, previous, value, threshold
+    )
+
+
+def _format(
+    template: str,
+    lang: str,
+    station: str,
+    metric: str,
+    labels: dict[str, str],
+    level: Level,
+    previous: Level,
+    value: float,
+    threshold: float,
+) -> str:
+    """Fill an alert text; a broken template never drops the alert, it says so instead."""
+    names = _LEVEL_ZH if lang == "zh" else {lv: lv.label for lv in Level}
     fields = {
         "station": station,
         "name": labels.get("name", station),
-        "metric": rule.metric,
+        "metric": metric,
         "level": names[level],
         "previous_level": names[previous],
         "value": value,
@@ -302,11 +383,7 @@ def _summary(
         "unit": labels.get("unit", ""),
         **labels,
     }
-    template = rule.summary
-    if level is Level.NONE:
-        template = rule.resolved_summary
     try:
         return template.format(**fields)
     except (KeyError, ValueError, IndexError) as exc:
-        # A bad template must not drop the alert; say what is wrong in the text itself.
-        return f"{station} {rule.metric} {level.label} {value:g} (summary template error: {exc})"
+        return f"{station} {metric} {level.label} {value:g} (summary template error: {exc})"

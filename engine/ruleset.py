@@ -20,7 +20,9 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["QcLimits", "RuleSet", "ThresholdRule"]
+from engine.alerts import Level
+
+__all__ = ["CompiledCondition", "CompoundRule", "QcLimits", "RuleSet", "ThresholdRule"]
 
 N_LEVELS = 4  # blue, yellow, orange, red
 
@@ -80,11 +82,42 @@ class ThresholdRule:
 
 
 @dataclass(frozen=True)
+class CompiledCondition:
+    """One clause of a compound rule: a window aggregate of ``metric`` against a
+    per-station threshold (``above`` when direction is +1, ``below`` when -1)."""
+
+    metric: str
+    window_ms: int
+    aggregate: str
+    direction: Literal[1, -1]
+    thresholds: npt.NDArray[np.float64]  # (n_stations,)
+
+
+@dataclass(frozen=True)
+class CompoundRule:
+    """Raises ``level`` at a station when all (``mode="all"``) or any of its clauses
+    hold, for at least ``for_ms``; clears when that no longer holds."""
+
+    rule_id: str
+    stations: tuple[str, ...]
+    mode: Literal["all", "any"]
+    conditions: tuple[CompiledCondition, ...]
+    level: Level
+    for_ms: int
+    stale_ms: int
+    summary: str
+    resolved_summary: str
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    lang: Literal["zh", "en"] = "en"
+
+
+@dataclass(frozen=True)
 class RuleSet:
     """All rules the engine runs, and a version that changes when any rule does."""
 
     rules: tuple[ThresholdRule, ...]
     version: str = "0"
+    compound: tuple[CompoundRule, ...] = ()
 
     def for_metric(self, metric: str) -> tuple[ThresholdRule, ...]:
         return tuple(r for r in self.rules if r.metric == metric)

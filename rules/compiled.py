@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.alerts import Level
+from engine.ruleset import CompiledCondition, CompoundRule
 
 __all__ = [
     "CompiledCondition",
@@ -76,33 +77,6 @@ class DerivedMetric:
     against_stations: tuple[str, ...] = ()
     intercept: FloatArray | None = None  # (n,)
     slope: FloatArray | None = None  # (n,)
-
-
-@dataclass(frozen=True)
-class CompiledCondition:
-    """One clause: window aggregate of ``metric`` compared with a per-station threshold."""
-
-    metric: str
-    window_ms: int
-    aggregate: str
-    direction: Literal[1, -1]
-    thresholds: FloatArray  # (n_stations,)
-
-
-@dataclass(frozen=True)
-class CompoundRule:
-    """Raises ``level`` at a station when all (mode ``all``) or any clauses hold."""
-
-    rule_id: str
-    stations: tuple[str, ...]
-    mode: Literal["all", "any"]
-    conditions: tuple[CompiledCondition, ...]
-    level: Level
-    for_ms: int
-    stale_ms: int
-    summary: str
-    resolved_summary: str
-    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,9 @@ def compile_rules(
         elif isinstance(spec, CorroborationSpec):
             out["corr"].append(_corroboration(spec, stations, lang))
     return Compiled(
-        ruleset=RuleSet(tuple(out["rules"]), version=digest.hexdigest()),
+        ruleset=RuleSet(
+            tuple(out["rules"]), version=digest.hexdigest(), compound=tuple(out["compound"])
+        ),
         windowed=tuple(out["windowed"]),
         derived=tuple(out["derived"]),
         compound=tuple(out["compound"]),
@@ -210,6 +212,7 @@ def _compound(spec: CompoundSpec, stations: Sequence[Station], lang: str) -> Com
         stale_ms=spec.stale_ms or 0,
         **_texts(spec, lang),
         labels=_labels(stations, None, spec.labels),
+        lang="zh" if lang == "zh" else "en",
     )
 
 
