@@ -31,6 +31,7 @@ from engine.compound import (
     parse_clause,
 )
 from engine.derive.aqi import AqiDeriver
+from engine.derive.formulas import FormulaDeriver
 from engine.health import HealthChange, RuleHealth, health_summary
 from engine.ruleset import RuleSet, ThresholdRule
 from engine.runners import RawTransition, Runner, runner_for
@@ -68,6 +69,7 @@ class PartitionProcessor:
         self.clock = clock
         self._health: dict[str, RuleHealth] = {}
         self._compound: dict[str, CompoundState] = {}
+        self.formulas = FormulaDeriver(())
         self.next_offset = 0
         self.watermark = NO_TIME  # the latest event time seen (ms)
         self._runners: dict[str, Runner] = {}
@@ -102,6 +104,9 @@ class PartitionProcessor:
         for rid, health in self._health.items():
             health.rebind(kept[rid].sensors.rule)
         self.ruleset = ruleset
+        latest = self.formulas.latest
+        self.formulas = FormulaDeriver(ruleset.derived)
+        self.formulas.latest = latest
         # AQI is derived for the stations that rules on `aqi` select.
         aqi_stations = {
             s for r in ruleset.rules if r.metric == AqiDeriver.metric for s in r.stations
@@ -129,6 +134,9 @@ class PartitionProcessor:
                 newest = min(newest, self.clock() + FUTURE_MS)
             watermark = max(self.watermark, newest)
             events += self._run_rules(batch, watermark)
+            formulas = self.formulas.feed(batch)
+            if formulas:
+                events += self._run_rules(TelemetryBatch.from_rows(formulas), watermark)
             if self.aqi is not None:
                 derived = self.aqi.feed(batch, watermark)
                 if derived:
@@ -304,6 +312,7 @@ class PartitionProcessor:
                 },
                 "aqi": None if self.aqi is None else self.aqi.snapshot(),
                 "compound": {cid: c.snapshot() for cid, c in self._compound.items()},
+                "formulas": self.formulas.snapshot(),
             },
             use_bin_type=True,
         )
@@ -317,6 +326,7 @@ class PartitionProcessor:
         self.watermark = int(data["watermark"])
         if self.aqi is not None and data.get("aqi"):
             self.aqi.restore(data["aqi"])
+        self.formulas.restore(data.get("formulas", {}))
         for cid, saved_compound in data.get("compound", {}).items():
             if cid in self._compound:
                 self._compound[cid].restore(saved_compound)

@@ -22,7 +22,14 @@ import numpy.typing as npt
 
 from engine.alerts import Level
 
-__all__ = ["CompiledCondition", "CompoundRule", "QcLimits", "RuleSet", "ThresholdRule"]
+__all__ = [
+    "CompiledCondition",
+    "CompoundRule",
+    "DerivedMetric",
+    "QcLimits",
+    "RuleSet",
+    "ThresholdRule",
+]
 
 N_LEVELS = 4  # blue, yellow, orange, red
 
@@ -112,12 +119,34 @@ class CompoundRule:
 
 
 @dataclass(frozen=True)
+class DerivedMetric:
+    """``metric`` computed per station from ``source`` (see ``schema.Derived``).
+
+    pressure_head: ``sensor_elevation + source / 9.81`` (kPa -> m).
+    linear_residual: ``source - (intercept + slope * against)`` where ``against`` is read
+    at ``against_stations[i]`` (the station's reservoir).
+    """
+
+    rule_id: str
+    metric: str
+    op: Literal["pressure_head", "linear_residual"]
+    source: str
+    stations: tuple[str, ...]
+    sensor_elevation: npt.NDArray[np.float64]  # (n,), NaN when unused
+    against: str | None = None
+    against_stations: tuple[str, ...] = ()
+    intercept: npt.NDArray[np.float64] | None = None  # (n,)
+    slope: npt.NDArray[np.float64] | None = None  # (n,)
+
+
+@dataclass(frozen=True)
 class RuleSet:
     """All rules the engine runs, and a version that changes when any rule does."""
 
     rules: tuple[ThresholdRule, ...]
     version: str = "0"
     compound: tuple[CompoundRule, ...] = ()
+    derived: tuple[DerivedMetric, ...] = ()
 
     def for_metric(self, metric: str) -> tuple[ThresholdRule, ...]:
         return tuple(r for r in self.rules if r.metric == metric)

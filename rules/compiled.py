@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.alerts import Level
-from engine.ruleset import CompiledCondition, CompoundRule
+from engine.ruleset import CompiledCondition, CompoundRule, DerivedMetric
 
 __all__ = [
     "CompiledCondition",
@@ -56,27 +56,6 @@ class WindowThresholdRule:
     summary: str
     resolved_summary: str
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DerivedMetric:
-    """``metric`` computed per station from ``source`` (see ``schema.Derived``).
-
-    pressure_head: ``sensor_elevation + source / 9.81`` (kPa -> m).
-    linear_residual: ``source - (intercept + slope * against)`` where ``against`` is read
-    at ``against_stations[i]`` (the station's reservoir).
-    """
-
-    rule_id: str
-    metric: str
-    op: Literal["pressure_head", "linear_residual"]
-    source: str
-    stations: tuple[str, ...]
-    sensor_elevation: FloatArray  # (n,), NaN when unused
-    against: str | None = None
-    against_stations: tuple[str, ...] = ()
-    intercept: FloatArray | None = None  # (n,)
-    slope: FloatArray | None = None  # (n,)
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,10 @@ def compile_rules(
             out["corr"].append(_corroboration(spec, stations, lang))
     return Compiled(
         ruleset=RuleSet(
-            tuple(out["rules"]), version=digest.hexdigest(), compound=tuple(out["compound"])
+            tuple(out["rules"]),
+            version=digest.hexdigest(),
+            compound=tuple(out["compound"]),
+            derived=tuple(out["derived"]),
         ),
         windowed=tuple(out["windowed"]),
         derived=tuple(out["derived"]),
