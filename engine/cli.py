@@ -35,6 +35,49 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from engine.config import ConfigError, load_settings
+    from rules.errors import RulesInvalid
+
+    try:
+        settings = load_settings(args.config)
+        from engine.kafka.worker import KafkaWorker
+
+        worker = KafkaWorker(
+            settings, args.broker, web_port=args.web_port, replication=args.replication
+        )
+    except (ConfigError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except RulesInvalid as exc:
+        print("\n".join(exc.lines), file=sys.stderr)
+        return 2
+    worker.run(loglevel=args.loglevel)
+    return 0
+
+
+def _ingest_mqtt(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from engine.config import ConfigError, load_settings
+    from engine.kafka.ingest import serve_mqtt_ingest
+    from rules.errors import RulesInvalid
+
+    if not args.broker.startswith("kafka://"):
+        print(f"vigil ingest needs a kafka:// broker URL, got {args.broker!r}", file=sys.stderr)
+        return 2
+    try:
+        settings = load_settings(args.config)
+        asyncio.run(serve_mqtt_ingest(settings, args.broker, replication=args.replication))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except RulesInvalid as exc:
+        print("\n".join(exc.lines), file=sys.stderr)
+        return 2
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from engine.demo import run_demo
 
@@ -165,6 +208,24 @@ def _parser() -> argparse.ArgumentParser:
         "--loglevel", default="info", choices=["crit", "error", "warn", "info", "debug"]
     )
     run.set_defaults(func=_run)
+
+    worker = sub.add_parser("worker", help="run the topology as a Kafka consumer-group member")
+    worker.add_argument("--config", required=True, help="settings file, e.g. vigil.yaml")
+    worker.add_argument("--broker", required=True, help="kafka://host:port[,host:port...]")
+    worker.add_argument("--web-port", type=int, help="Faust web port (serves /vigil/lag/)")
+    worker.add_argument("--replication", type=int, default=1, help="replication of new topics")
+    worker.add_argument(
+        "--loglevel", default="info", choices=["crit", "error", "warn", "info", "debug"]
+    )
+    worker.set_defaults(func=_worker)
+
+    ingest = sub.add_parser("ingest", help="ingest only: produce telemetry to Kafka")
+    ingest_sub = ingest.add_subparsers(dest="ingest_command", required=True, metavar="SOURCE")
+    ingest_mqtt = ingest_sub.add_parser("mqtt", help="MQTT (QoS 1) -> Kafka telemetry batches")
+    ingest_mqtt.add_argument("--config", required=True, help="settings file, e.g. vigil.yaml")
+    ingest_mqtt.add_argument("--broker", required=True, help="kafka://host:port[,host:port...]")
+    ingest_mqtt.add_argument("--replication", type=int, default=1, help="replication of new topics")
+    ingest_mqtt.set_defaults(func=_ingest_mqtt)
 
     replay = sub.add_parser("replay", help="backtest rules over a CSV of readings")
     replay.add_argument("--rules", required=True, action="append", help="rule file (repeatable)")

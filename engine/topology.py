@@ -8,15 +8,19 @@ fingerprint (one series stays in one partition, so its transitions stay in order
 
 The same topology runs on the embedded ``local://`` transport and on Kafka; only the
 broker URL differs. On ``local://`` the processors' state is checkpointed atomically
-with the consumer offsets (see ``engine.transport.local``).
+with the consumer offsets (see ``engine.transport.local``). On ``kafka://`` it is
+written to the compacted ``<id>-checkpoints`` topic before each offset commit, and a
+partition's processor is restored from there when the partition is assigned to this
+worker, so state moves with partitions (see ``engine.kafka.checkpoints``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,8 @@ from connectors.sinks.base import Sink
 from engine.alerts import AlertEvent
 from engine.batch import BatchBuilder, BatchDecodeError, TelemetryBatch
 from engine.dispatch import Dispatcher
+from engine.kafka.checkpoints import CheckpointingTransport, CheckpointStore
+from engine.kafka.topics import bootstrap_of
 from engine.processor import PartitionProcessor
 from engine.ruleset import RuleSet
 from engine.transport.local import Transport as LocalTransport
@@ -55,6 +61,7 @@ class Topology:
         data_dir: Path,
         lateness_ms: int = 60_000,
         web_port: int | None = None,
+        replication: int = 1,
     ) -> None:
         self.partitions = partitions
         self.ruleset = ruleset
@@ -72,7 +79,20 @@ class Topology:
             autodiscover=False,
             # Batches, not records: a few large records per second, never a flood.
             stream_buffer_maxsize=64,
+            topic_replication_factor=replication,
+            producer_acks=-1,
         )
+        self.checkpoint_store: CheckpointStore | None = None
+        if broker.startswith("kafka://"):
+            # Before anything touches app.transport (declaring topics does).
+            transport = CheckpointingTransport(self.app.conf.broker_consumer, self.app)
+            transport.checkpointer = self._kafka_checkpoint
+            self.app.transport = transport
+            self.checkpoint_store = CheckpointStore(bootstrap_of(broker), f"{app_id}-checkpoints")
+            self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
+        #: Telemetry partition -> next_offset of its latest durable Kafka checkpoint.
+        self._checkpointed: dict[int, int] = {}
+        self._restore_lock = asyncio.Lock()
         self.telemetry = self.app.topic(
             f"{app_id}-telemetry",
             key_serializer="raw",
@@ -177,13 +197,17 @@ class Topology:
                     f"{message.topic}/{message.partition}@{message.offset}",
                 )
                 continue
+            await self._restore_from_kafka(message.partition)
             proc = self.processor(message.partition)
             alerts = proc.process(batch, message.offset)
             self.counters["readings_evaluated"] += len(batch)
-            for alert in alerts:
-                fut = await self.alerts.send(
+            futures = [
+                await self.alerts.send(
                     key=alert.fingerprint.encode(), value=alert.to_json().encode()
                 )
+                for alert in alerts
+            ]
+            for fut in futures:
                 await fut  # durable before the state that caused it can be committed
 
     async def _dispatch(self, stream: Any) -> None:
@@ -218,6 +242,69 @@ class Topology:
 
         transport.checkpoint_sources.append(checkpoints)
         self._checkpoint_registered = True
+
+    # ---- checkpoints on Kafka ------------------------------------------------------------
+
+    async def _restore_from_kafka(self, partition: int) -> None:
+        """Before a partition's first batch on this worker: load its latest checkpoint."""
+        store = self.checkpoint_store
+        if store is None or partition in self.processors:
+            return
+        async with self._restore_lock:
+            if partition in self.processors:
+                return
+            self._checkpointed.pop(partition, None)
+            blob = await store.load(partition)
+            proc = PartitionProcessor(self.ruleset, lateness_ms=self.lateness_ms)
+            if blob is not None:
+                proc.restore(blob)
+                self._checkpointed[partition] = proc.next_offset
+            log.info(
+                "partition %d: %s, resuming at offset %d",
+                partition,
+                "checkpoint restored" if blob is not None else "no checkpoint, fresh state",
+                proc.next_offset,
+            )
+            self.processors[partition] = proc
+
+    async def _kafka_checkpoint(self, offsets: Mapping[TP, int]) -> dict[TP, int]:
+        """Write the checkpoints a commit needs; returns the offsets safe to commit.
+
+        A telemetry offset is committed at most up to the ``next_offset`` of a durable
+        checkpoint, never beyond (module docstring of ``engine.kafka.checkpoints``).
+        """
+        assert self.checkpoint_store is not None
+        topic = self.telemetry.get_topic_name()
+        safe: dict[TP, int] = {}
+        blobs: dict[int, bytes] = {}
+        pending: dict[int, int] = {}
+        for tp, offset in offsets.items():
+            if tp.topic != topic:
+                safe[tp] = offset
+                continue
+            proc = self.processors.get(tp.partition)
+            if proc is None:
+                continue  # revoked, or never restored here: nothing of ours to commit
+            if self._checkpointed.get(tp.partition, -1) < min(offset, proc.next_offset):
+                blobs[tp.partition] = proc.snapshot()  # synchronous: a consistent cut
+                pending[tp.partition] = proc.next_offset
+        await self.checkpoint_store.write(blobs)
+        self._checkpointed.update(pending)
+        self.counters["checkpoints_written"] += len(blobs)
+        for tp, offset in offsets.items():
+            done = self._checkpointed.get(tp.partition) if tp.topic == topic else None
+            if done is not None and tp.partition in self.processors:
+                safe[tp] = min(offset, done)
+        return safe
+
+    async def _on_partitions_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
+        # Faust has committed (and we checkpointed) what was processed; the state goes
+        # with the partition. Keeping it would be stale if the partition came back.
+        topic = self.telemetry.get_topic_name()
+        for tp in revoked:
+            if tp.topic == topic:
+                self.processors.pop(tp.partition, None)
+                self._checkpointed.pop(tp.partition, None)
 
     def swap_rules(self, ruleset: RuleSet) -> None:
         """Install new rules; each partition picks them up before its next batch."""

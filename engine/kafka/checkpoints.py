@@ -1,0 +1,139 @@
+"""Kernel checkpoints on Kafka, and a Faust consumer that never commits past them.
+
+State moves with partitions: the snapshot of telemetry partition ``p``'s
+``PartitionProcessor`` (which carries ``next_offset``) is written to partition ``p`` of
+the compacted ``<id>-checkpoints`` topic, key ``b"p"``. Only the owner of ``p`` writes
+there, so the last record of that partition is always the latest checkpoint: loading is
+one seek and one read, whatever compaction has or has not done yet.
+
+The invariant that makes failover lossless: **the committed offset of a telemetry
+partition is never ahead of the ``next_offset`` of its durable checkpoint.**
+``CheckpointingConsumer._commit`` enforces it on every commit: it first asks the
+registered ``Checkpointer`` to write the checkpoints (acks=all, awaited), and commits for
+each telemetry partition at most the ``next_offset`` that the checkpointer reports as
+durable; a partition without a durable checkpoint is not committed at all. A new owner
+restores the checkpoint (``next_offset = N``) and Faust resumes at the committed offset
+``C <= N``; the processor skips batches below ``N``, so each reading is counted once and
+the transitions it re-emits carry the same idempotency keys as the first time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+__all__ = ["CheckpointStore", "Checkpointer", "CheckpointingConsumer", "CheckpointingTransport"]
+
+log = logging.getLogger(__name__)
+
+#: Called before each commit with the offsets Faust wants to commit; writes the
+#: checkpoints they need and returns the offsets that are now safe to commit.
+Checkpointer = Callable[[Mapping[TP, int]], Awaitable[Mapping[TP, int]]]
+
+MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
+
+
+class CheckpointStore:
+    """Reads and writes processor snapshots in the compacted checkpoints topic."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                acks="all",
+                max_request_size=MAX_CHECKPOINT_BYTES,
+                enable_idempotence=True,
+            )
+            await producer.start()
+            self._producer = producer
+        return self._producer
+
+    async def _ensure_consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                fetch_max_bytes=MAX_CHECKPOINT_BYTES,
+                max_partition_fetch_bytes=MAX_CHECKPOINT_BYTES,
+                isolation_level="read_committed",
+            )
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def write(self, blobs: Mapping[int, bytes]) -> None:
+        """Write ``{telemetry partition: snapshot}``; returns once all are acknowledged."""
+        if not blobs:
+            return
+        producer = await self._ensure_producer()
+        futures = [
+            await producer.send(self.topic, value=blob, key=str(p).encode(), partition=p)
+            for p, blob in blobs.items()
+        ]
+        for fut in futures:
+            await fut
+
+    async def load(self, partition: int) -> bytes | None:
+        """The latest snapshot of telemetry partition ``partition``, None if it has none."""
+        consumer = await self._ensure_consumer()
+        tp = TopicPartition(self.topic, partition)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        if end == 0:
+            return None
+        consumer.seek(tp, end - 1)
+        while True:
+            batches = await consumer.getmany(tp, timeout_ms=10_000)
+            for record in batches.get(tp, []):
+                if record.offset == end - 1:
+                    value: bytes | None = record.value
+                    return value
+            position = await consumer.position(tp)
+            if position >= end:
+                # The last offset was not a record we can read (e.g. compacted away
+                # between end_offsets and the fetch); read again from the new end.
+                return await self.load(partition)
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+
+class CheckpointingConsumer(faust_aiokafka.Consumer):
+    """Faust's Kafka consumer, committing only what a durable checkpoint covers."""
+
+    transport: CheckpointingTransport
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        checkpointer = self.transport.checkpointer
+        if checkpointer is not None:
+            offsets = await checkpointer(offsets)
+        if not offsets:
+            return False
+        return bool(await super()._commit(offsets))
+
+
+class CheckpointingTransport(faust_aiokafka.Transport):
+    """Faust's Kafka transport with ``CheckpointingConsumer`` (URL ``kafka://``)."""
+
+    Consumer: ClassVar[type[Any]] = CheckpointingConsumer
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checkpointer: Checkpointer | None = None

@@ -1,0 +1,64 @@
+"""``vigil ingest mqtt``: MQTT in, telemetry batches out to Kafka, nothing else.
+
+The same ``MqttIngest`` as the gateway, with ``produce`` and ``dead_letter`` going to
+Kafka (``engine.kafka.producer``): an MQTT message is acknowledged only after the broker
+acknowledged its batch with ``acks=all``. Several ingest processes may run side by side
+with distinct ``mqtt.client_id`` values. SIGTERM or SIGINT: disconnect from MQTT (the
+broker redelivers what was not acknowledged), flush, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from connectors.mqtt import MqttIngest
+from engine.config import Settings
+from engine.gateway import load_rules
+from engine.kafka.producer import TelemetryProducer
+from engine.kafka.topics import TopicLayout, bootstrap_of, ensure_topics
+
+__all__ = ["serve_mqtt_ingest"]
+
+log = logging.getLogger(__name__)
+
+
+async def serve_mqtt_ingest(
+    settings: Settings, broker: str, *, replication: int = 1, stop: asyncio.Event | None = None
+) -> None:
+    """Run MQTT -> Kafka until ``stop`` is set, or SIGTERM/SIGINT when ``stop`` is None."""
+    bootstrap = bootstrap_of(broker)
+    layout = TopicLayout(settings.app_id, settings.partitions, replication)
+    await ensure_topics(bootstrap, layout)
+    _, stations = load_rules(settings)
+    producer = TelemetryProducer(bootstrap, layout)
+    await producer.start()
+    ingest = MqttIngest(
+        settings.mqtt.options(settings.batch.max_readings, settings.batch.linger_ms),
+        produce=producer.produce,
+        dead_letter=producer.send_dead_letter,
+        known_stations=stations,
+    )
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await ingest.start()
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(None, ingest.subscribed.wait, 60.0):
+            o = ingest.options
+            print(
+                f"vigil: ingest subscribed to {ingest.template.subscription} "
+                f"on {o.host}:{o.port}, producing to {layout.telemetry}",
+                flush=True,
+            )
+        else:
+            log.error("MQTT: not subscribed after 60 s; still retrying")
+        await stop.wait()
+    finally:
+        await ingest.stop()
+        await producer.stop()
+        log.info("ingest stopped: %s %s", dict(ingest.counters), dict(producer.counters))

@@ -1,0 +1,279 @@
+"""Shared pieces of the Kafka failover tests and the end-to-end benchmark.
+
+A fleet of river gauges (a generated station registry for the flood rule pack), flood
+waves that take each gauge through the warning levels and back, worker processes
+(``vigil worker``) and a steady load generator producing straight to Kafka with the
+batches ``Topology.produce`` writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+import rules
+from engine.alerts import AlertEvent
+from engine.kafka.producer import TelemetryProducer
+from engine.kafka.topics import TopicLayout, ensure_topics
+
+PACKS = Path(rules.__file__).resolve().parent / "packs"
+T0 = 1_719_763_200_000
+STEP_MS = 60_000
+REPO = Path(__file__).resolve().parents[2]
+
+Reading = tuple[str, str, int, float]
+
+
+def write_registry(path: Path, n_stations: int) -> list[str]:
+    """River gauges G000.. with characteristic levels; returns their ids."""
+    ids = [f"G{i:03d}" for i in range(n_stations)]
+    stations = [
+        {
+            "id": sid,
+            "kind": "river_gauge",
+            "name": f"Gauge {sid}",
+            "basin": "test_river",
+            "district": f"d{i % 4}",
+            "lat": 30.0 + i * 0.001,
+            "lon": 120.0,
+            "elevation": 10.0,
+            "report_interval": "1m",
+            "metrics": {"water_level": "m", "rainfall": "mm"},
+            "warning_level": 4.0 + (i % 5) * 0.1,
+            "guaranteed_level": 5.0 + (i % 5) * 0.1,
+            "historical_max_level": 5.8 + (i % 5) * 0.1,
+        }
+        for i, sid in enumerate(ids)
+    ]
+    path.write_text(yaml.safe_dump({"stations": stations}, sort_keys=False))
+    return ids
+
+
+def flood_readings(stations: list[str], n_steps: int) -> list[list[Reading]]:
+    """Per time step, one water level per station: a wave up through the levels and down.
+
+    Each gauge peaks at a different height and time. The last step, a day after the
+    others, is at 2 m for every gauge: it moves the watermark past every earlier window,
+    so the live engine closes them as ``replay`` does at the end of its input.
+    """
+    steps: list[list[Reading]] = []
+    for k in range(n_steps):
+        step = []
+        for i, sid in enumerate(stations):
+            phase = (k + 7 * i) % n_steps / (n_steps - 1)
+            shape = math.sin(math.pi * phase) ** 2 if k < n_steps - 20 else 0.0
+            peak = 4.2 + (i % 7) * 0.35
+            step.append(
+                (sid, "water_level", T0 + k * STEP_MS, round(2.0 + (peak - 2.0) * shape, 3))
+            )
+        steps.append(step)
+    end = T0 + n_steps * STEP_MS + 24 * 3600_000
+    steps.append([(sid, "water_level", end, 2.0) for sid in stations])
+    return steps
+
+
+def write_settings(tmp: Path, name: str, app_id: str, stations: Path, partitions: int = 12) -> Path:
+    """A ``vigil.yaml`` for one worker (its own data dir and alerts file)."""
+    settings = {
+        "app_id": app_id,
+        "data_dir": str(tmp / name / "data"),
+        "partitions": partitions,
+        "stations": str(stations),
+        "rules": [str(PACKS / "flood.yaml")],
+        "alerts_jsonl": str(tmp / name / "alerts.jsonl"),
+        "console": False,
+        "lateness_ms": 0,
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return path
+
+
+class WorkerProcess:
+    """``vigil worker`` as a child process, its output in ``<name>.log``."""
+
+    def __init__(self, tmp: Path, name: str, config: Path, bootstrap: str, web_port: int):
+        self.name = name
+        self.log = tmp / f"{name}.log"
+        self.web_port = web_port
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(REPO / ".cache" / "numba")),
+        }
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "engine.cli",
+                    "worker",
+                    "--config",
+                    str(config),
+                    "--broker",
+                    f"kafka://{bootstrap}",
+                    "--web-port",
+                    str(web_port),
+                    "--loglevel",
+                    "info",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:]
+
+
+class LoadGenerator(threading.Thread):
+    """Produces one time step of every station per ``interval_s``, in its own loop."""
+
+    def __init__(
+        self, bootstrap: str, layout: TopicLayout, steps: list[list[Reading]], interval_s: float
+    ):
+        super().__init__(daemon=True)
+        self.bootstrap = bootstrap
+        self.layout = layout
+        self.steps = steps
+        self.interval_s = interval_s
+        self.done_steps = 0
+        self.retries = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    async def _run(self) -> None:
+        producer = TelemetryProducer(self.bootstrap, self.layout)
+        await producer.start()
+        try:
+            start = time.monotonic()
+            for k, step in enumerate(self.steps):
+                while True:
+                    try:
+                        await producer.produce(step)
+                        break
+                    except Exception:
+                        # A broker restart: produce the step again (duplicates are
+                        # harmless, the kernels drop readings already counted).
+                        self.retries += 1
+                        await asyncio.sleep(0.5)
+                self.done_steps = k + 1
+                delay = start + (k + 1) * self.interval_s - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        finally:
+            await producer.stop()
+
+
+async def _group_done(bootstrap: str, layout: TopicLayout) -> tuple[dict[int, int], dict[int, int]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        tps = [TopicPartition(layout.telemetry, p) for p in range(layout.partitions)]
+        ends = await consumer.end_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(layout.app_id)
+        return (
+            {tp.partition: off for tp, off in ends.items()},
+            {tp.partition: m.offset for tp, m in committed.items() if tp.topic == layout.telemetry},
+        )
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def wait_until_committed(
+    bootstrap: str, layout: TopicLayout, timeout: float, alive: Callable[[], str | None]
+) -> None:
+    """Until the group's committed telemetry offsets reach the end of every partition."""
+    deadline = time.monotonic() + timeout
+    ends: dict[int, int] = {}
+    committed: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        problem = alive()
+        if problem:
+            raise AssertionError(problem)
+        try:
+            ends, committed = asyncio.run(_group_done(bootstrap, layout))
+        except Exception:  # the broker may still be coming back
+            time.sleep(1.0)
+            continue
+        if all(committed.get(p, -1) >= end for p, end in ends.items()):
+            return
+        time.sleep(1.0)
+    raise AssertionError(
+        f"not all telemetry committed after {timeout}s: ends={ends} committed={committed}"
+    )
+
+
+async def _read_all(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, bytes]]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[tuple[int, bytes]] = []
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        deadline = time.monotonic() + 60
+        while remaining:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: could not read to the end of {remaining}")
+            batches = await consumer.getmany(timeout_ms=1000)
+            for tp, records in batches.items():
+                out.extend((tp.partition, r.value or b"") for r in records)
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def read_alerts(bootstrap: str, topic: str, partitions: int) -> list[AlertEvent]:
+    """Every alert event in the alerts topic, in partition order."""
+    records = asyncio.run(_read_all(bootstrap, topic, partitions))
+    return [AlertEvent.from_json(v) for _, v in records]
+
+
+def read_checkpoints(bootstrap: str, topic: str, partitions: int) -> dict[int, bytes]:
+    """The latest checkpoint of each telemetry partition."""
+    latest: dict[int, bytes] = {}
+    for p, v in asyncio.run(_read_all(bootstrap, topic, partitions)):
+        latest[p] = v
+    return latest
+
+
+def create_topics(bootstrap: str, layout: TopicLayout) -> None:
+    asyncio.run(ensure_topics(bootstrap, layout))
