@@ -22,18 +22,18 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from engine.alerts import AlertEvent, Level, fingerprint
+from engine.alerts import AlertEvent
 from engine.batch import TelemetryBatch
 from engine.compound import (
-    CompoundChange,
     CompoundState,
     clause_rules,
     parse_clause,
 )
 from engine.derive.aqi import AqiDeriver
 from engine.derive.formulas import FormulaDeriver
-from engine.health import HealthChange, RuleHealth, health_summary
-from engine.ruleset import RuleSet, ThresholdRule
+from engine.events import compound_event, health_event, level_event
+from engine.health import HealthChange, RuleHealth
+from engine.ruleset import RuleSet
 from engine.runners import RawTransition, Runner, runner_for
 from engine.runners.base import signature
 
@@ -191,106 +191,28 @@ class PartitionProcessor:
             events += self._events(runner, runner.close(watermark))
             events += self._health_events(runner, self._health[rid].check_silence(watermark))
         for state in self._compound.values():
-            events += self._compound_events(state, state.due(watermark))
+            events += [compound_event(state.rule, ch) for ch in state.due(watermark)]
         return events
 
-    def _compound_events(
-        self, state: CompoundState, changes: list[CompoundChange]
-    ) -> list[AlertEvent]:
-        rule = state.rule
-        metric = "+".join(c.metric for c in rule.conditions)
-        events = []
-        for ch in changes:
-            labels = dict(rule.labels.get(ch.station, {}))
-            level = rule.level if ch.firing else Level.NONE
-            previous = Level.NONE if ch.firing else rule.level
-            template = rule.summary if ch.firing else rule.resolved_summary
-            events.append(
-                AlertEvent(
-                    fingerprint=fingerprint(rule.rule_id, ch.station, metric),
-                    rule_id=rule.rule_id,
-                    station=ch.station,
-                    metric=metric,
-                    level=level.label,
-                    previous_level=previous.label,
-                    state="firing" if ch.firing else "resolved",
-                    started_at=ch.since,
-                    at=ch.at,
-                    value=float("nan"),
-                    threshold=float("nan"),
-                    summary=_format(template, rule.lang, ch.station, metric, labels, level,
-                                    previous, float("nan"), float("nan")),
-                    labels=labels,
-                )
-            )  # fmt: skip
-        return events
+    def _events(self, runner: Runner, raw: list[RawTransition]) -> list[AlertEvent]:
+        rule = runner.sensors.rule
+        stations = runner.sensors.stations
+        clause = parse_clause(rule.rule_id)
+        if clause is None:
+            return [level_event(rule, stations[tr.sensor], tr) for tr in raw]
+        # An internal clause of a compound rule: it only flips the clause's truth.
+        state = self._compound[clause[0]]
+        return [
+            compound_event(state.rule, ch)
+            for tr in raw
+            for ch in state.clause(stations[tr.sensor], clause[1], tr.to_level > 0, tr.at)
+        ]
 
     def _health_events(self, runner: Runner, changes: list[HealthChange]) -> list[AlertEvent]:
         rule = runner.sensors.rule
         if parse_clause(rule.rule_id) is not None:
             return []  # a compound's clause: its standalone rule reports the gauge's health
-        events = []
-        for ch in changes:
-            station = runner.sensors.stations[ch.sensor]
-            labels = {**rule.labels.get(station, {}), "health": ch.kind}
-            level = Level.BLUE if ch.firing else Level.NONE
-            events.append(
-                AlertEvent(
-                    fingerprint=fingerprint(f"{rule.rule_id}#{ch.kind}", station, rule.metric),
-                    rule_id=f"{rule.rule_id}#{ch.kind}",
-                    station=station,
-                    metric=rule.metric,
-                    level=level.label,
-                    previous_level=(Level.NONE if ch.firing else Level.BLUE).label,
-                    state="firing" if ch.firing else "resolved",
-                    started_at=ch.since,
-                    at=ch.at,
-                    value=ch.value,
-                    threshold=float("nan"),
-                    summary=health_summary(rule, station, labels, ch),
-                    labels=labels,
-                )
-            )
-        return events
-
-    def _events(self, runner: Runner, raw: list[RawTransition]) -> list[AlertEvent]:
-        rule = runner.sensors.rule
-        clause = parse_clause(rule.rule_id)
-        if clause is not None:  # an internal clause of a compound rule: no alert of its own
-            state = self._compound[clause[0]]
-            changes = [
-                ch
-                for tr in raw
-                for ch in state.clause(
-                    runner.sensors.stations[tr.sensor], clause[1], tr.to_level > 0, tr.at
-                )
-            ]
-            return self._compound_events(state, changes)
-        events = []
-        for tr in raw:
-            station = runner.sensors.stations[tr.sensor]
-            level, previous = Level(tr.to_level), Level(tr.from_level)
-            labels = dict(rule.labels.get(station, {}))
-            events.append(
-                AlertEvent(
-                    fingerprint=fingerprint(rule.rule_id, station, rule.metric),
-                    rule_id=rule.rule_id,
-                    station=station,
-                    metric=rule.metric,
-                    level=level.label,
-                    previous_level=previous.label,
-                    state="resolved" if level is Level.NONE else "firing",
-                    started_at=tr.started_at,
-                    at=tr.at,
-                    value=tr.value,
-                    threshold=tr.threshold,
-                    summary=_summary(
-                        rule, station, labels, level, previous, tr.value, tr.threshold
-                    ),
-                    labels=labels,
-                )
-            )
-        return events
+        return [health_event(rule, runner.sensors.stations[ch.sensor], ch) for ch in changes]
 
     # ---- checkpoints ------------------------------------------------------------------
 
@@ -342,58 +264,3 @@ class PartitionProcessor:
                 health.grow(len(runner.sensors.stations))
                 lut, _ = runner.sensors.lookup(tuple(saved["stations"]))
                 health.restore(health_saved, lut.tolist())
-
-
-# The four-colour warning scale as Chinese alerts name it (蓝色预警 ... 红色预警).
-_LEVEL_ZH = {
-    Level.NONE: "无",
-    Level.BLUE: "蓝色",
-    Level.YELLOW: "黄色",
-    Level.ORANGE: "橙色",
-    Level.RED: "红色",
-}
-
-
-def _summary(
-    rule: ThresholdRule,
-    station: str,
-    labels: dict[str, str],
-    level: Level,
-    previous: Level,
-    value: float,
-    threshold: float,
-) -> str:
-    template = rule.resolved_summary if level is Level.NONE else rule.summary
-    return _format(
-        template, rule.lang, station, rule.metric, labels, level, previous, value, threshold
-    )
-
-
-def _format(
-    template: str,
-    lang: str,
-    station: str,
-    metric: str,
-    labels: dict[str, str],
-    level: Level,
-    previous: Level,
-    value: float,
-    threshold: float,
-) -> str:
-    """Fill an alert text; a broken template never drops the alert, it says so instead."""
-    names = _LEVEL_ZH if lang == "zh" else {lv: lv.label for lv in Level}
-    fields = {
-        "station": station,
-        "name": labels.get("name", station),
-        "metric": metric,
-        "level": names[level],
-        "previous_level": names[previous],
-        "value": value,
-        "threshold": threshold,
-        "unit": labels.get("unit", ""),
-        **labels,
-    }
-    try:
-        return template.format(**fields)
-    except (KeyError, ValueError, IndexError) as exc:
-        return f"{station} {metric} {level.label} {value:g} (summary template error: {exc})"

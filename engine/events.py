@@ -1,0 +1,107 @@
+"""Alert events from the processor's transitions: level changes, health changes and
+compound rules, each with its text in the rule's language."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from engine.alerts import AlertEvent, Level, fingerprint
+from engine.compound import CompoundChange
+from engine.health import HealthChange, health_summary
+from engine.ruleset import CompoundRule, ThresholdRule
+from engine.runners import RawTransition
+
+__all__ = ["compound_event", "format_text", "health_event", "level_event"]
+
+NAN = float("nan")
+
+# The four-colour warning scale as Chinese alerts name it (蓝色预警 ... 红色预警).
+_LEVEL_ZH = {
+    Level.NONE: "无",
+    Level.BLUE: "蓝色",
+    Level.YELLOW: "黄色",
+    Level.ORANGE: "橙色",
+    Level.RED: "红色",
+}
+
+
+def _event(
+    rule_id: str, station: str, metric: str, level: Level, previous: Level,
+    started_at: int, at: int, value: float, threshold: float, summary: str,
+    labels: Mapping[str, str],
+) -> AlertEvent:  # fmt: skip
+    return AlertEvent(
+        fingerprint=fingerprint(rule_id, station, metric),
+        rule_id=rule_id,
+        station=station,
+        metric=metric,
+        level=level.label,
+        previous_level=previous.label,
+        state="resolved" if level is Level.NONE else "firing",
+        started_at=started_at,
+        at=at,
+        value=value,
+        threshold=threshold,
+        summary=summary,
+        labels=dict(labels),
+    )
+
+
+def format_text(
+    template: str, lang: str, station: str, metric: str, labels: Mapping[str, str],
+    level: Level, previous: Level, value: float, threshold: float,
+) -> str:  # fmt: skip
+    """Fill an alert text; a broken template never drops the alert, it says so instead."""
+    names = _LEVEL_ZH if lang == "zh" else {lv: lv.label for lv in Level}
+    fields = {
+        "station": station,
+        "name": labels.get("name", station),
+        "metric": metric,
+        "level": names[level],
+        "previous_level": names[previous],
+        "value": value,
+        "threshold": threshold,
+        "unit": labels.get("unit", ""),
+        **labels,
+    }
+    try:
+        return template.format(**fields)
+    except (KeyError, ValueError, IndexError) as exc:
+        return f"{station} {metric} {level.label} {value:g} (summary template error: {exc})"
+
+
+def level_event(rule: ThresholdRule, station: str, tr: RawTransition) -> AlertEvent:
+    level, previous = Level(tr.to_level), Level(tr.from_level)
+    labels = rule.labels.get(station, {})
+    template = rule.resolved_summary if level is Level.NONE else rule.summary
+    text = format_text(
+        template, rule.lang, station, rule.metric, labels, level, previous, tr.value,
+        tr.threshold,
+    )  # fmt: skip
+    return _event(
+        rule.rule_id, station, rule.metric, level, previous, tr.started_at, tr.at, tr.value,
+        tr.threshold, text, labels,
+    )  # fmt: skip
+
+
+def health_event(rule: ThresholdRule, station: str, ch: HealthChange) -> AlertEvent:
+    """A QC-failure or silence alert: its own series (``<rule>#qc``, ``<rule>#silent``),
+    at the lowest level, blue, so that it informs without outranking the water."""
+    labels = {**rule.labels.get(station, {}), "health": ch.kind}
+    level, previous = (Level.BLUE, Level.NONE) if ch.firing else (Level.NONE, Level.BLUE)
+    return _event(
+        f"{rule.rule_id}#{ch.kind}", station, rule.metric, level, previous, ch.since, ch.at,
+        ch.value, NAN, health_summary(rule, station, labels, ch), labels,
+    )  # fmt: skip
+
+
+def compound_event(rule: CompoundRule, ch: CompoundChange) -> AlertEvent:
+    metric = "+".join(c.metric for c in rule.conditions)
+    labels = rule.labels.get(ch.station, {})
+    level, previous = (rule.level, Level.NONE) if ch.firing else (Level.NONE, rule.level)
+    template = rule.summary if ch.firing else rule.resolved_summary
+    text = format_text(template, rule.lang, ch.station, metric, labels, level, previous, NAN, NAN)
+    return _event(
+        rule.rule_id, ch.station, metric, level, previous, ch.since, ch.at, NAN, NAN, text,
+        labels,
+    )  # fmt: skip
