@@ -23,7 +23,12 @@ def main(path: str) -> None:
         n, batch, impl = int(m[1]), int(m[2]), m[3]
         rows[(n, batch)][impl] = b["extra_info"]["readings_per_s"]
         state = state or {k: v for k, v in b["extra_info"].items() if k.startswith("bytes_")}
-    impls = ["numba", "numba_rulewide_qc", "numpy", "python"]
+    impls = [
+        "numba",
+        "numba_rulewide_qc",
+        "numpy",
+        "python",
+    ]
     print("| sensors | batch | " + " | ".join(f"{i} (M readings/s)" for i in impls), end="")
     print(" | numba ÷ numpy | numba ÷ python |")
     print("|---" * (len(impls) + 4) + "|")

@@ -117,6 +117,13 @@ def new_qc_state(n_sensors: int) -> npt.NDArray[np.void]:
     return state
 
 
+def time_limits(params: QCParams, now_ms: int) -> tuple[int, int]:
+    """(latest, earliest) acceptable event time at ``now_ms``, clamped to int64."""
+    future = TS_MAX if params.future_ms >= TS_MAX - now_ms else now_ms + params.future_ms
+    past = NO_TS if params.max_age_ms >= now_ms - NO_TS - 1 else now_ms - params.max_age_ms
+    return int(future), int(past)
+
+
 def qc_batch(
     state: npt.NDArray[np.void],
     params: QCParams,
@@ -132,8 +139,7 @@ def qc_batch(
         raise ValueError(f"qc_batch: {len(params.fail_lo)} thresholds for {len(state)} sensors")
     if q_in is None:
         q_in = np.zeros(len(ts), dtype=np.uint8)
-    future_lim = TS_MAX if params.future_ms >= TS_MAX - now_ms else now_ms + params.future_ms
-    past_lim = NO_TS if params.max_age_ms >= now_ms - NO_TS - 1 else now_ms - params.max_age_ms
+    future_lim, past_lim = time_limits(params, now_ms)
     return _qc_kernel(
         state["last_value"],
         state["last_ts"],
@@ -142,8 +148,8 @@ def qc_batch(
         float(params.flat_eps),
         int(params.flat_suspect_n),
         int(params.flat_fail_n),
-        int(future_lim),
-        int(past_lim),
+        future_lim,
+        past_lim,
         sensor,
         ts,
         value,
