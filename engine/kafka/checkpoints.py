@@ -93,18 +93,21 @@ class CheckpointStore:
         end = (await consumer.end_offsets([tp]))[tp]
         if end == 0:
             return None
-        consumer.seek(tp, end - 1)
+        # The last offset may not be a record (e.g. a control marker): read back
+        # further until a record turns up; the last one read is the latest.
+        start = end - 1
         while True:
-            batches = await consumer.getmany(tp, timeout_ms=10_000)
-            for record in batches.get(tp, []):
-                if record.offset == end - 1:
-                    value: bytes | None = record.value
-                    return value
-            position = await consumer.position(tp)
-            if position >= end:
-                # The last offset was not a record we can read (e.g. compacted away
-                # between end_offsets and the fetch); read again from the new end.
-                return await self.load(partition)
+            consumer.seek(tp, start)
+            latest: bytes | None = None
+            found = False
+            while await consumer.position(tp) < end:
+                batches = await consumer.getmany(tp, timeout_ms=10_000)
+                for record in batches.get(tp, []):
+                    if record.offset < end:
+                        latest, found = record.value, True
+            if found or start == 0:
+                return latest
+            start = max(0, start - 64)
 
     async def close(self) -> None:
         if self._producer is not None:

@@ -1,0 +1,316 @@
+"""End-to-end Kafka benchmark: Vigil's batched topology vs a textbook Faust pipeline.
+
+Both run in the same invocation against the same single-node Kafka 3.9 broker
+(scripts/kafka), each as one worker process:
+
+* **vigil**: ``vigil worker`` (the real topology, flood rule pack, checkpoints) fed with
+  columnar telemetry batches (``engine.batch``, one record per partition and batch)
+  produced with ``acks=all``.
+* **textbook**: one Kafka record per reading (JSON, keyed by station) and a Faust agent
+  that keeps each station's 15-minute maximum in a windowed table
+  (``app.Table(...).tumbling(900)``) and compares it with the station's warning level.
+
+Readings/s = readings / (time from the first produce to the moment the group's committed
+offsets reach the end of every telemetry partition). The producer runs concurrently,
+so this is producer -> Kafka -> worker -> alerts. Consumer lag (end - committed, in
+records) is sampled every 0.5 s.
+
+    NUMBA_CACHE_DIR=.cache/numba .venv/bin/python bench/kafka_e2e.py \\
+        [--bootstrap HOST:PORT] [--readings 20000000] [--textbook-readings 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+
+from engine.batch import TelemetryBatch  # noqa: E402
+from engine.kafka.producer import TelemetryProducer, partition_for  # noqa: E402
+from engine.kafka.topics import TopicLayout, ensure_topics  # noqa: E402
+from tests.integration.kafka_load import T0, write_registry, write_settings  # noqa: E402
+
+PARTITIONS = 12
+
+TEXTBOOK_APP = textwrap.dedent(
+    """
+    import os, json
+    import faust
+
+    app = faust.App(os.environ["TB_APP"], broker="kafka://" + os.environ["TB_BOOT"],
+                    store="memory://", topic_partitions=12, topic_replication_factor=1,
+                    broker_commit_interval=1.0, web_enabled=False)
+    readings = app.topic(os.environ["TB_TOPIC"], key_type=str, value_serializer="json")
+    alerts = app.topic(os.environ["TB_TOPIC"] + "-alerts", key_type=str, value_serializer="json")
+    window_max = app.Table("window_max", default=lambda: float("-inf"), partitions=12
+                           ).tumbling(900.0, expires=3600.0)
+    level = app.Table("level", default=int, partitions=12)
+    WARNING = 4.0
+
+    @app.agent(readings)
+    async def evaluate(stream):
+        async for event in stream.events():
+            r = event.value
+            station = event.key
+            m = max(window_max[station].value(), r["value"])
+            window_max[station] = m
+            new = 1 if m >= WARNING else 0
+            if new != level[station]:
+                level[station] = new
+                value = {"station": station, "level": new, "at": r["ts"]}
+                await alerts.send(key=station, value=value)
+
+    if __name__ == "__main__":
+        app.main()
+    """
+)
+
+
+async def _ends_and_committed(
+    bootstrap: str, group: str, topic: str
+) -> tuple[dict[int, int], dict[int, int]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        ends = {tp.partition: o for tp, o in (await consumer.end_offsets(tps)).items()}
+        committed = await admin.list_consumer_group_offsets(group)
+        return ends, {tp.partition: m.offset for tp, m in committed.items() if tp.topic == topic}
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def _monitor(
+    bootstrap: str, group: str, topic: str, produced: asyncio.Event, samples: list[int]
+) -> float:
+    """Sample lag until the producer is done and everything is committed; returns time."""
+    while True:
+        ends, committed = await _ends_and_committed(bootstrap, group, topic)
+        lag = sum(max(0, e - committed.get(p, 0)) for p, e in ends.items())
+        samples.append(lag)
+        if produced.is_set() and lag == 0:
+            return time.monotonic()
+        await asyncio.sleep(0.5)
+
+
+def _vigil_batches(stations: list[str], n_readings: int, per_batch: int) -> list[dict[int, bytes]]:
+    """Pre-encoded rounds of batches, one per partition per round (numpy, no per-reading Python)."""
+    by_part: dict[int, list[str]] = {}
+    for s in stations:
+        by_part.setdefault(partition_for(s, PARTITIONS), []).append(s)
+    rounds: list[dict[int, bytes]] = []
+    per_round = per_batch * len(by_part)
+    rng = np.random.default_rng(7)
+    step = 0
+    for _ in range(max(1, n_readings // per_round)):
+        rnd: dict[int, bytes] = {}
+        for p, names in by_part.items():
+            reps = per_batch // len(names)
+            n = reps * len(names)
+            ts = T0 + (step + np.repeat(np.arange(reps), len(names))) * 60_000
+            value = 2.0 + 3.0 * rng.random(n)
+            batch = TelemetryBatch(
+                stations=tuple(names),
+                metrics=("water_level",),
+                station_idx=np.tile(np.arange(len(names), dtype=np.uint32), reps),
+                metric_idx=np.zeros(n, np.uint16),
+                ts=ts.astype(np.int64),
+                value=value,
+                quality=np.zeros(n, np.uint8),
+            )
+            rnd[p] = batch.encode()
+        step += per_batch // max(len(v) for v in by_part.values())
+        rounds.append(rnd)
+    return rounds
+
+
+def _readings_in(rounds: list[dict[int, bytes]]) -> int:
+    return sum(len(TelemetryBatch.decode(b)) for b in rounds[0].values()) * len(rounds)
+
+
+def _wait_log(log: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise SystemExit(f"worker exited:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    raise SystemExit(f"worker not ready:\n{log.read_text()[-3000:]}")
+
+
+def run_vigil(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) -> dict[str, object]:
+    registry = tmp / "stations.yaml"
+    stations = write_registry(registry, n_stations)
+    layout = TopicLayout(f"bench-vigil-{uuid.uuid4().hex[:6]}", PARTITIONS)
+    asyncio.run(ensure_topics(bootstrap, layout))
+    rounds = _vigil_batches(stations, n_readings, per_batch=20_000)
+    total = _readings_in(rounds)
+    config = write_settings(tmp, "vigil", layout.app_id, registry, PARTITIONS)
+    log = tmp / "vigil-worker.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "worker", "--config", str(config),
+             "--broker", f"kafka://{bootstrap}", "--loglevel", "info"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        _wait_log(log, "[^Worker]: Ready", proc, 180)
+        time.sleep(3)  # the group's first rebalance
+
+        async def scenario() -> tuple[float, float, list[int]]:
+            producer = TelemetryProducer(bootstrap, layout, linger_ms=2)
+            await producer.start()
+            produced = asyncio.Event()
+            samples: list[int] = []
+            t0 = time.monotonic()
+            mon = asyncio.ensure_future(
+                _monitor(bootstrap, layout.app_id, layout.telemetry, produced, samples)
+            )
+            inflight: list[asyncio.Future[None]] = []
+            for rnd in rounds:
+                inflight.append(asyncio.ensure_future(producer.produce_encoded(rnd)))
+                if len(inflight) >= 4:
+                    await inflight.pop(0)
+            await asyncio.gather(*inflight)
+            t_produced = time.monotonic()
+            produced.set()
+            t_end = await mon
+            await producer.stop()
+            return t_produced - t0, t_end - t0, samples
+
+        produce_s, total_s, samples = asyncio.run(scenario())
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return {"readings": total, "produce_s": produce_s, "e2e_s": total_s,
+            "readings_per_s": total / total_s, "lag_samples_records": samples}  # fmt: skip
+
+
+def run_textbook(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) -> dict[str, object]:
+    app_id = f"bench-textbook-{uuid.uuid4().hex[:6]}"
+    topic = f"{app_id}-readings"
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [NewTopic(topic, PARTITIONS, 1), NewTopic(topic + "-alerts", PARTITIONS, 1)]
+            )
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    app_file = tmp / "textbook_app.py"
+    app_file.write_text(TEXTBOOK_APP)
+    log = tmp / "textbook-worker.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TB_APP": app_id, "TB_BOOT": bootstrap,
+           "TB_TOPIC": topic}  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(app_file), "worker", "--without-web", "--loglevel", "info"],
+            cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    stations = [f"G{i:05d}" for i in range(n_stations)]
+    try:
+        _wait_log(log, "[^Worker]: Ready", proc, 180)
+        time.sleep(3)
+
+        async def scenario() -> tuple[float, float, list[int]]:
+            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+            await producer.start()
+            produced = asyncio.Event()
+            samples: list[int] = []
+            t0 = time.monotonic()
+            mon = asyncio.ensure_future(_monitor(bootstrap, app_id, topic, produced, samples))
+            rng = np.random.default_rng(7)
+            values = (2.0 + 3.0 * rng.random(n_readings)).tolist()
+            futures = []
+            for i in range(n_readings):
+                s = stations[i % n_stations]
+                ts = T0 + (i // n_stations) * 60_000
+                futures.append(
+                    await producer.send(topic, key=s.encode(),
+                                        value=json.dumps({"ts": ts, "value": values[i]}).encode())
+                )  # fmt: skip
+                if len(futures) >= 10_000:
+                    await asyncio.gather(*futures)
+                    futures.clear()
+            await asyncio.gather(*futures)
+            t_produced = time.monotonic()
+            produced.set()
+            t_end = await mon
+            await producer.stop()
+            return t_produced - t0, t_end - t0, samples
+
+        produce_s, total_s, samples = asyncio.run(scenario())
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return {"readings": n_readings, "produce_s": produce_s, "e2e_s": total_s,
+            "readings_per_s": n_readings / total_s, "lag_samples_records": samples}  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bootstrap", help="an existing broker; default: start one")
+    parser.add_argument("--readings", type=int, default=20_000_000)
+    parser.add_argument("--textbook-readings", type=int, default=200_000)
+    parser.add_argument("--stations", type=int, default=12_000)
+    parser.add_argument("--json-out", help="write the results here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-") as d:
+        tmp = Path(d)
+        env = {**os.environ, "VIGIL_KAFKA_DIR": str(tmp / "kafka")}
+        bootstrap = args.bootstrap
+        if bootstrap is None:
+            up = subprocess.run([str(REPO / "scripts" / "kafka"), "up"], env=env,
+                                capture_output=True, text=True, check=True)  # fmt: skip
+            bootstrap = up.stdout.strip().splitlines()[-1]
+        try:
+            vigil = run_vigil(bootstrap, tmp, args.readings, args.stations)
+            textbook = run_textbook(bootstrap, tmp, args.textbook_readings, args.stations)
+        finally:
+            if args.bootstrap is None:
+                subprocess.run([str(REPO / "scripts" / "kafka"), "down"], env=env, check=False)
+    result = {
+        "vigil": vigil,
+        "textbook": textbook,
+        "ratio": float(vigil["readings_per_s"]) / float(textbook["readings_per_s"]),  # type: ignore[arg-type]
+    }
+    for name in ("vigil", "textbook"):
+        r = result[name]
+        assert isinstance(r, dict)
+        lag = r["lag_samples_records"]
+        print(f"{name:9s} {r['readings']:>11,} readings  e2e {r['e2e_s']:7.2f} s  "
+              f"{r['readings_per_s']:>12,.0f} readings/s  (produce {r['produce_s']:.2f} s)  "
+              f"lag records max {max(lag)} final {lag[-1]} samples {lag}")  # fmt: skip
+    print(f"ratio vigil/textbook: {result['ratio']:.1f}x")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
