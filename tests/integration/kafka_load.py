@@ -254,8 +254,7 @@ async def _read_all(bootstrap: str, topic: str, partitions: int) -> list[tuple[i
             batches = await consumer.getmany(timeout_ms=1000)
             for tp, records in batches.items():
                 out.extend((tp.partition, r.value or b"") for r in records)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
+                if records and records[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)
         return out
     finally:
