@@ -9,6 +9,9 @@ misses overlap. Asking for the record of the reading ``PREFETCH_AHEAD`` position
 ``prefetch2(arr, i, j)`` the line holding ``arr[i, j]``. Out-of-range indices are allowed
 (a prefetch never faults), but callers clamp anyway. Under ``NUMBA_DISABLE_JIT=1`` both
 are no-op Python functions, so the kernels still run as plain Python.
+
+numba's on-disk cache is keyed on each kernel's own source file, not on the constants it
+imports: after changing ``PREFETCH_AHEAD``, clear ``$NUMBA_CACHE_DIR``.
 """
 
 from __future__ import annotations
