@@ -23,6 +23,7 @@ from pathlib import Path
 
 from engine.alerts import AlertEvent
 from engine.batch import TelemetryBatch
+from engine.corroboration import Corroborator
 from engine.processor import PartitionProcessor
 from engine.ruleset import RuleSet
 
@@ -147,6 +148,9 @@ def replay(
         events.extend(proc.process(TelemetryBatch.from_rows(chunk), offset))
     if flush:
         events.extend(proc.close_windows(END_OF_TIME))
+    if ruleset.corroboration:
+        corroborator = Corroborator(ruleset.corroboration)
+        events += [g for e in sorted(events, key=lambda e: e.at) for g in corroborator.feed(e)]
     return events
 
 

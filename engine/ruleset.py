@@ -25,6 +25,7 @@ from engine.alerts import Level
 __all__ = [
     "CompiledCondition",
     "CompoundRule",
+    "CorroborationRule",
     "DerivedMetric",
     "QcLimits",
     "RuleSet",
@@ -140,6 +141,25 @@ class DerivedMetric:
 
 
 @dataclass(frozen=True)
+class CorroborationRule:
+    """Raises ``level`` for a group when >= ``k`` of its stations are at >= ``min_level``
+    of rule ``source_rule`` within ``within_ms`` of each other."""
+
+    rule_id: str
+    source_rule: str
+    min_level: Level
+    k: int
+    groups: Mapping[str, tuple[str, ...]]  # group name ("" = whole selection) -> stations
+    within_ms: int
+    level: Level
+    for_ms: int
+    summary: str
+    resolved_summary: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    lang: Literal["zh", "en"] = "en"
+
+
+@dataclass(frozen=True)
 class RuleSet:
     """All rules the engine runs, and a version that changes when any rule does."""
 
@@ -147,6 +167,7 @@ class RuleSet:
     version: str = "0"
     compound: tuple[CompoundRule, ...] = ()
     derived: tuple[DerivedMetric, ...] = ()
+    corroboration: tuple[CorroborationRule, ...] = ()
 
     def for_metric(self, metric: str) -> tuple[ThresholdRule, ...]:
         return tuple(r for r in self.rules if r.metric == metric)

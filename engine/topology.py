@@ -4,7 +4,8 @@ Topics (names prefixed by the app id, DESIGN.md): ``<id>-telemetry`` carries col
 batches (raw bytes, ``engine.batch``), ``<id>-alerts`` alert events as JSON keyed by
 fingerprint (one series stays in one partition, so its transitions stay in order), and
 ``<id>-dead-letter`` the raw bytes of anything rejected, with the reason in the
-``vigil-reason`` header.
+``vigil-reason`` header; ``<id>-corroboration`` re-keys alerts by station group for the
+rules that span stations (``engine.corroboration_stage``).
 
 The same topology runs on the embedded ``local://`` transport and on Kafka; only the
 broker URL differs. On ``local://`` the processors' state is checkpointed atomically
@@ -31,6 +32,7 @@ from faust.types import TP
 from connectors.sinks.base import Sink
 from engine.alerts import AlertEvent
 from engine.batch import BatchBuilder, BatchDecodeError, TelemetryBatch
+from engine.corroboration_stage import CorroborationStage
 from engine.dispatch import Dispatcher
 from engine.kafka.checkpoints import CheckpointingTransport, CheckpointStore
 from engine.kafka.topics import bootstrap_of
@@ -111,11 +113,12 @@ class Topology:
             value_serializer="raw",
             partitions=1,
         )
-        self._declare_local_topics()
         self.processors: dict[int, PartitionProcessor] = {}
         self.dispatcher = Dispatcher(sinks)
         self.app.agent(self.telemetry, name="evaluate", isolated_partitions=True)(self._evaluate)
         self.app.agent(self.alerts, name="dispatch")(self._dispatch)
+        self.corroboration = CorroborationStage(self)
+        self._declare_local_topics()
         self._checkpoint_registered = False
 
     def _declare_local_topics(self) -> None:
@@ -123,7 +126,8 @@ class Topology:
         # first send to an unknown topic would create it with the app's default count.
         transport = self.app.transport
         if isinstance(transport, LocalTransport):
-            for topic in (self.telemetry, self.alerts, self.dead_letter):
+            topics = (self.telemetry, self.alerts, self.dead_letter, self.corroboration.topic)
+            for topic in topics:
                 transport.create_topic(topic.get_topic_name(), topic.partitions or 1)
 
     # ---- producing -------------------------------------------------------------------------
@@ -167,10 +171,17 @@ class Topology:
 
     # ---- agents ----------------------------------------------------------------------------
 
+    def _new_processor(self) -> PartitionProcessor:
+        # Live: a device clock far ahead of the gateway's fails QC and cannot drag the
+        # partition's event time (and every window with it) into the future.
+        return PartitionProcessor(
+            self.ruleset, lateness_ms=self.lateness_ms, clock=lambda: int(time.time() * 1000)
+        )
+
     def processor(self, partition: int) -> PartitionProcessor:
         proc = self.processors.get(partition)
         if proc is None:
-            proc = PartitionProcessor(self.ruleset, lateness_ms=self.lateness_ms)
+            proc = self._new_processor()
             blob = self._local_log_blob(partition)
             if blob is not None:
                 proc.restore(blob)
@@ -255,7 +266,7 @@ class Topology:
                 return
             self._checkpointed.pop(partition, None)
             blob = await store.load(partition)
-            proc = PartitionProcessor(self.ruleset, lateness_ms=self.lateness_ms)
+            proc = self._new_processor()
             if blob is not None:
                 proc.restore(blob)
                 self._checkpointed[partition] = proc.next_offset

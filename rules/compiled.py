@@ -24,8 +24,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from engine.alerts import Level
-from engine.ruleset import CompiledCondition, CompoundRule, DerivedMetric
+from engine.ruleset import CompiledCondition, CompoundRule, CorroborationRule, DerivedMetric
 
 __all__ = [
     "CompiledCondition",
@@ -56,24 +55,6 @@ class WindowThresholdRule:
     summary: str
     resolved_summary: str
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CorroborationRule:
-    """Raises ``level`` for a group when >= ``k`` of its stations are at >= ``min_level``
-    of rule ``source_rule`` within ``within_ms`` of each other."""
-
-    rule_id: str
-    source_rule: str
-    min_level: Level
-    k: int
-    groups: Mapping[str, tuple[str, ...]]  # group name ("" = whole selection) -> stations
-    within_ms: int
-    level: Level
-    for_ms: int
-    summary: str
-    resolved_summary: str
-    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,7 @@ def compile_rules(
             version=digest.hexdigest(),
             compound=tuple(out["compound"]),
             derived=tuple(out["derived"]),
+            corroboration=tuple(out["corr"]),
         ),
         windowed=tuple(out["windowed"]),
         derived=tuple(out["derived"]),
@@ -238,4 +239,5 @@ def _corroboration(
         for_ms=spec.for_ms or 0,
         **_texts(spec, lang),
         labels=dict(spec.labels),
+        lang="zh" if lang == "zh" else "en",
     )

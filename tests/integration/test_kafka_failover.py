@@ -164,7 +164,7 @@ class Scenario:
         blobs = read_checkpoints(self.bootstrap, self.layout.checkpoints, PARTITIONS)
         assert len(blobs) == PARTITIONS
         for blob in blobs.values():
-            proc = PartitionProcessor(ruleset)
+            proc = PartitionProcessor(ruleset, lateness_ms=0)  # as in the load settings
             proc.restore(blob)
             for sid in self.stations:
                 accepted[sid] += proc.accepted("flood.river_level", sid)

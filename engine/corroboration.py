@@ -1,0 +1,123 @@
+"""Corroboration across stations: k gauges of a group (basin, district) at a level.
+
+A ``CorroborationRule`` watches the alert events of its source rule. A station counts
+from the time it reaches ``min_level`` until it falls below it; the rule holds for a
+group while at least ``k`` counting stations reached the level within ``within_ms`` of
+each other. It then raises ``level`` for the whole group (the alert's station is the
+group's name), dated at the entry of the k-th station, and clears when fewer than k
+remain. Every time is event time, so a replay gives the same alerts.
+
+The stations of a group live in different partitions, so this runs after the alerts
+topic, on a stream re-keyed by group; ``GroupState`` is plain data that a Faust table
+keeps (changelog-backed) per group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.alerts import AlertEvent, Level, fingerprint
+from engine.events import format_text
+from engine.ruleset import CorroborationRule
+
+__all__ = ["Corroborator", "GroupState", "corroboration_event", "groups_of"]
+
+
+def groups_of(rules: tuple[CorroborationRule, ...], event: AlertEvent) -> list[tuple[str, str]]:
+    """(rule id, group) pairs that a source-rule event feeds."""
+    return [
+        (r.rule_id, group)
+        for r in rules
+        if r.source_rule == event.rule_id
+        for group, stations in r.groups.items()
+        if event.station in stations
+    ]
+
+
+@dataclass(frozen=True)
+class GroupChange:
+    firing: bool
+    at: int  # ms
+    since: int  # ms: entry of the k-th station
+    count: int  # stations counting after the change
+
+
+class GroupState:
+    """Stations of one group at or above the level, with their entry times (ms)."""
+
+    def __init__(self, saved: dict[str, Any] | None = None) -> None:
+        saved = saved or {}
+        self.entered: dict[str, int] = dict(saved.get("entered", {}))
+        self.firing_since: int | None = saved.get("firing_since")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"entered": self.entered, "firing_since": self.firing_since}
+
+    def _holding(self, rule: CorroborationRule) -> int | None:
+        """The entry time of the k-th station of a cluster within ``within_ms``, or None."""
+        times = sorted(self.entered.values())
+        for j in range(rule.k - 1, len(times)):
+            if times[j] - times[j - rule.k + 1] <= rule.within_ms:
+                return times[j]
+        return None
+
+    def apply(self, rule: CorroborationRule, event: AlertEvent) -> GroupChange | None:
+        """Take a source-rule event; returns the group's change, if any."""
+        if Level.parse(event.level) >= rule.min_level:
+            self.entered.setdefault(event.station, event.at)
+        else:
+            self.entered.pop(event.station, None)
+        since = self._holding(rule)
+        if since is not None and self.firing_since is None:
+            self.firing_since = since
+            return GroupChange(True, max(since, event.at), since, len(self.entered))
+        if since is None and self.firing_since is not None:
+            started, self.firing_since = self.firing_since, None
+            return GroupChange(False, event.at, started, len(self.entered))
+        return None
+
+
+def corroboration_event(
+    rule: CorroborationRule, group: str, metric: str, change: GroupChange
+) -> AlertEvent:
+    """The group's alert: station = group name, labels name the group."""
+    level, previous = (rule.level, Level.NONE) if change.firing else (Level.NONE, rule.level)
+    labels = {**rule.labels, "group": group, "basin": group, "district": group,
+              "stations": str(change.count)}  # fmt: skip
+    template = rule.summary if change.firing else rule.resolved_summary
+    return AlertEvent(
+        fingerprint=fingerprint(rule.rule_id, group, metric),
+        rule_id=rule.rule_id,
+        station=group,
+        metric=metric,
+        level=level.label,
+        previous_level=previous.label,
+        state="firing" if change.firing else "resolved",
+        started_at=change.since,
+        at=change.at,
+        value=float(change.count),
+        threshold=float(rule.k),
+        summary=format_text(template, rule.lang, group, metric, labels, level, previous,
+                            float(change.count), float(rule.k)),
+        labels=labels,
+    )  # fmt: skip
+
+
+class Corroborator:
+    """All corroboration rules over one ordered stream of alert events (replays, tests,
+    and the embedded gateway's single dispatcher)."""
+
+    def __init__(self, rules: tuple[CorroborationRule, ...]) -> None:
+        self.rules = {r.rule_id: r for r in rules}
+        self.groups: dict[tuple[str, str], GroupState] = {}
+
+    def feed(self, event: AlertEvent) -> list[AlertEvent]:
+        out = []
+        for rule_id, group in groups_of(tuple(self.rules.values()), event):
+            rule = self.rules[rule_id]
+            state = self.groups.setdefault((rule_id, group), GroupState())
+            change = state.apply(rule, event)
+            if change is not None:
+                out.append(corroboration_event(rule, group, event.metric, change))
+        return out

@@ -1,0 +1,58 @@
+"""Corroboration: k stations of a group at a level within a time span."""
+
+from __future__ import annotations
+
+from engine.alerts import AlertEvent, Level, fingerprint
+from engine.corroboration import Corroborator
+from engine.ruleset import CorroborationRule
+
+H = 3_600_000
+RULE = CorroborationRule(
+    rule_id="basin2", source_rule="flood", min_level=Level.YELLOW, k=2,
+    groups={"east": ("A", "B", "C"), "west": ("D",)}, within_ms=H, level=Level.ORANGE,
+    for_ms=0, summary="{basin}: {value:.0f} gauges at yellow or above",
+    resolved_summary="{basin}: all clear",
+)  # fmt: skip
+
+
+def _ev(station: str, level: str, at: int, previous: str = "none") -> AlertEvent:
+    return AlertEvent(
+        fingerprint("flood", station, "water_level"), "flood", station, "water_level", level,
+        previous, "resolved" if level == "none" else "firing", at, at, 1.0, 1.0, "",
+    )  # fmt: skip
+
+
+def _run(events: list[AlertEvent]) -> list[tuple[str, str, str, int, int]]:
+    c = Corroborator((RULE,))
+    return [
+        (g.station, g.previous_level, g.level, g.at, g.started_at)
+        for e in events
+        for g in c.feed(e)
+    ]
+
+
+def test_two_gauges_within_the_hour_raise_the_group() -> None:
+    got = _run([_ev("A", "blue", 0), _ev("A", "yellow", H // 2), _ev("B", "orange", H)])
+    assert got == [("east", "none", "orange", H, H)]
+
+
+def test_entries_too_far_apart_do_not_count_and_leaving_clears() -> None:
+    events = [_ev("A", "yellow", 0), _ev("B", "yellow", 2 * H), _ev("C", "yellow", 2 * H + 10)]
+    assert _run(events) == [("east", "none", "orange", 2 * H + 10, 2 * H + 10)]
+    events.append(_ev("C", "blue", 3 * H, previous="yellow"))
+    assert _run(events)[1:] == [("east", "orange", "none", 3 * H, 2 * H + 10)]
+
+
+def test_other_groups_and_rules_are_ignored() -> None:
+    other = AlertEvent(
+        fingerprint("rain", "B", "rainfall"), "rain", "B", "rainfall", "red", "none", "firing",
+        0, 0, 1.0, 1.0, "",
+    )  # fmt: skip
+    assert _run([_ev("D", "red", 0), other, _ev("A", "yellow", 1)]) == []
+
+
+def test_texts_name_the_group() -> None:
+    c = Corroborator((RULE,))
+    (g,) = [g for e in (_ev("A", "yellow", 0), _ev("B", "yellow", 1)) for g in c.feed(e)]
+    assert g.summary == "east: 2 gauges at yellow or above"
+    assert g.labels["group"] == "east"
