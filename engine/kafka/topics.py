@@ -58,6 +58,10 @@ class TopicLayout:
     def checkpoints(self) -> str:
         return f"{self.app_id}-checkpoints"
 
+    @property
+    def corroboration(self) -> str:
+        return f"{self.app_id}-corroboration"
+
     def new_topics(self) -> list[NewTopic]:
         # Telemetry batches are up to a few MB; checkpoints grow with the sensors of a
         # partition (80 bytes per sensor and rule), so both allow large records.
@@ -85,6 +89,13 @@ class TopicLayout:
                 1,
                 self.replication,
                 topic_configs={"retention.ms": str(self.dead_letter_retention_ms), **big},
+            ),
+            # Alerts re-keyed by station group (engine.corroboration_stage).
+            NewTopic(
+                self.corroboration,
+                self.partitions,
+                self.replication,
+                topic_configs={"retention.ms": str(self.alerts_retention_ms), **min_isr},
             ),
             # One checkpoint partition per telemetry partition, one key each: compaction
             # keeps the latest; small segments so that compaction can run at all (the
