@@ -23,6 +23,7 @@ _LEVEL_ZH = {
     Level.ORANGE: "橙色",
     Level.RED: "红色",
 }
+_LEVEL_EN = {lv: lv.label for lv in Level}
 
 
 def _event(
@@ -52,7 +53,7 @@ def format_text(
     level: Level, previous: Level, value: float, threshold: float,
 ) -> str:  # fmt: skip
     """Fill an alert text; a broken template never drops the alert, it says so instead."""
-    names = _LEVEL_ZH if lang == "zh" else {lv: lv.label for lv in Level}
+    names = _LEVEL_ZH if lang == "zh" else _LEVEL_EN
     fields = {
         "station": station,
         "name": labels.get("name", station),
