@@ -51,7 +51,8 @@ data, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 app = faust.App("textbook", broker=f"local://{data}", store="memory://", datadir=f"{data}/faust",
                 topic_partitions=1, web_enabled=False, autodiscover=False)
 readings = app.topic("readings", value_type=bytes, value_serializer="raw")
-wmax = app.Table("wmax", default=float, partitions=1).tumbling(900, expires=7200).relative_to_stream()
+wmax = app.Table("wmax", default=float, partitions=1)
+wmax = wmax.tumbling(900, expires=7200).relative_to_stream()
 alerts = 0
 seen = 0
 first = None
@@ -86,7 +87,8 @@ ruleset = load_ruleset([rules], stations, "en").ruleset
 # Load the compiled kernels (numba's cache) before timing, as a long-running worker has.
 from engine.batch import TelemetryBatch
 from engine.processor import PartitionProcessor
-PartitionProcessor(ruleset).process(TelemetryBatch.from_rows([("S000000", "water_level", 0, 1.0)]), 0)
+warm = TelemetryBatch.from_rows([("S000000", "water_level", 0, 1.0)])
+PartitionProcessor(ruleset).process(warm, 0)
 topo = Topology(app_id="vigil-bench", broker=f"local://{data}", partitions=1, ruleset=ruleset,
                 sinks=[], data_dir=Path(data), lateness_ms=0)
 state = {"seen": 0, "first": None}
@@ -154,21 +156,20 @@ def _run(script: str, args: list[str], out: Path, timeout: float) -> dict[str, f
         proc.wait()
 
 
+def _json_reading(station: int, ts: int, value: float) -> bytes:
+    return json.dumps({"station": f"S{station:06d}", "ts": ts, "value": value}).encode()
+
+
 def textbook(n: int, sensors: int) -> float:
     station, ts, value = _readings(n, sensors)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         log = DurableLog(data)
         log.create_topic("readings", 1)
+        rows = zip(station.tolist(), ts.tolist(), value.tolist(), strict=True)
+        records = [Append("readings", 0, None, _json_reading(s, t, v), t) for s, t, v in rows]
         for start in range(0, n, 50_000):
-            log.append([
-                Append("readings", 0, None,
-                       json.dumps({"station": f"S{s:06d}", "ts": int(t), "value": float(v)}).encode(),
-                       int(t))
-                for s, t, v in zip(station[start:start + 50_000].tolist(),
-                                   ts[start:start + 50_000].tolist(),
-                                   value[start:start + 50_000].tolist(), strict=True)
-            ])  # fmt: skip
+            log.append(records[start : start + 50_000])
         log.close()
         result = _run(TEXTBOOK, [str(data), str(n), f"{tmp}/out.json"], Path(tmp) / "out.json",
                       timeout=1800)  # fmt: skip
