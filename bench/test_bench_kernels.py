@@ -32,6 +32,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from engine.kernels import tumbling_levels as tumbling
+from engine.kernels.health import new_health_state, observe
 from engine.kernels.levels import LEVELS_STATE_DTYPE, LevelParams, levels_evaluate, new_levels_state
 from engine.kernels.qc import QC_PARAMS_DTYPE, QC_STATE_DTYPE, QCParams, new_qc_state, qc_batch
 from engine.kernels.windows import (
@@ -131,6 +133,15 @@ def numba_chain(
     )
 
 
+NEVER = int(np.iinfo(np.int64).max)
+
+
+def tumbling_outputs(n: int) -> tuple[npt.NDArray[Any], ...]:
+    from engine.runners.tumbling import _outputs
+
+    return _outputs(n)
+
+
 # --- NumPy, vectorised per batch -----------------------------------------------------------
 
 
@@ -211,7 +222,44 @@ def numba_chain_shared_qc(w: Workload, batch: int, qs: Any, ws: Any, ls: Any, bu
     return numba_chain(w, batch, qs, ws, ls, buf, shared=True)
 
 
+# --- the engine's path for a max rule: QC, sensor health, the early-firing kernel --------
+
+
+def engine_setup(w: Workload) -> tuple[Any, ...]:
+    qs, hs, st = new_qc_state(w.n), new_health_state(w.n), tumbling.new_state(w.n)
+    thresholds = np.ascontiguousarray(w.levels.thresholds)
+    sensor = w.sensor.astype(np.int32)
+    _touch(qs, hs, st, thresholds, w.qc.packed)
+    return qs, hs, st, thresholds, sensor
+
+
+def engine_chain(w: Workload, batch: int, qs: Any, hs: Any, st: Any, thr: Any, s32: Any) -> int:
+    """What ``engine.runners.tumbling`` and ``engine.health`` do per batch."""
+    transitions = 0
+    now = T0 + 20 * MIN
+    next_close = NEVER
+    for i in range(0, w.readings, batch):
+        s, t, v = s32[i : i + batch], w.ts[i : i + batch], w.value[i : i + batch]
+        flags = qc_batch(qs, w.qc, s, t, v, now)
+        observe(hs, 3, s, t, v, flags)
+        usable = flags < 4  # not FAIL or MISSING
+        s, t, v = s[usable], t[usable], v[usable]
+        out = tumbling_outputs(2 * len(t))
+        transitions += tumbling.process(st, thr, 1, DEADBAND, WINDOW, 0, s, t, v, *out)
+        next_close = min(next_close, int(t.min()) // WINDOW * WINDOW + WINDOW)
+        if int(t.max()) - MIN >= next_close:  # the runner's gate: one scan per window
+            out = tumbling_outputs(w.n)
+            transitions += tumbling.close_windows(
+                st, thr, 1, DEADBAND, WINDOW, int(t.max()) - MIN, *out
+            )
+            next_close = tumbling.earliest_open_end(st, WINDOW)
+    out = tumbling_outputs(w.n)
+    end = T0 + WINDOW + MIN
+    return transitions + tumbling.close_windows(st, thr, 1, DEADBAND, WINDOW, end, *out)
+
+
 IMPLS = {
+    "engine": (engine_setup, engine_chain),
     "numba": (numba_setup, numba_chain),
     "numba_rulewide_qc": (numba_setup, numba_chain_shared_qc),
     "numpy": (numpy_setup, numpy_chain),
@@ -235,7 +283,7 @@ def test_tumbling_flood_rule(benchmark: Any, n: int, batch: int, impl: str) -> N
         pytest.skip("per-reading Python with dicts: 10 M sensors do not fit the run")
     w = workload(n)
     setup, chain = IMPLS[impl]
-    if impl.startswith("numba"):  # compile (or load from cache) outside the timed rounds
+    if impl.startswith(("numba", "engine")):  # compile (or load from cache) before timing
         chain(workload_small(), 1000, *setup(workload_small()))
     rounds = 1 if (impl == "python" and n >= 1_000_000) else 3
     result = benchmark.pedantic(

@@ -21,6 +21,7 @@ import numpy.typing as npt
 from numba import njit
 
 from engine.kernels._common import NO_TS, Q_FAIL
+from engine.kernels._prefetch import PREFETCH_AHEAD, prefetch
 
 __all__ = ["HEALTH_DTYPE", "QC", "SILENT", "check_silence", "new_health_state", "observe"]
 
@@ -33,7 +34,7 @@ HEALTH_DTYPE = np.dtype(
         ("fail_run", "<u4"),  # length of that run
         ("qc_alert", "u1"),  # a QC alert is firing
         ("silent", "u1"),  # a silence alert is firing
-        ("_pad", "u1", (2,)),
+        ("_pad", "u1", (10,)),  # 32 bytes: a record never straddles a cache line
     ]
 )
 
@@ -60,7 +61,10 @@ def _outputs(n: int) -> tuple[npt.NDArray[np.generic], ...]:
 def _observe(last_ts, fail_since, fail_run, qc_alert, silent, fail_after,  # type: ignore[no-untyped-def]
              sensor, ts, value, flags, o_s, o_k, o_f, o_t, o_since, o_v):  # fmt: skip
     n = 0
-    for r in range(ts.shape[0]):
+    m = ts.shape[0]
+    for r in range(m):
+        if r + PREFETCH_AHEAD < m:
+            prefetch(last_ts, sensor[r + PREFETCH_AHEAD])  # the record's one cache line
         i = sensor[r]
         t = ts[r]
         if silent[i]:

@@ -35,9 +35,12 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from engine.kernels._prefetch import PREFETCH_AHEAD, prefetch, prefetch2
+
 __all__ = [
     "STATE_DTYPE",
     "close_windows",
+    "earliest_open_end",
     "new_state",
     "process",
     "reference_process",
@@ -54,7 +57,8 @@ STATE_DTYPE = np.dtype(
         ("count", "<u4"),  # readings in the open window
         ("accepted", "<u4"),  # readings accepted in total (duplicates excluded)
         ("dropped", "<u4"),  # late, duplicate or NaN readings skipped
-        ("level", "<i4"),  # current level 0..4
+        ("level", "<i2"),  # current level 0..4
+        ("raw", "<i2"),  # highest level the running aggregate reaches (no deadband)
         # Since when the running aggregate has breached each level without a break (ms),
         # NO_WINDOW when it does not: the clock of the rule's `for` duration.
         ("since1", "<i8"),
@@ -223,7 +227,13 @@ def process(  # type: ignore[no-untyped-def]
     escalate). Output ``value`` is the window aggregate in the metric's unit.
     """
     n_out = 0
-    for r in range(ts.shape[0]):
+    n = ts.shape[0]
+    for r in range(n):
+        # Random state access at millions of sensors: ask for a later reading's lines now.
+        if r + PREFETCH_AHEAD < n:
+            j = sensor[r + PREFETCH_AHEAD]
+            prefetch(state, j)
+            prefetch2(thresholds, j, 0)
         i = sensor[r]
         v = value[r]
         t = ts[r]
@@ -251,18 +261,28 @@ def process(  # type: ignore[no-untyped-def]
             st["win_start"] = start
             st["agg"] = v * direction
             st["count"] = 0
+            changed = True
         elif v * direction > st["agg"]:
             st["agg"] = v * direction
+            changed = True
+        else:
+            changed = False
         st["count"] += 1
         st["accepted"] += 1
         st["last_ts"] = t
         current = st["level"]
-        raw = _breached(st["agg"], thresholds[i], direction)
-        for k in range(1, 5):
-            if k > raw:
-                _set_since(st, k, NO_WINDOW)
-            elif _get_since(st, k) == NO_WINDOW:
-                _set_since(st, k, t)
+        if changed:
+            raw = _breached(st["agg"], thresholds[i], direction)
+            st["raw"] = raw
+            for k in range(1, 5):
+                if k > raw:
+                    _set_since(st, k, NO_WINDOW)
+                elif _get_since(st, k) == NO_WINDOW:
+                    _set_since(st, k, t)
+        else:
+            raw = st["raw"]  # same aggregate, same breach runs: only time moved on
+        if raw <= current:
+            continue  # the common case: nothing above the current level is breached
         new = _due_level(st, thresholds[i], t, for_ms)
         if new > current:
             if current == 0:
@@ -326,6 +346,13 @@ def close_windows(  # type: ignore[no-untyped-def]
                 n_out,
             )
     return n_out
+
+
+def earliest_open_end(state: npt.NDArray[np.void], window_ms: int) -> int:
+    """The end (ms) of the earliest window still open, int64 max when none is."""
+    starts = state["win_start"]
+    open_ = starts[starts != NO_WINDOW]
+    return int(open_.min()) + window_ms if len(open_) else int(np.iinfo(np.int64).max)
 
 
 def reference_process(

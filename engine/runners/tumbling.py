@@ -14,6 +14,8 @@ from engine.runners.base import RawTransition, SensorIndex, gathered_thresholds,
 
 __all__ = ["TumblingRunner"]
 
+NEVER = int(np.iinfo(np.int64).max)
+
 
 def _outputs(n: int) -> tuple[npt.NDArray[Any], ...]:
     return (
@@ -32,6 +34,9 @@ class TumblingRunner:
         self.lateness_ms = lateness_ms
         self.state = kernel.new_state(0)
         self.thresholds = np.full((0, 4), np.nan)
+        #: No open window ends before this (ms): closing below it is a no-op, so the
+        #: O(sensors) scan runs once per window period, not once per batch.
+        self.next_close = NEVER
 
     @property
     def rule(self) -> ThresholdRule:
@@ -74,17 +79,22 @@ class TumblingRunner:
             self.state, self.thresholds, rule.direction, rule.deadband, rule.window_ms,
             rule.for_ms, sensor, ts, value, *out,
         )  # fmt: skip
+        if len(ts):
+            first_end = int(ts.min()) // rule.window_ms * rule.window_ms + rule.window_ms
+            self.next_close = min(self.next_close, first_end)
         return self._transitions(out, n)
 
     def close(self, watermark: int) -> list[RawTransition]:
-        if not self.sensors.stations:
+        closing = watermark - self.lateness_ms
+        if closing < self.next_close:
             return []
         rule = self.rule
         out = _outputs(len(self.state))
         n = kernel.close_windows(
             self.state, self.thresholds, rule.direction, rule.deadband, rule.window_ms,
-            watermark - self.lateness_ms, *out,
+            closing, *out,
         )  # fmt: skip
+        self.next_close = kernel.earliest_open_end(self.state, rule.window_ms)
         return self._transitions(out, n)
 
     def accepted(self, station: str) -> int:
@@ -106,3 +116,4 @@ class TumblingRunner:
         for i, record in zip(lut.tolist(), records, strict=True):
             if i >= 0:
                 self.state[i] = record
+        self.next_close = kernel.earliest_open_end(self.state, self.rule.window_ms)
