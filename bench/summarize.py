@@ -24,6 +24,7 @@ def main(path: str) -> None:
         rows[(n, batch)][impl] = b["extra_info"]["readings_per_s"]
         state = state or {k: v for k, v in b["extra_info"].items() if k.startswith("bytes_")}
     impls = [
+        "engine",
         "numba",
         "numba_rulewide_qc",
         "numpy",

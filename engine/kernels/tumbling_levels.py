@@ -271,16 +271,14 @@ def process(  # type: ignore[no-untyped-def]
         st["accepted"] += 1
         st["last_ts"] = t
         current = st["level"]
+        raw = st["raw"]
         if changed:
-            raw = _breached(st["agg"], thresholds[i], direction)
-            st["raw"] = raw
-            for k in range(1, 5):
-                if k > raw:
-                    _set_since(st, k, NO_WINDOW)
-                elif _get_since(st, k) == NO_WINDOW:
-                    _set_since(st, k, t)
-        else:
-            raw = st["raw"]  # same aggregate, same breach runs: only time moved on
+            # Only the levels between the old and the new breach start or end a run.
+            new_raw = _breached(st["agg"], thresholds[i], direction)
+            for k in range(min(raw, new_raw) + 1, max(raw, new_raw) + 1):
+                _set_since(st, k, t if k <= new_raw else NO_WINDOW)
+            st["raw"] = new_raw
+            raw = new_raw
         if raw <= current:
             continue  # the common case: nothing above the current level is breached
         new = _due_level(st, thresholds[i], t, for_ms)
