@@ -70,6 +70,8 @@ class PartitionProcessor:
         self._health: dict[str, RuleHealth] = {}
         self._compound: dict[str, CompoundState] = {}
         self.formulas = FormulaDeriver(())
+        #: Readings a rule could not take: (station, metric, ts, value, reason).
+        self.rejected: list[tuple[str, str, int, float, str]] = []
         self.next_offset = 0
         self.watermark = NO_TIME  # the latest event time seen (ms)
         self._runners: dict[str, Runner] = {}
@@ -178,6 +180,13 @@ class PartitionProcessor:
         now = self.clock() if self.clock is not None else watermark
         flags, changes = health.check(sensor, ts, value, batch.quality[rows], now)
         raw = runner.apply(sensor, ts, value, flags, watermark)
+        if runner.rejected and parse_clause(runner.sensors.rule.rule_id) is not None:
+            runner.rejected.clear()  # a compound's clause: its standalone rule reports them
+        if runner.rejected:
+            stations, metric = runner.sensors.stations, runner.sensors.rule.metric
+            self.rejected += [(stations[r.sensor], metric, r.ts, r.value, r.reason)
+                              for r in runner.rejected]  # fmt: skip
+            runner.rejected.clear()
         return self._health_events(runner, changes) + self._events(runner, raw)
 
     def close_windows(self, watermark: int) -> list[AlertEvent]:

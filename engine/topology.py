@@ -18,6 +18,7 @@ worker, so state moves with partitions (see ``engine.kafka.checkpoints``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
@@ -212,6 +213,10 @@ class Topology:
             proc = self.processor(message.partition)
             alerts = proc.process(batch, message.offset)
             self.counters["readings_evaluated"] += len(batch)
+            for station, metric, ts, value, reason in proc.rejected:
+                raw = json.dumps({"station": station, "metric": metric, "ts": ts, "value": value})
+                await self.send_dead_letter(raw.encode(), reason, f"{station}/{metric}")
+            proc.rejected.clear()
             futures = [
                 await self.alerts.send(
                     key=alert.fingerprint.encode(), value=alert.to_json().encode()

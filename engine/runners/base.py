@@ -9,7 +9,7 @@ import numpy.typing as npt
 
 from engine.ruleset import ThresholdRule
 
-__all__ = ["RawTransition", "Runner", "SensorIndex", "runner_for"]
+__all__ = ["RawTransition", "Rejected", "Runner", "SensorIndex", "runner_for"]
 
 
 class RawTransition(NamedTuple):
@@ -22,6 +22,15 @@ class RawTransition(NamedTuple):
     value: float
     threshold: float
     started_at: int  # when the episode (departure from level 0) began
+
+
+class Rejected(NamedTuple):
+    """A reading a rule could not take, for the dead-letter topic."""
+
+    sensor: int
+    ts: int
+    value: float
+    reason: str
 
 
 class SensorIndex:
@@ -57,9 +66,14 @@ class SensorIndex:
 
 
 class Runner(Protocol):
-    """One rule on one partition. Readings arrive per batch, sorted by event time."""
+    """One rule on one partition. Readings arrive per batch, sorted by event time.
+
+    Readings the rule cannot take (late past the allowed lateness, or beyond what its
+    windows hold) are appended to ``rejected``; the processor drains them.
+    """
 
     sensors: SensorIndex
+    rejected: list[Rejected]
 
     def apply(
         self,

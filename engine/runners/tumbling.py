@@ -10,7 +10,13 @@ import numpy.typing as npt
 from engine.kernels import tumbling_levels as kernel
 from engine.kernels._common import Q_FAIL, Q_MISSING
 from engine.ruleset import ThresholdRule
-from engine.runners.base import RawTransition, SensorIndex, gathered_thresholds, signature
+from engine.runners.base import (
+    RawTransition,
+    Rejected,
+    SensorIndex,
+    gathered_thresholds,
+    signature,
+)
 
 __all__ = ["TumblingRunner"]
 
@@ -37,6 +43,9 @@ class TumblingRunner:
         #: No open window ends before this (ms): closing below it is a no-op, so the
         #: O(sensors) scan runs once per window period, not once per batch.
         self.next_close = NEVER
+        #: Windows ending at or before this (ms) are closed: a reading for one is late.
+        self.closed_until = -NEVER
+        self.rejected: list[Rejected] = []
 
     @property
     def rule(self) -> ThresholdRule:
@@ -72,6 +81,16 @@ class TumblingRunner:
     ) -> list[RawTransition]:
         rule = self.rule
         usable = (quality != Q_FAIL) & (quality != Q_MISSING)  # QC failures never count
+        window_end = ts - ts % rule.window_ms + rule.window_ms
+        late = window_end <= self.closed_until
+        if late.any():
+            for r in np.flatnonzero(late & usable).tolist():
+                self.rejected.append(Rejected(
+                    int(sensor[r]), int(ts[r]), float(value[r]),
+                    f"late for rule {rule.rule_id}: its {rule.window_ms // 60_000}-min window "
+                    "closed already",
+                ))  # fmt: skip
+            usable &= ~late
         if not usable.all():
             sensor, ts, value = sensor[usable], ts[usable], value[usable]
         out = _outputs(2 * len(ts))
@@ -95,6 +114,7 @@ class TumblingRunner:
             closing, *out,
         )  # fmt: skip
         self.next_close = kernel.earliest_open_end(self.state, rule.window_ms)
+        self.closed_until = max(self.closed_until, closing)
         return self._transitions(out, n)
 
     def accepted(self, station: str) -> int:
@@ -107,6 +127,7 @@ class TumblingRunner:
             "sig": signature(self.rule),
             "stations": self.sensors.stations,
             "state": self.state[:n].tobytes(),
+            "closed_until": self.closed_until,
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -117,3 +138,4 @@ class TumblingRunner:
             if i >= 0:
                 self.state[i] = record
         self.next_close = kernel.earliest_open_end(self.state, self.rule.window_ms)
+        self.closed_until = int(saved.get("closed_until", -NEVER))

@@ -12,8 +12,15 @@ import numpy.typing as npt
 from engine.kernels import levels as lv
 from engine.kernels import windows as win
 from engine.kernels._common import NO_TS
+from engine.kernels.order import fresh
 from engine.ruleset import ThresholdRule
-from engine.runners.base import RawTransition, SensorIndex, gathered_thresholds, signature
+from engine.runners.base import (
+    RawTransition,
+    Rejected,
+    SensorIndex,
+    gathered_thresholds,
+    signature,
+)
 
 __all__ = ["WindowedRunner"]
 
@@ -30,6 +37,8 @@ class WindowedRunner:
         self.levels = lv.new_levels_state(0)
         self.episode = np.zeros(0, np.int64)
         self.counted = np.zeros(0, np.int64)
+        self.last_ts = np.zeros(0, np.int64)  # per sensor: the newest reading taken (ms)
+        self.rejected: list[Rejected] = []
         self.params = self._params(0)
         #: Closed windows (dense sensor, window end ms, aggregate) since the last drain,
         #: for `vigil replay --metrics-out`; None when nobody collects them.
@@ -55,6 +64,7 @@ class WindowedRunner:
         self.levels = levels
         self.episode = np.concatenate([self.episode, np.zeros(size - len(self.episode), np.int64)])
         self.counted = np.concatenate([self.counted, np.zeros(size - len(self.counted), np.int64)])
+        self.last_ts = np.concatenate([self.last_ts, np.full(size - len(self.last_ts), NO_TS)])
         if self.windows is not None:
             buckets = np.zeros((size, self.spec.ring_size), self.spec.bucket_dtype)
             buckets[: len(self.windows.buckets)] = self.windows.buckets
@@ -79,6 +89,9 @@ class WindowedRunner:
         watermark: int,
     ) -> list[RawTransition]:
         out: list[RawTransition] = []
+        keep, _ = fresh(self.last_ts, sensor, ts)  # redeliveries count once
+        if not keep.all():
+            sensor, ts, value, quality = sensor[keep], ts[keep], value[keep], quality[keep]
         if len(ts) == 0:
             return out
         # The first batch starts the clock at its earliest reading, not at "no time yet".
@@ -99,10 +112,28 @@ class WindowedRunner:
                 quality[start:end],
             )  # fmt: skip
             np.add.at(self.counted, sensor[start:end][codes == win.ACCEPTED], 1)
+            self._reject(codes, sensor[start:end], ts[start:end], value[start:end])
             start = end
             if start < n:
                 out += self.close(int(ts[start - 1]))
         return out
+
+    def _reject(
+        self,
+        codes: npt.NDArray[np.uint8],
+        sensor: npt.NDArray[np.int32],
+        ts: npt.NDArray[np.int64],
+        value: npt.NDArray[np.float64],
+    ) -> None:
+        bad = np.flatnonzero((codes == win.LATE) | (codes == win.EARLY))
+        for r in bad.tolist():
+            reason = (
+                f"late for rule {self.rule.rule_id}: its {self.spec.bucket_ms // 60_000}-min "
+                "window closed already"
+                if codes[r] == win.LATE
+                else f"too far ahead for rule {self.rule.rule_id}'s open windows"
+            )
+            self.rejected.append(Rejected(int(sensor[r]), int(ts[r]), float(value[r]), reason))
 
     def close(self, watermark: int) -> list[RawTransition]:
         """Close windows with ``end + lateness <= watermark`` (the latest event time seen)."""
@@ -140,6 +171,7 @@ class WindowedRunner:
             "levels": self.levels[:n].tobytes(),
             "episode": self.episode[:n].tobytes(),
             "counted": self.counted[:n].tobytes(),
+            "last_ts": self.last_ts[:n].tobytes(),
             "buckets": None if self.windows is None else self.windows.buckets[:n].tobytes(),
             "clock": NO_TS if self.windows is None else int(self.windows.clock["next_close"][0]),
             "ring": self.spec.ring_size,
@@ -152,6 +184,7 @@ class WindowedRunner:
         levels = np.frombuffer(saved["levels"], lv.LEVELS_STATE_DTYPE)
         episode = np.frombuffer(saved["episode"], np.int64)
         counted = np.frombuffer(saved["counted"], np.int64)
+        last_ts = np.frombuffer(saved["last_ts"], np.int64)
         if saved["buckets"] is not None and saved["ring"] != self.spec.ring_size:
             # The lateness setting changed the ring's length: open windows start afresh.
             log.warning("rule %s: window ring changed; open windows reset", self.rule.rule_id)
@@ -168,6 +201,7 @@ class WindowedRunner:
             self.levels[i] = levels[j]
             self.episode[i] = episode[j]
             self.counted[i] = counted[j]
+            self.last_ts[i] = last_ts[j]
             if saved["buckets"] is not None:
                 assert self.windows is not None
                 self.windows.buckets[i] = buckets[j]
