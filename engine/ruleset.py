@@ -60,6 +60,7 @@ class ThresholdRule:
     thresholds: npt.NDArray[np.float64]  # shape (len(stations), 4); NaN = level unused
     direction: Literal[1, -1] = 1
     window_ms: int = 15 * 60_000
+    slide_ms: int = 0  # 0: tumbling windows; else a window of window_ms ends every slide_ms
     aggregate: Literal["max", "min", "mean", "sum", "count", "first", "last", "delta", "rate"] = (
         "max"
     )
@@ -87,6 +88,8 @@ class ThresholdRule:
             )
         if self.window_ms <= 0:
             raise ValueError(f"rule {self.rule_id}: window_ms must be positive")
+        if self.slide_ms and (self.slide_ms < 0 or self.window_ms % self.slide_ms):
+            raise ValueError(f"rule {self.rule_id}: slide_ms must divide window_ms")
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,7 @@ def _threshold(
     )
     if spec.window.aggregate in ENGINE_AGGREGATES:
         kwargs["qc"] = _qc_limits(spec, stations)
+        kwargs["slide_ms"] = spec.window.every or 0
     if spec.window.aggregate in ENGINE_AGGREGATES:
         return "rules", ThresholdRule(**kwargs, lang="zh" if lang == "zh" else "en")
     return "windowed", WindowThresholdRule(**kwargs)

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
+from rules.durations import format_duration_ms
 from rules.errors import did_you_mean
 from rules.model import StrictModel
 from rules.registry import LEVEL_FIELDS, DurationMs, Kind, Station
@@ -164,10 +165,25 @@ class Selection(StrictModel):
 
 
 class Window(StrictModel):
-    """``size`` (duration) and the ``aggregate`` over the readings in it."""
+    """``size`` (duration) and the ``aggregate`` over the readings in it.
+
+    With ``every``, the window slides: a ``size`` window ending every ``every`` (a
+    rolling 3-h rain total updated every 10 min is ``{size: 3h, every: 10m}``); without
+    it, windows tumble one after the other.
+    """
 
     size: DurationMs
     aggregate: Aggregate = "last"
+    every: DurationMs | None = None
+
+    @model_validator(mode="after")
+    def _every_divides_size(self) -> Window:
+        if self.every is not None and (self.every <= 0 or self.size % self.every):
+            raise ValueError(
+                f"every: {format_duration_ms(self.every)} does not divide the window's size "
+                f"{format_duration_ms(self.size)}"
+            )
+        return self
 
 
 class LevelSpec(StrictModel):

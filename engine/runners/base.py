@@ -110,7 +110,7 @@ class Runner(Protocol):
 
 def signature(rule: ThresholdRule) -> list[object]:
     """What must match for a rule's state to survive a reload or a restore."""
-    return [rule.metric, rule.direction, rule.window_ms, rule.aggregate]
+    return [rule.metric, rule.direction, rule.window_ms, rule.slide_ms, rule.aggregate]
 
 
 def gathered_thresholds(sensors: SensorIndex, n: int) -> npt.NDArray[np.float64]:
@@ -130,6 +130,7 @@ def runner_for(rule: ThresholdRule, lateness_ms: int, *, early_firing: bool = Tr
     from engine.runners.windowed import WindowedRunner
 
     monotone = (rule.aggregate, rule.direction) in (("max", 1), ("min", -1))
+    monotone = monotone and not rule.slide_ms  # the early-firing kernel tumbles
     if monotone and early_firing:
         return TumblingRunner(rule, lateness_ms)
     return WindowedRunner(rule, lateness_ms)

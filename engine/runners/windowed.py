@@ -30,8 +30,12 @@ log = logging.getLogger(__name__)
 class WindowedRunner:
     def __init__(self, rule: ThresholdRule, lateness_ms: int) -> None:
         self.sensors = SensorIndex(rule)
+        step = rule.slide_ms or rule.window_ms
         self.spec = win.WindowSpec(
-            bucket_ms=rule.window_ms, aggregate=rule.aggregate, lateness_ms=lateness_ms
+            bucket_ms=step,
+            aggregate=rule.aggregate,
+            buckets_per_window=rule.window_ms // step,
+            lateness_ms=lateness_ms,
         )
         self.windows: win.WindowState | None = None  # made at the first watermark
         self.levels = lv.new_levels_state(0)
@@ -128,7 +132,7 @@ class WindowedRunner:
         bad = np.flatnonzero((codes == win.LATE) | (codes == win.EARLY))
         for r in bad.tolist():
             reason = (
-                f"late for rule {self.rule.rule_id}: its {self.spec.bucket_ms // 60_000}-min "
+                f"late for rule {self.rule.rule_id}: its {self.rule.window_ms // 60_000}-min "
                 "window closed already"
                 if codes[r] == win.LATE
                 else f"too far ahead for rule {self.rule.rule_id}'s open windows"

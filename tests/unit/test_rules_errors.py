@@ -135,6 +135,10 @@ SCHEMA_CASES = [
         "flood.yaml:2:1: rulez: unknown field 'rulez' (did you mean 'rules'?)",
     ),
     (
+        ("aggregate: max", "aggregate: max, every: 25m"),
+        "flood.yaml:7:5: window: every: 25m does not divide the window's size 15m",
+    ),
+    (
         ("  - id: river_level", "  - id: river level"),
         "flood.yaml:3:5: id: String should match pattern '^[A-Za-z0-9_.-]+$'",
     ),
