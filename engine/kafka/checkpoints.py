@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -55,7 +56,11 @@ class CheckpointStore:
                 max_request_size=MAX_CHECKPOINT_BYTES,
                 enable_idempotence=True,
             )
-            await producer.start()
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()  # e.g. the broker is down: no half-started client
+                raise
             self._producer = producer
         return self._producer
 
@@ -68,6 +73,9 @@ class CheckpointStore:
                 fetch_max_bytes=MAX_CHECKPOINT_BYTES,
                 max_partition_fetch_bytes=MAX_CHECKPOINT_BYTES,
                 isolation_level="read_committed",
+                # Assigning a partition starts a position reset by this strategy in the
+                # background; see ``load``.
+                auto_offset_reset="earliest",
             )
             await consumer.start()
             self._consumer = consumer
@@ -90,11 +98,16 @@ class CheckpointStore:
         consumer = await self._ensure_consumer()
         tp = TopicPartition(self.topic, partition)
         consumer.assign([tp])
+        # Let the reset that ``assign`` started finish before seeking: aiokafka applies
+        # a reset still in flight over a later seek (``reset_to`` overrides it), which
+        # would move the position past the records unread.
+        await consumer.position(tp)
         end = (await consumer.end_offsets([tp]))[tp]
         if end == 0:
             return None
-        # The last offset may not be a record (e.g. a control marker): read back
-        # further until a record turns up; the last one read is the latest.
+        # Defensive: should offset end - 1 not be a readable record (a transaction
+        # marker from some other producer), read back further until a record turns
+        # up; the last one read is the latest.
         start = end - 1
         while True:
             consumer.seek(tp, start)
@@ -126,7 +139,15 @@ class CheckpointingConsumer(faust_aiokafka.Consumer):
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
         checkpointer = self.transport.checkpointer
         if checkpointer is not None:
-            offsets = await checkpointer(offsets)
+            try:
+                offsets = await checkpointer(offsets)
+            except KafkaError as exc:
+                # The broker is away (restart, leader election). Commit nothing this
+                # round: the checkpoints and offsets already durable stay consistent,
+                # and the next commit interval writes them again. Crashing here would
+                # stop the worker for an outage that Faust's own commit rides out.
+                log.warning("checkpoint write failed, commit postponed: %r", exc)
+                return False
         if not offsets:
             return False
         return bool(await super()._commit(offsets))

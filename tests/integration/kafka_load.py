@@ -193,19 +193,22 @@ class LoadGenerator(threading.Thread):
             await producer.stop()
 
 
-async def _group_done(bootstrap: str, layout: TopicLayout) -> tuple[dict[int, int], dict[int, int]]:
+async def _group_done(
+    bootstrap: str, layout: TopicLayout
+) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await admin.start()
     await consumer.start()
     try:
-        tps = [TopicPartition(layout.telemetry, p) for p in range(layout.partitions)]
+        tps = [
+            TopicPartition(topic, p)
+            for topic in (layout.telemetry, layout.alerts)
+            for p in range(layout.partitions)
+        ]
         ends = await consumer.end_offsets(tps)
         committed = await admin.list_consumer_group_offsets(layout.app_id)
-        return (
-            {tp.partition: off for tp, off in ends.items()},
-            {tp.partition: m.offset for tp, m in committed.items() if tp.topic == layout.telemetry},
-        )
+        return dict(ends), {tp: m.offset for tp, m in committed.items() if tp in ends}
     finally:
         await consumer.stop()
         await admin.close()
@@ -214,10 +217,14 @@ async def _group_done(bootstrap: str, layout: TopicLayout) -> tuple[dict[int, in
 def wait_until_committed(
     bootstrap: str, layout: TopicLayout, timeout: float, alive: Callable[[], str | None]
 ) -> None:
-    """Until the group's committed telemetry offsets reach the end of every partition."""
+    """Until the group's committed offsets reach the end of every partition it reads.
+
+    Telemetry (the evaluate agent: checkpointed state) and alerts (the dispatch agent:
+    delivered to the sinks). Waiting for telemetry alone races the dispatchers: a
+    worker stopped then leaves the last alerts undelivered until a later run.
+    """
     deadline = time.monotonic() + timeout
-    ends: dict[int, int] = {}
-    committed: dict[int, int] = {}
+    behind: dict[str, tuple[int, int]] = {}
     while time.monotonic() < deadline:
         problem = alive()
         if problem:
@@ -227,33 +234,56 @@ def wait_until_committed(
         except Exception:  # the broker may still be coming back
             time.sleep(1.0)
             continue
-        if all(committed.get(p, -1) >= end for p, end in ends.items()):
+        behind = {
+            f"{tp.topic}/{tp.partition}": (committed.get(tp, -1), end)
+            for tp, end in ends.items()
+            if end > 0 and committed.get(tp, -1) < end
+        }
+        if not behind:
             return
         time.sleep(1.0)
-    raise AssertionError(
-        f"not all telemetry committed after {timeout}s: ends={ends} committed={committed}"
-    )
+    raise AssertionError(f"not all committed after {timeout}s: (committed, end) {behind}")
 
 
 async def _read_all(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, bytes]]:
+    # From the beginning, and by the reset strategy: ``assign`` starts a reset in the
+    # background, and aiokafka lets one still in flight override a later
+    # ``seek_to_beginning``. With the default "latest" that left the positions at the
+    # end and nothing read, now and then.
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
+        for tp in tps:
+            await consumer.position(tp)  # the reset that assign started is done
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
         out: list[tuple[int, bytes]] = []
         remaining = {tp for tp in tps if ends[tp] > 0}
+        last: dict[int, int] = {}
+        count: dict[int, int] = {}
         deadline = time.monotonic() + 60
         while remaining:
             if time.monotonic() > deadline:
-                raise AssertionError(f"{topic}: could not read to the end of {remaining}")
+                positions = {tp.partition: await consumer.position(tp) for tp in remaining}
+                raise AssertionError(
+                    f"{topic}: could not read to the end of "
+                    f"{sorted(tp.partition for tp in remaining)}: "
+                    f"ends={ {tp.partition: ends[tp] for tp in remaining} } last={last} "
+                    f"count={count} positions={positions}"
+                )
             batches = await consumer.getmany(timeout_ms=1000)
             for tp, records in batches.items():
                 out.extend((tp.partition, r.value or b"") for r in records)
+                if records:
+                    last[tp.partition] = records[-1].offset
+                    count[tp.partition] = count.get(tp.partition, 0) + len(records)
                 if records and records[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)
         return out
