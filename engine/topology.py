@@ -40,6 +40,7 @@ from engine.kafka.topics import bootstrap_of
 from engine.processor import PartitionProcessor
 from engine.ruleset import RuleSet
 from engine.transport.local import Transport as LocalTransport
+from engine.warmup import warm_kernels
 
 __all__ = ["Reading", "Topology"]
 
@@ -66,6 +67,7 @@ class Topology:
         web_port: int | None = None,
         replication: int = 1,
     ) -> None:
+        warm_kernels()  # before any traffic: a cold numba compile would block the loop
         self.partitions = partitions
         self.ruleset = ruleset
         self.lateness_ms = lateness_ms

@@ -71,7 +71,7 @@ class EngineProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
-    def terminate(self, timeout: float = 60.0) -> int:
+    def terminate(self, timeout: float = 120.0) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
