@@ -16,6 +16,15 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
+def _report(exc: Exception) -> int:
+    """Print a problem found at start the way an operator can act on it; exit status 2."""
+    from rules.errors import RulesInvalid
+
+    lines = exc.lines if isinstance(exc, RulesInvalid) else [str(exc)]
+    print("\n".join(lines), file=sys.stderr)
+    return 2
+
+
 def _run(args: argparse.Namespace) -> int:
     from engine.config import ConfigError, load_settings
     from rules.errors import RulesInvalid
@@ -25,12 +34,8 @@ def _run(args: argparse.Namespace) -> int:
         from engine.gateway import Gateway
 
         gateway = Gateway(settings)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except RulesInvalid as exc:
-        print("\n".join(exc.lines), file=sys.stderr)
-        return 2
+    except (ConfigError, RulesInvalid) as exc:
+        return _report(exc)
     gateway.run(loglevel=args.loglevel)
     return 0
 
@@ -46,12 +51,8 @@ def _worker(args: argparse.Namespace) -> int:
         worker = KafkaWorker(
             settings, args.broker, web_port=args.web_port, replication=args.replication
         )
-    except (ConfigError, ValueError) as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except RulesInvalid as exc:
-        print("\n".join(exc.lines), file=sys.stderr)
-        return 2
+    except (ConfigError, ValueError, RulesInvalid) as exc:
+        return _report(exc)
     worker.run(loglevel=args.loglevel)
     return 0
 
@@ -69,12 +70,8 @@ def _ingest_mqtt(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
         asyncio.run(serve_mqtt_ingest(settings, args.broker, replication=args.replication))
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except RulesInvalid as exc:
-        print("\n".join(exc.lines), file=sys.stderr)
-        return 2
+    except (ConfigError, RulesInvalid) as exc:
+        return _report(exc)
     return 0
 
 
@@ -109,12 +106,8 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         ruleset = _compile(args.rules, args.stations)
         readings, problems = read_readings(args.input, args.station, args.metric, args.wide)
-    except RulesInvalid as exc:
-        print("\n".join(exc.lines), file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    except (RulesInvalid, OSError, ValueError) as exc:
+        return _report(exc)
     for line in problems:
         print(line, file=sys.stderr)
     events = replay(ruleset, readings)
@@ -151,12 +144,8 @@ def _rules_diff(args: argparse.Namespace) -> int:
         old = _compile([args.old], args.stations)
         new = _compile([args.new], args.stations)
         readings, problems = read_readings(args.input, args.station, args.metric, args.wide)
-    except RulesInvalid as exc:
-        print("\n".join(exc.lines), file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    except (RulesInvalid, OSError, ValueError) as exc:
+        return _report(exc)
     for line in problems:
         print(line, file=sys.stderr)
     diff = diff_alerts(replay(old, readings), replay(new, readings))
