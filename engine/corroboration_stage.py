@@ -39,18 +39,16 @@ class CorroborationStage:
         self.table = app.Table(
             "corroboration", default=dict, partitions=topology.partitions, key_type=str
         )
-        app.agent(topology.alerts, name="corroborate_route")(self._route)
         app.agent(self.topic, name="corroborate")(self._corroborate)
 
-    async def _route(self, stream: Any) -> None:
-        async for value in stream:
-            rules = self.topology.ruleset.corroboration
-            if not rules:
-                continue
-            event = AlertEvent.from_json(value)
-            for rule_id, group in groups_of(rules, event):
-                fut = await self.topic.send(key=f"{rule_id}{_SEP}{group}".encode(), value=value)
-                await fut
+    async def route(self, event: AlertEvent, value: bytes) -> None:
+        """Forward a source-rule event to its groups. Called by the alerts topic's one
+        agent (the dispatcher): a second agent on that topic would hold each message
+        until both had acked it, and at shutdown the one that stopped first would never
+        ack, leaving the consumer waiting."""
+        for rule_id, group in groups_of(self.topology.ruleset.corroboration, event):
+            fut = await self.topic.send(key=f"{rule_id}{_SEP}{group}".encode(), value=value)
+            await fut
 
     async def _corroborate(self, stream: Any) -> None:
         async for event in stream.events():

@@ -230,7 +230,9 @@ class Topology:
 
     async def _dispatch(self, stream: Any) -> None:
         async for value in stream:
-            await self.dispatcher.dispatch(AlertEvent.from_json(value))
+            event = AlertEvent.from_json(value)
+            await self.dispatcher.dispatch(event)
+            await self.corroboration.route(event, value)
 
     # ---- checkpoints -----------------------------------------------------------------------
 
