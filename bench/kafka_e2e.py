@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -112,22 +113,45 @@ async def _monitor(
         await asyncio.sleep(0.5)
 
 
+WAVE_STEPS = 7 * 1440  # one flood wave per gauge a week, in 1-minute readings
+
+
+def flood_level(station: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Water level (m) of gauge ``station`` at minute ``step``: a slow wave per gauge.
+
+    Gauges rise through the warning levels and fall back once per ``WAVE_STEPS``
+    minutes, each with its own phase and peak (4.2 to 6.3 m; warning levels are
+    4.0 to 4.4 m), so alerts are a small share of the readings, as on a real river.
+    Uniform noise instead crossed a level at nearly every window (1.5 % of readings
+    made an alert) and a 12-hour wave still made about 1 %: such runs measure the
+    alert path (one Faust record per alert, sent and dispatched one at a time), not the
+    readings' path; KAFKA_RESULTS.md reports that separately.
+    """
+    phase = ((step + 7 * station) % WAVE_STEPS) / WAVE_STEPS
+    peak = 4.2 + (station % 7) * 0.35
+    return np.round(2.0 + (peak - 2.0) * np.sin(np.pi * phase) ** 2, 3)
+
+
 def _vigil_batches(stations: list[str], n_readings: int, per_batch: int) -> list[dict[int, bytes]]:
     """Pre-encoded rounds of batches, one per partition per round (numpy, no per-reading Python)."""
     by_part: dict[int, list[str]] = {}
+    number = {s: i for i, s in enumerate(stations)}
     for s in stations:
         by_part.setdefault(partition_for(s, PARTITIONS), []).append(s)
     rounds: list[dict[int, bytes]] = []
-    per_round = per_batch * len(by_part)
-    rng = np.random.default_rng(7)
+    # The same minutes in every partition's batch of a round, and the next round starts
+    # after them: each (gauge, minute) once, in time order, as a live feed sends them.
+    reps = max(1, per_batch // max(len(v) for v in by_part.values()))
+    per_round = reps * len(stations)
     step = 0
     for _ in range(max(1, n_readings // per_round)):
         rnd: dict[int, bytes] = {}
         for p, names in by_part.items():
-            reps = per_batch // len(names)
             n = reps * len(names)
-            ts = T0 + (step + np.repeat(np.arange(reps), len(names))) * 60_000
-            value = 2.0 + 3.0 * rng.random(n)
+            steps = step + np.repeat(np.arange(reps), len(names))
+            ts = T0 + steps * 60_000
+            ids = np.array([number[x] for x in names], dtype=np.int64)
+            value = flood_level(np.tile(ids, reps), steps)
             batch = TelemetryBatch(
                 stations=tuple(names),
                 metrics=("water_level",),
@@ -138,7 +162,7 @@ def _vigil_batches(stations: list[str], n_readings: int, per_batch: int) -> list
                 quality=np.zeros(n, np.uint8),
             )
             rnd[p] = batch.encode()
-        step += per_batch // max(len(v) for v in by_part.values())
+        step += reps
         rounds.append(rnd)
     return rounds
 
@@ -156,6 +180,24 @@ def _wait_log(log: Path, needle: str, proc: subprocess.Popen[bytes], timeout: fl
             raise SystemExit(f"worker exited:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
     raise SystemExit(f"worker not ready:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """SIGTERM, then SIGKILL after 60 s; says so rather than hide the run's own error.
+
+    A run whose worker had an agent crash (and restart) measured the crash loop, not
+    the pipeline: that is an error, not a figure.
+    """
+    crashed = "Crashed reason" in log.read_text(errors="replace")
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        print(f"{log.name}: no exit 60 s after SIGTERM, killed", file=sys.stderr)
+        proc.kill()
+        proc.wait()
+    if crashed:
+        raise SystemExit(f"{log}: an agent crashed during the run; see the log")
 
 
 def run_vigil(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) -> dict[str, object]:
@@ -201,10 +243,43 @@ def run_vigil(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) -> di
 
         produce_s, total_s, samples = asyncio.run(scenario())
     finally:
-        proc.terminate()
-        proc.wait(60)
+        _stop(proc, log)
     return {"readings": total, "produce_s": produce_s, "e2e_s": total_s,
             "readings_per_s": total / total_s, "lag_samples_records": samples}  # fmt: skip
+
+
+def run_offline(tmp: Path, n_readings: int, n_stations: int) -> dict[str, object]:
+    """The same batches through decode + ``PartitionProcessor`` only: no Kafka, no Faust.
+
+    What the worker's own work costs per reading; the rest of its end-to-end time is
+    the transport (fetch, commit, checkpoints, alert records).
+    """
+    from engine.processor import PartitionProcessor
+    from rules.api import load_ruleset
+    from rules.registry import load_registry
+    from tests.integration.kafka_load import PACKS
+
+    registry = tmp / "offline-stations.yaml"
+    stations = write_registry(registry, n_stations)
+    ruleset = load_ruleset([str(PACKS / "flood.yaml")], load_registry(registry)).ruleset
+    rounds = _vigil_batches(stations, n_readings, per_batch=20_000)
+    procs = {p: PartitionProcessor(ruleset, lateness_ms=0) for p in rounds[0]}
+    warm = TelemetryBatch.decode(rounds[0][next(iter(rounds[0]))])
+    PartitionProcessor(ruleset, lateness_ms=0).process(warm, 0)  # numba: load, not timed
+    alerts = decode_s = process_s = 0.0
+    total = 0
+    for offset, rnd in enumerate(rounds):
+        for p, blob in rnd.items():
+            t0 = time.perf_counter()
+            batch = TelemetryBatch.decode(blob)
+            t1 = time.perf_counter()
+            alerts += len(procs[p].process(batch, offset))
+            t2 = time.perf_counter()
+            decode_s += t1 - t0
+            process_s += t2 - t1
+            total += len(batch)
+    return {"readings": total, "decode_s": decode_s, "process_s": process_s,
+            "readings_per_s": total / (decode_s + process_s), "alerts": int(alerts)}  # fmt: skip
 
 
 def run_textbook(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) -> dict[str, object]:
@@ -215,8 +290,20 @@ def run_textbook(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) ->
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:
+            # The tables' changelogs too, before the app starts: created by the app on
+            # its first send, they showed 0 partitions in its metadata and the agent
+            # crashed with PartitionsMismatch every 5 s, processing a few records each
+            # time (that was measured as the textbook's speed).
+            compact = {"cleanup.policy": "compact"}
             await admin.create_topics(
-                [NewTopic(topic, PARTITIONS, 1), NewTopic(topic + "-alerts", PARTITIONS, 1)]
+                [
+                    NewTopic(topic, PARTITIONS, 1),
+                    NewTopic(topic + "-alerts", PARTITIONS, 1),
+                    *(
+                        NewTopic(f"{app_id}-{t}-changelog", PARTITIONS, 1, topic_configs=compact)
+                        for t in ("window_max", "level")
+                    ),
+                ]
             )
         finally:
             await admin.close()
@@ -244,8 +331,8 @@ def run_textbook(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) ->
             samples: list[int] = []
             t0 = time.monotonic()
             mon = asyncio.ensure_future(_monitor(bootstrap, app_id, topic, produced, samples))
-            rng = np.random.default_rng(7)
-            values = (2.0 + 3.0 * rng.random(n_readings)).tolist()
+            idx = np.arange(n_readings)
+            values = flood_level(idx % n_stations, idx // n_stations).tolist()
             futures = []
             for i in range(n_readings):
                 s = stations[i % n_stations]
@@ -266,8 +353,7 @@ def run_textbook(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) ->
 
         produce_s, total_s, samples = asyncio.run(scenario())
     finally:
-        proc.terminate()
-        proc.wait(60)
+        _stop(proc, log)
     return {"readings": n_readings, "produce_s": produce_s, "e2e_s": total_s,
             "readings_per_s": n_readings / total_s, "lag_samples_records": samples}  # fmt: skip
 
@@ -279,9 +365,25 @@ def main() -> int:
     parser.add_argument("--textbook-readings", type=int, default=200_000)
     parser.add_argument("--stations", type=int, default=12_000)
     parser.add_argument("--json-out", help="write the results here")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (worker logs)")
+    parser.add_argument(
+        "--offline", action="store_true", help="only decode + processor on the same batches"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="vigil-bench-") as d:
+    workdir: contextlib.AbstractContextManager[str] = (
+        contextlib.nullcontext(tempfile.mkdtemp(prefix="vigil-bench-"))
+        if args.keep
+        else tempfile.TemporaryDirectory(prefix="vigil-bench-")
+    )
+    with workdir as d:
         tmp = Path(d)
+        print(f"work dir: {tmp}", file=sys.stderr)
+        if args.offline:
+            off = run_offline(tmp, args.readings, args.stations)
+            print(f"offline   {off['readings']:>11,} readings  decode {off['decode_s']:.2f} s  "
+                  f"process {off['process_s']:.2f} s  {off['readings_per_s']:>12,.0f} readings/s  "
+                  f"alerts {off['alerts']}")  # fmt: skip
+            return 0
         env = {**os.environ, "VIGIL_KAFKA_DIR": str(tmp / "kafka")}
         bootstrap = args.bootstrap
         if bootstrap is None:
