@@ -98,6 +98,10 @@ class Topology:
         #: Telemetry partition -> next_offset of its latest durable Kafka checkpoint.
         self._checkpointed: dict[int, int] = {}
         self._restore_lock = asyncio.Lock()
+        #: Partitions whose latest batch is applied but whose alerts are not all sent:
+        #: their state must not be checkpointed now, or a new owner would skip the batch
+        #: and its unsent alerts would be lost.
+        self._busy: set[int] = set()
         self.telemetry = self.app.topic(
             f"{app_id}-telemetry",
             key_serializer="raw",
@@ -213,20 +217,32 @@ class Topology:
                 continue
             await self._restore_from_kafka(message.partition)
             proc = self.processor(message.partition)
-            alerts = proc.process(batch, message.offset)
-            self.counters["readings_evaluated"] += len(batch)
-            for station, metric, ts, value, reason in proc.rejected:
-                raw = json.dumps({"station": station, "metric": metric, "ts": ts, "value": value})
-                await self.send_dead_letter(raw.encode(), reason, f"{station}/{metric}")
-            proc.rejected.clear()
-            futures = [
-                await self.alerts.send(
-                    key=alert.fingerprint.encode(), value=alert.to_json().encode()
-                )
-                for alert in alerts
-            ]
-            for fut in futures:
-                await fut  # durable before the state that caused it can be committed
+            self._busy.add(message.partition)
+            try:
+                await self._apply(proc, batch, message.offset)
+            except BaseException:
+                # Interrupted mid-batch (revocation, shutdown): this state is ahead of
+                # its alerts, so it must never be checkpointed; the next owner (or this
+                # worker, later) restores the last checkpoint and replays the batch.
+                self.processors.pop(message.partition, None)
+                raise
+            finally:
+                self._busy.discard(message.partition)
+
+    async def _apply(self, proc: PartitionProcessor, batch: TelemetryBatch, offset: int) -> None:
+        """Evaluate one batch and make its alerts and dead letters durable."""
+        alerts = proc.process(batch, offset)
+        self.counters["readings_evaluated"] += len(batch)
+        for station, metric, ts, value, reason in proc.rejected:
+            raw = json.dumps({"station": station, "metric": metric, "ts": ts, "value": value})
+            await self.send_dead_letter(raw.encode(), reason, f"{station}/{metric}")
+        proc.rejected.clear()
+        futures = [
+            await self.alerts.send(key=alert.fingerprint.encode(), value=alert.to_json().encode())
+            for alert in alerts
+        ]
+        for fut in futures:
+            await fut  # durable before the state that caused it can be committed
 
     async def _dispatch(self, stream: Any) -> None:
         async for value in stream:
@@ -305,6 +321,8 @@ class Topology:
             proc = self.processors.get(tp.partition)
             if proc is None:
                 continue  # revoked, or never restored here: nothing of ours to commit
+            if tp.partition in self._busy:
+                continue  # mid-batch: the last checkpoint stands, commit no further
             if self._checkpointed.get(tp.partition, -1) < min(offset, proc.next_offset):
                 blobs[tp.partition] = proc.snapshot()  # synchronous: a consistent cut
                 pending[tp.partition] = proc.next_offset

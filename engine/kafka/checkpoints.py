@@ -19,6 +19,7 @@ the transitions it re-emits carry the same idempotency keys as the first time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
@@ -47,6 +48,12 @@ class CheckpointStore:
         self.topic = topic
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        # A load waits for a write in flight. Otherwise a partition revoked while its
+        # checkpoint (next_offset N1) was being written and assigned straight back
+        # restores the previous one (N0 < N1) while the writer goes on to record N1 as
+        # durable and commit up to it: the batches N0..N1 were never applied to the
+        # restored state (seen as readings missing from ``accepted``).
+        self._lock = asyncio.Lock()
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -73,8 +80,10 @@ class CheckpointStore:
                 fetch_max_bytes=MAX_CHECKPOINT_BYTES,
                 max_partition_fetch_bytes=MAX_CHECKPOINT_BYTES,
                 isolation_level="read_committed",
-                # Assigning a partition starts a position reset by this strategy in the
-                # background; see ``load``.
+                # ``assign`` starts a position reset by this strategy in the background.
+                # A plain ``seek`` cancels it (aiokafka drops the answer); were it ever
+                # applied, "earliest" only means reading the whole partition, never
+                # skipping the latest checkpoint as "latest" would.
                 auto_offset_reset="earliest",
             )
             await consumer.start()
@@ -85,23 +94,28 @@ class CheckpointStore:
         """Write ``{telemetry partition: snapshot}``; returns once all are acknowledged."""
         if not blobs:
             return
-        producer = await self._ensure_producer()
-        futures = [
-            await producer.send(self.topic, value=blob, key=str(p).encode(), partition=p)
-            for p, blob in blobs.items()
-        ]
-        for fut in futures:
-            await fut
+        async with self._lock:
+            producer = await self._ensure_producer()
+            futures = [
+                await producer.send(self.topic, value=blob, key=str(p).encode(), partition=p)
+                for p, blob in blobs.items()
+            ]
+            for fut in futures:
+                await fut
 
     async def load(self, partition: int) -> bytes | None:
-        """The latest snapshot of telemetry partition ``partition``, None if it has none."""
+        """The latest snapshot of telemetry partition ``partition``, None if it has none.
+
+        Waits for a write in flight, so that what it returns is the latest checkpoint
+        that anyone has been told is durable.
+        """
+        async with self._lock:
+            return await self._load(partition)
+
+    async def _load(self, partition: int) -> bytes | None:
         consumer = await self._ensure_consumer()
         tp = TopicPartition(self.topic, partition)
         consumer.assign([tp])
-        # Let the reset that ``assign`` started finish before seeking: aiokafka applies
-        # a reset still in flight over a later seek (``reset_to`` overrides it), which
-        # would move the position past the records unread.
-        await consumer.position(tp)
         end = (await consumer.end_offsets([tp]))[tp]
         if end == 0:
             return None

@@ -246,10 +246,10 @@ def wait_until_committed(
 
 
 async def _read_all(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, bytes]]:
-    # From the beginning, and by the reset strategy: ``assign`` starts a reset in the
-    # background, and aiokafka lets one still in flight override a later
-    # ``seek_to_beginning``. With the default "latest" that left the positions at the
-    # end and nothing read, now and then.
+    # From the beginning by the reset strategy itself: ``assign`` starts a reset in the
+    # background, and aiokafka applies the answer of one still in flight to a later
+    # ``seek_to_beginning`` (both leave the partition awaiting a reset). With the
+    # default "latest" that left every position at the end, nothing read, now and then.
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -260,8 +260,6 @@ async def _read_all(bootstrap: str, topic: str, partitions: int) -> list[tuple[i
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
-        for tp in tps:
-            await consumer.position(tp)  # the reset that assign started is done
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
         out: list[tuple[int, bytes]] = []
