@@ -6,6 +6,7 @@ A missing service is a failure with the reason, never a skip.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,17 @@ PACKS = Path(rules.__file__).resolve().parent / "packs"
 def mosquitto() -> Iterator[Mosquitto]:
     with Mosquitto() as broker:
         yield broker
+
+
+def mosquitto_pub(broker: Mosquitto, topic: str, payload: str) -> None:
+    """Publish one message at QoS 1 with the real ``mosquitto_pub`` client."""
+    exe = shutil.which("mosquitto_pub")
+    assert exe, "mosquitto_pub is not installed (apt-get install mosquitto-clients)"
+    subprocess.run(
+        [exe, "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic, "-m", payload],
+        check=True,
+        timeout=10,
+    )
 
 
 class EngineProcess:

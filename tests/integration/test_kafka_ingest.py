@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from connectors.mosquitto import Mosquitto, free_port
 from engine.alerts import AlertEvent
-from tests.integration.conftest import PACKS
+from tests.integration.conftest import PACKS, mosquitto_pub
 from tests.integration.kafka_fixture import kafka_bootstrap
 
 __all__ = ["kafka_bootstrap"]
@@ -126,16 +125,6 @@ def _settings(tmp: Path, mqtt_port: int, app_id: str) -> Path:
     return path
 
 
-def _pub(broker: Mosquitto, topic: str, payload: str) -> None:
-    exe = shutil.which("mosquitto_pub")
-    assert exe, "mosquitto_pub is not installed (apt-get install mosquitto-clients)"
-    subprocess.run(
-        [exe, "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic, "-m", payload],
-        check=True,
-        timeout=10,
-    )
-
-
 def _wait_alerts(path: Path, worker: Vigil, timeout: float) -> list[AlertEvent]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -189,13 +178,13 @@ def test_mqtt_to_kafka_to_worker_alert_and_dead_letters(
     processes.append(worker)
 
     # HZ003: warning 2.60, guaranteed 3.40 m. The flood rule needs 10 min above a line.
-    _pub(mosquitto, "vigil/HZ003/water_level", json.dumps({"value": 1.0, "ts": T0}))
-    _pub(mosquitto, "vigil/HZ003/water_level", '{"value": "high"}')
-    _pub(mosquitto, "vigil/NOPE1/water_level", json.dumps({"value": 1.0, "ts": T0}))
-    _pub(mosquitto, "vigil/HZ003/water_level", "not json at all")
+    mosquitto_pub(mosquitto, "vigil/HZ003/water_level", json.dumps({"value": 1.0, "ts": T0}))
+    mosquitto_pub(mosquitto, "vigil/HZ003/water_level", '{"value": "high"}')
+    mosquitto_pub(mosquitto, "vigil/NOPE1/water_level", json.dumps({"value": 1.0, "ts": T0}))
+    mosquitto_pub(mosquitto, "vigil/HZ003/water_level", "not json at all")
     for minute in (5, 10, 15, 20):
         payload = json.dumps({"value": 3.5, "ts": T0 + minute * 60_000})
-        _pub(mosquitto, "vigil/HZ003/water_level", payload)
+        mosquitto_pub(mosquitto, "vigil/HZ003/water_level", payload)
 
     events = _wait_alerts(tmp_path / "alerts.jsonl", worker, timeout=120)
     first = events[0]

@@ -4,8 +4,6 @@ to dead-letter with the reason while good readings keep flowing."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,21 +12,11 @@ import pytest
 from connectors.mosquitto import Mosquitto
 from engine.alerts import AlertEvent
 from engine.transport.log import DurableLog
-from tests.integration.conftest import EngineProcess
+from tests.integration.conftest import EngineProcess, mosquitto_pub
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_719_763_200_000
-
-
-def _pub(broker: Mosquitto, topic: str, payload: str) -> None:
-    exe = shutil.which("mosquitto_pub")
-    assert exe, "mosquitto_pub is not installed (apt-get install mosquitto-clients)"
-    subprocess.run(
-        [exe, "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic, "-m", payload],
-        check=True,
-        timeout=10,
-    )
 
 
 def _wait_alerts(path: Path, n: int, timeout: float = 30.0) -> list[AlertEvent]:
@@ -49,13 +37,13 @@ def test_mosquitto_pub_reading_raises_alert_and_bad_payloads_dead_letter(
 ) -> None:
     engine.start()
     # HZ003: warning 2.60, guaranteed 3.40 m. The flood rule needs 10 min above a line.
-    _pub(mosquitto, "vigil/HZ003/water_level", json.dumps({"value": 1.0, "ts": T0}))
-    _pub(mosquitto, "vigil/HZ003/water_level", '{"value": "high"}')
-    _pub(mosquitto, "vigil/NOPE1/water_level", json.dumps({"value": 1.0, "ts": T0}))
-    _pub(mosquitto, "vigil/HZ003/water_level", "not json at all")
+    mosquitto_pub(mosquitto, "vigil/HZ003/water_level", json.dumps({"value": 1.0, "ts": T0}))
+    mosquitto_pub(mosquitto, "vigil/HZ003/water_level", '{"value": "high"}')
+    mosquitto_pub(mosquitto, "vigil/NOPE1/water_level", json.dumps({"value": 1.0, "ts": T0}))
+    mosquitto_pub(mosquitto, "vigil/HZ003/water_level", "not json at all")
     for minute in (5, 10, 15, 20):
         payload = json.dumps({"value": 3.5, "ts": T0 + minute * 60_000})
-        _pub(mosquitto, "vigil/HZ003/water_level", payload)
+        mosquitto_pub(mosquitto, "vigil/HZ003/water_level", payload)
 
     events = _wait_alerts(tmp_path / "alerts.jsonl", 1)
     first = events[0]
