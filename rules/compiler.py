@@ -29,17 +29,23 @@ from rules.compiled import (
     CorroborationRule,
     DerivedMetric,
     QCParams,
-    WindowThresholdRule,
 )
 from rules.loader import RuleFile
 from rules.registry import Registry, Station
-from rules.schema import CompoundSpec, CorroborationSpec, Ref, RuleSpec, Summary, ThresholdSpec
+from rules.schema import (
+    Aggregate,
+    CompoundSpec,
+    CorroborationSpec,
+    Ref,
+    RuleSpec,
+    Summary,
+    ThresholdSpec,
+)
 
-__all__ = ["ENGINE_AGGREGATES", "Compiled", "compile_rules"]
+__all__ = ["Compiled", "compile_rules"]
 
-#: Aggregates the engine's ThresholdRule accepts, read from its annotation so that
-#: widening the engine's Literal moves rules into the RuleSet without a change here.
-ENGINE_AGGREGATES = frozenset(get_args(get_type_hints(ThresholdRule)["aggregate"]))
+# Every aggregate a rule file may name is one the engine runs.
+assert set(get_args(Aggregate)) <= set(get_args(get_type_hints(ThresholdRule)["aggregate"]))
 _ENGINE_DEFAULTS = {f.name: str(f.default) for f in fields(ThresholdRule) if "summary" in f.name}
 #: Chinese defaults; in English the engine's own ThresholdRule defaults apply.
 _DEFAULT_ZH = {
@@ -53,7 +59,6 @@ class Compiled:
     """Everything compiled from a set of rule files against one registry."""
 
     ruleset: RuleSet
-    windowed: tuple[WindowThresholdRule, ...] = ()
     derived: tuple[DerivedMetric, ...] = ()
     compound: tuple[CompoundRule, ...] = ()
     corroboration: tuple[CorroborationRule, ...] = ()
@@ -65,9 +70,7 @@ def compile_rules(
 ) -> Compiled:
     """Compile checked rules; ``lang`` ("zh" or "en") picks the summary text."""
     files = list(files)
-    out: dict[str, list[Any]] = {
-        k: [] for k in ("rules", "windowed", "derived", "compound", "corr", "qc")
-    }
+    out: dict[str, list[Any]] = {k: [] for k in ("rules", "derived", "compound", "corr", "qc")}
     digest = hashlib.blake2b(digest_size=8)
     for station in registry:  # the version changes when a station's values do
         digest.update(station.model_dump_json().encode())
@@ -76,8 +79,7 @@ def compile_rules(
         stations = selected_stations(rule, registry)
         digest.update(spec.model_dump_json(by_alias=True).encode())
         if isinstance(spec, ThresholdSpec):
-            kind, compiled = _threshold(spec, stations, lang)
-            out[kind].append(compiled)
+            out["rules"].append(_threshold(spec, stations, lang))
             if spec.derive is not None:
                 out["derived"].append(_derived(spec, stations, registry))
             if spec.qc is not None:
@@ -105,7 +107,6 @@ def compile_rules(
             derived=tuple(out["derived"]),
             corroboration=tuple(out["corr"]),
         ),
-        windowed=tuple(out["windowed"]),
         derived=tuple(out["derived"]),
         compound=tuple(out["compound"]),
         corroboration=tuple(out["corr"]),
@@ -146,9 +147,7 @@ def _qc_limits(spec: ThresholdSpec, stations: Sequence[Station]) -> QcLimits | N
     return QcLimits(q.min, q.max, q.max_step, flat_n)
 
 
-def _threshold(
-    spec: ThresholdSpec, stations: Sequence[Station], lang: str
-) -> tuple[str, ThresholdRule | WindowThresholdRule]:
+def _threshold(spec: ThresholdSpec, stations: Sequence[Station], lang: str) -> ThresholdRule:
     thresholds = np.full((len(stations), N_LEVELS), np.nan, dtype=np.float64)
     for name, level in spec.levels.used():
         thresholds[:, Level.parse(name) - 1] = per_station(level.ref, stations)
@@ -170,13 +169,11 @@ def _threshold(
         stale_ms=spec.stale_ms or 0,
         **_texts(spec, lang),
         labels=_labels(stations, unit or spec.unit, spec.labels),
+        qc=_qc_limits(spec, stations),
+        slide_ms=spec.window.every or 0,
+        lang="zh" if lang == "zh" else "en",
     )
-    if spec.window.aggregate in ENGINE_AGGREGATES:
-        kwargs["qc"] = _qc_limits(spec, stations)
-        kwargs["slide_ms"] = spec.window.every or 0
-    if spec.window.aggregate in ENGINE_AGGREGATES:
-        return "rules", ThresholdRule(**kwargs, lang="zh" if lang == "zh" else "en")
-    return "windowed", WindowThresholdRule(**kwargs)
+    return ThresholdRule(**kwargs)
 
 
 def _derived(spec: ThresholdSpec, stations: Sequence[Station], registry: Registry) -> DerivedMetric:

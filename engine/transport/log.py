@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -278,13 +278,3 @@ class DurableLog:
         """A checkpoint blob stored by ``commit``."""
         raw = self._db.get(b"S" + name.encode())
         return None if raw is None else bytes(raw)
-
-    def groups_committed(self, topic: str, partition: int) -> Iterable[int]:
-        """Committed offsets of every group on one partition (for retention)."""
-        it = self._db.iter()
-        it.seek(b"C")
-        suffix = b"\x00" + topic.encode() + b"\x00" + _U32.pack(partition)
-        while it.valid() and it.key().startswith(b"C"):
-            if it.key().endswith(suffix):
-                yield int(_I64.unpack(it.value())[0])
-            it.next()

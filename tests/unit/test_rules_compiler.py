@@ -75,7 +75,6 @@ def test_unused_levels_are_nan(flood: Compiled) -> None:
 
 
 def test_rain_sums_compile_into_the_ruleset(flood: Compiled) -> None:
-    assert flood.windowed == ()
     sums = {r.rule_id: r for r in flood.ruleset.rules if r.aggregate == "sum"}
     assert sorted(sums) == ["flood.rain_1h", "flood.rain_24h", "flood.rain_3h", "flood.rain_6h"]
     np.testing.assert_allclose(sums["flood.rain_3h"].thresholds[0], [55, 75, 100, 120])
