@@ -11,6 +11,10 @@ Implementations, measured in the same run on the same readings:
 - ``numba``: :mod:`engine.kernels.qc`, :mod:`~engine.kernels.windows`,
   :mod:`~engine.kernels.levels` as the engine calls them, per-sensor QC thresholds;
 - ``numba_rulewide_qc``: the same with one set of QC thresholds for the whole rule;
+- ``engine``: the engine's path for a max rule (:mod:`engine.kernels.tumbling_levels` as
+  :mod:`engine.runners.tumbling` calls it): QC, sensor health, the window's running
+  maximum and the levels in one pass over one 64-byte record per sensor, escalating
+  early; QC limits rule-wide, as the engine's rules have them;
 - ``numpy``: vectorised per batch (gather/scatter, ``np.maximum.at``); it does *less*
   than the kernels: no flat-line or rate test, no lateness, readings of one sensor within
   a batch are not ordered for the spike test;
@@ -33,9 +37,16 @@ import numpy.typing as npt
 import pytest
 
 from engine.kernels import tumbling_levels as tumbling
-from engine.kernels.health import new_health_state, observe
+from engine.kernels._common import NO_TS
 from engine.kernels.levels import LEVELS_STATE_DTYPE, LevelParams, levels_evaluate, new_levels_state
-from engine.kernels.qc import QC_PARAMS_DTYPE, QC_STATE_DTYPE, QCParams, new_qc_state, qc_batch
+from engine.kernels.qc import (
+    QC_PARAMS_DTYPE,
+    QC_STATE_DTYPE,
+    QCParams,
+    new_qc_state,
+    qc_batch,
+    time_limits,
+)
 from engine.kernels.windows import (
     WindowSpec,
     new_closed_buffer,
@@ -136,12 +147,6 @@ def numba_chain(
 NEVER = int(np.iinfo(np.int64).max)
 
 
-def tumbling_outputs(n: int) -> tuple[npt.NDArray[Any], ...]:
-    from engine.runners.tumbling import _outputs
-
-    return _outputs(n)
-
-
 # --- NumPy, vectorised per batch -----------------------------------------------------------
 
 
@@ -222,40 +227,48 @@ def numba_chain_shared_qc(w: Workload, batch: int, qs: Any, ws: Any, ls: Any, bu
     return numba_chain(w, batch, qs, ws, ls, buf, shared=True)
 
 
-# --- the engine's path for a max rule: QC, sensor health, the early-firing kernel --------
+# --- the engine's path for a max rule: QC, sensor health, window and levels in one pass ----
 
 
 def engine_setup(w: Workload) -> tuple[Any, ...]:
-    qs, hs, st = new_qc_state(w.n), new_health_state(w.n), tumbling.new_state(w.n)
+    state = tumbling.new_state(w.n)
     thresholds = np.ascontiguousarray(w.levels.thresholds)
     sensor = w.sensor.astype(np.int32)
-    _touch(qs, hs, st, thresholds, w.qc.packed)
-    return qs, hs, st, thresholds, sensor
+    quality = np.zeros(w.readings, np.uint8)  # no incoming flags
+    _touch(state.hot, state.cold, thresholds)
+    return state, thresholds, sensor, quality
 
 
-def engine_chain(w: Workload, batch: int, qs: Any, hs: Any, st: Any, thr: Any, s32: Any) -> int:
-    """What ``engine.runners.tumbling`` and ``engine.health`` do per batch."""
+def engine_params(w: Workload) -> tumbling.Params:
+    """The workload's QC limits, rule-wide: the engine's rules have no per-sensor ones."""
+    q = w.qc_shared
+    limits = [float(a[0]) for a in (q.fail_lo, q.fail_hi, q.suspect_lo, q.suspect_hi, q.spike)]
+    lo, hi, slo, shi, spike = limits
+    qc = (lo, hi, slo, shi, spike, float(q.rate_per_h[0]), q.flat_eps, q.flat_suspect_n,
+          q.flat_fail_n)  # fmt: skip
+    return tumbling.make_params(1, DEADBAND, WINDOW, 0, 3, qc)
+
+
+def engine_chain(w: Workload, batch: int, state: Any, thr: Any, s32: Any, quality: Any) -> int:
+    """What ``engine.runners.tumbling`` does per batch."""
     transitions = 0
-    now = T0 + 20 * MIN
+    params = engine_params(w)
+    future, past = time_limits(w.qc_shared, T0 + 20 * MIN)
     next_close = NEVER
     for i in range(0, w.readings, batch):
         s, t, v = s32[i : i + batch], w.ts[i : i + batch], w.value[i : i + batch]
-        flags = qc_batch(qs, w.qc, s, t, v, now)
-        observe(hs, 3, s, t, v, flags)
-        usable = flags < 4  # not FAIL or MISSING
-        s, t, v = s[usable], t[usable], v[usable]
-        out = tumbling_outputs(2 * len(t))
-        transitions += tumbling.process(st, thr, 1, DEADBAND, WINDOW, 0, s, t, v, *out)
+        out = tumbling.outputs(len(t))
+        n_tr, _, _ = tumbling.process(
+            state, thr, params, (future, past, NO_TS), s, t, v, quality[i : i + batch], out
+        )
+        transitions += n_tr
         next_close = min(next_close, int(t.min()) // WINDOW * WINDOW + WINDOW)
         if int(t.max()) - MIN >= next_close:  # the runner's gate: one scan per window
-            out = tumbling_outputs(w.n)
-            transitions += tumbling.close_windows(
-                st, thr, 1, DEADBAND, WINDOW, int(t.max()) - MIN, *out
-            )
-            next_close = tumbling.earliest_open_end(st, WINDOW)
-    out = tumbling_outputs(w.n)
-    end = T0 + WINDOW + MIN
-    return transitions + tumbling.close_windows(st, thr, 1, DEADBAND, WINDOW, end, *out)
+            tr = tumbling.transition_arrays(w.n)
+            transitions += tumbling.close_windows(state.hot, thr, params, int(t.max()) - MIN, tr)
+            next_close = tumbling.earliest_open_end(state.hot, WINDOW)
+    tr = tumbling.transition_arrays(w.n)
+    return transitions + tumbling.close_windows(state.hot, thr, params, T0 + WINDOW + MIN, tr)
 
 
 IMPLS = {
@@ -273,6 +286,8 @@ STATE_BYTES = {
     "qc_params": QC_PARAMS_DTYPE.itemsize,
     "thresholds": 4 * 8,
 }
+#: The engine's early-firing path: one record per sensor for QC, health, window, levels.
+ENGINE_STATE_BYTES = tumbling.HOT_DTYPE.itemsize + tumbling.COLD_DTYPE.itemsize
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
@@ -294,7 +309,9 @@ def test_tumbling_flood_rule(benchmark: Any, n: int, batch: int, impl: str) -> N
     benchmark.extra_info.update(
         readings=w.readings,
         readings_per_s=w.readings / median,
-        state_bytes_per_sensor=sum(v for k, v in STATE_BYTES.items() if k.endswith("state")),
+        state_bytes_per_sensor=ENGINE_STATE_BYTES
+        if impl == "engine"
+        else sum(v for k, v in STATE_BYTES.items() if k.endswith("state")),
         **{f"bytes_{k}": v for k, v in STATE_BYTES.items()},
     )
 

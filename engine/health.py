@@ -1,10 +1,13 @@
 """Quality control and sensor health for one rule on one partition.
 
-Before a rule's runner sees readings, ``RuleHealth.check`` flags them with the rule's QC
-limits (``engine.kernels.qc``: gross range, step, stuck sensor, clock in the future)
-so that failed readings never raise or clear a level, and reports health changes
+The window chain's runner (``engine.runners.windowed``) calls ``RuleHealth.check`` before
+its windows see readings: it flags them with the rule's QC limits (``engine.kernels.qc``:
+gross range, step, stuck sensor, clock in the future) so that failed readings never raise
+or clear a level, and reports health changes
 (``engine.kernels.health``): a run of QC failures, a sensor silent for longer than the
-rule's ``stale_ms``, and their clearing.
+rule's ``stale_ms``, and their clearing. The early-firing kernel
+(``engine.kernels.tumbling_levels``) does the same QC and health in its own pass, with
+its state in its per-sensor record.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from engine.kernels import health as hk
 from engine.kernels.qc import QC_STATE_DTYPE, QCParams, new_qc_state, qc_batch
 from engine.ruleset import ThresholdRule
 
-__all__ = ["HealthChange", "RuleHealth", "health_summary"]
+__all__ = [
+    "FAIL_AFTER",
+    "HealthChange",
+    "RuleHealth",
+    "health_changes",
+    "health_summary",
+    "qc_params",
+]
 
 #: Consecutive failed readings before a QC alert: one bad value is noise, three a fault.
 FAIL_AFTER = 3
@@ -34,7 +44,7 @@ class HealthChange(NamedTuple):
     value: float
 
 
-def _qc_params(rule: ThresholdRule) -> QCParams:
+def qc_params(rule: ThresholdRule) -> QCParams:
     """The rule's limits; without any, only NaN and the clock checks run."""
     q = rule.qc
     if q is None:
@@ -65,7 +75,7 @@ class RuleHealth:
 
     def rebind(self, rule: ThresholdRule) -> None:
         self.rule = rule
-        self.params = _qc_params(rule)
+        self.params = qc_params(rule)
 
     def grow(self, n: int) -> None:
         if n <= len(self.state):
@@ -87,12 +97,12 @@ class RuleHealth:
         """Flags for the readings (the more severe of theirs and QC's) and health changes."""
         flags = qc_batch(self.qc_state, self.params, sensor, ts, value, now_ms, quality)
         changes = hk.observe(self.state, FAIL_AFTER, sensor, ts, value, flags)
-        return flags, _changes(changes)
+        return flags, health_changes(changes)
 
     def check_silence(self, watermark: int) -> list[HealthChange]:
         if self.rule.stale_ms <= 0 or len(self.state) == 0:
             return []
-        return _changes(hk.check_silence(self.state, self.rule.stale_ms, watermark))
+        return health_changes(hk.check_silence(self.state, self.rule.stale_ms, watermark))
 
     def snapshot(self, n: int) -> dict[str, Any]:
         return {"qc": self.qc_state[:n].tobytes(), "health": self.state[:n].tobytes()}
@@ -135,7 +145,8 @@ def health_summary(
     )  # fmt: skip
 
 
-def _changes(arrays: tuple[npt.NDArray[np.generic], ...]) -> list[HealthChange]:
+def health_changes(arrays: tuple[npt.NDArray[np.generic], ...]) -> list[HealthChange]:
+    """Kernel output rows (sensor, kind, firing, ms, since ms, value) as changes."""
     sensor, kind, firing, at, since, value = (a.tolist() for a in arrays)
     return [
         HealthChange(s, "qc" if k == hk.QC else "silent", bool(f), t, b, v)

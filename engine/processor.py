@@ -32,7 +32,7 @@ from engine.compound import (
 from engine.derive.aqi import AqiDeriver
 from engine.derive.formulas import FormulaDeriver
 from engine.events import compound_event, health_event, level_event
-from engine.health import HealthChange, RuleHealth
+from engine.health import HealthChange
 from engine.ruleset import RuleSet
 from engine.runners import RawTransition, Runner, runner_for
 from engine.runners.base import signature
@@ -41,7 +41,7 @@ __all__ = ["PartitionProcessor"]
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3  # 3: health state inside each rule's; the early-firing record
 NO_TIME = int(np.iinfo(np.int64).min)
 FUTURE_MS = 5 * 60_000  # a device clock this far ahead of the gateway's is wrong
 
@@ -67,7 +67,6 @@ class PartitionProcessor:
         #: FUTURE_MS ahead of it fail QC and cannot drag the watermark forward. None
         #: (replays) judges time by the data alone.
         self.clock = clock
-        self._health: dict[str, RuleHealth] = {}
         self._compound: dict[str, CompoundState] = {}
         self.formulas = FormulaDeriver(())
         #: Readings a rule could not take: (station, metric, ts, value, reason).
@@ -100,11 +99,6 @@ class PartitionProcessor:
         }
         for c in ruleset.compound:
             self._compound[c.rule_id].rule = c
-        self._health = {
-            rid: self._health.get(rid) or RuleHealth(r.sensors.rule) for rid, r in kept.items()
-        }
-        for rid, health in self._health.items():
-            health.rebind(kept[rid].sensors.rule)
         self.ruleset = ruleset
         latest = self.formulas.latest
         self.formulas = FormulaDeriver(ruleset.derived)
@@ -169,17 +163,14 @@ class PartitionProcessor:
         watermark: int,
     ) -> list[AlertEvent]:
         lut, new = runner.sensors.lookup(batch.stations)
-        health = self._health[runner.sensors.rule.rule_id]
         if new:
             runner.grow(len(runner.sensors.stations))
-            health.grow(len(runner.sensors.stations))
         sensor = lut[batch.station_idx[rows]]
         keep = sensor >= 0
         rows, sensor = rows[keep], sensor[keep]
         ts, value = batch.ts[rows], batch.value[rows]
         now = self.clock() if self.clock is not None else watermark
-        flags, changes = health.check(sensor, ts, value, batch.quality[rows], now)
-        raw = runner.apply(sensor, ts, value, flags, watermark)
+        raw, changes = runner.apply(sensor, ts, value, batch.quality[rows], watermark, now)
         if runner.rejected and parse_clause(runner.sensors.rule.rule_id) is not None:
             runner.rejected.clear()  # a compound's clause: its standalone rule reports them
         if runner.rejected:
@@ -196,9 +187,9 @@ class PartitionProcessor:
             derived = self.aqi.flush(watermark)
             if derived:
                 events += self._run_rules(TelemetryBatch.from_rows(derived), watermark)
-        for rid, runner in self._runners.items():
+        for runner in self._runners.values():
             events += self._events(runner, runner.close(watermark))
-            events += self._health_events(runner, self._health[rid].check_silence(watermark))
+            events += self._health_events(runner, runner.check_silence(watermark))
         for state in self._compound.values():
             events += [compound_event(state.rule, ch) for ch in state.due(watermark)]
         return events
@@ -237,10 +228,6 @@ class PartitionProcessor:
                 "next_offset": self.next_offset,
                 "watermark": self.watermark,
                 "rules": {rid: r.snapshot() for rid, r in self._runners.items()},
-                "health": {
-                    rid: h.snapshot(len(self._runners[rid].sensors.stations))
-                    for rid, h in self._health.items()
-                },
                 "aqi": None if self.aqi is None else self.aqi.snapshot(),
                 "compound": {cid: c.snapshot() for cid, c in self._compound.items()},
                 "formulas": self.formulas.snapshot(),
@@ -267,9 +254,3 @@ class PartitionProcessor:
                 log.info("rule %s changed or removed since the checkpoint; its state resets", rid)
                 continue
             runner.restore(saved)
-            health_saved = data.get("health", {}).get(rid)
-            if health_saved is not None:
-                health = self._health[rid]
-                health.grow(len(runner.sensors.stations))
-                lut, _ = runner.sensors.lookup(tuple(saved["stations"]))
-                health.restore(health_saved, lut.tolist())

@@ -33,6 +33,10 @@ __all__ = [
 ]
 
 N_LEVELS = 4  # blue, yellow, orange, red
+#: Limits of the early-firing kernel's compact state (``engine.kernels.tumbling_levels``):
+#: a ``for`` clock is a uint32 of ms (49.7 days), a flat-line run a uint16 of readings.
+MAX_FOR_MS = 2**32 - 1
+MAX_FLAT_N = 2**16 - 1
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,14 @@ class ThresholdRule:
             raise ValueError(f"rule {self.rule_id}: window_ms must be positive")
         if self.slide_ms and (self.slide_ms < 0 or self.window_ms % self.slide_ms):
             raise ValueError(f"rule {self.rule_id}: slide_ms must divide window_ms")
+        if not 0 <= self.for_ms <= MAX_FOR_MS:
+            raise ValueError(
+                f"rule {self.rule_id}: for_ms {self.for_ms} outside 0..{MAX_FOR_MS} (49.7 days)"
+            )
+        if self.qc is not None and not 0 <= self.qc.flat_n <= MAX_FLAT_N:
+            raise ValueError(
+                f"rule {self.rule_id}: qc flat_n {self.qc.flat_n} outside 0..{MAX_FLAT_N} readings"
+            )
 
 
 @dataclass(frozen=True)

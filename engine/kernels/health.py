@@ -23,7 +23,15 @@ from numba import njit
 from engine.kernels._common import NO_TS, Q_FAIL
 from engine.kernels._prefetch import PREFETCH_AHEAD, prefetch
 
-__all__ = ["HEALTH_DTYPE", "QC", "SILENT", "check_silence", "new_health_state", "observe"]
+__all__ = [
+    "HEALTH_DTYPE",
+    "QC",
+    "SILENT",
+    "change_arrays",
+    "check_silence",
+    "new_health_state",
+    "observe",
+]
 
 QC, SILENT = 1, 2
 
@@ -46,7 +54,8 @@ def new_health_state(n: int) -> npt.NDArray[np.void]:
     return state
 
 
-def _outputs(n: int) -> tuple[npt.NDArray[np.generic], ...]:
+def change_arrays(n: int) -> tuple[npt.NDArray[np.generic], ...]:
+    """``n`` rows of health changes: sensor, kind, firing, ms, since ms, value."""
     return (
         np.empty(n, np.int64),
         np.empty(n, np.uint8),
@@ -120,7 +129,7 @@ def observe(
     flags: npt.NDArray[np.uint8],
 ) -> tuple[npt.NDArray[np.generic], ...]:
     """Take readings (event-time order per sensor) with their QC flags; returns changes."""
-    out = _outputs(2 * len(ts))
+    out = change_arrays(2 * len(ts))
     n = _observe(
         state["last_ts"], state["fail_since"], state["fail_run"], state["qc_alert"],
         state["silent"], fail_after, sensor, ts, value, flags, *out,

@@ -1,91 +1,309 @@
-"""Tumbling-window maximum against four per-sensor thresholds, with a reset deadband.
+"""The early-firing path of a tumbling-window rule, one pass per reading: quality
+control, sensor health, the window's running maximum and the four levels.
 
-The first kernel of the live topology (the flood-gauge rule): per sensor, the maximum
-(or, for ``below`` rules, the minimum: direction -1 flips the sign) of the readings in
-the current tumbling window is compared with the sensor's blue/yellow/orange/red
-thresholds.
+Rules on ``max`` above (or ``min`` below: direction -1 flips the sign) a threshold use
+this kernel. Per reading, in the order of the arrays (event-time order per sensor):
 
-* Escalation fires early, on the reading that pushes the running window aggregate over
-  a higher threshold: a river rising through its warning level is reported at once, not
-  when the window ends. (The running maximum only grows within a window, so an early
-  escalation is never taken back by later readings of the same window.)
-* De-escalation is decided when a window closes, from that window's aggregate: a level
-  is kept while the aggregate stays above ``threshold - deadband``.
-* A window closes when a reading of a later window arrives for the sensor, or when the
-  partition's watermark passes its end (``close_windows``), so a gauge that falls
-  silent mid-flood does not hold its last window open forever.
-* Readings are taken in event-time order per sensor: one whose timestamp is not after
-  the sensor's last accepted reading is a duplicate or late and is skipped (counted in
-  ``dropped``). This is what makes at-least-once delivery safe: a redelivered reading
-  never counts twice. NaN values are skipped too.
+1. **QC**, exactly as :func:`engine.kernels.qc.qc_batch` with rule-wide limits
+   (``Params``; the engine's rules have no per-sensor QC limits).
+2. **Sensor health**, exactly as :func:`engine.kernels.health.observe`: a run of
+   ``fail_after`` QC failures raises a QC alert, the next reading that does not fail
+   clears it; a reading clears a silence alert. Silence itself is found by
+   :func:`silent_due` when the partition's watermark passes ``last seen + stale_ms``.
+3. Readings flagged FAIL or MISSING stop here. A usable reading of a window that closed
+   already (``t < late_before``) is reported in ``late`` for the dead-letter topic. One
+   whose time is not after the sensor's last taken reading is a duplicate or out of
+   order and is skipped: a redelivered reading never counts twice.
+4. **Window and levels**, the semantics of :func:`reference_process`:
 
-* With a ``for`` duration, a level is entered only once the running aggregate has
-  breached it without a break for at least ``for_ms`` (checked on each reading; a new
-  window whose first reading is below the line breaks the run). De-escalation has no
-  ``for``: the deadband does that job.
+   * escalation fires early, on the reading that pushes the running window aggregate
+     over a higher threshold (the running maximum only grows within a window, so an
+     early escalation is never taken back by later readings of the same window);
+   * with a ``for`` duration, a level is entered only once the running aggregate has
+     breached it without a break for at least ``for_ms`` (a new window whose first
+     reading is below the line breaks the run);
+   * de-escalation is decided when a window closes, from its aggregate: a level is kept
+     while the aggregate stays above ``threshold - deadband``;
+   * a window closes when a reading of a later window arrives for the sensor, or when
+     the watermark passes its end (:func:`close_windows`), so a gauge that falls silent
+     mid-flood does not hold its last window open forever.
 
-State is one 80-byte record per sensor (``STATE_DTYPE``), indexed by a dense sensor
-index; thresholds are an (n_sensors, 4) float64 array with NaN for unused levels.
-Transitions are written to caller-provided output arrays; only transitions are output.
+State: 80 bytes per sensor in two arrays. ``hot`` (``HOT_DTYPE``, 64 bytes, allocated
+on a cache-line boundary) holds everything a reading touches in the common case, so a
+reading costs one cache line of state; ``cold`` (``COLD_DTYPE``, 16 bytes) holds the
+times written only when an episode or a QC failure run begins. Thresholds are an
+(n_sensors, 4) float64 array in the metric's unit, NaN for unused levels. All times are
+event time, ms since the epoch (UTC).
+
+Compact fields and their documented limits (checked by ``ThresholdRule`` and
+:func:`make_params`):
+
+* the window start is not stored: it is ``last_ts`` rounded down to the window, since
+  the open window always holds the sensor's last taken reading; ``agg`` is NaN when no
+  window is open;
+* the ``for`` clocks are stored as ages (ms since the breach run began, as of
+  ``last_ts``) in uint32, saturating at ``AGE_CAP`` (49.7 days): exact for every
+  ``for_ms`` up to ``AGE_CAP``;
+* the flat-line run saturates at ``FLAT_CAP`` readings (``flat_fail_n`` and
+  ``flat_suspect_n`` at most that), the QC-failure run at ``RUN_CAP`` (``fail_after``
+  at most that);
+* level and highest breached level share a byte; the health flags and the failure run
+  another.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from engine.kernels._common import MS_PER_HOUR, NO_TS, Q_FAIL, Q_GOOD, Q_MISSING, Q_SUSPECT
 from engine.kernels._prefetch import PREFETCH_AHEAD, prefetch, prefetch2
+from engine.kernels.health import QC, SILENT, change_arrays
 
 __all__ = [
-    "STATE_DTYPE",
+    "AGE_CAP",
+    "COLD_DTYPE",
+    "FLAT_CAP",
+    "HOT_DTYPE",
+    "QC",
+    "RUN_CAP",
+    "SILENT",
+    "Params",
+    "State",
     "close_windows",
     "earliest_open_end",
+    "make_params",
     "new_state",
+    "outputs",
     "process",
     "reference_process",
+    "silent_due",
+    "transition_arrays",
 ]
 
-NO_WINDOW = np.iinfo(np.int64).min
+AGE_CAP = np.iinfo(np.uint32).max
+FLAT_CAP = np.iinfo(np.uint16).max
+RUN_CAP = 31  # 5 bits of ``health``
+QC_ALERT_BIT = 32
+SILENT_BIT = 64
 
-STATE_DTYPE = np.dtype(
+HOT_DTYPE = np.dtype(
     [
-        ("win_start", "<i8"),  # start of the open window (ms), NO_WINDOW if none
-        ("last_ts", "<i8"),  # last accepted reading's event time (ms)
-        ("episode_start", "<i8"),  # when the level left NONE (ms)
-        ("agg", "<f8"),  # running aggregate of the open window (sign-adjusted)
-        ("count", "<u4"),  # readings in the open window
-        ("accepted", "<u4"),  # readings accepted in total (duplicates excluded)
-        ("dropped", "<u4"),  # late, duplicate or NaN readings skipped
-        ("level", "<i2"),  # current level 0..4
-        ("raw", "<i2"),  # highest level the running aggregate reaches (no deadband)
-        # Since when the running aggregate has breached each level without a break (ms),
-        # NO_WINDOW when it does not: the clock of the rule's `for` duration.
-        ("since1", "<i8"),
-        ("since2", "<i8"),
-        ("since3", "<i8"),
-        ("since4", "<i8"),
+        ("agg", "<f8"),  # running aggregate of the open window (sign-adjusted); NaN: none
+        ("last_ts", "<i8"),  # the last reading taken into a window
+        ("qc_value", "<f8"),  # QC's previous reference reading: value ...
+        ("qc_ts", "<i8"),  # ... and time, NO_TS when there is none
+        ("seen_ts", "<i8"),  # the newest reading of any quality (silence)
+        # Ages of the breach runs of levels 1..4 (ms, as of last_ts): the `for` clocks.
+        # Meaningful for the levels up to `raw` only.
+        ("age1", "<u4"),
+        ("age2", "<u4"),
+        ("age3", "<u4"),
+        ("age4", "<u4"),
+        ("accepted", "<u4"),  # readings taken into windows (duplicates excluded)
+        ("flat_run", "<u2"),  # readings in the current flat run, saturating at FLAT_CAP
+        ("health", "u1"),  # bits 0-4: QC failure run (saturating); QC_ALERT_BIT; SILENT_BIT
+        ("levels", "u1"),  # bits 0-2: current level 0..4; bits 3-5: raw, the highest breached
     ]
 )
+COLD_DTYPE = np.dtype(
+    [
+        ("episode_start", "<i8"),  # when the level last left 0
+        ("fail_since", "<i8"),  # the first reading of the current QC failure run
+    ]
+)
+CACHE_LINE = 64
 
 
-def new_state(n: int) -> npt.NDArray[np.void]:
-    """State for ``n`` sensors: no window open, level NONE."""
-    state = np.zeros(n, dtype=STATE_DTYPE)
-    state["win_start"] = NO_WINDOW
-    for name in ("last_ts", "since1", "since2", "since3", "since4"):
-        state[name] = NO_WINDOW
-    return state
+class State(NamedTuple):
+    hot: npt.NDArray[np.void]
+    cold: npt.NDArray[np.void]
+
+
+class Params(NamedTuple):
+    """A rule's constants, in the metric's unit and ms. QC limits NaN = test off."""
+
+    direction: int  # +1 above, -1 below
+    deadband: float
+    window_ms: int
+    for_ms: int  # at most AGE_CAP
+    fail_after: int  # QC failures in a row before a QC alert, 1..RUN_CAP
+    fail_lo: float
+    fail_hi: float
+    suspect_lo: float
+    suspect_hi: float
+    spike: float
+    rate_per_h: float
+    flat_eps: float
+    flat_suspect_n: int  # 0 = off, at most FLAT_CAP
+    flat_fail_n: int  # 0 = off, at most FLAT_CAP
+
+
+def make_params(
+    direction: int,
+    deadband: float,
+    window_ms: int,
+    for_ms: int,
+    fail_after: int,
+    qc: tuple[float, float, float, float, float, float, float, int, int],
+) -> Params:
+    """``qc``: fail_lo, fail_hi, suspect_lo, suspect_hi, spike, rate_per_h, flat_eps,
+    flat_suspect_n, flat_fail_n. Raises ValueError past the compact fields' limits."""
+    p = Params(direction, float(deadband), window_ms, for_ms, fail_after, *qc)
+    if not 0 <= for_ms <= AGE_CAP:
+        raise ValueError(f"for_ms {for_ms} outside 0..{AGE_CAP} (49.7 days)")
+    if not 1 <= fail_after <= RUN_CAP:
+        raise ValueError(f"fail_after {fail_after} outside 1..{RUN_CAP}")
+    if not (0 <= p.flat_suspect_n <= FLAT_CAP and 0 <= p.flat_fail_n <= FLAT_CAP):
+        raise ValueError(f"flat-line counts {p.flat_suspect_n}, {p.flat_fail_n} past {FLAT_CAP}")
+    return p
+
+
+def new_state(n: int) -> State:
+    """State for ``n`` sensors: no window open, level 0, nothing seen."""
+    raw = np.zeros(n * HOT_DTYPE.itemsize + CACHE_LINE, np.uint8)
+    skip = -raw.ctypes.data % CACHE_LINE  # records never straddle a cache line
+    hot = raw[skip : skip + n * HOT_DTYPE.itemsize].view(HOT_DTYPE)
+    hot["agg"] = np.nan
+    hot["qc_value"] = np.nan
+    for name in ("last_ts", "qc_ts", "seen_ts"):
+        hot[name] = NO_TS
+    cold = np.full(n, NO_TS, np.int64).repeat(2).view(COLD_DTYPE)
+    return State(hot, cold)
+
+
+def transition_arrays(n: int) -> tuple[npt.NDArray[np.generic], ...]:
+    """``n`` rows of level transitions: sensor, from, to, ms, value, threshold."""
+    return (
+        np.empty(n, np.int32),
+        np.empty(n, np.int8),
+        np.empty(n, np.int8),
+        np.empty(n, np.int64),
+        np.empty(n, np.float64),
+        np.empty(n, np.float64),
+    )
+
+
+def outputs(n: int) -> tuple[tuple[npt.NDArray[np.generic], ...], ...]:
+    """Output arrays for ``process`` on ``n`` readings: level transitions, health
+    changes (sensor, kind, firing, ms, since ms, value) and the rows of late readings.
+    A reading can close a window and escalate, or clear a silence and a QC alert."""
+    return (
+        transition_arrays(2 * n),
+        change_arrays(2 * n),
+        (np.empty(n, np.int64),),
+    )
+
+
+# ---- per-reading steps -------------------------------------------------------------------
 
 
 @njit(cache=True)
-def _held_level(agg, thr, direction, current, deadband):  # type: ignore[no-untyped-def]
-    """Highest level at or below ``current`` still held within the deadband, 0 if none."""
-    for k in range(current, 0, -1):
-        t = thr[k - 1]
-        if not np.isnan(t) and agg >= t * direction - deadband:
-            return k
-    return 0
+def _int(x):  # type: ignore[no-untyped-def]
+    """``x`` as int64: numba would type a uint8 field's bits as uint64, and uint64 with
+    int64 unifies to float64."""
+    return np.int64(x)
+
+
+@njit(cache=True)
+def _qc(st, p, future_lim, past_lim, t, v, qi):  # type: ignore[no-untyped-def]
+    """The reading's QC flag; advances the QC fields (see ``engine.kernels.qc``)."""
+    if np.isnan(v):
+        return Q_MISSING
+    if t > future_lim or t < past_lim or v < p.fail_lo or v > p.fail_hi:
+        return max(Q_FAIL, qi)
+    q = Q_GOOD
+    if v < p.suspect_lo or v > p.suspect_hi:
+        q = Q_SUSPECT
+    pt = st["qc_ts"]
+    run = 1
+    if pt != NO_TS:
+        dv = abs(v - st["qc_value"])
+        if dv > p.spike:
+            q = Q_SUSPECT
+        if t > pt and dv / (t - pt) * MS_PER_HOUR > p.rate_per_h:
+            q = Q_SUSPECT
+        if dv <= p.flat_eps:
+            run = min(st["flat_run"] + 1, FLAT_CAP)
+    if p.flat_fail_n > 0 and run >= p.flat_fail_n:
+        q = Q_FAIL
+    elif p.flat_suspect_n > 0 and run >= p.flat_suspect_n and q < Q_SUSPECT:
+        q = Q_SUSPECT
+    if qi > q:
+        q = qi
+    if qi != Q_FAIL and qi != Q_MISSING:
+        st["qc_value"] = v
+        st["qc_ts"] = t
+        st["flat_run"] = run
+    return q
+
+
+# Health events of one reading, bits of ``_health``'s result.
+EV_SILENCE_OVER, EV_RUN_BEGINS, EV_QC_FIRES, EV_QC_CLEARS = 1, 2, 4, 8
+
+
+@njit(cache=True)
+def _health(st, fail_after, t, q):  # type: ignore[no-untyped-def]
+    """Track QC failure runs and silence (see ``engine.kernels.health``); returns the
+    reading's health events (``EV_*`` bits, 0 in the common case)."""
+    h = _int(st["health"])
+    ev = 0
+    if h & SILENT_BIT:
+        h &= ~SILENT_BIT
+        ev |= EV_SILENCE_OVER
+    if t > st["seen_ts"]:
+        st["seen_ts"] = t
+    run = h & RUN_CAP
+    if q == Q_FAIL:
+        if run == 0:
+            ev |= EV_RUN_BEGINS
+        run = min(run + 1, RUN_CAP)
+        if run >= fail_after and not h & QC_ALERT_BIT:
+            h |= QC_ALERT_BIT
+            ev |= EV_QC_FIRES
+    else:
+        run = 0
+        if h & QC_ALERT_BIT:
+            h &= ~QC_ALERT_BIT
+            ev |= EV_QC_CLEARS
+    st["health"] = (h & ~RUN_CAP) | run
+    return ev
+
+
+@njit(cache=True)
+def _health_out(hc, n, cold, i, ev, t, seen, v):  # type: ignore[no-untyped-def]
+    """Write the health changes of events ``ev`` (``seen``: the sensor's newest reading
+    before this one)."""
+    if ev & EV_SILENCE_OVER:
+        n = _change(hc, n, i, SILENT, 0, t, seen, v)
+    if ev & EV_RUN_BEGINS:
+        cold[i]["fail_since"] = t
+    if ev & EV_QC_FIRES:
+        n = _change(hc, n, i, QC, 1, t, cold[i]["fail_since"], v)
+    if ev & EV_QC_CLEARS:
+        n = _change(hc, n, i, QC, 0, t, cold[i]["fail_since"], v)
+    return n
+
+
+@njit(cache=True)
+def _change(hc, n, i, kind, firing, t, since, v):  # type: ignore[no-untyped-def]
+    hc[0][n] = i
+    hc[1][n] = kind
+    hc[2][n] = firing
+    hc[3][n] = t
+    hc[4][n] = since
+    hc[5][n] = v
+    return n + 1
+
+
+@njit(cache=True)
+def _row(thresholds, i):  # type: ignore[no-untyped-def]
+    """Sensor ``i``'s four thresholds as a tuple: a view of the row would cost a
+    reference count per reading."""
+    return (thresholds[i, 0], thresholds[i, 1], thresholds[i, 2], thresholds[i, 3])
 
 
 @njit(cache=True)
@@ -99,258 +317,211 @@ def _breached(agg, thr, direction):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _get_since(st, k):  # type: ignore[no-untyped-def]
-    if k == 1:
-        return st["since1"]
-    if k == 2:
-        return st["since2"]
-    if k == 3:
-        return st["since3"]
-    return st["since4"]
-
-
-@njit(cache=True)
-def _set_since(st, k, value):  # type: ignore[no-untyped-def]
-    if k == 1:
-        st["since1"] = value
-    elif k == 2:
-        st["since2"] = value
-    elif k == 3:
-        st["since3"] = value
-    else:
-        st["since4"] = value
-
-
-@njit(cache=True)
-def _due_level(st, thr, t, for_ms):  # type: ignore[no-untyped-def]
-    """Track the breach runs at time ``t``; the highest level whose run lasted ``for_ms``."""
-    for k in range(4, st["level"], -1):
-        since = _get_since(st, k)
-        if since != NO_WINDOW and not np.isnan(thr[k - 1]) and t - since >= for_ms:
+def _held(agg, thr, current, p):  # type: ignore[no-untyped-def]
+    """Highest level at or below ``current`` still held within the deadband, 0 if none."""
+    for k in range(current, 0, -1):
+        t = thr[k - 1]
+        if not np.isnan(t) and agg >= t * p.direction - p.deadband:
             return k
-    return st["level"]
+    return 0
 
 
 @njit(cache=True)
-def _emit(  # type: ignore[no-untyped-def]
-    out_sensor,
-    out_from,
-    out_to,
-    out_ts,
-    out_value,
-    out_thr,
-    n_out,
-    sensor,
-    frm,
-    to,
-    ts,
-    value,
-    thr_row,
-    direction,
-):
-    out_sensor[n_out] = sensor
-    out_from[n_out] = frm
-    out_to[n_out] = to
-    out_ts[n_out] = ts
-    out_value[n_out] = value * direction
+def _emit(tr, n, i, frm, to, t, agg, thr, direction):  # type: ignore[no-untyped-def]
+    tr[0][n] = i
+    tr[1][n] = frm
+    tr[2][n] = to
+    tr[3][n] = t
+    tr[4][n] = agg * direction
     # Report the threshold of the level entered, or of the level left when clearing.
-    out_thr[n_out] = thr_row[(to if to > 0 else frm) - 1]
-    return n_out + 1
+    tr[5][n] = thr[(to if to > 0 else frm) - 1]
+    return n + 1
 
 
 @njit(cache=True)
-def _close(  # type: ignore[no-untyped-def]
-    state,
-    i,
-    thresholds,
-    direction,
-    deadband,
-    window_ms,
-    out_sensor,
-    out_from,
-    out_to,
-    out_ts,
-    out_value,
-    out_thr,
-    n_out,
-):
-    st = state[i]
-    if st["win_start"] == NO_WINDOW or st["count"] == 0:
-        return n_out
-    current = st["level"]
-    new = _held_level(st["agg"], thresholds[i], direction, current, deadband)
+def _close(st, thr, p):  # type: ignore[no-untyped-def]
+    """Close the sensor's open window: drop to the highest level still held. Returns
+    the level before and after."""
+    current = _int(st["levels"]) & 7
+    new = _held(st["agg"], thr, current, p)
     if new < current:
-        n_out = _emit(
-            out_sensor,
-            out_from,
-            out_to,
-            out_ts,
-            out_value,
-            out_thr,
-            n_out,
-            i,
-            current,
-            new,
-            st["win_start"] + window_ms,
-            st["agg"],
-            thresholds[i],
-            direction,
-        )
-        st["level"] = new
-    st["win_start"] = NO_WINDOW
-    st["count"] = 0
-    return n_out
+        st["levels"] = (_int(st["levels"]) & ~7) | new
+    st["agg"] = np.nan
+    return current, new
 
 
 @njit(cache=True)
-def process(  # type: ignore[no-untyped-def]
-    state,
-    thresholds,
-    direction,
-    deadband,
-    window_ms,
-    for_ms,
-    sensor,
-    ts,
-    value,
-    out_sensor,
-    out_from,
-    out_to,
-    out_ts,
-    out_value,
-    out_thr,
-):
-    """Apply readings in order; returns the number of transitions written to ``out_*``.
+def _age(st, k):  # type: ignore[no-untyped-def]
+    if k == 1:
+        return st["age1"]
+    if k == 2:
+        return st["age2"]
+    if k == 3:
+        return st["age3"]
+    return st["age4"]
 
-    ``sensor`` (int32), ``ts`` (int64 ms) and ``value`` (float64) are parallel arrays.
-    ``out_*`` must hold at least ``2 * len(ts)`` rows (a reading can close a window and
-    escalate). Output ``value`` is the window aggregate in the metric's unit.
+
+@njit(cache=True)
+def _advance_ages(st, raw, d):  # type: ignore[no-untyped-def]
+    """The breach runs of levels 1..raw go on for ``d`` more ms (saturating)."""
+    if raw >= 1:
+        st["age1"] = min(st["age1"] + d, AGE_CAP)
+    if raw >= 2:
+        st["age2"] = min(st["age2"] + d, AGE_CAP)
+    if raw >= 3:
+        st["age3"] = min(st["age3"] + d, AGE_CAP)
+    if raw >= 4:
+        st["age4"] = min(st["age4"] + d, AGE_CAP)
+
+
+@njit(cache=True)
+def _start_runs(st, raw, new_raw):  # type: ignore[no-untyped-def]
+    """Levels raw+1..new_raw begin a breach run now."""
+    for k in range(raw + 1, new_raw + 1):
+        if k == 1:
+            st["age1"] = 0
+        elif k == 2:
+            st["age2"] = 0
+        elif k == 3:
+            st["age3"] = 0
+        else:
+            st["age4"] = 0
+
+
+@njit(cache=True)
+def _due(st, thr, raw, current, for_ms):  # type: ignore[no-untyped-def]
+    """The highest level above ``current`` whose breach run has lasted ``for_ms``."""
+    for k in range(raw, current, -1):
+        if not np.isnan(thr[k - 1]) and _age(st, k) >= for_ms:
+            return k
+    return current
+
+
+# ---- kernels ---------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def process(state, thresholds, p, limits, sensor, ts, value, quality, out):  # type: ignore[no-untyped-def]
+    """Apply a batch of readings; returns (level transitions, health changes, late rows)
+    written to ``out`` (from :func:`outputs` for at least ``len(ts)`` readings).
+
+    ``limits`` = (future_lim, past_lim, late_before), ms: QC fails readings after the
+    first or before the second; a usable reading before ``late_before`` (the start of
+    the first window not yet closed) is late. ``sensor`` (int32), ``ts`` (int64 ms),
+    ``value`` (float64, the metric's unit) and ``quality`` (uint8, the incoming flag)
+    are parallel arrays. Output values are window aggregates in the metric's unit.
+
+    Only the rare paths (a transition, a health change) call helpers with arrays: numba
+    reference-counts every array argument, which on the per-reading path cost 2x.
     """
-    n_out = 0
-    n = ts.shape[0]
-    for r in range(n):
+    hot, cold = state
+    future_lim, past_lim, late_before = limits
+    tr, hc, late = out
+    n_tr = n_hc = n_late = 0
+    w = p.window_ms
+    m = ts.shape[0]
+    for r in range(m):
         # Random state access at millions of sensors: ask for a later reading's lines now.
-        if r + PREFETCH_AHEAD < n:
+        if r + PREFETCH_AHEAD < m:
             j = sensor[r + PREFETCH_AHEAD]
-            prefetch(state, j)
+            prefetch(hot, j)
             prefetch2(thresholds, j, 0)
         i = sensor[r]
-        v = value[r]
         t = ts[r]
-        st = state[i]
-        if np.isnan(v) or t <= st["last_ts"]:
-            st["dropped"] += 1
+        v = value[r]
+        st = hot[i]
+        q = _qc(st, p, future_lim, past_lim, t, v, quality[r])
+        seen = st["seen_ts"]
+        ev = _health(st, p.fail_after, t, q)
+        if ev:
+            n_hc = _health_out(hc, n_hc, cold, i, ev, t, seen, v)
+        if q in (Q_FAIL, Q_MISSING):
+            continue  # QC failures never raise or clear a level
+        if t < late_before:
+            late[0][n_late] = r
+            n_late += 1
             continue
-        start = t - (t % window_ms)
-        if st["win_start"] != start:
-            n_out = _close(
-                state,
-                i,
-                thresholds,
-                direction,
-                deadband,
-                window_ms,
-                out_sensor,
-                out_from,
-                out_to,
-                out_ts,
-                out_value,
-                out_thr,
-                n_out,
-            )
-            st["win_start"] = start
-            st["agg"] = v * direction
-            st["count"] = 0
-            changed = True
-        elif v * direction > st["agg"]:
-            st["agg"] = v * direction
-            changed = True
+        last = st["last_ts"]
+        if t <= last:
+            continue  # a duplicate, or older than the last reading taken
+        # The window: the open one holds the last reading taken; agg NaN = none open.
+        x = v * p.direction
+        agg = st["agg"]
+        changed = True
+        if np.isnan(agg) or t >= last - last % w + w:
+            if not np.isnan(agg):
+                thr = _row(thresholds, i)
+                frm, to = _close(st, thr, p)
+                if to < frm:
+                    end = last - last % w + w
+                    n_tr = _emit(tr, n_tr, i, frm, to, end, agg, thr, p.direction)
+            agg = x
+        elif x > agg:
+            agg = x
         else:
             changed = False
-        st["count"] += 1
-        st["accepted"] += 1
+        st["agg"] = agg
         st["last_ts"] = t
-        current = st["level"]
-        raw = st["raw"]
+        st["accepted"] += 1
+        # The levels: breach runs (the `for` clocks) and early escalation.
+        lv = _int(st["levels"])
+        current = lv & 7
+        raw = lv >> 3
+        if raw > 0:
+            _advance_ages(st, raw, t - last)
         if changed:
-            # Only the levels between the old and the new breach start or end a run.
-            new_raw = _breached(st["agg"], thresholds[i], direction)
-            for k in range(min(raw, new_raw) + 1, max(raw, new_raw) + 1):
-                _set_since(st, k, t if k <= new_raw else NO_WINDOW)
-            st["raw"] = new_raw
+            new_raw = _breached(agg, _row(thresholds, i), p.direction)
+            if new_raw > raw:
+                _start_runs(st, raw, new_raw)
             raw = new_raw
+            st["levels"] = current | (raw << 3)
         if raw <= current:
             continue  # the common case: nothing above the current level is breached
-        new = _due_level(st, thresholds[i], t, for_ms)
+        thr = _row(thresholds, i)
+        new = _due(st, thr, raw, current, p.for_ms)
         if new > current:
             if current == 0:
-                st["episode_start"] = t
-            n_out = _emit(
-                out_sensor,
-                out_from,
-                out_to,
-                out_ts,
-                out_value,
-                out_thr,
-                n_out,
-                i,
-                current,
-                new,
-                t,
-                st["agg"],
-                thresholds[i],
-                direction,
-            )
-            st["level"] = new
-    return n_out
+                cold[i]["episode_start"] = t
+            n_tr = _emit(tr, n_tr, i, current, new, t, agg, thr, p.direction)
+            st["levels"] = new | (raw << 3)
+    return n_tr, n_hc, n_late
 
 
 @njit(cache=True)
-def close_windows(  # type: ignore[no-untyped-def]
-    state,
-    thresholds,
-    direction,
-    deadband,
-    window_ms,
-    watermark,
-    out_sensor,
-    out_from,
-    out_to,
-    out_ts,
-    out_value,
-    out_thr,
-):
-    """Close every open window that ends at or before ``watermark`` (ms).
-
-    ``out_*`` must hold at least ``len(state)`` rows. Returns the number written.
-    """
-    n_out = 0
-    for i in range(state.shape[0]):
-        ws = state[i]["win_start"]
-        if ws != NO_WINDOW and ws + window_ms <= watermark:
-            n_out = _close(
-                state,
-                i,
-                thresholds,
-                direction,
-                deadband,
-                window_ms,
-                out_sensor,
-                out_from,
-                out_to,
-                out_ts,
-                out_value,
-                out_thr,
-                n_out,
-            )
-    return n_out
+def close_windows(hot, thresholds, p, closing, tr):  # type: ignore[no-untyped-def]
+    """Close every open window that ends at or before ``closing`` (ms); ``tr`` from
+    :func:`transition_arrays` for ``len(hot)`` rows. Returns the number written."""
+    cutoff = closing - closing % p.window_ms  # a window ends by `closing` iff last_ts < this
+    n = 0
+    for i in range(hot.shape[0]):
+        st = hot[i]
+        agg = st["agg"]
+        if st["last_ts"] < cutoff and not np.isnan(agg):
+            thr = _row(thresholds, i)
+            frm, to = _close(st, thr, p)
+            if to < frm:
+                end = st["last_ts"] - st["last_ts"] % p.window_ms + p.window_ms
+                n = _emit(tr, n, i, frm, to, end, agg, thr, p.direction)
+    return n
 
 
-def earliest_open_end(state: npt.NDArray[np.void], window_ms: int) -> int:
+def earliest_open_end(hot: npt.NDArray[np.void], window_ms: int) -> int:
     """The end (ms) of the earliest window still open, int64 max when none is."""
-    starts = state["win_start"]
-    open_ = starts[starts != NO_WINDOW]
-    return int(open_.min()) + window_ms if len(open_) else int(np.iinfo(np.int64).max)
+    last = hot["last_ts"][~np.isnan(hot["agg"])]
+    if not len(last):
+        return int(np.iinfo(np.int64).max)
+    first = int(last.min())
+    return first - first % window_ms + window_ms
+
+
+def silent_due(hot: npt.NDArray[np.void], stale_ms: int, watermark: int) -> npt.NDArray[np.intp]:
+    """Sensors with no reading in the ``stale_ms`` before ``watermark``, not yet reported
+    silent; marks them silent. Their alerts date from ``seen_ts + stale_ms``."""
+    seen = hot["seen_ts"]
+    quiet = (hot["health"] & SILENT_BIT) == 0
+    due = np.flatnonzero(quiet & (seen != NO_TS) & (seen <= watermark - stale_ms))
+    hot["health"][due] |= SILENT_BIT
+    return due
 
 
 def reference_process(
@@ -362,9 +533,9 @@ def reference_process(
     readings: list[tuple[int, int, float]],
     for_ms: int = 0,
 ) -> list[tuple[int, int, int, int, float]]:
-    """Plain-Python statement of ``process`` for differential tests.
+    """Plain-Python statement of the window and level steps, for differential tests.
 
-    ``levels`` is the per-sensor starting level (mutated); ``readings`` are
+    ``levels`` is the per-sensor starting level (mutated); ``readings`` are usable
     (sensor, ts, value). Returns transitions (sensor, from, to, ts, aggregate); the
     state starts empty (no open windows) and is not carried between calls.
     """
@@ -380,7 +551,7 @@ def reference_process(
         return float(thresholds[i, k - 1]) * direction
 
     for i, t, v in readings:
-        if np.isnan(v) or t <= last.get(i, NO_WINDOW):
+        if np.isnan(v) or t <= last.get(i, NO_TS):
             continue
         start = t - t % window_ms
         if i in win and win[i][0] != start:

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from engine.health import HealthChange
 from engine.ruleset import ThresholdRule
 
 __all__ = ["RawTransition", "Rejected", "Runner", "SensorIndex", "runner_for"]
@@ -82,13 +83,20 @@ class Runner(Protocol):
         value: npt.NDArray[np.float64],
         quality: npt.NDArray[np.uint8],
         watermark: int,
-    ) -> list[RawTransition]:
-        """Take readings of sensors already indexed; returns the transitions they cause."""
+        now_ms: int,
+    ) -> tuple[list[RawTransition], list[HealthChange]]:
+        """Take readings of sensors already indexed, QC them (``quality`` is the incoming
+        flag; ``now_ms`` the clock the time checks use) and return the level transitions
+        and the sensor-health changes they cause."""
         ...
 
     def close(self, watermark: int) -> list[RawTransition]:
         """Close windows with ``end + lateness <= watermark`` for every sensor; the
         watermark is the latest event time (ms) the partition has seen."""
+        ...
+
+    def check_silence(self, watermark: int) -> list[HealthChange]:
+        """Sensors silent for the rule's ``stale_ms`` at ``watermark`` (ms), reported once."""
         ...
 
     def grow(self, n: int) -> None:

@@ -1,4 +1,8 @@
-"""Early-firing runner: ``engine.kernels.tumbling_levels`` for max/above and min/below."""
+"""Early-firing runner: ``engine.kernels.tumbling_levels`` for max/above and min/below.
+
+The kernel does the rule's QC and sensor health in the same pass as the window and
+levels, so a reading touches one cache line of state (see the kernel's docstring).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from engine.health import FAIL_AFTER, HealthChange, health_changes, qc_params
 from engine.kernels import tumbling_levels as kernel
-from engine.kernels._common import Q_FAIL, Q_MISSING
+from engine.kernels._common import NO_TS
+from engine.kernels.qc import QCParams, time_limits
 from engine.ruleset import ThresholdRule
 from engine.runners.base import (
     RawTransition,
@@ -23,15 +29,16 @@ __all__ = ["TumblingRunner"]
 NEVER = int(np.iinfo(np.int64).max)
 
 
-def _outputs(n: int) -> tuple[npt.NDArray[Any], ...]:
-    return (
-        np.empty(n, np.int32),
-        np.empty(n, np.int8),
-        np.empty(n, np.int8),
-        np.empty(n, np.int64),
-        np.empty(n, np.float64),
-        np.empty(n, np.float64),
-    )
+def _params(rule: ThresholdRule, qc: QCParams) -> kernel.Params:
+    """The kernel's constants; the engine's QC limits are rule-wide (length-1 arrays)."""
+    lo, hi, slo, shi, spike, rate = (
+        float(a[0]) for a in (qc.fail_lo, qc.fail_hi, qc.suspect_lo, qc.suspect_hi, qc.spike,
+                              qc.rate_per_h)
+    )  # fmt: skip
+    return kernel.make_params(
+        rule.direction, rule.deadband, rule.window_ms, rule.for_ms, FAIL_AFTER,
+        (lo, hi, slo, shi, spike, rate, qc.flat_eps, qc.flat_suspect_n, qc.flat_fail_n),
+    )  # fmt: skip
 
 
 class TumblingRunner:
@@ -40,6 +47,8 @@ class TumblingRunner:
         self.lateness_ms = lateness_ms
         self.state = kernel.new_state(0)
         self.thresholds = np.full((0, 4), np.nan)
+        self.qc = qc_params(rule)
+        self.params = _params(rule, self.qc)
         #: No open window ends before this (ms): closing below it is a no-op, so the
         #: O(sensors) scan runs once per window period, not once per batch.
         self.next_close = NEVER
@@ -52,20 +61,24 @@ class TumblingRunner:
         return self.sensors.rule
 
     def grow(self, n: int) -> None:
-        if n <= len(self.state):
+        size = len(self.state.hot)
+        if n <= size:
             return
-        state = kernel.new_state(max(n, 2 * len(self.state), 16))
-        state[: len(self.state)] = self.state
+        state = kernel.new_state(max(n, 2 * size, 16))
+        state.hot[:size] = self.state.hot
+        state.cold[:size] = self.state.cold
         self.state = state
-        self.thresholds = gathered_thresholds(self.sensors, len(state))
+        self.thresholds = gathered_thresholds(self.sensors, len(state.hot))
 
     def rebind(self, rule: ThresholdRule) -> None:
         self.sensors.bind(rule)
-        self.thresholds = gathered_thresholds(self.sensors, len(self.state))
+        self.qc = qc_params(rule)
+        self.params = _params(rule, self.qc)
+        self.thresholds = gathered_thresholds(self.sensors, len(self.state.hot))
 
-    def _transitions(self, out: tuple[npt.NDArray[Any], ...], n: int) -> list[RawTransition]:
-        sensor, frm, to, at, value, thr = (a[:n].tolist() for a in out)
-        starts = self.state["episode_start"]
+    def _transitions(self, tr: tuple[npt.NDArray[Any], ...], n: int) -> list[RawTransition]:
+        sensor, frm, to, at, value, thr = (a[:n].tolist() for a in tr)
+        starts = self.state.cold["episode_start"]
         return [
             RawTransition(s, f, t, a, v, h, int(starts[s]))
             for s, f, t, a, v, h in zip(sensor, frm, to, at, value, thr, strict=True)
@@ -78,64 +91,73 @@ class TumblingRunner:
         value: npt.NDArray[np.float64],
         quality: npt.NDArray[np.uint8],
         watermark: int,
-    ) -> list[RawTransition]:
+        now_ms: int,
+    ) -> tuple[list[RawTransition], list[HealthChange]]:
         rule = self.rule
-        usable = (quality != Q_FAIL) & (quality != Q_MISSING)  # QC failures never count
-        window_end = ts - ts % rule.window_ms + rule.window_ms
-        late = window_end <= self.closed_until
-        if late.any():
-            for r in np.flatnonzero(late & usable).tolist():
-                self.rejected.append(Rejected(
-                    int(sensor[r]), int(ts[r]), float(value[r]),
-                    f"late for rule {rule.rule_id}: its {rule.window_ms // 60_000}-min window "
-                    "closed already",
-                ))  # fmt: skip
-            usable &= ~late
-        if not usable.all():
-            sensor, ts, value = sensor[usable], ts[usable], value[usable]
-        out = _outputs(2 * len(ts))
-        n = kernel.process(
-            self.state, self.thresholds, rule.direction, rule.deadband, rule.window_ms,
-            rule.for_ms, sensor, ts, value, *out,
+        future_lim, past_lim = time_limits(self.qc, now_ms)
+        # A window ending at or before closed_until is closed: its readings are late.
+        late_before = max(self.closed_until - self.closed_until % rule.window_ms, NO_TS)
+        out = kernel.outputs(len(ts))
+        n_tr, n_hc, n_late = kernel.process(
+            self.state, self.thresholds, self.params, (future_lim, past_lim, late_before),
+            sensor, ts, value, quality, out,
         )  # fmt: skip
+        for r in out[2][0][:n_late].tolist():
+            self.rejected.append(Rejected(
+                int(sensor[r]), int(ts[r]), float(value[r]),
+                f"late for rule {rule.rule_id}: its {rule.window_ms // 60_000}-min window "
+                "closed already",
+            ))  # fmt: skip
         if len(ts):
             first_end = int(ts.min()) // rule.window_ms * rule.window_ms + rule.window_ms
             self.next_close = min(self.next_close, first_end)
-        return self._transitions(out, n)
+        changes = health_changes(tuple(a[:n_hc] for a in out[1]))
+        return self._transitions(out[0], n_tr), changes
 
     def close(self, watermark: int) -> list[RawTransition]:
         closing = watermark - self.lateness_ms
         if closing < self.next_close:
             return []
-        rule = self.rule
-        out = _outputs(len(self.state))
-        n = kernel.close_windows(
-            self.state, self.thresholds, rule.direction, rule.deadband, rule.window_ms,
-            closing, *out,
-        )  # fmt: skip
-        self.next_close = kernel.earliest_open_end(self.state, rule.window_ms)
+        tr = kernel.transition_arrays(len(self.state.hot))
+        n = kernel.close_windows(self.state.hot, self.thresholds, self.params, closing, tr)
+        self.next_close = kernel.earliest_open_end(self.state.hot, self.rule.window_ms)
         self.closed_until = max(self.closed_until, closing)
-        return self._transitions(out, n)
+        return self._transitions(tr, n)
+
+    def check_silence(self, watermark: int) -> list[HealthChange]:
+        stale_ms = self.rule.stale_ms
+        if stale_ms <= 0:
+            return []
+        due = kernel.silent_due(self.state.hot, stale_ms, watermark)
+        last = self.state.hot["seen_ts"][due]
+        k = len(due)
+        return health_changes((
+            due, np.full(k, kernel.SILENT), np.ones(k), last + stale_ms, last, np.full(k, np.nan)
+        ))  # fmt: skip
 
     def accepted(self, station: str) -> int:
         i = self.sensors.index.get(station)
-        return 0 if i is None else int(self.state[i]["accepted"])
+        return 0 if i is None else int(self.state.hot[i]["accepted"])
 
     def snapshot(self) -> dict[str, Any]:
         n = len(self.sensors.stations)
         return {
             "sig": signature(self.rule),
             "stations": self.sensors.stations,
-            "state": self.state[:n].tobytes(),
+            "hot": self.state.hot[:n].tobytes(),
+            "cold": self.state.cold[:n].tobytes(),
             "closed_until": self.closed_until,
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
-        records = np.frombuffer(saved["state"], dtype=kernel.STATE_DTYPE)
+        hot = np.frombuffer(saved["hot"], dtype=kernel.HOT_DTYPE)
+        cold = np.frombuffer(saved["cold"], dtype=kernel.COLD_DTYPE)
         lut, _ = self.sensors.lookup(tuple(saved["stations"]))
         self.grow(len(self.sensors.stations))
-        for i, record in zip(lut.tolist(), records, strict=True):
+        rows = lut.tolist()
+        for j, i in enumerate(rows):
             if i >= 0:
-                self.state[i] = record
-        self.next_close = kernel.earliest_open_end(self.state, self.rule.window_ms)
+                self.state.hot[i] = hot[j]
+                self.state.cold[i] = cold[j]
+        self.next_close = kernel.earliest_open_end(self.state.hot, self.rule.window_ms)
         self.closed_until = int(saved.get("closed_until", -NEVER))

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from engine.health import HealthChange, RuleHealth
 from engine.kernels import levels as lv
 from engine.kernels import windows as win
 from engine.kernels._common import NO_TS
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 class WindowedRunner:
     def __init__(self, rule: ThresholdRule, lateness_ms: int) -> None:
         self.sensors = SensorIndex(rule)
+        self.health = RuleHealth(rule)  # QC and sensor health, before the windows
         step = rule.slide_ms or rule.window_ms
         self.spec = win.WindowSpec(
             bucket_ms=step,
@@ -59,6 +61,7 @@ class WindowedRunner:
         )
 
     def grow(self, n: int) -> None:
+        self.health.grow(n)
         size = len(self.levels)
         if n <= size:
             return
@@ -77,6 +80,7 @@ class WindowedRunner:
 
     def rebind(self, rule: ThresholdRule) -> None:
         self.sensors.bind(rule)
+        self.health.rebind(rule)
         self.params = self._params(len(self.levels))
 
     def _ensure_windows(self, watermark: int) -> win.WindowState:
@@ -91,6 +95,17 @@ class WindowedRunner:
         value: npt.NDArray[np.float64],
         quality: npt.NDArray[np.uint8],
         watermark: int,
+        now_ms: int,
+    ) -> tuple[list[RawTransition], list[HealthChange]]:
+        quality, changes = self.health.check(sensor, ts, value, quality, now_ms)
+        return self._windows(sensor, ts, value, quality), changes
+
+    def _windows(
+        self,
+        sensor: npt.NDArray[np.int32],
+        ts: npt.NDArray[np.int64],
+        value: npt.NDArray[np.float64],
+        quality: npt.NDArray[np.uint8],
     ) -> list[RawTransition]:
         out: list[RawTransition] = []
         keep, _ = fresh(self.last_ts, sensor, ts)  # redeliveries count once
@@ -163,6 +178,9 @@ class WindowedRunner:
             out.append(RawTransition(s, f, t, at, v, h, int(self.episode[s])))
         return out
 
+    def check_silence(self, watermark: int) -> list[HealthChange]:
+        return self.health.check_silence(watermark)
+
     def accepted(self, station: str) -> int:
         i = self.sensors.index.get(station)
         return 0 if i is None else int(self.counted[i])
@@ -179,12 +197,14 @@ class WindowedRunner:
             "buckets": None if self.windows is None else self.windows.buckets[:n].tobytes(),
             "clock": NO_TS if self.windows is None else int(self.windows.clock["next_close"][0]),
             "ring": self.spec.ring_size,
+            "health": self.health.snapshot(n),
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
         lut, _ = self.sensors.lookup(tuple(saved["stations"]))
         self.grow(len(self.sensors.stations))
         rows = lut.tolist()
+        self.health.restore(saved["health"], rows)
         levels = np.frombuffer(saved["levels"], lv.LEVELS_STATE_DTYPE)
         episode = np.frombuffer(saved["episode"], np.int64)
         counted = np.frombuffer(saved["counted"], np.int64)

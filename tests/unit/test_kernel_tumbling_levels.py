@@ -1,14 +1,21 @@
-"""The tumbling-window level kernel against its plain-Python reference, and the
-processor's exactly-once offset handling and checkpoints."""
+"""The early-firing kernel (QC, health, window, levels in one pass) against the plain
+references of its steps, and the processor's exactly-once offset handling and
+checkpoints."""
 
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.batch import TelemetryBatch
+from engine.kernels import health as hk
 from engine.kernels import tumbling_levels as k
+from engine.kernels._common import NO_TS, Q_FAIL, Q_GOOD, Q_MISSING, Q_SUSPECT, Q_UNCHECKED, TS_MAX
+from engine.kernels.qc import QCParams, time_limits
+from engine.kernels.qc_reference import QCReference
 from engine.processor import PartitionProcessor
 from engine.ruleset import RuleSet, ThresholdRule
 
@@ -20,30 +27,45 @@ reading = st.tuples(
     st.integers(0, 40).map(lambda m: m * 60_000),  # minute, with duplicates and gaps
     st.one_of(st.floats(-6, 6, allow_nan=False), st.just(float("nan"))),
 )
+QC_OFF = (*[float("nan")] * 6, 0.0, 0, 0)
+
+
+def _run(
+    params: k.Params,
+    readings: list[tuple[int, int, float]],
+    quality: list[int] | None = None,
+    thresholds: npt.NDArray[np.float64] = THRESHOLDS,
+    limits: tuple[int, int, int] = (TS_MAX, NO_TS, NO_TS),
+    state: k.State | None = None,
+) -> tuple[list[tuple[int, int, int, int, float]], list[tuple], list[int], k.State]:
+    """Level transitions (sensor, from, to, ms, aggregate), health changes and late rows."""
+    state = k.new_state(len(thresholds)) if state is None else state
+    sensor = np.array([r[0] for r in readings], np.int32)
+    ts = np.array([r[1] for r in readings], np.int64)
+    value = np.array([r[2] for r in readings], np.float64)
+    q = np.array(quality or [Q_UNCHECKED] * len(readings), np.uint8)
+    out = k.outputs(len(readings))
+    n_tr, n_hc, n_late = k.process(
+        state, thresholds * params.direction, params, limits, sensor, ts, value, q, out
+    )
+    tr = [
+        (int(s), int(f), int(t), int(at), float(v))
+        for s, f, t, at, v in zip(*(a[:n_tr] for a in out[0][:5]), strict=True)
+    ]
+    hc = list(zip(*(a[:n_hc].tolist() for a in out[1]), strict=True))
+    return tr, hc, out[2][0][:n_late].tolist(), state
+
+
+def _nan_free(rows: list[tuple]) -> list[tuple]:
+    """Rows comparable with ==: NaN (a silence's value) as None."""
+    return [tuple(None if x != x else x for x in row) for row in rows]
 
 
 def _kernel(
     direction: int, deadband: float, readings: list[tuple[int, int, float]], for_ms: int = 0
 ) -> list:
-    state = k.new_state(3)
-    thr = THRESHOLDS * direction
-    n = len(readings)
-    out = (
-        np.empty(2 * n, np.int32),
-        np.empty(2 * n, np.int8),
-        np.empty(2 * n, np.int8),
-        np.empty(2 * n, np.int64),
-        np.empty(2 * n, np.float64),
-        np.empty(2 * n, np.float64),
-    )
-    sensor = np.array([r[0] for r in readings], np.int32)
-    ts = np.array([r[1] for r in readings], np.int64)
-    value = np.array([r[2] for r in readings], np.float64)
-    m = k.process(state, thr, direction, deadband, WINDOW, for_ms, sensor, ts, value, *out)
-    return [
-        (int(out[0][j]), int(out[1][j]), int(out[2][j]), int(out[3][j]), float(out[4][j]))
-        for j in range(m)
-    ]
+    params = k.make_params(direction, deadband, WINDOW, for_ms, 3, QC_OFF)
+    return _run(params, readings)[0]
 
 
 @settings(max_examples=150, deadline=None)
@@ -52,14 +74,106 @@ def _kernel(
     st.sampled_from([1, -1]),
     st.sampled_from([0.0, 0.3]),
     st.sampled_from([0, 120_000, 600_000]),
+    st.integers(0, 80),
 )
 def test_kernel_matches_reference(
-    readings: list, direction: int, deadband: float, for_ms: int
+    readings: list, direction: int, deadband: float, for_ms: int, cut: int
 ) -> None:
     expected = k.reference_process(
         [0, 0, 0], THRESHOLDS * direction, direction, deadband, WINDOW, readings, for_ms
     )
     assert _kernel(direction, deadband, readings, for_ms) == expected
+    # The state carries over between batches: any split gives the same transitions.
+    params = k.make_params(direction, deadband, WINDOW, for_ms, 3, QC_OFF)
+    first, _, _, state = _run(params, readings[:cut])
+    assert first + _run(params, readings[cut:], state=state)[0] == expected
+
+
+qc_reading = st.tuples(
+    st.integers(0, 2),
+    st.integers(0, 60).map(lambda m: m * 60_000),
+    st.one_of(st.sampled_from([0.5, 1.0, 2.5, 3.5, 9.0, -9.0]), st.just(float("nan"))),
+    st.sampled_from([Q_UNCHECKED, Q_GOOD, Q_SUSPECT, Q_FAIL, Q_MISSING]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(qc_reading, max_size=80),
+    st.sampled_from([1, -1]),
+    st.sampled_from([0, 300_000]),
+    st.sampled_from([(-8.0, 8.0), (float("nan"), float("nan"))]),
+    st.sampled_from([float("nan"), 1.5]),
+    st.sampled_from([0, 3]),
+    st.integers(1, 4),
+    st.integers(0, 40).map(lambda m: m * 60_000),
+    st.integers(20, 70).map(lambda m: m * 60_000),
+)
+def test_one_pass_equals_qc_then_health_then_levels(
+    readings: list,
+    direction: int,
+    for_ms: int,
+    gross: tuple[float, float],
+    spike: float,
+    flat_n: int,
+    fail_after: int,
+    late_before: int,
+    now: int,
+) -> None:
+    """The fused kernel against QC's reference, the health kernel and the level
+    reference applied one after the other, as the engine applied them before fusion."""
+    qc = QCParams(*(np.full(3, x) for x in (*gross, np.nan, np.nan, spike, 2.0)),
+                  flat_eps=0.0, flat_suspect_n=max(0, flat_n - 1), flat_fail_n=flat_n,
+                  future_ms=5 * 60_000, max_age_ms=50 * 60_000)  # fmt: skip
+    params = k.make_params(
+        direction, 0.3, WINDOW, for_ms, fail_after,
+        (gross[0], gross[1], np.nan, np.nan, spike, 2.0, 0.0, qc.flat_suspect_n, flat_n),
+    )  # fmt: skip
+    future, past = time_limits(qc, now)
+    rows = [(s, t, v) for s, t, v, _ in readings]
+    tr, hc, late, state = _run(
+        params, rows, [r[3] for r in readings], limits=(future, past, late_before)
+    )
+
+    sensor = np.array([r[0] for r in rows], np.int32)
+    ts = np.array([r[1] for r in rows], np.int64)
+    value = np.array([r[2] for r in rows], np.float64)
+    flags = QCReference(qc).run(sensor.tolist(), ts.tolist(), value.tolist(), now,
+                                [r[3] for r in readings])  # fmt: skip
+    health = hk.new_health_state(3)
+    changes = hk.observe(health, fail_after, sensor, ts, value, np.array(flags, np.uint8))
+    assert _nan_free(hc) == _nan_free(list(zip(*(a.tolist() for a in changes), strict=True)))
+    usable = [j for j, q in enumerate(flags) if q not in (Q_FAIL, Q_MISSING)]
+    assert late == [j for j in usable if ts[j] < late_before]
+    taken = [rows[j] for j in usable if ts[j] >= late_before]
+    thr = THRESHOLDS * direction
+    assert tr == k.reference_process([0, 0, 0], thr, direction, 0.3, WINDOW, taken, for_ms)
+    # Silence, found by the watermark, against the health kernel's.
+    due = k.silent_due(state.hot, 10 * 60_000, 70 * 60_000)
+    assert due.tolist() == hk.check_silence(health, 10 * 60_000, 70 * 60_000)[0].tolist()
+
+
+def test_state_is_one_cache_line_per_reading_plus_a_cold_record() -> None:
+    state = k.new_state(1000)
+    assert k.HOT_DTYPE.itemsize == 64 and k.COLD_DTYPE.itemsize == 16
+    assert state.hot.ctypes.data % 64 == 0
+
+
+def test_for_clocks_are_exact_up_to_their_cap() -> None:
+    day = 86_400_000
+    long = [(0, 0, 2.2), (0, k.AGE_CAP - 1, 2.3), (0, k.AGE_CAP, 2.4)]
+    assert _kernel(1, 0.0, long, for_ms=k.AGE_CAP) == [(0, 0, 2, k.AGE_CAP, 2.4)]
+    # A breach longer than the cap: the saturated clock is still past any allowed `for`.
+    gap = [(1, 0, 2.6), (1, 400 * day, 5.5)]
+    expected = k.reference_process([0, 0, 0], THRESHOLDS, 1, 0.0, WINDOW, gap, k.AGE_CAP)
+    assert _kernel(1, 0.0, gap, for_ms=k.AGE_CAP) == expected == [(1, 0, 2, 400 * day, 5.5)]
+
+
+def test_params_past_the_compact_fields_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"for_ms 4294967296 outside 0\.\.4294967295"):
+        k.make_params(1, 0.0, WINDOW, k.AGE_CAP + 1, 3, QC_OFF)
+    with pytest.raises(ValueError, match=r"fail_after 32 outside 1\.\.31"):
+        k.make_params(1, 0.0, WINDOW, 0, 32, QC_OFF)
 
 
 def test_kernel_escalates_early_and_clears_at_window_close() -> None:
