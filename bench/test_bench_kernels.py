@@ -13,8 +13,9 @@ Implementations, measured in the same run on the same readings:
 - ``numba_rulewide_qc``: the same with one set of QC thresholds for the whole rule;
 - ``engine``: the engine's path for a max rule (:mod:`engine.kernels.tumbling_levels` as
   :mod:`engine.runners.tumbling` calls it): QC, sensor health, the window's running
-  maximum and the levels in one pass over one 64-byte record per sensor, escalating
-  early; QC limits rule-wide, as the engine's rules have them;
+  maximum and the levels in one pass over one 128-byte block per sensor (80 bytes of
+  state, the sensor's thresholds, padding), escalating early; QC limits rule-wide, as
+  the engine's rules have them, level thresholds per sensor;
 - ``numpy``: vectorised per batch (gather/scatter, ``np.maximum.at``); it does *less*
   than the kernels: no flat-line or rate test, no lateness, readings of one sensor within
   a batch are not ordered for the spike test;
@@ -232,11 +233,11 @@ def numba_chain_shared_qc(w: Workload, batch: int, qs: Any, ws: Any, ls: Any, bu
 
 def engine_setup(w: Workload) -> tuple[Any, ...]:
     state = tumbling.new_state(w.n)
-    thresholds = np.ascontiguousarray(w.levels.thresholds)
+    tumbling.set_thresholds(state, w.levels.thresholds)  # per sensor, as station fields are
     sensor = w.sensor.astype(np.int32)
     quality = np.zeros(w.readings, np.uint8)  # no incoming flags
-    _touch(state.hot, state.cold, thresholds)
-    return state, thresholds, sensor, quality
+    _touch(state)
+    return state, sensor, quality
 
 
 def engine_params(w: Workload) -> tumbling.Params:
@@ -249,7 +250,7 @@ def engine_params(w: Workload) -> tumbling.Params:
     return tumbling.make_params(1, DEADBAND, WINDOW, 0, 3, qc)
 
 
-def engine_chain(w: Workload, batch: int, state: Any, thr: Any, s32: Any, quality: Any) -> int:
+def engine_chain(w: Workload, batch: int, state: Any, s32: Any, quality: Any) -> int:
     """What ``engine.runners.tumbling`` does per batch."""
     transitions = 0
     params = engine_params(w)
@@ -259,16 +260,16 @@ def engine_chain(w: Workload, batch: int, state: Any, thr: Any, s32: Any, qualit
         s, t, v = s32[i : i + batch], w.ts[i : i + batch], w.value[i : i + batch]
         out = tumbling.outputs(len(t))
         n_tr, _, _ = tumbling.process(
-            state, thr, params, (future, past, NO_TS), s, t, v, quality[i : i + batch], out
+            state, params, (future, past, NO_TS), s, t, v, quality[i : i + batch], out
         )
         transitions += n_tr
         next_close = min(next_close, int(t.min()) // WINDOW * WINDOW + WINDOW)
         if int(t.max()) - MIN >= next_close:  # the runner's gate: one scan per window
             tr = tumbling.transition_arrays(w.n)
-            transitions += tumbling.close_windows(state.hot, thr, params, int(t.max()) - MIN, tr)
-            next_close = tumbling.earliest_open_end(state.hot, WINDOW)
+            n_tr, next_close = tumbling.close_windows(state, params, int(t.max()) - MIN, tr)
+            transitions += n_tr
     tr = tumbling.transition_arrays(w.n)
-    return transitions + tumbling.close_windows(state.hot, thr, params, T0 + WINDOW + MIN, tr)
+    return transitions + tumbling.close_windows(state, params, T0 + WINDOW + MIN, tr)[0]
 
 
 IMPLS = {
@@ -287,7 +288,7 @@ STATE_BYTES = {
     "thresholds": 4 * 8,
 }
 #: The engine's early-firing path: one record per sensor for QC, health, window, levels.
-ENGINE_STATE_BYTES = tumbling.HOT_DTYPE.itemsize + tumbling.COLD_DTYPE.itemsize
+ENGINE_STATE_BYTES = sum(tumbling.BLOCK_DTYPE[f].itemsize for f in tumbling.STATE_FIELDS)
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))

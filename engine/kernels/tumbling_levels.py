@@ -28,12 +28,16 @@ this kernel. Per reading, in the order of the arrays (event-time order per senso
      the watermark passes its end (:func:`close_windows`), so a gauge that falls silent
      mid-flood does not hold its last window open forever.
 
-State: 80 bytes per sensor in two arrays. ``hot`` (``HOT_DTYPE``, 64 bytes, allocated
-on a cache-line boundary) holds everything a reading touches in the common case, so a
-reading costs one cache line of state; ``cold`` (``COLD_DTYPE``, 16 bytes) holds the
-times written only when an episode or a QC failure run begins. Thresholds are an
-(n_sensors, 4) float64 array in the metric's unit, NaN for unused levels. All times are
-event time, ms since the epoch (UTC).
+Memory: one 128-byte block per sensor (``BLOCK_DTYPE``), allocated on a 128-byte
+boundary, two cache lines that sit side by side in memory. The first line holds
+everything a reading changes in the common case; the second holds the sensor's four
+thresholds (the rule's, in the metric's unit, NaN for unused levels; written by
+:func:`set_thresholds`), which a reading reads when its window's aggregate moves, and
+the two times written only when an episode or a QC failure run begins. Two adjacent
+lines of one block cost much less than two lines in separate arrays: measured at 10 M
+sensors, 27 against 19 M readings/s for the kernel alone. The mutable state, which
+snapshots carry (``STATE_FIELDS``), is 80 bytes per sensor; the thresholds take 32 and
+16 are padding. All times are event time, ms since the epoch (UTC).
 
 Compact fields and their documented limits (checked by ``ThresholdRule`` and
 :func:`make_params`):
@@ -60,19 +64,18 @@ import numpy.typing as npt
 from numba import njit
 
 from engine.kernels._common import MS_PER_HOUR, NO_TS, Q_FAIL, Q_GOOD, Q_MISSING, Q_SUSPECT
-from engine.kernels._prefetch import PREFETCH_AHEAD, prefetch, prefetch2
+from engine.kernels._prefetch import PREFETCH_AHEAD, prefetch_item
 from engine.kernels.health import QC, SILENT, change_arrays
 
 __all__ = [
     "AGE_CAP",
-    "COLD_DTYPE",
+    "BLOCK_DTYPE",
     "FLAT_CAP",
-    "HOT_DTYPE",
     "QC",
     "RUN_CAP",
     "SILENT",
+    "STATE_FIELDS",
     "Params",
-    "State",
     "close_windows",
     "earliest_open_end",
     "make_params",
@@ -80,6 +83,7 @@ __all__ = [
     "outputs",
     "process",
     "reference_process",
+    "set_thresholds",
     "silent_due",
     "transition_arrays",
 ]
@@ -90,8 +94,9 @@ RUN_CAP = 31  # 5 bits of ``health``
 QC_ALERT_BIT = 32
 SILENT_BIT = 64
 
-HOT_DTYPE = np.dtype(
+BLOCK_DTYPE = np.dtype(
     [
+        # -- line 0: what a reading changes --
         ("agg", "<f8"),  # running aggregate of the open window (sign-adjusted); NaN: none
         ("last_ts", "<i8"),  # the last reading taken into a window
         ("qc_value", "<f8"),  # QC's previous reference reading: value ...
@@ -107,20 +112,21 @@ HOT_DTYPE = np.dtype(
         ("flat_run", "<u2"),  # readings in the current flat run, saturating at FLAT_CAP
         ("health", "u1"),  # bits 0-4: QC failure run (saturating); QC_ALERT_BIT; SILENT_BIT
         ("levels", "u1"),  # bits 0-2: current level 0..4; bits 3-5: raw, the highest breached
-    ]
-)
-COLD_DTYPE = np.dtype(
-    [
+        # -- line 1: the rule's thresholds, and times written rarely --
+        ("thr1", "<f8"),  # blue .. red, the metric's unit (not sign-adjusted), NaN: unused
+        ("thr2", "<f8"),
+        ("thr3", "<f8"),
+        ("thr4", "<f8"),
         ("episode_start", "<i8"),  # when the level last left 0
         ("fail_since", "<i8"),  # the first reading of the current QC failure run
+        ("_pad", "u1", (16,)),
     ]
 )
-CACHE_LINE = 64
-
-
-class State(NamedTuple):
-    hot: npt.NDArray[np.void]
-    cold: npt.NDArray[np.void]
+THRESHOLD_FIELDS = ("thr1", "thr2", "thr3", "thr4")
+#: The fields a snapshot carries: all but the thresholds (from the rule) and padding.
+STATE_FIELDS = tuple(f for f in BLOCK_DTYPE.names or () if f not in (*THRESHOLD_FIELDS, "_pad"))
+BLOCK = 128
+NEVER = int(np.iinfo(np.int64).max)
 
 
 class Params(NamedTuple):
@@ -162,17 +168,22 @@ def make_params(
     return p
 
 
-def new_state(n: int) -> State:
-    """State for ``n`` sensors: no window open, level 0, nothing seen."""
-    raw = np.zeros(n * HOT_DTYPE.itemsize + CACHE_LINE, np.uint8)
-    skip = -raw.ctypes.data % CACHE_LINE  # records never straddle a cache line
-    hot = raw[skip : skip + n * HOT_DTYPE.itemsize].view(HOT_DTYPE)
-    hot["agg"] = np.nan
-    hot["qc_value"] = np.nan
-    for name in ("last_ts", "qc_ts", "seen_ts"):
-        hot[name] = NO_TS
-    cold = np.full(n, NO_TS, np.int64).repeat(2).view(COLD_DTYPE)
-    return State(hot, cold)
+def new_state(n: int) -> npt.NDArray[np.void]:
+    """State for ``n`` sensors: no window open, level 0, nothing seen, no thresholds."""
+    raw = np.zeros(n * BLOCK + BLOCK, np.uint8)
+    skip = -raw.ctypes.data % BLOCK  # a block is two adjacent lines, never three
+    state = raw[skip : skip + n * BLOCK].view(BLOCK_DTYPE)
+    for name in ("agg", "qc_value", *THRESHOLD_FIELDS):
+        state[name] = np.nan
+    for name in ("last_ts", "qc_ts", "seen_ts", "episode_start", "fail_since"):
+        state[name] = NO_TS
+    return state
+
+
+def set_thresholds(state: npt.NDArray[np.void], thresholds: npt.NDArray[np.float64]) -> None:
+    """Write the (n_sensors, 4) thresholds (metric's unit, NaN = unused) into the blocks."""
+    for k, name in enumerate(THRESHOLD_FIELDS):
+        state[name] = thresholds[:, k]
 
 
 def transition_arrays(n: int) -> tuple[npt.NDArray[np.generic], ...]:
@@ -274,17 +285,17 @@ def _health(st, fail_after, t, q):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _health_out(hc, n, cold, i, ev, t, seen, v):  # type: ignore[no-untyped-def]
+def _health_out(hc, n, st, i, ev, t, seen, v):  # type: ignore[no-untyped-def]
     """Write the health changes of events ``ev`` (``seen``: the sensor's newest reading
     before this one)."""
     if ev & EV_SILENCE_OVER:
         n = _change(hc, n, i, SILENT, 0, t, seen, v)
     if ev & EV_RUN_BEGINS:
-        cold[i]["fail_since"] = t
+        st["fail_since"] = t
     if ev & EV_QC_FIRES:
-        n = _change(hc, n, i, QC, 1, t, cold[i]["fail_since"], v)
+        n = _change(hc, n, i, QC, 1, t, st["fail_since"], v)
     if ev & EV_QC_CLEARS:
-        n = _change(hc, n, i, QC, 0, t, cold[i]["fail_since"], v)
+        n = _change(hc, n, i, QC, 0, t, st["fail_since"], v)
     return n
 
 
@@ -300,10 +311,9 @@ def _change(hc, n, i, kind, firing, t, since, v):  # type: ignore[no-untyped-def
 
 
 @njit(cache=True)
-def _row(thresholds, i):  # type: ignore[no-untyped-def]
-    """Sensor ``i``'s four thresholds as a tuple: a view of the row would cost a
-    reference count per reading."""
-    return (thresholds[i, 0], thresholds[i, 1], thresholds[i, 2], thresholds[i, 3])
+def _row(st):  # type: ignore[no-untyped-def]
+    """The sensor's four thresholds as a tuple (no array: numba would count references)."""
+    return (st["thr1"], st["thr2"], st["thr3"], st["thr4"])
 
 
 @njit(cache=True)
@@ -401,7 +411,7 @@ def _due(st, thr, raw, current, for_ms):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def process(state, thresholds, p, limits, sensor, ts, value, quality, out):  # type: ignore[no-untyped-def]
+def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[no-untyped-def]
     """Apply a batch of readings; returns (level transitions, health changes, late rows)
     written to ``out`` (from :func:`outputs` for at least ``len(ts)`` readings).
 
@@ -414,7 +424,6 @@ def process(state, thresholds, p, limits, sensor, ts, value, quality, out):  # t
     Only the rare paths (a transition, a health change) call helpers with arrays: numba
     reference-counts every array argument, which on the per-reading path cost 2x.
     """
-    hot, cold = state
     future_lim, past_lim, late_before = limits
     tr, hc, late = out
     n_tr = n_hc = n_late = 0
@@ -423,18 +432,16 @@ def process(state, thresholds, p, limits, sensor, ts, value, quality, out):  # t
     for r in range(m):
         # Random state access at millions of sensors: ask for a later reading's lines now.
         if r + PREFETCH_AHEAD < m:
-            j = sensor[r + PREFETCH_AHEAD]
-            prefetch(hot, j)
-            prefetch2(thresholds, j, 0)
+            prefetch_item(state, sensor[r + PREFETCH_AHEAD])
         i = sensor[r]
         t = ts[r]
         v = value[r]
-        st = hot[i]
+        st = state[i]
         q = _qc(st, p, future_lim, past_lim, t, v, quality[r])
         seen = st["seen_ts"]
         ev = _health(st, p.fail_after, t, q)
         if ev:
-            n_hc = _health_out(hc, n_hc, cold, i, ev, t, seen, v)
+            n_hc = _health_out(hc, n_hc, st, i, ev, t, seen, v)
         if q in (Q_FAIL, Q_MISSING):
             continue  # QC failures never raise or clear a level
         if t < late_before:
@@ -450,7 +457,7 @@ def process(state, thresholds, p, limits, sensor, ts, value, quality, out):  # t
         changed = True
         if np.isnan(agg) or t >= last - last % w + w:
             if not np.isnan(agg):
-                thr = _row(thresholds, i)
+                thr = _row(st)
                 frm, to = _close(st, thr, p)
                 if to < frm:
                     end = last - last % w + w
@@ -470,57 +477,65 @@ def process(state, thresholds, p, limits, sensor, ts, value, quality, out):  # t
         if raw > 0:
             _advance_ages(st, raw, t - last)
         if changed:
-            new_raw = _breached(agg, _row(thresholds, i), p.direction)
+            new_raw = _breached(agg, _row(st), p.direction)
             if new_raw > raw:
                 _start_runs(st, raw, new_raw)
             raw = new_raw
             st["levels"] = current | (raw << 3)
         if raw <= current:
             continue  # the common case: nothing above the current level is breached
-        thr = _row(thresholds, i)
+        thr = _row(st)
         new = _due(st, thr, raw, current, p.for_ms)
         if new > current:
             if current == 0:
-                cold[i]["episode_start"] = t
+                st["episode_start"] = t
             n_tr = _emit(tr, n_tr, i, current, new, t, agg, thr, p.direction)
             st["levels"] = new | (raw << 3)
     return n_tr, n_hc, n_late
 
 
 @njit(cache=True)
-def close_windows(hot, thresholds, p, closing, tr):  # type: ignore[no-untyped-def]
+def close_windows(state, p, closing, tr):  # type: ignore[no-untyped-def]
     """Close every open window that ends at or before ``closing`` (ms); ``tr`` from
-    :func:`transition_arrays` for ``len(hot)`` rows. Returns the number written."""
-    cutoff = closing - closing % p.window_ms  # a window ends by `closing` iff last_ts < this
+    :func:`transition_arrays` for ``len(state)`` rows. Returns the number of transitions
+    written and the end (ms) of the earliest window left open (int64 max if none), which
+    saves the caller a second pass over every sensor."""
+    w = p.window_ms
+    cutoff = closing - closing % w  # a window ends by `closing` iff last_ts < this
+    first_open = NEVER
     n = 0
-    for i in range(hot.shape[0]):
-        st = hot[i]
+    for i in range(state.shape[0]):
+        st = state[i]
         agg = st["agg"]
-        if st["last_ts"] < cutoff and not np.isnan(agg):
-            thr = _row(thresholds, i)
-            frm, to = _close(st, thr, p)
-            if to < frm:
-                end = st["last_ts"] - st["last_ts"] % p.window_ms + p.window_ms
-                n = _emit(tr, n, i, frm, to, end, agg, thr, p.direction)
-    return n
+        if np.isnan(agg):
+            continue
+        last = st["last_ts"]
+        if last >= cutoff:
+            first_open = min(first_open, last)
+            continue
+        thr = _row(st)
+        frm, to = _close(st, thr, p)
+        if to < frm:
+            n = _emit(tr, n, i, frm, to, last - last % w + w, agg, thr, p.direction)
+    return n, NEVER if first_open == NEVER else first_open - first_open % w + w
 
 
-def earliest_open_end(hot: npt.NDArray[np.void], window_ms: int) -> int:
+def earliest_open_end(state: npt.NDArray[np.void], window_ms: int) -> int:
     """The end (ms) of the earliest window still open, int64 max when none is."""
-    last = hot["last_ts"][~np.isnan(hot["agg"])]
+    last = state["last_ts"][~np.isnan(state["agg"])]
     if not len(last):
-        return int(np.iinfo(np.int64).max)
+        return NEVER
     first = int(last.min())
     return first - first % window_ms + window_ms
 
 
-def silent_due(hot: npt.NDArray[np.void], stale_ms: int, watermark: int) -> npt.NDArray[np.intp]:
+def silent_due(state: npt.NDArray[np.void], stale_ms: int, watermark: int) -> npt.NDArray[np.intp]:
     """Sensors with no reading in the ``stale_ms`` before ``watermark``, not yet reported
     silent; marks them silent. Their alerts date from ``seen_ts + stale_ms``."""
-    seen = hot["seen_ts"]
-    quiet = (hot["health"] & SILENT_BIT) == 0
+    seen = state["seen_ts"]
+    quiet = (state["health"] & SILENT_BIT) == 0
     due = np.flatnonzero(quiet & (seen != NO_TS) & (seen <= watermark - stale_ms))
-    hot["health"][due] |= SILENT_BIT
+    state["health"][due] |= SILENT_BIT
     return due
 
 

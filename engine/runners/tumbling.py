@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib.recfunctions import repack_fields
 
 from engine.health import FAIL_AFTER, HealthChange, health_changes, qc_params
 from engine.kernels import tumbling_levels as kernel
@@ -27,6 +28,8 @@ from engine.runners.base import (
 __all__ = ["TumblingRunner"]
 
 NEVER = int(np.iinfo(np.int64).max)
+#: A snapshot's record: the state fields of a block, packed (no thresholds, no padding).
+SAVED_DTYPE = repack_fields(kernel.BLOCK_DTYPE[list(kernel.STATE_FIELDS)])
 
 
 def _params(rule: ThresholdRule, qc: QCParams) -> kernel.Params:
@@ -45,8 +48,7 @@ class TumblingRunner:
     def __init__(self, rule: ThresholdRule, lateness_ms: int) -> None:
         self.sensors = SensorIndex(rule)
         self.lateness_ms = lateness_ms
-        self.state = kernel.new_state(0)
-        self.thresholds = np.full((0, 4), np.nan)
+        self.state = kernel.new_state(0)  # thresholds live in each sensor's block
         self.qc = qc_params(rule)
         self.params = _params(rule, self.qc)
         #: No open window ends before this (ms): closing below it is a no-op, so the
@@ -61,24 +63,23 @@ class TumblingRunner:
         return self.sensors.rule
 
     def grow(self, n: int) -> None:
-        size = len(self.state.hot)
+        size = len(self.state)
         if n <= size:
             return
         state = kernel.new_state(max(n, 2 * size, 16))
-        state.hot[:size] = self.state.hot
-        state.cold[:size] = self.state.cold
+        state[:size] = self.state
         self.state = state
-        self.thresholds = gathered_thresholds(self.sensors, len(state.hot))
+        kernel.set_thresholds(state, gathered_thresholds(self.sensors, len(state)))
 
     def rebind(self, rule: ThresholdRule) -> None:
         self.sensors.bind(rule)
         self.qc = qc_params(rule)
         self.params = _params(rule, self.qc)
-        self.thresholds = gathered_thresholds(self.sensors, len(self.state.hot))
+        kernel.set_thresholds(self.state, gathered_thresholds(self.sensors, len(self.state)))
 
     def _transitions(self, tr: tuple[npt.NDArray[Any], ...], n: int) -> list[RawTransition]:
         sensor, frm, to, at, value, thr = (a[:n].tolist() for a in tr)
-        starts = self.state.cold["episode_start"]
+        starts = self.state["episode_start"]
         return [
             RawTransition(s, f, t, a, v, h, int(starts[s]))
             for s, f, t, a, v, h in zip(sensor, frm, to, at, value, thr, strict=True)
@@ -99,7 +100,7 @@ class TumblingRunner:
         late_before = max(self.closed_until - self.closed_until % rule.window_ms, NO_TS)
         out = kernel.outputs(len(ts))
         n_tr, n_hc, n_late = kernel.process(
-            self.state, self.thresholds, self.params, (future_lim, past_lim, late_before),
+            self.state, self.params, (future_lim, past_lim, late_before),
             sensor, ts, value, quality, out,
         )  # fmt: skip
         for r in out[2][0][:n_late].tolist():
@@ -118,9 +119,8 @@ class TumblingRunner:
         closing = watermark - self.lateness_ms
         if closing < self.next_close:
             return []
-        tr = kernel.transition_arrays(len(self.state.hot))
-        n = kernel.close_windows(self.state.hot, self.thresholds, self.params, closing, tr)
-        self.next_close = kernel.earliest_open_end(self.state.hot, self.rule.window_ms)
+        tr = kernel.transition_arrays(len(self.state))
+        n, self.next_close = kernel.close_windows(self.state, self.params, closing, tr)
         self.closed_until = max(self.closed_until, closing)
         return self._transitions(tr, n)
 
@@ -128,8 +128,8 @@ class TumblingRunner:
         stale_ms = self.rule.stale_ms
         if stale_ms <= 0:
             return []
-        due = kernel.silent_due(self.state.hot, stale_ms, watermark)
-        last = self.state.hot["seen_ts"][due]
+        due = kernel.silent_due(self.state, stale_ms, watermark)
+        last = self.state["seen_ts"][due]
         k = len(due)
         return health_changes((
             due, np.full(k, kernel.SILENT), np.ones(k), last + stale_ms, last, np.full(k, np.nan)
@@ -137,27 +137,23 @@ class TumblingRunner:
 
     def accepted(self, station: str) -> int:
         i = self.sensors.index.get(station)
-        return 0 if i is None else int(self.state.hot[i]["accepted"])
+        return 0 if i is None else int(self.state[i]["accepted"])
 
     def snapshot(self) -> dict[str, Any]:
         n = len(self.sensors.stations)
         return {
             "sig": signature(self.rule),
             "stations": self.sensors.stations,
-            "hot": self.state.hot[:n].tobytes(),
-            "cold": self.state.cold[:n].tobytes(),
+            "state": repack_fields(self.state[list(kernel.STATE_FIELDS)][:n]).tobytes(),
             "closed_until": self.closed_until,
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
-        hot = np.frombuffer(saved["hot"], dtype=kernel.HOT_DTYPE)
-        cold = np.frombuffer(saved["cold"], dtype=kernel.COLD_DTYPE)
+        saved_state = np.frombuffer(saved["state"], dtype=SAVED_DTYPE)
         lut, _ = self.sensors.lookup(tuple(saved["stations"]))
         self.grow(len(self.sensors.stations))
-        rows = lut.tolist()
-        for j, i in enumerate(rows):
-            if i >= 0:
-                self.state.hot[i] = hot[j]
-                self.state.cold[i] = cold[j]
-        self.next_close = kernel.earliest_open_end(self.state.hot, self.rule.window_ms)
+        known = lut >= 0
+        for name in kernel.STATE_FIELDS:
+            self.state[name][lut[known]] = saved_state[name][known]
+        self.next_close = kernel.earliest_open_end(self.state, self.rule.window_ms)
         self.closed_until = int(saved.get("closed_until", -NEVER))

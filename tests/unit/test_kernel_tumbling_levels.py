@@ -36,18 +36,18 @@ def _run(
     quality: list[int] | None = None,
     thresholds: npt.NDArray[np.float64] = THRESHOLDS,
     limits: tuple[int, int, int] = (TS_MAX, NO_TS, NO_TS),
-    state: k.State | None = None,
-) -> tuple[list[tuple[int, int, int, int, float]], list[tuple], list[int], k.State]:
+    state: npt.NDArray[np.void] | None = None,
+) -> tuple[list[tuple[int, int, int, int, float]], list[tuple], list[int], npt.NDArray[np.void]]:
     """Level transitions (sensor, from, to, ms, aggregate), health changes and late rows."""
-    state = k.new_state(len(thresholds)) if state is None else state
+    if state is None:
+        state = k.new_state(len(thresholds))
+        k.set_thresholds(state, thresholds * params.direction)
     sensor = np.array([r[0] for r in readings], np.int32)
     ts = np.array([r[1] for r in readings], np.int64)
     value = np.array([r[2] for r in readings], np.float64)
     q = np.array(quality or [Q_UNCHECKED] * len(readings), np.uint8)
     out = k.outputs(len(readings))
-    n_tr, n_hc, n_late = k.process(
-        state, thresholds * params.direction, params, limits, sensor, ts, value, q, out
-    )
+    n_tr, n_hc, n_late = k.process(state, params, limits, sensor, ts, value, q, out)
     tr = [
         (int(s), int(f), int(t), int(at), float(v))
         for s, f, t, at, v in zip(*(a[:n_tr] for a in out[0][:5]), strict=True)
@@ -87,6 +87,11 @@ def test_kernel_matches_reference(
     params = k.make_params(direction, deadband, WINDOW, for_ms, 3, QC_OFF)
     first, _, _, state = _run(params, readings[:cut])
     assert first + _run(params, readings[cut:], state=state)[0] == expected
+    # Closing reports the earliest window it left open, as a scan of the state finds it.
+    tr = k.transition_arrays(3)
+    closed, next_end = k.close_windows(state, params, cut * 60_000, tr)
+    assert next_end == k.earliest_open_end(state, WINDOW)
+    assert all(tr[2][j] < tr[1][j] for j in range(closed))  # closing only lowers a level
 
 
 qc_reading = st.tuples(
@@ -149,14 +154,15 @@ def test_one_pass_equals_qc_then_health_then_levels(
     thr = THRESHOLDS * direction
     assert tr == k.reference_process([0, 0, 0], thr, direction, 0.3, WINDOW, taken, for_ms)
     # Silence, found by the watermark, against the health kernel's.
-    due = k.silent_due(state.hot, 10 * 60_000, 70 * 60_000)
+    due = k.silent_due(state, 10 * 60_000, 70 * 60_000)
     assert due.tolist() == hk.check_silence(health, 10 * 60_000, 70 * 60_000)[0].tolist()
 
 
-def test_state_is_one_cache_line_per_reading_plus_a_cold_record() -> None:
+def test_a_sensor_is_two_adjacent_cache_lines_of_which_80_bytes_are_state() -> None:
     state = k.new_state(1000)
-    assert k.HOT_DTYPE.itemsize == 64 and k.COLD_DTYPE.itemsize == 16
-    assert state.hot.ctypes.data % 64 == 0
+    assert k.BLOCK_DTYPE.itemsize == 128 and state.ctypes.data % 128 == 0
+    assert k.BLOCK_DTYPE.fields is not None and k.BLOCK_DTYPE.fields["levels"][1] == 63
+    assert sum(k.BLOCK_DTYPE.fields[f][0].itemsize for f in k.STATE_FIELDS) == 80
 
 
 def test_for_clocks_are_exact_up_to_their_cap() -> None:
