@@ -31,13 +31,20 @@ def main(path: str) -> None:
         "python",
     ]
     print("| sensors | batch | " + " | ".join(f"{i} (M readings/s)" for i in impls), end="")
-    print(" | numba ÷ numpy | numba ÷ python |")
-    print("|---" * (len(impls) + 4) + "|")
+    print(" | engine ÷ numba | engine ÷ python | numba ÷ numpy | numba ÷ python |")
+    print("|---" * (len(impls) + 6) + "|")
     for (n, batch), r in sorted(rows.items()):
         cells = [f"{r[i] / 1e6:.2f}" if i in r else "–" for i in impls]
-        vs_np = f"{r['numba'] / r['numpy']:.1f}×" if "numpy" in r else "–"
-        vs_py = f"{r['numba'] / r['python']:.0f}×" if "python" in r else "–"
-        print(f"| {n:,} | {batch:,} | " + " | ".join(cells) + f" | {vs_np} | {vs_py} |")
+        ratios = [
+            f"{r[a] / r[b]:.{digits}f}×" if a in r and b in r else "–"
+            for a, b, digits in (
+                ("engine", "numba", 1),
+                ("engine", "python", 0),
+                ("numba", "numpy", 1),
+                ("numba", "python", 0),
+            )
+        ]
+        print(f"| {n:,} | {batch:,} | " + " | ".join(cells + ratios) + " |")
     print()
     print("state bytes per sensor:", state)
     print("machine:", data["machine_info"].get("cpu", {}).get("brand_raw"), data["datetime"])

@@ -256,9 +256,9 @@ def engine_chain(w: Workload, batch: int, state: Any, s32: Any, quality: Any) ->
     params = engine_params(w)
     future, past = time_limits(w.qc_shared, T0 + 20 * MIN)
     next_close = NEVER
+    out = tumbling.outputs(batch)  # the runner keeps them between batches
     for i in range(0, w.readings, batch):
         s, t, v = s32[i : i + batch], w.ts[i : i + batch], w.value[i : i + batch]
-        out = tumbling.outputs(len(t))
         n_tr, _, _ = tumbling.process(
             state, params, (future, past, NO_TS), s, t, v, quality[i : i + batch], out
         )
@@ -314,6 +314,8 @@ def test_tumbling_flood_rule(benchmark: Any, n: int, batch: int, impl: str) -> N
         if impl == "engine"
         else sum(v for k, v in STATE_BYTES.items() if k.endswith("state")),
         **{f"bytes_{k}": v for k, v in STATE_BYTES.items()},
+        bytes_engine_state=ENGINE_STATE_BYTES,
+        bytes_engine_block=tumbling.BLOCK_DTYPE.itemsize,
     )
 
 

