@@ -16,6 +16,7 @@ from engine.kernels import tumbling_levels as k
 from engine.kernels._common import NO_TS, Q_FAIL, Q_GOOD, Q_MISSING, Q_SUSPECT, Q_UNCHECKED, TS_MAX
 from engine.kernels.qc import QCParams, time_limits
 from engine.kernels.qc_reference import QCReference
+from engine.kernels.tumbling_levels_reference import reference_process
 from engine.processor import PartitionProcessor
 from engine.ruleset import RuleSet, ThresholdRule
 
@@ -79,7 +80,7 @@ def _kernel(
 def test_kernel_matches_reference(
     readings: list, direction: int, deadband: float, for_ms: int, cut: int
 ) -> None:
-    expected = k.reference_process(
+    expected = reference_process(
         [0, 0, 0], THRESHOLDS * direction, direction, deadband, WINDOW, readings, for_ms
     )
     assert _kernel(direction, deadband, readings, for_ms) == expected
@@ -152,7 +153,7 @@ def test_one_pass_equals_qc_then_health_then_levels(
     assert late == [j for j in usable if ts[j] < late_before]
     taken = [rows[j] for j in usable if ts[j] >= late_before]
     thr = THRESHOLDS * direction
-    assert tr == k.reference_process([0, 0, 0], thr, direction, 0.3, WINDOW, taken, for_ms)
+    assert tr == reference_process([0, 0, 0], thr, direction, 0.3, WINDOW, taken, for_ms)
     # Silence, found by the watermark, against the health kernel's.
     due = k.silent_due(state, 10 * 60_000, 70 * 60_000)
     assert due.tolist() == hk.check_silence(health, 10 * 60_000, 70 * 60_000)[0].tolist()
@@ -171,7 +172,7 @@ def test_for_clocks_are_exact_up_to_their_cap() -> None:
     assert _kernel(1, 0.0, long, for_ms=k.AGE_CAP) == [(0, 0, 2, k.AGE_CAP, 2.4)]
     # A breach longer than the cap: the saturated clock is still past any allowed `for`.
     gap = [(1, 0, 2.6), (1, 400 * day, 5.5)]
-    expected = k.reference_process([0, 0, 0], THRESHOLDS, 1, 0.0, WINDOW, gap, k.AGE_CAP)
+    expected = reference_process([0, 0, 0], THRESHOLDS, 1, 0.0, WINDOW, gap, k.AGE_CAP)
     assert _kernel(1, 0.0, gap, for_ms=k.AGE_CAP) == expected == [(1, 0, 2, 400 * day, 5.5)]
 
 

@@ -1,0 +1,82 @@
+"""Plain-Python reference for :mod:`engine.kernels.tumbling_levels`'s window and level
+steps (differential tests only).
+
+Written as the rules read, one reading at a time with dicts, so that it shares no code
+with the kernel. QC and sensor health have their own references
+(:mod:`engine.kernels.qc_reference`, the health kernel's test).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.kernels._common import NO_TS
+
+__all__ = ["reference_process"]
+
+
+def reference_process(
+    levels: list[int],
+    thresholds: npt.NDArray[np.float64],
+    direction: int,
+    deadband: float,
+    window_ms: int,
+    readings: list[tuple[int, int, float]],
+    for_ms: int = 0,
+) -> list[tuple[int, int, int, int, float]]:
+    """Plain-Python statement of the window and level steps, for differential tests.
+
+    ``levels`` is the per-sensor starting level (mutated); ``readings`` are usable
+    (sensor, ts, value). Returns transitions (sensor, from, to, ts, aggregate); the
+    state starts empty (no open windows) and is not carried between calls.
+    """
+    win: dict[int, tuple[int, float]] = {}  # sensor -> (window start, aggregate)
+    last: dict[int, int] = {}
+    since: dict[tuple[int, int], int] = {}  # (sensor, level) -> start of the breach run
+    out: list[tuple[int, int, int, int, float]] = []
+
+    def used(i: int, k: int) -> bool:
+        return not np.isnan(thresholds[i, k - 1])
+
+    def line(i: int, k: int) -> float:
+        return float(thresholds[i, k - 1]) * direction
+
+    for i, t, v in readings:
+        if np.isnan(v) or t <= last.get(i, NO_TS):
+            continue
+        start = t - t % window_ms
+        if i in win and win[i][0] != start:
+            wstart, wagg = win.pop(i)
+            held = next(
+                (
+                    k
+                    for k in range(levels[i], 0, -1)
+                    if used(i, k) and wagg >= line(i, k) - deadband
+                ),
+                0,
+            )
+            if held < levels[i]:
+                out.append((i, levels[i], held, wstart + window_ms, wagg * direction))
+                levels[i] = held
+        agg = max(win[i][1], v * direction) if i in win else v * direction
+        win[i] = (start, agg)
+        last[i] = t
+        raw = next((k for k in (4, 3, 2, 1) if used(i, k) and agg >= line(i, k)), 0)
+        for k in (1, 2, 3, 4):
+            if k > raw:
+                since.pop((i, k), None)
+            else:
+                since.setdefault((i, k), t)
+        due = next(
+            (
+                k
+                for k in range(4, levels[i], -1)
+                if (i, k) in since and used(i, k) and t - since[(i, k)] >= for_ms
+            ),
+            levels[i],
+        )
+        if due > levels[i]:
+            out.append((i, levels[i], due, t, agg * direction))
+            levels[i] = due
+    return out
