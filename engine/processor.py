@@ -90,9 +90,10 @@ class PartitionProcessor:
                 old.rebind(rule)
                 kept[rule.rule_id] = old
             else:
-                kept[rule.rule_id] = runner_for(
-                    rule, self.lateness_ms, early_firing=self.early_firing
-                )
+                new = runner_for(rule, self.lateness_ms, early_firing=self.early_firing)
+                if old is not None:  # the window changed: QC and health state carry over
+                    new.adopt_health(old.sensors.stations, old.health_snapshot())
+                kept[rule.rule_id] = new
         self._runners = kept
         self._compound = {
             c.rule_id: self._compound.get(c.rule_id) or CompoundState(c) for c in ruleset.compound

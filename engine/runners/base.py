@@ -113,6 +113,15 @@ class Runner(Protocol):
 
     def snapshot(self) -> dict[str, Any]: ...
 
+    def health_snapshot(self) -> dict[str, Any]:
+        """QC and health state of the runner's stations, in ``RuleHealth.snapshot``'s
+        format, for the runner that replaces this one when the rule's window changes."""
+        ...
+
+    def adopt_health(self, stations: list[str], saved: dict[str, Any]) -> None:
+        """Take over the QC and health state (``health_snapshot``) of ``stations``."""
+        ...
+
     def restore(self, saved: dict[str, Any]) -> None: ...
 
 

@@ -13,9 +13,10 @@ import numpy.typing as npt
 from numpy.lib.recfunctions import repack_fields
 
 from engine.health import FAIL_AFTER, HealthChange, health_changes, qc_params
+from engine.kernels import health as hk
 from engine.kernels import tumbling_levels as kernel
 from engine.kernels._common import NO_TS
-from engine.kernels.qc import QCParams, time_limits
+from engine.kernels.qc import QC_STATE_DTYPE, QCParams, new_qc_state, time_limits
 from engine.ruleset import ThresholdRule
 from engine.runners.base import (
     RawTransition,
@@ -139,6 +140,39 @@ class TumblingRunner:
         return health_changes((
             due, np.full(k, kernel.SILENT), np.ones(k), last + stale_ms, last, np.full(k, np.nan)
         ))  # fmt: skip
+
+    def health_snapshot(self) -> dict[str, Any]:
+        st = self.state[: len(self.sensors.stations)]
+        qc = new_qc_state(len(st))
+        qc["last_value"], qc["last_ts"], qc["flat_run"] = (
+            st["qc_value"],
+            st["qc_ts"],
+            st["flat_run"],
+        )
+        health = hk.new_health_state(len(st))
+        bits = st["health"]
+        health["last_ts"], health["fail_since"] = st["seen_ts"], st["fail_since"]
+        health["fail_run"] = bits & kernel.RUN_CAP
+        health["qc_alert"] = (bits & kernel.QC_ALERT_BIT) != 0
+        health["silent"] = (bits & kernel.SILENT_BIT) != 0
+        return {"qc": qc.tobytes(), "health": health.tobytes()}
+
+    def adopt_health(self, stations: list[str], saved: dict[str, Any]) -> None:
+        qc = np.frombuffer(saved["qc"], QC_STATE_DTYPE)
+        health = np.frombuffer(saved["health"], hk.HEALTH_DTYPE)
+        lut, _ = self.sensors.lookup(tuple(stations))
+        self.grow(len(self.sensors.stations))
+        rows, known = lut[lut >= 0], lut >= 0
+        qc, health, st = qc[known], health[known], self.state
+        st["qc_value"][rows], st["qc_ts"][rows] = qc["last_value"], qc["last_ts"]
+        # Saturating, as the kernel counts: exact within ThresholdRule's limits.
+        st["flat_run"][rows] = np.minimum(qc["flat_run"], kernel.FLAT_CAP)
+        st["seen_ts"][rows], st["fail_since"][rows] = health["last_ts"], health["fail_since"]
+        st["health"][rows] = (
+            np.minimum(health["fail_run"], kernel.RUN_CAP)
+            | np.where(health["qc_alert"], kernel.QC_ALERT_BIT, 0)
+            | np.where(health["silent"], kernel.SILENT_BIT, 0)
+        )
 
     def accepted(self, station: str) -> int:
         i = self.sensors.index.get(station)

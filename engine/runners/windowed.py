@@ -181,6 +181,14 @@ class WindowedRunner:
     def check_silence(self, watermark: int) -> list[HealthChange]:
         return self.health.check_silence(watermark)
 
+    def health_snapshot(self) -> dict[str, Any]:
+        return self.health.snapshot(len(self.sensors.stations))
+
+    def adopt_health(self, stations: list[str], saved: dict[str, Any]) -> None:
+        lut, _ = self.sensors.lookup(tuple(stations))
+        self.grow(len(self.sensors.stations))
+        self.health.restore(saved, lut.tolist())
+
     def accepted(self, station: str) -> int:
         i = self.sensors.index.get(station)
         return 0 if i is None else int(self.counted[i])

@@ -4,6 +4,7 @@ or silent gauge is an alert of its own, cleared when good readings return."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from engine.batch import TelemetryBatch
 from engine.processor import PartitionProcessor
@@ -72,3 +73,25 @@ def test_a_clock_far_ahead_cannot_drag_the_watermark() -> None:
     assert proc.watermark == now + 5 * M
     # B's reading failed the clock check: it raised nothing.
     assert [(e.station, e.level) for e in events] == [("A", "yellow")]
+
+
+@pytest.mark.parametrize(("before", "after"), [("max", "max"), ("max", "mean"), ("mean", "max")])
+def test_a_reload_that_changes_the_window_keeps_each_gauges_health(before: str, after: str) -> None:
+    """The new window's runner takes over QC and health by station: A's firing QC alert
+    still clears on A's next good reading (max: the one-pass kernel; mean: the chain)."""
+    qc = QcLimits(max=10.0)
+
+    def rule(window_ms: int, aggregate: str) -> ThresholdRule:
+        return ThresholdRule(
+            "flood", "water_level", ("A", "B"), np.array([[1.0, 2.0, 3.0, 4.0]] * 2),
+            window_ms=window_ms, aggregate=aggregate, qc=qc,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    proc = PartitionProcessor(RuleSet((rule(15 * M, before),)), lateness_ms=0)
+    first = proc.process(_batch([("B", 0, 0.5), *[("A", k * 5 * M, 99.0) for k in range(3)]]), 0)
+    assert [(e.station, e.state) for e in first if e.rule_id == "flood#qc"] == [("A", "firing")]
+    proc.swap_rules(RuleSet((rule(30 * M, after),)))
+    events = proc.process(_batch([("A", 20 * M, 0.5), ("B", 20 * M, 99.0)]), 1)
+    assert [(e.station, e.state, e.started_at) for e in events if e.rule_id == "flood#qc"] == [
+        ("A", "resolved", 0)
+    ]
