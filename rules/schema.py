@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
+from engine.ruleset import MAX_FOR_MS
 from rules.durations import format_duration_ms
 from rules.errors import did_you_mean
 from rules.model import StrictModel
@@ -328,6 +329,16 @@ class RuleBase(StrictModel):
     labels: dict[str, str] = Field(default_factory=dict)
     summary: Summary | None = None  # text of a level transition (firing)
     all_clear: Summary | None = None  # text when the series returns to no level
+
+    @field_validator("for_ms")
+    @classmethod
+    def _for_fits_the_engine(cls, v: int | None) -> int | None:
+        # The engine's `for` clocks are 32-bit counts of ms (engine.ruleset.MAX_FOR_MS).
+        if v is not None and v > MAX_FOR_MS:
+            raise ValueError(
+                f"at most 49 days (the engine's longest `for`), got {format_duration_ms(v)}"
+            )
+        return v
 
 
 class ThresholdSpec(RuleBase):

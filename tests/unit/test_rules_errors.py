@@ -99,6 +99,10 @@ SCHEMA_CASES = [
         "flood.yaml:15:5: for: expected a duration like '15m', '1h', '90s' or '1d', got 10",
     ),
     (
+        ("    for: 10m", "    for: 50d"),
+        "flood.yaml:15:5: for: at most 49 days (the engine's longest `for`), got 50d",
+    ),
+    (
         ("aggregate: max", "aggregat: max"),
         "flood.yaml:7:25: window.aggregat: unknown field 'aggregat' (did you mean 'aggregate'?)",
     ),
