@@ -36,6 +36,7 @@ from engine.batch import BatchBuilder, BatchDecodeError, TelemetryBatch
 from engine.corroboration_stage import CorroborationStage
 from engine.dispatch import Dispatcher
 from engine.kafka.checkpoints import CheckpointingTransport, CheckpointStore
+from engine.kafka.offsets import LogProbe
 from engine.kafka.topics import bootstrap_of
 from engine.processor import PartitionProcessor
 from engine.ruleset import RuleSet
@@ -88,16 +89,22 @@ class Topology:
             producer_acks=-1,
         )
         self.checkpoint_store: CheckpointStore | None = None
+        self.log_probe: LogProbe | None = None
         if broker.startswith("kafka://"):
             # Before anything touches app.transport (declaring topics does).
             transport = CheckpointingTransport(self.app.conf.broker_consumer, self.app)
             transport.checkpointer = self._kafka_checkpoint
             self.app.transport = transport
             self.checkpoint_store = CheckpointStore(bootstrap_of(broker), f"{app_id}-checkpoints")
+            self.log_probe = LogProbe(bootstrap_of(broker))
             self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
         #: Telemetry partition -> next_offset of its latest durable Kafka checkpoint.
         self._checkpointed: dict[int, int] = {}
         self._restore_lock = asyncio.Lock()
+        #: Bumped at each revocation: a restore begun before it is stale.
+        self._generation = 0
+        #: Partition -> the offset its consumer was last rewound to (``_in_order``).
+        self._rewound_to: dict[int, int] = {}
         #: Partitions whose latest batch is applied but whose alerts are not all sent:
         #: their state must not be checkpointed now, or a new owner would skip the batch
         #: and its unsent alerts would be lost.
@@ -125,6 +132,9 @@ class Topology:
         self.app.agent(self.telemetry, name="evaluate", isolated_partitions=True)(self._evaluate)
         self.app.agent(self.alerts, name="dispatch")(self._dispatch)
         self.corroboration = CorroborationStage(self)
+        if isinstance(self.app.transport, CheckpointingTransport):
+            ours = (self.telemetry, self.alerts, self.corroboration.topic)
+            self.app.transport.contiguous_topics = frozenset(t.get_topic_name() for t in ours)
         self._declare_local_topics()
         self._checkpoint_registered = False
 
@@ -215,8 +225,9 @@ class Topology:
                     f"{message.topic}/{message.partition}@{message.offset}",
                 )
                 continue
-            await self._restore_from_kafka(message.partition)
-            proc = self.processor(message.partition)
+            proc = await self._partition_processor(message.partition)
+            if not await self._in_order(message, proc):
+                continue
             self._busy.add(message.partition)
             try:
                 await self._apply(proc, batch, message.offset)
@@ -228,6 +239,65 @@ class Topology:
                 raise
             finally:
                 self._busy.discard(message.partition)
+
+    async def _partition_processor(self, partition: int) -> PartitionProcessor:
+        if self.checkpoint_store is None:
+            return self.processor(partition)
+        while partition not in self.processors:
+            await self._restore_from_kafka(partition)
+        return self.processor(partition)
+
+    async def _in_order(self, message: Any, proc: PartitionProcessor) -> bool:
+        """Whether the batch at ``message.offset`` may be handed to ``proc`` now.
+
+        Batches are applied strictly in offset order. One at or below ``next_offset`` is
+        (the processor skips those it has). One beyond it is either ahead of the state
+        (the state was just restored from a checkpoint behind the stream: after an
+        interrupted batch, or a rebalance whose stale fetches reached the stream):
+        dropped, and the consumer rewound to ``next_offset`` so that the batches in
+        between come first; or past a hole in the log (retention deleted the batches
+        in between): applied, with the loss logged and counted
+        (``engine.kafka.offsets``).
+        """
+        offset, expected = message.offset, proc.next_offset
+        if offset <= expected:
+            return True
+        first = await self._first_offset_from(message.partition, expected)
+        if first is not None and first < offset:
+            self.counters["stale_batches_dropped"] += 1
+            if self._rewound_to.get(message.partition) != expected:
+                # Once per gap: the events already queued behind this one are dropped
+                # here as they come, and the rewound consumer delivers ``expected`` next.
+                self._rewound_to[message.partition] = expected
+                log.info(
+                    "partition %d: batch at offset %d is ahead of the state (%d), rewinding",
+                    message.partition,
+                    offset,
+                    expected,
+                )
+                try:
+                    await self.app.consumer.seek(message.tp, expected)
+                except Exception as exc:  # revoked meanwhile: the next owner starts over
+                    log.info("partition %d: rewind skipped: %r", message.partition, exc)
+            return False
+        self.counters["offsets_missing"] += offset - expected
+        log.error(
+            "partition %d: offsets %d..%d are gone from the log (retention?): "
+            "their readings were never evaluated",
+            message.partition,
+            expected,
+            offset - 1,
+        )
+        return True
+
+    async def _first_offset_from(self, partition: int, start: int) -> int | None:
+        topic = self.telemetry.get_topic_name()
+        transport = self.app.transport
+        if isinstance(transport, LocalTransport):
+            records = transport.log.read(topic, partition, start, 1)
+            return records[0].offset if records else None
+        assert self.log_probe is not None
+        return await self.log_probe.first_offset(topic, partition, start)
 
     async def _apply(self, proc: PartitionProcessor, batch: TelemetryBatch, offset: int) -> None:
         """Evaluate one batch and make its alerts and dead letters durable."""
@@ -282,15 +352,22 @@ class Topology:
     # ---- checkpoints on Kafka ------------------------------------------------------------
 
     async def _restore_from_kafka(self, partition: int) -> None:
-        """Before a partition's first batch on this worker: load its latest checkpoint."""
+        """Before a partition's first batch on this worker: load its latest checkpoint.
+
+        A restore that a rebalance overtakes is thrown away (the partition may have
+        been someone else's in between); the caller tries again.
+        """
         store = self.checkpoint_store
         if store is None or partition in self.processors:
             return
         async with self._restore_lock:
             if partition in self.processors:
                 return
+            generation = self._generation
             self._checkpointed.pop(partition, None)
             blob = await store.load(partition)
+            if generation != self._generation:
+                return
             proc = self._new_processor()
             if blob is not None:
                 proc.restore(blob)
@@ -301,6 +378,7 @@ class Topology:
                 "checkpoint restored" if blob is not None else "no checkpoint, fresh state",
                 proc.next_offset,
             )
+            self._rewound_to.pop(partition, None)
             self.processors[partition] = proc
 
     async def _kafka_checkpoint(self, offsets: Mapping[TP, int]) -> dict[TP, int]:
@@ -339,10 +417,12 @@ class Topology:
         # Faust has committed (and we checkpointed) what was processed; the state goes
         # with the partition. Keeping it would be stale if the partition came back.
         topic = self.telemetry.get_topic_name()
+        self._generation += 1
         for tp in revoked:
             if tp.topic == topic:
                 self.processors.pop(tp.partition, None)
                 self._checkpointed.pop(tp.partition, None)
+                self._rewound_to.pop(tp.partition, None)
 
     def swap_rules(self, ruleset: RuleSet) -> None:
         """Install new rules; each partition picks them up before its next batch."""

@@ -26,8 +26,9 @@ from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+
+from engine.kafka.consumer import FencedConsumer, FencedTransport
 
 __all__ = ["CheckpointStore", "Checkpointer", "CheckpointingConsumer", "CheckpointingTransport"]
 
@@ -145,7 +146,7 @@ class CheckpointStore:
             self._consumer = None
 
 
-class CheckpointingConsumer(faust_aiokafka.Consumer):
+class CheckpointingConsumer(FencedConsumer):
     """Faust's Kafka consumer, committing only what a durable checkpoint covers."""
 
     transport: CheckpointingTransport
@@ -167,7 +168,7 @@ class CheckpointingConsumer(faust_aiokafka.Consumer):
         return bool(await super()._commit(offsets))
 
 
-class CheckpointingTransport(faust_aiokafka.Transport):
+class CheckpointingTransport(FencedTransport):
     """Faust's Kafka transport with ``CheckpointingConsumer`` (URL ``kafka://``)."""
 
     Consumer: ClassVar[type[Any]] = CheckpointingConsumer

@@ -203,11 +203,14 @@ async def _group_done(
     try:
         tps = [
             TopicPartition(topic, p)
-            for topic in (layout.telemetry, layout.alerts)
+            for topic in (layout.telemetry, layout.alerts, layout.corroboration)
             for p in range(layout.partitions)
         ]
-        ends = await consumer.end_offsets(tps)
+        # Committed offsets first, ends second: a stage commits its input only after
+        # what it produced is durable, so "committed == end" read in this order cannot
+        # miss an alert produced in between.
         committed = await admin.list_consumer_group_offsets(layout.app_id)
+        ends = await consumer.end_offsets(tps)
         return dict(ends), {tp: m.offset for tp, m in committed.items() if tp in ends}
     finally:
         await consumer.stop()
@@ -219,9 +222,10 @@ def wait_until_committed(
 ) -> None:
     """Until the group's committed offsets reach the end of every partition it reads.
 
-    Telemetry (the evaluate agent: checkpointed state) and alerts (the dispatch agent:
-    delivered to the sinks). Waiting for telemetry alone races the dispatchers: a
-    worker stopped then leaves the last alerts undelivered until a later run.
+    Telemetry (the evaluate agent: checkpointed state), alerts (the dispatch agent:
+    delivered to the sinks) and corroboration (the group rules: their alerts sent).
+    Waiting for telemetry alone races the later stages: a worker stopped then leaves
+    the last alerts undelivered, or a basin's all-clear unsent, until a later run.
     """
     deadline = time.monotonic() + timeout
     behind: dict[str, tuple[int, int]] = {}

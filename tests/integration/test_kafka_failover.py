@@ -180,21 +180,6 @@ def scenario(kafka: KafkaCluster, tmp_path: Path) -> Iterator[Scenario]:
         w.kill()
 
 
-# Known bugs (issue 5 stays open). When partitions move between workers under load:
-# - now and then a batch is missing from the restored kernel state (a station counts 600
-#   of its 601 readings) and the alert stream differs from the replay by a transition
-#   or two;
-# - now and then one telemetry partition stops advancing after its checkpoint is
-#   restored (committed offset stuck at 427 of 601).
-# Both failed in 4 of 4 runs at this commit; the same tests passed 4 runs before the
-# corroboration stage was wired in. The tests run in CI and report XFAIL / XPASS.
-KNOWN_HANDOVER_BUG = pytest.mark.xfail(
-    reason="partition hand-over can lose a batch from the state or stall (issue 5, open)",
-    strict=False,
-)
-
-
-@KNOWN_HANDOVER_BUG
 def test_sigkill_a_worker_then_a_new_one_joins(scenario: Scenario) -> None:
     sc = scenario
     w1, w2 = sc.start_worker("w1"), sc.start_worker("w2")
@@ -208,7 +193,6 @@ def test_sigkill_a_worker_then_a_new_one_joins(scenario: Scenario) -> None:
     sc.check()
 
 
-@KNOWN_HANDOVER_BUG
 def test_broker_restart_mid_stream(kafka: KafkaCluster, scenario: Scenario) -> None:
     sc = scenario
     w1, w2 = sc.start_worker("w1"), sc.start_worker("w2")

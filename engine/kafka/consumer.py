@@ -1,0 +1,160 @@
+"""Faust's Kafka consumer, made to deliver Vigil's topics strictly in offset order.
+
+After a rebalance Faust re-positions every partition at its committed offset, yet now
+and then records from the old, further-on positions still reach the stream first (a
+fetch answered across the rebalance by aiokafka's consumer thread, stamped with the new
+generation). Faust then takes the offsets in between for a gap in the log: it commits
+past them and drops them when they are re-fetched, because they are below its read
+offset. For a partition this worker keeps through the rebalance, that lost alerts
+before the dispatcher saw them and batches before the kernels did
+(``tests/integration/test_kafka_failover.py`` caught both).
+
+``FencedConsumer`` keeps, for each partition of the topics it is told are contiguous,
+the offset it must deliver next: the committed offset after each seek, then one past
+each record delivered. Until Faust has positioned a newly assigned partition at its
+committed offset, its records are not delivered at all (some arrive before that). A
+record beyond the expected offset is not delivered either; the partition is rewound to
+the expected offset instead, and the records in between are fetched first. Should
+the first record after such a rewind still lie beyond (the offsets in between are gone
+from the log: retention), it is delivered and the hole is logged.
+
+Contiguous means Vigil's own topics (telemetry, alerts, corroboration): written by
+idempotent producers, no transactions, never compacted. Table changelogs are compacted
+and are not fenced.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Hashable, Iterable, Mapping
+from typing import Any, ClassVar
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+__all__ = ["FencedConsumer", "FencedTransport", "OffsetFence", "Verdict"]
+
+
+class Verdict(enum.Enum):
+    """What to do with a fetched record (``OffsetFence.admit``)."""
+
+    DELIVER = "deliver"
+    DROP = "drop"  # stale; say nothing
+    REWIND = "rewind"  # stale; seek the partition back to ``OffsetFence.expected``
+
+
+class OffsetFence:
+    """In-order delivery per partition: the bookkeeping of ``FencedConsumer``, no I/O.
+
+    ``positioned`` after each seek to the committed offsets, ``seeked`` after a seek of
+    one partition, ``revoked`` when partitions leave; ``admit`` for each record, in
+    fetch order, and ``rewound`` once a REWIND has been acted on.
+    """
+
+    def __init__(self) -> None:
+        #: Partition -> the offset it must deliver next (absent: take what comes).
+        self.expected: dict[Hashable, int] = {}
+        #: Partitions rewound after a skip ahead, with the offset they were rewound to.
+        self._rewound: dict[Hashable, int] = {}
+        #: Partitions positioned since their assignment; records of others are dropped.
+        self._positioned: set[Hashable] = set()
+        #: Offsets found missing from the log, as (partition, first, last) for the log.
+        self.holes: list[tuple[Hashable, int, int]] = []
+
+    def positioned(self, partitions: Mapping[Hashable, int | None]) -> None:
+        """Every fenced partition was sought to its committed offset (None: none yet)."""
+        self.expected = {tp: off for tp, off in partitions.items() if off is not None}
+        self._rewound.clear()
+        self._positioned = set(partitions)
+
+    def seeked(self, tp: Hashable, offset: int) -> None:
+        if tp in self._positioned:
+            self.expected[tp] = offset
+
+    def revoked(self, partitions: Iterable[Hashable]) -> None:
+        for tp in partitions:
+            self.expected.pop(tp, None)
+            self._rewound.pop(tp, None)
+            self._positioned.discard(tp)
+
+    def admit(self, tp: Hashable, offset: int) -> Verdict:
+        """The verdict on the record at ``offset`` of fenced partition ``tp``."""
+        if tp not in self._positioned:
+            return Verdict.DROP  # fetched from where the last generation stood
+        expected = self.expected.get(tp)
+        if expected is not None and offset > expected:
+            if self._rewound.get(tp) != expected:
+                return Verdict.REWIND
+            # The first record since the rewind to ``expected`` is still beyond it:
+            # the offsets in between are gone from the log.
+            self.holes.append((tp, expected, offset - 1))
+        self._rewound.pop(tp, None)
+        if expected is None or offset >= expected:
+            self.expected[tp] = offset + 1
+        return Verdict.DELIVER
+
+    def rewound(self, tp: Hashable) -> None:
+        """The partition was sought back to ``expected[tp]`` after a REWIND."""
+        self._rewound[tp] = self.expected[tp]
+
+
+class FencedConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer with in-order delivery on the contiguous topics."""
+
+    transport: FencedTransport
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fence = OffsetFence()
+
+    def _fenced(self, tp: TP) -> bool:
+        return tp.topic in self.transport.contiguous_topics
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        self.fence.positioned(
+            {tp: self._committed_offset.get(tp) for tp in self.assignment() if self._fenced(tp)}
+        )
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        await super().seek(partition, offset)
+        self.fence.seeked(partition, offset)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self.fence.revoked(revoked)
+        await super().on_partitions_revoked(revoked)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        fence = self.fence
+        skipping: set[TP] = set()  # rewound in this fetch: the rest of it is stale too
+        async for tp, message in super().getmany(timeout):
+            if tp in skipping:
+                continue
+            if not self._fenced(tp):
+                yield tp, message
+                continue
+            verdict = fence.admit(tp, message.offset)
+            if verdict is Verdict.REWIND:
+                expected = fence.expected[tp]
+                self.log.info(
+                    "%s: offset %d came ahead of %d, rewinding", tp, message.offset, expected
+                )
+                skipping.add(tp)
+                await super().seek(tp, expected)
+                fence.rewound(tp)
+            elif verdict is Verdict.DELIVER:
+                while fence.holes:
+                    hole_tp, first, last = fence.holes.pop()
+                    self.log.error("%s: offsets %d..%d are gone from the log", hole_tp, first, last)
+                yield tp, message
+
+
+class FencedTransport(faust_aiokafka.Transport):
+    """Faust's Kafka transport with ``FencedConsumer``."""
+
+    Consumer: ClassVar[type[Any]] = FencedConsumer
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Names of the topics whose partitions are delivered strictly in order.
+        self.contiguous_topics: frozenset[str] = frozenset()

@@ -1,0 +1,80 @@
+"""``OffsetFence``: Vigil's topics are delivered in offset order across rebalances."""
+
+from __future__ import annotations
+
+from engine.kafka.consumer import OffsetFence, Verdict
+
+TP = ("vigil-telemetry", 3)
+OTHER = ("vigil-telemetry", 4)
+
+
+def _deliver_all(fence: OffsetFence, tp: object, offsets: list[int]) -> list[Verdict]:
+    return [fence.admit(tp, o) for o in offsets]
+
+
+def test_records_from_the_committed_offset_on_are_delivered() -> None:
+    fence = OffsetFence()
+    fence.positioned({TP: 10})
+    assert _deliver_all(fence, TP, [10, 11, 12]) == [Verdict.DELIVER] * 3
+    assert fence.expected[TP] == 13
+
+
+def test_a_record_ahead_of_the_expected_offset_rewinds_once_then_waits() -> None:
+    fence = OffsetFence()
+    fence.positioned({TP: 10})
+    assert fence.admit(TP, 14) is Verdict.REWIND  # stale, from before the rebalance
+    fence.rewound(TP)
+    assert fence.admit(TP, 10) is Verdict.DELIVER  # the re-fetch from the rewind
+    assert fence.admit(TP, 11) is Verdict.DELIVER
+    assert fence.holes == []
+
+
+def test_a_hole_is_delivered_across_after_the_rewind_confirms_it() -> None:
+    fence = OffsetFence()
+    fence.positioned({TP: 5})
+    assert fence.admit(TP, 8) is Verdict.REWIND
+    fence.rewound(TP)
+    assert fence.admit(TP, 8) is Verdict.DELIVER  # still first after the rewind: 5..7 gone
+    assert fence.holes == [(TP, 5, 7)]
+    assert fence.admit(TP, 9) is Verdict.DELIVER
+    # A later skip ahead is a new question, not the old hole.
+    assert fence.admit(TP, 12) is Verdict.REWIND
+
+
+def test_records_of_a_partition_not_yet_positioned_are_dropped() -> None:
+    fence = OffsetFence()
+    assert fence.admit(TP, 0) is Verdict.DROP
+    fence.positioned({TP: 7, OTHER: None})
+    assert fence.admit(TP, 7) is Verdict.DELIVER
+    fence.revoked([TP])
+    assert fence.admit(TP, 8) is Verdict.DROP  # between revocation and the next seek
+    assert fence.admit(OTHER, 3) is Verdict.DELIVER
+
+
+def test_without_a_committed_offset_the_first_record_sets_the_order() -> None:
+    fence = OffsetFence()
+    fence.positioned({TP: None})
+    assert fence.admit(TP, 42) is Verdict.DELIVER
+    assert fence.admit(TP, 44) is Verdict.REWIND
+
+
+def test_a_seek_moves_the_expected_offset_and_redeliveries_pass() -> None:
+    fence = OffsetFence()
+    fence.positioned({TP: 20})
+    assert _deliver_all(fence, TP, [20, 21, 22]) == [Verdict.DELIVER] * 3
+    fence.seeked(TP, 21)  # the topology rewinds to its state's next offset
+    assert fence.admit(TP, 23) is Verdict.REWIND
+    fence.rewound(TP)
+    assert fence.admit(TP, 21) is Verdict.DELIVER
+    # An offset below the expected one (a redelivery) passes; the processor skips it.
+    assert fence.admit(TP, 20) is Verdict.DELIVER
+    assert fence.expected[TP] == 22
+
+
+def test_a_new_positioning_forgets_the_old_generation() -> None:
+    fence = OffsetFence()
+    fence.positioned({TP: 10})
+    assert fence.admit(TP, 15) is Verdict.REWIND
+    fence.rewound(TP)
+    fence.positioned({TP: 12})
+    assert fence.admit(TP, 15) is Verdict.REWIND  # not taken for a confirmed hole
