@@ -354,8 +354,11 @@ class Topology:
     async def _restore_from_kafka(self, partition: int) -> None:
         """Before a partition's first batch on this worker: load its latest checkpoint.
 
-        A restore that a rebalance overtakes is thrown away (the partition may have
-        been someone else's in between); the caller tries again.
+        The checkpoints of every other telemetry partition assigned here and not yet
+        restored are loaded in the same read, so that after a rebalance the partitions
+        do not each wait for a broker round trip of their own. A restore that a
+        rebalance overtakes is thrown away (a partition may have been someone else's
+        in between); the caller tries again.
         """
         store = self.checkpoint_store
         if store is None or partition in self.processors:
@@ -363,23 +366,29 @@ class Topology:
         async with self._restore_lock:
             if partition in self.processors:
                 return
+            topic = self.telemetry.get_topic_name()
+            assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+            wanted = ({partition} | assigned) - self.processors.keys()
             generation = self._generation
-            self._checkpointed.pop(partition, None)
-            blob = await store.load(partition)
+            blobs = await store.load(wanted)
             if generation != self._generation:
                 return
-            proc = self._new_processor()
-            if blob is not None:
-                proc.restore(blob)
-                self._checkpointed[partition] = proc.next_offset
-            log.info(
-                "partition %d: %s, resuming at offset %d",
-                partition,
-                "checkpoint restored" if blob is not None else "no checkpoint, fresh state",
-                proc.next_offset,
-            )
-            self._rewound_to.pop(partition, None)
-            self.processors[partition] = proc
+            for p in sorted(wanted):
+                proc = self._new_processor()
+                blob = blobs.get(p)
+                if blob is not None:
+                    proc.restore(blob)
+                    self._checkpointed[p] = proc.next_offset
+                else:
+                    self._checkpointed.pop(p, None)
+                log.info(
+                    "partition %d: %s, resuming at offset %d",
+                    p,
+                    "checkpoint restored" if blob is not None else "no checkpoint, fresh state",
+                    proc.next_offset,
+                )
+                self._rewound_to.pop(p, None)
+                self.processors[p] = proc
 
     async def _kafka_checkpoint(self, offsets: Mapping[TP, int]) -> dict[TP, int]:
         """Write the checkpoints a commit needs; returns the offsets safe to commit.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -104,38 +104,44 @@ class CheckpointStore:
             for fut in futures:
                 await fut
 
-    async def load(self, partition: int) -> bytes | None:
-        """The latest snapshot of telemetry partition ``partition``, None if it has none.
+    async def load(self, partitions: Iterable[int]) -> dict[int, bytes]:
+        """The latest snapshot of each of ``partitions`` that has one, in one read.
 
         Waits for a write in flight, so that what it returns is the latest checkpoint
         that anyone has been told is durable.
         """
         async with self._lock:
-            return await self._load(partition)
+            return await self._load(sorted(set(partitions)))
 
-    async def _load(self, partition: int) -> bytes | None:
+    async def _load(self, partitions: list[int]) -> dict[int, bytes]:
         consumer = await self._ensure_consumer()
-        tp = TopicPartition(self.topic, partition)
-        consumer.assign([tp])
-        end = (await consumer.end_offsets([tp]))[tp]
-        if end == 0:
-            return None
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        latest: dict[int, bytes] = {}
         # Defensive: should offset end - 1 not be a readable record (a transaction
         # marker from some other producer), read back further until a record turns
         # up; the last one read is the latest.
-        start = end - 1
-        while True:
-            consumer.seek(tp, start)
-            latest: bytes | None = None
-            found = False
-            while await consumer.position(tp) < end:
-                batches = await consumer.getmany(tp, timeout_ms=10_000)
-                for record in batches.get(tp, []):
-                    if record.offset < end:
-                        latest, found = record.value, True
-            if found or start == 0:
-                return latest
-            start = max(0, start - 64)
+        starts = {tp: ends[tp] - 1 for tp in tps if ends[tp] > 0}
+        while starts:
+            for tp, start in starts.items():
+                consumer.seek(tp, start)
+            pending = set(starts)
+            while pending:
+                batches = await consumer.getmany(*pending, timeout_ms=10_000)
+                for tp, records in batches.items():
+                    for record in records:
+                        if record.offset < ends[tp] and record.value is not None:
+                            latest[tp.partition] = record.value
+                for tp in list(pending):
+                    if await consumer.position(tp) >= ends[tp]:
+                        pending.discard(tp)
+            starts = {
+                tp: max(0, start - 64)
+                for tp, start in starts.items()
+                if tp.partition not in latest and start > 0
+            }
+        return latest
 
     async def close(self) -> None:
         if self._producer is not None:

@@ -124,6 +124,25 @@ class FencedConsumer(faust_aiokafka.Consumer):
         self.fence.revoked(revoked)
         await super().on_partitions_revoked(revoked)
 
+    def _new_offset(self, tp: TP) -> int | None:
+        # Faust commits over an unacknowledged record at the committed offset itself
+        # when the records after it are acknowledged (it takes a single missing head
+        # for a compacted-away offset: faust-streaming issue 606). On a contiguous
+        # topic nothing is compacted away; the record is in flight or was skipped, and
+        # committing over it would lose it at the next hand-over.
+        committed = self._committed_offset.get(tp)
+        acked = self._acked.get(tp)
+        if (
+            committed is not None
+            and acked
+            and min(acked) > committed
+            and self._fenced(tp)
+            and not self._gap[tp].overlaps(committed)
+        ):
+            return None
+        offset: int | None = super()._new_offset(tp)
+        return offset
+
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         fence = self.fence
         skipping: set[TP] = set()  # rewound in this fetch: the rest of it is stale too
