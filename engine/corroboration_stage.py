@@ -13,6 +13,8 @@ keep their idempotency keys, so the dispatcher drops repeats.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from engine.alerts import AlertEvent
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
     from engine.topology import Topology
 
 __all__ = ["CorroborationStage"]
+
+log = logging.getLogger(__name__)
 
 _SEP = "\x1f"
 
@@ -40,15 +44,38 @@ class CorroborationStage:
             "corroboration", default=dict, partitions=topology.partitions, key_type=str
         )
         app.agent(self.topic, name="corroborate")(self._corroborate)
+        #: Sends of ``route`` not yet known durable: (key, value, future).
+        self._in_flight: list[tuple[bytes, bytes, Awaitable[Any]]] = []
 
     async def route(self, event: AlertEvent, value: bytes) -> None:
         """Forward a source-rule event to its groups. Called by the alerts topic's one
         agent (the dispatcher): a second agent on that topic would hold each message
         until both had acked it, and at shutdown the one that stopped first would never
-        ack, leaving the consumer waiting."""
+        ack, leaving the consumer waiting. The sends are not awaited here, one broker
+        round trip per alert; ``flush`` awaits them before the alerts' offsets commit."""
         for rule_id, group in groups_of(self.topology.ruleset.corroboration, event):
-            fut = await self.topic.send(key=f"{rule_id}{_SEP}{group}".encode(), value=value)
-            await fut
+            key = f"{rule_id}{_SEP}{group}".encode()
+            self._in_flight.append((key, value, await self.topic.send(key=key, value=value)))
+
+    async def flush(self) -> None:
+        """Returns once every event routed so far is durable on the corroboration topic.
+
+        A send that failed is sent once more and awaited; should that fail too, the
+        error propagates, the commit that called this does not happen, and the sends
+        not known durable stay for the next one.
+        """
+        pending, self._in_flight = self._in_flight, []
+        for i, (key, value, fut) in enumerate(pending):
+            try:
+                await fut
+            except Exception as exc:
+                log.warning("corroboration send failed (%r), sending again", exc)
+                try:
+                    fut = await self.topic.send(key=key, value=value)
+                    await fut
+                except BaseException:
+                    self._in_flight[:0] = [(key, value, fut), *pending[i + 1 :]]
+                    raise
 
     async def _corroborate(self, stream: Any) -> None:
         async for event in stream.events():

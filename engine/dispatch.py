@@ -62,6 +62,11 @@ class Dispatcher:
                     return
                 await asyncio.sleep(0.5 * 2**attempt)
 
+    def flush(self) -> None:
+        """Make what the sinks delivered durable (before the alerts' offsets commit)."""
+        for sink in self.sinks:
+            sink.flush()
+
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()

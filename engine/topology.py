@@ -347,7 +347,15 @@ class Topology:
             return blobs
 
         transport.checkpoint_sources.append(checkpoints)
+        transport.before_commit.append(self._before_commit)
         self._checkpoint_registered = True
+
+    async def _before_commit(self) -> None:
+        """Make the side effects of every acknowledged alert durable before a commit:
+        the dispatcher's sinks and the events routed to corroboration (both defer it,
+        rather than pay a sync or a broker round trip per alert)."""
+        await self.corroboration.flush()
+        self.dispatcher.flush()
 
     # ---- checkpoints on Kafka ------------------------------------------------------------
 
@@ -397,6 +405,7 @@ class Topology:
         checkpoint, never beyond (module docstring of ``engine.kafka.checkpoints``).
         """
         assert self.checkpoint_store is not None
+        await self._before_commit()
         topic = self.telemetry.get_topic_name()
         safe: dict[TP, int] = {}
         blobs: dict[int, bytes] = {}

@@ -42,6 +42,9 @@ class ConsoleSink:
     async def deliver(self, event: AlertEvent) -> None:
         print(format_event(event, self._colour), file=self._stream, flush=True)
 
+    def flush(self) -> None:
+        return None  # printed and flushed at delivery; a terminal keeps nothing
+
     def delivered_keys(self) -> set[str]:
         return set()
 

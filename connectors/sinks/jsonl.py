@@ -1,4 +1,8 @@
-"""Alert events appended to a JSON-lines file, one event per line, fsynced."""
+"""Alert events appended to a JSON-lines file, one event per line.
+
+Each line reaches the file (the OS) at delivery, so a reader tailing the file sees it at
+once; ``flush`` fsyncs, once per offset commit rather than once per event.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ class JsonlSink:
         self._drop_torn_tail()
         self._keys = self._scan()
         self._file = self.path.open("a", encoding="utf-8")
+        self._dirty = False  # written since the last fsync
 
     def _drop_torn_tail(self) -> None:
         # A crash mid-write leaves a partial last line; its event was not acknowledged
@@ -51,8 +56,13 @@ class JsonlSink:
             return
         self._file.write(event.to_json() + "\n")
         self._file.flush()
-        os.fsync(self._file.fileno())
         self._keys.add(event.key)
+        self._dirty = True
+
+    def flush(self) -> None:
+        if self._dirty:
+            os.fsync(self._file.fileno())
+            self._dirty = False
 
     def delivered_keys(self) -> set[str]:
         return set(self._keys)

@@ -311,6 +311,8 @@ class Consumer(base.Consumer):
     # ---- committing ---------------------------------------------------------------------
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        for hook in self.transport.before_commit:
+            await hook()
         blobs: dict[str, bytes] = {}
         for source in self.transport.checkpoint_sources:
             blobs.update(source(offsets))
@@ -369,6 +371,8 @@ class Transport(base.Transport):
         super().__init__(url, app, loop=loop)
         self.log = DurableLog.shared(log_path_from_url(url[0]))
         self.checkpoint_sources: list[CheckpointSource] = []
+        #: Awaited before each commit: what the committed records caused is made durable.
+        self.before_commit: list[Callable[[], Awaitable[None]]] = []
         self._data_event: asyncio.Event | None = None
 
     def ensure_topic(self, topic: str) -> int:

@@ -38,6 +38,9 @@ class ListSink:
             raise ConnectionError("receiver down")
         self.events.append(event)
 
+    def flush(self) -> None:
+        return None
+
     def delivered_keys(self) -> set[str]:
         return set()
 
