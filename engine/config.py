@@ -95,6 +95,8 @@ class Settings(_Frozen):
     lateness_ms: int = Field(60_000, ge=0)
     web_port: int | None = Field(None, ge=1, le=65535)
     reload_interval_s: float = Field(2.0, gt=0, le=3600)
+    #: How long the embedded log keeps records that every reader is done with.
+    retention_hours: float = Field(168.0, gt=0)
 
     @model_validator(mode="after")
     def _files_exist(self) -> Settings:

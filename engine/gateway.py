@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ from connectors.sinks.jsonl import JsonlSink
 from engine.config import Settings
 from engine.ruleset import RuleSet
 from engine.topology import Topology
+from engine.transport.local import Transport as LocalTransport
+from engine.transport.retention import enforce_retention
 from rules.api import load_ruleset
 from rules.errors import RulesInvalid
 from rules.registry import load_registry
@@ -29,6 +32,9 @@ from rules.registry import load_registry
 __all__ = ["Gateway", "load_rules"]
 
 log = logging.getLogger(__name__)
+
+#: How often the embedded log's retention is enforced (seconds).
+RETENTION_INTERVAL_S = 600.0
 
 
 def load_rules(settings: Settings) -> tuple[RuleSet, frozenset[str]]:
@@ -70,6 +76,7 @@ class Gateway:
         app = self.topology.app
         app.task(self._start_ingest)
         app.timer(settings.reload_interval_s)(self._check_reload)
+        app.timer(RETENTION_INTERVAL_S)(self._enforce_retention)
         app.on_before_shutdown.connect(self._stop_ingest)
         self._watched = self._mtimes()
         self.reload_errors: list[str] = []
@@ -77,6 +84,13 @@ class Gateway:
     def _mtimes(self) -> dict[str, float]:
         paths = (self.settings.stations, *self.settings.rules)
         return {str(p): p.stat().st_mtime_ns if p.exists() else -1 for p in paths}
+
+    async def _enforce_retention(self) -> None:
+        transport = self.topology.app.transport
+        if isinstance(transport, LocalTransport):
+            retention_ms = int(self.settings.retention_hours * 3_600_000)
+            now_ms = int(time.time() * 1000)
+            await asyncio.to_thread(enforce_retention, transport.log, retention_ms, now_ms)
 
     async def _check_reload(self) -> None:
         """Hot reload: swap in changed rule or station files once they validate."""

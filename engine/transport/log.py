@@ -253,7 +253,47 @@ class DurableLog:
         batch.delete_range(prefix + _U64.pack(0), prefix + _U64.pack(max(before, 0)))
         self._db.write(batch, self._sync)
 
+    def first_offset_since(self, topic: str, partition: int, ts_ms: int) -> int:
+        """The first offset whose record's timestamp is ``ts_ms`` or later (the highwater
+        if there is none). Timestamps are append times, in order along a partition."""
+        lo, hi = self.earliest(topic, partition), self.highwater(topic, partition)
+        while lo < hi:  # every record below lo is older than ts_ms; none from hi on is
+            mid = (lo + hi) // 2
+            records = self.read(topic, partition, mid, 1)
+            if records and records[0].timestamp < ts_ms:
+                lo = records[0].offset + 1
+            else:
+                hi = mid
+        return lo
+
+    def topic_config(self, topic: str) -> Mapping[str, Any]:
+        """What ``create_topic`` was given for ``topic`` besides its partition count."""
+        return dict(self._topics[topic])
+
     # ---- consumer groups and checkpoints ----------------------------------------------
+
+    def committed_floor(self, topic: str, partition: int) -> int | None:
+        """The lowest offset that a group reading ``topic`` has committed for this
+        partition (0 if one of them has not committed it yet), or None if no group has
+        ever committed any partition of the topic: below it, every reader is done."""
+        groups: set[bytes] = set()
+        mine: dict[bytes, int] = {}
+        it = self._db.iter()
+        it.seek(b"C")
+        wanted = topic.encode()
+        while it.valid():
+            key = it.key()
+            if not key.startswith(b"C"):
+                break
+            group, rest = key[1:].split(b"\x00", 1)
+            if rest[:-5] == wanted:
+                groups.add(group)
+                if int(_U32.unpack(rest[-4:])[0]) == partition:
+                    mine[group] = int(_I64.unpack(it.value())[0])
+            it.next()
+        if not groups:
+            return None
+        return min(mine.get(g, 0) for g in groups)
 
     def committed(self, group: str, topic: str, partition: int) -> int | None:
         """The group's committed offset (next offset to read), or None if never committed."""
