@@ -36,7 +36,7 @@ from engine.batch import BatchBuilder, BatchDecodeError, TelemetryBatch
 from engine.corroboration_stage import CorroborationStage
 from engine.dispatch import Dispatcher
 from engine.kafka.checkpoints import CheckpointingTransport, CheckpointStore
-from engine.kafka.offsets import LogProbe
+from engine.kafka.consumer import FencedConsumer
 from engine.kafka.topics import bootstrap_of
 from engine.processor import PartitionProcessor
 from engine.ruleset import RuleSet
@@ -89,14 +89,12 @@ class Topology:
             producer_acks=-1,
         )
         self.checkpoint_store: CheckpointStore | None = None
-        self.log_probe: LogProbe | None = None
         if broker.startswith("kafka://"):
             # Before anything touches app.transport (declaring topics does).
             transport = CheckpointingTransport(self.app.conf.broker_consumer, self.app)
             transport.checkpointer = self._kafka_checkpoint
             self.app.transport = transport
             self.checkpoint_store = CheckpointStore(bootstrap_of(broker), f"{app_id}-checkpoints")
-            self.log_probe = LogProbe(bootstrap_of(broker))
             self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
         #: Telemetry partition -> next_offset of its latest durable Kafka checkpoint.
         self._checkpointed: dict[int, int] = {}
@@ -256,14 +254,14 @@ class Topology:
         interrupted batch, or a rebalance whose stale fetches reached the stream):
         dropped, and the consumer rewound to ``next_offset`` so that the batches in
         between come first; or past a hole in the log (retention deleted the batches
-        in between): applied, with the loss logged and counted
-        (``engine.kafka.offsets``).
+        in between): applied, with the loss logged and counted. On Kafka the consumer
+        tells the two apart (``engine.kafka.consumer``: a hole is what is still missing
+        after a rewind); on the embedded log, the log itself.
         """
         offset, expected = message.offset, proc.next_offset
         if offset <= expected:
             return True
-        first = await self._first_offset_from(message.partition, expected)
-        if first is not None and first < offset:
+        if not self._is_hole(message, expected):
             self.counters["stale_batches_dropped"] += 1
             if self._rewound_to.get(message.partition) != expected:
                 # Once per gap: the events already queued behind this one are dropped
@@ -290,14 +288,16 @@ class Topology:
         )
         return True
 
-    async def _first_offset_from(self, partition: int, start: int) -> int | None:
-        topic = self.telemetry.get_topic_name()
+    def _is_hole(self, message: Any, expected: int) -> bool:
+        """Whether the offsets from ``expected`` up to ``message.offset`` hold no record."""
+        consumer = self.app.consumer
+        if isinstance(consumer, FencedConsumer):
+            hole = consumer.fence.holes.get(message.tp)
+            return hole is not None and hole[0] <= expected and hole[1] == message.offset - 1
         transport = self.app.transport
-        if isinstance(transport, LocalTransport):
-            records = transport.log.read(topic, partition, start, 1)
-            return records[0].offset if records else None
-        assert self.log_probe is not None
-        return await self.log_probe.first_offset(topic, partition, start)
+        assert isinstance(transport, LocalTransport)
+        records = transport.log.read(message.topic, message.partition, expected, 1)
+        return not records or records[0].offset >= message.offset
 
     async def _apply(self, proc: PartitionProcessor, batch: TelemetryBatch, offset: int) -> None:
         """Evaluate one batch and make its alerts and dead letters durable."""

@@ -39,6 +39,7 @@ class Verdict(enum.Enum):
     """What to do with a fetched record (``OffsetFence.admit``)."""
 
     DELIVER = "deliver"
+    HOLE = "hole"  # deliver; the offsets before it are gone from the log (``holes``)
     DROP = "drop"  # stale; say nothing
     REWIND = "rewind"  # stale; seek the partition back to ``OffsetFence.expected``
 
@@ -58,8 +59,8 @@ class OffsetFence:
         self._rewound: dict[Hashable, int] = {}
         #: Partitions positioned since their assignment; records of others are dropped.
         self._positioned: set[Hashable] = set()
-        #: Offsets found missing from the log, as (partition, first, last) for the log.
-        self.holes: list[tuple[Hashable, int, int]] = []
+        #: Partition -> the last run of offsets found gone from the log, (first, last).
+        self.holes: dict[Hashable, tuple[int, int]] = {}
 
     def positioned(self, partitions: Mapping[Hashable, int | None]) -> None:
         """Every fenced partition was sought to its committed offset (None: none yet)."""
@@ -87,7 +88,10 @@ class OffsetFence:
                 return Verdict.REWIND
             # The first record since the rewind to ``expected`` is still beyond it:
             # the offsets in between are gone from the log.
-            self.holes.append((tp, expected, offset - 1))
+            self.holes[tp] = (expected, offset - 1)
+            self._rewound.pop(tp, None)
+            self.expected[tp] = offset + 1
+            return Verdict.HOLE
         self._rewound.pop(tp, None)
         if expected is None or offset >= expected:
             self.expected[tp] = offset + 1
@@ -161,10 +165,10 @@ class FencedConsumer(faust_aiokafka.Consumer):
                 skipping.add(tp)
                 await super().seek(tp, expected)
                 fence.rewound(tp)
-            elif verdict is Verdict.DELIVER:
-                while fence.holes:
-                    hole_tp, first, last = fence.holes.pop()
-                    self.log.error("%s: offsets %d..%d are gone from the log", hole_tp, first, last)
+            elif verdict is not Verdict.DROP:
+                if verdict is Verdict.HOLE:
+                    first, last = fence.holes[tp]
+                    self.log.error("%s: offsets %d..%d are gone from the log", tp, first, last)
                 yield tp, message
 
 

@@ -26,7 +26,7 @@ def test_a_record_ahead_of_the_expected_offset_rewinds_once_then_waits() -> None
     fence.rewound(TP)
     assert fence.admit(TP, 10) is Verdict.DELIVER  # the re-fetch from the rewind
     assert fence.admit(TP, 11) is Verdict.DELIVER
-    assert fence.holes == []
+    assert fence.holes == {}
 
 
 def test_a_hole_is_delivered_across_after_the_rewind_confirms_it() -> None:
@@ -34,8 +34,8 @@ def test_a_hole_is_delivered_across_after_the_rewind_confirms_it() -> None:
     fence.positioned({TP: 5})
     assert fence.admit(TP, 8) is Verdict.REWIND
     fence.rewound(TP)
-    assert fence.admit(TP, 8) is Verdict.DELIVER  # still first after the rewind: 5..7 gone
-    assert fence.holes == [(TP, 5, 7)]
+    assert fence.admit(TP, 8) is Verdict.HOLE  # still first after the rewind: 5..7 gone
+    assert fence.holes == {TP: (5, 7)}
     assert fence.admit(TP, 9) is Verdict.DELIVER
     # A later skip ahead is a new question, not the old hole.
     assert fence.admit(TP, 12) is Verdict.REWIND
