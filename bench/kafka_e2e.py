@@ -369,6 +369,9 @@ def main() -> int:
     parser.add_argument(
         "--offline", action="store_true", help="only decode + processor on the same batches"
     )
+    parser.add_argument(
+        "--vigil-only", action="store_true", help="skip the textbook pipeline (no ratio)"
+    )
     args = parser.parse_args()
     workdir: contextlib.AbstractContextManager[str] = (
         contextlib.nullcontext(tempfile.mkdtemp(prefix="vigil-bench-"))
@@ -392,23 +395,29 @@ def main() -> int:
             bootstrap = up.stdout.strip().splitlines()[-1]
         try:
             vigil = run_vigil(bootstrap, tmp, args.readings, args.stations)
-            textbook = run_textbook(bootstrap, tmp, args.textbook_readings, args.stations)
+            textbook = (
+                None
+                if args.vigil_only
+                else run_textbook(bootstrap, tmp, args.textbook_readings, args.stations)
+            )
         finally:
             if args.bootstrap is None:
                 subprocess.run([str(REPO / "scripts" / "kafka"), "down"], env=env, check=False)
-    result = {
-        "vigil": vigil,
-        "textbook": textbook,
-        "ratio": float(vigil["readings_per_s"]) / float(textbook["readings_per_s"]),  # type: ignore[arg-type]
-    }
+    result: dict[str, object] = {"vigil": vigil}
+    if textbook is not None:
+        result["textbook"] = textbook
+        result["ratio"] = float(vigil["readings_per_s"]) / float(textbook["readings_per_s"])  # type: ignore[arg-type]
     for name in ("vigil", "textbook"):
-        r = result[name]
+        r = result.get(name)
+        if r is None:
+            continue
         assert isinstance(r, dict)
         lag = r["lag_samples_records"]
         print(f"{name:9s} {r['readings']:>11,} readings  e2e {r['e2e_s']:7.2f} s  "
               f"{r['readings_per_s']:>12,.0f} readings/s  (produce {r['produce_s']:.2f} s)  "
               f"lag records max {max(lag)} final {lag[-1]} samples {lag}")  # fmt: skip
-    print(f"ratio vigil/textbook: {result['ratio']:.1f}x")
+    if "ratio" in result:
+        print(f"ratio vigil/textbook: {result['ratio']:.1f}x")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2))
     return 0

@@ -8,14 +8,15 @@ group's name), dated at the entry of the k-th station, and clears when fewer tha
 remain. Every time is event time, so a replay gives the same alerts.
 
 The stations of a group live in different partitions, so this runs after the alerts
-topic, on a stream re-keyed by group; ``GroupState`` is plain data that a Faust table
-keeps (changelog-backed) per group.
+topic, on a stream re-keyed by group (``engine.corroboration_stage``, which keeps each
+station's entry in a changelog-backed table).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from engine.alerts import AlertEvent, Level, fingerprint
 from engine.events import format_text
@@ -30,8 +31,7 @@ def groups_of(rules: tuple[CorroborationRule, ...], event: AlertEvent) -> list[t
         (r.rule_id, group)
         for r in rules
         if r.source_rule == event.rule_id
-        for group, stations in r.groups.items()
-        if event.station in stations
+        for group in r.groups_of_station.get(event.station, ())
     ]
 
 
@@ -44,30 +44,42 @@ class GroupChange:
 
 
 class GroupState:
-    """Stations of one group at or above the level, with their entry times (ms)."""
+    """Stations of one group at or above the level, with their entry times (ms).
 
-    def __init__(self, saved: dict[str, Any] | None = None) -> None:
-        saved = saved or {}
-        self.entered: dict[str, int] = dict(saved.get("entered", {}))
-        self.firing_since: int | None = saved.get("firing_since")
+    The entry times are also kept sorted, so that an event costs one insertion or
+    removal and a scan that usually stops at the first cluster, not a sort of the
+    whole group (thousands of gauges in a large basin during a flood).
+    """
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"entered": self.entered, "firing_since": self.firing_since}
+    def __init__(self, entered: Mapping[str, int] | None = None, firing_since: int | None = None):
+        self.entered: dict[str, int] = dict(entered or {})
+        self.firing_since = firing_since
+        self._times = sorted(self.entered.values())
+
+    def _enter(self, station: str, at: int) -> None:
+        if station not in self.entered:
+            self.entered[station] = at
+            insort(self._times, at)
+
+    def _leave(self, station: str) -> None:
+        at = self.entered.pop(station, None)
+        if at is not None:
+            del self._times[bisect_left(self._times, at)]
 
     def _holding(self, rule: CorroborationRule) -> int | None:
         """The entry time of the k-th station of a cluster within ``within_ms``, or None."""
-        times = sorted(self.entered.values())
-        for j in range(rule.k - 1, len(times)):
-            if times[j] - times[j - rule.k + 1] <= rule.within_ms:
+        times, k = self._times, rule.k
+        for j in range(k - 1, len(times)):
+            if times[j] - times[j - k + 1] <= rule.within_ms:
                 return times[j]
         return None
 
     def apply(self, rule: CorroborationRule, event: AlertEvent) -> GroupChange | None:
         """Take a source-rule event; returns the group's change, if any."""
         if Level.parse(event.level) >= rule.min_level:
-            self.entered.setdefault(event.station, event.at)
+            self._enter(event.station, event.at)
         else:
-            self.entered.pop(event.station, None)
+            self._leave(event.station)
         since = self._holding(rule)
         if since is not None and self.firing_since is None:
             self.firing_since = since

@@ -5,10 +5,18 @@ The stations of a basin hash to different telemetry partitions (and, on Kafka, t
 different workers), so group rules cannot run in the per-partition processors. Instead
 ``route`` forwards each source-rule event to ``<id>-corroboration`` keyed by
 ``rule\\x1fgroup``; ``corroborate`` consumes that topic, keeps each group's
-``GroupState`` in a changelog-backed table (small keyed metadata: what Faust tables are
-for) and sends the group's alerts back to ``<id>-alerts``. A replay after a crash
-re-sends the same events; the state machine is idempotent per station and the alerts
-keep their idempotency keys, so the dispatcher drops repeats.
+``GroupState`` and sends the group's alerts back to ``<id>-alerts``. A replay after a
+crash re-sends the same events; the state machine is idempotent per station and the
+alerts keep their idempotency keys, so the dispatcher drops repeats.
+
+The state is kept in two changelog-backed Faust tables, a small entry per key (what
+Faust tables are for): ``corroboration-entered`` maps ``rule\\x1fgroup\\x1fstation``
+to the station's entry time (ms), ``corroboration-firing`` maps ``rule\\x1fgroup`` to the
+time the group's alert started. A group's whole state under one key cost a changelog
+record the size of the group per alert, and in a flood the alerts come from thousands
+of a basin's gauges at once (JSON encoding was 30 % of a worker's time in
+``bench/kafka_e2e.py``). The ``GroupState`` objects are built from the tables once
+after each rebalance (the tables are recovered by then) and kept in step with them.
 """
 
 from __future__ import annotations
@@ -40,9 +48,12 @@ class CorroborationStage:
             value_serializer="raw",
             partitions=topology.partitions,
         )
-        self.table = app.Table(
-            "corroboration", default=dict, partitions=topology.partitions, key_type=str
-        )
+        n = topology.partitions
+        self.entered = app.Table("corroboration-entered", partitions=n, key_type=str)
+        self.firing = app.Table("corroboration-firing", partitions=n, key_type=str)
+        #: ``rule\x1fgroup`` -> its state, as the tables hold it; None: not built yet.
+        self._states: dict[str, GroupState] | None = None
+        app.on_partitions_revoked.connect(self._on_partitions_revoked)
         app.agent(self.topic, name="corroborate")(self._corroborate)
         #: Sends of ``route`` not yet known durable: (key, value, future).
         self._in_flight: list[tuple[bytes, bytes, Awaitable[Any]]] = []
@@ -77,6 +88,24 @@ class CorroborationStage:
                     self._in_flight[:0] = [(key, value, fut), *pending[i + 1 :]]
                     raise
 
+    async def _on_partitions_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
+        self._states = None  # the partitions we keep are recovered afresh: rebuild then
+
+    def _state(self, key: str) -> GroupState:
+        if self._states is None:
+            entered: dict[str, dict[str, int]] = {}
+            for skey, at in self.entered.items():
+                group_key, station = skey.rsplit(_SEP, 1)
+                entered.setdefault(group_key, {})[station] = at
+            firing = dict(self.firing.items())
+            self._states = {
+                k: GroupState(entered.get(k), firing.get(k)) for k in entered.keys() | firing
+            }
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = GroupState()
+        return state
+
     async def _corroborate(self, stream: Any) -> None:
         async for event in stream.events():
             key = event.key.decode()
@@ -87,12 +116,24 @@ class CorroborationStage:
             if rule is None:
                 continue  # the rule was removed by a reload
             source = AlertEvent.from_json(event.value)
-            state = GroupState(self.table[key])
+            state = self._state(key)
+            entered, firing_since = state.entered.get(source.station), state.firing_since
             change = state.apply(rule, source)
-            self.table[key] = state.to_dict()
+            skey = f"{key}{_SEP}{source.station}"
+            _sync(self.entered, skey, entered, state.entered.get(source.station))
+            _sync(self.firing, key, firing_since, state.firing_since)
             if change is not None:
                 alert = corroboration_event(rule, group, source.metric, change)
                 fut = await self.topology.alerts.send(
                     key=alert.fingerprint.encode(), value=alert.to_json().encode()
                 )
                 await fut
+
+
+def _sync(table: Any, key: str, before: int | None, after: int | None) -> None:
+    """Write a changed entry to its table (a changelog record); None deletes it."""
+    if after != before:
+        if after is None:
+            del table[key]
+        else:
+            table[key] = after

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -172,6 +173,16 @@ class CorroborationRule:
     resolved_summary: str
     labels: Mapping[str, str] = field(default_factory=dict)
     lang: Literal["zh", "en"] = "en"
+
+    @cached_property
+    def groups_of_station(self) -> Mapping[str, tuple[str, ...]]:
+        """Station -> the groups it belongs to: one lookup per alert, however large the
+        groups (a basin may hold thousands of gauges)."""
+        index: dict[str, list[str]] = {}
+        for group, stations in self.groups.items():
+            for station in stations:
+                index.setdefault(station, []).append(group)
+        return {station: tuple(groups) for station, groups in index.items()}
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ A partition keeps its records for ``retention_ms`` after they were appended, and
 when a reader still needs them: nothing below the lowest offset committed by the groups
 that read the topic is kept only for its age, and nothing at or above it is ever
 deleted (an acknowledged reading stays until it has been evaluated). Compacted topics
-(the corroboration table's changelog) are never trimmed by age: they are the table.
+(the corroboration tables' changelogs) are never trimmed by age: they are the table.
 Topics no group reads (dead letters) go by age alone.
 """
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from engine.alerts import AlertEvent, Level, fingerprint
 from engine.corroboration import Corroborator
 from engine.ruleset import CorroborationRule
@@ -56,3 +58,28 @@ def test_texts_name_the_group() -> None:
     (g,) = [g for e in (_ev("A", "yellow", 0), _ev("B", "yellow", 1)) for g in c.feed(e)]
     assert g.summary == "east: 2 gauges at yellow or above"
     assert g.labels["group"] == "east"
+
+
+def test_a_station_in_two_groups_feeds_both() -> None:
+    rule = CorroborationRule(
+        rule_id="r", source_rule="flood", min_level=Level.YELLOW, k=2,
+        groups={"north": ("A", "B"), "city": ("B", "C")}, within_ms=H, level=Level.ORANGE,
+        for_ms=0, summary="{basin}", resolved_summary="{basin}: all clear",
+    )  # fmt: skip
+    c = Corroborator((rule,))
+    got = [g.station for e in (_ev("A", "yellow", 0), _ev("C", "yellow", 1)) for g in c.feed(e)]
+    assert got == []
+    assert [g.station for g in c.feed(_ev("B", "yellow", 2))] == ["north", "city"]
+
+
+def test_entries_at_the_same_time_leave_one_by_one() -> None:
+    # Equal entry times: leaving removes one of them, not both, and the group stays
+    # raised while k remain.
+    rule3 = dataclasses.replace(RULE, k=2, groups={"east": ("A", "B", "C")})
+    events = [_ev("A", "yellow", H), _ev("B", "yellow", H), _ev("C", "yellow", H)]
+    events.append(_ev("B", "blue", 2 * H, previous="yellow"))
+    c = Corroborator((rule3,))
+    got = [(g.level, g.at) for e in events for g in c.feed(e)]
+    assert got == [("orange", H)]
+    cleared = c.feed(_ev("A", "blue", 3 * H, previous="yellow"))
+    assert [(g.level, g.at, g.value) for g in cleared] == [("none", 3 * H, 1.0)]
