@@ -1,11 +1,12 @@
 """Corroboration across stations: k gauges of a group (basin, district) at a level.
 
 A ``CorroborationRule`` watches the alert events of its source rule. A station counts
-from the time it reaches ``min_level`` until it falls below it; the rule holds for a
-group while at least ``k`` counting stations reached the level within ``within_ms`` of
-each other. It then raises ``level`` for the whole group (the alert's station is the
-group's name), dated at the entry of the k-th station, and clears when fewer than k
-remain. Every time is event time, so a replay gives the same alerts.
+from the event that takes it to ``min_level`` or above until the one that takes it
+below (a station already above when the rule is loaded counts from its next crossing);
+the rule holds for a group while at least ``k`` counting stations reached the level
+within ``within_ms`` of each other. It then raises ``level`` for the whole group (the
+alert's station is the group's name), dated at the entry of the k-th station, and
+clears when fewer than k remain. Every time is event time, so a replay gives the same alerts.
 
 The stations of a group live in different partitions, so this runs after the alerts
 topic, on a stream re-keyed by group (``engine.corroboration_stage``, which keeps each
@@ -26,11 +27,17 @@ __all__ = ["Corroborator", "GroupState", "corroboration_event", "groups_of"]
 
 
 def groups_of(rules: tuple[CorroborationRule, ...], event: AlertEvent) -> list[tuple[str, str]]:
-    """(rule id, group) pairs that a source-rule event feeds."""
+    """(rule id, group) pairs that a source-rule event feeds: those whose ``min_level``
+    it crosses, up or down. The others (blue to yellow under an orange rule, orange to
+    red under a yellow one) cannot change a group's state, and on Kafka each pair costs
+    a record on the corroboration topic; in a flood most transitions are of that kind."""
+    if not rules:
+        return []
+    level, previous = Level.parse(event.level), Level.parse(event.previous_level)
     return [
         (r.rule_id, group)
         for r in rules
-        if r.source_rule == event.rule_id
+        if r.source_rule == event.rule_id and (level >= r.min_level) != (previous >= r.min_level)
         for group in r.groups_of_station.get(event.station, ())
     ]
 

@@ -87,6 +87,9 @@ class Topology:
             stream_buffer_maxsize=64,
             topic_replication_factor=replication,
             producer_acks=-1,
+            # Telemetry batches are ~0.5 MB: at Faust's default (1 MiB a partition) a
+            # fetch brought two per partition and the worker waited on the next one.
+            consumer_max_fetch_size=8 * 1024 * 1024,
         )
         self.checkpoint_store: CheckpointStore | None = None
         if broker.startswith("kafka://"):
