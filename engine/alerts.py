@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from typing import Any, Literal
 
-__all__ = ["AlertEvent", "Level", "fingerprint"]
+__all__ = ["MAX_RECORD_BYTES", "AlertEvent", "Level", "fingerprint", "pack_lines", "unpack_events"]
+
+#: A record of alert events (``pack_lines``) holds at most this many bytes, unless one
+#: event alone is larger; well under Kafka's default ``max.message.bytes`` (1 MB).
+MAX_RECORD_BYTES = 256 * 1024
 
 
 class Level(IntEnum):
@@ -84,3 +89,26 @@ class AlertEvent:
     @classmethod
     def from_json(cls, text: str | bytes) -> AlertEvent:
         return cls.from_dict(json.loads(text))
+
+
+def pack_lines(lines: Iterable[str], max_bytes: int = MAX_RECORD_BYTES) -> list[bytes]:
+    """Records of newline-separated lines (JSON events contain no raw newline), each at
+    most ``max_bytes`` unless a single line is longer; in the order given."""
+    records: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for line in lines:
+        raw = line.encode()
+        if current and size + len(raw) + 1 > max_bytes:
+            records.append(b"\n".join(current))
+            current, size = [], 0
+        current.append(raw)
+        size += len(raw) + 1
+    if current:
+        records.append(b"\n".join(current))
+    return records
+
+
+def unpack_events(record: bytes) -> list[AlertEvent]:
+    """The events of a record of the alerts topic (``pack_lines`` of ``to_json``)."""
+    return [AlertEvent.from_json(line) for line in record.split(b"\n") if line]

@@ -3,9 +3,11 @@ Faust table.
 
 The stations of a basin hash to different telemetry partitions (and, on Kafka, to
 different workers), so group rules cannot run in the per-partition processors. Instead
-``route`` forwards each source-rule event to ``<id>-corroboration`` keyed by
-``rule\\x1fgroup``; ``corroborate`` consumes that topic, keeps each group's
-``GroupState`` and sends the group's alerts back to ``<id>-alerts``. A replay after a
+``route`` forwards each source-rule event to ``<id>-corroboration`` under the key
+``rule\\x1fgroup``, in the partition Kafka's partitioner gives that key: one record per
+partition and alerts record, a line ``key\\x1eevent JSON`` per event; ``corroborate``
+consumes that topic, keeps each group's ``GroupState`` and sends the group's alerts
+back to ``<id>-alerts``. A replay after a
 crash re-sends the same events; the state machine is idempotent per station and the
 alerts keep their idempotency keys, so the dispatcher drops repeats.
 
@@ -22,20 +24,27 @@ after each rebalance (the tables are recovered by then) and kept in step with th
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from engine.alerts import AlertEvent
+from engine.alerts import AlertEvent, pack_lines
 from engine.corroboration import GroupState, corroboration_event, groups_of
 
 if TYPE_CHECKING:
     from engine.topology import Topology
 
-__all__ = ["CorroborationStage"]
+__all__ = ["TABLES", "CorroborationStage"]
+
+#: The stage's Faust tables; their changelogs are ``<app id>-<name>-changelog``, created
+#: with the other topics (``engine.kafka.topics``): Faust itself creates them only when
+#: first written, and an agent that writes before its metadata shows the partitions
+#: crashes (PartitionsMismatch) half-way through an event.
+TABLES = ("corroboration-entered", "corroboration-firing")
 
 log = logging.getLogger(__name__)
 
 _SEP = "\x1f"
+_RS = "\x1e"  # between a routed event's key and its JSON (which escapes control chars)
 
 
 class CorroborationStage:
@@ -49,24 +58,36 @@ class CorroborationStage:
             partitions=topology.partitions,
         )
         n = topology.partitions
-        self.entered = app.Table("corroboration-entered", partitions=n, key_type=str)
-        self.firing = app.Table("corroboration-firing", partitions=n, key_type=str)
+        self.entered = app.Table(TABLES[0], partitions=n, key_type=str)
+        self.firing = app.Table(TABLES[1], partitions=n, key_type=str)
         #: ``rule\x1fgroup`` -> its state, as the tables hold it; None: not built yet.
         self._states: dict[str, GroupState] | None = None
         app.on_partitions_revoked.connect(self._on_partitions_revoked)
         app.agent(self.topic, name="corroborate")(self._corroborate)
-        #: Sends of ``route`` not yet known durable: (key, value, future).
-        self._in_flight: list[tuple[bytes, bytes, Awaitable[Any]]] = []
+        #: Sends of ``route`` not yet known durable: (partition, value, future).
+        self._in_flight: list[tuple[int, bytes, Awaitable[Any]]] = []
 
-    async def route(self, event: AlertEvent, value: bytes) -> None:
-        """Forward a source-rule event to its groups. Called by the alerts topic's one
-        agent (the dispatcher): a second agent on that topic would hold each message
-        until both had acked it, and at shutdown the one that stopped first would never
-        ack, leaving the consumer waiting. The sends are not awaited here, one broker
-        round trip per alert; ``flush`` awaits them before the alerts' offsets commit."""
-        for rule_id, group in groups_of(self.topology.ruleset.corroboration, event):
-            key = f"{rule_id}{_SEP}{group}".encode()
-            self._in_flight.append((key, value, await self.topic.send(key=key, value=value)))
+    async def route(self, events: Iterable[AlertEvent]) -> None:
+        """Forward the source-rule events among ``events`` to their groups. Called by
+        the alerts topic's one agent (the dispatcher) with the events of one record: a
+        second agent on that topic would hold each message until both had acked it,
+        and at shutdown the one that stopped first would never ack, leaving the
+        consumer waiting. The sends are not awaited here, one broker round trip per
+        record; ``flush`` awaits them before the alerts' offsets commit."""
+        rules = self.topology.ruleset.corroboration
+        lines: dict[int, list[str]] = {}
+        for event in events:
+            pairs = groups_of(rules, event)
+            if pairs:
+                body = event.to_json()
+                for rule_id, group in pairs:
+                    key = f"{rule_id}{_SEP}{group}"
+                    partition = self.topology.partition_for(key)
+                    lines.setdefault(partition, []).append(f"{key}{_RS}{body}")
+        for partition, group_lines in lines.items():
+            for value in pack_lines(group_lines):
+                fut = await self.topic.send(value=value, partition=partition)
+                self._in_flight.append((partition, value, fut))
 
     async def flush(self) -> None:
         """Returns once every event routed so far is durable on the corroboration topic.
@@ -76,16 +97,16 @@ class CorroborationStage:
         not known durable stay for the next one.
         """
         pending, self._in_flight = self._in_flight, []
-        for i, (key, value, fut) in enumerate(pending):
+        for i, (partition, value, fut) in enumerate(pending):
             try:
                 await fut
             except Exception as exc:
                 log.warning("corroboration send failed (%r), sending again", exc)
                 try:
-                    fut = await self.topic.send(key=key, value=value)
+                    fut = await self.topic.send(value=value, partition=partition)
                     await fut
                 except BaseException:
-                    self._in_flight[:0] = [(key, value, fut), *pending[i + 1 :]]
+                    self._in_flight[:0] = [(partition, value, fut), *pending[i + 1 :]]
                     raise
 
     async def _on_partitions_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
@@ -108,26 +129,40 @@ class CorroborationStage:
 
     async def _corroborate(self, stream: Any) -> None:
         async for event in stream.events():
-            key = event.key.decode()
-            rule_id, group = key.split(_SEP, 1)
-            rule = next(
-                (r for r in self.topology.ruleset.corroboration if r.rule_id == rule_id), None
-            )
-            if rule is None:
-                continue  # the rule was removed by a reload
-            source = AlertEvent.from_json(event.value)
-            state = self._state(key)
-            entered, firing_since = state.entered.get(source.station), state.firing_since
-            change = state.apply(rule, source)
-            skey = f"{key}{_SEP}{source.station}"
-            _sync(self.entered, skey, entered, state.entered.get(source.station))
-            _sync(self.firing, key, firing_since, state.firing_since)
-            if change is not None:
-                alert = corroboration_event(rule, group, source.metric, change)
-                fut = await self.topology.alerts.send(
-                    key=alert.fingerprint.encode(), value=alert.to_json().encode()
-                )
+            futures = []
+            for line in event.value.decode().split("\n"):
+                try:
+                    alert = self._apply(line)
+                except BaseException:
+                    self._states = None  # maybe ahead of the tables: rebuild from them
+                    raise
+                if alert is not None:
+                    futures.append(
+                        await self.topology.alerts.send(
+                            key=alert.fingerprint.encode(), value=alert.to_json().encode()
+                        )
+                    )
+            for fut in futures:
                 await fut
+
+    def _apply(self, line: str) -> AlertEvent | None:
+        """One routed event into its group's state; returns the group's alert, if any."""
+        key, _, body = line.partition(_RS)
+        rule_id, group = key.split(_SEP, 1)
+        rule = next((r for r in self.topology.ruleset.corroboration if r.rule_id == rule_id), None)
+        if rule is None:
+            return None  # the rule was removed by a reload
+        source = AlertEvent.from_json(body)
+        state = self._state(key)
+        entered, firing_since = state.entered.get(source.station), state.firing_since
+        change = state.apply(rule, source)
+        _sync(
+            self.entered, f"{key}{_SEP}{source.station}", entered, state.entered.get(source.station)
+        )
+        _sync(self.firing, key, firing_since, state.firing_since)
+        if change is None:
+            return None
+        return corroboration_event(rule, group, source.metric, change)
 
 
 def _sync(table: Any, key: str, before: int | None, after: int | None) -> None:

@@ -1,8 +1,11 @@
 """The Faust topology: telemetry -> per-partition kernels -> alerts -> dispatcher.
 
 Topics (names prefixed by the app id, DESIGN.md): ``<id>-telemetry`` carries columnar
-batches (raw bytes, ``engine.batch``), ``<id>-alerts`` alert events as JSON keyed by
-fingerprint (one series stays in one partition, so its transitions stay in order), and
+batches (raw bytes, ``engine.batch``), ``<id>-alerts`` alert events as JSON lines, the
+events of a telemetry batch in records of up to 256 KB (``engine.alerts.pack_lines``)
+in the alerts partition of the same number (a station, and so every series, stays in
+one partition, so its transitions stay in order: one record per alert made each alert
+pay Faust's per-record cost twice, and that, not the kernels, bounded a worker), and
 ``<id>-dead-letter`` the raw bytes of anything rejected, with the reason in the
 ``vigil-reason`` header; ``<id>-corroboration`` re-keys alerts by station group for the
 rules that span stations (``engine.corroboration_stage``).
@@ -31,7 +34,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 
 from connectors.sinks.base import Sink
-from engine.alerts import AlertEvent
+from engine.alerts import pack_lines, unpack_events
 from engine.batch import BatchBuilder, BatchDecodeError, TelemetryBatch
 from engine.corroboration_stage import CorroborationStage
 from engine.dispatch import Dispatcher
@@ -150,10 +153,10 @@ class Topology:
 
     # ---- producing -------------------------------------------------------------------------
 
-    def partition_for(self, station: str) -> int:
-        """Kafka's murmur2 partition of a station id, the same on both transports."""
+    def partition_for(self, key: str) -> int:
+        """Kafka's murmur2 partition of a key (a station id), the same on both transports."""
         all_partitions = list(range(self.partitions))
-        return int(_partitioner(station.encode(), all_partitions, all_partitions))
+        return int(_partitioner(key.encode(), all_partitions, all_partitions))
 
     async def produce(self, readings: Sequence[Reading]) -> None:
         """Produce readings as one batch per partition; returns once all are durable."""
@@ -231,7 +234,7 @@ class Topology:
                 continue
             self._busy.add(message.partition)
             try:
-                await self._apply(proc, batch, message.offset)
+                await self._apply(proc, batch, message.partition, message.offset)
             except BaseException:
                 # Interrupted mid-batch (revocation, shutdown): this state is ahead of
                 # its alerts, so it must never be checkpointed; the next owner (or this
@@ -302,8 +305,11 @@ class Topology:
         records = transport.log.read(message.topic, message.partition, expected, 1)
         return not records or records[0].offset >= message.offset
 
-    async def _apply(self, proc: PartitionProcessor, batch: TelemetryBatch, offset: int) -> None:
-        """Evaluate one batch and make its alerts and dead letters durable."""
+    async def _apply(
+        self, proc: PartitionProcessor, batch: TelemetryBatch, partition: int, offset: int
+    ) -> None:
+        """Evaluate the batch at ``offset`` of telemetry ``partition``; returns once its
+        alerts (to the alerts partition of the same number) and dead letters are durable."""
         alerts = proc.process(batch, offset)
         self.counters["readings_evaluated"] += len(batch)
         for station, metric, ts, value, reason in proc.rejected:
@@ -311,17 +317,18 @@ class Topology:
             await self.send_dead_letter(raw.encode(), reason, f"{station}/{metric}")
         proc.rejected.clear()
         futures = [
-            await self.alerts.send(key=alert.fingerprint.encode(), value=alert.to_json().encode())
-            for alert in alerts
+            await self.alerts.send(value=record, partition=partition)
+            for record in pack_lines(alert.to_json() for alert in alerts)
         ]
         for fut in futures:
             await fut  # durable before the state that caused it can be committed
 
     async def _dispatch(self, stream: Any) -> None:
         async for value in stream:
-            event = AlertEvent.from_json(value)
-            await self.dispatcher.dispatch(event)
-            await self.corroboration.route(event, value)
+            events = unpack_events(value)
+            for event in events:
+                await self.dispatcher.dispatch(event)
+            await self.corroboration.route(events)
 
     # ---- checkpoints -----------------------------------------------------------------------
 

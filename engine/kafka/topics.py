@@ -16,6 +16,8 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from engine.corroboration_stage import TABLES
+
 __all__ = ["TopicLayout", "TopicMismatch", "bootstrap_of", "ensure_topics"]
 
 DAY_MS = 24 * 3600 * 1000
@@ -62,6 +64,10 @@ class TopicLayout:
     def corroboration(self) -> str:
         return f"{self.app_id}-corroboration"
 
+    @property
+    def changelogs(self) -> list[str]:
+        return [f"{self.app_id}-{table}-changelog" for table in TABLES]
+
     def new_topics(self) -> list[NewTopic]:
         # Telemetry batches are up to a few MB; checkpoints grow with the sensors of a
         # partition (80 bytes per sensor and rule), so both allow large records.
@@ -96,6 +102,17 @@ class TopicLayout:
                 self.partitions,
                 self.replication,
                 topic_configs={"retention.ms": str(self.alerts_retention_ms), **min_isr},
+            ),
+            # The corroboration tables' changelogs, as Faust would make them, but before
+            # any worker writes (engine.corroboration_stage.TABLES).
+            *(
+                NewTopic(
+                    name,
+                    self.partitions,
+                    self.replication,
+                    topic_configs={"cleanup.policy": "compact", **min_isr},
+                )
+                for name in self.changelogs
             ),
             # One checkpoint partition per telemetry partition, one key each: compaction
             # keeps the latest; small segments so that compaction can run at all (the
@@ -140,7 +157,9 @@ async def ensure_topics(bootstrap: str, layout: TopicLayout) -> list[str]:
                 created.append(topic.name)
             except TopicAlreadyExistsError:
                 pass  # another worker created it between list and create
-        for desc in await _describe(admin, [layout.telemetry, layout.checkpoints]):
+        for desc in await _describe(
+            admin, [layout.telemetry, layout.checkpoints, *layout.changelogs]
+        ):
             n = len(desc["partitions"])
             if n != layout.partitions:
                 raise TopicMismatch(

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 import rules
-from engine.alerts import AlertEvent
+from engine.alerts import AlertEvent, unpack_events
 from engine.kafka.producer import TelemetryProducer
 from engine.kafka.topics import TopicLayout, ensure_topics
 
@@ -296,7 +296,7 @@ async def _read_all(bootstrap: str, topic: str, partitions: int) -> list[tuple[i
 def read_alerts(bootstrap: str, topic: str, partitions: int) -> list[AlertEvent]:
     """Every alert event in the alerts topic, in partition order."""
     records = asyncio.run(_read_all(bootstrap, topic, partitions))
-    return [AlertEvent.from_json(v) for _, v in records]
+    return [event for _, v in records for event in unpack_events(v)]
 
 
 def read_checkpoints(bootstrap: str, topic: str, partitions: int) -> dict[int, bytes]:

@@ -4,7 +4,7 @@ import asyncio
 from pathlib import Path
 
 from connectors.sinks.jsonl import JsonlSink
-from engine.alerts import AlertEvent, fingerprint
+from engine.alerts import AlertEvent, fingerprint, pack_lines, unpack_events
 from engine.dispatch import Dispatcher
 
 
@@ -81,3 +81,20 @@ def test_jsonl_sink_remembers_deliveries_across_restarts(tmp_path: Path) -> None
         AlertEvent.from_json(x).at for x in path.read_text().splitlines() if x.startswith('{"at')
     ]
     assert keys == [1, 2]
+
+
+def test_alert_records_pack_and_unpack_in_order_within_the_size() -> None:
+    events = [
+        AlertEvent(
+            f"fp{i}", "flood", f"S{i}", "water_level", "yellow", "none", "firing",
+            i, i, 4.2, 4.0, "流域 summary\nwith a newline",
+        )
+        for i in range(50)
+    ]  # fmt: skip
+    records = pack_lines((e.to_json() for e in events), max_bytes=2_000)
+    assert len(records) > 1
+    assert all(len(r) <= 2_000 for r in records)
+    assert [e for r in records for e in unpack_events(r)] == events
+    # An event larger than the limit gets a record of its own rather than being lost.
+    (big,) = pack_lines([events[0].to_json()], max_bytes=10)
+    assert unpack_events(big) == [events[0]]
