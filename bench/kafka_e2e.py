@@ -111,19 +111,18 @@ async def _monitor(
     group: str,
     topics: dict[str, int],
     produced: asyncio.Event,
-    samples: list[int],
+    samples: list[dict[str, int]],
 ) -> float:
     """Sample lag until the producer is done and the group has committed the end of
-    every topic in ``topics``; returns the time. The first topic's lag is sampled.
+    every topic in ``topics``; returns the time. Each sample is every topic's lag.
 
     For Vigil these are the telemetry, alerts and corroboration topics: the run ends
     when every reading is evaluated and every alert it raised is dispatched, not when
     the last batch is evaluated with its alerts still queued.
     """
-    first = next(iter(topics))
     while True:
         lag = await _lag(bootstrap, group, topics)
-        samples.append(lag[first])
+        samples.append(lag)
         if produced.is_set() and not any(lag.values()):
             return time.monotonic()
         await asyncio.sleep(0.5)
@@ -236,14 +235,14 @@ def run_vigil(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) -> di
         _wait_log(log, "[^Worker]: Ready", proc, 180)
         time.sleep(3)  # the group's first rebalance
 
-        async def scenario() -> tuple[float, float, list[int]]:
+        async def scenario() -> tuple[float, float, list[dict[str, int]]]:
             producer = TelemetryProducer(bootstrap, layout, linger_ms=2)
             topics = {
                 t: PARTITIONS for t in (layout.telemetry, layout.alerts, layout.corroboration)
             }
             await producer.start()
             produced = asyncio.Event()
-            samples: list[int] = []
+            samples: list[dict[str, int]] = []
             t0 = time.monotonic()
             mon = asyncio.ensure_future(
                 _monitor(bootstrap, layout.app_id, topics, produced, samples)
@@ -263,8 +262,14 @@ def run_vigil(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) -> di
         produce_s, total_s, samples = asyncio.run(scenario())
     finally:
         _stop(proc, log)
+    by_topic = {
+        name: [s[topic] for s in samples]
+        for name, topic in (("telemetry", layout.telemetry), ("alerts", layout.alerts),
+                            ("corroboration", layout.corroboration))
+    }  # fmt: skip
     return {"readings": total, "produce_s": produce_s, "e2e_s": total_s,
-            "readings_per_s": total / total_s, "lag_samples_records": samples}  # fmt: skip
+            "readings_per_s": total / total_s, "lag_samples_records": by_topic["telemetry"],
+            "lag_samples_by_topic": by_topic}  # fmt: skip
 
 
 def run_offline(tmp: Path, n_readings: int, n_stations: int) -> dict[str, object]:
@@ -343,11 +348,11 @@ def run_textbook(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) ->
         _wait_log(log, "[^Worker]: Ready", proc, 180)
         time.sleep(3)
 
-        async def scenario() -> tuple[float, float, list[int]]:
+        async def scenario() -> tuple[float, float, list[dict[str, int]]]:
             producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
             await producer.start()
             produced = asyncio.Event()
-            samples: list[int] = []
+            samples: list[dict[str, int]] = []
             t0 = time.monotonic()
             # Its alerts are sent (and awaited) before a reading is acknowledged; it has
             # no dispatcher, so its readings' topic is the whole pipeline.
@@ -377,7 +382,8 @@ def run_textbook(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) ->
     finally:
         _stop(proc, log)
     return {"readings": n_readings, "produce_s": produce_s, "e2e_s": total_s,
-            "readings_per_s": n_readings / total_s, "lag_samples_records": samples}  # fmt: skip
+            "readings_per_s": n_readings / total_s,
+            "lag_samples_records": [s[topic] for s in samples]}  # fmt: skip
 
 
 def main() -> int:
@@ -438,6 +444,8 @@ def main() -> int:
         print(f"{name:9s} {r['readings']:>11,} readings  e2e {r['e2e_s']:7.2f} s  "
               f"{r['readings_per_s']:>12,.0f} readings/s  (produce {r['produce_s']:.2f} s)  "
               f"lag records max {max(lag)} final {lag[-1]} samples {lag}")  # fmt: skip
+        for name, lags in r.get("lag_samples_by_topic", {}).items():
+            print(f"  {name} lag: {lags}")
     if "ratio" in result:
         print(f"ratio vigil/textbook: {result['ratio']:.1f}x")
     if args.json_out:
