@@ -42,13 +42,29 @@ class Dispatcher:
 
     async def dispatch(self, event: AlertEvent) -> bool:
         """Deliver ``event``; returns False if it was a duplicate."""
-        if event.key in self._seen:
-            self.counters["duplicates"] += 1
-            return False
-        await asyncio.gather(*(self._deliver(sink, event) for sink in self.sinks))
-        self._mark(event.key)
-        self.counters["delivered"] += 1
-        return True
+        return bool(await self.dispatch_many([event]))
+
+    async def dispatch_many(self, events: Sequence[AlertEvent]) -> list[AlertEvent]:
+        """Deliver the events not delivered before, in order; returns them.
+
+        Each sink takes them one after the other; the sinks run side by side, so a
+        slow or failing one does not hold up the others.
+        """
+        fresh: list[AlertEvent] = []
+        for event in events:
+            if event.key in self._seen:
+                self.counters["duplicates"] += 1
+                continue
+            self._mark(event.key)  # also a repeat within ``events`` is a duplicate
+            fresh.append(event)
+        if fresh:
+            await asyncio.gather(*(self._deliver_all(sink, fresh) for sink in self.sinks))
+            self.counters["delivered"] += len(fresh)
+        return fresh
+
+    async def _deliver_all(self, sink: Sink, events: Sequence[AlertEvent]) -> None:
+        for event in events:
+            await self._deliver(sink, event)
 
     async def _deliver(self, sink: Sink, event: AlertEvent) -> None:
         for attempt in range(self.retries + 1):

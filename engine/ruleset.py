@@ -104,6 +104,12 @@ class ThresholdRule:
                 f"rule {self.rule_id}: qc flat_n {self.qc.flat_n} outside 0..{MAX_FLAT_N} readings"
             )
 
+    @cached_property
+    def station_rows(self) -> Mapping[str, int]:
+        """Station -> its row in ``stations`` (per-station arrays of the rule); built
+        once per rule, not once per partition and runner."""
+        return {station: i for i, station in enumerate(self.stations)}
+
 
 @dataclass(frozen=True)
 class CompiledCondition:

@@ -326,8 +326,7 @@ class Topology:
     async def _dispatch(self, stream: Any) -> None:
         async for value in stream:
             events = unpack_events(value)
-            for event in events:
-                await self.dispatcher.dispatch(event)
+            await self.dispatcher.dispatch_many(events)
             await self.corroboration.route(events)
 
     # ---- checkpoints -----------------------------------------------------------------------

@@ -44,7 +44,7 @@ class SensorIndex:
 
     def bind(self, rule: ThresholdRule) -> None:
         self.rule = rule
-        self._rule_rows = {s: i for i, s in enumerate(rule.stations)}
+        self._rule_rows = rule.station_rows
 
     def rule_row(self, station: str) -> int | None:
         return self._rule_rows.get(station)

@@ -98,3 +98,15 @@ def test_alert_records_pack_and_unpack_in_order_within_the_size() -> None:
     # An event larger than the limit gets a record of its own rather than being lost.
     (big,) = pack_lines([events[0].to_json()], max_bytes=10)
     assert unpack_events(big) == [events[0]]
+
+
+def test_a_record_of_events_is_delivered_in_order_once_each_while_a_sink_fails() -> None:
+    good, bad = ListSink(), ListSink(fail_times=1)
+    bad.name = "flaky"
+    d = Dispatcher([good, bad], retries=1)
+    fresh = asyncio.run(d.dispatch_many([_event(1), _event(2), _event(1), _event(3)]))
+    assert [e.at for e in fresh] == [1, 2, 3]
+    assert [e.at for e in good.events] == [1, 2, 3]
+    assert [e.at for e in bad.events] == [1, 2, 3]  # its first failure retried
+    assert d.counters["duplicates"] == 1 and d.counters["failed.flaky"] == 1
+    assert asyncio.run(d.dispatch_many([_event(3), _event(4)])) == [_event(4)]
