@@ -8,6 +8,14 @@ within ``within_ms`` of each other. It then raises ``level`` for the whole group
 alert's station is the group's name), dated at the entry of the k-th station, and
 clears when fewer than k remain. Every time is event time, so a replay gives the same alerts.
 
+Known limit: a group's state follows the order in which its stations' events arrive.
+Each station's events arrive in order, but stations in partitions (or workers) that lag
+one another can make a group rise or clear at other times than an event-time replay
+does; a worker replaying a partition after a failover is the usual case (its repeats
+of events already taken are dropped, ``GroupState.apply``). Making it exact needs each
+partition's watermark carried with its alerts, so that a group is evaluated in event
+time up to the lowest of them.
+
 The stations of a group live in different partitions, so this runs after the alerts
 topic, on a stream re-keyed by group (``engine.corroboration_stage``, which keeps each
 station's entry in a changelog-backed table).
@@ -51,16 +59,23 @@ class GroupChange:
 
 
 class GroupState:
-    """Stations of one group at or above the level, with their entry times (ms).
+    """Stations of one group at or above the level, with their entry times (ms), and
+    the time of the latest event taken from each station (``last``).
 
     The entry times are also kept sorted, so that an event costs one insertion or
     removal and a scan that usually stops at the first cluster, not a sort of the
     whole group (thousands of gauges in a large basin during a flood).
     """
 
-    def __init__(self, entered: Mapping[str, int] | None = None, firing_since: int | None = None):
+    def __init__(
+        self,
+        entered: Mapping[str, int] | None = None,
+        firing_since: int | None = None,
+        last: Mapping[str, int] | None = None,
+    ) -> None:
         self.entered: dict[str, int] = dict(entered or {})
         self.firing_since = firing_since
+        self.last: dict[str, int] = dict(last or {})
         self._times = sorted(self.entered.values())
 
     def _enter(self, station: str, at: int) -> None:
@@ -82,7 +97,17 @@ class GroupState:
         return None
 
     def apply(self, rule: CorroborationRule, event: AlertEvent) -> GroupChange | None:
-        """Take a source-rule event; returns the group's change, if any."""
+        """Take a source-rule event; returns the group's change, if any.
+
+        A station's events come in order (one series, one partition), so an event no
+        later than the station's latest is one taken before, sent again by a worker
+        that replays a partition after a failover: taken again, its entry would count
+        a station that has left since.
+        """
+        last = self.last.get(event.station)
+        if last is not None and event.at <= last:
+            return None
+        self.last[event.station] = event.at
         if Level.parse(event.level) >= rule.min_level:
             self._enter(event.station, event.at)
         else:

@@ -7,18 +7,19 @@ different workers), so group rules cannot run in the per-partition processors. I
 ``rule\\x1fgroup``, in the partition Kafka's partitioner gives that key: one record per
 partition and alerts record, a line ``key\\x1eevent JSON`` per event; ``corroborate``
 consumes that topic, keeps each group's ``GroupState`` and sends the group's alerts
-back to ``<id>-alerts``. A replay after a
-crash re-sends the same events; the state machine is idempotent per station and the
-alerts keep their idempotency keys, so the dispatcher drops repeats.
+back to ``<id>-alerts``. A replay after a crash re-sends the same events; a station's
+events no later than its latest are dropped (``GroupState.apply``) and the alerts keep
+their idempotency keys, so the dispatcher drops repeats.
 
 The state is kept in two changelog-backed Faust tables, a small entry per key (what
-Faust tables are for): ``corroboration-entered`` maps ``rule\\x1fgroup\\x1fstation``
-to the station's entry time (ms), ``corroboration-firing`` maps ``rule\\x1fgroup`` to the
-time the group's alert started. A group's whole state under one key cost a changelog
-record the size of the group per alert, and in a flood the alerts come from thousands
-of a basin's gauges at once (JSON encoding was 30 % of a worker's time in
-``bench/kafka_e2e.py``). The ``GroupState`` objects are built from the tables once
-after each rebalance (the tables are recovered by then) and kept in step with them.
+Faust tables are for): ``corroboration-stations`` maps ``rule\\x1fgroup\\x1fstation``
+to ``[entry time or null, time of the station's latest event]`` (ms),
+``corroboration-firing`` maps ``rule\\x1fgroup`` to the time the group's alert started.
+A group's whole state under one key cost a changelog record the size of the group per
+alert, and in a flood the alerts come from thousands of a basin's gauges at once (JSON
+encoding was 30 % of a worker's time in ``bench/kafka_e2e.py``). The ``GroupState``
+objects are built from the tables once after each rebalance (the tables are recovered
+by then) and kept in step with them.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ __all__ = ["TABLES", "CorroborationStage"]
 #: with the other topics (``engine.kafka.topics``): Faust itself creates them only when
 #: first written, and an agent that writes before its metadata shows the partitions
 #: crashes (PartitionsMismatch) half-way through an event.
-TABLES = ("corroboration-entered", "corroboration-firing")
+TABLES = ("corroboration-stations", "corroboration-firing")
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class CorroborationStage:
             partitions=topology.partitions,
         )
         n = topology.partitions
-        self.entered = app.Table(TABLES[0], partitions=n, key_type=str)
+        self.stations = app.Table(TABLES[0], partitions=n, key_type=str)
         self.firing = app.Table(TABLES[1], partitions=n, key_type=str)
         #: ``rule\x1fgroup`` -> its state, as the tables hold it; None: not built yet.
         self._states: dict[str, GroupState] | None = None
@@ -115,12 +116,16 @@ class CorroborationStage:
     def _state(self, key: str) -> GroupState:
         if self._states is None:
             entered: dict[str, dict[str, int]] = {}
-            for skey, at in self.entered.items():
+            last: dict[str, dict[str, int]] = {}
+            for skey, (entry, latest) in self.stations.items():
                 group_key, station = skey.rsplit(_SEP, 1)
-                entered.setdefault(group_key, {})[station] = at
+                last.setdefault(group_key, {})[station] = latest
+                if entry is not None:
+                    entered.setdefault(group_key, {})[station] = entry
             firing = dict(self.firing.items())
             self._states = {
-                k: GroupState(entered.get(k), firing.get(k)) for k in entered.keys() | firing
+                k: GroupState(entered.get(k), firing.get(k), last.get(k))
+                for k in last.keys() | firing
             }
         state = self._states.get(key)
         if state is None:
@@ -154,18 +159,18 @@ class CorroborationStage:
             return None  # the rule was removed by a reload
         source = AlertEvent.from_json(body)
         state = self._state(key)
-        entered, firing_since = state.entered.get(source.station), state.firing_since
+        station, firing_since = source.station, state.firing_since
+        before = [state.entered.get(station), state.last.get(station)]
         change = state.apply(rule, source)
-        _sync(
-            self.entered, f"{key}{_SEP}{source.station}", entered, state.entered.get(source.station)
-        )
+        after = [state.entered.get(station), state.last.get(station)]
+        _sync(self.stations, f"{key}{_SEP}{station}", before, after)
         _sync(self.firing, key, firing_since, state.firing_since)
         if change is None:
             return None
         return corroboration_event(rule, group, source.metric, change)
 
 
-def _sync(table: Any, key: str, before: int | None, after: int | None) -> None:
+def _sync(table: Any, key: str, before: object, after: object) -> None:
     """Write a changed entry to its table (a changelog record); None deletes it."""
     if after != before:
         if after is None:

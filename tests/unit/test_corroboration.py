@@ -83,3 +83,12 @@ def test_entries_at_the_same_time_leave_one_by_one() -> None:
     assert got == [("orange", H)]
     cleared = c.feed(_ev("A", "blue", 3 * H, previous="yellow"))
     assert [(g.level, g.at, g.value) for g in cleared] == [("none", 3 * H, 1.0)]
+
+
+def test_a_station_event_sent_again_after_a_failover_is_not_taken_twice() -> None:
+    # A worker replaying A's partition sends A's entry again after A has left, before
+    # B's: taking it would count A with B and raise the group, although A had left
+    # before B came.
+    entry, leave = _ev("A", "yellow", H), _ev("A", "blue", H + 600_000, previous="yellow")
+    events = [entry, leave, entry, _ev("B", "yellow", H + 1_800_000), leave]
+    assert _run(events) == []
