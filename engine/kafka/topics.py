@@ -157,9 +157,10 @@ async def ensure_topics(bootstrap: str, layout: TopicLayout) -> list[str]:
                 created.append(topic.name)
             except TopicAlreadyExistsError:
                 pass  # another worker created it between list and create
-        for desc in await _describe(
-            admin, [layout.telemetry, layout.checkpoints, *layout.changelogs]
-        ):
+        # A batch's alerts go to the alerts partition of its number, a group's state to
+        # the changelog partition of its corroboration partition: all must match.
+        same = [layout.telemetry, layout.alerts, layout.corroboration, layout.checkpoints]
+        for desc in await _describe(admin, [*same, *layout.changelogs]):
             n = len(desc["partitions"])
             if n != layout.partitions:
                 raise TopicMismatch(

@@ -222,3 +222,18 @@ def test_three_node_cluster_survives_broker_restart(kafka_cluster3: KafkaCluster
     asyncio.run(_produce(bootstrap, topic, after))
     got = asyncio.run(_consume(bootstrap, topic, expected=len(before) + len(after)))
     assert [v for _, _, v in got] == [v for _, v in before + after]
+
+
+def test_topics_are_created_and_a_partition_mismatch_is_refused(kafka_bootstrap: str) -> None:
+    from engine.kafka.topics import TopicLayout, TopicMismatch, ensure_topics
+
+    layout = TopicLayout(_name("vigil-layout"), 6)
+    created = asyncio.run(ensure_topics(kafka_bootstrap, layout))
+    assert set(created) == {t.name for t in layout.new_topics()}
+    assert asyncio.run(ensure_topics(kafka_bootstrap, layout)) == []  # idempotent
+
+    # An alerts topic of another count: a batch's alerts would have no partition to go to.
+    other = TopicLayout(_name("vigil-layout"), 6)
+    asyncio.run(_create_topic(kafka_bootstrap, other.alerts, 3))
+    with pytest.raises(TopicMismatch, match="alerts has 3 partitions"):
+        asyncio.run(ensure_topics(kafka_bootstrap, other))
