@@ -131,10 +131,10 @@ async def _monitor(
 WAVE_STEPS = 7 * 1440  # one flood wave per gauge a week, in 1-minute readings
 
 
-def flood_level(station: np.ndarray, step: np.ndarray) -> np.ndarray:
+def flood_level(station: np.ndarray, step: np.ndarray, wave_steps: int = WAVE_STEPS) -> np.ndarray:
     """Water level (m) of gauge ``station`` at minute ``step``: a slow wave per gauge.
 
-    Gauges rise through the warning levels and fall back once per ``WAVE_STEPS``
+    Gauges rise through the warning levels and fall back once per ``wave_steps``
     minutes, each with its own phase and peak (4.2 to 6.3 m; warning levels are
     4.0 to 4.4 m), so alerts are a small share of the readings, as on a real river.
     Uniform noise instead crossed a level at nearly every window (1.5 % of readings
@@ -142,12 +142,14 @@ def flood_level(station: np.ndarray, step: np.ndarray) -> np.ndarray:
     alert path (one Faust record per alert, sent and dispatched one at a time), not the
     readings' path; KAFKA_RESULTS.md reports that separately.
     """
-    phase = ((step + 7 * station) % WAVE_STEPS) / WAVE_STEPS
+    phase = ((step + 7 * station) % wave_steps) / wave_steps
     peak = 4.2 + (station % 7) * 0.35
     return np.round(2.0 + (peak - 2.0) * np.sin(np.pi * phase) ** 2, 3)
 
 
-def _vigil_batches(stations: list[str], n_readings: int, per_batch: int) -> list[dict[int, bytes]]:
+def _vigil_batches(
+    stations: list[str], n_readings: int, per_batch: int, wave_steps: int
+) -> list[dict[int, bytes]]:
     """Pre-encoded rounds of batches, one per partition per round (numpy, no per-reading Python)."""
     by_part: dict[int, list[str]] = {}
     number = {s: i for i, s in enumerate(stations)}
@@ -166,7 +168,7 @@ def _vigil_batches(stations: list[str], n_readings: int, per_batch: int) -> list
             steps = step + np.repeat(np.arange(reps), len(names))
             ts = T0 + steps * 60_000
             ids = np.array([number[x] for x in names], dtype=np.int64)
-            value = flood_level(np.tile(ids, reps), steps)
+            value = flood_level(np.tile(ids, reps), steps, wave_steps)
             batch = TelemetryBatch(
                 stations=tuple(names),
                 metrics=("water_level",),
@@ -215,12 +217,14 @@ def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
         raise SystemExit(f"{log}: an agent crashed during the run; see the log")
 
 
-def run_vigil(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) -> dict[str, object]:
+def run_vigil(
+    bootstrap: str, tmp: Path, n_readings: int, n_stations: int, wave_steps: int
+) -> dict[str, object]:
     registry = tmp / "stations.yaml"
     stations = write_registry(registry, n_stations)
     layout = TopicLayout(f"bench-vigil-{uuid.uuid4().hex[:6]}", PARTITIONS)
     asyncio.run(ensure_topics(bootstrap, layout))
-    rounds = _vigil_batches(stations, n_readings, per_batch=20_000)
+    rounds = _vigil_batches(stations, n_readings, 20_000, wave_steps)
     total = _readings_in(rounds)
     config = write_settings(tmp, "vigil", layout.app_id, registry, PARTITIONS)
     log = tmp / "vigil-worker.log"
@@ -272,7 +276,7 @@ def run_vigil(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) -> di
             "lag_samples_by_topic": by_topic}  # fmt: skip
 
 
-def run_offline(tmp: Path, n_readings: int, n_stations: int) -> dict[str, object]:
+def run_offline(tmp: Path, n_readings: int, n_stations: int, wave_steps: int) -> dict[str, object]:
     """The same batches through decode + ``PartitionProcessor`` only: no Kafka, no Faust.
 
     What the worker's own work costs per reading; the rest of its end-to-end time is
@@ -286,7 +290,7 @@ def run_offline(tmp: Path, n_readings: int, n_stations: int) -> dict[str, object
     registry = tmp / "offline-stations.yaml"
     stations = write_registry(registry, n_stations)
     ruleset = load_ruleset([str(PACKS / "flood.yaml")], load_registry(registry)).ruleset
-    rounds = _vigil_batches(stations, n_readings, per_batch=20_000)
+    rounds = _vigil_batches(stations, n_readings, 20_000, wave_steps)
     procs = {p: PartitionProcessor(ruleset, lateness_ms=0) for p in rounds[0]}
     warm = TelemetryBatch.decode(rounds[0][next(iter(rounds[0]))])
     PartitionProcessor(ruleset, lateness_ms=0).process(warm, 0)  # numba: load, not timed
@@ -306,7 +310,9 @@ def run_offline(tmp: Path, n_readings: int, n_stations: int) -> dict[str, object
             "readings_per_s": total / (decode_s + process_s), "alerts": int(alerts)}  # fmt: skip
 
 
-def run_textbook(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) -> dict[str, object]:
+def run_textbook(
+    bootstrap: str, tmp: Path, n_readings: int, n_stations: int, wave_steps: int
+) -> dict[str, object]:
     app_id = f"bench-textbook-{uuid.uuid4().hex[:6]}"
     topic = f"{app_id}-readings"
 
@@ -359,7 +365,7 @@ def run_textbook(bootstrap: str, tmp: Path, n_readings: int, n_stations: int) ->
             watched = {topic: PARTITIONS}
             mon = asyncio.ensure_future(_monitor(bootstrap, app_id, watched, produced, samples))
             idx = np.arange(n_readings)
-            values = flood_level(idx % n_stations, idx // n_stations).tolist()
+            values = flood_level(idx % n_stations, idx // n_stations, wave_steps).tolist()
             futures = []
             for i in range(n_readings):
                 s = stations[i % n_stations]
@@ -400,7 +406,14 @@ def main() -> int:
     parser.add_argument(
         "--vigil-only", action="store_true", help="skip the textbook pipeline (no ratio)"
     )
+    parser.add_argument(
+        "--wave-hours",
+        type=float,
+        default=WAVE_STEPS / 60,
+        help="one flood wave per gauge this often (default a week; 12: alert-heavy)",
+    )
     args = parser.parse_args()
+    wave_steps = max(2, round(args.wave_hours * 60))
     workdir: contextlib.AbstractContextManager[str] = (
         contextlib.nullcontext(tempfile.mkdtemp(prefix="vigil-bench-"))
         if args.keep
@@ -410,7 +423,7 @@ def main() -> int:
         tmp = Path(d)
         print(f"work dir: {tmp}", file=sys.stderr)
         if args.offline:
-            off = run_offline(tmp, args.readings, args.stations)
+            off = run_offline(tmp, args.readings, args.stations, wave_steps)
             print(f"offline   {off['readings']:>11,} readings  decode {off['decode_s']:.2f} s  "
                   f"process {off['process_s']:.2f} s  {off['readings_per_s']:>12,.0f} readings/s  "
                   f"alerts {off['alerts']}")  # fmt: skip
@@ -422,11 +435,11 @@ def main() -> int:
                                 capture_output=True, text=True, check=True)  # fmt: skip
             bootstrap = up.stdout.strip().splitlines()[-1]
         try:
-            vigil = run_vigil(bootstrap, tmp, args.readings, args.stations)
+            vigil = run_vigil(bootstrap, tmp, args.readings, args.stations, wave_steps)
             textbook = (
                 None
                 if args.vigil_only
-                else run_textbook(bootstrap, tmp, args.textbook_readings, args.stations)
+                else run_textbook(bootstrap, tmp, args.textbook_readings, args.stations, wave_steps)
             )
         finally:
             if args.bootstrap is None:
