@@ -1,8 +1,8 @@
 """Corroboration across stations: k gauges of a group (basin, district) at a level.
 
 A ``CorroborationRule`` watches the alert events of its source rule. A station counts
-from the event that takes it to ``min_level`` or above until the one that takes it
-below (a station already above when the rule is loaded counts from its next crossing);
+from the event that takes it to ``min_level`` or above until one that takes it below
+(a station already above when the rule is loaded counts from its next crossing);
 the rule holds for a group while at least ``k`` counting stations reached the level
 within ``within_ms`` of each other. It then raises ``level`` for the whole group (the
 alert's station is the group's name), dated at the entry of the k-th station, and
@@ -35,17 +35,23 @@ __all__ = ["Corroborator", "GroupState", "corroboration_event", "groups_of"]
 
 
 def groups_of(rules: tuple[CorroborationRule, ...], event: AlertEvent) -> list[tuple[str, str]]:
-    """(rule id, group) pairs that a source-rule event feeds: those whose ``min_level``
-    it crosses, up or down. The others (blue to yellow under an orange rule, orange to
-    red under a yellow one) cannot change a group's state, and on Kafka each pair costs
-    a record on the corroboration topic; in a flood most transitions are of that kind."""
+    """(rule id, group) pairs that a source-rule event feeds: those it can change.
+
+    An event that takes its station to ``min_level`` or above from below enters it; one
+    that takes it down to below ``min_level`` may take it out (also when it started
+    below: a reload may have raised ``min_level`` since the station entered). The
+    others (none to blue under a yellow rule, orange to red) cannot change a group's
+    state, and on Kafka each pair costs a record on the corroboration topic; in a flood
+    most transitions are of that kind.
+    """
     if not rules:
         return []
     level, previous = Level.parse(event.level), Level.parse(event.previous_level)
     return [
         (r.rule_id, group)
         for r in rules
-        if r.source_rule == event.rule_id and (level >= r.min_level) != (previous >= r.min_level)
+        if r.source_rule == event.rule_id
+        and (previous < r.min_level <= level or (level < r.min_level and level < previous))
         for group in r.groups_of_station.get(event.station, ())
     ]
 
@@ -149,8 +155,8 @@ def corroboration_event(
 
 
 class Corroborator:
-    """All corroboration rules over one ordered stream of alert events (replays, tests,
-    and the embedded gateway's single dispatcher)."""
+    """All corroboration rules over one ordered stream of alert events (``vigil replay``
+    and tests; the topology runs ``engine.corroboration_stage``)."""
 
     def __init__(self, rules: tuple[CorroborationRule, ...]) -> None:
         self.rules = {r.rule_id: r for r in rules}

@@ -1,5 +1,5 @@
-"""The corroboration stage of the topology: alerts re-keyed by group, group state in a
-Faust table.
+"""The corroboration stage of the topology: alerts re-keyed by group, group state in
+Faust tables.
 
 The stations of a basin hash to different telemetry partitions (and, on Kafka, to
 different workers), so group rules cannot run in the per-partition processors. Instead
@@ -24,6 +24,7 @@ by then) and kept in step with them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -65,8 +66,9 @@ class CorroborationStage:
         self._states: dict[str, GroupState] | None = None
         app.on_partitions_revoked.connect(self._on_partitions_revoked)
         app.agent(self.topic, name="corroborate")(self._corroborate)
-        #: Sends of ``route`` not yet known durable: (partition, value, future).
-        self._in_flight: list[tuple[int, bytes, Awaitable[Any]]] = []
+        #: Sends of ``route`` not yet known durable: (partition, value, future; None: the
+        #: send itself failed and is to be made again).
+        self._in_flight: list[tuple[int, bytes, Awaitable[Any] | None]] = []
 
     async def route(self, events: Iterable[AlertEvent]) -> None:
         """Forward the source-rule events among ``events`` to their groups. Called by
@@ -87,7 +89,11 @@ class CorroborationStage:
                     lines.setdefault(partition, []).append(f"{key}{_RS}{body}")
         for partition, group_lines in lines.items():
             for value in pack_lines(group_lines):
-                fut = await self.topic.send(value=value, partition=partition)
+                fut: Awaitable[Any] | None = None
+                try:
+                    fut = await self.topic.send(value=value, partition=partition)
+                except Exception as exc:  # e.g. the broker restarting: ``flush`` retries
+                    log.warning("corroboration send failed (%r), will send again", exc)
                 self._in_flight.append((partition, value, fut))
 
     async def flush(self) -> None:
@@ -100,15 +106,16 @@ class CorroborationStage:
         pending, self._in_flight = self._in_flight, []
         for i, (partition, value, fut) in enumerate(pending):
             try:
-                await fut
-            except Exception as exc:
-                log.warning("corroboration send failed (%r), sending again", exc)
                 try:
-                    fut = await self.topic.send(value=value, partition=partition)
+                    if fut is None:
+                        fut = await self.topic.send(value=value, partition=partition)
                     await fut
-                except BaseException:
-                    self._in_flight[:0] = [(partition, value, fut), *pending[i + 1 :]]
-                    raise
+                except Exception as exc:
+                    log.warning("corroboration send failed (%r), sending again", exc)
+                    await (await self.topic.send(value=value, partition=partition))
+            except BaseException:  # also cancelled: what is not known durable stays
+                self._in_flight[:0] = [(partition, value, None), *pending[i + 1 :]]
+                raise
 
     async def _on_partitions_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
         self._states = None  # the partitions we keep are recovered afresh: rebuild then
@@ -134,40 +141,60 @@ class CorroborationStage:
 
     async def _corroborate(self, stream: Any) -> None:
         async for event in stream.events():
-            futures = []
-            for line in event.value.decode().split("\n"):
+            for line in event.value.decode(errors="replace").split("\n"):
                 try:
-                    alert = self._apply(line)
+                    await self._take(line)
+                except (ValueError, TypeError, KeyError) as exc:
+                    # Not a line ``route`` writes (bad bytes, a record of another
+                    # version): skipped with its reason; the stream goes on.
+                    self.topology.counters["corroboration_bad_lines"] += 1
+                    log.error("corroboration: skipped a line (%r): %.200s", exc, line)
+                    self._states = None  # in case it failed half-way: rebuild
                 except BaseException:
                     self._states = None  # maybe ahead of the tables: rebuild from them
                     raise
-                if alert is not None:
-                    futures.append(
-                        await self.topology.alerts.send(
-                            key=alert.fingerprint.encode(), value=alert.to_json().encode()
-                        )
-                    )
-            for fut in futures:
-                await fut
 
-    def _apply(self, line: str) -> AlertEvent | None:
-        """One routed event into its group's state; returns the group's alert, if any."""
-        key, _, body = line.partition(_RS)
+    async def _take(self, line: str) -> None:
+        """One routed event into its group's state.
+
+        A change of the group is sent, and durable, before the state that holds it is
+        written to the tables: the other way round, a crash between the two would
+        restore a state that has the change, replay the event, drop it as taken
+        (``GroupState.apply``) and never send the alert.
+        """
+        key, sep, body = line.partition(_RS)
+        if not sep:
+            raise ValueError("no key separator")
         rule_id, group = key.split(_SEP, 1)
         rule = next((r for r in self.topology.ruleset.corroboration if r.rule_id == rule_id), None)
         if rule is None:
-            return None  # the rule was removed by a reload
+            return  # the rule was removed by a reload
         source = AlertEvent.from_json(body)
         state = self._state(key)
         station, firing_since = source.station, state.firing_since
         before = [state.entered.get(station), state.last.get(station)]
         change = state.apply(rule, source)
+        if change is not None:
+            await self._send_alert(corroboration_event(rule, group, source.metric, change))
         after = [state.entered.get(station), state.last.get(station)]
         _sync(self.stations, f"{key}{_SEP}{station}", before, after)
         _sync(self.firing, key, firing_since, state.firing_since)
-        if change is None:
-            return None
-        return corroboration_event(rule, group, source.metric, change)
+
+    async def _send_alert(self, alert: AlertEvent, attempts: int = 5) -> None:
+        """Send a group's alert and wait until it is durable, retrying a few times (a
+        broker restarting) before giving up; a repeat is dropped by the dispatcher."""
+        for attempt in range(attempts):
+            try:
+                fut = await self.topology.alerts.send(
+                    key=alert.fingerprint.encode(), value=alert.to_json().encode()
+                )
+                await fut
+                return
+            except Exception as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.warning("group alert send failed (%r), sending again", exc)
+                await asyncio.sleep(0.5 * 2**attempt)
 
 
 def _sync(table: Any, key: str, before: object, after: object) -> None:

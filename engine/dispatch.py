@@ -51,14 +51,17 @@ class Dispatcher:
         slow or failing one does not hold up the others.
         """
         fresh: list[AlertEvent] = []
+        keys: set[str] = set()  # a repeat within ``events`` is a duplicate too
         for event in events:
-            if event.key in self._seen:
+            if event.key in self._seen or event.key in keys:
                 self.counters["duplicates"] += 1
                 continue
-            self._mark(event.key)  # also a repeat within ``events`` is a duplicate
+            keys.add(event.key)
             fresh.append(event)
         if fresh:
             await asyncio.gather(*(self._deliver_all(sink, fresh) for sink in self.sinks))
+            for event in fresh:  # only once delivered: an interrupted record comes again
+                self._mark(event.key)
             self.counters["delivered"] += len(fresh)
         return fresh
 

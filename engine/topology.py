@@ -34,7 +34,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 
 from connectors.sinks.base import Sink
-from engine.alerts import pack_lines, unpack_events
+from engine.alerts import AlertEvent, pack_lines
 from engine.batch import BatchBuilder, BatchDecodeError, TelemetryBatch
 from engine.corroboration_stage import CorroborationStage
 from engine.dispatch import Dispatcher
@@ -324,8 +324,17 @@ class Topology:
             await fut  # durable before the state that caused it can be committed
 
     async def _dispatch(self, stream: Any) -> None:
-        async for value in stream:
-            events = unpack_events(value)
+        async for record in stream.events():
+            events = []
+            for line in (record.value or b"").split(b"\n"):
+                if not line:
+                    continue
+                try:
+                    events.append(AlertEvent.from_json(line))
+                except (ValueError, TypeError) as exc:  # not an alert event: keep it aside
+                    message = record.message
+                    where = f"{message.topic}/{message.partition}@{message.offset}"
+                    await self.send_dead_letter(line, f"bad alert event: {exc}", where)
             await self.dispatcher.dispatch_many(events)
             await self.corroboration.route(events)
 

@@ -3,8 +3,9 @@
 Any number of workers with the same ``app_id`` share the telemetry and alert partitions
 through Kafka's consumer group. A partition's kernel state follows it from worker to
 worker through the checkpoints topic (``engine.kafka.checkpoints``). Each worker
-dispatches the alert partitions it owns (alerts are keyed by fingerprint, so one series
-is dispatched by one worker) into its sinks; the JSONL sink drops keys it already holds.
+dispatches the alert partitions it owns (a batch's alerts go to the alerts partition of
+its telemetry partition, so one series is dispatched by one worker) into its sinks; the
+JSONL sink drops keys it already holds.
 
 SIGTERM stops it cleanly: the agents finish the batch in hand, the consumer writes the
 checkpoints and commits the offsets they cover, then the process exits.

@@ -92,3 +92,13 @@ def test_a_station_event_sent_again_after_a_failover_is_not_taken_twice() -> Non
     entry, leave = _ev("A", "yellow", H), _ev("A", "blue", H + 600_000, previous="yellow")
     events = [entry, leave, entry, _ev("B", "yellow", H + 1_800_000), leave]
     assert _run(events) == []
+
+
+def test_a_reload_that_raises_min_level_still_lets_stations_leave() -> None:
+    c = Corroborator((RULE,))
+    raised = [g.level for e in (_ev("A", "yellow", 0), _ev("B", "yellow", 1)) for g in c.feed(e)]
+    assert raised == ["orange"]
+    c.rules = {RULE.rule_id: dataclasses.replace(RULE, min_level=Level.ORANGE)}
+    # yellow -> blue crosses no orange line, but it takes the stations out.
+    leave = [_ev("A", "blue", H, previous="yellow"), _ev("B", "blue", H + 1, previous="yellow")]
+    assert [(g.level, g.at) for e in leave for g in c.feed(e)] == [("none", H)]
