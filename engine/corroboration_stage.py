@@ -69,6 +69,8 @@ class CorroborationStage:
         #: Sends of ``route`` not yet known durable: (partition, value, future; None: the
         #: send itself failed and is to be made again).
         self._in_flight: list[tuple[int, bytes, Awaitable[Any] | None]] = []
+        #: Partitions with such a failed send: later records wait behind it, in order.
+        self._deferred: set[int] = set()
 
     async def route(self, events: Iterable[AlertEvent]) -> None:
         """Forward the source-rule events among ``events`` to their groups. Called by
@@ -87,13 +89,16 @@ class CorroborationStage:
                     key = f"{rule_id}{_SEP}{group}"
                     partition = self.topology.partition_for(key)
                     lines.setdefault(partition, []).append(f"{key}{_RS}{body}")
+        deferred = self._deferred
         for partition, group_lines in lines.items():
             for value in pack_lines(group_lines):
                 fut: Awaitable[Any] | None = None
-                try:
-                    fut = await self.topic.send(value=value, partition=partition)
-                except Exception as exc:  # e.g. the broker restarting: ``flush`` retries
-                    log.warning("corroboration send failed (%r), will send again", exc)
+                if partition not in deferred:  # else after the one before it, in order
+                    try:
+                        fut = await self.topic.send(value=value, partition=partition)
+                    except Exception as exc:  # e.g. the broker restarting: ``flush`` retries
+                        log.warning("corroboration send failed (%r), will send again", exc)
+                        deferred.add(partition)
                 self._in_flight.append((partition, value, fut))
 
     async def flush(self) -> None:
@@ -104,18 +109,22 @@ class CorroborationStage:
         not known durable stay for the next one.
         """
         pending, self._in_flight = self._in_flight, []
-        for i, (partition, value, fut) in enumerate(pending):
-            try:
+        try:
+            for i, (partition, value, fut) in enumerate(pending):
                 try:
-                    if fut is None:
-                        fut = await self.topic.send(value=value, partition=partition)
-                    await fut
-                except Exception as exc:
-                    log.warning("corroboration send failed (%r), sending again", exc)
-                    await (await self.topic.send(value=value, partition=partition))
-            except BaseException:  # also cancelled: what is not known durable stays
-                self._in_flight[:0] = [(partition, value, None), *pending[i + 1 :]]
-                raise
+                    try:
+                        if fut is None:
+                            fut = await self.topic.send(value=value, partition=partition)
+                        await fut
+                    except Exception as exc:
+                        log.warning("corroboration send failed (%r), sending again", exc)
+                        await (await self.topic.send(value=value, partition=partition))
+                except BaseException:  # also cancelled: what is not known durable stays
+                    self._in_flight[:0] = [(partition, value, None), *pending[i + 1 :]]
+                    raise
+        finally:
+            # Routed meanwhile behind a failed send, or left failed: still deferred.
+            self._deferred = {p for p, _, f in self._in_flight if f is None}
 
     async def _on_partitions_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
         self._states = None  # the partitions we keep are recovered afresh: rebuild then

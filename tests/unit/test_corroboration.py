@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import types
 
 from engine.alerts import AlertEvent, Level, fingerprint
 from engine.corroboration import Corroborator
+from engine.corroboration_stage import CorroborationStage
 from engine.ruleset import CorroborationRule
 
 H = 3_600_000
@@ -102,3 +105,41 @@ def test_a_reload_that_raises_min_level_still_lets_stations_leave() -> None:
     # yellow -> blue crosses no orange line, but it takes the stations out.
     leave = [_ev("A", "blue", H, previous="yellow"), _ev("B", "blue", H + 1, previous="yellow")]
     assert [(g.level, g.at) for e in leave for g in c.feed(e)] == [("none", H)]
+
+
+class _FlakyTopic:
+    """A corroboration topic whose next ``fail`` sends raise, as while a broker restarts."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+        self.sent: list[tuple[int, bytes]] = []
+
+    async def send(self, *, value: bytes, partition: int) -> asyncio.Future[None]:
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("broker restarting")
+        self.sent.append((partition, value))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+def test_routed_events_after_a_failed_send_wait_behind_it_and_flush_keeps_order() -> None:
+    stage = object.__new__(CorroborationStage)  # route/flush only: no Faust app
+    stage.topology = types.SimpleNamespace(  # type: ignore[assignment]
+        ruleset=types.SimpleNamespace(corroboration=(RULE,)), partition_for=lambda key: 3
+    )
+    topic = _FlakyTopic(fail=1)
+    stage.topic = topic  # type: ignore[assignment]
+    stage._in_flight, stage._deferred = [], set()
+
+    async def scenario() -> None:
+        await stage.route([_ev("A", "yellow", 1)])  # the send fails: deferred
+        await stage.route([_ev("B", "yellow", 2)])  # same partition: waits behind it
+        assert topic.sent == []
+        await stage.flush()
+
+    asyncio.run(scenario())
+    stations = [AlertEvent.from_json(v.split(b"\x1e", 1)[1]).station for _, v in topic.sent]
+    assert stations == ["A", "B"] and {p for p, _ in topic.sent} == {3}
+    assert stage._in_flight == [] and stage._deferred == set()
