@@ -73,6 +73,8 @@ class Topology:
     ) -> None:
         warm_kernels()  # before any traffic: a cold numba compile would block the loop
         self.partitions = partitions
+        # Once, not per call: partition_for runs for every alert routed to corroboration.
+        self._every_partition = list(range(partitions))
         self.ruleset = ruleset
         self.lateness_ms = lateness_ms
         self.counters: Counter[str] = Counter()
@@ -155,8 +157,8 @@ class Topology:
 
     def partition_for(self, key: str) -> int:
         """Kafka's murmur2 partition of a key (a station id), the same on both transports."""
-        all_partitions = list(range(self.partitions))
-        return int(_partitioner(key.encode(), all_partitions, all_partitions))
+        every = self._every_partition
+        return int(_partitioner(key.encode(), every, every))
 
     async def produce(self, readings: Sequence[Reading]) -> None:
         """Produce readings as one batch per partition; returns once all are durable."""
