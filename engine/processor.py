@@ -126,10 +126,7 @@ class PartitionProcessor:
             return []  # already applied before a restart: replaying must not double-count
         events: list[AlertEvent] = []
         if len(batch):
-            newest = int(batch.ts.max())
-            if self.clock is not None:
-                newest = min(newest, self.clock() + FUTURE_MS)
-            watermark = max(self.watermark, newest)
+            watermark = max(self.watermark, self._newest(batch))
             events += self._run_rules(batch, watermark)
             formulas = self.formulas.feed(batch)
             if formulas:
@@ -142,6 +139,16 @@ class PartitionProcessor:
             events += self.close_windows(watermark)
         self.next_offset = offset + 1
         return events
+
+    def _newest(self, batch: TelemetryBatch) -> int:
+        """The batch's latest event time (ms) that may move the watermark: live, only a
+        reading the clock check passes (one stamped past the gateway's clock plus
+        FUTURE_MS fails QC, and clipping it to that limit still dragged every window and
+        silence clock minutes ahead, making on-time readings late)."""
+        ts = batch.ts
+        if self.clock is not None:
+            ts = ts[ts <= self.clock() + FUTURE_MS]
+        return int(ts.max()) if len(ts) else NO_TIME
 
     def _run_rules(self, batch: TelemetryBatch, watermark: int) -> list[AlertEvent]:
         events: list[AlertEvent] = []

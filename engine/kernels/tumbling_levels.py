@@ -10,10 +10,19 @@ this kernel. Per reading, in the order of the arrays (event-time order per senso
    ``fail_after`` QC failures raises a QC alert, the next reading that does not fail
    clears it; a reading clears a silence alert. Silence itself is found by
    :func:`silent_due` when the partition's watermark passes ``last seen + stale_ms``.
-3. Readings flagged FAIL or MISSING stop here. A usable reading of a window that closed
-   already (``t < late_before``) is reported in ``late`` for the dead-letter topic. One
-   whose time is not after the sensor's last taken reading is a duplicate or out of
-   order and is skipped: a redelivered reading never counts twice.
+3. Readings flagged FAIL or MISSING stop here. Lateness is the sensor's own, never the
+   partition's: a store-and-forward backlog of a gauge whose neighbours are current is
+   evaluated in the gauge's own event time. A usable reading
+
+   * of the sensor's latest window counts, in or out of order (the running maximum does
+     not depend on the order); one at exactly the last reading's time is a duplicate and
+     is skipped, so a redelivered reading never counts twice (one out of order is
+     idempotent: it cannot move the maximum twice);
+   * of an earlier window, which the sensor's own later readings closed, is late. Within
+     the allowed lateness of the sensor's own time (``Params.lateness_ms``) and for a
+     rule without ``for`` it can still raise the level, at its own time, though not
+     lower it (its window was decided without it); otherwise it is reported in ``late``
+     for the dead-letter topic.
 4. **Window and levels**, the semantics of
    :func:`engine.kernels.tumbling_levels_reference.reference_process`:
 
@@ -27,7 +36,10 @@ this kernel. Per reading, in the order of the arrays (event-time order per senso
      while the aggregate stays above ``threshold - deadband``;
    * a window closes when a reading of a later window arrives for the sensor, or when
      the watermark passes its end (:func:`close_windows`), so a gauge that falls silent
-     mid-flood does not hold its last window open forever.
+     mid-flood does not hold its last window open forever. A close by the watermark
+     keeps the window's aggregate (``CLOSED_BIT``): a later reading of the sensor for
+     that window (a backlog that goes on in the next batch) reopens it, and the window
+     is decided again when it next closes.
 
 Memory: one 128-byte block per sensor (``BLOCK_DTYPE``), allocated on a 128-byte
 boundary, two cache lines that sit side by side in memory. The first line holds
@@ -95,6 +107,11 @@ FLAT_CAP = np.iinfo(np.uint16).max
 RUN_CAP = 31  # 5 bits of ``health``
 QC_ALERT_BIT = 32
 SILENT_BIT = 64
+LEVEL_MASK = 7  # ``levels`` bits 0-2: the current level; bits 3-5: the highest breached
+RAW_BITS = LEVEL_MASK << 3
+#: ``levels`` bit 6: the watermark closed the sensor's latest window (its aggregate is
+#: kept, so that a later reading of the sensor for that window can reopen it).
+CLOSED_BIT = 64
 
 BLOCK_DTYPE = np.dtype(
     [
@@ -113,7 +130,7 @@ BLOCK_DTYPE = np.dtype(
         ("accepted", "<u4"),  # readings taken into windows (duplicates excluded)
         ("flat_run", "<u2"),  # readings in the current flat run, saturating at FLAT_CAP
         ("health", "u1"),  # bits 0-4: QC failure run (saturating); QC_ALERT_BIT; SILENT_BIT
-        ("levels", "u1"),  # bits 0-2: current level 0..4; bits 3-5: raw, the highest breached
+        ("levels", "u1"),  # bits 0-2: level 0..4; 3-5: raw, the highest breached; CLOSED_BIT
         # -- line 1: the rule's thresholds, and times written rarely --
         ("thr1", "<f8"),  # blue .. red, the metric's unit (not sign-adjusted), NaN: unused
         ("thr2", "<f8"),
@@ -148,6 +165,7 @@ class Params(NamedTuple):
     flat_eps: float
     flat_suspect_n: int  # 0 = off, at most FLAT_CAP
     flat_fail_n: int  # 0 = off, at most FLAT_CAP
+    lateness_ms: int  # how far behind the sensor's own time a reading can still escalate
 
 
 def make_params(
@@ -157,10 +175,11 @@ def make_params(
     for_ms: int,
     fail_after: int,
     qc: tuple[float, float, float, float, float, float, float, int, int],
+    lateness_ms: int = 0,
 ) -> Params:
     """``qc``: fail_lo, fail_hi, suspect_lo, suspect_hi, spike, rate_per_h, flat_eps,
     flat_suspect_n, flat_fail_n. Raises ValueError past the compact fields' limits."""
-    p = Params(direction, float(deadband), window_ms, for_ms, fail_after, *qc)
+    p = Params(direction, float(deadband), window_ms, for_ms, fail_after, *qc, lateness_ms)
     if not 0 <= for_ms <= AGE_CAP:
         raise ValueError(f"for_ms {for_ms} outside 0..{AGE_CAP} (49.7 days)")
     if not 1 <= fail_after <= RUN_CAP:
@@ -189,7 +208,8 @@ def set_thresholds(state: npt.NDArray[np.void], thresholds: npt.NDArray[np.float
 
 
 def transition_arrays(n: int) -> tuple[npt.NDArray[np.generic], ...]:
-    """``n`` rows of level transitions: sensor, from, to, ms, value, threshold."""
+    """``n`` rows of level transitions: sensor, from, to, ms, value, threshold, and the
+    start (ms) of the episode the transition belongs to."""
     return (
         np.empty(n, np.int32),
         np.empty(n, np.int8),
@@ -197,6 +217,7 @@ def transition_arrays(n: int) -> tuple[npt.NDArray[np.generic], ...]:
         np.empty(n, np.int64),
         np.empty(n, np.float64),
         np.empty(n, np.float64),
+        np.empty(n, np.int64),
     )
 
 
@@ -339,7 +360,8 @@ def _held(agg, thr, current, p):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _emit(tr, n, i, frm, to, t, agg, thr, direction):  # type: ignore[no-untyped-def]
+def _emit(tr, n, st, i, frm, to, t, agg, thr, direction):  # type: ignore[no-untyped-def]
+    tr[6][n] = st["episode_start"]  # this transition's own, not the batch's last
     tr[0][n] = i
     tr[1][n] = frm
     tr[2][n] = to
@@ -353,12 +375,11 @@ def _emit(tr, n, i, frm, to, t, agg, thr, direction):  # type: ignore[no-untyped
 @njit(cache=True)
 def _close(st, thr, p):  # type: ignore[no-untyped-def]
     """Close the sensor's open window: drop to the highest level still held. Returns
-    the level before and after."""
-    current = _int(st["levels"]) & 7
+    the level before and after. The aggregate stays: a watermark's close may reopen."""
+    current = _int(st["levels"]) & LEVEL_MASK
     new = _held(st["agg"], thr, current, p)
     if new < current:
-        st["levels"] = (_int(st["levels"]) & ~7) | new
-    st["agg"] = np.nan
+        st["levels"] = (_int(st["levels"]) & ~LEVEL_MASK) | new
     return current, new
 
 
@@ -387,17 +408,18 @@ def _advance_ages(st, raw, d):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _start_runs(st, raw, new_raw):  # type: ignore[no-untyped-def]
-    """Levels raw+1..new_raw begin a breach run now."""
+def _start_runs(st, raw, new_raw, age):  # type: ignore[no-untyped-def]
+    """Levels raw+1..new_raw begin a breach run ``age`` ms before ``last_ts``."""
+    age = min(age, AGE_CAP)
     for k in range(raw + 1, new_raw + 1):
         if k == 1:
-            st["age1"] = 0
+            st["age1"] = age
         elif k == 2:
-            st["age2"] = 0
+            st["age2"] = age
         elif k == 3:
-            st["age3"] = 0
+            st["age3"] = age
         else:
-            st["age4"] = 0
+            st["age4"] = age
 
 
 @njit(cache=True)
@@ -417,16 +439,20 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
     """Apply a batch of readings; returns (level transitions, health changes, late rows)
     written to ``out`` (from :func:`outputs` for at least ``len(ts)`` readings).
 
-    ``limits`` = (future_lim, past_lim, late_before), ms: QC fails readings after the
-    first or before the second; a usable reading before ``late_before`` (the start of
-    the first window not yet closed) is late. ``sensor`` (int32), ``ts`` (int64 ms),
-    ``value`` (float64, the metric's unit) and ``quality`` (uint8, the incoming flag)
-    are parallel arrays. Output values are window aggregates in the metric's unit.
+    ``limits`` = (future_lim, past_lim), ms: QC fails readings after the first or
+    before the second. ``sensor`` (int32), ``ts`` (int64 ms), ``value`` (float64, the
+    metric's unit) and ``quality`` (uint8, the incoming flag) are parallel arrays.
+    Output values are window aggregates (or, for a late reading, its value) in the
+    metric's unit.
+
+    Lateness is the sensor's own (see the module docstring): a reading is late only
+    when its window is older than the sensor's latest window, and beyond
+    ``p.lateness_ms`` of the sensor's own time, or under a ``for`` rule.
 
     Only the rare paths (a transition, a health change) call helpers with arrays: numba
     reference-counts every array argument, which on the per-reading path cost 2x.
     """
-    future_lim, past_lim, late_before = limits
+    future_lim, past_lim = limits
     tr, hc, late = out
     n_tr = n_hc = n_late = 0
     w = p.window_ms
@@ -446,44 +472,59 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
             n_hc = _health_out(hc, n_hc, st, i, ev, t, seen, v)
         if q in (Q_FAIL, Q_MISSING):
             continue  # QC failures never raise or clear a level
-        if t < late_before:
-            late[0][n_late] = r
-            n_late += 1
-            continue
         last = st["last_ts"]
-        if t <= last:
-            continue  # a duplicate, or older than the last reading taken
-        # The window: the open one holds the last reading taken; agg NaN = none open.
         x = v * p.direction
+        if last != NO_TS and t < last - last % w:
+            # The sensor has moved on to a later window: this one is closed.
+            if p.for_ms == 0 and t - t % w + w + p.lateness_ms > last:
+                n_tr = _late_escalation(tr, n_tr, st, i, t, x, p)
+            else:
+                late[0][n_late] = r
+                n_late += 1
+            continue
+        if t == last:
+            continue  # a duplicate: a redelivered reading never counts twice
+        # The window: the latest one holds the last reading taken; agg NaN = none yet
+        # (or closed by a snapshot's older format, which did not keep the aggregate).
         agg = st["agg"]
         changed = True
         if np.isnan(agg) or t >= last - last % w + w:
-            if not np.isnan(agg):
+            if not np.isnan(agg) and not _int(st["levels"]) & CLOSED_BIT:
                 thr = _row(st)
                 frm, to = _close(st, thr, p)
                 if to < frm:
-                    end = last - last % w + w
-                    n_tr = _emit(tr, n_tr, i, frm, to, end, agg, thr, p.direction)
+                    n_tr = _emit(tr, n_tr, st, i, frm, to, last - last % w + w, agg, thr,
+                                 p.direction)  # fmt: skip
             agg = x
+            st["levels"] = _int(st["levels"]) & ~CLOSED_BIT
         elif x > agg:
             agg = x
+            # Closed by the watermark, yet the sensor's own data is not done with it
+            # (a backlog continued in the next batch, a reading out of order): reopen.
+            st["levels"] = _int(st["levels"]) & ~CLOSED_BIT
         else:
             changed = False
         st["agg"] = agg
-        st["last_ts"] = t
         st["accepted"] += 1
         # The levels: breach runs (the `for` clocks) and early escalation.
         lv = _int(st["levels"])
-        current = lv & 7
-        raw = lv >> 3
-        if raw > 0:
-            _advance_ages(st, raw, t - last)
+        current = lv & LEVEL_MASK
+        raw = (lv >> 3) & LEVEL_MASK
+        # A reading out of order within the window leaves the clocks at ``last``; its
+        # breach runs began ``last - t`` ms before that.
+        run_age = 0
+        if t > last:
+            if raw > 0:
+                _advance_ages(st, raw, t - last)
+            st["last_ts"] = t
+        else:
+            run_age = last - t
         if changed:
             new_raw = _breached(agg, _row(st), p.direction)
             if new_raw > raw:
-                _start_runs(st, raw, new_raw)
+                _start_runs(st, raw, new_raw, run_age)
             raw = new_raw
-            st["levels"] = current | (raw << 3)
+            st["levels"] = (lv & ~RAW_BITS) | (raw << 3)
         if raw <= current:
             continue  # the common case: nothing above the current level is breached
         thr = _row(st)
@@ -491,9 +532,28 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
         if new > current:
             if current == 0:
                 st["episode_start"] = t
-            n_tr = _emit(tr, n_tr, i, current, new, t, agg, thr, p.direction)
-            st["levels"] = new | (raw << 3)
+            n_tr = _emit(tr, n_tr, st, i, current, new, t, agg, thr, p.direction)
+            st["levels"] = (_int(st["levels"]) & ~LEVEL_MASK) | new
     return n_tr, n_hc, n_late
+
+
+@njit(cache=True)
+def _late_escalation(tr, n, st, i, t, x, p):  # type: ignore[no-untyped-def]
+    """A reading of a window the sensor has left, within the allowed lateness: it can
+    still raise the level (at its own time), never lower it, as the window it belongs
+    to was decided without it. Returns the transitions written so far."""
+    st["accepted"] += 1
+    thr = _row(st)
+    lv = _int(st["levels"])
+    current = lv & LEVEL_MASK
+    new = _breached(x, thr, p.direction)
+    if new <= current:
+        return n
+    if current == 0:
+        st["episode_start"] = t
+    n = _emit(tr, n, st, i, current, new, t, x, thr, p.direction)
+    st["levels"] = (lv & ~LEVEL_MASK) | new
+    return n
 
 
 @njit(cache=True)
@@ -509,7 +569,7 @@ def close_windows(state, p, closing, tr):  # type: ignore[no-untyped-def]
     for i in range(state.shape[0]):
         st = state[i]
         agg = st["agg"]
-        if np.isnan(agg):
+        if np.isnan(agg) or _int(st["levels"]) & CLOSED_BIT:
             continue
         last = st["last_ts"]
         if last >= cutoff:
@@ -517,14 +577,16 @@ def close_windows(state, p, closing, tr):  # type: ignore[no-untyped-def]
             continue
         thr = _row(st)
         frm, to = _close(st, thr, p)
+        st["levels"] = _int(st["levels"]) | CLOSED_BIT
         if to < frm:
-            n = _emit(tr, n, i, frm, to, last - last % w + w, agg, thr, p.direction)
+            n = _emit(tr, n, st, i, frm, to, last - last % w + w, agg, thr, p.direction)
     return n, NEVER if first_open == NEVER else first_open - first_open % w + w
 
 
 def earliest_open_end(state: npt.NDArray[np.void], window_ms: int) -> int:
     """The end (ms) of the earliest window still open, int64 max when none is."""
-    last = state["last_ts"][~np.isnan(state["agg"])]
+    is_open = ~np.isnan(state["agg"]) & (state["levels"] & CLOSED_BIT == 0)
+    last = state["last_ts"][is_open]
     if not len(last):
         return NEVER
     first = int(last.min())

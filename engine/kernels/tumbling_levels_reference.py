@@ -11,8 +11,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from engine.kernels._common import NO_TS
-
 __all__ = ["reference_process"]
 
 
@@ -24,12 +22,19 @@ def reference_process(
     window_ms: int,
     readings: list[tuple[int, int, float]],
     for_ms: int = 0,
+    lateness_ms: int = 0,
+    late: list[int] | None = None,
 ) -> list[tuple[int, int, int, int, float]]:
     """Plain-Python statement of the window and level steps, for differential tests.
 
     ``levels`` is the per-sensor starting level (mutated); ``readings`` are usable
-    (sensor, ts, value). Returns transitions (sensor, from, to, ts, aggregate); the
-    state starts empty (no open windows) and is not carried between calls.
+    (sensor, ts, value), in arrival order. Returns transitions (sensor, from, to, ts,
+    value: the window's aggregate, or a late reading's own value); the indices of late
+    readings are appended to ``late``. The state starts empty (no open windows) and is
+    not carried between calls. Lateness is the sensor's own: a reading of the sensor's
+    latest window counts in any order; one of an earlier window is late, yet within
+    ``lateness_ms`` of the sensor's latest reading and without ``for`` it can still
+    raise (never lower) the level.
     """
     win: dict[int, tuple[int, float]] = {}  # sensor -> (window start, aggregate)
     last: dict[int, int] = {}
@@ -42,8 +47,22 @@ def reference_process(
     def line(i: int, k: int) -> float:
         return float(thresholds[i, k - 1]) * direction
 
-    for i, t, v in readings:
-        if np.isnan(v) or t <= last.get(i, NO_TS):
+    def breached(i: int, x: float) -> int:
+        return next((k for k in (4, 3, 2, 1) if used(i, k) and x >= line(i, k)), 0)
+
+    for j, (i, t, v) in enumerate(readings):
+        if np.isnan(v):
+            continue
+        x = v * direction
+        if i in last and t < last[i] - last[i] % window_ms:
+            if for_ms == 0 and t - t % window_ms + window_ms + lateness_ms > last[i]:
+                if breached(i, x) > levels[i]:
+                    out.append((i, levels[i], breached(i, x), t, v))
+                    levels[i] = breached(i, x)
+            elif late is not None:
+                late.append(j)
+            continue
+        if t == last.get(i):
             continue
         start = t - t % window_ms
         if i in win and win[i][0] != start:
@@ -59,10 +78,10 @@ def reference_process(
             if held < levels[i]:
                 out.append((i, levels[i], held, wstart + window_ms, wagg * direction))
                 levels[i] = held
-        agg = max(win[i][1], v * direction) if i in win else v * direction
+        agg = max(win[i][1], x) if i in win else x
         win[i] = (start, agg)
-        last[i] = t
-        raw = next((k for k in (4, 3, 2, 1) if used(i, k) and agg >= line(i, k)), 0)
+        last[i] = max(last.get(i, t), t)
+        raw = breached(i, agg)
         for k in (1, 2, 3, 4):
             if k > raw:
                 since.pop((i, k), None)
@@ -72,7 +91,7 @@ def reference_process(
             (
                 k
                 for k in range(4, levels[i], -1)
-                if (i, k) in since and used(i, k) and t - since[(i, k)] >= for_ms
+                if (i, k) in since and used(i, k) and last[i] - since[(i, k)] >= for_ms
             ),
             levels[i],
         )

@@ -130,10 +130,10 @@ def signature(rule: ThresholdRule) -> list[object]:
     return [rule.metric, rule.direction, rule.window_ms, rule.slide_ms, rule.aggregate]
 
 
-def gathered_thresholds(sensors: SensorIndex, n: int) -> npt.NDArray[np.float64]:
-    """The rule's thresholds in dense order, NaN-padded to ``n`` rows."""
-    out = np.full((n, 4), np.nan)
-    for i, station in enumerate(sensors.stations):
+def gathered_thresholds(sensors: SensorIndex, n: int, start: int = 0) -> npt.NDArray[np.float64]:
+    """The rule's thresholds of dense rows ``start..n-1``, NaN past the stations indexed."""
+    out = np.full((n - start, 4), np.nan)
+    for i, station in enumerate(sensors.stations[start:n]):
         row = sensors.rule_row(station)
         if row is not None:
             out[i] = sensors.rule.thresholds[row]

@@ -15,7 +15,6 @@ from numpy.lib.recfunctions import repack_fields
 from engine.health import FAIL_AFTER, HealthChange, health_changes, qc_params
 from engine.kernels import health as hk
 from engine.kernels import tumbling_levels as kernel
-from engine.kernels._common import NO_TS
 from engine.kernels.qc import QC_STATE_DTYPE, QCParams, new_qc_state, time_limits
 from engine.ruleset import ThresholdRule
 from engine.runners.base import (
@@ -33,7 +32,7 @@ NEVER = int(np.iinfo(np.int64).max)
 SAVED_DTYPE = repack_fields(kernel.BLOCK_DTYPE[list(kernel.STATE_FIELDS)])
 
 
-def _params(rule: ThresholdRule, qc: QCParams) -> kernel.Params:
+def _params(rule: ThresholdRule, qc: QCParams, lateness_ms: int) -> kernel.Params:
     """The kernel's constants; the engine's QC limits are rule-wide (length-1 arrays)."""
     lo, hi, slo, shi, spike, rate = (
         float(a[0]) for a in (qc.fail_lo, qc.fail_hi, qc.suspect_lo, qc.suspect_hi, qc.spike,
@@ -42,6 +41,7 @@ def _params(rule: ThresholdRule, qc: QCParams) -> kernel.Params:
     return kernel.make_params(
         rule.direction, rule.deadband, rule.window_ms, rule.for_ms, FAIL_AFTER,
         (lo, hi, slo, shi, spike, rate, qc.flat_eps, qc.flat_suspect_n, qc.flat_fail_n),
+        lateness_ms,
     )  # fmt: skip
 
 
@@ -51,12 +51,12 @@ class TumblingRunner:
         self.lateness_ms = lateness_ms
         self.state = kernel.new_state(0)  # thresholds live in each sensor's block
         self.qc = qc_params(rule)
-        self.params = _params(rule, self.qc)
+        self.params = _params(rule, self.qc, lateness_ms)
         #: No open window ends before this (ms): closing below it is a no-op, so the
         #: O(sensors) scan runs once per window period, not once per batch.
         self.next_close = NEVER
-        #: Windows ending at or before this (ms) are closed: a reading for one is late.
-        self.closed_until = -NEVER
+        #: Rows whose thresholds are written: the stations indexed so far.
+        self._with_thresholds = 0
         self.rejected: list[Rejected] = []
         #: The kernel's output arrays, kept between batches: allocating them per batch
         #: cost 27 µs (a fresh mapping per array), 5 % of a 10,000-reading batch.
@@ -68,26 +68,26 @@ class TumblingRunner:
 
     def grow(self, n: int) -> None:
         size = len(self.state)
-        if n <= size:
-            return
-        state = kernel.new_state(max(n, 2 * size, 16))
-        state[:size] = self.state
-        self.state = state
-        kernel.set_thresholds(state, gathered_thresholds(self.sensors, len(state)))
+        if n > size:
+            state = kernel.new_state(max(n, 2 * size, 16))
+            state[:size] = self.state
+            self.state = state
+        # Every newly indexed station takes its thresholds now, whether or not the
+        # state had to grow (a station first seen while capacity remained kept NaN
+        # thresholds and never fired); only the new rows, never a pass over them all.
+        done, n = self._with_thresholds, len(self.sensors.stations)
+        if n > done:
+            kernel.set_thresholds(self.state[done:n], gathered_thresholds(self.sensors, n, done))
+            self._with_thresholds = n
 
     def rebind(self, rule: ThresholdRule) -> None:
         self.sensors.bind(rule)
         self.qc = qc_params(rule)
-        self.params = _params(rule, self.qc)
+        self.params = _params(rule, self.qc, self.lateness_ms)
         kernel.set_thresholds(self.state, gathered_thresholds(self.sensors, len(self.state)))
 
     def _transitions(self, tr: tuple[npt.NDArray[Any], ...], n: int) -> list[RawTransition]:
-        sensor, frm, to, at, value, thr = (a[:n].tolist() for a in tr)
-        starts = self.state["episode_start"]
-        return [
-            RawTransition(s, f, t, a, v, h, int(starts[s]))
-            for s, f, t, a, v, h in zip(sensor, frm, to, at, value, thr, strict=True)
-        ]
+        return [RawTransition(*row) for row in zip(*(a[:n].tolist() for a in tr), strict=True)]
 
     def apply(
         self,
@@ -99,21 +99,18 @@ class TumblingRunner:
         now_ms: int,
     ) -> tuple[list[RawTransition], list[HealthChange]]:
         rule = self.rule
-        future_lim, past_lim = time_limits(self.qc, now_ms)
-        # A window ending at or before closed_until is closed: its readings are late.
-        late_before = max(self.closed_until - self.closed_until % rule.window_ms, NO_TS)
         if len(self._out[2][0]) < len(ts):
             self._out = kernel.outputs(len(ts))
         out = self._out
         n_tr, n_hc, n_late = kernel.process(
-            self.state, self.params, (future_lim, past_lim, late_before),
+            self.state, self.params, time_limits(self.qc, now_ms),
             sensor, ts, value, quality, out,
         )  # fmt: skip
         for r in out[2][0][:n_late].tolist():
             self.rejected.append(Rejected(
                 int(sensor[r]), int(ts[r]), float(value[r]),
-                f"late for rule {rule.rule_id}: its {rule.window_ms // 60_000}-min window "
-                "closed already",
+                f"late for rule {rule.rule_id}: the station's {rule.window_ms // 60_000}-min "
+                "window closed already (its later readings were evaluated)",
             ))  # fmt: skip
         if len(ts):
             first_end = int(ts.min()) // rule.window_ms * rule.window_ms + rule.window_ms
@@ -127,7 +124,6 @@ class TumblingRunner:
             return []
         tr = kernel.transition_arrays(len(self.state))
         n, self.next_close = kernel.close_windows(self.state, self.params, closing, tr)
-        self.closed_until = max(self.closed_until, closing)
         return self._transitions(tr, n)
 
     def check_silence(self, watermark: int) -> list[HealthChange]:
@@ -184,7 +180,6 @@ class TumblingRunner:
             "sig": signature(self.rule),
             "stations": self.sensors.stations,
             "state": repack_fields(self.state[list(kernel.STATE_FIELDS)][:n]).tobytes(),
-            "closed_until": self.closed_until,
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -195,4 +190,3 @@ class TumblingRunner:
         for name in kernel.STATE_FIELDS:
             self.state[name][lut[known]] = saved_state[name][known]
         self.next_close = kernel.earliest_open_end(self.state, self.rule.window_ms)
-        self.closed_until = int(saved.get("closed_until", -NEVER))

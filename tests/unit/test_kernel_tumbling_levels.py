@@ -36,7 +36,7 @@ def _run(
     readings: list[tuple[int, int, float]],
     quality: list[int] | None = None,
     thresholds: npt.NDArray[np.float64] = THRESHOLDS,
-    limits: tuple[int, int, int] = (TS_MAX, NO_TS, NO_TS),
+    limits: tuple[int, int] = (TS_MAX, NO_TS),
     state: npt.NDArray[np.void] | None = None,
 ) -> tuple[list[tuple[int, int, int, int, float]], list[tuple], list[int], npt.NDArray[np.void]]:
     """Level transitions (sensor, from, to, ms, aggregate), health changes and late rows."""
@@ -63,29 +63,39 @@ def _nan_free(rows: list[tuple]) -> list[tuple]:
 
 
 def _kernel(
-    direction: int, deadband: float, readings: list[tuple[int, int, float]], for_ms: int = 0
+    direction: int,
+    deadband: float,
+    readings: list[tuple[int, int, float]],
+    for_ms: int = 0,
+    lateness_ms: int = 0,
 ) -> list:
-    params = k.make_params(direction, deadband, WINDOW, for_ms, 3, QC_OFF)
+    params = k.make_params(direction, deadband, WINDOW, for_ms, 3, QC_OFF, lateness_ms)
     return _run(params, readings)[0]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(reading, max_size=80),
     st.sampled_from([1, -1]),
     st.sampled_from([0.0, 0.3]),
     st.sampled_from([0, 120_000, 600_000]),
+    st.sampled_from([0, 60_000, 10 * 60_000]),
     st.integers(0, 80),
 )
 def test_kernel_matches_reference(
-    readings: list, direction: int, deadband: float, for_ms: int, cut: int
+    readings: list, direction: int, deadband: float, for_ms: int, lateness_ms: int, cut: int
 ) -> None:
+    """Readings in any order (out of order, duplicates, late): transitions and late
+    rows as the plain reference states them."""
+    late: list[int] = []
     expected = reference_process(
-        [0, 0, 0], THRESHOLDS * direction, direction, deadband, WINDOW, readings, for_ms
-    )
-    assert _kernel(direction, deadband, readings, for_ms) == expected
+        [0, 0, 0], THRESHOLDS * direction, direction, deadband, WINDOW, readings, for_ms,
+        lateness_ms, late,
+    )  # fmt: skip
+    params = k.make_params(direction, deadband, WINDOW, for_ms, 3, QC_OFF, lateness_ms)
+    tr, _, late_rows, _ = _run(params, readings)
+    assert (tr, late_rows) == (expected, late)
     # The state carries over between batches: any split gives the same transitions.
-    params = k.make_params(direction, deadband, WINDOW, for_ms, 3, QC_OFF)
     first, _, _, state = _run(params, readings[:cut])
     assert first + _run(params, readings[cut:], state=state)[0] == expected
     # Closing reports the earliest window it left open, as a scan of the state finds it.
@@ -112,7 +122,7 @@ qc_reading = st.tuples(
     st.sampled_from([float("nan"), 1.5]),
     st.sampled_from([0, 3]),
     st.integers(1, 4),
-    st.integers(0, 40).map(lambda m: m * 60_000),
+    st.sampled_from([0, 5 * 60_000]),
     st.integers(20, 70).map(lambda m: m * 60_000),
 )
 def test_one_pass_equals_qc_then_health_then_levels(
@@ -123,7 +133,7 @@ def test_one_pass_equals_qc_then_health_then_levels(
     spike: float,
     flat_n: int,
     fail_after: int,
-    late_before: int,
+    lateness_ms: int,
     now: int,
 ) -> None:
     """The fused kernel against QC's reference, the health kernel and the level
@@ -134,12 +144,10 @@ def test_one_pass_equals_qc_then_health_then_levels(
     params = k.make_params(
         direction, 0.3, WINDOW, for_ms, fail_after,
         (gross[0], gross[1], np.nan, np.nan, spike, 2.0, 0.0, qc.flat_suspect_n, flat_n),
+        lateness_ms,
     )  # fmt: skip
-    future, past = time_limits(qc, now)
     rows = [(s, t, v) for s, t, v, _ in readings]
-    tr, hc, late, state = _run(
-        params, rows, [r[3] for r in readings], limits=(future, past, late_before)
-    )
+    tr, hc, late, state = _run(params, rows, [r[3] for r in readings], limits=time_limits(qc, now))
 
     sensor = np.array([r[0] for r in rows], np.int32)
     ts = np.array([r[1] for r in rows], np.int64)
@@ -150,10 +158,14 @@ def test_one_pass_equals_qc_then_health_then_levels(
     changes = hk.observe(health, fail_after, sensor, ts, value, np.array(flags, np.uint8))
     assert _nan_free(hc) == _nan_free(list(zip(*(a.tolist() for a in changes), strict=True)))
     usable = [j for j, q in enumerate(flags) if q not in (Q_FAIL, Q_MISSING)]
-    assert late == [j for j in usable if ts[j] < late_before]
-    taken = [rows[j] for j in usable if ts[j] >= late_before]
     thr = THRESHOLDS * direction
-    assert tr == reference_process([0, 0, 0], thr, direction, 0.3, WINDOW, taken, for_ms)
+    late_usable: list[int] = []
+    taken = [rows[j] for j in usable]
+    expected = reference_process(
+        [0, 0, 0], thr, direction, 0.3, WINDOW, taken, for_ms, lateness_ms, late_usable
+    )
+    assert tr == expected
+    assert late == [usable[j] for j in late_usable]
     # Silence, found by the watermark, against the health kernel's.
     due = k.silent_due(state, 10 * 60_000, 70 * 60_000)
     assert due.tolist() == hk.check_silence(health, 10 * 60_000, 70 * 60_000)[0].tolist()
