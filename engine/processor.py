@@ -133,6 +133,8 @@ class PartitionProcessor:
                 events += self._run_rules(TelemetryBatch.from_rows(formulas), watermark)
             if self.aqi is not None:
                 derived = self.aqi.feed(batch, watermark)
+                self.rejected += self.aqi.rejected
+                self.aqi.rejected.clear()
                 if derived:
                     events += self._run_rules(TelemetryBatch.from_rows(derived), watermark)
             self.watermark = watermark

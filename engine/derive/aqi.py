@@ -66,6 +66,9 @@ class AqiDeriver:
         self.stations = frozenset(stations)
         self.lateness_ms = lateness_ms
         self._state: dict[str, _Station] = {}
+        #: Pollutant readings for an hour already computed: (station, metric, ts, value,
+        #: reason), for the dead-letter topic; the processor drains them.
+        self.rejected: list[tuple[str, str, int, float, str]] = []
         #: AQI hours computed since the last drain (for `vigil replay --metrics-out`);
         #: None when nobody collects them.
         self.record: list[AqiHour] | None = None
@@ -81,9 +84,14 @@ class AqiDeriver:
                     continue
                 hour = int(batch.ts[r]) // HOUR_MS * HOUR_MS
                 st = self._state.setdefault(station, _Station())
-                if hour <= st.done:
-                    continue  # that hour is computed; a late value cannot change it now
                 metric = batch.metrics[int(batch.metric_idx[r])]
+                if hour <= st.done:  # that hour is computed; a late value cannot change it
+                    self.rejected.append((
+                        station, metric, int(batch.ts[r]), float(batch.value[r]),
+                        f"late for the hourly AQI: the station's hour {hour} is computed "
+                        "already",
+                    ))  # fmt: skip
+                    continue
                 st.hours.setdefault(hour, {})[metric] = float(batch.value[r])
         return self.flush(watermark)
 

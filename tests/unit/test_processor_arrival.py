@@ -154,3 +154,13 @@ def test_a_reading_stamped_years_ahead_does_not_move_event_time() -> None:
     events = proc.process(TelemetryBatch.from_rows([("A", "water_level", now - 10 * M, 4.2)]), 2)
     assert proc.rejected == []
     assert [e.level for e in events] == ["yellow"]
+
+
+def test_a_pollutant_reading_for_an_hour_whose_aqi_is_computed_is_dead_lettered() -> None:
+    aqi = ThresholdRule("aqi", "aqi", ("S",), np.array([[100.0, 150.0, 200.0, 300.0]]),
+                        window_ms=H, aggregate="last")  # fmt: skip
+    proc = PartitionProcessor(RuleSet((aqi,)), lateness_ms=M)
+    for offset, (ts, value) in enumerate([(0, 40.0), (H, 45.0), (10 * M, 400.0)]):
+        proc.process(TelemetryBatch.from_rows([("S", "pm2_5", ts, value)]), offset)
+    assert [r[:4] for r in proc.rejected] == [("S", "pm2_5", 10 * M, 400.0)]
+    assert "hourly AQI" in proc.rejected[0][4]
