@@ -81,10 +81,14 @@ class CompoundState:
             self.since[station] = at
             return self.due(at, only=station)
         if before and not after:
+            # Held for ``for_ms`` before it stopped: it fired then, whether or not the
+            # partition's event time had come to that point between batches.
+            out = self.due(at, only=station)
             self.since.pop(station, None)
             started = self.firing.pop(station, None)
             if started is not None:
-                return [CompoundChange(station, False, at, started)]
+                out.append(CompoundChange(station, False, at, started))
+            return out
         return []
 
     def due(self, now: int, only: str | None = None) -> list[CompoundChange]:

@@ -68,6 +68,10 @@ class PartitionProcessor:
         #: (replays) judges time by the data alone.
         self.clock = clock
         self._compound: dict[str, CompoundState] = {}
+        #: Clause changes of compound rules not yet applied: (ms, holds, compound rule id,
+        #: station, clause). A batch's runners run metric by metric, so they are applied
+        #: once per batch in event-time order, whatever order the metrics came in.
+        self._clauses: list[tuple[int, bool, str, str, int]] = []
         self.formulas = FormulaDeriver(())
         #: Readings a rule could not take: (station, metric, ts, value, reason).
         self.rejected: list[tuple[str, str, int, float, str]] = []
@@ -200,8 +204,22 @@ class PartitionProcessor:
         for runner in self._runners.values():
             events += self._events(runner, runner.close(watermark))
             events += self._health_events(runner, runner.check_silence(watermark))
+        events += self._apply_clauses()
         for state in self._compound.values():
             events += [compound_event(state.rule, ch) for ch in state.due(watermark)]
+        return events
+
+    def _apply_clauses(self) -> list[AlertEvent]:
+        """Apply the pending clause changes in event time (a fall before a rise at the
+        same ms: a combination does not hold for an instant)."""
+        events: list[AlertEvent] = []
+        pending, self._clauses = sorted(self._clauses), []
+        for at, holds, rule_id, station, k in pending:
+            state = self._compound.get(rule_id)
+            if state is not None:
+                events += [
+                    compound_event(state.rule, ch) for ch in state.clause(station, k, holds, at)
+                ]
         return events
 
     def _events(self, runner: Runner, raw: list[RawTransition]) -> list[AlertEvent]:
@@ -210,13 +228,12 @@ class PartitionProcessor:
         clause = parse_clause(rule.rule_id)
         if clause is None:
             return [level_event(rule, stations[tr.sensor], tr) for tr in raw]
-        # An internal clause of a compound rule: it only flips the clause's truth.
-        state = self._compound[clause[0]]
-        return [
-            compound_event(state.rule, ch)
-            for tr in raw
-            for ch in state.clause(stations[tr.sensor], clause[1], tr.to_level > 0, tr.at)
+        # An internal clause of a compound rule: it only flips the clause's truth, once
+        # the batch's other clauses are in (``_apply_clauses``).
+        self._clauses += [
+            (tr.at, tr.to_level > 0, clause[0], stations[tr.sensor], clause[1]) for tr in raw
         ]
+        return []
 
     def _health_events(self, runner: Runner, changes: list[HealthChange]) -> list[AlertEvent]:
         rule = runner.sensors.rule

@@ -54,3 +54,24 @@ def test_both_clauses_for_ten_minutes_raise_orange_and_clear_when_one_stops(floo
     assert _compound(events)[1:] == [("HZ001", "orange", "none", 2 * H)]
     # The clauses are internal: no alert carries their ids.
     assert not [e for e in events if "~" in e.rule_id]
+
+
+def test_a_combination_that_holds_past_its_for_and_stops_in_one_batch_still_fires(flood) -> None:  # type: ignore[no-untyped-def]
+    """The for-duration is event time, not batch time: holding from 1 h to 2 h fires
+    at 1 h + for whether the readings come one per batch or all in one."""
+    rows = [("HZ001", "rainfall", k * 5 * M, 2.5) for k in range(12)]
+    rows += [("HZ001", "rainfall", H + k * 5 * M, 0.0) for k in range(13)]
+    rows += [("HZ001", "water_level", k * 5 * M, 4.0 if k < 8 else 4.8) for k in range(26)]
+    rows.sort(key=lambda r: r[2])
+    one_by_one = []
+    proc = PartitionProcessor(flood, lateness_ms=0)
+    for offset, row in enumerate(rows):
+        one_by_one += proc.process(TelemetryBatch.from_rows([row]), offset)
+    at_once = PartitionProcessor(flood, lateness_ms=0).process(TelemetryBatch.from_rows(rows), 0)
+    (compound,) = flood.compound
+    expected = [
+        ("HZ001", "none", "orange", H + compound.for_ms),
+        ("HZ001", "orange", "none", 2 * H),
+    ]
+    assert _compound(one_by_one) == expected
+    assert _compound(at_once) == expected
