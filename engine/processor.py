@@ -101,9 +101,9 @@ class PartitionProcessor:
         for c in ruleset.compound:
             self._compound[c.rule_id].rule = c
         self.ruleset = ruleset
-        latest = self.formulas.latest
+        history = self.formulas.history
         self.formulas = FormulaDeriver(ruleset.derived)
-        self.formulas.latest = latest
+        self.formulas.history = history
         # AQI is derived for the stations that rules on `aqi` select.
         aqi_stations = {
             s for r in ruleset.rules if r.metric == AqiDeriver.metric for s in r.stations
