@@ -61,10 +61,10 @@ TICK_DRAIN_S = 5.0
 class _App(faust.App):
     """``faust.App`` with hooks run as it begins to stop, while its agents still run."""
 
-    before_stop: list[Callable[[], Awaitable[None]]]
+    before_stop: Sequence[Callable[[], Awaitable[None]]] = ()
 
     async def on_stop(self) -> None:
-        for hook in getattr(self, "before_stop", ()):
+        for hook in self.before_stop:
             await hook()
         await super().on_stop()
 

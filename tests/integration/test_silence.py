@@ -19,7 +19,7 @@ from engine.alerts import AlertEvent
 from engine.transport.log import DurableLog
 from tests.integration.conftest import EngineProcess, write_settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STALE_S = 20
 TICK_S = 5.0  # the default ``silence_tick_s``
@@ -115,11 +115,18 @@ def test_a_gateway_whose_every_gauge_stops_raises_their_silence_on_the_wall_cloc
         client.disconnect()
         engine.kill()
 
-    # Ticks are not readings, and a clean stop left none unevaluated: committed to the end.
+    # Ticks are not readings, nor bad input; a clean stop left none unevaluated: the
+    # telemetry partitions are committed to their end.
     log = DurableLog(tmp_path / "data")
     try:
         topic = "vigil-test-telemetry"
-        for p in range(log.partitions(topic) or 0):
+        partitions = range(log.partitions(topic) or 0)
+        assert len(partitions) == 2
+        for p in partitions:
             assert log.committed("vigil-test", topic, p) == log.highwater(topic, p)
+        letters = "vigil-test-dead-letter"
+        assert [
+            r for p in range(log.partitions(letters) or 0) for r in log.read(letters, p, 0, 9)
+        ] == []
     finally:
         log.close()
