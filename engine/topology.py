@@ -217,9 +217,11 @@ class Topology:
             tick = Tick(int(time.time() * 1000), int(self.tick_interval_s * 1000))
             record = TelemetryBatch.of_tick(tick).encode()
             try:
-                futures = [await self.telemetry.send(value=record, partition=p) for p in mine]
-                for p, fut in zip(mine, futures, strict=True):
-                    self._ticks_written[p] = (await fut).offset
+                # Bounded: a broker that does not answer must not hold a stop back.
+                async with asyncio.timeout(max(1.0, self.tick_interval_s)):
+                    futures = [await self.telemetry.send(value=record, partition=p) for p in mine]
+                    for p, fut in zip(mine, futures, strict=True):
+                        self._ticks_written[p] = (await fut).offset
             except Exception as exc:  # the broker away: silence waits for the next tick
                 self.counters["ticks_failed"] += 1
                 log.warning("tick not written: %r", exc)
