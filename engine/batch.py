@@ -12,22 +12,28 @@ Wire format (msgpack map, version 1)::
      "mi": bytes,                   # <u2[n] index into "metrics"
      "ts": bytes,                   # <i8[n] event time, ms since epoch, UTC
      "value": bytes,                # <f8[n]
-     "q": bytes}                    # u1[n] quality flag (see Quality)
+     "q": bytes,                    # u1[n] quality flag (see Quality)
+     "tick": [wall_ms, every_ms]}   # optional, on a tick only (see Tick)
 
 All buffers are raw little-endian so that decoding is a zero-copy ``np.frombuffer``.
+A *tick* is a batch without readings that carries the wall clock of the worker that wrote
+it (``engine.topology``), so that a partition that gets no readings still sees time pass:
+its silent sensors are found on the wall clock (``PartitionProcessor.on_tick``). Ticks
+are never counted as readings. A decoder that predates them reads a tick as an empty batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
+from typing import NamedTuple
 
 import msgpack
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BatchBuilder", "BatchDecodeError", "Quality", "TelemetryBatch"]
+__all__ = ["BatchBuilder", "BatchDecodeError", "Quality", "TelemetryBatch", "Tick"]
 
 WIRE_VERSION = 1
 
@@ -46,6 +52,21 @@ class BatchDecodeError(ValueError):
     """A telemetry record that is not a valid batch."""
 
 
+class Tick(NamedTuple):
+    """The wall clock written into a telemetry partition, every ``every_ms``."""
+
+    wall_ms: int  # the writer's wall clock, ms since epoch, UTC
+    every_ms: int  # the interval between ticks (ms), > 0
+
+
+def _tick(raw: object) -> Tick | None:
+    if raw is None:
+        return None
+    if isinstance(raw, list) and len(raw) == 2 and all(type(x) is int for x in raw) and raw[1] > 0:
+        return Tick(raw[0], raw[1])
+    raise BatchDecodeError(f"bad tick: expected [wall_ms, every_ms > 0], got {raw!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class TelemetryBatch:
     """Readings as parallel arrays; ``stations[station_idx[i]]`` is reading i's station."""
@@ -57,9 +78,12 @@ class TelemetryBatch:
     ts: npt.NDArray[np.int64]
     value: npt.NDArray[np.float64]
     quality: npt.NDArray[np.uint8]
+    tick: Tick | None = None  # set on a tick, which has no readings
 
     def __post_init__(self) -> None:
         n = len(self.ts)
+        if n and self.tick is not None:
+            raise BatchDecodeError(f"a tick carries no readings, this one has {n}")
         for name in ("station_idx", "metric_idx", "value", "quality"):
             if len(getattr(self, name)) != n:
                 raise BatchDecodeError(
@@ -86,19 +110,19 @@ class TelemetryBatch:
             yield self.stations[s], self.metrics[m], t, v, q
 
     def encode(self) -> bytes:
-        return msgpack.packb(
-            {
-                "v": WIRE_VERSION,
-                "stations": list(self.stations),
-                "metrics": list(self.metrics),
-                "si": self.station_idx.astype("<u4", copy=False).tobytes(),
-                "mi": self.metric_idx.astype("<u2", copy=False).tobytes(),
-                "ts": self.ts.astype("<i8", copy=False).tobytes(),
-                "value": self.value.astype("<f8", copy=False).tobytes(),
-                "q": self.quality.astype("u1", copy=False).tobytes(),
-            },
-            use_bin_type=True,
-        )
+        record = {
+            "v": WIRE_VERSION,
+            "stations": list(self.stations),
+            "metrics": list(self.metrics),
+            "si": self.station_idx.astype("<u4", copy=False).tobytes(),
+            "mi": self.metric_idx.astype("<u2", copy=False).tobytes(),
+            "ts": self.ts.astype("<i8", copy=False).tobytes(),
+            "value": self.value.astype("<f8", copy=False).tobytes(),
+            "q": self.quality.astype("u1", copy=False).tobytes(),
+        }
+        if self.tick is not None:
+            record["tick"] = list(self.tick)
+        return msgpack.packb(record, use_bin_type=True)
 
     @classmethod
     def decode(cls, data: bytes) -> TelemetryBatch:
@@ -109,6 +133,7 @@ class TelemetryBatch:
             raise BatchDecodeError(f"not msgpack: {exc}") from exc
         if not isinstance(obj, dict) or obj.get("v") != WIRE_VERSION:
             raise BatchDecodeError(f"not a version {WIRE_VERSION} telemetry batch")
+        tick = _tick(obj.get("tick"))
         try:
             return cls(
                 stations=tuple(obj["stations"]),
@@ -118,9 +143,15 @@ class TelemetryBatch:
                 ts=np.frombuffer(obj["ts"], dtype="<i8"),
                 value=np.frombuffer(obj["value"], dtype="<f8"),
                 quality=np.frombuffer(obj["q"], dtype="u1"),
+                tick=tick,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BatchDecodeError(f"bad batch column: {exc}") from exc
+
+    @classmethod
+    def of_tick(cls, tick: Tick) -> TelemetryBatch:
+        """A tick: no readings, the wall clock."""
+        return replace(BatchBuilder().build(), tick=tick)
 
     @classmethod
     def from_rows(cls, rows: Sequence[tuple[str, str, int, float]]) -> TelemetryBatch:

@@ -97,6 +97,10 @@ class Settings(_Frozen):
     reload_interval_s: float = Field(2.0, gt=0, le=3600)
     #: How long the embedded log keeps records that every reader is done with.
     retention_hours: float = Field(168.0, gt=0)
+    #: How often the wall clock is written into each telemetry partition (seconds), so
+    #: that silent gauges are found when no reading comes: a gauge's silence alert is
+    #: raised within its rule's ``stale`` + 2 x this of its last reading's evaluation.
+    silence_tick_s: float = Field(5.0, ge=0.1, le=60)
 
     @model_validator(mode="after")
     def _files_exist(self) -> Settings:

@@ -65,6 +65,7 @@ class Gateway:
             sinks=sinks,
             data_dir=data_dir,
             lateness_ms=settings.lateness_ms,
+            tick_interval_s=settings.silence_tick_s,
             web_port=settings.web_port,
         )
         self.ingest = MqttIngest(

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.alerts import AlertEvent
-from engine.batch import TelemetryBatch
+from engine.batch import TelemetryBatch, Tick
 from engine.compound import (
     CompoundState,
     clause_rules,
@@ -33,6 +33,7 @@ from engine.derive.aqi import AqiDeriver
 from engine.derive.formulas import FormulaDeriver
 from engine.events import compound_event, health_event, level_event
 from engine.health import HealthChange
+from engine.idle import IdleClock
 from engine.ruleset import RuleSet
 from engine.runners import RawTransition, Runner, runner_for
 from engine.runners.base import signature
@@ -77,6 +78,7 @@ class PartitionProcessor:
         self.rejected: list[tuple[str, str, int, float, str]] = []
         self.next_offset = 0
         self.watermark = NO_TIME  # the latest event time seen (ms)
+        self.idle = IdleClock()  # wall time the watermark has stood still, from ticks
         self._runners: dict[str, Runner] = {}
         self.aqi: AqiDeriver | None = None
         self.ruleset = ruleset
@@ -105,9 +107,9 @@ class PartitionProcessor:
         for c in ruleset.compound:
             self._compound[c.rule_id].rule = c
         self.ruleset = ruleset
-        latest = self.formulas.latest
+        history = self.formulas.history
         self.formulas = FormulaDeriver(ruleset.derived)
-        self.formulas.latest = latest
+        self.formulas.history = history
         # AQI is derived for the stations that rules on `aqi` select.
         aqi_stations = {
             s for r in ruleset.rules if r.metric == AqiDeriver.metric for s in r.stations
@@ -143,6 +145,8 @@ class PartitionProcessor:
                     events += self._run_rules(TelemetryBatch.from_rows(derived), watermark)
             self.watermark = watermark
             events += self.close_windows(watermark)
+        elif batch.tick is not None:
+            events += self.on_tick(batch.tick)
         self.next_offset = offset + 1
         return events
 
@@ -155,6 +159,22 @@ class PartitionProcessor:
         if self.clock is not None:
             ts = ts[ts <= self.clock() + FUTURE_MS]
         return int(ts.max()) if len(ts) else NO_TIME
+
+    def on_tick(self, tick: Tick) -> list[AlertEvent]:
+        """Silence on the wall clock: the sensors silent for their rule's ``stale`` at the
+        watermark extrapolated by the wall time it has stood still (``engine.idle``).
+
+        Their alerts are the usual ``<rule>#silent`` ones, dated ``last reading +
+        stale`` in event time, and the next reading clears them. Nothing else moves on
+        wall time: windows close and levels change on readings only.
+        """
+        idle_ms = self.idle.tick(self.watermark, tick)
+        if not idle_ms or self.watermark == NO_TIME:
+            return []
+        events: list[AlertEvent] = []
+        for runner in self._runners.values():
+            events += self._health_events(runner, runner.check_silence(self.watermark + idle_ms))
+        return events
 
     def _run_rules(self, batch: TelemetryBatch, watermark: int) -> list[AlertEvent]:
         events: list[AlertEvent] = []
@@ -258,6 +278,7 @@ class PartitionProcessor:
                 "aqi": None if self.aqi is None else self.aqi.snapshot(),
                 "compound": {cid: c.snapshot() for cid, c in self._compound.items()},
                 "formulas": self.formulas.snapshot(),
+                "idle": self.idle.snapshot(),
             },
             use_bin_type=True,
         )
@@ -272,6 +293,7 @@ class PartitionProcessor:
         if self.aqi is not None and data.get("aqi"):
             self.aqi.restore(data["aqi"])
         self.formulas.restore(data.get("formulas", {}))
+        self.idle.restore(data.get("idle"))
         for cid, saved_compound in data.get("compound", {}).items():
             if cid in self._compound:
                 self._compound[cid].restore(saved_compound)

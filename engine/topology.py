@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from faust.types import TP
 
 from connectors.sinks.base import Sink
 from engine.alerts import AlertEvent, pack_lines
-from engine.batch import BatchBuilder, BatchDecodeError, TelemetryBatch
+from engine.batch import BatchBuilder, BatchDecodeError, TelemetryBatch, Tick
 from engine.corroboration_stage import CorroborationStage
 from engine.dispatch import Dispatcher
 from engine.kafka.checkpoints import CheckpointingTransport, CheckpointStore
@@ -54,6 +54,20 @@ Reading = tuple[str, str, int, float]  # station, metric, ts_ms, value
 
 _partitioner = DefaultPartitioner()
 
+#: How long a clean stop waits for the ticks it wrote to be evaluated (seconds).
+TICK_DRAIN_S = 5.0
+
+
+class _App(faust.App):
+    """``faust.App`` with hooks run as it begins to stop, while its agents still run."""
+
+    before_stop: Sequence[Callable[[], Awaitable[None]]] = ()
+
+    async def on_stop(self) -> None:
+        for hook in self.before_stop:
+            await hook()
+        await super().on_stop()
+
 
 class Topology:
     """Builds the Faust app, its topics and agents, around one rule set."""
@@ -70,7 +84,11 @@ class Topology:
         lateness_ms: int = 60_000,
         web_port: int | None = None,
         replication: int = 1,
+        tick_interval_s: float | None = None,
     ) -> None:
+        """``tick_interval_s``: how often the wall clock is written into each telemetry
+        partition this worker owns, so that a partition that gets no readings still
+        finds its silent sensors (``_tick``); None writes none."""
         warm_kernels()  # before any traffic: a cold numba compile would block the loop
         self.partitions = partitions
         # Once, not per call: partition_for runs for every alert routed to corroboration.
@@ -78,7 +96,7 @@ class Topology:
         self.ruleset = ruleset
         self.lateness_ms = lateness_ms
         self.counters: Counter[str] = Counter()
-        self.app = faust.App(
+        self.app = _App(
             app_id,
             broker=broker,
             store="memory://",
@@ -143,6 +161,14 @@ class Topology:
             self.app.transport.contiguous_topics = frozenset(t.get_topic_name() for t in ours)
         self._declare_local_topics()
         self._checkpoint_registered = False
+        self.tick_interval_s = tick_interval_s
+        #: Telemetry partition -> offset of the latest tick written to it.
+        self._ticks_written: dict[int, int] = {}
+        self._tick_lock = asyncio.Lock()
+        self._ticking = tick_interval_s is not None
+        self.app.before_stop = [self._stop_ticks]
+        if tick_interval_s is not None:
+            self.app.timer(tick_interval_s)(self._tick)
 
     def _declare_local_topics(self) -> None:
         # Create the topics with their partition counts before anything produces: a
@@ -176,6 +202,54 @@ class Topology:
         for fut in futures:
             await fut
         self.counters["readings_produced"] += len(readings)
+
+    async def _tick(self) -> None:
+        """Write the wall clock, as a tick (``engine.batch.Tick``), into every telemetry
+        partition this worker owns: evaluated in offset order with the readings, it
+        lets a partition's processor find silent sensors when no reading comes
+        (``PartitionProcessor.on_tick``). A tick that cannot be written is logged; the
+        next one, an interval later, takes its place."""
+        assert self.tick_interval_s is not None
+        async with self._tick_lock:
+            if not self._ticking or self.app.should_stop:
+                return
+            mine = sorted(self._owned_telemetry())
+            tick = Tick(int(time.time() * 1000), int(self.tick_interval_s * 1000))
+            record = TelemetryBatch.of_tick(tick).encode()
+            try:
+                # Bounded: a broker that does not answer must not hold a stop back.
+                async with asyncio.timeout(max(1.0, self.tick_interval_s)):
+                    futures = [await self.telemetry.send(value=record, partition=p) for p in mine]
+                    for p, fut in zip(mine, futures, strict=True):
+                        self._ticks_written[p] = (await fut).offset
+            except Exception as exc:  # the broker away: silence waits for the next tick
+                self.counters["ticks_failed"] += 1
+                log.warning("tick not written: %r", exc)
+                return
+            self.counters["ticks_written"] += len(mine)
+
+    def _owned_telemetry(self) -> set[int]:
+        topic = self.telemetry.get_topic_name()
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+
+    async def _stop_ticks(self) -> None:
+        """As the app stops: write no more ticks, and let those written be evaluated
+        before the consumer stops, so that a clean stop commits to the end of the log."""
+        async with self._tick_lock:
+            self._ticking = False
+        deadline = time.monotonic() + TICK_DRAIN_S
+        while time.monotonic() < deadline:
+            owned = self._owned_telemetry()
+            pending = [
+                p
+                for p, offset in self._ticks_written.items()
+                if p in owned
+                and (p not in self.processors or self.processors[p].next_offset <= offset)
+            ]
+            if not pending:
+                return
+            await asyncio.sleep(0.02)  # a few batches at most: the agents are running
+        log.info("stopping with ticks not yet evaluated in partitions %s", pending)
 
     async def send_dead_letter(self, raw: bytes, reason: str, source: str) -> None:
         """Keep rejected input with its reason; returns once it is durable."""
