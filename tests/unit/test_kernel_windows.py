@@ -80,6 +80,29 @@ def test_sliding_window_sums_the_last_m_buckets() -> None:
     assert out.value.tolist() == [6.0, 4.0]
 
 
+def test_a_backlog_hours_behind_the_partition_runs_on_its_sensors_own_clock() -> None:
+    spec = WindowSpec(bucket_ms=15 * MIN, aggregate="sum", lateness_ms=MIN)
+    st_ = new_window_state(2, spec)
+    assert _upd(st_, spec, [(0, T0, 1.0), (1, T0, 1.0)], wm=T0) == [ACCEPTED] * 2
+    # sensor 1 reports for 3 h; sensor 0 is silent: its window closes, and no further
+    assert _upd(st_, spec, [(1, T0 + k * 5 * MIN, 1.0) for k in range(1, 37)]) == [ACCEPTED] * 36
+    out = window_close_until(st_, spec, T0 + 3 * 60 * MIN)
+    assert out.sensor.tolist().count(0) == 1 and out.window_end[out.sensor == 0][0] == T0 + 15 * MIN
+    # then it sends 3 h of buffered readings at once: all taken, closed in its own time
+    backlog = [(0, T0 + k * 5 * MIN, 2.0) for k in range(3, 36)]
+    assert _upd(st_, spec, backlog, wm=T0 + 3 * 60 * MIN) == [ACCEPTED] * len(backlog)
+    out = window_close_until(st_, spec, T0 + 3 * 60 * MIN)
+    mine = out.window_end[out.sensor == 0].tolist()
+    assert mine == [T0 + k * 15 * MIN for k in range(2, 12)]  # up to its own time - lateness
+    assert out.value[out.sensor == 0].tolist() == [6.0] * 10
+    # both were heard at 3 h: the watermark leaves their open windows alone for the
+    # lateness, then closes the one ending at 3 h (sensor 1: 2:45, 2:50, 2:55)
+    assert len(window_close_until(st_, spec, T0 + 3 * 60 * MIN + MIN - 1).sensor) == 0
+    out = window_close_until(st_, spec, T0 + 3 * 60 * MIN + MIN)
+    assert (out.sensor.tolist(), out.value.tolist()) == ([0, 1], [6.0, 3.0])
+    assert out.window_end.tolist() == [T0 + 3 * 60 * MIN] * 2
+
+
 def test_spec_rejects_bad_geometry() -> None:
     with pytest.raises(ValueError, match="bucket_ms must be positive, got 0"):
         WindowSpec(bucket_ms=0)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,12 +59,18 @@ def _storm() -> tuple[list[Reading], list[Reading]]:
 
 
 def _run(
-    proc: PartitionProcessor, batches: list[list[Reading]], now: list[int]
+    proc: PartitionProcessor, batches: list[list[Reading]], now: list[int], restart: bool = False
 ) -> list[AlertEvent]:
+    """Feed the batches (the gateway's clock at each one's newest reading), then flush.
+    ``restart``: a new processor restored from the snapshot after every batch."""
     events: list[AlertEvent] = []
     for offset, rows in enumerate(batches):
-        now[0] = max(now[0], max(r[2] for r in rows))  # the gateway's clock: arrival time
+        now[0] = max(now[0], max(r[2] for r in rows))
         events += proc.process(TelemetryBatch.from_rows(rows), offset)
+        if restart:
+            blob = proc.snapshot()
+            proc = PartitionProcessor(proc.ruleset, lateness_ms=proc.lateness_ms, clock=proc.clock)
+            proc.restore(blob)
     return events + proc.close_windows(END_OF_TIME)
 
 
@@ -101,7 +108,10 @@ def test_a_two_hour_backlog_in_one_batch_fires_what_the_replay_fires() -> None:
     assert _rejected(proc) == []
 
 
-def test_a_backlog_split_over_batches_between_current_readings_fires_the_same() -> None:
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_backlog_split_over_batches_between_current_readings_fires_the_same(
+    restart: bool,
+) -> None:
     flood = _flood()
     live, held = _storm()
     want = _levels(replay(flood, live + held), CHAIN)
@@ -118,8 +128,9 @@ def test_a_backlog_split_over_batches_between_current_readings_fires_the_same() 
     batches[at_4h : at_4h + 1] = mixed
     now = [T0]
     proc = PartitionProcessor(flood, lateness_ms=M, clock=lambda: now[0])
-    assert _levels(_run(proc, batches, now), CHAIN) == want
-    assert _rejected(proc) == []
+    assert _levels(_run(proc, batches, now, restart), CHAIN) == want
+    if not restart:
+        assert _rejected(proc) == []
 
 
 def _sum_rule(stations: tuple[str, ...], **kw: object) -> ThresholdRule:
