@@ -192,19 +192,39 @@ def new_closed_buffer(rows: int, n_spans: int = 0) -> ClosedWindows:
 class WindowState:
     """The windows of one rule's sensors.
 
-    ``closed`` holds the windows closed since the last :func:`window_close_until` (its
-    first ``pending`` rows); it is kept and grown, not reallocated per batch: at millions
-    of sensors, faulting in fresh pages costs as much as computing the windows.
+    ``record`` holds one record per sensor, its clock then its ring, so that a reading
+    touches one place in memory; ``buckets`` and ``clock`` are views into it. ``closed``
+    holds the windows closed since the last :func:`window_close_until` (its first
+    ``pending`` rows); it is kept and grown, not reallocated per batch: at millions of
+    sensors, faulting in fresh pages costs as much as computing the windows.
     """
 
-    buckets: npt.NDArray[np.void]  # (n_sensors, ring)
-    clock: npt.NDArray[np.void]  # (n_sensors,) CLOCK_DTYPE
+    record: npt.NDArray[np.void]  # (n_sensors,) [("clock", CLOCK_DTYPE), ("ring", ...)]
     spans: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     #: A watermark below which no silent sensor has a window to close (ms); a lower
     #: bound, made exact by each pass of :func:`window_close_until`.
     due: npt.NDArray[np.int64] = field(default_factory=lambda: np.full(1, TS_MAX))
     closed: ClosedWindows = field(default_factory=lambda: new_closed_buffer(0, 0))
     pending: int = 0
+
+    @property
+    def buckets(self) -> npt.NDArray[np.void]:
+        """(n_sensors, ring) of the bucket dtype."""
+        return self.record["ring"]
+
+    @property
+    def clock(self) -> npt.NDArray[np.void]:
+        """(n_sensors,) of ``CLOCK_DTYPE``."""
+        return self.record["clock"]
+
+
+def _new_records(
+    n_sensors: int, bucket_dtype: np.dtype[np.void], ring: int
+) -> npt.NDArray[np.void]:
+    record = np.zeros(n_sensors, dtype=[("clock", CLOCK_DTYPE), ("ring", bucket_dtype, (ring,))])
+    record["clock"]["next_close"] = NO_TS
+    record["clock"]["heard"] = NO_TS
+    return record
 
 
 def new_window_state(n_sensors: int, spec: WindowSpec, spans: tuple[int, ...] = ()) -> WindowState:
@@ -213,12 +233,8 @@ def new_window_state(n_sensors: int, spec: WindowSpec, spans: tuple[int, ...] = 
         spans and spec.aggregate != "sum"
     ):
         raise ValueError(f"spans {spans} need a sum window of at least {max(spans)} buckets")
-    clock = np.empty(n_sensors, dtype=CLOCK_DTYPE)
-    clock["next_close"] = NO_TS
-    clock["heard"] = NO_TS
     return WindowState(
-        np.zeros((n_sensors, spec.ring_size), dtype=spec.bucket_dtype),
-        clock,
+        _new_records(n_sensors, spec.bucket_dtype, spec.ring_size),
         np.array(spans, dtype=np.int64),
         closed=new_closed_buffer(0, len(spans)),
     )
@@ -226,14 +242,10 @@ def new_window_state(n_sensors: int, spec: WindowSpec, spans: tuple[int, ...] = 
 
 def grow_window_state(state: WindowState, n_sensors: int) -> WindowState:
     """``state`` with room for ``n_sensors`` (new sensors have no clock yet)."""
-    old = len(state.clock)
-    buckets = np.zeros((n_sensors, state.buckets.shape[1]), dtype=state.buckets.dtype)
-    buckets[:old] = state.buckets
-    clock = np.empty(n_sensors, dtype=CLOCK_DTYPE)
-    clock[:old] = state.clock
-    clock["next_close"][old:] = NO_TS
-    clock["heard"][old:] = NO_TS
-    return WindowState(buckets, clock, state.spans, state.due, state.closed, state.pending)
+    b = state.buckets
+    record = _new_records(n_sensors, b.dtype, b.shape[1])
+    record[: len(state.record)] = state.record
+    return WindowState(record, state.spans, state.due, state.closed, state.pending)
 
 
 def bucket_fields(
@@ -375,7 +387,7 @@ def _slot(kb, ring, inv_ring):  # type: ignore[no-untyped-def]
     return r
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _data_range(kk, nn, s, nc, m, ring, inv_ring):  # type: ignore[no-untyped-def]
     """First and last bucket holding readings among those of the open windows
     (``nc-m+1 .. nc-m+ring``); (1, 0) when none does."""
@@ -394,14 +406,15 @@ def _data_range(kk, nn, s, nc, m, ring, inv_ring):  # type: ignore[no-untyped-de
     return first, last
 
 
-@njit(cache=True)
+# inlined: a call passing a dozen arrays costs more than closing one sensor's window
+@njit(cache=True, inline="always")
 def _close_sensor(  # type: ignore[no-untyped-def]
-    kk, nn, aa, bb, ta, tb, agg, s, nc, k1, bucket_ms, m, ring, spans, o_s, o_e, o_v, o_n, o_x, j
-):
-    """Emit sensor ``s``'s windows ``nc .. k1-1`` that hold readings, from row ``j``;
-    returns the next row. At most ``ring`` rows: later windows hold no bucket."""
-    inv_ring = 1.0 / ring
-    first, last = _data_range(kk, nn, s, nc, m, ring, inv_ring)
+    kk, nn, aa, bb, ta, tb, agg, s, nc, k1, first, last, bucket_ms, m, ring, inv_ring, spans,
+    o_s, o_e, o_v, o_n, o_x, j,
+):  # fmt: skip
+    """Emit sensor ``s``'s windows ``nc .. k1-1`` that hold readings (its buckets
+    ``first .. last``, see :func:`_data_range`), from row ``j``; returns the next row.
+    At most ``ring`` rows: later windows hold no bucket."""
     if first > last:
         return j
     temporal = agg >= _TEMPORAL_FROM
@@ -527,8 +540,10 @@ def _update_kernel(  # type: ignore[no-untyped-def]
                 due[0] = first_due
                 return i, j
             k_own = _bucket(t - lateness, bucket_ms, inv)
-            j = _close_sensor(kk, nn, aa, bb, ta, tb, agg, s, nc, k_own, bucket_ms, m, ring,
-                              spans, o_s, o_e, o_v, o_n, o_x, j)  # fmt: skip
+            first, last = _data_range(kk, nn, s, nc, m, ring, inv_ring)
+            j = _close_sensor(kk, nn, aa, bb, ta, tb, agg, s, nc, k_own, first, last,
+                              bucket_ms, m, ring, inv_ring, spans, o_s, o_e, o_v, o_n, o_x,
+                              j)  # fmt: skip
             nc = k_own
             next_close[s] = nc
         kb = _bucket(t, bucket_ms, inv)
@@ -540,8 +555,10 @@ def _update_kernel(  # type: ignore[no-untyped-def]
                 due[0] = first_due
                 return i, j
             k_room = kb - ring + m
-            j = _close_sensor(kk, nn, aa, bb, ta, tb, agg, s, nc, k_room, bucket_ms, m, ring,
-                              spans, o_s, o_e, o_v, o_n, o_x, j)  # fmt: skip
+            first, last = _data_range(kk, nn, s, nc, m, ring, inv_ring)
+            j = _close_sensor(kk, nn, aa, bb, ta, tb, agg, s, nc, k_room, first, last,
+                              bucket_ms, m, ring, inv_ring, spans, o_s, o_e, o_v, o_n, o_x,
+                              j)  # fmt: skip
             nc = k_room
             next_close[s] = nc
         codes[i] = ACCEPTED
@@ -630,8 +647,8 @@ def _close_silent_kernel(  # type: ignore[no-untyped-def]
             if j + ring > cap:
                 return s, j, due
             k1 = min(k_wm, k_stop)
-            j = _close_sensor(kk, nn, aa, bb, ta, tb, agg, s, nc, k1, bucket_ms, m, ring,
-                              spans, o_s, o_e, o_v, o_n, o_x, j)  # fmt: skip
+            j = _close_sensor(kk, nn, aa, bb, ta, tb, agg, s, nc, k1, first, last, bucket_ms,
+                              m, ring, inv_ring, spans, o_s, o_e, o_v, o_n, o_x, j)  # fmt: skip
             next_close[s] = k1
             if k1 == k_stop:
                 continue
