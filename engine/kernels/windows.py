@@ -26,8 +26,11 @@ window closes
   still holding, and a gauge that fell silent must not be cleared by its data ageing.
 
 Hence, for readings in each sensor's own order, the windows (and levels) equal those of
-an event-time-sorted run without lateness, except for the window a sensor's silence
-(longer than the lateness) began in: readings sent later for that window are LATE.
+an event-time-sorted run without lateness, however they are batched and interleaved with
+other sensors', except where a sensor falls silent for longer than the lateness in the
+middle of a bucket: what it sends later for that bucket misses the windows the
+watermark closed meanwhile (LATE when all of its windows did). Live, no engine can tell
+such a sensor from one that fell silent for good.
 
 :func:`window_update` adds readings (any order; a sensor's own order is what counts)
 and returns a code per reading:
@@ -48,8 +51,9 @@ adds those the watermark closes and returns them all, ordered by
 ``(window_end, sensor)`` (so each sensor's in time order, as
 :mod:`engine.kernels.levels` needs). Call it after each batch with the partition's
 watermark; it costs O(1) when no silent sensor's window is due, and one pass over the
-state when one is. Per reading the update is O(1) amortised: each bucket is aggregated
-once per window it belongs to.
+state when one may be (about once per bucket for sensors that report on time; about
+once per lateness while a sensor runs behind the partition). The update is O(1) per
+reading plus O(m) per window closed: each bucket is aggregated once per window it is in.
 
 Aggregates: ``sum``, ``mean``, ``count``, ``min``, ``max`` (the "simple" ones, 16-byte
 buckets) and ``first``, ``last`` (by event time; a tie goes to the later arrival),
@@ -58,9 +62,10 @@ times; NaN for a single reading) (the "temporal" ones, 40-byte buckets). Values 
 metric's unit; ``rate`` in unit/h. A ``sum`` window can also report the sums over its
 last ``spans[i]`` buckets (``new_window_state(spans=...)``; rainfall's 1/3/6/24 h).
 
-State (plain arrays, checkpointable): ``buckets`` with shape (n_sensors, ring) of one
-of the bucket dtypes, and ``clock``, a ``CLOCK_DTYPE`` record per sensor. A tumbling
-``max`` rule with the default ring of 2 costs 48 bytes per sensor.
+State (plain arrays, checkpointable): one record per sensor, its ``clock``
+(``CLOCK_DTYPE``) then its ``buckets`` (a ring of one of the bucket dtypes), so that a
+reading touches one place in memory. A tumbling ``max`` rule with the default ring of 2
+costs 48 bytes per sensor.
 """
 
 from __future__ import annotations
