@@ -119,8 +119,8 @@ def _touch(*arrays: npt.NDArray[Any]) -> None:
 
 
 def numba_setup(w: Workload) -> tuple[Any, ...]:
-    qs, ws, ls = new_qc_state(w.n), new_window_state(w.n, w.spec, T0), new_levels_state(w.n)
-    closed = new_closed_buffer(w.n)  # the engine keeps one per rule and reuses it
+    qs, ws, ls = new_qc_state(w.n), new_window_state(w.n, w.spec), new_levels_state(w.n)
+    ws.closed = closed = new_closed_buffer(w.n)  # the engine keeps one per rule and reuses it
     _touch(qs, ws.buckets, ls, w.qc.packed, *closed)
     return qs, ws, ls, closed
 
@@ -135,10 +135,10 @@ def numba_chain(
         s, t, v = w.sensor[i : i + batch], w.ts[i : i + batch], w.value[i : i + batch]
         flags = qc_batch(qs, qc, s, t, v, now)
         window_update(ws, w.spec, s, t, v, flags)
-        closed = window_close_until(ws, w.spec, int(t.max()) - MIN, buf)
+        closed = window_close_until(ws, w.spec, int(t.max()) - MIN)
         tr = levels_evaluate(ls, w.levels, closed.sensor, closed.window_end, closed.value)
         transitions += len(tr.ts)
-    closed = window_close_until(ws, w.spec, T0 + WINDOW + MIN, buf)
+    closed = window_close_until(ws, w.spec, T0 + WINDOW + MIN)
     return transitions + len(
         levels_evaluate(ls, w.levels, closed.sensor, closed.window_end, closed.value).ts
     )

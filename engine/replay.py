@@ -24,13 +24,14 @@ from pathlib import Path
 from engine.alerts import AlertEvent
 from engine.batch import TelemetryBatch
 from engine.corroboration import Corroborator
+from engine.kernels.windows import END_OF_INPUT
 from engine.processor import PartitionProcessor
 from engine.ruleset import RuleSet
 
 __all__ = ["ReplayResult", "read_readings", "replay"]
 
 Reading = tuple[str, str, int, float]
-END_OF_TIME = 2**62
+END_OF_TIME = END_OF_INPUT  # the flush: every window closes
 
 
 @dataclass

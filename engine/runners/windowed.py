@@ -1,5 +1,10 @@
 """Window-chain runner: closed-window aggregates (``engine.kernels.windows``) evaluated
-by ``engine.kernels.levels`` (for-duration, deadband) when each window closes."""
+by ``engine.kernels.levels`` (for-duration, deadband) when each window closes.
+
+Each sensor's windows run on its own event time (see ``engine.kernels.windows``): a
+device uploading hours of buffered readings after a coverage gap is evaluated as it
+would have been live, while the other sensors of the partition are current.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,9 @@ __all__ = ["WindowedRunner"]
 
 log = logging.getLogger(__name__)
 
+#: Snapshot layout of the windows: 2 = a clock per sensor (1: one clock per partition).
+WINDOWS_FORMAT = 2
+
 
 class WindowedRunner:
     def __init__(self, rule: ThresholdRule, lateness_ms: int) -> None:
@@ -39,13 +47,14 @@ class WindowedRunner:
             buckets_per_window=rule.window_ms // step,
             lateness_ms=lateness_ms,
         )
-        self.windows: win.WindowState | None = None  # made at the first watermark
+        self.windows = win.new_window_state(0, self.spec)
         self.levels = lv.new_levels_state(0)
         self.episode = np.zeros(0, np.int64)
         self.counted = np.zeros(0, np.int64)
         self.last_ts = np.zeros(0, np.int64)  # per sensor: the newest reading taken (ms)
         self.rejected: list[Rejected] = []
         self.params = self._params(0)
+        self._with_thresholds = 0  # rows of self.params whose thresholds are set
         #: Closed windows (dense sensor, window end ms, aggregate) since the last drain,
         #: for `vigil replay --metrics-out`; None when nobody collects them.
         self.closed: list[tuple[int, int, float]] | None = None
@@ -63,30 +72,34 @@ class WindowedRunner:
     def grow(self, n: int) -> None:
         self.health.grow(n)
         size = len(self.levels)
-        if n <= size:
-            return
-        size = max(n, 2 * size, 16)
-        levels = lv.new_levels_state(size)
-        levels[: len(self.levels)] = self.levels
-        self.levels = levels
-        self.episode = np.concatenate([self.episode, np.zeros(size - len(self.episode), np.int64)])
-        self.counted = np.concatenate([self.counted, np.zeros(size - len(self.counted), np.int64)])
-        self.last_ts = np.concatenate([self.last_ts, np.full(size - len(self.last_ts), NO_TS)])
-        if self.windows is not None:
-            buckets = np.zeros((size, self.spec.ring_size), self.spec.bucket_dtype)
-            buckets[: len(self.windows.buckets)] = self.windows.buckets
-            self.windows = win.WindowState(buckets, self.windows.clock)
-        self.params = self._params(size)
+        if n > size:
+            size = max(n, 2 * size, 16)
+            levels = lv.new_levels_state(size)
+            levels[: len(self.levels)] = self.levels
+            self.levels = levels
+            grown = size - len(self.episode)
+            self.episode = np.concatenate([self.episode, np.zeros(grown, np.int64)])
+            self.counted = np.concatenate([self.counted, np.zeros(grown, np.int64)])
+            self.last_ts = np.concatenate([self.last_ts, np.full(grown, NO_TS)])
+            self.windows = win.grow_window_state(self.windows, size)
+            thresholds = np.full((size, 4), np.nan)
+            thresholds[: len(self.params.thresholds)] = self.params.thresholds
+            rule = self.rule
+            self.params = lv.LevelParams(thresholds, rule.direction, rule.deadband, rule.for_ms)
+        # Only the stations indexed since the last call: a pass over all of them for
+        # every batch that brings a new one would be quadratic at millions of sensors.
+        thresholds = self.params.thresholds
+        for i in range(self._with_thresholds, n):
+            row = self.sensors.rule_row(self.sensors.stations[i])
+            if row is not None:
+                thresholds[i] = self.rule.thresholds[row]
+        self._with_thresholds = max(self._with_thresholds, n)
 
     def rebind(self, rule: ThresholdRule) -> None:
         self.sensors.bind(rule)
         self.health.rebind(rule)
         self.params = self._params(len(self.levels))
-
-    def _ensure_windows(self, watermark: int) -> win.WindowState:
-        if self.windows is None:
-            self.windows = win.new_window_state(len(self.levels), self.spec, watermark)
-        return self.windows
+        self._with_thresholds = len(self.sensors.stations)
 
     def apply(
         self,
@@ -98,44 +111,17 @@ class WindowedRunner:
         now_ms: int,
     ) -> tuple[list[RawTransition], list[HealthChange]]:
         quality, changes = self.health.check(sensor, ts, value, quality, now_ms)
-        return self._windows(sensor, ts, value, quality), changes
-
-    def _windows(
-        self,
-        sensor: npt.NDArray[np.int32],
-        ts: npt.NDArray[np.int64],
-        value: npt.NDArray[np.float64],
-        quality: npt.NDArray[np.uint8],
-    ) -> list[RawTransition]:
-        out: list[RawTransition] = []
         keep, _ = fresh(self.last_ts, sensor, ts)  # redeliveries count once
         if not keep.all():
             sensor, ts, value, quality = sensor[keep], ts[keep], value[keep], quality[keep]
-        if len(ts) == 0:
-            return out
-        # The first batch starts the clock at its earliest reading, not at "no time yet".
-        windows = self._ensure_windows(int(ts[0]))
-        spec, ring, m = self.spec, self.spec.ring_size, self.spec.buckets_per_window
-        start, n = 0, len(ts)
-        # The ring holds a few buckets past the oldest open window; a batch spanning more
-        # (a backlog after a restart, a replay) goes in slices, closing windows between
-        # them exactly as a stream of smaller batches would.
-        while start < n:
-            limit = (int(windows.clock["next_close"][0]) + ring - m) * spec.bucket_ms
-            end = start + int(np.searchsorted(ts[start:], limit, "left"))
-            if end == start:
-                out += self.close(int(ts[start]))
-                continue
-            codes = win.window_update(
-                windows, spec, sensor[start:end], ts[start:end], value[start:end],
-                quality[start:end],
-            )  # fmt: skip
-            np.add.at(self.counted, sensor[start:end][codes == win.ACCEPTED], 1)
-            self._reject(codes, sensor[start:end], ts[start:end], value[start:end])
-            start = end
-            if start < n:
-                out += self.close(int(ts[start - 1]))
-        return out
+        if len(ts):
+            # Each sensor's own readings close its windows as they pass them, inside the
+            # kernel: a backlog of any length is exact in one batch.
+            codes = win.window_update(self.windows, self.spec, sensor, ts, value, quality,
+                                      watermark)  # fmt: skip
+            np.add.at(self.counted, sensor[codes == win.ACCEPTED], 1)
+            self._reject(codes, sensor, ts, value)
+        return self.close(watermark), changes
 
     def _reject(
         self,
@@ -144,20 +130,17 @@ class WindowedRunner:
         ts: npt.NDArray[np.int64],
         value: npt.NDArray[np.float64],
     ) -> None:
-        bad = np.flatnonzero((codes == win.LATE) | (codes == win.EARLY))
-        for r in bad.tolist():
-            reason = (
-                f"late for rule {self.rule.rule_id}: its {self.rule.window_ms // 60_000}-min "
-                "window closed already"
-                if codes[r] == win.LATE
-                else f"too far ahead for rule {self.rule.rule_id}'s open windows"
-            )
+        reason = (
+            f"late for rule {self.rule.rule_id}: its {self.rule.window_ms // 60_000}-min "
+            "window closed already"
+        )
+        for r in np.flatnonzero(codes == win.LATE).tolist():
             self.rejected.append(Rejected(int(sensor[r]), int(ts[r]), float(value[r]), reason))
 
     def close(self, watermark: int) -> list[RawTransition]:
-        """Close windows with ``end + lateness <= watermark`` (the latest event time seen)."""
-        if self.windows is None:
-            return []
+        """Emit the windows closed since the last call: those the sensors' own readings
+        closed, and those of silent sensors with ``end + lateness <= watermark`` (the
+        latest event time the partition has seen)."""
         closed = win.window_close_until(self.windows, self.spec, watermark)
         if len(closed.sensor) == 0:
             return []
@@ -194,6 +177,7 @@ class WindowedRunner:
         return 0 if i is None else int(self.counted[i])
 
     def snapshot(self) -> dict[str, Any]:
+        """The state; taken between batches (``close`` has emitted every closed window)."""
         n = len(self.sensors.stations)
         return {
             "sig": signature(self.rule),
@@ -202,8 +186,9 @@ class WindowedRunner:
             "episode": self.episode[:n].tobytes(),
             "counted": self.counted[:n].tobytes(),
             "last_ts": self.last_ts[:n].tobytes(),
-            "buckets": None if self.windows is None else self.windows.buckets[:n].tobytes(),
-            "clock": NO_TS if self.windows is None else int(self.windows.clock["next_close"][0]),
+            "windows": WINDOWS_FORMAT,
+            "buckets": self.windows.buckets[:n].tobytes(),
+            "clock": self.windows.clock[:n].tobytes(),
             "ring": self.spec.ring_size,
             "health": self.health.snapshot(n),
         }
@@ -217,16 +202,9 @@ class WindowedRunner:
         episode = np.frombuffer(saved["episode"], np.int64)
         counted = np.frombuffer(saved["counted"], np.int64)
         last_ts = np.frombuffer(saved["last_ts"], np.int64)
-        if saved["buckets"] is not None and saved["ring"] != self.spec.ring_size:
-            # The lateness setting changed the ring's length: open windows start afresh.
+        buckets, clock = _saved_windows(saved, self.spec, len(rows))
+        if buckets is None:
             log.warning("rule %s: window ring changed; open windows reset", self.rule.rule_id)
-            saved = {**saved, "buckets": None}
-        if saved["buckets"] is not None:
-            self.windows = win.new_window_state(len(self.levels), self.spec, 0)
-            self.windows.clock["next_close"][0] = saved["clock"]
-            buckets = np.frombuffer(saved["buckets"], self.spec.bucket_dtype).reshape(
-                -1, self.spec.ring_size
-            )
         for j, i in enumerate(rows):
             if i < 0:
                 continue
@@ -234,6 +212,30 @@ class WindowedRunner:
             self.episode[i] = episode[j]
             self.counted[i] = counted[j]
             self.last_ts[i] = last_ts[j]
-            if saved["buckets"] is not None:
-                assert self.windows is not None
+            if buckets is not None:
                 self.windows.buckets[i] = buckets[j]
+                self.windows.clock[i] = clock[j]
+        self.windows.due[0] = NO_TS  # the next close looks at every sensor
+
+
+def _saved_windows(
+    saved: dict[str, Any], spec: win.WindowSpec, n: int
+) -> tuple[npt.NDArray[np.void] | None, npt.NDArray[np.void]]:
+    """The saved buckets (None when the ring's length changed) and clocks per sensor.
+
+    A format-1 snapshot kept one clock for the partition: every sensor gets that clock
+    and counts as silent since then (its ring layout is the same).
+    """
+    clock = np.empty(n, win.CLOCK_DTYPE)
+    clock["next_close"] = NO_TS
+    clock["heard"] = NO_TS
+    if saved["buckets"] is None:  # format 1, before the first batch: nothing open
+        return np.zeros((n, spec.ring_size), spec.bucket_dtype), clock
+    if saved["ring"] != spec.ring_size:  # the lateness setting changed the ring's length
+        return None, clock
+    buckets = np.frombuffer(saved["buckets"], spec.bucket_dtype).reshape(-1, spec.ring_size)
+    if saved.get("windows") == WINDOWS_FORMAT:
+        clock = np.frombuffer(saved["clock"], win.CLOCK_DTYPE)
+    else:
+        clock["next_close"] = saved["clock"]
+    return buckets, clock

@@ -10,13 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.kernels.rainfall import RainSpec, new_rain_state, rain_close_until, rain_update
+from engine.kernels.windows import END_OF_INPUT
 from engine.kernels.windows_reference import WindowsReference
 
 H = 3_600_000
 T0 = 1_700_000_000_000 // H * H
 
 
-def _add(state, spec, rows, q=None):  # type: ignore[no-untyped-def]
+def _add(state, spec, rows, q=None, wm=None):  # type: ignore[no-untyped-def]
     return rain_update(
         state,
         spec,
@@ -24,33 +25,35 @@ def _add(state, spec, rows, q=None):  # type: ignore[no-untyped-def]
         np.array([r[1] for r in rows], dtype=np.int64),
         np.array([r[2] for r in rows], dtype=np.float64),
         np.ones(len(rows), np.uint8) if q is None else np.array(q, np.uint8),
+        wm,
     ).tolist()
 
 
 def test_storm_accumulations() -> None:
     spec = RainSpec()
-    state = new_rain_state(2, spec, T0)
+    state = new_rain_state(2, spec)
     # 5-min reports: 2 mm each in hour 0, 1 mm each in hour 2; gauge 1 reports once
     rows = [(0, T0 + i * 300_000, 2.0) for i in range(12)]
     rows += [(0, T0 + 2 * H + i * 300_000, 1.0) for i in range(12)] + [(1, T0 + 5, 0.5)]
-    # hour 2 is more than one bucket ahead of the watermark: EARLY, sent again below
-    assert _add(state, spec, rows) == [0] * 12 + [2] * 12 + [0]
-    out = rain_close_until(state, spec, T0 + H)
-    assert out.sensor.tolist() == [0, 1]
-    assert out.acc_mm.tolist() == [[24.0, 24.0, 24.0, 24.0], [0.5, 0.5, 0.5, 0.5]]
-    assert _add(state, spec, rows[12:24]) == [0] * 12
+    # gauge 0's own readings close its hours 0 and 1 as they pass them
+    assert _add(state, spec, rows) == [0] * 25
+    # then both are silent: the watermark closes the hour of each one's newest reading
     out = rain_close_until(state, spec, T0 + 3 * H)
-    # hour 1 (dry) and hour 2
-    assert out.hour_end.tolist() == [T0 + 2 * H, T0 + 2 * H, T0 + 3 * H, T0 + 3 * H]
+    assert out.sensor.tolist() == [0, 1, 0, 0]
+    assert out.hour_end.tolist() == [T0 + H, T0 + H, T0 + 2 * H, T0 + 3 * H]
     assert out.acc_mm.tolist() == [
-        [0.0, 24.0, 24.0, 24.0],
-        [0.0, 0.5, 0.5, 0.5],
+        [24.0, 24.0, 24.0, 24.0],
+        [0.5, 0.5, 0.5, 0.5],
+        [0.0, 24.0, 24.0, 24.0],  # hour 1 (dry)
         [12.0, 36.0, 36.0, 36.0],
-        [0.0, 0.5, 0.5, 0.5],
     ]
-    # 24 h after the last rain nothing is left to report
-    late = rain_close_until(state, spec, T0 + 40 * H)
-    assert late.hour_end.max() == T0 + 26 * H
+    # the 24-h tails close at the end of the input: nothing is left 24 h after the rain
+    tail = rain_close_until(state, spec, END_OF_INPUT)
+    assert tail.hour_end.max() == T0 + 26 * H
+    assert (
+        tail.acc_mm[tail.sensor == 1].tolist()
+        == [[0.0, 0.5, 0.5, 0.5]] * 2 + [[0.0, 0.0, 0.5, 0.5]] * 3 + [[0.0, 0.0, 0.0, 0.5]] * 18
+    )
 
 
 @st.composite
@@ -76,23 +79,15 @@ def rain_cases(draw: st.DrawFn):  # type: ignore[no-untyped-def]
 @given(rain_cases())
 def test_kernel_matches_sums_over_accepted_readings(case) -> None:  # type: ignore[no-untyped-def]
     spec, steps = case
-    state = new_rain_state(3, spec, T0)
-    ref = WindowsReference(spec.window, T0)  # for the codes and the accepted readings
+    state = new_rain_state(3, spec)
+    ref = WindowsReference(spec.window, spec.spans)
     for rows, q, wm in steps:
-        codes = _add(state, spec, rows, q)
+        codes = _add(state, spec, rows, q, wm)
         assert codes == ref.update(
-            [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], q
+            [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], q, wm
         )
-        nc0 = ref.next_close
-        ref.close_until(wm)
         got = rain_close_until(state, spec, wm)
-        want = []
-        for k in range(nc0, ref.next_close):
-            for s in sorted(ref.kept):
-                mine = [r for r in ref.kept[s] if k - max(spec.spans) < r[0] <= k]
-                if mine:
-                    accs = [sum(r[3] for r in mine if r[0] > k - n) for n in spec.spans]
-                    want.append((s, (k + 1) * spec.bucket_ms, accs))
+        want = [(s, end, sums) for s, end, _, _, sums in ref.close_until(wm)]
         assert got.sensor.tolist() == [w[0] for w in want]
         assert got.hour_end.tolist() == [w[1] for w in want]
         np.testing.assert_allclose(

@@ -10,11 +10,10 @@ from hypothesis import strategies as st
 from engine.kernels.windows import (
     ACCEPTED,
     AGGREGATES,
-    EARLY,
+    END_OF_INPUT,
     EXCLUDED,
     LATE,
     WindowSpec,
-    new_closed_buffer,
     new_window_state,
     window_close_until,
     window_update,
@@ -26,17 +25,17 @@ T0 = 1_700_000_000_000 // (15 * MIN) * (15 * MIN)  # a window boundary
 N = 3
 
 
-def _upd(state, spec, rows, q=None):  # type: ignore[no-untyped-def]
+def _upd(state, spec, rows, q=None, wm=None):  # type: ignore[no-untyped-def]
     s = np.array([r[0] for r in rows], dtype=np.uint32)
     t = np.array([r[1] for r in rows], dtype=np.int64)
     v = np.array([r[2] for r in rows], dtype=np.float64)
     qq = np.ones(len(rows), dtype=np.uint8) if q is None else np.array(q, dtype=np.uint8)
-    return window_update(state, spec, s, t, v, qq).tolist()
+    return window_update(state, spec, s, t, v, qq, wm).tolist()
 
 
 def test_late_within_lateness_updates_and_beyond_is_reported() -> None:
     spec = WindowSpec(bucket_ms=15 * MIN, aggregate="max", lateness_ms=5 * MIN)
-    st_ = new_window_state(2, spec, T0)
+    st_ = new_window_state(2, spec)
     assert _upd(st_, spec, [(0, T0 + MIN, 1.0), (1, T0 + 14 * MIN, 4.0)]) == [ACCEPTED] * 2
     # watermark passes the window end but not end + lateness: nothing closes
     assert len(window_close_until(st_, spec, T0 + 15 * MIN + 4 * MIN).sensor) == 0
@@ -53,26 +52,55 @@ def test_late_within_lateness_updates_and_beyond_is_reported() -> None:
 
 def test_silent_sensor_window_closes_and_failed_readings_are_excluded() -> None:
     spec = WindowSpec(bucket_ms=15 * MIN, aggregate="mean")
-    st_ = new_window_state(2, spec, T0)
+    st_ = new_window_state(2, spec)
     codes = _upd(st_, spec, [(0, T0, 1.0), (0, T0 + MIN, 100.0), (0, T0 + 2 * MIN, 3.0)], [1, 4, 3])
     assert codes == [ACCEPTED, EXCLUDED, ACCEPTED]
     assert _upd(st_, spec, [(1, T0 + 15 * MIN, 5.0)]) == [ACCEPTED]
     # sensor 0 sends nothing more; its window closes when the watermark moves on
     out = window_close_until(st_, spec, T0 + 15 * MIN)
     assert (out.sensor.tolist(), out.value.tolist()) == ([0], [2.0])
-    # too far ahead of the ring
-    assert _upd(st_, spec, [(1, T0 + 60 * MIN, 5.0)]) == [EARLY]
+    # far ahead: sensor 1's own time closes its window first; nothing is refused
+    assert _upd(st_, spec, [(1, T0 + 60 * MIN, 6.0)]) == [ACCEPTED]
+    out = window_close_until(st_, spec, T0 + 60 * MIN)
+    assert (out.sensor.tolist(), out.window_end.tolist()) == ([1], [T0 + 30 * MIN])
 
 
 def test_sliding_window_sums_the_last_m_buckets() -> None:
     spec = WindowSpec(bucket_ms=MIN, aggregate="sum", buckets_per_window=3)
-    st_ = new_window_state(1, spec, T0)
+    st_ = new_window_state(1, spec)
     _upd(st_, spec, [(0, T0 + 10, 1.0), (0, T0 + MIN, 2.0)])
     assert window_close_until(st_, spec, T0 + 2 * MIN).value.tolist() == [1.0, 3.0]
     _upd(st_, spec, [(0, T0 + 2 * MIN, 4.0)])
+    # the sensor falls silent: the watermark closes the window ending with its newest
+    # bucket; the tail (windows holding only older buckets) waits for the sensor
     out = window_close_until(st_, spec, T0 + 10 * MIN)
-    assert out.window_end.tolist() == [T0 + k * MIN for k in (3, 4, 5)]
-    assert out.value.tolist() == [7.0, 6.0, 4.0]
+    assert (out.window_end.tolist(), out.value.tolist()) == ([T0 + 3 * MIN], [7.0])
+    out = window_close_until(st_, spec, END_OF_INPUT)
+    assert out.window_end.tolist() == [T0 + k * MIN for k in (4, 5)]
+    assert out.value.tolist() == [6.0, 4.0]
+
+
+def test_a_backlog_hours_behind_the_partition_runs_on_its_sensors_own_clock() -> None:
+    spec = WindowSpec(bucket_ms=15 * MIN, aggregate="sum", lateness_ms=MIN)
+    st_ = new_window_state(2, spec)
+    assert _upd(st_, spec, [(0, T0, 1.0), (1, T0, 1.0)], wm=T0) == [ACCEPTED] * 2
+    # sensor 1 reports for 3 h; sensor 0 is silent: its window closes, and no further
+    assert _upd(st_, spec, [(1, T0 + k * 5 * MIN, 1.0) for k in range(1, 37)]) == [ACCEPTED] * 36
+    out = window_close_until(st_, spec, T0 + 3 * 60 * MIN)
+    assert out.sensor.tolist().count(0) == 1 and out.window_end[out.sensor == 0][0] == T0 + 15 * MIN
+    # then it sends 3 h of buffered readings at once: all taken, closed in its own time
+    backlog = [(0, T0 + k * 5 * MIN, 2.0) for k in range(3, 36)]
+    assert _upd(st_, spec, backlog, wm=T0 + 3 * 60 * MIN) == [ACCEPTED] * len(backlog)
+    out = window_close_until(st_, spec, T0 + 3 * 60 * MIN)
+    mine = out.window_end[out.sensor == 0].tolist()
+    assert mine == [T0 + k * 15 * MIN for k in range(2, 12)]  # up to its own time - lateness
+    assert out.value[out.sensor == 0].tolist() == [6.0] * 10
+    # both were heard at 3 h: the watermark leaves their open windows alone for the
+    # lateness, then closes the one ending at 3 h (sensor 1: 2:45, 2:50, 2:55)
+    assert len(window_close_until(st_, spec, T0 + 3 * 60 * MIN + MIN - 1).sensor) == 0
+    out = window_close_until(st_, spec, T0 + 3 * 60 * MIN + MIN)
+    assert (out.sensor.tolist(), out.value.tolist()) == ([0, 1], [6.0, 3.0])
+    assert out.window_end.tolist() == [T0 + 3 * 60 * MIN] * 2
 
 
 def test_spec_rejects_bad_geometry() -> None:
@@ -83,8 +111,9 @@ def test_spec_rejects_bad_geometry() -> None:
 
 
 def test_state_bytes_per_sensor() -> None:
-    assert WindowSpec(bucket_ms=15 * MIN, aggregate="max").bytes_per_sensor == 32
-    assert WindowSpec(bucket_ms=15 * MIN, aggregate="rate").bytes_per_sensor == 80
+    # the ring's buckets and the sensor's 16-byte clock
+    assert WindowSpec(bucket_ms=15 * MIN, aggregate="max").bytes_per_sensor == 48
+    assert WindowSpec(bucket_ms=15 * MIN, aggregate="rate").bytes_per_sensor == 96
 
 
 value_st = st.one_of(
@@ -124,12 +153,12 @@ def window_cases(draw: st.DrawFn):  # type: ignore[no-untyped-def]
 @given(window_cases())
 def test_kernel_matches_reference(case) -> None:  # type: ignore[no-untyped-def]
     spec, steps = case
-    state = new_window_state(N, spec, T0)
-    ref = WindowsReference(spec, T0)
+    state = new_window_state(N, spec)
+    ref = WindowsReference(spec)
     for rows, q, wm in [*steps, ([], [], steps[-1][2] + 100 * spec.bucket_ms)]:
-        codes = _upd(state, spec, rows, q)
+        codes = _upd(state, spec, rows, q, wm)
         assert codes == ref.update(
-            [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], q
+            [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], q, wm
         )
         got = window_close_until(state, spec, wm)
         want = ref.close_until(wm)
@@ -143,14 +172,12 @@ def test_kernel_matches_reference(case) -> None:  # type: ignore[no-untyped-def]
 @given(window_cases())
 def test_batch_equals_reading_by_reading(case) -> None:  # type: ignore[no-untyped-def]
     spec, steps = case
-    a = new_window_state(N, spec, T0)
-    b = new_window_state(N, spec, T0)
-    buf = new_closed_buffer(5)
+    a = new_window_state(N, spec)
+    b = new_window_state(N, spec)
     for rows, q, wm in steps:
-        whole = _upd(a, spec, rows, q)
-        single = [_upd(b, spec, [r], [qq])[0] for r, qq in zip(rows, q, strict=True)]
+        whole = _upd(a, spec, rows, q, wm)
+        single = [_upd(b, spec, [r], [qq], wm)[0] for r, qq in zip(rows, q, strict=True)]
         assert whole == single
-        # b also reuses an output buffer, sometimes too small for the result
-        ga, gb = window_close_until(a, spec, wm), window_close_until(b, spec, wm, out=buf)
+        ga, gb = window_close_until(a, spec, wm), window_close_until(b, spec, wm)
         for x, y in zip(ga, gb, strict=True):
             np.testing.assert_array_equal(x, y)
