@@ -111,8 +111,18 @@ class WindowedRunner:
         now_ms: int,
     ) -> tuple[list[RawTransition], list[HealthChange]]:
         quality, changes = self.health.check(sensor, ts, value, quality, now_ms)
+        before = self.last_ts[sensor]  # each reading's sensor's last, before this batch
         keep, _ = fresh(self.last_ts, sensor, ts)  # redeliveries count once
         if not keep.all():
+            # Older than the sensor's last reading: a sum cannot tell a redelivery from a
+            # reading out of order, so it is not counted, but never dropped without a
+            # trace. A repeat of the last reading's time is a plain duplicate.
+            for r in np.flatnonzero(~keep & (ts < before)).tolist():
+                self.rejected.append(Rejected(
+                    int(sensor[r]), int(ts[r]), float(value[r]),
+                    f"out of order for rule {self.rule.rule_id}: not after the station's "
+                    "last reading (a redelivery, or a reading its window cannot take)",
+                ))  # fmt: skip
             sensor, ts, value, quality = sensor[keep], ts[keep], value[keep], quality[keep]
         if len(ts):
             # Each sensor's own readings close its windows as they pass them, inside the
