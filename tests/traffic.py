@@ -10,8 +10,9 @@ What a gateway meets in the field, and what the generator makes of it:
 * stations from a registry (``tests/differential/stations.yaml``), each gauge reporting
   its water level (m) and rainfall (mm per 5 min) every 5 minutes, a reading arriving
   seconds after its event time;
-* flood hydrographs (``simulators.river.FloodWave``) that take gauges through blue,
-  yellow, orange and red and back, and storms that cross the rainfall levels;
+* ``floods`` storms and flood hydrographs per station (``simulators.river.FloodWave``)
+  that cross the rainfall levels and take gauges through blue, yellow, orange and red
+  and back, so that a sensor has several alert episodes;
 * stations that appear long after the start (installed, or first switched on, mid-run);
 * store-and-forward backlogs: a device out of coverage for up to ``max_backlog_h``
   uploads its buffered readings, in order, as one JSON list per metric when it is back;
@@ -24,16 +25,18 @@ What a gateway meets in the field, and what the generator makes of it:
   once;
 * QoS: a share of the stations publish at QoS 0, the rest at QoS 1.
 
-The last ``tail_h`` hours are plain: every station reports in order, up to ``end_ms``,
-so that every partition's event time reaches the end (see
+The last ``tail_h`` hours are plain (no rain, no disorder): every station reports in
+order, up to ``end_ms``, so that every partition's event time reaches the end (see
 ``tests.differential.compare.cutoff``).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -43,7 +46,15 @@ import yaml
 
 from simulators.river import FloodWave
 
-__all__ = ["REGISTRY", "RULES", "Message", "Traffic", "TrafficSpec", "generate"]
+__all__ = [
+    "REGISTRY",
+    "RULES",
+    "Message",
+    "Traffic",
+    "TrafficSpec",
+    "generate",
+    "spec_from_env",
+]
 
 HERE = Path(__file__).resolve().parent / "differential"
 #: The harness's station registry and rules (the flood pack, ``stale`` above every gap).
@@ -73,6 +84,7 @@ class TrafficSpec:
     shuffle_rate: float = 0.03  # share of readings delivered after their sensor's next
     max_shuffle_ms: int = 8 * 60_000  # how late such a reading arrives (< the lateness)
     bursts: int = 3  # uplink stalls of 10-30 min, then everything at once
+    floods: int = 2  # flood waves (each after a storm) per station
     qos0_share: float = 0.3  # share of stations publishing at QoS 0
     tail_h: float = 3.0  # plain, in-order reporting at the end
 
@@ -132,13 +144,25 @@ class Traffic:
         )
 
 
+def spec_from_env(default: TrafficSpec, env: str = "VIGIL_DIFF_SPEC") -> TrafficSpec:
+    """``default`` with the fields the environment variable sets, e.g.
+    ``VIGIL_DIFF_SPEC="backlogs=0,shuffle_rate=0"`` (to narrow a failure down)."""
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    changes: dict[str, object] = {}
+    for item in raw.split(","):
+        name, _, value = item.partition("=")
+        name = name.strip()
+        changes[name] = type(getattr(default, name))(value.strip())
+    return dataclasses.replace(default, **changes)  # type: ignore[arg-type]
+
+
 def registry_stations() -> list[dict[str, object]]:
     return list(yaml.safe_load(REGISTRY.read_text(encoding="utf-8"))["stations"])
 
 
-def _wave(
-    rng: random.Random, station: dict[str, object], rise_from_h: float, hours: float
-) -> FloodWave:
+def _wave(rng: random.Random, station: dict[str, object], to_peak_h: float) -> FloodWave:
     """A flood wave that peaks below blue, at yellow, orange or red, or above red."""
     warning = float(station["warning_level"])  # type: ignore[arg-type]
     guaranteed = float(station["guaranteed_level"])  # type: ignore[arg-type]
@@ -153,8 +177,7 @@ def _wave(
         ]
     )
     base = warning - rng.uniform(1.0, 1.8)
-    to_peak = rng.uniform(3.0, max(3.5, 0.6 * (hours - rise_from_h)))
-    return FloodWave(str(station["id"]), base, peak, to_peak, rng.uniform(2.0, 4.0), 0.01)
+    return FloodWave(str(station["id"]), base, peak, to_peak_h, rng.uniform(2.0, 4.0), 0.01)
 
 
 def generate(spec: TrafficSpec, start_ms: int = T0) -> Traffic:
@@ -165,7 +188,7 @@ def generate(spec: TrafficSpec, start_ms: int = T0) -> Traffic:
     main_end = start_ms + int(spec.hours * HOUR_MS) // STEP_MS * STEP_MS
     end_ms = main_end + int(spec.tail_h * HOUR_MS) // STEP_MS * STEP_MS
 
-    # Per station: first reading, flood wave, storm, QoS.
+    # Per station: first reading, floods, QoS.
     late = set(rng.sample(ids, min(spec.late_starters, max(0, len(ids) - 1))))
     first: dict[str, int] = {}
     series: dict[tuple[str, str], list[tuple[int, float]]] = {}
@@ -174,18 +197,23 @@ def generate(spec: TrafficSpec, start_ms: int = T0) -> Traffic:
         sid = str(station["id"])
         offset_h = rng.uniform(0.1, 0.6) * spec.hours if sid in late else 0.0
         first[sid] = start_ms + int(offset_h * HOUR_MS) // STEP_MS * STEP_MS
-        wave = _wave(rng, station, offset_h, spec.hours)
-        storm_h = rng.uniform(0.0, max(0.5, spec.hours - 2.0))
-        storm_mm = rng.choice([0.0, 1.5, 4.0, 8.0])  # mm per 5 min at the storm's peak
+        # Each flood in its own part of the station's time: a storm, then the river's wave.
+        part_h = (spec.hours - offset_h) / max(1, spec.floods)
+        floods = []
+        for k in range(max(1, spec.floods)):
+            begin_h = offset_h + k * part_h
+            wave = _wave(rng, station, rng.uniform(1.5, max(2.0, 0.4 * part_h)))
+            storm_h = begin_h + rng.uniform(0.0, 0.5 * part_h)
+            storm_mm = rng.choice([0.0, 1.5, 4.0, 8.0])  # mm per 5 min at the storm's peak
+            floods.append((begin_h, wave, storm_h, storm_mm))
+        base = floods[0][1].base
         level, rain = [], []
         for ts in range(first[sid], end_ms + 1, STEP_MS):
             t_h = (ts - start_ms) / HOUR_MS
-            if ts > main_end:  # the tail: the river back at its base, no rain
-                level.append((ts, round(wave.base + rng.gauss(0.0, 0.01), 3)))
-                rain.append((ts, 0.0))
-                continue
-            level.append((ts, round(wave.level(t_h - offset_h) + rng.gauss(0.0, 0.01), 3)))
-            storm = storm_mm * math.exp(-(((t_h - storm_h) / 1.5) ** 2))
+            stage = base + sum(w.level(t_h - b) - w.base for b, w, _, _ in floods)
+            level.append((ts, round(stage + rng.gauss(0.0, 0.01), 3)))
+            storm = sum(mm * math.exp(-(((t_h - h) / 1.5) ** 2)) for _, _, h, mm in floods)
+            storm = storm if ts <= main_end else 0.0  # the tail: no rain
             rain.append((ts, round(max(0.0, storm + rng.gauss(0.0, 0.2 * storm)), 1)))
         series[(sid, "water_level")] = level
         series[(sid, "rainfall")] = rain

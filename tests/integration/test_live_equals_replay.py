@@ -22,7 +22,8 @@ deduplicated by the dispatcher's key (fingerprint, at), up to the cut-off explai
 ``tests.differential.compare``); an event delivered twice also fails the test.
 
 ``VIGIL_DIFF_SEED=N`` picks another traffic (default 20240630); ``VIGIL_DIFF_LIVE_HOURS``
-makes it longer (default 24).
+makes it longer (default 24); ``VIGIL_DIFF_SPEC="backlogs=0,qos0_share=0"`` changes fields
+of its ``tests.traffic.TrafficSpec``, to narrow a failure down.
 """
 
 from __future__ import annotations
@@ -46,7 +47,16 @@ from engine.batch import TelemetryBatch
 from engine.transport.log import DurableLog
 from tests.differential.compare import compare, cutoff
 from tests.integration.conftest import EngineProcess, write_settings
-from tests.traffic import HOUR_MS, REGISTRY, RULES, STEP_MS, Message, TrafficSpec, generate
+from tests.traffic import (
+    HOUR_MS,
+    REGISTRY,
+    RULES,
+    STEP_MS,
+    Message,
+    TrafficSpec,
+    generate,
+    spec_from_env,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -158,7 +168,7 @@ def test_gateway_through_mosquitto_with_sigkills_raises_what_replay_raises(
     span = int((HOURS + tail_h) * HOUR_MS)
     # Times ending half an hour before now: all in the past, none clipped as "ahead".
     start = (int(time.time() * 1000) - span - HOUR_MS // 2) // STEP_MS * STEP_MS
-    traffic = generate(TrafficSpec(seed=SEED, hours=HOURS, tail_h=tail_h), start)
+    traffic = generate(spec_from_env(TrafficSpec(seed=SEED, hours=HOURS, tail_h=tail_h)), start)
     messages = list(traffic.messages)
     kills = sorted(int(len(messages) * f) for f in (rng.uniform(0.3, 0.45), rng.uniform(0.6, 0.75)))
     for k in kills:

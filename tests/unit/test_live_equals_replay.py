@@ -19,7 +19,12 @@ Longer runs on request:
 
 * ``VIGIL_DIFF_EXAMPLES=500``: Hypothesis examples (default 25);
 * ``VIGIL_DIFF_SEED=N``: the seed of the realistic run (default 20240630); a failure
-  prints the seed and the traffic's description.
+  prints the seed and the traffic's description;
+* ``VIGIL_DIFF_SPEC="backlogs=0,shuffle_rate=0"``: the realistic run with some of its
+  traffic's fields changed (``tests.traffic.TrafficSpec``), to narrow a failure down.
+
+``python -m tests.differential --help`` runs one comparison from the command line and
+prints the events of both sides.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from rules.api import load_ruleset
 from rules.registry import load_registry
 from tests.differential.compare import Diff, compare, cutoff
 from tests.differential.live_model import run_live
-from tests.traffic import REGISTRY, RULES, Traffic, TrafficSpec, generate
+from tests.traffic import REGISTRY, RULES, Traffic, TrafficSpec, generate, spec_from_env
 
 #: The gateway's lateness in these runs: above the generator's out-of-order delays.
 LATENESS_MS = 10 * 60_000
@@ -59,7 +64,7 @@ def _differences(traffic: Traffic, *, partitions: int, plan: int) -> Diff:
 
 
 def test_realistic_traffic_raises_what_replay_raises() -> None:
-    traffic = generate(TrafficSpec(seed=SEED))
+    traffic = generate(spec_from_env(TrafficSpec(seed=SEED)))
     diff = _differences(traffic, partitions=4, plan=SEED)
     assert diff.compared > 50  # the traffic does raise alerts: the comparison means something
     if diff:
@@ -77,6 +82,7 @@ traffic_specs = st.builds(
     duplicate_rate=st.sampled_from([0.0, 0.05]),
     shuffle_rate=st.sampled_from([0.0, 0.05]),
     bursts=st.integers(0, 2),
+    floods=st.integers(1, 2),
 )
 
 
