@@ -1,6 +1,6 @@
 """The alert event: one level transition of one (rule, station, metric).
 
-Events are idempotent by ``(fingerprint, at)``: the dispatcher drops an event whose key
+Events are idempotent by ``(fingerprint, at, level)``: the dispatcher drops an event whose key
 it has already delivered, so a replay after a crash never reaches people twice.
 """
 
@@ -69,8 +69,11 @@ class AlertEvent:
 
     @property
     def key(self) -> str:
-        """Idempotency key: the same transition always has the same key."""
-        return f"{self.fingerprint}:{self.at}"
+        """Idempotency key: the same transition always has the same key. The new level
+        is part of it: a series can change twice in one ms (a window closes and lowers
+        the level, the reading that closed it raises it again; a compound rule held for
+        exactly its ``for``), and the second change is not a repeat of the first."""
+        return f"{self.fingerprint}:{self.at}:{self.level}"
 
     @property
     def escalation(self) -> bool:

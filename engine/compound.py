@@ -64,6 +64,8 @@ class CompoundChange:
 class CompoundState:
     rule: CompoundRule
     held: dict[str, list[bool]] = field(default_factory=dict)  # station -> clause truths
+    #: station -> when each clause last became true (ms; meaningful while it holds)
+    rose: dict[str, list[int]] = field(default_factory=dict)
     since: dict[str, int] = field(default_factory=dict)  # holding, not yet fired
     firing: dict[str, int] = field(default_factory=dict)  # station -> since
 
@@ -74,12 +76,20 @@ class CompoundState:
     def clause(self, station: str, k: int, holds: bool, at: int) -> list[CompoundChange]:
         """A clause became true or false at ``at``; returns the change it causes now."""
         before = self._holds(station)
-        truths = self.held.setdefault(station, [False] * len(self.rule.conditions))
+        n = len(self.rule.conditions)
+        truths = self.held.setdefault(station, [False] * n)
         truths[k] = holds
+        rose = self.rose.setdefault(station, [0] * n)
+        if holds:
+            rose[k] = at
         after = self._holds(station)
         if after and not before:
-            self.since[station] = at
-            return self.due(at, only=station)
+            # Since the clauses' own times, not the time of the change that came last:
+            # a window-closing clause is decided later than an early-firing one.
+            times = [t for t, h in zip(rose, truths, strict=True) if h]
+            since = max(times) if self.rule.mode == "all" else min(times)
+            self.since[station] = since
+            return self.due(max(at, since), only=station)
         if before and not after:
             # Held for ``for_ms`` before it stopped: it fired then, whether or not the
             # partition's event time had come to that point between batches.
@@ -104,10 +114,11 @@ class CompoundState:
         return out
 
     def snapshot(self) -> dict[str, Any]:
-        return {"held": self.held, "since": self.since, "firing": self.firing}
+        return {"held": self.held, "rose": self.rose, "since": self.since, "firing": self.firing}
 
     def restore(self, saved: dict[str, Any]) -> None:
         n = len(self.rule.conditions)
         self.held = {s: list(v) for s, v in saved["held"].items() if len(v) == n}
+        self.rose = {s: list(v) for s, v in saved.get("rose", {}).items() if len(v) == n}
         self.since = {s: int(v) for s, v in saved["since"].items()}
         self.firing = {s: int(v) for s, v in saved["firing"].items()}

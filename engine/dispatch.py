@@ -1,6 +1,6 @@
 """The dispatcher: alert events from the ``alerts`` topic to people, once each.
 
-Events are deduplicated by their idempotency key ``(fingerprint, at)``: a transition
+Events are deduplicated by their idempotency key ``(fingerprint, at, level)``: a transition
 that the topology re-emits after a crash (it replays from its checkpoint) is dropped
 here. The set of seen keys is seeded from sinks that hold their deliveries durably.
 A sink that fails is retried with backoff; its failure never blocks the other sinks.

@@ -46,7 +46,7 @@ class JsonlSink:
             for line in f:
                 try:
                     doc = json.loads(line)
-                    keys.add(f"{doc['fingerprint']}:{doc['at']}")
+                    keys.add(f"{doc['fingerprint']}:{doc['at']}:{doc['level']}")
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a torn last line after a crash; the event is redelivered
         return keys

@@ -18,11 +18,12 @@ this kernel. Per reading, in the order of the arrays (event-time order per senso
      not depend on the order); one at exactly the last reading's time is a duplicate and
      is skipped, so a redelivered reading never counts twice (one out of order is
      idempotent: it cannot move the maximum twice);
-   * of an earlier window, which the sensor's own later readings closed, is late. Within
-     the allowed lateness of the sensor's own time (``Params.lateness_ms``) and for a
-     rule without ``for`` it can still raise the level, at its own time, though not
-     lower it (its window was decided without it); otherwise it is reported in ``late``
-     for the dead-letter topic.
+   * of an earlier window, which the sensor's own later readings closed, is late. From
+     the window just before the sensor's latest (still open) one, within the allowed
+     lateness of the sensor's own time (``Params.lateness_ms``) and for a rule without
+     ``for``, it can still raise the level, at its own time, though not lower it (its
+     window was decided without it); otherwise it is reported in ``late`` for the
+     dead-letter topic.
 4. **Window and levels**, the semantics of
    :func:`engine.kernels.tumbling_levels_reference.reference_process`:
 
@@ -127,7 +128,7 @@ BLOCK_DTYPE = np.dtype(
         ("age2", "<u4"),
         ("age3", "<u4"),
         ("age4", "<u4"),
-        ("accepted", "<u4"),  # readings taken into windows (duplicates excluded)
+        ("accepted", "<u4"),  # readings taken: in order, or out of order moving the window
         ("flat_run", "<u2"),  # readings in the current flat run, saturating at FLAT_CAP
         ("health", "u1"),  # bits 0-4: QC failure run (saturating); QC_ALERT_BIT; SILENT_BIT
         ("levels", "u1"),  # bits 0-2: level 0..4; 3-5: raw, the highest breached; CLOSED_BIT
@@ -476,7 +477,7 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
         x = v * p.direction
         if last != NO_TS and t < last - last % w:
             # The sensor has moved on to a later window: this one is closed.
-            if p.for_ms == 0 and t - t % w + w + p.lateness_ms > last:
+            if _may_escalate_late(st, p, t, last):
                 n_tr = _late_escalation(tr, n_tr, st, i, t, x, p)
             else:
                 late[0][n_late] = r
@@ -505,7 +506,8 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
         else:
             changed = False
         st["agg"] = agg
-        st["accepted"] += 1
+        if t > last or changed:  # one out of order that moves nothing may be a redelivery
+            st["accepted"] += 1
         # The levels: breach runs (the `for` clocks) and early escalation.
         lv = _int(st["levels"])
         current = lv & LEVEL_MASK
@@ -519,6 +521,8 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
             st["last_ts"] = t
         else:
             run_age = last - t
+            if current > 0 and t < st["episode_start"] and _breached(x, _row(st), p.direction):
+                st["episode_start"] = t  # the episode began at this reading, out of order
         if changed:
             new_raw = _breached(agg, _row(st), p.direction)
             if new_raw > raw:
@@ -538,17 +542,36 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
 
 
 @njit(cache=True)
+def _may_escalate_late(st, p, t, last):  # type: ignore[no-untyped-def]
+    """Whether a reading at ``t`` of a window the sensor has left may still raise its
+    level: without ``for``, within the allowed lateness of the sensor's own time, and
+    only from the window just before its latest, still open one. Then a redelivery of
+    a reading already counted cannot raise anything again: its window held the level
+    when it closed, and no window has closed since."""
+    end = t - t % p.window_ms + p.window_ms
+    return (
+        p.for_ms == 0
+        and end == last - last % p.window_ms
+        and end + p.lateness_ms > last
+        and not _int(st["levels"]) & CLOSED_BIT
+    )
+
+
+@njit(cache=True)
 def _late_escalation(tr, n, st, i, t, x, p):  # type: ignore[no-untyped-def]
     """A reading of a window the sensor has left, within the allowed lateness: it can
     still raise the level (at its own time), never lower it, as the window it belongs
-    to was decided without it. Returns the transitions written so far."""
-    st["accepted"] += 1
+    to was decided without it. Returns the transitions written so far; counts the
+    reading only when it raises the level (else it may be a redelivery)."""
     thr = _row(st)
     lv = _int(st["levels"])
     current = lv & LEVEL_MASK
     new = _breached(x, thr, p.direction)
+    if new > 0 and current > 0 and t < st["episode_start"]:
+        st["episode_start"] = t  # the episode began at this reading
     if new <= current:
         return n
+    st["accepted"] += 1
     if current == 0:
         st["episode_start"] = t
     n = _emit(tr, n, st, i, current, new, t, x, thr, p.direction)

@@ -32,9 +32,9 @@ def reference_process(
     value: the window's aggregate, or a late reading's own value); the indices of late
     readings are appended to ``late``. The state starts empty (no open windows) and is
     not carried between calls. Lateness is the sensor's own: a reading of the sensor's
-    latest window counts in any order; one of an earlier window is late, yet within
-    ``lateness_ms`` of the sensor's latest reading and without ``for`` it can still
-    raise (never lower) the level.
+    latest window counts in any order; one of an earlier window is late, yet from the
+    window just before the latest, within ``lateness_ms`` of the sensor's latest
+    reading and without ``for``, it can still raise (never lower) the level.
     """
     win: dict[int, tuple[int, float]] = {}  # sensor -> (window start, aggregate)
     last: dict[int, int] = {}
@@ -55,7 +55,9 @@ def reference_process(
             continue
         x = v * direction
         if i in last and t < last[i] - last[i] % window_ms:
-            if for_ms == 0 and t - t % window_ms + window_ms + lateness_ms > last[i]:
+            end = t - t % window_ms + window_ms
+            just_before = end == last[i] - last[i] % window_ms
+            if for_ms == 0 and just_before and end + lateness_ms > last[i]:
                 if breached(i, x) > levels[i]:
                     out.append((i, levels[i], breached(i, x), t, v))
                     levels[i] = breached(i, x)

@@ -109,8 +109,8 @@ class TumblingRunner:
         for r in out[2][0][:n_late].tolist():
             self.rejected.append(Rejected(
                 int(sensor[r]), int(ts[r]), float(value[r]),
-                f"late for rule {rule.rule_id}: the station's {rule.window_ms // 60_000}-min "
-                "window closed already (its later readings were evaluated)",
+                f"late for rule {rule.rule_id}: its {rule.window_ms // 60_000}-min window "
+                "closed already",
             ))  # fmt: skip
         if len(ts):
             first_end = int(ts.min()) // rule.window_ms * rule.window_ms + rule.window_ms

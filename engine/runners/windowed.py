@@ -16,9 +16,9 @@ import numpy.typing as npt
 
 from engine.health import HealthChange, RuleHealth
 from engine.kernels import levels as lv
+from engine.kernels import order
 from engine.kernels import windows as win
 from engine.kernels._common import NO_TS
-from engine.kernels.order import fresh
 from engine.ruleset import ThresholdRule
 from engine.runners.base import (
     RawTransition,
@@ -51,7 +51,7 @@ class WindowedRunner:
         self.levels = lv.new_levels_state(0)
         self.episode = np.zeros(0, np.int64)
         self.counted = np.zeros(0, np.int64)
-        self.last_ts = np.zeros(0, np.int64)  # per sensor: the newest reading taken (ms)
+        self.recent = order.new_recent(0)  # per sensor: its newest reading times (ms)
         self.rejected: list[Rejected] = []
         self.params = self._params(0)
         self._with_thresholds = 0  # rows of self.params whose thresholds are set
@@ -80,7 +80,7 @@ class WindowedRunner:
             grown = size - len(self.episode)
             self.episode = np.concatenate([self.episode, np.zeros(grown, np.int64)])
             self.counted = np.concatenate([self.counted, np.zeros(grown, np.int64)])
-            self.last_ts = np.concatenate([self.last_ts, np.full(grown, NO_TS)])
+            self.recent = np.concatenate([self.recent, order.new_recent(grown)])
             self.windows = win.grow_window_state(self.windows, size)
             thresholds = np.full((size, 4), np.nan)
             thresholds[: len(self.params.thresholds)] = self.params.thresholds
@@ -111,18 +111,18 @@ class WindowedRunner:
         now_ms: int,
     ) -> tuple[list[RawTransition], list[HealthChange]]:
         quality, changes = self.health.check(sensor, ts, value, quality, now_ms)
-        before = self.last_ts[sensor]  # each reading's sensor's last, before this batch
-        keep, _ = fresh(self.last_ts, sensor, ts)  # redeliveries count once
-        if not keep.all():
-            # Older than the sensor's last reading: a sum cannot tell a redelivery from a
-            # reading out of order, so it is not counted, but never dropped without a
-            # trace. A repeat of the last reading's time is a plain duplicate.
-            for r in np.flatnonzero(~keep & (ts < before)).tolist():
+        codes = order.taken(self.recent, sensor, ts)  # each reading counts once
+        if codes.any():
+            # Older than the sensor's last few readings: a sum cannot tell a redelivery
+            # from a reading that far out of order, so it is not counted, but never
+            # dropped without a trace. A repeat of a recent reading is a plain duplicate.
+            for r in np.flatnonzero(codes == order.UNKNOWN).tolist():
                 self.rejected.append(Rejected(
                     int(sensor[r]), int(ts[r]), float(value[r]),
-                    f"out of order for rule {self.rule.rule_id}: not after the station's "
-                    "last reading (a redelivery, or a reading its window cannot take)",
+                    f"out of order for rule {self.rule.rule_id}: older than the station's "
+                    f"last {order.RECENT} readings (a redelivery, or too late to tell)",
                 ))  # fmt: skip
+            keep = codes == order.NEW
             sensor, ts, value, quality = sensor[keep], ts[keep], value[keep], quality[keep]
         if len(ts):
             # Each sensor's own readings close its windows as they pass them, inside the
@@ -195,7 +195,7 @@ class WindowedRunner:
             "levels": self.levels[:n].tobytes(),
             "episode": self.episode[:n].tobytes(),
             "counted": self.counted[:n].tobytes(),
-            "last_ts": self.last_ts[:n].tobytes(),
+            "recent": self.recent[:n].tobytes(),
             "windows": WINDOWS_FORMAT,
             "buckets": self.windows.buckets[:n].tobytes(),
             "clock": self.windows.clock[:n].tobytes(),
@@ -211,7 +211,10 @@ class WindowedRunner:
         levels = np.frombuffer(saved["levels"], lv.LEVELS_STATE_DTYPE)
         episode = np.frombuffer(saved["episode"], np.int64)
         counted = np.frombuffer(saved["counted"], np.int64)
-        last_ts = np.frombuffer(saved["last_ts"], np.int64)
+        if "recent" in saved:
+            recent = np.frombuffer(saved["recent"], np.int64).reshape(-1, order.RECENT)
+        else:  # an older snapshot kept the newest time only: nothing older is told apart
+            recent = np.repeat(np.frombuffer(saved["last_ts"], np.int64)[:, None], order.RECENT, 1)
         buckets, clock = _saved_windows(saved, self.spec, len(rows))
         if buckets is None:
             log.warning("rule %s: window ring changed; open windows reset", self.rule.rule_id)
@@ -221,7 +224,7 @@ class WindowedRunner:
             self.levels[i] = levels[j]
             self.episode[i] = episode[j]
             self.counted[i] = counted[j]
-            self.last_ts[i] = last_ts[j]
+            self.recent[i] = recent[j]
             if buckets is not None:
                 self.windows.buckets[i] = buckets[j]
                 self.windows.clock[i] = clock[j]

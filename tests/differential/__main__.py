@@ -17,7 +17,7 @@ import dataclasses
 from engine.replay import replay
 from rules.api import load_ruleset
 from rules.registry import load_registry
-from tests.differential.compare import compare, cutoff
+from tests.differential.compare import compare, cutoff, timed_compounds
 from tests.differential.live_model import run_live
 from tests.traffic import REGISTRY, RULES, TrafficSpec, generate
 
@@ -67,7 +67,15 @@ def main() -> None:
     for *_, reason in live.rejected:
         rejected[reason.split(":")[0]] = rejected.get(reason.split(":")[0], 0) + 1
     print(f"live: {live.batches} batches, {live.restarts} restarts, rejected {rejected}")
-    print(compare(live_events, expected, cutoff(traffic.end_ms, args.lateness_ms)).report(200))
+    print(
+        compare(
+            live_events,
+            expected,
+            cutoff(traffic.end_ms, args.lateness_ms),
+            traffic.disorder_ms,
+            timed_compounds(ruleset),
+        ).report(200)
+    )
 
 
 if __name__ == "__main__":

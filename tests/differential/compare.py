@@ -2,8 +2,18 @@
 
 An event is compared by its identity and times: fingerprint (with rule, station and
 metric, which it hashes, for the report), previous and new level, ``at`` and
-``started_at``. The live side is deduplicated by (fingerprint, at), the dispatcher's
+``started_at``. The live side is deduplicated by (fingerprint, at, level), the dispatcher's
 idempotency key, as on-call staff see it.
+
+Readings out of order (``disorder_ms``: a reading reaching the gateway after its
+sensor's next one, at most that long after its own time) cannot be compared event for
+event: the live engine alerts at once on what it has seen and cannot take an alert back,
+so a late reading that would have raised blue at 17:00, arriving after the 17:05 one that
+raised yellow, leaves "none -> yellow at 17:05" where the replay has two events. What
+must hold, and is checked instead, is what on-call staff rely on: every escalation of
+the replay reaches them live at that level or higher, no earlier and at most
+``disorder_ms`` later (*missing* otherwise); no live escalation lacks such a replay one
+(*extra*: a false alarm); and every series ends at the replay's level.
 
 Only events at or before ``cutoff`` are compared: the replay closes every window at the
 end of its input, as if time had moved on, and raises silence at the end of time; the
@@ -20,8 +30,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from engine.alerts import AlertEvent
+from engine.ruleset import RuleSet
 
-__all__ = ["Diff", "compare", "cutoff"]
+__all__ = ["Diff", "compare", "cutoff", "timed_compounds"]
 
 #: (fingerprint, rule, station, metric, previous level, level, at, started_at)
 Key = tuple[str, str, str, str, str, str, int, int]
@@ -101,17 +112,103 @@ class Diff:
         return "\n".join([head, *lines[:limit], *more])
 
 
-def compare(live: Iterable[AlertEvent], replayed: Iterable[AlertEvent], until: int) -> Diff:
-    """The differences between ``live`` and ``replayed`` events with ``at <= until`` (ms)."""
-    seen: dict[tuple[str, int], Key] = {}
+def _rank(level: str) -> int:
+    return ("none", "blue", "yellow", "orange", "red").index(level)
+
+
+def _escalations_covered(
+    want: set[Key], got: set[Key], disorder_ms: int
+) -> tuple[list[Key], list[Key]]:
+    """(replay escalations not reached live in time, live escalations not in the replay):
+    matched by fingerprint, level at least the other's, ``at`` within the disorder."""
+
+    def ups(keys: set[Key]) -> dict[str, list[Key]]:
+        out: dict[str, list[Key]] = defaultdict(list)
+        for k in keys:
+            if _rank(k[5]) > _rank(k[4]):
+                out[k[0]].append(k)
+        return out
+
+    live_ups, replay_ups = ups(got), ups(want)
+    missing = [
+        k for ks in replay_ups.values() for k in ks
+        if not any(_rank(c[5]) >= _rank(k[5]) and 0 <= c[6] - k[6] <= disorder_ms
+                   for c in live_ups.get(k[0], []))
+    ]  # fmt: skip
+    extra = [
+        c for cs in live_ups.values() for c in cs
+        if not any(_rank(k[5]) >= _rank(c[5]) and 0 <= c[6] - k[6] <= disorder_ms
+                   for k in replay_ups.get(c[0], []))
+    ]  # fmt: skip
+    return sorted(missing), sorted(extra)
+
+
+def _final_levels(keys: set[Key]) -> dict[str, Key]:
+    last: dict[str, Key] = {}
+    for k in sorted(keys, key=lambda k: k[6]):
+        last[k[0]] = k
+    return last
+
+
+def compare(
+    live: Iterable[AlertEvent],
+    replayed: Iterable[AlertEvent],
+    until: int,
+    disorder_ms: int = 0,
+    compound: frozenset[str] = frozenset(),
+) -> Diff:
+    """The differences between ``live`` and ``replayed`` events with ``at <= until`` (ms);
+    ``disorder_ms``: the traffic's longest delay of a reading behind its sensor's next
+    (0: in order, compared event for event).
+
+    ``compound``: the ids of compound rules with a ``for``, whose clauses are decided at
+    different times (an early-firing level clause, a window-closing rain clause): live,
+    a combination may fire that a clause decided later shows had not held for its
+    ``for`` (a false alarm, cleared when that clause comes in). For them every replay
+    escalation must be reached live, in time, and each series must end at the replay's
+    level; an extra live escalation is the README's stated limit, not a difference."""
+    seen: dict[str, Key] = {}
     repeats = 0
     for e in live:
         if e.at > until:
             continue
-        if (e.fingerprint, e.at) in seen:
+        if e.key in seen:
             repeats += 1
             continue
-        seen[(e.fingerprint, e.at)] = key(e)
-    got = set(seen.values())
-    want = {key(e) for e in replayed if e.at <= until}
-    return Diff(sorted(want - got), sorted(got - want), repeats, len(want))
+        seen[e.key] = key(e)
+    got_all = set(seen.values())
+    want_all = {key(e) for e in replayed if e.at <= until}
+    got = {k for k in got_all if k[1] not in compound}
+    want = {k for k in want_all if k[1] not in compound}
+    loose_got, loose_want = got_all - got, want_all - want
+    missing, extra = _escalations_covered(loose_want, loose_got, disorder_ms)
+    missing += _ends_differ(loose_got, loose_want)
+    if not disorder_ms:
+        missing += sorted(want - got)
+        return Diff(sorted(set(missing)), sorted(got - want), repeats, len(want_all))
+    exact_missing, extra = _escalations_covered(want, got, disorder_ms)
+    missing += exact_missing
+    ends_live, ends_replay = _final_levels(got), _final_levels(want)
+    for fp in ends_live.keys() | ends_replay.keys():
+        a, b = ends_live.get(fp), ends_replay.get(fp)
+        if (a and a[5]) != (b and b[5]):  # the series ends at another level
+            if b is not None:
+                missing.append(b)
+            if a is not None:
+                extra.append(a)
+    return Diff(sorted(set(missing)), sorted(set(extra)), repeats, len(want_all))
+
+
+def _ends_differ(got: set[Key], want: set[Key]) -> list[Key]:
+    """The replay's last event of each series whose live series ends at another level."""
+    ends_live, ends_replay = _final_levels(got), _final_levels(want)
+    return [
+        b
+        for fp, b in ends_replay.items()
+        if (ends_live[fp][5] if fp in ends_live else "none") != b[5]
+    ]
+
+
+def timed_compounds(ruleset: RuleSet) -> frozenset[str]:
+    """The compound rules with a ``for`` (``compare``'s ``compound``)."""
+    return frozenset(c.rule_id for c in ruleset.compound if c.for_ms > 0)

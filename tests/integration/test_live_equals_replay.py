@@ -18,7 +18,7 @@ corroboration topics is committed: everything was evaluated and dispatched.
 
 ``alerts.jsonl`` is then compared with ``vigil replay --alerts-out`` over the readings
 written to CSV, event for event (fingerprint, levels, ``at``, ``started_at``; events
-deduplicated by the dispatcher's key (fingerprint, at), up to the cut-off explained in
+deduplicated by the dispatcher's key (fingerprint, at, level), up to the cut-off explained in
 ``tests.differential.compare``); an event delivered twice also fails the test.
 
 ``VIGIL_DIFF_SEED=N`` picks another traffic (default 20240630); ``VIGIL_DIFF_LIVE_HOURS``
@@ -45,7 +45,9 @@ from connectors.mosquitto import Mosquitto
 from engine.alerts import AlertEvent
 from engine.batch import TelemetryBatch
 from engine.transport.log import DurableLog
-from tests.differential.compare import compare, cutoff
+from rules.api import load_ruleset
+from rules.registry import load_registry
+from tests.differential.compare import compare, cutoff, timed_compounds
 from tests.integration.conftest import EngineProcess, write_settings
 from tests.traffic import (
     HOUR_MS,
@@ -233,7 +235,11 @@ def test_gateway_through_mosquitto_with_sigkills_raises_what_replay_raises(
 
     qos0 = {(m.station, m.metric, t) for m in messages if m.qos == 0 for t, _ in m.readings}
     lost = {(s, m, t) for s, m, t, _ in traffic.readings()} - logged
-    diff = compare(live, replayed, cutoff(traffic.end_ms, LATENESS_MS))
+    until, timed = (
+        cutoff(traffic.end_ms, LATENESS_MS),
+        timed_compounds(load_ruleset([str(RULES)], load_registry(REGISTRY)).ruleset),
+    )
+    diff = compare(live, replayed, until, traffic.disorder_ms, timed)
     assert diff.compared > 50  # the traffic does raise alerts: the comparison means something
     if diff or diff.live_repeats:
         pytest.fail(

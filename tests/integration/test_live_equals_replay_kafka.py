@@ -33,7 +33,7 @@ from engine.kafka.topics import TopicLayout
 from engine.replay import replay
 from rules.api import load_ruleset
 from rules.registry import load_registry
-from tests.differential.compare import compare, cutoff
+from tests.differential.compare import compare, cutoff, timed_compounds
 from tests.integration.kafka_fixture import KafkaCluster, start_cluster
 from tests.integration.kafka_load import (
     LoadGenerator,
@@ -146,8 +146,15 @@ def test_kafka_workers_with_a_sigkill_raise_what_replay_raises(
         path = tmp_path / name / "alerts.jsonl"
         lines = path.read_text().splitlines() if path.exists() else []
         delivered += [AlertEvent.from_json(line) for line in lines if line]
-    by_dispatchers = compare(delivered, expected, until)
-    in_topic = compare(read_alerts(kafka.bootstrap, layout.alerts, PARTITIONS), expected, until)
+    timed = timed_compounds(ruleset)
+    by_dispatchers = compare(delivered, expected, until, traffic.disorder_ms, timed)
+    in_topic = compare(
+        read_alerts(kafka.bootstrap, layout.alerts, PARTITIONS),
+        expected,
+        until,
+        traffic.disorder_ms,
+        timed,
+    )
     assert by_dispatchers.compared > 50  # the traffic does raise alerts
     if by_dispatchers or by_dispatchers.live_repeats or in_topic:
         pytest.fail(

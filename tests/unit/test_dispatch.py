@@ -57,6 +57,21 @@ def test_duplicates_are_dropped_by_idempotency_key() -> None:
     assert d.counters["duplicates"] == 1
 
 
+def test_two_changes_of_a_series_in_one_ms_are_both_delivered(tmp_path: Path) -> None:
+    """A window closes and clears the level; the reading that closed it raises it again,
+    at the same ms. The second is no repeat of the first: both reach people, once,
+    also after a restart that reads the sink back."""
+    raise_again, cleared = _event(5, "yellow"), _event(5, "none")
+    sink = JsonlSink(tmp_path / "alerts.jsonl")
+    d = Dispatcher([sink])
+    assert [asyncio.run(d.dispatch(e)) for e in (cleared, raise_again, cleared)] == [
+        True, True, False,
+    ]  # fmt: skip
+    sink.close()
+    again = Dispatcher([JsonlSink(tmp_path / "alerts.jsonl")])
+    assert [asyncio.run(again.dispatch(e)) for e in (cleared, raise_again)] == [False, False]
+
+
 def test_failing_sink_is_retried() -> None:
     sink = ListSink(fail_times=1)
     d = Dispatcher([sink], retries=2)

@@ -40,7 +40,7 @@ from engine.replay import replay
 from engine.ruleset import RuleSet
 from rules.api import load_ruleset
 from rules.registry import load_registry
-from tests.differential.compare import Diff, compare, cutoff
+from tests.differential.compare import Diff, compare, cutoff, timed_compounds
 from tests.differential.live_model import run_live
 from tests.traffic import REGISTRY, RULES, Traffic, TrafficSpec, generate, spec_from_env
 
@@ -60,7 +60,8 @@ def _differences(traffic: Traffic, *, partitions: int, plan: int) -> Diff:
     live = run_live(ruleset, traffic, partitions=partitions, lateness_ms=LATENESS_MS, plan=plan)
     basin = {r.rule_id for r in ruleset.corroboration}
     expected = [e for e in replay(ruleset, traffic.readings()) if e.rule_id not in basin]
-    return compare(live.events, expected, cutoff(traffic.end_ms, LATENESS_MS))
+    until = cutoff(traffic.end_ms, LATENESS_MS)
+    return compare(live.events, expected, until, traffic.disorder_ms, timed_compounds(ruleset))
 
 
 def test_realistic_traffic_raises_what_replay_raises() -> None:

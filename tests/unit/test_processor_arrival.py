@@ -121,14 +121,16 @@ def test_a_reading_out_of_order_within_the_lateness_is_evaluated() -> None:
     batches = [rows[:2], [rows[3]], [("A", 2 * 5 * M, 6.9)], rows[4:]]
     events, proc = _live(ruleset, batches, lateness_ms=10 * M)
     assert [(e.level, e.at) for e in events if e.level == "red"] == [("red", 10 * M)]
-    assert proc.accepted("flood", "A") == 6
+    assert proc.accepted("flood", "A") == 6 and proc.rejected == []
     assert sorted(_key(e) for e in events) == _replayed(ruleset, batches)
     # Five readings after the sixth (minutely, within the allowed lateness): every one
     # is counted, and the one above red raises it at its own time.
     minutely = [("A", j * M, 6.9 if j == 2 else 2.0) for j in range(6)]
     late_five = [[minutely[5]], *([r] for r in minutely[:5])]
     events, proc = _live(ruleset, late_five, lateness_ms=10 * M)
-    assert proc.accepted("flood", "A") == 6 and proc.rejected == []
+    # Counted: the ones that moved the window's maximum (one that does not cannot be told
+    # from a broker's redelivery, and changes nothing); none dead-lettered, none lost.
+    assert proc.accepted("flood", "A") == 2 and proc.rejected == []
     assert sorted(_key(e) for e in events) == _replayed(ruleset, late_five)
 
 
@@ -164,3 +166,16 @@ def test_a_pollutant_reading_for_an_hour_whose_aqi_is_computed_is_dead_lettered(
         proc.process(TelemetryBatch.from_rows([("S", "pm2_5", ts, value)]), offset)
     assert [r[:4] for r in proc.rejected] == [("S", "pm2_5", 10 * M, 400.0)]
     assert "hourly AQI" in proc.rejected[0][4]
+
+
+def test_a_redelivered_reading_never_raises_a_cleared_level_again() -> None:
+    """A broker's redelivery of the reading that raised red, after the level cleared:
+    even within a lateness longer than the window it is late, never a new red."""
+    ruleset = RuleSet((_rule(["A"]),))
+    batches = [[("A", 0, 5.2)], [("A", WINDOW, 2.0)], [("A", 2 * WINDOW, 2.0)], [("A", 0, 5.2)]]
+    events, proc = _live(ruleset, batches, lateness_ms=20 * M)
+    assert [(e.previous_level, e.level, e.at) for e in events] == [
+        ("none", "red", 0),
+        ("red", "none", 2 * WINDOW),
+    ]
+    assert [r[2] for r in proc.rejected] == [0]
