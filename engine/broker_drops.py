@@ -18,6 +18,7 @@ means the broker restarted: its count began again from zero.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -74,6 +75,9 @@ class BrokerDropAlerts:
         self._clear_after_ms = clear_after_ms
         self._clock = clock
         self._state = self._load()
+        # observe (the ingest task) and check_clear (a timer) each read the state, send,
+        # then save it: one at a time, or a rise during a resolve would be overwritten.
+        self._lock = asyncio.Lock()
 
     @property
     def firing(self) -> bool:
@@ -81,6 +85,10 @@ class BrokerDropAlerts:
 
     async def observe(self, total: int) -> None:
         """The broker reports ``total`` messages dropped since it started."""
+        async with self._lock:
+            await self._observe(total)
+
+    async def _observe(self, total: int) -> None:
         state = self._state
         reported = state.count if total >= state.count else 0  # else: the broker restarted
         new = total - reported
@@ -104,6 +112,10 @@ class BrokerDropAlerts:
 
     async def check_clear(self) -> None:
         """Resolve the alert once no drop has come for ``clear_after_ms``; call it often."""
+        async with self._lock:
+            await self._check_clear()
+
+    async def _check_clear(self) -> None:
         state = self._state
         now = self._clock()
         if state.since is None or state.last is None or now - state.last < self._clear_after_ms:
