@@ -339,8 +339,14 @@ class MqttIngest:
                 client.loop_stop()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:
+                # Raised to ``join``'s caller already; raised again here it would cut
+                # short the shutdown of everything stopped after the ingest.
+                log.warning("MQTT ingest had failed: %r", exc)
 
     # ---- batching ------------------------------------------------------------------------
 
