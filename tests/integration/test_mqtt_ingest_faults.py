@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,6 +216,19 @@ def test_a_failing_ingest_ends_the_gateway_with_a_nonzero_status(
     assert engine.terminate() == 0
 
 
+def _persistent_session(broker: Mosquitto, client_id: str, topic: str) -> None:
+    """Leave a persistent session subscribed to ``topic`` at QoS 1, its client gone."""
+    subscribed = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.subscribe(topic, qos=1)
+    assert subscribed.wait(10), "no SUBACK"
+    client.disconnect()
+    client.loop_stop()
+
+
 STOCK = {"max_queued_messages": "1000", "max_inflight_messages": "20", "sys_interval": "1"}
 
 
@@ -253,6 +267,15 @@ def test_a_stock_broker_dropping_readings_raises_a_gateway_health_alert(tmp_path
             total = int(second.labels["dropped_total"])
             assert total >= 2500 and second.value == total - 2000
             assert second.started_at == alert.started_at
+
+            # While the gateway runs: another client's persistent session overflows. The
+            # count is broker-wide; the running gateway reports the rise when the broker
+            # next publishes it.
+            _persistent_session(broker, "away-subscriber", "other/#")
+            publisher.publish([("other/x", b"1", 1)] * 1_500)
+            events = _wait_alerts(tmp_path / "alerts.jsonl", 3, engine)
+            third = [e for e in events if e.rule_id == RULE_ID][2]
+            assert third.value == 500.0 and third.labels["dropped_total"] == str(total + 500)
             assert engine.terminate() == 0
         finally:
             publisher.close()
