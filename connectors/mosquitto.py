@@ -1,8 +1,10 @@
 """A real mosquitto broker on a free loopback port, for the demo and the tests.
 
 Uses the ``mosquitto`` binary from Debian's packages (``make demo`` and ``make test``
-install it). Raises ``MosquittoUnavailable`` with the reason when it cannot start:
-callers fail, they never skip.
+install it), configured from the file Vigil ships for production (``CONFIG``), with its
+own port, folder and log; a test may ``override`` settings (to run a stock broker, say).
+Raises ``MosquittoUnavailable`` with the reason when it cannot start: callers fail, they
+never skip.
 """
 
 from __future__ import annotations
@@ -12,24 +14,14 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Mosquitto", "MosquittoUnavailable", "free_port"]
+__all__ = ["CONFIG", "Mosquitto", "MosquittoUnavailable", "free_port"]
 
-# Unlimited queues for offline persistent sessions: the default (1000 messages) would
-# drop readings while a gateway restarts, which is what the durability test exercises.
-_CONFIG = """\
-listener {port} 127.0.0.1
-allow_anonymous true
-persistence false
-max_inflight_messages 1000
-max_queued_messages 0
-log_dest file {log}
-log_type error
-log_type warning
-log_type notice
-"""
+#: The broker configuration Vigil needs (README: "What Vigil needs from the broker").
+CONFIG = Path(__file__).with_name("vigil-mosquitto.conf")
 
 
 class MosquittoUnavailable(RuntimeError):
@@ -56,10 +48,16 @@ def _binary() -> str:
 class Mosquitto:
     """``with Mosquitto() as broker: broker.port`` -- started, then stopped and cleaned."""
 
-    def __init__(self, port: int | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        timeout: float = 10.0,
+        override: Mapping[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self._timeout = timeout
+        self._override = dict(override or {})
         self._dir = Path(tempfile.mkdtemp(prefix="vigil-mosquitto-"))
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -67,9 +65,26 @@ class Mosquitto:
     def log_path(self) -> Path:
         return self._dir / "mosquitto.log"
 
+    def config(self) -> str:
+        """``CONFIG`` with this broker's port, folder, log and overrides: a directive
+        named in them replaces every line of that directive."""
+        ours = {
+            "listener": f"{self.port} 127.0.0.1",
+            "persistence_location": f"{self._dir}/",
+            "log_dest": f"file {self.log_path}",
+            **self._override,
+        }
+        lines = []
+        for line in CONFIG.read_text().splitlines():
+            key = line.split(maxsplit=1)[0] if line.strip() else ""
+            if key and not key.startswith("#") and key not in ours:
+                lines.append(line)
+        lines += [f"{key} {value}" for key, value in ours.items()]
+        return "\n".join(lines) + "\n"
+
     def start(self) -> Mosquitto:
         conf = self._dir / "mosquitto.conf"
-        conf.write_text(_CONFIG.format(port=self.port, log=self.log_path))
+        conf.write_text(self.config())
         self._proc = subprocess.Popen(
             [_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

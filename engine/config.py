@@ -41,6 +41,9 @@ class MqttSettings(_Frozen):
     tls: TlsSettings | None = None
     topic_template: str = "vigil/{station}/{metric}"
     keepalive: int = Field(30, ge=5, le=3600)
+    #: The broker's dropped-message count (mosquitto; needs ``sys_interval`` > 0), or
+    #: None for a broker that publishes none.
+    broker_drops_topic: str | None = "$SYS/broker/publish/messages/dropped"
 
     @model_validator(mode="after")
     def _template_ok(self) -> MqttSettings:
@@ -70,6 +73,7 @@ class MqttSettings(_Frozen):
             cert_file=str(self.tls.cert_file) if self.tls and self.tls.cert_file else None,
             key_file=str(self.tls.key_file) if self.tls and self.tls.key_file else None,
             keepalive=self.keepalive,
+            broker_drops_topic=self.broker_drops_topic,
             max_readings=max_readings,
             linger_ms=linger_ms,
         )

@@ -4,6 +4,10 @@ One process: MQTT ingest -> the topology -> the dispatcher, on ``local://<data_d
 SIGTERM or SIGINT stops it cleanly: ingest disconnects first (what it did not
 acknowledge, the broker redelivers), the agents finish the batch in hand, the consumer
 commits offsets with the kernel checkpoints. A restart resumes from there.
+
+A long-lived task that fails (the ingest, a timer) ends the process with exit status 1
+and its traceback in the log, through Faust's crash of the app: a supervisor restarts it.
+A gateway that stayed up without ingest would look alive and lose every reading.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from connectors.mqtt import MqttIngest
 from connectors.sinks.base import Sink
 from connectors.sinks.console import ConsoleSink
 from connectors.sinks.jsonl import JsonlSink
+from engine.alerts import AlertEvent, pack_lines
+from engine.broker_drops import BrokerDropAlerts
 from engine.config import Settings
 from engine.ruleset import RuleSet
 from engine.topology import Topology
@@ -35,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: How often the embedded log's retention is enforced (seconds).
 RETENTION_INTERVAL_S = 600.0
+#: How often a broker-drops alert is checked for resolving (seconds).
+BROKER_DROPS_CHECK_S = 30.0
 
 
 def load_rules(settings: Settings) -> tuple[RuleSet, frozenset[str]]:
@@ -68,15 +76,24 @@ class Gateway:
             tick_interval_s=settings.silence_tick_s,
             web_port=settings.web_port,
         )
+        options = settings.mqtt.options(settings.batch.max_readings, settings.batch.linger_ms)
+        self.broker_drops = BrokerDropAlerts(
+            gateway=options.client_id,
+            broker=f"{options.host}:{options.port}",
+            send=self._send_alerts,
+            state_path=data_dir / "broker-drops.json",
+        )
         self.ingest = MqttIngest(
-            settings.mqtt.options(settings.batch.max_readings, settings.batch.linger_ms),
+            options,
             produce=self.topology.produce,
             dead_letter=self.topology.send_dead_letter,
             known_stations=stations,
+            on_broker_drops=self.broker_drops.observe,
         )
         app = self.topology.app
-        app.task(self._start_ingest)
+        app.task(self._run_ingest)
         app.timer(settings.reload_interval_s)(self._check_reload)
+        app.timer(BROKER_DROPS_CHECK_S)(self.broker_drops.check_clear)
         app.timer(RETENTION_INTERVAL_S)(self._enforce_retention)
         app.on_before_shutdown.connect(self._stop_ingest)
         self._watched = self._mtimes()
@@ -114,8 +131,32 @@ class Gateway:
         self.ingest.known_stations = stations
         log.warning("rules reloaded: version %s, %d rules", ruleset.version, len(ruleset.rules))
 
-    async def _start_ingest(self) -> None:
+    async def _send_alerts(self, events: list[AlertEvent]) -> None:
+        """Gateway-level alerts onto the alerts topic, like the kernels' (the dispatcher
+        delivers them); returns once they are durable."""
+        topology = self.topology
+        partition = topology.partition_for(events[0].station)
+        futures = [
+            await topology.alerts.send(value=record, partition=partition)
+            for record in pack_lines(event.to_json() for event in events)
+        ]
+        for fut in futures:
+            await fut
+
+    async def _run_ingest(self) -> None:
+        """The ingest, for the life of the process. If it fails, this raises: Faust logs
+        the traceback and crashes the app, and the worker exits with status 1."""
         await self.ingest.start()
+        announce = asyncio.ensure_future(self._announce_subscribed())
+        try:
+            await self.ingest.join()
+        except Exception as exc:
+            log.critical("MQTT ingest failed (%r): the gateway stops for a restart", exc)
+            raise
+        finally:
+            announce.cancel()
+
+    async def _announce_subscribed(self) -> None:
         loop = asyncio.get_running_loop()
         if await loop.run_in_executor(None, self.ingest.subscribed.wait, 60.0):
             o = self.ingest.options

@@ -295,12 +295,15 @@ def generate(spec: TrafficSpec, start_ms: int = T0) -> Traffic:
             break
         b0 = start_ms + rng.randrange(main_end - length - start_ms)
         b1 = b0 + length
+        # Everything sent meanwhile waits, retries and late readings too: a retry
+        # cannot overtake the message it repeats.
         messages = [
-            Message(b1, m.station, m.metric, m.readings, m.qos, "burst")
-            if b0 <= m.arrival_ms < b1 and m.kind == "live"
+            Message(b1, m.station, m.metric, m.readings, m.qos,
+                    "burst" if m.kind == "live" else m.kind)
+            if b0 <= m.arrival_ms < b1
             else m
             for m in messages
-        ]
+        ]  # fmt: skip
     # Stable: a burst's messages keep the order in which they were sent.
     messages.sort(key=lambda m: m.arrival_ms)
     return Traffic(spec, start_ms, end_ms, tuple(ids), tuple(messages))

@@ -4,7 +4,10 @@ The same ``MqttIngest`` as the gateway, with ``produce`` and ``dead_letter`` goi
 Kafka (``engine.kafka.producer``): an MQTT message is acknowledged only after the broker
 acknowledged its batch with ``acks=all``. Several ingest processes may run side by side
 with distinct ``mqtt.client_id`` values. SIGTERM or SIGINT: disconnect from MQTT (the
-broker redelivers what was not acknowledged), flush, exit 0.
+broker redelivers what was not acknowledged), flush, exit 0. If the ingest task fails
+(Kafka unwritable), ``serve_mqtt_ingest`` raises it after the same shutdown: the process
+ends with its traceback and a non-zero status, for a supervisor to restart it. Messages
+the MQTT broker reports dropped are logged as errors (the gateway also alerts on them).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import signal
 
 from connectors.mqtt import MqttIngest
+from engine.broker_drops import BrokerDropAlerts
 from engine.config import Settings
 from engine.gateway import load_rules
 from engine.kafka.producer import TelemetryProducer
@@ -34,11 +38,14 @@ async def serve_mqtt_ingest(
     _, stations = load_rules(settings)
     producer = TelemetryProducer(bootstrap, layout)
     await producer.start()
+    options = settings.mqtt.options(settings.batch.max_readings, settings.batch.linger_ms)
+    drops = BrokerDropAlerts(gateway=options.client_id, broker=f"{options.host}:{options.port}")
     ingest = MqttIngest(
-        settings.mqtt.options(settings.batch.max_readings, settings.batch.linger_ms),
+        options,
         produce=producer.produce,
         dead_letter=producer.send_dead_letter,
         known_stations=stations,
+        on_broker_drops=drops.observe,
     )
     if stop is None:
         stop = asyncio.Event()
@@ -57,7 +64,14 @@ async def serve_mqtt_ingest(
             )
         else:
             log.error("MQTT: not subscribed after 60 s; still retrying")
-        await stop.wait()
+        stopped = asyncio.ensure_future(stop.wait())
+        ingesting = asyncio.ensure_future(ingest.join())
+        await asyncio.wait({stopped, ingesting}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if ingesting.done():
+            log.critical("MQTT ingest failed: the process stops for a restart")
+            ingesting.result()  # raises what ended the ingest
+        ingesting.cancel()
     finally:
         await ingest.stop()
         await producer.stop()

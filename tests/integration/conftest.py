@@ -41,27 +41,21 @@ def mosquitto_pub(broker: Mosquitto, topic: str, payload: str) -> None:
 
 
 class EngineProcess:
-    """``vigil run --config`` in a child process, with its stdout watched."""
+    """``vigil run --config`` in a child process, with its stdout watched; ``command``
+    replaces ``vigil run`` (a test's own gateway script, given the settings file)."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, command: list[str] | None = None) -> None:
         self.config = config
         self.log = log
+        self.command = command
         self.proc: subprocess.Popen[str] | None = None
         self._subscribed = threading.Event()
 
     def start(self, timeout: float = 120.0) -> None:
         self._subscribed.clear()
+        run = [sys.executable, "-m", "engine.cli", "run", "--config", str(self.config)]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "engine.cli",
-                "run",
-                "--config",
-                str(self.config),
-                "--loglevel",
-                "warn",
-            ],
+            [*self.command, str(self.config)] if self.command else [*run, "--loglevel", "warn"],
             stdout=subprocess.PIPE,
             stderr=self.log.open("a"),
             text=True,

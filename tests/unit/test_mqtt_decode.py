@@ -57,3 +57,50 @@ def test_decodes_readings(payload: bytes, expected: list[tuple[int, float]]) -> 
 def test_rejects_with_reason(payload: bytes, reason: str) -> None:
     with pytest.raises(PayloadError, match=re.escape(reason)):
         decode_payload(payload, NOW)
+
+
+# ---- poison messages: each is a PayloadError with its reason, never another exception ----
+
+HUGE_INT = b"9" * 401
+SHOWN = "999999999999999999...9999999999999999999"  # reprlib: a reason stays a line
+
+POISON = {
+    "value-401-digits": (
+        b'{"value": ' + HUGE_INT + b', "ts": 1}',
+        f"value {SHOWN} is out of range for a float",
+    ),
+    "ts-1e300": (
+        b'{"value": 1, "ts": 1e300}',
+        "ts 1e+300 is out of range (epoch ms of the years 1 to 9999)",
+    ),
+    "ts-401-digits": (b'{"value": 1, "ts": ' + HUGE_INT + b"}", f"ts {SHOWN} is out of range"),
+    "ts-minus-1e300": (b'{"value": 1, "ts": -1e300}', "ts -1e+300 is out of range"),
+    "ts-before-year-1": (b'{"value": 1, "ts": "0001-01-01T00:00:00+14:00"}', "is out of range"),
+    "nested-100k": (
+        b"[" * 100_000 + b"]" * 100_000,
+        "payload is not JSON this decoder can read: nested too deeply",
+    ),
+    "int-5000-digits": (
+        b'{"value": ' + b"9" * 5000 + b"}",
+        "payload is not JSON: Exceeds the limit",
+    ),
+    "value-nested-list": (
+        b'{"value": ' + b"[" * 500 + b"]" * 500 + b"}",
+        "value must be a number, got [[[[[[[...]]]]]]]",
+    ),
+}
+
+
+@pytest.mark.parametrize(("payload", "reason"), POISON.values(), ids=POISON.keys())
+def test_poison_payloads_are_payload_errors(payload: bytes, reason: str) -> None:
+    with pytest.raises(PayloadError) as info:
+        decode_payload(payload, NOW)
+    assert reason in str(info.value)
+    assert len(str(info.value)) < 200  # a reason is a line, not the payload again
+
+
+def test_ts_at_the_bounds_is_accepted() -> None:
+    assert decode_payload(b'{"value": 1, "ts": 253402300799999}', NOW) == [(253402300799999, 1.0)]
+    assert decode_payload(b'{"value": 1, "ts": "9999-12-31T23:59:59+00:00"}', NOW) == [
+        (253402300799000, 1.0)
+    ]
