@@ -65,6 +65,7 @@ class Gateway:
             sinks=sinks,
             data_dir=data_dir,
             lateness_ms=settings.lateness_ms,
+            corroboration_idle_s=settings.corroboration_idle_s,
             web_port=settings.web_port,
         )
         self.ingest = MqttIngest(

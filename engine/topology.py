@@ -34,14 +34,14 @@ from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 
 from connectors.sinks.base import Sink
-from engine.alerts import AlertEvent, pack_lines
+from engine.alerts import WATERMARK_HEADER, AlertEvent, pack_lines, watermark_of
 from engine.batch import BatchBuilder, BatchDecodeError, TelemetryBatch
-from engine.corroboration_stage import CorroborationStage
+from engine.corroboration_stage import MARK_INTERVAL_S, CorroborationStage
 from engine.dispatch import Dispatcher
 from engine.kafka.checkpoints import CheckpointingTransport, CheckpointStore
 from engine.kafka.consumer import FencedConsumer
 from engine.kafka.topics import bootstrap_of
-from engine.processor import PartitionProcessor
+from engine.processor import NO_TIME, PartitionProcessor
 from engine.ruleset import RuleSet
 from engine.transport.local import Transport as LocalTransport
 from engine.warmup import warm_kernels
@@ -70,6 +70,7 @@ class Topology:
         lateness_ms: int = 60_000,
         web_port: int | None = None,
         replication: int = 1,
+        corroboration_idle_s: float = 10.0,
     ) -> None:
         warm_kernels()  # before any traffic: a cold numba compile would block the loop
         self.partitions = partitions
@@ -77,6 +78,9 @@ class Topology:
         self._every_partition = list(range(partitions))
         self.ruleset = ruleset
         self.lateness_ms = lateness_ms
+        #: Wall seconds after which a partition whose watermark stands still no longer
+        #: holds the basin rules back (``engine.corroboration_buffer``).
+        self.corroboration_idle_s = corroboration_idle_s
         self.counters: Counter[str] = Counter()
         self.app = faust.App(
             app_id,
@@ -115,6 +119,11 @@ class Topology:
         #: their state must not be checkpointed now, or a new owner would skip the batch
         #: and its unsent alerts would be lost.
         self._busy: set[int] = set()
+        #: Telemetry partition -> (the watermark last sent on its alerts partition, wall
+        #: time of that send, s); and the watermarks not sent yet (throttled), each
+        #: safe to send: its batch's alerts are with the producer.
+        self._marks_sent: dict[int, tuple[int, float]] = {}
+        self._marks_due: dict[int, int] = {}
         self.telemetry = self.app.topic(
             f"{app_id}-telemetry",
             key_serializer="raw",
@@ -138,6 +147,7 @@ class Topology:
         self.app.agent(self.telemetry, name="evaluate", isolated_partitions=True)(self._evaluate)
         self.app.agent(self.alerts, name="dispatch")(self._dispatch)
         self.corroboration = CorroborationStage(self)
+        self.app.timer(MARK_INTERVAL_S)(self._send_due_marks)
         if isinstance(self.app.transport, CheckpointingTransport):
             ours = (self.telemetry, self.alerts, self.corroboration.topic)
             self.app.transport.contiguous_topics = frozenset(t.get_topic_name() for t in ours)
@@ -318,12 +328,63 @@ class Topology:
             raw = json.dumps({"station": station, "metric": metric, "ts": ts, "value": value})
             await self.send_dead_letter(raw.encode(), reason, f"{station}/{metric}")
         proc.rejected.clear()
+        records = pack_lines(alert.to_json() for alert in alerts)
+        mark = self._mark_to_send(partition, proc.watermark, piggyback=bool(records))
+        if mark is not None and not records:
+            records = [b""]  # the watermark alone
         futures = [
-            await self.alerts.send(value=record, partition=partition)
-            for record in pack_lines(alert.to_json() for alert in alerts)
+            await self.alerts.send(
+                value=record,
+                partition=partition,
+                headers=self._mark_header(mark) if i == len(records) - 1 else None,
+            )
+            for i, record in enumerate(records)
         ]
+        self._marked(partition, mark, proc.watermark)
         for fut in futures:
             await fut  # durable before the state that caused it can be committed
+
+    # ---- watermarks for the basin rules ----------------------------------------------------
+
+    def _mark_to_send(self, partition: int, watermark: int, piggyback: bool) -> int | None:
+        """The watermark (ms) to put on a batch's last alerts record, if any: always on
+        a record that goes anyway; alone at most once per ``MARK_INTERVAL_S`` (the
+        rest wait for ``_send_due_marks``), not a record per batch."""
+        sent, when = self._marks_sent.get(partition, (NO_TIME, 0.0))
+        if watermark <= sent:
+            return None  # also NO_TIME: nothing evaluated yet
+        if piggyback or time.monotonic() - when >= MARK_INTERVAL_S:
+            return watermark
+        return None
+
+    @staticmethod
+    def _mark_header(mark: int | None) -> dict[str, bytes] | None:
+        return None if mark is None else {WATERMARK_HEADER: str(mark).encode()}
+
+    def _marked(self, partition: int, mark: int | None, watermark: int) -> None:
+        """After a batch's alerts are with the producer: what was sent, what is due."""
+        # The timer and the agent interleave at their sends: keep the newest of each.
+        sent = self._marks_sent.get(partition, (NO_TIME, 0.0))[0]
+        if mark is not None:
+            if mark >= sent:
+                self._marks_sent[partition] = (mark, time.monotonic())
+            if self._marks_due.get(partition, mark) <= mark:
+                self._marks_due.pop(partition, None)
+        elif watermark > max(sent, self._marks_due.get(partition, NO_TIME)):
+            self._marks_due[partition] = watermark
+
+    async def _send_due_marks(self) -> None:
+        """The watermarks held back by the throttle, so that the last of a quiet
+        partition reaches the basin rules too (every ``MARK_INTERVAL_S``)."""
+        for partition, mark in list(self._marks_due.items()):
+            if partition not in self.processors:
+                self._marks_due.pop(partition, None)  # revoked meanwhile
+                continue
+            if self._mark_to_send(partition, mark, piggyback=False) == mark:
+                await self.alerts.send(
+                    value=b"", partition=partition, headers=self._mark_header(mark)
+                )
+                self._marked(partition, mark, mark)
 
     async def _dispatch(self, stream: Any) -> None:
         async for record in stream.events():
@@ -338,7 +399,8 @@ class Topology:
                     where = f"{message.topic}/{message.partition}@{message.offset}"
                     await self.send_dead_letter(line, f"bad alert event: {exc}", where)
             await self.dispatcher.dispatch_many(events)
-            await self.corroboration.route(events)
+            mark = watermark_of(record.headers)
+            await self.corroboration.route(events, record.message.partition, mark)
 
     # ---- checkpoints -----------------------------------------------------------------------
 

@@ -66,6 +66,7 @@ class KafkaWorker:
             sinks=sinks,
             data_dir=data_dir,
             lateness_ms=settings.lateness_ms,
+            corroboration_idle_s=settings.corroboration_idle_s,
             web_port=web_port if web_port is not None else settings.web_port,
             replication=replication,
         )
