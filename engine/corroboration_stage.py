@@ -196,10 +196,18 @@ class CorroborationStage:
         name = self.topic.get_topic_name()
         mine = {tp.partition for tp in self.topology.app.consumer.assignment() if tp.topic == name}
         now = self.clock()
-        for partition, buffer in list(self._buffers.items()):
-            wake = buffer.wake_at()
-            if partition not in mine or wake is None or wake > now:
-                continue
+        if self._states is None:
+            # After a restart or a rebalance the held events are in the table only, and
+            # are rebuilt (in the agent, after the tables' recovery) on the next record
+            # of their partition: make sure there is one, should the stream be quiet.
+            due = {self.topology.partition_for(k.rsplit(_SEP, 2)[0]) for k in self.pending}
+        else:
+            due = set()
+            for partition, buffer in self._buffers.items():
+                wake = buffer.wake_at()
+                if wake is not None and wake <= now:
+                    due.add(partition)
+        for partition in sorted(due & mine):
             if now - self._ticked.get(partition, -MARK_INTERVAL_S) >= MARK_INTERVAL_S:
                 self._ticked[partition] = now
                 await self._send(partition, f"{_TICK}{_RS}".encode())

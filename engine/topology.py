@@ -70,7 +70,7 @@ class Topology:
         lateness_ms: int = 60_000,
         web_port: int | None = None,
         replication: int = 1,
-        corroboration_idle_s: float = 10.0,
+        corroboration_idle_s: float = 30.0,
     ) -> None:
         warm_kernels()  # before any traffic: a cold numba compile would block the loop
         self.partitions = partitions
@@ -381,9 +381,13 @@ class Topology:
                 self._marks_due.pop(partition, None)  # revoked meanwhile
                 continue
             if self._mark_to_send(partition, mark, piggyback=False) == mark:
-                await self.alerts.send(
-                    value=b"", partition=partition, headers=self._mark_header(mark)
-                )
+                try:
+                    await self.alerts.send(
+                        value=b"", partition=partition, headers=self._mark_header(mark)
+                    )
+                except Exception as exc:  # e.g. the broker restarting: due still, next time
+                    log.warning("watermark send failed (%r), will send again", exc)
+                    return
                 self._marked(partition, mark, mark)
 
     async def _dispatch(self, stream: Any) -> None:

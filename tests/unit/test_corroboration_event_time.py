@@ -191,6 +191,29 @@ def test_held_events_survive_a_rebuild_from_the_tables() -> None:
     assert h.stage.pending == {}
 
 
+def test_events_held_at_a_restart_are_released_on_a_quiet_stream() -> None:
+    # The process stops with events held; after the restart nothing more arrives on
+    # their partition. The stage ticks itself, rebuilds them from the table, and lets
+    # them go once the sources (no watermark heard since the restart) are idle.
+    a_in, b_in = _ev("A", "yellow", H), _ev("B", "yellow", H + 60_000)
+    h = Harness(sources=2)
+    asyncio.run(h.route(0, [a_in, b_in], 2 * H))  # partition 1 has not passed them
+    assert len(h.stage.pending) == 2 and h.group_alerts() == []
+    restarted = Harness(sources=2)
+    restarted.stage.stations = h.stage.stations
+    restarted.stage.firing = h.stage.firing
+    restarted.stage.pending = h.stage.pending
+
+    async def scenario() -> None:
+        await restarted.wait(1.0)  # a tick: the held events are rebuilt, still held
+        assert len(restarted.stage.pending) == 2 and restarted.group_alerts() == []
+        await restarted.wait(IDLE_S + 1.0)
+
+    asyncio.run(scenario())
+    assert restarted.group_alerts() == _replayed([a_in, b_in]) != []
+    assert restarted.stage.pending == {}
+
+
 def test_buffer_horizon_allowance_and_idle_sources() -> None:
     now = [0.0]
     buf = EventTimeBuffer(2, allowance_ms=1_000, idle_s=5.0, clock=lambda: now[0])
