@@ -8,14 +8,14 @@ different workers), so group rules cannot run in the per-partition processors. I
 partition and alerts record, a line ``key\\x1eevent JSON`` per event; ``corroborate``
 consumes that topic, keeps each group's ``GroupState`` and sends the group's alerts
 back to ``<id>-alerts``. A replay after a crash re-sends the same events; a station's
-events no later than its latest are dropped (``GroupState.apply``) and the alerts keep
+events no later than its latest are dropped (``GroupState.take``) and the alerts keep
 their idempotency keys, so the dispatcher drops repeats.
 
 Event time: the groups take their events in event time, not in arrival order
 (``engine.corroboration_buffer`` explains the rule and its bounds). The dispatcher
 passes each alerts record's source partition and watermark (``WATERMARK_HEADER``) to
 ``route``, which forwards the watermarks to every corroboration partition as a line
-``\\x1dmarks\\x1e{"partition": watermark, ...}`` after the record's events: on the
+``\\x1dmarks\\x1e{"<partition>": <watermark ms>, ...}`` after the record's events: on the
 records it sends anyway, and on a record of its own at most once per ``MARK_INTERVAL_S``
 for the partitions that got no events (Faust costs ~0.5-1 ms per record, so never a
 record per alert). ``corroborate`` holds the routed events in an ``EventTimeBuffer`` per
@@ -30,12 +30,14 @@ to ``[entry time or null, time of the station's latest event]`` (ms),
 ``corroboration-firing`` maps ``rule\\x1fgroup`` to the time the group's alert started,
 and ``corroboration-pending`` holds the events not applied yet, ``rule\\x1fgroup\\x1f
 station\\x1fat`` to ``[level, metric]``, written when an event is held and deleted when
-it is applied. So a held event survives a crash or a failover exactly as the group
-state does, and the consumer's offsets commit past it as usual (holding the commit
-back instead would stall Faust's rebalances, which wait for every delivered record to
-be acknowledged). The watermarks are not kept: a lost one only delays (each active
-partition sends a newer one within ``MARK_INTERVAL_S``; an idle one stops counting
-after the idle time).
+it is applied: two changelog records per routed event more than before, producer
+records (batched by the client), not records the agents consume. So a held event
+survives a crash or a failover exactly as the group state does, and the consumer's
+offsets commit past it as usual (holding the commit back instead would stall Faust's
+rebalances, which wait for every delivered record to be acknowledged). The watermarks
+are not kept: a lost one only delays (each active partition sends a newer one within
+``MARK_INTERVAL_S``; one that does not stops counting after the idle time).
+
 A group's whole state under one key cost a changelog record the size of the group per
 alert, and in a flood the alerts come from thousands of a basin's gauges at once (JSON
 encoding was 30 % of a worker's time in ``bench/kafka_e2e.py``). The ``GroupState``
@@ -106,6 +108,10 @@ class CorroborationStage:
         self._states: dict[str, GroupState] | None = None
         #: Corroboration partition -> its held events and its sources' watermarks.
         self._buffers: dict[int, EventTimeBuffer] = {}
+        #: Events held since the start of the record in hand, not yet in ``pending``:
+        #: written at its end if still held (most are let go by the same record's
+        #: watermarks, and a write and a delete each cost a changelog record).
+        self._unsaved: dict[Pending, tuple[str, str]] = {}
         #: Corroboration partition -> wall time (s) of its last tick sent.
         self._ticked: dict[int, float] = {}
         #: Source partition -> the watermark (ms) of the alerts routed so far.
@@ -259,6 +265,8 @@ class CorroborationStage:
             rule_id, group, station, at = pkey.split(_SEP)
             partition = self.topology.partition_for(f"{rule_id}{_SEP}{group}")
             self._buffer(partition).add((int(at), rule_id, group, station), (level, metric))
+        for held, payload in self._unsaved.items():  # the record in hand's, not in the table
+            self._buffer(self.topology.partition_for(_SEP.join(held[1:3]))).add(held, payload)
         return states
 
     def _state(self, key: str) -> GroupState:
@@ -306,9 +314,7 @@ class CorroborationStage:
         key, sep, body = line.partition(_RS)
         if not sep:
             raise ValueError("no key separator")
-        if self._states is None:
-            self._states = self._build()
-        buffer = self._buffer(partition)
+        buffer = self._built_buffer(partition)
         if key == _MARKS:
             for source, watermark in json.loads(body).items():
                 buffer.mark(int(source), int(watermark))
@@ -325,10 +331,7 @@ class CorroborationStage:
         held: Pending = (source.at, rule_id, group, source.station)
         late = buffer.late
         if buffer.add(held, (source.level, source.metric)):
-            self.pending[_SEP.join((key, source.station, str(source.at)))] = [
-                source.level,
-                source.metric,
-            ]
+            self._unsaved[held] = (source.level, source.metric)
         if buffer.late > late:
             self.topology.counters["corroboration_late_events"] += 1
             log.warning(
@@ -341,20 +344,32 @@ class CorroborationStage:
 
     async def _release(self, partition: int) -> None:
         """Apply the held events of ``partition`` that the watermarks let go, in event
-        time (``engine.corroboration_buffer``)."""
+        time (``engine.corroboration_buffer``); then write those still held that the
+        record in hand brought to the ``pending`` table."""
         try:
-            buffer = self._buffer(partition)
+            buffer = self._built_buffer(partition)
             horizon = buffer.horizon()
             while (item := buffer.pop_due(horizon)) is not None:
-                (at, rule_id, group, station), (level, metric) = item
+                held, (level, metric) = item
+                at, rule_id, group, station = held
                 rule = self._rule(rule_id)
                 key = f"{rule_id}{_SEP}{group}"
                 if rule is not None:  # else removed by a reload meanwhile
                     await self._apply(rule, key, station, at, Level.parse(level), metric)
-                _sync(self.pending, _SEP.join((key, station, str(at))), True, None)
+                if self._unsaved.pop(held, None) is None:
+                    _sync(self.pending, _pending_key(held), True, None)
+            for held, payload in self._unsaved.items():
+                self.pending[_pending_key(held)] = list(payload)
+            self._unsaved.clear()
         except BaseException:
             self._states = None  # maybe ahead of the tables: rebuild from them
             raise
+
+    def _built_buffer(self, partition: int) -> EventTimeBuffer:
+        """The partition's buffer, with the state rebuilt from the tables if need be."""
+        if self._states is None:
+            self._states = self._build()
+        return self._buffer(partition)
 
     async def _apply(
         self, rule: CorroborationRule, key: str, station: str, at: int, level: Level, metric: str
@@ -392,6 +407,11 @@ class CorroborationStage:
                     raise
                 log.warning("group alert send failed (%r), sending again", exc)
                 await asyncio.sleep(0.5 * 2**attempt)
+
+
+def _pending_key(held: Pending) -> str:
+    at, rule_id, group, station = held
+    return _SEP.join((rule_id, group, station, str(at)))
 
 
 def _sync(table: Any, key: str, before: object, after: object) -> None:

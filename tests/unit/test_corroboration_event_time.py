@@ -214,6 +214,32 @@ def test_events_held_at_a_restart_are_released_on_a_quiet_stream() -> None:
     assert restarted.stage.pending == {}
 
 
+class _CountingTable(dict[str, Any]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.writes += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.writes += 1
+        super().__delitem__(key)
+
+
+def test_an_event_let_go_by_its_own_records_watermark_is_never_written_as_held() -> None:
+    h = Harness(sources=2)
+    table = h.stage.pending = _CountingTable()  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        await h.route(1, [], 2 * H)
+        await h.route(0, [_ev("A", "yellow", H), _ev("B", "yellow", H + 1)], 2 * H)
+
+    asyncio.run(scenario())
+    assert len(h.group_alerts()) == 1 and table.writes == 0
+
+
 def test_buffer_horizon_allowance_and_idle_sources() -> None:
     now = [0.0]
     buf = EventTimeBuffer(2, allowance_ms=1_000, idle_s=5.0, clock=lambda: now[0])
