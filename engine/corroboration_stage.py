@@ -24,7 +24,7 @@ clock can release held events (every source idle), a timer sends the partition a
 ``\\x1dtick`` record, at most once per ``MARK_INTERVAL_S``: table writes must happen in
 an event of the partition whose changelog holds them.
 
-The state is kept in three changelog-backed Faust tables, a small entry per key (what
+The state is kept in changelog-backed Faust tables, a small entry per key (what
 Faust tables are for): ``corroboration-stations`` maps ``rule\\x1fgroup\\x1fstation``
 to ``[entry time or null, time of the station's latest event]`` (ms),
 ``corroboration-firing`` maps ``rule\\x1fgroup`` to the time the group's alert started,
@@ -35,8 +35,10 @@ records (batched by the client), not records the agents consume. So a held event
 survives a crash or a failover exactly as the group state does, and the consumer's
 offsets commit past it as usual (holding the commit back instead would stall Faust's
 rebalances, which wait for every delivered record to be acknowledged). The watermarks
-are not kept: a lost one only delays (each active partition sends a newer one within
-``MARK_INTERVAL_S``; one that does not stops counting after the idle time).
+survive too (``corroboration-watermarks``: one entry per partition, the latest mark of
+each source, written after each record that moved them): else a restart would hold
+its events until each source sent a newer mark, or, on a stream that has ended, for
+the idle time, and a gateway restarted more often than that would never let them go.
 
 A group's whole state under one key cost a changelog record the size of the group per
 alert, and in a flood the alerts come from thousands of a basin's gauges at once (JSON
@@ -68,7 +70,12 @@ __all__ = ["MARK_INTERVAL_S", "TABLES", "CorroborationStage"]
 #: with the other topics (``engine.kafka.topics``): Faust itself creates them only when
 #: first written, and an agent that writes before its metadata shows the partitions
 #: crashes (PartitionsMismatch) half-way through an event.
-TABLES = ("corroboration-stations", "corroboration-firing", "corroboration-pending")
+TABLES = (
+    "corroboration-stations",
+    "corroboration-firing",
+    "corroboration-pending",
+    "corroboration-watermarks",
+)
 
 #: Wall seconds between records that carry only watermarks (or a tick), per partition.
 MARK_INTERVAL_S = 1.0
@@ -95,6 +102,7 @@ class CorroborationStage:
         self.stations = app.Table(TABLES[0], partitions=n, key_type=str)
         self.firing = app.Table(TABLES[1], partitions=n, key_type=str)
         self.pending = app.Table(TABLES[2], partitions=n, key_type=str)
+        self.watermarks = app.Table(TABLES[3], partitions=n, key_type=str)
         app.on_partitions_revoked.connect(self._on_partitions_revoked)
         app.agent(self.topic, name="corroborate")(self._corroborate)
         app.timer(MARK_INTERVAL_S)(self._on_timer)
@@ -112,6 +120,8 @@ class CorroborationStage:
         #: written at its end if still held (most are let go by the same record's
         #: watermarks, and a write and a delete each cost a changelog record).
         self._unsaved: dict[Pending, tuple[str, str]] = {}
+        #: Corroboration partition -> its sources' watermarks as ``watermarks`` holds them.
+        self._saved_marks: dict[int, dict[int, int]] = {}
         #: Corroboration partition -> wall time (s) of its last tick sent.
         self._ticked: dict[int, float] = {}
         #: Source partition -> the watermark (ms) of the alerts routed so far.
@@ -267,6 +277,11 @@ class CorroborationStage:
             self._buffer(partition).add((int(at), rule_id, group, station), (level, metric))
         for held, payload in self._unsaved.items():  # the record in hand's, not in the table
             self._buffer(self.topology.partition_for(_SEP.join(held[1:3]))).add(held, payload)
+        for partition, saved in self.watermarks.items():
+            buffer = self._buffer(int(partition))
+            for source, watermark in saved.items():
+                buffer.mark(int(source), watermark)
+            self._saved_marks[int(partition)] = dict(buffer.watermarks)
         return states
 
     def _state(self, key: str) -> GroupState:
@@ -361,6 +376,12 @@ class CorroborationStage:
             for held, payload in self._unsaved.items():
                 self.pending[_pending_key(held)] = list(payload)
             self._unsaved.clear()
+            if buffer.watermarks != self._saved_marks.get(partition):
+                # One entry per partition, so that a restart or the next owner knows
+                # how far the sources are and need not wait for their next marks (or
+                # the idle time, on a stream that has ended) to let held events go.
+                self.watermarks[str(partition)] = {str(p): w for p, w in buffer.watermarks.items()}
+                self._saved_marks[partition] = dict(buffer.watermarks)
         except BaseException:
             self._states = None  # maybe ahead of the tables: rebuild from them
             raise

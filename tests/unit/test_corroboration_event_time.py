@@ -76,6 +76,7 @@ class Harness:
         )
         stage.topic = _Topic("corr")  # type: ignore[assignment]
         stage.stations, stage.firing, stage.pending = {}, {}, {}  # type: ignore[assignment]
+        stage.watermarks = {}  # type: ignore[assignment]
         stage._init_state(clock=lambda: self.now)
         self.stage = stage
 
@@ -203,6 +204,7 @@ def test_events_held_at_a_restart_are_released_on_a_quiet_stream() -> None:
     restarted.stage.stations = h.stage.stations
     restarted.stage.firing = h.stage.firing
     restarted.stage.pending = h.stage.pending
+    restarted.stage.watermarks = h.stage.watermarks
 
     async def scenario() -> None:
         await restarted.wait(1.0)  # a tick: the held events are rebuilt, still held
@@ -238,6 +240,26 @@ def test_an_event_let_go_by_its_own_records_watermark_is_never_written_as_held()
 
     asyncio.run(scenario())
     assert len(h.group_alerts()) == 1 and table.writes == 0
+
+
+def test_the_watermarks_survive_a_restart() -> None:
+    # Partition 0 was at 2 h when the process stopped; after the restart partition 1
+    # passes B's time: B goes at once, not after partition 0 has sent a newer mark or
+    # the idle time has passed.
+    a_in, b_in = _ev("A", "yellow", H), _ev("B", "yellow", H + 60_000)
+    h = Harness(sources=2)
+
+    async def before() -> None:
+        await h.route(0, [a_in, b_in], 2 * H)
+        await h.route(1, [], H + 30_000)  # A's entry goes, B's is held
+
+    asyncio.run(before())
+    restarted = Harness(sources=2)
+    for table in ("stations", "firing", "pending", "watermarks"):
+        setattr(restarted.stage, table, getattr(h.stage, table))
+    asyncio.run(restarted.route(1, [], 2 * H))
+    assert restarted.group_alerts() == _replayed([a_in, b_in]) != []
+    assert restarted.stage.pending == {}
 
 
 def test_buffer_horizon_allowance_and_idle_sources() -> None:
