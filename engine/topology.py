@@ -45,6 +45,7 @@ from engine.processor import NO_TIME, PartitionProcessor
 from engine.ruleset import RuleSet
 from engine.transport.local import Transport as LocalTransport
 from engine.warmup import warm_kernels
+from engine.watermarks import MarkThrottle
 
 __all__ = ["Reading", "Topology"]
 
@@ -119,11 +120,8 @@ class Topology:
         #: their state must not be checkpointed now, or a new owner would skip the batch
         #: and its unsent alerts would be lost.
         self._busy: set[int] = set()
-        #: Telemetry partition -> (the watermark last sent on its alerts partition, wall
-        #: time of that send, s); and the watermarks not sent yet (throttled), each
-        #: safe to send: its batch's alerts are with the producer.
-        self._marks_sent: dict[int, tuple[int, float]] = {}
-        self._marks_due: dict[int, int] = {}
+        #: When each partition's watermark goes down the alerts topic (basin rules).
+        self._marks = MarkThrottle(MARK_INTERVAL_S)
         self.telemetry = self.app.topic(
             f"{app_id}-telemetry",
             key_serializer="raw",
@@ -329,66 +327,41 @@ class Topology:
             await self.send_dead_letter(raw.encode(), reason, f"{station}/{metric}")
         proc.rejected.clear()
         records = pack_lines(alert.to_json() for alert in alerts)
-        mark = self._mark_to_send(partition, proc.watermark, piggyback=bool(records))
+        # The partition's watermark rides on the batch's last record (engine.watermarks).
+        watermark = proc.watermark
+        mark = None
+        if watermark != NO_TIME:
+            mark = self._marks.to_send(partition, watermark, piggyback=bool(records))
         if mark is not None and not records:
             records = [b""]  # the watermark alone
         futures = [
             await self.alerts.send(
                 value=record,
                 partition=partition,
-                headers=self._mark_header(mark) if i == len(records) - 1 else None,
+                headers=_mark_header(mark) if i == len(records) - 1 else None,
             )
             for i, record in enumerate(records)
         ]
-        self._marked(partition, mark, proc.watermark)
+        if mark is not None:
+            self._marks.sent(partition, mark)
+        elif watermark != NO_TIME:
+            self._marks.hold(partition, watermark)
         for fut in futures:
             await fut  # durable before the state that caused it can be committed
 
-    # ---- watermarks for the basin rules ----------------------------------------------------
-
-    def _mark_to_send(self, partition: int, watermark: int, piggyback: bool) -> int | None:
-        """The watermark (ms) to put on a batch's last alerts record, if any: always on
-        a record that goes anyway; alone at most once per ``MARK_INTERVAL_S`` (the
-        rest wait for ``_send_due_marks``), not a record per batch."""
-        sent, when = self._marks_sent.get(partition, (NO_TIME, 0.0))
-        if watermark <= sent:
-            return None  # also NO_TIME: nothing evaluated yet
-        if piggyback or time.monotonic() - when >= MARK_INTERVAL_S:
-            return watermark
-        return None
-
-    @staticmethod
-    def _mark_header(mark: int | None) -> dict[str, bytes] | None:
-        return None if mark is None else {WATERMARK_HEADER: str(mark).encode()}
-
-    def _marked(self, partition: int, mark: int | None, watermark: int) -> None:
-        """After a batch's alerts are with the producer: what was sent, what is due."""
-        # The timer and the agent interleave at their sends: keep the newest of each.
-        sent = self._marks_sent.get(partition, (NO_TIME, 0.0))[0]
-        if mark is not None:
-            if mark >= sent:
-                self._marks_sent[partition] = (mark, time.monotonic())
-            if self._marks_due.get(partition, mark) <= mark:
-                self._marks_due.pop(partition, None)
-        elif watermark > max(sent, self._marks_due.get(partition, NO_TIME)):
-            self._marks_due[partition] = watermark
-
     async def _send_due_marks(self) -> None:
-        """The watermarks held back by the throttle, so that the last of a quiet
-        partition reaches the basin rules too (every ``MARK_INTERVAL_S``)."""
-        for partition, mark in list(self._marks_due.items()):
+        """The watermarks the throttle held back, so that the last of a quiet partition
+        reaches the basin rules too (every ``MARK_INTERVAL_S``)."""
+        for partition, mark in self._marks.due().items():
             if partition not in self.processors:
-                self._marks_due.pop(partition, None)  # revoked meanwhile
+                self._marks.forget(partition)  # revoked (or interrupted) meanwhile
                 continue
-            if self._mark_to_send(partition, mark, piggyback=False) == mark:
-                try:
-                    await self.alerts.send(
-                        value=b"", partition=partition, headers=self._mark_header(mark)
-                    )
-                except Exception as exc:  # e.g. the broker restarting: due still, next time
-                    log.warning("watermark send failed (%r), will send again", exc)
-                    return
-                self._marked(partition, mark, mark)
+            try:
+                await self.alerts.send(value=b"", partition=partition, headers=_mark_header(mark))
+            except Exception as exc:  # e.g. the broker restarting: still due, next time
+                log.warning("watermark send failed (%r), will send again", exc)
+                return
+            self._marks.sent(partition, mark)
 
     async def _dispatch(self, stream: Any) -> None:
         async for record in stream.events():
@@ -531,3 +504,7 @@ class Topology:
     def swap_rules(self, ruleset: RuleSet) -> None:
         """Install new rules; each partition picks them up before its next batch."""
         self.ruleset = ruleset
+
+
+def _mark_header(mark: int | None) -> dict[str, bytes] | None:
+    return None if mark is None else {WATERMARK_HEADER: str(mark).encode()}

@@ -22,6 +22,7 @@ from engine.corroboration import Corroborator
 from engine.corroboration_buffer import END_OF_TIME, EventTimeBuffer
 from engine.corroboration_stage import CorroborationStage
 from engine.ruleset import CorroborationRule
+from engine.watermarks import MarkThrottle
 
 H = 3_600_000
 STATIONS = "ABCDEF"
@@ -368,3 +369,25 @@ def test_replay_takes_events_of_the_same_millisecond_in_station_order() -> None:
     first = Corroborator((RULE,)).run(events)
     second = Corroborator((RULE,)).run([events[0], events[1], events[3], events[2]])
     assert [(g.level, g.at) for g in first] == [(g.level, g.at) for g in second]
+
+
+def test_a_watermark_rides_on_alerts_and_goes_alone_at_most_once_a_second() -> None:
+    now = [0.0]
+    marks = MarkThrottle(1.0, clock=lambda: now[0])
+    assert marks.to_send(3, 1_000, piggyback=False) == 1_000  # the first goes at once
+    marks.sent(3, 1_000)
+    assert marks.to_send(3, 1_000, piggyback=True) is None  # not newer: never again
+    assert marks.to_send(3, 2_000, piggyback=True) == 2_000  # on a record that goes anyway
+    marks.sent(3, 2_000)
+    now[0] = 0.5
+    assert marks.to_send(3, 3_000, piggyback=False) is None  # alone: not yet
+    marks.hold(3, 3_000)
+    marks.hold(3, 2_500)  # an older one does not replace it
+    assert marks.due() == {}
+    now[0] = 1.0
+    assert marks.due() == {3: 3_000}  # the timer sends it: the last one arrives too
+    marks.sent(3, 3_000)
+    assert marks.due() == {}
+    marks.hold(4, 10)
+    marks.forget(4)
+    assert marks.due() == {}
