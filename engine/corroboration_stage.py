@@ -14,7 +14,8 @@ their idempotency keys, so the dispatcher drops repeats.
 Event time: the groups take their events in event time, not in arrival order
 (``engine.corroboration_buffer`` explains the rule and its bounds). The dispatcher
 passes each alerts record's source partition and watermark (``WATERMARK_HEADER``) to
-``route``, which forwards the watermarks to every corroboration partition as a line
+``route``, which forwards the watermarks to each corroboration partition that holds a
+group (none without basin rules) as a line
 ``\\x1dmarks\\x1e{"<partition>": <watermark ms>, ...}`` after the record's events: on the
 records it sends anyway, and on a record of its own at most once per ``MARK_INTERVAL_S``
 for the partitions that got no events (Faust costs ~0.5-1 ms per record, so never a
@@ -129,6 +130,9 @@ class CorroborationStage:
         #: Corroboration partition -> the watermarks sent to it so far.
         self._marks_sent: dict[int, dict[int, int]] = {}
         self._marks_round = -MARK_INTERVAL_S  # wall time (s) of the last mark-only round
+        #: The rules ``_groups_at`` was computed for, and the partitions of their groups.
+        self._groups_for: object = None
+        self._groups_at: frozenset[int] = frozenset()
         #: Sends of ``route`` not yet known durable: (partition, value, future; None: the
         #: send itself failed and is to be made again).
         self._in_flight: list[tuple[int, bytes, Awaitable[Any] | None]] = []
@@ -183,10 +187,23 @@ class CorroborationStage:
         sent.update(due)
         return f"{_MARKS}{_RS}{json.dumps(due)}"
 
+    def _group_partitions(self) -> frozenset[int]:
+        """The partitions that hold a group of the current rules: the only ones that
+        need watermarks (none without basin rules), however many partitions there are."""
+        rules = self.topology.ruleset.corroboration
+        if self._groups_for is not rules:
+            self._groups_for = rules
+            self._groups_at = frozenset(
+                self.topology.partition_for(f"{r.rule_id}{_SEP}{group}")
+                for r in rules
+                for group in r.groups
+            )
+        return self._groups_at
+
     async def _send_marks(self) -> None:
         """A record of watermarks to each partition that has some not yet sent."""
         self._marks_round = self.clock()
-        for partition in range(self.topology.partitions):
+        for partition in sorted(self._group_partitions()):
             line = self._mark_line(partition, self._marks)
             if line is not None:
                 await self._send(partition, line.encode())

@@ -330,7 +330,7 @@ class Topology:
         # The partition's watermark rides on the batch's last record (engine.watermarks).
         watermark = proc.watermark
         mark = None
-        if watermark != NO_TIME:
+        if watermark != NO_TIME and self.ruleset.corroboration:  # else no one waits for it
             mark = self._marks.to_send(partition, watermark, piggyback=bool(records))
         if mark is not None and not records:
             records = [b""]  # the watermark alone
@@ -344,7 +344,7 @@ class Topology:
         ]
         if mark is not None:
             self._marks.sent(partition, mark)
-        elif watermark != NO_TIME:
+        elif watermark != NO_TIME and self.ruleset.corroboration:
             self._marks.hold(partition, watermark)
         for fut in futures:
             await fut  # durable before the state that caused it can be committed
