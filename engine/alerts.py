@@ -8,16 +8,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import Any, Literal
 
-__all__ = ["MAX_RECORD_BYTES", "AlertEvent", "Level", "fingerprint", "pack_lines", "unpack_events"]
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "WATERMARK_HEADER",
+    "AlertEvent",
+    "Level",
+    "fingerprint",
+    "pack_lines",
+    "unpack_events",
+    "watermark_of",
+]
 
 #: A record of alert events (``pack_lines``) holds at most this many bytes, unless one
 #: event alone is larger; well under Kafka's default ``max.message.bytes`` (1 MB).
 MAX_RECORD_BYTES = 256 * 1024
+
+#: Header of an alerts record: the watermark (ms, decimal) of the telemetry partition of
+#: the same number once the record's events were sent; every event that partition sends
+#: later is expected to be later than it (``engine.corroboration_buffer``). It sits on
+#: the last record of a batch's events, or alone on a record without events (throttled,
+#: ``engine.topology``), so the value stays JSON lines of events for every reader.
+WATERMARK_HEADER = "vigil-watermark"
 
 
 class Level(IntEnum):
@@ -122,3 +138,15 @@ def unpack_events(record: bytes) -> list[AlertEvent]:
 
 
 _FIELDS = tuple(f.name for f in fields(AlertEvent))
+
+
+def watermark_of(headers: Any) -> int | None:
+    """The ``WATERMARK_HEADER`` of a record's headers (a mapping or (name, bytes)
+    pairs, as the transports give them), or None."""
+    if not headers:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in items:
+        if name == WATERMARK_HEADER:
+            return int(value)
+    return None

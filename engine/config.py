@@ -97,6 +97,9 @@ class Settings(_Frozen):
     mqtt: MqttSettings = MqttSettings()
     batch: BatchSettings = BatchSettings()
     lateness_ms: int = Field(60_000, ge=0)
+    #: Wall seconds after which a partition whose event time stands still no longer
+    #: holds the basin (corroboration) rules back (engine/corroboration_buffer.py).
+    corroboration_idle_s: float = Field(30.0, gt=0, le=3600)
     web_port: int | None = Field(None, ge=1, le=65535)
     reload_interval_s: float = Field(2.0, gt=0, le=3600)
     #: How long the embedded log keeps records that every reader is done with.

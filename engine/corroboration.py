@@ -8,13 +8,12 @@ within ``within_ms`` of each other. It then raises ``level`` for the whole group
 alert's station is the group's name), dated at the entry of the k-th station, and
 clears when fewer than k remain. Every time is event time, so a replay gives the same alerts.
 
-Known limit: a group's state follows the order in which its stations' events arrive.
-Each station's events arrive in order, but stations in partitions (or workers) that lag
-one another can make a group rise or clear at other times than an event-time replay
-does; a worker replaying a partition after a failover is the usual case (its repeats
-of events already taken are dropped, ``GroupState.apply``). Making it exact needs each
-partition's watermark carried with its alerts, so that a group is evaluated in event
-time up to the lowest of them.
+A group's state depends on the order of its stations' events (an entry counts only
+with the stations that have not left by then), so it takes them in event time, in the
+order ``event_order`` gives: ``Corroborator.run`` sorts them (``vigil replay``); the
+live stage holds them until every partition's watermark has passed them
+(``engine.corroboration_buffer``, which states what it costs and the bound on what it
+cannot order), so that a lagging partition or a failover replay changes nothing.
 
 The stations of a group live in different partitions, so this runs after the alerts
 topic, on a stream re-keyed by group (``engine.corroboration_stage``, which keeps each
@@ -24,14 +23,14 @@ station's entry in a changelog-backed table).
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from engine.alerts import AlertEvent, Level, fingerprint
 from engine.events import format_text
 from engine.ruleset import CorroborationRule
 
-__all__ = ["Corroborator", "GroupState", "corroboration_event", "groups_of"]
+__all__ = ["Corroborator", "GroupState", "corroboration_event", "event_order", "groups_of"]
 
 
 def groups_of(rules: tuple[CorroborationRule, ...], event: AlertEvent) -> list[tuple[str, str]]:
@@ -54,6 +53,13 @@ def groups_of(rules: tuple[CorroborationRule, ...], event: AlertEvent) -> list[t
         and (previous < r.min_level <= level or (level < r.min_level and level < previous))
         for group in r.groups_of_station.get(event.station, ())
     ]
+
+
+def event_order(event: AlertEvent) -> tuple[int, str]:
+    """The order in which a group takes its stations' events: event time, then station
+    (a station has one event per time in a source rule's series), so that entries and
+    leaves at the same millisecond are taken the same way live and in a replay."""
+    return (event.at, event.station)
 
 
 @dataclass(frozen=True)
@@ -103,28 +109,34 @@ class GroupState:
         return None
 
     def apply(self, rule: CorroborationRule, event: AlertEvent) -> GroupChange | None:
-        """Take a source-rule event; returns the group's change, if any.
+        """Take a source-rule event; returns the group's change, if any."""
+        return self.take(rule, event.station, event.at, Level.parse(event.level))
 
-        A station's events come in order (one series, one partition), so an event no
-        later than the station's latest is one taken before, sent again by a worker
-        that replays a partition after a failover: taken again, its entry would count
-        a station that has left since.
+    def take(
+        self, rule: CorroborationRule, station: str, at: int, level: Level
+    ) -> GroupChange | None:
+        """Take a station's transition to ``level`` at ``at`` (ms, event time).
+
+        A station's events are taken in their order, so an event no later than the
+        station's latest is one taken before, sent again by a worker that replays a
+        partition after a failover: taken again, its entry would count a station that
+        has left since.
         """
-        last = self.last.get(event.station)
-        if last is not None and event.at <= last:
+        last = self.last.get(station)
+        if last is not None and at <= last:
             return None
-        self.last[event.station] = event.at
-        if Level.parse(event.level) >= rule.min_level:
-            self._enter(event.station, event.at)
+        self.last[station] = at
+        if level >= rule.min_level:
+            self._enter(station, at)
         else:
-            self._leave(event.station)
+            self._leave(station)
         since = self._holding(rule)
         if since is not None and self.firing_since is None:
             self.firing_since = since
-            return GroupChange(True, max(since, event.at), since, len(self.entered))
+            return GroupChange(True, max(since, at), since, len(self.entered))
         if since is None and self.firing_since is not None:
             started, self.firing_since = self.firing_since, None
-            return GroupChange(False, event.at, started, len(self.entered))
+            return GroupChange(False, at, started, len(self.entered))
         return None
 
 
@@ -155,8 +167,9 @@ def corroboration_event(
 
 
 class Corroborator:
-    """All corroboration rules over one ordered stream of alert events (``vigil replay``
-    and tests; the topology runs ``engine.corroboration_stage``)."""
+    """All corroboration rules over a stream of alert events (``vigil replay`` and
+    tests; the topology runs ``engine.corroboration_stage``). ``feed`` takes the events
+    in the order given; ``run`` in event time (``event_order``), as the live stage does."""
 
     def __init__(self, rules: tuple[CorroborationRule, ...]) -> None:
         self.rules = {r.rule_id: r for r in rules}
@@ -171,3 +184,7 @@ class Corroborator:
             if change is not None:
                 out.append(corroboration_event(rule, group, event.metric, change))
         return out
+
+    def run(self, events: Iterable[AlertEvent]) -> list[AlertEvent]:
+        """The group alerts of ``events``, taken in event time whatever their order."""
+        return [g for e in sorted(events, key=event_order) for g in self.feed(e)]

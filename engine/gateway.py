@@ -74,6 +74,7 @@ class Gateway:
             data_dir=data_dir,
             lateness_ms=settings.lateness_ms,
             tick_interval_s=settings.silence_tick_s,
+            corroboration_idle_s=settings.corroboration_idle_s,
             web_port=settings.web_port,
         )
         options = settings.mqtt.options(settings.batch.max_readings, settings.batch.linger_ms)

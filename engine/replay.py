@@ -151,7 +151,7 @@ def replay(
         events.extend(proc.close_windows(END_OF_TIME))
     if ruleset.corroboration:
         corroborator = Corroborator(ruleset.corroboration)
-        events += [g for e in sorted(events, key=lambda e: e.at) for g in corroborator.feed(e)]
+        events += corroborator.run(events)  # in event time, as the live stage takes them
     return events
 
 

@@ -34,17 +34,18 @@ from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 
 from connectors.sinks.base import Sink
-from engine.alerts import AlertEvent, pack_lines
+from engine.alerts import WATERMARK_HEADER, AlertEvent, pack_lines, watermark_of
 from engine.batch import BatchBuilder, BatchDecodeError, TelemetryBatch, Tick
-from engine.corroboration_stage import CorroborationStage
+from engine.corroboration_stage import MARK_INTERVAL_S, CorroborationStage
 from engine.dispatch import Dispatcher
 from engine.kafka.checkpoints import CheckpointingTransport, CheckpointStore
 from engine.kafka.consumer import FencedConsumer
 from engine.kafka.topics import bootstrap_of
-from engine.processor import PartitionProcessor
+from engine.processor import NO_TIME, PartitionProcessor
 from engine.ruleset import RuleSet
 from engine.transport.local import Transport as LocalTransport
 from engine.warmup import warm_kernels
+from engine.watermarks import MarkThrottle
 
 __all__ = ["Reading", "Topology"]
 
@@ -85,6 +86,7 @@ class Topology:
         web_port: int | None = None,
         replication: int = 1,
         tick_interval_s: float | None = None,
+        corroboration_idle_s: float = 30.0,
     ) -> None:
         """``tick_interval_s``: how often the wall clock is written into each telemetry
         partition this worker owns, so that a partition that gets no readings still
@@ -95,6 +97,9 @@ class Topology:
         self._every_partition = list(range(partitions))
         self.ruleset = ruleset
         self.lateness_ms = lateness_ms
+        #: Wall seconds after which a partition whose watermark stands still no longer
+        #: holds the basin rules back (``engine.corroboration_buffer``).
+        self.corroboration_idle_s = corroboration_idle_s
         self.counters: Counter[str] = Counter()
         self.app = _App(
             app_id,
@@ -133,6 +138,8 @@ class Topology:
         #: their state must not be checkpointed now, or a new owner would skip the batch
         #: and its unsent alerts would be lost.
         self._busy: set[int] = set()
+        #: When each partition's watermark goes down the alerts topic (basin rules).
+        self._marks = MarkThrottle(MARK_INTERVAL_S)
         self.telemetry = self.app.topic(
             f"{app_id}-telemetry",
             key_serializer="raw",
@@ -156,6 +163,7 @@ class Topology:
         self.app.agent(self.telemetry, name="evaluate", isolated_partitions=True)(self._evaluate)
         self.app.agent(self.alerts, name="dispatch")(self._dispatch)
         self.corroboration = CorroborationStage(self)
+        self.app.timer(MARK_INTERVAL_S)(self._send_due_marks)
         if isinstance(self.app.transport, CheckpointingTransport):
             ours = (self.telemetry, self.alerts, self.corroboration.topic)
             self.app.transport.contiguous_topics = frozenset(t.get_topic_name() for t in ours)
@@ -392,12 +400,42 @@ class Topology:
             raw = json.dumps({"station": station, "metric": metric, "ts": ts, "value": value})
             await self.send_dead_letter(raw.encode(), reason, f"{station}/{metric}")
         proc.rejected.clear()
+        records = pack_lines(alert.to_json() for alert in alerts)
+        # The partition's watermark rides on the batch's last record (engine.watermarks).
+        watermark = proc.watermark
+        mark = None
+        if watermark != NO_TIME and self.ruleset.corroboration:  # else no one waits for it
+            mark = self._marks.to_send(partition, watermark, piggyback=bool(records))
+        if mark is not None and not records:
+            records = [b""]  # the watermark alone
         futures = [
-            await self.alerts.send(value=record, partition=partition)
-            for record in pack_lines(alert.to_json() for alert in alerts)
+            await self.alerts.send(
+                value=record,
+                partition=partition,
+                headers=_mark_header(mark) if i == len(records) - 1 else None,
+            )
+            for i, record in enumerate(records)
         ]
+        if mark is not None:
+            self._marks.sent(partition, mark)
+        elif watermark != NO_TIME and self.ruleset.corroboration:
+            self._marks.hold(partition, watermark)
         for fut in futures:
             await fut  # durable before the state that caused it can be committed
+
+    async def _send_due_marks(self) -> None:
+        """The watermarks the throttle held back, so that the last of a quiet partition
+        reaches the basin rules too (every ``MARK_INTERVAL_S``)."""
+        for partition, mark in self._marks.due().items():
+            if partition not in self.processors:
+                self._marks.forget(partition)  # revoked (or interrupted) meanwhile
+                continue
+            try:
+                await self.alerts.send(value=b"", partition=partition, headers=_mark_header(mark))
+            except Exception as exc:  # e.g. the broker restarting: still due, next time
+                log.warning("watermark send failed (%r), will send again", exc)
+                return
+            self._marks.sent(partition, mark)
 
     async def _dispatch(self, stream: Any) -> None:
         async for record in stream.events():
@@ -412,7 +450,8 @@ class Topology:
                     where = f"{message.topic}/{message.partition}@{message.offset}"
                     await self.send_dead_letter(line, f"bad alert event: {exc}", where)
             await self.dispatcher.dispatch_many(events)
-            await self.corroboration.route(events)
+            mark = watermark_of(record.headers)
+            await self.corroboration.route(events, record.message.partition, mark)
 
     # ---- checkpoints -----------------------------------------------------------------------
 
@@ -539,3 +578,7 @@ class Topology:
     def swap_rules(self, ruleset: RuleSet) -> None:
         """Install new rules; each partition picks them up before its next batch."""
         self.ruleset = ruleset
+
+
+def _mark_header(mark: int | None) -> dict[str, bytes] | None:
+    return None if mark is None else {WATERMARK_HEADER: str(mark).encode()}

@@ -234,7 +234,11 @@ def wait_until_committed(
         if problem:
             raise AssertionError(problem)
         try:
+            # Held basin events first and last: "committed" does not mean applied for
+            # them (engine.corroboration_buffer), and their release sends alerts.
+            held = _held_events(bootstrap, layout)
             ends, committed = asyncio.run(_group_done(bootstrap, layout))
+            held = held or _held_events(bootstrap, layout)
         except Exception:  # the broker may still be coming back
             time.sleep(1.0)
             continue
@@ -243,13 +247,32 @@ def wait_until_committed(
             for tp, end in ends.items()
             if end > 0 and committed.get(tp, -1) < end
         }
+        if held:
+            behind["corroboration-pending"] = (held, 0)
         if not behind:
             return
         time.sleep(1.0)
     raise AssertionError(f"not all committed after {timeout}s: (committed, end) {behind}")
 
 
+def _held_events(bootstrap: str, layout: TopicLayout) -> int:
+    """Basin events held for the watermarks (the ``corroboration-pending`` table)."""
+    topic = f"{layout.app_id}-corroboration-pending-changelog"
+    table: dict[bytes | None, bytes | None] = {}
+    for _, key, value in asyncio.run(_read_records(bootstrap, topic, layout.partitions)):
+        table[key] = value
+    return sum(1 for v in table.values() if v is not None)
+
+
 async def _read_all(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, bytes]]:
+    """(partition, value) of every record, in partition order."""
+    records = await _read_records(bootstrap, topic, partitions)
+    return [(p, value or b"") for p, _, value in records]
+
+
+async def _read_records(
+    bootstrap: str, topic: str, partitions: int
+) -> list[tuple[int, bytes | None, bytes | None]]:
     # From the beginning by the reset strategy itself: ``assign`` starts a reset in the
     # background, and aiokafka applies the answer of one still in flight to a later
     # ``seek_to_beginning`` (both leave the partition awaiting a reset). With the
@@ -266,7 +289,7 @@ async def _read_all(bootstrap: str, topic: str, partitions: int) -> list[tuple[i
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
-        out: list[tuple[int, bytes]] = []
+        out: list[tuple[int, bytes | None, bytes | None]] = []
         remaining = {tp for tp in tps if ends[tp] > 0}
         last: dict[int, int] = {}
         count: dict[int, int] = {}
@@ -282,7 +305,7 @@ async def _read_all(bootstrap: str, topic: str, partitions: int) -> list[tuple[i
                 )
             batches = await consumer.getmany(timeout_ms=1000)
             for tp, records in batches.items():
-                out.extend((tp.partition, r.value or b"") for r in records)
+                out.extend((tp.partition, r.key, r.value) for r in records)
                 if records:
                     last[tp.partition] = records[-1].offset
                     count[tp.partition] = count.get(tp.partition, 0) + len(records)

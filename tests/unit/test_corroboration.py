@@ -131,7 +131,8 @@ def test_routed_events_after_a_failed_send_wait_behind_it_and_flush_keeps_order(
     )
     topic = _FlakyTopic(fail=1)
     stage.topic = topic  # type: ignore[assignment]
-    stage._in_flight, stage._deferred = [], set()
+    stage._init_state()
+    stage.topology.partitions = 4  # type: ignore[attr-defined]
 
     async def scenario() -> None:
         await stage.route([_ev("A", "yellow", 1)])  # the send fails: deferred
