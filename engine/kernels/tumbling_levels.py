@@ -521,7 +521,12 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
             st["last_ts"] = t
         else:
             run_age = last - t
-            if current > 0 and t < st["episode_start"] and _breached(x, _row(st), p.direction):
+            if (
+                p.for_ms == 0
+                and current > 0
+                and t < st["episode_start"]
+                and _breached(x, _row(st), p.direction)
+            ):
                 st["episode_start"] = t  # the episode began at this reading, out of order
         if changed:
             new_raw = _breached(agg, _row(st), p.direction)
@@ -567,7 +572,7 @@ def _late_escalation(tr, n, st, i, t, x, p):  # type: ignore[no-untyped-def]
     lv = _int(st["levels"])
     current = lv & LEVEL_MASK
     new = _breached(x, thr, p.direction)
-    if new > 0 and current > 0 and t < st["episode_start"]:
+    if new > 0 and current > 0 and t < st["episode_start"]:  # (no ``for`` here)
         st["episode_start"] = t  # the episode began at this reading
     if new <= current:
         return n

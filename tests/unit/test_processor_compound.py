@@ -9,6 +9,7 @@ import pytest
 
 import rules
 from engine.batch import TelemetryBatch
+from engine.compound import CompoundState
 from engine.processor import PartitionProcessor
 from rules.api import load_ruleset
 
@@ -75,3 +76,21 @@ def test_a_combination_that_holds_past_its_for_and_stops_in_one_batch_still_fire
     ]
     assert _compound(one_by_one) == expected
     assert _compound(at_once) == expected
+
+
+def test_a_combination_revealed_by_a_clause_decided_later_still_fires(flood) -> None:  # type: ignore[no-untyped-def]
+    """The level clause rises at 0:55 and falls at 1:45 before the rain clause, decided
+    later, tells that it held from 1:00: the combination held 45 min, it fires at
+    1:00 + for and clears at 1:45, as an event-time replay has it."""
+    (compound,) = flood.compound
+    state = CompoundState(compound)
+    level, rain = 0, 1  # the flood pack's clause order: water level, then rain
+    assert state.clause("HZ001", level, True, 55 * M) == []
+    assert state.clause("HZ001", level, False, 105 * M) == []
+    changes = state.clause("HZ001", rain, True, 60 * M)
+    assert [(c.firing, c.at, c.since) for c in changes] == [
+        (True, 60 * M + compound.for_ms, 60 * M),
+        (False, 105 * M, 60 * M),
+    ]
+    # Nothing fires twice when the rain clause's fall comes in too.
+    assert state.clause("HZ001", rain, False, 120 * M) == []
