@@ -18,6 +18,21 @@ the expected offset instead, and the records in between are fetched first. Shoul
 the first record after such a rewind still lie beyond (the offsets in between are gone
 from the log: retention), it is delivered and the hole is logged.
 
+A record the fence lets through has not yet reached the stream: Faust's fetcher then
+hands it to the topic's callback under ``wait_first(callback(msg), suspend_flow.wait())``,
+and a flow suspended meanwhile (a rebalance: Faust positions the partitions with
+``perform_seek()`` before it calls ``resume_flow()``) cancels that delivery and marks the
+record read all the same. Nothing would fetch it again, and since it is never
+acknowledged, its partition's commit stays behind it for good (``_new_offset``) while
+the records after it are processed: seen as a corroboration partition committed at 130
+of 261, one record's group events never applied. So the fence learns of each record
+whether its delivery completed; one that did not is given back (``undelivered``) and
+its partition sought back to it, so it is fetched and delivered again. A record may
+then reach the stream twice (a put into a full queue that outlived the cancel): every
+agent on these topics takes a repeat as a no-op (the processor skips batches below its
+``next_offset``, the dispatcher drops a delivered idempotency key, a group drops a
+station's events no later than its latest).
+
 Contiguous means Vigil's own topics (telemetry, alerts, corroboration): written by
 idempotent producers, no transactions, never compacted. Table changelogs are compacted
 and are not fenced.
@@ -30,7 +45,8 @@ from collections.abc import AsyncIterator, Hashable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
+from faust.types import TP, Message
+from faust.types.transports import ConsumerCallback
 
 __all__ = ["FencedConsumer", "FencedTransport", "OffsetFence", "Verdict"]
 
@@ -49,7 +65,9 @@ class OffsetFence:
 
     ``positioned`` after each seek to the committed offsets, ``seeked`` after a seek of
     one partition, ``revoked`` when partitions leave; ``admit`` for each record, in
-    fetch order, and ``rewound`` once a REWIND has been acted on.
+    fetch order, ``rewound`` once a REWIND has been acted on, and ``undelivered`` for a
+    record admitted whose delivery to the stream did not complete (before the next
+    record is admitted).
     """
 
     def __init__(self) -> None:
@@ -101,14 +119,39 @@ class OffsetFence:
         """The partition was sought back to ``expected[tp]`` after a REWIND."""
         self._rewound[tp] = self.expected[tp]
 
+    def undelivered(self, tp: Hashable, offset: int) -> bool:
+        """The record at ``offset``, just admitted, never reached the stream.
+
+        Returns whether the partition must be sought back to ``offset``: when that
+        record was the one to deliver next, it is again (``expected``). Otherwise it was
+        a repeat of one delivered before, or the partition was revoked or positioned
+        anew since it was admitted (the positioning decides what comes next).
+        """
+        if self.expected.get(tp) != offset + 1:
+            return False
+        self.expected[tp] = offset
+        # Not a rewind past a gap: should a record beyond ``offset`` come first now, it
+        # is rewound for again rather than taken for a hole (``offset`` was just read).
+        self._rewound.pop(tp, None)
+        return True
+
 
 class FencedConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with in-order delivery on the contiguous topics."""
 
     transport: FencedTransport
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, callback: ConsumerCallback, **kwargs: Any) -> None:
+        #: The latest message whose delivery to the streams completed (``getmany``).
+        self._handed: Message | None = None
+
+        async def delivered(message: Message) -> None:
+            # Faust's fetcher (``_drain_messages``) calls this for every record it
+            # delivers, and may cancel it; only a call that returns has delivered.
+            await callback(message)
+            self._handed = message
+
+        super().__init__(*args, callback=delivered, **kwargs)
         self.fence = OffsetFence()
 
     def _fenced(self, tp: TP) -> bool:
@@ -148,6 +191,11 @@ class FencedConsumer(faust_aiokafka.Consumer):
         return offset
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        """Faust's records, those of the fenced topics in offset order.
+
+        Faust's fetcher delivers each record yielded here before it asks for the next
+        one, so on resuming it is known whether that delivery completed.
+        """
         fence = self.fence
         skipping: set[TP] = set()  # rewound in this fetch: the rest of it is stale too
         async for tp, message in super().getmany(timeout):
@@ -163,13 +211,31 @@ class FencedConsumer(faust_aiokafka.Consumer):
                     "%s: offset %d came ahead of %d, rewinding", tp, message.offset, expected
                 )
                 skipping.add(tp)
-                await super().seek(tp, expected)
-                fence.rewound(tp)
+                if await self._rewind(tp, expected):
+                    fence.rewound(tp)
             elif verdict is not Verdict.DROP:
                 if verdict is Verdict.HOLE:
                     first, last = fence.holes[tp]
                     self.log.error("%s: offsets %d..%d are gone from the log", tp, first, last)
+                self._handed = None
                 yield tp, message
+                if self._handed is not message and fence.undelivered(tp, message.offset):
+                    self.log.info(
+                        "%s: delivery of offset %d did not complete, fetching it again",
+                        tp,
+                        message.offset,
+                    )
+                    skipping.add(tp)
+                    await self._rewind(tp, message.offset)
+
+    async def _rewind(self, tp: TP, offset: int) -> bool:
+        """Seek ``tp`` back to ``offset``, bypassing the fence; whether it was done."""
+        try:
+            await super().seek(tp, offset)
+        except Exception as exc:  # revoked meanwhile: its next positioning decides
+            self.log.info("%s: rewind to %d not done: %r", tp, offset, exc)
+            return False
+        return True
 
 
 class FencedTransport(faust_aiokafka.Transport):
