@@ -12,9 +12,11 @@ before the dispatcher saw them and batches before the kernels did
 ``FencedConsumer`` keeps, for each partition of the topics it is told are contiguous,
 the offset it must deliver next: the committed offset after each seek, then one past
 each record delivered. Until Faust has positioned a newly assigned partition at its
-committed offset, its records are not delivered at all (some arrive before that). A
-record beyond the expected offset is not delivered either; the partition is rewound to
-the expected offset instead, and the records in between are fetched first. Should
+committed offset, its records are not delivered at all (some arrive before that); if
+some were dropped so while the seek was under way, they may have been fetched from the
+committed offset itself, and the partition is sought there once more. A record beyond
+the expected offset is not delivered either; the partition is rewound to the expected
+offset instead, and the records in between are fetched first. Should
 the first record after such a rewind still lie beyond (the offsets in between are gone
 from the log: retention), it is delivered and the hole is logged.
 
@@ -63,7 +65,8 @@ class Verdict(enum.Enum):
 class OffsetFence:
     """In-order delivery per partition: the bookkeeping of ``FencedConsumer``, no I/O.
 
-    ``positioned`` after each seek to the committed offsets, ``seeked`` after a seek of
+    ``positioning`` before and ``positioned`` after each seek to the committed offsets
+    (it names the partitions to seek there once more), ``seeked`` after a seek of
     one partition, ``revoked`` when partitions leave; ``admit`` for each record, in
     fetch order, ``rewound`` once a REWIND has been acted on, and ``undelivered`` for a
     record admitted whose delivery to the stream did not complete (before the next
@@ -77,14 +80,32 @@ class OffsetFence:
         self._rewound: dict[Hashable, int] = {}
         #: Partitions positioned since their assignment; records of others are dropped.
         self._positioned: set[Hashable] = set()
+        #: Partitions with records dropped since ``positioning`` (not yet positioned).
+        self._dropped: set[Hashable] = set()
+        #: Partition -> the offset it was positioned at (its committed offset).
+        self.start: dict[Hashable, int] = {}
         #: Partition -> the last run of offsets found gone from the log, (first, last).
         self.holes: dict[Hashable, tuple[int, int]] = {}
 
-    def positioned(self, partitions: Mapping[Hashable, int | None]) -> None:
-        """Every fenced partition was sought to its committed offset (None: none yet)."""
+    def positioning(self) -> None:
+        """A seek of every partition to its committed offset begins."""
+        self._dropped.clear()
+
+    def positioned(self, partitions: Mapping[Hashable, int | None]) -> set[Hashable]:
+        """Every fenced partition was sought to its committed offset (None: none yet).
+
+        Returns those to seek to it once more: records of theirs were dropped since
+        ``positioning``, and may have been fetched from that offset after the seek.
+        (Without a committed offset there is no known place to go back to: such a
+        partition takes what comes.)
+        """
         self.expected = {tp: off for tp, off in partitions.items() if off is not None}
+        self.start = dict(self.expected)
         self._rewound.clear()
         self._positioned = set(partitions)
+        again = self._dropped & self.expected.keys()
+        self._dropped.clear()
+        return again
 
     def seeked(self, tp: Hashable, offset: int) -> None:
         if tp in self._positioned:
@@ -93,13 +114,15 @@ class OffsetFence:
     def revoked(self, partitions: Iterable[Hashable]) -> None:
         for tp in partitions:
             self.expected.pop(tp, None)
+            self.start.pop(tp, None)
             self._rewound.pop(tp, None)
             self._positioned.discard(tp)
 
     def admit(self, tp: Hashable, offset: int) -> Verdict:
         """The verdict on the record at ``offset`` of fenced partition ``tp``."""
         if tp not in self._positioned:
-            return Verdict.DROP  # fetched from where the last generation stood
+            self._dropped.add(tp)
+            return Verdict.DROP  # fetched from where the last generation stood, or early
         expected = self.expected.get(tp)
         if expected is not None and offset > expected:
             if self._rewound.get(tp) != expected:
@@ -158,10 +181,24 @@ class FencedConsumer(faust_aiokafka.Consumer):
         return tp.topic in self.transport.contiguous_topics
 
     async def perform_seek(self) -> None:
+        fence = self.fence
+        fence.positioning()
         await super().perform_seek()
-        self.fence.positioned(
-            {tp: self._committed_offset.get(tp) for tp in self.assignment() if self._fenced(tp)}
-        )
+        committed = {
+            tp: self._committed_offset.get(tp) for tp in self.assignment() if self._fenced(tp)
+        }
+        # Never committed (or committed at 0, which Faust records as None): the group
+        # reads it from the start of the log (auto_offset_reset "earliest"). Taking
+        # the first record that came instead took a stale one from further on for
+        # the start, and Faust committed over the records before it, never delivered.
+        fresh = [tp for tp, offset in committed.items() if offset is None]
+        if fresh:
+            earliest = await self.earliest_offsets(*fresh)
+            committed.update((tp, earliest[tp]) for tp in fresh if tp in earliest)
+        # Faust's seek left a partition without a committed offset where it was.
+        again = fence.positioned(committed) | (set(fresh) & fence.expected.keys())
+        for tp in again:
+            await self._rewind(tp, fence.expected[tp])
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
@@ -178,6 +215,8 @@ class FencedConsumer(faust_aiokafka.Consumer):
         # topic nothing is compacted away; the record is in flight or was skipped, and
         # committing over it would lose it at the next hand-over.
         committed = self._committed_offset.get(tp)
+        if committed is None:  # none yet: where the fence started it
+            committed = self.fence.start.get(tp)
         acked = self._acked.get(tp)
         if (
             committed is not None

@@ -1,16 +1,14 @@
-"""``FencedConsumer`` under Faust's own fetch loop: a cancelled delivery is not lost.
+"""``FencedConsumer`` under Faust's own fetch loop: no record of Vigil's topics is lost.
 
 Faust's fetcher (``Consumer._drain_messages``, run here as it is) hands each record to
-the streams under ``wait_first(callback(record), suspend_flow.wait())``. After a
-rebalance, Faust positions the partitions (``perform_seek``) before it resumes the flow;
-a record fetched in between has its delivery cancelled and is marked read all the same.
-The broker is a list of offsets with a fetch position; no I/O.
+the streams under ``wait_first(callback(record), suspend_flow.wait())``. The broker is
+one partition's log with a fetch position that seeks move; no I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,31 +21,40 @@ from engine.kafka.consumer import FencedConsumer, FencedTransport
 
 TOPIC = "vigil-corroboration"
 PART = TP(TOPIC, 5)
-END = 84  # the log holds offsets 0..END-1
 FETCH = 3  # records per fetch
 
 
 class FakeLog:
-    """One partition's log, fetched from a position that a seek moves."""
+    """One partition's log, offsets ``0..end-1``, fetched from a position."""
 
-    def __init__(self, consumer: FencedConsumer) -> None:
-        self.consumer = consumer
-        self.position = 78
+    def __init__(self, end: int, position: int, committed: int | None) -> None:
+        self.end = end
+        self.position = position
+        self.committed = committed
         self.seeks: list[int] = []
+        #: Records the next fetch answers with, from before a seek (a stale fetch).
+        self.stale: list[int] = []
+        #: Called after each record of the first fetch is delivered (or not).
+        self.after_first_record: Any = None
         self.fetches = 0
+
+    def record(self, offset: int) -> Any:
+        return SimpleNamespace(
+            topic=TOPIC, partition=PART.partition, tp=PART, offset=offset, key=b"", value=b""
+        )
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         self.fetches += 1
-        start = self.position
-        self.position = min(start + FETCH, END)
-        for offset in range(start, self.position):
-            record = SimpleNamespace(
-                topic=TOPIC, partition=PART.partition, tp=PART, offset=offset, key=b"", value=b""
-            )
-            yield PART, record
-            if self.fetches == 1:
-                # The rebalance completes: Faust resumes the flow after its seek.
-                self.consumer.resume_flow()
+        if self.stale:
+            offsets, self.stale = self.stale, []
+        else:
+            start = self.position
+            self.position = min(start + FETCH, self.end)
+            offsets = list(range(start, self.position))
+        for offset in offsets:
+            yield PART, self.record(offset)
+            if self.fetches == 1 and self.after_first_record is not None:
+                self.after_first_record()
         await asyncio.sleep(0)
 
     async def seek(self, tp: TP, offset: int) -> None:
@@ -55,55 +62,100 @@ class FakeLog:
         self.seeks.append(offset)
         self.position = offset
 
+    async def seek_to_committed(self) -> Mapping[TP, int | None]:
+        if self.committed:  # aiokafka seeks only to a committed offset above 0
+            self.position = self.committed
+        return {PART: self.committed}
 
-async def _run(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], FakeLog]:
-    app = faust.App("fence-test", broker="kafka://127.0.0.1:1", autodiscover=False)
-    transport = FencedTransport(app.conf.broker_consumer, app)
-    transport.contiguous_topics = frozenset({TOPIC})
-    app.transport = transport
-    delivered: list[int] = []
-    flow_open = asyncio.Event()  # Faust's flow control, suspended in a rebalance
+    async def earliest_offsets(self, *partitions: TP) -> Mapping[TP, int]:
+        assert partitions == (PART,)
+        return {PART: 0}
 
-    async def deliver(message: Any) -> None:
-        await flow_open.wait()
-        delivered.append(message.offset)
 
-    async def nothing(*args: Any, **kwargs: Any) -> None:
-        pass
+class Setup:
+    """A ``FencedConsumer`` of a Faust app whose streams take records when the flow
+    control is open, over a ``FakeLog``. Made in the running event loop (the consumer
+    takes the current one)."""
 
-    consumer = transport.create_consumer(
-        callback=deliver, on_partitions_revoked=nothing, on_partitions_assigned=nothing
-    )
-    assert isinstance(consumer, FencedConsumer)
-    log = FakeLog(consumer)
-    # Bound to the fake log: the consumer's ``super()`` calls land there.
-    monkeypatch.setattr(faust_aiokafka.Consumer, "getmany", log.getmany)
-    monkeypatch.setattr(faust_aiokafka.Consumer, "_seek", log.seek)
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, log: FakeLog) -> None:
+        app = faust.App("fence-test", broker="kafka://127.0.0.1:1", autodiscover=False)
+        transport = FencedTransport(app.conf.broker_consumer, app)
+        transport.contiguous_topics = frozenset({TOPIC})
+        app.transport = transport
+        self.log = log
+        self.delivered: list[int] = []
+        self.flow_open = asyncio.Event()  # Faust's flow control, suspended in a rebalance
+        self.flow_open.set()
 
-    # Mid-rebalance: the flow is stopped; perform_seek put the partition at its
-    # committed offset 78 (Faust's read offset, and the fence's).
-    consumer.stop_flow()
-    consumer._read_offset[PART] = 78
-    consumer.fence.positioned({PART: 78})
+        async def deliver(message: Any) -> None:
+            await self.flow_open.wait()
+            self.delivered.append(message.offset)
 
-    fetcher = SimpleNamespace(_stopped=asyncio.Event())
-    drain = asyncio.ensure_future(consumer._drain_messages(fetcher))
-    loop_turns = 0
-    while (not delivered or delivered[-1] < END - 1) and loop_turns < 10_000:
-        if consumer.flow_active:
-            flow_open.set()
-        await asyncio.sleep(0)
-        loop_turns += 1
-    fetcher._stopped.set()
-    await asyncio.wait_for(drain, timeout=10)
-    return delivered, log
+        async def nothing(*args: Any, **kwargs: Any) -> None:
+            pass
+
+        consumer = transport.create_consumer(
+            callback=deliver, on_partitions_revoked=nothing, on_partitions_assigned=nothing
+        )
+        assert isinstance(consumer, FencedConsumer)
+        self.consumer = consumer
+        # Bound to the fake log: the consumer's ``super()`` calls land there.
+        for name in ("getmany", "seek_to_committed", "earliest_offsets"):
+            monkeypatch.setattr(faust_aiokafka.Consumer, name, getattr(log, name))
+        monkeypatch.setattr(faust_aiokafka.Consumer, "_seek", log.seek)
+        monkeypatch.setattr(faust_aiokafka.Consumer, "assignment", lambda self: {PART})
+
+    async def drain(self) -> list[int]:
+        """Run Faust's fetch loop until the end of the log is delivered."""
+        consumer = self.consumer
+        fetcher = SimpleNamespace(_stopped=asyncio.Event())
+        task = asyncio.ensure_future(consumer._drain_messages(fetcher))
+        turns = 0
+        while (not self.delivered or self.delivered[-1] < self.log.end - 1) and turns < 10_000:
+            if consumer.flow_active:
+                self.flow_open.set()
+            await asyncio.sleep(0)
+            turns += 1
+        fetcher._stopped.set()
+        await asyncio.wait_for(task, timeout=10)
+        return self.delivered
 
 
 def test_a_delivery_cancelled_by_the_suspended_flow_is_fetched_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    delivered, log = asyncio.run(_run(monkeypatch))
+    """After a rebalance Faust seeks (``perform_seek``) before it resumes the flow; a
+    record fetched in between has its delivery cancelled and is marked read."""
+    log = FakeLog(end=84, position=60, committed=78)
+
+    async def scenario() -> list[int]:
+        setup = Setup(monkeypatch, log)
+        consumer = setup.consumer
+        consumer.stop_flow()
+        setup.flow_open.clear()
+        await consumer.perform_seek()
+        log.seeks.clear()
+        log.after_first_record = consumer.resume_flow  # the rebalance completes
+        return await setup.drain()
+
+    delivered = asyncio.run(scenario())
     # 78's delivery was cancelled; the partition was sought back to it, and every
     # record reached the stream in offset order, none skipped.
-    assert delivered == list(range(78, END))
+    assert delivered == list(range(78, 84))
     assert log.seeks == [78]
+
+
+def test_a_partition_never_committed_starts_at_the_log_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a committed offset, a stale fetch from further on is not taken for the
+    start of the partition: the records before it would never be delivered."""
+    log = FakeLog(end=12, position=0, committed=None)
+
+    async def scenario() -> list[int]:
+        setup = Setup(monkeypatch, log)
+        await setup.consumer.perform_seek()
+        log.stale = [7, 8]  # answered across the seek, from where a fetch stood before
+        return await setup.drain()
+
+    assert asyncio.run(scenario()) == list(range(12))

@@ -120,3 +120,28 @@ def test_an_undelivered_repeat_or_revoked_record_needs_no_rewind() -> None:
     assert TP not in fence.expected
     assert fence.admit(OTHER, 3) is Verdict.DROP
     assert not fence.undelivered(OTHER, 3)
+
+
+def test_records_dropped_while_positioning_are_fetched_again() -> None:
+    # A fetch from the committed offset answered after the seek, but read before the
+    # fence knew where the partition stood: dropped, so it must be fetched again.
+    fence = OffsetFence()
+    fence.positioning()
+    assert fence.admit(TP, 30) is Verdict.DROP
+    assert fence.admit(TP, 31) is Verdict.DROP
+    assert fence.positioned({TP: 30, OTHER: 12}) == {TP}
+    assert fence.admit(TP, 32) is Verdict.REWIND  # what the fetch still held
+    fence.rewound(TP)
+    assert _deliver_all(fence, TP, [30, 31, 32]) == [Verdict.DELIVER] * 3
+    # Drops before the positioning began are the last generation's: none to redo.
+    fence.revoked([TP])
+    assert fence.admit(TP, 33) is Verdict.DROP
+    fence.positioning()
+    assert fence.positioned({TP: 33}) == set()
+
+
+def test_a_partition_without_a_committed_offset_is_not_sought_again() -> None:
+    fence = OffsetFence()
+    fence.positioning()
+    assert fence.admit(TP, 0) is Verdict.DROP
+    assert fence.positioned({TP: None}) == set()
