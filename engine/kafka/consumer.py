@@ -11,14 +11,15 @@ before the dispatcher saw them and batches before the kernels did
 
 ``FencedConsumer`` keeps, for each partition of the topics it is told are contiguous,
 the offset it must deliver next: the committed offset after each seek, then one past
-each record delivered. Until Faust has positioned a newly assigned partition at its
-committed offset, its records are not delivered at all (some arrive before that); if
-some were dropped so while the seek was under way, they may have been fetched from the
-committed offset itself, and the partition is sought there once more. A record beyond
-the expected offset is not delivered either; the partition is rewound to the expected
-offset instead, and the records in between are fetched first. Should
-the first record after such a rewind still lie beyond (the offsets in between are gone
-from the log: retention), it is delivered and the hole is logged.
+each record delivered; a partition never committed starts at the start of the log, as
+the group reads it (auto_offset_reset "earliest"). Until Faust has positioned a newly
+assigned partition, its records are not delivered at all (some arrive before that);
+those dropped while the seek was under way may have come from the committed offset
+itself, so their partition is sought there once more. A record beyond the expected
+offset is not delivered either; the partition is rewound to the expected offset
+instead, and the records in between are fetched first. Should the first record after
+such a rewind still lie beyond (the offsets in between are gone from the log:
+retention), it is delivered and the hole is logged.
 
 A record the fence lets through has not yet reached the stream: Faust's fetcher then
 hands it to the topic's callback under ``wait_first(callback(msg), suspend_flow.wait())``,
@@ -95,9 +96,9 @@ class OffsetFence:
         """Every fenced partition was sought to its committed offset (None: none yet).
 
         Returns those to seek to it once more: records of theirs were dropped since
-        ``positioning``, and may have been fetched from that offset after the seek.
-        (Without a committed offset there is no known place to go back to: such a
-        partition takes what comes.)
+        ``positioning``, and may have been fetched from that offset after the seek. A
+        partition given None takes what comes (``FencedConsumer`` gives a partition
+        never committed the start of its log instead).
         """
         self.expected = {tp: off for tp, off in partitions.items() if off is not None}
         self.start = dict(self.expected)
