@@ -36,6 +36,13 @@ agent on these topics takes a repeat as a no-op (the processor skips batches bel
 ``next_offset``, the dispatcher drops a delivered idempotency key, a group drops a
 station's events no later than its latest).
 
+Whatever the way a record is lost before the stream (a cause not known yet is not
+ruled out), the commit guard (``_new_offset``) finds it: the record at the committed
+offset is not acknowledged while later ones are, and one agent takes a partition's
+records in order. Held so for ``refetch_after_s``, the partition is sought back to that
+record (logged as a warning), so a loss costs a delay and some repeats, never a commit
+stuck for good with the record unprocessed.
+
 Contiguous means Vigil's own topics (telemetry, alerts, corroboration): written by
 idempotent producers, no transactions, never compacted. Table changelogs are compacted
 and are not fenced.
@@ -44,6 +51,7 @@ and are not fenced.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import AsyncIterator, Hashable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -165,6 +173,11 @@ class FencedConsumer(faust_aiokafka.Consumer):
 
     transport: FencedTransport
 
+    #: Seconds a commit may be held at a record never acknowledged, while later ones
+    #: are, before that record is fetched again (many commit intervals: a record
+    #: rewound to by the topology comes back well within it).
+    refetch_after_s: ClassVar[float] = 30.0
+
     def __init__(self, *args: Any, callback: ConsumerCallback, **kwargs: Any) -> None:
         #: The latest message whose delivery to the streams completed (``getmany``).
         self._handed: Message | None = None
@@ -177,6 +190,11 @@ class FencedConsumer(faust_aiokafka.Consumer):
 
         super().__init__(*args, callback=delivered, **kwargs)
         self.fence = OffsetFence()
+        #: Partition -> (the offset its commit is held at, since when: ``clock``).
+        self._held: dict[TP, tuple[int, float]] = {}
+        #: Partitions to seek back to a record never acknowledged (``_new_offset``).
+        self._refetch: dict[TP, int] = {}
+        self.clock = time.monotonic
 
     def _fenced(self, tp: TP) -> bool:
         return tp.topic in self.transport.contiguous_topics
@@ -184,6 +202,8 @@ class FencedConsumer(faust_aiokafka.Consumer):
     async def perform_seek(self) -> None:
         fence = self.fence
         fence.positioning()
+        self._refetch.clear()
+        self._held.clear()
         await super().perform_seek()
         committed = {
             tp: self._committed_offset.get(tp) for tp in self.assignment() if self._fenced(tp)
@@ -207,6 +227,9 @@ class FencedConsumer(faust_aiokafka.Consumer):
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self.fence.revoked(revoked)
+        for tp in revoked:
+            self._held.pop(tp, None)
+            self._refetch.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     def _new_offset(self, tp: TP) -> int | None:
@@ -226,7 +249,15 @@ class FencedConsumer(faust_aiokafka.Consumer):
             and self._fenced(tp)
             and not self._gap[tp].overlaps(committed)
         ):
+            now = self.clock()
+            held = self._held.get(tp)
+            if held is None or held[0] != committed:
+                self._held[tp] = (committed, now)
+            elif now - held[1] >= self.refetch_after_s:
+                self._held[tp] = (committed, now)  # and again later, should it be lost again
+                self._refetch[tp] = committed
             return None
+        self._held.pop(tp, None)
         offset: int | None = super()._new_offset(tp)
         return offset
 
@@ -238,6 +269,16 @@ class FencedConsumer(faust_aiokafka.Consumer):
         """
         fence = self.fence
         skipping: set[TP] = set()  # rewound in this fetch: the rest of it is stale too
+        while self._refetch:
+            tp, offset = self._refetch.popitem()
+            self.log.warning(
+                "%s: commit held at offset %d, never acknowledged while later ones are: "
+                "it never reached the stream, fetching it again",
+                tp,
+                offset,
+            )
+            if await self._rewind(tp, offset):
+                fence.seeked(tp, offset)
         async for tp, message in super().getmany(timeout):
             if tp in skipping:
                 continue

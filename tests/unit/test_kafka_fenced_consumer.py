@@ -159,3 +159,32 @@ def test_a_partition_never_committed_starts_at_the_log_start(
         return await setup.drain()
 
     assert asyncio.run(scenario()) == list(range(12))
+
+
+def test_a_commit_held_at_a_record_never_acknowledged_fetches_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever lost a record on its way to the stream, the commit guard notices: the
+    record at the committed offset is not acknowledged while later ones are. Held so
+    long enough, the partition is sought back to it instead of staying stuck."""
+    log = FakeLog(end=84, position=60, committed=78)
+
+    async def scenario() -> tuple[list[int | None], list[int]]:
+        setup = Setup(monkeypatch, log)
+        consumer = setup.consumer
+        now = [0.0]
+        consumer.clock = lambda: now[0]
+        await consumer.perform_seek()
+        for offset in (78, 79, 80):  # fetched and admitted; 78 never reached the stream
+            consumer.fence.admit(PART, offset)
+        consumer._acked[PART] = [79, 80]
+        consumer._acked_index[PART] = {79, 80}
+        log.position = 81
+        held = [consumer._new_offset(PART)]
+        now[0] = 3600.0
+        held.append(consumer._new_offset(PART))
+        return held, await setup.drain()
+
+    held, delivered = asyncio.run(scenario())
+    assert held == [None, None]  # never committed over 78
+    assert delivered == list(range(78, 84))
