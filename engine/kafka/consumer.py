@@ -219,7 +219,9 @@ class FencedConsumer(faust_aiokafka.Consumer):
         # Faust's seek left a partition without a committed offset where it was.
         again = fence.positioned(committed) | (set(fresh) & fence.expected.keys())
         for tp in again:
-            await self._rewind(tp, fence.expected[tp])
+            offset = fence.expected.get(tp)
+            if offset is not None:  # else revoked meanwhile
+                await self._rewind(tp, offset)
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
