@@ -23,14 +23,14 @@ retention), it is delivered and the hole is logged.
 
 A record the fence lets through has not yet reached the stream: Faust's fetcher then
 hands it to the topic's callback under ``wait_first(callback(msg), suspend_flow.wait())``,
-and a flow suspended meanwhile (a rebalance: Faust positions the partitions with
-``perform_seek()`` before it calls ``resume_flow()``) cancels that delivery and marks the
-record read all the same. Nothing would fetch it again, and since it is never
-acknowledged, its partition's commit stays behind it for good (``_new_offset``) while
-the records after it are processed: seen as a corroboration partition committed at 130
-of 261, one record's group events never applied. So the fence learns of each record
-whether its delivery completed; one that did not is given back (``undelivered``) and
-its partition sought back to it, so it is fetched and delivered again. A record may
+and a flow suspended meanwhile (``stop_flow()``: a rebalance, around Faust's
+``perform_seek()``) cancels that delivery and marks the record read all the same.
+Nothing would fetch it again, and since it is never acknowledged, its partition's
+commit stays behind it for good (``_new_offset``) while the records after it are
+processed: seen as a corroboration partition committed at 130 of 261, one record's
+group events never applied. So the fence learns of each record whether its delivery
+completed; one that did not is given back (``undelivered``) and its partition sought
+back to it, so it is fetched and delivered again. A record may
 then reach the stream twice (a put into a full queue that outlived the cancel): every
 agent on these topics takes a repeat as a no-op (the processor skips batches below its
 ``next_offset``, the dispatcher drops a delivered idempotency key, a group drops a
@@ -210,8 +210,9 @@ class FencedConsumer(faust_aiokafka.Consumer):
         }
         # Never committed (or committed at 0, which Faust records as None): the group
         # reads it from the start of the log (auto_offset_reset "earliest"). Taking
-        # the first record that came instead took a stale one from further on for
-        # the start, and Faust committed over the records before it, never delivered.
+        # the first record that came could take a stale one from further on (fresh
+        # workers see such fetches) for the start, and Faust then commits over the
+        # records before it, never delivered.
         fresh = [tp for tp, offset in committed.items() if offset is None]
         if fresh:
             earliest = await self.earliest_offsets(*fresh)
