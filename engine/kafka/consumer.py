@@ -11,12 +11,37 @@ before the dispatcher saw them and batches before the kernels did
 
 ``FencedConsumer`` keeps, for each partition of the topics it is told are contiguous,
 the offset it must deliver next: the committed offset after each seek, then one past
-each record delivered. Until Faust has positioned a newly assigned partition at its
-committed offset, its records are not delivered at all (some arrive before that). A
-record beyond the expected offset is not delivered either; the partition is rewound to
-the expected offset instead, and the records in between are fetched first. Should
-the first record after such a rewind still lie beyond (the offsets in between are gone
-from the log: retention), it is delivered and the hole is logged.
+each record delivered; a partition never committed starts at the start of the log, as
+the group reads it (auto_offset_reset "earliest"). Until Faust has positioned a newly
+assigned partition, its records are not delivered at all (some arrive before that);
+those dropped while the seek was under way may have come from the committed offset
+itself, so their partition is sought there once more. A record beyond the expected
+offset is not delivered either; the partition is rewound to the expected offset
+instead, and the records in between are fetched first. Should the first record after
+such a rewind still lie beyond (the offsets in between are gone from the log:
+retention), it is delivered and the hole is logged.
+
+A record the fence lets through has not yet reached the stream: Faust's fetcher then
+hands it to the topic's callback under ``wait_first(callback(msg), suspend_flow.wait())``,
+and a flow suspended meanwhile (``stop_flow()``: a rebalance, around Faust's
+``perform_seek()``) cancels that delivery and marks the record read all the same.
+Nothing would fetch it again, and since it is never acknowledged, its partition's
+commit stays behind it for good (``_new_offset``) while the records after it are
+processed: seen as a corroboration partition committed at 130 of 261, one record's
+group events never applied. So the fence learns of each record whether its delivery
+completed; one that did not is given back (``undelivered``) and its partition sought
+back to it, so it is fetched and delivered again. A record may
+then reach the stream twice (a put into a full queue that outlived the cancel): every
+agent on these topics takes a repeat as a no-op (the processor skips batches below its
+``next_offset``, the dispatcher drops a delivered idempotency key, a group drops a
+station's events no later than its latest).
+
+Whatever the way a record is lost before the stream (a cause not known yet is not
+ruled out), the commit guard (``_new_offset``) finds it: the record at the committed
+offset is not acknowledged while later ones are, and one agent takes a partition's
+records in order. Held so for ``refetch_after_s``, the partition is sought back to that
+record (logged as a warning), so a loss costs a delay and some repeats, never a commit
+stuck for good with the record unprocessed.
 
 Contiguous means Vigil's own topics (telemetry, alerts, corroboration): written by
 idempotent producers, no transactions, never compacted. Table changelogs are compacted
@@ -26,11 +51,13 @@ and are not fenced.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import AsyncIterator, Hashable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
+from faust.types import TP, Message
+from faust.types.transports import ConsumerCallback
 
 __all__ = ["FencedConsumer", "FencedTransport", "OffsetFence", "Verdict"]
 
@@ -47,9 +74,12 @@ class Verdict(enum.Enum):
 class OffsetFence:
     """In-order delivery per partition: the bookkeeping of ``FencedConsumer``, no I/O.
 
-    ``positioned`` after each seek to the committed offsets, ``seeked`` after a seek of
+    ``positioning`` before and ``positioned`` after each seek to the committed offsets
+    (it names the partitions to seek there once more), ``seeked`` after a seek of
     one partition, ``revoked`` when partitions leave; ``admit`` for each record, in
-    fetch order, and ``rewound`` once a REWIND has been acted on.
+    fetch order, ``rewound`` once a REWIND has been acted on, and ``undelivered`` for a
+    record admitted whose delivery to the stream did not complete (before the next
+    record is admitted).
     """
 
     def __init__(self) -> None:
@@ -59,14 +89,32 @@ class OffsetFence:
         self._rewound: dict[Hashable, int] = {}
         #: Partitions positioned since their assignment; records of others are dropped.
         self._positioned: set[Hashable] = set()
+        #: Partitions with records dropped since ``positioning`` (not yet positioned).
+        self._dropped: set[Hashable] = set()
+        #: Partition -> the offset it was positioned at (its committed offset).
+        self.start: dict[Hashable, int] = {}
         #: Partition -> the last run of offsets found gone from the log, (first, last).
         self.holes: dict[Hashable, tuple[int, int]] = {}
 
-    def positioned(self, partitions: Mapping[Hashable, int | None]) -> None:
-        """Every fenced partition was sought to its committed offset (None: none yet)."""
+    def positioning(self) -> None:
+        """A seek of every partition to its committed offset begins."""
+        self._dropped.clear()
+
+    def positioned(self, partitions: Mapping[Hashable, int | None]) -> set[Hashable]:
+        """Every fenced partition was sought to its committed offset (None: none yet).
+
+        Returns those to seek to it once more: records of theirs were dropped since
+        ``positioning``, and may have been fetched from that offset after the seek. A
+        partition given None takes what comes (``FencedConsumer`` gives a partition
+        never committed the start of its log instead).
+        """
         self.expected = {tp: off for tp, off in partitions.items() if off is not None}
+        self.start = dict(self.expected)
         self._rewound.clear()
         self._positioned = set(partitions)
+        again = self._dropped & self.expected.keys()
+        self._dropped.clear()
+        return again
 
     def seeked(self, tp: Hashable, offset: int) -> None:
         if tp in self._positioned:
@@ -75,13 +123,15 @@ class OffsetFence:
     def revoked(self, partitions: Iterable[Hashable]) -> None:
         for tp in partitions:
             self.expected.pop(tp, None)
+            self.start.pop(tp, None)
             self._rewound.pop(tp, None)
             self._positioned.discard(tp)
 
     def admit(self, tp: Hashable, offset: int) -> Verdict:
         """The verdict on the record at ``offset`` of fenced partition ``tp``."""
         if tp not in self._positioned:
-            return Verdict.DROP  # fetched from where the last generation stood
+            self._dropped.add(tp)
+            return Verdict.DROP  # fetched from where the last generation stood, or early
         expected = self.expected.get(tp)
         if expected is not None and offset > expected:
             if self._rewound.get(tp) != expected:
@@ -101,24 +151,78 @@ class OffsetFence:
         """The partition was sought back to ``expected[tp]`` after a REWIND."""
         self._rewound[tp] = self.expected[tp]
 
+    def undelivered(self, tp: Hashable, offset: int) -> bool:
+        """The record at ``offset``, just admitted, never reached the stream.
+
+        Returns whether the partition must be sought back to ``offset``: when that
+        record was the one to deliver next, it is again (``expected``). Otherwise it was
+        a repeat of one delivered before, or the partition was revoked or positioned
+        anew since it was admitted (the positioning decides what comes next).
+        """
+        if self.expected.get(tp) != offset + 1:
+            return False
+        self.expected[tp] = offset
+        # Not a rewind past a gap: should a record beyond ``offset`` come first now, it
+        # is rewound for again rather than taken for a hole (``offset`` was just read).
+        self._rewound.pop(tp, None)
+        return True
+
 
 class FencedConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with in-order delivery on the contiguous topics."""
 
     transport: FencedTransport
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    #: Seconds a commit may be held at a record never acknowledged, while later ones
+    #: are, before that record is fetched again (many commit intervals: a record
+    #: rewound to by the topology comes back well within it).
+    refetch_after_s: ClassVar[float] = 30.0
+
+    def __init__(self, *args: Any, callback: ConsumerCallback, **kwargs: Any) -> None:
+        #: The latest message whose delivery to the streams completed (``getmany``).
+        self._handed: Message | None = None
+
+        async def delivered(message: Message) -> None:
+            # Faust's fetcher (``_drain_messages``) calls this for every record it
+            # delivers, and may cancel it; only a call that returns has delivered.
+            await callback(message)
+            self._handed = message
+
+        super().__init__(*args, callback=delivered, **kwargs)
         self.fence = OffsetFence()
+        #: Partition -> (the offset its commit is held at, since when: ``clock``).
+        self._held: dict[TP, tuple[int, float]] = {}
+        #: Partitions to seek back to a record never acknowledged (``_new_offset``).
+        self._refetch: dict[TP, int] = {}
+        self.clock = time.monotonic
 
     def _fenced(self, tp: TP) -> bool:
         return tp.topic in self.transport.contiguous_topics
 
     async def perform_seek(self) -> None:
+        fence = self.fence
+        fence.positioning()
+        self._refetch.clear()
+        self._held.clear()
         await super().perform_seek()
-        self.fence.positioned(
-            {tp: self._committed_offset.get(tp) for tp in self.assignment() if self._fenced(tp)}
-        )
+        committed = {
+            tp: self._committed_offset.get(tp) for tp in self.assignment() if self._fenced(tp)
+        }
+        # Never committed (or committed at 0, which Faust records as None): the group
+        # reads it from the start of the log (auto_offset_reset "earliest"). Taking
+        # the first record that came could take a stale one from further on (fresh
+        # workers see such fetches) for the start, and Faust then commits over the
+        # records before it, never delivered.
+        fresh = [tp for tp, offset in committed.items() if offset is None]
+        if fresh:
+            earliest = await self.earliest_offsets(*fresh)
+            committed.update((tp, earliest[tp]) for tp in fresh if tp in earliest)
+        # Faust's seek left a partition without a committed offset where it was.
+        again = fence.positioned(committed) | (set(fresh) & fence.expected.keys())
+        for tp in again:
+            offset = fence.expected.get(tp)
+            if offset is not None:  # else revoked meanwhile
+                await self._rewind(tp, offset)
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
@@ -126,6 +230,9 @@ class FencedConsumer(faust_aiokafka.Consumer):
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self.fence.revoked(revoked)
+        for tp in revoked:
+            self._held.pop(tp, None)
+            self._refetch.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     def _new_offset(self, tp: TP) -> int | None:
@@ -135,6 +242,8 @@ class FencedConsumer(faust_aiokafka.Consumer):
         # topic nothing is compacted away; the record is in flight or was skipped, and
         # committing over it would lose it at the next hand-over.
         committed = self._committed_offset.get(tp)
+        if committed is None:  # none yet: where the fence started it
+            committed = self.fence.start.get(tp)
         acked = self._acked.get(tp)
         if (
             committed is not None
@@ -143,13 +252,36 @@ class FencedConsumer(faust_aiokafka.Consumer):
             and self._fenced(tp)
             and not self._gap[tp].overlaps(committed)
         ):
+            now = self.clock()
+            held = self._held.get(tp)
+            if held is None or held[0] != committed:
+                self._held[tp] = (committed, now)
+            elif now - held[1] >= self.refetch_after_s:
+                self._held[tp] = (committed, now)  # and again later, should it be lost again
+                self._refetch[tp] = committed
             return None
+        self._held.pop(tp, None)
         offset: int | None = super()._new_offset(tp)
         return offset
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        """Faust's records, those of the fenced topics in offset order.
+
+        Faust's fetcher delivers each record yielded here before it asks for the next
+        one, so on resuming it is known whether that delivery completed.
+        """
         fence = self.fence
         skipping: set[TP] = set()  # rewound in this fetch: the rest of it is stale too
+        while self._refetch:
+            tp, offset = self._refetch.popitem()
+            self.log.warning(
+                "%s: commit held at offset %d, never acknowledged while later ones are: "
+                "it never reached the stream, fetching it again",
+                tp,
+                offset,
+            )
+            if await self._rewind(tp, offset):
+                fence.seeked(tp, offset)
         async for tp, message in super().getmany(timeout):
             if tp in skipping:
                 continue
@@ -163,13 +295,31 @@ class FencedConsumer(faust_aiokafka.Consumer):
                     "%s: offset %d came ahead of %d, rewinding", tp, message.offset, expected
                 )
                 skipping.add(tp)
-                await super().seek(tp, expected)
-                fence.rewound(tp)
+                if await self._rewind(tp, expected):
+                    fence.rewound(tp)
             elif verdict is not Verdict.DROP:
                 if verdict is Verdict.HOLE:
                     first, last = fence.holes[tp]
                     self.log.error("%s: offsets %d..%d are gone from the log", tp, first, last)
+                self._handed = None
                 yield tp, message
+                if self._handed is not message and fence.undelivered(tp, message.offset):
+                    self.log.info(
+                        "%s: delivery of offset %d did not complete, fetching it again",
+                        tp,
+                        message.offset,
+                    )
+                    skipping.add(tp)
+                    await self._rewind(tp, message.offset)
+
+    async def _rewind(self, tp: TP, offset: int) -> bool:
+        """Seek ``tp`` back to ``offset``, bypassing the fence; whether it was done."""
+        try:
+            await super().seek(tp, offset)
+        except Exception as exc:  # revoked meanwhile: its next positioning decides
+            self.log.info("%s: rewind to %d not done: %r", tp, offset, exc)
+            return False
+        return True
 
 
 class FencedTransport(faust_aiokafka.Transport):

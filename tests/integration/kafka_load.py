@@ -135,6 +135,15 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
             )
 
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        """Until the worker has joined its group and taken its partitions (Faust logs
+        "Worker]: Ready"); fails if it exits first."""
+        deadline = time.monotonic() + timeout
+        while "[^Worker]: Ready" not in self.log.read_text(errors="replace"):
+            assert self.proc.poll() is None, f"{self.name} exited while starting:\n{self.tail()}"
+            assert time.monotonic() < deadline, f"{self.name} not ready after {timeout}s"
+            time.sleep(0.2)
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)

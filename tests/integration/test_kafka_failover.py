@@ -105,6 +105,10 @@ class Scenario:
         gen.start()
         return gen
 
+    def wait_ready(self, workers: list[WorkerProcess]) -> None:
+        for w in workers:
+            w.wait_ready()
+
     def wait_for_step(self, gen: LoadGenerator, fraction: float) -> None:
         target = int(len(self.steps) * fraction)
         while gen.done_steps < target and gen.is_alive():
@@ -183,6 +187,7 @@ def scenario(kafka: KafkaCluster, tmp_path: Path) -> Iterator[Scenario]:
 def test_sigkill_a_worker_then_a_new_one_joins(scenario: Scenario) -> None:
     sc = scenario
     w1, w2 = sc.start_worker("w1"), sc.start_worker("w2")
+    sc.wait_ready([w1, w2])  # else the kill may come before w1 has done anything
     gen = sc.load()
     sc.wait_for_step(gen, 0.35)
     w1.kill()
@@ -196,6 +201,9 @@ def test_sigkill_a_worker_then_a_new_one_joins(scenario: Scenario) -> None:
 def test_broker_restart_mid_stream(kafka: KafkaCluster, scenario: Scenario) -> None:
     sc = scenario
     w1, w2 = sc.start_worker("w1"), sc.start_worker("w2")
+    # A restart while a worker starts up is another test: Faust exits on it, for its
+    # supervisor to start it again (seen as "exited early" here).
+    sc.wait_ready([w1, w2])
     gen = sc.load()
     sc.wait_for_step(gen, 0.4)
     kafka.restart_broker(1)

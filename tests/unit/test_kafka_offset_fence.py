@@ -78,3 +78,70 @@ def test_a_new_positioning_forgets_the_old_generation() -> None:
     fence.rewound(TP)
     fence.positioned({TP: 12})
     assert fence.admit(TP, 15) is Verdict.REWIND  # not taken for a confirmed hole
+
+
+def test_a_record_whose_delivery_did_not_complete_is_expected_again() -> None:
+    # A rebalance: the partition is positioned at its committed offset 78, the record
+    # at 78 is admitted, and its delivery is cancelled (the flow still suspended).
+    fence = OffsetFence()
+    fence.positioned({TP: 78})
+    assert fence.admit(TP, 78) is Verdict.DELIVER
+    assert fence.undelivered(TP, 78)  # the consumer is to seek back to 78
+    assert fence.expected[TP] == 78
+    # Records after it, still in the fetch, are not delivered before it.
+    assert fence.admit(TP, 79) is Verdict.REWIND
+    fence.rewound(TP)
+    assert _deliver_all(fence, TP, [78, 79]) == [Verdict.DELIVER] * 2
+    assert fence.holes == {}
+
+
+def test_an_undelivered_record_is_never_taken_for_a_hole() -> None:
+    fence = OffsetFence()
+    fence.positioned({TP: 5})
+    assert fence.admit(TP, 7) is Verdict.REWIND
+    fence.rewound(TP)
+    assert fence.admit(TP, 5) is Verdict.DELIVER  # the first record since the rewind...
+    assert fence.undelivered(TP, 5)  # ...whose delivery was cancelled
+    # 5 is in the log: a record beyond it first is stale, not the far side of a hole.
+    assert fence.admit(TP, 6) is Verdict.REWIND
+    assert fence.holes == {}
+
+
+def test_an_undelivered_repeat_or_revoked_record_needs_no_rewind() -> None:
+    fence = OffsetFence()
+    fence.positioned({TP: 10})
+    assert _deliver_all(fence, TP, [10, 11]) == [Verdict.DELIVER] * 2
+    assert fence.admit(TP, 10) is Verdict.DELIVER  # a repeat of one delivered
+    assert not fence.undelivered(TP, 10)
+    assert fence.expected[TP] == 12
+    assert fence.admit(TP, 12) is Verdict.DELIVER
+    fence.revoked([TP])  # the delivery was cancelled by the revocation
+    assert not fence.undelivered(TP, 12)
+    assert TP not in fence.expected
+    assert fence.admit(OTHER, 3) is Verdict.DROP
+    assert not fence.undelivered(OTHER, 3)
+
+
+def test_records_dropped_while_positioning_are_fetched_again() -> None:
+    # A fetch from the committed offset answered after the seek, but read before the
+    # fence knew where the partition stood: dropped, so it must be fetched again.
+    fence = OffsetFence()
+    fence.positioning()
+    assert fence.admit(TP, 30) is Verdict.DROP
+    assert fence.admit(TP, 31) is Verdict.DROP
+    assert fence.positioned({TP: 30, OTHER: 12}) == {TP}
+    assert fence.admit(TP, 32) is Verdict.REWIND  # what the fetch still held
+    fence.rewound(TP)
+    assert _deliver_all(fence, TP, [30, 31, 32]) == [Verdict.DELIVER] * 3
+    # Drops before the positioning began are the last generation's: none to redo.
+    fence.revoked([TP])
+    assert fence.admit(TP, 33) is Verdict.DROP
+    fence.positioning()
+    assert fence.positioned({TP: 33}) == set()
+
+
+def test_a_partition_without_a_committed_offset_is_not_sought_again() -> None:
+    fence = OffsetFence()
+    fence.positioning()
+    assert fence.admit(TP, 0) is Verdict.DROP
+    assert fence.positioned({TP: None}) == set()

@@ -1,0 +1,190 @@
+"""``FencedConsumer`` under Faust's own fetch loop: no record of Vigil's topics is lost.
+
+Faust's fetcher (``Consumer._drain_messages``, run here as it is) hands each record to
+the streams under ``wait_first(callback(record), suspend_flow.wait())``. The broker is
+one partition's log with a fetch position that seeks move; no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from engine.kafka.consumer import FencedConsumer, FencedTransport
+
+TOPIC = "vigil-corroboration"
+PART = TP(TOPIC, 5)
+FETCH = 3  # records per fetch
+
+
+class FakeLog:
+    """One partition's log, offsets ``0..end-1``, fetched from a position."""
+
+    def __init__(self, end: int, position: int, committed: int | None) -> None:
+        self.end = end
+        self.position = position
+        self.committed = committed
+        self.seeks: list[int] = []
+        #: Records the next fetch answers with, from before a seek (a stale fetch).
+        self.stale: list[int] = []
+        #: Called after each record of the first fetch is delivered (or not).
+        self.after_first_record: Any = None
+        self.fetches = 0
+
+    def record(self, offset: int) -> Any:
+        return SimpleNamespace(
+            topic=TOPIC, partition=PART.partition, tp=PART, offset=offset, key=b"", value=b""
+        )
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        self.fetches += 1
+        if self.stale:
+            offsets, self.stale = self.stale, []
+        else:
+            start = self.position
+            self.position = min(start + FETCH, self.end)
+            offsets = list(range(start, self.position))
+        for offset in offsets:
+            yield PART, self.record(offset)
+            if self.fetches == 1 and self.after_first_record is not None:
+                self.after_first_record()
+        await asyncio.sleep(0)
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        assert tp == PART
+        self.seeks.append(offset)
+        self.position = offset
+
+    async def seek_to_committed(self) -> Mapping[TP, int | None]:
+        if self.committed:  # aiokafka seeks only to a committed offset above 0
+            self.position = self.committed
+        return {PART: self.committed}
+
+    async def earliest_offsets(self, *partitions: TP) -> Mapping[TP, int]:
+        assert partitions == (PART,)
+        return {PART: 0}
+
+
+class Setup:
+    """A ``FencedConsumer`` of a Faust app whose streams take records when the flow
+    control is open, over a ``FakeLog``. Made in the running event loop (the consumer
+    takes the current one)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, log: FakeLog) -> None:
+        app = faust.App("fence-test", broker="kafka://127.0.0.1:1", autodiscover=False)
+        transport = FencedTransport(app.conf.broker_consumer, app)
+        transport.contiguous_topics = frozenset({TOPIC})
+        app.transport = transport
+        self.log = log
+        self.delivered: list[int] = []
+        self.flow_open = asyncio.Event()  # Faust's flow control, suspended in a rebalance
+        self.flow_open.set()
+
+        async def deliver(message: Any) -> None:
+            await self.flow_open.wait()
+            self.delivered.append(message.offset)
+
+        async def nothing(*args: Any, **kwargs: Any) -> None:
+            pass
+
+        consumer = transport.create_consumer(
+            callback=deliver, on_partitions_revoked=nothing, on_partitions_assigned=nothing
+        )
+        assert isinstance(consumer, FencedConsumer)
+        self.consumer = consumer
+        # Bound to the fake log: the consumer's ``super()`` calls land there.
+        for name in ("getmany", "seek_to_committed", "earliest_offsets"):
+            monkeypatch.setattr(faust_aiokafka.Consumer, name, getattr(log, name))
+        monkeypatch.setattr(faust_aiokafka.Consumer, "_seek", log.seek)
+        monkeypatch.setattr(faust_aiokafka.Consumer, "assignment", lambda self: {PART})
+
+    async def drain(self) -> list[int]:
+        """Run Faust's fetch loop until the end of the log is delivered."""
+        consumer = self.consumer
+        fetcher = SimpleNamespace(_stopped=asyncio.Event())
+        task = asyncio.ensure_future(consumer._drain_messages(fetcher))
+        turns = 0
+        while (not self.delivered or self.delivered[-1] < self.log.end - 1) and turns < 10_000:
+            if consumer.flow_active:
+                self.flow_open.set()
+            await asyncio.sleep(0)
+            turns += 1
+        fetcher._stopped.set()
+        await asyncio.wait_for(task, timeout=10)
+        return self.delivered
+
+
+def test_a_delivery_cancelled_by_the_suspended_flow_is_fetched_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a rebalance Faust seeks (``perform_seek``) before it resumes the flow; a
+    record fetched in between has its delivery cancelled and is marked read."""
+    log = FakeLog(end=84, position=60, committed=78)
+
+    async def scenario() -> list[int]:
+        setup = Setup(monkeypatch, log)
+        consumer = setup.consumer
+        consumer.stop_flow()
+        setup.flow_open.clear()
+        await consumer.perform_seek()
+        log.seeks.clear()
+        log.after_first_record = consumer.resume_flow  # the rebalance completes
+        return await setup.drain()
+
+    delivered = asyncio.run(scenario())
+    # 78's delivery was cancelled; the partition was sought back to it, and every
+    # record reached the stream in offset order, none skipped.
+    assert delivered == list(range(78, 84))
+    assert log.seeks == [78]
+
+
+def test_a_partition_never_committed_starts_at_the_log_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a committed offset, a stale fetch from further on is not taken for the
+    start of the partition: the records before it would never be delivered."""
+    log = FakeLog(end=12, position=0, committed=None)
+
+    async def scenario() -> list[int]:
+        setup = Setup(monkeypatch, log)
+        await setup.consumer.perform_seek()
+        log.stale = [7, 8]  # answered across the seek, from where a fetch stood before
+        return await setup.drain()
+
+    assert asyncio.run(scenario()) == list(range(12))
+
+
+def test_a_commit_held_at_a_record_never_acknowledged_fetches_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever lost a record on its way to the stream, the commit guard notices: the
+    record at the committed offset is not acknowledged while later ones are. Held so
+    long enough, the partition is sought back to it instead of staying stuck."""
+    log = FakeLog(end=84, position=60, committed=78)
+
+    async def scenario() -> tuple[list[int | None], list[int]]:
+        setup = Setup(monkeypatch, log)
+        consumer = setup.consumer
+        now = [0.0]
+        consumer.clock = lambda: now[0]
+        await consumer.perform_seek()
+        for offset in (78, 79, 80):  # fetched and admitted; 78 never reached the stream
+            consumer.fence.admit(PART, offset)
+        consumer._acked[PART] = [79, 80]
+        consumer._acked_index[PART] = {79, 80}
+        log.position = 81
+        held = [consumer._new_offset(PART)]
+        now[0] = 3600.0
+        held.append(consumer._new_offset(PART))
+        return held, await setup.drain()
+
+    held, delivered = asyncio.run(scenario())
+    assert held == [None, None]  # never committed over 78
+    assert delivered == list(range(78, 84))
