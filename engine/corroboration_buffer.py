@@ -134,12 +134,13 @@ class EventTimeBuffer:
             self.released_to = key[0]
         return key, self._payload.pop(key)
 
-    def wake_at(self) -> float | None:
-        """Wall time (s) at which an idle source may let a held event go; None if
-        nothing is held. Before that, only a new mark can release anything."""
+    def wake_at(self, now: float | None = None) -> float | None:
+        """Wall time (s) at which an idle source may let a held event go, ``now`` (the
+        caller's clock reading, s) when nothing blocks any more; None if nothing is
+        held. Before that, only a new mark can release anything."""
         if not self._heap:
             return None
-        now = self.clock()
+        now = self.clock() if now is None else now
         blocking = [
             self._advanced[p]
             for p in self._active(now)

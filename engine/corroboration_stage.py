@@ -237,7 +237,9 @@ class CorroborationStage:
         else:
             due = set()
             for partition, buffer in self._buffers.items():
-                wake = buffer.wake_at()
+                # The same clock reading: a fresh one in ``wake_at`` is always later,
+                # and a tick was never due (held basin events stayed held).
+                wake = buffer.wake_at(now)
                 if wake is not None and wake <= now:
                     due.add(partition)
         for partition in sorted(due & mine):

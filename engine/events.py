@@ -90,8 +90,13 @@ def health_event(rule: ThresholdRule, station: str, ch: HealthChange) -> AlertEv
     at the lowest level, blue, so that it informs without outranking the water."""
     labels = {**rule.labels.get(station, {}), "health": ch.kind}
     level, previous = (Level.BLUE, Level.NONE) if ch.firing else (Level.NONE, Level.BLUE)
+    at = ch.at
+    if ch.kind == "silent" and not ch.firing:
+        # Never before the silence it ends: raised on the wall clock while the device
+        # was buffering, it is ended by a backlog whose first reading is older.
+        at = max(at, ch.since + rule.stale_ms)
     return _event(
-        f"{rule.rule_id}#{ch.kind}", station, rule.metric, level, previous, ch.since, ch.at,
+        f"{rule.rule_id}#{ch.kind}", station, rule.metric, level, previous, ch.since, at,
         ch.value, NAN, health_summary(rule, station, labels, ch), labels,
     )  # fmt: skip
 

@@ -391,3 +391,19 @@ def test_a_watermark_rides_on_alerts_and_goes_alone_at_most_once_a_second() -> N
     marks.hold(4, 10)
     marks.forget(4)
     assert marks.due() == {}
+
+
+def test_an_event_nothing_blocks_is_due_at_the_callers_clock_reading() -> None:
+    """With a clock that moves between readings (as time.monotonic does), an event that
+    only the idle timeout held back is due at the reading the timer took: a fresh
+    reading inside ``wake_at`` was always later, and no tick was ever sent."""
+    ticks = iter(range(10**6))
+    clock = lambda: next(ticks) * 0.5  # noqa: E731  # each reading half a second on
+    buf = EventTimeBuffer(1, allowance_ms=0, idle_s=1.0, clock=clock)
+    buf.mark(0, 5_000)
+    buf.add((10_000, "r", "g", "A"), ("yellow", "m"))
+    for _ in range(4):
+        clock()  # the source stands still past its idle timeout
+    now = clock()  # the timer's reading
+    wake = buf.wake_at(now)
+    assert wake is not None and wake <= now

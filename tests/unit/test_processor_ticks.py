@@ -76,6 +76,17 @@ def test_a_partition_without_readings_finds_its_silent_gauges_on_the_wall_clock(
     assert ("flood#silent", "A", "resolved", 60 * M, 0) in _brief(events)
 
 
+def test_a_backlog_ends_a_wall_clock_silence_no_earlier_than_it_began() -> None:
+    """Raised on the wall clock while the device buffered; its backlog's first reading is
+    older than the silence's own time: the all-clear is not dated before the alert."""
+    feed = Feed(PartitionProcessor(_rules(), lateness_ms=0))
+    feed(_readings([("A", 0, 0.5)]))
+    fired = feed.ticks(WALL, 30 * M // EVERY + 1)
+    assert _brief(fired) == [("flood#silent", "A", "firing", 30 * M, 0)]
+    backlog = feed(_readings([("A", 5 * M, 0.5), ("A", 35 * M, 0.5)]))
+    assert ("flood#silent", "A", "resolved", 30 * M, 0) in _brief(backlog)
+
+
 def test_ticks_close_no_window_and_change_no_level() -> None:
     # The mean rule changes level only when a window closes: an hour of ticks closes
     # none, the next reading past the window's end does.
