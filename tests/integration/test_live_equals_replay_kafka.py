@@ -10,7 +10,9 @@ SIGKILL, later a third joins (``tests/integration/kafka_load.py`` runs the worke
 waits until every topic is committed). The alerts the dispatchers delivered (their
 JSONL files together) are compared with ``engine.replay`` event for event, as in
 ``tests/integration/test_live_equals_replay.py``; so are the alerts topic's events,
-deduplicated by key; a dispatcher that delivered an event twice fails the test.
+deduplicated by key; a worker that delivered an event twice fails the test (two
+workers may: the new owner of a killed worker's partitions sends again what that worker
+had sent but not committed).
 
 ``VIGIL_DIFF_SEED`` and ``VIGIL_DIFF_SPEC`` choose the traffic, as for the MQTT test.
 """
@@ -142,10 +144,13 @@ def test_kafka_workers_with_a_sigkill_raise_what_replay_raises(
     expected = replay(ruleset, traffic.readings())
     until = cutoff(traffic.end_ms, LATENESS_MS)
     delivered: list[AlertEvent] = []
+    twice_by_one: dict[str, int] = {}  # a worker that delivered an event twice
     for name in workers:
         path = tmp_path / name / "alerts.jsonl"
         lines = path.read_text().splitlines() if path.exists() else []
-        delivered += [AlertEvent.from_json(line) for line in lines if line]
+        mine = [AlertEvent.from_json(line) for line in lines if line]
+        twice_by_one[name] = len(mine) - len({e.key for e in mine})
+        delivered += mine
     timed = timed_compounds(ruleset)
     by_dispatchers = compare(delivered, expected, until, traffic.disorder_ms, timed)
     in_topic = compare(
@@ -156,10 +161,15 @@ def test_kafka_workers_with_a_sigkill_raise_what_replay_raises(
         timed,
     )
     assert by_dispatchers.compared > 50  # the traffic does raise alerts
-    if by_dispatchers or by_dispatchers.live_repeats or in_topic:
+    # Across workers an alert can come twice: the new owner of a killed worker's
+    # partitions evaluates again what that worker had sent but not committed, and its
+    # dispatcher cannot know the dead one's deliveries (a shared outbox is the dispatch
+    # work's). Within one worker, never.
+    if by_dispatchers or any(twice_by_one.values()) or in_topic:
         pytest.fail(
             f"VIGIL_DIFF_SEED={SEED}: {traffic.describe()}; {len(steps)} ingest batches, "
-            f"w1 killed at 35 %, w3 joined at 60 %\n"
+            f"w1 killed at 35 %, w3 joined at 60 %; delivered twice by one worker: "
+            f"{twice_by_one}\n"
             f"delivered by the dispatchers: {by_dispatchers.report(60)}\n"
             f"in the alerts topic: {in_topic.report(0)}"
         )
