@@ -150,3 +150,26 @@ def watermark_of(headers: Any) -> int | None:
         if name == WATERMARK_HEADER:
             return int(value)
     return None
+
+
+def transition_event(
+    rule_id: str, station: str, metric: str, level: Level, previous: Level,
+    started_at: int, at: int, value: float, threshold: float, summary: str,
+    labels: Mapping[str, str],
+) -> AlertEvent:  # fmt: skip
+    """A level transition of one series as an event; its state follows the new level."""
+    return AlertEvent(
+        fingerprint=fingerprint(rule_id, station, metric),
+        rule_id=rule_id,
+        station=station,
+        metric=metric,
+        level=level.label,
+        previous_level=previous.label,
+        state="resolved" if level is Level.NONE else "firing",
+        started_at=started_at,
+        at=at,
+        value=value,
+        threshold=threshold,
+        summary=summary,
+        labels=dict(labels),
+    )

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.alerts import AlertEvent, Level, fingerprint
+from engine.alerts import AlertEvent, Level, transition_event
 
 __all__ = ["CLEAR_AFTER_MS", "METRIC", "RULE_ID", "BrokerDropAlerts"]
 
@@ -138,21 +138,11 @@ class BrokerDropAlerts:
                 f"MQTT broker {self.broker} dropped {new} messages ({total} since it started): "
                 f"readings were lost before the gateway {self.gateway} could take them"
             )
-        event = AlertEvent(
-            fingerprint=fingerprint(RULE_ID, self.gateway, METRIC),
-            rule_id=RULE_ID,
-            station=self.gateway,
-            metric=METRIC,
-            level=level.label,
-            previous_level=previous.label,
-            state="resolved" if level is Level.NONE else "firing",
-            started_at=since,
-            at=at,
-            value=float(new),
-            threshold=0.0,
-            summary=summary,
-            labels={"health": "broker-drops", "broker": self.broker, "dropped_total": str(total)},
-        )
+        labels = {"health": "broker-drops", "broker": self.broker, "dropped_total": str(total)}
+        event = transition_event(
+            RULE_ID, self.gateway, METRIC, level, previous, since, at, float(new), 0.0,
+            summary, labels,
+        )  # fmt: skip
         await self._send([event])
 
     def _load(self) -> _Reported:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from engine.alerts import AlertEvent, Level, fingerprint
+from engine.alerts import AlertEvent, Level, transition_event
 from engine.compound import CompoundChange
 from engine.health import HealthChange, health_summary
 from engine.ruleset import CompoundRule, ThresholdRule
@@ -24,28 +24,6 @@ _LEVEL_ZH = {
     Level.RED: "红色",
 }
 _LEVEL_EN = {lv: lv.label for lv in Level}
-
-
-def _event(
-    rule_id: str, station: str, metric: str, level: Level, previous: Level,
-    started_at: int, at: int, value: float, threshold: float, summary: str,
-    labels: Mapping[str, str],
-) -> AlertEvent:  # fmt: skip
-    return AlertEvent(
-        fingerprint=fingerprint(rule_id, station, metric),
-        rule_id=rule_id,
-        station=station,
-        metric=metric,
-        level=level.label,
-        previous_level=previous.label,
-        state="resolved" if level is Level.NONE else "firing",
-        started_at=started_at,
-        at=at,
-        value=value,
-        threshold=threshold,
-        summary=summary,
-        labels=dict(labels),
-    )
 
 
 def format_text(
@@ -79,7 +57,7 @@ def level_event(rule: ThresholdRule, station: str, tr: RawTransition) -> AlertEv
         template, rule.lang, station, rule.metric, labels, level, previous, tr.value,
         tr.threshold,
     )  # fmt: skip
-    return _event(
+    return transition_event(
         rule.rule_id, station, rule.metric, level, previous, tr.started_at, tr.at, tr.value,
         tr.threshold, text, labels,
     )  # fmt: skip
@@ -95,7 +73,7 @@ def health_event(rule: ThresholdRule, station: str, ch: HealthChange) -> AlertEv
         # Never before the silence it ends: raised on the wall clock while the device
         # was buffering, it is ended by a backlog whose first reading is older.
         at = max(at, ch.since + rule.stale_ms)
-    return _event(
+    return transition_event(
         f"{rule.rule_id}#{ch.kind}", station, rule.metric, level, previous, ch.since, at,
         ch.value, NAN, health_summary(rule, station, labels, ch), labels,
     )  # fmt: skip
@@ -107,7 +85,7 @@ def compound_event(rule: CompoundRule, ch: CompoundChange) -> AlertEvent:
     level, previous = (rule.level, Level.NONE) if ch.firing else (Level.NONE, rule.level)
     template = rule.summary if ch.firing else rule.resolved_summary
     text = format_text(template, rule.lang, ch.station, metric, labels, level, previous, NAN, NAN)
-    return _event(
+    return transition_event(
         rule.rule_id, ch.station, metric, level, previous, ch.since, ch.at, NAN, NAN, text,
         labels,
     )  # fmt: skip
