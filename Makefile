@@ -32,10 +32,13 @@ bench: install system-deps
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every Python package to the versions the suite last passed with
+# (the Kafka runtime relies on Faust internals); regenerate it with
+# `.venv/bin/pip freeze --exclude-editable > constraints.txt` after a deliberate upgrade.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 # mosquitto is a real broker from Debian's packages: the demo and the
