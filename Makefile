@@ -14,7 +14,7 @@ demo: install system-deps
 	$(BIN)/vigil demo
 
 test: install system-deps check
-	$(BIN)/python -c "from engine.warmup import warm_kernels; warm_kernels()"
+	$(BIN)/python -c "from engine.evaluation.warmup import warm_kernels; warm_kernels()"
 	$(BIN)/pytest
 	NUMBA_DISABLE_JIT=1 $(BIN)/pytest -q tests/unit -k "kernel"
 

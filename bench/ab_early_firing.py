@@ -27,9 +27,11 @@ from typing import Any
 import numpy as np
 import test_bench_kernels as b
 
-from engine.kernels.health import new_health_state, observe
-from engine.kernels.qc import new_qc_state, qc_batch
-from engine.kernels.tumbling_levels import transition_arrays  # the old kernel's layout too
+from engine.evaluation.kernels.health import new_health_state, observe
+from engine.evaluation.kernels.qc import new_qc_state, qc_batch
+from engine.evaluation.kernels.tumbling_levels import (
+    transition_arrays,  # the old kernel's layout too
+)
 
 
 def _load(path: str) -> Any:

@@ -7,7 +7,7 @@ threshold:
 * **textbook Faust**: one record per reading (JSON), an agent that updates a Faust
   windowed table (``app.Table(...).tumbling(900).relative_to_stream()``) per reading;
 * **Vigil**: the same readings as columnar batches of ``--batch`` readings, one record
-  per batch, through the real topology (``engine.topology.Topology``) with the flood
+  per batch, through the real topology (``engine.runtime.topology.Topology``) with the flood
   rule (QC, window, levels, health).
 
 Each side is a worker process started on a log pre-filled with the readings, so only
@@ -37,8 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.batch import TelemetryBatch  # noqa: E402
-from engine.transport.log import Append, DurableLog  # noqa: E402
+from engine.contracts.batch import TelemetryBatch  # noqa: E402
+from engine.runtime.transport.log import Append, DurableLog  # noqa: E402
 
 T0 = 1_719_763_200_000
 STATIONS_FILE = "stations.yaml"
@@ -80,13 +80,13 @@ VIGIL = """
 import json, sys, time
 from pathlib import Path
 import faust
-from engine.topology import Topology
+from engine.runtime.topology import Topology
 from rules.api import load_ruleset
 data, n, out, rules, stations = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 ruleset = load_ruleset([rules], stations, "en").ruleset
 # Load the compiled kernels (numba's cache) before timing, as a long-running worker has.
-from engine.batch import TelemetryBatch
-from engine.processor import PartitionProcessor
+from engine.contracts.batch import TelemetryBatch
+from engine.evaluation.processor import PartitionProcessor
 warm = TelemetryBatch.from_rows([("S000000", "water_level", 0, 1.0)])
 PartitionProcessor(ruleset).process(warm, 0)
 topo = Topology(app_id="vigil-bench", broker=f"local://{data}", partitions=1, ruleset=ruleset,

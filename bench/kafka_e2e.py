@@ -4,7 +4,7 @@ Both run in the same invocation against the same single-node Kafka 3.9 broker
 (scripts/kafka), each as one worker process:
 
 * **vigil**: ``vigil worker`` (the real topology, flood rule pack, checkpoints) fed with
-  columnar telemetry batches (``engine.batch``, one record per partition and batch)
+  columnar telemetry batches (``engine.contracts.batch``, one record per partition and batch)
   produced with ``acks=all``.
 * **textbook**: one Kafka record per reading (JSON, keyed by station) and a Faust agent
   that keeps each station's 15-minute maximum in a windowed table
@@ -44,9 +44,9 @@ sys.path.insert(0, str(REPO))
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
-from engine.batch import TelemetryBatch  # noqa: E402
-from engine.kafka.producer import TelemetryProducer, partition_for  # noqa: E402
-from engine.kafka.topics import TopicLayout, ensure_topics  # noqa: E402
+from engine.contracts.batch import TelemetryBatch  # noqa: E402
+from engine.runtime.kafka.producer import TelemetryProducer, partition_for  # noqa: E402
+from engine.runtime.kafka.topics import TopicLayout, ensure_topics  # noqa: E402
 from tests.integration.kafka_load import T0, write_registry, write_settings  # noqa: E402
 
 PARTITIONS = 12
@@ -231,7 +231,7 @@ def run_vigil(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "worker", "--config", str(config),
+            [sys.executable, "-m", "engine.tools.cli", "worker", "--config", str(config),
              "--broker", f"kafka://{bootstrap}", "--loglevel", "info"],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -282,7 +282,7 @@ def run_offline(tmp: Path, n_readings: int, n_stations: int, wave_steps: int) ->
     What the worker's own work costs per reading; the rest of its end-to-end time is
     the transport (fetch, commit, checkpoints, alert records).
     """
-    from engine.processor import PartitionProcessor
+    from engine.evaluation.processor import PartitionProcessor
     from rules.api import load_ruleset
     from rules.registry import load_registry
     from tests.integration.kafka_load import PACKS

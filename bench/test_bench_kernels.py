@@ -8,11 +8,11 @@ closed window. So a round's time includes the amortised close and level cost.
 
 Implementations, measured in the same run on the same readings:
 
-- ``numba``: :mod:`engine.kernels.qc`, :mod:`~engine.kernels.windows`,
-  :mod:`~engine.kernels.levels` as the engine calls them, per-sensor QC thresholds;
+- ``numba``: :mod:`engine.evaluation.kernels.qc`, :mod:`~engine.evaluation.kernels.windows`,
+  :mod:`~engine.evaluation.kernels.levels` as the engine calls them, per-sensor QC thresholds;
 - ``numba_rulewide_qc``: the same with one set of QC thresholds for the whole rule;
-- ``engine``: the engine's path for a max rule (:mod:`engine.kernels.tumbling_levels` as
-  :mod:`engine.runners.tumbling` calls it): QC, sensor health, the window's running
+- ``engine``: the engine's path for a max rule (:mod:`engine.evaluation.kernels.tumbling_levels` as
+  :mod:`engine.evaluation.runners.tumbling` calls it): QC, sensor health, the window's running
   maximum and the levels in one pass over one 128-byte block per sensor (80 bytes of
   state, the sensor's thresholds, padding), escalating early; QC limits rule-wide, as
   the engine's rules have them, level thresholds per sensor;
@@ -37,9 +37,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from engine.kernels import tumbling_levels as tumbling
-from engine.kernels.levels import LEVELS_STATE_DTYPE, LevelParams, levels_evaluate, new_levels_state
-from engine.kernels.qc import (
+from engine.evaluation.kernels import tumbling_levels as tumbling
+from engine.evaluation.kernels.levels import (
+    LEVELS_STATE_DTYPE,
+    LevelParams,
+    levels_evaluate,
+    new_levels_state,
+)
+from engine.evaluation.kernels.qc import (
     QC_PARAMS_DTYPE,
     QC_STATE_DTYPE,
     QCParams,
@@ -47,7 +52,7 @@ from engine.kernels.qc import (
     qc_batch,
     time_limits,
 )
-from engine.kernels.windows import (
+from engine.evaluation.kernels.windows import (
     WindowSpec,
     new_closed_buffer,
     new_window_state,
@@ -250,7 +255,7 @@ def engine_params(w: Workload) -> tumbling.Params:
 
 
 def engine_chain(w: Workload, batch: int, state: Any, s32: Any, quality: Any) -> int:
-    """What ``engine.runners.tumbling`` does per batch."""
+    """What ``engine.evaluation.runners.tumbling`` does per batch."""
     transitions = 0
     params = engine_params(w)
     future, past = time_limits(w.qc_shared, T0 + 20 * MIN)

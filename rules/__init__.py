@@ -4,7 +4,7 @@ The engine's entry points (see ``rules.api``)::
 
     registry = load_registry("rules/packs/demo_stations.yaml")
     compiled = load_ruleset(["rules/packs/flood.yaml"], registry)   # raises RulesInvalid
-    compiled.ruleset                                                # engine.ruleset.RuleSet
+    compiled.ruleset                                        # engine.contracts.ruleset.RuleSet
     check_paths(paths, stations)                                    # problem lines, [] = ok
 """
 

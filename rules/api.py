@@ -5,7 +5,7 @@
   problems; never raises for bad input.
 - ``load_ruleset(paths, stations, lang) -> Compiled`` (raises ``RulesInvalid`` whose
   ``lines`` are the ``file:line:col: path: message`` lines). ``Compiled.ruleset`` is the
-  ``engine.ruleset.RuleSet`` to run.
+  ``engine.contracts.ruleset.RuleSet`` to run.
 - ``check_paths(paths, stations) -> list[str]``: the lines ``vigil rules check`` prints;
   empty means valid.
 """

@@ -1,6 +1,6 @@
 """Compiled forms of the rules, as plain frozen dataclasses.
 
-The engine's own contract lives in ``engine.ruleset`` (threshold, compound,
+The engine's own contract lives in ``engine.contracts.ruleset`` (threshold, compound,
 corroboration rules and derived metrics, re-exported here). ``QCParams`` records the
 reading checks of one rule's metric, as written; the engine takes them as
 ``ThresholdRule.qc``.
@@ -16,7 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from engine.ruleset import CompiledCondition, CompoundRule, CorroborationRule, DerivedMetric
+from engine.contracts.ruleset import (
+    CompiledCondition,
+    CompoundRule,
+    CorroborationRule,
+    DerivedMetric,
+)
 
 __all__ = [
     "CompiledCondition",

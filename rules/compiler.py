@@ -4,9 +4,9 @@ Contract: ``compile_rules(files, registry, lang)`` expects rules that passed the
 and ``checks.check_rules`` (use ``rules.api.load_ruleset`` to get both); a station that
 lacks a referenced field then cannot occur, so NaN in the output only ever means "level
 not used by this rule". Rows follow registry order; columns are blue, yellow, orange,
-red (``engine.alerts.Level`` - 1).
+red (``engine.contracts.alerts.Level`` - 1).
 
-Threshold rules whose aggregate ``engine.ruleset.ThresholdRule`` accepts become
+Threshold rules whose aggregate ``engine.contracts.ruleset.ThresholdRule`` accepts become
 ThresholdRules in ``Compiled.ruleset``; the rest go to the dataclasses of
 ``rules.compiled`` until the engine grows kernels for them.
 """
@@ -20,8 +20,8 @@ from typing import Any, Literal, get_args, get_type_hints
 
 import numpy as np
 
-from engine.alerts import Level
-from engine.ruleset import N_LEVELS, QcLimits, RuleSet, ThresholdRule
+from engine.contracts.alerts import Level
+from engine.contracts.ruleset import N_LEVELS, QcLimits, RuleSet, ThresholdRule
 from rules.checks import per_station, selected_stations
 from rules.compiled import (
     CompiledCondition,

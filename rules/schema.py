@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from engine.ruleset import MAX_FOR_MS
+from engine.contracts.ruleset import MAX_FOR_MS
 from rules.durations import format_duration_ms
 from rules.errors import did_you_mean
 from rules.model import StrictModel
@@ -258,7 +258,7 @@ class QC(StrictModel):
 
 
 #: Placeholders every summary may use; a rule's own ``labels`` keys are allowed too.
-#: The engine (``engine/processor.py``) formats with station, name, metric, level,
+#: The engine (``engine/evaluation/processor.py``) formats with station, name, metric, level,
 #: previous_level, value, threshold, unit and every label of the station: kind, name,
 #: basin, district, unit and the rule's own ``labels``.
 SUMMARY_FIELDS = frozenset(
@@ -333,7 +333,7 @@ class RuleBase(StrictModel):
     @field_validator("for_ms")
     @classmethod
     def _for_fits_the_engine(cls, v: int | None) -> int | None:
-        # The engine's `for` clocks are 32-bit counts of ms (engine.ruleset.MAX_FOR_MS).
+        # The engine's `for` clocks are 32-bit counts of ms (engine.contracts.ruleset.MAX_FOR_MS).
         if v is not None and v > MAX_FOR_MS:
             raise ValueError(
                 f"at most 49 days (the engine's longest `for`), got {format_duration_ms(v)}"

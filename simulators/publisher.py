@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import paho.mqtt.client as mqtt
 
-from connectors.mqtt import TopicTemplate
+from connectors.mqtt.client import TopicTemplate
 
 __all__ = ["Publisher"]
 

@@ -258,7 +258,7 @@ def generate(spec: TrafficSpec, start_ms: int = T0) -> Traffic:
         taken.setdefault(sid, []).append((g0, g1))
         # First in, first out: the buffer goes before the device's next live reading
         # (which arrives 0.5-20 s after its time). A reading older than its sensor's
-        # newest can only be taken where its window is still open (engine.kernels).
+        # newest can only be taken where its window is still open (engine.evaluation.kernels).
         arrival = g1 + rng.randrange(400)
         for metric in ("water_level", "rainfall"):
             buffered = tuple(r for r in series[(sid, metric)] if g0 <= r[0] < g1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from engine.alerts import AlertEvent
+from engine.contracts.alerts import AlertEvent
 
 __all__ = ["Sink"]
 

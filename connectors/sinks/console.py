@@ -6,7 +6,7 @@ import sys
 from datetime import UTC, datetime
 from typing import TextIO
 
-from engine.alerts import AlertEvent, Level
+from engine.contracts.alerts import AlertEvent, Level
 
 __all__ = ["ConsoleSink", "format_event"]
 

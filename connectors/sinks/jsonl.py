@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from engine.alerts import AlertEvent
+from engine.contracts.alerts import AlertEvent
 
 __all__ = ["JsonlSink"]
 

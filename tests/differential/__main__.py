@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from engine.replay import replay
+from engine.tools.replay import replay
 from rules.api import load_ruleset
 from rules.registry import load_registry
 from tests.differential.compare import compare, cutoff, timed_compounds

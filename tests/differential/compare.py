@@ -29,8 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from engine.alerts import AlertEvent
-from engine.ruleset import RuleSet
+from engine.contracts.alerts import AlertEvent
+from engine.contracts.ruleset import RuleSet
 
 __all__ = ["Diff", "compare", "cutoff", "timed_compounds"]
 

@@ -3,10 +3,10 @@
 ``run_live`` feeds a ``Traffic``'s messages, in arrival order, through what the gateway
 does with them, minus the I/O:
 
-* ingest takes runs of consecutive messages as one batch (``connectors.mqtt``: up to
+* ingest takes runs of consecutive messages as one batch (``connectors.mqtt.client``: up to
   ``batch.max_readings``, or what arrived within the linger time) and splits it into one
   telemetry batch per partition (``Topology.produce``, ``Topology.partition_for``);
-* each partition's processor (``engine.processor.PartitionProcessor``, with the
+* each partition's processor (``engine.evaluation.processor.PartitionProcessor``, with the
   gateway's lateness and a clock at the simulated arrival time) takes its batches in
   offset order, partitions lagging one another by random amounts;
 * now and then a partition "crashes": its processor is rebuilt from its last checkpoint
@@ -25,11 +25,11 @@ import random
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from engine.alerts import AlertEvent
-from engine.batch import BatchBuilder, TelemetryBatch
-from engine.processor import PartitionProcessor
-from engine.ruleset import RuleSet
-from engine.topology import Topology
+from engine.contracts.alerts import AlertEvent
+from engine.contracts.batch import BatchBuilder, TelemetryBatch
+from engine.contracts.ruleset import RuleSet
+from engine.evaluation.processor import PartitionProcessor
+from engine.runtime.topology import Topology
 from tests.traffic import Traffic
 
 __all__ = ["LiveRun", "partition_for", "run_live"]

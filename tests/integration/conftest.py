@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 import rules
-from connectors.mosquitto import Mosquitto
+from connectors.mqtt.mosquitto import Mosquitto
 
 PACKS = Path(rules.__file__).resolve().parent / "packs"
 
@@ -53,7 +53,7 @@ class EngineProcess:
 
     def start(self, timeout: float = 120.0) -> None:
         self._subscribed.clear()
-        run = [sys.executable, "-m", "engine.cli", "run", "--config", str(self.config)]
+        run = [sys.executable, "-m", "engine.tools.cli", "run", "--config", str(self.config)]
         self.proc = subprocess.Popen(
             [*self.command, str(self.config)] if self.command else [*run, "--loglevel", "warn"],
             stdout=subprocess.PIPE,

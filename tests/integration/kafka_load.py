@@ -24,9 +24,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 import rules
-from engine.alerts import AlertEvent, unpack_events
-from engine.kafka.producer import TelemetryProducer
-from engine.kafka.topics import TopicLayout, ensure_topics
+from engine.contracts.alerts import AlertEvent, unpack_events
+from engine.runtime.kafka.producer import TelemetryProducer
+from engine.runtime.kafka.topics import TopicLayout, ensure_topics
 
 PACKS = Path(rules.__file__).resolve().parent / "packs"
 T0 = 1_719_763_200_000
@@ -118,7 +118,7 @@ class WorkerProcess:
                 [
                     sys.executable,
                     "-m",
-                    "engine.cli",
+                    "engine.tools.cli",
                     "worker",
                     "--config",
                     str(config),
@@ -244,7 +244,7 @@ def wait_until_committed(
             raise AssertionError(problem)
         try:
             # Held basin events first and last: "committed" does not mean applied for
-            # them (engine.corroboration_buffer), and their release sends alerts.
+            # them (engine.evaluation.corroboration_buffer), and their release sends alerts.
             held = _held_events(bootstrap, layout)
             ends, committed = asyncio.run(_group_done(bootstrap, layout))
             held = held or _held_events(bootstrap, layout)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from connectors.mosquitto import Mosquitto
-from engine.alerts import AlertEvent
-from engine.replay import replay
+from connectors.mqtt.mosquitto import Mosquitto
+from engine.contracts.alerts import AlertEvent
+from engine.tools.replay import replay
 from rules.api import load_ruleset
 from rules.registry import load_registry
 from tests.integration.conftest import PACKS, EngineProcess, mosquitto_pub, write_settings

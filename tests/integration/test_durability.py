@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from connectors.mosquitto import Mosquitto
-from engine.alerts import AlertEvent
-from engine.batch import TelemetryBatch
-from engine.processor import PartitionProcessor
-from engine.replay import replay
-from engine.transport.log import DurableLog
+from connectors.mqtt.mosquitto import Mosquitto
+from engine.contracts.alerts import AlertEvent
+from engine.contracts.batch import TelemetryBatch
+from engine.evaluation.processor import PartitionProcessor
+from engine.runtime.transport.log import DurableLog
+from engine.tools.replay import replay
 from simulators.publisher import Publisher
 from tests.integration.conftest import EngineProcess
 
@@ -76,8 +76,8 @@ def _log_state(data: Path) -> tuple[set[tuple[str, int]], bool, dict[int, bytes]
 def _expected_alerts(
     ruleset_source: EngineProcess, readings: list[tuple[str, str, int, float]]
 ) -> set[tuple[str, str, int, str, str]]:
-    from engine.config import load_settings
-    from engine.gateway import load_rules
+    from engine.runtime.config import load_settings
+    from engine.runtime.gateway import load_rules
 
     ruleset, _ = load_rules(load_settings(ruleset_source.config))
     return {
@@ -118,10 +118,10 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_once(
     assert seen == {(s, t) for s, _, t, _ in readings}
 
     # Exactly once in the window state: the kernels' accepted counters.
-    from engine.config import load_settings
-    from engine.gateway import load_rules
+    from engine.runtime.config import load_settings
+    from engine.runtime.gateway import load_rules
 
-    ruleset, _ = load_rules(load_settings(engine.config))
+    ruleset, _ = load_rules(load_settings(engine.runtime.config))
     accepted: dict[str, int] = {}
     for blob in blobs.values():
         proc = PartitionProcessor(ruleset, lateness_ms=0)  # as in the test settings

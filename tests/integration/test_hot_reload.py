@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from connectors.mosquitto import Mosquitto
-from engine.alerts import AlertEvent
-from engine.config import load_settings
-from engine.gateway import load_rules
-from engine.processor import PartitionProcessor
-from engine.transport.log import DurableLog
+from connectors.mqtt.mosquitto import Mosquitto
+from engine.contracts.alerts import AlertEvent
+from engine.evaluation.processor import PartitionProcessor
+from engine.runtime.config import load_settings
+from engine.runtime.gateway import load_rules
+from engine.runtime.transport.log import DurableLog
 from simulators.publisher import Publisher
 from tests.integration.conftest import PACKS, EngineProcess, write_settings
 

@@ -225,7 +225,7 @@ def test_three_node_cluster_survives_broker_restart(kafka_cluster3: KafkaCluster
 
 
 def test_topics_are_created_and_a_partition_mismatch_is_refused(kafka_bootstrap: str) -> None:
-    from engine.kafka.topics import TopicLayout, TopicMismatch, ensure_topics
+    from engine.runtime.kafka.topics import TopicLayout, TopicMismatch, ensure_topics
 
     layout = TopicLayout(_name("vigil-layout"), 6)
     created = asyncio.run(ensure_topics(kafka_bootstrap, layout))

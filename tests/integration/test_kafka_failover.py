@@ -6,7 +6,7 @@ produces a steady stream of flood readings straight to Kafka (the batches
 joins, or the broker is restarted. Afterwards, for the same readings:
 
 * the alert events in the alerts topic, deduplicated by their idempotency key, are
-  exactly ``engine.replay.replay(ruleset, readings)``: the same multiset of
+  exactly ``engine.tools.replay.replay(ruleset, readings)``: the same multiset of
   (rule_id, station, metric, previous_level, level, at), none missing, none extra;
 * what the workers' dispatchers delivered (their JSONL files, together, by key) is the
   same set;
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.alerts import AlertEvent
-from engine.kafka.topics import TopicLayout
-from engine.processor import PartitionProcessor
-from engine.replay import replay
+from engine.contracts.alerts import AlertEvent
+from engine.evaluation.processor import PartitionProcessor
+from engine.runtime.kafka.topics import TopicLayout
+from engine.tools.replay import replay
 from rules.api import load_ruleset
 from rules.registry import load_registry
 from tests.integration.kafka_fixture import KafkaCluster, start_cluster

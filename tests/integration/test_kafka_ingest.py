@@ -28,8 +28,8 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from connectors.mosquitto import Mosquitto, free_port
-from engine.alerts import AlertEvent
+from connectors.mqtt.mosquitto import Mosquitto, free_port
+from engine.contracts.alerts import AlertEvent
 from tests.integration.conftest import PACKS, mosquitto_pub
 from tests.integration.kafka_fixture import kafka_bootstrap
 
@@ -56,7 +56,7 @@ class Vigil:
             "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(REPO / ".cache" / "numba")),
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", *args],
+            [sys.executable, "-m", "engine.tools.cli", *args],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from paho.mqtt import client as mqtt
 
-from connectors.mosquitto import Mosquitto, free_port
-from engine.alerts import AlertEvent
-from engine.kafka.topics import TopicLayout
+from connectors.mqtt.mosquitto import Mosquitto, free_port
+from engine.contracts.alerts import AlertEvent
+from engine.runtime.kafka.topics import TopicLayout
 from tests.integration.conftest import PACKS
 from tests.integration.kafka_fixture import kafka_bootstrap
 from tests.integration.kafka_load import wait_until_committed

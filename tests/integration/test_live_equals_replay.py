@@ -41,10 +41,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from connectors.mosquitto import Mosquitto
-from engine.alerts import AlertEvent
-from engine.batch import TelemetryBatch
-from engine.transport.log import DurableLog
+from connectors.mqtt.mosquitto import Mosquitto
+from engine.contracts.alerts import AlertEvent
+from engine.contracts.batch import TelemetryBatch
+from engine.runtime.transport.log import DurableLog
 from rules.api import load_ruleset
 from rules.registry import load_registry
 from tests.differential.compare import compare, cutoff, timed_compounds
@@ -225,7 +225,7 @@ def test_gateway_through_mosquitto_with_sigkills_raises_what_replay_raises(
     csv_path, replayed_path = tmp_path / "readings.csv", tmp_path / "replay.jsonl"
     traffic.write_csv(csv_path)
     subprocess.run(
-        [sys.executable, "-m", "engine.cli", "replay", "--rules", str(RULES),
+        [sys.executable, "-m", "engine.tools.cli", "replay", "--rules", str(RULES),
          "--stations", str(REGISTRY), "--input", str(csv_path),
          "--alerts-out", str(replayed_path)],
         check=True, cwd=REPO, capture_output=True, timeout=300,

@@ -4,11 +4,11 @@ same readings, basin rules included.
 
 The generator's traffic (``tests.traffic``, times ending just before now) is produced
 straight to the telemetry topic in its arrival order, in ingest batches of random size
-(the batches ``vigil ingest mqtt`` writes, ``engine.kafka.producer``), while two
+(the batches ``vigil ingest mqtt`` writes, ``engine.runtime.kafka.producer``), while two
 ``vigil worker`` processes evaluate it; at a third of the stream one is killed with
 SIGKILL, later a third joins (``tests/integration/kafka_load.py`` runs the workers and
 waits until every topic is committed). The alerts the dispatchers delivered (their
-JSONL files together) are compared with ``engine.replay`` event for event, as in
+JSONL files together) are compared with ``engine.tools.replay`` event for event, as in
 ``tests/integration/test_live_equals_replay.py``; so are the alerts topic's events,
 deduplicated by key; a worker that delivered an event twice fails the test (two
 workers may: the new owner of a killed worker's partitions sends again what that worker
@@ -30,9 +30,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.alerts import AlertEvent
-from engine.kafka.topics import TopicLayout
-from engine.replay import replay
+from engine.contracts.alerts import AlertEvent
+from engine.runtime.kafka.topics import TopicLayout
+from engine.tools.replay import replay
 from rules.api import load_ruleset
 from rules.registry import load_registry
 from tests.differential.compare import compare, cutoff, timed_compounds

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.transport.log import Append, DurableLog
+from engine.runtime.transport.log import Append, DurableLog
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from connectors.mosquitto import Mosquitto
-from engine.alerts import AlertEvent
-from engine.batch import TelemetryBatch
-from engine.broker_drops import RULE_ID
-from engine.transport.log import DurableLog
+from connectors.mqtt.mosquitto import Mosquitto
+from engine.contracts.alerts import AlertEvent
+from engine.contracts.batch import TelemetryBatch
+from engine.evaluation.broker_drops import RULE_ID
+from engine.runtime.transport.log import DurableLog
 from tests.integration.conftest import EngineProcess, write_settings
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.kernels.aqi import moving_mean, realtime_aqi
+from engine.evaluation.kernels.aqi import moving_mean, realtime_aqi
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "aqi"
@@ -45,7 +45,7 @@ def test_engine_aqi_matches_kernel_and_published(
     (source,) = DATA.glob(f"beijing_{name}_*_hourly.csv")
     metrics = tmp_path / "metrics.csv"
     run = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "replay",
+        [sys.executable, "-m", "engine.tools.cli", "replay",
          "--rules", str(ROOT / "rules" / "packs" / "air_quality.yaml"),
          "--stations", str(EXAMPLE / "stations.yaml"), "--input", str(source),
          "--station", station, "--wide", "--metrics-out", str(metrics),

@@ -54,7 +54,7 @@ def _expected() -> list[tuple[int, str, str]]:
 def test_replay_gives_the_stage_crossings(tmp_path: Path) -> None:
     alerts = tmp_path / "alerts.jsonl"
     run = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "replay",
+        [sys.executable, "-m", "engine.tools.cli", "replay",
          "--rules", str(EXAMPLE / "rules.yaml"), "--stations", str(EXAMPLE / "stations.yaml"),
          "--input", str(EVENT), "--station", "08211520", "--metric", "water_level",
          "--alerts-out", str(alerts), "--metrics-out", str(tmp_path / "windows.csv")],

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from paho.mqtt import client as mqtt
 
-from connectors.mosquitto import Mosquitto
-from engine.alerts import AlertEvent
-from engine.transport.log import DurableLog
+from connectors.mqtt.mosquitto import Mosquitto
+from engine.contracts.alerts import AlertEvent
+from engine.runtime.transport.log import DurableLog
 from tests.integration.conftest import EngineProcess, write_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

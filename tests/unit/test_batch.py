@@ -4,7 +4,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from engine.batch import BatchDecodeError, Quality, TelemetryBatch, Tick
+from engine.contracts.batch import BatchDecodeError, Quality, TelemetryBatch, Tick
 
 
 def test_round_trip_keeps_every_column() -> None:

@@ -1,4 +1,4 @@
-"""The broker's cumulative dropped count -> gateway health alerts (engine.broker_drops)."""
+"""The broker's cumulative dropped count -> gateway health alerts (evaluation.broker_drops)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.alerts import AlertEvent
-from engine.broker_drops import RULE_ID, BrokerDropAlerts
+from engine.contracts.alerts import AlertEvent
+from engine.evaluation.broker_drops import RULE_ID, BrokerDropAlerts
 
 
 class _Clock:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import ConfigError, load_settings
+from engine.runtime.config import ConfigError, load_settings
 
 
 def _write(tmp_path: Path, text: str) -> Path:

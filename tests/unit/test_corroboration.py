@@ -6,10 +6,10 @@ import asyncio
 import dataclasses
 import types
 
-from engine.alerts import AlertEvent, Level, fingerprint
-from engine.corroboration import Corroborator
-from engine.corroboration_stage import CorroborationStage
-from engine.ruleset import CorroborationRule
+from engine.contracts.alerts import AlertEvent, Level, fingerprint
+from engine.contracts.ruleset import CorroborationRule
+from engine.evaluation.corroboration import Corroborator
+from engine.runtime.corroboration_stage import CorroborationStage
 
 H = 3_600_000
 RULE = CorroborationRule(

@@ -17,12 +17,12 @@ from faust.types import TP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.alerts import WATERMARK_HEADER, AlertEvent, Level, fingerprint, watermark_of
-from engine.corroboration import Corroborator
-from engine.corroboration_buffer import END_OF_TIME, EventTimeBuffer
-from engine.corroboration_stage import CorroborationStage
-from engine.ruleset import CorroborationRule
-from engine.watermarks import MarkThrottle
+from engine.contracts.alerts import WATERMARK_HEADER, AlertEvent, Level, fingerprint, watermark_of
+from engine.contracts.ruleset import CorroborationRule
+from engine.evaluation.corroboration import Corroborator
+from engine.evaluation.corroboration_buffer import END_OF_TIME, EventTimeBuffer
+from engine.runtime.corroboration_stage import CorroborationStage
+from engine.runtime.watermarks import MarkThrottle
 
 H = 3_600_000
 STATIONS = "ABCDEF"

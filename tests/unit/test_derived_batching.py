@@ -21,12 +21,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rules
-from engine.alerts import AlertEvent
-from engine.batch import TelemetryBatch
-from engine.derive.formulas import FormulaDeriver
-from engine.processor import PartitionProcessor
-from engine.replay import END_OF_TIME, replay
-from engine.ruleset import RuleSet
+from engine.contracts.alerts import AlertEvent
+from engine.contracts.batch import TelemetryBatch
+from engine.contracts.ruleset import RuleSet
+from engine.evaluation.derive.formulas import FormulaDeriver
+from engine.evaluation.processor import PartitionProcessor
+from engine.tools.replay import END_OF_TIME, replay
 from rules.api import load_ruleset
 
 PACKS = Path(rules.__file__).resolve().parent / "packs"

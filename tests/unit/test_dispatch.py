@@ -4,8 +4,8 @@ import asyncio
 from pathlib import Path
 
 from connectors.sinks.jsonl import JsonlSink
-from engine.alerts import AlertEvent, fingerprint, pack_lines, unpack_events
-from engine.dispatch import Dispatcher
+from engine.contracts.alerts import AlertEvent, fingerprint, pack_lines, unpack_events
+from engine.dispatch.delivery import Dispatcher
 
 
 def _event(at: int, level: str = "yellow") -> AlertEvent:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.transport.log import Append, DurableLog, TopicExists, UnknownTopic
+from engine.runtime.transport.log import Append, DurableLog, TopicExists, UnknownTopic
 
 
 def test_offsets_commits_and_blobs_survive_reopen(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from engine.kafka.consumer import FencedConsumer, FencedTransport
+from engine.runtime.kafka.consumer import FencedConsumer, FencedTransport
 
 TOPIC = "vigil-corroboration"
 PART = TP(TOPIC, 5)

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.kernels.aqi import (
+from engine.evaluation.kernels.aqi import (
     aqi_category,
     daily_aqi,
     iaqi,

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.kernels import health as hk
-from engine.kernels._common import NO_TS, Q_FAIL, Q_GOOD
+from engine.evaluation.kernels import health as hk
+from engine.evaluation.kernels._common import NO_TS, Q_FAIL, Q_GOOD
 
 reading = st.tuples(st.integers(0, 2), st.integers(0, 50), st.sampled_from([Q_GOOD, Q_FAIL]))
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.kernels.levels import (
+from engine.evaluation.kernels.levels import (
     LEVEL,
     LEVELS_STATE_DTYPE,
     RETURNED,
@@ -19,7 +19,7 @@ from engine.kernels.levels import (
     levels_evaluate,
     new_levels_state,
 )
-from engine.kernels.levels_reference import LevelsReference, Row
+from engine.evaluation.kernels.levels_reference import LevelsReference, Row
 
 MIN = 60_000
 

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.kernels import order
+from engine.evaluation.kernels import order
 
 
 @settings(max_examples=200, deadline=None)

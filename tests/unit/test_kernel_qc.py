@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.batch import Quality
-from engine.kernels import _common
-from engine.kernels.qc import QCParams, new_qc_state, qc_batch
-from engine.kernels.qc_reference import QCReference
+from engine.contracts.batch import Quality
+from engine.evaluation.kernels import _common
+from engine.evaluation.kernels.qc import QCParams, new_qc_state, qc_batch
+from engine.evaluation.kernels.qc_reference import QCReference
 
 N = 4
 NOW = 1_700_000_000_000

@@ -9,9 +9,14 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.kernels.rainfall import RainSpec, new_rain_state, rain_close_until, rain_update
-from engine.kernels.windows import END_OF_INPUT
-from engine.kernels.windows_reference import WindowsReference
+from engine.evaluation.kernels.rainfall import (
+    RainSpec,
+    new_rain_state,
+    rain_close_until,
+    rain_update,
+)
+from engine.evaluation.kernels.windows import END_OF_INPUT
+from engine.evaluation.kernels.windows_reference import WindowsReference
 
 H = 3_600_000
 T0 = 1_700_000_000_000 // H * H

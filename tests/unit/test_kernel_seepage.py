@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from engine.kernels.seepage import (
+from engine.evaluation.kernels.seepage import (
     piezometric_level_m,
     pressure_head_m,
     vnotch_flow_ls,

@@ -10,15 +10,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.batch import TelemetryBatch
-from engine.kernels import health as hk
-from engine.kernels import tumbling_levels as k
-from engine.kernels._common import NO_TS, Q_FAIL, Q_GOOD, Q_MISSING, Q_SUSPECT, Q_UNCHECKED, TS_MAX
-from engine.kernels.qc import QCParams, time_limits
-from engine.kernels.qc_reference import QCReference
-from engine.kernels.tumbling_levels_reference import reference_process
-from engine.processor import PartitionProcessor
-from engine.ruleset import RuleSet, ThresholdRule
+from engine.contracts.batch import TelemetryBatch
+from engine.contracts.ruleset import RuleSet, ThresholdRule
+from engine.evaluation.kernels import health as hk
+from engine.evaluation.kernels import tumbling_levels as k
+from engine.evaluation.kernels._common import (
+    NO_TS,
+    Q_FAIL,
+    Q_GOOD,
+    Q_MISSING,
+    Q_SUSPECT,
+    Q_UNCHECKED,
+    TS_MAX,
+)
+from engine.evaluation.kernels.qc import QCParams, time_limits
+from engine.evaluation.kernels.qc_reference import QCReference
+from engine.evaluation.kernels.tumbling_levels_reference import reference_process
+from engine.evaluation.processor import PartitionProcessor
 
 WINDOW = 15 * 60_000
 THRESHOLDS = np.array([[1.0, 2.0, 3.0, 4.0], [np.nan, 2.5, np.nan, 5.0], [-1.0, -2.0, -3.0, -4.0]])

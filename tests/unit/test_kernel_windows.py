@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.kernels.windows import (
+from engine.evaluation.kernels.windows import (
     ACCEPTED,
     AGGREGATES,
     END_OF_INPUT,
@@ -18,7 +18,7 @@ from engine.kernels.windows import (
     window_close_until,
     window_update,
 )
-from engine.kernels.windows_reference import WindowsReference
+from engine.evaluation.kernels.windows_reference import WindowsReference
 
 MIN = 60_000
 T0 = 1_700_000_000_000 // (15 * MIN) * (15 * MIN)  # a window boundary

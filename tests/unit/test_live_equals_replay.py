@@ -1,5 +1,5 @@
 """Live equals replay, in one process: the partition processors under realistic arrival
-raise exactly the alert events that ``engine.replay`` raises for the same readings.
+raise exactly the alert events that ``engine.tools.replay`` raises for the same readings.
 
 The traffic (``tests.traffic``: stations appearing mid-run, flood waves and storms,
 store-and-forward backlogs, outages, duplicates, out-of-order readings within the
@@ -36,8 +36,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.replay import replay
-from engine.ruleset import RuleSet
+from engine.contracts.ruleset import RuleSet
+from engine.tools.replay import replay
 from rules.api import load_ruleset
 from rules.registry import load_registry
 from tests.differential.compare import Diff, compare, cutoff, timed_compounds

@@ -1,8 +1,8 @@
-"""The launcher's brokers run the configuration Vigil ships (connectors/vigil-mosquitto.conf)."""
+"""The launcher's brokers run the configuration Vigil ships (connectors/mqtt/)."""
 
 from __future__ import annotations
 
-from connectors.mosquitto import CONFIG, Mosquitto
+from connectors.mqtt.mosquitto import CONFIG, Mosquitto
 
 
 def _directives(text: str) -> list[str]:

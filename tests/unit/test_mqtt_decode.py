@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from connectors.mqtt import PayloadError, TopicTemplate, decode_payload
+from connectors.mqtt.client import PayloadError, TopicTemplate, decode_payload
 
 NOW = 1_700_000_000_000
 

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from connectors import mqtt
-from connectors.mqtt import MqttIngest, MqttOptions, _Message
+from connectors.mqtt import client as mqtt
+from connectors.mqtt.client import MqttIngest, MqttOptions, _Message
 
 
 class _Acks:

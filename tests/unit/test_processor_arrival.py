@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.alerts import AlertEvent
-from engine.batch import TelemetryBatch
-from engine.processor import PartitionProcessor
-from engine.replay import replay
-from engine.ruleset import RuleSet, ThresholdRule
+from engine.contracts.alerts import AlertEvent
+from engine.contracts.batch import TelemetryBatch
+from engine.contracts.ruleset import RuleSet, ThresholdRule
+from engine.evaluation.processor import PartitionProcessor
+from engine.tools.replay import replay
 
 M = 60_000
 H = 60 * M

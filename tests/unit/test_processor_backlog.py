@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rules
-from engine.alerts import AlertEvent
-from engine.batch import TelemetryBatch
-from engine.kernels import windows as win
-from engine.processor import PartitionProcessor
-from engine.replay import END_OF_TIME, replay
-from engine.ruleset import RuleSet, ThresholdRule
-from engine.runners.windowed import WindowedRunner
+from engine.contracts.alerts import AlertEvent
+from engine.contracts.batch import TelemetryBatch
+from engine.contracts.ruleset import RuleSet, ThresholdRule
+from engine.evaluation.kernels import windows as win
+from engine.evaluation.processor import PartitionProcessor
+from engine.evaluation.runners.windowed import WindowedRunner
+from engine.tools.replay import END_OF_TIME, replay
 from rules.api import load_ruleset
 
 PACKS = Path(rules.__file__).resolve().parent / "packs"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import rules
-from engine.batch import TelemetryBatch
-from engine.compound import CompoundState
-from engine.processor import PartitionProcessor
+from engine.contracts.batch import TelemetryBatch
+from engine.evaluation.compound import CompoundState
+from engine.evaluation.processor import PartitionProcessor
 from rules.api import load_ruleset
 
 PACKS = Path(rules.__file__).resolve().parent / "packs"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import rules
-from engine.batch import TelemetryBatch
-from engine.processor import PartitionProcessor
-from engine.replay import computed_values
+from engine.contracts.batch import TelemetryBatch
+from engine.evaluation.processor import PartitionProcessor
+from engine.tools.replay import computed_values
 from rules.api import load_ruleset
 
 PACKS = Path(rules.__file__).resolve().parent / "packs"
@@ -98,7 +98,7 @@ def test_levels_survive_a_checkpoint_and_an_old_checkpoint_still_loads(dam) -> N
 
 
 def test_levels_older_than_the_history_are_dropped_but_the_one_at_its_edge_stays(dam) -> None:  # type: ignore[no-untyped-def]
-    from engine.derive.formulas import HISTORY_MS
+    from engine.evaluation.derive.formulas import HISTORY_MS
 
     proc = PartitionProcessor(dam)
     rows = [("SK01", "reservoir_level", k * H, 100.0 + k) for k in range(48)]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.batch import TelemetryBatch
-from engine.processor import PartitionProcessor
-from engine.ruleset import QcLimits, RuleSet, ThresholdRule
+from engine.contracts.batch import TelemetryBatch
+from engine.contracts.ruleset import QcLimits, RuleSet, ThresholdRule
+from engine.evaluation.processor import PartitionProcessor
 
 M = 60_000
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.batch import TelemetryBatch
-from engine.processor import PartitionProcessor
-from engine.ruleset import RuleSet, ThresholdRule
+from engine.contracts.batch import TelemetryBatch
+from engine.contracts.ruleset import RuleSet, ThresholdRule
+from engine.evaluation.processor import PartitionProcessor
 
 M = 60_000
 THR = np.array([[10.0, 20.0, 30.0, 40.0]] * 2)

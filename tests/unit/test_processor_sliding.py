@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import rules
-from engine.replay import computed_values, replay
+from engine.tools.replay import computed_values, replay
 from rules.api import load_ruleset
 
 PACKS = Path(rules.__file__).resolve().parent / "packs"

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.alerts import AlertEvent
-from engine.batch import TelemetryBatch, Tick
-from engine.processor import PartitionProcessor
-from engine.ruleset import RuleSet, ThresholdRule
+from engine.contracts.alerts import AlertEvent
+from engine.contracts.batch import TelemetryBatch, Tick
+from engine.contracts.ruleset import RuleSet, ThresholdRule
+from engine.evaluation.processor import PartitionProcessor
 
 M = 60_000
 WALL = 1_790_000_000_000  # the gateway's wall clock at the first tick (ms)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.transport.log import Append, DurableLog
-from engine.transport.retention import enforce_retention
+from engine.runtime.transport.log import Append, DurableLog
+from engine.runtime.transport.retention import enforce_retention
 
 HOUR = 3_600_000
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.alerts import Level
-from engine.ruleset import RuleSet, ThresholdRule
+from engine.contracts.alerts import Level
+from engine.contracts.ruleset import RuleSet, ThresholdRule
 from rules import Compiled, RulesInvalid, load_registry, load_ruleset
 
 PACKS = Path(__file__).resolve().parents[2] / "rules" / "packs"

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.kernels.aqi import moving_mean, realtime_aqi
+from engine.evaluation.kernels.aqi import moving_mean, realtime_aqi
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "aqi"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.kernels.levels import LEVEL, LevelParams, levels_evaluate, new_levels_state
+from engine.evaluation.kernels.levels import LEVEL, LevelParams, levels_evaluate, new_levels_state
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "river"
 

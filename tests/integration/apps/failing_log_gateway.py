@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from engine.config import load_settings
-from engine.gateway import Gateway
+from engine.runtime.config import load_settings
+from engine.runtime.gateway import Gateway
 
 
 async def _unwritable(readings: object) -> None:

@@ -1,0 +1,206 @@
+"""Compiled rules: what the kernels run, made from validated rule files (see ``rules/``).
+
+This is the contract between ``rules/`` (YAML, pydantic, the station registry) and the
+engine. Everything here is already validated; the engine never re-parses YAML.
+
+A ``ThresholdRule`` applies to one metric of a set of stations. Per station it has four
+thresholds, one per level (blue, yellow, orange, red), in the metric's unit; NaN means
+"this level is not used at this station". ``direction`` is +1 for ``above`` rules
+(level entered when the window aggregate >= threshold) and -1 for ``below`` rules.
+A level is left only when the aggregate is back past ``threshold - direction*deadband``
+(hysteresis), so a reading dithering on the line does not page anyone twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.contracts.alerts import Level
+
+__all__ = [
+    "CompiledCondition",
+    "CompoundRule",
+    "CorroborationRule",
+    "DerivedMetric",
+    "QcLimits",
+    "RuleSet",
+    "ThresholdRule",
+]
+
+N_LEVELS = 4  # blue, yellow, orange, red
+#: Limits of the early-firing kernel's compact state
+#: (``engine.evaluation.kernels.tumbling_levels``): a ``for`` clock is a uint32 of ms
+#: (49.7 days), a flat-line run a uint16 of readings.
+MAX_FOR_MS = 2**32 - 1
+MAX_FLAT_N = 2**16 - 1
+
+
+@dataclass(frozen=True)
+class QcLimits:
+    """Quality control of a rule's readings, in the metric's unit (None = test off).
+
+    ``min``/``max``: gross range, outside is FAIL; ``max_step``: a jump larger than this
+    from the previous reading is SUSPECT; ``flat_n``: this many equal readings in a row
+    is a stuck sensor, FAIL. Failed readings never raise or clear a level.
+    """
+
+    min: float | None = None
+    max: float | None = None
+    max_step: float | None = None
+    flat_n: int = 0
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """One compiled threshold rule. Times in ms, values in the metric's unit."""
+
+    rule_id: str
+    metric: str
+    stations: tuple[str, ...]
+    thresholds: npt.NDArray[np.float64]  # shape (len(stations), 4); NaN = level unused
+    direction: Literal[1, -1] = 1
+    window_ms: int = 15 * 60_000
+    slide_ms: int = 0  # 0: tumbling windows; else a window of window_ms ends every slide_ms
+    aggregate: Literal["max", "min", "mean", "sum", "count", "first", "last", "delta", "rate"] = (
+        "max"
+    )
+    deadband: float = 0.0
+    for_ms: int = 0
+    stale_ms: int = 0  # 0 = no staleness check; else a silent gauge raises an alert
+    qc: QcLimits | None = None
+    # str.format templates; fields: station, name, metric, level, previous_level, value,
+    # threshold, unit and every label of the station.
+    summary: str = (
+        "{name} ({station}): {metric} {value:.2f} {unit}, level {level} "
+        "(was {previous_level}; threshold {threshold:.2f})"
+    )
+    resolved_summary: str = (
+        "{name} ({station}): {metric} back to {value:.2f} {unit}, all clear from {previous_level}"
+    )
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # station -> labels
+    lang: Literal["zh", "en"] = "en"  # the summaries' language; level names follow it
+
+    def __post_init__(self) -> None:
+        if self.thresholds.shape != (len(self.stations), N_LEVELS):
+            raise ValueError(
+                f"rule {self.rule_id}: thresholds shape {self.thresholds.shape}, "
+                f"expected ({len(self.stations)}, {N_LEVELS})"
+            )
+        if self.window_ms <= 0:
+            raise ValueError(f"rule {self.rule_id}: window_ms must be positive")
+        if self.slide_ms and (self.slide_ms < 0 or self.window_ms % self.slide_ms):
+            raise ValueError(f"rule {self.rule_id}: slide_ms must divide window_ms")
+        if not 0 <= self.for_ms <= MAX_FOR_MS:
+            raise ValueError(
+                f"rule {self.rule_id}: for_ms {self.for_ms} outside 0..{MAX_FOR_MS} (49.7 days)"
+            )
+        if self.qc is not None and not 0 <= self.qc.flat_n <= MAX_FLAT_N:
+            raise ValueError(
+                f"rule {self.rule_id}: qc flat_n {self.qc.flat_n} outside 0..{MAX_FLAT_N} readings"
+            )
+
+    @cached_property
+    def station_rows(self) -> Mapping[str, int]:
+        """Station -> its row in ``stations`` (per-station arrays of the rule); built
+        once per rule, not once per partition and runner."""
+        return {station: i for i, station in enumerate(self.stations)}
+
+
+@dataclass(frozen=True)
+class CompiledCondition:
+    """One clause of a compound rule: a window aggregate of ``metric`` against a
+    per-station threshold (``above`` when direction is +1, ``below`` when -1)."""
+
+    metric: str
+    window_ms: int
+    aggregate: str
+    direction: Literal[1, -1]
+    thresholds: npt.NDArray[np.float64]  # (n_stations,)
+
+
+@dataclass(frozen=True)
+class CompoundRule:
+    """Raises ``level`` at a station when all (``mode="all"``) or any of its clauses
+    hold, for at least ``for_ms``; clears when that no longer holds."""
+
+    rule_id: str
+    stations: tuple[str, ...]
+    mode: Literal["all", "any"]
+    conditions: tuple[CompiledCondition, ...]
+    level: Level
+    for_ms: int
+    stale_ms: int
+    summary: str
+    resolved_summary: str
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    lang: Literal["zh", "en"] = "en"
+
+
+@dataclass(frozen=True)
+class DerivedMetric:
+    """``metric`` computed per station from ``source`` (see ``schema.Derived``).
+
+    pressure_head: ``sensor_elevation + source / 9.81`` (kPa -> m).
+    linear_residual: ``source - (intercept + slope * against)`` where ``against`` is read
+    at ``against_stations[i]`` (the station's reservoir).
+    """
+
+    rule_id: str
+    metric: str
+    op: Literal["pressure_head", "linear_residual"]
+    source: str
+    stations: tuple[str, ...]
+    sensor_elevation: npt.NDArray[np.float64]  # (n,), NaN when unused
+    against: str | None = None
+    against_stations: tuple[str, ...] = ()
+    intercept: npt.NDArray[np.float64] | None = None  # (n,)
+    slope: npt.NDArray[np.float64] | None = None  # (n,)
+
+
+@dataclass(frozen=True)
+class CorroborationRule:
+    """Raises ``level`` for a group when >= ``k`` of its stations are at >= ``min_level``
+    of rule ``source_rule`` within ``within_ms`` of each other."""
+
+    rule_id: str
+    source_rule: str
+    min_level: Level
+    k: int
+    groups: Mapping[str, tuple[str, ...]]  # group name ("" = whole selection) -> stations
+    within_ms: int
+    level: Level
+    for_ms: int
+    summary: str
+    resolved_summary: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    lang: Literal["zh", "en"] = "en"
+
+    @cached_property
+    def groups_of_station(self) -> Mapping[str, tuple[str, ...]]:
+        """Station -> the groups it belongs to: one lookup per alert, however large the
+        groups (a basin may hold thousands of gauges)."""
+        index: dict[str, list[str]] = {}
+        for group, stations in self.groups.items():
+            for station in stations:
+                index.setdefault(station, []).append(group)
+        return {station: tuple(groups) for station, groups in index.items()}
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """All rules the engine runs, and a version that changes when any rule does."""
+
+    rules: tuple[ThresholdRule, ...]
+    version: str = "0"
+    compound: tuple[CompoundRule, ...] = ()
+    derived: tuple[DerivedMetric, ...] = ()
+    corroboration: tuple[CorroborationRule, ...] = ()
+
+    def for_metric(self, metric: str) -> tuple[ThresholdRule, ...]:
+        return tuple(r for r in self.rules if r.metric == metric)

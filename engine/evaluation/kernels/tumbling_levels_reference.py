@@ -1,0 +1,103 @@
+"""Plain-Python reference for :mod:`engine.evaluation.kernels.tumbling_levels`'s window and level
+steps (differential tests only).
+
+Written as the rules read, one reading at a time with dicts, so that it shares no code
+with the kernel. QC and sensor health have their own references
+(:mod:`engine.evaluation.kernels.qc_reference`, the health kernel's test).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["reference_process"]
+
+
+def reference_process(
+    levels: list[int],
+    thresholds: npt.NDArray[np.float64],
+    direction: int,
+    deadband: float,
+    window_ms: int,
+    readings: list[tuple[int, int, float]],
+    for_ms: int = 0,
+    lateness_ms: int = 0,
+    late: list[int] | None = None,
+) -> list[tuple[int, int, int, int, float]]:
+    """Plain-Python statement of the window and level steps, for differential tests.
+
+    ``levels`` is the per-sensor starting level (mutated); ``readings`` are usable
+    (sensor, ts, value), in arrival order. Returns transitions (sensor, from, to, ts,
+    value: the window's aggregate, or a late reading's own value); the indices of late
+    readings are appended to ``late``. The state starts empty (no open windows) and is
+    not carried between calls. Lateness is the sensor's own: a reading of the sensor's
+    latest window counts in any order; one of an earlier window is late, yet from the
+    window just before the latest, within ``lateness_ms`` of the sensor's latest
+    reading and without ``for``, it can still raise (never lower) the level.
+    """
+    win: dict[int, tuple[int, float]] = {}  # sensor -> (window start, aggregate)
+    last: dict[int, int] = {}
+    since: dict[tuple[int, int], int] = {}  # (sensor, level) -> start of the breach run
+    out: list[tuple[int, int, int, int, float]] = []
+
+    def used(i: int, k: int) -> bool:
+        return not np.isnan(thresholds[i, k - 1])
+
+    def line(i: int, k: int) -> float:
+        return float(thresholds[i, k - 1]) * direction
+
+    def breached(i: int, x: float) -> int:
+        return next((k for k in (4, 3, 2, 1) if used(i, k) and x >= line(i, k)), 0)
+
+    for j, (i, t, v) in enumerate(readings):
+        if np.isnan(v):
+            continue
+        x = v * direction
+        if i in last and t < last[i] - last[i] % window_ms:
+            end = t - t % window_ms + window_ms
+            just_before = end == last[i] - last[i] % window_ms
+            if for_ms == 0 and just_before and end + lateness_ms > last[i]:
+                if breached(i, x) > levels[i]:
+                    out.append((i, levels[i], breached(i, x), t, v))
+                    levels[i] = breached(i, x)
+            elif late is not None:
+                late.append(j)
+            continue
+        if t == last.get(i):
+            continue
+        start = t - t % window_ms
+        if i in win and win[i][0] != start:
+            wstart, wagg = win.pop(i)
+            held = next(
+                (
+                    k
+                    for k in range(levels[i], 0, -1)
+                    if used(i, k) and wagg >= line(i, k) - deadband
+                ),
+                0,
+            )
+            if held < levels[i]:
+                out.append((i, levels[i], held, wstart + window_ms, wagg * direction))
+                levels[i] = held
+        agg = max(win[i][1], x) if i in win else x
+        win[i] = (start, agg)
+        last[i] = max(last.get(i, t), t)
+        raw = breached(i, agg)
+        for k in (1, 2, 3, 4):
+            if k > raw:
+                since.pop((i, k), None)
+            else:
+                since.setdefault((i, k), t)
+        due = next(
+            (
+                k
+                for k in range(4, levels[i], -1)
+                if (i, k) in since and used(i, k) and last[i] - since[(i, k)] >= for_ms
+            ),
+            levels[i],
+        )
+        if due > levels[i]:
+            out.append((i, levels[i], due, t, agg * direction))
+            levels[i] = due
+    return out

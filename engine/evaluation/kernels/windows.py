@@ -1,0 +1,671 @@
+"""Event-time tumbling and sliding windows, each sensor on its own clock.
+
+Contract
+--------
+Time is event time in ms since epoch, UTC. Windows are aligned to the epoch: bucket
+``k`` covers ``[k*bucket_ms, (k+1)*bucket_ms)``; the window *ending* at bucket ``k`` covers
+buckets ``k-m+1 .. k`` (``m = buckets_per_window``; ``m = 1`` is a tumbling window,
+``m > 1`` a window of ``m*bucket_ms`` sliding by ``bucket_ms``) and has
+``window_end = (k+1)*bucket_ms`` (exclusive).
+
+Every sensor keeps its own clock: the first of its windows not yet closed. A sensor's
+window closes
+
+- when the sensor's own readings reach ``window_end + lateness_ms``: a sensor is judged
+  in its own event time, so a store-and-forward backlog (hours of buffered readings sent
+  in order after a coverage gap) is evaluated as it would have been live, however far
+  behind the partition's other sensors it is, and whether it comes in one batch or many;
+- or, for a *silent* sensor, when the partition watermark reaches
+  ``window_end + lateness_ms`` (:func:`window_close_until`). Silent: nothing heard from
+  the sensor while the watermark advanced by ``lateness_ms`` (with no lateness, at once).
+  The watermark closes its windows up to the one ending with its newest reading's
+  bucket, and no further: the backlog a silent device uploads later still finds its
+  later windows open. A sliding window's *tail* (the windows after that one, which hold
+  only older buckets and would only shrink) waits for the sensor's own readings, or for
+  :data:`END_OF_INPUT`: a gap must not evaluate them without the data the device is
+  still holding, and a gauge that fell silent must not be cleared by its data ageing.
+
+Hence, for readings in each sensor's own order, the windows (and levels) equal those of
+an event-time-sorted run without lateness, however they are batched and interleaved with
+other sensors', except where a sensor falls silent for longer than the lateness in the
+middle of a bucket: what it sends later for that bucket misses the windows the
+watermark closed meanwhile (LATE when all of its windows did). Live, no engine can tell
+such a sensor from one that fell silent for good.
+
+:func:`window_update` adds readings (any order; a sensor's own order is what counts)
+and returns a code per reading:
+
+- ``ACCEPTED`` (0): added; this includes a reading behind its sensor's newest whose
+  window is still open (within the allowed lateness);
+- ``LATE`` (1): every window the reading belongs to is closed *for its sensor* (by its
+  own later readings, or while it was silent); dead-letter it;
+- ``EXCLUDED`` (3): NaN value, or QC flag FAIL or MISSING; SUSPECT readings are used.
+  Excluded readings do not move the sensor's clock.
+
+No reading is ever refused for being too far ahead: before a reading is added, the
+windows its own time has passed are closed, which keeps the sensor's buckets within its
+ring (a ring shorter than the default closes the oldest windows early instead).
+
+Closed windows: the update keeps those its readings closed; :func:`window_close_until`
+adds those the watermark closes and returns them all, ordered by
+``(window_end, sensor)`` (so each sensor's in time order, as
+:mod:`engine.evaluation.kernels.levels` needs). Call it after each batch with the partition's
+watermark; it costs O(1) when no silent sensor's window is due, and one pass over the
+state when one may be (about once per bucket for sensors that report on time; about
+once per lateness while a sensor runs behind the partition). The update is O(1) per
+reading plus O(m) per window closed: each bucket is aggregated once per window it is in.
+
+Aggregates: ``sum``, ``mean``, ``count``, ``min``, ``max`` (the "simple" ones, 16-byte
+buckets) and ``first``, ``last`` (by event time; a tie goes to the later arrival),
+``delta`` (last − first), ``rate`` (delta per hour between the first and last reading's
+times; NaN for a single reading) (the "temporal" ones, 40-byte buckets). Values are in the
+metric's unit; ``rate`` in unit/h. A ``sum`` window can also report the sums over its
+last ``spans[i]`` buckets (``new_window_state(spans=...)``; rainfall's 1/3/6/24 h).
+
+State (plain arrays, checkpointable): one record per sensor, its ``clock``
+(``CLOCK_DTYPE``) then its ``buckets`` (a ring of one of the bucket dtypes), so that a
+reading touches one place in memory. A tumbling ``max`` rule with the default ring of 2
+costs 48 bytes per sensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from engine.evaluation.kernels._common import (
+    MS_PER_HOUR,
+    NO_TS,
+    Q_FAIL,
+    Q_MISSING,
+    TS_MAX,
+    check_sensors,
+)
+from engine.evaluation.kernels._prefetch import PREFETCH_AHEAD, prefetch, prefetch2
+
+__all__ = [
+    "ACCEPTED",
+    "AGGREGATES",
+    "CLOCK_DTYPE",
+    "END_OF_INPUT",
+    "EXCLUDED",
+    "LATE",
+    "ClosedWindows",
+    "WindowSpec",
+    "WindowState",
+    "grow_window_state",
+    "new_closed_buffer",
+    "new_window_state",
+    "window_close_until",
+    "window_update",
+]
+
+ACCEPTED, LATE, EXCLUDED = 0, 1, 3
+
+#: A watermark at or past this (ms) ends the input (``engine.tools.replay``'s flush): every
+#: window closes, the tails of silent sensors' sliding windows too.
+END_OF_INPUT = 2**62
+
+Aggregate = Literal["sum", "mean", "count", "min", "max", "first", "last", "delta", "rate"]
+AGGREGATES: tuple[Aggregate, ...] = (
+    "sum",
+    "mean",
+    "count",
+    "min",
+    "max",
+    "first",
+    "last",
+    "delta",
+    "rate",
+)
+_SUM, _MEAN, _COUNT, _MIN, _MAX, _FIRST, _LAST, _DELTA, _RATE = range(9)
+_TEMPORAL_FROM = _FIRST
+
+SIMPLE_BUCKET = np.dtype([("k", "u4"), ("n", "u4"), ("a", "f8")])
+TEMPORAL_BUCKET = np.dtype(
+    [("k", "u4"), ("n", "u4"), ("a", "f8"), ("b", "f8"), ("ta", "i8"), ("tb", "i8")]
+)
+#: Per sensor: the first of its windows not yet closed (a bucket index; ``NO_TS`` before
+#: its first reading) and the partition watermark (ms) when it last sent a reading.
+CLOCK_DTYPE = np.dtype([("next_close", "i8"), ("heard", "i8")])
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Window geometry. ``ring`` buckets are kept per sensor.
+
+    The default ring, ``m + ceil(lateness/bucket) + 1``, holds a sensor's open windows:
+    its own readings close its windows ``lateness`` behind its newest reading, so its
+    buckets span at most ``m + ceil(lateness/bucket)``. A shorter ring closes a sensor's
+    oldest windows before their lateness has passed, to make room.
+    """
+
+    bucket_ms: int
+    aggregate: Aggregate = "max"
+    buckets_per_window: int = 1
+    lateness_ms: int = 0
+    ring: int = 0
+
+    def __post_init__(self) -> None:
+        if self.bucket_ms <= 0:
+            raise ValueError(f"bucket_ms must be positive, got {self.bucket_ms}")
+        if self.buckets_per_window < 1:
+            raise ValueError(f"buckets_per_window must be >= 1, got {self.buckets_per_window}")
+        if self.lateness_ms < 0:
+            raise ValueError(f"lateness_ms must be >= 0, got {self.lateness_ms}")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"unknown aggregate {self.aggregate!r}; expected one of {AGGREGATES}")
+        if self.ring and self.ring < self.buckets_per_window:
+            raise ValueError(f"ring {self.ring} is shorter than the window")
+
+    @property
+    def ring_size(self) -> int:
+        late_buckets = -(-self.lateness_ms // self.bucket_ms)
+        return self.ring or self.buckets_per_window + late_buckets + 1
+
+    @property
+    def agg_code(self) -> int:
+        return AGGREGATES.index(self.aggregate)
+
+    @property
+    def bucket_dtype(self) -> np.dtype[np.void]:
+        return TEMPORAL_BUCKET if self.agg_code >= _TEMPORAL_FROM else SIMPLE_BUCKET
+
+    @property
+    def bytes_per_sensor(self) -> int:
+        return self.ring_size * self.bucket_dtype.itemsize + CLOCK_DTYPE.itemsize
+
+
+class ClosedWindows(NamedTuple):
+    sensor: npt.NDArray[np.int64]
+    window_end: npt.NDArray[np.int64]  # ms, exclusive end
+    value: npt.NDArray[np.float64]
+    n_readings: npt.NDArray[np.int64]
+    span_sums: npt.NDArray[np.float64]  # (rows, len(spans)): sums over the last buckets
+
+
+def new_closed_buffer(rows: int, n_spans: int = 0) -> ClosedWindows:
+    """Room for ``rows`` closed windows (a state's ``closed``; one per sensor and window
+    closed at once); a state grows its own on demand."""
+    return ClosedWindows(
+        np.empty(rows, dtype=np.int64),
+        np.empty(rows, dtype=np.int64),
+        np.empty(rows, dtype=np.float64),
+        np.empty(rows, dtype=np.int64),
+        np.empty((rows, n_spans), dtype=np.float64),
+    )
+
+
+@dataclass
+class WindowState:
+    """The windows of one rule's sensors.
+
+    ``record`` holds one record per sensor, its clock then its ring, so that a reading
+    touches one place in memory; ``buckets`` and ``clock`` are views into it. ``closed``
+    holds the windows closed since the last :func:`window_close_until` (its first
+    ``pending`` rows); it is kept and grown, not reallocated per batch: at millions of
+    sensors, faulting in fresh pages costs as much as computing the windows.
+    """
+
+    record: npt.NDArray[np.void]  # (n_sensors,) [("clock", CLOCK_DTYPE), ("ring", ...)]
+    spans: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: A watermark below which no silent sensor has a window to close (ms); a lower
+    #: bound, made exact by each pass of :func:`window_close_until`.
+    due: npt.NDArray[np.int64] = field(default_factory=lambda: np.full(1, TS_MAX))
+    closed: ClosedWindows = field(default_factory=lambda: new_closed_buffer(0, 0))
+    pending: int = 0
+
+    @property
+    def buckets(self) -> npt.NDArray[np.void]:
+        """(n_sensors, ring) of the bucket dtype."""
+        return self.record["ring"]
+
+    @property
+    def clock(self) -> npt.NDArray[np.void]:
+        """(n_sensors,) of ``CLOCK_DTYPE``."""
+        return self.record["clock"]
+
+
+def _new_records(
+    n_sensors: int, bucket_dtype: np.dtype[np.void], ring: int
+) -> npt.NDArray[np.void]:
+    record = np.zeros(n_sensors, dtype=[("clock", CLOCK_DTYPE), ("ring", bucket_dtype, (ring,))])
+    record["clock"]["next_close"] = NO_TS
+    record["clock"]["heard"] = NO_TS
+    return record
+
+
+def new_window_state(n_sensors: int, spec: WindowSpec, spans: tuple[int, ...] = ()) -> WindowState:
+    """Empty state: no sensor has a clock yet (each starts at its first reading)."""
+    if any(not 1 <= x <= spec.buckets_per_window for x in spans) or (
+        spans and spec.aggregate != "sum"
+    ):
+        raise ValueError(f"spans {spans} need a sum window of at least {max(spans)} buckets")
+    return WindowState(
+        _new_records(n_sensors, spec.bucket_dtype, spec.ring_size),
+        np.array(spans, dtype=np.int64),
+        closed=new_closed_buffer(0, len(spans)),
+    )
+
+
+def grow_window_state(state: WindowState, n_sensors: int) -> WindowState:
+    """``state`` with room for ``n_sensors`` (new sensors have no clock yet)."""
+    b = state.buckets
+    record = _new_records(n_sensors, b.dtype, b.shape[1])
+    record[: len(state.record)] = state.record
+    return WindowState(record, state.spans, state.due, state.closed, state.pending)
+
+
+def bucket_fields(
+    state: WindowState,
+) -> tuple[npt.NDArray[np.generic], ...]:
+    b = state.buckets
+    if b.dtype == TEMPORAL_BUCKET:
+        return b["k"], b["n"], b["a"], b["b"], b["ta"], b["tb"]
+    # simple buckets: the temporal fields are never touched; pass same-typed stand-ins
+    return b["k"], b["n"], b["a"], b["a"], _NO_T, _NO_T
+
+
+_NO_T = np.zeros((0, 0), dtype=np.int64)[:, :]
+
+
+def _reserve(state: WindowState, rows: int) -> None:
+    """Room for ``rows`` more closed windows after the pending ones."""
+    need = state.pending + rows
+    if len(state.closed.sensor) >= need:
+        return
+    grown = new_closed_buffer(max(need, 2 * len(state.closed.sensor), 64), len(state.spans))
+    for new, old in zip(grown, state.closed, strict=True):
+        new[: state.pending] = old[: state.pending]
+    state.closed = grown
+
+
+def window_update(
+    state: WindowState,
+    spec: WindowSpec,
+    sensor: npt.NDArray[np.integer],
+    ts: npt.NDArray[np.int64],
+    value: npt.NDArray[np.float64],
+    quality: npt.NDArray[np.uint8],
+    watermark_ms: int | None = None,
+) -> npt.NDArray[np.uint8]:
+    """Add a batch to the sensors' windows; returns a code per reading (module doc).
+
+    ``watermark_ms``: the partition's watermark after this batch (ms), the time at which
+    the batch's sensors were last heard; None: the batch's newest reading.
+    """
+    check_sensors(sensor, len(state.buckets), "window_update")
+    n = len(ts)
+    codes = np.empty(n, dtype=np.uint8)
+    if n == 0:
+        return codes
+    wm = int(ts.max()) if watermark_ms is None else watermark_ms
+    i = 0
+    while i < n:
+        # one reading closes at most `ring` windows: room for that many, grown on demand
+        _reserve(state, spec.ring_size)
+        i, state.pending = _update_kernel(
+            *bucket_fields(state),
+            state.clock["next_close"],
+            state.clock["heard"],
+            state.due,
+            spec.agg_code,
+            spec.bucket_ms,
+            spec.buckets_per_window,
+            spec.ring_size,
+            spec.lateness_ms,
+            state.spans,
+            sensor,
+            ts,
+            value,
+            quality,
+            wm,
+            codes,
+            i,
+            *state.closed,
+            state.pending,
+        )
+    return codes
+
+
+def window_close_until(state: WindowState, spec: WindowSpec, watermark_ms: int) -> ClosedWindows:
+    """Close the due windows of silent sensors (``window_end + lateness_ms <=
+    watermark_ms``) and return every window closed since the last call, ordered by
+    ``(window_end, sensor)``. The arrays are valid until the next update or close."""
+    if watermark_ms >= min(int(state.due[0]), END_OF_INPUT):  # `due` leaves out tails
+        s, due = 0, TS_MAX
+        while s < len(state.buckets):
+            _reserve(state, spec.ring_size)
+            s, state.pending, due = _close_silent_kernel(
+                *bucket_fields(state),
+                state.clock["next_close"],
+                state.clock["heard"],
+                spec.agg_code,
+                spec.bucket_ms,
+                spec.buckets_per_window,
+                spec.ring_size,
+                spec.lateness_ms,
+                state.spans,
+                watermark_ms,
+                s,
+                due,
+                *state.closed,
+                state.pending,
+            )
+        state.due[0] = due
+    j, state.pending = state.pending, 0
+    c = state.closed
+    out = ClosedWindows(c.sensor[:j], c.window_end[:j], c.value[:j], c.n_readings[:j],
+                        c.span_sums[:j])  # fmt: skip
+    if j > 1 and not _is_ordered(out.window_end, out.sensor):
+        o = np.lexsort((out.sensor, out.window_end))
+        out = ClosedWindows(out.sensor[o], out.window_end[o], out.value[o], out.n_readings[o],
+                            out.span_sums[o])  # fmt: skip
+    return out
+
+
+@njit(cache=True)
+def _is_ordered(end, sensor):  # type: ignore[no-untyped-def]
+    for i in range(1, end.shape[0]):
+        if end[i] < end[i - 1] or (end[i] == end[i - 1] and sensor[i] < sensor[i - 1]):
+            return False
+    return True
+
+
+@njit(cache=True, inline="always")
+def _bucket(t, bucket_ms, inv):  # type: ignore[no-untyped-def]
+    # two 64-bit integer divisions per reading cost more than the rest of the loop: the
+    # bucket comes from a float multiply, corrected by one step (|t| < 2**53 is exact)
+    kb = np.int64(np.floor(t * inv))
+    if kb * bucket_ms > t:
+        kb -= 1
+    elif (kb + 1) * bucket_ms <= t:
+        kb += 1
+    return kb
+
+
+@njit(cache=True, inline="always")
+def _slot(kb, ring, inv_ring):  # type: ignore[no-untyped-def]
+    """``kb % ring`` (the bucket's place in a sensor's ring), without a division."""
+    r = kb - np.int64(kb * inv_ring) * ring
+    if r < 0:
+        r += ring
+    elif r >= ring:
+        r -= ring
+    return r
+
+
+@njit(cache=True, inline="always")
+def _data_range(kk, nn, s, nc, m, ring, inv_ring):  # type: ignore[no-untyped-def]
+    """First and last bucket holding readings among those of the open windows
+    (``nc-m+1 .. nc-m+ring``); (1, 0) when none does."""
+    first, last = np.int64(1), np.int64(0)
+    kb = nc - m + 1
+    slot = _slot(kb, ring, inv_ring)
+    for _ in range(ring):
+        if nn[s, slot] != 0 and kk[s, slot] == np.uint32(kb & 0xFFFFFFFF):
+            if first > last:
+                first = kb
+            last = kb
+        kb += 1
+        slot += 1
+        if slot == ring:
+            slot = 0
+    return first, last
+
+
+# inlined: a call passing a dozen arrays costs more than closing one sensor's window
+@njit(cache=True, inline="always")
+def _close_sensor(  # type: ignore[no-untyped-def]
+    kk, nn, aa, bb, ta, tb, agg, s, nc, k1, first, last, bucket_ms, m, ring, inv_ring, spans,
+    o_s, o_e, o_v, o_n, o_x, j,
+):  # fmt: skip
+    """Emit sensor ``s``'s windows ``nc .. k1-1`` that hold readings (its buckets
+    ``first .. last``, see :func:`_data_range`), from row ``j``; returns the next row.
+    At most ``ring`` rows: later windows hold no bucket."""
+    if first > last:
+        return j
+    temporal = agg >= _TEMPORAL_FROM
+    n_spans = spans.shape[0]
+    for k in range(max(nc, first), min(k1, last + m)):
+        cnt = 0
+        acc = 0.0
+        fa = 0.0
+        fb = 0.0
+        t0 = 0
+        t1 = 0
+        for x in range(n_spans):
+            o_x[j, x] = 0.0
+        kb = k - m + 1
+        slot = _slot(kb, ring, inv_ring)
+        for _ in range(m):
+            c = nn[s, slot]
+            if c != 0 and kk[s, slot] == np.uint32(kb & 0xFFFFFFFF):
+                x = aa[s, slot]
+                if cnt == 0:
+                    acc = x
+                    if temporal:
+                        fa = x
+                        t0 = ta[s, slot]
+                elif agg == _MIN:
+                    acc = min(acc, x)
+                elif agg == _MAX:
+                    acc = max(acc, x)
+                elif not temporal:
+                    acc += x
+                if temporal:
+                    fb = bb[s, slot]
+                    t1 = tb[s, slot]
+                for y in range(n_spans):
+                    if k - kb < spans[y]:
+                        o_x[j, y] += x
+                cnt += c
+            kb += 1
+            slot += 1
+            if slot == ring:
+                slot = 0
+        if cnt == 0:
+            continue
+        if agg == _MEAN:
+            acc = acc / cnt
+        elif agg == _COUNT:
+            acc = float(cnt)
+        elif agg == _FIRST:
+            acc = fa
+        elif agg == _LAST:
+            acc = fb
+        elif agg == _DELTA:
+            acc = fb - fa
+        elif agg == _RATE:
+            acc = (fb - fa) / (t1 - t0) * MS_PER_HOUR if t1 > t0 else np.nan
+        o_s[j] = s
+        o_e[j] = (k + 1) * bucket_ms
+        o_v[j] = acc
+        o_n[j] = cnt
+        j += 1
+    return j
+
+
+@njit(cache=True)
+def _update_kernel(  # type: ignore[no-untyped-def]
+    kk,
+    nn,
+    aa,
+    bb,
+    ta,
+    tb,
+    next_close,
+    heard,
+    due,
+    agg,
+    bucket_ms,
+    m,
+    ring,
+    lateness,
+    spans,
+    sensor,
+    ts,
+    value,
+    quality,
+    watermark,
+    codes,
+    start,
+    o_s,
+    o_e,
+    o_v,
+    o_n,
+    o_x,
+    j,
+):
+    """Readings ``start..``; returns (the first reading not done, the next output row).
+    Stops early when fewer than ``ring`` output rows are left (the caller grows them)."""
+    n = ts.shape[0]
+    cap = o_s.shape[0]
+    inv = 1.0 / bucket_ms
+    inv_ring = 1.0 / ring
+    temporal = agg >= _TEMPORAL_FROM
+    first_due = due[0]
+    for i in range(start, n):
+        if i + PREFETCH_AHEAD < n:
+            ahead = sensor[i + PREFETCH_AHEAD]
+            prefetch2(kk, ahead, 0)
+            prefetch2(kk, ahead, ring - 1)
+            prefetch(next_close, ahead)  # the clock record: next_close and heard
+        s = sensor[i]
+        heard[s] = watermark
+        v = value[i]
+        q = quality[i]
+        if q in (Q_FAIL, Q_MISSING) or np.isnan(v):
+            codes[i] = EXCLUDED
+            continue
+        t = ts[i]
+        nc = next_close[s]
+        if nc == NO_TS:  # its first reading starts the sensor's clock
+            nc = _bucket(t - lateness, bucket_ms, inv)
+            next_close[s] = nc
+        elif t - lateness >= (nc + 1) * bucket_ms:  # its own time closes window nc (and on)
+            if j + ring > cap:
+                due[0] = first_due
+                return i, j
+            k_own = _bucket(t - lateness, bucket_ms, inv)
+            first, last = _data_range(kk, nn, s, nc, m, ring, inv_ring)
+            j = _close_sensor(kk, nn, aa, bb, ta, tb, agg, s, nc, k_own, first, last,
+                              bucket_ms, m, ring, inv_ring, spans, o_s, o_e, o_v, o_n, o_x,
+                              j)  # fmt: skip
+            nc = k_own
+            next_close[s] = nc
+        kb = _bucket(t, bucket_ms, inv)
+        if kb + m - 1 < nc:
+            codes[i] = LATE
+            continue
+        if kb > nc - m + ring:  # only with a ring shorter than the default: make room
+            if j + ring > cap:
+                due[0] = first_due
+                return i, j
+            k_room = kb - ring + m
+            first, last = _data_range(kk, nn, s, nc, m, ring, inv_ring)
+            j = _close_sensor(kk, nn, aa, bb, ta, tb, agg, s, nc, k_room, first, last,
+                              bucket_ms, m, ring, inv_ring, spans, o_s, o_e, o_v, o_n, o_x,
+                              j)  # fmt: skip
+            nc = k_room
+            next_close[s] = nc
+        codes[i] = ACCEPTED
+        # the earliest watermark that may close this reading's first open window
+        w_due = max((max(kb, nc) + 1) * bucket_ms, watermark) + lateness
+        if w_due < first_due:
+            first_due = w_due
+        slot = _slot(kb, ring, inv_ring)
+        key = np.uint32(kb & 0xFFFFFFFF)
+        if nn[s, slot] == 0 or kk[s, slot] != key:
+            kk[s, slot] = key
+            nn[s, slot] = 1
+            aa[s, slot] = v
+            if temporal:
+                bb[s, slot] = v
+                ta[s, slot] = t
+                tb[s, slot] = t
+            continue
+        nn[s, slot] += 1
+        if temporal:
+            if t < ta[s, slot]:
+                aa[s, slot] = v
+                ta[s, slot] = t
+            if t >= tb[s, slot]:
+                bb[s, slot] = v
+                tb[s, slot] = t
+        elif agg == _MIN:
+            if v < aa[s, slot]:
+                aa[s, slot] = v
+        elif agg == _MAX:
+            if v > aa[s, slot]:
+                aa[s, slot] = v
+        else:
+            aa[s, slot] += v
+    due[0] = first_due
+    return n, j
+
+
+@njit(cache=True)
+def _close_silent_kernel(  # type: ignore[no-untyped-def]
+    kk,
+    nn,
+    aa,
+    bb,
+    ta,
+    tb,
+    next_close,
+    heard,
+    agg,
+    bucket_ms,
+    m,
+    ring,
+    lateness,
+    spans,
+    watermark,
+    start,
+    due,
+    o_s,
+    o_e,
+    o_v,
+    o_n,
+    o_x,
+    j,
+):
+    """Close the due windows of silent sensors ``start..``; returns (the first sensor
+    not done, the next output row, the next due watermark of the sensors done)."""
+    n_sensors = next_close.shape[0]
+    cap = o_s.shape[0]
+    inv_ring = 1.0 / ring
+    k_wm = _bucket(watermark - lateness, bucket_ms, 1.0 / bucket_ms)
+    for s in range(start, n_sensors):
+        nc = next_close[s]
+        if nc == NO_TS:
+            continue
+        first, last = _data_range(kk, nn, s, nc, m, ring, inv_ring)
+        # Up to the window ending with its newest reading's bucket, not past it: a
+        # backlog after the silence must find its own windows open. A sliding window's
+        # tail (later windows, holding only older buckets) waits for the sensor's own
+        # time, or the end of the input.
+        k_stop = last + m if watermark >= END_OF_INPUT else last + 1
+        w0 = max(nc, first)  # its first window holding a reading
+        if first > last or w0 >= k_stop:
+            continue  # nothing the watermark may close: only its next reading matters
+        silent = heard[s] + lateness  # the watermark at which it counts as silent
+        if w0 < k_wm and silent <= watermark:
+            if j + ring > cap:
+                return s, j, due
+            k1 = min(k_wm, k_stop)
+            j = _close_sensor(kk, nn, aa, bb, ta, tb, agg, s, nc, k1, first, last, bucket_ms,
+                              m, ring, inv_ring, spans, o_s, o_e, o_v, o_n, o_x, j)  # fmt: skip
+            next_close[s] = k1
+            if k1 == k_stop:
+                continue
+            w0 = k1
+        d = max((w0 + 1) * bucket_ms + lateness, silent)
+        if d < due:
+            due = d
+    return n_sensors, j, due

@@ -1,0 +1,464 @@
+"""The corroboration stage of the topology: alerts re-keyed by group, group state in
+Faust tables.
+
+The stations of a basin hash to different telemetry partitions (and, on Kafka, to
+different workers), so group rules cannot run in the per-partition processors. Instead
+``route`` forwards each source-rule event to ``<id>-corroboration`` under the key
+``rule\\x1fgroup``, in the partition Kafka's partitioner gives that key: one record per
+partition and alerts record, a line ``key\\x1eevent JSON`` per event; ``corroborate``
+consumes that topic, keeps each group's ``GroupState`` and sends the group's alerts
+back to ``<id>-alerts``. A replay after a crash re-sends the same events; a station's
+events no later than its latest are dropped (``GroupState.take``) and the alerts keep
+their idempotency keys, so the dispatcher drops repeats.
+
+Event time: the groups take their events in event time, not in arrival order
+(``engine.evaluation.corroboration_buffer`` explains the rule and its bounds). The dispatcher
+passes each alerts record's source partition and watermark (``WATERMARK_HEADER``) to
+``route``, which forwards the watermarks to each corroboration partition that holds a
+group (none without basin rules) as a line
+``\\x1dmarks\\x1e{"<partition>": <watermark ms>, ...}`` after the record's events: on the
+records it sends anyway, and on a record of its own at most once per ``MARK_INTERVAL_S``
+for the partitions that got no events (Faust costs ~0.5-1 ms per record, so never a
+record per alert). ``corroborate`` holds the routed events in an ``EventTimeBuffer`` per
+partition and applies them once the watermarks have passed them. When only the wall
+clock can release held events (every source idle), a timer sends the partition a
+``\\x1dtick`` record, at most once per ``MARK_INTERVAL_S``: table writes must happen in
+an event of the partition whose changelog holds them.
+
+The state is kept in changelog-backed Faust tables, a small entry per key (what
+Faust tables are for): ``corroboration-stations`` maps ``rule\\x1fgroup\\x1fstation``
+to ``[entry time or null, time of the station's latest event]`` (ms),
+``corroboration-firing`` maps ``rule\\x1fgroup`` to the time the group's alert started,
+and ``corroboration-pending`` holds the events not applied yet, ``rule\\x1fgroup\\x1f
+station\\x1fat`` to ``[level, metric]``, written when an event is held and deleted when
+it is applied: two changelog records per routed event more than before, producer
+records (batched by the client), not records the agents consume. So a held event
+survives a crash or a failover exactly as the group state does, and the consumer's
+offsets commit past it as usual (holding the commit back instead would stall Faust's
+rebalances, which wait for every delivered record to be acknowledged). The watermarks
+survive too (``corroboration-watermarks``: one entry per partition, the latest mark of
+each source, written after each record that moved them): else a restart would hold
+its events until each source sent a newer mark, or, on a stream that has ended, for
+the idle time, and a gateway restarted more often than that would never let them go.
+
+A group's whole state under one key cost a changelog record the size of the group per
+alert, and in a flood the alerts come from thousands of a basin's gauges at once (JSON
+encoding was 30 % of a worker's time in ``bench/kafka_e2e.py``). The ``GroupState``
+objects are built from the tables once after each rebalance (the tables are recovered
+by then) and kept in step with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from engine.contracts.alerts import AlertEvent, Level, pack_lines
+from engine.contracts.ruleset import CorroborationRule
+from engine.evaluation.corroboration import GroupState, corroboration_event, groups_of
+from engine.evaluation.corroboration_buffer import EventTimeBuffer, Pending
+
+if TYPE_CHECKING:
+    from engine.runtime.topology import Topology
+
+__all__ = ["MARK_INTERVAL_S", "TABLES", "CorroborationStage"]
+
+#: The stage's Faust tables; their changelogs are ``<app id>-<name>-changelog``, created
+#: with the other topics (``engine.runtime.kafka.topics``): Faust itself creates them only when
+#: first written, and an agent that writes before its metadata shows the partitions
+#: crashes (PartitionsMismatch) half-way through an event.
+TABLES = (
+    "corroboration-stations",
+    "corroboration-firing",
+    "corroboration-pending",
+    "corroboration-watermarks",
+)
+
+#: Wall seconds between records that carry only watermarks (or a tick), per partition.
+MARK_INTERVAL_S = 1.0
+
+log = logging.getLogger(__name__)
+
+_SEP = "\x1f"
+_RS = "\x1e"  # between a routed event's key and its JSON (which escapes control chars)
+_MARKS = "\x1dmarks"  # the key of a line of source partitions' watermarks
+_TICK = "\x1dtick"  # the key of a line that only makes the partition look at the clock
+
+
+class CorroborationStage:
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        app = topology.app
+        self.topic = app.topic(
+            f"{app.conf.id}-corroboration",
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=topology.partitions,
+        )
+        n = topology.partitions
+        self.stations = app.Table(TABLES[0], partitions=n, key_type=str)
+        self.firing = app.Table(TABLES[1], partitions=n, key_type=str)
+        self.pending = app.Table(TABLES[2], partitions=n, key_type=str)
+        self.watermarks = app.Table(TABLES[3], partitions=n, key_type=str)
+        app.on_partitions_revoked.connect(self._on_partitions_revoked)
+        app.agent(self.topic, name="corroborate")(self._corroborate)
+        app.timer(MARK_INTERVAL_S)(self._on_timer)
+        self._init_state()
+
+    def _init_state(self, clock: Callable[[], float] = time.monotonic) -> None:
+        """The in-memory state; ``clock``: wall seconds, monotonic (tests advance it)."""
+        self.clock = clock
+        #: ``rule\x1fgroup`` -> its state, as the tables hold it; None: not built yet
+        #: (the held events in ``_buffers`` are rebuilt with it).
+        self._states: dict[str, GroupState] | None = None
+        #: Corroboration partition -> its held events and its sources' watermarks.
+        self._buffers: dict[int, EventTimeBuffer] = {}
+        #: Events held since the start of the record in hand, not yet in ``pending``:
+        #: written at its end if still held (most are let go by the same record's
+        #: watermarks, and a write and a delete each cost a changelog record).
+        self._unsaved: dict[Pending, tuple[str, str]] = {}
+        #: Corroboration partition -> its sources' watermarks as ``watermarks`` holds them.
+        self._saved_marks: dict[int, dict[int, int]] = {}
+        #: Corroboration partition -> wall time (s) of its last tick sent.
+        self._ticked: dict[int, float] = {}
+        #: Source partition -> the watermark (ms) of the alerts routed so far.
+        self._marks: dict[int, int] = {}
+        #: Corroboration partition -> the watermarks sent to it so far.
+        self._marks_sent: dict[int, dict[int, int]] = {}
+        self._marks_round = -MARK_INTERVAL_S  # wall time (s) of the last mark-only round
+        #: The rules ``_groups_at`` was computed for, and the partitions of their groups.
+        self._groups_for: object = None
+        self._groups_at: frozenset[int] = frozenset()
+        #: Sends of ``route`` not yet known durable: (partition, value, future; None: the
+        #: send itself failed and is to be made again).
+        self._in_flight: list[tuple[int, bytes, Awaitable[Any] | None]] = []
+        #: Partitions with such a failed send: later records wait behind it, in order.
+        self._deferred: set[int] = set()
+
+    async def route(
+        self,
+        events: Iterable[AlertEvent],
+        source: int | None = None,
+        watermark: int | None = None,
+    ) -> None:
+        """Forward the source-rule events among ``events`` to their groups, and the
+        ``watermark`` (ms; None: the record had none) of their alerts partition
+        ``source`` behind them. Called by the alerts topic's one agent (the
+        dispatcher) with the events of one record: a second agent on that topic would
+        hold each message until both had acked it, and at shutdown the one that
+        stopped first would never ack, leaving the consumer waiting. The sends are not
+        awaited here, one broker round trip per record; ``flush`` awaits them before
+        the alerts' offsets commit."""
+        rules = self.topology.ruleset.corroboration
+        lines: dict[int, list[str]] = {}
+        for event in events:
+            pairs = groups_of(rules, event)
+            if pairs:
+                body = event.to_json()
+                for rule_id, group in pairs:
+                    key = f"{rule_id}{_SEP}{group}"
+                    partition = self.topology.partition_for(key)
+                    lines.setdefault(partition, []).append(f"{key}{_RS}{body}")
+        # The new mark rides behind this record's events (the same records, in order);
+        # ``_marks`` takes it only once they are all handed to the producer, so that
+        # the timer never sends it ahead of them.
+        marks = dict(self._marks)
+        if source is not None and watermark is not None:
+            marks[source] = max(watermark, marks.get(source, watermark))
+        for partition, group_lines in lines.items():
+            mark_line = self._mark_line(partition, marks)
+            for value in pack_lines([*group_lines, *([mark_line] if mark_line else [])]):
+                await self._send(partition, value)
+        self._marks = marks
+        if self.clock() - self._marks_round >= MARK_INTERVAL_S:
+            await self._send_marks()
+
+    def _mark_line(self, partition: int, marks: dict[int, int]) -> str | None:
+        """The line of the watermarks in ``marks`` not yet sent to ``partition``, now
+        counted as sent; None when there are none."""
+        sent = self._marks_sent.setdefault(partition, {})
+        due = {p: w for p, w in marks.items() if w > sent.get(p, w - 1)}
+        if not due:
+            return None
+        sent.update(due)
+        return f"{_MARKS}{_RS}{json.dumps(due)}"
+
+    def _group_partitions(self) -> frozenset[int]:
+        """The partitions that hold a group of the current rules: the only ones that
+        need watermarks (none without basin rules), however many partitions there are."""
+        rules = self.topology.ruleset.corroboration
+        if self._groups_for is not rules:
+            self._groups_for = rules
+            self._groups_at = frozenset(
+                self.topology.partition_for(f"{r.rule_id}{_SEP}{group}")
+                for r in rules
+                for group in r.groups
+            )
+        return self._groups_at
+
+    async def _send_marks(self) -> None:
+        """A record of watermarks to each partition that has some not yet sent."""
+        self._marks_round = self.clock()
+        for partition in sorted(self._group_partitions()):
+            line = self._mark_line(partition, self._marks)
+            if line is not None:
+                await self._send(partition, line.encode())
+
+    async def _send(self, partition: int, value: bytes) -> None:
+        """Hand a record to the producer, or, behind a failed send to the same
+        partition, keep it for ``flush`` (in order)."""
+        fut: Awaitable[Any] | None = None
+        if partition not in self._deferred:  # else after the one before it, in order
+            try:
+                fut = await self.topic.send(value=value, partition=partition)
+            except Exception as exc:  # e.g. the broker restarting: ``flush`` retries
+                log.warning("corroboration send failed (%r), will send again", exc)
+                self._deferred.add(partition)
+        self._in_flight.append((partition, value, fut))
+
+    async def _on_timer(self) -> None:
+        """Every ``MARK_INTERVAL_S``: the watermarks of sources that sent no events
+        lately, and a tick to each partition of this worker whose held events only
+        the wall clock can release now."""
+        if self.clock() - self._marks_round >= MARK_INTERVAL_S / 2:
+            await self._send_marks()
+        name = self.topic.get_topic_name()
+        mine = {tp.partition for tp in self.topology.app.consumer.assignment() if tp.topic == name}
+        now = self.clock()
+        if self._states is None:
+            # After a restart or a rebalance the held events are in the table only, and
+            # are rebuilt (in the agent, after the tables' recovery) on the next record
+            # of their partition: make sure there is one, should the stream be quiet.
+            due = {self.topology.partition_for(k.rsplit(_SEP, 2)[0]) for k in self.pending}
+        else:
+            due = set()
+            for partition, buffer in self._buffers.items():
+                # The same clock reading: a fresh one in ``wake_at`` is always later,
+                # and a tick was never due (held basin events stayed held).
+                wake = buffer.wake_at(now)
+                if wake is not None and wake <= now:
+                    due.add(partition)
+        for partition in sorted(due & mine):
+            if now - self._ticked.get(partition, -MARK_INTERVAL_S) >= MARK_INTERVAL_S:
+                self._ticked[partition] = now
+                await self._send(partition, f"{_TICK}{_RS}".encode())
+
+    async def flush(self) -> None:
+        """Returns once every event routed so far is durable on the corroboration topic.
+
+        A send that failed is sent once more and awaited; should that fail too, the
+        error propagates, the commit that called this does not happen, and the sends
+        not known durable stay for the next one.
+        """
+        pending, self._in_flight = self._in_flight, []
+        try:
+            for i, (partition, value, fut) in enumerate(pending):
+                try:
+                    try:
+                        if fut is None:
+                            fut = await self.topic.send(value=value, partition=partition)
+                        await fut
+                    except Exception as exc:
+                        log.warning("corroboration send failed (%r), sending again", exc)
+                        await (await self.topic.send(value=value, partition=partition))
+                except BaseException:  # also cancelled: what is not known durable stays
+                    self._in_flight[:0] = [(partition, value, None), *pending[i + 1 :]]
+                    raise
+        finally:
+            # Routed meanwhile behind a failed send, or left failed: still deferred.
+            self._deferred = {p for p, _, f in self._in_flight if f is None}
+
+    async def _on_partitions_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
+        self._states = None  # the partitions we keep are recovered afresh: rebuild then
+
+    def _build(self) -> dict[str, GroupState]:
+        """The groups' states and the held events, from the tables."""
+        entered: dict[str, dict[str, int]] = {}
+        last: dict[str, dict[str, int]] = {}
+        for skey, (entry, latest) in self.stations.items():
+            group_key, station = skey.rsplit(_SEP, 1)
+            last.setdefault(group_key, {})[station] = latest
+            if entry is not None:
+                entered.setdefault(group_key, {})[station] = entry
+        firing = dict(self.firing.items())
+        states = {
+            k: GroupState(entered.get(k), firing.get(k), last.get(k)) for k in last.keys() | firing
+        }
+        for buffer in self._buffers.values():
+            buffer.clear()
+        for pkey, (level, metric) in self.pending.items():
+            rule_id, group, station, at = pkey.split(_SEP)
+            partition = self.topology.partition_for(f"{rule_id}{_SEP}{group}")
+            self._buffer(partition).add((int(at), rule_id, group, station), (level, metric))
+        for held, payload in self._unsaved.items():  # the record in hand's, not in the table
+            self._buffer(self.topology.partition_for(_SEP.join(held[1:3]))).add(held, payload)
+        for partition, saved in self.watermarks.items():
+            buffer = self._buffer(int(partition))
+            for source, watermark in saved.items():
+                buffer.mark(int(source), watermark)
+            self._saved_marks[int(partition)] = dict(buffer.watermarks)
+        return states
+
+    def _state(self, key: str) -> GroupState:
+        if self._states is None:
+            self._states = self._build()
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = GroupState()
+        return state
+
+    def _buffer(self, partition: int) -> EventTimeBuffer:
+        buffer = self._buffers.get(partition)
+        if buffer is None:
+            buffer = self._buffers[partition] = EventTimeBuffer(
+                self.topology.partitions,
+                allowance_ms=self.topology.lateness_ms,
+                idle_s=self.topology.corroboration_idle_s,
+                clock=self.clock,
+            )
+        return buffer
+
+    def _rule(self, rule_id: str) -> CorroborationRule | None:
+        return next((r for r in self.topology.ruleset.corroboration if r.rule_id == rule_id), None)
+
+    async def _corroborate(self, stream: Any) -> None:
+        async for event in stream.events():
+            partition = event.message.partition
+            for line in event.value.decode(errors="replace").split("\n"):
+                try:
+                    await self._take(line, partition)
+                except (ValueError, TypeError, KeyError) as exc:
+                    # Not a line ``route`` writes (bad bytes, a record of another
+                    # version): skipped with its reason; the stream goes on.
+                    self.topology.counters["corroboration_bad_lines"] += 1
+                    log.error("corroboration: skipped a line (%r): %.200s", exc, line)
+                    self._states = None  # in case it failed half-way: rebuild
+                except BaseException:
+                    self._states = None  # maybe ahead of the tables: rebuild from them
+                    raise
+            await self._release(partition)
+
+    async def _take(self, line: str, partition: int) -> None:
+        """One line of a record of corroboration ``partition``: watermarks, a tick, or
+        a routed event, which is held (``pending`` table) until ``_release``."""
+        key, sep, body = line.partition(_RS)
+        if not sep:
+            raise ValueError("no key separator")
+        buffer = self._built_buffer(partition)
+        if key == _MARKS:
+            for source, watermark in json.loads(body).items():
+                buffer.mark(int(source), int(watermark))
+            return
+        if key == _TICK:
+            return
+        rule_id, group = key.split(_SEP, 1)
+        if self._rule(rule_id) is None:
+            return  # the rule was removed by a reload
+        source = AlertEvent.from_json(body)
+        last = self._state(key).last.get(source.station)
+        if last is not None and source.at <= last:
+            return  # taken before: sent again by a partition replayed after a failover
+        held: Pending = (source.at, rule_id, group, source.station)
+        late = buffer.late
+        if buffer.add(held, (source.level, source.metric)):
+            self._unsaved[held] = (source.level, source.metric)
+        if buffer.late > late:
+            self.topology.counters["corroboration_late_events"] += 1
+            log.warning(
+                "corroboration: %s of %s at %d came after its groups were evaluated past "
+                "it; taken in arrival order",
+                rule_id,
+                source.station,
+                source.at,
+            )
+
+    async def _release(self, partition: int) -> None:
+        """Apply the held events of ``partition`` that the watermarks let go, in event
+        time (``engine.evaluation.corroboration_buffer``); then write those still held that the
+        record in hand brought to the ``pending`` table."""
+        try:
+            buffer = self._built_buffer(partition)
+            horizon = buffer.horizon()
+            while (item := buffer.pop_due(horizon)) is not None:
+                held, (level, metric) = item
+                at, rule_id, group, station = held
+                rule = self._rule(rule_id)
+                key = f"{rule_id}{_SEP}{group}"
+                if rule is not None:  # else removed by a reload meanwhile
+                    await self._apply(rule, key, station, at, Level.parse(level), metric)
+                if self._unsaved.pop(held, None) is None:
+                    _sync(self.pending, _pending_key(held), True, None)
+            for held, payload in self._unsaved.items():
+                self.pending[_pending_key(held)] = list(payload)
+            self._unsaved.clear()
+            if buffer.watermarks != self._saved_marks.get(partition):
+                # One entry per partition, so that a restart or the next owner knows
+                # how far the sources are and need not wait for their next marks (or
+                # the idle time, on a stream that has ended) to let held events go.
+                self.watermarks[str(partition)] = {str(p): w for p, w in buffer.watermarks.items()}
+                self._saved_marks[partition] = dict(buffer.watermarks)
+        except BaseException:
+            self._states = None  # maybe ahead of the tables: rebuild from them
+            raise
+
+    def _built_buffer(self, partition: int) -> EventTimeBuffer:
+        """The partition's buffer, with the state rebuilt from the tables if need be."""
+        if self._states is None:
+            self._states = self._build()
+        return self._buffer(partition)
+
+    async def _apply(
+        self, rule: CorroborationRule, key: str, station: str, at: int, level: Level, metric: str
+    ) -> None:
+        """One station's transition (``at`` ms) into its group's state.
+
+        A change of the group is sent, and durable, before the state that holds it is
+        written to the tables: the other way round, a crash between the two would
+        restore a state that has the change, replay the event, drop it as taken
+        (``GroupState.take``) and never send the alert.
+        """
+        group = key.split(_SEP, 1)[1]
+        state = self._state(key)
+        firing_since = state.firing_since
+        before = [state.entered.get(station), state.last.get(station)]
+        change = state.take(rule, station, at, level)
+        if change is not None:
+            await self._send_alert(corroboration_event(rule, group, metric, change))
+        after = [state.entered.get(station), state.last.get(station)]
+        _sync(self.stations, f"{key}{_SEP}{station}", before, after)
+        _sync(self.firing, key, firing_since, state.firing_since)
+
+    async def _send_alert(self, alert: AlertEvent, attempts: int = 5) -> None:
+        """Send a group's alert and wait until it is durable, retrying a few times (a
+        broker restarting) before giving up; a repeat is dropped by the dispatcher."""
+        for attempt in range(attempts):
+            try:
+                fut = await self.topology.alerts.send(
+                    key=alert.fingerprint.encode(), value=alert.to_json().encode()
+                )
+                await fut
+                return
+            except Exception as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.warning("group alert send failed (%r), sending again", exc)
+                await asyncio.sleep(0.5 * 2**attempt)
+
+
+def _pending_key(held: Pending) -> str:
+    at, rule_id, group, station = held
+    return _SEP.join((rule_id, group, station, str(at)))
+
+
+def _sync(table: Any, key: str, before: object, after: object) -> None:
+    """Write a changed entry to its table (a changelog record); None deletes it."""
+    if after != before:
+        if after is None:
+            if key in table:
+                del table[key]
+        else:
+            table[key] = after

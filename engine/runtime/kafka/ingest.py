@@ -1,0 +1,78 @@
+"""``vigil ingest mqtt``: MQTT in, telemetry batches out to Kafka, nothing else.
+
+The same ``MqttIngest`` as the gateway, with ``produce`` and ``dead_letter`` going to
+Kafka (``engine.runtime.kafka.producer``): an MQTT message is acknowledged only after the broker
+acknowledged its batch with ``acks=all``. Several ingest processes may run side by side
+with distinct ``mqtt.client_id`` values. SIGTERM or SIGINT: disconnect from MQTT (the
+broker redelivers what was not acknowledged), flush, exit 0. If the ingest task fails
+(Kafka unwritable), ``serve_mqtt_ingest`` raises it after the same shutdown: the process
+ends with its traceback and a non-zero status, for a supervisor to restart it. Messages
+the MQTT broker reports dropped are logged as errors (the gateway also alerts on them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from connectors.mqtt.client import MqttIngest
+from engine.evaluation.broker_drops import BrokerDropAlerts
+from engine.runtime.config import Settings
+from engine.runtime.gateway import load_rules
+from engine.runtime.kafka.producer import TelemetryProducer
+from engine.runtime.kafka.topics import TopicLayout, bootstrap_of, ensure_topics
+
+__all__ = ["serve_mqtt_ingest"]
+
+log = logging.getLogger(__name__)
+
+
+async def serve_mqtt_ingest(
+    settings: Settings, broker: str, *, replication: int = 1, stop: asyncio.Event | None = None
+) -> None:
+    """Run MQTT -> Kafka until ``stop`` is set, or SIGTERM/SIGINT when ``stop`` is None."""
+    bootstrap = bootstrap_of(broker)
+    layout = TopicLayout(settings.app_id, settings.partitions, replication)
+    await ensure_topics(bootstrap, layout)
+    _, stations = load_rules(settings)
+    producer = TelemetryProducer(bootstrap, layout)
+    await producer.start()
+    options = settings.mqtt.options(settings.batch.max_readings, settings.batch.linger_ms)
+    drops = BrokerDropAlerts(gateway=options.client_id, broker=f"{options.host}:{options.port}")
+    ingest = MqttIngest(
+        options,
+        produce=producer.produce,
+        dead_letter=producer.send_dead_letter,
+        known_stations=stations,
+        on_broker_drops=drops.observe,
+    )
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await ingest.start()
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(None, ingest.subscribed.wait, 60.0):
+            o = ingest.options
+            print(
+                f"vigil: ingest subscribed to {ingest.template.subscription} "
+                f"on {o.host}:{o.port}, producing to {layout.telemetry}",
+                flush=True,
+            )
+        else:
+            log.error("MQTT: not subscribed after 60 s; still retrying")
+        stopped = asyncio.ensure_future(stop.wait())
+        ingesting = asyncio.ensure_future(ingest.join())
+        await asyncio.wait({stopped, ingesting}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if ingesting.done():
+            log.critical("MQTT ingest failed: the process stops for a restart")
+            ingesting.result()  # raises what ended the ingest
+        ingesting.cancel()
+    finally:
+        await ingest.stop()
+        await producer.stop()
+        log.info("ingest stopped: %s %s", dict(ingest.counters), dict(producer.counters))

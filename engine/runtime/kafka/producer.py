@@ -1,0 +1,99 @@
+"""Telemetry batches and dead letters produced straight to Kafka (no Faust app).
+
+``vigil ingest`` and the load generators of the tests and benchmarks use this, so that
+what they write is exactly what ``Topology.produce`` writes: one columnar batch
+(``engine.contracts.batch``) per partition, the partition chosen by Kafka's murmur2 of the
+station id. Every send uses ``acks=all`` with an idempotent producer; the coroutines
+return only once the broker has acknowledged, which is what lets MQTT ingest
+acknowledge its messages afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+from engine.contracts.batch import BatchBuilder
+from engine.runtime.kafka.topics import TopicLayout
+
+__all__ = ["TelemetryProducer", "partition_for"]
+
+Reading = tuple[str, str, int, float]
+
+_partitioner = DefaultPartitioner()
+
+
+def partition_for(station: str, partitions: int) -> int:
+    """Kafka's murmur2 partition of a station id (the same as ``Topology.partition_for``)."""
+    all_partitions = list(range(partitions))
+    return int(_partitioner(station.encode(), all_partitions, all_partitions))
+
+
+class TelemetryProducer:
+    """Produces telemetry batches and dead letters of one app's topics."""
+
+    def __init__(self, bootstrap: str, layout: TopicLayout, *, linger_ms: int = 5) -> None:
+        self.layout = layout
+        self.counters: Counter[str] = Counter()
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=linger_ms,
+            max_request_size=16 * 1024 * 1024,
+            max_batch_size=4 * 1024 * 1024,
+        )
+        self._cache: dict[str, int] = {}
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    def partition(self, station: str) -> int:
+        p = self._cache.get(station)
+        if p is None:
+            p = self._cache[station] = partition_for(station, self.layout.partitions)
+        return p
+
+    async def produce(self, readings: Sequence[Reading]) -> None:
+        """Readings as one batch per partition; returns once the broker acknowledged all."""
+        builders: dict[int, BatchBuilder] = {}
+        for station, metric, ts, value in readings:
+            p = self.partition(station)
+            builder = builders.get(p)
+            if builder is None:
+                builder = builders[p] = BatchBuilder()
+            builder.add(station, metric, ts, value)
+        await self.produce_encoded({p: b.build().encode() for p, b in builders.items()})
+        self.counters["readings_produced"] += len(readings)
+
+    async def produce_encoded(self, batches: dict[int, bytes]) -> None:
+        """Already encoded batches ``{partition: bytes}``; returns once all are acknowledged."""
+        topic = self.layout.telemetry
+        futures = [
+            await self._producer.send(topic, value=value, partition=p)
+            for p, value in batches.items()
+        ]
+        for fut in futures:
+            await fut
+        self.counters["batches_produced"] += len(batches)
+
+    async def send_dead_letter(self, raw: bytes, reason: str, source: str) -> None:
+        """Keep rejected input with its reason; returns once it is acknowledged."""
+        await self._producer.send_and_wait(
+            self.layout.dead_letter,
+            value=raw,
+            key=source.encode(),
+            headers=[
+                ("vigil-reason", reason.encode()),
+                ("vigil-source", source.encode()),
+                ("vigil-received-at", str(int(time.time() * 1000)).encode()),
+            ],
+        )
+        self.counters["dead_letter"] += 1

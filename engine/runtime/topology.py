@@ -1,0 +1,584 @@
+"""The Faust topology: telemetry -> per-partition kernels -> alerts -> dispatcher.
+
+Topics (names prefixed by the app id, DESIGN.md): ``<id>-telemetry`` carries columnar
+batches (raw bytes, ``engine.contracts.batch``), ``<id>-alerts`` alert events as JSON lines, the
+events of a telemetry batch in records of up to 256 KB (``engine.contracts.alerts.pack_lines``)
+in the alerts partition of the same number (a station, and so every series, stays in
+one partition, so its transitions stay in order: one record per alert made each alert
+pay Faust's per-record cost twice, and that, not the kernels, bounded a worker), and
+``<id>-dead-letter`` the raw bytes of anything rejected, with the reason in the
+``vigil-reason`` header; ``<id>-corroboration`` re-keys alerts by station group for the
+rules that span stations (``engine.runtime.corroboration_stage``).
+
+The same topology runs on the embedded ``local://`` transport and on Kafka; only the
+broker URL differs. On ``local://`` the processors' state is checkpointed atomically
+with the consumer offsets (see ``engine.runtime.transport.local``). On ``kafka://`` it is
+written to the compacted ``<id>-checkpoints`` topic before each offset commit, and a
+partition's processor is restored from there when the partition is assigned to this
+worker, so state moves with partitions (see ``engine.runtime.kafka.checkpoints``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import faust
+from aiokafka.partitioner import DefaultPartitioner
+from faust.types import TP
+
+from connectors.sinks.base import Sink
+from engine.contracts.alerts import WATERMARK_HEADER, AlertEvent, pack_lines, watermark_of
+from engine.contracts.batch import BatchBuilder, BatchDecodeError, TelemetryBatch, Tick
+from engine.contracts.ruleset import RuleSet
+from engine.dispatch.delivery import Dispatcher
+from engine.evaluation.processor import NO_TIME, PartitionProcessor
+from engine.evaluation.warmup import warm_kernels
+from engine.runtime.corroboration_stage import MARK_INTERVAL_S, CorroborationStage
+from engine.runtime.kafka.checkpoints import CheckpointingTransport, CheckpointStore
+from engine.runtime.kafka.consumer import FencedConsumer
+from engine.runtime.kafka.topics import bootstrap_of
+from engine.runtime.transport.local import Transport as LocalTransport
+from engine.runtime.watermarks import MarkThrottle
+
+__all__ = ["Reading", "Topology"]
+
+log = logging.getLogger(__name__)
+
+Reading = tuple[str, str, int, float]  # station, metric, ts_ms, value
+
+_partitioner = DefaultPartitioner()
+
+#: How long a clean stop waits for the ticks it wrote to be evaluated (seconds).
+TICK_DRAIN_S = 5.0
+
+
+class _App(faust.App):
+    """``faust.App`` with hooks run as it begins to stop, while its agents still run."""
+
+    before_stop: Sequence[Callable[[], Awaitable[None]]] = ()
+
+    async def on_stop(self) -> None:
+        for hook in self.before_stop:
+            await hook()
+        await super().on_stop()
+
+
+class Topology:
+    """Builds the Faust app, its topics and agents, around one rule set."""
+
+    def __init__(
+        self,
+        *,
+        app_id: str,
+        broker: str,
+        partitions: int,
+        ruleset: RuleSet,
+        sinks: Sequence[Sink],
+        data_dir: Path,
+        lateness_ms: int = 60_000,
+        web_port: int | None = None,
+        replication: int = 1,
+        tick_interval_s: float | None = None,
+        corroboration_idle_s: float = 30.0,
+    ) -> None:
+        """``tick_interval_s``: how often the wall clock is written into each telemetry
+        partition this worker owns, so that a partition that gets no readings still
+        finds its silent sensors (``_tick``); None writes none."""
+        warm_kernels()  # before any traffic: a cold numba compile would block the loop
+        self.partitions = partitions
+        # Once, not per call: partition_for runs for every alert routed to corroboration.
+        self._every_partition = list(range(partitions))
+        self.ruleset = ruleset
+        self.lateness_ms = lateness_ms
+        #: Wall seconds after which a partition whose watermark stands still no longer
+        #: holds the basin rules back (``engine.evaluation.corroboration_buffer``).
+        self.corroboration_idle_s = corroboration_idle_s
+        self.counters: Counter[str] = Counter()
+        self.app = _App(
+            app_id,
+            broker=broker,
+            store="memory://",
+            datadir=str(data_dir / "faust"),
+            topic_partitions=partitions,
+            broker_commit_interval=1.0,
+            web_enabled=web_port is not None,
+            web_port=web_port or 6066,
+            autodiscover=False,
+            # Batches, not records: a few large records per second, never a flood.
+            stream_buffer_maxsize=64,
+            topic_replication_factor=replication,
+            producer_acks=-1,
+            # Telemetry batches are ~0.5 MB: at Faust's default (1 MiB a partition) a
+            # fetch brought two per partition and the worker waited on the next one.
+            consumer_max_fetch_size=8 * 1024 * 1024,
+        )
+        self.checkpoint_store: CheckpointStore | None = None
+        if broker.startswith("kafka://"):
+            # Before anything touches app.transport (declaring topics does).
+            transport = CheckpointingTransport(self.app.conf.broker_consumer, self.app)
+            transport.checkpointer = self._kafka_checkpoint
+            self.app.transport = transport
+            self.checkpoint_store = CheckpointStore(bootstrap_of(broker), f"{app_id}-checkpoints")
+            self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
+        #: Telemetry partition -> next_offset of its latest durable Kafka checkpoint.
+        self._checkpointed: dict[int, int] = {}
+        self._restore_lock = asyncio.Lock()
+        #: Bumped at each revocation: a restore begun before it is stale.
+        self._generation = 0
+        #: Partition -> the offset its consumer was last rewound to (``_in_order``).
+        self._rewound_to: dict[int, int] = {}
+        #: Partitions whose latest batch is applied but whose alerts are not all sent:
+        #: their state must not be checkpointed now, or a new owner would skip the batch
+        #: and its unsent alerts would be lost.
+        self._busy: set[int] = set()
+        #: When each partition's watermark goes down the alerts topic (basin rules).
+        self._marks = MarkThrottle(MARK_INTERVAL_S)
+        self.telemetry = self.app.topic(
+            f"{app_id}-telemetry",
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=partitions,
+        )
+        self.alerts = self.app.topic(
+            f"{app_id}-alerts",
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=partitions,
+        )
+        self.dead_letter = self.app.topic(
+            f"{app_id}-dead-letter",
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=1,
+        )
+        self.processors: dict[int, PartitionProcessor] = {}
+        self.dispatcher = Dispatcher(sinks)
+        self.app.agent(self.telemetry, name="evaluate", isolated_partitions=True)(self._evaluate)
+        self.app.agent(self.alerts, name="dispatch")(self._dispatch)
+        self.corroboration = CorroborationStage(self)
+        self.app.timer(MARK_INTERVAL_S)(self._send_due_marks)
+        if isinstance(self.app.transport, CheckpointingTransport):
+            ours = (self.telemetry, self.alerts, self.corroboration.topic)
+            self.app.transport.contiguous_topics = frozenset(t.get_topic_name() for t in ours)
+        self._declare_local_topics()
+        self._checkpoint_registered = False
+        self.tick_interval_s = tick_interval_s
+        #: Telemetry partition -> offset of the latest tick written to it.
+        self._ticks_written: dict[int, int] = {}
+        self._tick_lock = asyncio.Lock()
+        self._ticking = tick_interval_s is not None
+        self.app.before_stop = [self._stop_ticks]
+        if tick_interval_s is not None:
+            self.app.timer(tick_interval_s)(self._tick)
+
+    def _declare_local_topics(self) -> None:
+        # Create the topics with their partition counts before anything produces: a
+        # first send to an unknown topic would create it with the app's default count.
+        transport = self.app.transport
+        if isinstance(transport, LocalTransport):
+            topics = (self.telemetry, self.alerts, self.dead_letter, self.corroboration.topic)
+            for topic in topics:
+                transport.create_topic(topic.get_topic_name(), topic.partitions or 1)
+
+    # ---- producing -------------------------------------------------------------------------
+
+    def partition_for(self, key: str) -> int:
+        """Kafka's murmur2 partition of a key (a station id), the same on both transports."""
+        every = self._every_partition
+        return int(_partitioner(key.encode(), every, every))
+
+    async def produce(self, readings: Sequence[Reading]) -> None:
+        """Produce readings as one batch per partition; returns once all are durable."""
+        builders: dict[int, BatchBuilder] = {}
+        for station, metric, ts, value in readings:
+            p = self.partition_for(station)
+            builder = builders.get(p)
+            if builder is None:
+                builder = builders[p] = BatchBuilder()
+            builder.add(station, metric, ts, value)
+        futures = [
+            await self.telemetry.send(value=b.build().encode(), partition=p)
+            for p, b in builders.items()
+        ]
+        for fut in futures:
+            await fut
+        self.counters["readings_produced"] += len(readings)
+
+    async def _tick(self) -> None:
+        """Write the wall clock, as a tick (``engine.contracts.batch.Tick``), into every telemetry
+        partition this worker owns: evaluated in offset order with the readings, it
+        lets a partition's processor find silent sensors when no reading comes
+        (``PartitionProcessor.on_tick``). A tick that cannot be written is logged; the
+        next one, an interval later, takes its place."""
+        assert self.tick_interval_s is not None
+        async with self._tick_lock:
+            if not self._ticking or self.app.should_stop:
+                return
+            mine = sorted(self._owned_telemetry())
+            tick = Tick(int(time.time() * 1000), int(self.tick_interval_s * 1000))
+            record = TelemetryBatch.of_tick(tick).encode()
+            try:
+                # Bounded: a broker that does not answer must not hold a stop back.
+                async with asyncio.timeout(max(1.0, self.tick_interval_s)):
+                    futures = [await self.telemetry.send(value=record, partition=p) for p in mine]
+                    for p, fut in zip(mine, futures, strict=True):
+                        self._ticks_written[p] = (await fut).offset
+            except Exception as exc:  # the broker away: silence waits for the next tick
+                self.counters["ticks_failed"] += 1
+                log.warning("tick not written: %r", exc)
+                return
+            self.counters["ticks_written"] += len(mine)
+
+    def _owned_telemetry(self) -> set[int]:
+        topic = self.telemetry.get_topic_name()
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+
+    async def _stop_ticks(self) -> None:
+        """As the app stops: write no more ticks, and let those written be evaluated
+        before the consumer stops, so that a clean stop commits to the end of the log."""
+        async with self._tick_lock:
+            self._ticking = False
+        deadline = time.monotonic() + TICK_DRAIN_S
+        while time.monotonic() < deadline:
+            owned = self._owned_telemetry()
+            pending = [
+                p
+                for p, offset in self._ticks_written.items()
+                if p in owned
+                and (p not in self.processors or self.processors[p].next_offset <= offset)
+            ]
+            if not pending:
+                return
+            await asyncio.sleep(0.02)  # a few batches at most: the agents are running
+        log.info("stopping with ticks not yet evaluated in partitions %s", pending)
+
+    async def send_dead_letter(self, raw: bytes, reason: str, source: str) -> None:
+        """Keep rejected input with its reason; returns once it is durable."""
+        fut = await self.dead_letter.send(
+            key=source.encode(),
+            value=raw,
+            headers={
+                "vigil-reason": reason.encode(),
+                "vigil-source": source.encode(),
+                "vigil-received-at": str(int(time.time() * 1000)).encode(),
+            },
+        )
+        await fut
+        self.counters["dead_letter"] += 1
+        log.warning("dead-letter from %s: %s", source, reason)
+
+    # ---- agents ----------------------------------------------------------------------------
+
+    def _new_processor(self) -> PartitionProcessor:
+        # Live: a device clock far ahead of the gateway's fails QC and cannot drag the
+        # partition's event time (and every window with it) into the future.
+        return PartitionProcessor(
+            self.ruleset, lateness_ms=self.lateness_ms, clock=lambda: int(time.time() * 1000)
+        )
+
+    def processor(self, partition: int) -> PartitionProcessor:
+        proc = self.processors.get(partition)
+        if proc is None:
+            proc = self._new_processor()
+            blob = self._local_log_blob(partition)
+            if blob is not None:
+                proc.restore(blob)
+                log.info(
+                    "partition %d: state restored, resuming at offset %d",
+                    partition,
+                    proc.next_offset,
+                )
+            self.processors[partition] = proc
+        elif proc.ruleset is not self.ruleset:
+            proc.swap_rules(self.ruleset)  # at a batch boundary, never inside one
+        return proc
+
+    async def _evaluate(self, stream: Any) -> None:
+        self._register_checkpoints()
+        async for event in stream.events():
+            message = event.message
+            try:
+                batch = TelemetryBatch.decode(event.value)
+            except BatchDecodeError as exc:
+                await self.send_dead_letter(
+                    event.value or b"",
+                    f"bad telemetry batch: {exc}",
+                    f"{message.topic}/{message.partition}@{message.offset}",
+                )
+                continue
+            proc = await self._partition_processor(message.partition)
+            if not await self._in_order(message, proc):
+                continue
+            self._busy.add(message.partition)
+            try:
+                await self._apply(proc, batch, message.partition, message.offset)
+            except BaseException:
+                # Interrupted mid-batch (revocation, shutdown): this state is ahead of
+                # its alerts, so it must never be checkpointed; the next owner (or this
+                # worker, later) restores the last checkpoint and replays the batch.
+                self.processors.pop(message.partition, None)
+                raise
+            finally:
+                self._busy.discard(message.partition)
+
+    async def _partition_processor(self, partition: int) -> PartitionProcessor:
+        if self.checkpoint_store is None:
+            return self.processor(partition)
+        while partition not in self.processors:
+            await self._restore_from_kafka(partition)
+        return self.processor(partition)
+
+    async def _in_order(self, message: Any, proc: PartitionProcessor) -> bool:
+        """Whether the batch at ``message.offset`` may be handed to ``proc`` now.
+
+        Batches are applied strictly in offset order. One at or below ``next_offset`` is
+        (the processor skips those it has). One beyond it is either ahead of the state
+        (the state was just restored from a checkpoint behind the stream: after an
+        interrupted batch, or a rebalance whose stale fetches reached the stream):
+        dropped, and the consumer rewound to ``next_offset`` so that the batches in
+        between come first; or past a hole in the log (retention deleted the batches
+        in between): applied, with the loss logged and counted. On Kafka the consumer
+        tells the two apart (``engine.runtime.kafka.consumer``: a hole is what is still missing
+        after a rewind); on the embedded log, the log itself.
+        """
+        offset, expected = message.offset, proc.next_offset
+        if offset <= expected:
+            return True
+        if not self._is_hole(message, expected):
+            self.counters["stale_batches_dropped"] += 1
+            if self._rewound_to.get(message.partition) != expected:
+                # Once per gap: the events already queued behind this one are dropped
+                # here as they come, and the rewound consumer delivers ``expected`` next.
+                self._rewound_to[message.partition] = expected
+                log.info(
+                    "partition %d: batch at offset %d is ahead of the state (%d), rewinding",
+                    message.partition,
+                    offset,
+                    expected,
+                )
+                try:
+                    await self.app.consumer.seek(message.tp, expected)
+                except Exception as exc:  # revoked meanwhile: the next owner starts over
+                    log.info("partition %d: rewind skipped: %r", message.partition, exc)
+            return False
+        self.counters["offsets_missing"] += offset - expected
+        log.error(
+            "partition %d: offsets %d..%d are gone from the log (retention?): "
+            "their readings were never evaluated",
+            message.partition,
+            expected,
+            offset - 1,
+        )
+        return True
+
+    def _is_hole(self, message: Any, expected: int) -> bool:
+        """Whether the offsets from ``expected`` up to ``message.offset`` hold no record."""
+        consumer = self.app.consumer
+        if isinstance(consumer, FencedConsumer):
+            hole = consumer.fence.holes.get(message.tp)
+            return hole is not None and hole[0] <= expected and hole[1] == message.offset - 1
+        transport = self.app.transport
+        assert isinstance(transport, LocalTransport)
+        records = transport.log.read(message.topic, message.partition, expected, 1)
+        return not records or records[0].offset >= message.offset
+
+    async def _apply(
+        self, proc: PartitionProcessor, batch: TelemetryBatch, partition: int, offset: int
+    ) -> None:
+        """Evaluate the batch at ``offset`` of telemetry ``partition``; returns once its
+        alerts (to the alerts partition of the same number) and dead letters are durable."""
+        alerts = proc.process(batch, offset)
+        self.counters["readings_evaluated"] += len(batch)
+        for station, metric, ts, value, reason in proc.rejected:
+            raw = json.dumps({"station": station, "metric": metric, "ts": ts, "value": value})
+            await self.send_dead_letter(raw.encode(), reason, f"{station}/{metric}")
+        proc.rejected.clear()
+        records = pack_lines(alert.to_json() for alert in alerts)
+        # The partition's watermark rides on the batch's last record (engine.runtime.watermarks).
+        watermark = proc.watermark
+        mark = None
+        if watermark != NO_TIME and self.ruleset.corroboration:  # else no one waits for it
+            mark = self._marks.to_send(partition, watermark, piggyback=bool(records))
+        if mark is not None and not records:
+            records = [b""]  # the watermark alone
+        futures = [
+            await self.alerts.send(
+                value=record,
+                partition=partition,
+                headers=_mark_header(mark) if i == len(records) - 1 else None,
+            )
+            for i, record in enumerate(records)
+        ]
+        if mark is not None:
+            self._marks.sent(partition, mark)
+        elif watermark != NO_TIME and self.ruleset.corroboration:
+            self._marks.hold(partition, watermark)
+        for fut in futures:
+            await fut  # durable before the state that caused it can be committed
+
+    async def _send_due_marks(self) -> None:
+        """The watermarks the throttle held back, so that the last of a quiet partition
+        reaches the basin rules too (every ``MARK_INTERVAL_S``)."""
+        for partition, mark in self._marks.due().items():
+            if partition not in self.processors:
+                self._marks.forget(partition)  # revoked (or interrupted) meanwhile
+                continue
+            try:
+                await self.alerts.send(value=b"", partition=partition, headers=_mark_header(mark))
+            except Exception as exc:  # e.g. the broker restarting: still due, next time
+                log.warning("watermark send failed (%r), will send again", exc)
+                return
+            self._marks.sent(partition, mark)
+
+    async def _dispatch(self, stream: Any) -> None:
+        async for record in stream.events():
+            events = []
+            for line in (record.value or b"").split(b"\n"):
+                if not line:
+                    continue
+                try:
+                    events.append(AlertEvent.from_json(line))
+                except (ValueError, TypeError) as exc:  # not an alert event: keep it aside
+                    message = record.message
+                    where = f"{message.topic}/{message.partition}@{message.offset}"
+                    await self.send_dead_letter(line, f"bad alert event: {exc}", where)
+            await self.dispatcher.dispatch_many(events)
+            mark = watermark_of(record.headers)
+            await self.corroboration.route(events, record.message.partition, mark)
+
+    # ---- checkpoints -----------------------------------------------------------------------
+
+    def _checkpoint_name(self, partition: int) -> str:
+        return f"processor/{self.telemetry.get_topic_name()}/{partition}"
+
+    def _local_log_blob(self, partition: int) -> bytes | None:
+        transport = self.app.transport
+        if isinstance(transport, LocalTransport):
+            return transport.log.blob(self._checkpoint_name(partition))
+        return None
+
+    def _register_checkpoints(self) -> None:
+        transport = self.app.transport
+        if self._checkpoint_registered or not isinstance(transport, LocalTransport):
+            return
+        topic = self.telemetry.get_topic_name()
+
+        def checkpoints(offsets: Any) -> dict[str, bytes]:
+            blobs = {}
+            for tp in offsets:
+                if isinstance(tp, TP) and tp.topic == topic and tp.partition in self.processors:
+                    blobs[self._checkpoint_name(tp.partition)] = self.processors[
+                        tp.partition
+                    ].snapshot()
+            return blobs
+
+        transport.checkpoint_sources.append(checkpoints)
+        transport.before_commit.append(self._before_commit)
+        self._checkpoint_registered = True
+
+    async def _before_commit(self) -> None:
+        """Make the side effects of every acknowledged alert durable before a commit:
+        the dispatcher's sinks and the events routed to corroboration (both defer it,
+        rather than pay a sync or a broker round trip per alert)."""
+        await self.corroboration.flush()
+        self.dispatcher.flush()
+
+    # ---- checkpoints on Kafka ------------------------------------------------------------
+
+    async def _restore_from_kafka(self, partition: int) -> None:
+        """Before a partition's first batch on this worker: load its latest checkpoint.
+
+        The checkpoints of every other telemetry partition assigned here and not yet
+        restored are loaded in the same read, so that after a rebalance the partitions
+        do not each wait for a broker round trip of their own. A restore that a
+        rebalance overtakes is thrown away (a partition may have been someone else's
+        in between); the caller tries again.
+        """
+        store = self.checkpoint_store
+        if store is None or partition in self.processors:
+            return
+        async with self._restore_lock:
+            if partition in self.processors:
+                return
+            topic = self.telemetry.get_topic_name()
+            assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+            wanted = ({partition} | assigned) - self.processors.keys()
+            generation = self._generation
+            blobs = await store.load(wanted)
+            if generation != self._generation:
+                return
+            for p in sorted(wanted):
+                proc = self._new_processor()
+                blob = blobs.get(p)
+                if blob is not None:
+                    proc.restore(blob)
+                    self._checkpointed[p] = proc.next_offset
+                else:
+                    self._checkpointed.pop(p, None)
+                log.info(
+                    "partition %d: %s, resuming at offset %d",
+                    p,
+                    "checkpoint restored" if blob is not None else "no checkpoint, fresh state",
+                    proc.next_offset,
+                )
+                self._rewound_to.pop(p, None)
+                self.processors[p] = proc
+
+    async def _kafka_checkpoint(self, offsets: Mapping[TP, int]) -> dict[TP, int]:
+        """Write the checkpoints a commit needs; returns the offsets safe to commit.
+
+        A telemetry offset is committed at most up to the ``next_offset`` of a durable
+        checkpoint, never beyond (module docstring of ``engine.runtime.kafka.checkpoints``).
+        """
+        assert self.checkpoint_store is not None
+        await self._before_commit()
+        topic = self.telemetry.get_topic_name()
+        safe: dict[TP, int] = {}
+        blobs: dict[int, bytes] = {}
+        pending: dict[int, int] = {}
+        for tp, offset in offsets.items():
+            if tp.topic != topic:
+                safe[tp] = offset
+                continue
+            proc = self.processors.get(tp.partition)
+            if proc is None:
+                continue  # revoked, or never restored here: nothing of ours to commit
+            if tp.partition in self._busy:
+                continue  # mid-batch: the last checkpoint stands, commit no further
+            if self._checkpointed.get(tp.partition, -1) < min(offset, proc.next_offset):
+                blobs[tp.partition] = proc.snapshot()  # synchronous: a consistent cut
+                pending[tp.partition] = proc.next_offset
+        await self.checkpoint_store.write(blobs)
+        self._checkpointed.update(pending)
+        self.counters["checkpoints_written"] += len(blobs)
+        for tp, offset in offsets.items():
+            done = self._checkpointed.get(tp.partition) if tp.topic == topic else None
+            if done is not None and tp.partition in self.processors:
+                safe[tp] = min(offset, done)
+        return safe
+
+    async def _on_partitions_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
+        # Faust has committed (and we checkpointed) what was processed; the state goes
+        # with the partition. Keeping it would be stale if the partition came back.
+        topic = self.telemetry.get_topic_name()
+        self._generation += 1
+        for tp in revoked:
+            if tp.topic == topic:
+                self.processors.pop(tp.partition, None)
+                self._checkpointed.pop(tp.partition, None)
+                self._rewound_to.pop(tp.partition, None)
+
+    def swap_rules(self, ruleset: RuleSet) -> None:
+        """Install new rules; each partition picks them up before its next batch."""
+        self.ruleset = ruleset
+
+
+def _mark_header(mark: int | None) -> dict[str, bytes] | None:
+    return None if mark is None else {WATERMARK_HEADER: str(mark).encode()}
