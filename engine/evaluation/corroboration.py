@@ -16,7 +16,7 @@ live stage holds them until every partition's watermark has passed them
 cannot order), so that a lagging partition or a failover replay changes nothing.
 
 The stations of a group live in different partitions, so this runs after the alerts
-topic, on a stream re-keyed by group (``engine.runtime.corroboration_stage``, which keeps each
+topic, on a stream re-keyed by group (``engine.runtime.corroboration``, which keeps each
 station's entry in a changelog-backed table).
 """
 
@@ -168,7 +168,7 @@ def corroboration_event(
 
 class Corroborator:
     """All corroboration rules over a stream of alert events (``vigil replay`` and
-    tests; the topology runs ``engine.runtime.corroboration_stage``). ``feed`` takes the events
+    tests; the topology runs ``engine.runtime.corroboration``). ``feed`` takes the events
     in the order given; ``run`` in event time (``event_order``), as the live stage does."""
 
     def __init__(self, rules: tuple[CorroborationRule, ...]) -> None:

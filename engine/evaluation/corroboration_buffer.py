@@ -9,7 +9,7 @@ so ``GroupState`` must take them in event time, the order ``vigil replay`` uses
 
 Each telemetry partition's watermark (``PartitionProcessor.watermark``: the newest event
 time it has evaluated, ms) travels behind its alerts: on the alerts record of each
-batch, then on the corroboration records (``engine.runtime.corroboration_stage``). A source
+batch, then on the corroboration records (``engine.runtime.corroboration``). A source
 partition's mark therefore arrives after every event that partition routed before it.
 An ``EventTimeBuffer`` (one per corroboration partition) holds the routed events and
 releases them in the order ``(at, rule, group, station)`` once ``at`` is at most the

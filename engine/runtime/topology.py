@@ -8,7 +8,7 @@ one partition, so its transitions stay in order: one record per alert made each 
 pay Faust's per-record cost twice, and that, not the kernels, bounded a worker), and
 ``<id>-dead-letter`` the raw bytes of anything rejected, with the reason in the
 ``vigil-reason`` header; ``<id>-corroboration`` re-keys alerts by station group for the
-rules that span stations (``engine.runtime.corroboration_stage``).
+rules that span stations (``engine.runtime.corroboration``).
 
 The same topology runs on the embedded ``local://`` transport and on Kafka; only the
 broker URL differs. On ``local://`` the processors' state is checkpointed atomically
@@ -40,7 +40,8 @@ from engine.contracts.ruleset import RuleSet
 from engine.dispatch.delivery import Dispatcher
 from engine.evaluation.processor import NO_TIME, PartitionProcessor
 from engine.evaluation.warmup import warm_kernels
-from engine.runtime.corroboration_stage import MARK_INTERVAL_S, CorroborationStage
+from engine.runtime.corroboration.stage import CorroborationStage
+from engine.runtime.corroboration.wire import MARK_INTERVAL_S
 from engine.runtime.kafka.checkpoints import CheckpointingTransport, CheckpointStore
 from engine.runtime.kafka.consumer import FencedConsumer
 from engine.runtime.kafka.topics import bootstrap_of

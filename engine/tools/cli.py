@@ -31,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config)
-        from engine.runtime.gateway import Gateway
+        from engine.runtime.services.gateway import Gateway
 
         gateway = Gateway(settings)
     except (ConfigError, RulesInvalid) as exc:
@@ -46,7 +46,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config)
-        from engine.runtime.kafka.worker import KafkaWorker
+        from engine.runtime.services.worker import KafkaWorker
 
         worker = KafkaWorker(
             settings, args.broker, web_port=args.web_port, replication=args.replication
@@ -61,7 +61,7 @@ def _ingest_mqtt(args: argparse.Namespace) -> int:
     import asyncio
 
     from engine.runtime.config import ConfigError, load_settings
-    from engine.runtime.kafka.ingest import serve_mqtt_ingest
+    from engine.runtime.services.ingest import serve_mqtt_ingest
     from rules.errors import RulesInvalid
 
     if not args.broker.startswith("kafka://"):

@@ -9,7 +9,7 @@ import types
 from engine.contracts.alerts import AlertEvent, Level, fingerprint
 from engine.contracts.ruleset import CorroborationRule
 from engine.evaluation.corroboration import Corroborator
-from engine.runtime.corroboration_stage import CorroborationStage
+from engine.runtime.corroboration.stage import CorroborationStage
 
 H = 3_600_000
 RULE = CorroborationRule(

@@ -21,7 +21,7 @@ from engine.contracts.alerts import WATERMARK_HEADER, AlertEvent, Level, fingerp
 from engine.contracts.ruleset import CorroborationRule
 from engine.evaluation.corroboration import Corroborator
 from engine.evaluation.corroboration_buffer import END_OF_TIME, EventTimeBuffer
-from engine.runtime.corroboration_stage import CorroborationStage
+from engine.runtime.corroboration.stage import CorroborationStage
 from engine.runtime.watermarks import MarkThrottle
 
 H = 3_600_000

@@ -1,4 +1,5 @@
-"""The Kafka runtime: topics, checkpoints that move with partitions, ingest, lag, workers.
+"""Kafka plumbing: topics, the fenced consumer, the producer, checkpoints that move with
+partitions. The processes that use them are in ``engine.runtime.services``.
 
 The topology (``engine.runtime.topology``) is the same as on the embedded transport; this
 package holds what only a real Kafka cluster needs.

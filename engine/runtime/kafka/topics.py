@@ -16,7 +16,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from engine.runtime.corroboration_stage import TABLES
+from engine.runtime.corroboration.wire import TABLES
 
 __all__ = ["TopicLayout", "TopicMismatch", "bootstrap_of", "ensure_topics"]
 
@@ -96,7 +96,7 @@ class TopicLayout:
                 self.replication,
                 topic_configs={"retention.ms": str(self.dead_letter_retention_ms), **big},
             ),
-            # Alerts re-keyed by station group (engine.runtime.corroboration_stage).
+            # Alerts re-keyed by station group (engine.runtime.corroboration).
             NewTopic(
                 self.corroboration,
                 self.partitions,
@@ -104,7 +104,7 @@ class TopicLayout:
                 topic_configs={"retention.ms": str(self.alerts_retention_ms), **min_isr},
             ),
             # The corroboration tables' changelogs, as Faust would make them, but before
-            # any worker writes (engine.runtime.corroboration_stage.TABLES).
+            # any worker writes (engine.runtime.corroboration.wire.TABLES).
             *(
                 NewTopic(
                     name,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from engine.runtime.config import load_settings
-from engine.runtime.gateway import Gateway
+from engine.runtime.services.gateway import Gateway
 
 
 async def _unwritable(readings: object) -> None:

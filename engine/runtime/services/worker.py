@@ -23,9 +23,9 @@ from connectors.sinks.base import Sink
 from connectors.sinks.console import ConsoleSink
 from connectors.sinks.jsonl import JsonlSink
 from engine.runtime.config import Settings
-from engine.runtime.gateway import load_rules
-from engine.runtime.kafka.lag import LagMonitor
 from engine.runtime.kafka.topics import TopicLayout, bootstrap_of, ensure_topics
+from engine.runtime.services.gateway import load_rules
+from engine.runtime.services.lag import LagMonitor
 from engine.runtime.topology import Topology
 
 __all__ = ["KafkaWorker"]

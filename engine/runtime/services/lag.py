@@ -15,12 +15,11 @@ restored shows the committed offset instead (``source: "committed"``).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from faust.types import TP
 
-if TYPE_CHECKING:
-    from engine.runtime.topology import Topology
+from engine.runtime.topology import Topology
 
 __all__ = ["LagMonitor"]
 

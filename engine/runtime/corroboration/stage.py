@@ -54,43 +54,34 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-from engine.contracts.alerts import AlertEvent, Level, pack_lines
+from engine.contracts.alerts import AlertEvent, Level
 from engine.contracts.ruleset import CorroborationRule
-from engine.evaluation.corroboration import GroupState, corroboration_event, groups_of
+from engine.evaluation.corroboration import GroupState, corroboration_event
 from engine.evaluation.corroboration_buffer import EventTimeBuffer, Pending
-
-if TYPE_CHECKING:
-    from engine.runtime.topology import Topology
-
-__all__ = ["MARK_INTERVAL_S", "TABLES", "CorroborationStage"]
-
-#: The stage's Faust tables; their changelogs are ``<app id>-<name>-changelog``, created
-#: with the other topics (``engine.runtime.kafka.topics``): Faust itself creates them only when
-#: first written, and an agent that writes before its metadata shows the partitions
-#: crashes (PartitionsMismatch) half-way through an event.
-TABLES = (
-    "corroboration-stations",
-    "corroboration-firing",
-    "corroboration-pending",
-    "corroboration-watermarks",
+from engine.runtime.corroboration.host import StageHost
+from engine.runtime.corroboration.routing import Routing
+from engine.runtime.corroboration.wire import (
+    MARK_INTERVAL_S,
+    MARKS,
+    RS,
+    SEP,
+    TABLES,
+    TICK,
+    pending_key,
 )
 
-#: Wall seconds between records that carry only watermarks (or a tick), per partition.
-MARK_INTERVAL_S = 1.0
+__all__ = ["CorroborationStage"]
 
 log = logging.getLogger(__name__)
 
-_SEP = "\x1f"
-_RS = "\x1e"  # between a routed event's key and its JSON (which escapes control chars)
-_MARKS = "\x1dmarks"  # the key of a line of source partitions' watermarks
-_TICK = "\x1dtick"  # the key of a line that only makes the partition look at the clock
 
+class CorroborationStage(Routing):
+    """The stage: its topic, tables and agent; ``Routing`` is the sending side."""
 
-class CorroborationStage:
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: StageHost) -> None:
         self.topology = topology
         app = topology.app
         self.topic = app.topic(
@@ -125,100 +116,7 @@ class CorroborationStage:
         self._saved_marks: dict[int, dict[int, int]] = {}
         #: Corroboration partition -> wall time (s) of its last tick sent.
         self._ticked: dict[int, float] = {}
-        #: Source partition -> the watermark (ms) of the alerts routed so far.
-        self._marks: dict[int, int] = {}
-        #: Corroboration partition -> the watermarks sent to it so far.
-        self._marks_sent: dict[int, dict[int, int]] = {}
-        self._marks_round = -MARK_INTERVAL_S  # wall time (s) of the last mark-only round
-        #: The rules ``_groups_at`` was computed for, and the partitions of their groups.
-        self._groups_for: object = None
-        self._groups_at: frozenset[int] = frozenset()
-        #: Sends of ``route`` not yet known durable: (partition, value, future; None: the
-        #: send itself failed and is to be made again).
-        self._in_flight: list[tuple[int, bytes, Awaitable[Any] | None]] = []
-        #: Partitions with such a failed send: later records wait behind it, in order.
-        self._deferred: set[int] = set()
-
-    async def route(
-        self,
-        events: Iterable[AlertEvent],
-        source: int | None = None,
-        watermark: int | None = None,
-    ) -> None:
-        """Forward the source-rule events among ``events`` to their groups, and the
-        ``watermark`` (ms; None: the record had none) of their alerts partition
-        ``source`` behind them. Called by the alerts topic's one agent (the
-        dispatcher) with the events of one record: a second agent on that topic would
-        hold each message until both had acked it, and at shutdown the one that
-        stopped first would never ack, leaving the consumer waiting. The sends are not
-        awaited here, one broker round trip per record; ``flush`` awaits them before
-        the alerts' offsets commit."""
-        rules = self.topology.ruleset.corroboration
-        lines: dict[int, list[str]] = {}
-        for event in events:
-            pairs = groups_of(rules, event)
-            if pairs:
-                body = event.to_json()
-                for rule_id, group in pairs:
-                    key = f"{rule_id}{_SEP}{group}"
-                    partition = self.topology.partition_for(key)
-                    lines.setdefault(partition, []).append(f"{key}{_RS}{body}")
-        # The new mark rides behind this record's events (the same records, in order);
-        # ``_marks`` takes it only once they are all handed to the producer, so that
-        # the timer never sends it ahead of them.
-        marks = dict(self._marks)
-        if source is not None and watermark is not None:
-            marks[source] = max(watermark, marks.get(source, watermark))
-        for partition, group_lines in lines.items():
-            mark_line = self._mark_line(partition, marks)
-            for value in pack_lines([*group_lines, *([mark_line] if mark_line else [])]):
-                await self._send(partition, value)
-        self._marks = marks
-        if self.clock() - self._marks_round >= MARK_INTERVAL_S:
-            await self._send_marks()
-
-    def _mark_line(self, partition: int, marks: dict[int, int]) -> str | None:
-        """The line of the watermarks in ``marks`` not yet sent to ``partition``, now
-        counted as sent; None when there are none."""
-        sent = self._marks_sent.setdefault(partition, {})
-        due = {p: w for p, w in marks.items() if w > sent.get(p, w - 1)}
-        if not due:
-            return None
-        sent.update(due)
-        return f"{_MARKS}{_RS}{json.dumps(due)}"
-
-    def _group_partitions(self) -> frozenset[int]:
-        """The partitions that hold a group of the current rules: the only ones that
-        need watermarks (none without basin rules), however many partitions there are."""
-        rules = self.topology.ruleset.corroboration
-        if self._groups_for is not rules:
-            self._groups_for = rules
-            self._groups_at = frozenset(
-                self.topology.partition_for(f"{r.rule_id}{_SEP}{group}")
-                for r in rules
-                for group in r.groups
-            )
-        return self._groups_at
-
-    async def _send_marks(self) -> None:
-        """A record of watermarks to each partition that has some not yet sent."""
-        self._marks_round = self.clock()
-        for partition in sorted(self._group_partitions()):
-            line = self._mark_line(partition, self._marks)
-            if line is not None:
-                await self._send(partition, line.encode())
-
-    async def _send(self, partition: int, value: bytes) -> None:
-        """Hand a record to the producer, or, behind a failed send to the same
-        partition, keep it for ``flush`` (in order)."""
-        fut: Awaitable[Any] | None = None
-        if partition not in self._deferred:  # else after the one before it, in order
-            try:
-                fut = await self.topic.send(value=value, partition=partition)
-            except Exception as exc:  # e.g. the broker restarting: ``flush`` retries
-                log.warning("corroboration send failed (%r), will send again", exc)
-                self._deferred.add(partition)
-        self._in_flight.append((partition, value, fut))
+        self._init_routing()
 
     async def _on_timer(self) -> None:
         """Every ``MARK_INTERVAL_S``: the watermarks of sources that sent no events
@@ -233,7 +131,7 @@ class CorroborationStage:
             # After a restart or a rebalance the held events are in the table only, and
             # are rebuilt (in the agent, after the tables' recovery) on the next record
             # of their partition: make sure there is one, should the stream be quiet.
-            due = {self.topology.partition_for(k.rsplit(_SEP, 2)[0]) for k in self.pending}
+            due = {self.topology.partition_for(k.rsplit(SEP, 2)[0]) for k in self.pending}
         else:
             due = set()
             for partition, buffer in self._buffers.items():
@@ -245,32 +143,7 @@ class CorroborationStage:
         for partition in sorted(due & mine):
             if now - self._ticked.get(partition, -MARK_INTERVAL_S) >= MARK_INTERVAL_S:
                 self._ticked[partition] = now
-                await self._send(partition, f"{_TICK}{_RS}".encode())
-
-    async def flush(self) -> None:
-        """Returns once every event routed so far is durable on the corroboration topic.
-
-        A send that failed is sent once more and awaited; should that fail too, the
-        error propagates, the commit that called this does not happen, and the sends
-        not known durable stay for the next one.
-        """
-        pending, self._in_flight = self._in_flight, []
-        try:
-            for i, (partition, value, fut) in enumerate(pending):
-                try:
-                    try:
-                        if fut is None:
-                            fut = await self.topic.send(value=value, partition=partition)
-                        await fut
-                    except Exception as exc:
-                        log.warning("corroboration send failed (%r), sending again", exc)
-                        await (await self.topic.send(value=value, partition=partition))
-                except BaseException:  # also cancelled: what is not known durable stays
-                    self._in_flight[:0] = [(partition, value, None), *pending[i + 1 :]]
-                    raise
-        finally:
-            # Routed meanwhile behind a failed send, or left failed: still deferred.
-            self._deferred = {p for p, _, f in self._in_flight if f is None}
+                await self._send(partition, f"{TICK}{RS}".encode())
 
     async def _on_partitions_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
         self._states = None  # the partitions we keep are recovered afresh: rebuild then
@@ -280,7 +153,7 @@ class CorroborationStage:
         entered: dict[str, dict[str, int]] = {}
         last: dict[str, dict[str, int]] = {}
         for skey, (entry, latest) in self.stations.items():
-            group_key, station = skey.rsplit(_SEP, 1)
+            group_key, station = skey.rsplit(SEP, 1)
             last.setdefault(group_key, {})[station] = latest
             if entry is not None:
                 entered.setdefault(group_key, {})[station] = entry
@@ -291,11 +164,11 @@ class CorroborationStage:
         for buffer in self._buffers.values():
             buffer.clear()
         for pkey, (level, metric) in self.pending.items():
-            rule_id, group, station, at = pkey.split(_SEP)
-            partition = self.topology.partition_for(f"{rule_id}{_SEP}{group}")
+            rule_id, group, station, at = pkey.split(SEP)
+            partition = self.topology.partition_for(f"{rule_id}{SEP}{group}")
             self._buffer(partition).add((int(at), rule_id, group, station), (level, metric))
         for held, payload in self._unsaved.items():  # the record in hand's, not in the table
-            self._buffer(self.topology.partition_for(_SEP.join(held[1:3]))).add(held, payload)
+            self._buffer(self.topology.partition_for(SEP.join(held[1:3]))).add(held, payload)
         for partition, saved in self.watermarks.items():
             buffer = self._buffer(int(partition))
             for source, watermark in saved.items():
@@ -345,17 +218,17 @@ class CorroborationStage:
     async def _take(self, line: str, partition: int) -> None:
         """One line of a record of corroboration ``partition``: watermarks, a tick, or
         a routed event, which is held (``pending`` table) until ``_release``."""
-        key, sep, body = line.partition(_RS)
+        key, sep, body = line.partition(RS)
         if not sep:
             raise ValueError("no key separator")
         buffer = self._built_buffer(partition)
-        if key == _MARKS:
+        if key == MARKS:
             for source, watermark in json.loads(body).items():
                 buffer.mark(int(source), int(watermark))
             return
-        if key == _TICK:
+        if key == TICK:
             return
-        rule_id, group = key.split(_SEP, 1)
+        rule_id, group = key.split(SEP, 1)
         if self._rule(rule_id) is None:
             return  # the rule was removed by a reload
         source = AlertEvent.from_json(body)
@@ -387,13 +260,13 @@ class CorroborationStage:
                 held, (level, metric) = item
                 at, rule_id, group, station = held
                 rule = self._rule(rule_id)
-                key = f"{rule_id}{_SEP}{group}"
+                key = f"{rule_id}{SEP}{group}"
                 if rule is not None:  # else removed by a reload meanwhile
                     await self._apply(rule, key, station, at, Level.parse(level), metric)
                 if self._unsaved.pop(held, None) is None:
-                    _sync(self.pending, _pending_key(held), True, None)
+                    _sync(self.pending, pending_key(held), True, None)
             for held, payload in self._unsaved.items():
-                self.pending[_pending_key(held)] = list(payload)
+                self.pending[pending_key(held)] = list(payload)
             self._unsaved.clear()
             if buffer.watermarks != self._saved_marks.get(partition):
                 # One entry per partition, so that a restart or the next owner knows
@@ -421,7 +294,7 @@ class CorroborationStage:
         restore a state that has the change, replay the event, drop it as taken
         (``GroupState.take``) and never send the alert.
         """
-        group = key.split(_SEP, 1)[1]
+        group = key.split(SEP, 1)[1]
         state = self._state(key)
         firing_since = state.firing_since
         before = [state.entered.get(station), state.last.get(station)]
@@ -429,7 +302,7 @@ class CorroborationStage:
         if change is not None:
             await self._send_alert(corroboration_event(rule, group, metric, change))
         after = [state.entered.get(station), state.last.get(station)]
-        _sync(self.stations, f"{key}{_SEP}{station}", before, after)
+        _sync(self.stations, f"{key}{SEP}{station}", before, after)
         _sync(self.firing, key, firing_since, state.firing_since)
 
     async def _send_alert(self, alert: AlertEvent, attempts: int = 5) -> None:
@@ -447,11 +320,6 @@ class CorroborationStage:
                     raise
                 log.warning("group alert send failed (%r), sending again", exc)
                 await asyncio.sleep(0.5 * 2**attempt)
-
-
-def _pending_key(held: Pending) -> str:
-    at, rule_id, group, station = held
-    return _SEP.join((rule_id, group, station, str(at)))
 
 
 def _sync(table: Any, key: str, before: object, after: object) -> None:
