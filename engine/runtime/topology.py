@@ -11,11 +11,8 @@ pay Faust's per-record cost twice, and that, not the kernels, bounded a worker),
 rules that span stations (``engine.runtime.corroboration``).
 
 The same topology runs on the embedded ``local://`` transport and on Kafka; only the
-broker URL differs. On ``local://`` the processors' state is checkpointed atomically
-with the consumer offsets (see ``engine.runtime.transport.local``). On ``kafka://`` it is
-written to the compacted ``<id>-checkpoints`` topic before each offset commit, and a
-partition's processor is restored from there when the partition is assigned to this
-worker, so state moves with partitions (see ``engine.runtime.kafka.checkpoints``).
+broker URL differs. The processors' state is checkpointed with the consumer
+offsets and moves with partitions (``engine.runtime.partitions``).
 """
 
 from __future__ import annotations
@@ -25,17 +22,16 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
 from aiokafka.partitioner import DefaultPartitioner
-from faust.types import TP
 
 from connectors.sinks.base import Sink
 from engine.contracts.alerts import WATERMARK_HEADER, AlertEvent, pack_lines, watermark_of
-from engine.contracts.batch import BatchBuilder, BatchDecodeError, TelemetryBatch, Tick
+from engine.contracts.batch import BatchBuilder, BatchDecodeError, TelemetryBatch
 from engine.contracts.ruleset import RuleSet
 from engine.dispatch.delivery import Dispatcher
 from engine.evaluation.processor import NO_TIME, PartitionProcessor
@@ -43,8 +39,9 @@ from engine.evaluation.warmup import warm_kernels
 from engine.runtime.corroboration.stage import CorroborationStage
 from engine.runtime.corroboration.wire import MARK_INTERVAL_S
 from engine.runtime.kafka.checkpoints import CheckpointingTransport, CheckpointStore
-from engine.runtime.kafka.consumer import FencedConsumer
 from engine.runtime.kafka.topics import bootstrap_of
+from engine.runtime.partitions import PartitionStates
+from engine.runtime.ticks import TickWriter
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.watermarks import MarkThrottle
 
@@ -55,9 +52,6 @@ log = logging.getLogger(__name__)
 Reading = tuple[str, str, int, float]  # station, metric, ts_ms, value
 
 _partitioner = DefaultPartitioner()
-
-#: How long a clean stop waits for the ticks it wrote to be evaluated (seconds).
-TICK_DRAIN_S = 5.0
 
 
 class _App(faust.App):
@@ -71,8 +65,12 @@ class _App(faust.App):
         await super().on_stop()
 
 
-class Topology:
-    """Builds the Faust app, its topics and agents, around one rule set."""
+class Topology(PartitionStates, TickWriter):
+    """Builds the Faust app, its topics and agents, around one rule set.
+
+    The partitions' processors and their checkpoints are in ``PartitionStates``
+    (``engine.runtime.partitions``), the ticks in ``TickWriter`` (``engine.runtime.ticks``).
+    """
 
     def __init__(
         self,
@@ -212,54 +210,6 @@ class Topology:
             await fut
         self.counters["readings_produced"] += len(readings)
 
-    async def _tick(self) -> None:
-        """Write the wall clock, as a tick (``engine.contracts.batch.Tick``), into every telemetry
-        partition this worker owns: evaluated in offset order with the readings, it
-        lets a partition's processor find silent sensors when no reading comes
-        (``PartitionProcessor.on_tick``). A tick that cannot be written is logged; the
-        next one, an interval later, takes its place."""
-        assert self.tick_interval_s is not None
-        async with self._tick_lock:
-            if not self._ticking or self.app.should_stop:
-                return
-            mine = sorted(self._owned_telemetry())
-            tick = Tick(int(time.time() * 1000), int(self.tick_interval_s * 1000))
-            record = TelemetryBatch.of_tick(tick).encode()
-            try:
-                # Bounded: a broker that does not answer must not hold a stop back.
-                async with asyncio.timeout(max(1.0, self.tick_interval_s)):
-                    futures = [await self.telemetry.send(value=record, partition=p) for p in mine]
-                    for p, fut in zip(mine, futures, strict=True):
-                        self._ticks_written[p] = (await fut).offset
-            except Exception as exc:  # the broker away: silence waits for the next tick
-                self.counters["ticks_failed"] += 1
-                log.warning("tick not written: %r", exc)
-                return
-            self.counters["ticks_written"] += len(mine)
-
-    def _owned_telemetry(self) -> set[int]:
-        topic = self.telemetry.get_topic_name()
-        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
-
-    async def _stop_ticks(self) -> None:
-        """As the app stops: write no more ticks, and let those written be evaluated
-        before the consumer stops, so that a clean stop commits to the end of the log."""
-        async with self._tick_lock:
-            self._ticking = False
-        deadline = time.monotonic() + TICK_DRAIN_S
-        while time.monotonic() < deadline:
-            owned = self._owned_telemetry()
-            pending = [
-                p
-                for p, offset in self._ticks_written.items()
-                if p in owned
-                and (p not in self.processors or self.processors[p].next_offset <= offset)
-            ]
-            if not pending:
-                return
-            await asyncio.sleep(0.02)  # a few batches at most: the agents are running
-        log.info("stopping with ticks not yet evaluated in partitions %s", pending)
-
     async def send_dead_letter(self, raw: bytes, reason: str, source: str) -> None:
         """Keep rejected input with its reason; returns once it is durable."""
         fut = await self.dead_letter.send(
@@ -276,30 +226,6 @@ class Topology:
         log.warning("dead-letter from %s: %s", source, reason)
 
     # ---- agents ----------------------------------------------------------------------------
-
-    def _new_processor(self) -> PartitionProcessor:
-        # Live: a device clock far ahead of the gateway's fails QC and cannot drag the
-        # partition's event time (and every window with it) into the future.
-        return PartitionProcessor(
-            self.ruleset, lateness_ms=self.lateness_ms, clock=lambda: int(time.time() * 1000)
-        )
-
-    def processor(self, partition: int) -> PartitionProcessor:
-        proc = self.processors.get(partition)
-        if proc is None:
-            proc = self._new_processor()
-            blob = self._local_log_blob(partition)
-            if blob is not None:
-                proc.restore(blob)
-                log.info(
-                    "partition %d: state restored, resuming at offset %d",
-                    partition,
-                    proc.next_offset,
-                )
-            self.processors[partition] = proc
-        elif proc.ruleset is not self.ruleset:
-            proc.swap_rules(self.ruleset)  # at a batch boundary, never inside one
-        return proc
 
     async def _evaluate(self, stream: Any) -> None:
         self._register_checkpoints()
@@ -328,67 +254,6 @@ class Topology:
                 raise
             finally:
                 self._busy.discard(message.partition)
-
-    async def _partition_processor(self, partition: int) -> PartitionProcessor:
-        if self.checkpoint_store is None:
-            return self.processor(partition)
-        while partition not in self.processors:
-            await self._restore_from_kafka(partition)
-        return self.processor(partition)
-
-    async def _in_order(self, message: Any, proc: PartitionProcessor) -> bool:
-        """Whether the batch at ``message.offset`` may be handed to ``proc`` now.
-
-        Batches are applied strictly in offset order. One at or below ``next_offset`` is
-        (the processor skips those it has). One beyond it is either ahead of the state
-        (the state was just restored from a checkpoint behind the stream: after an
-        interrupted batch, or a rebalance whose stale fetches reached the stream):
-        dropped, and the consumer rewound to ``next_offset`` so that the batches in
-        between come first; or past a hole in the log (retention deleted the batches
-        in between): applied, with the loss logged and counted. On Kafka the consumer
-        tells the two apart (``engine.runtime.kafka.consumer``: a hole is what is still missing
-        after a rewind); on the embedded log, the log itself.
-        """
-        offset, expected = message.offset, proc.next_offset
-        if offset <= expected:
-            return True
-        if not self._is_hole(message, expected):
-            self.counters["stale_batches_dropped"] += 1
-            if self._rewound_to.get(message.partition) != expected:
-                # Once per gap: the events already queued behind this one are dropped
-                # here as they come, and the rewound consumer delivers ``expected`` next.
-                self._rewound_to[message.partition] = expected
-                log.info(
-                    "partition %d: batch at offset %d is ahead of the state (%d), rewinding",
-                    message.partition,
-                    offset,
-                    expected,
-                )
-                try:
-                    await self.app.consumer.seek(message.tp, expected)
-                except Exception as exc:  # revoked meanwhile: the next owner starts over
-                    log.info("partition %d: rewind skipped: %r", message.partition, exc)
-            return False
-        self.counters["offsets_missing"] += offset - expected
-        log.error(
-            "partition %d: offsets %d..%d are gone from the log (retention?): "
-            "their readings were never evaluated",
-            message.partition,
-            expected,
-            offset - 1,
-        )
-        return True
-
-    def _is_hole(self, message: Any, expected: int) -> bool:
-        """Whether the offsets from ``expected`` up to ``message.offset`` hold no record."""
-        consumer = self.app.consumer
-        if isinstance(consumer, FencedConsumer):
-            hole = consumer.fence.holes.get(message.tp)
-            return hole is not None and hole[0] <= expected and hole[1] == message.offset - 1
-        transport = self.app.transport
-        assert isinstance(transport, LocalTransport)
-        records = transport.log.read(message.topic, message.partition, expected, 1)
-        return not records or records[0].offset >= message.offset
 
     async def _apply(
         self, proc: PartitionProcessor, batch: TelemetryBatch, partition: int, offset: int
@@ -453,128 +318,6 @@ class Topology:
             await self.dispatcher.dispatch_many(events)
             mark = watermark_of(record.headers)
             await self.corroboration.route(events, record.message.partition, mark)
-
-    # ---- checkpoints -----------------------------------------------------------------------
-
-    def _checkpoint_name(self, partition: int) -> str:
-        return f"processor/{self.telemetry.get_topic_name()}/{partition}"
-
-    def _local_log_blob(self, partition: int) -> bytes | None:
-        transport = self.app.transport
-        if isinstance(transport, LocalTransport):
-            return transport.log.blob(self._checkpoint_name(partition))
-        return None
-
-    def _register_checkpoints(self) -> None:
-        transport = self.app.transport
-        if self._checkpoint_registered or not isinstance(transport, LocalTransport):
-            return
-        topic = self.telemetry.get_topic_name()
-
-        def checkpoints(offsets: Any) -> dict[str, bytes]:
-            blobs = {}
-            for tp in offsets:
-                if isinstance(tp, TP) and tp.topic == topic and tp.partition in self.processors:
-                    blobs[self._checkpoint_name(tp.partition)] = self.processors[
-                        tp.partition
-                    ].snapshot()
-            return blobs
-
-        transport.checkpoint_sources.append(checkpoints)
-        transport.before_commit.append(self._before_commit)
-        self._checkpoint_registered = True
-
-    async def _before_commit(self) -> None:
-        """Make the side effects of every acknowledged alert durable before a commit:
-        the dispatcher's sinks and the events routed to corroboration (both defer it,
-        rather than pay a sync or a broker round trip per alert)."""
-        await self.corroboration.flush()
-        self.dispatcher.flush()
-
-    # ---- checkpoints on Kafka ------------------------------------------------------------
-
-    async def _restore_from_kafka(self, partition: int) -> None:
-        """Before a partition's first batch on this worker: load its latest checkpoint.
-
-        The checkpoints of every other telemetry partition assigned here and not yet
-        restored are loaded in the same read, so that after a rebalance the partitions
-        do not each wait for a broker round trip of their own. A restore that a
-        rebalance overtakes is thrown away (a partition may have been someone else's
-        in between); the caller tries again.
-        """
-        store = self.checkpoint_store
-        if store is None or partition in self.processors:
-            return
-        async with self._restore_lock:
-            if partition in self.processors:
-                return
-            topic = self.telemetry.get_topic_name()
-            assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
-            wanted = ({partition} | assigned) - self.processors.keys()
-            generation = self._generation
-            blobs = await store.load(wanted)
-            if generation != self._generation:
-                return
-            for p in sorted(wanted):
-                proc = self._new_processor()
-                blob = blobs.get(p)
-                if blob is not None:
-                    proc.restore(blob)
-                    self._checkpointed[p] = proc.next_offset
-                else:
-                    self._checkpointed.pop(p, None)
-                log.info(
-                    "partition %d: %s, resuming at offset %d",
-                    p,
-                    "checkpoint restored" if blob is not None else "no checkpoint, fresh state",
-                    proc.next_offset,
-                )
-                self._rewound_to.pop(p, None)
-                self.processors[p] = proc
-
-    async def _kafka_checkpoint(self, offsets: Mapping[TP, int]) -> dict[TP, int]:
-        """Write the checkpoints a commit needs; returns the offsets safe to commit.
-
-        A telemetry offset is committed at most up to the ``next_offset`` of a durable
-        checkpoint, never beyond (module docstring of ``engine.runtime.kafka.checkpoints``).
-        """
-        assert self.checkpoint_store is not None
-        await self._before_commit()
-        topic = self.telemetry.get_topic_name()
-        safe: dict[TP, int] = {}
-        blobs: dict[int, bytes] = {}
-        pending: dict[int, int] = {}
-        for tp, offset in offsets.items():
-            if tp.topic != topic:
-                safe[tp] = offset
-                continue
-            proc = self.processors.get(tp.partition)
-            if proc is None:
-                continue  # revoked, or never restored here: nothing of ours to commit
-            if tp.partition in self._busy:
-                continue  # mid-batch: the last checkpoint stands, commit no further
-            if self._checkpointed.get(tp.partition, -1) < min(offset, proc.next_offset):
-                blobs[tp.partition] = proc.snapshot()  # synchronous: a consistent cut
-                pending[tp.partition] = proc.next_offset
-        await self.checkpoint_store.write(blobs)
-        self._checkpointed.update(pending)
-        self.counters["checkpoints_written"] += len(blobs)
-        for tp, offset in offsets.items():
-            done = self._checkpointed.get(tp.partition) if tp.topic == topic else None
-            if done is not None and tp.partition in self.processors:
-                safe[tp] = min(offset, done)
-        return safe
-
-    async def _on_partitions_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
-        # Faust has committed (and we checkpointed) what was processed; the state goes
-        # with the partition. Keeping it would be stale if the partition came back.
-        topic = self.telemetry.get_topic_name()
-        self._generation += 1
-        for tp in revoked:
-            if tp.topic == topic:
-                self.processors.pop(tp.partition, None)
-                self._checkpointed.pop(tp.partition, None)
-                self._rewound_to.pop(tp.partition, None)
 
     def swap_rules(self, ruleset: RuleSet) -> None:
         """Install new rules; each partition picks them up before its next batch."""

@@ -121,7 +121,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_once(
     from engine.runtime.config import load_settings
     from engine.runtime.services.gateway import load_rules
 
-    ruleset, _ = load_rules(load_settings(engine.runtime.config))
+    ruleset, _ = load_rules(load_settings(engine.config))
     accepted: dict[str, int] = {}
     for blob in blobs.values():
         proc = PartitionProcessor(ruleset, lateness_ms=0)  # as in the test settings
