@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import paho.mqtt.client as mqtt
 
-from connectors.mqtt.client import TopicTemplate
+from connectors.mqtt.topics import TopicTemplate
 
 __all__ = ["Publisher"]
 

@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from connectors.mqtt.client import MqttOptions, TopicTemplate
+from connectors.mqtt.options import MqttOptions
+from connectors.mqtt.topics import TopicTemplate
 
 __all__ = ["ConfigError", "MqttSettings", "Settings", "load_settings"]
 

@@ -4,7 +4,9 @@ import re
 
 import pytest
 
-from connectors.mqtt.client import PayloadError, TopicTemplate, decode_payload
+from connectors.ingest import PayloadError
+from connectors.mqtt.payload import decode_payload
+from connectors.mqtt.topics import TopicTemplate
 
 NOW = 1_700_000_000_000
 

@@ -7,8 +7,10 @@ import asyncio
 
 import pytest
 
+from connectors.ingest import Inbound
 from connectors.mqtt import client as mqtt
-from connectors.mqtt.client import MqttIngest, MqttOptions, _Message
+from connectors.mqtt.client import MqttIngest
+from connectors.mqtt.options import MqttOptions
 
 
 class _Acks:
@@ -37,10 +39,10 @@ def _ingest() -> tuple[MqttIngest, list[object], list[tuple[bytes, str, str]], _
 
 def test_qos0_is_taken_but_never_acknowledged() -> None:
     ingest, produced, dead, acks = _ingest()
-    batch: list[_Message | mqtt._DropCount] = [
-        _Message(0, 0, "vigil/HZ001/water_level", b'{"value": 1, "ts": 1}', 5),
-        _Message(7, 1, "vigil/HZ001/water_level", b'{"value": 2, "ts": 2}', 5),
-        _Message(0, 0, "vigil/HZ001/water_level", b"bad", 5),
+    batch: list[Inbound | mqtt._DropCount] = [
+        ingest.inbound(0, 0, "vigil/HZ001/water_level", b'{"value": 1, "ts": 1}', 5),
+        ingest.inbound(7, 1, "vigil/HZ001/water_level", b'{"value": 2, "ts": 2}', 5),
+        ingest.inbound(0, 0, "vigil/HZ001/water_level", b"bad", 5),
     ]
     asyncio.run(ingest._handle(batch))
     assert produced == [("HZ001", "water_level", 1, 1.0), ("HZ001", "water_level", 2, 2.0)]
@@ -48,7 +50,7 @@ def test_qos0_is_taken_but_never_acknowledged() -> None:
         "payload is not JSON: Expecting value: line 1 column 1 (char 0)"
     ]
     assert acks.acks == [(7, 1)]
-    assert ingest.counters["qos0"] == 2 and ingest.counters["received"] == 3
+    assert ingest.counters["at_most_once"] == 2 and ingest.counters["received"] == 3
 
 
 def test_any_exception_on_one_message_dead_letters_it_and_the_rest_flows(
@@ -63,9 +65,9 @@ def test_any_exception_on_one_message_dead_letters_it_and_the_rest_flows(
 
     monkeypatch.setattr(mqtt, "decode_payload", flaky)
     ingest, produced, dead, acks = _ingest()
-    batch: list[_Message | mqtt._DropCount] = [
-        _Message(1, 1, "vigil/HZ001/water_level", b"boom", 5),
-        _Message(2, 1, "vigil/HZ001/water_level", b'{"value": 2, "ts": 2}', 5),
+    batch: list[Inbound | mqtt._DropCount] = [
+        ingest.inbound(1, 1, "vigil/HZ001/water_level", b"boom", 5),
+        ingest.inbound(2, 1, "vigil/HZ001/water_level", b'{"value": 2, "ts": 2}', 5),
     ]
     asyncio.run(ingest._handle(batch))
     assert produced == [("HZ001", "water_level", 2, 2.0)]

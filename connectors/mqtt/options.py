@@ -1,0 +1,29 @@
+"""MQTT connection settings, as the gateway's configuration builds them (no client here:
+``engine.runtime.config`` imports this without paho)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MqttOptions"]
+
+
+@dataclass(frozen=True)
+class MqttOptions:
+    """Connection settings; the password comes from configuration, never the repo."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "vigil-gateway"
+    topic_template: str = "vigil/{station}/{metric}"
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    keepalive: int = 30
+    max_readings: int = 5000  # per produced batch
+    linger_ms: int = 50  # how long to wait for more messages before producing
+    #: The broker's cumulative dropped-message count (mosquitto's ``$SYS`` tree, which
+    #: needs ``sys_interval`` > 0); None for a broker that has none.
+    broker_drops_topic: str | None = "$SYS/broker/publish/messages/dropped"

@@ -1,0 +1,85 @@
+"""Vigil's MQTT payloads: JSON ``{"value": 3.21, "ts": 1714000000000}`` (``ts`` in epoch
+ms, or an ISO 8601 string with offset; omitted means the time the gateway received it),
+or a list of such objects. Anything else is a ``PayloadError`` with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import reprlib
+from datetime import datetime
+
+from connectors.ingest import PayloadError
+
+__all__ = ["MAX_TS_MS", "MIN_TS_MS", "decode_payload"]
+
+#: Epoch-ms bounds of a ``ts``: the years 1 to 9999 (what ISO 8601 can write). Beyond
+#: them a number is no clock reading, and inside them event-time arithmetic (windows,
+#: lateness) stays far from int64 overflow.
+MIN_TS_MS = -62_135_596_800_000
+MAX_TS_MS = 253_402_300_799_999
+
+
+def _show(x: object) -> str:
+    """A bounded repr for reasons: a 401-digit number or a deep list stays short."""
+    return reprlib.repr(x)
+
+
+def _parse_ts(raw: object, received_ms: int) -> int:
+    if raw is None:
+        return received_ms
+    if isinstance(raw, bool):
+        raise PayloadError(f"ts must be epoch ms or ISO 8601, got {raw!r}")
+    if isinstance(raw, int | float):
+        if isinstance(raw, float) and not math.isfinite(raw):
+            raise PayloadError(f"ts must be finite, got {raw!r}")
+        ms = raw
+    elif isinstance(raw, str):
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError as exc:
+            raise PayloadError(f"ts {_show(raw)} is not ISO 8601") from exc
+        if parsed.tzinfo is None:
+            raise PayloadError(f"ts {_show(raw)} has no UTC offset")
+        ms = parsed.timestamp() * 1000
+    else:
+        raise PayloadError(f"ts must be epoch ms or ISO 8601, got {type(raw).__name__}")
+    if not MIN_TS_MS <= ms <= MAX_TS_MS:
+        raise PayloadError(f"ts {_show(raw)} is out of range (epoch ms of the years 1 to 9999)")
+    return int(ms)
+
+
+def _parse_value(raw: object) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise PayloadError(f"value must be a number, got {_show(raw)}")
+    try:
+        value = float(raw)
+    except OverflowError as exc:  # a JSON integer has any number of digits
+        raise PayloadError(f"value {_show(raw)} is out of range for a float") from exc
+    if not math.isfinite(value):
+        raise PayloadError(f"value must be finite, got {_show(raw)}")
+    return value
+
+
+def decode_payload(payload: bytes, received_ms: int) -> list[tuple[int, float]]:
+    """JSON payload -> [(ts_ms, value)]; raises PayloadError with the reason, never
+    anything else, whatever the bytes."""
+    try:
+        doc = json.loads(payload)
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer past 4300 digits
+        raise PayloadError(f"payload is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise PayloadError("payload is not JSON this decoder can read: nested too deeply") from exc
+    items = doc if isinstance(doc, list) else [doc]
+    if not items:
+        raise PayloadError("payload is an empty list")
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise PayloadError(f"expected an object with 'value', got {type(item).__name__}")
+        if "value" not in item:
+            raise PayloadError("object has no 'value'")
+        value = _parse_value(item["value"])
+        out.append((_parse_ts(item.get("ts"), received_ms), value))
+    return out
