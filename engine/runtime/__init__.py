@@ -1,7 +1,9 @@
-"""The runtime that moves records: the Faust topology, the gateway, transports, Kafka.
+"""The runtime that moves records: the Faust topology, transports, Kafka, the processes.
 
-``topology`` wires ingest, the per-partition processors, the corroboration stage and
-delivery into one Faust app; ``gateway`` runs it with MQTT ingest on the embedded
-``transport``; ``kafka`` holds what only a Kafka cluster needs; ``config`` validates
+``topology`` wires the telemetry, alerts and dead-letter topics, the per-partition
+processors (``partitions``: state, order, checkpoints; ``ticks``: the wall clock into
+quiet partitions), the ``corroboration`` stage and delivery into one Faust app;
+``transport`` is the embedded durable log, ``kafka`` the Kafka plumbing; ``services``
+the processes ``vigil`` starts (gateway, Kafka worker and ingest); ``config`` validates
 ``vigil.yaml`` once at start.
 """
