@@ -177,6 +177,22 @@ def _add_input_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _decode(args: argparse.Namespace) -> int:
+    import json
+
+    from connectors.decode_json import Sl651Lines, hj212_json
+
+    lines = args.frames or [line for line in sys.stdin if line.strip()]
+    sl651 = Sl651Lines()
+    rejected = False
+    for line in lines:
+        docs = sl651.decode(line) if args.protocol == "sl651" else [hj212_json(line)]
+        for doc in docs:
+            rejected |= not doc["ok"]
+            print(json.dumps(doc, ensure_ascii=False), flush=True)
+    return 1 if rejected else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vigil",
@@ -223,6 +239,15 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--metrics-out", help="write every closed window's value here (CSV)")
     _add_input_args(replay)
     replay.set_defaults(func=_replay)
+
+    decode = sub.add_parser(
+        "decode", help="decode SL 651 / HJ 212 frames to JSON; exit 1 if any is rejected"
+    )
+    decode.add_argument("protocol", choices=["sl651", "hj212"])
+    decode.add_argument(
+        "frames", nargs="*", help="frames (SL 651 in hex, HJ 212 as text); default: stdin"
+    )
+    decode.set_defaults(func=_decode)
 
     rules = sub.add_parser("rules", help="work with rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
