@@ -83,3 +83,13 @@ def all_clear(key: str = "out-2", receiver: str = "duty") -> Notification:
         group_labels={"basin": "demo_river"}, alerts=alerts, links={},
         created_at=T0 + 7_200_500,
     )  # fmt: skip
+
+
+class RecordingSleep:
+    """An injected ``sleep`` that records the delays and returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)

@@ -50,6 +50,9 @@ _HTML_COLOUR = {
 }
 
 
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 class EmailConfig(ReceiverConfig):
     type: Literal["email"]
     host: str = Field(min_length=1)
@@ -67,6 +70,8 @@ class EmailConfig(ReceiverConfig):
     def _login_pair(self) -> EmailConfig:
         if (self.username is None) != (self.password_env is None):
             raise ValueError("give both username and password_env, or neither")
+        if self.username and self.security == "none" and self.host not in _LOOPBACK:
+            raise ValueError("security none would send the password in clear; use starttls")
         return self
 
 

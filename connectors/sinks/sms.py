@@ -37,7 +37,7 @@ notification key as the provider's out-id (``<key>#<batch>`` when there are seve
 batches), plus ``Idempotency-Key``. A token from ``token_env`` goes in ``token_header``.
 Success is a 2xx whose JSON ``success_field`` (a dotted path) equals ``success_value``,
 or any 2xx when ``success_field`` is unset; statuses are retried as for webhooks, and a
-2xx that is not a success is permanent.
+2xx that is not a success is permanent unless its value is one of ``retry_values``.
 """
 
 from __future__ import annotations
@@ -111,6 +111,8 @@ class SmsConfig(ReceiverConfig):
     max_segments: int = Field(1, ge=1, le=10)
     success_field: str | None = None
     success_value: str | int | bool = "OK"
+    #: Values of ``success_field`` that mean "later" (the provider's rate limit).
+    retry_values: tuple[str | int, ...] = ()
     timeout_s: float = Field(10.0, gt=0, le=120)
     retry: Backoff = Backoff()
 
@@ -285,7 +287,7 @@ class SmsReceiver:
             raise DeliveryError(
                 self.name,
                 f"provider refused ({field} = {answer!r}): {response.text[:200]!r}",
-                retryable=False,
+                retryable=answer in self.config.retry_values,
             )
 
     async def aclose(self) -> None:

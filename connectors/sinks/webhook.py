@@ -122,17 +122,14 @@ class WebhookReceiver:
         await with_retries(self.name, attempt, self.config.retry, self._sleep)
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> None:
-        params: dict[str, str] = {}
+        # Not httpx's ``params=``: it replaces the URL's own query (the robot's key).
+        url = httpx.URL(self._url)
         if self.config.template == "dingtalk" and self._secret is not None:
             ts = self._now_ms()  # fresh per attempt: DingTalk refuses an hour-old one
-            params = {
-                "timestamp": str(ts),
-                "sign": dingtalk_sign(self._secret.get_secret_value(), ts),
-            }
+            sign = dingtalk_sign(self._secret.get_secret_value(), ts)
+            url = url.copy_merge_params({"timestamp": str(ts), "sign": sign})
         try:
-            response = await self._client.post(
-                self._url, content=body, headers=headers, params=params
-            )
+            response = await self._client.post(url, content=body, headers=headers)
         except httpx.TransportError as exc:  # refused, reset, timed out
             raise DeliveryError(self.name, f"{type(exc).__name__}: {exc}", retryable=True) from exc
         status = response.status_code
