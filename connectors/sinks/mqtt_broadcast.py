@@ -102,6 +102,7 @@ class MqttBroadcastReceiver:
         if config.ca_file is not None:
             self._client.tls_set(ca_certs=config.ca_file)
         self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._connected = threading.Event()
         self._seeded = threading.Event()
@@ -125,6 +126,9 @@ class MqttBroadcastReceiver:
         if not self._seeded.is_set():
             client.subscribe([(self._wildcard, 1), (self._sync_topic, 1)])
             client.publish(self._sync_topic, self._marker, qos=1)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        self._connected.clear()  # a send waits (up to timeout_s) for paho's reconnect
 
     def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
         if self._seeded.is_set():

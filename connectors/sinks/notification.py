@@ -38,7 +38,7 @@ class Notification:
     note: str = ""  # e.g. "escalation step 2: section head"
 
     def to_dict(self) -> dict[str, Any]:
-        """The documented JSON body of the generic webhook (README, "Webhook body"):
+        """The generic webhook's JSON body (documented in ``connectors/sinks/README.md``):
         every field, alerts as ``AlertEvent.to_dict`` plus their ``ack_url`` (or null)."""
         return {
             "version": 1,

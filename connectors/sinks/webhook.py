@@ -1,7 +1,7 @@
 """HTTP webhook receiver: Vigil's own signed JSON, or a WeCom / DingTalk group robot.
 
-Template ``vigil`` POSTs ``Notification.to_dict()`` as UTF-8 JSON (README, "Webhook
-body") with headers:
+Template ``vigil`` POSTs ``Notification.to_dict()`` as UTF-8 JSON (documented in
+``connectors/sinks/README.md``) with headers:
 
 - ``X-Vigil-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes>``, keyed with the
   shared secret from the environment variable ``secret_env`` names;
