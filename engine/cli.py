@@ -82,14 +82,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _rules_check(args: argparse.Namespace) -> int:
-    from rules.api import check_paths
+    from rules.cli import check_main
 
-    lines = check_paths(args.paths, args.stations)
-    for line in lines:
-        print(line)
-    if not lines:
-        print(f"ok: {len(args.paths)} file(s) valid", file=sys.stderr)
-    return 1 if lines else 0
+    return check_main(args.paths, args.stations)
 
 
 def _compile(rules: list[str], stations: str) -> RuleSet:
@@ -226,8 +221,15 @@ def _parser() -> argparse.ArgumentParser:
 
     rules = sub.add_parser("rules", help="work with rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
-    check = rules_sub.add_parser("check", help="validate rule files; problems as file:line:col")
-    check.add_argument("paths", nargs="+", help="rule files")
+    check = rules_sub.add_parser(
+        "check",
+        help="validate rule files, station registries and rule tests; problems as file:line:col",
+    )
+    check.add_argument(
+        "paths", nargs="+",
+        help="files (rule files, station registries and rule tests, told apart by content) "
+        "or folders of them",
+    )  # fmt: skip
     check.add_argument("--stations", help="station registry (YAML or CSV) for semantic checks")
     check.set_defaults(func=_rules_check)
     diff = rules_sub.add_parser("diff", help="which alerts a rule change adds, removes or moves")
