@@ -5,6 +5,7 @@ A file (YAML, told from a rule file by its top-level ``tests:``)::
     rule_files: [rules.yaml]          # relative to this file
     stations: stations.yaml           # the registry, relative to this file
     tz: America/Chicago               # optional: for times written without an offset
+    lang: en                          # optional (en): the summaries' language, en or zh
     tests:
       - name: a rise and the all-clear
         input:                        # any mix of the three forms
@@ -100,6 +101,7 @@ class TestFile(StrictModel):
     rule_files: tuple[str, ...] = Field(min_length=1)
     stations: str
     tz: str | None = None
+    lang: Literal["zh", "en"] = "en"  # the language of the summaries
     tests: tuple[RuleTest, ...] = Field(min_length=1)
 
     def path(self, source: Source, name: str) -> Path:
