@@ -6,9 +6,9 @@ Contract:
 - ``expand(paths)``: each directory becomes its ``*.yaml``/``*.yml`` files (not
   recursive, sorted by name); files are kept as given, in order, once each. A directory
   without YAML files is an error (``NoFiles``), never an empty, "valid" check.
-- ``kind_of(path, source)``: ``"stations"`` for a CSV or a mapping with a top-level
-  ``stations:`` and no ``rules:``; ``"tests"`` for one with ``tests:`` and no ``rules:``;
-  otherwise ``"rules"`` (so a file that is none of them gets the rule file's error).
+- ``kind_of(path, source)``: ``"tests"`` for a mapping with a top-level ``tests:`` and
+  no ``rules:``; ``"stations"`` for a CSV or a mapping with ``stations:`` and neither
+  of the others; otherwise ``"rules"`` (so a file that is none of them gets the rule file's error).
   The name of the file plays no part: ``rules check rules/packs/*.yaml`` must work
   whatever the registries beside the rules are called.
 """
@@ -52,8 +52,8 @@ def kind_of(path: Path, source: Source | None) -> FileKind:
         return "stations"
     data = source.data if source is not None else None
     if isinstance(data, dict) and "rules" not in data:
+        if "tests" in data:  # before stations: a test file names its registry
+            return "tests"
         if "stations" in data:
             return "stations"
-        if "tests" in data:
-            return "tests"
     return "rules"
