@@ -359,9 +359,10 @@ class Progress:
     """A one-line progress display on a terminal (``stream.isatty()``), else nothing:
     a log file or a pipe gets no carriage returns. Redrawn at most 4 times a second."""
 
-    def __init__(self, stream: TextIO, total: int | None = None, unit: str = "") -> None:
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream if stream.isatty() else None
-        self.total, self.unit, self.label = total, unit, ""
+        self.total: int | None = None
+        self.unit = self.label = ""
         self._shown = 0.0
 
     def start(self, label: str, total: int | None, unit: str) -> None:
