@@ -157,7 +157,9 @@ class MetricRow:
     kind: str  # the window aggregate, or "hourly" for derived AQI
     ts: int  # ms: the window's end, or the derived value's hour
     value: float
-    detail: str = ""  # e.g. the primary pollutant(s) of an AQI
+    #: e.g. the primary pollutant(s) of an AQI, and ``; incomplete: no pm10_24h`` when
+    #: an input of its method was missing (``engine.derive.aqi.AqiHour.detail``)
+    detail: str = ""
 
 
 def computed_values(
@@ -191,7 +193,7 @@ def computed_values(
     for hour in (proc.aqi.record or []) if proc.aqi is not None else []:
         rows.append(
             MetricRow("derive.aqi", hour.station, "aqi", "hourly", hour.hour, hour.aqi,
-                      "+".join(hour.primary))
+                      hour.detail)
         )  # fmt: skip
     rows.sort(key=lambda r: (r.ts, r.source, r.station))
     return rows

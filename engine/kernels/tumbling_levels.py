@@ -10,7 +10,8 @@ this kernel. Per reading, in the order of the arrays (event-time order per senso
    ``fail_after`` QC failures raises a QC alert, the next reading that does not fail
    clears it; a reading clears a silence alert. Silence itself is found by
    :func:`silent_due` when the partition's watermark passes ``last seen + stale_ms``.
-3. Readings flagged FAIL or MISSING stop here. Lateness is the sensor's own, never the
+3. Readings flagged FAIL or MISSING stop here, and so do SUSPECT ones when the rule
+   drops them (``Params.drop_from``). Lateness is the sensor's own, never the
    partition's: a store-and-forward backlog of a gauge whose neighbours are current is
    evaluated in the gauge's own event time. A usable reading
 
@@ -167,6 +168,9 @@ class Params(NamedTuple):
     flat_suspect_n: int  # 0 = off, at most FLAT_CAP
     flat_fail_n: int  # 0 = off, at most FLAT_CAP
     lateness_ms: int  # how far behind the sensor's own time a reading can still escalate
+    #: The least severe flag whose readings move no window: Q_FAIL, or Q_SUSPECT when the
+    #: rule drops suspect readings (flags order by severity: GOOD < SUSPECT < FAIL < MISSING).
+    drop_from: int = Q_FAIL
 
 
 def make_params(
@@ -177,10 +181,15 @@ def make_params(
     fail_after: int,
     qc: tuple[float, float, float, float, float, float, float, int, int],
     lateness_ms: int = 0,
+    drop_suspect: bool = False,
 ) -> Params:
     """``qc``: fail_lo, fail_hi, suspect_lo, suspect_hi, spike, rate_per_h, flat_eps,
-    flat_suspect_n, flat_fail_n. Raises ValueError past the compact fields' limits."""
-    p = Params(direction, float(deadband), window_ms, for_ms, fail_after, *qc, lateness_ms)
+    flat_suspect_n, flat_fail_n; ``drop_suspect``: SUSPECT readings move no window either.
+    Raises ValueError past the compact fields' limits."""
+    drop_from = Q_SUSPECT if drop_suspect else Q_FAIL
+    p = Params(
+        direction, float(deadband), window_ms, for_ms, fail_after, *qc, lateness_ms, drop_from
+    )
     if not 0 <= for_ms <= AGE_CAP:
         raise ValueError(f"for_ms {for_ms} outside 0..{AGE_CAP} (49.7 days)")
     if not 1 <= fail_after <= RUN_CAP:
@@ -471,8 +480,8 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
         ev = _health(st, p.fail_after, t, q)
         if ev:
             n_hc = _health_out(hc, n_hc, st, i, ev, t, seen, v)
-        if q in (Q_FAIL, Q_MISSING):
-            continue  # QC failures never raise or clear a level
+        if q >= p.drop_from:
+            continue  # QC failures (and dropped suspects) never raise or clear a level
         last = st["last_ts"]
         x = v * p.direction
         if last != NO_TS and t < last - last % w:
