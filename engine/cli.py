@@ -236,6 +236,10 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--stations", required=True, help="station registry (YAML or CSV)")
     _add_input_args(diff)
     diff.set_defaults(func=_rules_diff)
+
+    from dispatch.cli import add_parser as add_dispatch_parser
+
+    add_dispatch_parser(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Dispatch: routing, grouping, lifecycle, escalation and silences (pure logic)."""
