@@ -58,12 +58,14 @@ class Closure:
 @dataclass
 class Membership:
     """The alert's group on one route and its escalation clock there: ``since`` is when
-    the clock started (ms), ``step`` how many steps were taken."""
+    the clock started (ms), moved on by the time the alert spent hidden; ``step`` how
+    many steps were taken."""
 
     group: str
     since: int
     step: int = 0
     step_sent: list[str] = field(default_factory=list)  # receivers of ``step`` told
+    checked: int | None = None  # when ``escalations_due`` last looked (ms)
 
 
 @dataclass
@@ -162,6 +164,7 @@ class Lifecycle:
                 state.ack = None  # worse than what was taken: people must hear it again
                 for membership in state.routes.values():
                     membership.since, membership.step, membership.step_sent = now, 0, []
+                    membership.checked = None
             state.peak = max(state.peak, rank)
         elif state.ack is None and self._latches(state.peak):
             state.latched = True
@@ -213,10 +216,10 @@ class Lifecycle:
                 route = routes.get(route_id)
                 if route is None or membership.step >= len(route.escalation):
                     continue
+                checked, membership.checked = membership.checked, now
                 if hidden(state.fingerprint):
-                    # the clock stands still: the next step stays as far off as it was
-                    taken = route.escalation[membership.step - 1].after_ms if membership.step else 0
-                    membership.since = now - taken
+                    # the clock stands still: what passed since the last look does not count
+                    membership.since += now - (membership.since if checked is None else checked)
                     continue
                 if now >= membership.since + route.escalation[membership.step].after_ms:
                     due.append((state, route_id, membership.step))
