@@ -18,7 +18,9 @@ Contract:
   steps taken. ``escalations_due`` gives the steps whose ``after`` has passed for alerts
   still unacknowledged and notifiable; while an alert is hidden (silenced, inhibited)
   its clock stands still. An acknowledgement stops them.
-- A new episode (a firing event after resolved or closed) starts afresh.
+- A new episode (a firing event after resolved or closed) starts afresh: no
+  acknowledgement, escalation clocks from now; it stays in the groups the last one was
+  still in (their receivers have not been told the all-clear yet).
 - ``to_dict``/``from_dict`` round-trip the whole state through JSON types.
 """
 
