@@ -361,6 +361,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     test.add_argument("files", nargs="+", help="rule test files (YAML with 'tests:')")
     test.set_defaults(func=_rules_test)
+
+    from dispatch.cli import add_parser as add_dispatch_parser
+
+    add_dispatch_parser(sub)
     return parser
 
 
