@@ -13,7 +13,12 @@ selects. Each check returns ``Problem``s pointing at the key to change:
   must not fall from blue to red for ``above`` nor rise for ``below`` (equal is allowed:
   NWS flood and moderate stage are both 20 ft at Oso Creek);
 - summary placeholders that the engine will not fill;
-- corroboration of an unknown rule, or ``k`` larger than a group.
+- corroboration of an unknown rule, or ``k`` larger than a group;
+- keys the engine would not honour: ``stale`` on a compound or corroboration rule (their
+  silence is watched by the threshold rules on the same gauges), ``every`` on a compound
+  rule's condition (its clauses tumble), a ``qc.flatline`` when no selected station has a
+  ``report_interval`` to count it in readings; and two rules on ``aqi`` that give one
+  station different ``aqi_method``s.
 
 Without a registry, only the checks that need no station run.
 """
@@ -26,6 +31,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from engine.contracts.ruleset import DEFAULT_AQI_METHOD
 from rules.durations import format_duration_ms
 from rules.errors import Problem, did_you_mean
 from rules.loader import LoadedRule, RuleFile
@@ -81,12 +87,52 @@ def check_rules(files: Iterable[RuleFile], registry: Registry | None) -> list[Pr
         if isinstance(spec, ThresholdSpec):
             problems += _check_threshold(rule, spec, registry, stations)
         elif isinstance(spec, CompoundSpec):
+            problems += _not_honoured_stale(rule, "compound")
             for i, cond in enumerate(spec.conditions):
                 mode = "all" if spec.all is not None else "any"
                 problems += _check_condition(rule, (mode, i), cond, stations)
         elif isinstance(spec, CorroborationSpec):
+            problems += _not_honoured_stale(rule, "corroboration")
             problems += _check_corroboration(rule, spec, thresholds, stations)
+    if registry is not None:
+        problems += _aqi_methods(all_rules, registry)
     return problems
+
+
+def _not_honoured_stale(rule: LoadedRule, kind: str) -> list[Problem]:
+    if rule.spec.stale_ms is None:
+        return []
+    msg = (
+        f"a {kind} rule has no silence check; put 'stale' on the threshold rules of the "
+        "metrics it reads"
+    )
+    return [rule.problem(("stale",), msg)]
+
+
+def _aqi_methods(rules: Sequence[LoadedRule], registry: Registry) -> list[Problem]:
+    """One AQI per station: every rule on ``aqi`` that selects it names the same method."""
+    out: list[Problem] = []
+    method_of: dict[str, tuple[str, LoadedRule]] = {}
+    for rule in rules:
+        spec = rule.spec
+        if not isinstance(spec, ThresholdSpec) or spec.metric != "aqi" or spec.derive:
+            continue
+        clash = []
+        for s in selected_stations(rule, registry):
+            mine = spec.aqi_method or DEFAULT_AQI_METHOD
+            method, first = method_of.setdefault(s.id, (mine, rule))
+            if method != mine:
+                clash.append((s.id, method, first.spec.id))
+        if clash:
+            _, method, other = clash[0]
+            ids = name_some([c[0] for c in clash])
+            name = f"aqi_method {mine!r}" if spec.aqi_method else f"the default aqi_method {mine!r}"
+            msg = (
+                f"{name} differs from {method!r} of rule {other!r} at {ids}: a station's "
+                "AQI is computed one way"
+            )
+            out.append(rule.problem(("aqi_method",), msg))
+    return out
 
 
 def _check_selection(
@@ -121,6 +167,13 @@ def _check_threshold(
         out += _window(rule, ("window", "size"), spec.window, stations)
         for path, ref in refs:
             out += _missing_field(rule, path, ref, stations)
+        flatline = spec.qc is not None and spec.qc.flatline
+        if flatline and stations and not any(s.report_interval_ms for s in stations):
+            msg = (
+                "no selected station has a report_interval, so the flat-line test "
+                "cannot count readings; set report_interval in the station registry"
+            )
+            out.append(rule.problem(("qc", "flatline"), msg))
     out += _level_order(rule, spec, refs, stations)
     return out
 
@@ -164,11 +217,16 @@ def _check_derived(
 def _check_condition(
     rule: LoadedRule, base: tuple[Key, ...], cond: Condition, stations: Sequence[Station] | None
 ) -> list[Problem]:
+    out = []
+    if cond.window.every is not None:
+        msg = "a compound rule's conditions use tumbling windows; 'every' is not supported here"
+        out.append(rule.problem((*base, "window", "every"), msg))
     if stations is None:
-        return []
+        return out
     ref, word = (cond.above, "above") if cond.above is not None else (cond.below, "below")
     assert ref is not None
     return [
+        *out,
         *_metric_and_unit(rule, (*base, "metric"), cond.metric, cond.unit, stations),
         *_window(rule, (*base, "window", "size"), cond.window, stations),
         *_missing_field(rule, (*base, word), ref, stations),

@@ -28,7 +28,6 @@ from rules.compiled import (
     CompoundRule,
     CorroborationRule,
     DerivedMetric,
-    QCParams,
 )
 from rules.loader import RuleFile
 from rules.registry import Registry, Station
@@ -62,7 +61,6 @@ class Compiled:
     derived: tuple[DerivedMetric, ...] = ()
     compound: tuple[CompoundRule, ...] = ()
     corroboration: tuple[CorroborationRule, ...] = ()
-    qc: tuple[QCParams, ...] = ()
 
 
 def compile_rules(
@@ -70,7 +68,7 @@ def compile_rules(
 ) -> Compiled:
     """Compile checked rules; ``lang`` ("zh" or "en") picks the summary text."""
     files = list(files)
-    out: dict[str, list[Any]] = {k: [] for k in ("rules", "derived", "compound", "corr", "qc")}
+    out: dict[str, list[Any]] = {k: [] for k in ("rules", "derived", "compound", "corr")}
     digest = hashlib.blake2b(digest_size=8)
     for station in registry:  # the version changes when a station's values do
         digest.update(station.model_dump_json().encode())
@@ -82,19 +80,6 @@ def compile_rules(
             out["rules"].append(_threshold(spec, stations, lang))
             if spec.derive is not None:
                 out["derived"].append(_derived(spec, stations, registry))
-            if spec.qc is not None:
-                q = spec.qc
-                out["qc"].append(
-                    QCParams(
-                        spec.id,
-                        spec.derive.from_ if spec.derive else spec.metric,
-                        q.min,
-                        q.max,
-                        q.max_step,
-                        q.flatline,
-                        tuple(q.drop),
-                    )
-                )
         elif isinstance(spec, CompoundSpec):
             out["compound"].append(_compound(spec, stations, lang))
         elif isinstance(spec, CorroborationSpec):
@@ -110,7 +95,6 @@ def compile_rules(
         derived=tuple(out["derived"]),
         compound=tuple(out["compound"]),
         corroboration=tuple(out["corr"]),
-        qc=tuple(out["qc"]),
     )
 
 
@@ -136,7 +120,8 @@ def _labels(
 
 def _qc_limits(spec: ThresholdSpec, stations: Sequence[Station]) -> QcLimits | None:
     """The engine's QC limits; a flat-line duration becomes a count of reports at the
-    fastest reporting interval among the rule's stations (at least 3)."""
+    fastest reporting interval among the rule's stations (at least 3; ``rules check``
+    refuses a flat-line test when no selected station has a reporting interval)."""
     q = spec.qc
     if q is None:
         return None
@@ -144,7 +129,7 @@ def _qc_limits(spec: ThresholdSpec, stations: Sequence[Station]) -> QcLimits | N
     if q.flatline:
         intervals = [s.report_interval_ms for s in stations if s.report_interval_ms]
         flat_n = max(3, q.flatline // min(intervals)) if intervals else 0
-    return QcLimits(q.min, q.max, q.max_step, flat_n)
+    return QcLimits(q.min, q.max, q.max_step, flat_n, drop_suspect="suspect" in q.drop)
 
 
 def _threshold(spec: ThresholdSpec, stations: Sequence[Station], lang: str) -> ThresholdRule:
@@ -173,6 +158,8 @@ def _threshold(spec: ThresholdSpec, stations: Sequence[Station], lang: str) -> T
         slide_ms=spec.window.every or 0,
         lang="zh" if lang == "zh" else "en",
     )
+    if spec.aqi_method is not None:
+        kwargs["aqi_method"] = spec.aqi_method
     return ThresholdRule(**kwargs)
 
 

@@ -51,20 +51,24 @@ class RuleFile:
 
 
 def read_rule_file(
-    path: str | Path, station_fields: Iterable[str] | None = None
+    path: str | Path | Source, station_fields: Iterable[str] | None = None
 ) -> tuple[RuleFile, list[Problem]]:
     """Validate one file; returns the rules that passed and the problems of the rest.
 
-    ``station_fields``: names ``station.<x>`` may use (``Registry.field_names()``); None
-    (no registry) accepts any name.
+    ``path`` may be the file already parsed (``rules check`` reads each file once to
+    tell what it is). ``station_fields``: names ``station.<x>`` may use
+    (``Registry.field_names()``); None (no registry) accepts any name.
     """
-    file = str(path)
-    try:
-        source = load_yaml(path)
-    except SourceError as exc:
-        return RuleFile(file, ()), [Problem(file, exc.line, exc.col, "", exc.message)]
-    except OSError as exc:
-        return RuleFile(file, ()), [Problem(file, 1, 1, "", f"cannot read: {exc.strerror}")]
+    if isinstance(path, Source):
+        source, file = path, path.file
+    else:
+        file = str(path)
+        try:
+            source = load_yaml(path)
+        except SourceError as exc:
+            return RuleFile(file, ()), [Problem(file, exc.line, exc.col, "", exc.message)]
+        except OSError as exc:
+            return RuleFile(file, ()), [Problem(file, 1, 1, "", f"cannot read: {exc.strerror}")]
     data = source.data
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
         return RuleFile(file, ()), [_at(source, (), "expected a mapping with a 'rules' list")]

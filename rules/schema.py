@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from engine.contracts.ruleset import MAX_FOR_MS
+from engine.contracts.ruleset import MAX_FOR_MS, AqiMethod
 from rules.durations import format_duration_ms
 from rules.errors import did_you_mean
 from rules.model import StrictModel
@@ -242,7 +242,14 @@ class Levels(StrictModel):
 
 
 class QC(StrictModel):
-    """Reading checks before aggregation (metric's unit): range, step, flat line."""
+    """Reading checks before aggregation (metric's unit): range, step, flat line.
+
+    ``min``/``max`` fail a reading outside them; ``max_step`` flags a change larger than
+    it from the previous reading suspect; ``flatline`` fails a value unchanged this long.
+    ``drop`` names the flags whose readings are left out of the windows (they neither
+    raise nor clear a level). Failed and missing readings are always left out, so
+    ``drop: [suspect]`` is the one choice it makes: suspect readings are left out too.
+    """
 
     min: float | None = None
     max: float | None = None
@@ -342,7 +349,13 @@ class RuleBase(StrictModel):
 
 
 class ThresholdSpec(RuleBase):
-    """One metric per station against four levels. ``deadband`` in the metric's unit."""
+    """One metric per station against four levels. ``deadband`` in the metric's unit.
+
+    ``aqi_method`` (rules on ``aqi`` only): how the engine derives the hourly AQI of the
+    selected stations from their pollutants (``engine.evaluation.derive.aqi``): ``hj633_24h``
+    (default; PM on 24-h moving means, as Beijing publishes) or ``cnemc_hourly`` (PM on
+    1-h values against the 24-h breakpoints, as CNEMC's national real-time release).
+    """
 
     metric: str
     unit: str | None = None
@@ -351,6 +364,13 @@ class ThresholdSpec(RuleBase):
     levels: Levels
     deadband: float = Field(default=0.0, ge=0)
     qc: QC | None = None
+    aqi_method: AqiMethod | None = None
+
+    @model_validator(mode="after")
+    def _aqi_method_on_aqi(self) -> ThresholdSpec:
+        if self.aqi_method is not None and self.metric != "aqi":
+            raise ValueError(f"aqi_method applies to rules on metric 'aqi', not {self.metric!r}")
+        return self
 
 
 class Condition(StrictModel):

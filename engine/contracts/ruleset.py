@@ -24,6 +24,8 @@ import numpy.typing as npt
 from engine.contracts.alerts import Level
 
 __all__ = [
+    "DEFAULT_AQI_METHOD",
+    "AqiMethod",
     "CompiledCondition",
     "CompoundRule",
     "CorroborationRule",
@@ -39,6 +41,9 @@ N_LEVELS = 4  # blue, yellow, orange, red
 #: (49.7 days), a flat-line run a uint16 of readings.
 MAX_FOR_MS = 2**32 - 1
 MAX_FLAT_N = 2**16 - 1
+#: How the hourly AQI is derived from pollutants (``engine.derive.aqi``).
+AqiMethod = Literal["hj633_24h", "cnemc_hourly"]
+DEFAULT_AQI_METHOD: AqiMethod = "hj633_24h"
 
 
 @dataclass(frozen=True)
@@ -47,13 +52,15 @@ class QcLimits:
 
     ``min``/``max``: gross range, outside is FAIL; ``max_step``: a jump larger than this
     from the previous reading is SUSPECT; ``flat_n``: this many equal readings in a row
-    is a stuck sensor, FAIL. Failed readings never raise or clear a level.
+    is a stuck sensor, FAIL. Failed (and missing) readings never raise or clear a level;
+    with ``drop_suspect`` neither do SUSPECT ones (the rule's ``qc.drop: [suspect]``).
     """
 
     min: float | None = None
     max: float | None = None
     max_step: float | None = None
     flat_n: int = 0
+    drop_suspect: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,8 @@ class ThresholdRule:
     )
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # station -> labels
     lang: Literal["zh", "en"] = "en"  # the summaries' language; level names follow it
+    #: A rule on the derived ``aqi``: the method of its stations' AQI (``engine.derive.aqi``).
+    aqi_method: AqiMethod = DEFAULT_AQI_METHOD
 
     def __post_init__(self) -> None:
         if self.thresholds.shape != (len(self.stations), N_LEVELS):

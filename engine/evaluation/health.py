@@ -2,8 +2,9 @@
 
 The window chain's runner (``engine.evaluation.runners.windowed``) calls ``RuleHealth.check`` before
 its windows see readings: it flags them with the rule's QC limits (``engine.evaluation.kernels.qc``:
-gross range, step, stuck sensor, clock in the future) so that failed readings never raise
-or clear a level, and reports health changes
+gross range, step, stuck sensor, clock in the future) so that failed readings (and
+suspect ones, when the rule's ``qc.drop`` lists ``suspect``) never raise or clear a
+level, and reports health changes
 (``engine.evaluation.kernels.health``): a run of QC failures, a sensor silent for longer than the
 rule's ``stale_ms``, and their clearing. The early-firing kernel
 (``engine.evaluation.kernels.tumbling_levels``) does the same QC and health in its own pass, with
@@ -20,12 +21,14 @@ import numpy.typing as npt
 
 from engine.contracts.ruleset import ThresholdRule
 from engine.evaluation.kernels import health as hk
+from engine.evaluation.kernels._common import Q_FAIL, Q_SUSPECT
 from engine.evaluation.kernels.qc import QC_STATE_DTYPE, QCParams, new_qc_state, qc_batch
 
 __all__ = [
     "FAIL_AFTER",
     "HealthChange",
     "RuleHealth",
+    "drops_suspect",
     "health_changes",
     "health_summary",
     "qc_params",
@@ -65,6 +68,11 @@ def qc_params(rule: ThresholdRule) -> QCParams:
     )
 
 
+def drops_suspect(rule: ThresholdRule) -> bool:
+    """Whether the rule leaves SUSPECT readings out of its windows (``qc.drop``)."""
+    return rule.qc is not None and rule.qc.drop_suspect
+
+
 class RuleHealth:
     """QC state and health state of one rule's sensors (dense index of its runner)."""
 
@@ -94,9 +102,16 @@ class RuleHealth:
         quality: npt.NDArray[np.uint8],
         now_ms: int,
     ) -> tuple[npt.NDArray[np.uint8], list[HealthChange]]:
-        """Flags for the readings (the more severe of theirs and QC's) and health changes."""
+        """Flags for the windows and the health changes.
+
+        A flag is the more severe of the reading's and QC's; a SUSPECT reading that the
+        rule drops reads FAIL here, since the windows leave FAIL and MISSING readings out.
+        Health sees the true flags: a dropped suspect reading is no QC failure.
+        """
         flags = qc_batch(self.qc_state, self.params, sensor, ts, value, now_ms, quality)
         changes = hk.observe(self.state, FAIL_AFTER, sensor, ts, value, flags)
+        if drops_suspect(self.rule):
+            flags[flags == Q_SUSPECT] = Q_FAIL
         return flags, health_changes(changes)
 
     def check_silence(self, watermark: int) -> list[HealthChange]:

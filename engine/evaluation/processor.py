@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 import msgpack
 import numpy as np
@@ -37,6 +38,7 @@ from engine.evaluation.health import HealthChange
 from engine.evaluation.idle import IdleClock
 from engine.evaluation.runners.base import RawTransition, Runner, signature
 from engine.evaluation.runners.factory import runner_for
+from engine.evaluation.runners.tumbling import TumblingRunner
 
 __all__ = ["PartitionProcessor"]
 
@@ -110,16 +112,17 @@ class PartitionProcessor:
         history = self.formulas.history
         self.formulas = FormulaDeriver(ruleset.derived)
         self.formulas.history = history
-        # AQI is derived for the stations that rules on `aqi` select.
-        aqi_stations = {
-            s for r in ruleset.rules if r.metric == AqiDeriver.metric for s in r.stations
-        }
-        if not aqi_stations:
+        # AQI is derived for the stations that rules on `aqi` select, by their method
+        # (`rules check` refuses two methods for one station).
+        aqi_rules = [r for r in ruleset.rules if r.metric == AqiDeriver.metric]
+        methods = {s: r.aqi_method for r in reversed(aqi_rules) for s in r.stations}
+        keep_ms = max((r.window_ms for r in aqi_rules), default=0) + self.lateness_ms
+        if not methods:
             self.aqi = None
         elif self.aqi is None:
-            self.aqi = AqiDeriver(aqi_stations, self.lateness_ms)
+            self.aqi = AqiDeriver(methods, self.lateness_ms, keep_ms)
         else:
-            self.aqi.stations = frozenset(aqi_stations)
+            self.aqi.methods, self.aqi.keep_ms = methods, keep_ms
 
     def runner(self, rule_id: str) -> Runner:
         return self._runners[rule_id]
@@ -247,13 +250,38 @@ class PartitionProcessor:
         stations = runner.sensors.stations
         clause = parse_clause(rule.rule_id)
         if clause is None:
-            return [level_event(rule, stations[tr.sensor], tr) for tr in raw]
+            events = [level_event(rule, stations[tr.sensor], tr) for tr in raw]
+            if self.aqi is not None and rule.metric == AqiDeriver.metric:
+                events = [
+                    self._mark_incomplete(runner, tr, e) for tr, e in zip(raw, events, strict=True)
+                ]
+            return events
         # An internal clause of a compound rule: it only flips the clause's truth, once
         # the batch's other clauses are in (``_apply_clauses``).
         self._clauses += [
             (tr.at, tr.to_level > 0, clause[0], stations[tr.sensor], clause[1]) for tr in raw
         ]
         return []
+
+    def _mark_incomplete(self, runner: Runner, tr: RawTransition, event: AlertEvent) -> AlertEvent:
+        """An AQI alert decided by a window that held an incomplete AQI hour says so:
+        label ``aqi_incomplete`` names the inputs that hour lacked
+        (``engine.evaluation.derive.aqi``).
+
+        The window: an early-firing escalation is decided by the readings of its window
+        up to the one that crossed (``at``); every other transition by the window that
+        ends at ``at``.
+        """
+        assert self.aqi is not None
+        rule = runner.sensors.rule
+        if isinstance(runner, TumblingRunner) and tr.to_level > tr.from_level:
+            first, last = tr.at - tr.at % rule.window_ms, tr.at
+        else:
+            first, last = tr.at - rule.window_ms, tr.at - 1
+        missing = self.aqi.missing_between(event.station, first, last)
+        if not missing:
+            return event
+        return replace(event, labels={**event.labels, "aqi_incomplete": "+".join(missing)})
 
     def _health_events(self, runner: Runner, changes: list[HealthChange]) -> list[AlertEvent]:
         rule = runner.sensors.rule

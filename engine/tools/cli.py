@@ -7,11 +7,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
+    from engine.contracts.alerts import AlertEvent
     from engine.contracts.ruleset import RuleSet
     from engine.tools.replay import MetricRow
+    from engine.tools.replay_input import Progress, Skipped, SortedReadings
+    from rules.registry import Registry
 
 __all__ = ["main"]
 
@@ -82,85 +85,150 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _rules_check(args: argparse.Namespace) -> int:
-    from rules.api import check_paths
+    from rules.cli import check_main
 
-    lines = check_paths(args.paths, args.stations)
-    for line in lines:
-        print(line)
-    if not lines:
-        print(f"ok: {len(args.paths)} file(s) valid", file=sys.stderr)
-    return 1 if lines else 0
+    return check_main(args.paths, args.stations)
 
 
-def _compile(rules: list[str], stations: str) -> RuleSet:
+def _compile(rules: list[str], registry: Registry) -> RuleSet:
     from rules.api import load_ruleset
 
-    return load_ruleset(rules, stations, "en").ruleset
+    return load_ruleset(rules, registry, "en").ruleset
+
+
+def _read_input(args: argparse.Namespace, progress: Progress) -> tuple[SortedReadings, Skipped]:
+    """The readings of ``--input`` (a file, or ``-``: standard input), sorted by time."""
+    import io
+    import os
+
+    from engine.tools.replay_input import Skipped, SortedReadings, counted_lines, read_csv
+    from rules.times import parse_tz
+
+    tz = parse_tz(args.tz) if args.tz else None
+    readings, skipped = SortedReadings(), Skipped()
+    try:
+        if args.input == "-":
+            stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
+            name, size = "<stdin>", None
+        else:
+            stream = open(args.input, encoding="utf-8", newline="")  # noqa: SIM115
+            name, size = args.input, os.path.getsize(args.input)
+        with stream:
+            progress.start("reading", size, "readings")
+            lines = counted_lines(stream, progress, readings)
+            read_csv(lines, name, readings, skipped, station=args.station, metric=args.metric,
+                     wide=args.wide, tz=tz)  # fmt: skip
+    except BaseException:
+        readings.close()
+        raise
+    return readings, skipped
+
+
+def _open_out(path: str) -> TextIO:
+    """``path`` for writing; ``-`` is standard output (left open)."""
+    if path == "-":
+        return open(sys.stdout.fileno(), "w", encoding="utf-8", closefd=False)
+    return open(path, "w", encoding="utf-8", newline="")
 
 
 def _replay(args: argparse.Namespace) -> int:
     from connectors.sinks.console import format_event
-    from engine.tools.replay import computed_values, read_readings, replay
+    from engine.tools.replay import computed_values, coverage, replay
+    from engine.tools.replay_input import Progress
     from rules.errors import RulesInvalid
+    from rules.registry import load_registry
 
+    if [args.alerts_out, args.metrics_out].count("-") > 1:
+        return _report(ValueError("only one of --alerts-out and --metrics-out can be '-'"))
+    progress = Progress(sys.stderr)
     try:
-        ruleset = _compile(args.rules, args.stations)
-        readings, problems = read_readings(args.input, args.station, args.metric, args.wide)
+        registry = load_registry(args.stations)
+        ruleset = _compile(args.rules, registry)
+        readings, skipped = _read_input(args, progress)
     except (RulesInvalid, OSError, ValueError) as exc:
         return _report(exc)
-    for line in problems:
-        print(line, file=sys.stderr)
-    events = replay(ruleset, readings)
-    for event in events:
-        print(format_event(event))
-    if args.alerts_out:
-        with open(args.alerts_out, "w", encoding="utf-8") as f:
-            f.writelines(e.to_json() + "\n" for e in events)
-    if args.metrics_out:
-        _write_metrics(args.metrics_out, computed_values(ruleset, readings))
+    with readings:
+        unread, not_read = coverage(readings.pairs(), ruleset, [s.id for s in registry])
+        for line in skipped.lines():
+            print(f"warning: {line}", file=sys.stderr)
+        for line in unread:
+            print(f"warning: {line}", file=sys.stderr)
+        events = replay(ruleset, readings, progress=progress)
+        if "-" not in (args.alerts_out, args.metrics_out):
+            for event in events:
+                print(format_event(event))
+        if args.alerts_out:
+            with _open_out(args.alerts_out) as f:
+                f.writelines(e.to_json() + "\n" for e in events)
+        if args.metrics_out:
+            with _open_out(args.metrics_out) as f:
+                _write_metrics(f, computed_values(ruleset, readings))
+        n = len(readings)
     print(
-        f"{len(readings)} readings, {len(events)} alert events, {len(problems)} rows skipped",
+        f"{n} readings, {len(events)} alert events, {len(skipped)} rows skipped, "
+        f"{not_read} readings read by no rule",
         file=sys.stderr,
     )
+    if args.strict and (len(skipped) or not_read or not n):
+        print("strict: exit 1 (rows skipped, readings no rule read, or no readings)",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
-def _write_metrics(path: str, rows: list[MetricRow]) -> None:
+def _write_metrics(f: TextIO, rows: list[MetricRow]) -> None:
     import csv
 
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        out = csv.writer(f)
-        out.writerow(["source", "station", "metric", "kind", "time", "value", "detail"])
-        for r in rows:
-            out.writerow([r.source, r.station, r.metric, r.kind, _ms(r.ts), f"{r.value:.6g}",
-                          r.detail])  # fmt: skip
+    out = csv.writer(f)
+    out.writerow(["source", "station", "metric", "kind", "time", "value", "detail"])
+    for r in rows:
+        out.writerow([r.source, r.station, r.metric, r.kind, _ms(r.ts), f"{r.value:.6g}",
+                      r.detail])  # fmt: skip
 
 
 def _rules_diff(args: argparse.Namespace) -> int:
-    from engine.tools.replay import diff_alerts, read_readings, replay
+    from engine.tools.replay import diff_alerts, replay
+    from engine.tools.replay_input import Progress
     from rules.errors import RulesInvalid
+    from rules.registry import load_registry
 
+    progress = Progress(sys.stderr)
     try:
-        old = _compile([args.old], args.stations)
-        new = _compile([args.new], args.stations)
-        readings, problems = read_readings(args.input, args.station, args.metric, args.wide)
+        registry = load_registry(args.stations)
+        old = _compile([args.old], registry)
+        new = _compile([args.new], registry)
+        readings, skipped = _read_input(args, progress)
     except (RulesInvalid, OSError, ValueError) as exc:
         return _report(exc)
-    for line in problems:
-        print(line, file=sys.stderr)
-    diff = diff_alerts(replay(old, readings), replay(new, readings))
+    for line in skipped.lines():
+        print(f"warning: {line}", file=sys.stderr)
+    with readings:
+        diff = diff_alerts(replay(old, readings), replay(new, readings))
+    changes: list[tuple[int, str]] = []
     for e in diff.added:
-        print(f"+ {_ms(e.at)} {e.rule_id} {e.station} {e.previous_level}->{e.level} {e.value:g}")
+        changes.append((e.at, f"+ {_ms(e.at)} {_transition(e)} {e.value:g}"))
     for e in diff.removed:
-        print(f"- {_ms(e.at)} {e.rule_id} {e.station} {e.previous_level}->{e.level} {e.value:g}")
+        changes.append((e.at, f"- {_ms(e.at)} {_transition(e)} {e.value:g}"))
     for o, n in diff.moved:
-        print(f"~ {_ms(o.at)} -> {_ms(n.at)} {n.rule_id} {n.station} {n.previous_level}->{n.level}")
+        changes.append((o.at, f"~ {_ms(o.at)} -> {_ms(n.at)} {_transition(n)}"))
+    for _, line in sorted(changes, key=lambda c: c[0]):
+        print(line)
     print(
         f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.moved)} moved, "
         f"{diff.unchanged} unchanged",
         file=sys.stderr,
     )
-    return 0
+    return 1 if diff.changed else 0
+
+
+def _transition(e: AlertEvent) -> str:
+    return f"{e.rule_id} {e.station} {e.previous_level}->{e.level}"
+
+
+def _rules_test(args: argparse.Namespace) -> int:
+    from engine.tools.rule_tests import run_test_files
+
+    return run_test_files(args.files, sys.stdout)
 
 
 def _ms(ts: int) -> str:
@@ -168,13 +236,38 @@ def _ms(ts: int) -> str:
 
 
 def _add_input_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="CSV: station,metric,ts,value")
+    parser.add_argument(
+        "--input", required=True,
+        help="CSV: station,metric,ts,value (or a single series, or --wide); - reads stdin",
+    )  # fmt: skip
     parser.add_argument("--station", help="station id, for a CSV without a station column")
     parser.add_argument("--metric", help="metric name, for a CSV without a metric column")
     parser.add_argument(
         "--wide", action="store_true",
         help="one column per metric (timestamp,station,PM2.5,...): every numeric cell is a reading",
     )  # fmt: skip
+    parser.add_argument(
+        "--tz",
+        help="time zone of times written without a UTC offset: an IANA name "
+        "(Asia/Shanghai, America/Chicago) or an offset (+08:00); without it such rows "
+        "are skipped and counted",
+    )
+
+
+def _decode(args: argparse.Namespace) -> int:
+    import json
+
+    from connectors.decode_json import Sl651Lines, hj212_json
+
+    lines = args.frames or [line for line in sys.stdin if line.strip()]
+    sl651 = Sl651Lines()
+    rejected = False
+    for line in lines:
+        docs = sl651.decode(line) if args.protocol == "sl651" else [hj212_json(line)]
+        for doc in docs:
+            rejected |= not doc["ok"]
+            print(json.dumps(doc, ensure_ascii=False), flush=True)
+    return 1 if rejected else 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -219,23 +312,59 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="backtest rules over a CSV of readings")
     replay.add_argument("--rules", required=True, action="append", help="rule file (repeatable)")
     replay.add_argument("--stations", required=True, help="station registry (YAML or CSV)")
-    replay.add_argument("--alerts-out", help="write the alert events here as JSON lines")
-    replay.add_argument("--metrics-out", help="write every closed window's value here (CSV)")
+    replay.add_argument(
+        "--alerts-out", help="write the alert events here as JSON lines (- : standard output)"
+    )
+    replay.add_argument(
+        "--metrics-out", help="write every closed window's value here, CSV (- : standard output)"
+    )
+    replay.add_argument(
+        "--strict", action="store_true",
+        help="exit 1 when rows were skipped, readings matched no station or rule, or none came",
+    )  # fmt: skip
     _add_input_args(replay)
     replay.set_defaults(func=_replay)
 
+    decode = sub.add_parser(
+        "decode", help="decode SL 651 / HJ 212 frames to JSON; exit 1 if any is rejected"
+    )
+    decode.add_argument("protocol", choices=["sl651", "hj212"])
+    decode.add_argument(
+        "frames", nargs="*", help="frames (SL 651 in hex, HJ 212 as text); default: stdin"
+    )
+    decode.set_defaults(func=_decode)
+
     rules = sub.add_parser("rules", help="work with rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
-    check = rules_sub.add_parser("check", help="validate rule files; problems as file:line:col")
-    check.add_argument("paths", nargs="+", help="rule files")
+    check = rules_sub.add_parser(
+        "check",
+        help="validate rule files, station registries and rule tests; problems as file:line:col",
+    )
+    check.add_argument(
+        "paths", nargs="+",
+        help="files (rule files, station registries and rule tests, told apart by content) "
+        "or folders of them",
+    )  # fmt: skip
     check.add_argument("--stations", help="station registry (YAML or CSV) for semantic checks")
     check.set_defaults(func=_rules_check)
-    diff = rules_sub.add_parser("diff", help="which alerts a rule change adds, removes or moves")
+    diff = rules_sub.add_parser(
+        "diff",
+        help="which alerts a rule change adds, removes or moves (exit 1 when any, 0 when none)",
+    )
     diff.add_argument("old", help="the rule file as it is")
     diff.add_argument("new", help="the rule file as proposed")
     diff.add_argument("--stations", required=True, help="station registry (YAML or CSV)")
     _add_input_args(diff)
     diff.set_defaults(func=_rules_diff)
+    test = rules_sub.add_parser(
+        "test", help="run rule tests (readings in, expected alerts out); exit 1 on a mismatch"
+    )
+    test.add_argument("files", nargs="+", help="rule test files (YAML with 'tests:')")
+    test.set_defaults(func=_rules_test)
+
+    from engine.tools.dispatch_cli import add_parser as add_dispatch_parser
+
+    add_dispatch_parser(sub)
     return parser
 
 

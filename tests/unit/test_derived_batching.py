@@ -192,6 +192,9 @@ def _real_dam(tmp_path: Path, names: list[str]) -> tuple[RuleSet, list[Reading]]
                 series[p].append((level, kpa))
     stations: list[dict[str, object]] = [
         {"id": "DAM", "kind": "reservoir", "metrics": {"reservoir_level": "m"},
+         # The pack is written for hourly reports (its 1-h windows, 7-d flat line); this
+         # daily series is replayed against it as it is.
+         "report_interval": "1h",
          "flood_limit_level": 130.0, "design_flood_level": 140.0, "check_flood_level": 150.0},
         {"id": "DAM-WE1", "kind": "seepage_weir", "reservoir": "DAM",
          "metrics": {"seepage_flow": "L/s"},  # no data: the pack's weir rules need one

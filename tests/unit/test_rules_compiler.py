@@ -93,10 +93,13 @@ def test_compound_and_corroboration(flood: Compiled) -> None:
     assert corr.groups == {"demo_river": ("HZ001", "HZ002", "HZ003")}
 
 
-def test_qc_params(flood: Compiled) -> None:
-    qc = {q.rule_id: q for q in flood.qc}
-    assert qc["flood.river_level"].flatline_ms == 12 * 3_600_000
-    assert qc["flood.rain_1h"].min == 0
+def test_qc_limits(flood: Compiled) -> None:
+    qc = {r.rule_id: r.qc for r in flood.ruleset.rules}
+    river, rain = qc["flood.river_level"], qc["flood.rain_1h"]
+    assert river is not None and rain is not None
+    # flatline 12h at the fastest 5-min reporting interval of the demo gauges
+    assert river.flat_n == 12 * 12 and river.max_step == 2.0 and not river.drop_suspect
+    assert rain.min == 0
 
 
 def test_dam_derived_metrics() -> None:

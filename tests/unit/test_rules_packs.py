@@ -104,4 +104,4 @@ def test_python_dash_m_rules_check() -> None:
         check=False,
     )
     assert (done.returncode, done.stdout) == (0, "")
-    assert "ok: 1 file valid" in done.stderr
+    assert "ok: 1 rule file valid" in done.stderr

@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from engine.evaluation.kernels._common import NO_TS
+from engine.evaluation.kernels._common import NO_TS, Q_FAIL, Q_SUSPECT
 from engine.evaluation.kernels.health import SILENT, change_arrays
 
 __all__ = [
@@ -125,6 +125,9 @@ class Params(NamedTuple):
     flat_suspect_n: int  # 0 = off, at most FLAT_CAP
     flat_fail_n: int  # 0 = off, at most FLAT_CAP
     lateness_ms: int  # how far behind the sensor's own time a reading can still escalate
+    #: The least severe flag whose readings move no window: Q_FAIL, or Q_SUSPECT when the
+    #: rule drops suspect readings (flags order by severity: GOOD < SUSPECT < FAIL < MISSING).
+    drop_from: int = Q_FAIL
 
 
 def make_params(
@@ -135,10 +138,15 @@ def make_params(
     fail_after: int,
     qc: tuple[float, float, float, float, float, float, float, int, int],
     lateness_ms: int = 0,
+    drop_suspect: bool = False,
 ) -> Params:
     """``qc``: fail_lo, fail_hi, suspect_lo, suspect_hi, spike, rate_per_h, flat_eps,
-    flat_suspect_n, flat_fail_n. Raises ValueError past the compact fields' limits."""
-    p = Params(direction, float(deadband), window_ms, for_ms, fail_after, *qc, lateness_ms)
+    flat_suspect_n, flat_fail_n; ``drop_suspect``: SUSPECT readings move no window either.
+    Raises ValueError past the compact fields' limits."""
+    drop_from = Q_SUSPECT if drop_suspect else Q_FAIL
+    p = Params(
+        direction, float(deadband), window_ms, for_ms, fail_after, *qc, lateness_ms, drop_from
+    )
     if not 0 <= for_ms <= AGE_CAP:
         raise ValueError(f"for_ms {for_ms} outside 0..{AGE_CAP} (49.7 days)")
     if not 1 <= fail_after <= RUN_CAP:

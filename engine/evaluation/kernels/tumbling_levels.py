@@ -10,7 +10,8 @@ this kernel. Per reading, in the order of the arrays (event-time order per senso
    ``fail_after`` QC failures raises a QC alert, the next reading that does not fail
    clears it; a reading clears a silence alert. Silence itself is found by
    :func:`silent_due` when the partition's watermark passes ``last seen + stale_ms``.
-3. Readings flagged FAIL or MISSING stop here. Lateness is the sensor's own, never the
+3. Readings flagged FAIL or MISSING stop here, and so do SUSPECT ones when the rule
+   drops them (``Params.drop_from``). Lateness is the sensor's own, never the
    partition's: a store-and-forward backlog of a gauge whose neighbours are current is
    evaluated in the gauge's own event time. A usable reading
 
@@ -52,7 +53,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.evaluation.kernels._common import NO_TS, Q_FAIL, Q_MISSING
+from engine.evaluation.kernels._common import NO_TS
 from engine.evaluation.kernels._prefetch import PREFETCH_AHEAD, prefetch_item
 from engine.evaluation.kernels._tumbling_state import (
     AGE_CAP,
@@ -150,8 +151,8 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
         ev = health_step(st, p.fail_after, t, q)
         if ev:
             n_hc = health_out(hc, n_hc, st, i, ev, t, seen, v)
-        if q in (Q_FAIL, Q_MISSING):
-            continue  # QC failures never raise or clear a level
+        if q >= p.drop_from:
+            continue  # QC failures (and dropped suspects) never raise or clear a level
         last = st["last_ts"]
         x = v * p.direction
         if last != NO_TS and t < last - last % w:

@@ -13,7 +13,13 @@ import numpy.typing as npt
 from numpy.lib.recfunctions import repack_fields
 
 from engine.contracts.ruleset import ThresholdRule
-from engine.evaluation.health import FAIL_AFTER, HealthChange, health_changes, qc_params
+from engine.evaluation.health import (
+    FAIL_AFTER,
+    HealthChange,
+    drops_suspect,
+    health_changes,
+    qc_params,
+)
 from engine.evaluation.kernels import health as hk
 from engine.evaluation.kernels import tumbling_levels as kernel
 from engine.evaluation.kernels.qc import QC_STATE_DTYPE, QCParams, new_qc_state, time_limits
@@ -41,7 +47,7 @@ def _params(rule: ThresholdRule, qc: QCParams, lateness_ms: int) -> kernel.Param
     return kernel.make_params(
         rule.direction, rule.deadband, rule.window_ms, rule.for_ms, FAIL_AFTER,
         (lo, hi, slo, shi, spike, rate, qc.flat_eps, qc.flat_suspect_n, qc.flat_fail_n),
-        lateness_ms,
+        lateness_ms, drops_suspect(rule),
     )  # fmt: skip
 
 

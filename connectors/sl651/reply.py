@@ -1,0 +1,35 @@
+"""The centre's replies to an SL 651 station, as pure functions of the frame and a time.
+
+After an uplink report that asks for confirmation (M2/M3 link modes), the centre sends
+a downlink frame: address reversed (station, then centre), the same password and
+function, direction 8 with body length 8, STX, the report's serial, the centre's own
+send time (6-byte BCD, local time) and an end character: ESC (done, the station stays
+online), EOT (done, hang up) or ACK. A keep-alive (2F) gets no reply, nor a packet that
+is not the last of its message (ETB).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from connectors.sl651.frame import Frame, crc16
+
+__all__ = ["ACK", "EOT", "ESC", "ack_frame", "wants_ack"]
+
+ESC, EOT, ACK = 0x1B, 0x04, 0x06
+
+
+def wants_ack(frame: Frame) -> bool:
+    """An uplink report other than a keep-alive, and the last packet of its message."""
+    return frame.direction == "up" and frame.function != 0x2F and frame.end == "ETX"
+
+
+def ack_frame(frame: Frame, serial: int, now_local: datetime, end: int = ESC) -> bytes:
+    """HEX-mode acknowledgement of ``frame``; ``serial`` is the report's (its body's)."""
+    station = bytes.fromhex(frame.station)
+    body = serial.to_bytes(2, "big") + bytes.fromhex(now_local.strftime("%y%m%d%H%M%S"))
+    address = station + bytes([frame.centre])  # downlink: station first
+    dirlen = (0x8000 | len(body)).to_bytes(2, "big")
+    head = b"\x7e\x7e" + address + bytes.fromhex(frame.password) + bytes([frame.function])
+    out = head + dirlen + b"\x02" + body + bytes([end])
+    return out + crc16(out).to_bytes(2, "big")

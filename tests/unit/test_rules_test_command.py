@@ -1,0 +1,108 @@
+"""``vigil rules test`` (issue 18 item 9): a rule test file's readings through the replay,
+expected alerts against got, exit 1 with the differences; and ``vigil rules diff``'s
+exit status and time order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.tools.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+OSO = ROOT / "rules" / "examples" / "oso_creek"
+
+TEST_FILE = f"""\
+rule_files: [{OSO / "rules.yaml"}]
+stations: {OSO / "stations.yaml"}
+tz: "-05:00"
+tests:
+  - name: a rise to action stage, then flood stage
+    input:
+      - series: {{station: "08211520", metric: water_level, start: "2023-04-23T11:00",
+                 every: 15m, values: [10.5, 11.0, null, 20.0]}}
+      - {{station: "08211520", metric: water_level, ts: "2023-04-23T11:50", value: 12.0}}
+    expected_alerts:
+      - {{rule: oso.stage, station: "08211520", level: blue, at: "2023-04-23T11:15",
+         started_at: "2023-04-23T11:15"}}
+      - {{rule: oso.stage, station: "08211520", level: orange, at: "2023-04-23T{{orange}}"}}
+"""
+
+
+def _run(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    path = tmp_path / "tests.yaml"
+    path.write_text(text, encoding="utf-8")
+    rc = main(["rules", "test", str(path)])
+    return rc, capsys.readouterr().out.splitlines()
+
+
+def test_a_passing_rule_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = _run(tmp_path, TEST_FILE.replace("{orange}", "11:45"), capsys)
+    assert (rc, out) == (0, [
+        f"ok   {tmp_path / 'tests.yaml'}:5 'a rise to action stage, then flood stage' "
+        "(2 alert events)",
+        "1 passed, 0 failed",
+    ])  # fmt: skip
+
+
+def test_a_mismatch_exits_1_with_expected_and_got(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = TEST_FILE.replace("{orange}", "11:30").replace(
+        'started_at: "2023-04-23T11:15"', 'started_at: "2023-04-23T11:00"'
+    )
+    rc, out = _run(tmp_path, text, capsys)
+    assert (rc, out) == (1, [
+        f"FAIL {tmp_path / 'tests.yaml'}:5 'a rise to action stage, then flood stage'",
+        "  expected, not raised:",
+        "    2023-04-23T11:30:00-05:00 oso.stage 08211520 orange",
+        "  raised, not expected:",
+        "    2023-04-23T11:45:00-05:00 oso.stage 08211520 orange (from blue, value 20)",
+        "  started_at differs at 2023-04-23T11:15:00-05:00 oso.stage 08211520 blue (from none, "
+        "value 11): expected 2023-04-23T11:00:00-05:00, got 2023-04-23T11:15:00-05:00",
+        "0 passed, 1 failed",
+    ])  # fmt: skip
+
+
+def test_an_invalid_test_file_exits_2_at_file_line_col(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = TEST_FILE.replace("{orange}", "11:45").replace('tz: "-05:00"\n', "")
+    rc, out = _run(tmp_path, text, capsys)
+    path = tmp_path / "tests.yaml"
+    assert (rc, out[:2]) == (2, [
+        f"{path}:6:60: tests[0].input[0].series.start: time '2023-04-23T11:00' has no UTC "
+        "offset (set the file's tz)",
+        f"{path}:8:52: tests[0].input[1].ts: time '2023-04-23T11:50' has no UTC offset "
+        "(set the file's tz)",
+    ])  # fmt: skip
+
+
+DIFF_INPUT = "timestamp,value\n" + "".join(
+    f"2023-04-23T{11 + k // 4:02d}:{15 * (k % 4):02d}:00-05:00,{v}\n"
+    for k, v in enumerate([10.0, 11.5, 12.5, 21.0, 12.5, 10.0])
+)  # fmt: skip
+
+
+def test_rules_diff_exits_1_on_changes_listed_in_time_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "in.csv"
+    data.write_text(DIFF_INPUT, encoding="utf-8")
+    old = OSO / "rules.yaml"
+    new = tmp_path / "new.yaml"  # action stage 12 ft: blue later; moderate 21.5: no orange
+    changed = old.read_text().replace("station.action_stage", "12")
+    new.write_text(changed.replace("station.moderate_flood_stage", "21.5"), encoding="utf-8")
+    common = ["--stations", str(OSO / "stations.yaml"), "--input", str(data),
+              "--station", "08211520", "--metric", "water_level"]  # fmt: skip
+    assert main(["rules", "diff", str(old), str(old), *common]) == 0
+    capsys.readouterr()
+    assert main(["rules", "diff", str(old), str(new), *common]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "~ 2023-04-23T16:15Z -> 2023-04-23T16:30Z oso.stage 08211520 none->blue",
+        "+ 2023-04-23T16:45Z oso.stage 08211520 blue->yellow 21",
+        "- 2023-04-23T16:45Z oso.stage 08211520 blue->orange 21",
+        "+ 2023-04-23T17:15Z oso.stage 08211520 yellow->blue 12.5",
+        "- 2023-04-23T17:15Z oso.stage 08211520 orange->blue 12.5",
+    ]
