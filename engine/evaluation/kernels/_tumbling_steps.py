@@ -219,6 +219,20 @@ def start_runs(st, raw, new_raw, age):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
+def extend_runs(st, top, age):  # type: ignore[no-untyped-def]
+    """The breach runs of levels 1..top began at least ``age`` ms before ``last_ts``."""
+    age = min(age, AGE_CAP)
+    if top >= 1:
+        st["age1"] = max(st["age1"], age)
+    if top >= 2:
+        st["age2"] = max(st["age2"], age)
+    if top >= 3:
+        st["age3"] = max(st["age3"], age)
+    if top >= 4:
+        st["age4"] = max(st["age4"], age)
+
+
+@njit(cache=True)
 def due_level(st, thr, raw, current, for_ms):  # type: ignore[no-untyped-def]
     """The highest level above ``current`` whose breach run has lasted ``for_ms``."""
     for k in range(raw, current, -1):

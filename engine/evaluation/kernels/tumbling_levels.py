@@ -31,9 +31,12 @@ this kernel. Per reading, in the order of the arrays (event-time order per senso
    * escalation fires early, on the reading that pushes the running window aggregate
      over a higher threshold (the running maximum only grows within a window, so an
      early escalation is never taken back by later readings of the same window);
-   * with a ``for`` duration, a level is entered only once the running aggregate has
-     breached it without a break for at least ``for_ms`` (a new window whose first
-     reading is below the line breaks the run);
+   * with a ``for`` duration, a level is entered on a reading whose window's running
+     aggregate breaches it, once the breach run has lasted ``for_ms``. A run is broken
+     only by a window that ends below the line (decided with the window's final
+     aggregate when the sensor's next window opens), never by a reading while its
+     window is open: the order of a window's readings changes nothing, so an
+     out-of-order arrival fires when the replay of the same readings fires;
    * de-escalation is decided when a window closes, from its aggregate: a level is kept
      while the aggregate stays above ``threshold - deadband``;
    * a window closes when a reading of a later window arrives for the sensor, or when
@@ -84,6 +87,7 @@ from engine.evaluation.kernels._tumbling_steps import (
     close_open,
     due_level,
     emit,
+    extend_runs,
     health_out,
     health_step,
     qc_step,
@@ -170,12 +174,18 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
         agg = st["agg"]
         changed = True
         if np.isnan(agg) or t >= last - last % w + w:
-            if not np.isnan(agg) and not as_i64(st["levels"]) & CLOSED_BIT:
+            if not np.isnan(agg):
                 thr = thresholds_of(st)
-                frm, to = close_open(st, thr, p)
-                if to < frm:
-                    n_tr = emit(tr, n_tr, st, i, frm, to, last - last % w + w, agg, thr,
-                                 p.direction)  # fmt: skip
+                if not as_i64(st["levels"]) & CLOSED_BIT:
+                    frm, to = close_open(st, thr, p)
+                    if to < frm:
+                        n_tr = emit(tr, n_tr, st, i, frm, to, last - last % w + w, agg, thr,
+                                     p.direction)  # fmt: skip
+                # The window ended: its final aggregate breaks the runs it did not hold.
+                end_raw = breached(agg, thr, p.direction)
+                lv = as_i64(st["levels"])
+                if end_raw < (lv >> 3) & LEVEL_MASK:
+                    st["levels"] = (lv & ~RAW_BITS) | (end_raw << 3)
             agg = x
             st["levels"] = as_i64(st["levels"]) & ~CLOSED_BIT
         elif x > agg:
@@ -188,7 +198,9 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
         st["agg"] = agg
         if t > last or changed:  # one out of order that moves nothing may be a redelivery
             st["accepted"] += 1
-        # The levels: breach runs (the `for` clocks) and early escalation.
+        # The levels: breach runs (the `for` clocks) and early escalation. ``raw`` is the
+        # highest level whose run is alive: held by every window since it began, the
+        # open one included or still undecided.
         lv = as_i64(st["levels"])
         current = lv & LEVEL_MASK
         raw = (lv >> 3) & LEVEL_MASK
@@ -208,20 +220,31 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
                 and breached(x, thresholds_of(st), p.direction)
             ):
                 st["episode_start"] = t  # the episode began at this reading, out of order
+            if p.for_ms > 0 and raw > 0:
+                # The runs this reading breaches began no later than it did.
+                extend_runs(st, min(raw, breached(x, thresholds_of(st), p.direction)), run_age)
+        now = -1  # the level the open window's running aggregate breaches, when needed
         if changed:
-            new_raw = breached(agg, thresholds_of(st), p.direction)
-            if new_raw > raw:
-                start_runs(st, raw, new_raw, run_age)
-            raw = new_raw
-            st["levels"] = (lv & ~RAW_BITS) | (raw << 3)
+            now = breached(agg, thresholds_of(st), p.direction)
+            if now > raw:
+                start_runs(st, raw, now, run_age)
+                raw = now
+                st["levels"] = (lv & ~RAW_BITS) | (raw << 3)
         if raw <= current:
             continue  # the common case: nothing above the current level is breached
         thr = thresholds_of(st)
-        new = due_level(st, thr, raw, current, p.for_ms)
+        if now < 0:
+            now = breached(agg, thr, p.direction)
+        if now <= current:
+            continue  # a run goes on, but this window has not breached its line (yet)
+        new = due_level(st, thr, now, current, p.for_ms)
         if new > current:
+            # A ``for`` run is timed on the sensor's clock: one completed by a reading out
+            # of order was complete at the sensor's latest reading, not before.
+            at = t if p.for_ms == 0 else st["last_ts"]
             if current == 0:
-                st["episode_start"] = t
-            n_tr = emit(tr, n_tr, st, i, current, new, t, agg, thr, p.direction)
+                st["episode_start"] = at
+            n_tr = emit(tr, n_tr, st, i, current, new, at, agg, thr, p.direction)
             st["levels"] = (as_i64(st["levels"]) & ~LEVEL_MASK) | new
     return n_tr, n_hc, n_late
 

@@ -34,7 +34,10 @@ def reference_process(
     not carried between calls. Lateness is the sensor's own: a reading of the sensor's
     latest window counts in any order; one of an earlier window is late, yet from the
     window just before the latest, within ``lateness_ms`` of the sensor's latest
-    reading and without ``for``, it can still raise (never lower) the level.
+    reading and without ``for``, it can still raise (never lower) the level. A ``for``
+    run of a level starts at the first reading whose window breaches it and ends with a
+    window whose final aggregate does not; a level is entered on a reading whose window
+    breaches it once its run has lasted ``for_ms``.
     """
     win: dict[int, tuple[int, float]] = {}  # sensor -> (window start, aggregate)
     last: dict[int, int] = {}
@@ -80,24 +83,25 @@ def reference_process(
             if held < levels[i]:
                 out.append((i, levels[i], held, wstart + window_ms, wagg * direction))
                 levels[i] = held
+            # A breach run ends with a window whose final aggregate is below its line.
+            for k in range(breached(i, wagg) + 1, 5):
+                since.pop((i, k), None)
         agg = max(win[i][1], x) if i in win else x
         win[i] = (start, agg)
         last[i] = max(last.get(i, t), t)
         raw = breached(i, agg)
-        for k in (1, 2, 3, 4):
-            if k > raw:
-                since.pop((i, k), None)
-            else:
-                since.setdefault((i, k), t)
+        for k in range(1, breached(i, x) + 1):  # a run begins at its first breaching reading
+            since[(i, k)] = min(since.get((i, k), t), t)
         due = next(
             (
                 k
-                for k in range(4, levels[i], -1)
+                for k in range(raw, levels[i], -1)
                 if (i, k) in since and used(i, k) and last[i] - since[(i, k)] >= for_ms
             ),
             levels[i],
         )
         if due > levels[i]:
-            out.append((i, levels[i], due, t, agg * direction))
+            # a run completed by a reading out of order was complete at the latest one
+            out.append((i, levels[i], due, last[i] if for_ms else t, agg * direction))
             levels[i] = due
     return out
