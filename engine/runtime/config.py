@@ -16,7 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from connectors.mqtt.options import MqttOptions
 from connectors.mqtt.topics import TopicTemplate
 
-__all__ = ["ConfigError", "MqttSettings", "Settings", "load_settings"]
+__all__ = [
+    "ConfigError",
+    "DispatchSettings",
+    "MqttSettings",
+    "Settings",
+    "WebSettings",
+    "load_settings",
+]
 
 
 class ConfigError(ValueError):
@@ -85,6 +92,33 @@ class BatchSettings(_Frozen):
     linger_ms: int = Field(50, ge=0, le=10_000)
 
 
+class DispatchSettings(_Frozen):
+    """``dispatch:``: route alerts to people (``engine/dispatch/README.md``). Absent, the
+    gateway only writes alerts to ``alerts_jsonl`` and the console, as before."""
+
+    #: The routing file (receivers, routes, levels, inhibitions).
+    routes: Path
+    #: Environment variable holding the secret that signs acknowledge links; unset:
+    #: notifications carry no links.
+    link_secret_env: str | None = None
+    #: How people reach the web port, for the links (default ``http://127.0.0.1:<web_port>``).
+    public_url: str | None = None
+    link_ttl_s: float = Field(86_400.0, gt=0)
+    #: How often the dispatcher's clock is looked at (group, repeat, escalation timers).
+    tick_s: float = Field(1.0, gt=0, le=60)
+    #: A receiver that fails is tried again after this, doubling up to ``retry_max_s``.
+    retry_initial_s: float = Field(1.0, gt=0, le=600)
+    retry_max_s: float = Field(60.0, gt=0, le=3600)
+
+
+class WebSettings(_Frozen):
+    """The web port's API (``/api/...``): loopback callers need no token; others send
+    ``Authorization: Bearer <token>``, the token read from ``token_env``. Unset: the API
+    answers loopback only."""
+
+    token_env: str | None = None
+
+
 class Settings(_Frozen):
     """Everything ``vigil run`` needs."""
 
@@ -109,12 +143,17 @@ class Settings(_Frozen):
     #: that silent gauges are found when no reading comes: a gauge's silence alert is
     #: raised within its rule's ``stale`` + 2 x this of its last reading's evaluation.
     silence_tick_s: float = Field(5.0, ge=0.1, le=60)
+    dispatch: DispatchSettings | None = None
+    web: WebSettings = WebSettings()
 
     @model_validator(mode="after")
     def _files_exist(self) -> Settings:
-        missing = [str(p) for p in (self.stations, *self.rules) if not p.exists()]
+        paths = (self.stations, *self.rules, *([self.dispatch.routes] if self.dispatch else []))
+        missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise ValueError(f"file not found: {', '.join(missing)}")
+        if self.dispatch is not None and self.web_port is None:
+            raise ValueError("dispatch needs web_port: acknowledgements come through it")
         return self
 
     @property
@@ -131,6 +170,9 @@ def _resolve(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         out["rules"] = [str(base / r) if isinstance(r, str) else r for r in out["rules"]]
     elif isinstance(out.get("rules"), str):
         out["rules"] = [str(base / out["rules"])]
+    dispatch = out.get("dispatch")
+    if isinstance(dispatch, dict) and isinstance(dispatch.get("routes"), str):
+        out["dispatch"] = {**dispatch, "routes": str(base / dispatch["routes"])}
     return out
 
 

@@ -159,6 +159,9 @@ class Topology(PartitionStates, TickWriter):
         )
         self.processors: dict[int, PartitionProcessor] = {}
         self.dispatcher = Dispatcher(sinks)
+        #: Called with every record's alert events, in offset order, before its offset
+        #: may be committed (the routing dispatcher, ``engine.runtime.dispatch``).
+        self.alert_listeners: list[Callable[[list[AlertEvent]], None]] = []
         self.app.agent(self.telemetry, name="evaluate", isolated_partitions=True)(self._evaluate)
         self.app.agent(self.alerts, name="dispatch")(self._dispatch)
         self.corroboration = CorroborationStage(self)
@@ -316,6 +319,8 @@ class Topology(PartitionStates, TickWriter):
                     where = f"{message.topic}/{message.partition}@{message.offset}"
                     await self.send_dead_letter(line, f"bad alert event: {exc}", where)
             await self.dispatcher.dispatch_many(events)
+            for listener in self.alert_listeners:
+                listener(events)  # all of them: each listener drops what it has
             mark = watermark_of(record.headers)
             await self.corroboration.route(events, record.message.partition, mark)
 

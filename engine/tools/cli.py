@@ -365,6 +365,9 @@ def _parser() -> argparse.ArgumentParser:
     from engine.tools.dispatch_cli import add_parser as add_dispatch_parser
 
     add_dispatch_parser(sub)
+    from engine.tools.alerts_cli import add_parser as add_alerts_parser
+
+    add_alerts_parser(sub)
     return parser
 
 
@@ -373,6 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "alerts":
+        from engine.tools.alerts_cli import run
+
+        return run(args)
     return int(args.func(args))
 
 

@@ -1,5 +1,6 @@
 """A real HTTP server on a free loopback port that records what it is sent.
 
+``port`` 0 picks a free one (a given port lets a test restart a receiver in place).
 ``answers`` is a queue of ``(status, body)`` to reply with, one per request, then
 ``(200, default_body)``; ``hold`` makes the server wait (for a client's timeout) before
 answering while it is not set.
@@ -36,7 +37,7 @@ class Request:
 class HttpReceiver:
     """``with HttpReceiver() as server: server.url`` -- requests in ``server.requests``."""
 
-    def __init__(self, default_body: bytes = b"{}") -> None:
+    def __init__(self, default_body: bytes = b"{}", port: int = 0) -> None:
         self.requests: list[Request] = []
         self.answers: deque[tuple[int, bytes]] = deque()
         self.default_body = default_body
@@ -71,7 +72,7 @@ class HttpReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"

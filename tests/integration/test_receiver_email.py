@@ -18,8 +18,8 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from connectors.mosquitto import free_port
 
+from connectors.mqtt.mosquitto import free_port
 from connectors.sinks.email import message_id
 from connectors.sinks.receivers import build_receiver
 from engine.contracts.notification import DeliveryError, Notification

@@ -12,8 +12,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from connectors.mosquitto import free_port
 
+from connectors.mqtt.mosquitto import free_port
 from connectors.sinks.receivers import build_receiver
 from engine.contracts.notification import DeliveryError
 from tests.integration.http_receiver import HttpReceiver

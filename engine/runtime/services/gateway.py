@@ -28,6 +28,7 @@ from engine.contracts.alerts import AlertEvent, pack_lines
 from engine.contracts.ruleset import RuleSet
 from engine.evaluation.broker_drops import BrokerDropAlerts
 from engine.runtime.config import Settings
+from engine.runtime.dispatch.wiring import install_dispatch
 from engine.runtime.topology import Topology
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.transport.retention import enforce_retention
@@ -97,6 +98,9 @@ class Gateway:
         app.timer(BROKER_DROPS_CHECK_S)(self.broker_drops.check_clear)
         app.timer(RETENTION_INTERVAL_S)(self._enforce_retention)
         app.on_before_shutdown.connect(self._stop_ingest)
+        self.dispatch = (
+            install_dispatch(settings, self.topology) if settings.dispatch is not None else None
+        )
         self._watched = self._mtimes()
         self.reload_errors: list[str] = []
 

@@ -1,0 +1,1 @@
+"""The dispatcher in the gateway: durable outbox, receivers, the API and signed links."""

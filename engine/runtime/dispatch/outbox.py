@@ -1,0 +1,191 @@
+"""The dispatcher's durable store: its state and the outbox, in one RocksDB.
+
+Why RocksDB (through rocksdict, as the embedded log): one ``WriteBatch`` with a synced
+WAL writes the dispatcher's snapshot *and* the notifications a tick produced in one
+atomic step, and marking an entry done is a keyed delete-and-put, not a rewrite of an
+append-only file. It is its own database (``<data_dir>/dispatch``), not a topic of the
+transport's log, so that the log's format and lock stay the transport's alone.
+
+Contract:
+
+- ``persist(snapshot, notifications)`` stores both atomically and durably (fsync) and
+  returns the new outbox entries; nothing is attempted before this returns.
+- Entries are numbered by one counter (``seq``); per receiver they are delivered in
+  ``seq`` order (``pending(receiver)``), and an entry stays pending until ``done`` or
+  ``park`` moves it, durably. A restart finds every pending entry again, with the same
+  ``Notification.key``: the receiving side drops a key it has seen.
+- ``park`` keeps a permanently refused entry with the reason, for people to see
+  (``parked()``); ``done`` keeps the last ``DONE_KEPT`` delivered entries as history.
+
+Key layout (``seq`` big-endian u64, so byte order is delivery order)::
+
+    b"state"        -> the Dispatcher snapshot (JSON)
+    b"seq"          -> next seq (u64)
+    b"P" seq        -> pending entry (JSON)
+    b"D" seq        -> delivered entry, with ``delivered_at``
+    b"X" seq        -> parked entry, with ``error`` and ``parked_at``
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+from engine.contracts.alerts import AlertEvent
+from engine.contracts.notification import Notification
+
+__all__ = ["DONE_KEPT", "Entry", "Outbox", "decode_notification", "encode_notification"]
+
+_U64 = struct.Struct(">Q")
+#: Delivered entries kept as history (the oldest are dropped beyond this).
+DONE_KEPT = 10_000
+
+
+def encode_notification(n: Notification) -> dict[str, Any]:
+    """``n`` as JSON types; ``decode_notification`` gives it back equal."""
+    return {
+        "key": n.key,
+        "receiver": n.receiver,
+        "status": n.status,
+        "level": n.level,
+        "group_labels": dict(n.group_labels),
+        "alerts": [a.to_dict() for a in n.alerts],
+        "links": dict(n.links),
+        "created_at": n.created_at,
+        "note": n.note,
+    }
+
+
+def decode_notification(data: Mapping[str, Any]) -> Notification:
+    return Notification(
+        key=data["key"],
+        receiver=data["receiver"],
+        status=data["status"],
+        level=data["level"],
+        group_labels=dict(data["group_labels"]),
+        alerts=tuple(AlertEvent.from_dict(dict(a)) for a in data["alerts"]),
+        links=dict(data["links"]),
+        created_at=data["created_at"],
+        note=data["note"],
+    )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One notification in the outbox; ``seq`` is its place in delivery order."""
+
+    seq: int
+    notification: Notification
+
+    def to_dict(self, **extra: Any) -> dict[str, Any]:
+        return {"seq": self.seq, "notification": encode_notification(self.notification), **extra}
+
+
+class Outbox:
+    """The store of one gateway's dispatcher (``path``: a folder it owns)."""
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self._db = Rdict(str(path), options)
+        self._sync = WriteOptions()
+        self._sync.sync = True
+        raw = self._db.get(b"seq")
+        self._next = 0 if raw is None else _U64.unpack(raw)[0]
+        self._done = sum(1 for _ in self._keys(b"D"))
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ---- writing -------------------------------------------------------------------
+
+    def persist(
+        self, snapshot: Mapping[str, Any] | None, notifications: Sequence[Notification] = ()
+    ) -> list[Entry]:
+        """Store the snapshot (if given) and the notifications as pending, atomically
+        and durably; returns their entries in order."""
+        batch = WriteBatch(raw_mode=True)
+        if snapshot is not None:
+            batch.put(b"state", json.dumps(snapshot, separators=(",", ":")).encode())
+        entries = []
+        for n in notifications:
+            entry = Entry(self._next, n)
+            self._next += 1
+            batch.put(b"P" + _U64.pack(entry.seq), _dump(entry.to_dict()))
+            entries.append(entry)
+        batch.put(b"seq", _U64.pack(self._next))
+        self._db.write(batch, self._sync)
+        return entries
+
+    def done(self, entry: Entry, at_ms: int) -> None:
+        """The receiver confirmed ``entry``: it leaves the pending entries, durably."""
+        self._move(entry, b"D", delivered_at=at_ms)
+        self._done += 1
+        if self._done > DONE_KEPT:
+            batch = WriteBatch(raw_mode=True)
+            for key in list(self._keys(b"D"))[: self._done - DONE_KEPT]:
+                batch.delete(key)
+            self._db.write(batch, self._sync)
+            self._done = DONE_KEPT
+
+    def park(self, entry: Entry, error: str, at_ms: int) -> None:
+        """The receiver refused ``entry`` for good: kept aside with the reason."""
+        self._move(entry, b"X", error=error, parked_at=at_ms)
+
+    def _move(self, entry: Entry, prefix: bytes, **extra: Any) -> None:
+        seq = _U64.pack(entry.seq)
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(b"P" + seq)
+        batch.put(prefix + seq, _dump(entry.to_dict(**extra)))
+        self._db.write(batch, self._sync)
+
+    # ---- reading -------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any] | None:
+        raw = self._db.get(b"state")
+        return None if raw is None else dict(json.loads(bytes(raw)))
+
+    def pending(self) -> list[Entry]:
+        """Every entry not yet confirmed nor parked, in delivery order."""
+        return [_entry(raw) for raw in self._values(b"P")]
+
+    def parked(self) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in self._values(b"X")]
+
+    def delivered(self) -> list[dict[str, Any]]:
+        """The delivered entries kept as history, oldest first."""
+        return [json.loads(raw) for raw in self._values(b"D")]
+
+    def _keys(self, prefix: bytes) -> Iterator[bytes]:
+        for key, _ in self._items(prefix):
+            yield key
+
+    def _values(self, prefix: bytes) -> Iterator[bytes]:
+        for _, value in self._items(prefix):
+            yield value
+
+    def _items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        it = self._db.iter()
+        it.seek(prefix)
+        while it.valid():
+            key = bytes(it.key())
+            if not key.startswith(prefix):
+                break
+            yield key, bytes(it.value())
+            it.next()
+
+
+def _dump(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _entry(raw: bytes) -> Entry:
+    data = json.loads(raw)
+    return Entry(data["seq"], decode_notification(data["notification"]))

@@ -1,0 +1,213 @@
+"""The dispatcher running in the gateway: alert events in, notifications out, durably.
+
+``engine.dispatch.Dispatcher`` is pure logic; this wraps it with the wall clock, the
+durable ``Outbox`` and the receivers. Contract (all calls on the event loop, which
+serialises them; none awaits between changing the state and storing it):
+
+- ``receive(events)`` feeds alert events, every one of the alerts topic (the
+  dispatcher's lifecycle drops a transition it has, so a replay after a restart
+  changes nothing). Their offsets may be committed only after ``flush``: the
+  gateway calls it before each commit (``LocalTransport.before_commit``).
+- ``tick()`` (every ``tick_s``) asks the dispatcher what is due and stores the
+  notifications *and* the state that produced them in one synced write, before any
+  is attempted. So after a SIGKILL the restored state has exactly the notifications
+  it made in the outbox: none is lost, none is made twice.
+- One delivery loop per receiver sends its pending entries strictly in order; an
+  entry is marked done when the receiver confirmed it. A retryable failure is
+  retried (exponential backoff from ``retry_initial_s`` to ``retry_max_s``), the same
+  entry first, however long the receiver is away; a permanent one is parked, logged
+  and listed (``GET /api/outbox``), and the loop goes on. Delivery is at least once
+  (a crash between a receiver's confirmation and the mark sends that entry again);
+  the entry's key lets the receiving side drop the repeat.
+- People's actions (``acknowledge``, ``close``, ``add_silence``, ``expire_silence``)
+  are stored before they return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from engine.contracts.alerts import AlertEvent
+from engine.contracts.notification import DeliveryError, Receiver
+from engine.dispatch.clock import Clock
+from engine.dispatch.config import DispatchConfig
+from engine.dispatch.dispatcher import Dispatcher
+from engine.dispatch.lifecycle import AlertState
+from engine.dispatch.silences import Silence
+from engine.runtime.dispatch.links import AckLinks
+from engine.runtime.dispatch.outbox import Entry, Outbox
+
+__all__ = ["DispatchService"]
+
+log = logging.getLogger("vigil.dispatch")
+
+#: Ticks between two stores of a state that produced nothing (the escalation clocks
+#: of hidden alerts move every tick; a restart may lose at most this many ticks of it).
+_IDLE_STORE_TICKS = 10
+
+
+class DispatchService:
+    def __init__(
+        self,
+        config: DispatchConfig,
+        outbox: Outbox,
+        receivers: Mapping[str, Receiver],
+        clock: Clock,
+        *,
+        links: AckLinks | None = None,
+        retry_initial_s: float = 1.0,
+        retry_max_s: float = 60.0,
+    ) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.receivers = dict(receivers)
+        self.clock = clock
+        self.links = links
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.counters: Counter[str] = Counter()
+        url = links.url if links is not None else None
+        snapshot = outbox.snapshot()
+        self.dispatcher = (
+            Dispatcher(config, clock, url)
+            if snapshot is None
+            else Dispatcher.restore(config, clock, snapshot, url)
+        )
+        self._queues: dict[str, deque[Entry]] = {name: deque() for name in self.receivers}
+        self._wake = {name: asyncio.Event() for name in self.receivers}
+        pending = outbox.pending()
+        for entry in pending:
+            self._enqueue(entry)
+        if pending:
+            log.warning("outbox: %d notifications pending from before the restart", len(pending))
+        self._dirty = False
+        self._idle_ticks = 0
+
+    # ---- inputs ----------------------------------------------------------------------
+
+    def receive(self, events: Iterable[AlertEvent]) -> None:
+        for event in events:
+            if self.dispatcher.receive(event):
+                self._dirty = True
+                self.counters["events"] += 1
+
+    def tick(self) -> None:
+        """Store and queue what is due now (call every second)."""
+        notifications = self.dispatcher.tick()
+        self._idle_ticks += 1
+        if notifications or self._dirty or self._idle_ticks >= _IDLE_STORE_TICKS:
+            for entry in self._store(notifications):
+                self._enqueue(entry)
+
+    def flush(self) -> None:
+        """Store the state if it changed (before the alerts' offsets are committed)."""
+        if self._dirty:
+            self._store(())
+
+    async def flush_async(self) -> None:
+        self.flush()
+
+    def _store(self, notifications: Any) -> list[Entry]:
+        entries = self.outbox.persist(self.dispatcher.snapshot(), notifications)
+        self._dirty, self._idle_ticks = False, 0
+        self.counters["notifications"] += len(entries)
+        return entries
+
+    def _enqueue(self, entry: Entry) -> None:
+        queue = self._queues.get(entry.notification.receiver)
+        if queue is None:  # the routing file no longer has it
+            error = f"receiver {entry.notification.receiver!r} is no longer configured"
+            self.outbox.park(entry, error, self.clock.now_ms())
+            log.error("outbox: %s: parked %s", error, entry.notification.key)
+            return
+        queue.append(entry)
+        self._wake[entry.notification.receiver].set()
+
+    # ---- people's actions --------------------------------------------------------------
+
+    def acknowledge(self, fingerprint: str, by: str, note: str = "") -> AlertState:
+        state = self.dispatcher.acknowledge(fingerprint, by, note)
+        self._store(())
+        log.warning("alert %s acknowledged by %s", fingerprint, by)
+        return state
+
+    def close(self, fingerprint: str, by: str, feedback: str) -> AlertState:
+        state = self.dispatcher.close(fingerprint, by, feedback)
+        self._store(())
+        log.warning("alert %s closed by %s", fingerprint, by)
+        return state
+
+    def add_silence(
+        self, matchers: list[str], starts_at: int, ends_at: int, author: str, comment: str
+    ) -> Silence:
+        silence = self.dispatcher.add_silence(matchers, starts_at, ends_at, author, comment)
+        self._store(())
+        return silence
+
+    def expire_silence(self, silence_id: str) -> Silence:
+        silence = self.dispatcher.expire_silence(silence_id)
+        self._store(())
+        return silence
+
+    # ---- delivery ----------------------------------------------------------------------
+
+    def pending(self) -> dict[str, int]:
+        """Receiver -> notifications waiting for it."""
+        return {name: len(q) for name, q in self._queues.items()}
+
+    async def deliver_forever(self) -> None:
+        """The receivers' delivery loops, for the life of the process."""
+        await asyncio.gather(*(self._deliver(name) for name in self.receivers))
+
+    async def _deliver(self, name: str) -> None:
+        receiver, queue, wake = self.receivers[name], self._queues[name], self._wake[name]
+        delay = self.retry_initial_s
+        while True:
+            if not queue:
+                wake.clear()
+                await wake.wait()
+                continue
+            entry = queue[0]
+            key = entry.notification.key
+            try:
+                await receiver.send(entry.notification)
+            except DeliveryError as exc:
+                if not exc.retryable:
+                    queue.popleft()
+                    self.outbox.park(entry, str(exc), self.clock.now_ms())
+                    self.counters["parked"] += 1
+                    log.error("outbox: %s refused for good, parked: %s", key, exc)
+                    continue
+                log.warning("outbox: %s not delivered (%s); again in %.1fs", key, exc, delay)
+            except Exception:  # a receiver's bug must not lose the entry: keep trying
+                log.exception("outbox: %s: unexpected error; again in %.1fs", key, delay)
+            else:
+                queue.popleft()
+                self.outbox.done(entry, self.clock.now_ms())
+                self.counters["delivered"] += 1
+                delay = self.retry_initial_s
+                continue
+            self.counters["retries"] += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry_max_s)
+
+    async def stop(self, delivery: asyncio.Task[None] | None) -> None:
+        """Stop delivering (an entry in flight stays pending: it goes again after the
+        restart, same key), store the state, close the receivers. The outbox stays
+        open: the last offset commit still calls ``flush``; RocksDB's synced WAL needs
+        no close to be durable."""
+        if delivery is not None and not delivery.done():
+            delivery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await delivery
+        self.flush()
+        for receiver in self.receivers.values():
+            try:
+                await receiver.aclose()
+            except Exception:
+                log.exception("receiver %s did not close cleanly", receiver.name)

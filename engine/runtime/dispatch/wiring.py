@@ -1,0 +1,121 @@
+"""``dispatch:`` in the settings -> a ``DispatchService`` running in the gateway.
+
+``install_dispatch(settings, topology)`` reads the routing file, builds its receivers
+(secrets from the environment: a missing one fails at start), opens the outbox in
+``<data_dir>/dispatch`` and hooks the service into the topology: every alert event of
+the alerts topic (``Topology.alert_listeners``), the state stored before each offset
+commit, a tick on the wall clock, one delivery loop per receiver, and the API on the
+web port. One dispatcher for the whole gateway, not one per partition: a basin's
+gauges hash to different partitions, and its group must gather them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from connectors.sinks.common import ReceiverConfigError
+from connectors.sinks.notify_file import NotificationConsole, NotificationFile
+from connectors.sinks.receivers import build_receiver
+from engine.contracts.notification import Receiver
+from engine.dispatch.clock import SystemClock
+from engine.dispatch.config import DispatchConfig, load_dispatch_config
+from engine.runtime.config import ConfigError, Settings
+from engine.runtime.dispatch.api import install_api
+from engine.runtime.dispatch.links import AckLinks
+from engine.runtime.dispatch.outbox import Outbox
+from engine.runtime.dispatch.service import DispatchService
+from engine.runtime.topology import Topology
+from engine.runtime.transport.local import Transport as LocalTransport
+
+__all__ = ["build_receivers", "install_dispatch"]
+
+
+def build_receivers(config: DispatchConfig) -> dict[str, Receiver]:
+    """Every receiver of the routing file; ConfigError listing every problem. A
+    ``jsonl`` receiver's relative ``path`` is against the routing file's folder."""
+    out: dict[str, Receiver] = {}
+    problems: list[str] = []
+    base = Path(config.file).resolve().parent
+    for name, spec in config.receivers.items():
+        settings = spec.settings
+        try:
+            if spec.type == "jsonl":
+                if not isinstance(settings.get("path"), str):
+                    raise ReceiverConfigError(name, [("path", "a file path is required")])
+                out[name] = NotificationFile(name, base / settings["path"])
+            elif spec.type == "console":
+                out[name] = NotificationConsole(name, settings.get("lang", "en"))
+            else:
+                out[name] = build_receiver(name, {"type": spec.type, **settings})
+        except ReceiverConfigError as exc:
+            problems += [f"{config.file}: {line}" for line in str(exc).splitlines()]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return out
+
+
+def _links(settings: Settings) -> AckLinks | None:
+    d = settings.dispatch
+    assert d is not None
+    if d.link_secret_env is None:
+        return None
+    secret = os.environ.get(d.link_secret_env)
+    if not secret:
+        raise ConfigError(
+            f"dispatch.link_secret_env: environment variable {d.link_secret_env} is not set"
+        )
+    base = d.public_url or f"http://127.0.0.1:{settings.web_port}"
+    return AckLinks(secret.encode(), base, int(d.link_ttl_s * 1000))
+
+
+def api_token(settings: Settings) -> str | None:
+    name = settings.web.token_env
+    if name is None:
+        return None
+    token = os.environ.get(name)
+    if not token:
+        raise ConfigError(f"web.token_env: environment variable {name} is not set")
+    return token
+
+
+def install_dispatch(settings: Settings, topology: Topology) -> DispatchService:
+    """Build the service and hook it into ``topology`` (embedded transport only).
+    Raises ``RulesInvalid`` for a bad routing file, ``ConfigError`` otherwise."""
+    d = settings.dispatch
+    assert d is not None
+    config = load_dispatch_config(d.routes)
+    receivers = build_receivers(config)
+    links, token = _links(settings), api_token(settings)
+    outbox = Outbox(settings.data_dir.resolve() / "dispatch")
+    service = DispatchService(
+        config, outbox, receivers, SystemClock(), links=links,
+        retry_initial_s=d.retry_initial_s, retry_max_s=d.retry_max_s,
+    )  # fmt: skip
+    app = topology.app
+    topology.alert_listeners.append(service.receive)
+    transport = app.transport
+    assert isinstance(transport, LocalTransport)
+    transport.before_commit.append(service.flush_async)
+
+    async def tick() -> None:
+        service.tick()
+
+    app.timer(d.tick_s)(tick)
+    delivery: list[asyncio.Task[None]] = []
+
+    async def deliver() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        delivery.append(task)
+        await service.deliver_forever()
+
+    async def stop(app: Any, **kwargs: Any) -> None:
+        await service.stop(delivery[0] if delivery else None)
+
+    app.task(deliver)
+    app.on_before_shutdown.connect(stop)
+    install_api(app.web.web_app.router, service, token)
+    return service
