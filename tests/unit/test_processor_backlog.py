@@ -267,3 +267,75 @@ def test_any_batching_and_interleaving_raises_what_the_replay_raises(case, agg, 
     runner = proc.runner("r")
     assert isinstance(runner, WindowedRunner) and runner.spec.aggregate == agg
     assert win.END_OF_INPUT == END_OF_TIME
+
+
+# ---- a gauge silent from the middle of a window, then its backlog ----------------------
+
+#: A 1-h mean of the water level (m), to cover a mean beside the pack's sums and delta.
+MEAN = ThresholdRule("level_mean", "water_level", ("HZ001", "HZ002", "HZ003"),
+                     np.tile([[3.2, 3.5, 3.9, 4.5]], (3, 1)), window_ms=H, aggregate="mean",
+                     deadband=0.05)  # fmt: skip
+
+
+def _mid_window_outage(silent_from: int, back_at: int) -> tuple[list[Reading], list[Reading]]:
+    """Six hours of 5-min reports from three gauges, a storm over HZ002 from 2.5 h to 3.5 h
+    (6 mm per report, the river up 0.1 m per report); HZ002 is out of coverage for reports
+    ``silent_from .. back_at - 1`` (indices of 5-min steps). Returns (sent live, held)."""
+    live: list[Reading] = []
+    held: list[Reading] = []
+    for k in range(72):
+        t = T0 + k * 5 * M
+        for station in ("HZ001", "HZ002", "HZ003"):
+            storm = station == "HZ002" and 30 <= k < 42
+            rise = 0.1 * min(max(k - 30, 0), 12) if station == "HZ002" else 0.0
+            rows = [(station, "rainfall", t, 6.0 if storm else 0.5),
+                    (station, "water_level", t, 3.0 + rise)]  # fmt: skip
+            (held if station == "HZ002" and silent_from <= k < back_at else live).extend(rows)
+    return live, held
+
+
+@pytest.mark.parametrize(
+    ("silent_from", "back_at", "chunk"),
+    [
+        (27, 54, 0),  # from 2:15 (mid-hour: the 1-h delta and mean) to 4:30, one upload
+        (37, 50, 0),  # from 3:05 (mid-bucket of the 10-min rain sums) to 4:10
+        (37, 50, 6),  # the same, uploaded in chunks of 3 reports between current readings
+        (44, 60, 0),  # from 3:40, after the storm: the levels fall while it is silent
+    ],
+)
+def test_a_backlog_after_a_mid_window_silence_raises_what_the_replay_raises(
+    silent_from: int, back_at: int, chunk: int
+) -> None:
+    from tests.differential.compare import compare
+
+    flood = _flood()
+    ruleset = RuleSet((*flood.rules, MEAN))
+    live, held = _mid_window_outage(silent_from, back_at)
+    lateness = 10 * M  # far shorter than the silence: the other gauges move event time on
+    batches = _live_batches(live)
+    back = next(i for i, b in enumerate(batches) if b[0][2] == T0 + back_at * 5 * M)
+    if chunk:
+        current = [[r] for r in batches[back] if r[0] != "HZ002"]
+        uploads = [held[i : i + chunk] for i in range(0, len(held), chunk)]
+        mixed = [b for pair in zip(uploads, current + [[]] * len(uploads)) for b in pair if b]
+        batches[back : back + 1] = [*mixed, [r for r in batches[back] if r[0] == "HZ002"]]
+    else:
+        batches[back] = held + batches[back]
+    now = [T0]
+    proc = PartitionProcessor(ruleset, lateness_ms=lateness, clock=lambda: now[0])
+    got = [e for e in _run(proc, batches, now) if "health" not in e.labels]
+    rules = {*CHAIN, MEAN.rule_id}
+    got = [e for e in got if e.rule_id in rules]
+    want = [e for e in replay(ruleset, live + held) if e.rule_id in rules]
+    assert {e.rule_id for e in want} >= {"flood.rain_1h", "flood.river_rise_rate", "level_mean"}
+    diff = compare(got, want, until=END_OF_TIME)
+    assert not diff, diff.report()
+    assert _rejected(proc) == [] and [r for r in proc.rejected if MEAN.rule_id in r[4]] == []
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 10_000])
+def test_replay_does_not_depend_on_its_batch_size(batch_size: int) -> None:
+    ruleset = RuleSet((*_flood().rules, MEAN))
+    live, held = _mid_window_outage(27, 54)
+    want = _levels(replay(ruleset, live + held, batch_size=10_000))
+    assert _levels(replay(ruleset, live + held, batch_size=batch_size)) == want
