@@ -153,20 +153,24 @@ def test_a_reading_is_late_only_for_its_own_sensors_closed_window() -> None:
     proc = PartitionProcessor(RuleSet((_sum_rule(("A", "B")),)), lateness_ms=0)
     steps = [
         [("A", 10 * M, 1.0), ("B", 10 * M, 1.0)],
-        [("B", 3 * H, 1.0)],  # A is silent: its first hour closes
-        # A's reading for that hour is late; for its next hours it is on time
+        [("B", 3 * H, 1.0)],  # A is silent: its first hour closes (on 1 mm)
+        # A's buffered reading for that hour reopens it; its next hours are on time
         [("A", 59 * M, 25.0), ("A", 90 * M, 25.0), ("A", 150 * M, 1.0)],
+        # now A has moved on: a reading for its first hour is late for it
+        [("A", 30 * M, 5.0)],
     ]
     events = []
     for offset, rows in enumerate(steps):
         batch = TelemetryBatch.from_rows([(s, "rainfall", t, v) for s, t, v in rows])
         events += proc.process(batch, offset)
     assert proc.rejected == [
-        ("A", "rainfall", 59 * M, 25.0, "late for rule rain: its 60-min window closed already")
+        ("A", "rainfall", 30 * M, 5.0, "late for rule rain: its 60-min window closed already")
     ]
-    assert proc.accepted("rain", "A") == 3
+    assert proc.accepted("rain", "A") == 4
     events += proc.close_windows(END_OF_TIME)
-    assert [(e.station, e.level, e.at) for e in events][:1] == [("A", "yellow", 2 * H)]
+    assert [(e.station, e.level, e.at, e.value) for e in events][:2] == [
+        ("A", "yellow", H, 26.0), ("A", "none", 3 * H, 1.0)
+    ]
 
 
 def test_a_partition_clock_snapshot_restores_with_that_clock_for_every_sensor() -> None:
