@@ -178,6 +178,12 @@ class ClosedWindows(NamedTuple):
     value: npt.NDArray[np.float64]
     n_readings: npt.NDArray[np.int64]
     span_sums: npt.NDArray[np.float64]  # (rows, len(spans)): sums over the last buckets
+    #: Closed by the watermark, the window of its silent sensor's newest bucket: the
+    #: sensor's next reading may reopen it, and it is then emitted again (module doc).
+    provisional: npt.NDArray[np.bool_]
+
+    def rows(self, sel: slice | npt.NDArray[np.intp]) -> ClosedWindows:
+        return ClosedWindows(*(column[sel] for column in self))
 
 
 def new_closed_buffer(rows: int, n_spans: int = 0) -> ClosedWindows:
@@ -189,6 +195,7 @@ def new_closed_buffer(rows: int, n_spans: int = 0) -> ClosedWindows:
         np.empty(rows, dtype=np.float64),
         np.empty(rows, dtype=np.int64),
         np.empty((rows, n_spans), dtype=np.float64),
+        np.empty(rows, dtype=np.bool_),
     )
 
 
@@ -329,11 +336,7 @@ def window_close_until(state: WindowState, spec: WindowSpec, watermark_ms: int) 
             )  # fmt: skip
         state.due[0] = due
     j, state.pending = state.pending, 0
-    c = state.closed
-    out = ClosedWindows(c.sensor[:j], c.window_end[:j], c.value[:j], c.n_readings[:j],
-                        c.span_sums[:j])  # fmt: skip
+    out = state.closed.rows(slice(0, j))
     if j > 1 and not nj.is_ordered(out.window_end, out.sensor):
-        o = np.lexsort((out.sensor, out.window_end))
-        out = ClosedWindows(out.sensor[o], out.window_end[o], out.value[o], out.n_readings[o],
-                            out.span_sums[o])  # fmt: skip
+        out = out.rows(np.lexsort((out.sensor, out.window_end)))
     return out

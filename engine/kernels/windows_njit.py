@@ -5,7 +5,8 @@ State goes in as tuples, so that the argument lists are written once:
 * ``rb``: a sensor ring's fields ``(k, n, a, b, ta, tb)``, each (n_sensors, ring); a
   simple bucket passes ``a`` again for ``b`` and empty arrays for the times;
 * ``geo``: ``(aggregate code, bucket_ms, m, ring, lateness_ms)``;
-* ``out``: the closed windows' columns ``(sensor, window_end, value, count, span_sums)``.
+* ``out``: the closed windows' columns ``(sensor, window_end, value, count, span_sums,
+  provisional)``.
 
 The helpers are inlined (``inline="always"``): numba reference-counts every array an
 actual call passes, which for a dozen arrays costs more than closing a sensor's window.
@@ -103,7 +104,7 @@ def _close_sensor(rb, s, nc, k1, first, last, geo, spans, out, j):  # type: igno
         return j
     kk, nn, aa, bb, ta, tb = rb
     agg, bucket_ms, m, ring, _ = geo
-    o_s, o_e, o_v, o_n, o_x = out
+    o_s, o_e, o_v, o_n, o_x, o_p = out
     inv_ring = 1.0 / ring
     temporal = agg >= TEMPORAL_FROM
     n_spans = spans.shape[0]
@@ -159,6 +160,7 @@ def _close_sensor(rb, s, nc, k1, first, last, geo, spans, out, j):  # type: igno
         o_e[j] = (k + 1) * bucket_ms
         o_v[j] = acc
         o_n[j] = cnt
+        o_p[j] = False
         j += 1
     return j
 
@@ -297,6 +299,8 @@ def close_silent_kernel(rb, clock, geo, spans, watermark, start, due, out, j):  
             j = _close_sensor(rb, s, nc, k1, first, last, geo, spans, out, j)
             next_close[s] = k1
             if k1 == k_stop:
+                # the window of its newest bucket: the sensor may only be holding the rest
+                out[5][j - 1] = watermark < END_OF_INPUT
                 continue
             w0 = k1
         d = max((w0 + 1) * bucket_ms + lateness, silent)

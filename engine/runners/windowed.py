@@ -52,6 +52,10 @@ class WindowedRunner:
         self.episode = np.zeros(0, np.int64)
         self.counted = np.zeros(0, np.int64)
         self.recent = order.new_recent(0)  # per sensor: its newest reading times (ms)
+        #: Windows the watermark closed while their sensor was silent, not yet final:
+        #: sensor -> (window end ms, aggregate, the breach runs (levels' ``since``) before
+        #: the decision if it raised the level, else None: it was not applied). See close().
+        self.held: dict[int, tuple[int, float, list[int] | None]] = {}
         self.rejected: list[Rejected] = []
         self.params = self._params(0)
         self._with_thresholds = 0  # rows of self.params whose thresholds are set
@@ -152,16 +156,74 @@ class WindowedRunner:
         closed, and those of silent sensors with ``end + lateness <= watermark`` (the
         latest event time the partition has seen)."""
         closed = win.window_close_until(self.windows, self.spec, watermark)
-        if len(closed.sensor) == 0:
+        ending = watermark >= win.END_OF_INPUT
+        if len(closed.sensor) == 0 and not (ending and self.held):
             return []
         if self.closed is not None:
             self.closed.extend(
                 zip(closed.sensor.tolist(), closed.window_end.tolist(), closed.value.tolist(),
                     strict=True)
             )  # fmt: skip
-        tr = lv.levels_evaluate(
-            self.levels, self.params, closed.sensor, closed.window_end, closed.value
-        )
+        if not self.held and not closed.provisional.any():
+            return self._evaluate(closed.sensor, closed.window_end, closed.value)
+        return self._close_held(closed, ending)
+
+    def _close_held(self, closed: win.ClosedWindows, ending: bool) -> list[RawTransition]:
+        """Decide closed windows where some are, or were, provisional (the watermark closed
+        them while their sensor was silent; ``engine.kernels.windows``).
+
+        A provisional window may raise its sensor's level at once, on what is known (a
+        warning is never held back), but never lower it: a silence is no evidence that
+        the water went down, and the gauge may be holding the readings that show it did
+        not. Such a decision waits until the window is final: emitted again, after the
+        sensor's backlog reopened it (decided again from the breach runs as they were
+        before, at the level a raise sent: an alert cannot be taken back), or the sensor
+        has moved on to a later window, or the input ends (decided as it was)."""
+        rows: list[tuple[int, int, float, bool]] = []  # (end, sensor, value, provisional)
+        for s, end, value, prov in zip(closed.sensor.tolist(), closed.window_end.tolist(),
+                                       closed.value.tolist(), closed.provisional.tolist(),
+                                       strict=True):  # fmt: skip
+            held = self.held.get(s)
+            if held is not None and end >= held[0]:
+                del self.held[s]
+                if end == held[0] and held[2] is not None:  # reopened, after a raise
+                    self.levels["since"][s] = held[2]
+                elif end > held[0] and held[2] is None:  # final as it was: decide it now
+                    rows.append((held[0], s, held[1], False))
+            rows.append((end, s, value, prov))
+        if ending:
+            rows += [(end, s, value, False) for s, (end, value, since) in self.held.items()
+                     if since is None]  # fmt: skip
+            self.held.clear()
+        rows.sort()
+        final = np.array([r for r in rows if not r[3]], np.float64).reshape(-1, 4)
+        out = self._evaluate(final[:, 1].astype(np.int64), final[:, 0].astype(np.int64),
+                             final[:, 2])  # fmt: skip
+        # A sensor's provisional window is its last row: evaluated after its others.
+        prov_rows = [r for r in rows if r[3]]
+        if prov_rows:
+            s = np.array([r[1] for r in prov_rows], np.int64)
+            before = self.levels[s].copy()
+            raised = self._evaluate(s, np.array([r[0] for r in prov_rows], np.int64),
+                                    np.array([r[2] for r in prov_rows]))  # fmt: skip
+            up = {t.sensor for t in raised if t.to_level > t.from_level}
+            for j, (end, sensor, value, _) in enumerate(prov_rows):
+                if sensor in up:
+                    self.held[sensor] = (end, value, before["since"][j].tolist())
+                else:
+                    self.levels[sensor] = before[j]
+                    self.held[sensor] = (end, value, None)
+            out += [t for t in raised if t.sensor in up]
+            out.sort(key=lambda t: t.at)  # stable: each sensor's in time order
+        return out
+
+    def _evaluate(
+        self,
+        sensor: npt.NDArray[np.int64],
+        end: npt.NDArray[np.int64],
+        value: npt.NDArray[np.float64],
+    ) -> list[RawTransition]:
+        tr = lv.levels_evaluate(self.levels, self.params, sensor, end, value)
         out = []
         for s, f, t, at, v, h, kind in zip(*(a.tolist() for a in tr), strict=True):
             if kind != lv.LEVEL:
@@ -196,6 +258,7 @@ class WindowedRunner:
             "episode": self.episode[:n].tobytes(),
             "counted": self.counted[:n].tobytes(),
             "recent": self.recent[:n].tobytes(),
+            "held": [[s, end, value, since] for s, (end, value, since) in self.held.items()],
             "windows": WINDOWS_FORMAT,
             "buckets": self.windows.buckets[:n].tobytes(),
             "clock": self.windows.clock[:n].tobytes(),
@@ -228,6 +291,11 @@ class WindowedRunner:
             if buckets is not None:
                 self.windows.buckets[i] = buckets[j]
                 self.windows.clock[i] = clock[j]
+        self.held = {
+            rows[s]: (end, value, since)
+            for s, end, value, since in saved.get("held", [])  # older snapshots: none
+            if rows[s] >= 0
+        }
         self.windows.due[0] = NO_TS  # the next close looks at every sensor
 
 
