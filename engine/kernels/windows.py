@@ -182,8 +182,12 @@ class ClosedWindows(NamedTuple):
     #: sensor's next reading may reopen it, and it is then emitted again (module doc).
     provisional: npt.NDArray[np.bool_]
 
-    def rows(self, sel: slice | npt.NDArray[np.intp]) -> ClosedWindows:
-        return ClosedWindows(*(column[sel] for column in self))
+    def rows(self, sel: slice | npt.NDArray[np.intp] | npt.NDArray[np.bool_]) -> ClosedWindows:
+        """The rows ``sel`` selects (a view for a slice)."""
+        return ClosedWindows(
+            self.sensor[sel], self.window_end[sel], self.value[sel], self.n_readings[sel],
+            self.span_sums[sel], self.provisional[sel],
+        )  # fmt: skip
 
 
 def new_closed_buffer(rows: int, n_spans: int = 0) -> ClosedWindows:

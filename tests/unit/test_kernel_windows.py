@@ -72,7 +72,8 @@ def test_a_silence_from_mid_bucket_reopens_the_sliding_window_it_closed() -> Non
     backlog = [(0, H0 + k * 5 * MIN, 3.0) for k in range(5, 12)]
     assert _upd(st_, spec, backlog, wm=H0 + 60 * MIN) == [ACCEPTED] * 7
     out = window_close_until(st_, spec, H0 + 60 * MIN)
-    mine = zip(out.window_end[out.sensor == 0].tolist(), out.value[out.sensor == 0].tolist())
+    mine = zip(out.window_end[out.sensor == 0].tolist(), out.value[out.sensor == 0].tolist(),
+               strict=True)  # fmt: skip
     # up to its own time less the lateness, 0:54: the windows ending 0:30, 0:40, 0:50
     assert list(mine) == [(H0 + 30 * MIN, 8.0), (H0 + 40 * MIN, 12.0), (H0 + 50 * MIN, 16.0)]
 

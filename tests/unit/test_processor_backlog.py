@@ -170,7 +170,8 @@ def test_a_reading_is_late_only_for_its_own_sensors_closed_window() -> None:
     assert proc.accepted("rain", "A") == 4
     events += proc.close_windows(END_OF_TIME)
     assert [(e.station, e.level, e.at, e.value) for e in events][:2] == [
-        ("A", "yellow", H, 26.0), ("A", "none", 3 * H, 1.0)
+        ("A", "yellow", H, 26.0),
+        ("A", "none", 3 * H, 1.0),
     ]
 
 
@@ -281,8 +282,8 @@ def test_any_batching_and_interleaving_raises_what_the_replay_raises(  # type: i
     last = {(runner.sensors.stations[s], end): v for s, end, v in runner.closed}
     windows = {(r.station, r.ts): r.value for r in computed_values(ruleset, readings)}
     assert last.keys() == windows.keys()
-    assert all(math.isclose(last[k], v, rel_tol=1e-9, abs_tol=1e-9) or math.isnan(v)
-               and math.isnan(last[k]) for k, v in windows.items())  # fmt: skip
+    assert all(math.isclose(last[k], v, rel_tol=1e-9, abs_tol=1e-9)
+               or (math.isnan(v) and math.isnan(last[k])) for k, v in windows.items())  # fmt: skip
     assert win.END_OF_INPUT == END_OF_TIME
 
 
@@ -334,7 +335,8 @@ def test_a_backlog_after_a_mid_window_silence_raises_what_the_replay_raises(
     if chunk:
         current = [[r] for r in batches[back] if r[0] != "HZ002"]
         uploads = [held[i : i + chunk] for i in range(0, len(held), chunk)]
-        mixed = [b for pair in zip(uploads, current + [[]] * len(uploads)) for b in pair if b]
+        current += [[]] * (len(uploads) - len(current))
+        mixed = [b for pair in zip(uploads, current, strict=True) for b in pair if b]
         batches[back : back + 1] = [*mixed, [r for r in batches[back] if r[0] == "HZ002"]]
     else:
         batches[back] = held + batches[back]
