@@ -352,9 +352,30 @@ def test_a_backlog_after_a_mid_window_silence_raises_what_the_replay_raises(
     assert _rejected(proc) == [] and [r for r in proc.rejected if MEAN.rule_id in r[4]] == []
 
 
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_window_left_by_a_gap_never_uploaded_is_decided_as_the_replay_decides_it(
+    restart: bool,
+) -> None:
+    """HZ002 falls silent at 3:50, as its levels fall, and never sends what it missed:
+    the windows the watermark closed on what it had sent are final once it reports
+    again (a lowering waits for that), across restarts from snapshots too."""
+    ruleset = RuleSet((*_flood().rules, MEAN))
+    live, _ = _mid_window_outage(46, 60)
+    now = [T0]
+    proc = PartitionProcessor(ruleset, lateness_ms=10 * M, clock=lambda: now[0])
+    got = _run(proc, _live_batches(live), now, restart)
+    rules = {*CHAIN, MEAN.rule_id}
+    want = _levels(replay(ruleset, live), rules)
+    # the 1-h rain sum ending 3:50 (on its last reading, 3:45) lowers its level
+    assert ("flood.rain_1h", "HZ002", "orange", "yellow", T0 + 230 * M) in [w[:5] for w in want]
+    assert _levels(got, rules) == want
+
+
 @pytest.mark.parametrize("batch_size", [1, 7, 10_000])
-def test_replay_does_not_depend_on_its_batch_size(batch_size: int) -> None:
+@pytest.mark.parametrize("uploaded", [True, False])
+def test_replay_does_not_depend_on_its_batch_size(batch_size: int, uploaded: bool) -> None:
     ruleset = RuleSet((*_flood().rules, MEAN))
     live, held = _mid_window_outage(27, 54)
-    want = _levels(replay(ruleset, live + held, batch_size=10_000))
-    assert _levels(replay(ruleset, live + held, batch_size=batch_size)) == want
+    readings = live + held if uploaded else live
+    want = _levels(replay(ruleset, readings, batch_size=10_000))
+    assert _levels(replay(ruleset, readings, batch_size=batch_size)) == want
