@@ -3,7 +3,9 @@ by ``engine.kernels.levels`` (for-duration, deadband) when each window closes.
 
 Each sensor's windows run on its own event time (see ``engine.kernels.windows``): a
 device uploading hours of buffered readings after a coverage gap is evaluated as it
-would have been live, while the other sensors of the partition are current.
+would have been live, while the other sensors of the partition are current. A window
+the watermark closed while its sensor was silent is decided provisionally (a raise at
+once, a lowering once it is final; :meth:`WindowedRunner._close_held`).
 """
 
 from __future__ import annotations
