@@ -1,6 +1,6 @@
 """The compiled loops of :mod:`engine.kernels.windows` (which states their contract).
 
-State goes in as tuples, so that the argument lists are written once:
+The two kernels take their state as tuples, so that the argument lists are written once:
 
 * ``rb``: a sensor ring's fields ``(k, n, a, b, ta, tb)``, each (n_sensors, ring); a
   simple bucket passes ``a`` again for ``b`` and empty arrays for the times;
@@ -10,6 +10,8 @@ State goes in as tuples, so that the argument lists are written once:
 
 The helpers are inlined (``inline="always"``): numba reference-counts every array an
 actual call passes, which for a dozen arrays costs more than closing a sensor's window.
+They take the arrays one by one, unpacked once per kernel call: an array taken out of a
+tuple inside the per-reading loop is reference-counted there, which measured 2-3x slower.
 """
 
 from __future__ import annotations
@@ -59,20 +61,20 @@ def _slot(kb, ring, inv_ring):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, inline="always")
-def _holds(rb, s, kb, slot):  # type: ignore[no-untyped-def]
+def _holds(kk, nn, s, kb, slot):  # type: ignore[no-untyped-def]
     """Whether sensor ``s``'s ring slot ``slot`` holds readings of bucket ``kb``."""
-    return rb[1][s, slot] != 0 and rb[0][s, slot] == np.uint32(kb & 0xFFFFFFFF)
+    return nn[s, slot] != 0 and kk[s, slot] == np.uint32(kb & 0xFFFFFFFF)
 
 
 @njit(cache=True, inline="always")
-def _data_range(rb, s, nc, m, ring, inv_ring):  # type: ignore[no-untyped-def]
+def _data_range(kk, nn, s, nc, m, ring, inv_ring):  # type: ignore[no-untyped-def]
     """First and last bucket holding readings among those of the open windows
     (``nc-m+1 .. nc-m+ring``); (1, 0) when none does."""
     first, last = np.int64(1), np.int64(0)
     kb = nc - m + 1
     slot = _slot(kb, ring, inv_ring)
     for _ in range(ring):
-        if _holds(rb, s, kb, slot):
+        if _holds(kk, nn, s, kb, slot):
             if first > last:
                 first = kb
             last = kb
@@ -83,28 +85,28 @@ def _data_range(rb, s, nc, m, ring, inv_ring):  # type: ignore[no-untyped-def]
     return first, last
 
 
-@njit(cache=True, inline="always")
-def _newest(rb, s, nc, m, ring, inv_ring):  # type: ignore[no-untyped-def]
+@njit(cache=True)  # not inlined: only a reading behind its open windows calls it
+def _newest(kk, nn, s, nc, m, ring, inv_ring):  # type: ignore[no-untyped-def]
     """The newest bucket holding readings of sensor ``s`` from ``nc - m`` on (the oldest
     a watermark's close can leave: at the end of the input), ``nc - m - 1`` if none."""
     kb = nc - m + ring
     while kb >= nc - m:
-        if _holds(rb, s, kb, _slot(kb, ring, inv_ring)):
+        if _holds(kk, nn, s, kb, _slot(kb, ring, inv_ring)):
             return kb
         kb -= 1
     return kb
 
 
 @njit(cache=True, inline="always")
-def _close_sensor(rb, s, nc, k1, first, last, geo, spans, out, j):  # type: ignore[no-untyped-def]
+def _close_sensor(  # type: ignore[no-untyped-def]
+    kk, nn, aa, bb, ta, tb, agg, s, nc, k1, first, last, bucket_ms, m, ring, spans,
+    o_s, o_e, o_v, o_n, o_x, o_p, j,
+):  # fmt: skip
     """Emit sensor ``s``'s windows ``nc .. k1-1`` that hold readings (its buckets
     ``first .. last``, see :func:`_data_range`), from row ``j``; returns the next row.
     At most ``ring`` rows: later windows hold no bucket."""
     if first > last:
         return j
-    kk, nn, aa, bb, ta, tb = rb
-    agg, bucket_ms, m, ring, _ = geo
-    o_s, o_e, o_v, o_n, o_x, o_p = out
     inv_ring = 1.0 / ring
     temporal = agg >= TEMPORAL_FROM
     n_spans = spans.shape[0]
@@ -166,9 +168,8 @@ def _close_sensor(rb, s, nc, k1, first, last, geo, spans, out, j):  # type: igno
 
 
 @njit(cache=True, inline="always")
-def _fold(rb, s, slot, kb, t, v, temporal, agg):  # type: ignore[no-untyped-def]
+def _fold(kk, nn, aa, bb, ta, tb, s, slot, kb, t, v, temporal, agg):  # type: ignore[no-untyped-def]
     """Add reading ``(t, v)`` to sensor ``s``'s bucket ``kb`` (ring slot ``slot``)."""
-    kk, nn, aa, bb, ta, tb = rb
     key = np.uint32(kb & 0xFFFFFFFF)
     if nn[s, slot] == 0 or kk[s, slot] != key:
         kk[s, slot] = key
@@ -202,12 +203,13 @@ def update_kernel(rb, clock, due, geo, spans, batch, watermark, codes, start, ou
     """Readings ``start..`` of ``batch = (sensor, ts, value, quality)``; returns (the first
     reading not done, the next output row). ``clock = (next_close, heard)``. Stops early
     when fewer than ``ring`` output rows are left (the caller grows them)."""
-    kk = rb[0]
+    kk, nn, aa, bb, ta, tb = rb
+    o_s, o_e, o_v, o_n, o_x, o_p = out
     next_close, heard = clock
     sensor, ts, value, quality = batch
     agg, bucket_ms, m, ring, lateness = geo
     n = ts.shape[0]
-    cap = out[0].shape[0]
+    cap = o_s.shape[0]
     inv = 1.0 / bucket_ms
     inv_ring = 1.0 / ring
     temporal = agg >= TEMPORAL_FROM
@@ -235,12 +237,13 @@ def update_kernel(rb, clock, due, geo, spans, batch, watermark, codes, start, ou
                 due[0] = first_due
                 return i, j
             k_own = _bucket(t - lateness, bucket_ms, inv)
-            first, last = _data_range(rb, s, nc, m, ring, inv_ring)
-            j = _close_sensor(rb, s, nc, k_own, first, last, geo, spans, out, j)
+            first, last = _data_range(kk, nn, s, nc, m, ring, inv_ring)
+            j = _close_sensor(kk, nn, aa, bb, ta, tb, agg, s, nc, k_own, first, last, bucket_ms,
+                              m, ring, spans, o_s, o_e, o_v, o_n, o_x, o_p, j)  # fmt: skip
             nc = k_own
             next_close[s] = nc
         kb = _bucket(t, bucket_ms, inv)
-        if kb < nc and nc - m <= _newest(rb, s, nc, m, ring, inv_ring) <= kb:
+        if kb < nc and nc - m <= _newest(kk, nn, s, nc, m, ring, inv_ring) <= kb:
             # Nothing of the sensor's is newer than this bucket: only the watermark closed
             # its windows, while the sensor was silent (its own readings never close the
             # window of their newest bucket). It goes on where it stopped: reopen them.
@@ -254,8 +257,10 @@ def update_kernel(rb, clock, due, geo, spans, batch, watermark, codes, start, ou
                 due[0] = first_due
                 return i, j
             k_room = kb - ring + m
-            first, last = _data_range(rb, s, nc, m, ring, inv_ring)
-            j = _close_sensor(rb, s, nc, k_room, first, last, geo, spans, out, j)
+            first, last = _data_range(kk, nn, s, nc, m, ring, inv_ring)
+            j = _close_sensor(kk, nn, aa, bb, ta, tb, agg, s, nc, k_room, first, last,
+                              bucket_ms, m, ring, spans, o_s, o_e, o_v, o_n, o_x, o_p,
+                              j)  # fmt: skip
             nc = k_room
             next_close[s] = nc
         codes[i] = ACCEPTED
@@ -263,7 +268,7 @@ def update_kernel(rb, clock, due, geo, spans, batch, watermark, codes, start, ou
         w_due = max((max(kb, nc) + 1) * bucket_ms, watermark) + lateness
         if w_due < first_due:
             first_due = w_due
-        _fold(rb, s, _slot(kb, ring, inv_ring), kb, t, v, temporal, agg)
+        _fold(kk, nn, aa, bb, ta, tb, s, _slot(kb, ring, inv_ring), kb, t, v, temporal, agg)
     due[0] = first_due
     return n, j
 
@@ -272,17 +277,19 @@ def update_kernel(rb, clock, due, geo, spans, batch, watermark, codes, start, ou
 def close_silent_kernel(rb, clock, geo, spans, watermark, start, due, out, j):  # type: ignore[no-untyped-def]
     """Close the due windows of silent sensors ``start..``; returns (the first sensor
     not done, the next output row, the next due watermark of the sensors done)."""
+    kk, nn, aa, bb, ta, tb = rb
+    o_s, o_e, o_v, o_n, o_x, o_p = out
     next_close, heard = clock
-    _, bucket_ms, m, ring, lateness = geo
+    agg, bucket_ms, m, ring, lateness = geo
     n_sensors = next_close.shape[0]
-    cap = out[0].shape[0]
+    cap = o_s.shape[0]
     inv_ring = 1.0 / ring
     k_wm = _bucket(watermark - lateness, bucket_ms, 1.0 / bucket_ms)
     for s in range(start, n_sensors):
         nc = next_close[s]
         if nc == NO_TS:
             continue
-        first, last = _data_range(rb, s, nc, m, ring, inv_ring)
+        first, last = _data_range(kk, nn, s, nc, m, ring, inv_ring)
         # Up to the window ending with its newest reading's bucket, not past it: a
         # backlog after the silence must find its own windows open (and reopens that
         # one). A sliding window's tail (later windows, holding only older buckets)
@@ -296,11 +303,12 @@ def close_silent_kernel(rb, clock, geo, spans, watermark, start, due, out, j):  
             if j + ring > cap:
                 return s, j, due
             k1 = min(k_wm, k_stop)
-            j = _close_sensor(rb, s, nc, k1, first, last, geo, spans, out, j)
+            j = _close_sensor(kk, nn, aa, bb, ta, tb, agg, s, nc, k1, first, last, bucket_ms, m,
+                              ring, spans, o_s, o_e, o_v, o_n, o_x, o_p, j)  # fmt: skip
             next_close[s] = k1
             if k1 == k_stop:
                 # the window of its newest bucket: the sensor may only be holding the rest
-                out[5][j - 1] = watermark < END_OF_INPUT
+                o_p[j - 1] = watermark < END_OF_INPUT
                 continue
             w0 = k1
         d = max((w0 + 1) * bucket_ms + lateness, silent)
