@@ -15,7 +15,7 @@ What a gateway meets in the field, and what the generator makes of it:
   and back, so that a sensor has several alert episodes;
 * stations that appear long after the start (installed, or first switched on, mid-run);
 * store-and-forward backlogs: a device out of coverage for up to ``max_backlog_h``
-  (from the top of an hour) uploads its buffered readings, in order, as one JSON list
+  (from any report time) uploads its buffered readings, in order, as one JSON list
   per metric when it is back, before its next live reading (first in, first out);
 * outages: gaps never uploaded (shorter than the rules' ``stale``);
 * duplicates: a message delivered twice (device retries, broker redeliveries), and
@@ -248,12 +248,10 @@ def generate(spec: TrafficSpec, start_ms: int = T0) -> Traffic:
         g = gap(0.5, spec.max_backlog_h)
         if g is None:
             continue
-        # At the top of an hour: a device that falls silent for longer than the
-        # lateness in the middle of a bucket loses, in the window chain, what it sends
-        # later for that bucket (dead-lettered as late: the README's stated limit,
-        # tested in tests/unit/test_processor_backlog.py); the harness checks the rest.
-        sid, g0, g1 = g[0], g[1] - g[1] % HOUR_MS + HOUR_MS, g[2] - g[1] % HOUR_MS + HOUR_MS
-        if g1 > main_end - STEP_MS or not free(sid, g0, g1):
+        # At any report time: a device that falls silent in the middle of a window
+        # has that window decided on what was known, and again when its backlog comes.
+        sid, g0, g1 = g
+        if not free(sid, g0, g1):
             continue
         taken.setdefault(sid, []).append((g0, g1))
         # First in, first out: the buffer goes before the device's next live reading

@@ -41,7 +41,7 @@ N_LEVELS = 4  # blue, yellow, orange, red
 #: (49.7 days), a flat-line run a uint16 of readings.
 MAX_FOR_MS = 2**32 - 1
 MAX_FLAT_N = 2**16 - 1
-#: How the hourly AQI is derived from pollutants (``engine.derive.aqi``).
+#: How the hourly AQI is derived from pollutants (``engine.evaluation.derive.aqi``).
 AqiMethod = Literal["hj633_24h", "cnemc_hourly"]
 DEFAULT_AQI_METHOD: AqiMethod = "hj633_24h"
 
@@ -92,7 +92,8 @@ class ThresholdRule:
     )
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # station -> labels
     lang: Literal["zh", "en"] = "en"  # the summaries' language; level names follow it
-    #: A rule on the derived ``aqi``: the method of its stations' AQI (``engine.derive.aqi``).
+    #: A rule on the derived ``aqi``: the method of its stations' AQI
+    #: (``engine.evaluation.derive.aqi``).
     aqi_method: AqiMethod = DEFAULT_AQI_METHOD
 
     def __post_init__(self) -> None:

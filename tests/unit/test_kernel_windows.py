@@ -46,8 +46,36 @@ def test_late_within_lateness_updates_and_beyond_is_reported() -> None:
     assert out.window_end.tolist() == [T0 + 15 * MIN] * 2
     assert out.value.tolist() == [7.0, 4.0]
     assert out.n_readings.tolist() == [2, 1]
-    # now the window is closed: a reading for it is reported back, not silently dropped
-    assert _upd(st_, spec, [(0, T0 + 3 * MIN, 99.0)]) == [LATE]
+    # the watermark closed it while sensor 0 was silent: its next reading of that window
+    # (a buffered one, nothing of the sensor's being newer) reopens it
+    assert _upd(st_, spec, [(0, T0 + 3 * MIN, 99.0)], wm=T0 + 20 * MIN) == [ACCEPTED]
+    assert len(window_close_until(st_, spec, T0 + 24 * MIN).sensor) == 0  # heard at 20 min
+    out = window_close_until(st_, spec, T0 + 25 * MIN)
+    assert (out.sensor.tolist(), out.value.tolist(), out.n_readings.tolist()) == ([0], [99.0], [3])
+    # once the sensor has a newer reading, a reading for that window is late: reported
+    # back, not silently dropped
+    assert _upd(st_, spec, [(0, T0 + 16 * MIN, 2.0), (0, T0 + 4 * MIN, 5.0)]) == [ACCEPTED, LATE]
+
+
+def test_a_silence_from_mid_bucket_reopens_the_sliding_window_it_closed() -> None:
+    spec = WindowSpec(bucket_ms=10 * MIN, aggregate="sum", buckets_per_window=3, lateness_ms=MIN)
+    st_ = new_window_state(2, spec)
+    H0 = T0 - T0 % (60 * MIN)  # an hour boundary
+    _upd(st_, spec, [(0, H0 + k * 5 * MIN, 1.0) for k in range(5)], wm=H0 + 20 * MIN)
+    # sensor 0 falls silent at 0:20 (its bucket 0:20-0:30 holds one reading of two);
+    # sensor 1 moves event time on: the window ending 0:30 closes on what is known
+    _upd(st_, spec, [(1, H0 + 60 * MIN, 0.0)])
+    out = window_close_until(st_, spec, H0 + 60 * MIN)
+    assert out.window_end[out.sensor == 0].tolist() == [H0 + k * 10 * MIN for k in (1, 2, 3)]
+    assert out.value[out.sensor == 0].tolist() == [2.0, 4.0, 5.0]
+    # its buffered 0:25 .. 0:55, uploaded at 1:00: the window ending 0:30 again, complete
+    backlog = [(0, H0 + k * 5 * MIN, 3.0) for k in range(5, 12)]
+    assert _upd(st_, spec, backlog, wm=H0 + 60 * MIN) == [ACCEPTED] * 7
+    out = window_close_until(st_, spec, H0 + 60 * MIN)
+    mine = zip(out.window_end[out.sensor == 0].tolist(), out.value[out.sensor == 0].tolist(),
+               strict=True)  # fmt: skip
+    # up to its own time less the lateness, 0:54: the windows ending 0:30, 0:40, 0:50
+    assert list(mine) == [(H0 + 30 * MIN, 8.0), (H0 + 40 * MIN, 12.0), (H0 + 50 * MIN, 16.0)]
 
 
 def test_silent_sensor_window_closes_and_failed_readings_are_excluded() -> None:

@@ -47,9 +47,11 @@ def test_both_clauses_for_ten_minutes_raise_orange_and_clear_when_one_stops(floo
     assert events[[e.rule_id for e in events].index("flood.level_with_rain")].summary.startswith(
         "示例一号站 Demo gauge 1 (HZ001) above warning level"
     )
-    # The next hour is dry: its window closes at 2 h and the rain clause stops holding.
+    # The next hour is dry: its window closes at 2 h (the gauge's 2 h report: a gauge
+    # only silent when the watermark passes might still send the hour's rain) and the
+    # rain clause stops holding.
     later = [("HZ001", "water_level", H + k * 5 * M, 4.8) for k in range(4, 13)]
-    later += [("HZ001", "rainfall", H + k * 5 * M, 0.0) for k in range(12)]
+    later += [("HZ001", "rainfall", H + k * 5 * M, 0.0) for k in range(13)]
     for offset, row in enumerate(sorted(later, key=lambda r: r[2]), start=100):
         events += proc.process(TelemetryBatch.from_rows([row]), offset)
     assert _compound(events)[1:] == [("HZ001", "orange", "none", 2 * H)]

@@ -19,26 +19,31 @@ window closes
   ``window_end + lateness_ms`` (:func:`window_close_until`). Silent: nothing heard from
   the sensor while the watermark advanced by ``lateness_ms`` (with no lateness, at once).
   The watermark closes its windows up to the one ending with its newest reading's
-  bucket, and no further: the backlog a silent device uploads later still finds its
-  later windows open. A sliding window's *tail* (the windows after that one, which hold
-  only older buckets and would only shrink) waits for the sensor's own readings, or for
-  :data:`END_OF_INPUT`: a gap must not evaluate them without the data the device is
-  still holding, and a gauge that fell silent must not be cleared by its data ageing.
+  bucket, and no further. A sliding window's *tail* (the windows after that one, which
+  hold only older buckets and would only shrink) waits for the sensor's own readings,
+  or for :data:`END_OF_INPUT`: a gap must not evaluate them without the data the device
+  is still holding, and a gauge that fell silent must not be cleared by its data ageing.
 
-Hence, for readings in each sensor's own order, the windows (and levels) equal those of
-an event-time-sorted run without lateness, however they are batched and interleaved with
-other sensors', except where a sensor falls silent for longer than the lateness in the
-middle of a bucket: what it sends later for that bucket misses the windows the
-watermark closed meanwhile (LATE when all of its windows did). Live, no engine can tell
-such a sensor from one that fell silent for good.
+A watermark's close is *provisional*: the window ending with the silent sensor's newest
+bucket is emitted on time (a gauge that is quiet, or gone, is still decided), but its
+buckets stay, and the sensor's next reading of that bucket or a later one (nothing of
+the sensor's being newer) *reopens* the windows that hold it: the device was only
+holding its readings. Such a window is emitted again when it closes again, with what the
+backlog added. The sensor's own readings never close the window of their newest bucket,
+so reopening never undoes a close that the sensor's own time made.
+
+Hence, for readings in each sensor's own order, every window's last emission equals that
+of an event-time-sorted run without lateness, however the readings are batched and
+interleaved with other sensors'; where a sensor fell silent mid-window, the window was
+also emitted before, with the readings then known (what a live engine had to decide on).
 
 :func:`window_update` adds readings (any order; a sensor's own order is what counts)
 and returns a code per reading:
 
 - ``ACCEPTED`` (0): added; this includes a reading behind its sensor's newest whose
-  window is still open (within the allowed lateness);
+  window is still open (within the allowed lateness), and one that reopens windows;
 - ``LATE`` (1): every window the reading belongs to is closed *for its sensor* (by its
-  own later readings, or while it was silent); dead-letter it;
+  own later readings, or while it was silent and it has newer readings); dead-letter it;
 - ``EXCLUDED`` (3): NaN value, or QC flag FAIL or MISSING; SUSPECT readings are used.
   Excluded readings do not move the sensor's clock.
 
@@ -49,11 +54,13 @@ ring (a ring shorter than the default closes the oldest windows early instead).
 Closed windows: the update keeps those its readings closed; :func:`window_close_until`
 adds those the watermark closes and returns them all, ordered by
 ``(window_end, sensor)`` (so each sensor's in time order, as
-:mod:`engine.evaluation.kernels.levels` needs). Call it after each batch with the partition's
-watermark; it costs O(1) when no silent sensor's window is due, and one pass over the
-state when one may be (about once per bucket for sensors that report on time; about
-once per lateness while a sensor runs behind the partition). The update is O(1) per
-reading plus O(m) per window closed: each bucket is aggregated once per window it is in.
+:mod:`engine.evaluation.kernels.levels` needs, which takes a window emitted again at its end as a
+new decision). Call it after each batch with the partition's watermark; it costs O(1)
+when no silent sensor's window is due, and one pass over the state when one may be
+(about once per bucket for sensors that report on time; about once per lateness while
+a sensor runs behind the partition). The update is O(1) per reading plus O(m) per
+window closed (each bucket is aggregated once per window it is in), and O(ring) for a
+reading older than its sensor's open windows.
 
 Aggregates: ``sum``, ``mean``, ``count``, ``min``, ``max`` (the "simple" ones, 16-byte
 buckets) and ``first``, ``last`` (by event time; a tie goes to the later arrival),
@@ -65,7 +72,7 @@ last ``spans[i]`` buckets (``new_window_state(spans=...)``; rainfall's 1/3/6/24 
 State (plain arrays, checkpointable): one record per sensor, its ``clock``
 (``CLOCK_DTYPE``) then its ``buckets`` (a ring of one of the bucket dtypes), so that a
 reading touches one place in memory. A tumbling ``max`` rule with the default ring of 2
-costs 48 bytes per sensor.
+costs 48 bytes per sensor. The compiled loops are in :mod:`engine.evaluation.kernels.windows_njit`.
 """
 
 from __future__ import annotations
@@ -75,17 +82,10 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
 
-from engine.evaluation.kernels._common import (
-    MS_PER_HOUR,
-    NO_TS,
-    Q_FAIL,
-    Q_MISSING,
-    TS_MAX,
-    check_sensors,
-)
-from engine.evaluation.kernels._prefetch import PREFETCH_AHEAD, prefetch, prefetch2
+from engine.evaluation.kernels import windows_njit as nj
+from engine.evaluation.kernels._common import NO_TS, TS_MAX, check_sensors
+from engine.evaluation.kernels.windows_njit import ACCEPTED, END_OF_INPUT, EXCLUDED, LATE
 
 __all__ = [
     "ACCEPTED",
@@ -104,12 +104,6 @@ __all__ = [
     "window_update",
 ]
 
-ACCEPTED, LATE, EXCLUDED = 0, 1, 3
-
-#: A watermark at or past this (ms) ends the input (``engine.tools.replay``'s flush): every
-#: window closes, the tails of silent sensors' sliding windows too.
-END_OF_INPUT = 2**62
-
 Aggregate = Literal["sum", "mean", "count", "min", "max", "first", "last", "delta", "rate"]
 AGGREGATES: tuple[Aggregate, ...] = (
     "sum",
@@ -122,8 +116,6 @@ AGGREGATES: tuple[Aggregate, ...] = (
     "delta",
     "rate",
 )
-_SUM, _MEAN, _COUNT, _MIN, _MAX, _FIRST, _LAST, _DELTA, _RATE = range(9)
-_TEMPORAL_FROM = _FIRST
 
 SIMPLE_BUCKET = np.dtype([("k", "u4"), ("n", "u4"), ("a", "f8")])
 TEMPORAL_BUCKET = np.dtype(
@@ -173,7 +165,7 @@ class WindowSpec:
 
     @property
     def bucket_dtype(self) -> np.dtype[np.void]:
-        return TEMPORAL_BUCKET if self.agg_code >= _TEMPORAL_FROM else SIMPLE_BUCKET
+        return TEMPORAL_BUCKET if self.agg_code >= nj.TEMPORAL_FROM else SIMPLE_BUCKET
 
     @property
     def bytes_per_sensor(self) -> int:
@@ -186,6 +178,16 @@ class ClosedWindows(NamedTuple):
     value: npt.NDArray[np.float64]
     n_readings: npt.NDArray[np.int64]
     span_sums: npt.NDArray[np.float64]  # (rows, len(spans)): sums over the last buckets
+    #: Closed by the watermark, the window of its silent sensor's newest bucket: the
+    #: sensor's next reading may reopen it, and it is then emitted again (module doc).
+    provisional: npt.NDArray[np.bool_]
+
+    def rows(self, sel: slice | npt.NDArray[np.intp] | npt.NDArray[np.bool_]) -> ClosedWindows:
+        """The rows ``sel`` selects (a view for a slice)."""
+        return ClosedWindows(
+            self.sensor[sel], self.window_end[sel], self.value[sel], self.n_readings[sel],
+            self.span_sums[sel], self.provisional[sel],
+        )  # fmt: skip
 
 
 def new_closed_buffer(rows: int, n_spans: int = 0) -> ClosedWindows:
@@ -197,6 +199,7 @@ def new_closed_buffer(rows: int, n_spans: int = 0) -> ClosedWindows:
         np.empty(rows, dtype=np.float64),
         np.empty(rows, dtype=np.int64),
         np.empty((rows, n_spans), dtype=np.float64),
+        np.empty(rows, dtype=np.bool_),
     )
 
 
@@ -260,9 +263,8 @@ def grow_window_state(state: WindowState, n_sensors: int) -> WindowState:
     return WindowState(record, state.spans, state.due, state.closed, state.pending)
 
 
-def bucket_fields(
-    state: WindowState,
-) -> tuple[npt.NDArray[np.generic], ...]:
+def _ring(state: WindowState) -> tuple[npt.NDArray[np.generic], ...]:
+    """The ring's fields, as :mod:`engine.evaluation.kernels.windows_njit` takes them."""
     b = state.buckets
     if b.dtype == TEMPORAL_BUCKET:
         return b["k"], b["n"], b["a"], b["b"], b["ta"], b["tb"]
@@ -271,6 +273,15 @@ def bucket_fields(
 
 
 _NO_T = np.zeros((0, 0), dtype=np.int64)[:, :]
+
+
+def _clock(state: WindowState) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    return state.clock["next_close"], state.clock["heard"]
+
+
+def _geo(spec: WindowSpec) -> tuple[int, int, int, int, int]:
+    return (spec.agg_code, spec.bucket_ms, spec.buckets_per_window, spec.ring_size,
+            spec.lateness_ms)  # fmt: skip
 
 
 def _reserve(state: WindowState, rows: int) -> None:
@@ -308,27 +319,10 @@ def window_update(
     while i < n:
         # one reading closes at most `ring` windows: room for that many, grown on demand
         _reserve(state, spec.ring_size)
-        i, state.pending = _update_kernel(
-            *bucket_fields(state),
-            state.clock["next_close"],
-            state.clock["heard"],
-            state.due,
-            spec.agg_code,
-            spec.bucket_ms,
-            spec.buckets_per_window,
-            spec.ring_size,
-            spec.lateness_ms,
-            state.spans,
-            sensor,
-            ts,
-            value,
-            quality,
-            wm,
-            codes,
-            i,
-            *state.closed,
-            state.pending,
-        )
+        i, state.pending = nj.update_kernel(
+            _ring(state), _clock(state), state.due, _geo(spec), state.spans,
+            (sensor, ts, value, quality), wm, codes, i, tuple(state.closed), state.pending,
+        )  # fmt: skip
     return codes
 
 
@@ -340,332 +334,13 @@ def window_close_until(state: WindowState, spec: WindowSpec, watermark_ms: int) 
         s, due = 0, TS_MAX
         while s < len(state.buckets):
             _reserve(state, spec.ring_size)
-            s, state.pending, due = _close_silent_kernel(
-                *bucket_fields(state),
-                state.clock["next_close"],
-                state.clock["heard"],
-                spec.agg_code,
-                spec.bucket_ms,
-                spec.buckets_per_window,
-                spec.ring_size,
-                spec.lateness_ms,
-                state.spans,
-                watermark_ms,
-                s,
-                due,
-                *state.closed,
-                state.pending,
-            )
+            s, state.pending, due = nj.close_silent_kernel(
+                _ring(state), _clock(state), _geo(spec), state.spans, watermark_ms, s, due,
+                tuple(state.closed), state.pending,
+            )  # fmt: skip
         state.due[0] = due
     j, state.pending = state.pending, 0
-    c = state.closed
-    out = ClosedWindows(c.sensor[:j], c.window_end[:j], c.value[:j], c.n_readings[:j],
-                        c.span_sums[:j])  # fmt: skip
-    if j > 1 and not _is_ordered(out.window_end, out.sensor):
-        o = np.lexsort((out.sensor, out.window_end))
-        out = ClosedWindows(out.sensor[o], out.window_end[o], out.value[o], out.n_readings[o],
-                            out.span_sums[o])  # fmt: skip
+    out = state.closed.rows(slice(0, j))
+    if j > 1 and not nj.is_ordered(out.window_end, out.sensor):
+        out = out.rows(np.lexsort((out.sensor, out.window_end)))
     return out
-
-
-@njit(cache=True)
-def _is_ordered(end, sensor):  # type: ignore[no-untyped-def]
-    for i in range(1, end.shape[0]):
-        if end[i] < end[i - 1] or (end[i] == end[i - 1] and sensor[i] < sensor[i - 1]):
-            return False
-    return True
-
-
-@njit(cache=True, inline="always")
-def _bucket(t, bucket_ms, inv):  # type: ignore[no-untyped-def]
-    # two 64-bit integer divisions per reading cost more than the rest of the loop: the
-    # bucket comes from a float multiply, corrected by one step (|t| < 2**53 is exact)
-    kb = np.int64(np.floor(t * inv))
-    if kb * bucket_ms > t:
-        kb -= 1
-    elif (kb + 1) * bucket_ms <= t:
-        kb += 1
-    return kb
-
-
-@njit(cache=True, inline="always")
-def _slot(kb, ring, inv_ring):  # type: ignore[no-untyped-def]
-    """``kb % ring`` (the bucket's place in a sensor's ring), without a division."""
-    r = kb - np.int64(kb * inv_ring) * ring
-    if r < 0:
-        r += ring
-    elif r >= ring:
-        r -= ring
-    return r
-
-
-@njit(cache=True, inline="always")
-def _data_range(kk, nn, s, nc, m, ring, inv_ring):  # type: ignore[no-untyped-def]
-    """First and last bucket holding readings among those of the open windows
-    (``nc-m+1 .. nc-m+ring``); (1, 0) when none does."""
-    first, last = np.int64(1), np.int64(0)
-    kb = nc - m + 1
-    slot = _slot(kb, ring, inv_ring)
-    for _ in range(ring):
-        if nn[s, slot] != 0 and kk[s, slot] == np.uint32(kb & 0xFFFFFFFF):
-            if first > last:
-                first = kb
-            last = kb
-        kb += 1
-        slot += 1
-        if slot == ring:
-            slot = 0
-    return first, last
-
-
-# inlined: a call passing a dozen arrays costs more than closing one sensor's window
-@njit(cache=True, inline="always")
-def _close_sensor(  # type: ignore[no-untyped-def]
-    kk, nn, aa, bb, ta, tb, agg, s, nc, k1, first, last, bucket_ms, m, ring, inv_ring, spans,
-    o_s, o_e, o_v, o_n, o_x, j,
-):  # fmt: skip
-    """Emit sensor ``s``'s windows ``nc .. k1-1`` that hold readings (its buckets
-    ``first .. last``, see :func:`_data_range`), from row ``j``; returns the next row.
-    At most ``ring`` rows: later windows hold no bucket."""
-    if first > last:
-        return j
-    temporal = agg >= _TEMPORAL_FROM
-    n_spans = spans.shape[0]
-    for k in range(max(nc, first), min(k1, last + m)):
-        cnt = 0
-        acc = 0.0
-        fa = 0.0
-        fb = 0.0
-        t0 = 0
-        t1 = 0
-        for x in range(n_spans):
-            o_x[j, x] = 0.0
-        kb = k - m + 1
-        slot = _slot(kb, ring, inv_ring)
-        for _ in range(m):
-            c = nn[s, slot]
-            if c != 0 and kk[s, slot] == np.uint32(kb & 0xFFFFFFFF):
-                x = aa[s, slot]
-                if cnt == 0:
-                    acc = x
-                    if temporal:
-                        fa = x
-                        t0 = ta[s, slot]
-                elif agg == _MIN:
-                    acc = min(acc, x)
-                elif agg == _MAX:
-                    acc = max(acc, x)
-                elif not temporal:
-                    acc += x
-                if temporal:
-                    fb = bb[s, slot]
-                    t1 = tb[s, slot]
-                for y in range(n_spans):
-                    if k - kb < spans[y]:
-                        o_x[j, y] += x
-                cnt += c
-            kb += 1
-            slot += 1
-            if slot == ring:
-                slot = 0
-        if cnt == 0:
-            continue
-        if agg == _MEAN:
-            acc = acc / cnt
-        elif agg == _COUNT:
-            acc = float(cnt)
-        elif agg == _FIRST:
-            acc = fa
-        elif agg == _LAST:
-            acc = fb
-        elif agg == _DELTA:
-            acc = fb - fa
-        elif agg == _RATE:
-            acc = (fb - fa) / (t1 - t0) * MS_PER_HOUR if t1 > t0 else np.nan
-        o_s[j] = s
-        o_e[j] = (k + 1) * bucket_ms
-        o_v[j] = acc
-        o_n[j] = cnt
-        j += 1
-    return j
-
-
-@njit(cache=True)
-def _update_kernel(  # type: ignore[no-untyped-def]
-    kk,
-    nn,
-    aa,
-    bb,
-    ta,
-    tb,
-    next_close,
-    heard,
-    due,
-    agg,
-    bucket_ms,
-    m,
-    ring,
-    lateness,
-    spans,
-    sensor,
-    ts,
-    value,
-    quality,
-    watermark,
-    codes,
-    start,
-    o_s,
-    o_e,
-    o_v,
-    o_n,
-    o_x,
-    j,
-):
-    """Readings ``start..``; returns (the first reading not done, the next output row).
-    Stops early when fewer than ``ring`` output rows are left (the caller grows them)."""
-    n = ts.shape[0]
-    cap = o_s.shape[0]
-    inv = 1.0 / bucket_ms
-    inv_ring = 1.0 / ring
-    temporal = agg >= _TEMPORAL_FROM
-    first_due = due[0]
-    for i in range(start, n):
-        if i + PREFETCH_AHEAD < n:
-            ahead = sensor[i + PREFETCH_AHEAD]
-            prefetch2(kk, ahead, 0)
-            prefetch2(kk, ahead, ring - 1)
-            prefetch(next_close, ahead)  # the clock record: next_close and heard
-        s = sensor[i]
-        heard[s] = watermark
-        v = value[i]
-        q = quality[i]
-        if q in (Q_FAIL, Q_MISSING) or np.isnan(v):
-            codes[i] = EXCLUDED
-            continue
-        t = ts[i]
-        nc = next_close[s]
-        if nc == NO_TS:  # its first reading starts the sensor's clock
-            nc = _bucket(t - lateness, bucket_ms, inv)
-            next_close[s] = nc
-        elif t - lateness >= (nc + 1) * bucket_ms:  # its own time closes window nc (and on)
-            if j + ring > cap:
-                due[0] = first_due
-                return i, j
-            k_own = _bucket(t - lateness, bucket_ms, inv)
-            first, last = _data_range(kk, nn, s, nc, m, ring, inv_ring)
-            j = _close_sensor(kk, nn, aa, bb, ta, tb, agg, s, nc, k_own, first, last,
-                              bucket_ms, m, ring, inv_ring, spans, o_s, o_e, o_v, o_n, o_x,
-                              j)  # fmt: skip
-            nc = k_own
-            next_close[s] = nc
-        kb = _bucket(t, bucket_ms, inv)
-        if kb + m - 1 < nc:
-            codes[i] = LATE
-            continue
-        if kb > nc - m + ring:  # only with a ring shorter than the default: make room
-            if j + ring > cap:
-                due[0] = first_due
-                return i, j
-            k_room = kb - ring + m
-            first, last = _data_range(kk, nn, s, nc, m, ring, inv_ring)
-            j = _close_sensor(kk, nn, aa, bb, ta, tb, agg, s, nc, k_room, first, last,
-                              bucket_ms, m, ring, inv_ring, spans, o_s, o_e, o_v, o_n, o_x,
-                              j)  # fmt: skip
-            nc = k_room
-            next_close[s] = nc
-        codes[i] = ACCEPTED
-        # the earliest watermark that may close this reading's first open window
-        w_due = max((max(kb, nc) + 1) * bucket_ms, watermark) + lateness
-        if w_due < first_due:
-            first_due = w_due
-        slot = _slot(kb, ring, inv_ring)
-        key = np.uint32(kb & 0xFFFFFFFF)
-        if nn[s, slot] == 0 or kk[s, slot] != key:
-            kk[s, slot] = key
-            nn[s, slot] = 1
-            aa[s, slot] = v
-            if temporal:
-                bb[s, slot] = v
-                ta[s, slot] = t
-                tb[s, slot] = t
-            continue
-        nn[s, slot] += 1
-        if temporal:
-            if t < ta[s, slot]:
-                aa[s, slot] = v
-                ta[s, slot] = t
-            if t >= tb[s, slot]:
-                bb[s, slot] = v
-                tb[s, slot] = t
-        elif agg == _MIN:
-            if v < aa[s, slot]:
-                aa[s, slot] = v
-        elif agg == _MAX:
-            if v > aa[s, slot]:
-                aa[s, slot] = v
-        else:
-            aa[s, slot] += v
-    due[0] = first_due
-    return n, j
-
-
-@njit(cache=True)
-def _close_silent_kernel(  # type: ignore[no-untyped-def]
-    kk,
-    nn,
-    aa,
-    bb,
-    ta,
-    tb,
-    next_close,
-    heard,
-    agg,
-    bucket_ms,
-    m,
-    ring,
-    lateness,
-    spans,
-    watermark,
-    start,
-    due,
-    o_s,
-    o_e,
-    o_v,
-    o_n,
-    o_x,
-    j,
-):
-    """Close the due windows of silent sensors ``start..``; returns (the first sensor
-    not done, the next output row, the next due watermark of the sensors done)."""
-    n_sensors = next_close.shape[0]
-    cap = o_s.shape[0]
-    inv_ring = 1.0 / ring
-    k_wm = _bucket(watermark - lateness, bucket_ms, 1.0 / bucket_ms)
-    for s in range(start, n_sensors):
-        nc = next_close[s]
-        if nc == NO_TS:
-            continue
-        first, last = _data_range(kk, nn, s, nc, m, ring, inv_ring)
-        # Up to the window ending with its newest reading's bucket, not past it: a
-        # backlog after the silence must find its own windows open. A sliding window's
-        # tail (later windows, holding only older buckets) waits for the sensor's own
-        # time, or the end of the input.
-        k_stop = last + m if watermark >= END_OF_INPUT else last + 1
-        w0 = max(nc, first)  # its first window holding a reading
-        if first > last or w0 >= k_stop:
-            continue  # nothing the watermark may close: only its next reading matters
-        silent = heard[s] + lateness  # the watermark at which it counts as silent
-        if w0 < k_wm and silent <= watermark:
-            if j + ring > cap:
-                return s, j, due
-            k1 = min(k_wm, k_stop)
-            j = _close_sensor(kk, nn, aa, bb, ta, tb, agg, s, nc, k1, first, last, bucket_ms,
-                              m, ring, inv_ring, spans, o_s, o_e, o_v, o_n, o_x, j)  # fmt: skip
-            next_close[s] = k1
-            if k1 == k_stop:
-                continue
-            w0 = k1
-        d = max((w0 + 1) * bucket_ms + lateness, silent)
-        if d < due:
-            due = d
-    return n_sensors, j, due

@@ -2,7 +2,9 @@
 
 Keeps every accepted reading per sensor in a list and computes each closed window's
 aggregate with NumPy over the readings whose bucket lies in the window: no ring, no
-incremental merge, so it shares nothing with the kernel but the contract.
+incremental merge, so it shares nothing with the kernel but the contract (a window
+the watermark closed reopens for its sensor's next reading if nothing of the sensor's
+is newer, and is emitted again when it closes again).
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ class WindowsReference:
             elif (t - late) // b_ms > self.next_close[s]:
                 self._close(s, (t - late) // b_ms)
             b = t // b_ms
+            newest = max((r[0] for r in self.kept[s]), default=None)
+            if b < self.next_close[s] and newest is not None and newest <= b:
+                # Only the watermark closes the window of a sensor's newest bucket (while
+                # it is silent): a reading of that bucket or a later one reopens the
+                # windows holding it. At the end of the input it may have closed up to
+                # newest + m - 1.
+                assert self.next_close[s] - m <= newest
+                self.next_close[s] = b
             # the newest window holding bucket b ends at b + m - 1
             if b + m - 1 < self.next_close[s]:
                 codes.append(LATE)

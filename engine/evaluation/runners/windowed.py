@@ -3,7 +3,9 @@ by ``engine.evaluation.kernels.levels`` (for-duration, deadband) when each windo
 
 Each sensor's windows run on its own event time (see ``engine.evaluation.kernels.windows``): a
 device uploading hours of buffered readings after a coverage gap is evaluated as it
-would have been live, while the other sensors of the partition are current.
+would have been live, while the other sensors of the partition are current. A window
+the watermark closed while its sensor was silent is decided provisionally (a raise at
+once, a lowering once it is final; :meth:`WindowedRunner._close_held`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ class WindowedRunner:
         self.episode = np.zeros(0, np.int64)
         self.counted = np.zeros(0, np.int64)
         self.recent = order.new_recent(0)  # per sensor: its newest reading times (ms)
+        #: Windows the watermark closed while their sensor was silent, not yet final:
+        #: sensor -> (window end ms, aggregate, the breach runs (levels' ``since``) before
+        #: the decision if it raised the level, else None: it was not applied). See close().
+        self.held: dict[int, tuple[int, float, list[int] | None]] = {}
+        self.held_end = np.zeros(0, np.int64)  # per sensor: its held window's end, or NO_TS
+        self._moved: set[int] = set()  # held sensors with a reading past their window
         self.rejected: list[Rejected] = []
         self.params = self._params(0)
         self._with_thresholds = 0  # rows of self.params whose thresholds are set
@@ -81,6 +89,7 @@ class WindowedRunner:
             self.episode = np.concatenate([self.episode, np.zeros(grown, np.int64)])
             self.counted = np.concatenate([self.counted, np.zeros(grown, np.int64)])
             self.recent = np.concatenate([self.recent, order.new_recent(grown)])
+            self.held_end = np.concatenate([self.held_end, np.full(grown, NO_TS)])
             self.windows = win.grow_window_state(self.windows, size)
             thresholds = np.full((size, 4), np.nan)
             thresholds[: len(self.params.thresholds)] = self.params.thresholds
@@ -130,6 +139,10 @@ class WindowedRunner:
             codes = win.window_update(self.windows, self.spec, sensor, ts, value, quality,
                                       watermark)  # fmt: skip
             np.add.at(self.counted, sensor[codes == win.ACCEPTED], 1)
+            if self.held:  # a held window is final once its sensor has a later reading
+                end = self.held_end[sensor]
+                moved = (codes == win.ACCEPTED) & (end != NO_TS) & (ts >= end)
+                self._moved.update(sensor[moved].tolist())
             self._reject(codes, sensor, ts, value)
         return self.close(watermark), changes
 
@@ -152,16 +165,91 @@ class WindowedRunner:
         closed, and those of silent sensors with ``end + lateness <= watermark`` (the
         latest event time the partition has seen)."""
         closed = win.window_close_until(self.windows, self.spec, watermark)
-        if len(closed.sensor) == 0:
+        ending = watermark >= win.END_OF_INPUT
+        if len(closed.sensor) == 0 and not ((ending or self._moved) and self.held):
             return []
         if self.closed is not None:
             self.closed.extend(
                 zip(closed.sensor.tolist(), closed.window_end.tolist(), closed.value.tolist(),
                     strict=True)
             )  # fmt: skip
-        tr = lv.levels_evaluate(
-            self.levels, self.params, closed.sensor, closed.window_end, closed.value
-        )
+        if not self.held and not closed.provisional.any():
+            return self._evaluate(closed.sensor, closed.window_end, closed.value)
+        return self._close_held(closed, ending)
+
+    def _close_held(self, closed: win.ClosedWindows, ending: bool) -> list[RawTransition]:
+        """Decide closed windows where some are, or were, provisional (the watermark closed
+        them while their sensor was silent; ``engine.evaluation.kernels.windows``).
+
+        A provisional window may raise its sensor's level at once, on what is known (a
+        warning is never held back), but never lower it: a silence is no evidence that
+        the water went down, and the gauge may be holding the readings that show it did
+        not. Such a decision waits until the window is final: emitted again, after the
+        sensor's backlog reopened it (decided again from the breach runs as they were
+        before, at the level a raise sent: an alert cannot be taken back), or the sensor
+        has a reading past it, or the input ends (decided as it was)."""
+        rows: list[tuple[int, int, float, bool]] = []  # (end, sensor, value, provisional)
+        for s, end, value, prov in zip(closed.sensor.tolist(), closed.window_end.tolist(),
+                                       closed.value.tolist(), closed.provisional.tolist(),
+                                       strict=True):  # fmt: skip
+            held = self.held.get(s)
+            if held is not None and end >= held[0]:
+                self._release(s)
+                if end == held[0] and held[2] is not None:  # reopened, after a raise
+                    self.levels["since"][s] = held[2]
+                elif end > held[0] and held[2] is None:  # final as it was: decide it now
+                    rows.append((held[0], s, held[1], False))
+            rows.append((end, s, value, prov))
+        bucket_ms = self.spec.bucket_ms
+        next_close = self.windows.clock["next_close"]
+        final = [
+            s
+            for s in self.held
+            if ending or (s in self._moved and next_close[s] * bucket_ms >= self.held[s][0])
+        ]  # not reopened
+        for s in final:
+            end, value, since = self.held[s]
+            self._release(s)
+            if since is None:
+                rows.append((end, s, value, False))
+        self._moved.clear()
+        rows.sort()
+        decided = np.array([r for r in rows if not r[3]], np.float64).reshape(-1, 4)
+        out = self._evaluate(decided[:, 1].astype(np.int64), decided[:, 0].astype(np.int64),
+                             decided[:, 2])  # fmt: skip
+        # A sensor's provisional window is its last row: evaluated after its others.
+        prov_rows = [r for r in rows if r[3]]
+        if prov_rows:
+            s = np.array([r[1] for r in prov_rows], np.int64)
+            before = self.levels[s].copy()
+            raised = self._evaluate(s, np.array([r[0] for r in prov_rows], np.int64),
+                                    np.array([r[2] for r in prov_rows]))  # fmt: skip
+            up = {t.sensor for t in raised if t.to_level > t.from_level}
+            for j, (end, sensor, value, _) in enumerate(prov_rows):
+                if sensor in up:
+                    self._hold(sensor, (end, value, before["since"][j].tolist()))
+                else:
+                    self.levels[sensor] = before[j]
+                    self._hold(sensor, (end, value, None))
+            out += [t for t in raised if t.sensor in up]
+            out.sort(key=lambda t: t.at)  # stable: each sensor's in time order
+        return out
+
+    def _hold(self, s: int, held: tuple[int, float, list[int] | None]) -> None:
+        self.held[s] = held
+        self.held_end[s] = held[0]
+
+    def _release(self, s: int) -> None:
+        del self.held[s]
+        self.held_end[s] = NO_TS
+
+    def _evaluate(
+        self,
+        sensor: npt.NDArray[np.int64],
+        end: npt.NDArray[np.int64],
+        value: npt.NDArray[np.float64],
+    ) -> list[RawTransition]:
+        tr = lv.levels_evaluate(self.levels, self.params, sensor, end, value)
         out = []
         for s, f, t, at, v, h, kind in zip(*(a.tolist() for a in tr), strict=True):
             if kind != lv.LEVEL:
@@ -196,6 +284,7 @@ class WindowedRunner:
             "episode": self.episode[:n].tobytes(),
             "counted": self.counted[:n].tobytes(),
             "recent": self.recent[:n].tobytes(),
+            "held": [[s, end, value, since] for s, (end, value, since) in self.held.items()],
             "windows": WINDOWS_FORMAT,
             "buckets": self.windows.buckets[:n].tobytes(),
             "clock": self.windows.clock[:n].tobytes(),
@@ -228,6 +317,11 @@ class WindowedRunner:
             if buckets is not None:
                 self.windows.buckets[i] = buckets[j]
                 self.windows.clock[i] = clock[j]
+        self.held.clear()
+        self.held_end[:] = NO_TS
+        for s, end, value, since in saved.get("held", []):  # older snapshots: none
+            if rows[s] >= 0:
+                self._hold(rows[s], (end, value, since))
         self.windows.due[0] = NO_TS  # the next close looks at every sensor
 
 
