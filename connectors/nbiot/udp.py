@@ -14,6 +14,7 @@ import asyncio
 import struct
 import time
 from collections.abc import Callable
+from typing import cast
 
 from connectors.nbiot.uplink import Uplink
 
@@ -28,8 +29,8 @@ class UdpUplinks(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        # cast, not isinstance: uvloop's UDP transport does not subclass asyncio's.
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         up = Uplink(
