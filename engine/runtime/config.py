@@ -20,6 +20,7 @@ __all__ = [
     "ConfigError",
     "DispatchSettings",
     "MqttSettings",
+    "NbiotSettings",
     "Settings",
     "WebSettings",
     "load_settings",
@@ -119,6 +120,37 @@ class WebSettings(_Frozen):
     token_env: str | None = None
 
 
+class NbiotSettings(_Frozen):
+    """``nbiot:``: NB-IoT devices over CoAP/UDP and the carriers' HTTP push
+    (``connectors/nbiot``). Each port None turns its path off; all listen on ``host``
+    (loopback by default: expose them deliberately). Tokens live in environment
+    variables, never in the file."""
+
+    host: str = "127.0.0.1"
+    coap_port: int | None = Field(5683, ge=1, le=65535)
+    udp_port: int | None = Field(None, ge=1, le=65535)
+    push_port: int | None = Field(None, ge=1, le=65535)
+    #: The device file (``connectors/nbiot/devices.py``).
+    devices: Path
+    #: Product profiles added to the built-in ones (``connectors/nbiot/products.yaml``).
+    products: tuple[Path, ...] = ()
+    #: Environment variable holding the secret in CTWing's push URL (``/ctwing/<token>``);
+    #: unset: CTWing pushes are taken without a token.
+    ctwing_token_env: str | None = None
+    #: Environment variable holding the OneNET push token; unset: OneNET is refused.
+    onenet_token_env: str | None = None
+    #: Unregistered identities counted one by one before the rest are counted together.
+    unknown_capacity: int = Field(10_000, ge=1, le=10_000_000)
+
+    def token(self, env: str | None) -> str | None:
+        if env is None:
+            return None
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"nbiot: environment variable {env} is not set")
+        return value
+
+
 class Settings(_Frozen):
     """Everything ``vigil run`` needs."""
 
@@ -145,10 +177,16 @@ class Settings(_Frozen):
     silence_tick_s: float = Field(5.0, ge=0.1, le=60)
     dispatch: DispatchSettings | None = None
     web: WebSettings = WebSettings()
+    nbiot: NbiotSettings | None = None
 
     @model_validator(mode="after")
     def _files_exist(self) -> Settings:
-        paths = (self.stations, *self.rules, *([self.dispatch.routes] if self.dispatch else []))
+        paths = (
+            self.stations,
+            *self.rules,
+            *([self.dispatch.routes] if self.dispatch else []),
+            *([self.nbiot.devices, *self.nbiot.products] if self.nbiot else []),
+        )
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise ValueError(f"file not found: {', '.join(missing)}")
@@ -173,6 +211,16 @@ def _resolve(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     dispatch = out.get("dispatch")
     if isinstance(dispatch, dict) and isinstance(dispatch.get("routes"), str):
         out["dispatch"] = {**dispatch, "routes": str(base / dispatch["routes"])}
+    nbiot = out.get("nbiot")
+    if isinstance(nbiot, dict):
+        nbiot = dict(nbiot)
+        if isinstance(nbiot.get("devices"), str):
+            nbiot["devices"] = str(base / nbiot["devices"])
+        if isinstance(nbiot.get("products"), list):
+            nbiot["products"] = [
+                str(base / p) if isinstance(p, str) else p for p in nbiot["products"]
+            ]
+        out["nbiot"] = nbiot
     return out
 
 

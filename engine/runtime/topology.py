@@ -213,8 +213,11 @@ class Topology(PartitionStates, TickWriter):
             await fut
         self.counters["readings_produced"] += len(readings)
 
-    async def send_dead_letter(self, raw: bytes, reason: str, source: str) -> None:
-        """Keep rejected input with its reason; returns once it is durable."""
+    async def send_dead_letter(
+        self, raw: bytes, reason: str, source: str, *, quiet: bool = False
+    ) -> None:
+        """Keep rejected input with its reason; returns once it is durable. ``quiet``:
+        no log line (a connector that logs a summary of its dead letters instead)."""
         fut = await self.dead_letter.send(
             key=source.encode(),
             value=raw,
@@ -226,7 +229,8 @@ class Topology(PartitionStates, TickWriter):
         )
         await fut
         self.counters["dead_letter"] += 1
-        log.warning("dead-letter from %s: %s", source, reason)
+        if not quiet:
+            log.warning("dead-letter from %s: %s", source, reason)
 
     # ---- agents ----------------------------------------------------------------------------
 

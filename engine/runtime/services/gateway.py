@@ -29,6 +29,7 @@ from engine.contracts.ruleset import RuleSet
 from engine.evaluation.broker_drops import BrokerDropAlerts
 from engine.runtime.config import Settings
 from engine.runtime.dispatch.wiring import install_dispatch
+from engine.runtime.services.nbiot import install_nbiot
 from engine.runtime.topology import Topology
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.transport.retention import enforce_retention
@@ -101,6 +102,7 @@ class Gateway:
         self.dispatch = (
             install_dispatch(settings, self.topology) if settings.dispatch is not None else None
         )
+        self.nbiot = install_nbiot(settings, self.topology) if settings.nbiot else None
         self._watched = self._mtimes()
         self.reload_errors: list[str] = []
 
