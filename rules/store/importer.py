@@ -64,8 +64,8 @@ Progress = Callable[[int, int], None]  # (characters read, rows read)
 
 @dataclass
 class ImportReport:
-    """What an import did. ``problems`` holds the first ``max_problems`` problems;
-    ``rejected`` counts every row skipped for a problem."""
+    """What an import did. ``problems`` holds the first ``max_problems`` problems found,
+    in file order; ``rejected`` counts every row skipped for a problem."""
 
     file: str
     number: int = 0
@@ -137,13 +137,14 @@ class _Import:
         self.devices = int(read_meta(db, "devices", 0))
         self.removals = False  # any removal marker written by this import
         self.pending: dict[str, _Row] = {}
+        self.problems: list[Problem] = []
         batch = WriteBatch(raw_mode=True)
         write_meta(batch, "imports", self.number)
         db.write(batch)
 
     def problem(self, p: Problem) -> None:
-        if len(self.report.problems) < self.max_problems:
-            self.report.problems.append(str(p))
+        if len(self.problems) < self.max_problems:
+            self.problems.append(p)
 
     def run(self, path: Path, progress: Progress | None) -> None:
         file = str(path)
@@ -214,9 +215,7 @@ class _Import:
             bad("identity", message)
         deleted = cell("deleted").lower()
         if deleted not in _TRUE and deleted not in _FALSE:
-            bad(
-                "deleted", f"expected 1, true, yes (remove) or 0, false, no, empty; got {deleted!r}"
-            )
+            bad("deleted", f"expected 1, true, yes (remove) or 0, false, no; got {deleted!r}")
         if deleted in _TRUE:
             if problems:
                 raise _Rejected(problems)
@@ -284,6 +283,8 @@ class _Import:
             batch.delete_range(REMOVAL, REMOVAL + b"\xff")
         r = self.report
         r.devices = self.devices
+        # In file order: a duplicate of an earlier batch is found when its batch is written.
+        r.problems = [str(p) for p in sorted(self.problems, key=lambda p: (p.line, p.col))]
         done = {"number": self.number, "file": file, "at": int(time.time() * 1000),
                 "rows": r.rows, "added": r.added, "updated": r.updated, "removed": r.removed,
                 "rejected": r.rejected}  # fmt: skip
