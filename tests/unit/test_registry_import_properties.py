@@ -15,8 +15,11 @@ from engine.contracts.devices import Device
 from rules.store import DeviceRegistry, import_devices, make_imei
 
 STATIONS = {"HZ001", "HZ002", "A B"}
-# Any text but line breaks and NUL (a quoted line break moves the row's line number).
-text = st.text(st.characters(blacklist_characters="\r\n\x00"), max_size=12)
+# Any text a UTF-8 file can hold but line breaks and NUL (a quoted line break moves
+# the line number of the row).
+text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x00"), max_size=12
+)
 cells = st.fixed_dictionaries({
     "station": st.sampled_from(sorted(STATIONS)) | text,
     "product": st.sampled_from(["waterlog-v1", "manhole-v1"]) | text,
