@@ -14,6 +14,7 @@ from enum import IntEnum
 from typing import Any, Literal
 
 __all__ = [
+    "INGESTED_HEADER",
     "MAX_RECORD_BYTES",
     "WATERMARK_HEADER",
     "AlertEvent",
@@ -34,6 +35,10 @@ MAX_RECORD_BYTES = 256 * 1024
 #: the last record of a batch's events, or alone on a record without events (throttled,
 #: ``engine.runtime.topology``), so the value stays JSON lines of events for every reader.
 WATERMARK_HEADER = "vigil-watermark"
+
+#: Header of an alerts record with events: when the telemetry record whose evaluation
+#: raised them was appended (epoch ms, decimal), for the ingest-to-alert latency.
+INGESTED_HEADER = "vigil-ingested-at"
 
 
 class Level(IntEnum):
