@@ -20,6 +20,7 @@ __all__ = [
     "AlertEvent",
     "Level",
     "fingerprint",
+    "ingested_at",
     "pack_lines",
     "unpack_events",
     "watermark_of",
@@ -148,11 +149,20 @@ _FIELDS = tuple(f.name for f in fields(AlertEvent))
 def watermark_of(headers: Any) -> int | None:
     """The ``WATERMARK_HEADER`` of a record's headers (a mapping or (name, bytes)
     pairs, as the transports give them), or None."""
+    return _int_header(headers, WATERMARK_HEADER)
+
+
+def ingested_at(headers: Any) -> int | None:
+    """The ``INGESTED_HEADER`` of a record's headers (as ``watermark_of``), or None."""
+    return _int_header(headers, INGESTED_HEADER)
+
+
+def _int_header(headers: Any, wanted: str) -> int | None:
     if not headers:
         return None
     items = headers.items() if isinstance(headers, Mapping) else headers
     for name, value in items:
-        if name == WATERMARK_HEADER:
+        if name == wanted:
             return int(value)
     return None
 

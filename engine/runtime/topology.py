@@ -34,6 +34,7 @@ from engine.contracts.alerts import (
     INGESTED_HEADER,
     WATERMARK_HEADER,
     AlertEvent,
+    ingested_at,
     pack_lines,
     watermark_of,
 )
@@ -349,9 +350,9 @@ class Topology(PartitionStates, TickWriter):
         if not events:
             return
         self.metrics.count_alerts(events)
-        for name, value in headers or ():
-            if name == INGESTED_HEADER:
-                self.metrics.ingest_to_alert.observe(max(0.0, time.time() - int(value) / 1000))
+        at = ingested_at(headers)
+        if at is not None:
+            self.metrics.ingest_to_alert.observe(max(0.0, time.time() - at / 1000))
 
     def swap_rules(self, ruleset: RuleSet) -> None:
         """Install new rules; each partition picks them up before its next batch."""
