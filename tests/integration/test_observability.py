@@ -206,6 +206,8 @@ def test_metrics_readiness_status_and_dead_letters_of_a_running_gateway(
     with Mosquitto(port=mosquitto.port):  # back on its port: ready again after a reconnect
         _until(lambda: web.get("/readyz").status_code == 200, "/readyz 200 after reconnect")
     assert engine.terminate() == 0
+    log = (tmp_path / "engine.log").read_text()
+    assert "Crashed" not in log and "Traceback" not in log, log
 
 
 def test_a_web_port_off_loopback_without_token_or_tls_refuses_to_start(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import faust
@@ -123,7 +124,7 @@ class Gateway:
         metrics = self.topology.metrics
         with metrics.append_seconds.labels("mqtt").time():
             await self.topology.produce(readings)
-        metrics.count_readings("mqtt", (r[0] for r in readings), self.station_kinds)
+        metrics.count_readings("mqtt", map(itemgetter(0), readings), self.station_kinds)
 
     def _mtimes(self) -> dict[str, float]:
         paths = (self.settings.stations, *self.settings.rules)
