@@ -276,8 +276,9 @@ class Topology(PartitionStates, TickWriter):
         with self.metrics.kernel_seconds.time():
             alerts = proc.process(batch, offset)
         self.counters["readings_evaluated"] += len(batch)
-        self.metrics.readings_evaluated.inc(len(batch))
-        self.metrics.batch_readings.observe(len(batch))
+        if len(batch):  # a tick has no readings: not a batch size
+            self.metrics.readings_evaluated.inc(len(batch))
+            self.metrics.batch_readings.observe(len(batch))
         for station, metric, ts, value, reason in proc.rejected:
             raw = json.dumps({"station": station, "metric": metric, "ts": ts, "value": value})
             await self.send_dead_letter(raw.encode(), reason, f"{station}/{metric}")
