@@ -58,6 +58,17 @@ def _vigil(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     )
 
 
+def _listening(port: int) -> set[str]:
+    """The IPv4 addresses (hex, as /proc/net/tcp writes them) listening on ``port``."""
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            out.add(address)
+    return out
+
+
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of a scrape, parsed by prometheus_client's own text parser."""
     out = {}
@@ -137,6 +148,7 @@ def test_metrics_readiness_status_and_dead_letters_of_a_running_gateway(
     assert not [k for k in samples if any(name == "station" for name, _ in k[1])]
 
     assert web.get("/healthz").json() == {"status": "alive"}
+    assert _listening(int(url.rsplit(":", 1)[1])) == {"0100007F"}  # 127.0.0.1 only
     ready = web.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
     assert set(ready.json()["checks"]) == {"ingest", "log", "rules", "lag"}
