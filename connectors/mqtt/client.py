@@ -124,6 +124,14 @@ class MqttIngest:
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         return client
 
+    @property
+    def state(self) -> str:
+        """``subscribed`` (taking messages), ``connected`` (not subscribed yet) or
+        ``disconnected``: what ``/readyz`` and ``vigil status`` report."""
+        if self.subscribed.is_set():
+            return "subscribed"
+        return "connected" if self._client.is_connected() else "disconnected"
+
     # ---- paho callbacks (paho's network thread; an exception here would end it) ---------
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]

@@ -14,11 +14,13 @@ from enum import IntEnum
 from typing import Any, Literal
 
 __all__ = [
+    "INGESTED_HEADER",
     "MAX_RECORD_BYTES",
     "WATERMARK_HEADER",
     "AlertEvent",
     "Level",
     "fingerprint",
+    "ingested_at",
     "pack_lines",
     "unpack_events",
     "watermark_of",
@@ -34,6 +36,10 @@ MAX_RECORD_BYTES = 256 * 1024
 #: the last record of a batch's events, or alone on a record without events (throttled,
 #: ``engine.runtime.topology``), so the value stays JSON lines of events for every reader.
 WATERMARK_HEADER = "vigil-watermark"
+
+#: Header of an alerts record with events: when the telemetry record whose evaluation
+#: raised them was appended (epoch ms, decimal), for the ingest-to-alert latency.
+INGESTED_HEADER = "vigil-ingested-at"
 
 
 class Level(IntEnum):
@@ -143,11 +149,20 @@ _FIELDS = tuple(f.name for f in fields(AlertEvent))
 def watermark_of(headers: Any) -> int | None:
     """The ``WATERMARK_HEADER`` of a record's headers (a mapping or (name, bytes)
     pairs, as the transports give them), or None."""
+    return _int_header(headers, WATERMARK_HEADER)
+
+
+def ingested_at(headers: Any) -> int | None:
+    """The ``INGESTED_HEADER`` of a record's headers (as ``watermark_of``), or None."""
+    return _int_header(headers, INGESTED_HEADER)
+
+
+def _int_header(headers: Any, wanted: str) -> int | None:
     if not headers:
         return None
     items = headers.items() if isinstance(headers, Mapping) else headers
     for name, value in items:
-        if name == WATERMARK_HEADER:
+        if name == wanted:
             return int(value)
     return None
 

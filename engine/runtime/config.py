@@ -6,6 +6,7 @@ that holds the password. Relative paths are resolved against the settings file's
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,63 @@ class MqttSettings(_Frozen):
         )
 
 
+class WebTlsSettings(_Frozen):
+    """The web server's certificate chain and key (PEM files); ``client_ca_file``, when
+    set, makes it ask every client for a certificate signed by that CA."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+class WebSettings(_Frozen):
+    """The web server (``web_port``): ``/metrics``, ``/healthz``, ``/readyz``, the API of
+    ``vigil status`` and ``vigil dead-letters``.
+
+    It binds to loopback unless ``bind`` says otherwise; off loopback it needs
+    ``token_env`` (the environment variable holding a bearer token every request must
+    carry) or ``tls``, or the gateway does not start. A token, once set, is required on
+    loopback too.
+    """
+
+    bind: str = "127.0.0.1"
+    token_env: str | None = None
+    tls: WebTlsSettings | None = None
+    #: ``/readyz`` answers 503 while the telemetry partitions are further behind than
+    #: this, in batches (records of the telemetry topic) summed over partitions.
+    ready_max_lag_batches: int = Field(1000, ge=0)
+
+    @model_validator(mode="after")
+    def _protected_off_loopback(self) -> WebSettings:
+        if not is_loopback(self.bind) and self.token_env is None and self.tls is None:
+            raise ValueError(
+                f"bind {self.bind!r} is not loopback: set web.token_env (a bearer token "
+                "from the environment) or web.tls, or bind 127.0.0.1"
+            )
+        return self
+
+    def token(self) -> str | None:
+        """The bearer token from the environment; raises ConfigError if it is unset."""
+        if self.token_env is None:
+            return None
+        value = os.environ.get(self.token_env)
+        if not value:
+            raise ConfigError(
+                f"web.token_env: environment variable {self.token_env} is not set or empty"
+            )
+        return value
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 class BatchSettings(_Frozen):
     max_readings: int = Field(5000, ge=1, le=1_000_000)
     linger_ms: int = Field(50, ge=0, le=10_000)
@@ -110,14 +168,6 @@ class DispatchSettings(_Frozen):
     #: A receiver that fails is tried again after this, doubling up to ``retry_max_s``.
     retry_initial_s: float = Field(1.0, gt=0, le=600)
     retry_max_s: float = Field(60.0, gt=0, le=3600)
-
-
-class WebSettings(_Frozen):
-    """The web port's API (``/api/...``): loopback callers need no token; others send
-    ``Authorization: Bearer <token>``, the token read from ``token_env``. Unset: the API
-    answers loopback only."""
-
-    token_env: str | None = None
 
 
 class NbiotSettings(_Frozen):
@@ -168,6 +218,7 @@ class Settings(_Frozen):
     #: holds the basin (corroboration) rules back (engine/evaluation/corroboration_buffer.py).
     corroboration_idle_s: float = Field(30.0, gt=0, le=3600)
     web_port: int | None = Field(None, ge=1, le=65535)
+    web: WebSettings = WebSettings()
     reload_interval_s: float = Field(2.0, gt=0, le=3600)
     #: How long the embedded log keeps records that every reader is done with.
     retention_hours: float = Field(168.0, gt=0)
@@ -176,7 +227,6 @@ class Settings(_Frozen):
     #: raised within its rule's ``stale`` + 2 x this of its last reading's evaluation.
     silence_tick_s: float = Field(5.0, ge=0.1, le=60)
     dispatch: DispatchSettings | None = None
-    web: WebSettings = WebSettings()
     nbiot: NbiotSettings | None = None
 
     @model_validator(mode="after")

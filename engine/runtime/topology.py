@@ -30,7 +30,14 @@ import faust
 from aiokafka.partitioner import DefaultPartitioner
 
 from connectors.sinks.base import Sink
-from engine.contracts.alerts import WATERMARK_HEADER, AlertEvent, pack_lines, watermark_of
+from engine.contracts.alerts import (
+    INGESTED_HEADER,
+    WATERMARK_HEADER,
+    AlertEvent,
+    ingested_at,
+    pack_lines,
+    watermark_of,
+)
 from engine.contracts.batch import BatchBuilder, BatchDecodeError, TelemetryBatch
 from engine.contracts.ruleset import RuleSet
 from engine.dispatch.delivery import Dispatcher
@@ -40,6 +47,7 @@ from engine.runtime.corroboration.stage import CorroborationStage
 from engine.runtime.corroboration.wire import MARK_INTERVAL_S
 from engine.runtime.kafka.checkpoints import CheckpointingTransport, CheckpointStore
 from engine.runtime.kafka.topics import bootstrap_of
+from engine.runtime.metrics import FaustSensor, Metrics
 from engine.runtime.partitions import PartitionStates
 from engine.runtime.ticks import TickWriter
 from engine.runtime.transport.local import Transport as LocalTransport
@@ -100,6 +108,8 @@ class Topology(PartitionStates, TickWriter):
         #: holds the basin rules back (``engine.evaluation.corroboration_buffer``).
         self.corroboration_idle_s = corroboration_idle_s
         self.counters: Counter[str] = Counter()
+        #: Prometheus metrics, served on the web port (``engine.runtime.services.observe``).
+        self.metrics = Metrics()
         self.app = _App(
             app_id,
             broker=broker,
@@ -118,6 +128,7 @@ class Topology(PartitionStates, TickWriter):
             # fetch brought two per partition and the worker waited on the next one.
             consumer_max_fetch_size=8 * 1024 * 1024,
         )
+        self.app.sensors.add(FaustSensor(self.metrics))
         self.checkpoint_store: CheckpointStore | None = None
         if broker.startswith("kafka://"):
             # Before anything touches app.transport (declaring topics does).
@@ -229,6 +240,7 @@ class Topology(PartitionStates, TickWriter):
         )
         await fut
         self.counters["dead_letter"] += 1
+        self.metrics.count_dead_letter(reason)
         if not quiet:
             log.warning("dead-letter from %s: %s", source, reason)
 
@@ -252,7 +264,8 @@ class Topology(PartitionStates, TickWriter):
                 continue
             self._busy.add(message.partition)
             try:
-                await self._apply(proc, batch, message.partition, message.offset)
+                with self.metrics.batch_seconds.time():
+                    await self._apply(proc, batch, message)
             except BaseException:
                 # Interrupted mid-batch (revocation, shutdown): this state is ahead of
                 # its alerts, so it must never be checkpointed; the next owner (or this
@@ -262,13 +275,17 @@ class Topology(PartitionStates, TickWriter):
             finally:
                 self._busy.discard(message.partition)
 
-    async def _apply(
-        self, proc: PartitionProcessor, batch: TelemetryBatch, partition: int, offset: int
-    ) -> None:
-        """Evaluate the batch at ``offset`` of telemetry ``partition``; returns once its
-        alerts (to the alerts partition of the same number) and dead letters are durable."""
-        alerts = proc.process(batch, offset)
+    async def _apply(self, proc: PartitionProcessor, batch: TelemetryBatch, message: Any) -> None:
+        """Evaluate the batch of telemetry record ``message``; returns once its alerts (to
+        the alerts partition of the same number) and dead letters are durable. The
+        record's append time rides on the alerts (``INGESTED_HEADER``)."""
+        partition, offset = message.partition, message.offset
+        with self.metrics.kernel_seconds.time():
+            alerts = proc.process(batch, offset)
         self.counters["readings_evaluated"] += len(batch)
+        if len(batch):  # a tick has no readings: not a batch size
+            self.metrics.readings_evaluated.inc(len(batch))
+            self.metrics.batch_readings.observe(len(batch))
         for station, metric, ts, value, reason in proc.rejected:
             raw = json.dumps({"station": station, "metric": metric, "ts": ts, "value": value})
             await self.send_dead_letter(raw.encode(), reason, f"{station}/{metric}")
@@ -281,11 +298,18 @@ class Topology(PartitionStates, TickWriter):
             mark = self._marks.to_send(partition, watermark, piggyback=bool(records))
         if mark is not None and not records:
             records = [b""]  # the watermark alone
+        ingested = (
+            {INGESTED_HEADER: str(int(message.timestamp * 1000)).encode()}
+            if message.timestamp
+            else {}
+        )
         futures = [
             await self.alerts.send(
                 value=record,
                 partition=partition,
-                headers=_mark_header(mark) if i == len(records) - 1 else None,
+                headers={**ingested, **(_mark_header(mark) or {})}
+                if i == len(records) - 1
+                else ingested,
             )
             for i, record in enumerate(records)
         ]
@@ -322,11 +346,23 @@ class Topology(PartitionStates, TickWriter):
                     message = record.message
                     where = f"{message.topic}/{message.partition}@{message.offset}"
                     await self.send_dead_letter(line, f"bad alert event: {exc}", where)
-            await self.dispatcher.dispatch_many(events)
+            fresh = await self.dispatcher.dispatch_many(events)
+            self._observe_alerts(fresh, record.headers)
             for listener in self.alert_listeners:
                 listener(events)  # all of them: each listener drops what it has
             mark = watermark_of(record.headers)
             await self.corroboration.route(events, record.message.partition, mark)
+
+    def _observe_alerts(self, events: list[AlertEvent], headers: Any) -> None:
+        """Count the events delivered (not the repeats the dispatcher dropped) and their
+        latency since ingest (the header, when the record has one: gateway-level alerts
+        have none)."""
+        if not events:
+            return
+        self.metrics.count_alerts(events)
+        at = ingested_at(headers)
+        if at is not None:
+            self.metrics.ingest_to_alert.observe(max(0.0, time.time() - at / 1000))
 
     def swap_rules(self, ruleset: RuleSet) -> None:
         """Install new rules; each partition picks them up before its next batch."""

@@ -294,7 +294,11 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the topology as a Kafka consumer-group member")
     worker.add_argument("--config", required=True, help="settings file, e.g. vigil.yaml")
     worker.add_argument("--broker", required=True, help="kafka://host:port[,host:port...]")
-    worker.add_argument("--web-port", type=int, help="Faust web port (serves /vigil/lag/)")
+    worker.add_argument(
+        "--web-port",
+        type=int,
+        help="web port: /metrics, /healthz, /readyz, /vigil/status, /vigil/lag/",
+    )
     worker.add_argument("--replication", type=int, default=1, help="replication of new topics")
     worker.add_argument(
         "--loglevel", default="info", choices=["crit", "error", "warn", "info", "debug"]
@@ -363,6 +367,7 @@ def _parser() -> argparse.ArgumentParser:
     test.set_defaults(func=_rules_test)
 
     from engine.tools.dispatch_cli import add_parser as add_dispatch_parser
+    from engine.tools.observe_cli import add_parser as add_observe_parser
 
     add_dispatch_parser(sub)
     from engine.tools.alerts_cli import add_parser as add_alerts_parser
@@ -371,6 +376,7 @@ def _parser() -> argparse.ArgumentParser:
     from engine.tools.registry_cli import add_parser as add_registry_parser
 
     add_registry_parser(sub)
+    add_observe_parser(sub)
     return parser
 
 

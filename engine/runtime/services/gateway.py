@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import faust
@@ -30,14 +31,15 @@ from engine.evaluation.broker_drops import BrokerDropAlerts
 from engine.runtime.config import Settings
 from engine.runtime.dispatch.wiring import install_dispatch
 from engine.runtime.services.nbiot import install_nbiot
-from engine.runtime.topology import Topology
+from engine.runtime.services.observe import Observer
+from engine.runtime.topology import Reading, Topology
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.transport.retention import enforce_retention
 from rules.api import load_ruleset
 from rules.errors import RulesInvalid
 from rules.registry import load_registry
 
-__all__ = ["Gateway", "load_rules"]
+__all__ = ["Gateway", "load_rules", "load_site"]
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +49,20 @@ RETENTION_INTERVAL_S = 600.0
 BROKER_DROPS_CHECK_S = 30.0
 
 
-def load_rules(settings: Settings) -> tuple[RuleSet, frozenset[str]]:
-    """Compile the configured rules; returns them with the registry's station ids.
+def load_site(settings: Settings) -> tuple[RuleSet, dict[str, str]]:
+    """Compile the configured rules; returns them with station id -> station kind.
 
     Raises ``rules.errors.RulesInvalid`` with ``file:line:col`` lines.
     """
     registry = load_registry(settings.stations)
     compiled = load_ruleset(list(settings.rules), registry)
-    return compiled.ruleset, frozenset(s.id for s in registry.stations)
+    return compiled.ruleset, {s.id: str(s.kind) for s in registry.stations}
+
+
+def load_rules(settings: Settings) -> tuple[RuleSet, frozenset[str]]:
+    """``load_site`` with the registry's station ids only."""
+    ruleset, kinds = load_site(settings)
+    return ruleset, frozenset(kinds)
 
 
 class Gateway:
@@ -62,7 +70,9 @@ class Gateway:
 
     def __init__(self, settings: Settings, *, extra_sinks: Sequence[Sink] = ()) -> None:
         self.settings = settings
-        ruleset, stations = load_rules(settings)
+        token = settings.web.token()  # ConfigError now, not at the first request
+        ruleset, self.station_kinds = load_site(settings)
+        stations = frozenset(self.station_kinds)
         sinks: list[Sink] = [JsonlSink(settings.alerts_path), *extra_sinks]
         if settings.console:
             sinks.append(ConsoleSink())
@@ -88,7 +98,7 @@ class Gateway:
         )
         self.ingest = MqttIngest(
             options,
-            produce=self.topology.produce,
+            produce=self._produce,
             dead_letter=self.topology.send_dead_letter,
             known_stations=stations,
             on_broker_drops=self.broker_drops.observe,
@@ -105,6 +115,22 @@ class Gateway:
         self.nbiot = install_nbiot(settings, self.topology) if settings.nbiot else None
         self._watched = self._mtimes()
         self.reload_errors: list[str] = []
+        self.observer = Observer(
+            self.topology,
+            settings,
+            ingest=self.ingest,
+            reload_errors=lambda: self.reload_errors,
+            token=token,
+        )
+        if settings.web_port is not None:
+            self.observer.install()
+
+    async def _produce(self, readings: list[Reading]) -> None:
+        """The topology's durable append, timed and counted for ``/metrics``."""
+        metrics = self.topology.metrics
+        with metrics.append_seconds.labels("mqtt").time():
+            await self.topology.produce(readings)
+        metrics.count_readings("mqtt", map(itemgetter(0), readings), self.station_kinds)
 
     def _mtimes(self) -> dict[str, float]:
         paths = (self.settings.stations, *self.settings.rules)
@@ -115,7 +141,10 @@ class Gateway:
         if isinstance(transport, LocalTransport):
             retention_ms = int(self.settings.retention_hours * 3_600_000)
             now_ms = int(time.time() * 1000)
-            await asyncio.to_thread(enforce_retention, transport.log, retention_ms, now_ms)
+            deleted = await asyncio.to_thread(
+                enforce_retention, transport.log, retention_ms, now_ms
+            )
+            self.topology.metrics.retention_deleted.inc(deleted)
 
     async def _check_reload(self) -> None:
         """Hot reload: swap in changed rule or station files once they validate."""
@@ -124,7 +153,7 @@ class Gateway:
             return
         self._watched = mtimes
         try:
-            ruleset, stations = load_rules(self.settings)
+            ruleset, kinds = load_site(self.settings)
         except RulesInvalid as exc:
             self.reload_errors = exc.lines
             for line in exc.lines:
@@ -135,7 +164,8 @@ class Gateway:
             return
         self.reload_errors = []
         self.topology.swap_rules(ruleset)
-        self.ingest.known_stations = stations
+        self.ingest.known_stations = frozenset(kinds)
+        self.station_kinds = kinds
         log.warning("rules reloaded: version %s, %d rules", ruleset.version, len(ruleset.rules))
 
     async def _send_alerts(self, events: list[AlertEvent]) -> None:

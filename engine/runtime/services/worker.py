@@ -26,6 +26,7 @@ from engine.runtime.config import Settings
 from engine.runtime.kafka.topics import TopicLayout, bootstrap_of, ensure_topics
 from engine.runtime.services.gateway import load_rules
 from engine.runtime.services.lag import LagMonitor
+from engine.runtime.services.observe import Observer
 from engine.runtime.topology import Topology
 
 __all__ = ["KafkaWorker"]
@@ -50,6 +51,7 @@ class KafkaWorker:
         if not broker.startswith("kafka://"):
             raise ValueError(f"vigil worker needs a kafka:// broker URL, got {broker!r}")
         self.settings = settings
+        token = settings.web.token()  # ConfigError now, not at the first request
         self.bootstrap = bootstrap_of(broker)
         self.layout = TopicLayout(settings.app_id, settings.partitions, replication)
         ruleset, _ = load_rules(settings)
@@ -75,6 +77,10 @@ class KafkaWorker:
         self.topology.app.conf.broker_session_timeout = session_timeout_s
         self.lag = LagMonitor(self.topology)
         self.lag.install(lag_interval_s)
+        #: ``/metrics``, ``/healthz``, ``/readyz``, ``/vigil/status`` on the web port.
+        self.observer = Observer(self.topology, settings, token=token)
+        if self.topology.app.conf.web_enabled:
+            self.observer.install()
 
     def run(self, loglevel: str = "info") -> None:
         """Create the topics if missing, then run until SIGTERM/SIGINT (exits the process)."""

@@ -13,6 +13,7 @@ Key layout (all integers big-endian so that byte order is numeric order)::
     b"L" topic 0x00 partition:u32 offset:u64     -> msgpack [key, value, ts_ms, headers]
     b"C" group 0x00 topic 0x00 partition:u32     -> offset:i64 (next offset to read)
     b"S" name                                    -> opaque checkpoint blob
+    b"H"                                         -> time_ns:i64 of the last write probe
 
 One process owns a log directory at a time (RocksDB's LOCK file enforces it); inside
 the process, ``DurableLog.shared`` hands every user of a path the same instance.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,6 +315,12 @@ class DurableLog:
         for name, blob in (blobs or {}).items():
             batch.put(b"S" + name.encode(), blob)
         self._db.write(batch, self._sync)
+
+    def check_writable(self) -> None:
+        """Write and fsync a small probe key; raises what a write raises (a full disk,
+        RocksDB in its background-error state). The readiness check's proof that the
+        log still takes durable writes."""
+        self._db.put(b"H", _I64.pack(time.time_ns()), self._sync)
 
     def blob(self, name: str) -> bytes | None:
         """A checkpoint blob stored by ``commit``."""

@@ -1,0 +1,393 @@
+"""What an operator sees on the web port: metrics, health, status, dead letters.
+
+``Observer.install`` adds to a topology's Faust web server (``web_port``):
+
+* ``GET /metrics``: Prometheus text format (``engine.runtime.metrics``, plus the states
+  read at scrape time: MQTT connection, consumer lag, log size and retention, sink
+  failures, active alerts, rules).
+* ``GET /healthz``: 200 ``{"status": "alive"}`` while the event loop answers.
+* ``GET /readyz`` (and ``GET /``, which Faust answered "OK" whatever the state): 200 when
+  every check passes, else 503; the body names each check and why
+  (``{"ready": false, "checks": {"ingest": {"ok": false, "detail": "..."}, ...}}``).
+  Checks: ingest connected and subscribed, the log takes a durable write, rules
+  loaded, telemetry lag within ``web.ready_max_lag_batches``.
+* ``GET /vigil/status``: what ``vigil status`` prints.
+* ``GET /vigil/dead-letters?start=&since=&reason=&limit=``: a page of the dead-letter
+  topic (embedded log only; ``engine.runtime.services.dead_letters``).
+
+The server binds to ``web.bind`` (loopback by default; settings refuse another address
+without a token or TLS). With ``web.token_env`` every request needs
+``Authorization: Bearer <token>``; with ``web.tls`` it speaks HTTPS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web as aioweb
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from connectors.mqtt.client import MqttIngest
+from engine.runtime.config import Settings
+from engine.runtime.services.dead_letters import read_dead_letters
+from engine.runtime.services.lag import LagMonitor
+from engine.runtime.topology import Topology
+from engine.runtime.transport.local import Transport as LocalTransport
+from engine.runtime.transport.log import DurableLog
+
+__all__ = ["Observer", "server_ssl_context"]
+
+#: Seconds between samples of the reading counters (``readings_per_s`` spans a minute).
+RATE_SAMPLE_S = 5.0
+
+
+def server_ssl_context(cert_file: Path, key_file: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """An HTTPS server context; with ``client_ca``, clients must present a certificate
+    that CA signed."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert_file), str(key_file))
+    if client_ca is not None:
+        ctx.load_verify_locations(cafile=str(client_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class _Rate:
+    """Readings per second over the last minute, from a counter sampled on a timer."""
+
+    def __init__(self, read: Callable[[], int]) -> None:
+        self._read = read
+        self._samples: deque[tuple[float, int]] = deque(maxlen=int(60 / RATE_SAMPLE_S) + 1)
+
+    def sample(self) -> None:
+        self._samples.append((time.monotonic(), self._read()))
+
+    def per_second(self) -> float | None:
+        if not self._samples:
+            return None
+        t0, n0 = self._samples[0]
+        dt = time.monotonic() - t0
+        return None if dt <= 0 else (self._read() - n0) / dt
+
+
+class Observer:
+    """Health, status and metrics of one topology; ``ingest`` is None on a Kafka worker
+    (ingest runs in its own process there), ``reload_errors`` gives the errors of the
+    last rejected rule reload (empty when the files on disk are the rules running)."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        settings: Settings,
+        *,
+        ingest: MqttIngest | None = None,
+        reload_errors: Callable[[], Sequence[str]] = list,
+        token: str | None = None,
+    ) -> None:
+        self.topology = topology
+        self.settings = settings
+        self.ingest = ingest
+        self.reload_errors = reload_errors
+        self.token = token
+        self.lag = LagMonitor(topology)
+        self._lag: dict[str, Any] = {"partitions": {}, "total_lag": 0}
+        counters = topology.counters
+        self._rate_in = _Rate(lambda: counters["readings_produced"])
+        self._rate_evaluated = _Rate(lambda: counters["readings_evaluated"])
+        topology.metrics.registry.register(_StateCollector(self))
+
+    # ---- wiring --------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Bind, protect and add the pages; before the app starts."""
+        app = self.topology.app
+        web_settings = self.settings.web
+        app.conf.web_bind = web_settings.bind
+        if web_settings.tls is not None:
+            tls = web_settings.tls
+            app.conf.web_ssl_context = server_ssl_context(
+                tls.cert_file, tls.key_file, tls.client_ca_file
+            )
+        app.web.web_app.middlewares.append(self._middleware)
+        app.timer(RATE_SAMPLE_S)(self._sample)
+        observer = self
+
+        async def metrics(view: Any, request: Any) -> Any:
+            await observer.refresh_lag()
+            body = generate_latest(observer.topology.metrics.registry)
+            return view.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthz(view: Any, request: Any) -> Any:
+            return view.json({"status": "alive"})
+
+        async def readyz(view: Any, request: Any) -> Any:
+            body = await observer.readiness()
+            return view.json(body, status=200 if body["ready"] else 503)
+
+        async def status(view: Any, request: Any) -> Any:
+            return view.json(await observer.status())
+
+        async def dead_letters(view: Any, request: Any) -> Any:
+            return await observer.dead_letters_page(view, request)
+
+        app.page("/metrics")(metrics)
+        app.page("/healthz")(healthz)
+        app.page("/readyz")(readyz)
+        app.page("/vigil/status")(status)
+        app.page("/vigil/dead-letters")(dead_letters)
+
+    @aioweb.middleware
+    async def _middleware(self, request: aioweb.Request, handler: Any) -> aioweb.StreamResponse:
+        # A signed acknowledge link (``/ack/``) is its own credential: the person who
+        # follows it from a notification carries no bearer token.
+        if self.token is not None and not request.path.startswith("/ack/"):
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                return aioweb.json_response(
+                    {"error": "missing or wrong bearer token (Authorization: Bearer ...)"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="vigil"'},
+                )
+        if request.path == "/":  # Faust's index said OK whatever the state: say the truth
+            body = await self.readiness()
+            return aioweb.json_response(body, status=200 if body["ready"] else 503)
+        response: aioweb.StreamResponse = await handler(request)
+        return response
+
+    async def _sample(self) -> None:
+        self._rate_in.sample()
+        self._rate_evaluated.sample()
+
+    # ---- what is asked -------------------------------------------------------------------
+
+    @property
+    def durable_log(self) -> DurableLog | None:
+        transport = self.topology.app.transport
+        return transport.log if isinstance(transport, LocalTransport) else None
+
+    async def refresh_lag(self) -> dict[str, Any]:
+        try:
+            self._lag = await self.lag.snapshot()
+        except Exception as exc:  # not started, or rebalancing: report, do not fail
+            self._lag = {"partitions": {}, "total_lag": None, "error": repr(exc)}
+        return self._lag
+
+    async def readiness(self) -> dict[str, Any]:
+        """Each check ``{"ok": bool, "detail": str}``; ready when all are ok."""
+        checks: dict[str, dict[str, Any]] = {}
+        if self.ingest is not None:
+            o = self.ingest.options
+            state = self.ingest.state
+            checks["ingest"] = {
+                "ok": state == "subscribed",
+                "detail": f"MQTT {state} ({o.host}:{o.port}, {self.ingest.template.subscription})",
+            }
+        log = self.durable_log
+        if log is not None:
+            try:
+                await asyncio.to_thread(log.check_writable)
+                checks["log"] = {"ok": True, "detail": f"writable ({log.path})"}
+            except Exception as exc:
+                checks["log"] = {"ok": False, "detail": f"not writable ({log.path}): {exc}"}
+        ruleset = self.topology.ruleset
+        count = _rule_count(ruleset)
+        rules: dict[str, Any] = {
+            "ok": count > 0,
+            "detail": f"{count} rules, version {ruleset.version[:12]}",
+        }
+        errors = list(self.reload_errors())
+        if errors:
+            rules["detail"] += "; the files on disk were rejected, the running rules stay"
+            rules["errors"] = errors
+        checks["rules"] = rules
+        lag = await self.refresh_lag()
+        bound = self.settings.web.ready_max_lag_batches
+        total = lag.get("total_lag")
+        checks["lag"] = {
+            "ok": total is not None and total <= bound,
+            "detail": f"{total} telemetry batches behind (ready at most {bound})"
+            if total is not None
+            else f"lag unknown: {lag.get('error')}",
+        }
+        return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
+
+    async def status(self) -> dict[str, Any]:
+        """What ``vigil status`` shows (its module documents the fields)."""
+        metrics = self.topology.metrics
+        ready = await self.readiness()
+        connectors = []
+        if self.ingest is not None:
+            o = self.ingest.options
+            connectors.append({
+                "name": "mqtt",
+                "state": self.ingest.state,
+                "broker": f"{o.host}:{o.port}",
+                "subscription": self.ingest.template.subscription,
+                "counters": dict(self.ingest.counters),
+            })  # fmt: skip
+        ruleset = self.topology.ruleset
+        return {
+            "app_id": self.settings.app_id,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - metrics.started_at, 1),
+            "ready": ready,
+            "connectors": connectors,
+            "readings_per_s": {
+                "received": _round(self._rate_in.per_second()),
+                "evaluated": _round(self._rate_evaluated.per_second()),
+            },
+            "lag": self._lag,
+            "rules": {
+                "version": ruleset.version,
+                "count": _rule_count(ruleset),
+                "files": [str(p) for p in self.settings.rules],
+                "errors": list(self.reload_errors()),
+            },
+            "active_alerts": metrics.active_by_level(),
+            "dead_letters_last_hour": metrics.recent_dead_letters.totals(),
+            "counted_since": metrics.started_at,
+        }
+
+    async def dead_letters_page(self, view: Any, request: Any) -> Any:
+        log = self.durable_log
+        if log is None:
+            return view.json(
+                {"error": "dead letters are served by the gateway (embedded log) only; on "
+                 "Kafka read the <app_id>-dead-letter topic with a consumer"},
+                status=501,
+            )  # fmt: skip
+        query = request.query
+        try:
+            start = int(query["start"]) if "start" in query else None
+            since = int(query["since"]) if "since" in query else None
+            limit = min(max(int(query.get("limit", 100)), 1), 1000)
+        except ValueError:
+            return view.json({"error": "start, since and limit are integers"}, status=400)
+        topic = self.topology.dead_letter.get_topic_name()
+        page = await asyncio.to_thread(
+            read_dead_letters, log, topic, start=start, since_ms=since,
+            reason=query.get("reason") or None, limit=limit,
+        )  # fmt: skip
+        return view.json(page)
+
+
+def _rule_count(ruleset: Any) -> int:
+    return (
+        len(ruleset.rules)
+        + len(ruleset.compound)
+        + len(ruleset.derived)
+        + len(ruleset.corroboration)
+    )
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for entry in os.scandir(path):
+        try:
+            if entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+            elif entry.is_dir(follow_symlinks=False):
+                total += _dir_bytes(Path(entry.path))
+        except FileNotFoundError:  # a compaction removed it meanwhile
+            continue
+    return total
+
+
+class _StateCollector(Collector):
+    """The states, read at each scrape (lag as of the scrape's ``refresh_lag``)."""
+
+    def __init__(self, observer: Observer) -> None:
+        self.observer = observer
+
+    def collect(self) -> Iterator[Metric]:
+        obs = self.observer
+        topology = obs.topology
+        if obs.ingest is not None:
+            yield GaugeMetricFamily(
+                "vigil_mqtt_connected",
+                "1 while the MQTT ingest is connected and subscribed, else 0",
+                value=1.0 if obs.ingest.state == "subscribed" else 0.0,
+            )
+        lag = GaugeMetricFamily(
+            "vigil_consumer_lag_batches",
+            "Telemetry records (batches) appended but not yet evaluated, by partition",
+            labels=["partition"],
+        )
+        for partition, p in obs._lag.get("partitions", {}).items():
+            if p.get("lag") is not None:
+                lag.add_metric([partition], float(p["lag"]))
+        yield lag
+        failures = CounterMetricFamily(
+            "vigil_sink_delivery_failures",
+            "Alert deliveries a sink failed (each attempt, retries included), by sink",
+            labels=["sink"],
+        )
+        for key, n in topology.dispatcher.counters.items():
+            if key.startswith("failed."):
+                failures.add_metric([key.removeprefix("failed.")], float(n))
+        yield failures
+        active = GaugeMetricFamily(
+            "vigil_active_alerts",
+            "Alert series above 'none' whose latest transition this process dispatched",
+            labels=["level"],
+        )
+        by_level = topology.metrics.active_by_level()
+        for level in ("blue", "yellow", "orange", "red"):
+            active.add_metric([level], float(by_level.get(level, 0)))
+        yield active
+        yield GaugeMetricFamily(
+            "vigil_rules_loaded", "Rules running (all kinds)", value=_rule_count(topology.ruleset)
+        )
+        yield from self._log_metrics()
+
+    def _log_metrics(self) -> Iterator[Metric]:
+        obs = self.observer
+        log = obs.durable_log
+        if log is None:
+            return
+        yield GaugeMetricFamily(
+            "vigil_log_size_bytes",
+            "Bytes on disk of the embedded log (RocksDB files)",
+            value=float(_dir_bytes(log.path)),
+        )
+        yield GaugeMetricFamily(
+            "vigil_log_retention_seconds",
+            "How long the embedded log keeps records every reader is done with",
+            value=obs.settings.retention_hours * 3600,
+        )
+        records = GaugeMetricFamily(
+            "vigil_log_records", "Records kept in the embedded log, by topic", labels=["topic"]
+        )
+        oldest = GaugeMetricFamily(
+            "vigil_log_oldest_record_timestamp_seconds",
+            "Append time of the oldest record kept, by topic (epoch seconds)",
+            labels=["topic"],
+        )
+        for topic, partitions in log.topics().items():
+            kept = 0
+            first: int | None = None
+            for p in range(partitions):
+                earliest = log.earliest(topic, p)
+                kept += log.highwater(topic, p) - earliest
+                head = log.read(topic, p, earliest, 1)
+                if head and (first is None or head[0].timestamp < first):
+                    first = head[0].timestamp
+            records.add_metric([topic], float(kept))
+            if first is not None:
+                oldest.add_metric([topic], first / 1000)
+        yield records
+        yield oldest

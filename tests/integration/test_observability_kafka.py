@@ -1,0 +1,90 @@
+"""The Kafka worker's web port serves what the gateway's does: ``/metrics`` (with Faust's
+commit latency), ``/readyz`` and ``/vigil/status``; ``vigil status --url`` reads it.
+
+Real mosquitto, a real Kafka broker, ``vigil ingest mqtt`` and ``vigil worker`` as child
+processes. A machine without them fails this test, it never skips.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from connectors.mqtt.mosquitto import Mosquitto, free_port
+from tests.integration.conftest import mosquitto_pub
+from tests.integration.kafka_fixture import kafka_bootstrap
+from tests.integration.test_kafka_ingest import Vigil, _settings, _wait_alerts
+
+__all__ = ["kafka_bootstrap"]
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+T0 = 1_719_763_200_000
+
+
+def test_the_kafka_workers_web_port_serves_metrics_readiness_and_status(
+    kafka_bootstrap: str, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    app_id = f"vigil-obs-{uuid.uuid4().hex[:8]}"
+    config = _settings(tmp_path, mosquitto.port, app_id)
+    broker = f"kafka://{kafka_bootstrap}"
+    port = free_port()
+    ingest = Vigil(
+        tmp_path, "ingest", "ingest", "mqtt", "--config", str(config), "--broker", broker
+    )
+    worker = Vigil(tmp_path, "worker", "worker", "--config", str(config), "--broker", broker,
+                   "--web-port", str(port))  # fmt: skip
+    try:
+        ingest.wait_for("ingest subscribed", timeout=120)
+        for minute, value in ((0, 1.0), (5, 3.5), (10, 3.5), (15, 3.5), (20, 3.5)):
+            reading = json.dumps({"value": value, "ts": T0 + minute * 60_000})
+            mosquitto_pub(mosquitto, "vigil/HZ003/water_level", reading)
+        alerts = _wait_alerts(tmp_path / "alerts.jsonl", worker, timeout=120)
+
+        web = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+        deadline = time.monotonic() + 60
+        while True:
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(web.get("/metrics").text)
+                for s in family.samples
+            }
+            commits = samples.get(("vigil_consumer_commit_seconds_count", ()), 0)
+            if samples.get(("vigil_readings_evaluated_total", ())) == 5 and commits > 0:
+                break
+            assert time.monotonic() < deadline, f"worker /metrics: {samples}"
+            time.sleep(0.2)
+        key = ("vigil_alert_events_total", (("level", "orange"), ("rule", "flood.river_level")))
+        assert samples[key] == sum(1 for a in alerts if a.level == "orange")
+        assert {k[1] for k in samples if k[0] == "vigil_consumer_lag_batches"} == {
+            (("partition", "0"),),
+            (("partition", "1"),),
+        }
+        assert samples[("process_resident_memory_bytes", ())] > 0
+        assert ("vigil_mqtt_connected", ()) not in samples  # ingest is another process
+
+        ready = web.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert set(ready.json()["checks"]) == {"rules", "lag"}
+        assert web.get("/vigil/dead-letters").status_code == 501
+
+        status = subprocess.run(
+            [sys.executable, "-m", "engine.tools.cli", "status", "--url", f"http://127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert f"{app_id} (pid {worker.proc.pid}" in status.stdout
+        assert "(none in this process)" in status.stdout
+        assert worker.terminate() == 0, worker.tail()
+        assert ingest.terminate() == 0, ingest.tail()
+    finally:
+        worker.kill()
+        ingest.kill()
