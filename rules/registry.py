@@ -10,8 +10,9 @@ Contract:
   names a built-in level or a free field the same way: ``station.<name>``.
 - ``Registry`` keeps stations in file order (the compiler's row order) and answers
   ``field_names()`` (every name a rule may reference) and ``get(id)``.
-- ``load_registry(path)`` reads ``.yaml``/``.yml`` (``stations: [...]``) or ``.csv``
-  (see ``registry_csv``) and raises ``RulesInvalid`` with every problem found.
+- ``load_registry(path)`` reads ``.yaml``/``.yml`` (``stations: [...]``), ``.csv``
+  (see ``registry_csv``) or a registry store folder (``rules.store``, stations imported
+  with ``vigil registry import``) and raises ``RulesInvalid`` with every problem found.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
-from rules.durations import parse_duration_ms
+from rules.durations import format_duration_ms, parse_duration_ms
 from rules.errors import Problem, RulesInvalid, did_you_mean, problems_from_validation
 from rules.model import StrictModel
-from rules.source import Source, SourceError, load_yaml
+from rules.source import Key, Pos, Source, SourceError, load_yaml
 
 __all__ = ["LEVEL_FIELDS", "Kind", "Registry", "Station", "StationKind", "load_registry"]
 
@@ -109,6 +110,16 @@ class Station(StrictModel):
             return got
         return self.fields.get(name)
 
+    def document(self) -> dict[str, Any]:
+        """The station as plain data that ``Station.model_validate`` takes back (what the
+        registry store keeps): fields left at their defaults are left out."""
+        doc = self.model_dump(mode="json", exclude_defaults=True)
+        if "report_interval_ms" in doc:
+            doc["report_interval"] = format_duration_ms(doc.pop("report_interval_ms"))
+        if "tags" in doc:
+            doc["tags"] = sorted(doc["tags"])
+        return doc
+
     def labels(self) -> dict[str, str]:
         """Labels every alert of this station carries: kind, name, basin, district."""
         out = {"kind": self.kind, "name": self.name or self.id}
@@ -154,6 +165,8 @@ class Registry:
 def load_registry(path: str | Path) -> Registry:
     """Load a ``.yaml``/``.yml`` or ``.csv`` registry; raises RulesInvalid on problems."""
     path = Path(path)
+    if path.is_dir():
+        return _store_registry(path)
     if path.suffix.lower() == ".csv":
         from rules.registry_csv import read_csv_source
 
@@ -164,6 +177,20 @@ def load_registry(path: str | Path) -> Registry:
         except SourceError as exc:
             raise RulesInvalid([Problem(str(path), exc.line, exc.col, "", exc.message)]) from exc
     return registry_from_source(source)
+
+
+def _store_registry(path: Path) -> Registry:
+    """The stations of a registry store, validated again (a store written by an older
+    schema is reported, not trusted); a problem's line is the station's place in id order."""
+    from rules.store import StoreMissing, station_documents
+
+    try:
+        docs = list(station_documents(path))
+    except StoreMissing as exc:
+        raise RulesInvalid([Problem(str(path), 1, 1, "", str(exc))]) from exc
+    positions: dict[tuple[Key, ...], Pos] = {(): (1, 1), ("stations",): (1, 1)}
+    positions.update({("stations", i): (i + 1, 1) for i in range(len(docs))})
+    return registry_from_source(Source(str(path), {"stations": docs}, positions))
 
 
 def registry_from_source(source: Source) -> Registry:

@@ -368,6 +368,9 @@ def _parser() -> argparse.ArgumentParser:
     from engine.tools.alerts_cli import add_parser as add_alerts_parser
 
     add_alerts_parser(sub)
+    from engine.tools.registry_cli import add_parser as add_registry_parser
+
+    add_registry_parser(sub)
     return parser
 
 
@@ -380,6 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from engine.tools.alerts_cli import run
 
         return run(args)
+    if args.command == "registry":
+        from engine.tools.registry_cli import run as run_registry
+
+        return run_registry(args)
     return int(args.func(args))
 
 
