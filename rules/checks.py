@@ -18,7 +18,8 @@ selects. Each check returns ``Problem``s pointing at the key to change:
   silence is watched by the threshold rules on the same gauges), ``every`` on a compound
   rule's condition (its clauses tumble), a ``qc.flatline`` when no selected station has a
   ``report_interval`` to count it in readings; and two rules on ``aqi`` that give one
-  station different ``aqi_method``s.
+  station different ``aqi_method``s; ``step_down: reading`` on a window other than a
+  tumbling ``max`` above or ``min`` below.
 
 Without a registry, only the checks that need no station run.
 """
@@ -175,7 +176,23 @@ def _check_threshold(
             )
             out.append(rule.problem(("qc", "flatline"), msg))
     out += _level_order(rule, spec, refs, stations)
+    out += _step_down(rule, spec)
     return out
+
+
+def _step_down(rule: LoadedRule, spec: ThresholdSpec) -> list[Problem]:
+    """``step_down: reading`` needs a window whose running aggregate only moves toward
+    the lines (max above, min below) and that tumbles: the early-firing kernel's."""
+    if spec.step_down != "reading":
+        return []
+    w, direction = spec.window, spec.levels.direction
+    fits = (w.aggregate, direction) in (("max", 1), ("min", -1)) and w.every is None
+    if fits:
+        return []
+    side = "above" if direction == 1 else "below"
+    have = f"a {'sliding ' if w.every else ''}{w.aggregate} window {side}"
+    msg = f"'reading' needs a tumbling max window above, or min below; this is {have}"
+    return [rule.problem(("step_down",), msg)]
 
 
 def _check_derived(

@@ -156,6 +156,7 @@ def _threshold(spec: ThresholdSpec, stations: Sequence[Station], lang: str) -> T
         labels=_labels(stations, unit or spec.unit, spec.labels),
         qc=_qc_limits(spec, stations),
         slide_ms=spec.window.every or 0,
+        step_down=spec.step_down,
         lang="zh" if lang == "zh" else "en",
     )
     if spec.aqi_method is not None:

@@ -365,6 +365,10 @@ class ThresholdSpec(RuleBase):
     deadband: float = Field(default=0.0, ge=0)
     qc: QC | None = None
     aqi_method: AqiMethod | None = None
+    #: When a level is left (``engine.contracts.ruleset.ThresholdRule.step_down``):
+    #: ``window`` (the default) or ``reading``; ``rules check`` allows ``reading`` on a
+    #: tumbling ``max`` window above, or ``min`` below.
+    step_down: Literal["window", "reading"] = "window"
 
     @model_validator(mode="after")
     def _aqi_method_on_aqi(self) -> ThresholdSpec:

@@ -81,6 +81,10 @@ class ThresholdRule:
     for_ms: int = 0
     stale_ms: int = 0  # 0 = no staleness check; else a silent gauge raises an alert
     qc: QcLimits | None = None
+    #: When a level is left: ``window``, when the window that holds the high reading
+    #: closes and its aggregate is back past the line by the deadband; ``reading``, on the
+    #: first reading back past it (early-firing rules only: max above, min below).
+    step_down: Literal["window", "reading"] = "window"
     # str.format templates; fields: station, name, metric, level, previous_level, value,
     # threshold, unit and every label of the station.
     summary: str = (
@@ -109,6 +113,13 @@ class ThresholdRule:
         if not 0 <= self.for_ms <= MAX_FOR_MS:
             raise ValueError(
                 f"rule {self.rule_id}: for_ms {self.for_ms} outside 0..{MAX_FOR_MS} (49.7 days)"
+            )
+        if self.step_down == "reading" and (
+            self.slide_ms or (self.aggregate, self.direction) not in (("max", 1), ("min", -1))
+        ):
+            raise ValueError(
+                f"rule {self.rule_id}: step_down 'reading' needs a tumbling max window "
+                "above, or min below"
             )
         if self.qc is not None and not 0 <= self.qc.flat_n <= MAX_FLAT_N:
             raise ValueError(

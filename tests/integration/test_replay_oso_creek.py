@@ -17,7 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "river"
 EVENT = DATA / "usgs_08211520_00065_2023-04-22_2023-04-28_event.csv"
 EXAMPLE = ROOT / "rules" / "examples" / "oso_creek"
-STEP_MS = 15 * 60_000
 LEVELS = ("none", "blue", "yellow", "orange", "red")
 
 
@@ -37,15 +36,14 @@ def _stages() -> list[float]:
 
 
 def _expected() -> list[tuple[int, str, str]]:
-    """Level = highest stage reached by the reading; up on the reading, down one
-    interval after the first reading below (when its 15-min window closes)."""
+    """Level = highest stage reached by the reading; up on the reading, down on the
+    first reading below (the example's ``step_down: reading``), as the NWS defines them."""
     stages = _stages()
     out, level = [], 0
     for ts, value in _series():
         reached = max((k + 1 for k, s in enumerate(stages) if value >= s), default=0)
         if reached != level:
-            at = ts if reached > level else ts + STEP_MS
-            out.append((at, LEVELS[level], LEVELS[reached]))
+            out.append((ts, LEVELS[level], LEVELS[reached]))
             level = reached
     return out
 

@@ -92,18 +92,28 @@ def _kernel(
     st.sampled_from([0, 120_000, 600_000]),
     st.sampled_from([0, 60_000, 10 * 60_000]),
     st.integers(0, 80),
+    st.booleans(),
 )
 def test_kernel_matches_reference(
-    readings: list, direction: int, deadband: float, for_ms: int, lateness_ms: int, cut: int
+    readings: list,
+    direction: int,
+    deadband: float,
+    for_ms: int,
+    lateness_ms: int,
+    cut: int,
+    on_reading: bool,
 ) -> None:
     """Readings in any order (out of order, duplicates, late): transitions and late
-    rows as the plain reference states them."""
+    rows as the plain reference states them, stepping down at window close or (``step_down:
+    reading``) on the reading."""
     late: list[int] = []
     expected = reference_process(
         [0, 0, 0], THRESHOLDS * direction, direction, deadband, WINDOW, readings, for_ms,
-        lateness_ms, late,
+        lateness_ms, late, on_reading,
     )  # fmt: skip
-    params = k.make_params(direction, deadband, WINDOW, for_ms, 3, QC_OFF, lateness_ms)
+    params = k.make_params(
+        direction, deadband, WINDOW, for_ms, 3, QC_OFF, lateness_ms, on_reading=on_reading
+    )
     tr, _, late_rows, _ = _run(params, readings)
     assert (tr, late_rows) == (expected, late)
     # The state carries over between batches: any split gives the same transitions.
@@ -354,3 +364,16 @@ def test_silence_ends_only_within_stale_of_the_partition_in_both_kernels(
     assert _nan_free(hc) == _nan_free(list(zip(*(a.tolist() for a in changes), strict=True)))
     ended = [t for t in sorted(times) if t >= current_from][:1]
     assert [(c[3], c[4]) for c in hc] == [(t, 0) for t in ended]  # since: before the gap
+
+
+def test_step_down_on_the_reading_starts_the_window_over() -> None:
+    """``step_down: reading``: 2.5 raises level 2, 0.5 a minute later leaves it, and 1.5,
+    in the same window but below its earlier maximum, raises level 1: the window starts
+    over at the reading that stepped down. At window close nothing is lowered again."""
+    rows = [(0, 0, 2.5), (0, 60_000, 0.5), (0, 120_000, 1.5), (0, WINDOW, 1.2)]
+    expected = [(0, 0, 2, 0, 2.5), (0, 2, 0, 60_000, 0.5), (0, 0, 1, 120_000, 1.5)]
+    params = k.make_params(1, 0.0, WINDOW, 0, 3, QC_OFF, on_reading=True)
+    assert _run(params, rows)[0] == expected
+    assert reference_process([0, 0, 0], THRESHOLDS, 1, 0.0, WINDOW, rows, on_reading=True) == (
+        expected
+    )

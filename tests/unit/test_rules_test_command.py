@@ -22,7 +22,7 @@ tests:
     input:
       - series: {{station: "08211520", metric: water_level, start: "2023-04-23T11:00",
                  every: 15m, values: [10.5, 11.0, null, 20.0]}}
-      - {{station: "08211520", metric: water_level, ts: "2023-04-23T11:50", value: 12.0}}
+      - {{station: "08211520", metric: water_level, ts: "2023-04-23T11:50", value: 20.5}}
     expected_alerts:
       - {{rule: oso.stage, station: "08211520", level: blue, at: "2023-04-23T11:15",
          started_at: "2023-04-23T11:15"}}
@@ -103,6 +103,6 @@ def test_rules_diff_exits_1_on_changes_listed_in_time_order(
         "~ 2023-04-23T16:15Z -> 2023-04-23T16:30Z oso.stage 08211520 none->blue",
         "+ 2023-04-23T16:45Z oso.stage 08211520 blue->yellow 21",
         "- 2023-04-23T16:45Z oso.stage 08211520 blue->orange 21",
-        "+ 2023-04-23T17:15Z oso.stage 08211520 yellow->blue 12.5",
-        "- 2023-04-23T17:15Z oso.stage 08211520 orange->blue 12.5",
+        "+ 2023-04-23T17:00Z oso.stage 08211520 yellow->blue 12.5",
+        "- 2023-04-23T17:00Z oso.stage 08211520 orange->blue 12.5",
     ]

@@ -128,6 +128,9 @@ class Params(NamedTuple):
     #: The least severe flag whose readings move no window: Q_FAIL, or Q_SUSPECT when the
     #: rule drops suspect readings (flags order by severity: GOOD < SUSPECT < FAIL < MISSING).
     drop_from: int = Q_FAIL
+    #: The rule's ``step_down: reading``: a level is left on the sensor's newest reading
+    #: that is back past its line by the deadband, not when the window closes.
+    on_reading: bool = False
 
 
 def make_params(
@@ -139,13 +142,23 @@ def make_params(
     qc: tuple[float, float, float, float, float, float, float, int, int],
     lateness_ms: int = 0,
     drop_suspect: bool = False,
+    on_reading: bool = False,
 ) -> Params:
     """``qc``: fail_lo, fail_hi, suspect_lo, suspect_hi, spike, rate_per_h, flat_eps,
-    flat_suspect_n, flat_fail_n; ``drop_suspect``: SUSPECT readings move no window either.
-    Raises ValueError past the compact fields' limits."""
+    flat_suspect_n, flat_fail_n; ``drop_suspect``: SUSPECT readings move no window either;
+    ``on_reading``: step down on the reading (``Params.on_reading``). Raises ValueError
+    past the compact fields' limits."""
     drop_from = Q_SUSPECT if drop_suspect else Q_FAIL
     p = Params(
-        direction, float(deadband), window_ms, for_ms, fail_after, *qc, lateness_ms, drop_from
+        direction,
+        float(deadband),
+        window_ms,
+        for_ms,
+        fail_after,
+        *qc,
+        lateness_ms,
+        drop_from,
+        on_reading,
     )
     if not 0 <= for_ms <= AGE_CAP:
         raise ValueError(f"for_ms {for_ms} outside 0..{AGE_CAP} (49.7 days)")

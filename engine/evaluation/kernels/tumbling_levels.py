@@ -39,7 +39,10 @@ this kernel. Per reading, in the order of the arrays (event-time order per senso
      window is open: the order of a window's readings changes nothing, so an
      out-of-order arrival fires when the replay of the same readings fires;
    * de-escalation is decided when a window closes, from its aggregate: a level is kept
-     while the aggregate stays above ``threshold - deadband``;
+     while the aggregate stays above ``threshold - deadband``; with ``step_down:
+     reading`` (``Params.on_reading``) it is decided on each of the sensor's newest
+     readings instead, at the first one back past ``threshold - deadband``, and the
+     window starts over at that reading (:func:`_step_down`);
    * a window closes when a reading of a later window arrives for the sensor, or when
      the watermark passes its end (:func:`close_windows`), so a gauge that falls silent
      mid-flood does not hold its last window open forever. A close by the watermark
@@ -91,6 +94,7 @@ from engine.evaluation.kernels._tumbling_steps import (
     extend_runs,
     health_out,
     health_step,
+    held,
     qc_step,
     start_runs,
     thresholds_of,
@@ -201,6 +205,9 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
         st["agg"] = agg
         if t > last or changed:  # one out of order that moves nothing may be a redelivery
             st["accepted"] += 1
+        if p.on_reading and t > last and as_i64(st["levels"]) & LEVEL_MASK:
+            n_tr = _step_down(tr, n_tr, st, i, t, x, p)
+            agg = st["agg"]
         # The levels: breach runs (the `for` clocks) and early escalation. ``raw`` is the
         # highest level whose run is alive: held by every window since it began, the
         # open one included or still undecided.
@@ -250,6 +257,27 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
             n_tr = emit(tr, n_tr, st, i, current, new, at, agg, thr, p.direction)
             st["levels"] = (as_i64(st["levels"]) & ~LEVEL_MASK) | new
     return n_tr, n_hc, n_late
+
+
+@njit(cache=True)
+def _step_down(tr, n, st, i, t, x, p):  # type: ignore[no-untyped-def]
+    """``step_down: reading``: the sensor's newest reading ``x`` (sign-adjusted) leaves
+    the levels it is back past by the deadband, at its own time. The window starts over
+    at this reading (the earlier, higher readings are what the level just left, and must
+    not raise it again) and the breach runs of the levels ``x`` is below end (a level
+    left is entered again only after its ``for``, timed anew). Returns the transitions
+    written so far."""
+    thr = thresholds_of(st)
+    lv = as_i64(st["levels"])
+    current = lv & LEVEL_MASK
+    new = held(x, thr, current, p)
+    if new >= current:
+        return n
+    n = emit(tr, n, st, i, current, new, t, x, thr, p.direction)
+    raw = min((lv >> 3) & LEVEL_MASK, breached(x, thr, p.direction))
+    st["levels"] = (lv & ~(LEVEL_MASK | RAW_BITS)) | new | (raw << 3)
+    st["agg"] = x
+    return n
 
 
 @njit(cache=True)

@@ -24,6 +24,7 @@ def reference_process(
     for_ms: int = 0,
     lateness_ms: int = 0,
     late: list[int] | None = None,
+    on_reading: bool = False,
 ) -> list[tuple[int, int, int, int, float]]:
     """Plain-Python statement of the window and level steps, for differential tests.
 
@@ -37,7 +38,10 @@ def reference_process(
     reading and without ``for``, it can still raise (never lower) the level. A ``for``
     run of a level starts at the first reading whose window breaches it and ends with a
     window whose final aggregate does not; a level is entered on a reading whose window
-    breaches it once its run has lasted ``for_ms``.
+    breaches it once its run has lasted ``for_ms``. With ``on_reading`` (``step_down:
+    reading``) a level is left on the sensor's newest reading that is back past its line
+    by the deadband: the window starts over at that reading and the runs of the levels
+    the reading is below end.
     """
     win: dict[int, tuple[int, float]] = {}  # sensor -> (window start, aggregate)
     last: dict[int, int] = {}
@@ -87,8 +91,21 @@ def reference_process(
             for k in range(breached(i, wagg) + 1, 5):
                 since.pop((i, k), None)
         agg = max(win[i][1], x) if i in win else x
+        newest = t > last.get(i, t - 1)
         win[i] = (start, agg)
         last[i] = max(last.get(i, t), t)
+        if on_reading and newest and levels[i] > 0:
+            stays = next(
+                (k for k in range(levels[i], 0, -1) if used(i, k) and x >= line(i, k) - deadband),
+                0,
+            )
+            if stays < levels[i]:
+                out.append((i, levels[i], stays, t, v))
+                levels[i] = stays
+                agg = x
+                win[i] = (start, agg)
+                for k in range(breached(i, x) + 1, 5):
+                    since.pop((i, k), None)
         raw = breached(i, agg)
         for k in range(1, breached(i, x) + 1):  # a run begins at its first breaching reading
             since[(i, k)] = min(since.get((i, k), t), t)

@@ -48,7 +48,7 @@ def _params(rule: ThresholdRule, qc: QCParams, lateness_ms: int) -> kernel.Param
     return kernel.make_params(
         rule.direction, rule.deadband, rule.window_ms, rule.for_ms, FAIL_AFTER,
         (lo, hi, slo, shi, spike, rate, qc.flat_eps, qc.flat_suspect_n, qc.flat_fail_n),
-        lateness_ms, drops_suspect(rule),
+        lateness_ms, drops_suspect(rule), on_reading=rule.step_down == "reading",
     )  # fmt: skip
 
 
