@@ -38,6 +38,7 @@ import numpy.typing as npt
 import pytest
 
 from engine.evaluation.kernels import tumbling_levels as tumbling
+from engine.evaluation.kernels._common import NO_TS
 from engine.evaluation.kernels.levels import (
     LEVELS_STATE_DTYPE,
     LevelParams,
@@ -264,7 +265,7 @@ def engine_chain(w: Workload, batch: int, state: Any, s32: Any, quality: Any) ->
     for i in range(0, w.readings, batch):
         s, t, v = s32[i : i + batch], w.ts[i : i + batch], w.value[i : i + batch]
         n_tr, _, _ = tumbling.process(
-            state, params, (future, past), s, t, v, quality[i : i + batch], out
+            state, params, (future, past, NO_TS), s, t, v, quality[i : i + batch], out
         )
         transitions += n_tr
         next_close = min(next_close, int(t.min()) // WINDOW * WINDOW + WINDOW)

@@ -207,7 +207,10 @@ class PartitionProcessor:
         rows, sensor = rows[keep], sensor[keep]
         ts, value = batch.ts[rows], batch.value[rows]
         now = self.clock() if self.clock is not None else watermark
-        raw, changes = runner.apply(sensor, ts, value, batch.quality[rows], watermark, now)
+        # ``self.watermark`` is still the partition's event time before this batch.
+        raw, changes = runner.apply(
+            sensor, ts, value, batch.quality[rows], watermark, now, self.watermark
+        )
         if runner.rejected and parse_clause(runner.sensors.rule.rule_id) is not None:
             runner.rejected.clear()  # a compound's clause: its standalone rule reports them
         if runner.rejected:

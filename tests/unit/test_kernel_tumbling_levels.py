@@ -47,7 +47,7 @@ def _run(
     readings: list[tuple[int, int, float]],
     quality: list[int] | None = None,
     thresholds: npt.NDArray[np.float64] = THRESHOLDS,
-    limits: tuple[int, int] = (TS_MAX, NO_TS),
+    limits: tuple[int, int, int] = (TS_MAX, NO_TS, NO_TS),
     state: npt.NDArray[np.void] | None = None,
 ) -> tuple[list[tuple[int, int, int, int, float]], list[tuple], list[int], npt.NDArray[np.void]]:
     """Level transitions (sensor, from, to, ms, aggregate), health changes and late rows."""
@@ -168,7 +168,8 @@ def test_one_pass_equals_qc_then_health_then_levels(
         lateness_ms,
     )  # fmt: skip
     rows = [(s, t, v) for s, t, v, _ in readings]
-    tr, hc, late, state = _run(params, rows, [r[3] for r in readings], limits=time_limits(qc, now))
+    limits = (*time_limits(qc, now), NO_TS)
+    tr, hc, late, state = _run(params, rows, [r[3] for r in readings], limits=limits)
 
     sensor = np.array([r[0] for r in rows], np.int32)
     ts = np.array([r[1] for r in rows], np.int64)
@@ -328,6 +329,41 @@ def test_reload_keeps_state_of_unchanged_rules_and_takes_new_thresholds() -> Non
     assert proc.accepted("flood", "A") == 1
     events = proc.process(TelemetryBatch.from_rows([("A", "water_level", WINDOW, 1.6)]), 1)
     assert [(e.previous_level, e.level) for e in events] == [("blue", "none")]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 40).map(lambda m: m * 5 * 60_000 + 3_600_000), max_size=12),
+    st.integers(0, 300).map(lambda m: m * 60_000),
+)
+def test_silence_ends_only_within_stale_of_the_partition_in_both_kernels(
+    times: list[int], current_from: int
+) -> None:
+    """A silent sensor's backlog older than ``current_from`` leaves the silence and its
+    start as they are, in the fused kernel as in the health kernel."""
+    stale = 60 * 60_000
+    state = k.new_state(1)
+    k.set_thresholds(state, THRESHOLDS[:1])
+    health = hk.new_health_state(1)
+    first = [(0, 0, 1.0)]
+    _run(k.make_params(1, 0.0, WINDOW, 0, 3, QC_OFF), first, thresholds=THRESHOLDS[:1],
+         state=state)  # fmt: skip
+    one = np.zeros(1, np.int32)
+    hk.observe(health, 3, one, np.zeros(1, np.int64), np.ones(1), np.zeros(1, np.uint8))
+    assert k.silent_due(state, stale, 3_600_000).tolist() == [0]
+    assert hk.check_silence(health, stale, 3_600_000)[0].tolist() == [0]
+    rows = [(0, t, 1.0) for t in sorted(times)]
+    _, hc, _, _ = _run(k.make_params(1, 0.0, WINDOW, 0, 3, QC_OFF), rows,
+                       thresholds=THRESHOLDS[:1], limits=(TS_MAX, NO_TS, current_from),
+                       state=state)  # fmt: skip
+    n = len(rows)
+    changes = hk.observe(
+        health, 3, np.zeros(n, np.int32), np.array([r[1] for r in rows], np.int64),
+        np.ones(n), np.zeros(n, np.uint8), current_from,
+    )  # fmt: skip
+    assert _nan_free(hc) == _nan_free(list(zip(*(a.tolist() for a in changes), strict=True)))
+    ended = [t for t in sorted(times) if t >= current_from][:1]
+    assert [(c[3], c[4]) for c in hc] == [(t, 0) for t in ended]  # since: before the gap
 
 
 def test_step_down_on_the_reading_starts_the_window_over() -> None:

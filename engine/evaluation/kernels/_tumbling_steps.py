@@ -76,15 +76,16 @@ EV_SILENCE_OVER, EV_RUN_BEGINS, EV_QC_FIRES, EV_QC_CLEARS = 1, 2, 4, 8
 
 
 @njit(cache=True)
-def health_step(st, fail_after, t, q):  # type: ignore[no-untyped-def]
-    """Track QC failure runs and silence (see ``engine.evaluation.kernels.health``); returns the
-    reading's health events (``EV_*`` bits, 0 in the common case)."""
+def health_step(st, fail_after, current_from, t, q):  # type: ignore[no-untyped-def]
+    """Track QC failure runs and silence (see ``engine.evaluation.kernels.health``: a
+    reading before ``current_from`` neither ends a silence nor moves its start); returns
+    the reading's health events (``EV_*`` bits, 0 in the common case)."""
     h = as_i64(st["health"])
     ev = 0
-    if h & SILENT_BIT:
+    if h & SILENT_BIT and t >= current_from:
         h &= ~SILENT_BIT
         ev |= EV_SILENCE_OVER
-    if t > st["seen_ts"]:
+    if t > st["seen_ts"] and not h & SILENT_BIT:
         st["seen_ts"] = t
     run = h & RUN_CAP
     if q == Q_FAIL:

@@ -6,8 +6,12 @@ Per sensor, in event-time order:
   sensor) raise a QC alert dated at the first of them ("gauge stuck since 14:05"); the
   next reading that does not fail clears it.
 - **Silence**: no reading for ``stale_ms`` after the last one raises a silent alert dated
-  ``last + stale_ms``, found when the partition's watermark passes that time; the next
-  reading clears it, dated at that reading.
+  ``last + stale_ms``, found when the partition's watermark passes that time. A reading
+  clears it, dated at that reading, once the sensor is current again: the reading is
+  within ``stale_ms`` of the partition's event time before its batch (``current_from``).
+  A store-and-forward backlog still older than that, uploaded in chunks while the
+  partition's other sensors are current, neither clears the silence nor moves its
+  start, so the device's outage is one alert and one all-clear, not one per chunk.
 
 State (``HEALTH_DTYPE``, 32 bytes per sensor) and outputs are plain arrays. Output rows:
 sensor, kind (``QC`` or ``SILENT``), firing (1) or cleared (0), event time (ms), the
@@ -29,6 +33,7 @@ __all__ = [
     "SILENT",
     "change_arrays",
     "check_silence",
+    "current_from",
     "new_health_state",
     "observe",
 ]
@@ -67,7 +72,7 @@ def change_arrays(n: int) -> tuple[npt.NDArray[np.generic], ...]:
 
 
 @njit(cache=True)
-def _observe(last_ts, fail_since, fail_run, qc_alert, silent, fail_after,  # type: ignore[no-untyped-def]
+def _observe(last_ts, fail_since, fail_run, qc_alert, silent, fail_after, current_from,  # type: ignore[no-untyped-def]
              sensor, ts, value, flags, o_s, o_k, o_f, o_t, o_since, o_v):  # fmt: skip
     n = 0
     m = ts.shape[0]
@@ -76,7 +81,7 @@ def _observe(last_ts, fail_since, fail_run, qc_alert, silent, fail_after,  # typ
             prefetch(last_ts, sensor[r + PREFETCH_AHEAD])  # the record's one cache line
         i = sensor[r]
         t = ts[r]
-        if silent[i]:
+        if silent[i] and t >= current_from:
             silent[i] = 0
             o_s[n], o_k[n], o_f[n], o_t[n], o_since[n], o_v[n] = (
                 i,
@@ -87,7 +92,7 @@ def _observe(last_ts, fail_since, fail_run, qc_alert, silent, fail_after,  # typ
                 value[r],
             )
             n += 1
-        if t > last_ts[i]:
+        if t > last_ts[i] and not silent[i]:
             last_ts[i] = t
         if flags[r] == Q_FAIL:
             if fail_run[i] == 0:
@@ -127,14 +132,25 @@ def observe(
     ts: npt.NDArray[np.int64],
     value: npt.NDArray[np.float64],
     flags: npt.NDArray[np.uint8],
+    current_from: int = NO_TS,
 ) -> tuple[npt.NDArray[np.generic], ...]:
-    """Take readings (event-time order per sensor) with their QC flags; returns changes."""
+    """Take readings (event-time order per sensor) with their QC flags; returns changes.
+    ``current_from`` (ms): the earliest reading that ends a silence (see the module)."""
     out = change_arrays(2 * len(ts))
     n = _observe(
         state["last_ts"], state["fail_since"], state["fail_run"], state["qc_alert"],
-        state["silent"], fail_after, sensor, ts, value, flags, *out,
+        state["silent"], fail_after, current_from, sensor, ts, value, flags, *out,
     )  # fmt: skip
     return tuple(a[:n] for a in out)
+
+
+def current_from(stale_ms: int, partition_ms: int) -> int:
+    """The earliest event time (ms) of a reading that ends its sensor's silence, for a
+    batch evaluated when the partition's event time was ``partition_ms``: a reading
+    within ``stale_ms`` of it (any reading while the partition has none)."""
+    if partition_ms == NO_TS or stale_ms <= 0:
+        return NO_TS
+    return partition_ms - stale_ms + 1
 
 
 def check_silence(

@@ -9,6 +9,7 @@ import numpy.typing as npt
 
 from engine.contracts.ruleset import ThresholdRule
 from engine.evaluation.health import HealthChange
+from engine.evaluation.kernels._common import NO_TS
 
 __all__ = ["RawTransition", "Rejected", "Runner", "SensorIndex"]
 
@@ -84,10 +85,13 @@ class Runner(Protocol):
         quality: npt.NDArray[np.uint8],
         watermark: int,
         now_ms: int,
+        partition_ms: int = NO_TS,
     ) -> tuple[list[RawTransition], list[HealthChange]]:
         """Take readings of sensors already indexed, QC them (``quality`` is the incoming
         flag; ``now_ms`` the clock the time checks use) and return the level transitions
-        and the sensor-health changes they cause."""
+        and the sensor-health changes they cause. ``partition_ms``: the partition's event
+        time before this batch (ms); a silent sensor's reading ends its silence only
+        within the rule's ``stale`` of it (``engine.evaluation.kernels.health``)."""
         ...
 
     def close(self, watermark: int) -> list[RawTransition]:

@@ -22,6 +22,7 @@ from engine.evaluation.health import (
 )
 from engine.evaluation.kernels import health as hk
 from engine.evaluation.kernels import tumbling_levels as kernel
+from engine.evaluation.kernels._common import NO_TS
 from engine.evaluation.kernels.qc import QC_STATE_DTYPE, QCParams, new_qc_state, time_limits
 from engine.evaluation.runners.base import (
     RawTransition,
@@ -103,15 +104,16 @@ class TumblingRunner:
         quality: npt.NDArray[np.uint8],
         watermark: int,
         now_ms: int,
+        partition_ms: int = NO_TS,
     ) -> tuple[list[RawTransition], list[HealthChange]]:
         rule = self.rule
         if len(self._out[2][0]) < len(ts):
             self._out = kernel.outputs(len(ts))
         out = self._out
+        limits = (*time_limits(self.qc, now_ms), hk.current_from(rule.stale_ms, partition_ms))
         n_tr, n_hc, n_late = kernel.process(
-            self.state, self.params, time_limits(self.qc, now_ms),
-            sensor, ts, value, quality, out,
-        )  # fmt: skip
+            self.state, self.params, limits, sensor, ts, value, quality, out
+        )
         for r in out[2][0][:n_late].tolist():
             self.rejected.append(Rejected(
                 int(sensor[r]), int(ts[r]), float(value[r]),
