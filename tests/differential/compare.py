@@ -29,10 +29,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from engine.contracts.alerts import AlertEvent, fingerprint
+from engine.contracts.alerts import AlertEvent
 from engine.contracts.ruleset import RuleSet
 
-__all__ = ["Diff", "Upload", "compare", "cutoff", "gateway_silences", "timed_compounds"]
+__all__ = ["Diff", "compare", "cutoff", "timed_compounds"]
 
 #: (fingerprint, rule, station, metric, previous level, level, at, started_at)
 Key = tuple[str, str, str, str, str, str, int, int]
@@ -156,7 +156,6 @@ def compare(
     until: int,
     disorder_ms: int = 0,
     compound: frozenset[str] = frozenset(),
-    live_only: Iterable[Key] = (),
 ) -> Diff:
     """The differences between ``live`` and ``replayed`` events with ``at <= until`` (ms);
     ``disorder_ms``: the traffic's longest delay of a reading behind its sensor's next
@@ -167,11 +166,7 @@ def compare(
     a combination may fire that a clause decided later shows had not held for its
     ``for`` (a false alarm, cleared when that clause comes in). For them every replay
     escalation must be reached live, in time, and each series must end at the replay's
-    level; an extra live escalation is the README's stated limit, not a difference.
-
-    ``live_only``: events the live side must raise that a replay cannot (the silences
-    of devices that were silent on the gateway's clock, ``gateway_silences``): expected
-    of the live side exactly as the replay's are."""
+    level; an extra live escalation is the README's stated limit, not a difference."""
     seen: dict[str, Key] = {}
     repeats = 0
     for e in live:
@@ -183,7 +178,6 @@ def compare(
         seen[e.key] = key(e)
     got_all = set(seen.values())
     want_all = {key(e) for e in replayed if e.at <= until}
-    want_all |= {k for k in live_only if k[6] <= until}
     got = {k for k in got_all if k[1] not in compound}
     want = {k for k in want_all if k[1] not in compound}
     loose_got, loose_want = got_all - got, want_all - want
@@ -218,55 +212,3 @@ def _ends_differ(got: set[Key], want: set[Key]) -> list[Key]:
 def timed_compounds(ruleset: RuleSet) -> frozenset[str]:
     """The compound rules with a ``for`` (``compare``'s ``compound``)."""
     return frozenset(c.rule_id for c in ruleset.compound if c.for_ms > 0)
-
-
-#: One batch as the gateway evaluated it: (partition, station, metric, [ts ms, ...]).
-Upload = tuple[int, str, str, list[int]]
-
-
-def gateway_silences(uploads: Iterable[Upload], ruleset: RuleSet) -> list[Key]:
-    """The silence events a live gateway raises, and a replay (no wall clock) does not,
-    for ``uploads`` in the order the gateway evaluated them, one batch each: the stated
-    semantics (``engine.evaluation.kernels.health``), written out plainly.
-
-    Per partition, its event time is the newest reading evaluated. After each batch, a
-    sensor whose last reading is ``stale`` behind it is silent: ``none -> blue`` dated
-    last + stale, started at the last reading. A reading of a silent sensor within
-    ``stale`` of the partition's event time before its batch ends the silence
-    (``blue -> none`` at that reading, or at the alert's own time if later); an older
-    one (a backlog chunk) neither ends it nor moves its start. Ticks (wall-clock
-    extrapolation) are not modelled: a traffic for this comparison ends with every
-    station current or silent for longer than the run's wall time."""
-    rules = [r for r in ruleset.rules if r.stale_ms > 0]
-    clock: dict[int, int] = {}
-    last: dict[tuple[str, str, str], int] = {}  # (rule, station, metric) -> seen
-    silent: set[tuple[str, str, str]] = set()
-    home: dict[str, int] = {}  # station -> its partition
-    out: list[Key] = []
-    for partition, station, metric, times in uploads:
-        before = clock.get(partition)
-        for rule in rules:
-            if rule.metric != metric or station not in rule.stations:
-                continue
-            k = (rule.rule_id, station, metric)
-            fp = fingerprint(f"{rule.rule_id}#silent", station, metric)
-            for t in sorted(times):
-                if k in silent and (before is None or t > before - rule.stale_ms):
-                    silent.discard(k)
-                    since = last[k]
-                    out.append((fp, f"{rule.rule_id}#silent", station, metric, "blue", "none",
-                                max(t, since + rule.stale_ms), since))  # fmt: skip
-                if k not in silent and t > last.get(k, t - 1):
-                    last[k] = t
-        clock[partition] = max([*times, *([before] if before is not None else [])])
-        home[station] = partition
-        now = clock[partition]
-        for rule in rules:
-            for k, seen in last.items():
-                mine = k[0] == rule.rule_id and home[k[1]] == partition
-                if mine and k not in silent and seen + rule.stale_ms <= now:
-                    silent.add(k)
-                    fp = fingerprint(f"{rule.rule_id}#silent", k[1], k[2])
-                    out.append((fp, f"{rule.rule_id}#silent", k[1], k[2], "none", "blue",
-                                seen + rule.stale_ms, seen))  # fmt: skip
-    return out
