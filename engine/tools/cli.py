@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -270,11 +269,24 @@ def _decode(args: argparse.Namespace) -> int:
     return 1 if rejected else 0
 
 
+def _add_log_format(parser: argparse.ArgumentParser) -> None:
+    """``--log-format`` after the command too (``vigil run --log-format json``)."""
+    parser.add_argument(
+        "--log-format", choices=["human", "json"], default=argparse.SUPPRESS,
+        help="human lines (default) or one JSON object per line, on stderr",
+    )  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vigil",
         description="Real-time stream processing for flood, dam-safety and air-quality telemetry.",
     )
+    parser.add_argument("--version", action="version", version=f"vigil {_version()}")
+    parser.add_argument(
+        "--log-format", choices=["human", "json"], default="human",
+        help="human lines (default) or one JSON object per line, on stderr",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -289,6 +301,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--loglevel", default="info", choices=["crit", "error", "warn", "info", "debug"]
     )
+    _add_log_format(run)
     run.set_defaults(func=_run)
 
     worker = sub.add_parser("worker", help="run the topology as a Kafka consumer-group member")
@@ -299,6 +312,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--loglevel", default="info", choices=["crit", "error", "warn", "info", "debug"]
     )
+    _add_log_format(worker)
     worker.set_defaults(func=_worker)
 
     ingest = sub.add_parser("ingest", help="ingest only: produce telemetry to Kafka")
@@ -368,11 +382,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_LEVELS = {"crit": "CRITICAL", "error": "ERROR", "warn": "WARNING", "info": "INFO",
+           "debug": "DEBUG"}  # fmt: skip
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vigil")
+    except PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from engine.runtime.logs import configure_logging
+
+    configure_logging(args.log_format, _LEVELS[getattr(args, "loglevel", "info")])
     return int(args.func(args))
 
 
