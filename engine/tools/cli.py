@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
@@ -33,13 +34,48 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config)
+        _numba_cache(settings.data_dir)
+        from engine.runtime.services.datalock import DataDirInUse
         from engine.runtime.services.gateway import Gateway
 
-        gateway = Gateway(settings)
+        try:
+            gateway = Gateway(settings, config_path=Path(args.config))
+        except DataDirInUse as exc:
+            print(exc, file=sys.stderr)
+            return 2
     except (ConfigError, RulesInvalid) as exc:
         return _report(exc)
     gateway.run(loglevel=args.loglevel)
     return 0
+
+
+def _numba_cache(data_dir: Path | None) -> None:
+    """Where numba caches its compiled kernels, chosen before numba is imported.
+
+    By default numba writes beside the installed sources or under ``~/.cache``; a
+    service user can write neither (``cannot cache function ...: no locator
+    available``). Order: ``NUMBA_CACHE_DIR`` as given; systemd's ``CACHE_DIRECTORY``;
+    the gateway's data directory; else numba's default when it is writable, else a
+    folder of this user's under the temporary directory.
+    """
+    import os
+    import tempfile
+
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    cache = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if cache:
+        target = Path(cache) / "numba"
+    elif data_dir is not None:
+        target = data_dir.resolve() / "cache" / "numba"
+    else:
+        import engine
+
+        home_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        if os.access(Path(engine.__file__).parent, os.W_OK) or os.access(home_cache, os.W_OK):
+            return
+        target = Path(tempfile.gettempdir()) / f"vigil-numba-{os.getuid()}"
+    os.environ["NUMBA_CACHE_DIR"] = str(target)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -397,6 +433,8 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "run":  # run picks its data directory once it has read the settings
+        _numba_cache(None)
     from engine.runtime.logs import configure_logging
 
     configure_logging(args.log_format, _LEVELS[getattr(args, "loglevel", "info")])

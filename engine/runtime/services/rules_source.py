@@ -48,15 +48,17 @@ def load_rules(settings: Settings) -> Loaded:
 
     Raises ``rules.errors.RulesInvalid`` with ``file:line:col`` lines.
     """
-    return _compile(settings.stations, settings.rules)
+    return _compile(settings.stations, settings.rules)[0]
 
 
-def _compile(stations: Path, rule_files: tuple[Path, ...] | list[Path]) -> Loaded:
+def _compile(stations: Path, rule_files: tuple[Path, ...] | list[Path]) -> tuple[Loaded, list[str]]:
+    """The rules and station ids, and the checks' warnings (logged here)."""
     registry = load_registry(stations)
     compiled = load_ruleset(list(rule_files), registry)
     for warning in compiled.warnings:
         log.warning("rules: %s", warning)
-    return compiled.ruleset, frozenset(s.id for s in registry.stations)
+    loaded = compiled.ruleset, frozenset(s.id for s in registry.stations)
+    return loaded, list(compiled.warnings)
 
 
 class RulesSource:
@@ -75,7 +77,7 @@ class RulesSource:
     def start(self) -> Loaded:
         """The rules to start on (see the module's contract)."""
         try:
-            loaded = load_rules(self.settings)
+            loaded, warnings = _compile(self.settings.stations, self.settings.rules)
         except (RulesInvalid, OSError) as exc:
             lines = _lines(exc)
             fallback = self._load_last_good()
@@ -83,10 +85,10 @@ class RulesSource:
                 raise
             for line in lines:
                 log.error("rules rejected at start, running the last good rules: %s", line)
-            self._record(fallback[0], len(fallback[1]), "last-good", lines)
-            return fallback
+            self._record(fallback[0], "last-good", lines, fallback[1])
+            return fallback[0]
         self._save_last_good()
-        self._record(loaded[0], len(loaded[1]), "files", [])
+        self._record(loaded, "files", [], warnings)
         return loaded
 
     def reload(self, *, force: bool) -> Loaded | None:
@@ -96,7 +98,7 @@ class RulesSource:
             return None
         self._watched = mtimes
         try:
-            loaded = load_rules(self.settings)
+            loaded, warnings = _compile(self.settings.stations, self.settings.rules)
         except (RulesInvalid, OSError) as exc:
             self.state.errors = _lines(exc)
             for line in self.state.errors:
@@ -104,15 +106,16 @@ class RulesSource:
             return None
         old_version = self.state.version
         self._save_last_good()
-        self._record(loaded[0], len(loaded[1]), "files", [])
+        self._record(loaded, "files", [], warnings)
         if loaded[0].version == old_version:
             log.info("rules reloaded: unchanged (version %s)", old_version)
         return loaded
 
-    def _record(self, ruleset: RuleSet, stations: int, source: str, errors: list[str]) -> None:
+    def _record(self, loaded: Loaded, source: str, errors: list[str], warnings: list[str]) -> None:
         s = self.state
-        s.version, s.count, s.stations = ruleset.version, _count(ruleset), stations
-        s.source, s.errors, s.loaded_at_ms = source, errors, int(time.time() * 1000)
+        s.version, s.count, s.stations = loaded[0].version, _count(loaded[0]), len(loaded[1])
+        s.source, s.errors, s.warnings = source, errors, warnings
+        s.loaded_at_ms = int(time.time() * 1000)
 
     # ---- the last good copy --------------------------------------------------------------
 
@@ -141,7 +144,7 @@ class RulesSource:
         shutil.copyfile(path, folder / name)
         return name
 
-    def _load_last_good(self) -> Loaded | None:
+    def _load_last_good(self) -> tuple[Loaded, list[str]] | None:
         manifest_path = self.last_good / "manifest.json"
         if not manifest_path.exists():
             return None
