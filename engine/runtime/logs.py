@@ -6,15 +6,18 @@ so every library's records (Faust's, mode's, paho's) come out in the same format
 
 - ``human`` (the default): ``2024-07-01T12:00:00.123Z WARNING engine.runtime.topology:
   dead-letter from HZ001/water_level: late reading`` followed by the app's fields
-  ``[station=HZ001 partition=2 offset=1234]`` when the record has any;
+  ``[station=HZ001 partition=2 offset=1234]`` when the record has any (``source`` and
+  ``reason`` only in JSON: a human line says them in its message);
 - ``json``: one JSON object a line, ``{"ts", "level", "logger", "message"}`` and the
   app's fields (``station``, ``rule``, ``partition``, ``offset``, ``source``,
   ``reason``, ``count``) when the record has them (pass them with ``extra=``).
 
 **Rate limit.** A burst of bad input must leave a log a person can read: records of one
-kind (same logger, level and message template) at WARNING or ERROR pass ``BURST`` times
-per ``INTERVAL_S`` seconds; the rest of that interval are counted, and one summary line
-says how many were suppressed and shows the last of them. CRITICAL is never held back.
+kind (same logger, level and message template) at WARNING or ERROR pass ``BURST`` times,
+then are only counted; every ``INTERVAL_S`` seconds one summary line says how many were
+held back and shows the last of them. While the burst goes on, each interval gives one
+summary line and nothing else; after an interval without one, the kind passes again.
+CRITICAL is never held back.
 
 **Secrets.** ``mask_secret(value)`` registers a value (a password from the environment)
 that is replaced by ``***`` in every line written, whatever logger wrote it.
@@ -47,6 +50,8 @@ LogFormat = Literal["human", "json"]
 
 #: Fields a Vigil log call may attach (``extra={"station": ...}``); both formats show them.
 APP_FIELDS = ("station", "rule", "partition", "offset", "source", "reason", "count")
+#: The fields a human line shows (``source`` and ``reason`` are in its message already).
+HUMAN_FIELDS = ("station", "rule", "partition", "offset", "count")
 #: Records of one kind let through per interval before the rest are only counted.
 BURST = 5
 #: Seconds of one rate-limit interval.
@@ -77,7 +82,7 @@ class HumanFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{_utc(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
-        fields = " ".join(f"{k}={getattr(record, k)}" for k in APP_FIELDS if hasattr(record, k))
+        fields = " ".join(f"{k}={getattr(record, k)}" for k in HUMAN_FIELDS if hasattr(record, k))
         if fields:
             line += f" [{fields}]"
         if record.exc_info:
@@ -158,7 +163,10 @@ class RateLimit(logging.Filter):
                     continue
                 if kind.suppressed and kind.last is not None:
                     out.append(self._summary(kind, now))
-                del self._kinds[key]
+                    # Still bursting: the next interval is summarised too, no new lines.
+                    self._kinds[key] = _Kind(now, passed=self.burst)
+                else:
+                    del self._kinds[key]
         return out
 
     def _summary(self, kind: _Kind, now: float) -> logging.LogRecord:

@@ -210,8 +210,11 @@ class Topology(PartitionStates, TickWriter):
             await fut
         self.counters["readings_produced"] += len(readings)
 
-    async def send_dead_letter(self, raw: bytes, reason: str, source: str) -> None:
-        """Keep rejected input with its reason; returns once it is durable."""
+    async def send_dead_letter(
+        self, raw: bytes, reason: str, source: str, **fields: str | int
+    ) -> None:
+        """Keep rejected input with its reason; returns once it is durable. ``fields``:
+        the app's log fields known here (``station``, ``partition``, ``offset``)."""
         fut = await self.dead_letter.send(
             key=source.encode(),
             value=raw,
@@ -223,7 +226,8 @@ class Topology(PartitionStates, TickWriter):
         )
         await fut
         self.counters["dead_letter"] += 1
-        log.warning("dead-letter from %s: %s", source, reason)
+        extra = {"source": source, "reason": reason, **fields}
+        log.warning("dead-letter from %s: %s", source, reason, extra=extra)
 
     # ---- agents ----------------------------------------------------------------------------
 
@@ -264,7 +268,14 @@ class Topology(PartitionStates, TickWriter):
         self.counters["readings_evaluated"] += len(batch)
         for station, metric, ts, value, reason in proc.rejected:
             raw = json.dumps({"station": station, "metric": metric, "ts": ts, "value": value})
-            await self.send_dead_letter(raw.encode(), reason, f"{station}/{metric}")
+            await self.send_dead_letter(
+                raw.encode(),
+                reason,
+                f"{station}/{metric}",
+                station=station,
+                partition=partition,
+                offset=offset,
+            )
         proc.rejected.clear()
         records = pack_lines(alert.to_json() for alert in alerts)
         # The partition's watermark rides on the batch's last record (engine.runtime.watermarks).

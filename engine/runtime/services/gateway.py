@@ -42,7 +42,7 @@ from engine.runtime.logs import mask_secret
 from engine.runtime.services.datalock import lock_data_dir
 from engine.runtime.services.notify import Notifier
 from engine.runtime.services.rules_source import Loaded, RulesSource, load_rules
-from engine.runtime.services.startup import startup_summary
+from engine.runtime.services.startup import log_startup
 from engine.runtime.services.state import GatewayState
 from engine.runtime.topology import Topology
 from engine.runtime.transport.local import Transport as LocalTransport
@@ -226,7 +226,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await self.ingest.start()
-        log.info(startup_summary(self.settings, self.state, self.ingest))
+        log_startup(self.settings, self.state, self.ingest)
         self.notifier.send(READY=1, STATUS="running; connecting to the MQTT broker")
         announce = asyncio.ensure_future(self._announce_subscribed())
         try:

@@ -2,18 +2,27 @@
 
 An operator who starts ``vigil run`` (or reads the journal after a restart) sees where
 readings come from, which rules and stations from which files, where alerts and data
-go and which web port serves, without reading the settings file.
+go and which web port serves, without reading the settings file. It is written at INFO
+on the ``vigil.startup`` logger, which shows it even under ``--loglevel warn``.
 """
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from connectors.mqtt.client import MqttIngest
 from engine.runtime.config import Settings
 from engine.runtime.services.state import GatewayState
 
-__all__ = ["startup_summary"]
+__all__ = ["log_startup", "startup_summary"]
+
+log = logging.getLogger("vigil.startup")
+log.setLevel(logging.INFO)  # shown under --loglevel warn too: it is one record
+
+
+def log_startup(settings: Settings, state: GatewayState, ingest: MqttIngest) -> None:
+    log.info(startup_summary(settings, state, ingest))
 
 
 def _version() -> str:
