@@ -28,6 +28,17 @@ pytestmark = pytest.mark.integration
 
 NOBODY = 65534
 T0 = 1_719_763_200_000
+RULE = """\
+version: 1
+rules:
+  - id: test.level
+    select: {ids: [HZ003]}
+    metric: water_level
+    unit: m
+    window: {size: 15m, aggregate: max}
+    levels:
+      yellow: {above: 2.0}
+"""
 
 
 @pytest.fixture
@@ -50,7 +61,7 @@ def _receive(sock: socket.socket, needle: bytes, timeout: float) -> list[bytes]:
             got.append(sock.recv(4096))
         except TimeoutError:
             break
-        if any(needle in m.split(b"\n") for m in got):
+        if any(line.startswith(needle) for m in got for line in m.split(b"\n")):
             return got
     raise AssertionError(f"no {needle!r} from the gateway; got {got}")
 
@@ -63,12 +74,14 @@ def test_runs_as_a_service_user_with_a_read_only_home(
     data = service_dir / "data"
     data.mkdir()
     os.chown(data, NOBODY, NOBODY)
+    rules = service_dir / "rules.yaml"
+    rules.write_text(RULE)
     settings = {
         "app_id": "vigil-svc",
         "data_dir": str(data),
         "partitions": 2,
         "stations": str(PACKS / "demo_stations.yaml"),
-        "rules": [str(PACKS / "flood.yaml")],
+        "rules": [str(rules)],
         "console": False,
         "mqtt": {"host": "127.0.0.1", "port": mosquitto.port, "client_id": "vigil-svc"},
         "batch": {"max_readings": 500, "linger_ms": 20},
@@ -97,13 +110,14 @@ def test_runs_as_a_service_user_with_a_read_only_home(
         _receive(notify, b"READY=1", timeout=600)
         assert proc.poll() is None, log.read_text()[-3000:]
         assert any((data / "cache" / "numba").rglob("*.nbi")), "numba cached nothing"
+        _receive(notify, b"STATUS=subscribed", timeout=120)  # readings before are not ours
 
-        # It works: a reading above HZ001's warning level becomes an alert.
-        reading = {"value": 4.7, "ts": T0}
-        mosquitto_pub(mosquitto, "vigil/HZ001/water_level", json.dumps(reading))
+        # It works: a reading above the rule's yellow line becomes an alert.
+        reading = {"value": 2.5, "ts": T0}
+        mosquitto_pub(mosquitto, "vigil/HZ003/water_level", json.dumps(reading))
         alerts = data / "alerts.jsonl"
         deadline = time.monotonic() + 120
-        while not (alerts.exists() and "HZ001" in alerts.read_text()):
+        while not (alerts.exists() and '"test.level"' in alerts.read_text()):
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
 
