@@ -38,7 +38,7 @@ from engine.contracts.alerts import AlertEvent, pack_lines
 from engine.contracts.ruleset import RuleSet
 from engine.evaluation.broker_drops import BrokerDropAlerts
 from engine.runtime.config import ConfigError, Settings, load_settings
-from engine.runtime.logs import mask_secret
+from engine.runtime.logs import configure_logging, mask_secret
 from engine.runtime.services.datalock import lock_data_dir
 from engine.runtime.services.notify import Notifier
 from engine.runtime.services.rules_source import Loaded, RulesSource, load_rules
@@ -263,7 +263,11 @@ class Gateway:
         """Run until SIGTERM/SIGINT; exits the process like any Faust worker.
 
         Logging is the CLI's (``engine.runtime.logs``): Faust's worker leaves it alone.
+        A gateway run without the CLI (a test's own script) gets the human format here.
         """
+        if not logging.getLogger().handlers:
+            level = {"crit": "CRITICAL", "warn": "WARNING"}.get(loglevel, loglevel.upper())
+            configure_logging("human", level)
         worker = faust.Worker(
             self.topology.app,
             loglevel=loglevel,
