@@ -4,11 +4,13 @@
 - ``validate(paths, registry) -> (files, problems)``: schema + semantic checks, sorted
   problems; never raises for bad input.
 - ``load_ruleset(paths, stations, lang) -> Compiled`` (raises ``RulesInvalid`` whose
-  ``lines`` are the ``file:line:col: path: message`` lines). ``Compiled.ruleset`` is the
+  ``lines`` are the ``file:line:col: path: message`` lines; warnings do not raise, they
+  are ``Compiled.warnings``). ``Compiled.ruleset`` is the
   ``engine.contracts.ruleset.RuleSet`` to run.
 - ``check_paths(paths, stations) -> list[str]``: the lines ``vigil rules check`` prints;
-  empty means valid. ``paths`` may mix rule files, station registries and rule tests
-  (told apart by content, ``rules.files``) and directories of them.
+  empty means valid, and so do lines that are all warnings (``is_warning``). ``paths``
+  may mix rule files, station registries and rule tests (told apart by content,
+  ``rules.files``) and directories of them.
 - ``check_files(paths, stations)``: the same lines and how many files of each kind.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -60,9 +63,11 @@ def load_ruleset(
     """Validate, check and compile; raises RulesInvalid listing every problem."""
     registry = _registry(stations)
     files, problems = validate(paths, registry)
-    if problems:
-        raise RulesInvalid(problems)
-    return compile_rules(files, registry, lang)
+    errors = [p for p in problems if not p.warning]
+    if errors:
+        raise RulesInvalid(errors)
+    compiled = compile_rules(files, registry, lang)
+    return replace(compiled, warnings=tuple(str(p) for p in problems if p.warning))
 
 
 def check_paths(paths: Sequence[PathLike], stations: PathLike | Registry | None) -> list[str]:
@@ -122,10 +127,10 @@ def check_files(
             rule_files.append(source if source is not None else path)
     loaded, found = validate(rule_files, registry)
     problems = sorted(problems + found, key=lambda p: (p.file, p.line, p.col))
-    if problems or registry is None or not loaded:
+    if any(not p.warning for p in problems) or registry is None or not loaded:
         return [str(p) for p in problems], kinds
     try:  # the engine contract checks shapes itself; a failure here is our bug, say so
         compile_rules(loaded, registry)
     except ValueError as exc:
         return [f"{loaded[0].file}:1:1: internal error compiling rules: {exc}"], kinds
-    return [], kinds
+    return [str(p) for p in problems], kinds  # warnings only

@@ -3,7 +3,8 @@
 The schema says a rule is well formed; these say it makes sense for the stations it
 selects. Each check returns ``Problem``s pointing at the key to change:
 
-- selection matches no station; ``select.ids`` names an unknown station;
+- selection matches no station (a warning: the rule is not evaluated at this site, a
+  shipped pack must still load); ``select.ids`` names an unknown station;
 - a selected station does not report the metric; the rule's ``unit`` differs from the
   registry's unit for the metric;
 - ``window.size`` shorter than a station's reporting interval (the window may hold no
@@ -13,7 +14,8 @@ selects. Each check returns ``Problem``s pointing at the key to change:
   must not fall from blue to red for ``above`` nor rise for ``below`` (equal is allowed:
   NWS flood and moderate stage are both 20 ft at Oso Creek);
 - summary placeholders that the engine will not fill;
-- corroboration of an unknown rule, or ``k`` larger than a group;
+- corroboration of an unknown rule; ``k`` larger than a group (a warning: that group
+  cannot reach ``k`` until the registry gives it more gauges);
 - keys the engine would not honour: ``stale`` on a compound or corroboration rule (their
   silence is watched by the threshold rules on the same gauges), ``every`` on a compound
   rule's condition (its clauses tumble), a ``qc.flatline`` when no selected station has a
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -145,7 +148,8 @@ def _check_selection(
             hint = did_you_mean(sid, (s.id for s in registry))
             out.append(rule.problem(("select", "ids", i), f"unknown station {sid!r}{hint}"))
     if not stations:
-        out.append(rule.problem(("select",), f"selection matches no station in {registry.file}"))
+        msg = f"selection matches no station in {registry.file}: the rule is not evaluated"
+        out.append(replace(rule.problem(("select",), msg), warning=True))
     return out
 
 
@@ -274,14 +278,14 @@ def _check_corroboration(
         groups[key] = groups.get(key, 0) + 1
     small = sorted(str(g) for g, n in groups.items() if n < c.k and g is not None)
     if c.group_by is None and stations and len(stations) < c.k:
-        out.append(
-            rule.problem(
-                ("corroborate", "k"), f"k {c.k} is more than the {len(stations)} selected stations"
-            )
-        )
+        msg = f"k {c.k} is more than the {len(stations)} selected stations: it cannot fire"
+        out.append(replace(rule.problem(("corroborate", "k"), msg), warning=True))
     elif small:
-        msg = f"k {c.k} is more than the stations of {c.group_by} {name_some(small)}"
-        out.append(rule.problem(("corroborate", "k"), msg))
+        msg = (
+            f"k {c.k} is more than the stations of {c.group_by} {name_some(small)}: "
+            "it cannot fire there"
+        )
+        out.append(replace(rule.problem(("corroborate", "k"), msg), warning=True))
     return out
 
 

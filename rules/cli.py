@@ -3,7 +3,8 @@ rule tests (told apart by content; a directory stands for its YAML files) and pr
 problems.
 
 ``check_main(paths, stations)`` prints one ``file:line:col: path: message`` line per
-problem to stdout and returns the exit status: 0 valid, 1 problems. The engine's
+problem to stdout and returns the exit status: 0 valid (warnings only, such as a rule
+that matches no station of this registry, are printed and leave it 0), 1 problems. The engine's
 ``vigil rules check`` calls it; ``python -m rules check`` parses arguments in ``main``.
 """
 
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from rules.api import check_files, check_paths
+from rules.errors import is_warning
 from rules.files import FileKind
 
 __all__ = ["check_main", "check_paths", "main"]
@@ -25,8 +27,9 @@ def check_main(paths: list[str], stations: str | None) -> int:
     lines, kinds = check_files(paths, stations)
     for line in lines:
         print(line)
-    if lines:
-        print(f"{len(lines)} problem{'s' if len(lines) != 1 else ''}", file=sys.stderr)
+    errors = [line for line in lines if not is_warning(line)]
+    if errors:
+        print(f"{len(errors)} problem{'s' if len(errors) != 1 else ''}", file=sys.stderr)
         return 1
     names: dict[FileKind, str] = {
         "rules": "rule file",

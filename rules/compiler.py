@@ -61,13 +61,20 @@ class Compiled:
     derived: tuple[DerivedMetric, ...] = ()
     compound: tuple[CompoundRule, ...] = ()
     corroboration: tuple[CorroborationRule, ...] = ()
+    #: The checks' warnings (``file:line:col: warning: ...``): the rules load anyway.
+    warnings: tuple[str, ...] = ()
 
 
 def compile_rules(
     files: Iterable[RuleFile], registry: Registry, lang: Literal["zh", "en"] = "zh"
 ) -> Compiled:
-    """Compile checked rules; ``lang`` ("zh" or "en") picks the summary text."""
+    """Compile checked rules; ``lang`` ("zh" or "en") picks the summary text.
+
+    A rule whose selection matches no station of ``registry`` is left out (a warning of
+    the checks: it would evaluate nothing), and so is a basin rule over a rule left out.
+    """
     files = list(files)
+    skipped: set[str] = set()
     out: dict[str, list[Any]] = {k: [] for k in ("rules", "derived", "compound", "corr")}
     digest = hashlib.blake2b(digest_size=8)
     for station in registry:  # the version changes when a station's values do
@@ -76,6 +83,11 @@ def compile_rules(
         spec = rule.spec
         stations = selected_stations(rule, registry)
         digest.update(spec.model_dump_json(by_alias=True).encode())
+        if not stations or (
+            isinstance(spec, CorroborationSpec) and spec.corroborate.rule in skipped
+        ):
+            skipped.add(spec.id)
+            continue
         if isinstance(spec, ThresholdSpec):
             out["rules"].append(_threshold(spec, stations, lang))
             if spec.derive is not None:

@@ -1,14 +1,18 @@
 """Problems found in rule files and registries, and how they are written.
 
 Every problem is one line, ``file:line:col: path.to.field: message``, lines and columns
-1-based. ``path`` is relative to the rule (``levels.red.above``) for rule problems and to
-the station (``stations[3].warning_level``) for registry problems; the line number tells
-which rule. The text is the contract: tests assert it word for word.
+1-based; a warning (rules that can run, but not everywhere the author meant: a
+selection that matches no station of this site) is ``file:line:col: warning: path:
+message`` and never stops the rules from loading. ``path`` is relative to the rule
+(``levels.red.above``) for rule problems and to the station
+(``stations[3].warning_level``) for registry problems; the line number tells which rule.
+The text is the contract: tests assert it word for word.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +20,14 @@ from pydantic import ValidationError
 
 from rules.source import Key, Source
 
-__all__ = ["Problem", "RulesInvalid", "did_you_mean", "format_path", "problems_from_validation"]
+__all__ = [
+    "Problem",
+    "RulesInvalid",
+    "did_you_mean",
+    "format_path",
+    "is_warning",
+    "problems_from_validation",
+]
 
 
 @dataclass(frozen=True, order=True)
@@ -28,19 +39,31 @@ class Problem:
     col: int
     path: str
     message: str
+    warning: bool = False
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.col}"
+        if self.warning:
+            where += ": warning"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
 class RulesInvalid(ValueError):
-    """Raised by the loaders when a file has problems; ``lines`` are ready to print."""
+    """Raised by the loaders when a file has problems (errors; warnings never raise);
+    ``lines`` are ready to print."""
 
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = tuple(problems)
         self.lines = [str(p) for p in self.problems]
         super().__init__("\n".join(self.lines))
+
+
+_WARNING = re.compile(r":\d+:\d+: warning: ")
+
+
+def is_warning(line: str) -> bool:
+    """Whether a printed problem line is a warning (``file:line:col: warning: ...``)."""
+    return _WARNING.search(line) is not None
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

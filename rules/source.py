@@ -6,6 +6,11 @@ keys and list indices. Positions are 1-based ``(line, column)``. For a mapping e
 position is its *key* (where a reader's eye goes: ``above:``); for a list item it is the
 item itself. A path that does not exist (a missing key) falls back to its nearest
 existing parent, so "field required" errors point at the mapping that lacks it.
+
+Aliases are expanded into plain data, so a file of a few hundred bytes whose aliases
+nest (a "billion laughs" bomb) would expand into billions of values: the expansion is
+bounded, ``MAX_ALIAS_VALUES`` values built through aliases per file, past which parsing
+stops with a ``SourceError`` at the alias that crossed it, before it costs memory.
 """
 
 from __future__ import annotations
@@ -16,7 +21,12 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Pos", "Source", "SourceError", "load_yaml", "parse_yaml"]
+__all__ = ["MAX_ALIAS_VALUES", "Pos", "Source", "SourceError", "load_yaml", "parse_yaml"]
+
+#: Values a file may build through aliases (``*name``), all aliases together. Real rule
+#: files and registries reuse a block of thresholds a few hundred times at most; a bomb
+#: needs millions.
+MAX_ALIAS_VALUES = 100_000
 
 Pos = tuple[int, int]
 Key = str | int
@@ -70,7 +80,7 @@ def parse_yaml(text: str, file: str) -> Source:
     if node is None:
         return Source(file, None, positions)
     positions[()] = _pos(node)
-    data = _build(node, (), positions, file)
+    data = _Builder(file, positions).build(node, ())
     return Source(file, data, positions)
 
 
@@ -78,30 +88,75 @@ def _pos(node: yaml.Node) -> Pos:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _build(
-    node: yaml.Node, path: tuple[Key, ...], positions: dict[tuple[Key, ...], Pos], file: str
-) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                line, col = _pos(key_node)
-                raise SourceError(file, line, col, "expected a plain key")
-            key = _scalar(key_node)
-            if key in out:
-                line, col = _pos(key_node)
-                raise SourceError(file, line, col, f"duplicate key {key!r}")
-            positions[(*path, key)] = _pos(key_node)
-            out[key] = _build(value_node, (*path, key), positions, file)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        items = []
-        for i, item in enumerate(node.value):
-            positions[(*path, i)] = _pos(item)
-            items.append(_build(item, (*path, i), positions, file))
-        return items
-    assert isinstance(node, yaml.ScalarNode)
-    return _scalar(node)
+class _Builder:
+    """Builds plain data from a composed node tree, counting what aliases expand to.
+
+    The composer hands an alias back as the very node it names, so a node met a second
+    time is an alias being expanded; everything built beneath it counts.
+    """
+
+    def __init__(self, file: str, positions: dict[tuple[Key, ...], Pos]) -> None:
+        self.file = file
+        self.positions = positions
+        self._seen: set[int] = set()
+        self._aliased = 0  # values built through aliases so far
+        self._depth = 0  # > 0 while building beneath an alias
+        self._alias_at: tuple[Key, ...] = ()  # where the outermost alias is expanded
+
+    def build(self, node: yaml.Node, path: tuple[Key, ...]) -> Any:
+        again = id(node) in self._seen
+        self._seen.add(id(node))
+        if again:
+            if not self._depth:
+                self._alias_at = path
+            self._depth += 1
+        try:
+            if self._depth:
+                self._aliased += 1
+                if self._aliased > MAX_ALIAS_VALUES:
+                    line, col = self._key_position(self._alias_at)
+                    raise SourceError(
+                        self.file,
+                        line,
+                        col,
+                        f"YAML aliases expand to more than {MAX_ALIAS_VALUES} values "
+                        "(an alias bomb?); write the values out or use fewer aliases",
+                    )
+            return self._build(node, path)
+        finally:
+            if again:
+                self._depth -= 1
+
+    def _key_position(self, path: tuple[Key, ...]) -> Pos:
+        # A list item's recorded position is its node's, which for an alias is the
+        # anchor's: the enclosing key is where the alias was written.
+        while path and isinstance(path[-1], int):
+            path = path[:-1]
+        return self.positions.get(path, (1, 1))
+
+    def _build(self, node: yaml.Node, path: tuple[Key, ...]) -> Any:
+        positions, file = self.positions, self.file
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    line, col = _pos(key_node)
+                    raise SourceError(file, line, col, "expected a plain key")
+                key = _scalar(key_node)
+                if key in out:
+                    line, col = _pos(key_node)
+                    raise SourceError(file, line, col, f"duplicate key {key!r}")
+                positions[(*path, key)] = _pos(key_node)
+                out[key] = self.build(value_node, (*path, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for i, item in enumerate(node.value):
+                positions[(*path, i)] = _pos(item)
+                items.append(self.build(item, (*path, i)))
+            return items
+        assert isinstance(node, yaml.ScalarNode)
+        return _scalar(node)
 
 
 _CONSTRUCTOR = yaml.SafeLoader("")

@@ -24,6 +24,11 @@ When the broker publishes its dropped-message count (mosquitto's ``$SYS`` tree,
 each count to ``on_broker_drops``: its own connection, so that the news of drops is not
 queued behind (and dropped with) the readings it is about.
 
+Connection: a broker that refuses or cannot be reached is logged at once with the reason
+(connection refused, a DNS failure, a TLS certificate that does not verify, the broker's
+CONNACK code) and retried by paho with backoff (1 s doubling to 10 s); ``connection``
+holds the state and the last reason for health checks and ``vigil status``.
+
 Topic to (station, metric): ``connectors.mqtt.topics``; payloads: ``connectors.mqtt.payload``.
 """
 
@@ -31,7 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
+import sys
 import threading
 import time
 from collections import Counter
@@ -66,6 +73,36 @@ class _DropCount:
     total: int
 
 
+@dataclass
+class Connection:
+    """The broker connection as the ingest last saw it (written by paho's thread, read
+    anywhere: each field is one plain value). ``error``: why the last attempt failed or
+    the connection dropped, None once connected; ``since_ms``: when ``connected`` last
+    changed (epoch ms)."""
+
+    connected: bool = False
+    error: str | None = None
+    since_ms: int = 0
+    failures: int = 0  # failed attempts since the last success
+
+
+def describe_failure(exc: BaseException | None) -> str:
+    """A connect failure as an operator reads it: what failed and why."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"name resolution failed: {exc.strerror}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "connection timed out"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return repr(exc) if exc is not None else "unknown reason"
+
+
 class MqttIngest:
     """Subscribes, decodes, micro-batches, produces durably, then acknowledges."""
 
@@ -86,12 +123,14 @@ class MqttIngest:
         self.known_stations = known_stations
         self.counters: Counter[str] = Counter()
         self.subscribed = threading.Event()
+        self.connection = Connection()
         self._batcher: MicroBatcher[Inbound | _DropCount] = MicroBatcher(
             options.max_readings, options.linger_ms
         )
         self._task: asyncio.Task[None] | None = None
         self._client = self._new_client(options.client_id, clean_session=False)
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
@@ -136,15 +175,36 @@ class MqttIngest:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         if reason_code.is_failure:
-            log.error(
-                "MQTT connect to %s:%s refused: %s",
-                self.options.host,
-                self.options.port,
-                reason_code,
-            )
+            self._failed(f"refused by the broker: {reason_code}")
             return
         client.subscribe(self.template.subscription, qos=1)
+        self._set(connected=True, error=None)
+        self.connection.failures = 0
         log.info("MQTT connected to %s:%s", self.options.host, self.options.port)
+
+    def _on_connect_fail(self, client, userdata) -> None:  # type: ignore[no-untyped-def]
+        # paho calls this inside its ``except OSError`` around the connect: the
+        # exception being handled is the reason (refused, DNS, TLS), which paho drops.
+        self._failed(describe_failure(sys.exc_info()[1]))
+
+    def _failed(self, reason: str) -> None:
+        c = self.connection
+        c.failures += 1
+        self._set(connected=False, error=reason)
+        # The rate limit of the log (engine.runtime.logs) folds a long outage's repeats.
+        log.error(
+            "MQTT cannot connect to %s:%s: %s (attempt %d; retrying with backoff)",
+            self.options.host,
+            self.options.port,
+            reason,
+            c.failures,
+        )
+
+    def _set(self, *, connected: bool, error: str | None) -> None:
+        c = self.connection
+        if c.connected != connected or not c.since_ms:
+            c.since_ms = int(time.time() * 1000)
+        c.connected, c.error = connected, error
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
         if any(rc.is_failure for rc in reason_codes):
@@ -156,6 +216,8 @@ class MqttIngest:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         self.subscribed.clear()
+        if self.connection.connected:
+            self._set(connected=False, error=f"disconnected: {reason_code}")
         if reason_code != 0:
             log.warning("MQTT disconnected (%s); paho reconnects", reason_code)
 

@@ -3,21 +3,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 __all__ = ["MqttOptions"]
 
 
 @dataclass(frozen=True)
 class MqttOptions:
-    """Connection settings; the password comes from configuration, never the repo."""
+    """Connection settings; the password comes from configuration, never the repo, and
+    never shows in a repr or a log line (``***`` stands for it)."""
 
     host: str = "127.0.0.1"
     port: int = 1883
     client_id: str = "vigil-gateway"
     topic_template: str = "vigil/{station}/{metric}"
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -27,3 +28,7 @@ class MqttOptions:
     #: The broker's cumulative dropped-message count (mosquitto's ``$SYS`` tree, which
     #: needs ``sys_interval`` > 0); None for a broker that has none.
     broker_drops_topic: str | None = "$SYS/broker/publish/messages/dropped"
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
+        return f"MqttOptions({shown}, password={None if self.password is None else '***'})"

@@ -2,20 +2,28 @@
 
 Secrets never live in the file: ``mqtt.password_env`` names the environment variable
 that holds the password. Relative paths are resolved against the settings file's folder.
+
+Every setting can be overridden from the environment (``engine.runtime.config_env``):
+``VIGIL_MQTT__HOST=broker.lan`` sets ``mqtt.host``. Each problem is one line,
+``file:line:col: field: message`` (or ``$VIGIL_X__Y: field: message`` for a value that
+came from the environment), an unknown field with the nearest known one.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from connectors.mqtt.options import MqttOptions
 from connectors.mqtt.topics import TopicTemplate
+from engine.runtime.config_env import apply_environment
+from rules.errors import did_you_mean, format_path, problems_from_validation
+from rules.source import Source, SourceError, load_yaml
 
 __all__ = [
     "ConfigError",
@@ -33,6 +41,8 @@ class ConfigError(ValueError):
 
 
 class _Frozen(BaseModel):
+    """Frozen, no unknown keys (reported with the nearest known one, ``_lines``)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
@@ -274,22 +284,60 @@ def _resolve(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return out
 
 
-def load_settings(path: str | Path) -> Settings:
-    """Read and validate ``path``; raises ConfigError naming each bad field."""
+def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path``, apply the ``VIGIL_*`` overrides of ``environ`` (default
+    ``os.environ``) and validate; raises ConfigError naming each bad field."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        source = load_yaml(path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings")
+    except SourceError as exc:
+        raise ConfigError(str(exc)) from exc
+    data = {} if source.data is None else source.data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1:1: expected a mapping of settings")
+    data, from_env = apply_environment(data, Settings, os.environ if environ is None else environ)
     try:
-        return Settings.model_validate(_resolve(raw, path.parent.resolve()))
+        return Settings.model_validate(_resolve(data, path.parent.resolve()))
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"{path}: {loc}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from exc
+        raise ConfigError("\n".join(_lines(exc, source, from_env))) from exc
+
+
+def _lines(
+    exc: ValidationError, source: Source, from_env: Mapping[tuple[str, ...], str]
+) -> list[str]:
+    """One line per problem, where the value came from: the file or the environment."""
+    lines = []
+    for problem, err in zip(
+        problems_from_validation(exc, source, (), 0), exc.errors(), strict=True
+    ):
+        loc = tuple(k for k in err["loc"] if not (isinstance(k, str) and "[" in k))
+        message = problem.message
+        if err["type"] == "extra_forbidden":
+            known = _model_at(loc[:-1]).model_fields
+            message = f"unknown field{did_you_mean(str(loc[-1]), known)}"
+        variable = next((v for p, v in from_env.items() if loc[: len(p)] == p), None)
+        if variable is not None:
+            where = f"${variable}"
+        else:
+            where = f"{problem.file}:{problem.line}:{problem.col}"
+        lines.append(f"{where}: {format_path(loc)}: {message}" if loc else f"{where}: {message}")
+    return lines
+
+
+def _model_at(path: tuple[str | int, ...]) -> type[BaseModel]:
+    """The settings model found at ``path`` (``("mqtt", "tls")`` -> TlsSettings)."""
+    model: type[BaseModel] = Settings
+    for key in path:
+        field = model.model_fields.get(str(key))
+        if field is None:
+            break
+        inner = next(
+            (a for a in get_args(field.annotation) or (field.annotation,) if isinstance(a, type)
+             and issubclass(a, BaseModel)), None,
+        )  # fmt: skip
+        if inner is None:
+            break
+        model = inner
+    return model

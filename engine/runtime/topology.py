@@ -225,10 +225,11 @@ class Topology(PartitionStates, TickWriter):
         self.counters["readings_produced"] += len(readings)
 
     async def send_dead_letter(
-        self, raw: bytes, reason: str, source: str, *, quiet: bool = False
+        self, raw: bytes, reason: str, source: str, *, quiet: bool = False, **fields: str | int
     ) -> None:
-        """Keep rejected input with its reason; returns once it is durable. ``quiet``:
-        no log line (a connector that logs a summary of its dead letters instead)."""
+        """Keep rejected input with its reason; returns once it is durable. ``quiet``: no
+        log line (a connector that logs a summary of its dead letters instead); ``fields``:
+        the app's log fields known here (``station``, ``partition``, ``offset``)."""
         fut = await self.dead_letter.send(
             key=source.encode(),
             value=raw,
@@ -242,7 +243,8 @@ class Topology(PartitionStates, TickWriter):
         self.counters["dead_letter"] += 1
         self.metrics.count_dead_letter(reason)
         if not quiet:
-            log.warning("dead-letter from %s: %s", source, reason)
+            extra = {"source": source, "reason": reason, **fields}
+            log.warning("dead-letter from %s: %s", source, reason, extra=extra)
 
     # ---- agents ----------------------------------------------------------------------------
 
@@ -288,7 +290,14 @@ class Topology(PartitionStates, TickWriter):
             self.metrics.batch_readings.observe(len(batch))
         for station, metric, ts, value, reason in proc.rejected:
             raw = json.dumps({"station": station, "metric": metric, "ts": ts, "value": value})
-            await self.send_dead_letter(raw.encode(), reason, f"{station}/{metric}")
+            await self.send_dead_letter(
+                raw.encode(),
+                reason,
+                f"{station}/{metric}",
+                station=station,
+                partition=partition,
+                offset=offset,
+            )
         proc.rejected.clear()
         records = pack_lines(alert.to_json() for alert in alerts)
         # The partition's watermark rides on the batch's last record (engine.runtime.watermarks).

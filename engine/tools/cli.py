@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
@@ -34,13 +34,48 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config)
+        _numba_cache(settings.data_dir)
+        from engine.runtime.services.datalock import DataDirInUse
         from engine.runtime.services.gateway import Gateway
 
-        gateway = Gateway(settings)
+        try:
+            gateway = Gateway(settings, config_path=Path(args.config))
+        except DataDirInUse as exc:
+            print(exc, file=sys.stderr)
+            return 2
     except (ConfigError, RulesInvalid) as exc:
         return _report(exc)
     gateway.run(loglevel=args.loglevel)
     return 0
+
+
+def _numba_cache(data_dir: Path | None) -> None:
+    """Where numba caches its compiled kernels, chosen before numba is imported.
+
+    By default numba writes beside the installed sources or under ``~/.cache``; a
+    service user can write neither (``cannot cache function ...: no locator
+    available``). Order: ``NUMBA_CACHE_DIR`` as given; systemd's ``CACHE_DIRECTORY``;
+    the gateway's data directory; else numba's default when it is writable, else a
+    folder of this user's under the temporary directory.
+    """
+    import os
+    import tempfile
+
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    cache = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if cache:
+        target = Path(cache) / "numba"
+    elif data_dir is not None:
+        target = data_dir.resolve() / "cache" / "numba"
+    else:
+        import engine
+
+        home_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        if os.access(Path(engine.__file__).parent, os.W_OK) or os.access(home_cache, os.W_OK):
+            return
+        target = Path(tempfile.gettempdir()) / f"vigil-numba-{os.getuid()}"
+    os.environ["NUMBA_CACHE_DIR"] = str(target)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -270,11 +305,24 @@ def _decode(args: argparse.Namespace) -> int:
     return 1 if rejected else 0
 
 
+def _add_log_format(parser: argparse.ArgumentParser) -> None:
+    """``--log-format`` after the command too (``vigil run --log-format json``)."""
+    parser.add_argument(
+        "--log-format", choices=["human", "json"], default=argparse.SUPPRESS,
+        help="human lines (default) or one JSON object per line, on stderr",
+    )  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vigil",
         description="Real-time stream processing for flood, dam-safety and air-quality telemetry.",
     )
+    parser.add_argument("--version", action="version", version=f"vigil {_version()}")
+    parser.add_argument(
+        "--log-format", choices=["human", "json"], default="human",
+        help="human lines (default) or one JSON object per line, on stderr",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -289,6 +337,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--loglevel", default="info", choices=["crit", "error", "warn", "info", "debug"]
     )
+    _add_log_format(run)
     run.set_defaults(func=_run)
 
     worker = sub.add_parser("worker", help="run the topology as a Kafka consumer-group member")
@@ -303,6 +352,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--loglevel", default="info", choices=["crit", "error", "warn", "info", "debug"]
     )
+    _add_log_format(worker)
     worker.set_defaults(func=_worker)
 
     ingest = sub.add_parser("ingest", help="ingest only: produce telemetry to Kafka")
@@ -380,11 +430,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_LEVELS = {"crit": "CRITICAL", "error": "ERROR", "warn": "WARNING", "info": "INFO",
+           "debug": "DEBUG"}  # fmt: skip
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vigil")
+    except PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if args.command != "run":  # run picks its data directory once it has read the settings
+        _numba_cache(None)
+    from engine.runtime.logs import configure_logging
+
+    configure_logging(args.log_format, _LEVELS[getattr(args, "loglevel", "info")])
     if args.command == "alerts":
         from engine.tools.alerts_cli import run
 

@@ -33,9 +33,9 @@ def test_every_problem_is_listed_with_its_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_settings(path)
     assert str(exc.value).splitlines() == [
-        f"{path}: partitions: Input should be greater than or equal to 1",
-        f"{path}: mqtt.port: Input should be less than or equal to 65535",
-        f"{path}: mqtt.hots: Extra inputs are not permitted",
+        f"{path}:4:1: partitions: Input should be greater than or equal to 1",
+        f"{path}:3:8: mqtt.port: Input should be less than or equal to 65535",
+        f"{path}:3:21: mqtt.hots: unknown field (did you mean 'host'?)",
     ]
 
 
@@ -46,7 +46,9 @@ def test_missing_files_and_bad_template(tmp_path: Path) -> None:
     path = _write(
         tmp_path, "stations: stations.yaml\nrules: [flood.yaml]\nmqtt: {topic_template: a/b}\n"
     )
-    with pytest.raises(ConfigError, match=r"mqtt: Value error, topic template 'a/b' must contain"):
+    with pytest.raises(
+        ConfigError, match=r"vigil.yaml:3:1: mqtt: topic template 'a/b' must contain"
+    ):
         load_settings(path)
 
 
@@ -63,3 +65,67 @@ def test_password_comes_from_the_environment(
     monkeypatch.setenv("GW_PW", "s3cret")
     assert s.mqtt.options(10, 10).password == "s3cret"
     assert "s3cret" not in repr(s)
+
+
+def test_nested_unknown_fields_suggest_the_nearest(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "stations: stations.yaml\nrules: [flood.yaml]\nlatness_ms: 5\n"
+        "mqtt:\n  tls: {ca_fil: ca.pem}\n",
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, environ={})
+    assert str(exc.value).splitlines() == [
+        f"{path}:5:3: mqtt.tls.ca_file: required field is missing",
+        f"{path}:5:9: mqtt.tls.ca_fil: unknown field (did you mean 'ca_file'?)",
+        f"{path}:3:1: latness_ms: unknown field (did you mean 'lateness_ms'?)",
+    ]
+
+
+def test_every_setting_can_come_from_the_environment(tmp_path: Path) -> None:
+    path = _write(tmp_path, "stations: stations.yaml\nrules: [flood.yaml]\nmqtt: {host: a}\n")
+    s = load_settings(
+        path,
+        environ={
+            "VIGIL_MQTT__HOST": "broker.lan",
+            "VIGIL_MQTT__PORT": "8883",
+            "vigil_batch__linger_ms": "20",
+            "VIGIL_CONSOLE": "false",
+            "VIGIL_DATA_DIR": "/var/lib/vigil",
+            "VIGIL_RULES": "[flood.yaml, flood.yaml]",
+            # Not settings: left alone (the conventional home of the MQTT password).
+            "VIGIL_MQTT_PASSWORD": "s3cret",
+            "VIGIL_DIFF_EXAMPLES": "5",
+        },
+    )
+    assert (s.mqtt.host, s.mqtt.port, s.batch.linger_ms, s.console) == (
+        "broker.lan",
+        8883,
+        20,
+        False,
+    )
+    assert s.data_dir == Path("/var/lib/vigil")
+    assert s.rules == (tmp_path / "flood.yaml", tmp_path / "flood.yaml")
+
+
+def test_environment_errors_name_the_variable(tmp_path: Path) -> None:
+    path = _write(tmp_path, "stations: stations.yaml\nrules: [flood.yaml]\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, environ={"VIGIL_MQTT__HOTS": "x", "VIGIL_MQTT__PORT": "0"})
+    assert str(exc.value).splitlines() == [
+        "$VIGIL_MQTT__PORT: mqtt.port: Input should be greater than or equal to 1",
+        "$VIGIL_MQTT__HOTS: mqtt.hots: unknown field (did you mean 'host'?)",
+    ]
+
+
+def test_an_alias_bomb_in_the_settings_fails_fast(tmp_path: Path) -> None:
+    path = _write(tmp_path, "stations: stations.yaml\nrules: [flood.yaml]\n" + BOMB)
+    with pytest.raises(ConfigError, match=r"vigil.yaml:\d+:1: YAML aliases expand to more"):
+        load_settings(path, environ={})
+
+
+#: A "billion laughs" of ~700 bytes: 9 levels of 9 aliases, 9**9 strings once expanded.
+BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{n}: &{n} [" + ",".join([f"*{p}"] * 9) + "]\n"
+    for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+)

@@ -134,7 +134,10 @@ def test_selection_matching_no_station() -> None:
         metric: reservoir_level
         window: {size: 1h}
         levels: {red: {above: 1}}
-    """) == ["r.yaml:4:3: select: selection matches no station in stations.yaml"]
+    """) == [
+        "r.yaml:4:3: warning: select: selection matches no station in stations.yaml: "
+        "the rule is not evaluated"
+    ]
 
 
 def test_unknown_station_id_with_hint() -> None:
@@ -212,7 +215,10 @@ def test_corroboration_of_unknown_rule_and_too_large_k() -> None:
         corroborate: {rule: lvl, level: yellow, k: 2, group_by: basin, within: 1h}
         level: orange
     """
-    ) == ["r.yaml:10:43: corroborate.k: k 2 is more than the stations of basin south"]
+    ) == [
+        "r.yaml:10:43: warning: corroborate.k: k 2 is more than the stations of basin south: "
+        "it cannot fire there"
+    ]
 
 
 def test_duplicate_rule_id_across_files() -> None:

@@ -147,13 +147,37 @@ def test_version_changes_with_registry_values(tmp_path: Path) -> None:
 
 def test_invalid_rules_raise_with_lines(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text(
-        "rules:\n  - id: x\n    select: {kind: reservoir}\n    metric: m\n"
+        "rules:\n  - id: x\n    select: {ids: [HZ009]}\n    metric: m\n"
         "    window: {size: 1h}\n    levels: {red: {above: 1}}\n",
         encoding="utf-8",
     )
     with pytest.raises(RulesInvalid) as info:
         load_ruleset([tmp_path / "bad.yaml"], PACKS / "demo_stations.yaml")
     assert info.value.lines == [
-        f"{tmp_path / 'bad.yaml'}:3:5: select: selection matches no station in "
-        f"{PACKS / 'demo_stations.yaml'}"
+        f"{tmp_path / 'bad.yaml'}:3:20: select.ids[0]: unknown station 'HZ009' "
+        "(did you mean 'HZ003'?)"
     ]
+
+
+def test_a_rule_matching_no_station_is_a_warning_and_left_out(tmp_path: Path) -> None:
+    """A shipped pack must load on a site without some kinds of station (issue 13 item 8):
+    the rule that selects nothing, and the basin rule over it, are left out, with warnings."""
+    (tmp_path / "r.yaml").write_text(
+        "rules:\n  - id: dam\n    select: {kind: reservoir}\n    metric: m\n"
+        "    window: {size: 1h}\n    levels: {red: {above: 1}}\n"
+        "  - id: lvl\n    select: {kind: river_gauge}\n    metric: water_level\n"
+        "    window: {size: 1h, aggregate: max}\n    levels: {red: {above: 9}}\n"
+        "  - id: basin\n    select: {kind: reservoir}\n"
+        "    corroborate: {rule: dam, level: red, k: 2, within: 1h}\n    level: red\n",
+        encoding="utf-8",
+    )
+    compiled = load_ruleset([tmp_path / "r.yaml"], PACKS / "demo_stations.yaml")
+    assert [r.rule_id for r in compiled.ruleset.rules] == ["lvl"]
+    assert compiled.ruleset.corroboration == ()
+    registry = PACKS / "demo_stations.yaml"
+    assert compiled.warnings == (
+        f"{tmp_path / 'r.yaml'}:3:5: warning: select: selection matches no station in "
+        f"{registry}: the rule is not evaluated",
+        f"{tmp_path / 'r.yaml'}:13:5: warning: select: selection matches no station in "
+        f"{registry}: the rule is not evaluated",
+    )

@@ -8,15 +8,25 @@ commits offsets with the kernel checkpoints. A restart resumes from there.
 A long-lived task that fails (the ingest, a timer) ends the process with exit status 1
 and its traceback in the log, through Faust's crash of the app: a supervisor restarts it.
 A gateway that stayed up without ingest would look alive and lose every reading.
+
+SIGHUP re-reads the settings file and the rule and station files (``reload``): the
+rules, the stations and ``retention_hours`` take effect at once, other changed settings
+are named in the log as needing a restart. The rules come through ``RulesSource``
+(last good set kept in the data directory). One gateway per data directory
+(``datalock``); systemd's ``Type=notify`` and watchdog through ``notify``. What the
+gateway knows about itself is ``Gateway.state`` (``services.state``) and
+``Gateway.ingest.connection``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from collections.abc import Sequence
 from operator import itemgetter
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -28,18 +38,21 @@ from connectors.sinks.jsonl import JsonlSink
 from engine.contracts.alerts import AlertEvent, pack_lines
 from engine.contracts.ruleset import RuleSet
 from engine.evaluation.broker_drops import BrokerDropAlerts
-from engine.runtime.config import Settings
+from engine.runtime.config import ConfigError, Settings, load_settings
 from engine.runtime.dispatch.wiring import install_dispatch
+from engine.runtime.logs import configure_logging, mask_secret
+from engine.runtime.services.datalock import lock_data_dir
 from engine.runtime.services.nbiot import install_nbiot
+from engine.runtime.services.notify import Notifier
 from engine.runtime.services.observe import Observer
+from engine.runtime.services.rules_source import Loaded, RulesSource, load_rules
+from engine.runtime.services.startup import log_startup
+from engine.runtime.services.state import GatewayState
 from engine.runtime.topology import Reading, Topology
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.transport.retention import enforce_retention
-from rules.api import load_ruleset
-from rules.errors import RulesInvalid
-from rules.registry import load_registry
 
-__all__ = ["Gateway", "load_rules", "load_site"]
+__all__ = ["RELOADABLE", "Gateway", "load_rules"]
 
 log = logging.getLogger(__name__)
 
@@ -47,36 +60,44 @@ log = logging.getLogger(__name__)
 RETENTION_INTERVAL_S = 600.0
 #: How often a broker-drops alert is checked for resolving (seconds).
 BROKER_DROPS_CHECK_S = 30.0
-
-
-def load_site(settings: Settings) -> tuple[RuleSet, dict[str, str]]:
-    """Compile the configured rules; returns them with station id -> station kind.
-
-    Raises ``rules.errors.RulesInvalid`` with ``file:line:col`` lines.
-    """
-    registry = load_registry(settings.stations)
-    compiled = load_ruleset(list(settings.rules), registry)
-    return compiled.ruleset, {s.id: str(s.kind) for s in registry.stations}
-
-
-def load_rules(settings: Settings) -> tuple[RuleSet, frozenset[str]]:
-    """``load_site`` with the registry's station ids only."""
-    ruleset, kinds = load_site(settings)
-    return ruleset, frozenset(kinds)
+#: How long ingest may take to subscribe before the log says so (seconds).
+SUBSCRIBE_WARN_S = 60.0
+#: Settings that SIGHUP applies at once; a change to any other needs a restart.
+RELOADABLE = ("rules", "stations", "retention_hours")
 
 
 class Gateway:
     """Wires settings into a topology with MQTT ingest and runs it as a Faust worker."""
 
-    def __init__(self, settings: Settings, *, extra_sinks: Sequence[Sink] = ()) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        extra_sinks: Sequence[Sink] = (),
+        config_path: Path | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        """``config_path``: the settings file, re-read on SIGHUP (None: rules only).
+
+        Raises ``datalock.DataDirInUse`` when another process runs on ``data_dir``,
+        ``RulesInvalid`` when the rules do not load and no last good set exists.
+        """
+        # Until the event loop's own handler is installed, SIGHUP (whose default is to
+        # end the process) only asks for a reload.
+        signal.signal(signal.SIGHUP, lambda signum, frame: setattr(self, "_hup_pending", True))
+        self._hup_pending = False
         self.settings = settings
         token = settings.web.token()  # ConfigError now, not at the first request
-        ruleset, self.station_kinds = load_site(settings)
-        stations = frozenset(self.station_kinds)
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        data_dir = settings.data_dir.resolve()
+        self._lock = lock_data_dir(data_dir)  # before anything opens the log
+        self.state = GatewayState()
+        self.rules = RulesSource(settings, self.state.rules)
+        ruleset, stations = self.rules.start()
         sinks: list[Sink] = [JsonlSink(settings.alerts_path), *extra_sinks]
         if settings.console:
             sinks.append(ConsoleSink())
-        data_dir = settings.data_dir.resolve()
         self.topology = Topology(
             app_id=settings.app_id,
             broker=f"local://{data_dir}",
@@ -90,6 +111,7 @@ class Gateway:
             web_port=settings.web_port,
         )
         options = settings.mqtt.options(settings.batch.max_readings, settings.batch.linger_ms)
+        mask_secret(options.password)
         self.broker_drops = BrokerDropAlerts(
             gateway=options.client_id,
             broker=f"{options.host}:{options.port}",
@@ -108,13 +130,13 @@ class Gateway:
         app.timer(settings.reload_interval_s)(self._check_reload)
         app.timer(BROKER_DROPS_CHECK_S)(self.broker_drops.check_clear)
         app.timer(RETENTION_INTERVAL_S)(self._enforce_retention)
+        if self.notifier.watchdog_interval_s is not None:
+            app.timer(self.notifier.watchdog_interval_s)(self._watchdog)
         app.on_before_shutdown.connect(self._stop_ingest)
         self.dispatch = (
             install_dispatch(settings, self.topology) if settings.dispatch is not None else None
         )
         self.nbiot = install_nbiot(settings, self.topology) if settings.nbiot else None
-        self._watched = self._mtimes()
-        self.reload_errors: list[str] = []
         self.observer = Observer(
             self.topology,
             settings,
@@ -124,17 +146,20 @@ class Gateway:
         )
         if settings.web_port is not None:
             self.observer.install()
+        self._reloading = asyncio.Lock()
+        self._hup_task: asyncio.Future[None] | None = None
 
     async def _produce(self, readings: list[Reading]) -> None:
         """The topology's durable append, timed and counted for ``/metrics``."""
         metrics = self.topology.metrics
         with metrics.append_seconds.labels("mqtt").time():
             await self.topology.produce(readings)
-        metrics.count_readings("mqtt", map(itemgetter(0), readings), self.station_kinds)
+        metrics.count_readings("mqtt", map(itemgetter(0), readings), self.rules.station_kinds)
 
-    def _mtimes(self) -> dict[str, float]:
-        paths = (self.settings.stations, *self.settings.rules)
-        return {str(p): p.stat().st_mtime_ns if p.exists() else -1 for p in paths}
+    @property
+    def reload_errors(self) -> list[str]:
+        """The ``file:line:col`` lines of the latest rejected rule load (empty: none)."""
+        return self.state.rules.errors
 
     async def _enforce_retention(self) -> None:
         transport = self.topology.app.transport
@@ -147,26 +172,69 @@ class Gateway:
             self.topology.metrics.retention_deleted.inc(deleted)
 
     async def _check_reload(self) -> None:
-        """Hot reload: swap in changed rule or station files once they validate."""
-        mtimes = self._mtimes()
-        if mtimes == self._watched:
-            return
-        self._watched = mtimes
-        try:
-            ruleset, kinds = load_site(self.settings)
-        except RulesInvalid as exc:
-            self.reload_errors = exc.lines
-            for line in exc.lines:
-                log.error("rules reload rejected, the running rules stay: %s", line)
-            return
-        except OSError as exc:
-            log.error("rules reload failed, the running rules stay: %s", exc)
-            return
-        self.reload_errors = []
+        """Hot reload: swap in changed rule or station files once they validate; a
+        SIGHUP since the last tick re-reads the settings and the rules whatever changed."""
+        async with self._reloading:
+            force, self._hup_pending = self._hup_pending, False
+            if force:
+                log.warning("SIGHUP: reloading the settings, rules and stations")
+                self._reload_settings()
+            loaded = await asyncio.to_thread(self.rules.reload, force=force)
+            if loaded is not None:
+                self._install(loaded)
+
+    def _install(self, loaded: Loaded) -> None:
+        ruleset, stations = loaded
+        old = self.topology.ruleset
         self.topology.swap_rules(ruleset)
-        self.ingest.known_stations = frozenset(kinds)
-        self.station_kinds = kinds
-        log.warning("rules reloaded: version %s, %d rules", ruleset.version, len(ruleset.rules))
+        old_stations = self.ingest.known_stations
+        self.ingest.known_stations = stations
+        if ruleset.version == old.version:
+            return
+        ids = {r.rule_id for r in _all_rules(ruleset)}
+        before = {r.rule_id for r in _all_rules(old)}
+        added, removed = sorted(ids - before), sorted(before - ids)
+        log.warning(
+            "rules reloaded: version %s -> %s, %d rules (added: %s; removed: %s), "
+            "%d stations (were %d)",
+            old.version,
+            ruleset.version,
+            len(ids),
+            ", ".join(added) or "none",
+            ", ".join(removed) or "none",
+            len(stations),
+            len(old_stations or ()),
+        )
+
+    def _reload_settings(self) -> None:
+        """Re-read the settings file; apply what is reloadable, name the rest."""
+        if self.config_path is None:
+            return
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as exc:
+            for line in str(exc).splitlines():
+                log.error("settings reload rejected, the running settings stay: %s", line)
+            return
+        old = self.settings
+        changed = [k for k in Settings.model_fields if getattr(new, k) != getattr(old, k)]
+        now = [k for k in changed if k in RELOADABLE]
+        later = [k for k in changed if k not in RELOADABLE]
+        if now:
+            self.settings = old.model_copy(update={k: getattr(new, k) for k in now})
+            self.rules.settings = self.settings
+            log.warning("settings reloaded: %s", ", ".join(now))
+        if later:
+            log.warning("settings changed that apply at the next restart: %s", ", ".join(later))
+
+    def _on_sighup(self) -> None:
+        self._hup_pending = True
+        self._hup_task = asyncio.ensure_future(self._check_reload())  # kept: not collected
+
+    async def _watchdog(self) -> None:
+        """systemd's watchdog: this runs on the event loop, so a loop that hangs (or a
+        process that stopped making progress there) misses pings and is restarted."""
+        self.notifier.send(WATCHDOG=1)
 
     async def _send_alerts(self, events: list[AlertEvent]) -> None:
         """Gateway-level alerts onto the alerts topic, like the kernels' (the dispatcher
@@ -183,7 +251,11 @@ class Gateway:
     async def _run_ingest(self) -> None:
         """The ingest, for the life of the process. If it fails, this raises: Faust logs
         the traceback and crashes the app, and the worker exits with status 1."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await self.ingest.start()
+        log_startup(self.settings, self.state, self.ingest)
+        self.notifier.send(READY=1, STATUS="running; connecting to the MQTT broker")
         announce = asyncio.ensure_future(self._announce_subscribed())
         try:
             await self.ingest.join()
@@ -194,25 +266,46 @@ class Gateway:
             announce.cancel()
 
     async def _announce_subscribed(self) -> None:
-        loop = asyncio.get_running_loop()
-        if await loop.run_in_executor(None, self.ingest.subscribed.wait, 60.0):
-            o = self.ingest.options
-            # One plain line on stdout: what operators (and `vigil demo`) wait for.
-            print(
-                f"vigil: ingest subscribed to {self.ingest.template.subscription} "
-                f"on {o.host}:{o.port}",
-                flush=True,
-            )
-        else:
-            log.error("MQTT: not subscribed after 60 s; still retrying")
+        # Polled on the loop, not waited for in a thread: a thread blocked in a wait
+        # kept the process alive for up to a minute after SIGTERM.
+        deadline: float | None = time.monotonic() + SUBSCRIBE_WARN_S
+        while not self.ingest.subscribed.is_set():
+            if deadline is not None and time.monotonic() > deadline:
+                log.error("MQTT: not subscribed after %.0f s; still retrying", SUBSCRIBE_WARN_S)
+                deadline = None
+            await asyncio.sleep(0.05)
+        o = self.ingest.options
+        # One plain line on stdout: what operators (and `vigil demo`) wait for.
+        print(
+            f"vigil: ingest subscribed to {self.ingest.template.subscription} on {o.host}:{o.port}",
+            flush=True,
+        )
+        self.notifier.send(STATUS=f"subscribed on {o.host}:{o.port}")
 
     async def _stop_ingest(self, app: faust.App, **kwargs: Any) -> None:
+        self.notifier.send(STOPPING=1)
         await self.ingest.stop()
         log.info("ingest stopped: %s", dict(self.ingest.counters))
 
     def run(self, loglevel: str = "info") -> None:
-        """Run until SIGTERM/SIGINT; exits the process like any Faust worker."""
+        """Run until SIGTERM/SIGINT; exits the process like any Faust worker.
+
+        Logging is the CLI's (``engine.runtime.logs``): Faust's worker leaves it alone.
+        A gateway run without the CLI (a test's own script) gets the human format here.
+        """
+        if not logging.getLogger().handlers:
+            level = {"crit": "CRITICAL", "warn": "WARNING"}.get(loglevel, loglevel.upper())
+            configure_logging("human", level)
         worker = faust.Worker(
-            self.topology.app, loglevel=loglevel, quiet=True, redirect_stdouts=False
+            self.topology.app,
+            loglevel=loglevel,
+            quiet=True,
+            redirect_stdouts=False,
+            override_logging=False,
         )
+        worker.spinner = None  # terminal escapes on stdout, which is a journal here
         worker.execute_from_commandline()
+
+
+def _all_rules(ruleset: RuleSet) -> list[Any]:
+    return [*ruleset.rules, *ruleset.compound, *ruleset.derived, *ruleset.corroboration]
