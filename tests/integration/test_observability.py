@@ -226,8 +226,9 @@ def test_a_web_port_off_loopback_without_token_or_tls_refuses_to_start(tmp_path:
     config = write_settings(tmp_path, 1883, web_port=free_port(), web={"bind": "0.0.0.0"})
     run = _vigil("run", "--config", str(config))
     assert run.returncode == 2
+    line = config.read_text().splitlines().index("web:") + 1  # the section's own line
     assert run.stderr.strip().splitlines() == [
-        f"{config}: web: Value error, bind '0.0.0.0' is not loopback: set web.token_env (a "
+        f"{config}:{line}:1: web: bind '0.0.0.0' is not loopback: set web.token_env (a "
         "bearer token from the environment) or web.tls, or bind 127.0.0.1"
     ]
 
