@@ -1,6 +1,7 @@
 """``vigil run``: the gateway's long-lived service on the embedded transport.
 
-One process: MQTT ingest -> the topology -> the dispatcher, on ``local://<data_dir>``.
+One process: MQTT ingest and the SL 651 / HJ 212 servers the settings configure
+(``engine.runtime.services.field``) -> the topology -> the dispatcher, on ``local://<data_dir>``.
 SIGTERM or SIGINT stops it cleanly: ingest disconnects first (what it did not
 acknowledge, the broker redelivers), the agents finish the batch in hand, the consumer
 commits offsets with the kernel checkpoints. A restart resumes from there.
@@ -28,12 +29,13 @@ from engine.contracts.alerts import AlertEvent, pack_lines
 from engine.contracts.ruleset import RuleSet
 from engine.evaluation.broker_drops import BrokerDropAlerts
 from engine.runtime.config import Settings
+from engine.runtime.services.field import FieldServers
 from engine.runtime.topology import Topology
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.transport.retention import enforce_retention
 from rules.api import load_ruleset
 from rules.errors import RulesInvalid
-from rules.registry import load_registry
+from rules.registry import Registry, load_registry
 
 __all__ = ["Gateway", "load_rules"]
 
@@ -50,9 +52,13 @@ def load_rules(settings: Settings) -> tuple[RuleSet, frozenset[str]]:
 
     Raises ``rules.errors.RulesInvalid`` with ``file:line:col`` lines.
     """
+    ruleset, registry = _load(settings)
+    return ruleset, frozenset(s.id for s in registry.stations)
+
+
+def _load(settings: Settings) -> tuple[RuleSet, Registry]:
     registry = load_registry(settings.stations)
-    compiled = load_ruleset(list(settings.rules), registry)
-    return compiled.ruleset, frozenset(s.id for s in registry.stations)
+    return load_ruleset(list(settings.rules), registry).ruleset, registry
 
 
 class Gateway:
@@ -60,7 +66,8 @@ class Gateway:
 
     def __init__(self, settings: Settings, *, extra_sinks: Sequence[Sink] = ()) -> None:
         self.settings = settings
-        ruleset, stations = load_rules(settings)
+        ruleset, registry = _load(settings)
+        stations = frozenset(s.id for s in registry.stations)
         sinks: list[Sink] = [JsonlSink(settings.alerts_path), *extra_sinks]
         if settings.console:
             sinks.append(ConsoleSink())
@@ -91,8 +98,13 @@ class Gateway:
             known_stations=stations,
             on_broker_drops=self.broker_drops.observe,
         )
+        self.field = FieldServers(
+            settings, registry, self.topology.produce, self.topology.send_dead_letter
+        )
         app = self.topology.app
         app.task(self._run_ingest)
+        if self.field.servers:
+            app.task(self._run_field)
         app.timer(settings.reload_interval_s)(self._check_reload)
         app.timer(BROKER_DROPS_CHECK_S)(self.broker_drops.check_clear)
         app.timer(RETENTION_INTERVAL_S)(self._enforce_retention)
@@ -118,7 +130,7 @@ class Gateway:
             return
         self._watched = mtimes
         try:
-            ruleset, stations = load_rules(self.settings)
+            ruleset, registry = _load(self.settings)
         except RulesInvalid as exc:
             self.reload_errors = exc.lines
             for line in exc.lines:
@@ -129,7 +141,8 @@ class Gateway:
             return
         self.reload_errors = []
         self.topology.swap_rules(ruleset)
-        self.ingest.known_stations = stations
+        self.ingest.known_stations = frozenset(s.id for s in registry.stations)
+        self.field.update(registry)
         log.warning("rules reloaded: version %s, %d rules", ruleset.version, len(ruleset.rules))
 
     async def _send_alerts(self, events: list[AlertEvent]) -> None:
@@ -157,6 +170,15 @@ class Gateway:
         finally:
             announce.cancel()
 
+    async def _run_field(self) -> None:
+        """The SL 651 / HJ 212 servers, for the life of the process; a failure ends it
+        like an ingest failure."""
+        try:
+            await self.field.run()
+        except Exception as exc:
+            log.critical("field servers failed (%r): the gateway stops for a restart", exc)
+            raise
+
     async def _announce_subscribed(self) -> None:
         loop = asyncio.get_running_loop()
         if await loop.run_in_executor(None, self.ingest.subscribed.wait, 60.0):
@@ -171,6 +193,7 @@ class Gateway:
             log.error("MQTT: not subscribed after 60 s; still retrying")
 
     async def _stop_ingest(self, app: faust.App, **kwargs: Any) -> None:
+        await self.field.stop()
         await self.ingest.stop()
         log.info("ingest stopped: %s", dict(self.ingest.counters))
 
