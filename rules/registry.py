@@ -16,11 +16,12 @@ Contract:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from rules.durations import parse_duration_ms
 from rules.errors import Problem, RulesInvalid, did_you_mean, problems_from_validation
@@ -72,8 +73,22 @@ class Sl651Identity(StrictModel):
     """How an SL 651 RTU names itself: its 10-digit station address (5 BCD bytes of the
     frame header) and the 4-hex-digit password its frames carry."""
 
-    address: str = Field(pattern=r"^[0-9A-Fa-f]{10}$")
-    password: str = Field(pattern=r"^[0-9A-Fa-f]{4}$")
+    address: str
+    password: str
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not re.fullmatch(r"[0-9A-Fa-f]{10}", v):
+            raise ValueError(f"expected the station address as 10 hex digits, got {v!r}")
+        return v.upper()
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, v: str) -> str:
+        if not re.fullmatch(r"[0-9A-Fa-f]{4}", v):
+            raise ValueError(f"expected the password as 4 hex digits, got {v!r}")
+        return v.upper()
 
 
 class Hj212Identity(StrictModel):
@@ -247,7 +262,7 @@ def registry_from_source(source: Source) -> Registry:
             if other != station.id:
                 line, col = source.position(("stations", i, *path))
                 where = f"stations[{i}].{'.'.join(path)}"
-                message = f"{key[0]} {path[-1]} {key[1]!r} is already station {other!r}'s"
+                message = f"{key[0]} {path[-1]} {key[1]!r} already belongs to station {other!r}"
                 problems.append(Problem(source.file, line, col, where, message))
     if problems:
         raise RulesInvalid(problems)
