@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from connectors.fieldserver import Identity
 from engine.runtime.config import ConfigError
 from engine.runtime.services.field import identities
-from connectors.fieldserver import Identity
 from rules import RulesInvalid, load_registry
 from rules.cli import check_main
 
