@@ -5,7 +5,7 @@
 The frames are typical hourly reports (function 34) of a river station: station
 address, one observation group with the hour's twelve 5-minute rain increments (DRP)
 and relative water levels (DRZ1), cumulative rain (PT), stage (Z) and battery voltage
-(VT): 27 readings, 96 bytes, each frame with its own station, hour and values. Both
+(VT): 27 readings, 95 bytes, each frame with its own station, hour and values. Both
 decoders must return the same readings before anything is timed.
 
     NUMBA_CACHE_DIR=$PWD/.cache/numba .venv/bin/python bench/field_decode.py \\

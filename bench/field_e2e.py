@@ -134,10 +134,12 @@ def main() -> int:
 
         def watch() -> None:
             assert engine.stdout is not None
+            subscribed = False
             for line in engine.stdout:
                 if "sl651 listening on" in line:
                     port.append(int(line.rsplit(":", 1)[1]))
-                if "ingest subscribed" in line:
+                subscribed |= "ingest subscribed" in line
+                if subscribed and port:
                     ready.set()
 
         threading.Thread(target=watch, daemon=True).start()
