@@ -267,6 +267,8 @@ class FieldServer:
         self._server: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     @property
     def connections(self) -> int:
@@ -293,10 +295,13 @@ class FieldServer:
     async def stop(self) -> None:
         """Stop listening and close connections; what was not yet durable is not
         replied to, so stations send it again."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         for w in list(self._writers):
             w.transport.abort()
+        for task in list(self._handlers):  # one may wait for replies that will not come
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -327,6 +332,9 @@ class FieldServer:
         self._connections += 1
         self._per_address[host] += 1
         self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         self.counters["connections"] += 1
         peer = Peer(self.name, f"{host}:{peername[1]}")
         try:
@@ -339,7 +347,9 @@ class FieldServer:
             if not self._per_address[host]:
                 del self._per_address[host]
             self._writers.discard(writer)
-            writer.transport.abort() if writer.transport.is_closing() else writer.close()
+            if task is not None:
+                self._handlers.discard(task)
+            writer.close()
 
     async def _read(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
@@ -389,10 +399,13 @@ class FieldServer:
                 m = _garbage(raw, n, peer, _now_ms(), cut=True)
                 m.ack = _nothing
                 self._batcher.put(m)
-            # A station that half-closes still hears the replies to what it sent.
+            # A station that half-closes still hears the replies to what it sent (not
+            # when the server stops: nothing more becomes durable then).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DRAIN_S):
                     for _ in range(limits.max_inflight):
+                        if self._stopping:
+                            break
                         await inflight.acquire()
 
 

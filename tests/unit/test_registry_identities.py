@@ -81,3 +81,28 @@ def test_rules_check_reports_bad_and_duplicate_identities(
     ]
     assert check_main([str(path)], None) == 1
     assert "already belongs to station 'SK02'" in capsys.readouterr().out
+
+
+def test_a_reload_swaps_identities_and_keeps_them_on_an_unset_password_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.runtime.config import Settings
+    from engine.runtime.services.field import FieldServers
+
+    path = tmp_path / "stations.yaml"
+    path.write_text(GOOD)
+    monkeypatch.setenv("VIGIL_TEST_AQ02_PW", "s3cret")
+    settings = Settings(stations=path, rules=(path,), sl651={"port": 0})  # type: ignore[arg-type]
+
+    async def nothing(*args: object) -> None:
+        return None
+
+    servers = FieldServers(settings, load_registry(path), nothing, nothing)
+    assert [s.name for s in servers.servers] == ["sl651"]
+    path.write_text(GOOD.replace('"0012345678"', '"0012345679"'))
+    servers.update(load_registry(path))
+    assert set(servers.sl651_ids) == {"0012345679"}
+    monkeypatch.delenv("VIGIL_TEST_AQ02_PW")
+    path.write_text(GOOD)
+    servers.update(load_registry(path))  # refused: AQ02's password cannot be read
+    assert set(servers.sl651_ids) == {"0012345679"}
