@@ -119,14 +119,16 @@ class Framing(TypingProtocol):
         """The bytes every frame starts with (several: encodings)."""
         ...
 
-    def size(self, head: bytes) -> int | None:
-        """Total length of the frame at the start of ``head`` (which begins with a start
-        marker); None if more bytes are needed to tell. Raises ValueError (the reason)
-        when the header cannot be a frame's."""
+    def size(self, buf: bytes | bytearray) -> int | None:
+        """Length of the frame candidate at the start of ``buf`` (which begins with a
+        start marker); None if more bytes are needed to tell. Raises ValueError when
+        the header cannot be a frame's."""
         ...
 
     def complete(self, frame: bytes) -> bool:
-        """Whether ``frame`` (``size`` bytes) ends as a frame must (end char, CRLF)."""
+        """Whether the candidate ends as a frame must (end char, CRLF); if not, the
+        bytes up to the next start marker go to the decoder, which says what is wrong
+        (a declared length that is not the actual one, most often)."""
         ...
 
 
@@ -142,10 +144,12 @@ class Protocol(TypingProtocol):
 class Splitter:
     """A connection's byte stream -> frames and garbage runs, in bounded memory.
 
-    ``feed`` returns ``("frame", bytes)`` and ``("garbage", kept, total)`` items. Bytes
-    before a start marker, a header no frame has, a frame over ``max_frame`` and a frame
-    whose end is wrong are garbage; after garbage the splitter looks for the next start
-    marker. The buffer never holds more than ``max_frame`` bytes of a frame plus one read.
+    ``feed`` returns ``("frame", bytes, length)`` and ``("garbage", kept, total)``
+    items. Bytes before a start marker, a header no frame has and a frame over
+    ``max_frame`` are garbage; a candidate whose end is wrong is handed on up to the next
+    start marker (its decoder rejects it with the reason). After either, the splitter
+    looks for the next start marker. The buffer never holds more than ``max_frame``
+    bytes of a frame plus one read.
     """
 
     def __init__(self, framing: Framing, max_frame: int) -> None:
@@ -168,17 +172,27 @@ class Splitter:
             self.garbage_total = 0
 
     def _next_start(self, begin: int) -> int:
-        """Index of the first start marker at or after ``begin``; where a marker may be
-        cut by the buffer's end, that index; else the buffer length."""
+        """Index of the first start marker at or after ``begin`` whose header could be a
+        frame's (a one-byte marker such as SOH also occurs inside frames); where a
+        marker may be cut by the buffer's end, that index; else the buffer length."""
         buf, best = self.buf, len(self.buf)
         for marker in self.framing.starts:
             i = buf.find(marker, begin)
+            while 0 <= i < best and not self._plausible(i):
+                i = buf.find(marker, i + 1)
             if i < 0:  # a marker may begin in the last len-1 bytes
                 i = max(begin, len(buf) - len(marker) + 1)
                 while i < len(buf) and not marker.startswith(bytes(buf[i:])):
                     i += 1
             best = min(best, i)
         return best
+
+    def _plausible(self, i: int) -> bool:
+        try:
+            self.framing.size(self.buf[i : i + 64])
+        except ValueError:
+            return False
+        return True
 
     def feed(self, data: bytes) -> list[tuple[str, bytes, int]]:
         self.buf += data
@@ -193,22 +207,20 @@ class Splitter:
             if not any(self.buf.startswith(m) for m in self.framing.starts):
                 break  # a marker cut by the end of what came so far
             try:
-                size = self.framing.size(bytes(self.buf[:32]))
+                size = self.framing.size(self.buf)
             except ValueError:
                 size = -1
-            if size is None:
-                break
-            if size < 0 or size > self.max_frame:
+            if size is None and len(self.buf) <= self.max_frame:
+                break  # more bytes will tell
+            if size is None or size < 0 or size > self.max_frame:
                 self._skip_one()
                 continue
             if len(self.buf) < size:
                 break
-            frame = bytes(self.buf[:size])
-            if not self.framing.complete(frame):
-                self._skip_one()
-                continue
+            if not self.framing.complete(bytes(self.buf[:size])):
+                size = self._next_start(1)  # the decoder says what is wrong with it
             out.extend(self._flush_garbage())
-            out.append(("frame", frame, size))
+            out.append(("frame", bytes(self.buf[:size]), size))
             del self.buf[:size]
         if self.garbage_total >= self.max_frame:  # a long run: report what it kept so far
             out.extend(self._flush_garbage())

@@ -26,20 +26,28 @@ __all__ = ["Hj212Framing", "Hj212Session"]
 
 
 class Hj212Framing:
-    """``##`` + 4-digit segment length + segment + 4 CRC characters + CRLF."""
+    """``##`` + 4-digit segment length + segment + 4 CRC characters + CRLF. A packet
+    ends where its length says if a CRLF is there, else at its first CRLF (devices send
+    wrong lengths: the decoder then rejects it, naming both); a ``##`` before that CRLF
+    begins the next packet."""
 
     starts = (b"##",)
 
-    def size(self, head: bytes) -> int | None:
-        if len(head) < 6:
+    def size(self, buf: bytes | bytearray) -> int | None:
+        if len(buf) < 6:
             return None
-        digits = head[2:6]
-        if not digits.isdigit():
-            raise ValueError("bad length field")
-        return 6 + int(digits) + 4 + 2
+        digits = bytes(buf[2:6])
+        if digits.isdigit():
+            declared = 6 + int(digits) + 4 + 2
+            if buf[declared - 2 : declared] == b"\r\n":
+                return declared
+        end, nxt = buf.find(b"\r\n", 2), buf.find(b"##", 2)
+        if nxt >= 0 and (end < 0 or nxt < end):
+            return nxt
+        return end + 2 if end >= 0 else None
 
     def complete(self, frame: bytes) -> bool:
-        return frame.endswith(b"\r\n")
+        return True  # ``size`` found its end; the decoder checks the rest
 
 
 class Hj212Session:

@@ -29,6 +29,7 @@ from connectors.sl651.reply import ack_frame, wants_ack
 __all__ = ["Sl651Framing", "Sl651Session"]
 
 _HEX, _ASCII = b"\x7e\x7e", b"\x01"
+_HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
 _END_CHARS = frozenset({0x03, 0x17, 0x05, 0x06, 0x15, 0x04, 0x1B})
 
 
@@ -38,14 +39,16 @@ class Sl651Framing:
 
     starts = (_HEX, _ASCII)
 
-    def size(self, head: bytes) -> int | None:
+    def size(self, head: bytes | bytearray) -> int | None:
         if head[:1] == _ASCII:
+            # SOH is one byte, frequent in binary data: the header's hex characters
+            # (centre, station, password, function, length) tell a frame from a byte.
+            text = bytes(head[1:23])
+            if not all(c in _HEX_DIGITS for c in text):
+                raise ValueError("not an ASCII header")
             if len(head) < 24:
                 return None
-            text = head[19:23]
-            if not all(c in b"0123456789ABCDEFabcdef" for c in text):
-                raise ValueError("bad ASCII length")
-            return 24 + (int(text, 16) & 0x0FFF) + 1 + 4
+            return 24 + (int(text[18:22], 16) & 0x0FFF) + 1 + 4
         if len(head) < 14:
             return None
         dirlen = head[11] << 8 | head[12]

@@ -5,15 +5,17 @@ and station, and the limits that keep a server up whatever a peer sends."""
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from connectors import hj212, sl651
 from connectors.decoded import Rejection
-from connectors.fieldserver import Limits
+from connectors.fieldserver import Identity, Limits
 from engine.contracts.batch import Quality
 from simulators.hj212_station import Hj212Station
 from simulators.sl651_rtu import Sl651Rtu
@@ -22,6 +24,7 @@ from tests.fieldserver_support import RunningServer, closed_by_peer, wait_until
 
 T0 = datetime(2026, 7, 1, 9, 50)  # station clock (China Standard Time)
 T0_MS = 1_782_870_600_000  # 2026-07-01 01:50 UTC
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.fixture
@@ -246,3 +249,63 @@ def test_multi_packet_message_acknowledged_once(sl: RunningServer) -> None:
     assert sl.log.readings[0][:2] == ("SK01", "reservoir_level")
     assert sl.log.readings[0][3] == 100.25
     assert not isinstance(sl651.decode(frames[0]), Rejection)
+
+
+def test_wrong_declared_length_is_dead_lettered_with_the_decoders_reason(
+    hj: RunningServer,
+) -> None:
+    """A field capture that declares 888 characters for a 432-character segment (no
+    QN, 2005 style; ``shared/data/hj212``): the packet ends at its CRLF, the decoder
+    names both lengths, and the good packet after it is answered."""
+    bad = DATA.joinpath("hj212/hj212_frames_len_mismatch.txt").read_bytes().split(b"\n")[0]
+    bad = bad.rstrip(b"\r") + b"\r\n"
+    declared = int(bad[2:6])
+    sock = hj.connect()
+    sock.sendall(bad + Hj212Station().report(T0)[0])
+    assert len(hj.replies(sock, 1)) == 1
+    wait_until(lambda: len(hj.log.dead) == 1, what="the dead letter")
+    raw, reason, _ = hj.log.dead[0]
+    assert raw == bad
+    assert reason == f"declared length {declared:04d}, actual {len(bad) - 12:04d}"
+
+
+def test_sl651_length_mismatch_then_a_good_frame(sl: RunningServer) -> None:
+    """A frame that declares 2 bytes fewer than its body has (CRC recomputed, so only
+    the length is wrong): the bytes up to the next frame go to the decoder, which names
+    both lengths; the next frame is answered."""
+    from connectors.sl651.frame import crc16
+
+    good = Sl651Rtu().report(T0)[0]
+    head = bytearray(good[:-2])
+    head[12] -= 2  # low byte of direction + length
+    bad = bytes(head) + crc16(bytes(head)).to_bytes(2, "big")
+    sock = sl.connect()
+    sock.sendall(bad + good)
+    assert len(sl.replies(sock, 1)) == 1
+    wait_until(lambda: len(sl.log.dead) == 1, what="the dead letter")
+    raw, reason, _ = sl.log.dead[0]
+    assert raw == bad
+    declared = good[12] - 2
+    assert reason == f"declared length {declared:04d}, actual {declared + 2:04d}"
+
+
+def test_sl651_ascii_mode_frame_between_garbage() -> None:
+    """An ASCII-mode frame (FACTS.md vector V8) framed by its SOH header among binary
+    bytes that contain 01 (SOH) too; with a matching identity it is ingested."""
+    from tests.fieldserver_support import SL651_IDS
+    from tests.unit.test_sl651_decode import V
+
+    v8 = bytes.fromhex(V["V8"])
+    server = RunningServer("sl651")
+    SL651_IDS["5010123456"] = Identity("RV01", "0000")
+    try:
+        sock = server.connect()
+        sock.sendall(b"\x00\x01\x02\x01\xff" + v8 + Sl651Rtu().report(T0)[0])
+        (ack, _) = server.replies(sock, 2)  # the ASCII report asks for one too
+        assert isinstance(sl651.decode(ack), sl651.Frame)
+        wait_until(lambda: len(server.log.readings) == 5, what="both frames' readings")
+        assert {r[0] for r in server.log.readings} == {"RV01", "SK01"}
+        assert [reason for _, reason, _ in server.log.dead] == ["not a frame: 5 bytes"]
+    finally:
+        del SL651_IDS["5010123456"]
+        server.close()
