@@ -5,7 +5,6 @@ and station, and the limits that keep a server up whatever a peer sends."""
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Iterator
 from datetime import datetime
