@@ -301,7 +301,15 @@ def test_sl651_ascii_mode_frame_between_garbage() -> None:
         sock = server.connect()
         sock.sendall(b"\x00\x01\x02\x01\xff" + v8 + Sl651Rtu().report(T0)[0])
         (ack, _) = server.replies(sock, 2)  # the ASCII report asks for one too
-        assert isinstance(sl651.decode(ack), sl651.Frame)
+        reply = sl651.decode(ack)  # in ASCII mode, like the report
+        assert isinstance(reply, sl651.Frame), reply
+        assert (reply.encoding, reply.direction, reply.station, reply.end) == (
+            "ascii",
+            "down",
+            "5010123456",
+            "ESC",
+        )
+        assert reply.body is not None and reply.body.serial == 1
         wait_until(lambda: len(server.log.readings) == 5, what="both frames' readings")
         assert {r[0] for r in server.log.readings} == {"RV01", "SK01"}
         assert [reason for _, reason, _ in server.log.dead] == ["not a frame: 5 bytes"]
