@@ -316,3 +316,26 @@ def test_sl651_ascii_mode_frame_between_garbage() -> None:
     finally:
         del SL651_IDS["5010123456"]
         server.close()
+
+
+def test_half_open_sockets_beyond_the_limit_are_refused_then_idle_closed() -> None:
+    """Sockets that connect and never send: past ``max_connections`` refused at once,
+    the rest closed when idle; then the server takes a station again."""
+    server = RunningServer("sl651", Limits(linger_ms=5, max_connections=20,
+                                           max_per_address=1000, idle_timeout_s=1.0))  # fmt: skip
+    socks: list[socket.socket] = []
+    try:
+        socks = [server.connect() for _ in range(60)]
+        assert all(closed_by_peer(s) for s in socks)  # refused, or idle-closed
+        counters = server.counters()
+        assert counters["connections_refused"] >= 40
+        assert counters["connections_refused"] + counters["idle_closed"] == 60
+        wait_until(lambda: server.server.connections == 0, what="all to close")
+        sock = server.connect()
+        sock.sendall(Sl651Rtu().report(T0)[0])
+        assert len(server.replies(sock, 1)) == 1
+        sock.close()
+    finally:
+        for s in socks:
+            s.close()
+        server.close()
