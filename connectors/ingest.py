@@ -39,8 +39,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: (station, metric, ts_ms, value in the metric's unit).
-Reading = tuple[str, str, int, float]
+#: (station, metric, ts_ms, value in the metric's unit[, quality]): the quality flag
+#: (``engine.contracts.batch.Quality``) a protocol sends, UNCHECKED when absent.
+Reading = tuple[str, str, int, float] | tuple[str, str, int, float, int]
 #: ``produce(readings)`` / ``dead_letter(raw, reason, source)``: both resolve only once
 #: the records are durable.
 Produce = Callable[[list[Reading]], Awaitable[None]]

@@ -17,18 +17,28 @@ Contract:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from rules.durations import format_duration_ms, parse_duration_ms
 from rules.errors import Problem, RulesInvalid, did_you_mean, problems_from_validation
 from rules.model import StrictModel
 from rules.source import Key, Pos, Source, SourceError, load_yaml
 
-__all__ = ["LEVEL_FIELDS", "Kind", "Registry", "Station", "StationKind", "load_registry"]
+__all__ = [
+    "LEVEL_FIELDS",
+    "Hj212Identity",
+    "Kind",
+    "Registry",
+    "Sl651Identity",
+    "Station",
+    "StationKind",
+    "load_registry",
+]
 
 StationKind = Literal[
     "river_gauge",
@@ -58,6 +68,44 @@ LEVEL_FIELDS = (
     "check_flood_level",  # 校核洪水位
     "historical_max_level",  # 历史最高水位
 )
+
+
+class Sl651Identity(StrictModel):
+    """How an SL 651 RTU names itself: its 10-digit station address (5 BCD bytes of the
+    frame header) and the 4-hex-digit password its frames carry."""
+
+    address: str
+    password: str
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not re.fullmatch(r"[0-9A-Fa-f]{10}", v):
+            raise ValueError(f"expected the station address as 10 hex digits, got {v!r}")
+        return v.upper()
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, v: str) -> str:
+        if not re.fullmatch(r"[0-9A-Fa-f]{4}", v):
+            raise ValueError(f"expected the password as 4 hex digits, got {v!r}")
+        return v.upper()
+
+
+class Hj212Identity(StrictModel):
+    """How an HJ 212 station names itself: its MN (up to 24 characters) and its PW,
+    given in the file (``password``) or read at start from an environment variable
+    (``password_env``), exactly one of them."""
+
+    mn: str = Field(min_length=1, max_length=24, pattern=r"^[^;,=&\s]+$")
+    password: str | None = Field(default=None, min_length=1, max_length=32)
+    password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _one_password(self) -> Hj212Identity:
+        if (self.password is None) == (self.password_env is None):
+            raise ValueError("give exactly one of password and password_env")
+        return self
 
 
 def _check_kind(value: Any) -> Any:
@@ -95,6 +143,9 @@ class Station(StrictModel):
     historical_max_level: float | None = None
     tags: frozenset[str] = frozenset()
     fields: dict[str, float] = Field(default_factory=dict)
+    #: The station's identity on the gateway's SL 651 / HJ 212 servers, if it reports so.
+    sl651: Sl651Identity | None = None
+    hj212: Hj212Identity | None = None
 
     @model_validator(mode="after")
     def _free_fields_do_not_shadow(self) -> Station:
@@ -162,6 +213,15 @@ class Registry:
         return tuple(s for s in self.stations if predicate(s))
 
 
+def _identities(station: Station) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    out = []
+    if station.sl651 is not None:
+        out.append((("SL 651", station.sl651.address.upper()), ("sl651", "address")))
+    if station.hj212 is not None:
+        out.append((("HJ 212", station.hj212.mn), ("hj212", "mn")))
+    return out
+
+
 def load_registry(path: str | Path) -> Registry:
     """Load a ``.yaml``/``.yml`` or ``.csv`` registry; raises RulesInvalid on problems."""
     path = Path(path)
@@ -208,6 +268,9 @@ def registry_from_source(source: Source) -> Registry:
             problems.append(Problem(source.file, line, col, str(key), "unknown field"))
     stations: list[Station] = []
     seen: set[str] = set()
+    #: (protocol, identity) -> the station that has it: two stations, one identity is
+    #: ambiguous (whose readings would a frame be?).
+    identities: dict[tuple[str, str], str] = {}
     for i, raw in enumerate(data["stations"]):
         try:
             station = Station.model_validate(raw)
@@ -221,6 +284,13 @@ def registry_from_source(source: Source) -> Registry:
             continue
         seen.add(station.id)
         stations.append(station)
+        for key, path in _identities(station):
+            other = identities.setdefault(key, station.id)
+            if other != station.id:
+                line, col = source.position(("stations", i, *path))
+                where = f"stations[{i}].{'.'.join(path)}"
+                message = f"{key[0]} {path[-1]} {key[1]!r} already belongs to station {other!r}"
+                problems.append(Problem(source.file, line, col, where, message))
     if problems:
         raise RulesInvalid(problems)
     return Registry(tuple(stations), source.file)

@@ -34,7 +34,9 @@ class Hj212Station:
     def _packet(self, cn: str, suffix: str, t: datetime, data_time: datetime) -> bytes:
         cp = ";".join(f"{code}-{suffix}={v},{code}-Flag=N" for code, v in self.values(t).items())
         pw = "000000" if Fault.WRONG_PASSWORD in self.faults else self.pw
-        seg = (f"QN={t.strftime('%Y%m%d%H%M%S')}000;ST=22;CN={cn};PW={pw};MN={self.mn};Flag=5;"
+        # QN names the request: the hourly packet sent with a real-time one needs its own.
+        qn = t.strftime("%Y%m%d%H%M%S") + ("001" if cn == "2061" else "000")
+        seg = (f"QN={qn};ST=22;CN={cn};PW={pw};MN={self.mn};Flag=5;"
                f"CP=&&DataTime={data_time.strftime('%Y%m%d%H%M%S')};{cp}&&")  # fmt: skip
         return encode(seg)
 

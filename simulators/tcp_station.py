@@ -1,10 +1,12 @@
 """The TCP side shared by the field-protocol station simulators: connect, send each
-report's frames, reconnect after a drop (and send the report that failed again), and
-write slowly when asked (a sender that dribbles bytes)."""
+report's frames, reconnect after a drop (and send the report that failed again), hand
+what the centre sends back to ``on_reply``, and write slowly when asked (a sender that
+dribbles bytes)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -46,17 +48,22 @@ async def run_station(
     interval_s: float,
     slow: bool = False,
     reconnect_s: float = 0.2,
+    on_reply: Callable[[bytes], None] | None = None,
 ) -> int:
     """Send ``count`` reports, the station's clock starting at ``start`` and advancing
-    ``step`` a report, one report every ``interval_s`` of wall time. Returns how many
+    ``step`` a report, one report every ``interval_s`` of wall time. Bytes the centre
+    sends back go to ``on_reply`` as they arrive (chunks, not frames). Returns how many
     times it had to reconnect."""
     reconnects = 0
     writer: asyncio.StreamWriter | None = None
+    readers: list[asyncio.Task[None]] = []
     i = 0
     while i < count:
         try:
             if writer is None:
-                _, writer = await asyncio.open_connection(host, port)
+                reader, writer = await asyncio.open_connection(host, port)
+                if on_reply is not None:
+                    readers.append(asyncio.ensure_future(_replies(reader, on_reply)))
             for frame in report(start + i * step):
                 if slow:
                     for b in frame:
@@ -76,6 +83,18 @@ async def run_station(
             reconnects += 1
             await asyncio.sleep(reconnect_s)
     if writer is not None:
+        if readers:  # let the centre answer the last reports before hanging up
+            writer.write_eof()
+            await asyncio.wait(readers, timeout=30)
         writer.close()
-        await writer.wait_closed()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    for task in readers:
+        task.cancel()
     return reconnects
+
+
+async def _replies(reader: asyncio.StreamReader, on_reply: Callable[[bytes], None]) -> None:
+    with contextlib.suppress(OSError):
+        while chunk := await reader.read(65536):
+            on_reply(chunk)

@@ -11,11 +11,12 @@ SUSPECT, since a station under test may send what it has not measured.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from connectors.decoded import FrameError, Reading, local_ms
-from connectors.sl651.elements import ELEMENTS, ELEMENTS_BY_CODE, SERIES, STATION_TYPES
+from connectors.sl651.elements import ELEMENTS, ELEMENTS_BY_CODE, SERIES, STATION_TYPES, Series
 from engine.contracts.batch import Quality
 
 __all__ = ["Body", "Group", "Value", "decode_ascii_body", "decode_body"]
@@ -62,11 +63,41 @@ def _bcd(data: bytes, what: str) -> str:
     return digits
 
 
+#: Times already converted: stations report on the same minutes, so the same BCD times
+#: come again and again (bounded: cleared when full; a miss only costs the conversion).
+_TIMES: dict[tuple[bytes, int], int] = {}
+_TIMES_MAX = 4096
+
+
 def _time(data: bytes, what: str, offset_min: int) -> int:
+    key = (data, offset_min)
+    ms = _TIMES.get(key)
+    if ms is not None:
+        return ms
     d = _bcd(data, what)
     second = int(d[10:12]) if len(d) == 12 else 0
-    return local_ms(2000 + int(d[0:2]), int(d[2:4]), int(d[4:6]), int(d[6:8]), int(d[8:10]),
-                    second, offset_min, what)  # fmt: skip
+    ms = local_ms(2000 + int(d[0:2]), int(d[2:4]), int(d[4:6]), int(d[6:8]), int(d[8:10]),
+                  second, offset_min, what)  # fmt: skip
+    if len(_TIMES) >= _TIMES_MAX:
+        _TIMES.clear()
+    _TIMES[key] = ms
+    return ms
+
+
+#: A series' raw value -> its value in the unit (None: invalid), per (width, scale,
+#: invalid), built on first use: a lookup instead of a multiply and a round per value.
+_SERIES_TABLES: dict[tuple[int, float, int], tuple[float | None, ...]] = {}
+
+
+def _series_table(s: Series) -> tuple[float | None, ...]:
+    key = (s.width, s.scale, s.invalid)
+    table = _SERIES_TABLES.get(key)
+    if table is None:
+        table = tuple(
+            None if r == s.invalid else round(r * s.scale, 3) for r in range(256**s.width)
+        )
+        _SERIES_TABLES[key] = table
+    return table
 
 
 def _number(data: bytes, decimals: int, element: str) -> float | None:
@@ -159,10 +190,10 @@ def _elements(p: bytes, body: Body, offset_min: int) -> None:
         code = ELEMENTS[lead].code if lead in ELEMENTS else None
         series = SERIES.get(lead)
         if series is not None:
-            w = series.width
-            raws = [int.from_bytes(data[i : i + w], "big") for i in range(0, size - w + 1, w)]
+            count = size // series.width
+            raws = data if series.width == 1 else struct.unpack_from(f">{count}H", data)
             value: float | int | tuple[float | None, ...] | None = tuple(
-                None if r == series.invalid else round(r * series.scale, 3) for r in raws
+                map(_series_table(series).__getitem__, raws)
             )
         elif lead == 0x04:  # time step DDHHMM
             d = _bcd(data, "element 0x04")
@@ -179,23 +210,30 @@ def _elements(p: bytes, body: Body, offset_min: int) -> None:
         group.values.append(Value(element, code, value, data.hex().upper()))
 
 
+#: Element (two hex digits, as ``Value.element``) -> the Vigil metric it feeds.
+_METRIC_OF = {f"{lead:02X}": e.metric for lead, e in ELEMENTS.items() if e.metric is not None}
+
+
 def _readings(body: Body, station: str, quality: int) -> list[Reading]:
     out: list[Reading] = []
+    add = out.append
+    metric_of = _METRIC_OF.get
     for group in body.groups:
-        if group.obs_ms is None:
+        obs = group.obs_ms
+        if obs is None:
             continue
+        step = group.step_ms
         for v in group.values:
-            lead = int(v.element[:2], 16)
-            element = ELEMENTS.get(lead) if len(v.element) == 2 else None
-            if element is None or element.metric is None or v.value is None:
+            metric = metric_of(v.element)
+            value = v.value
+            if metric is None or value is None:
                 continue
-            if isinstance(v.value, tuple):
-                for i, x in enumerate(v.value):
+            if isinstance(value, tuple):
+                for i, x in enumerate(value):
                     if x is not None:
-                        ts = group.obs_ms + i * group.step_ms
-                        out.append(Reading(station, element.metric, ts, x, quality))
-            elif isinstance(v.value, float):
-                out.append(Reading(station, element.metric, group.obs_ms, v.value, quality))
+                        add(Reading(station, metric, obs + i * step, x, quality))
+            elif isinstance(value, float):
+                add(Reading(station, metric, obs, value, quality))
     return out
 
 

@@ -5,7 +5,8 @@ a downlink frame: address reversed (station, then centre), the same password and
 function, direction 8 with body length 8, STX, the report's serial, the centre's own
 send time (6-byte BCD, local time) and an end character: ESC (done, the station stays
 online), EOT (done, hang up) or ACK. A keep-alive (2F) gets no reply, nor a packet that
-is not the last of its message (ETB).
+is not the last of its message (ETB). A station that writes ASCII mode is answered in
+ASCII mode (``ack_frame`` picks by the report's encoding).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ def wants_ack(frame: Frame) -> bool:
 
 
 def ack_frame(frame: Frame, serial: int, now_local: datetime, end: int = ESC) -> bytes:
-    """HEX-mode acknowledgement of ``frame``; ``serial`` is the report's (its body's)."""
+    """Acknowledgement of ``frame`` in its encoding; ``serial`` is the report's (its body's)."""
+    if frame.encoding == "ascii":
+        return _ack_ascii(frame, serial, now_local, end)
     station = bytes.fromhex(frame.station)
     body = serial.to_bytes(2, "big") + bytes.fromhex(now_local.strftime("%y%m%d%H%M%S"))
     address = station + bytes([frame.centre])  # downlink: station first
@@ -33,3 +36,14 @@ def ack_frame(frame: Frame, serial: int, now_local: datetime, end: int = ESC) ->
     head = b"\x7e\x7e" + address + bytes.fromhex(frame.password) + bytes([frame.function])
     out = head + dirlen + b"\x02" + body + bytes([end])
     return out + crc16(out).to_bytes(2, "big")
+
+
+def _ack_ascii(frame: Frame, serial: int, now_local: datetime, end: int) -> bytes:
+    """ASCII mode: the same fields as characters (FACTS.md §1.1): SOH, station, centre
+    (2 hex), password, function (2 hex), direction 8 + length in characters (3 hex),
+    STX, serial (4 hex) and send time (12 digits), the end char, CRC as 4 hex digits."""
+    body = f"{serial:04X}{now_local.strftime('%y%m%d%H%M%S')}"
+    head = f"{frame.station}{frame.centre:02X}{frame.password}{frame.function:02X}"
+    out = b"\x01" + f"{head}{0x8000 | len(body):04X}".encode() + b"\x02" + body.encode()
+    out += bytes([end])
+    return out + f"{crc16(out):04X}".encode()

@@ -28,6 +28,7 @@ from rules.source import Source, SourceError, load_yaml
 __all__ = [
     "ConfigError",
     "DispatchSettings",
+    "FieldServerSettings",
     "MqttSettings",
     "NbiotSettings",
     "Settings",
@@ -156,6 +157,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class FieldServerSettings(_Frozen):
+    """A field-protocol TCP server (SL 651, HJ 212) of ``vigil run``: present in the
+    file, it runs. Loopback by default; ``0.0.0.0`` takes stations from the network."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)  # 0: any free port (printed at start)
+    #: Seconds without a byte before a connection is closed.
+    idle_timeout_s: float = Field(300.0, gt=0, le=86_400)
+    #: Seconds a started frame may take to arrive whole (a slow sender is closed).
+    frame_timeout_s: float = Field(60.0, gt=0, le=3600)
+    max_frame_bytes: int = Field(16_384, ge=64, le=1 << 20)
+    max_connections: int = Field(10_000, ge=1, le=1_000_000)
+    max_per_address: int = Field(64, ge=1, le=1_000_000)
+    #: Bytes that are no frame before a connection is closed.
+    max_garbage_bytes: int = Field(65_536, ge=1)
+
+
 class BatchSettings(_Frozen):
     max_readings: int = Field(5000, ge=1, le=1_000_000)
     linger_ms: int = Field(50, ge=0, le=10_000)
@@ -222,6 +240,9 @@ class Settings(_Frozen):
     alerts_jsonl: Path | None = None
     console: bool = True
     mqtt: MqttSettings = MqttSettings()
+    #: SL 651 (conventionally port 5001 ... per centre) and HJ 212 servers; None: off.
+    sl651: FieldServerSettings | None = None
+    hj212: FieldServerSettings | None = None
     batch: BatchSettings = BatchSettings()
     lateness_ms: int = Field(60_000, ge=0)
     #: Wall seconds after which a partition whose event time stands still no longer

@@ -57,7 +57,8 @@ __all__ = ["Reading", "Topology"]
 
 log = logging.getLogger(__name__)
 
-Reading = tuple[str, str, int, float]  # station, metric, ts_ms, value
+#: station, metric, ts_ms, value[, quality (engine.contracts.batch.Quality)]
+Reading = tuple[str, str, int, float] | tuple[str, str, int, float, int]
 
 _partitioner = DefaultPartitioner()
 
@@ -210,12 +211,12 @@ class Topology(PartitionStates, TickWriter):
     async def produce(self, readings: Sequence[Reading]) -> None:
         """Produce readings as one batch per partition; returns once all are durable."""
         builders: dict[int, BatchBuilder] = {}
-        for station, metric, ts, value in readings:
-            p = self.partition_for(station)
+        for reading in readings:
+            p = self.partition_for(reading[0])
             builder = builders.get(p)
             if builder is None:
                 builder = builders[p] = BatchBuilder()
-            builder.add(station, metric, ts, value)
+            builder.add(*reading)
         futures = [
             await self.telemetry.send(value=b.build().encode(), partition=p)
             for p, b in builders.items()

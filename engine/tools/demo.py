@@ -4,13 +4,18 @@ It starts a real mosquitto on a free loopback port, the gateway (``vigil run``) 
 child process on a temporary data directory, and a simulator that publishes three
 river gauges through a flood (rise through the warning level, past the guaranteed
 level at one gauge and the historical maximum at another, then recession) at QoS 1.
-Two days of 5-minute readings are compressed into the run. Alerts are shown as they
-land in the dispatcher's JSON-lines file; a few malformed messages show the dead-letter
-path. At the end everything is stopped and a summary printed.
+Beside them, over TCP to the gateway's field servers, a reservoir RTU reports its level
+in SL 651 timed reports as the flood fills it, and an air-quality station sends HJ 212
+real-time and hourly data through a pollution episode; each waits for the protocol's
+reply. Two days of readings are compressed into the run. Alerts are shown as they land
+in the dispatcher's JSON-lines file; a few malformed messages and frames (a bad CRC, a
+wrong password) show the dead-letter path. At the end everything is stopped and a
+summary printed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -19,6 +24,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import yaml
@@ -28,13 +35,16 @@ from connectors.mqtt.mosquitto import Mosquitto
 from connectors.sinks.console import format_event
 from engine.contracts.alerts import AlertEvent, Level
 from engine.runtime.transport.log import DurableLog
+from simulators.field_episode import EpisodeAirStation, FloodedReservoirRtu
 from simulators.publisher import Publisher
 from simulators.river import FloodWave, flood_readings
+from simulators.tcp_station import Fault, run_station
 
 __all__ = ["run_demo"]
 
 PACKS = Path(rules.__file__).resolve().parent / "packs"
 START_MS = 1_719_763_200_000  # 2024-06-30 16:00 UTC = 07-01 00:00 Beijing time
+START_LOCAL = datetime(2024, 7, 1, 0, 0)  # the same instant on the field stations' clocks
 HOURS = 48.0
 STEP_MIN = 5.0
 
@@ -54,13 +64,29 @@ BAD_MESSAGES = (
 )
 
 
+#: The field stations (SL 651 reservoir, HJ 212 air station) and their dead-letter cases.
+FIELD_STATIONS = ("SK01", "AQ01")
+
+
+def _registry(workdir: Path) -> Path:
+    """The river gauges and the field stations in one registry file."""
+    stations = []
+    for name in ("demo_stations.yaml", "demo_field_stations.yaml"):
+        stations += yaml.safe_load((PACKS / name).read_text(encoding="utf-8"))["stations"]
+    path = workdir / "stations.yaml"
+    path.write_text(yaml.safe_dump({"stations": stations}, allow_unicode=True), encoding="utf-8")
+    return path
+
+
 def _write_settings(workdir: Path, port: int) -> Path:
     settings = {
         "app_id": "vigil-demo",
         "data_dir": str(workdir / "data"),
         "partitions": 2,
-        "stations": str(PACKS / "demo_stations.yaml"),
-        "rules": [str(PACKS / "flood.yaml")],
+        "stations": str(_registry(workdir)),
+        "rules": [str(PACKS / "flood.yaml"), str(PACKS / "demo_field.yaml")],
+        "sl651": {"host": "127.0.0.1", "port": 0},
+        "hj212": {"host": "127.0.0.1", "port": 0},
         "alerts_jsonl": str(workdir / "alerts.jsonl"),
         "console": False,
         "mqtt": {"host": "127.0.0.1", "port": port, "client_id": "vigil-demo-gateway"},
@@ -93,34 +119,79 @@ class _AlertTail:
                 print("  " + format_event(event, sys.stdout.isatty()), flush=True)
 
 
-def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> bool:
-    found = threading.Event()
+class _Stdout:
+    """The engine's stdout lines, read on a thread; ``wait`` for one that has a needle."""
 
-    def reader() -> None:
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            if needle in line:
-                found.set()
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
 
-    threading.Thread(target=reader, daemon=True).start()
-    return found.wait(timeout)
+    def wait(self, needle: str, timeout: float) -> str | None:
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: next((ln for ln in self.lines if needle in ln), None), timeout
+            )
+        return found or None
 
 
-def _summary(events: list[AlertEvent], published: int, dead: list[tuple[str, str]]) -> None:
+def _field_stations(ports: tuple[int, int], duration_s: float) -> tuple[int, int]:
+    """Run the reservoir RTU and the air station for ``duration_s``; also one frame with
+    a bad CRC and one with a wrong password. Returns the replies each good station got."""
+    rtu, air = FloodedReservoirRtu(START_LOCAL), EpisodeAirStation(START_LOCAL)
+    n_rtu, n_air = int(HOURS * 60 / STEP_MIN) + 1, int(HOURS) + 1
+    replies = [0, 0]
+
+    def counter(i: int, marker: bytes) -> Callable[[bytes], None]:
+        def count(chunk: bytes) -> None:
+            replies[i] += chunk.count(marker)
+
+        return count
+
+    async def run() -> None:
+        bad_rtu = FloodedReservoirRtu(START_LOCAL, faults=frozenset({Fault.BAD_CRC}))
+        bad_air = EpisodeAirStation(START_LOCAL, faults=frozenset({Fault.WRONG_PASSWORD}))
+        await asyncio.gather(
+            run_station("127.0.0.1", ports[0], rtu.report, START_LOCAL,
+                        timedelta(minutes=STEP_MIN), n_rtu, duration_s / n_rtu,
+                        on_reply=counter(0, b"\x7e\x7e")),
+            run_station("127.0.0.1", ports[1], air.report, START_LOCAL, timedelta(hours=1),
+                        n_air, duration_s / n_air, on_reply=counter(1, b"##")),
+            run_station("127.0.0.1", ports[0], bad_rtu.report, START_LOCAL + timedelta(hours=9),
+                        timedelta(minutes=5), 1, 0),
+            run_station("127.0.0.1", ports[1], bad_air.report, START_LOCAL + timedelta(hours=9),
+                        timedelta(hours=1), 1, 0),
+        )  # fmt: skip
+
+    asyncio.run(run())
+    return replies[0], replies[1]
+
+
+def _summary(
+    events: list[AlertEvent], published: int, replies: tuple[int, int], dead: list[tuple[str, str]]
+) -> None:
     print("\nSummary")
     print(
-        f"  readings published: {published}   alert events: {len(events)}   "
-        f"dead-lettered messages: {len(dead)}"
+        f"  MQTT readings published: {published}   SL 651 reports acknowledged: {replies[0]}   "
+        f"HJ 212 packets answered: {replies[1]}"
     )
+    print(f"  alert events: {len(events)}   dead-lettered messages: {len(dead)}")
     by_station: dict[str, list[AlertEvent]] = {}
     for e in events:
         by_station.setdefault(e.station, []).append(e)
-    for wave in WAVES:
-        evs = by_station.get(wave.station, [])
+    for station in (*(w.station for w in WAVES), *FIELD_STATIONS):
+        evs = by_station.get(station, [])
         peak = max((Level.parse(e.level) for e in evs), default=Level.NONE)
         clear = [e for e in evs if e.state == "resolved"]
         cleared = "all clear" if clear and evs[-1].state == "resolved" else "still firing"
-        print(f"  {wave.station}: highest level {peak.label:<6} {len(evs)} transitions, {cleared}")
+        print(f"  {station}: highest level {peak.label:<6} {len(evs)} transitions, {cleared}")
     for reason, source in dead:
         print(f"  dead-letter: {source}: {reason}")
 
@@ -145,8 +216,8 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
     readings = list(flood_readings(WAVES, START_MS, HOURS, STEP_MIN))
     publish_s = max(5.0, duration_s - 15.0)
     print(
-        f"Vigil demo: {len(WAVES)} river gauges, {HOURS:.0f} h of 5-min readings "
-        f"({len(readings)}) replayed in {publish_s:.0f} s\n"
+        f"Vigil demo: {len(WAVES)} river gauges over MQTT, a reservoir RTU over SL 651 and an "
+        f"air station over HJ 212; {HOURS:.0f} h of readings replayed in {publish_s:.0f} s\n"
     )
     engine: subprocess.Popen[str] | None = None
     try:
@@ -169,10 +240,25 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
                 text=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-            if not _wait_for_line(engine, "ingest subscribed", timeout=120):
+            stdout = _Stdout(engine)
+            announced = [stdout.wait(needle, timeout=120) for needle in
+                         ("ingest subscribed", "sl651 listening", "hj212 listening")]  # fmt: skip
+            if not all(announced):
                 print("the engine did not start; see", workdir / "engine.log", file=sys.stderr)
                 return 1
-            print(f"  engine running on local://{workdir / 'data'} (pid {engine.pid})\n")
+            ports = tuple(int(str(line).rsplit(":", 1)[1]) for line in announced[1:])
+            print(f"  engine running on local://{workdir / 'data'} (pid {engine.pid})")
+            print(
+                f"  SL 651 server on 127.0.0.1:{ports[0]}, HJ 212 server on 127.0.0.1:{ports[1]}\n"
+            )
+            field_replies = (0, 0)
+
+            def field() -> None:
+                nonlocal field_replies
+                field_replies = _field_stations((ports[0], ports[1]), publish_s)
+
+            field_thread = threading.Thread(target=field, daemon=True)
+            field_thread.start()
             tail = _AlertTail(workdir / "alerts.jsonl")
             publisher = Publisher(broker.host, broker.port)
             thread = threading.Thread(
@@ -181,7 +267,7 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
             thread.start()
             bad_at = time.monotonic() + publish_s * 0.3
             bad_sent = False
-            while thread.is_alive():
+            while thread.is_alive() or field_thread.is_alive():
                 tail.poll()
                 if not bad_sent and time.monotonic() >= bad_at:
                     for topic, payload in BAD_MESSAGES:
@@ -201,9 +287,10 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
             engine.wait(timeout=60)
             tail.poll()
         dead = _dead_letters(workdir / "data", "vigil-demo-dead-letter")
-        _summary(tail.events, len(readings), dead)
+        _summary(tail.events, len(readings), field_replies, dead)
         print(f"\n  alerts file: {workdir / 'alerts.jsonl'}" if keep else "")
-        ok = bool(tail.events) and engine.returncode == 0
+        alerted = {e.station for e in tail.events}
+        ok = alerted >= set(FIELD_STATIONS) and bool(tail.events) and engine.returncode == 0
         return 0 if ok else 1
     finally:
         if engine is not None and engine.poll() is None:

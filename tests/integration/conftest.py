@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,9 +51,12 @@ class EngineProcess:
         self.command = command
         self.proc: subprocess.Popen[str] | None = None
         self._subscribed = threading.Event()
+        #: What the current process printed on stdout, line by line.
+        self.lines: list[str] = []
 
     def start(self, timeout: float = 120.0) -> None:
         self._subscribed.clear()
+        self.lines = []
         run = [sys.executable, "-m", "engine.tools.cli", "run", "--config", str(self.config)]
         self.proc = subprocess.Popen(
             [*self.command, str(self.config)] if self.command else [*run, "--loglevel", "warn"],
@@ -68,9 +72,22 @@ class EngineProcess:
 
     def _watch(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
+        lines = self.lines
         for line in proc.stdout:
+            lines.append(line)
             if "ingest subscribed" in line:
                 self._subscribed.set()
+
+    def listening(self, server: str, timeout: float = 60.0) -> int:
+        """The port a field server (``sl651``, ``hj212``) announced it listens on."""
+        deadline = time.monotonic() + timeout
+        prefix = f"vigil: {server} listening on "
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if prefix in line:  # after whatever terminal codes Faust wrote first
+                    return int(line.rsplit(":", 1)[1])
+            time.sleep(0.05)
+        raise AssertionError(f"{server} did not announce its port:\n{self.log.read_text()}")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -16,6 +16,7 @@ RULES = ROOT / "rules"
 PAIRS = [
     ("packs/flood.yaml", "packs/demo_stations.yaml"),
     ("packs/dam_seepage.yaml", "packs/demo_dam_stations.yaml"),
+    ("packs/demo_field.yaml", "packs/demo_field_stations.yaml"),
     ("packs/air_quality.yaml", "examples/beijing_aqi/stations.yaml"),
     ("examples/oso_creek/rules.yaml", "examples/oso_creek/stations.yaml"),
 ]

@@ -22,7 +22,8 @@ from engine.runtime.kafka.topics import TopicLayout
 
 __all__ = ["TelemetryProducer", "partition_for"]
 
-Reading = tuple[str, str, int, float]
+#: station, metric, ts_ms, value[, quality (engine.contracts.batch.Quality)]
+Reading = tuple[str, str, int, float] | tuple[str, str, int, float, int]
 
 _partitioner = DefaultPartitioner()
 
@@ -64,12 +65,12 @@ class TelemetryProducer:
     async def produce(self, readings: Sequence[Reading]) -> None:
         """Readings as one batch per partition; returns once the broker acknowledged all."""
         builders: dict[int, BatchBuilder] = {}
-        for station, metric, ts, value in readings:
-            p = self.partition(station)
+        for reading in readings:
+            p = self.partition(reading[0])
             builder = builders.get(p)
             if builder is None:
                 builder = builders[p] = BatchBuilder()
-            builder.add(station, metric, ts, value)
+            builder.add(*reading)
         await self.produce_encoded({p: b.build().encode() for p, b in builders.items()})
         self.counters["readings_produced"] += len(readings)
 

@@ -1,6 +1,7 @@
 """``vigil run``: the gateway's long-lived service on the embedded transport.
 
-One process: MQTT ingest -> the topology -> the dispatcher, on ``local://<data_dir>``.
+One process: MQTT ingest and the SL 651 / HJ 212 servers the settings configure
+(``engine.runtime.services.field``) -> the topology -> the dispatcher, on ``local://<data_dir>``.
 SIGTERM or SIGINT stops it cleanly: ingest disconnects first (what it did not
 acknowledge, the broker redelivers), the agents finish the batch in hand, the consumer
 commits offsets with the kernel checkpoints. A restart resumes from there.
@@ -42,6 +43,7 @@ from engine.runtime.config import ConfigError, Settings, load_settings
 from engine.runtime.dispatch.wiring import install_dispatch
 from engine.runtime.logs import configure_logging, mask_secret
 from engine.runtime.services.datalock import lock_data_dir
+from engine.runtime.services.field import FieldServers
 from engine.runtime.services.nbiot import install_nbiot
 from engine.runtime.services.notify import Notifier
 from engine.runtime.services.observe import Observer
@@ -125,8 +127,14 @@ class Gateway:
             known_stations=stations,
             on_broker_drops=self.broker_drops.observe,
         )
+        assert self.rules.registry is not None  # set by a successful start
+        self.field = FieldServers(
+            settings, self.rules.registry, self.topology.produce, self.topology.send_dead_letter
+        )
         app = self.topology.app
         app.task(self._run_ingest)
+        if self.field.servers:
+            app.task(self._run_field)
         app.timer(settings.reload_interval_s)(self._check_reload)
         app.timer(BROKER_DROPS_CHECK_S)(self.broker_drops.check_clear)
         app.timer(RETENTION_INTERVAL_S)(self._enforce_retention)
@@ -189,6 +197,8 @@ class Gateway:
         self.topology.swap_rules(ruleset)
         old_stations = self.ingest.known_stations
         self.ingest.known_stations = stations
+        if self.rules.registry is not None:
+            self.field.update(self.rules.registry)  # station identities and passwords
         if ruleset.version == old.version:
             return
         ids = {r.rule_id for r in _all_rules(ruleset)}
@@ -265,6 +275,15 @@ class Gateway:
         finally:
             announce.cancel()
 
+    async def _run_field(self) -> None:
+        """The SL 651 / HJ 212 servers, for the life of the process; a failure ends it
+        like an ingest failure."""
+        try:
+            await self.field.run()
+        except Exception as exc:
+            log.critical("field servers failed (%r): the gateway stops for a restart", exc)
+            raise
+
     async def _announce_subscribed(self) -> None:
         # Polled on the loop, not waited for in a thread: a thread blocked in a wait
         # kept the process alive for up to a minute after SIGTERM.
@@ -284,6 +303,7 @@ class Gateway:
 
     async def _stop_ingest(self, app: faust.App, **kwargs: Any) -> None:
         self.notifier.send(STOPPING=1)
+        await self.field.stop()
         await self.ingest.stop()
         log.info("ingest stopped: %s", dict(self.ingest.counters))
 

@@ -31,7 +31,7 @@ from engine.runtime.config import Settings
 from engine.runtime.services.state import RulesState
 from rules.api import load_ruleset
 from rules.errors import RulesInvalid
-from rules.registry import load_registry
+from rules.registry import Registry, load_registry
 
 __all__ = ["LAST_GOOD_DIR", "Loaded", "RulesSource", "load_rules"]
 
@@ -53,15 +53,15 @@ def load_rules(settings: Settings) -> Loaded:
 
 def _compile(
     stations: Path, rule_files: tuple[Path, ...] | list[Path]
-) -> tuple[Loaded, list[str], dict[str, str]]:
-    """The rules and station ids, the checks' warnings (logged here), and each
-    station's kind (``/metrics`` counts readings by kind)."""
+) -> tuple[Loaded, list[str], Registry]:
+    """The rules and station ids, the checks' warnings (logged here), and the registry
+    they were compiled against (station kinds for ``/metrics``, field identities)."""
     registry = load_registry(stations)
     compiled = load_ruleset(list(rule_files), registry)
     for warning in compiled.warnings:
         log.warning("rules: %s", warning)
     loaded = compiled.ruleset, frozenset(s.id for s in registry.stations)
-    return loaded, list(compiled.warnings), {s.id: str(s.kind) for s in registry.stations}
+    return loaded, list(compiled.warnings), registry
 
 
 class RulesSource:
@@ -72,7 +72,8 @@ class RulesSource:
         self.state = state
         self.last_good = settings.data_dir / LAST_GOOD_DIR
         self._watched = self._mtimes()
-        #: Station id -> kind of the rules running now.
+        #: The registry of the rules running now, and its station id -> kind.
+        self.registry: Registry | None = None
         self.station_kinds: dict[str, str] = {}
 
     def _mtimes(self) -> dict[str, int]:
@@ -91,11 +92,11 @@ class RulesSource:
             for line in lines:
                 log.error("rules rejected at start, running the last good rules: %s", line)
             self._record(fallback[0], "last-good", lines, fallback[1])
-            self.station_kinds = fallback[2]
+            self._keep(fallback[2])
             return fallback[0]
         self._save_last_good()
         self._record(loaded, "files", [], warnings)
-        self.station_kinds = kinds
+        self._keep(kinds)
         return loaded
 
     def reload(self, *, force: bool) -> Loaded | None:
@@ -114,7 +115,7 @@ class RulesSource:
         old_version = self.state.version
         self._save_last_good()
         self._record(loaded, "files", [], warnings)
-        self.station_kinds = kinds
+        self._keep(kinds)
         if loaded[0].version == old_version:
             log.info("rules reloaded: unchanged (version %s)", old_version)
         return loaded
@@ -152,7 +153,11 @@ class RulesSource:
         shutil.copyfile(path, folder / name)
         return name
 
-    def _load_last_good(self) -> tuple[Loaded, list[str], dict[str, str]] | None:
+    def _keep(self, registry: Registry) -> None:
+        self.registry = registry
+        self.station_kinds = {s.id: str(s.kind) for s in registry.stations}
+
+    def _load_last_good(self) -> tuple[Loaded, list[str], Registry] | None:
         manifest_path = self.last_good / "manifest.json"
         if not manifest_path.exists():
             return None

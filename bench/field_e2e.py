@@ -1,0 +1,175 @@
+"""End to end through the gateway's SL 651 server: frames/s from many concurrent
+station connections to the kernels, on the embedded log.
+
+Starts mosquitto (``vigil run`` always runs MQTT ingest too) and ``vigil run`` with an
+SL 651 server and a registry of ``--stations`` river gauges, each with its SL 651
+identity, and the rule ``bench.field_level`` (hourly max of the stage above the warning
+level, no ``for``: it fires on the reading that crosses). Then one asyncio connection
+per station sends ``--frames`` hourly reports (27 readings each, ``bench/field_decode.py``)
+as fast as the server takes them; the last report of every station has its stage above
+the warning level. Timed: from the first byte sent to the moment every station's alert
+is in the alerts file, so every frame was decoded, made durable, acknowledged (each
+station counts its acknowledgements) and evaluated by the kernels.
+
+    NUMBA_CACHE_DIR=$PWD/.cache/numba .venv/bin/python bench/field_e2e.py \\
+        [--stations 1000] [--frames 20] [--json bench/results/field-e2e.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.field_decode import hourly_frame
+from connectors.mqtt.mosquitto import Mosquitto
+
+RULES = """\
+version: 1
+rules:
+  - id: bench.field_level
+    select: {kind: river_gauge}
+    metric: water_level
+    unit: m
+    window: {size: 1h, aggregate: max}
+    levels:
+      red: {above: station.warning_level}
+    stale: 1d
+    summary: {zh: "{station} {value}", en: "{station} {value}"}
+"""
+
+
+def _setup(workdir: Path, stations: int, mqtt_port: int) -> Path:
+    registry = {"stations": [
+        {"id": f"G{i:05d}", "kind": "river_gauge", "report_interval": "1h",
+         "metrics": {"water_level": "m", "rainfall": "mm", "rainfall_total": "mm",
+                     "voltage": "V", "water_level_relative": "m"},
+         "warning_level": 5000.0,
+         "sl651": {"address": f"{10_000 + i:010d}", "password": "1234"}}
+        for i in range(stations)
+    ]}  # fmt: skip
+    (workdir / "stations.yaml").write_text(yaml.safe_dump(registry))
+    (workdir / "rules.yaml").write_text(RULES)
+    settings = {
+        "app_id": "vigil-bench", "data_dir": str(workdir / "data"), "partitions": 2,
+        "stations": str(workdir / "stations.yaml"), "rules": [str(workdir / "rules.yaml")],
+        "alerts_jsonl": str(workdir / "alerts.jsonl"), "console": False,
+        "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "client_id": "vigil-bench"},
+        "sl651": {"port": 0, "max_connections": stations + 100,
+                  "max_per_address": stations + 100},
+        "batch": {"max_readings": 20_000, "linger_ms": 20}, "lateness_ms": 0,
+    }  # fmt: skip
+    path = workdir / "vigil.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def _frames(stations: int, per_station: int) -> list[list[bytes]]:
+    rng = random.Random(20240701)
+    t0 = datetime(2024, 7, 1, 1, 0)
+    out = []
+    for i in range(stations):
+        frames = []
+        for k in range(per_station):
+            last = k == per_station - 1
+            frame = hourly_frame(rng, 10_000 + i, t0 + timedelta(hours=k), k + 1)
+            if last:  # stage 9999.999 m: above the warning level, the rule fires
+                frame = hourly_frame(random.Random(k), 10_000 + i, t0 + timedelta(hours=k),
+                                     k + 1, stage=9_999_999)  # fmt: skip
+            frames.append(frame)
+        out.append(frames)
+    return out
+
+
+async def _station(port: int, frames: list[bytes], acks: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"".join(frames))
+    await writer.drain()
+    got = 0
+    while got < len(frames):  # each acknowledgement is a 7E7E frame of 25 bytes
+        chunk = await reader.readexactly(25)
+        got += chunk[:2] == b"\x7e\x7e"
+    acks.append(got)
+    writer.close()
+
+
+async def _send(port: int, frames: list[list[bytes]]) -> list[int]:
+    acks: list[int] = []
+    await asyncio.gather(*(_station(port, f, acks) for f in frames))
+    return acks
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stations", type=int, default=1000)
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="vigil-field-e2e-"))
+    frames = _frames(args.stations, args.frames)
+    total = args.stations * args.frames
+    with Mosquitto() as broker:
+        config = _setup(workdir, args.stations, broker.port)
+        engine = subprocess.Popen(
+            [sys.executable, "-m", "engine.tools.cli", "run", "--config", str(config),
+             "--loglevel", "warn"],
+            stdout=subprocess.PIPE, stderr=(workdir / "engine.log").open("w"), text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        port: list[int] = []
+        ready = threading.Event()
+
+        def watch() -> None:
+            assert engine.stdout is not None
+            subscribed = False
+            for line in engine.stdout:
+                if "sl651 listening on" in line:
+                    port.append(int(line.rsplit(":", 1)[1]))
+                subscribed |= "ingest subscribed" in line
+                if subscribed and port:
+                    ready.set()
+
+        threading.Thread(target=watch, daemon=True).start()
+        try:
+            assert ready.wait(300) and port, (workdir / "engine.log").read_text()
+            start = time.perf_counter()
+            acks = asyncio.run(_send(port[0], frames))
+            acked = time.perf_counter() - start
+            alerts = workdir / "alerts.jsonl"
+            while True:
+                n = len(alerts.read_text().splitlines()) if alerts.exists() else 0
+                if n >= args.stations:
+                    break
+                time.sleep(0.05)
+            done = time.perf_counter() - start
+        finally:
+            engine.terminate()
+            engine.wait(120)
+    assert sum(acks) == total, (sum(acks), total)
+    result = {
+        "stations": args.stations, "frames": total, "readings": total * 27,
+        "seconds_to_all_acked": acked, "seconds_to_all_alerts": done,
+        "frames_per_s_acked": total / acked, "frames_per_s_to_kernels": total / done,
+        "readings_per_s_to_kernels": total * 27 / done, "cpus": os.cpu_count(),
+    }  # fmt: skip
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,471 @@
+"""What the field-protocol TCP servers (SL 651, HJ 212) share: connections, framing,
+limits, identities, and the hand-over to ``connectors.ingest.deliver``.
+
+A protocol supplies a :class:`Framing` (where a frame starts and how long it is) and a
+:class:`Protocol` session per connection (frame bytes -> :class:`FieldMessage` s). This
+module does the rest, the same for both:
+
+* **Durable, then reply.** Every frame becomes a :class:`FieldMessage` that goes through
+  ``deliver`` (the MQTT path's batching, durable append and dead letters); its ``ack``
+  writes the protocol's reply, so a station hears back only once its readings, or the
+  frame's dead-letter record, are in the log. A rejected frame gets no reply: the
+  station sends it again, or an operator reads the dead letter.
+* **Bounded whatever a peer does.** At most ``max_connections`` connections and
+  ``max_per_address`` from one address (more are closed at once); a connection is
+  closed after ``idle_timeout_s`` without a byte, or when a frame it started is not
+  complete ``frame_timeout_s`` later (a slow sender), or after ``max_garbage_bytes``
+  that are no frame (a 10 MB line). A frame may be ``max_frame_bytes`` at most. A
+  connection holds at most ``max_inflight`` frames awaiting durability before it stops
+  reading (TCP back-pressure reaches the sender). So memory is bounded by the limits,
+  not by what peers send.
+* **Dead letters with the bytes.** A bad frame, a run of garbage (its first
+  ``max_frame_bytes`` kept, the count in the reason) and a frame cut short by a close
+  are dead-lettered with the reason, the raw bytes, the peer address and the
+  connection's station (``source``: ``sl651 10.0.0.7:40211 station SK01 (0012345678)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol as TypingProtocol
+
+from connectors.ingest import (
+    DeadLetter,
+    Inbound,
+    MicroBatcher,
+    PayloadError,
+    Produce,
+    Reading,
+    deliver,
+)
+
+__all__ = [
+    "FieldMessage",
+    "FieldServer",
+    "Framing",
+    "Identity",
+    "Limits",
+    "Peer",
+    "Protocol",
+    "Splitter",
+]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a closing connection waits for the replies to its frames in flight.
+DRAIN_S = 30.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-server bounds (bytes, seconds, counts); see the module docstring."""
+
+    max_frame_bytes: int = 16_384
+    idle_timeout_s: float = 300.0
+    frame_timeout_s: float = 60.0
+    max_connections: int = 10_000
+    max_per_address: int = 64
+    max_inflight: int = 32
+    max_garbage_bytes: int = 65_536
+    #: Readings per telemetry batch and how long a batch waits for more (as MQTT's).
+    max_readings: int = 5000
+    linger_ms: int = 50
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A protocol station identity mapped to a Vigil station, with its password."""
+
+    station: str  # the Vigil station id
+    password: str
+
+
+@dataclass
+class FieldMessage(Inbound):
+    """A frame, decoded on arrival: its readings (Vigil station ids), or ``reason`` to
+    dead-letter it. ``ack`` (set by the server) writes the reply, if any."""
+
+    readings: list[Reading] = field(default_factory=list)
+    reason: str | None = None
+    reply: Callable[[], bytes] | None = None  # built when durable (the time in it is then)
+
+
+@dataclass
+class Peer:
+    """One connection, as a protocol session sees it."""
+
+    protocol: str  # "sl651" | "hj212"
+    address: str  # "host:port"
+    station: str | None = None  # the Vigil station of the last accepted frame
+    identity: str | None = None  # its protocol identity (SL 651 address, HJ 212 MN)
+
+    def source(self) -> str:
+        """What a dead letter names as its source."""
+        who = f" station {self.station or '?'} ({self.identity})" if self.identity else ""
+        return f"{self.protocol} {self.address}{who}"
+
+
+class Framing(TypingProtocol):
+    """Where frames start and how long they are: pure, no state."""
+
+    @property
+    def starts(self) -> tuple[bytes, ...]:
+        """The bytes every frame starts with (several: encodings)."""
+        ...
+
+    def size(self, buf: bytes | bytearray) -> int | None:
+        """Length of the frame candidate at the start of ``buf`` (which begins with a
+        start marker); None if more bytes are needed to tell. Raises ValueError when
+        the header cannot be a frame's."""
+        ...
+
+    def complete(self, frame: bytes) -> bool:
+        """Whether the candidate ends as a frame must (end char, CRLF); if not, the
+        bytes up to the next start marker go to the decoder, which says what is wrong
+        (a declared length that is not the actual one, most often)."""
+        ...
+
+
+class Protocol(TypingProtocol):
+    """A connection's protocol session (state such as multi-packet reassembly)."""
+
+    def handle(self, frame: bytes, peer: Peer, received_ms: int) -> list[FieldMessage]:
+        """One complete frame -> messages (none for a packet awaiting the rest). Must
+        never raise for bad input: a rejection is a message with ``reason``."""
+        ...
+
+
+class Splitter:
+    """A connection's byte stream -> frames and garbage runs, in bounded memory.
+
+    ``feed`` returns ``("frame", bytes, length)`` and ``("garbage", kept, total)``
+    items. Bytes before a start marker, a header no frame has and a frame over
+    ``max_frame`` are garbage; a candidate whose end is wrong is handed on up to the next
+    start marker (its decoder rejects it with the reason). After either, the splitter
+    looks for the next start marker. The buffer never holds more than ``max_frame``
+    bytes of a frame plus one read.
+    """
+
+    def __init__(self, framing: Framing, max_frame: int) -> None:
+        self.framing = framing
+        self.max_frame = max_frame
+        self.buf = bytearray()
+        self.garbage_total = 0  # bytes of garbage in the current run
+        self._garbage = bytearray()  # its first max_frame bytes
+
+    def _junk(self, data: bytes | bytearray) -> None:
+        room = self.max_frame - len(self._garbage)
+        if room > 0:
+            self._garbage += data[:room]
+        self.garbage_total += len(data)
+
+    def _flush_garbage(self) -> Iterator[tuple[str, bytes, int]]:
+        if self.garbage_total:
+            yield "garbage", bytes(self._garbage), self.garbage_total
+            self._garbage.clear()
+            self.garbage_total = 0
+
+    def _next_start(self, begin: int) -> int:
+        """Index of the first start marker at or after ``begin`` whose header could be a
+        frame's (a one-byte marker such as SOH also occurs inside frames); where a
+        marker may be cut by the buffer's end, that index; else the buffer length."""
+        buf, best = self.buf, len(self.buf)
+        for marker in self.framing.starts:
+            i = buf.find(marker, begin)
+            while 0 <= i < best and not self._plausible(i):
+                i = buf.find(marker, i + 1)
+            if i < 0:  # a marker may begin in the last len-1 bytes
+                i = max(begin, len(buf) - len(marker) + 1)
+                while i < len(buf) and not marker.startswith(bytes(buf[i:])):
+                    i += 1
+            best = min(best, i)
+        return best
+
+    def _plausible(self, i: int) -> bool:
+        try:
+            self.framing.size(self.buf[i : i + 64])
+        except ValueError:
+            return False
+        return True
+
+    def feed(self, data: bytes) -> list[tuple[str, bytes, int]]:
+        self.buf += data
+        out: list[tuple[str, bytes, int]] = []
+        while self.buf:
+            start = self._next_start(0)
+            if start:
+                self._junk(self.buf[:start])
+                del self.buf[:start]
+                if not self.buf:
+                    break
+            if not any(self.buf.startswith(m) for m in self.framing.starts):
+                break  # a marker cut by the end of what came so far
+            try:
+                size = self.framing.size(self.buf)
+            except ValueError:
+                size = -1
+            if size is None and len(self.buf) <= self.max_frame:
+                break  # more bytes will tell
+            if size is None or size < 0 or size > self.max_frame:
+                self._skip_one()
+                continue
+            if len(self.buf) < size:
+                break
+            if not self.framing.complete(bytes(self.buf[:size])):
+                size = self._next_start(1)  # the decoder says what is wrong with it
+            out.extend(self._flush_garbage())
+            out.append(("frame", bytes(self.buf[:size]), size))
+            del self.buf[:size]
+        if self.garbage_total >= self.max_frame:  # a long run: report what it kept so far
+            out.extend(self._flush_garbage())
+        return out
+
+    def _skip_one(self) -> None:
+        """Not a frame here: garbage up to the next start marker after this one."""
+        nxt = self._next_start(1)
+        self._junk(self.buf[:nxt])
+        del self.buf[:nxt]
+
+    def pending(self) -> int:
+        """Bytes held of a frame not yet complete."""
+        return len(self.buf)
+
+    def close(self) -> list[tuple[str, bytes, int]]:
+        """At the connection's end: what is left is garbage (an incomplete frame)."""
+        if self.buf:
+            self._junk(self.buf)
+            self.buf.clear()
+        return list(self._flush_garbage())
+
+
+class FieldServer:
+    """An asyncio TCP server for one field protocol, feeding ``deliver``.
+
+    ``session()`` makes a connection's protocol session. ``produce`` and ``dead_letter``
+    resolve once durable (``connectors.ingest``). ``join`` raises if the batching task
+    fails (the log cannot be written): the owner must end the process.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        framing: Framing,
+        session: Callable[[], Protocol],
+        produce: Produce,
+        dead_letter: DeadLetter,
+        limits: Limits = Limits(),
+    ) -> None:
+        self.name = name
+        self.host, self.port = host, port
+        self.framing = framing
+        self.session = session
+        self.limits = limits
+        self._produce = produce
+        self._dead_letter = dead_letter
+        self.counters: Counter[str] = Counter()
+        self._per_address: Counter[str] = Counter()
+        self._connections = 0
+        self._batcher: MicroBatcher[FieldMessage] = MicroBatcher(
+            limits.max_readings, limits.linger_ms
+        )
+        self._server: asyncio.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    @property
+    def connections(self) -> int:
+        return self._connections
+
+    async def start(self) -> None:
+        """Listen; ``self.port`` is then the bound port (useful when 0 was asked)."""
+        self._batcher.bind(asyncio.get_running_loop())
+        self._task = asyncio.ensure_future(self._run())
+        self._server = await asyncio.start_server(
+            self._serve,
+            self.host,
+            self.port,
+            limit=self.limits.max_frame_bytes,  # the stream's own buffer is bounded too
+            backlog=1024,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def join(self) -> None:
+        """Wait for the batching task: raises what made it fail (shielded, like MQTT's)."""
+        assert self._task is not None, "join() before start()"
+        await asyncio.shield(self._task)
+
+    async def stop(self) -> None:
+        """Stop listening and close connections; what was not yet durable is not
+        replied to, so stations send it again."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for w in list(self._writers):
+            w.transport.abort()
+        for task in list(self._handlers):  # one may wait for replies that will not come
+            task.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+
+    # ---- batching ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._batcher.next_batch()
+            await deliver(batch, _decode, self._produce, self._dead_letter, self.counters)
+
+    # ---- connections ---------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername") or ("?", 0)
+        host = str(peername[0])
+        limits = self.limits
+        if self._connections >= limits.max_connections or (
+            self._per_address[host] >= limits.max_per_address
+        ):
+            self.counters["connections_refused"] += 1
+            writer.transport.abort()
+            return
+        self._connections += 1
+        self._per_address[host] += 1
+        self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        self.counters["connections"] += 1
+        peer = Peer(self.name, f"{host}:{peername[1]}")
+        try:
+            await self._read(reader, writer, peer)
+        except (ConnectionError, OSError) as exc:
+            log.info("%s: connection %s lost: %s", self.name, peer.address, exc)
+        finally:
+            self._connections -= 1
+            self._per_address[host] -= 1
+            if not self._per_address[host]:
+                del self._per_address[host]
+            self._writers.discard(writer)
+            if task is not None:
+                self._handlers.discard(task)
+            writer.close()
+
+    async def _read(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
+    ) -> None:
+        limits = self.limits
+        loop = asyncio.get_running_loop()
+        splitter = Splitter(self.framing, limits.max_frame_bytes)
+        session = self.session()
+        inflight = asyncio.Semaphore(limits.max_inflight)
+        garbage = 0  # bytes of this connection that were no frame
+        frame_started: float | None = None  # loop time the pending partial frame began
+        try:
+            while True:
+                deadline = loop.time() + limits.idle_timeout_s
+                if frame_started is not None:
+                    deadline = min(deadline, frame_started + limits.frame_timeout_s)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        data = await reader.read(limits.max_frame_bytes)
+                except TimeoutError:
+                    why = "slow_frame_closed" if frame_started is not None else "idle_closed"
+                    self.counters[why] += 1
+                    return
+                if not data:
+                    return
+                received_ms = _now_ms()
+                for kind, raw, n in splitter.feed(data):
+                    if kind == "frame":
+                        self.counters["frames"] += 1
+                        messages = _safe_handle(session, raw, peer, received_ms)
+                    else:
+                        garbage += n
+                        messages = [_garbage(raw, n, peer, received_ms)]
+                    for m in messages:
+                        await inflight.acquire()  # back-pressure: stop reading when full
+                        m.ack = _acker(m, writer, inflight)
+                        self._batcher.put(m)
+                if garbage + splitter.garbage_total > limits.max_garbage_bytes:
+                    self.counters["garbage_closed"] += 1
+                    return
+                if not splitter.pending():
+                    frame_started = None
+                elif frame_started is None:
+                    frame_started = loop.time()
+        finally:
+            for _, raw, n in splitter.close():
+                m = _garbage(raw, n, peer, _now_ms(), cut=True)
+                m.ack = _nothing
+                self._batcher.put(m)
+            # A station that half-closes still hears the replies to what it sent (not
+            # when the server stops: nothing more becomes durable then).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_S):
+                    for _ in range(limits.max_inflight):
+                        if self._stopping:
+                            break
+                        await inflight.acquire()
+
+
+def _nothing() -> None:
+    """The ack of a dead letter written after its connection ended: nothing to send."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _decode(m: Inbound) -> list[Reading]:
+    assert isinstance(m, FieldMessage)
+    if m.reason is not None:
+        raise PayloadError(m.reason)
+    return m.readings
+
+
+def _safe_handle(session: Protocol, raw: bytes, peer: Peer, received_ms: int) -> list[FieldMessage]:
+    """The session's messages; an exception it did not mean is this frame's dead letter."""
+    try:
+        return session.handle(raw, peer, received_ms)
+    except Exception as exc:
+        log.exception("%s: unexpected error on a frame from %s", peer.protocol, peer.address)
+        return [FieldMessage(peer.source(), raw, received_ms, None,
+                             reason=f"ingest error: {type(exc).__name__}: {exc}")]  # fmt: skip
+
+
+def _garbage(
+    raw: bytes, total: int, peer: Peer, received_ms: int, cut: bool = False
+) -> FieldMessage:
+    if cut:
+        reason = f"incomplete frame at connection close: {total} bytes"
+    elif total > len(raw):
+        reason = f"not a frame: {total} bytes, the first {len(raw)} kept"
+    else:
+        reason = f"not a frame: {total} bytes"
+    return FieldMessage(peer.source(), raw, received_ms, None, reason=reason)
+
+
+def _acker(
+    m: FieldMessage, writer: asyncio.StreamWriter, inflight: asyncio.Semaphore
+) -> Callable[[], None]:
+    """Called by ``deliver`` once ``m`` is durable: write its reply, free its slot."""
+
+    def ack() -> None:
+        inflight.release()
+        if m.reply is not None and m.reason is None and not writer.is_closing():
+            writer.write(m.reply())
+
+    return ack

@@ -1,0 +1,143 @@
+"""SL 651-2014 over TCP: the framing and the per-connection session of the gateway's
+SL 651 server (``connectors.fieldserver.FieldServer`` does connections and limits).
+
+A frame's station address must be in ``identities`` (from the station registry's
+``sl651: {address, password}``) with the same password, else the frame is
+dead-lettered (``unknown SL 651 station 0012345678``, ``wrong password for SL 651
+station 0012345678 (SK01)``) and never ingested. Its readings are renamed to the Vigil
+station. An uplink report that asks for confirmation (``reply.wants_ack``) gets the
+acknowledgement (ESC: the station may stay online) once durable; a keep-alive, a packet
+that is not the last of its message and a downlink frame get none. Elements that feed
+no Vigil metric (``elements.ELEMENTS``) are counted per station and element; the first
+of each is dead-lettered once with the frame, so an operator sees what is not ingested.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+
+from connectors.decoded import CST_OFFSET_MIN, Rejection
+from connectors.fieldserver import FieldMessage, Identity, Peer
+from connectors.ingest import Reading
+from connectors.sl651.elements import ELEMENTS
+from connectors.sl651.frame import Frame, decode
+from connectors.sl651.reassembly import Reassembler
+from connectors.sl651.reply import ack_frame, wants_ack
+
+__all__ = ["Sl651Framing", "Sl651Session"]
+
+_HEX, _ASCII = b"\x7e\x7e", b"\x01"
+_HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
+_END_CHARS = frozenset({0x03, 0x17, 0x05, 0x06, 0x15, 0x04, 0x1B})
+
+
+class Sl651Framing:
+    """HEX frames (7E7E, length in bytes 11-12, then end char and 2-byte CRC) and ASCII
+    frames (SOH, 4 hex length characters at 19, end char and 4 CRC characters)."""
+
+    starts = (_HEX, _ASCII)
+
+    def size(self, head: bytes | bytearray) -> int | None:
+        if head[:1] == _ASCII:
+            # SOH is one byte, frequent in binary data: the header's hex characters
+            # (centre, station, password, function, length) tell a frame from a byte.
+            text = bytes(head[1:23])
+            if not all(c in _HEX_DIGITS for c in text):
+                raise ValueError("not an ASCII header")
+            if len(head) < 24:
+                return None
+            return 24 + (int(text[18:22], 16) & 0x0FFF) + 1 + 4
+        if len(head) < 14:
+            return None
+        dirlen = head[11] << 8 | head[12]
+        if head[13] == 0x02:
+            return 14 + (dirlen & 0x0FFF) + 3
+        if head[13] == 0x16:  # SYN: multi-packet, all 16 bits are the length
+            return 14 + dirlen + 3
+        raise ValueError("no STX or SYN at byte 13")
+
+    def complete(self, frame: bytes) -> bool:
+        end = frame[-5] if frame[:1] == _ASCII else frame[-3]
+        return end in _END_CHARS
+
+
+class Sl651Session:
+    """One connection: decode, check identity, rename, reassemble, reply."""
+
+    def __init__(
+        self,
+        identities: Callable[[], Mapping[str, Identity]],
+        unmapped: Counter[tuple[str, str]],
+        offset_min: int = CST_OFFSET_MIN,
+    ) -> None:
+        self.identities = identities  # read per frame: a registry reload swaps it
+        self.unmapped = unmapped  # shared by the server's sessions
+        self.offset_min = offset_min
+        self.reassembler = Reassembler(offset_min=offset_min)
+
+    def handle(self, raw: bytes, peer: Peer, received_ms: int) -> list[FieldMessage]:
+        decoded = decode(raw, self.offset_min)
+        if isinstance(decoded, Rejection):
+            return [FieldMessage(peer.source(), raw, received_ms, None, reason=decoded.reason)]
+        frame = decoded
+        who = self.identities().get(frame.station)
+        if who is None:
+            reason = f"unknown SL 651 station {frame.station}"
+            return [FieldMessage(peer.source(), raw, received_ms, None, reason=reason)]
+        if frame.password != who.password.upper():
+            reason = f"wrong password for SL 651 station {frame.station} ({who.station})"
+            return [FieldMessage(peer.source(), raw, received_ms, None, reason=reason)]
+        peer.station, peer.identity = who.station, frame.station
+        if frame.packet is not None:
+            whole = self.reassembler.feed(frame)
+            if whole is None:  # more packets to come; the last one is acknowledged
+                return [FieldMessage(peer.source(), raw, received_ms, None)]
+            if isinstance(whole, Rejection):
+                return [FieldMessage(peer.source(), whole.raw, received_ms, None,
+                                     reason=whole.reason)]  # fmt: skip
+            frame = whole
+        readings: list[Reading] = [
+            (who.station, r.metric, r.ts_ms, r.value, r.quality) for r in frame.readings
+        ]
+        out = [FieldMessage(peer.source(), raw, received_ms, None, readings=readings)]
+        if frame.direction == "up" and wants_ack(frame) and frame.body is not None:
+            out[0].reply = _ack(frame, frame.body.serial, self.offset_min)
+        out += self._unmapped(frame, who.station, peer, received_ms)
+        return out
+
+    def _unmapped(
+        self, frame: Frame, station: str, peer: Peer, received_ms: int
+    ) -> list[FieldMessage]:
+        """Elements with a value but no Vigil metric: counted; the first of each per
+        station dead-lettered with the frame."""
+        if frame.body is None or frame.function == 0x2F:
+            return []
+        out = []
+        for group in frame.body.groups:
+            for v in group.values:
+                element = ELEMENTS.get(int(v.element, 16)) if len(v.element) == 2 else None
+                if element is not None and (element.metric is not None or v.element in _NOT_DATA):
+                    continue
+                key = (station, v.element)
+                self.unmapped[key] += 1
+                if self.unmapped[key] == 1:
+                    what = f"0x{v.element} ({v.code})" if v.code else f"0x{v.element}"
+                    reason = (f"SL 651 element {what} has no Vigil metric: not ingested "
+                              f"(counted from now on, not dead-lettered again)")  # fmt: skip
+                    out.append(FieldMessage(peer.source(), frame.raw, received_ms, None,
+                                            reason=reason))  # fmt: skip
+        return out
+
+
+#: Elements that structure a report rather than carry a measurement.
+_NOT_DATA = frozenset({"04", "05", "F2", "F3"})
+
+
+def _ack(frame: Frame, serial: int, offset_min: int) -> Callable[[], bytes]:
+    def build() -> bytes:
+        now_local = datetime.now(UTC).replace(tzinfo=None) + timedelta(minutes=offset_min)
+        return ack_frame(frame, serial, now_local)
+
+    return build
