@@ -30,6 +30,7 @@ def _report(exc: Exception) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from engine.runtime.config import ConfigError, load_settings
+    from engine.runtime.transport.log import LogDamaged
     from rules.errors import RulesInvalid
 
     try:
@@ -39,6 +40,11 @@ def _run(args: argparse.Namespace) -> int:
         gateway = Gateway(settings)
     except (ConfigError, RulesInvalid) as exc:
         return _report(exc)
+    except LogDamaged as exc:
+        from engine.tools.data_cli import damaged_message
+
+        print(damaged_message(settings.data_dir, exc.detail, args.config), file=sys.stderr)
+        return 2
     gateway.run(loglevel=args.loglevel)
     return 0
 
@@ -365,6 +371,9 @@ def _parser() -> argparse.ArgumentParser:
     from engine.tools.dispatch_cli import add_parser as add_dispatch_parser
 
     add_dispatch_parser(sub)
+    from engine.tools.data_cli import add_parser as add_data_parser
+
+    add_data_parser(sub)
     return parser
 
 

@@ -29,6 +29,7 @@ from engine.contracts.ruleset import RuleSet
 from engine.evaluation.broker_drops import BrokerDropAlerts
 from engine.runtime.config import Settings
 from engine.runtime.topology import Topology
+from engine.runtime.transport.integrity import verify
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.transport.retention import enforce_retention
 from rules.api import load_ruleset
@@ -65,6 +66,9 @@ class Gateway:
         if settings.console:
             sinks.append(ConsoleSink())
         data_dir = settings.data_dir.resolve()
+        # Before anything runs on the log: never evaluate a damaged one as if it were whole.
+        report = verify(data_dir)  # raises LogDamaged
+        log.info("log checked: %d records, whole", sum(report.records.values()))
         self.topology = Topology(
             app_id=settings.app_id,
             broker=f"local://{data_dir}",
