@@ -12,6 +12,9 @@ thread its library calls back on, and hands each batch to ``deliver`` with its o
 * **Bad input never stops the stream.** Whatever goes wrong with one message (the
   ``PayloadError`` its decoder raises with the reason, or any other exception)
   dead-letters it with the reason and its raw bytes; the rest of the batch goes on.
+* **Bounded input.** A message over ``max_payload_bytes`` is not decoded: it is
+  dead-lettered with its first ``KEPT_BYTES`` bytes and its length in the reason (ten
+  10 MB garbage payloads once filled a gateway's disk, kept whole as dead letters).
 * **At most once is the sender's choice.** A message with no acknowledgement
   (``ack`` None: MQTT QoS 0, an unconfirmed datagram) is taken like any other and
   counted (``at_most_once``); what a crash loses of it, no one sends again.
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 __all__ = [
+    "KEPT_BYTES",
     "DeadLetter",
     "Inbound",
     "MicroBatcher",
@@ -47,6 +51,10 @@ Produce = Callable[[list[Reading]], Awaitable[None]]
 DeadLetter = Callable[[bytes, str, str], Awaitable[None]]
 
 T = TypeVar("T")
+
+#: How much of an oversized payload its dead letter keeps (bytes): enough to see what
+#: sent it.
+KEPT_BYTES = 1024
 
 
 class PayloadError(ValueError):
@@ -107,13 +115,15 @@ async def deliver(
     produce: Produce,
     dead_letter: DeadLetter,
     counters: Counter[str],
+    max_payload_bytes: int | None = None,
 ) -> None:
     """Decode a batch, append its readings and dead letters durably, then acknowledge.
 
     ``decode`` raises ``PayloadError`` with the reason for a message that cannot become
     readings; any other exception is taken as a bug of the decoder and dead-letters
-    that message too. Counts ``received``, ``at_most_once``, ``readings``,
-    ``dead_letter``. Raises only what ``produce`` or ``dead_letter`` raise (the log
+    that message too. A payload over ``max_payload_bytes`` is dead-lettered undecoded,
+    cut to ``KEPT_BYTES``. Counts ``received``, ``at_most_once``, ``readings``,
+    ``dead_letter``, ``oversized``. Raises only what ``produce`` or ``dead_letter`` raise (the log
     cannot be written): then nothing of the batch is acknowledged.
     """
     readings: list[Reading] = []
@@ -122,6 +132,15 @@ async def deliver(
         counters["received"] += 1
         if m.ack is None:
             counters["at_most_once"] += 1
+        size = len(m.payload)
+        if max_payload_bytes is not None and size > max_payload_bytes:
+            counters["oversized"] += 1
+            reason = (
+                f"payload of {size} bytes is over the {max_payload_bytes} allowed "
+                f"(storage.max_payload_bytes); its first {min(size, KEPT_BYTES)} bytes are kept"
+            )
+            dead.append((m.payload[:KEPT_BYTES], reason, m.source))
+            continue
         try:
             readings.extend(decode(m))
         except PayloadError as exc:

@@ -90,6 +90,7 @@ class MqttIngest:
             options.max_readings, options.linger_ms
         )
         self._task: asyncio.Task[None] | None = None
+        self._paused = False
         self._client = self._new_client(options.client_id, clean_session=False)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -193,11 +194,40 @@ class MqttIngest:
     async def start(self) -> None:
         self._batcher.bind(asyncio.get_running_loop())
         self._task = asyncio.ensure_future(self._run())
-        o = self.options
         for client in (self._client, self._sys_client):
-            if client is not None:
-                client.connect_async(o.host, o.port, o.keepalive)
-                client.loop_start()
+            if client is not None and not (client is self._client and self._paused):
+                self._connect(client)
+
+    def _connect(self, client: mqtt.Client) -> None:
+        o = self.options
+        client.connect_async(o.host, o.port, o.keepalive)
+        client.loop_start()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self, why: str) -> None:
+        """Stop taking messages (the disk is nearly full): disconnect, so that the broker
+        keeps what devices send meanwhile (persistent session) and redelivers what was
+        not acknowledged. What was already taken is still written and acknowledged.
+        Before ``start`` too; idempotent; on the event loop."""
+        if self._paused:
+            return
+        self._paused = True
+        log.error("MQTT ingest paused (%s): the broker keeps the messages until it resumes", why)
+        if self._task is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    def resume(self) -> None:
+        """Take messages again after ``pause``; idempotent."""
+        if not self._paused:
+            return
+        self._paused = False
+        log.warning("MQTT ingest resumed")
+        if self._task is not None:
+            self._connect(self._client)
 
     async def join(self) -> None:
         """Wait for the ingest task: raises what made it fail, CancelledError once stopped.
@@ -240,7 +270,14 @@ class MqttIngest:
 
     async def _handle(self, items: list[Inbound | _DropCount]) -> None:
         messages = [m for m in items if isinstance(m, Inbound)]
-        await deliver(messages, self._decode, self._produce, self._dead_letter, self.counters)
+        await deliver(
+            messages,
+            self._decode,
+            self._produce,
+            self._dead_letter,
+            self.counters,
+            self.options.max_payload_bytes,
+        )
         drops = [d.total for d in items if isinstance(d, _DropCount)]
         if drops and self._on_broker_drops is not None:
             await self._on_broker_drops(drops[-1])

@@ -61,7 +61,9 @@ class MqttSettings(_Frozen):
             )
         return SecretStr(value)
 
-    def options(self, max_readings: int, linger_ms: int) -> MqttOptions:
+    def options(
+        self, max_readings: int, linger_ms: int, max_payload_bytes: int | None = None
+    ) -> MqttOptions:
         password = self.password()
         return MqttOptions(
             host=self.host,
@@ -77,12 +79,32 @@ class MqttSettings(_Frozen):
             broker_drops_topic=self.broker_drops_topic,
             max_readings=max_readings,
             linger_ms=linger_ms,
+            max_payload_bytes=max_payload_bytes,
         )
 
 
 class BatchSettings(_Frozen):
     max_readings: int = Field(5000, ge=1, le=1_000_000)
     linger_ms: int = Field(50, ge=0, le=10_000)
+
+
+class StorageSettings(_Frozen):
+    """Bounds on what the gateway keeps on disk (``engine.runtime.storage``; README:
+    Storage). Sizes in MB (10^6 bytes) except the payload, in bytes."""
+
+    #: A message longer than this is dead-lettered undecoded, its first 1024 bytes kept.
+    max_payload_bytes: int = Field(65_536, ge=1024, le=256 * 1024 * 1024)
+    #: The dead-letter topic keeps its newest records up to this size.
+    dead_letter_max_mb: float = Field(64.0, gt=0)
+    #: The data directory's size at which ingest pauses (the broker keeps the messages).
+    data_dir_max_mb: float = Field(8192.0, gt=0)
+    #: The free space on the data directory's filesystem at which ingest pauses.
+    min_free_mb: float = Field(256.0, ge=0)
+    #: A gateway health alert (``gateway#storage``) is raised at this fraction of
+    #: ``data_dir_max_mb``, or when free space falls under twice ``min_free_mb``.
+    warn_fraction: float = Field(0.8, gt=0, lt=1)
+    #: How often the data directory and free space are measured (seconds).
+    check_interval_s: float = Field(10.0, ge=0.1, le=600)
 
 
 class Settings(_Frozen):
@@ -97,6 +119,7 @@ class Settings(_Frozen):
     console: bool = True
     mqtt: MqttSettings = MqttSettings()
     batch: BatchSettings = BatchSettings()
+    storage: StorageSettings = StorageSettings()
     lateness_ms: int = Field(60_000, ge=0)
     #: Wall seconds after which a partition whose event time stands still no longer
     #: holds the basin (corroboration) rules back (engine/evaluation/corroboration_buffer.py).

@@ -28,10 +28,11 @@ from engine.contracts.alerts import AlertEvent, pack_lines
 from engine.contracts.ruleset import RuleSet
 from engine.evaluation.broker_drops import BrokerDropAlerts
 from engine.runtime.config import Settings
+from engine.runtime.storage import MB, Limits, StorageGuard
 from engine.runtime.topology import Topology
 from engine.runtime.transport.integrity import verify
 from engine.runtime.transport.local import Transport as LocalTransport
-from engine.runtime.transport.retention import enforce_retention
+from engine.runtime.transport.retention import cap_topic, enforce_retention
 from rules.api import load_ruleset
 from rules.errors import RulesInvalid
 from rules.registry import load_registry
@@ -40,8 +41,8 @@ __all__ = ["Gateway", "load_rules"]
 
 log = logging.getLogger(__name__)
 
-#: How often the embedded log's retention is enforced (seconds).
-RETENTION_INTERVAL_S = 600.0
+#: How often the embedded log's retention and the dead-letter cap are enforced (seconds).
+RETENTION_INTERVAL_S = 60.0
 #: How often a broker-drops alert is checked for resolving (seconds).
 BROKER_DROPS_CHECK_S = 30.0
 
@@ -81,7 +82,11 @@ class Gateway:
             corroboration_idle_s=settings.corroboration_idle_s,
             web_port=settings.web_port,
         )
-        options = settings.mqtt.options(settings.batch.max_readings, settings.batch.linger_ms)
+        options = settings.mqtt.options(
+            settings.batch.max_readings,
+            settings.batch.linger_ms,
+            settings.storage.max_payload_bytes,
+        )
         self.broker_drops = BrokerDropAlerts(
             gateway=options.client_id,
             broker=f"{options.host}:{options.port}",
@@ -95,8 +100,21 @@ class Gateway:
             known_stations=stations,
             on_broker_drops=self.broker_drops.observe,
         )
+        storage = settings.storage
+        self.storage = StorageGuard(
+            data_dir=data_dir,
+            limits=Limits(
+                data_dir_max=int(storage.data_dir_max_mb * MB),
+                min_free=int(storage.min_free_mb * MB),
+                warn_fraction=storage.warn_fraction,
+            ),
+            gateway=options.client_id,
+            ingest=self.ingest,
+            send=self._send_alerts,
+        )
         app = self.topology.app
         app.task(self._run_ingest)
+        app.timer(storage.check_interval_s)(self.storage.check)
         app.timer(settings.reload_interval_s)(self._check_reload)
         app.timer(BROKER_DROPS_CHECK_S)(self.broker_drops.check_clear)
         app.timer(RETENTION_INTERVAL_S)(self._enforce_retention)
@@ -114,6 +132,9 @@ class Gateway:
             retention_ms = int(self.settings.retention_hours * 3_600_000)
             now_ms = int(time.time() * 1000)
             await asyncio.to_thread(enforce_retention, transport.log, retention_ms, now_ms)
+            dead_letter = self.topology.dead_letter.get_topic_name()
+            cap = int(self.settings.storage.dead_letter_max_mb * MB)
+            await asyncio.to_thread(cap_topic, transport.log, dead_letter, cap)
 
     async def _check_reload(self) -> None:
         """Hot reload: swap in changed rule or station files once they validate."""
@@ -151,6 +172,7 @@ class Gateway:
     async def _run_ingest(self) -> None:
         """The ingest, for the life of the process. If it fails, this raises: Faust logs
         the traceback and crashes the app, and the worker exits with status 1."""
+        await self.storage.check()  # a start on a full disk waits, paused, for space
         await self.ingest.start()
         announce = asyncio.ensure_future(self._announce_subscribed())
         try:

@@ -327,6 +327,23 @@ class DurableLog:
         # (engine.runtime.storage) count on trimming to give the space back now.
         self._db.compact_range(start, end)
 
+    def first_offset_keeping(self, topic: str, partition: int, max_bytes: int) -> int:
+        """The lowest offset from which the partition's newest records take at most
+        ``max_bytes`` as stored (reads newest first, at most ``max_bytes`` of them)."""
+        self._check_tp(topic, partition)
+        prefix = _tp_prefix(topic, partition)
+        it = self._iter()
+        it.seek_for_prev(prefix + b"\xff" * 8)
+        first, total = self._highwater[(topic, partition)], 0
+        while it.valid() and it.key().startswith(prefix):
+            total += len(it.key()) + len(it.value())
+            if total > max_bytes:
+                break
+            first = int(_U64.unpack(it.key()[len(prefix) :])[0])
+            it.prev()
+        self._ended(it)
+        return first
+
     def first_offset_since(self, topic: str, partition: int, ts_ms: int) -> int:
         """The first offset whose record's timestamp is ``ts_ms`` or later (the highwater
         if there is none). Timestamps are append times, in order along a partition."""
