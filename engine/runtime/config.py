@@ -105,6 +105,10 @@ class StorageSettings(_Frozen):
     warn_fraction: float = Field(0.8, gt=0, lt=1)
     #: How often the data directory and free space are measured (seconds).
     check_interval_s: float = Field(10.0, ge=0.1, le=600)
+    #: The alerts JSONL file rotates at this size; ``alerts_jsonl_backups`` rotated
+    #: files are kept (``<name>.1`` the newest).
+    alerts_jsonl_max_mb: float = Field(64.0, gt=0)
+    alerts_jsonl_backups: int = Field(5, ge=1, le=1000)
 
 
 class Settings(_Frozen):
@@ -143,6 +147,13 @@ class Settings(_Frozen):
     @property
     def alerts_path(self) -> Path:
         return self.alerts_jsonl or self.data_dir / "alerts.jsonl"
+
+    def alerts_sink_bounds(self) -> dict[str, int]:
+        """``JsonlSink``'s size bounds, from ``storage``."""
+        return {
+            "max_bytes": int(self.storage.alerts_jsonl_max_mb * 1_000_000),
+            "backups": self.storage.alerts_jsonl_backups,
+        }
 
 
 def _resolve(raw: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -63,7 +63,10 @@ class Gateway:
     def __init__(self, settings: Settings, *, extra_sinks: Sequence[Sink] = ()) -> None:
         self.settings = settings
         ruleset, stations = load_rules(settings)
-        sinks: list[Sink] = [JsonlSink(settings.alerts_path), *extra_sinks]
+        sinks: list[Sink] = [
+            JsonlSink(settings.alerts_path, **settings.alerts_sink_bounds()),
+            *extra_sinks,
+        ]
         if settings.console:
             sinks.append(ConsoleSink())
         data_dir = settings.data_dir.resolve()
