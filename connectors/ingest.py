@@ -15,6 +15,11 @@ thread its library calls back on, and hands each batch to ``deliver`` with its o
 * **Bounded input.** A message over ``max_payload_bytes`` is not decoded: it is
   dead-lettered with its first ``KEPT_BYTES`` bytes and its length in the reason (ten
   10 MB garbage payloads once filled a gateway's disk, kept whole as dead letters).
+* **One rule for what is plausible.** ``Admission`` dead-letters readings of a
+  station the registry does not know, of a metric its station does not report, or
+  stamped at a time no reading can have (before 2000, or further ahead of the gateway's
+  clock than the configured skew), whatever the protocol. The engine's own clock check
+  (QC, a few minutes ahead) is sensor health on readings that passed this.
 * **At most once is the sender's choice.** A message with no acknowledgement
   (``ack`` None: MQTT QoS 0, an unconfirmed datagram) is taken like any other and
   counted (``at_most_once``); what a crash loses of it, no one sends again.
@@ -26,12 +31,15 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 __all__ = [
+    "EARLIEST_TS_MS",
     "KEPT_BYTES",
+    "Admission",
     "DeadLetter",
     "Inbound",
     "MicroBatcher",
@@ -59,6 +67,65 @@ KEPT_BYTES = 1024
 
 class PayloadError(ValueError):
     """A message that cannot become readings; the text is the dead-letter reason."""
+
+
+#: 2000-01-01T00:00:00Z in epoch ms: no telemetry Vigil takes is older (a ``ts`` of -5,
+#: or 0, is a device that never set its clock, or seconds taken for milliseconds).
+EARLIEST_TS_MS = 946_684_800_000
+
+#: Station id -> the metrics its registry entry lists (an empty list: any metric); or
+#: just the station ids.
+Stations = Mapping[str, Collection[str]] | Collection[str]
+
+
+def _iso(ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return "out of range"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Which readings a gateway takes (see the module doc); ``max_ahead_ms``: how far a
+    reading's time may be ahead of the gateway's clock when it arrives."""
+
+    max_ahead_ms: int = 86_400_000
+    earliest_ms: int = EARLIEST_TS_MS
+
+    def check(
+        self, readings: Sequence[Reading], received_ms: int, stations: Stations | None
+    ) -> None:
+        """Raises ``PayloadError`` with the reason for the first reading it refuses."""
+        for station, metric, ts, _ in readings:
+            self.check_sensor(station, metric, stations)
+            self.check_time(ts, received_ms)
+
+    def check_sensor(self, station: str, metric: str, stations: Stations | None) -> None:
+        """A station the registry knows (None: any), and a metric it reports."""
+        if stations is None:
+            return
+        if station not in stations:
+            raise PayloadError(f"unknown station {station!r}")
+        metrics = stations[station] if isinstance(stations, Mapping) else ()
+        if metrics and metric not in metrics:
+            raise PayloadError(
+                f"unknown metric {metric!r}: station {station} reports "
+                f"{', '.join(sorted(metrics))} (its registry entry)"
+            )
+
+    def check_time(self, ts: int, received_ms: int) -> None:
+        """A reading time after 2000 and at most ``max_ahead_ms`` past its arrival."""
+        if ts < self.earliest_ms:
+            raise PayloadError(
+                f"ts {ts} ({_iso(ts)}) is before {_iso(self.earliest_ms)}: "
+                "not a time a reading can have (is the device's clock set?)"
+            )
+        if ts > received_ms + self.max_ahead_ms:
+            raise PayloadError(
+                f"ts {ts} ({_iso(ts)}) is more than {self.max_ahead_ms // 1000} s ahead of "
+                f"the gateway's clock ({_iso(received_ms)}; ingest.max_clock_skew_s)"
+            )
 
 
 @dataclass

@@ -35,18 +35,19 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
 from connectors.ingest import (
+    Admission,
     DeadLetter,
     Inbound,
     MicroBatcher,
-    PayloadError,
     Produce,
     Reading,
+    Stations,
     deliver,
 )
 from connectors.mqtt.options import MqttOptions
@@ -66,6 +67,31 @@ class _DropCount:
     total: int
 
 
+class _Client(mqtt.Client):
+    """paho's client, saying why a connection attempt failed. paho's network loop
+    retries a failed connect (refused, unreachable, a TLS handshake that fails on the
+    CA) with no word at all; the operator saw only "not subscribed after 60 s"."""
+
+    _last_failure: str | None = None
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        try:
+            rc = super().reconnect()
+        except OSError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            # Once per reason: paho retries every few seconds.
+            level = logging.DEBUG if reason == self._last_failure else logging.ERROR
+            log.log(
+                level,
+                "MQTT client %s: connection to %s:%s failed (%s); retrying",
+                self._client_id.decode(errors="replace"), self.host, self.port, reason,
+            )  # fmt: skip
+            self._last_failure = reason
+            raise
+        self._last_failure = None
+        return rc
+
+
 class MqttIngest:
     """Subscribes, decodes, micro-batches, produces durably, then acknowledges."""
 
@@ -74,16 +100,19 @@ class MqttIngest:
         options: MqttOptions,
         produce: Produce,
         dead_letter: DeadLetter,
-        known_stations: Collection[str] | None = None,
+        known_stations: Stations | None = None,
         on_broker_drops: BrokerDrops | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.options = options
         self.template = TopicTemplate(options.topic_template)
         self._produce = produce
         self._dead_letter = dead_letter
         self._on_broker_drops = on_broker_drops
-        #: Station ids accepted; others go to dead-letter. Replaced on hot reload.
+        #: Stations (and their metrics) accepted; others go to dead-letter. Replaced on
+        #: hot reload.
         self.known_stations = known_stations
+        self.admission = admission or Admission()
         self.counters: Counter[str] = Counter()
         self.subscribed = threading.Event()
         self._batcher: MicroBatcher[Inbound | _DropCount] = MicroBatcher(
@@ -106,7 +135,7 @@ class MqttIngest:
 
     def _new_client(self, client_id: str, *, clean_session: bool) -> mqtt.Client:
         o = self.options
-        client = mqtt.Client(
+        client = _Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=clean_session,  # persistent: the broker keeps what we did not ack
@@ -263,10 +292,11 @@ class MqttIngest:
 
     def _decode(self, m: Inbound) -> list[Reading]:
         station, metric = self.template.parse(m.source)
-        known = self.known_stations
-        if known is not None and station not in known:
-            raise PayloadError(f"unknown station {station!r}")
-        return [(station, metric, ts, v) for ts, v in decode_payload(m.payload, m.received_ms)]
+        self.admission.check_sensor(station, metric, self.known_stations)
+        readings = decode_payload(m.payload, m.received_ms)
+        for ts, _ in readings:
+            self.admission.check_time(ts, m.received_ms)
+        return [(station, metric, ts, v) for ts, v in readings]
 
     async def _handle(self, items: list[Inbound | _DropCount]) -> None:
         messages = [m for m in items if isinstance(m, Inbound)]

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from connectors.ingest import Admission
 from connectors.mqtt.options import MqttOptions
 from connectors.mqtt.topics import TopicTemplate
 
@@ -88,6 +89,18 @@ class BatchSettings(_Frozen):
     linger_ms: int = Field(50, ge=0, le=10_000)
 
 
+class IngestSettings(_Frozen):
+    """What every connector takes (``connectors.ingest.Admission``)."""
+
+    #: A reading stamped further ahead of the gateway's clock than this (seconds) is
+    #: dead-lettered. Readings a few minutes ahead pass here and fail the engine's QC
+    #: clock check instead (a sensor health alert), so keep this well above that.
+    max_clock_skew_s: float = Field(86_400.0, ge=60)
+
+    def admission(self) -> Admission:
+        return Admission(max_ahead_ms=int(self.max_clock_skew_s * 1000))
+
+
 class StorageSettings(_Frozen):
     """Bounds on what the gateway keeps on disk (``engine.runtime.storage``; README:
     Storage). Sizes in MB (10^6 bytes) except the payload, in bytes."""
@@ -124,6 +137,7 @@ class Settings(_Frozen):
     mqtt: MqttSettings = MqttSettings()
     batch: BatchSettings = BatchSettings()
     storage: StorageSettings = StorageSettings()
+    ingest: IngestSettings = IngestSettings()
     lateness_ms: int = Field(60_000, ge=0)
     #: Wall seconds after which a partition whose event time stands still no longer
     #: holds the basin (corroboration) rules back (engine/evaluation/corroboration_buffer.py).

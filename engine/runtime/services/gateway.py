@@ -47,14 +47,15 @@ RETENTION_INTERVAL_S = 60.0
 BROKER_DROPS_CHECK_S = 30.0
 
 
-def load_rules(settings: Settings) -> tuple[RuleSet, frozenset[str]]:
-    """Compile the configured rules; returns them with the registry's station ids.
+def load_rules(settings: Settings) -> tuple[RuleSet, dict[str, frozenset[str]]]:
+    """Compile the configured rules; returns them with the registry's station ids and
+    the metrics each reports.
 
     Raises ``rules.errors.RulesInvalid`` with ``file:line:col`` lines.
     """
     registry = load_registry(settings.stations)
     compiled = load_ruleset(list(settings.rules), registry)
-    return compiled.ruleset, frozenset(s.id for s in registry.stations)
+    return compiled.ruleset, {s.id: frozenset(s.metrics) for s in registry.stations}
 
 
 class Gateway:
@@ -102,6 +103,7 @@ class Gateway:
             dead_letter=self.topology.send_dead_letter,
             known_stations=stations,
             on_broker_drops=self.broker_drops.observe,
+            admission=settings.ingest.admission(),
         )
         storage = settings.storage
         self.storage = StorageGuard(

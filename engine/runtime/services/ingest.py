@@ -50,6 +50,7 @@ async def serve_mqtt_ingest(
         dead_letter=producer.send_dead_letter,
         known_stations=stations,
         on_broker_drops=drops.observe,
+        admission=settings.ingest.admission(),
     )
     if stop is None:
         stop = asyncio.Event()
