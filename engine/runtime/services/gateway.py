@@ -41,8 +41,11 @@ __all__ = ["Gateway", "load_rules"]
 
 log = logging.getLogger(__name__)
 
-#: How often the embedded log's retention and the dead-letter cap are enforced (seconds).
-RETENTION_INTERVAL_S = 60.0
+#: How often the embedded log's retention is enforced (seconds).
+RETENTION_INTERVAL_S = 600.0
+#: How often the dead-letter topic's size cap is enforced (seconds): a flood of garbage
+#: grows it far faster than age does.
+DEAD_LETTER_CAP_INTERVAL_S = 60.0
 #: How often a broker-drops alert is checked for resolving (seconds).
 BROKER_DROPS_CHECK_S = 30.0
 
@@ -123,6 +126,7 @@ class Gateway:
         app.timer(settings.reload_interval_s)(self._check_reload)
         app.timer(BROKER_DROPS_CHECK_S)(self.broker_drops.check_clear)
         app.timer(RETENTION_INTERVAL_S)(self._enforce_retention)
+        app.timer(DEAD_LETTER_CAP_INTERVAL_S)(self._cap_dead_letters)
         app.on_before_shutdown.connect(self._stop_ingest)
         self._watched = self._mtimes()
         self.reload_errors: list[str] = []
@@ -137,6 +141,10 @@ class Gateway:
             retention_ms = int(self.settings.retention_hours * 3_600_000)
             now_ms = int(time.time() * 1000)
             await asyncio.to_thread(enforce_retention, transport.log, retention_ms, now_ms)
+
+    async def _cap_dead_letters(self) -> None:
+        transport = self.topology.app.transport
+        if isinstance(transport, LocalTransport):
             dead_letter = self.topology.dead_letter.get_topic_name()
             cap = int(self.settings.storage.dead_letter_max_mb * MB)
             await asyncio.to_thread(cap_topic, transport.log, dead_letter, cap)
