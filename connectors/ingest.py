@@ -88,18 +88,12 @@ def _iso(ms: int) -> str:
 @dataclass(frozen=True)
 class Admission:
     """Which readings a gateway takes (see the module doc); ``max_ahead_ms``: how far a
-    reading's time may be ahead of the gateway's clock when it arrives."""
+    reading's time may be ahead of the gateway's clock when it arrives. A connector
+    calls ``check_sensor`` once it knows the station and metric, ``check_time`` for
+    each reading; each raises ``PayloadError`` with the reason."""
 
     max_ahead_ms: int = 86_400_000
     earliest_ms: int = EARLIEST_TS_MS
-
-    def check(
-        self, readings: Sequence[Reading], received_ms: int, stations: Stations | None
-    ) -> None:
-        """Raises ``PayloadError`` with the reason for the first reading it refuses."""
-        for station, metric, ts, _ in readings:
-            self.check_sensor(station, metric, stations)
-            self.check_time(ts, received_ms)
 
     def check_sensor(self, station: str, metric: str, stations: Stations | None) -> None:
         """A station the registry knows (None: any), and a metric it reports."""
@@ -190,8 +184,8 @@ async def deliver(
     readings; any other exception is taken as a bug of the decoder and dead-letters
     that message too. A payload over ``max_payload_bytes`` is dead-lettered undecoded,
     cut to ``KEPT_BYTES``. Counts ``received``, ``at_most_once``, ``readings``,
-    ``dead_letter``, ``oversized``. Raises only what ``produce`` or ``dead_letter`` raise (the log
-    cannot be written): then nothing of the batch is acknowledged.
+    ``dead_letter``, ``oversized``. Raises only what ``produce`` or ``dead_letter``
+    raise (the log cannot be written): then nothing of the batch is acknowledged.
     """
     readings: list[Reading] = []
     dead: list[tuple[bytes, str, str]] = []

@@ -30,7 +30,7 @@ def _report(exc: Exception) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from engine.runtime.config import ConfigError, load_settings
-    from engine.runtime.transport.log import LogDamaged
+    from engine.runtime.transport.log import LogDamaged, LogNoSpace
     from rules.errors import RulesInvalid
 
     try:
@@ -45,6 +45,14 @@ def _run(args: argparse.Namespace) -> int:
 
         print(damaged_message(settings.data_dir, exc.detail, args.config), file=sys.stderr)
         return 2
+    except LogNoSpace as exc:
+        print(
+            f"vigil: no space left on the filesystem of {settings.data_dir}: the log cannot "
+            f"open ({exc.detail}). Free some space: the gateway then starts, its ingest paused "
+            "until storage.min_free_mb are free (README: Storage).",
+            file=sys.stderr,
+        )
+        return 1  # unlike damage, a restart fixes it once there is space
     gateway.run(loglevel=args.loglevel)
     return 0
 

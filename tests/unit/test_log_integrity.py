@@ -173,3 +173,33 @@ def test_repair_refuses_while_the_log_is_open(tmp_path: Path) -> None:
         log.close()
     assert child.returncode == 1
     assert "is in use (a gateway is running on it): stop it first" in child.stderr
+
+
+def test_a_full_disk_at_start_is_one_line_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RocksDB writes a few files at every open; on a full disk it fails with this text
+    (seen on a full tmpfs). Stand-in for the disk: the database's open."""
+    from engine.runtime.transport import log as log_module
+
+    packs = Path(__file__).resolve().parents[2] / "rules" / "packs"
+    config = tmp_path / "vigil.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path / 'data'}\nstations: {packs / 'demo_stations.yaml'}\n"
+        f"rules: [{packs / 'flood.yaml'}]\n"
+    )
+    detail = (
+        "IO error: No space left on device: While appending to file: "
+        f"{tmp_path}/data/log/MANIFEST-000013: No space left on device"
+    )
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise Exception(detail)  # what rocksdict raises
+
+    monkeypatch.setattr(log_module, "Rdict", full)
+    assert main(["run", "--config", str(config)]) == 1
+    assert capsys.readouterr().err == (
+        f"vigil: no space left on the filesystem of {tmp_path / 'data'}: the log cannot open "
+        f"({detail}). Free some space: the gateway then starts, its ingest paused until "
+        "storage.min_free_mb are free (README: Storage).\n"
+    )

@@ -16,6 +16,8 @@ Key layout (all integers big-endian so that byte order is numeric order)::
     b"H" topic 0x00 partition:u32                -> offset:u64, a floor for the highwater
                                                     (set by ``vigil data repair`` when a
                                                     partition's tail was lost)
+    b"G" topic 0x00 partition:u32 start:u64      -> end:u64, records [start, end) that a
+                                                    repair found unreadable (lost, known)
 
 One process owns a log directory at a time (RocksDB's LOCK file enforces it); inside
 the process, ``DurableLog.shared`` hands every user of a path the same instance.
@@ -40,7 +42,7 @@ from typing import Any, ClassVar
 import msgpack
 from rocksdict import DBRecoveryMode, Options, Rdict, RdictIter, WriteBatch, WriteOptions
 
-__all__ = ["DurableLog", "LogDamaged", "LogRecord", "TopicExists", "UnknownTopic"]
+__all__ = ["DurableLog", "LogDamaged", "LogNoSpace", "LogRecord", "TopicExists", "UnknownTopic"]
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -58,12 +60,22 @@ class TopicExists(ValueError):
 class LogDamaged(RuntimeError):
     """The log's files are corrupt or cut: what it holds cannot be trusted to be whole.
 
-    ``path`` is the log directory, ``detail`` RocksDB's own words."""
+    ``path`` is the data directory, ``detail`` what is wrong (RocksDB's own words)."""
 
     def __init__(self, path: Path, detail: str) -> None:
         self.path = path
         self.detail = detail
         super().__init__(f"{path}: the log is damaged: {detail}")
+
+
+class LogNoSpace(OSError):
+    """The log cannot open: its filesystem is full (RocksDB writes a few files at every
+    open). ``path`` is the data directory, ``detail`` RocksDB's words."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"{path}: no space left for the log: {detail}")
 
 
 def _damage(exc: Exception) -> bool:
@@ -134,6 +146,8 @@ class DurableLog:
         except Exception as exc:
             if _damage(exc):
                 raise LogDamaged(self.path, str(exc)) from None
+            if "No space left on device" in str(exc):
+                raise LogNoSpace(self.path, str(exc)) from None
             raise
         self._sync = WriteOptions()
         self._sync.sync = True
