@@ -12,6 +12,14 @@ thread its library calls back on, and hands each batch to ``deliver`` with its o
 * **Bad input never stops the stream.** Whatever goes wrong with one message (the
   ``PayloadError`` its decoder raises with the reason, or any other exception)
   dead-letters it with the reason and its raw bytes; the rest of the batch goes on.
+* **Bounded input.** A message over ``max_payload_bytes`` is not decoded: it is
+  dead-lettered with its first ``KEPT_BYTES`` bytes and its length in the reason (ten
+  10 MB garbage payloads once filled a gateway's disk, kept whole as dead letters).
+* **One rule for what is plausible.** ``Admission`` dead-letters readings of a
+  station the registry does not know, of a metric its station does not report, or
+  stamped at a time no reading can have (before 2000, or further ahead of the gateway's
+  clock than the configured skew), whatever the protocol. The engine's own clock check
+  (QC, a few minutes ahead) is sensor health on readings that passed this.
 * **At most once is the sender's choice.** A message with no acknowledgement
   (``ack`` None: MQTT QoS 0, an unconfirmed datagram) is taken like any other and
   counted (``at_most_once``); what a crash loses of it, no one sends again.
@@ -23,11 +31,15 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 __all__ = [
+    "EARLIEST_TS_MS",
+    "KEPT_BYTES",
+    "Admission",
     "DeadLetter",
     "Inbound",
     "MicroBatcher",
@@ -49,9 +61,66 @@ DeadLetter = Callable[[bytes, str, str], Awaitable[None]]
 
 T = TypeVar("T")
 
+#: How much of an oversized payload its dead letter keeps (bytes): enough to see what
+#: sent it.
+KEPT_BYTES = 1024
+
 
 class PayloadError(ValueError):
     """A message that cannot become readings; the text is the dead-letter reason."""
+
+
+#: 2000-01-01T00:00:00Z in epoch ms: no telemetry Vigil takes is older (a ``ts`` of -5,
+#: or 0, is a device that never set its clock, or seconds taken for milliseconds).
+EARLIEST_TS_MS = 946_684_800_000
+
+#: Station id -> the metrics its registry entry lists (an empty list: any metric); or
+#: just the station ids.
+Stations = Mapping[str, Collection[str]] | Collection[str]
+
+
+def _iso(ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return "out of range"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Which readings a gateway takes (see the module doc); ``max_ahead_ms``: how far a
+    reading's time may be ahead of the gateway's clock when it arrives. A connector
+    calls ``check_sensor`` once it knows the station and metric, ``check_time`` for
+    each reading; each raises ``PayloadError`` with the reason."""
+
+    max_ahead_ms: int = 86_400_000
+    earliest_ms: int = EARLIEST_TS_MS
+
+    def check_sensor(self, station: str, metric: str, stations: Stations | None) -> None:
+        """A station the registry knows (None: any), and a metric it reports."""
+        if stations is None:
+            return
+        if station not in stations:
+            raise PayloadError(f"unknown station {station!r}")
+        metrics = stations[station] if isinstance(stations, Mapping) else ()
+        if metrics and metric not in metrics:
+            raise PayloadError(
+                f"unknown metric {metric!r}: station {station} reports "
+                f"{', '.join(sorted(metrics))} (its registry entry)"
+            )
+
+    def check_time(self, ts: int, received_ms: int) -> None:
+        """A reading time after 2000 and at most ``max_ahead_ms`` past its arrival."""
+        if ts < self.earliest_ms:
+            raise PayloadError(
+                f"ts {ts} ({_iso(ts)}) is before {_iso(self.earliest_ms)}: "
+                "not a time a reading can have (is the device's clock set?)"
+            )
+        if ts > received_ms + self.max_ahead_ms:
+            raise PayloadError(
+                f"ts {ts} ({_iso(ts)}) is more than {self.max_ahead_ms // 1000} s ahead of "
+                f"the gateway's clock ({_iso(received_ms)}; ingest.max_clock_skew_s)"
+            )
 
 
 @dataclass
@@ -108,14 +177,16 @@ async def deliver(
     produce: Produce,
     dead_letter: DeadLetter,
     counters: Counter[str],
+    max_payload_bytes: int | None = None,
 ) -> None:
     """Decode a batch, append its readings and dead letters durably, then acknowledge.
 
     ``decode`` raises ``PayloadError`` with the reason for a message that cannot become
     readings; any other exception is taken as a bug of the decoder and dead-letters
-    that message too. Counts ``received``, ``at_most_once``, ``readings``,
-    ``dead_letter``. Raises only what ``produce`` or ``dead_letter`` raise (the log
-    cannot be written): then nothing of the batch is acknowledged.
+    that message too. A payload over ``max_payload_bytes`` is dead-lettered undecoded,
+    cut to ``KEPT_BYTES``. Counts ``received``, ``at_most_once``, ``readings``,
+    ``dead_letter``, ``oversized``. Raises only what ``produce`` or ``dead_letter``
+    raise (the log cannot be written): then nothing of the batch is acknowledged.
     """
     readings: list[Reading] = []
     dead: list[tuple[bytes, str, str]] = []
@@ -123,6 +194,15 @@ async def deliver(
         counters["received"] += 1
         if m.ack is None:
             counters["at_most_once"] += 1
+        size = len(m.payload)
+        if max_payload_bytes is not None and size > max_payload_bytes:
+            counters["oversized"] += 1
+            reason = (
+                f"payload of {size} bytes is over the {max_payload_bytes} allowed "
+                f"(storage.max_payload_bytes); its first {min(size, KEPT_BYTES)} bytes are kept"
+            )
+            dead.append((m.payload[:KEPT_BYTES], reason, m.source))
+            continue
         try:
             readings.extend(decode(m))
         except PayloadError as exc:

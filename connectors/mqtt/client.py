@@ -42,18 +42,19 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
 from connectors.ingest import (
+    Admission,
     DeadLetter,
     Inbound,
     MicroBatcher,
-    PayloadError,
     Produce,
     Reading,
+    Stations,
     deliver,
 )
 from connectors.mqtt.options import MqttOptions
@@ -111,16 +112,19 @@ class MqttIngest:
         options: MqttOptions,
         produce: Produce,
         dead_letter: DeadLetter,
-        known_stations: Collection[str] | None = None,
+        known_stations: Stations | None = None,
         on_broker_drops: BrokerDrops | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.options = options
         self.template = TopicTemplate(options.topic_template)
         self._produce = produce
         self._dead_letter = dead_letter
         self._on_broker_drops = on_broker_drops
-        #: Station ids accepted; others go to dead-letter. Replaced on hot reload.
+        #: Stations (and their metrics) accepted; others go to dead-letter. Replaced on
+        #: hot reload.
         self.known_stations = known_stations
+        self.admission = admission or Admission()
         self.counters: Counter[str] = Counter()
         self.subscribed = threading.Event()
         self.connection = Connection()
@@ -128,6 +132,7 @@ class MqttIngest:
             options.max_readings, options.linger_ms
         )
         self._task: asyncio.Task[None] | None = None
+        self._paused = False
         self._client = self._new_client(options.client_id, clean_session=False)
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
@@ -190,9 +195,10 @@ class MqttIngest:
     def _failed(self, reason: str) -> None:
         c = self.connection
         c.failures += 1
+        repeat = reason == c.error  # paho retries every few seconds: once per reason
         self._set(connected=False, error=reason)
-        # The rate limit of the log (engine.runtime.logs) folds a long outage's repeats.
-        log.error(
+        log.log(
+            logging.DEBUG if repeat else logging.ERROR,
             "MQTT cannot connect to %s:%s: %s (attempt %d; retrying with backoff)",
             self.options.host,
             self.options.port,
@@ -263,11 +269,40 @@ class MqttIngest:
     async def start(self) -> None:
         self._batcher.bind(asyncio.get_running_loop())
         self._task = asyncio.ensure_future(self._run())
-        o = self.options
         for client in (self._client, self._sys_client):
-            if client is not None:
-                client.connect_async(o.host, o.port, o.keepalive)
-                client.loop_start()
+            if client is not None and not (client is self._client and self._paused):
+                self._connect(client)
+
+    def _connect(self, client: mqtt.Client) -> None:
+        o = self.options
+        client.connect_async(o.host, o.port, o.keepalive)
+        client.loop_start()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self, why: str) -> None:
+        """Stop taking messages (the disk is nearly full): disconnect, so that the broker
+        keeps what devices send meanwhile (persistent session) and redelivers what was
+        not acknowledged. What was already taken is still written and acknowledged.
+        Before ``start`` too; idempotent; on the event loop."""
+        if self._paused:
+            return
+        self._paused = True
+        log.error("MQTT ingest paused (%s): the broker keeps the messages until it resumes", why)
+        if self._task is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    def resume(self) -> None:
+        """Take messages again after ``pause``; idempotent."""
+        if not self._paused:
+            return
+        self._paused = False
+        log.warning("MQTT ingest resumed")
+        if self._task is not None:
+            self._connect(self._client)
 
     async def join(self) -> None:
         """Wait for the ingest task: raises what made it fail, CancelledError once stopped.
@@ -303,14 +338,22 @@ class MqttIngest:
 
     def _decode(self, m: Inbound) -> list[Reading]:
         station, metric = self.template.parse(m.source)
-        known = self.known_stations
-        if known is not None and station not in known:
-            raise PayloadError(f"unknown station {station!r}")
-        return [(station, metric, ts, v) for ts, v in decode_payload(m.payload, m.received_ms)]
+        self.admission.check_sensor(station, metric, self.known_stations)
+        readings = decode_payload(m.payload, m.received_ms)
+        for ts, _ in readings:
+            self.admission.check_time(ts, m.received_ms)
+        return [(station, metric, ts, v) for ts, v in readings]
 
     async def _handle(self, items: list[Inbound | _DropCount]) -> None:
         messages = [m for m in items if isinstance(m, Inbound)]
-        await deliver(messages, self._decode, self._produce, self._dead_letter, self.counters)
+        await deliver(
+            messages,
+            self._decode,
+            self._produce,
+            self._dead_letter,
+            self.counters,
+            self.options.max_payload_bytes,
+        )
         drops = [d.total for d in items if isinstance(d, _DropCount)]
         if drops and self._on_broker_drops is not None:
             await self._on_broker_drops(drops[-1])

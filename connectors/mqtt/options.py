@@ -25,6 +25,8 @@ class MqttOptions:
     keepalive: int = 30
     max_readings: int = 5000  # per produced batch
     linger_ms: int = 50  # how long to wait for more messages before producing
+    #: A payload longer than this (bytes) is dead-lettered undecoded, cut short.
+    max_payload_bytes: int | None = None
     #: The broker's cumulative dropped-message count (mosquitto's ``$SYS`` tree, which
     #: needs ``sys_interval`` > 0); None for a broker that has none.
     broker_drops_topic: str | None = "$SYS/broker/publish/messages/dropped"

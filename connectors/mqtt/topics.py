@@ -24,7 +24,10 @@ class TopicTemplate:
             pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>[^/+#]+)")
         self.template = template
         self._regex = re.compile(f"^{pattern}$")
-        self.subscription = re.sub(r"{\w+}", "+", template)
+        #: The template's levels and any below them (``vigil/+/+/#``): a topic with extra
+        #: levels is received and dead-lettered (its reason: no match), where a filter of
+        #: the template alone would leave it with the broker, unseen.
+        self.subscription = re.sub(r"{\w+}", "+", template) + "/#"
 
     def parse(self, topic: str) -> tuple[str, str]:
         m = self._regex.match(topic)

@@ -19,6 +19,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from connectors.ingest import Admission
 from connectors.mqtt.options import MqttOptions
 from connectors.mqtt.topics import TopicTemplate
 from engine.runtime.config_env import apply_environment
@@ -81,7 +82,9 @@ class MqttSettings(_Frozen):
             )
         return SecretStr(value)
 
-    def options(self, max_readings: int, linger_ms: int) -> MqttOptions:
+    def options(
+        self, max_readings: int, linger_ms: int, max_payload_bytes: int | None = None
+    ) -> MqttOptions:
         password = self.password()
         return MqttOptions(
             host=self.host,
@@ -97,6 +100,7 @@ class MqttSettings(_Frozen):
             broker_drops_topic=self.broker_drops_topic,
             max_readings=max_readings,
             linger_ms=linger_ms,
+            max_payload_bytes=max_payload_bytes,
         )
 
 
@@ -229,6 +233,41 @@ class NbiotSettings(_Frozen):
         return value
 
 
+class IngestSettings(_Frozen):
+    """What every connector takes (``connectors.ingest.Admission``)."""
+
+    #: A reading stamped further ahead of the gateway's clock than this (seconds) is
+    #: dead-lettered. Readings a few minutes ahead pass here and fail the engine's QC
+    #: clock check instead (a sensor health alert), so keep this well above that.
+    max_clock_skew_s: float = Field(86_400.0, ge=60)
+
+    def admission(self) -> Admission:
+        return Admission(max_ahead_ms=int(self.max_clock_skew_s * 1000))
+
+
+class StorageSettings(_Frozen):
+    """Bounds on what the gateway keeps on disk (``engine.runtime.storage``; README:
+    Storage). Sizes in MB (10^6 bytes) except the payload, in bytes."""
+
+    #: A message longer than this is dead-lettered undecoded, its first 1024 bytes kept.
+    max_payload_bytes: int = Field(65_536, ge=1024, le=256 * 1024 * 1024)
+    #: The dead-letter topic keeps its newest records up to this size.
+    dead_letter_max_mb: float = Field(64.0, gt=0)
+    #: The data directory's size at which ingest pauses (the broker keeps the messages).
+    data_dir_max_mb: float = Field(8192.0, gt=0)
+    #: The free space on the data directory's filesystem at which ingest pauses.
+    min_free_mb: float = Field(256.0, ge=0)
+    #: A gateway health alert (``gateway#storage``) is raised at this fraction of
+    #: ``data_dir_max_mb``, or when free space falls under twice ``min_free_mb``.
+    warn_fraction: float = Field(0.8, gt=0, lt=1)
+    #: How often the data directory and free space are measured (seconds).
+    check_interval_s: float = Field(10.0, ge=0.1, le=600)
+    #: The alerts JSONL file rotates at this size; ``alerts_jsonl_backups`` rotated
+    #: files are kept (``<name>.1`` the newest).
+    alerts_jsonl_max_mb: float = Field(64.0, gt=0)
+    alerts_jsonl_backups: int = Field(5, ge=1, le=1000)
+
+
 class Settings(_Frozen):
     """Everything ``vigil run`` needs."""
 
@@ -244,6 +283,8 @@ class Settings(_Frozen):
     sl651: FieldServerSettings | None = None
     hj212: FieldServerSettings | None = None
     batch: BatchSettings = BatchSettings()
+    storage: StorageSettings = StorageSettings()
+    ingest: IngestSettings = IngestSettings()
     lateness_ms: int = Field(60_000, ge=0)
     #: Wall seconds after which a partition whose event time stands still no longer
     #: holds the basin (corroboration) rules back (engine/evaluation/corroboration_buffer.py).
@@ -278,6 +319,13 @@ class Settings(_Frozen):
     @property
     def alerts_path(self) -> Path:
         return self.alerts_jsonl or self.data_dir / "alerts.jsonl"
+
+    def alerts_sink_bounds(self) -> dict[str, int]:
+        """``JsonlSink``'s size bounds, from ``storage``."""
+        return {
+            "max_bytes": int(self.storage.alerts_jsonl_max_mb * 1_000_000),
+            "backups": self.storage.alerts_jsonl_backups,
+        }
 
 
 def _resolve(raw: dict[str, Any], base: Path) -> dict[str, Any]:

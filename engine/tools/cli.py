@@ -30,6 +30,7 @@ def _report(exc: Exception) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from engine.runtime.config import ConfigError, load_settings
+    from engine.runtime.transport.log import LogDamaged, LogNoSpace
     from rules.errors import RulesInvalid
 
     try:
@@ -45,6 +46,19 @@ def _run(args: argparse.Namespace) -> int:
             return 2
     except (ConfigError, RulesInvalid) as exc:
         return _report(exc)
+    except LogDamaged as exc:
+        from engine.tools.data_cli import damaged_message
+
+        print(damaged_message(settings.data_dir, exc.detail, args.config), file=sys.stderr)
+        return 2
+    except LogNoSpace as exc:
+        print(
+            f"vigil: no space left on the filesystem of {settings.data_dir}: the log cannot "
+            f"open ({exc.detail}). Free some space: the gateway then starts, its ingest paused "
+            "until storage.min_free_mb are free (README: Storage).",
+            file=sys.stderr,
+        )
+        return 1  # unlike damage, a restart fixes it once there is space
     gateway.run(loglevel=args.loglevel)
     return 0
 
@@ -427,6 +441,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_registry_parser(sub)
     add_observe_parser(sub)
+    from engine.tools.data_cli import add_parser as add_data_parser
+
+    add_data_parser(sub)
     return parser
 
 

@@ -82,11 +82,11 @@ def _reading(station: str, k: int, value: float, qos: int = 1) -> tuple[str, byt
 
 
 def _sentinel_engine(
-    tmp: Path, broker: Mosquitto, command: list[str] | None = None
+    tmp: Path, broker: Mosquitto, command: list[str] | None = None, **overrides: object
 ) -> EngineProcess:
     rules = tmp / "sentinel.yaml"
     rules.write_text(SENTINEL_RULES)
-    config = write_settings(tmp, broker.port, rules=[str(rules)])
+    config = write_settings(tmp, broker.port, rules=[str(rules)], **overrides)
     return EngineProcess(config, tmp / "engine.log", command)
 
 
@@ -175,7 +175,8 @@ POISONS = {
 def test_poison_messages_are_dead_lettered_and_the_stream_goes_on(
     mosquitto: Mosquitto, publisher: _Publisher, tmp_path: Path
 ) -> None:
-    engine = _sentinel_engine(tmp_path, mosquitto)
+    # Room for the 200 KB of brackets: this is the decoder's test, not the size cap's.
+    engine = _sentinel_engine(tmp_path, mosquitto, storage={"max_payload_bytes": 1_000_000})
     engine.start()
     poison = [(TOPIC.format("HZ001"), raw, 1) for raw, _ in POISONS.values()]
     valid = [_reading("HZ001", k, 1.0 + k / 10) for k in range(11)] + [_reading("HZ001", 11, 150)]

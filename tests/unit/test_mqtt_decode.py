@@ -13,7 +13,7 @@ NOW = 1_700_000_000_000
 
 def test_template_round_trip_and_subscription() -> None:
     t = TopicTemplate("site/{station}/sensors/{metric}")
-    assert t.subscription == "site/+/sensors/+"
+    assert t.subscription == "site/+/sensors/+/#"  # extra levels arrive, to be dead-lettered
     assert t.parse(t.topic("HZ001", "water_level")) == ("HZ001", "water_level")
 
 

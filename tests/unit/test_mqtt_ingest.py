@@ -12,6 +12,8 @@ from connectors.mqtt import client as mqtt
 from connectors.mqtt.client import MqttIngest
 from connectors.mqtt.options import MqttOptions
 
+T0 = 1_719_763_200_000  # readings from before 2000 are dead-lettered (connectors.ingest)
+
 
 class _Acks:
     def __init__(self) -> None:
@@ -40,12 +42,15 @@ def _ingest() -> tuple[MqttIngest, list[object], list[tuple[bytes, str, str]], _
 def test_qos0_is_taken_but_never_acknowledged() -> None:
     ingest, produced, dead, acks = _ingest()
     batch: list[Inbound | mqtt._DropCount] = [
-        ingest.inbound(0, 0, "vigil/HZ001/water_level", b'{"value": 1, "ts": 1}', 5),
-        ingest.inbound(7, 1, "vigil/HZ001/water_level", b'{"value": 2, "ts": 2}', 5),
-        ingest.inbound(0, 0, "vigil/HZ001/water_level", b"bad", 5),
+        ingest.inbound(0, 0, "vigil/HZ001/water_level", b'{"value": 1, "ts": 1719763200001}', T0),
+        ingest.inbound(7, 1, "vigil/HZ001/water_level", b'{"value": 2, "ts": 1719763200002}', T0),
+        ingest.inbound(0, 0, "vigil/HZ001/water_level", b"bad", T0),
     ]
     asyncio.run(ingest._handle(batch))
-    assert produced == [("HZ001", "water_level", 1, 1.0), ("HZ001", "water_level", 2, 2.0)]
+    assert produced == [
+        ("HZ001", "water_level", T0 + 1, 1.0),
+        ("HZ001", "water_level", T0 + 2, 2.0),
+    ]
     assert [reason for _, reason, _ in dead] == [
         "payload is not JSON: Expecting value: line 1 column 1 (char 0)"
     ]
@@ -66,11 +71,11 @@ def test_any_exception_on_one_message_dead_letters_it_and_the_rest_flows(
     monkeypatch.setattr(mqtt, "decode_payload", flaky)
     ingest, produced, dead, acks = _ingest()
     batch: list[Inbound | mqtt._DropCount] = [
-        ingest.inbound(1, 1, "vigil/HZ001/water_level", b"boom", 5),
-        ingest.inbound(2, 1, "vigil/HZ001/water_level", b'{"value": 2, "ts": 2}', 5),
+        ingest.inbound(1, 1, "vigil/HZ001/water_level", b"boom", T0),
+        ingest.inbound(2, 1, "vigil/HZ001/water_level", b'{"value": 2, "ts": 1719763200002}', T0),
     ]
     asyncio.run(ingest._handle(batch))
-    assert produced == [("HZ001", "water_level", 2, 2.0)]
+    assert produced == [("HZ001", "water_level", T0 + 2, 2.0)]
     assert dead == [
         (
             b"boom",
@@ -79,3 +84,60 @@ def test_any_exception_on_one_message_dead_letters_it_and_the_rest_flows(
         )
     ]
     assert acks.acks == [(1, 1), (2, 1)]
+
+
+def _one(ingest: MqttIngest, topic: str, payload: bytes) -> None:
+    asyncio.run(ingest._handle([ingest.inbound(3, 1, topic, payload, T0)]))
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        (
+            "vigil/HZ001/water_level",
+            b'{"value": 1, "ts": -5}',
+            "ts -5 (1969-12-31T23:59:59+00:00) is before 2000-01-01T00:00:00+00:00: not a "
+            "time a reading can have (is the device's clock set?)",
+        ),
+        (
+            "vigil/HZ001/water_level",
+            b'{"value": 1, "ts": "9999-01-01T00:00:00Z"}',
+            "ts 253370764800000 (9999-01-01T00:00:00+00:00) is more than 86400 s ahead of "
+            "the gateway's clock (2024-06-30T16:00:00+00:00; ingest.max_clock_skew_s)",
+        ),
+        (
+            "vigil/HZ001/water_level",
+            b'[{"value": 1, "ts": 1719763200000}, {"value": 2, "ts": 1719936000001}]',
+            "ts 1719936000001 (2024-07-02T16:00:00+00:00) is more than 86400 s ahead of "
+            "the gateway's clock (2024-06-30T16:00:00+00:00; ingest.max_clock_skew_s)",
+        ),
+        (
+            "vigil/HZ001/battery_voltage",
+            b'{"value": 3.7, "ts": 1719763200000}',
+            "unknown metric 'battery_voltage': station HZ001 reports rainfall, water_level "
+            "(its registry entry)",
+        ),
+        (
+            "vigil/HZ001/water_level/extra",
+            b'{"value": 1, "ts": 1719763200000}',
+            "topic 'vigil/HZ001/water_level/extra' does not match template "
+            "'vigil/{station}/{metric}'",
+        ),
+    ],
+)
+def test_implausible_readings_are_dead_lettered_with_the_reason(
+    topic: str, payload: bytes, reason: str
+) -> None:
+    ingest, produced, dead, acks = _ingest()
+    ingest.known_stations = {"HZ001": frozenset({"water_level", "rainfall"})}
+    _one(ingest, topic, payload)
+    assert produced == []
+    assert dead == [(payload, reason, topic)]
+    assert acks.acks == [(3, 1)]
+
+
+def test_a_reading_within_the_skew_is_taken() -> None:
+    ingest, produced, dead, _ = _ingest()
+    ingest.known_stations = {"HZ001": frozenset({"water_level"})}
+    _one(ingest, "vigil/HZ001/water_level", b'{"value": 1, "ts": 1719849600000}')  # +24 h
+    assert produced == [("HZ001", "water_level", 1_719_849_600_000, 1.0)] and dead == []

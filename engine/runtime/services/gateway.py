@@ -50,9 +50,11 @@ from engine.runtime.services.observe import Observer
 from engine.runtime.services.rules_source import Loaded, RulesSource, load_rules
 from engine.runtime.services.startup import log_startup
 from engine.runtime.services.state import GatewayState
+from engine.runtime.storage import MB, Limits, StorageGuard
 from engine.runtime.topology import Reading, Topology
+from engine.runtime.transport.integrity import verify
 from engine.runtime.transport.local import Transport as LocalTransport
-from engine.runtime.transport.retention import enforce_retention
+from engine.runtime.transport.retention import cap_topic, enforce_retention
 
 __all__ = ["RELOADABLE", "Gateway", "load_rules"]
 
@@ -60,6 +62,9 @@ log = logging.getLogger(__name__)
 
 #: How often the embedded log's retention is enforced (seconds).
 RETENTION_INTERVAL_S = 600.0
+#: How often the dead-letter topic's size cap is enforced (seconds): a flood of garbage
+#: grows it far faster than age does.
+DEAD_LETTER_CAP_INTERVAL_S = 60.0
 #: How often a broker-drops alert is checked for resolving (seconds).
 BROKER_DROPS_CHECK_S = 30.0
 #: How long ingest may take to subscribe before the log says so (seconds).
@@ -94,10 +99,17 @@ class Gateway:
         self.notifier = notifier or Notifier()
         data_dir = settings.data_dir.resolve()
         self._lock = lock_data_dir(data_dir)  # before anything opens the log
+        # Before anything runs on the log: never evaluate a damaged one as if it were whole.
+        report = verify(data_dir)  # raises LogDamaged
+        log.info("log checked: %d records, whole", sum(report.records.values()))
         self.state = GatewayState()
         self.rules = RulesSource(settings, self.state.rules)
-        ruleset, stations = self.rules.start()
-        sinks: list[Sink] = [JsonlSink(settings.alerts_path), *extra_sinks]
+        ruleset, _ = self.rules.start()
+        stations = self._station_metrics()
+        sinks: list[Sink] = [
+            JsonlSink(settings.alerts_path, **settings.alerts_sink_bounds()),
+            *extra_sinks,
+        ]
         if settings.console:
             sinks.append(ConsoleSink())
         self.topology = Topology(
@@ -112,7 +124,11 @@ class Gateway:
             corroboration_idle_s=settings.corroboration_idle_s,
             web_port=settings.web_port,
         )
-        options = settings.mqtt.options(settings.batch.max_readings, settings.batch.linger_ms)
+        options = settings.mqtt.options(
+            settings.batch.max_readings,
+            settings.batch.linger_ms,
+            settings.storage.max_payload_bytes,
+        )
         mask_secret(options.password)
         self.broker_drops = BrokerDropAlerts(
             gateway=options.client_id,
@@ -126,6 +142,19 @@ class Gateway:
             dead_letter=self.topology.send_dead_letter,
             known_stations=stations,
             on_broker_drops=self.broker_drops.observe,
+            admission=settings.ingest.admission(),
+        )
+        storage = settings.storage
+        self.storage = StorageGuard(
+            data_dir=data_dir,
+            limits=Limits(
+                data_dir_max=int(storage.data_dir_max_mb * MB),
+                min_free=int(storage.min_free_mb * MB),
+                warn_fraction=storage.warn_fraction,
+            ),
+            gateway=options.client_id,
+            ingest=self.ingest,
+            send=self._send_alerts,
         )
         assert self.rules.registry is not None  # set by a successful start
         self.field = FieldServers(
@@ -135,9 +164,11 @@ class Gateway:
         app.task(self._run_ingest)
         if self.field.servers:
             app.task(self._run_field)
+        app.timer(storage.check_interval_s)(self.storage.check)
         app.timer(settings.reload_interval_s)(self._check_reload)
         app.timer(BROKER_DROPS_CHECK_S)(self.broker_drops.check_clear)
         app.timer(RETENTION_INTERVAL_S)(self._enforce_retention)
+        app.timer(DEAD_LETTER_CAP_INTERVAL_S)(self._cap_dead_letters)
         if self.notifier.watchdog_interval_s is not None:
             app.timer(self.notifier.watchdog_interval_s)(self._watchdog)
         app.on_before_shutdown.connect(self._stop_ingest)
@@ -179,6 +210,13 @@ class Gateway:
             )
             self.topology.metrics.retention_deleted.inc(deleted)
 
+    async def _cap_dead_letters(self) -> None:
+        transport = self.topology.app.transport
+        if isinstance(transport, LocalTransport):
+            dead_letter = self.topology.dead_letter.get_topic_name()
+            cap = int(self.settings.storage.dead_letter_max_mb * MB)
+            await asyncio.to_thread(cap_topic, transport.log, dead_letter, cap)
+
     async def _check_reload(self) -> None:
         """Hot reload: swap in changed rule or station files once they validate; a
         SIGHUP since the last tick re-reads the settings and the rules whatever changed."""
@@ -191,12 +229,19 @@ class Gateway:
             if loaded is not None:
                 self._install(loaded)
 
+    def _station_metrics(self) -> dict[str, frozenset[str]]:
+        """Station id -> the metrics it reports, of the registry running now (ingest's
+        admission dead-letters a reading of any other)."""
+        registry = self.rules.registry
+        assert registry is not None  # set by every successful load
+        return {s.id: frozenset(s.metrics) for s in registry.stations}
+
     def _install(self, loaded: Loaded) -> None:
         ruleset, stations = loaded
         old = self.topology.ruleset
         self.topology.swap_rules(ruleset)
         old_stations = self.ingest.known_stations
-        self.ingest.known_stations = stations
+        self.ingest.known_stations = self._station_metrics()
         if self.rules.registry is not None:
             self.field.update(self.rules.registry)  # station identities and passwords
         if ruleset.version == old.version:
@@ -263,6 +308,7 @@ class Gateway:
         the traceback and crashes the app, and the worker exits with status 1."""
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        await self.storage.check()  # a start on a full disk waits, paused, for space
         await self.ingest.start()
         log_startup(self.settings, self.state, self.ingest)
         self.notifier.send(READY=1, STATUS="running; connecting to the MQTT broker")

@@ -38,7 +38,11 @@ async def serve_mqtt_ingest(
     _, stations = load_rules(settings)
     producer = TelemetryProducer(bootstrap, layout)
     await producer.start()
-    options = settings.mqtt.options(settings.batch.max_readings, settings.batch.linger_ms)
+    options = settings.mqtt.options(
+        settings.batch.max_readings,
+        settings.batch.linger_ms,
+        settings.storage.max_payload_bytes,
+    )
     drops = BrokerDropAlerts(gateway=options.client_id, broker=f"{options.host}:{options.port}")
     ingest = MqttIngest(
         options,
@@ -46,6 +50,7 @@ async def serve_mqtt_ingest(
         dead_letter=producer.send_dead_letter,
         known_stations=stations,
         on_broker_drops=drops.observe,
+        admission=settings.ingest.admission(),
     )
     if stop is None:
         stop = asyncio.Event()

@@ -55,7 +55,10 @@ class KafkaWorker:
         self.bootstrap = bootstrap_of(broker)
         self.layout = TopicLayout(settings.app_id, settings.partitions, replication)
         ruleset, _ = load_rules(settings)
-        sinks: list[Sink] = [JsonlSink(settings.alerts_path), *extra_sinks]
+        sinks: list[Sink] = [
+            JsonlSink(settings.alerts_path, **settings.alerts_sink_bounds()),
+            *extra_sinks,
+        ]
         if settings.console:
             sinks.append(ConsoleSink())
         data_dir = settings.data_dir.resolve()

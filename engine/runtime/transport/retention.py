@@ -5,7 +5,8 @@ when a reader still needs them: nothing below the lowest offset committed by the
 that read the topic is kept only for its age, and nothing at or above it is ever
 deleted (an acknowledged reading stays until it has been evaluated). Compacted topics
 (the corroboration tables' changelogs) are never trimmed by age: they are the table.
-Topics no group reads (dead letters) go by age alone.
+Topics no group reads (dead letters) go by age, and by size: ``cap_topic`` keeps only
+the newest records of a topic up to a number of bytes (what a flood of garbage can take).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 
 from engine.runtime.transport.log import DurableLog
 
-__all__ = ["enforce_retention"]
+__all__ = ["cap_topic", "enforce_retention"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,4 +39,23 @@ def enforce_retention(durable: DurableLog, retention_ms: int, now_ms: int) -> in
     if deleted:
         hours = retention_ms / 3_600_000
         logger.info("retention: deleted %d records older than %g h", deleted, hours)
+    return deleted
+
+
+def cap_topic(durable: DurableLog, topic: str, max_bytes: int) -> int:
+    """Trim ``topic`` to its newest records of at most ``max_bytes`` (shared evenly by its
+    partitions, as stored); returns the number of offsets deleted. For a topic no group
+    reads (the dead letters): a group's unread records would be trimmed too."""
+    deleted = 0
+    partitions = durable.partitions(topic) or 0
+    for partition in range(partitions):
+        before = durable.first_offset_keeping(topic, partition, max_bytes // partitions)
+        earliest = durable.earliest(topic, partition)
+        if before > earliest:
+            durable.trim(topic, partition, before)
+            deleted += before - earliest
+    if deleted:
+        logger.warning(
+            "%s over %d MB: deleted its %d oldest records", topic, max_bytes // 10**6, deleted
+        )
     return deleted
