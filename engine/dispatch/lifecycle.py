@@ -21,6 +21,12 @@ Contract:
 - A new episode (a firing event after resolved or closed) starts afresh: no
   acknowledgement, escalation clocks from now; it stays in the groups the last one was
   still in (their receivers have not been told the all-clear yet).
+- Forgetting: ``forget(before)`` drops the alerts that are over (resolved or closed),
+  in no group any more (every receiver told) and unchanged since before ``before``
+  (wall ms), and returns them (the gateway keeps them as history). So the state holds
+  what is going on plus a retention window, not every episode since the first.
+  A forgotten series starts afresh on its next firing event; an all-clear of it is
+  ignored, as of any series not firing.
 - ``to_dict``/``from_dict`` round-trip the whole state through JSON types.
 """
 
@@ -79,6 +85,7 @@ class AlertState:
     latched: bool = False
     closed: Closure | None = None
     routes: dict[str, Membership] = field(default_factory=dict)  # route id -> membership
+    changed_at: int = 0  # when a transition or a person last changed it (ms, wall clock)
 
     @property
     def fingerprint(self) -> str:
@@ -111,6 +118,7 @@ class AlertState:
             "latched": self.latched,
             "closed": None if self.closed is None else asdict(self.closed),
             "routes": {k: asdict(m) for k, m in self.routes.items()},
+            "changed_at": self.changed_at,
         }
 
     @classmethod
@@ -123,6 +131,7 @@ class AlertState:
             latched=data["latched"],
             closed=None if data["closed"] is None else Closure(**data["closed"]),
             routes={k: Membership(**m) for k, m in data["routes"].items()},
+            changed_at=data.get("changed_at", data["received_at"]),
         )
 
 
@@ -154,12 +163,12 @@ class Lifecycle:
         if state is None or not state.active:
             if event.state == "resolved":
                 return None  # an all-clear of nothing firing: nothing to tell anyone
-            fresh = AlertState(event, rank, now)
+            fresh = AlertState(event, rank, now, changed_at=now)
             if state is not None:  # still in groups that have not told the all-clear yet
                 fresh.routes = {k: Membership(m.group, now) for k, m in state.routes.items()}
             self._alerts[event.fingerprint] = fresh
             return fresh
-        state.event = event
+        state.event, state.changed_at = event, now
         if event.state == "firing":
             state.latched = False
             if state.ack is not None and rank > state.ack.level:
@@ -182,6 +191,7 @@ class Lifecycle:
             )
         if state.ack is None:
             state.ack = Ack(by, now, note, state.level)
+            state.changed_at = now
         state.latched = False
         return state
 
@@ -195,6 +205,7 @@ class Lifecycle:
             )
         if state.closed is None:
             state.closed = Closure(by, now, feedback)
+            state.changed_at = now
         return state
 
     def join(self, state: AlertState, route_id: str, group: str, now: int) -> bool:
@@ -238,6 +249,18 @@ class Lifecycle:
     def leave(self, state: AlertState, route_id: str) -> None:
         """The alert is out of its group on ``route_id`` (told resolved, or dropped)."""
         state.routes.pop(route_id, None)
+
+    def forget(self, before: int) -> list[AlertState]:
+        """Drop and return the alerts that are over, in no group, unchanged since
+        before ``before`` (ms)."""
+        gone = [
+            s
+            for s in self._alerts.values()
+            if not s.active and not s.routes and s.changed_at < before
+        ]
+        for state in gone:
+            del self._alerts[state.fingerprint]
+        return gone
 
     def to_dict(self) -> dict[str, Any]:
         return {fp: s.to_dict() for fp, s in self._alerts.items()}

@@ -93,15 +93,16 @@ def install_dispatch(settings: Settings, topology: Topology) -> DispatchService:
     service = DispatchService(
         config, outbox, receivers, SystemClock(), links=links,
         retry_initial_s=d.retry_initial_s, retry_max_s=d.retry_max_s,
+        forget_after_ms=int(d.forget_after_s * 1000),
     )  # fmt: skip
     app = topology.app
     topology.alert_listeners.append(service.receive)
     transport = app.transport
     assert isinstance(transport, LocalTransport)
-    transport.before_commit.append(service.flush_async)
+    transport.before_commit.append(service.flush)
 
     async def tick() -> None:
-        service.tick()
+        await service.tick()
 
     app.timer(d.tick_s)(tick)
     delivery: list[asyncio.Task[None]] = []
