@@ -1,0 +1,88 @@
+"""The dispatcher's state stays bounded: alerts that are over leave it for the history."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from engine.dispatch.clock import ManualClock
+from engine.dispatch.config import parse_dispatch_config
+from engine.dispatch.dispatcher import Dispatcher
+from engine.dispatch.lifecycle import AlertState
+from engine.runtime.dispatch.outbox import Outbox
+from engine.runtime.dispatch.service import DispatchService
+from engine.runtime.dispatch.wiring import build_receivers
+from tests.unit.dispatch_support import MIN, T0, config, event, run_for
+
+ROUTING = """
+version: 1
+receivers: [{name: log, type: jsonl, path: log.jsonl}]
+route: {receivers: [log], group_by: [station], group_wait: 0s, group_interval: 1m}
+"""
+HOUR = 60 * MIN
+
+
+def test_alerts_that_are_over_are_forgotten_and_the_rest_kept() -> None:
+    clock = ManualClock(T0)
+    gone: list[AlertState] = []
+    d = Dispatcher(config(ROUTING), clock, forget_after_ms=HOUR, on_forget=gone.append)
+    # Two hundred short episodes, one after another, over two days.
+    for i in range(200):
+        at = clock.now_ms()
+        d.receive(event(f"S{i}", "yellow", at=at))
+        run_for(d, clock, MIN)
+        d.receive(event(f"S{i}", "none", "yellow", at=at + MIN))
+        run_for(d, clock, 13 * MIN)
+    # Those still around: one a person has yet to close, one firing for days, one
+    # acknowledged and still firing, one latched red nobody took.
+    d.receive(event("OPEN", "yellow", at=clock.now_ms()))
+    d.receive(event("ACKED", "yellow", at=clock.now_ms()))
+    d.receive(event("LATCHED", "red", at=clock.now_ms()))
+    run_for(d, clock, MIN)
+    fp = {s.event.station: s.fingerprint for s in d.lifecycle}
+    d.acknowledge(fp["ACKED"], "Li")
+    d.receive(event("LATCHED", "none", "red", at=clock.now_ms()))
+    run_for(d, clock, MIN)
+    d.close(fp["S199"], "Wang", "checked")  # closed now: its hour starts again
+    run_for(d, clock, 59 * MIN)
+    assert {s.event.station for s in d.lifecycle} == {"S199", "OPEN", "ACKED", "LATCHED"}
+    assert len(d.snapshot()["alerts"]) == 4
+    assert {s.event.station for s in gone} == {f"S{i}" for i in range(199)}
+    assert all(s.status == "resolved" and not s.routes for s in gone)
+
+    run_for(d, clock, 2 * MIN)
+    assert {s.event.station for s in d.lifecycle} == {"OPEN", "ACKED", "LATCHED"}
+    assert gone[-1].closed is not None and gone[-1].closed.feedback == "checked"
+    run_for(d, clock, 3 * 24 * HOUR, step=MIN)  # what is going on is never forgotten
+    assert {s.event.station for s in d.lifecycle} == {"OPEN", "ACKED", "LATCHED"}
+    assert next(s for s in d.lifecycle if s.event.station == "LATCHED").status == "firing"
+
+    # A forgotten series that fires again is a new episode, told again.
+    d.receive(event("S5", "orange", at=clock.now_ms()))
+    told = run_for(d, clock, MIN)
+    assert [(a.station, a.level) for n in told for a in n.alerts] == [("S5", "orange")]
+
+
+def test_the_gateway_keeps_what_it_forgets_as_history(tmp_path: Path) -> None:
+    async def main() -> None:
+        clock = ManualClock(T0)
+        cfg = parse_dispatch_config(ROUTING, str(tmp_path / "routing.yaml"))  # log beside it
+        box = Outbox(tmp_path / "dispatch")
+        service = DispatchService(cfg, box, build_receivers(cfg), clock, forget_after_ms=HOUR)
+        service.receive([event("HZ001", "yellow", at=T0), event("HZ002", "red", at=T0)])
+        await service.tick()
+        clock.advance(MIN)
+        service.receive([event("HZ001", "none", "yellow", at=T0 + MIN)])
+        for _ in range(62):
+            await service.tick()
+            clock.advance(MIN)
+        await service.stop(None)
+        box.close()
+
+    asyncio.run(main())
+    box = Outbox(tmp_path / "dispatch")
+    [old] = box.history()
+    assert old["event"]["station"] == "HZ001" and old["event"]["state"] == "resolved"
+    stored = box.snapshot()
+    assert stored is not None
+    assert [a["event"]["station"] for a in stored["alerts"].values()] == ["HZ002"]
