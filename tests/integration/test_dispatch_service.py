@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from connectors.mqtt.mosquitto import free_port
-from connectors.sinks.receivers import build_receiver
 from engine.dispatch.clock import ManualClock
 from engine.runtime.dispatch.outbox import Outbox
 from engine.runtime.dispatch.service import DispatchService
+from engine.runtime.dispatch.wiring import build_receivers
 from tests.integration.http_receiver import HttpReceiver
 from tests.unit.dispatch_support import MIN, T0, S, config, event
 
@@ -71,9 +71,7 @@ def make_service(
     tmp: Path, port: int, clock: ManualClock, sleep: Callable[[float], Awaitable[None]]
 ) -> DispatchService:
     cfg = config(ROUTING.replace("PORT", str(port)))
-    receivers = {
-        "duty": build_receiver("duty", {"type": "webhook", **cfg.receivers["duty"].settings})
-    }
+    receivers = build_receivers(cfg)
     return DispatchService(
         cfg, Outbox(tmp / "dispatch"), receivers, clock,
         retry_initial_s=1.0, retry_max_s=60.0, sleep=sleep,
@@ -141,3 +139,30 @@ def test_a_ten_minute_outage_delivers_everything_afterwards_in_order_none_twice(
                  ("C", "yellow", "firing"), ("C", "none", "resolved")]:  # fmt: skip
         assert item in told, item
     assert bodies[-1]["status"] == "resolved"
+
+
+def test_a_route_without_group_wait_notifies_at_once_not_at_the_next_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOOK_SECRET", "s")
+
+    async def run() -> None:
+        with HttpReceiver() as server:
+            clock = ManualClock(T0)
+            cfg = config(ROUTING.replace("PORT", str(server.port)).replace("10s", "0s"))
+            service = DispatchService(cfg, Outbox(tmp_path / "d"), build_receivers(cfg), clock)
+            running = asyncio.create_task(service.run_forever(tick_s=3600))
+            try:
+                await asyncio.sleep(0.1)  # the first tick has run; the next is an hour away
+                service.receive([event("A", "red", at=T0)])
+                for _ in range(3000):
+                    if server.requests:
+                        break
+                    await asyncio.sleep(0.01)
+                [request] = server.requests
+                assert request.json()["alerts"][0]["station"] == "A"
+            finally:
+                running.cancel()
+                await service.stop(None)
+
+    asyncio.run(run())

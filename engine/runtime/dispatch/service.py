@@ -7,7 +7,9 @@ durable ``Outbox`` and the receivers. Contract (all calls on the event loop):
   dispatcher's lifecycle drops a transition it has, so a replay after a restart
   changes nothing). Their offsets may be committed only after ``flush`` returned: the
   gateway awaits it before each commit (``LocalTransport.before_commit``).
-- ``tick()`` (every ``tick_s``) asks the dispatcher what is due and stores the
+- ``tick()`` (every ``tick_s``, and at once after ``receive`` took an event:
+  ``run_forever``, so a ``group_wait: 0s`` route notifies without waiting for the
+  next tick) asks the dispatcher what is due and stores the
   notifications *and* the state that produced them in one synced write, before any
   is attempted. So after a SIGKILL the restored state has exactly the notifications
   it made in the outbox: none is lost, none is made twice.
@@ -102,6 +104,7 @@ class DispatchService:
             log.warning("outbox: %d notifications pending from before the restart", len(pending))
         self._dirty = False
         self._idle_ticks = 0
+        self._poke = asyncio.Event()
 
     # ---- inputs ----------------------------------------------------------------------
 
@@ -110,6 +113,18 @@ class DispatchService:
             if self.dispatcher.receive(event):
                 self._dirty = True
                 self.counters["events"] += 1
+                self._poke.set()
+
+    async def run_forever(self, tick_s: float) -> None:
+        """The ticks and the receivers' delivery loops, for the life of the process."""
+        await asyncio.gather(self._tick_forever(tick_s), self.deliver_forever())
+
+    async def _tick_forever(self, tick_s: float) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), tick_s)
+            self._poke.clear()
+            await self.tick()
 
     async def tick(self) -> None:
         """Store and queue what is due now (call every second)."""

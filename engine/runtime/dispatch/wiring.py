@@ -101,17 +101,13 @@ def install_dispatch(settings: Settings, topology: Topology) -> DispatchService:
     assert isinstance(transport, LocalTransport)
     transport.before_commit.append(service.flush)
 
-    async def tick() -> None:
-        await service.tick()
-
-    app.timer(d.tick_s)(tick)
     delivery: list[asyncio.Task[None]] = []
 
     async def deliver() -> None:
         task = asyncio.current_task()
         assert task is not None
         delivery.append(task)
-        await service.deliver_forever()
+        await service.run_forever(d.tick_s)
 
     async def stop(app: Any, **kwargs: Any) -> None:
         await service.stop(delivery[0] if delivery else None)
