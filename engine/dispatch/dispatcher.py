@@ -16,6 +16,9 @@ Contract (no I/O, no threads; the caller serialises calls):
   gateway appends it to its history); expired silences go after
   ``SILENCE_RETENTION_MS``; groups close once empty. The state holds what is going on
   plus those windows, however long the gateway runs.
+- ``changes()`` is what a store needs since its last call: the state without its
+  alerts, the alerts changed and those forgotten (the gateway keeps one key per alert,
+  so a tick in a storm writes the alerts it touched, not all of them);
 - ``snapshot()`` is the whole state in JSON types; ``Dispatcher.restore(config,
   clock, snapshot)`` continues exactly where it was: the same later inputs at the same
   clock readings give the same notifications, keys included.
@@ -230,9 +233,22 @@ class Dispatcher:
 
     def snapshot(self) -> dict[str, Any]:
         """The whole state as JSON types (for the store or a changelog)."""
+        return {**self._rest(), "alerts": self.lifecycle.to_dict()}
+
+    def changes(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
+        """``(rest, changed, removed)`` since the last call: the snapshot without
+        ``alerts``, the alerts changed (fingerprint -> its ``alerts`` entry) and the
+        fingerprints forgotten. The first call after construction or ``restore`` has
+        every alert; applying each call's result in order to a store rebuilds
+        ``snapshot()``."""
+        touched, removed = self.lifecycle.take_changes()
+        states = self.lifecycle.states
+        changed = {fp: states[fp].to_dict() for fp in touched}
+        return self._rest(), changed, sorted(removed)
+
+    def _rest(self) -> dict[str, Any]:
         return {
             "version": 1,
-            "alerts": self.lifecycle.to_dict(),
             "groups": self.groups.to_dict(),
             "silences": self.silences.to_dict(),
             "rate": self._limiter.to_dict(),

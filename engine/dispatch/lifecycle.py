@@ -27,7 +27,9 @@ Contract:
   what is going on plus a retention window, not every episode since the first.
   A forgotten series starts afresh on its next firing event; an all-clear of it is
   ignored, as of any series not firing.
-- ``to_dict``/``from_dict`` round-trip the whole state through JSON types.
+- ``to_dict``/``from_dict`` round-trip the whole state through JSON types; ``touched``
+  and ``removed`` name the alerts changed and forgotten since ``take_changes`` last
+  emptied them, so a store can write only those.
 """
 
 from __future__ import annotations
@@ -142,6 +144,15 @@ class Lifecycle:
     def __init__(self, latches: Callable[[int], bool]) -> None:
         self._latches = latches
         self._alerts: dict[str, AlertState] = {}
+        #: fingerprints changed / forgotten since the last ``take_changes``
+        self.touched: set[str] = set()
+        self.removed: set[str] = set()
+
+    def take_changes(self) -> tuple[set[str], set[str]]:
+        """``(touched, removed)`` since the last call, and start afresh."""
+        out = (self.touched, self.removed)
+        self.touched, self.removed = set(), set()
+        return out
 
     def __iter__(self) -> Iterator[AlertState]:
         return iter(self._alerts.values())
@@ -160,6 +171,7 @@ class Lifecycle:
         state = self._alerts.get(event.fingerprint)
         if state is not None and (event.at < state.event.at or event.key == state.event.key):
             return None
+        self.touched.add(event.fingerprint)
         if state is None or not state.active:
             if event.state == "resolved":
                 return None  # an all-clear of nothing firing: nothing to tell anyone
@@ -185,6 +197,7 @@ class Lifecycle:
         """A person takes the alert. Acknowledging again keeps the first; a latched
         alert whose data cleared resolves."""
         state = self._known(fingerprint)
+        self.touched.add(fingerprint)
         if state.status in ("resolved", "closed"):
             raise LifecycleError(
                 f"alert {fingerprint} is {state.status}: there is nothing to acknowledge"
@@ -198,6 +211,7 @@ class Lifecycle:
     def close(self, fingerprint: str, by: str, feedback: str, now: int) -> AlertState:
         """A person closes a resolved alert with feedback (closing again keeps the first)."""
         state = self._known(fingerprint)
+        self.touched.add(fingerprint)
         if state.active:
             raise LifecycleError(
                 f"alert {fingerprint} is still {state.status}: it can be closed once its "
@@ -213,6 +227,7 @@ class Lifecycle:
         if route_id in state.routes:
             return False
         state.routes[route_id] = Membership(group, now)
+        self.touched.add(state.fingerprint)
         return True
 
     def escalations_due(
@@ -230,6 +245,7 @@ class Lifecycle:
                 if route is None or membership.step >= len(route.escalation):
                     continue
                 checked, membership.checked = membership.checked, now
+                self.touched.add(state.fingerprint)
                 if hidden(state.fingerprint):
                     # the clock stands still: what passed since the last look does not count
                     membership.since += now - (membership.since if checked is None else checked)
@@ -242,6 +258,7 @@ class Lifecycle:
         """``receiver`` was told of the alert's current step on ``route_id``; once all
         ``receivers`` of the step were, the next step's clock runs."""
         membership = state.routes[route_id]
+        self.touched.add(state.fingerprint)
         membership.step_sent.append(receiver)
         if len(membership.step_sent) >= receivers:
             membership.step, membership.step_sent = membership.step + 1, []
@@ -249,6 +266,7 @@ class Lifecycle:
     def leave(self, state: AlertState, route_id: str) -> None:
         """The alert is out of its group on ``route_id`` (told resolved, or dropped)."""
         state.routes.pop(route_id, None)
+        self.touched.add(state.fingerprint)
 
     def forget(self, before: int) -> list[AlertState]:
         """Drop and return the alerts that are over, in no group, unchanged since
@@ -260,6 +278,8 @@ class Lifecycle:
         ]
         for state in gone:
             del self._alerts[state.fingerprint]
+            self.touched.discard(state.fingerprint)
+            self.removed.add(state.fingerprint)
         return gone
 
     def to_dict(self) -> dict[str, Any]:
@@ -267,6 +287,7 @@ class Lifecycle:
 
     def restore(self, data: Mapping[str, Any]) -> None:
         self._alerts = {fp: AlertState.from_dict(s) for fp, s in data.items()}
+        self.touched, self.removed = set(self._alerts), set()
 
     def _known(self, fingerprint: str) -> AlertState:
         state = self._alerts.get(fingerprint)

@@ -1,4 +1,5 @@
-"""The dispatcher's state stays bounded: alerts that are over leave it for the history."""
+"""The dispatcher's state stays bounded (alerts that are over leave it for the history)
+and is stored incrementally (a store writes the alerts that changed, one key each)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,10 @@ def test_the_gateway_keeps_what_it_forgets_as_history(tmp_path: Path) -> None:
             await service.tick()
             clock.advance(MIN)
         await service.stop(None)
+        # The per-key store rebuilds the whole state exactly, and a restart continues it.
+        assert box.snapshot() == service.dispatcher.snapshot()
+        again = DispatchService(cfg, box, build_receivers(cfg), clock)
+        assert again.dispatcher.snapshot() == service.dispatcher.snapshot()
         box.close()
 
     asyncio.run(main())
@@ -86,3 +91,30 @@ def test_the_gateway_keeps_what_it_forgets_as_history(tmp_path: Path) -> None:
     stored = box.snapshot()
     assert stored is not None
     assert [a["event"]["station"] for a in stored["alerts"].values()] == ["HZ002"]
+
+
+def test_a_store_writes_only_the_alerts_that_changed(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    d = Dispatcher(config(ROUTING), clock)
+    box = Outbox(tmp_path / "d")
+    for i in range(50):
+        d.receive(event(f"S{i}", "yellow", at=T0))
+    run_for(d, clock, MIN)
+    rest, changed, removed = d.changes()
+    assert len(changed) == 50 and removed == [] and "alerts" not in rest
+    box.persist(rest, alerts=changed, removed=removed)
+
+    d.receive(event("S7", "orange", "yellow", at=T0 + MIN))
+    d.tick()
+    rest, changed, removed = d.changes()
+    assert [c["event"]["station"] for c in changed.values()] == ["S7"]
+    box.persist(rest, alerts=changed, removed=removed)
+    assert d.changes()[1] == {}  # nothing since
+    assert box.snapshot() == d.snapshot()
+    box.close()
+    again = Outbox(tmp_path / "d")
+    stored = again.snapshot()
+    assert stored is not None
+    restored = Dispatcher.restore(config(ROUTING), clock, stored)
+    assert restored.snapshot() == d.snapshot()
+    assert len(restored.changes()[1]) == 50  # after a restore the first store has them all

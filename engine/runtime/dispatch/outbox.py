@@ -34,6 +34,8 @@ Key layout (``seq`` big-endian u64, so byte order is delivery order)::
     b"D" seq        -> delivered entry, with ``delivered_at``
     b"X" seq        -> parked entry, with ``error`` and ``parked_at``
     b"H" seq        -> a forgotten alert's last state (``AlertState.to_dict``)
+    b"A" fingerprint -> one alert of the snapshot, when it was stored with ``alerts``:
+                       a tick writes the alerts it changed, not every alert
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ _U64 = struct.Struct(">Q")
 DONE_KEPT = 10_000
 #: Forgotten alerts kept as history (the oldest are dropped beyond this).
 HISTORY_KEPT = 10_000
+#: ``alerts`` of a stored snapshot whose alerts are kept one key each.
+_PER_KEY = "stored per key"
 
 
 def encode_notification(n: Notification) -> dict[str, Any]:
@@ -144,10 +148,16 @@ class Outbox:
         snapshot: Mapping[str, Any] | None,
         notifications: Sequence[Notification] = (),
         history: Sequence[Mapping[str, Any]] = (),
+        *,
+        alerts: Mapping[str, Mapping[str, Any]] | None = None,
+        removed: Sequence[str] = (),
     ) -> list[Entry]:
         """Store the snapshot (if given), the notifications as pending and the
-        forgotten alerts as history, atomically and durably; their entries in order."""
-        prepared = self.prepare(snapshot, notifications, history)
+        forgotten alerts as history, atomically and durably; their entries in order.
+        With ``alerts`` (fingerprint -> entry; ``removed``: fingerprints to drop) the
+        snapshot's alerts are kept one key each and updated by these: ``snapshot()``
+        then reads them back into its ``alerts``."""
+        prepared = self.prepare(snapshot, notifications, history, alerts=alerts, removed=removed)
         self.write(prepared)
         return prepared.entries
 
@@ -156,11 +166,19 @@ class Outbox:
         snapshot: Mapping[str, Any] | None,
         notifications: Sequence[Notification] = (),
         history: Sequence[Mapping[str, Any]] = (),
+        *,
+        alerts: Mapping[str, Mapping[str, Any]] | None = None,
+        removed: Sequence[str] = (),
     ) -> Prepared:
         """Number and encode what ``persist`` stores; nothing is written yet."""
         batch = WriteBatch(raw_mode=True)
         if snapshot is not None:
-            batch.put(b"state", json.dumps(snapshot, separators=(",", ":")).encode())
+            state = {**snapshot, "alerts": _PER_KEY} if alerts is not None else snapshot
+            batch.put(b"state", json.dumps(state, separators=(",", ":")).encode())
+        for fingerprint, alert in (alerts or {}).items():
+            batch.put(b"A" + fingerprint.encode(), _dump(alert))
+        for fingerprint in removed:
+            batch.delete(b"A" + fingerprint.encode())
         entries = []
         for n in notifications:
             entry = Entry(self._next, n)
@@ -211,7 +229,12 @@ class Outbox:
 
     def snapshot(self) -> dict[str, Any] | None:
         raw = self._db.get(b"state")
-        return None if raw is None else dict(json.loads(bytes(raw)))
+        if raw is None:
+            return None
+        state = dict(json.loads(bytes(raw)))
+        if state.get("alerts") == _PER_KEY:
+            state["alerts"] = {k[1:].decode(): json.loads(v) for k, v in self._items(b"A")}
+        return state
 
     def pending(self) -> list[Entry]:
         """Every entry not yet confirmed nor parked, in delivery order."""

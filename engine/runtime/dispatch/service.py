@@ -14,7 +14,9 @@ durable ``Outbox`` and the receivers. Contract (all calls on the event loop):
   is attempted. So after a SIGKILL the restored state has exactly the notifications
   it made in the outbox: none is lost, none is made twice.
 - Stores happen off the event loop: the state is snapshotted and encoded on the loop
-  (so it is the state of that moment), the synced write runs on one writer thread,
+  (so it is the state of that moment; only the alerts changed since the last store,
+  each under its own key, plus the groups, silences and rate windows), the synced
+  write runs on one writer thread,
   in order; a store's notifications are queued for delivery, and an action or a flush
   returns, only once its write is done. The loop goes on meanwhile (readings, the API,
   deliveries): a disk flush no longer stalls the gateway.
@@ -149,7 +151,10 @@ class DispatchService:
         # Snapshot and encode now, on the loop: the write holds the state of this moment
         # however long the disk takes; what changes meanwhile marks the state dirty again.
         history, self._forgotten = self._forgotten, []
-        prepared = self.outbox.prepare(self.dispatcher.snapshot(), notifications, history)
+        rest, changed, removed = self.dispatcher.changes()
+        prepared = self.outbox.prepare(
+            rest, notifications, history, alerts=changed, removed=removed
+        )
         self._dirty, self._idle_ticks = False, 0
         write = asyncio.get_running_loop().run_in_executor(
             self._writer, self.outbox.write, prepared
