@@ -78,9 +78,11 @@ class Stamps:
 
 def _registry(tmp: Path, probes: int) -> Path:
     def gauge(sid: str, basin: str) -> dict[str, Any]:
-        return {"id": sid, "kind": "river_gauge", "name": sid, "basin": basin, "district": "d",
-                "report_interval": "5m", "metrics": {"water_level": "m"},
-                "warning_level": 3.0, "guaranteed_level": 5.0, "historical_max_level": 9.0}  # fmt: skip
+        return {
+            "id": sid, "kind": "river_gauge", "name": sid, "basin": basin, "district": "d",
+            "report_interval": "5m", "metrics": {"water_level": "m"},
+            "warning_level": 3.0, "guaranteed_level": 5.0, "historical_max_level": 9.0,
+        }  # fmt: skip
 
     stations = [gauge(f"B{i:04d}", f"b{i % 10}") for i in range(BACKGROUND)]
     stations += [gauge(f"P{i:04d}", "probes") for i in range(probes + 1)]
