@@ -243,8 +243,13 @@ class Dispatcher:
         ``snapshot()``."""
         touched, removed = self.lifecycle.take_changes()
         states = self.lifecycle.states
-        changed = {fp: states[fp].to_dict() for fp in touched}
-        return self._rest(), changed, sorted(removed)
+        changed = {fp: states[fp].to_dict() for fp in touched if fp in states}
+        return self._rest(), changed, sorted(removed - changed.keys())
+
+    def unstored(self, changed: Mapping[str, Any], removed: list[str]) -> None:
+        """A store of ``changes()``'s result failed: they go in the next one again."""
+        self.lifecycle.touched.update(changed)
+        self.lifecycle.removed.update(removed)
 
     def _rest(self) -> dict[str, Any]:
         return {

@@ -118,3 +118,35 @@ def test_a_store_writes_only_the_alerts_that_changed(tmp_path: Path) -> None:
     restored = Dispatcher.restore(config(ROUTING), clock, stored)
     assert restored.snapshot() == d.snapshot()
     assert len(restored.changes()[1]) == 50  # after a restore the first store has them all
+
+
+def test_what_a_failed_store_held_goes_in_the_next(tmp_path: Path) -> None:
+    async def main() -> None:
+        clock = ManualClock(T0)
+        cfg = parse_dispatch_config(ROUTING, str(tmp_path / "routing.yaml"))
+        box = Outbox(tmp_path / "dispatch")
+        service = DispatchService(cfg, box, build_receivers(cfg), clock)
+        service.receive([event("HZ001", "yellow", at=T0), event("HZ002", "yellow", at=T0)])
+        await service.tick()
+        fp = next(s.fingerprint for s in service.dispatcher.lifecycle)
+        write = box.write
+
+        def full_disk(prepared: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        box.write = full_disk  # type: ignore[method-assign]
+        try:
+            await service.acknowledge(fp, "Li")
+        except OSError:
+            pass
+        else:
+            raise AssertionError("the failed store was not reported")
+        box.write = write  # type: ignore[method-assign]
+        assert box.snapshot() != service.dispatcher.snapshot()
+        await service.flush()  # the next store carries the acknowledgement
+        assert box.snapshot() == service.dispatcher.snapshot()
+        stored = box.snapshot()
+        assert stored is not None and stored["alerts"][fp]["ack"]["by"] == "Li"
+        await service.stop(None)
+
+    asyncio.run(main())

@@ -160,7 +160,19 @@ class DispatchService:
             self._writer, self.outbox.write, prepared
         )
         self._last_write = write
-        await asyncio.shield(write)  # a cancelled caller must not leave it half-known
+        try:
+            await asyncio.shield(write)  # a cancelled caller must not leave it half-known
+        except asyncio.CancelledError:
+            raise  # the write goes on and lands; only this caller stops waiting
+        except Exception:
+            # Not stored. The state (and the notifications of a tick, which the state
+            # says were made) is then only in memory: what was taken goes in the next
+            # write again, and the error propagates (a failed tick stops the service:
+            # the restart continues from the last stored state, where they were not).
+            self.dispatcher.unstored(changed, removed)
+            self._forgotten[:0] = history
+            self._dirty = True
+            raise
         self.counters["notifications"] += len(prepared.entries)
         return prepared.entries
 
