@@ -3,8 +3,9 @@
 ``NotificationFile`` appends ``Notification.to_dict()`` as one line and fsyncs before
 ``send`` returns (on a worker thread: the event loop does not wait on the disk): that
 is its confirmation. It honours the idempotency key: a key already in the file (a
-resend after a crash) is not written again, so the file holds each notification once. ``NotificationConsole`` prints ``render_line`` with the key and
-the note; a terminal keeps nothing, so it cannot drop repeats.
+resend after a crash) is not written again, so the file holds each notification once.
+``NotificationConsole`` prints ``render_line`` with the key and the note; a terminal
+keeps nothing, so it cannot drop repeats.
 """
 
 from __future__ import annotations

@@ -13,13 +13,13 @@ durable ``Outbox`` and the receivers. Contract (all calls on the event loop):
   notifications *and* the state that produced them in one synced write, before any
   is attempted. So after a SIGKILL the restored state has exactly the notifications
   it made in the outbox: none is lost, none is made twice.
-- Stores happen off the event loop: the state is snapshotted and encoded on the loop
-  (so it is the state of that moment; only the alerts changed since the last store,
-  each under its own key, plus the groups, silences and rate windows), the synced
-  write runs on one writer thread,
-  in order; a store's notifications are queued for delivery, and an action or a flush
-  returns, only once its write is done. The loop goes on meanwhile (readings, the API,
-  deliveries): a disk flush no longer stalls the gateway.
+- Stores happen off the event loop: the state is taken and encoded on the loop (so it
+  is the state of that moment; only the alerts changed since the last store, each
+  under its own key, plus the groups, silences and rate windows), the synced write
+  runs on one writer thread, in order; a store's notifications are queued for
+  delivery, and an action or a flush returns, only once its write is done. The loop
+  goes on meanwhile (readings, the API, deliveries): a disk flush no longer stalls the
+  gateway. A failed write raises, and what it held goes in the next one.
 - One delivery loop per receiver sends its pending entries strictly in order; an
   entry is marked done when the receiver confirmed it. A retryable failure is
   retried (exponential backoff from ``retry_initial_s`` to ``retry_max_s``, waited
