@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import secrets
 import shutil
 import signal
@@ -231,7 +232,7 @@ class _DutyRoom:
         while True:
             try:
                 arrival = self.desk.arrivals.get_nowait()
-            except Exception:  # queue.Empty
+            except queue.Empty:
                 return
             self.received.append(arrival)
             self._show(arrival)
