@@ -250,3 +250,24 @@ def test_a_permanently_refused_notification_is_parked_and_listed(tmp_path: Path)
                 assert s.outbox.parked()[0]["notification"]["key"] == parked["notification"]["key"]
 
     asyncio.run(main())
+
+
+def test_history_lists_the_alerts_the_state_let_go_of(tmp_path: Path) -> None:
+    async def body(api: Api) -> None:
+        s = api.service
+        for i, station in enumerate(("HZ001", "HZ002")):
+            s.receive([event(station, "yellow", at=T0 + i)])
+            await s.tick()
+            api.clock.advance(MIN)
+            s.receive([event(station, "none", "yellow", at=T0 + MIN + i)])
+            await s.tick()
+            api.clock.advance(MIN)
+        assert (await api.near("GET", "/api/history")).json() == {"alerts": []}
+        api.clock.advance(25 * 60 * MIN)  # past the default day
+        await s.tick()
+        old = (await api.near("GET", "/api/history")).json()["alerts"]
+        assert [a["event"]["station"] for a in old] == ["HZ002", "HZ001"]  # newest first
+        assert (await api.near("GET", "/api/alerts")).json() == {"alerts": []}
+        assert (await api.far("GET", "/api/history")).status_code == 403
+
+    run(tmp_path, None, body)
