@@ -1,14 +1,16 @@
 """Notifications as JSON lines in a file (a duty log), and as lines on a terminal.
 
 ``NotificationFile`` appends ``Notification.to_dict()`` as one line and fsyncs before
-``send`` returns: that is its confirmation. It honours the idempotency key: a key
-already in the file (a resend after a crash) is not written again, so the file holds
-each notification once. ``NotificationConsole`` prints ``render_line`` with the key and
-the note; a terminal keeps nothing, so it cannot drop repeats.
+``send`` returns (on a worker thread: the event loop does not wait on the disk): that
+is its confirmation. It honours the idempotency key: a key already in the file (a
+resend after a crash) is not written again, so the file holds each notification once.
+``NotificationConsole`` prints ``render_line`` with the key and the note; a terminal
+keeps nothing, so it cannot drop repeats.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -39,10 +41,14 @@ class NotificationFile:
     async def send(self, n: Notification) -> None:
         if n.key in self._keys:
             return
-        self._file.write(json.dumps(n.to_dict(), ensure_ascii=False) + "\n")
+        line = json.dumps(n.to_dict(), ensure_ascii=False) + "\n"
+        await asyncio.to_thread(self._append, line)  # the fsync off the event loop
+        self._keys.add(n.key)
+
+    def _append(self, line: str) -> None:
+        self._file.write(line)
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._keys.add(n.key)
 
     async def aclose(self) -> None:
         self._file.close()

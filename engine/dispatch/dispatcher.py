@@ -11,6 +11,14 @@ Contract (no I/O, no threads; the caller serialises calls):
 - Rate limits: a receiver over its limit gets nothing more in this tick; what was held
   stays pending (its group's newest state goes out when there is room, highest level
   first) and every message that does go to that receiver says how many are waiting.
+- Bounded state: an alert that is over (resolved or closed), in no group and unchanged
+  for ``forget_after_ms`` is forgotten at a tick and handed to ``on_forget`` (the
+  gateway appends it to its history); expired silences go after
+  ``SILENCE_RETENTION_MS``; groups close once empty. The state holds what is going on
+  plus those windows, however long the gateway runs.
+- ``changes()`` is what a store needs since its last call: the state without its
+  alerts, the alerts changed and those forgotten (the gateway keeps one key per alert,
+  so a tick in a storm writes the alerts it touched, not all of them);
 - ``snapshot()`` is the whole state in JSON types; ``Dispatcher.restore(config,
   clock, snapshot)`` continues exactly where it was: the same later inputs at the same
   clock readings give the same notifications, keys included.
@@ -33,21 +41,26 @@ from engine.dispatch.router import Router, labels_of
 from engine.dispatch.silences import Silence, Silences
 from rules.durations import format_duration_ms
 
-__all__ = ["SILENCE_RETENTION_MS", "Dispatcher"]
+__all__ = ["FORGET_AFTER_MS", "SILENCE_RETENTION_MS", "Dispatcher"]
 
 #: Expired silences stay listed this long (ms), then are forgotten.
 SILENCE_RETENTION_MS = 7 * 86_400_000
+#: An alert that is over stays in the state (listed, closable) this long (ms).
+FORGET_AFTER_MS = 86_400_000
 
 Make = Callable[[str], Notification]
 
 
 class Dispatcher:
     """``links(fingerprint, now)``, when given, makes the signed acknowledge URL that
-    each notification carries for each of its firing alerts."""
+    each notification carries for each of its firing alerts; ``on_forget(state)`` is
+    called with each alert the state lets go of (see the module's contract)."""
 
     def __init__(
         self, config: DispatchConfig, clock: Clock,
         links: Callable[[str, int], str] | None = None,
+        *, forget_after_ms: int = FORGET_AFTER_MS,
+        on_forget: Callable[[AlertState], None] | None = None,
     ) -> None:  # fmt: skip
         self.config = config
         self.clock = clock
@@ -56,6 +69,8 @@ class Dispatcher:
         self.groups = Groups()
         self.silences = Silences()
         self._links = links
+        self.forget_after_ms = forget_after_ms
+        self.on_forget = on_forget
         self._routes = config.routes()
         self._limiter = RateLimiter({n: r.rate_limit for n, r in config.receivers.items()})
         self._labels: dict[str, dict[str, str]] = {}
@@ -141,6 +156,10 @@ class Dispatcher:
             for fp in self.groups.sweep(group, states):
                 self.lifecycle.leave(states[fp], group.route_id)
         self.silences.purge(now - SILENCE_RETENTION_MS)
+        for state in self.lifecycle.forget(now - self.forget_after_ms):
+            del self._labels[state.fingerprint]
+            if self.on_forget is not None:
+                self.on_forget(state)
         return out
 
     def _send(self, candidates: list[tuple[int, str, Make]], now: int) -> list[Notification]:
@@ -214,9 +233,27 @@ class Dispatcher:
 
     def snapshot(self) -> dict[str, Any]:
         """The whole state as JSON types (for the store or a changelog)."""
+        return {**self._rest(), "alerts": self.lifecycle.to_dict()}
+
+    def changes(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
+        """``(rest, changed, removed)`` since the last call: the snapshot without
+        ``alerts``, the alerts changed (fingerprint -> its ``alerts`` entry) and the
+        fingerprints forgotten. The first call after construction or ``restore`` has
+        every alert; applying each call's result in order to a store rebuilds
+        ``snapshot()``."""
+        touched, removed = self.lifecycle.take_changes()
+        states = self.lifecycle.states
+        changed = {fp: states[fp].to_dict() for fp in touched if fp in states}
+        return self._rest(), changed, sorted(removed - changed.keys())
+
+    def unstored(self, changed: Mapping[str, Any], removed: list[str]) -> None:
+        """A store of ``changes()``'s result failed: they go in the next one again."""
+        self.lifecycle.touched.update(changed)
+        self.lifecycle.removed.update(removed)
+
+    def _rest(self) -> dict[str, Any]:
         return {
             "version": 1,
-            "alerts": self.lifecycle.to_dict(),
             "groups": self.groups.to_dict(),
             "silences": self.silences.to_dict(),
             "rate": self._limiter.to_dict(),
@@ -225,13 +262,13 @@ class Dispatcher:
     @classmethod
     def restore(
         cls, config: DispatchConfig, clock: Clock, snapshot: Mapping[str, Any],
-        links: Callable[[str, int], str] | None = None,
+        links: Callable[[str, int], str] | None = None, **kwargs: Any,
     ) -> Dispatcher:  # fmt: skip
         """A dispatcher that continues from ``snapshot``. Groups of routes that the
         config no longer has are dropped (their alerts join anew on their next event)."""
         if snapshot.get("version") != 1:
             raise ValueError(f"unknown dispatcher snapshot version {snapshot.get('version')!r}")
-        out = cls(config, clock, links)
+        out = cls(config, clock, links, **kwargs)
         out.lifecycle.restore(snapshot["alerts"])
         out.groups.restore(snapshot["groups"], out._routes)
         out.silences = Silences.from_dict(snapshot["silences"])

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.contracts.alerts import Level
@@ -69,9 +69,27 @@ class Group:
         return f"{receiver}:{self.id}:{self.seq[receiver]}"
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["members"] = list(self.members)
-        return out
+        # Not asdict, which deep-copies field by field: this runs at every store, and
+        # ``told`` holds an entry per member and receiver.
+        return {
+            "id": self.id,
+            "route_id": self.route_id,
+            "labels": dict(self.labels),
+            "created_at": self.created_at,
+            "next_at": self.next_at,
+            "members": list(self.members),
+            "progress": {
+                name: {
+                    "told": dict(p.told),
+                    "last_sent": p.last_sent,
+                    "pending": p.pending,
+                    "repeat": p.repeat,
+                }
+                for name, p in self.progress.items()
+            },
+            "seq": dict(self.seq),
+            "shown": self.shown,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Group:

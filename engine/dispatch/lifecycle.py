@@ -21,7 +21,15 @@ Contract:
 - A new episode (a firing event after resolved or closed) starts afresh: no
   acknowledgement, escalation clocks from now; it stays in the groups the last one was
   still in (their receivers have not been told the all-clear yet).
-- ``to_dict``/``from_dict`` round-trip the whole state through JSON types.
+- Forgetting: ``forget(before)`` drops the alerts that are over (resolved or closed),
+  in no group any more (every receiver told) and unchanged since before ``before``
+  (wall ms), and returns them (the gateway keeps them as history). So the state holds
+  what is going on plus a retention window, not every episode since the first.
+  A forgotten series starts afresh on its next firing event; an all-clear of it is
+  ignored, as of any series not firing.
+- ``to_dict``/``from_dict`` round-trip the whole state through JSON types; ``touched``
+  and ``removed`` name the alerts changed and forgotten since ``take_changes`` last
+  emptied them, so a store can write only those.
 """
 
 from __future__ import annotations
@@ -79,6 +87,7 @@ class AlertState:
     latched: bool = False
     closed: Closure | None = None
     routes: dict[str, Membership] = field(default_factory=dict)  # route id -> membership
+    changed_at: int = 0  # when a transition or a person last changed it (ms, wall clock)
 
     @property
     def fingerprint(self) -> str:
@@ -111,6 +120,7 @@ class AlertState:
             "latched": self.latched,
             "closed": None if self.closed is None else asdict(self.closed),
             "routes": {k: asdict(m) for k, m in self.routes.items()},
+            "changed_at": self.changed_at,
         }
 
     @classmethod
@@ -123,6 +133,7 @@ class AlertState:
             latched=data["latched"],
             closed=None if data["closed"] is None else Closure(**data["closed"]),
             routes={k: Membership(**m) for k, m in data["routes"].items()},
+            changed_at=data.get("changed_at", data["received_at"]),
         )
 
 
@@ -133,6 +144,15 @@ class Lifecycle:
     def __init__(self, latches: Callable[[int], bool]) -> None:
         self._latches = latches
         self._alerts: dict[str, AlertState] = {}
+        #: fingerprints changed / forgotten since the last ``take_changes``
+        self.touched: set[str] = set()
+        self.removed: set[str] = set()
+
+    def take_changes(self) -> tuple[set[str], set[str]]:
+        """``(touched, removed)`` since the last call, and start afresh."""
+        out = (self.touched, self.removed)
+        self.touched, self.removed = set(), set()
+        return out
 
     def __iter__(self) -> Iterator[AlertState]:
         return iter(self._alerts.values())
@@ -151,15 +171,16 @@ class Lifecycle:
         state = self._alerts.get(event.fingerprint)
         if state is not None and (event.at < state.event.at or event.key == state.event.key):
             return None
+        self.touched.add(event.fingerprint)
         if state is None or not state.active:
             if event.state == "resolved":
                 return None  # an all-clear of nothing firing: nothing to tell anyone
-            fresh = AlertState(event, rank, now)
+            fresh = AlertState(event, rank, now, changed_at=now)
             if state is not None:  # still in groups that have not told the all-clear yet
                 fresh.routes = {k: Membership(m.group, now) for k, m in state.routes.items()}
             self._alerts[event.fingerprint] = fresh
             return fresh
-        state.event = event
+        state.event, state.changed_at = event, now
         if event.state == "firing":
             state.latched = False
             if state.ack is not None and rank > state.ack.level:
@@ -176,18 +197,21 @@ class Lifecycle:
         """A person takes the alert. Acknowledging again keeps the first; a latched
         alert whose data cleared resolves."""
         state = self._known(fingerprint)
+        self.touched.add(fingerprint)
         if state.status in ("resolved", "closed"):
             raise LifecycleError(
                 f"alert {fingerprint} is {state.status}: there is nothing to acknowledge"
             )
         if state.ack is None:
             state.ack = Ack(by, now, note, state.level)
+            state.changed_at = now
         state.latched = False
         return state
 
     def close(self, fingerprint: str, by: str, feedback: str, now: int) -> AlertState:
         """A person closes a resolved alert with feedback (closing again keeps the first)."""
         state = self._known(fingerprint)
+        self.touched.add(fingerprint)
         if state.active:
             raise LifecycleError(
                 f"alert {fingerprint} is still {state.status}: it can be closed once its "
@@ -195,6 +219,7 @@ class Lifecycle:
             )
         if state.closed is None:
             state.closed = Closure(by, now, feedback)
+            state.changed_at = now
         return state
 
     def join(self, state: AlertState, route_id: str, group: str, now: int) -> bool:
@@ -202,6 +227,7 @@ class Lifecycle:
         if route_id in state.routes:
             return False
         state.routes[route_id] = Membership(group, now)
+        self.touched.add(state.fingerprint)
         return True
 
     def escalations_due(
@@ -219,6 +245,7 @@ class Lifecycle:
                 if route is None or membership.step >= len(route.escalation):
                     continue
                 checked, membership.checked = membership.checked, now
+                self.touched.add(state.fingerprint)
                 if hidden(state.fingerprint):
                     # the clock stands still: what passed since the last look does not count
                     membership.since += now - (membership.since if checked is None else checked)
@@ -231,6 +258,7 @@ class Lifecycle:
         """``receiver`` was told of the alert's current step on ``route_id``; once all
         ``receivers`` of the step were, the next step's clock runs."""
         membership = state.routes[route_id]
+        self.touched.add(state.fingerprint)
         membership.step_sent.append(receiver)
         if len(membership.step_sent) >= receivers:
             membership.step, membership.step_sent = membership.step + 1, []
@@ -238,12 +266,28 @@ class Lifecycle:
     def leave(self, state: AlertState, route_id: str) -> None:
         """The alert is out of its group on ``route_id`` (told resolved, or dropped)."""
         state.routes.pop(route_id, None)
+        self.touched.add(state.fingerprint)
+
+    def forget(self, before: int) -> list[AlertState]:
+        """Drop and return the alerts that are over, in no group, unchanged since
+        before ``before`` (ms)."""
+        gone = [
+            s
+            for s in self._alerts.values()
+            if not s.active and not s.routes and s.changed_at < before
+        ]
+        for state in gone:
+            del self._alerts[state.fingerprint]
+            self.touched.discard(state.fingerprint)
+            self.removed.add(state.fingerprint)
+        return gone
 
     def to_dict(self) -> dict[str, Any]:
         return {fp: s.to_dict() for fp, s in self._alerts.items()}
 
     def restore(self, data: Mapping[str, Any]) -> None:
         self._alerts = {fp: AlertState.from_dict(s) for fp, s in data.items()}
+        self.touched, self.removed = set(self._alerts), set()
 
     def _known(self, fingerprint: str) -> AlertState:
         state = self._alerts.get(fingerprint)

@@ -200,6 +200,9 @@ class DispatchSettings(_Frozen):
     #: A receiver that fails is tried again after this, doubling up to ``retry_max_s``.
     retry_initial_s: float = Field(1.0, gt=0, le=600)
     retry_max_s: float = Field(60.0, gt=0, le=3600)
+    #: An alert that is over (resolved or closed, every receiver told) and unchanged this
+    #: long leaves the dispatcher's state for its history (``GET /api/history``).
+    forget_after_s: float = Field(86_400.0, gt=0)
 
 
 class NbiotSettings(_Frozen):

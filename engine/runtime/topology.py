@@ -231,21 +231,35 @@ class Topology(PartitionStates, TickWriter):
         """Keep rejected input with its reason; returns once it is durable. ``quiet``: no
         log line (a connector that logs a summary of its dead letters instead); ``fields``:
         the app's log fields known here (``station``, ``partition``, ``offset``)."""
-        fut = await self.dead_letter.send(
-            key=source.encode(),
-            value=raw,
-            headers={
-                "vigil-reason": reason.encode(),
-                "vigil-source": source.encode(),
-                "vigil-received-at": str(int(time.time() * 1000)).encode(),
-            },
-        )
-        await fut
-        self.counters["dead_letter"] += 1
-        self.metrics.count_dead_letter(reason)
-        if not quiet:
-            extra = {"source": source, "reason": reason, **fields}
-            log.warning("dead-letter from %s: %s", source, reason, extra=extra)
+        await self.send_dead_letters([(raw, reason, source, fields)], quiet=quiet)
+
+    async def send_dead_letters(
+        self, items: Sequence[tuple[bytes, str, str, dict[str, str | int]]], *, quiet: bool = False
+    ) -> None:
+        """``send_dead_letter`` for many (raw, reason, source, fields) at once: all are
+        sent, then all awaited, so a burst of rejected readings shares its fsyncs instead
+        of paying one each (100,000 late readings took minutes one by one)."""
+        now = str(int(time.time() * 1000)).encode()
+        futures = [
+            await self.dead_letter.send(
+                key=source.encode(),
+                value=raw,
+                headers={
+                    "vigil-reason": reason.encode(),
+                    "vigil-source": source.encode(),
+                    "vigil-received-at": now,
+                },
+            )
+            for raw, reason, source, _ in items
+        ]
+        for fut in futures:
+            await fut
+        for _, reason, source, fields in items:
+            self.counters["dead_letter"] += 1
+            self.metrics.count_dead_letter(reason)
+            if not quiet:
+                extra = {"source": source, "reason": reason, **fields}
+                log.warning("dead-letter from %s: %s", source, reason, extra=extra)
 
     # ---- agents ----------------------------------------------------------------------------
 
@@ -289,15 +303,19 @@ class Topology(PartitionStates, TickWriter):
         if len(batch):  # a tick has no readings: not a batch size
             self.metrics.readings_evaluated.inc(len(batch))
             self.metrics.batch_readings.observe(len(batch))
-        for station, metric, ts, value, reason in proc.rejected:
-            raw = json.dumps({"station": station, "metric": metric, "ts": ts, "value": value})
-            await self.send_dead_letter(
-                raw.encode(),
-                reason,
-                f"{station}/{metric}",
-                station=station,
-                partition=partition,
-                offset=offset,
+        if proc.rejected:
+            await self.send_dead_letters(
+                [
+                    (
+                        json.dumps(
+                            {"station": station, "metric": metric, "ts": ts, "value": value}
+                        ).encode(),
+                        reason,
+                        f"{station}/{metric}",
+                        {"station": station, "partition": partition, "offset": offset},
+                    )
+                    for station, metric, ts, value, reason in proc.rejected
+                ]
             )
         proc.rejected.clear()
         records = pack_lines(alert.to_json() for alert in alerts)

@@ -142,7 +142,11 @@ def _silences(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     import httpx
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
 
     try:
         args.func(args)

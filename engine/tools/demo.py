@@ -1,22 +1,32 @@
 """``vigil demo``: a river flood end to end on the embedded runtime, in about a minute.
 
-It starts a real mosquitto on a free loopback port, the gateway (``vigil run``) as a
-child process on a temporary data directory, and a simulator that publishes three
-river gauges through a flood (rise through the warning level, past the guaranteed
-level at one gauge and the historical maximum at another, then recession) at QoS 1.
-Beside them, over TCP to the gateway's field servers, a reservoir RTU reports its level
-in SL 651 timed reports as the flood fills it, and an air-quality station sends HJ 212
-real-time and hourly data through a pollution episode; each waits for the protocol's
-reply. Two days of readings are compressed into the run. Alerts are shown as they land
-in the dispatcher's JSON-lines file; a few malformed messages and frames (a bad CRC, a
-wrong password) show the dead-letter path. At the end everything is stopped and a
+It starts a real mosquitto on a free loopback port, a duty room of its own (a webhook
+receiver and an SMTP server, ``demo_desk.py``), the gateway (``vigil run``) as a child
+process on a temporary data directory with a routing file for the demo, and a simulator
+that publishes three river gauges through a flood (rise through the warning level, past
+the guaranteed level at one gauge and the historical maximum at another, then recession)
+at QoS 1. Beside them, over TCP to the gateway's field servers, a reservoir RTU reports
+its level in SL 651 timed reports as the flood fills it, and an air-quality station sends
+HJ 212 real-time and hourly data through a pollution episode; each waits for the
+protocol's reply. Two days of readings are compressed into the run. Alerts are shown as
+they land in the gateway's JSON-lines file, and the dispatcher's notifications as they
+reach the duty room: grouped per basin, routed by level (blue to a log file, yellow and up
+to the duty room's webhook, orange and up also by mail, an unacknowledged red escalates to
+the section head after a few demo seconds). The first orange alert is acknowledged from
+the CLI (``vigil alerts ack``); the red one is left to escalate and the section head takes
+it through the signed link in the escalation message; then the all-clears arrive. A few
+malformed messages and frames (a bad CRC, a wrong password) show the dead-letter path. At
+the end everything is stopped and a
 summary printed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import queue
+import secrets
 import shutil
 import signal
 import subprocess
@@ -27,14 +37,17 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
 import yaml
 
 import rules
-from connectors.mqtt.mosquitto import Mosquitto
+from connectors.mqtt.mosquitto import Mosquitto, free_port
 from connectors.sinks.console import format_event
 from engine.contracts.alerts import AlertEvent, Level
 from engine.runtime.transport.log import DurableLog
+from engine.tools.demo_desk import Arrival, Desk
 from simulators.field_episode import EpisodeAirStation, FloodedReservoirRtu
 from simulators.publisher import Publisher
 from simulators.river import FloodWave, flood_readings
@@ -63,6 +76,10 @@ BAD_MESSAGES = (
     ("vigil/XX999/water_level", b'{"value": 1.0, "ts": 1719763200000}'),
 )
 
+HOOK_SECRET_ENV = "VIGIL_DEMO_HOOK_SECRET"
+LINK_SECRET_ENV = "VIGIL_DEMO_LINK_SECRET"
+DUTY_OFFICER = "Duty officer Li"
+SECTION_HEAD = "Section head Wang"
 
 #: The field stations (SL 651 reservoir, HJ 212 air station) and their dead-letter cases.
 FIELD_STATIONS = ("SK01", "AQ01")
@@ -78,7 +95,61 @@ def _registry(workdir: Path) -> Path:
     return path
 
 
-def _write_settings(workdir: Path, port: int) -> Path:
+def _routing(desk: Desk, escalate_s: int) -> dict[str, Any]:
+    """The demo's routing file: by level, per basin, timings scaled to the demo."""
+
+    def hook(name: str) -> dict[str, Any]:
+        return {"name": name, "type": "webhook", "url": f"{desk.url}/{name}",
+                "secret_env": HOOK_SECRET_ENV, "retry": {"attempts": 1}}  # fmt: skip
+
+    return {
+        "version": 1,
+        "receivers": [
+            {"name": "duty-log", "type": "jsonl", "path": "duty-log.jsonl"},
+            hook("duty-room"),
+            hook("section-head"),
+            {
+                "name": "duty-mail",
+                "type": "email",
+                "host": "127.0.0.1",
+                "port": desk.smtp_port,
+                "security": "none",
+                "from": "vigil@demo.invalid",
+                "to": ["duty@demo.invalid"],
+            },
+        ],
+        "levels": {"blue": {"receivers": ["duty-log"]}},  # blue: the log only
+        "route": {
+            "receivers": ["duty-room"],
+            "group_by": ["basin"],
+            "group_wait": "1s",
+            "group_interval": "2s",
+            "routes": [
+                {
+                    "name": "red",
+                    "matchers": ["level>=red"],
+                    "receivers": ["duty-mail"],
+                    "escalation": [
+                        {
+                            "after": f"{escalate_s}s",
+                            "receivers": ["section-head"],
+                            "name": "section head",
+                        },
+                    ],
+                },
+                {
+                    "name": "orange",
+                    "matchers": ["level>=orange"],
+                    "receivers": ["duty-room", "duty-mail"],
+                },
+            ],
+        },
+    }
+
+
+def _write_settings(workdir: Path, port: int, web_port: int, routing: dict[str, Any]) -> Path:
+    routes = workdir / "routing.yaml"
+    routes.write_text(yaml.safe_dump(routing, sort_keys=False))
     settings = {
         "app_id": "vigil-demo",
         "data_dir": str(workdir / "data"),
@@ -91,7 +162,10 @@ def _write_settings(workdir: Path, port: int) -> Path:
         "console": False,
         "mqtt": {"host": "127.0.0.1", "port": port, "client_id": "vigil-demo-gateway"},
         "batch": {"max_readings": 2000, "linger_ms": 50},
-    }
+        "web_port": web_port,
+        "dispatch": {"routes": str(routes), "link_secret_env": LINK_SECRET_ENV,
+                     "tick_s": 0.5, "retry_initial_s": 0.2, "retry_max_s": 2.0},
+    }  # fmt: skip
     path = workdir / "vigil.yaml"
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     return path
@@ -210,20 +284,113 @@ def _dead_letters(data_dir: Path, topic: str) -> list[tuple[str, str]]:
         log.close()
 
 
+class _DutyRoom:
+    """Prints what reaches the desk and acts as the people on duty would: the duty
+    officer acknowledges the first orange alert from the CLI (``vigil alerts ack``);
+    the section head takes what was escalated to them through the signed link."""
+
+    def __init__(self, desk: Desk, url: str) -> None:
+        self.desk = desk
+        self.url = url
+        self.received: list[Arrival] = []
+        self.acked: list[str] = []  # stations acknowledged from the CLI
+        self.escalated: list[str] = []  # stations escalated to the section head
+        self.taken: list[str] = []  # stations the section head took through the link
+        self.all_clears = 0
+
+    def poll(self) -> None:
+        while True:
+            try:
+                arrival = self.desk.arrivals.get_nowait()
+            except queue.Empty:
+                return
+            self.received.append(arrival)
+            self._show(arrival)
+            if arrival.path == "/duty-room" and not self.acked:
+                self._acknowledge(arrival.body)
+            elif arrival.path == "/section-head":
+                self._take(arrival.body)
+
+    def count(self, path: str) -> int:
+        return sum(1 for a in self.received if a.path == path)
+
+    def _show(self, a: Arrival) -> None:
+        if a.path == "mail":
+            print(f"    ✉ duty-mail     {a.body['subject']}", flush=True)
+            return
+        b = a.body
+        if b["status"] == "resolved":
+            self.all_clears += 1
+        alerts = ", ".join(
+            f"{x['station']} {x['level'] if x['state'] == 'firing' else 'cleared'}"
+            for x in b["alerts"]
+        )
+        where = "/".join(b["group_labels"].values()) or "-"
+        note = f"  ({b['note']})" if b["note"] else ""
+        signed = "" if a.signed else "  UNSIGNED"
+        print(
+            f"    ⇒ {a.path[1:]:<13} #{b['key'].rsplit(':', 1)[1]} {b['status'].upper()} "
+            f"{b['level']}: {where}: {alerts}{note}{signed}",
+            flush=True,
+        )
+
+    def _acknowledge(self, body: dict[str, Any]) -> None:
+        orange = [a for a in body["alerts"] if a["state"] == "firing" and a["level"] == "orange"]
+        if not orange:
+            return
+        alert = orange[0]
+        args = ["ack", alert["fingerprint"][:12], "--by", DUTY_OFFICER, "--note", "patrol sent"]
+        print(f'  $ vigil alerts ack {args[1]} --by "{DUTY_OFFICER}" --note "patrol sent"')
+        done = subprocess.run(
+            [sys.executable, "-m", "engine.tools.cli", "alerts", "--url", self.url, *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        print("    " + (done.stdout or done.stderr).strip(), flush=True)
+        if done.returncode == 0:
+            self.acked.append(alert["station"])
+
+    def _take(self, body: dict[str, Any]) -> None:
+        for alert in body["alerts"]:
+            self.escalated.append(alert["station"])
+            link = alert.get("ack_url")
+            if alert["state"] != "firing" or not link:
+                continue
+            page = httpx.get(link, timeout=30)  # the confirm page: opening it does nothing
+            done = httpx.post(link, data={"name": SECTION_HEAD}, timeout=30)
+            if page.status_code == 200 and f"Acknowledged by {SECTION_HEAD}." in done.text:
+                self.taken.append(alert["station"])
+                print(f"  {SECTION_HEAD} opens the link in the message: "
+                      f"{alert['station']} acknowledged", flush=True)  # fmt: skip
+
+
 def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
-    """Run the demo; returns the process exit code (0 when the flood was seen through)."""
+    """Run the demo; returns the process exit code: 0 when the flood was seen through,
+    its alerts told, one acknowledged, one escalated and taken, and the all-clears told."""
+    for noisy in ("mail.log", "httpx"):  # the duty room's servers and clients: quiet
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="vigil-demo-"))
     readings = list(flood_readings(WAVES, START_MS, HOURS, STEP_MIN))
     publish_s = max(5.0, duration_s - 15.0)
+    escalate_s = max(2, round(publish_s * 0.07))  # ~3 s: a red lasts ~5 s of a 45-s flood
     print(
         f"Vigil demo: {len(WAVES)} river gauges over MQTT, a reservoir RTU over SL 651 and an "
         f"air station over HJ 212; {HOURS:.0f} h of readings replayed in {publish_s:.0f} s\n"
     )
     engine: subprocess.Popen[str] | None = None
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", HOOK_SECRET_ENV: secrets.token_hex(16),
+           LINK_SECRET_ENV: secrets.token_hex(16)}  # fmt: skip
     try:
-        with Mosquitto() as broker:
+        with Mosquitto() as broker, Desk(env[HOOK_SECRET_ENV]) as desk:
             print(f"  mosquitto on 127.0.0.1:{broker.port}")
-            config = _write_settings(workdir, broker.port)
+            print(f"  duty room: webhooks at {desk.url}, mail at 127.0.0.1:{desk.smtp_port}")
+            print(
+                "  routing: per basin; blue -> duty-log file; yellow+ -> duty-room webhook; "
+                f"orange+ -> also duty-mail; red unacknowledged {escalate_s}s -> section-head\n"
+                "  (a message goes to each group an alert joined: per route, per basin)"
+            )
+            web_port = free_port()
+            url = f"http://127.0.0.1:{web_port}"
+            config = _write_settings(workdir, broker.port, web_port, _routing(desk, escalate_s))
             engine = subprocess.Popen(
                 [
                     sys.executable,
@@ -238,7 +405,7 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
                 stdout=subprocess.PIPE,
                 stderr=(workdir / "engine.log").open("w"),
                 text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=env,
             )
             stdout = _Stdout(engine)
             announced = [stdout.wait(needle, timeout=120) for needle in
@@ -247,7 +414,7 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
                 print("the engine did not start; see", workdir / "engine.log", file=sys.stderr)
                 return 1
             ports = tuple(int(str(line).rsplit(":", 1)[1]) for line in announced[1:])
-            print(f"  engine running on local://{workdir / 'data'} (pid {engine.pid})")
+            print(f"  engine running on local://{workdir / 'data'} (pid {engine.pid}), {url}")
             print(
                 f"  SL 651 server on 127.0.0.1:{ports[0]}, HJ 212 server on 127.0.0.1:{ports[1]}\n"
             )
@@ -260,6 +427,7 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
             field_thread = threading.Thread(target=field, daemon=True)
             field_thread.start()
             tail = _AlertTail(workdir / "alerts.jsonl")
+            duty = _DutyRoom(desk, url)
             publisher = Publisher(broker.host, broker.port)
             thread = threading.Thread(
                 target=publisher.publish, args=(readings, publish_s, len(readings)), daemon=True
@@ -269,28 +437,40 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
             bad_sent = False
             while thread.is_alive() or field_thread.is_alive():
                 tail.poll()
+                duty.poll()
                 if not bad_sent and time.monotonic() >= bad_at:
                     for topic, payload in BAD_MESSAGES:
                         publisher.publish_raw(topic, payload)
                     bad_sent = True
                 time.sleep(0.2)
-            # Let the last batches through the topology, then stop the engine cleanly.
-            quiet_until = time.monotonic() + 4.0
-            seen = len(tail.events)
-            while time.monotonic() < quiet_until:
+            # Let the last batches through the topology and the last notifications reach
+            # the duty room (quiet for 4 s, at most 60 s), then stop the engine cleanly.
+            quiet_until, give_up = time.monotonic() + 4.0, time.monotonic() + 60.0
+            seen = (len(tail.events), len(duty.received))
+            while time.monotonic() < min(quiet_until, give_up):
                 tail.poll()
-                if len(tail.events) != seen:
-                    seen, quiet_until = len(tail.events), time.monotonic() + 4.0
+                duty.poll()
+                now = (len(tail.events), len(duty.received))
+                if now != seen:
+                    seen, quiet_until = now, time.monotonic() + 4.0
                 time.sleep(0.2)
             publisher.close()
             engine.send_signal(signal.SIGTERM)
             engine.wait(timeout=60)
             tail.poll()
+            duty.poll()
         dead = _dead_letters(workdir / "data", "vigil-demo-dead-letter")
         _summary(tail.events, len(readings), field_replies, dead)
+        _duty_summary(duty, workdir / "duty-log.jsonl")
         print(f"\n  alerts file: {workdir / 'alerts.jsonl'}" if keep else "")
         alerted = {e.station for e in tail.events}
-        ok = alerted >= set(FIELD_STATIONS) and bool(tail.events) and engine.returncode == 0
+        ok = (
+            alerted >= set(FIELD_STATIONS)
+            and bool(tail.events)
+            and engine.returncode == 0
+            and bool(duty.acked and duty.taken and duty.all_clears)
+            and all(a.signed for a in duty.received)
+        )
         return 0 if ok else 1
     finally:
         if engine is not None and engine.poll() is None:
@@ -298,3 +478,19 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
             engine.wait()
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _duty_summary(duty: _DutyRoom, log: Path) -> None:
+    blue = len(log.read_text().splitlines()) if log.exists() else 0
+    signed = "all signed" if all(a.signed for a in duty.received) else "SOME UNSIGNED"
+    print(
+        f"  notifications: duty-room {duty.count('/duty-room')}, duty-mail "
+        f"{duty.count('mail')}, section-head {duty.count('/section-head')} ({signed}); "
+        f"duty-log {blue}"
+    )
+    print(f"  acknowledged from the CLI by {DUTY_OFFICER}: {', '.join(duty.acked) or 'none'}")
+    print(
+        f"  escalated to the section head: {', '.join(sorted(set(duty.escalated))) or 'none'}; "
+        f"taken through the link: {', '.join(duty.taken) or 'none'}"
+    )
+    print(f"  all-clear messages: {duty.all_clears}")

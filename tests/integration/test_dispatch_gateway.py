@@ -8,6 +8,7 @@ import email
 import email.policy
 import hashlib
 import hmac
+import json
 import subprocess
 import sys
 import time
@@ -391,3 +392,88 @@ def test_receiver_outage_and_sigkill_lose_nothing_and_repeat_nothing(
         engine.kill()
         for server in servers[stops:]:
             server.__exit__(None, None, None)
+
+
+def test_mqtt_sms_and_jsonl_receivers_in_the_gateway_and_its_api_from_afar(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration.test_dispatch_api import non_loopback_address
+    from tests.integration.test_receiver_mqtt import Subscriber
+
+    monkeypatch.setenv("VIGIL_TEST_API_TOKEN", "api-t0ken")
+    boards = Subscriber(mosquitto, "vigil/#")
+    with HttpReceiver(default_body=b'{"code": "OK"}') as sms:
+        routes = {
+            "version": 1,
+            "receivers": [
+                {"name": "boards", "type": "mqtt", "host": mosquitto.host,
+                 "port": mosquitto.port, "client_id": "vigil-boards"},
+                {"name": "phones", "type": "sms", "url": sms.url + "/sms/send",
+                 "sign_name": "示例水文局", "templates": {"firing": "T1", "resolved": "T2"},
+                 "params": {"where": "where", "level": "level", "station": "station"},
+                 "recipients": ["13800001111"], "success_field": "code"},
+                {"name": "log", "type": "jsonl", "path": "duty-log.jsonl"},
+            ],
+            "route": {"receivers": ["boards", "phones", "log"], "group_by": ["basin"],
+                      "group_wait": "1s", "group_interval": "1s"},
+        }  # fmt: skip
+        engine, url = start_gateway(
+            tmp_path, mosquitto, routes, web={"token_env": "VIGIL_TEST_API_TOKEN"}
+        )
+        engine.start()
+        gauges = Gauges(mosquitto)
+        duty_log = tmp_path / "duty-log.jsonl"
+
+        def logged() -> list[dict[str, Any]]:
+            if not duty_log.exists():
+                return []
+            return [json.loads(line) for line in duty_log.read_text().splitlines()]
+
+        try:
+            gauges.report({"HZ001": 4.0, "HZ002": 2.8, "HZ003": 2.0})
+            gauges.report({"HZ001": 4.8, "HZ002": 3.5, "HZ003": 2.0})
+            # The SMS provider gets the firing template for the basin ...
+            first = wait_for("the SMS", lambda: sms.requests)[0].json()
+            assert first["template_id"] == "T1" and first["phones"] == ["13800001111"]
+            assert first["params"]["where"] == "demo_river"
+            assert first["params"]["level"] == "黄色预警"
+            assert first["out_id"] == sms.requests[0].headers["idempotency-key"]
+            # ... the boards a message per alert and a retained level per station ...
+            boards.wait(lambda ms: {t for t, _, _ in ms} >= {
+                "vigil/alerts/HZ001", "vigil/alerts/HZ002",
+                "vigil/level/HZ001", "vigil/level/HZ002"})  # fmt: skip
+            level = {t: p for t, p, _ in boards.messages if t.startswith("vigil/level/")}
+            assert level["vigil/level/HZ001"]["level"] == "yellow"
+            # ... and the duty log a line, its key the SMS's.
+            [line] = wait_for("the duty log", logged)
+            assert line["key"].split(":")[1:] == first["out_id"].split(":")[1:]
+            assert {a["station"] for a in line["alerts"]} == {"HZ001", "HZ002"}
+
+            # The API from afar: this machine's own non-loopback address, the real bind.
+            far = non_loopback_address()
+            assert far is not None, "this machine has no non-loopback address to call from"
+            far_url = url.replace("127.0.0.1", far)
+            assert httpx.get(far_url + "/api/alerts").status_code == 401
+            bad = {"Authorization": "Bearer nope"}
+            assert httpx.get(far_url + "/api/alerts", headers=bad).status_code == 401
+            good = {"Authorization": "Bearer api-t0ken"}
+            listed = httpx.get(far_url + "/api/alerts", headers=good)
+            assert listed.status_code == 200 and len(listed.json()["alerts"]) == 2
+
+            for _ in range(3):  # the water falls: all-clears on every channel
+                gauges.report({"HZ001": 4.0, "HZ002": 2.8, "HZ003": 2.0})
+            wait_for("the SMS all-clear", lambda: any(r.json()["template_id"] == "T2"
+                                                       for r in sms.requests))  # fmt: skip
+            boards.wait(lambda ms: any(
+                t == "vigil/level/HZ001" and p["level"] == "none" for t, p, _ in ms))  # fmt: skip
+            cleared = wait_for(
+                "the log's all-clear", lambda: [n for n in logged() if n["status"] == "resolved"]
+            )
+            assert {a["state"] for a in cleared[0]["alerts"]} == {"resolved"}
+            assert len({n["key"] for n in logged()}) == len(logged())  # each key once
+            outbox = httpx.get(url + "/api/outbox").json()
+            assert not outbox["parked"] and not any(outbox["pending"].values())
+        finally:
+            gauges.publisher.close()
+            engine.kill()
+            boards.close()

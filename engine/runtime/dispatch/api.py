@@ -13,6 +13,7 @@ does not allow it: acknowledging a resolved alert, closing a firing one).
                                              "ends_at" (ms) or "duration" ("2h")}
     DELETE /api/silences/{id}               expire it now
     GET    /api/outbox                      pending per receiver, parked entries
+    GET    /api/history                     alerts the dispatcher let go of, newest first
     GET    /ack/{token}                     the confirm page of a signed link
     POST   /ack/{token}                     acknowledge (form field ``name``, optional)
 
@@ -125,11 +126,11 @@ def install_api(router: web.UrlDispatcher, service: DispatchService, token: str 
 
         return check
 
-    def act(fingerprint: str, action: Callable[[], AlertState]) -> web.Response:
+    async def act(fingerprint: str, action: Callable[[], Awaitable[AlertState]]) -> web.Response:
         if service.dispatcher.lifecycle.get(fingerprint) is None:
             return _error(404, f"no alert {fingerprint!r}")
         try:
-            state = action()
+            state = await action()
         except LifecycleError as exc:
             return _error(409, str(exc))
         return web.json_response({"alert": alert_json(state, None)})
@@ -143,14 +144,14 @@ def install_api(router: web.UrlDispatcher, service: DispatchService, token: str 
         data = await _body(request)
         by, note = _text(data, "by", required=True), _text(data, "note", required=False)
         fp = request.match_info["fingerprint"]
-        return act(fp, lambda: service.acknowledge(fp, by, note))
+        return await act(fp, lambda: service.acknowledge(fp, by, note))
 
     async def close(request: web.Request) -> web.Response:
         data = await _body(request)
         by = _text(data, "by", required=True)
         feedback = _text(data, "feedback", required=True)
         fp = request.match_info["fingerprint"]
-        return act(fp, lambda: service.close(fp, by, feedback))
+        return await act(fp, lambda: service.close(fp, by, feedback))
 
     async def silences(request: web.Request) -> web.Response:
         now = service.clock.now_ms()
@@ -171,7 +172,7 @@ def install_api(router: web.UrlDispatcher, service: DispatchService, token: str 
                 ends = max(starts, now) + parse_duration_ms(data["duration"])
             else:
                 raise ValueError('give ends_at (ms) or duration (e.g. "2h")')
-            silence = service.add_silence(
+            silence = await service.add_silence(
                 matchers, starts, ends,
                 _text(data, "author", required=True), _text(data, "comment", required=False),
             )  # fmt: skip
@@ -181,7 +182,7 @@ def install_api(router: web.UrlDispatcher, service: DispatchService, token: str 
 
     async def expire_silence(request: web.Request) -> web.Response:
         try:
-            silence = service.expire_silence(request.match_info["id"])
+            silence = await service.expire_silence(request.match_info["id"])
         except KeyError as exc:
             return _error(404, str(exc.args[0]))
         now = service.clock.now_ms()
@@ -195,6 +196,9 @@ def install_api(router: web.UrlDispatcher, service: DispatchService, token: str 
                 "counters": dict(service.counters),
             }
         )
+
+    async def history(request: web.Request) -> web.Response:
+        return web.json_response({"alerts": service.outbox.history()[::-1]})
 
     async def link_page(request: web.Request) -> web.Response:
         checked = _link(request)
@@ -219,7 +223,7 @@ def install_api(router: web.UrlDispatcher, service: DispatchService, token: str 
         fp = checked.fingerprint
         if checked.status != "firing":
             return _page(200, checked.event.summary, f"This alert is {checked.status}.")
-        service.acknowledge(fp, f"{name} (link)", "acknowledged through the link")
+        await service.acknowledge(fp, f"{name} (link)", "acknowledged through the link")
         return _page(200, checked.event.summary, f"Acknowledged by {html.escape(name)}.")
 
     def _link(request: web.Request) -> AlertState | web.Response:
@@ -242,6 +246,7 @@ def install_api(router: web.UrlDispatcher, service: DispatchService, token: str 
         ("POST", "/api/silences", add_silence),
         ("DELETE", "/api/silences/{id}", expire_silence),
         ("GET", "/api/outbox", outbox),
+        ("GET", "/api/history", history),
     ]
     for method, path, handler in api:
         router.add_route(method, path, guarded(handler))

@@ -8,14 +8,23 @@ transport's log, so that the log's format and lock stay the transport's alone.
 
 Contract:
 
-- ``persist(snapshot, notifications)`` stores both atomically and durably (fsync) and
-  returns the new outbox entries; nothing is attempted before this returns.
+- ``persist(snapshot, notifications, history)`` stores them atomically and durably
+  (synced WAL) and returns the new outbox entries; nothing is attempted before this
+  returns. It is ``prepare`` (on the caller's thread: numbering, encoding, so the
+  snapshot is the state of that moment) then ``write`` (the synced write, which the
+  gateway runs on its one writer thread, off the event loop; writes happen in the order
+  they were prepared).
 - Entries are numbered by one counter (``seq``); per receiver they are delivered in
   ``seq`` order (``pending(receiver)``), and an entry stays pending until ``done`` or
-  ``park`` moves it, durably. A restart finds every pending entry again, with the same
-  ``Notification.key``: the receiving side drops a key it has seen.
+  ``park`` moves it. A restart finds every pending entry again, with the same
+  ``Notification.key``: the receiving side drops a key it has seen. ``done`` and
+  ``park`` are not synced (a process crash keeps them: the WAL is in the OS; a power
+  cut may lose the last few, and those entries are then sent again with their key --
+  at least once, as a crash mid-send already is): a sync per delivery would cost a
+  disk flush per message on the event loop.
 - ``park`` keeps a permanently refused entry with the reason, for people to see
-  (``parked()``); ``done`` keeps the last ``DONE_KEPT`` delivered entries as history.
+  (``parked()``); ``done`` keeps the last ``DONE_KEPT`` delivered entries, and the
+  alerts history the last ``HISTORY_KEPT`` forgotten alerts (oldest dropped first).
 
 Key layout (``seq`` big-endian u64, so byte order is delivery order)::
 
@@ -24,10 +33,14 @@ Key layout (``seq`` big-endian u64, so byte order is delivery order)::
     b"P" seq        -> pending entry (JSON)
     b"D" seq        -> delivered entry, with ``delivered_at``
     b"X" seq        -> parked entry, with ``error`` and ``parked_at``
+    b"H" seq        -> a forgotten alert's last state (``AlertState.to_dict``)
+    b"A" fingerprint -> one alert of the snapshot, when it was stored with ``alerts``:
+                       a tick writes the alerts it changed, not every alert
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,11 +53,23 @@ from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 from engine.contracts.alerts import AlertEvent
 from engine.contracts.notification import Notification
 
-__all__ = ["DONE_KEPT", "Entry", "Outbox", "decode_notification", "encode_notification"]
+__all__ = [
+    "DONE_KEPT",
+    "HISTORY_KEPT",
+    "Entry",
+    "Outbox",
+    "Prepared",
+    "decode_notification",
+    "encode_notification",
+]
 
 _U64 = struct.Struct(">Q")
 #: Delivered entries kept as history (the oldest are dropped beyond this).
 DONE_KEPT = 10_000
+#: Forgotten alerts kept as history (the oldest are dropped beyond this).
+HISTORY_KEPT = 10_000
+#: ``alerts`` of a stored snapshot whose alerts are kept one key each.
+_PER_KEY = "stored per key"
 
 
 def encode_notification(n: Notification) -> dict[str, Any]:
@@ -87,6 +112,14 @@ class Entry:
         return {"seq": self.seq, "notification": encode_notification(self.notification), **extra}
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A write made ready by ``Outbox.prepare``: give it to ``Outbox.write``."""
+
+    batch: WriteBatch
+    entries: list[Entry]
+
+
 class Outbox:
     """The store of one gateway's dispatcher (``path``: a folder it owns)."""
 
@@ -97,9 +130,13 @@ class Outbox:
         self._db = Rdict(str(path), options)
         self._sync = WriteOptions()
         self._sync.sync = True
+        self._nosync = WriteOptions()
         raw = self._db.get(b"seq")
         self._next = 0 if raw is None else _U64.unpack(raw)[0]
-        self._done = sum(1 for _ in self._keys(b"D"))
+        self._count = {p: sum(1 for _ in self._keys(p)) for p in (b"D", b"H")}
+        #: per trimmed prefix, the key its oldest kept entry is at or after (a batch
+        #: prepared before the previous one was written must not delete the same keys)
+        self._floor = {p: p for p in (b"D", b"H")}
 
     def close(self) -> None:
         self._db.close()
@@ -107,50 +144,97 @@ class Outbox:
     # ---- writing -------------------------------------------------------------------
 
     def persist(
-        self, snapshot: Mapping[str, Any] | None, notifications: Sequence[Notification] = ()
+        self,
+        snapshot: Mapping[str, Any] | None,
+        notifications: Sequence[Notification] = (),
+        history: Sequence[Mapping[str, Any]] = (),
+        *,
+        alerts: Mapping[str, Mapping[str, Any]] | None = None,
+        removed: Sequence[str] = (),
     ) -> list[Entry]:
-        """Store the snapshot (if given) and the notifications as pending, atomically
-        and durably; returns their entries in order."""
+        """Store the snapshot (if given), the notifications as pending and the
+        forgotten alerts as history, atomically and durably; their entries in order.
+        With ``alerts`` (fingerprint -> entry; ``removed``: fingerprints to drop) the
+        snapshot's alerts are kept one key each and updated by these: ``snapshot()``
+        then reads them back into its ``alerts``."""
+        prepared = self.prepare(snapshot, notifications, history, alerts=alerts, removed=removed)
+        self.write(prepared)
+        return prepared.entries
+
+    def prepare(
+        self,
+        snapshot: Mapping[str, Any] | None,
+        notifications: Sequence[Notification] = (),
+        history: Sequence[Mapping[str, Any]] = (),
+        *,
+        alerts: Mapping[str, Mapping[str, Any]] | None = None,
+        removed: Sequence[str] = (),
+    ) -> Prepared:
+        """Number and encode what ``persist`` stores; nothing is written yet."""
         batch = WriteBatch(raw_mode=True)
         if snapshot is not None:
-            batch.put(b"state", json.dumps(snapshot, separators=(",", ":")).encode())
+            state = {**snapshot, "alerts": _PER_KEY} if alerts is not None else snapshot
+            batch.put(b"state", json.dumps(state, separators=(",", ":")).encode())
+        for fingerprint, alert in (alerts or {}).items():
+            batch.put(b"A" + fingerprint.encode(), _dump(alert))
+        for fingerprint in removed:
+            batch.delete(b"A" + fingerprint.encode())
         entries = []
         for n in notifications:
             entry = Entry(self._next, n)
             self._next += 1
             batch.put(b"P" + _U64.pack(entry.seq), _dump(entry.to_dict()))
             entries.append(entry)
+        for alert in history:
+            batch.put(b"H" + _U64.pack(self._next), _dump(alert))
+            self._next += 1
+        self._trim(batch, b"H", len(history), HISTORY_KEPT)
         batch.put(b"seq", _U64.pack(self._next))
-        self._db.write(batch, self._sync)
-        return entries
+        return Prepared(batch, entries)
+
+    def write(self, prepared: Prepared) -> None:
+        """The synced write of ``prepare``'s batch (safe on another thread)."""
+        self._db.write(prepared.batch, self._sync)
 
     def done(self, entry: Entry, at_ms: int) -> None:
-        """The receiver confirmed ``entry``: it leaves the pending entries, durably."""
-        self._move(entry, b"D", delivered_at=at_ms)
-        self._done += 1
-        if self._done > DONE_KEPT:
-            batch = WriteBatch(raw_mode=True)
-            for key in list(self._keys(b"D"))[: self._done - DONE_KEPT]:
-                batch.delete(key)
-            self._db.write(batch, self._sync)
-            self._done = DONE_KEPT
+        """The receiver confirmed ``entry``: it leaves the pending entries."""
+        batch = self._move(entry, b"D", delivered_at=at_ms)
+        self._trim(batch, b"D", 1, DONE_KEPT)
+        self._db.write(batch, self._nosync)
 
     def park(self, entry: Entry, error: str, at_ms: int) -> None:
         """The receiver refused ``entry`` for good: kept aside with the reason."""
-        self._move(entry, b"X", error=error, parked_at=at_ms)
+        self._db.write(self._move(entry, b"X", error=error, parked_at=at_ms), self._nosync)
 
-    def _move(self, entry: Entry, prefix: bytes, **extra: Any) -> None:
+    def _move(self, entry: Entry, prefix: bytes, **extra: Any) -> WriteBatch:
         seq = _U64.pack(entry.seq)
         batch = WriteBatch(raw_mode=True)
         batch.delete(b"P" + seq)
         batch.put(prefix + seq, _dump(entry.to_dict(**extra)))
-        self._db.write(batch, self._sync)
+        return batch
+
+    def _trim(self, batch: WriteBatch, prefix: bytes, added: int, kept: int) -> None:
+        """Delete the oldest of ``prefix`` beyond ``kept`` once ``added`` more are in
+        (reads only the keys it deletes)."""
+        self._count[prefix] += added
+        excess = self._count[prefix] - kept
+        if excess > 0:
+            key = self._floor[prefix]
+            for key in itertools.islice(self._keys(prefix, self._floor[prefix]), excess):
+                batch.delete(key)
+            self._floor[prefix] = key + b"\x00"  # just after the last deleted
+            self._count[prefix] = kept
 
     # ---- reading -------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any] | None:
         raw = self._db.get(b"state")
-        return None if raw is None else dict(json.loads(bytes(raw)))
+        if raw is None:
+            return None
+        state = dict(json.loads(bytes(raw)))
+        if state.get("alerts") == _PER_KEY:
+            state["alerts"] = {k[1:].decode(): json.loads(v) for k, v in self._items(b"A")}
+        return state
 
     def pending(self) -> list[Entry]:
         """Every entry not yet confirmed nor parked, in delivery order."""
@@ -159,21 +243,25 @@ class Outbox:
     def parked(self) -> list[dict[str, Any]]:
         return [json.loads(raw) for raw in self._values(b"X")]
 
+    def history(self) -> list[dict[str, Any]]:
+        """The forgotten alerts kept as history, oldest first."""
+        return [json.loads(raw) for raw in self._values(b"H")]
+
     def delivered(self) -> list[dict[str, Any]]:
         """The delivered entries kept as history, oldest first."""
         return [json.loads(raw) for raw in self._values(b"D")]
 
-    def _keys(self, prefix: bytes) -> Iterator[bytes]:
-        for key, _ in self._items(prefix):
+    def _keys(self, prefix: bytes, start: bytes | None = None) -> Iterator[bytes]:
+        for key, _ in self._items(prefix, start):
             yield key
 
     def _values(self, prefix: bytes) -> Iterator[bytes]:
         for _, value in self._items(prefix):
             yield value
 
-    def _items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def _items(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         it = self._db.iter()
-        it.seek(prefix)
+        it.seek(start or prefix)
         while it.valid():
             key = bytes(it.key())
             if not key.startswith(prefix):

@@ -1,26 +1,37 @@
 """The dispatcher running in the gateway: alert events in, notifications out, durably.
 
 ``engine.dispatch.Dispatcher`` is pure logic; this wraps it with the wall clock, the
-durable ``Outbox`` and the receivers. Contract (all calls on the event loop, which
-serialises them; none awaits between changing the state and storing it):
+durable ``Outbox`` and the receivers. Contract (all calls on the event loop):
 
 - ``receive(events)`` feeds alert events, every one of the alerts topic (the
   dispatcher's lifecycle drops a transition it has, so a replay after a restart
-  changes nothing). Their offsets may be committed only after ``flush``: the
-  gateway calls it before each commit (``LocalTransport.before_commit``).
-- ``tick()`` (every ``tick_s``) asks the dispatcher what is due and stores the
+  changes nothing). Their offsets may be committed only after ``flush`` returned: the
+  gateway awaits it before each commit (``LocalTransport.before_commit``).
+- ``tick()`` (every ``tick_s``, and at once after ``receive`` took an event:
+  ``run_forever``, so a ``group_wait: 0s`` route notifies without waiting for the
+  next tick) asks the dispatcher what is due and stores the
   notifications *and* the state that produced them in one synced write, before any
   is attempted. So after a SIGKILL the restored state has exactly the notifications
   it made in the outbox: none is lost, none is made twice.
+- Stores happen off the event loop: the state is taken and encoded on the loop (so it
+  is the state of that moment; only the alerts changed since the last store, each
+  under its own key, plus the groups, silences and rate windows), the synced write
+  runs on one writer thread, in order; a store's notifications are queued for
+  delivery, and an action or a flush returns, only once its write is done. The loop
+  goes on meanwhile (readings, the API, deliveries): a disk flush no longer stalls the
+  gateway. A failed write raises, and what it held goes in the next one.
 - One delivery loop per receiver sends its pending entries strictly in order; an
   entry is marked done when the receiver confirmed it. A retryable failure is
-  retried (exponential backoff from ``retry_initial_s`` to ``retry_max_s``), the same
-  entry first, however long the receiver is away; a permanent one is parked, logged
-  and listed (``GET /api/outbox``), and the loop goes on. Delivery is at least once
-  (a crash between a receiver's confirmation and the mark sends that entry again);
-  the entry's key lets the receiving side drop the repeat.
+  retried (exponential backoff from ``retry_initial_s`` to ``retry_max_s``, waited
+  with ``sleep``: tests pass one that moves a manual clock), the same entry first,
+  however long the receiver is away; a permanent one is parked, logged and listed
+  (``GET /api/outbox``), and the loop goes on. Delivery is at least once (a crash
+  between a receiver's confirmation and the mark sends that entry again); the entry's
+  key lets the receiving side drop the repeat.
 - People's actions (``acknowledge``, ``close``, ``add_silence``, ``expire_silence``)
   are stored before they return.
+- Alerts the dispatcher forgets (over, told, unchanged for ``forget_after_ms``) are
+  appended to the store's history in the same write as the state that lost them.
 """
 
 from __future__ import annotations
@@ -29,14 +40,15 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from engine.contracts.alerts import AlertEvent
 from engine.contracts.notification import DeliveryError, Receiver
 from engine.dispatch.clock import Clock
 from engine.dispatch.config import DispatchConfig
-from engine.dispatch.dispatcher import Dispatcher
+from engine.dispatch.dispatcher import FORGET_AFTER_MS, Dispatcher
 from engine.dispatch.lifecycle import AlertState
 from engine.dispatch.silences import Silence
 from engine.runtime.dispatch.links import AckLinks
@@ -62,6 +74,8 @@ class DispatchService:
         links: AckLinks | None = None,
         retry_initial_s: float = 1.0,
         retry_max_s: float = 60.0,
+        forget_after_ms: int = FORGET_AFTER_MS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config = config
         self.outbox = outbox
@@ -70,14 +84,19 @@ class DispatchService:
         self.links = links
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        self._sleep = sleep
         self.counters: Counter[str] = Counter()
         url = links.url if links is not None else None
         snapshot = outbox.snapshot()
+        self._forgotten: list[dict[str, Any]] = []
+        kw: dict[str, Any] = {"forget_after_ms": forget_after_ms, "on_forget": self._forget}
         self.dispatcher = (
-            Dispatcher(config, clock, url)
+            Dispatcher(config, clock, url, **kw)
             if snapshot is None
-            else Dispatcher.restore(config, clock, snapshot, url)
+            else Dispatcher.restore(config, clock, snapshot, url, **kw)
         )
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="vigil-outbox")
+        self._last_write: asyncio.Future[None] | None = None
         self._queues: dict[str, deque[Entry]] = {name: deque() for name in self.receivers}
         self._wake = {name: asyncio.Event() for name in self.receivers}
         pending = outbox.pending()
@@ -87,6 +106,7 @@ class DispatchService:
             log.warning("outbox: %d notifications pending from before the restart", len(pending))
         self._dirty = False
         self._idle_ticks = 0
+        self._poke = asyncio.Event()
 
     # ---- inputs ----------------------------------------------------------------------
 
@@ -95,28 +115,66 @@ class DispatchService:
             if self.dispatcher.receive(event):
                 self._dirty = True
                 self.counters["events"] += 1
+                self._poke.set()
 
-    def tick(self) -> None:
+    async def run_forever(self, tick_s: float) -> None:
+        """The ticks and the receivers' delivery loops, for the life of the process."""
+        await asyncio.gather(self._tick_forever(tick_s), self.deliver_forever())
+
+    async def _tick_forever(self, tick_s: float) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), tick_s)
+            self._poke.clear()
+            await self.tick()
+
+    async def tick(self) -> None:
         """Store and queue what is due now (call every second)."""
         notifications = self.dispatcher.tick()
         self._idle_ticks += 1
-        if notifications or self._dirty or self._idle_ticks >= _IDLE_STORE_TICKS:
-            for entry in self._store(notifications):
+        if notifications or self._dirty or self._forgotten or self._idle_ticks >= _IDLE_STORE_TICKS:
+            for entry in await self._store(notifications):
                 self._enqueue(entry)
 
-    def flush(self) -> None:
-        """Store the state if it changed (before the alerts' offsets are committed)."""
+    async def flush(self) -> None:
+        """Return once every event received so far is in the stored state (before the
+        alerts' offsets are committed)."""
         if self._dirty:
-            self._store(())
+            await self._store(())
+        elif self._last_write is not None:
+            await asyncio.shield(self._last_write)
 
-    async def flush_async(self) -> None:
-        self.flush()
+    def _forget(self, state: AlertState) -> None:
+        self._forgotten.append(state.to_dict())
 
-    def _store(self, notifications: Any) -> list[Entry]:
-        entries = self.outbox.persist(self.dispatcher.snapshot(), notifications)
+    async def _store(self, notifications: Sequence[Any]) -> list[Entry]:
+        # Snapshot and encode now, on the loop: the write holds the state of this moment
+        # however long the disk takes; what changes meanwhile marks the state dirty again.
+        history, self._forgotten = self._forgotten, []
+        rest, changed, removed = self.dispatcher.changes()
+        prepared = self.outbox.prepare(
+            rest, notifications, history, alerts=changed, removed=removed
+        )
         self._dirty, self._idle_ticks = False, 0
-        self.counters["notifications"] += len(entries)
-        return entries
+        write = asyncio.get_running_loop().run_in_executor(
+            self._writer, self.outbox.write, prepared
+        )
+        self._last_write = write
+        try:
+            await asyncio.shield(write)  # a cancelled caller must not leave it half-known
+        except asyncio.CancelledError:
+            raise  # the write goes on and lands; only this caller stops waiting
+        except Exception:
+            # Not stored. The state (and the notifications of a tick, which the state
+            # says were made) is then only in memory: what was taken goes in the next
+            # write again, and the error propagates (a failed tick stops the service:
+            # the restart continues from the last stored state, where they were not).
+            self.dispatcher.unstored(changed, removed)
+            self._forgotten[:0] = history
+            self._dirty = True
+            raise
+        self.counters["notifications"] += len(prepared.entries)
+        return prepared.entries
 
     def _enqueue(self, entry: Entry) -> None:
         queue = self._queues.get(entry.notification.receiver)
@@ -130,28 +188,28 @@ class DispatchService:
 
     # ---- people's actions --------------------------------------------------------------
 
-    def acknowledge(self, fingerprint: str, by: str, note: str = "") -> AlertState:
+    async def acknowledge(self, fingerprint: str, by: str, note: str = "") -> AlertState:
         state = self.dispatcher.acknowledge(fingerprint, by, note)
-        self._store(())
+        await self._store(())
         log.warning("alert %s acknowledged by %s", fingerprint, by)
         return state
 
-    def close(self, fingerprint: str, by: str, feedback: str) -> AlertState:
+    async def close(self, fingerprint: str, by: str, feedback: str) -> AlertState:
         state = self.dispatcher.close(fingerprint, by, feedback)
-        self._store(())
+        await self._store(())
         log.warning("alert %s closed by %s", fingerprint, by)
         return state
 
-    def add_silence(
+    async def add_silence(
         self, matchers: list[str], starts_at: int, ends_at: int, author: str, comment: str
     ) -> Silence:
         silence = self.dispatcher.add_silence(matchers, starts_at, ends_at, author, comment)
-        self._store(())
+        await self._store(())
         return silence
 
-    def expire_silence(self, silence_id: str) -> Silence:
+    async def expire_silence(self, silence_id: str) -> Silence:
         silence = self.dispatcher.expire_silence(silence_id)
-        self._store(())
+        await self._store(())
         return silence
 
     # ---- delivery ----------------------------------------------------------------------
@@ -193,7 +251,7 @@ class DispatchService:
                 delay = self.retry_initial_s
                 continue
             self.counters["retries"] += 1
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
             delay = min(delay * 2, self.retry_max_s)
 
     async def stop(self, delivery: asyncio.Task[None] | None) -> None:
@@ -205,7 +263,7 @@ class DispatchService:
             delivery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await delivery
-        self.flush()
+        await self.flush()
         for receiver in self.receivers.values():
             try:
                 await receiver.aclose()

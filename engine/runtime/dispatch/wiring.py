@@ -93,24 +93,21 @@ def install_dispatch(settings: Settings, topology: Topology) -> DispatchService:
     service = DispatchService(
         config, outbox, receivers, SystemClock(), links=links,
         retry_initial_s=d.retry_initial_s, retry_max_s=d.retry_max_s,
+        forget_after_ms=int(d.forget_after_s * 1000),
     )  # fmt: skip
     app = topology.app
     topology.alert_listeners.append(service.receive)
     transport = app.transport
     assert isinstance(transport, LocalTransport)
-    transport.before_commit.append(service.flush_async)
+    transport.before_commit.append(service.flush)
 
-    async def tick() -> None:
-        service.tick()
-
-    app.timer(d.tick_s)(tick)
     delivery: list[asyncio.Task[None]] = []
 
     async def deliver() -> None:
         task = asyncio.current_task()
         assert task is not None
         delivery.append(task)
-        await service.deliver_forever()
+        await service.run_forever(d.tick_s)
 
     async def stop(app: Any, **kwargs: Any) -> None:
         await service.stop(delivery[0] if delivery else None)
