@@ -17,7 +17,11 @@ def test_demo_tells_acknowledges_escalates_and_clears() -> None:
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     # The flood itself, as before: alerts, dead letters, every gauge cleared.
-    assert "dead-lettered messages: 3" in out
+    # Three bad MQTT messages, an SL 651 frame with a bad CRC, two HJ 212 packets with a
+    # wrong password.
+    assert "dead-lettered messages: 6" in out
+    assert re.search(r"SK01: highest level \w+ .* all clear", out)
+    assert re.search(r"AQ01: highest level \w+ .* all clear", out)
     assert re.search(r"HZ002: highest level red .* all clear", out)
     # Grouped notifications reach the duty room's webhook and mail, signed.
     assert re.search(r"⇒ duty-room +#1 FIRING \w+: demo_river: ", out)
