@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -52,8 +53,10 @@ LogFormat = Literal["human", "json"]
 APP_FIELDS = ("station", "rule", "partition", "offset", "source", "reason", "count")
 #: The fields a human line shows (``source`` and ``reason`` are in its message already).
 HUMAN_FIELDS = ("station", "rule", "partition", "offset", "count")
-#: Records of one kind let through per interval before the rest are only counted.
-BURST = 5
+#: Records of one kind let through per interval before the rest are only counted
+#: (``VIGIL_LOG_BURST`` in the environment sets another number: a test harness that
+#: reads every line, an operator who wants more of a burst shown).
+BURST = int(os.environ.get("VIGIL_LOG_BURST", "5"))
 #: Seconds of one rate-limit interval.
 INTERVAL_S = 10.0
 
@@ -233,6 +236,10 @@ def configure_logging(fmt: LogFormat = "human", level: int | str = logging.INFO)
         logging.getLogger(name).setLevel(
             logging.NOTSET if quiet == logging.DEBUG else logging.WARNING
         )
+    # Except the worker's own few lines: "[^Worker]: Ready" is when a Kafka worker has
+    # started (what supervisors and the failover tests wait for).
+    for name in ("faust.worker", "mode.worker"):
+        logging.getLogger(name).setLevel(logging.INFO)
     _flusher = _Flusher(limit, handler)
     _flusher.start()
     atexit.register(_flusher.flush, final=True)

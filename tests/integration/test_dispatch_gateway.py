@@ -418,7 +418,10 @@ def test_mqtt_sms_and_jsonl_receivers_in_the_gateway_and_its_api_from_afar(
                       "group_wait": "1s", "group_interval": "1s"},
         }  # fmt: skip
         engine, url = start_gateway(
-            tmp_path, mosquitto, routes, web={"token_env": "VIGIL_TEST_API_TOKEN"}
+            tmp_path,
+            mosquitto,
+            routes,
+            web={"token_env": "VIGIL_TEST_API_TOKEN", "bind": "0.0.0.0"},  # reachable from afar
         )
         engine.start()
         gauges = Gauges(mosquitto)
@@ -471,8 +474,17 @@ def test_mqtt_sms_and_jsonl_receivers_in_the_gateway_and_its_api_from_afar(
             )
             assert {a["state"] for a in cleared[0]["alerts"]} == {"resolved"}
             assert len({n["key"] for n in logged()}) == len(logged())  # each key once
-            outbox = httpx.get(url + "/api/outbox").json()
-            assert not outbox["parked"] and not any(outbox["pending"].values())
+            # The receiver's confirmation is marked just after it arrives: the outbox
+            # drains, nothing parked.
+            outbox = wait_for(
+                "the outbox drained",
+                lambda: (
+                    (o := httpx.get(url + "/api/outbox", headers=good).json())
+                    and not any(o["pending"].values())
+                    and o
+                ),
+            )
+            assert not outbox["parked"]
         finally:
             gauges.publisher.close()
             engine.kill()

@@ -164,7 +164,7 @@ def test_binding_off_loopback_needs_a_token_or_tls(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_settings(path)
     assert str(exc.value) == (
-        f"{path}: web: Value error, bind '0.0.0.0' is not loopback: set web.token_env (a "
+        f"{path}:3:1: web: bind '0.0.0.0' is not loopback: set web.token_env (a "
         "bearer token from the environment) or web.tls, or bind 127.0.0.1"
     )
     assert WebSettings().bind == "127.0.0.1"
