@@ -59,11 +59,14 @@ def test_oso_creek_rule_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rules", "test", str(OSO_TESTS)]) == 0, capsys.readouterr().out
 
 
-def test_the_level_rules_of_the_packs_step_down_on_the_reading() -> None:
+def test_the_shipped_packs_step_down_at_window_close_until_reading_is_order_proof() -> None:
+    """``step_down: reading`` is not yet independent of arrival order (a high reading of
+    the window that arrives after the one that stepped down raises again where the replay
+    does not: the Kafka live-equals-replay test found it), so the packs keep the default."""
     flood = load_ruleset([PACKS / "flood.yaml"], PACKS / "demo_stations.yaml").ruleset
     dam = load_ruleset([PACKS / "dam_seepage.yaml"], PACKS / "demo_dam_stations.yaml").ruleset
     steps = {r.rule_id: r.step_down for r in (*flood.rules, *dam.rules)}
-    assert steps["flood.river_level"] == steps["dam.reservoir_level"] == "reading"
+    assert steps["flood.river_level"] == steps["dam.reservoir_level"] == "window"
 
 
 def test_rules_check_refuses_step_down_on_the_reading_of_a_mean(
