@@ -333,6 +333,7 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
                 return 1
             ports = tuple(int(str(line).rsplit(":", 1)[1]) for line in announced[1:])
             print(f"  engine running on local://{workdir / 'data'} (pid {engine.pid}), {url}")
+            print(f"  the duty room's page: {url}/console (open it in a browser while it runs)")
             print(
                 f"  SL 651 server on 127.0.0.1:{ports[0]}, HJ 212 server on 127.0.0.1:{ports[1]}\n"
             )
