@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from engine.contracts.alerts import AlertEvent
+from engine.tools.cli import main
 from engine.tools.replay import replay
 from rules import check_paths
 from rules.api import load_ruleset
@@ -398,3 +399,9 @@ def test_the_days_are_the_zone_s_own(tmp_path: Path) -> None:
     assert [(e.level, _iso(e.at, "+00:00")) for e in events] == [
         ("yellow", "2024-06-01T00:00+00:00")
     ]
+
+
+def test_the_dam_pack_s_seasonal_rule_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo reservoir's flood-limit level is seasonal; its rule tests say when."""
+    tests = Path(__file__).resolve().parents[2] / "rules" / "packs" / "dam_seepage_tests.yaml"
+    assert main(["rules", "test", str(tests)]) == 0, capsys.readouterr().out

@@ -151,11 +151,15 @@ class TumblingRunner:
         starts at ``begin``, would close them with that period's."""
         calendar, w = self.rule.calendar, self.rule.window_ms
         assert calendar is not None
-        rows = np.unique(sensor)
+        if self.next_close > begin:  # no open window ends by then: the common case, O(1)
+            return []
+        last = self.state["last_ts"][sensor]
+        due = (last != NO_TS) & (last - last % w + w <= begin)
+        if not due.any():
+            return []
+        rows = np.unique(sensor[due])
         st = self.state[rows]
-        last = st["last_ts"]
-        is_open = ~np.isnan(st["agg"]) & (st["levels"] & CLOSED_BIT == 0)
-        rows = rows[is_open & (last - last % w + w <= begin)]
+        rows = rows[~np.isnan(st["agg"]) & (st["levels"] & CLOSED_BIT == 0)]
         if not len(rows):
             return []
         sub = self.state[rows]
