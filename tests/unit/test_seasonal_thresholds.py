@@ -403,5 +403,5 @@ def test_the_days_are_the_zone_s_own(tmp_path: Path) -> None:
 
 def test_the_dam_pack_s_seasonal_rule_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
     """The demo reservoir's flood-limit level is seasonal; its rule tests say when."""
-    tests = Path(__file__).resolve().parents[2] / "rules" / "packs" / "dam_seepage_tests.yaml"
+    tests = Path(__file__).resolve().parents[2] / "rules" / "packs" / "demo_dam_tests.yaml"
     assert main(["rules", "test", str(tests)]) == 0, capsys.readouterr().out
