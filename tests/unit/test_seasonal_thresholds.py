@@ -16,6 +16,8 @@ import pytest
 import yaml
 
 from engine.contracts.alerts import AlertEvent
+from engine.contracts.batch import TelemetryBatch
+from engine.evaluation.processor import PartitionProcessor
 from engine.tools.cli import main
 from engine.tools.replay import replay
 from rules import check_paths
@@ -35,7 +37,7 @@ stations:
     kind: reservoir
     metrics: {reservoir_level: m}
     design_flood_level: 106.0
-    flood_limit_level:               # 汛限水位: main flood season and the rest
+    flood_limit_level:  # 汛限水位: main flood season and the rest
       tz: Asia/Shanghai
       seasons:
         - {from: 06-01, to: 08-31, value: 102.5}
@@ -405,3 +407,34 @@ def test_the_dam_pack_s_seasonal_rule_tests_pass(capsys: pytest.CaptureFixture[s
     """The demo reservoir's flood-limit level is seasonal; its rule tests say when."""
     tests = Path(__file__).resolve().parents[2] / "rules" / "packs" / "demo_dam_tests.yaml"
     assert main(["rules", "test", str(tests)]) == 0, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("window", ["{size: 1h, aggregate: max}", "{size: 1h, aggregate: mean}"])
+def test_a_reload_to_seasonal_limits_and_a_restart_keep_the_boundary(
+    tmp_path: Path, window: str
+) -> None:
+    """A gateway running a constant limit (104.0) is reloaded with the seasonal table on
+    31 May and restarts from its checkpoint on 1 June: it raises where a replay of the
+    seasonal rules raises, on the first reading (or window) of 1 June."""
+    constant = STATIONS.split("    flood_limit_level:")[0] + "    flood_limit_level: 104.0\n"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    before = _load(tmp_path / "a", _rules(window), constant)
+    after = _load(tmp_path / "b", _rules(window))
+    readings = _hourly("2024-05-30T00:00+08:00", "2024-06-03T00:00+08:00", 103.0)
+    proc = PartitionProcessor(before, lateness_ms=0)
+    events: list[AlertEvent] = []
+    restarted = False
+    for k in range(0, len(readings), 5):
+        if readings[k][2] >= _ms("2024-05-31T12:00+08:00") and proc.ruleset is before:
+            proc.swap_rules(after)
+        if (
+            readings[min(k + 4, len(readings) - 1)][2] >= _ms("2024-06-01T00:00+08:00")
+            and not restarted
+        ):
+            saved, restarted = proc.snapshot(), True  # before the batch over the boundary
+            proc = PartitionProcessor(after, lateness_ms=0)
+            proc.restore(saved)
+        events += proc.process(TelemetryBatch.from_rows(readings[k : k + 5]), k)
+    assert _seen(events) == _seen(replay(after, readings, flush=False))
+    assert [e.level for e in events] == ["yellow"]
