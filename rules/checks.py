@@ -31,6 +31,7 @@ from __future__ import annotations
 import string
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from datetime import date
 
 import numpy as np
 import numpy.typing as npt
@@ -171,7 +172,7 @@ def _check_threshold(
             out += _check_derived(rule, spec, registry, stations)
         out += _window(rule, ("window", "size"), spec.window, stations)
         for path, ref in refs:
-            out += _missing_field(rule, path, ref, stations)
+            out += _missing_field(rule, path, ref, stations, dated_ok=True)
         flatline = spec.qc is not None and spec.qc.flatline
         if flatline and stations and not any(s.report_interval_ms for s in stations):
             msg = (
@@ -341,24 +342,57 @@ def _window(
 
 
 def _missing_field(
-    rule: LoadedRule, path: tuple[Key, ...], ref: Ref | None, stations: Sequence[Station]
+    rule: LoadedRule,
+    path: tuple[Key, ...],
+    ref: Ref | None,
+    stations: Sequence[Station],
+    dated_ok: bool = False,
 ) -> list[Problem]:
+    """A field a station lacks; one that varies with the date where only a number will
+    do (``dated_ok``: a threshold rule's levels take both)."""
     if ref is None or ref.field is None:
         return []
-    lacking = [s.id for s in stations if s.value(ref.field) is None]
-    if not lacking:
-        return []
-    return [rule.problem(path, f"station field {ref.field!r} is not set for {name_some(lacking)}")]
+    name = ref.field
+    lacking = [s.id for s in stations if s.field(name) is None]
+    if lacking:
+        return [rule.problem(path, f"station field {name!r} is not set for {name_some(lacking)}")]
+    dated = [s.id for s in stations if s.dated(name) is not None]
+    if dated and not dated_ok:
+        msg = (
+            f"station field {name!r} varies with the date at {name_some(dated)}; only a "
+            "threshold rule's levels take such a field"
+        )
+        return [rule.problem(path, msg)]
+    return []
 
 
-def per_station(ref: Ref | None, stations: Sequence[Station]) -> FloatArray:
-    """``ref`` resolved at each station, NaN where unset; a bare number is broadcast."""
+def per_station(ref: Ref | None, stations: Sequence[Station], on: date | None = None) -> FloatArray:
+    """``ref`` resolved at each station, NaN where unset; a bare number is broadcast. A
+    field that varies with the date is NaN, or its value on the local day ``on``."""
     if ref is None:
         return np.full(len(stations), np.nan)
     if ref.field is None:
         return np.full(len(stations), np.nan if ref.number is None else ref.number)
-    values = [s.value(ref.field) for s in stations]
+    values = [_value(s, ref.field, on) for s in stations]
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64) + ref.offset
+
+
+def _value(station: Station, name: str, on: date | None) -> float | None:
+    dated = station.dated(name) if on is not None else None
+    return station.value(name) if dated is None or on is None else dated.on(on)
+
+
+def _sample_days(refs: Sequence[Ref], stations: Sequence[Station]) -> list[date]:
+    """The days where the rule's dated thresholds turn (season starts, curve points):
+    between them they are constant or linear, so an order that holds there holds on
+    every day."""
+    days: set[date] = set()
+    for ref in refs:
+        for s in stations if ref.field is not None else ():
+            dated = s.dated(ref.field) if ref.field is not None else None
+            if dated is not None:
+                days.update(dated.sample_days())
+    return sorted(days)
 
 
 def _level_order(
@@ -368,14 +402,35 @@ def _level_order(
     stations: Sequence[Station] | None,
 ) -> list[Problem]:
     """Thresholds must not go backwards, per station; reported at the later level."""
-    direction = spec.levels.direction
-    names = [name for name, _ in spec.levels.used()]
     if stations is None:  # numbers only: one row, no station name
         values = np.array([[r.number if r.field is None else np.nan for _, r in refs]])
         ids = [""]
     else:
+        days = _sample_days([r for _, r in refs], stations)
+        if days:  # thresholds that vary with the date: their order holds on every day
+            for day in days:
+                values = np.column_stack([per_station(r, stations, day) for _, r in refs])
+                when = f"{day:%m-%d}" if day.year == 2000 else day.isoformat()  # 2000: yearly
+                ids = [f"{s.id} on {when} " for s in stations]
+                out = _order_problems(rule, spec, refs, values, ids)
+                if out:
+                    return out
+            return []
         values = np.column_stack([per_station(r, stations) for _, r in refs])
         ids = [s.id + " " for s in stations]
+    return _order_problems(rule, spec, refs, values, ids)
+
+
+def _order_problems(
+    rule: LoadedRule,
+    spec: ThresholdSpec,
+    refs: list[tuple[tuple[Key, ...], Ref]],
+    values: FloatArray,
+    ids: list[str],
+) -> list[Problem]:
+    """Levels whose thresholds (``values``: station x level) go backwards."""
+    direction = spec.levels.direction
+    names = [name for name, _ in spec.levels.used()]
     order = " <= ".join(names) if direction == 1 else " >= ".join(names)
     word, sign = ("below", "<") if direction == 1 else ("above", ">")
     out = []

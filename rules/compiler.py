@@ -29,6 +29,7 @@ from rules.compiled import (
     CorroborationRule,
     DerivedMetric,
 )
+from rules.dated import DatedCalendar, RuleCurve
 from rules.loader import RuleFile
 from rules.registry import Registry, Station
 from rules.schema import (
@@ -79,6 +80,9 @@ def compile_rules(
     digest = hashlib.blake2b(digest_size=8)
     for station in registry:  # the version changes when a station's values do
         digest.update(station.model_dump_json().encode())
+        for dated in station.dated_fields().values():  # a curve's CSV is not in the dump
+            if isinstance(dated, RuleCurve):
+                digest.update(repr(dated.points()).encode())
     for rule in (r for f in files for r in f.rules):
         spec = rule.spec
         stations = selected_stations(rule, registry)
@@ -146,8 +150,15 @@ def _qc_limits(spec: ThresholdSpec, stations: Sequence[Station]) -> QcLimits | N
 
 def _threshold(spec: ThresholdSpec, stations: Sequence[Station], lang: str) -> ThresholdRule:
     thresholds = np.full((len(stations), N_LEVELS), np.nan, dtype=np.float64)
+    cells = []  # thresholds that vary with the date (rules.dated)
     for name, level in spec.levels.used():
-        thresholds[:, Level.parse(name) - 1] = per_station(level.ref, stations)
+        col = Level.parse(name) - 1
+        thresholds[:, col] = per_station(level.ref, stations)
+        field = level.ref.field
+        for row, station in enumerate(stations if field is not None else ()):
+            dated = station.dated(field) if field is not None else None
+            if dated is not None:
+                cells.append((row, col, dated, level.ref.offset))
     if spec.derive is not None:
         unit = "m" if spec.derive.op == "pressure_head" else None
         unit = unit or next((s.metrics.get(spec.derive.from_) for s in stations), None)
@@ -173,6 +184,8 @@ def _threshold(spec: ThresholdSpec, stations: Sequence[Station], lang: str) -> T
     )
     if spec.aqi_method is not None:
         kwargs["aqi_method"] = spec.aqi_method
+    if cells:
+        kwargs["calendar"] = DatedCalendar(thresholds, cells)
     return ThresholdRule(**kwargs)
 
 

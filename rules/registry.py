@@ -22,8 +22,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from rules.dated import Dated, RuleCurve, SeasonTable, load_curves, season_problems
 from rules.durations import format_duration_ms, parse_duration_ms
 from rules.errors import Problem, RulesInvalid, did_you_mean, problems_from_validation
 from rules.model import StrictModel
@@ -55,6 +64,32 @@ StationKind = Literal[
 ]
 
 DurationMs = Annotated[int, BeforeValidator(parse_duration_ms)]
+
+
+def _field_form(value: Any) -> str | None:
+    if isinstance(value, SeasonTable | RuleCurve):  # serialising
+        return "[seasons]" if isinstance(value, SeasonTable) else "[curve]"
+    if not isinstance(value, dict):
+        return "[number]"
+    if "seasons" in value:
+        return "[seasons]"
+    return "[curve]" if "csv" in value else None
+
+
+#: A station field: a number, a seasonal table or a rule curve (``rules.dated``). The
+#: tags are bracketed so that error paths leave them out (``problems_from_validation``).
+FieldValue = Annotated[
+    Annotated[float, Tag("[number]")]
+    | Annotated[SeasonTable, Tag("[seasons]")]
+    | Annotated[RuleCurve, Tag("[curve]")],
+    Discriminator(
+        _field_form,
+        custom_error_type="field_form",
+        custom_error_message=(
+            "expected a number, a seasonal table {seasons: [...]} or a rule curve {csv: FILE}"
+        ),
+    ),
+]
 
 #: Built-in numeric station attributes a rule may reference as ``station.<name>`` (m).
 LEVEL_FIELDS = (
@@ -132,17 +167,17 @@ class Station(StrictModel):
     metrics: dict[str, str] = Field(default_factory=dict)  # metric -> unit
     report_interval_ms: DurationMs | None = Field(default=None, alias="report_interval")
     reservoir: str | None = None  # id of the reservoir station a dam instrument belongs to
-    elevation: float | None = None
-    sensor_elevation: float | None = None
-    warning_level: float | None = None
-    guaranteed_level: float | None = None
-    flood_limit_level: float | None = None
-    normal_pool_level: float | None = None
-    design_flood_level: float | None = None
-    check_flood_level: float | None = None
-    historical_max_level: float | None = None
+    elevation: FieldValue | None = None
+    sensor_elevation: FieldValue | None = None
+    warning_level: FieldValue | None = None
+    guaranteed_level: FieldValue | None = None
+    flood_limit_level: FieldValue | None = None
+    normal_pool_level: FieldValue | None = None
+    design_flood_level: FieldValue | None = None
+    check_flood_level: FieldValue | None = None
+    historical_max_level: FieldValue | None = None
     tags: frozenset[str] = frozenset()
-    fields: dict[str, float] = Field(default_factory=dict)
+    fields: dict[str, FieldValue] = Field(default_factory=dict)
     #: The station's identity on the gateway's SL 651 / HJ 212 servers, if it reports so.
     sl651: Sl651Identity | None = None
     hj212: Hj212Identity | None = None
@@ -155,11 +190,27 @@ class Station(StrictModel):
         return self
 
     def value(self, name: str) -> float | None:
-        """The numeric attribute ``name`` (built-in level or free field), None if unset."""
+        """The numeric attribute ``name`` (built-in level or free field), None if unset
+        or if it varies with the date (:meth:`dated`)."""
+        got = self.field(name)
+        return None if got is None or isinstance(got, SeasonTable | RuleCurve) else got
+
+    def dated(self, name: str) -> Dated | None:
+        """The attribute ``name`` when it varies with the date (``rules.dated``)."""
+        got = self.field(name)
+        return got if isinstance(got, SeasonTable | RuleCurve) else None
+
+    def field(self, name: str) -> float | Dated | None:
+        """The attribute ``name`` as given: a number, a dated field, or None."""
         if name in LEVEL_FIELDS:
-            got: float | None = getattr(self, name)
+            got: float | Dated | None = getattr(self, name)
             return got
         return self.fields.get(name)
+
+    def dated_fields(self) -> dict[str, Dated]:
+        """Every attribute that varies with the date, by name."""
+        names = (*LEVEL_FIELDS, *self.fields)
+        return {n: d for n in names if (d := self.dated(n)) is not None}
 
     def document(self) -> dict[str, Any]:
         """The station as plain data that ``Station.model_validate`` takes back (what the
@@ -253,6 +304,27 @@ def _store_registry(path: Path) -> Registry:
     return registry_from_source(Source(str(path), {"stations": docs}, positions))
 
 
+def _dated_problems(station: Station, source: Source, i: int) -> list[Problem]:
+    """Seasons that overlap or leave gaps; rule curves read (``rules.dated``)."""
+    out = []
+    for name, dated in station.dated_fields().items():
+        key: tuple[Key, ...] = (
+            ("stations", i, name) if name in LEVEL_FIELDS else ("stations", i, "fields", name)
+        )
+        if isinstance(dated, SeasonTable):
+            for path, message in season_problems(dated):
+                line, col = source.position((*key, *path))
+                where = f"stations[{i}].{'.'.join(str(k) for k in key[2:])}"
+                where += "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path)
+                out.append(Problem(source.file, line, col, where, message))
+        else:
+            line, col = source.position((*key, "csv"))
+            where = f"stations[{i}].{'.'.join(str(k) for k in key[2:])}.csv"
+            base = Path(source.file).parent
+            out += load_curves(dated, base, (source.file, line, col, where))
+    return out
+
+
 def registry_from_source(source: Source) -> Registry:
     """Validate ``{"stations": [...]}`` data; every station's problems are collected."""
     data = source.data
@@ -284,6 +356,7 @@ def registry_from_source(source: Source) -> Registry:
             continue
         seen.add(station.id)
         stations.append(station)
+        problems += _dated_problems(station, source, i)
         for key, path in _identities(station):
             other = identities.setdefault(key, station.id)
             if other != station.id:

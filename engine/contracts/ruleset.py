@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,7 @@ __all__ = [
     "DerivedMetric",
     "QcLimits",
     "RuleSet",
+    "ThresholdCalendar",
     "ThresholdRule",
 ]
 
@@ -61,6 +62,17 @@ class QcLimits:
     max_step: float | None = None
     flat_n: int = 0
     drop_suspect: bool = False
+
+
+class ThresholdCalendar(Protocol):
+    """Thresholds that vary with the date (a reservoir's seasonal flood-limit level, a
+    rule curve; made by ``rules.dated``): constant over each period, a local day."""
+
+    def period(self, t_ms: int) -> tuple[int, int, npt.NDArray[np.float64]]:
+        """The period ``[start, end)`` (ms UTC) that holds ``t_ms``, and the rule's
+        thresholds in force throughout it: shape (len(stations), 4), as
+        ``ThresholdRule.thresholds``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,11 @@ class ThresholdRule:
     #: A rule on the derived ``aqi``: the method of its stations' AQI
     #: (``engine.evaluation.derive.aqi``).
     aqi_method: AqiMethod = DEFAULT_AQI_METHOD
+    #: Thresholds that vary with the date, None when they do not. Then ``thresholds``
+    #: holds the constant ones (NaN where a station's are dated) and every decision
+    #: takes the thresholds in force at its own event time: a reading's at the reading,
+    #: a window's close at the window's last instant (``end - 1``).
+    calendar: ThresholdCalendar | None = None
 
     def __post_init__(self) -> None:
         if self.thresholds.shape != (len(self.stations), N_LEVELS):

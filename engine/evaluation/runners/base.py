@@ -7,11 +7,11 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from engine.contracts.ruleset import ThresholdRule
+from engine.contracts.ruleset import ThresholdCalendar, ThresholdRule
 from engine.evaluation.health import HealthChange
 from engine.evaluation.kernels._common import NO_TS
 
-__all__ = ["RawTransition", "Rejected", "Runner", "SensorIndex"]
+__all__ = ["RawTransition", "Rejected", "Runner", "SensorIndex", "gathered_thresholds", "periods"]
 
 
 class RawTransition(NamedTuple):
@@ -46,6 +46,16 @@ class SensorIndex:
     def bind(self, rule: ThresholdRule) -> None:
         self.rule = rule
         self._rule_rows = rule.station_rows
+        self._rows = np.zeros(0, np.intp)
+
+    def rule_rows(self) -> npt.NDArray[np.intp]:
+        """Each indexed station's row in the rule (-1: the rule no longer selects it),
+        extended as stations are indexed: no pass over them all per call."""
+        done = len(self._rows)
+        if done < len(self.stations):
+            more = [self._rule_rows.get(s, -1) for s in self.stations[done:]]
+            self._rows = np.concatenate([self._rows, np.array(more, np.intp)])
+        return self._rows
 
     def rule_row(self, station: str) -> int | None:
         return self._rule_rows.get(station)
@@ -134,11 +144,32 @@ def signature(rule: ThresholdRule) -> list[object]:
     return [rule.metric, rule.direction, rule.window_ms, rule.slide_ms, rule.aggregate]
 
 
-def gathered_thresholds(sensors: SensorIndex, n: int, start: int = 0) -> npt.NDArray[np.float64]:
-    """The rule's thresholds of dense rows ``start..n-1``, NaN past the stations indexed."""
+def gathered_thresholds(
+    sensors: SensorIndex,
+    n: int,
+    start: int = 0,
+    table: npt.NDArray[np.float64] | None = None,
+) -> npt.NDArray[np.float64]:
+    """The rule's thresholds of dense rows ``start..n-1``, NaN past the stations indexed;
+    ``table``: the rule's thresholds of one period instead (``ThresholdCalendar``)."""
+    table = sensors.rule.thresholds if table is None else table
     out = np.full((n - start, 4), np.nan)
-    for i, station in enumerate(sensors.stations[start:n]):
-        row = sensors.rule_row(station)
-        if row is not None:
-            out[i] = sensors.rule.thresholds[row]
+    rows = sensors.rule_rows()[start:n]
+    known = rows >= 0
+    out[: len(rows)][known] = table[rows[known]]
+    return out
+
+
+def periods(
+    calendar: ThresholdCalendar, ts: npt.NDArray[np.int64]
+) -> list[tuple[int, int, int, npt.NDArray[np.float64]]]:
+    """``ts`` (sorted, ms) cut where the thresholds change: (first row, end row, period
+    start ms, the rule's thresholds then) per piece. Python per period, never per row."""
+    out = []
+    start, m = 0, len(ts)
+    while start < m:
+        begin, end, table = calendar.period(int(ts[start]))
+        stop = start + int(np.searchsorted(ts[start:], end, side="left"))
+        out.append((start, stop, begin, table))
+        start = stop
     return out

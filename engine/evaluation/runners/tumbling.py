@@ -2,6 +2,13 @@
 
 The kernel does the rule's QC and sensor health in the same pass as the window and
 levels, so a reading touches one cache line of state (see the kernel's docstring).
+
+Thresholds that vary with the date (``ThresholdRule.calendar``) live in the blocks as
+the constant ones do: the runner writes those of a period (a local day) into every
+block before the kernel sees readings or window ends of that period, cutting a batch
+where a period ends. A reading is judged with the thresholds of its own time; a window
+with those of its last instant (``end - 1``), whether the watermark closes it or the
+sensor's next reading does (the runner closes it first, with its own period's).
 """
 
 from __future__ import annotations
@@ -23,12 +30,14 @@ from engine.evaluation.health import (
 from engine.evaluation.kernels import health as hk
 from engine.evaluation.kernels import tumbling_levels as kernel
 from engine.evaluation.kernels._common import NO_TS
+from engine.evaluation.kernels._tumbling_state import CLOSED_BIT
 from engine.evaluation.kernels.qc import QC_STATE_DTYPE, QCParams, new_qc_state, time_limits
 from engine.evaluation.runners.base import (
     RawTransition,
     Rejected,
     SensorIndex,
     gathered_thresholds,
+    periods,
     signature,
 )
 
@@ -68,6 +77,10 @@ class TumblingRunner:
         #: The kernel's output arrays, kept between batches: allocating them per batch
         #: cost 27 µs (a fresh mapping per array), 5 % of a 10,000-reading batch.
         self._out = kernel.outputs(0)
+        #: The rule's thresholds in the blocks, and the start (ms) of their period when
+        #: they vary with the date (None: the rule's constant ones, or none loaded).
+        self._table = rule.thresholds
+        self._period: int | None = None
 
     @property
     def rule(self) -> ThresholdRule:
@@ -84,14 +97,26 @@ class TumblingRunner:
         # thresholds and never fired); only the new rows, never a pass over them all.
         done, n = self._with_thresholds, len(self.sensors.stations)
         if n > done:
-            kernel.set_thresholds(self.state[done:n], gathered_thresholds(self.sensors, n, done))
+            table = gathered_thresholds(self.sensors, n, done, self._table)
+            kernel.set_thresholds(self.state[done:n], table)
             self._with_thresholds = n
 
     def rebind(self, rule: ThresholdRule) -> None:
         self.sensors.bind(rule)
         self.qc = qc_params(rule)
         self.params = _params(rule, self.qc, self.lateness_ms)
+        self._table, self._period = rule.thresholds, None
         kernel.set_thresholds(self.state, gathered_thresholds(self.sensors, len(self.state)))
+
+    def _load(self, begin: int, table: npt.NDArray[np.float64]) -> None:
+        """Write the thresholds of the period that starts at ``begin`` (ms) into the
+        blocks, unless they are there: O(sensors), once per period crossed."""
+        if self._period == begin:
+            return
+        self._table, self._period = table, begin
+        kernel.set_thresholds(
+            self.state, gathered_thresholds(self.sensors, len(self.state), 0, table)
+        )
 
     def _transitions(self, tr: tuple[npt.NDArray[Any], ...], n: int) -> list[RawTransition]:
         return [RawTransition(*row) for row in zip(*(a[:n].tolist() for a in tr), strict=True)]
@@ -105,6 +130,61 @@ class TumblingRunner:
         watermark: int,
         now_ms: int,
         partition_ms: int = NO_TS,
+    ) -> tuple[list[RawTransition], list[HealthChange]]:
+        calendar = self.rule.calendar
+        if calendar is None or not len(ts):
+            return self._apply(sensor, ts, value, quality, now_ms, partition_ms)
+        transitions: list[RawTransition] = []
+        changes: list[HealthChange] = []
+        for a, b, begin, table in periods(calendar, ts):
+            transitions += self._close_before(sensor[a:b], begin)
+            self._load(begin, table)
+            tr, hc = self._apply(sensor[a:b], ts[a:b], value[a:b], quality[a:b], now_ms,
+                                 partition_ms)  # fmt: skip
+            transitions += tr
+            changes += hc
+        return transitions, changes
+
+    def _close_before(self, sensor: npt.NDArray[np.int32], begin: int) -> list[RawTransition]:
+        """Close the open windows of ``sensor`` that end by ``begin`` (ms), each with the
+        thresholds of its last instant: the sensor's next reading, of the period that
+        starts at ``begin``, would close them with that period's."""
+        calendar, w = self.rule.calendar, self.rule.window_ms
+        assert calendar is not None
+        if self.next_close > begin:  # no open window ends by then: the common case, O(1)
+            return []
+        last = self.state["last_ts"][sensor]
+        due = (last != NO_TS) & (last - last % w + w <= begin)
+        if not due.any():
+            return []
+        rows = np.unique(sensor[due])
+        st = self.state[rows]
+        rows = rows[~np.isnan(st["agg"]) & (st["levels"] & CLOSED_BIT == 0)]
+        if not len(rows):
+            return []
+        sub = self.state[rows]
+        out: list[RawTransition] = []
+        first = int(sub["last_ts"].min()) // w * w + w
+        while first <= begin:
+            _, end, table = calendar.period(first - 1)
+            kernel.set_thresholds(sub, gathered_thresholds(self.sensors, len(self.state), 0,
+                                                           table)[rows])  # fmt: skip
+            tr = kernel.transition_arrays(len(sub))
+            n, first = kernel.close_windows(sub, self.params, min(begin, end), tr)
+            tr[0][:n] = rows[tr[0][:n]]
+            out += self._transitions(tr, n)
+        self.state[rows] = sub
+        self._period = None  # those blocks hold another period's thresholds now
+        return out
+
+    def _apply(
+        self,
+        sensor: npt.NDArray[np.int32],
+        ts: npt.NDArray[np.int64],
+        value: npt.NDArray[np.float64],
+        quality: npt.NDArray[np.uint8],
+        now_ms: int,
+        partition_ms: int,
     ) -> tuple[list[RawTransition], list[HealthChange]]:
         rule = self.rule
         if len(self._out[2][0]) < len(ts):
@@ -130,9 +210,21 @@ class TumblingRunner:
         closing = watermark - self.lateness_ms
         if closing < self.next_close:
             return []
-        tr = kernel.transition_arrays(len(self.state))
-        n, self.next_close = kernel.close_windows(self.state, self.params, closing, tr)
-        return self._transitions(tr, n)
+        calendar = self.rule.calendar
+        if calendar is None:
+            tr = kernel.transition_arrays(len(self.state))
+            n, self.next_close = kernel.close_windows(self.state, self.params, closing, tr)
+            return self._transitions(tr, n)
+        out: list[RawTransition] = []
+        while closing >= self.next_close:  # period by period of the windows' last instants
+            begin, end, table = calendar.period(self.next_close - 1)
+            self._load(begin, table)
+            tr = kernel.transition_arrays(len(self.state))
+            n, self.next_close = kernel.close_windows(
+                self.state, self.params, min(closing, end), tr
+            )
+            out += self._transitions(tr, n)
+        return out
 
     def check_silence(self, watermark: int) -> list[HealthChange]:
         stale_ms = self.rule.stale_ms

@@ -250,7 +250,31 @@ class WindowedRunner:
         end: npt.NDArray[np.int64],
         value: npt.NDArray[np.float64],
     ) -> list[RawTransition]:
-        tr = lv.levels_evaluate(self.levels, self.params, sensor, end, value)
+        calendar = self.rule.calendar
+        if calendar is None or not len(end):
+            return self._evaluate_with(self.params, sensor, end, value)
+        # Thresholds that vary with the date: each window is judged with those of its
+        # last instant, period by period (a sensor's windows stay in time order).
+        out: list[RawTransition] = []
+        left = np.ones(len(end), bool)
+        while left.any():
+            _, stop, table = calendar.period(int(end[left].min()) - 1)
+            pick = left & (end - 1 < stop)
+            thresholds = gathered_thresholds(self.sensors, len(self.levels), 0, table)
+            rule = self.rule
+            params = lv.LevelParams(thresholds, rule.direction, rule.deadband, rule.for_ms)
+            out += self._evaluate_with(params, sensor[pick], end[pick], value[pick])
+            left &= ~pick
+        return out
+
+    def _evaluate_with(
+        self,
+        params: lv.LevelParams,
+        sensor: npt.NDArray[np.int64],
+        end: npt.NDArray[np.int64],
+        value: npt.NDArray[np.float64],
+    ) -> list[RawTransition]:
+        tr = lv.levels_evaluate(self.levels, params, sensor, end, value)
         out = []
         for s, f, t, at, v, h, kind in zip(*(a.tolist() for a in tr), strict=True):
             if kind != lv.LEVEL:
