@@ -33,7 +33,8 @@ def _run(tmp: Path, name: str, env: dict[str, str], *args: str, fail_above: int 
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-q", "-p", "no:cacheprovider",
          "--rootdir", str(tmp / name), str(test), *args],
-        cwd=ROOT, env={**clean, **env, "DRAWS_OUT": str(out)}, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env={**clean, **env, "DRAWS_OUT": str(out)}, capture_output=True, text=True,
+        timeout=120,
     )  # fmt: skip
     return out.read_text().split(), proc.stdout + proc.stderr
 
