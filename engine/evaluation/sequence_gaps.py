@@ -145,7 +145,8 @@ class SequenceGapAlerts:
     ``observe`` runs on the ingest path (synchronous, cheap); ``check`` on a timer: it
     counts what waited too long for reordering and sends the alert's transitions,
     returning once ``send`` has made them durable. ``on_lost(n)`` (a Prometheus
-    counter) hears of every loss as it is counted.
+    counter) hears of every loss as it is counted, with the connector (``mqtt``, ``sl651``)
+    its device spoke through.
     """
 
     def __init__(
@@ -157,7 +158,7 @@ class SequenceGapAlerts:
         window_ms: int = 600_000,
         reorder: int = 16,
         reorder_wait_ms: int = 60_000,
-        on_lost: Callable[[int], None] = lambda n: None,
+        on_lost: Callable[[str, int], None] = lambda connector, n: None,
         clock: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.gateway = gateway
@@ -168,6 +169,7 @@ class SequenceGapAlerts:
         self._on_lost = on_lost
         self._clock = clock
         self._losses: deque[tuple[int, str, int]] = deque()  # (ms, device, lost)
+        self._connector: dict[str, str] = {}  # device -> the connector it spoke through
         self._unlogged: Counter[str] = Counter()
         self._since: int | None = None  # the firing episode's start; None when clear
 
@@ -175,8 +177,10 @@ class SequenceGapAlerts:
     def firing(self) -> bool:
         return self._since is not None
 
-    def observe(self, device: str, seqs: list[int], now_ms: int) -> None:
-        """``device``'s message numbers, in the order they arrived."""
+    def observe(self, device: str, seqs: list[int], now_ms: int, connector: str = "mqtt") -> None:
+        """``device``'s message numbers, in the order they arrived through ``connector``."""
+        if device not in self._connector:
+            self._connector[device] = connector
         for seq in seqs:
             lost = self.tracker.observe(device, seq, now_ms)
             if lost:
@@ -185,7 +189,7 @@ class SequenceGapAlerts:
     def _lost(self, device: str, lost: int, now_ms: int) -> None:
         self._losses.append((now_ms, device, lost))
         self._unlogged[device] += lost
-        self._on_lost(lost)
+        self._on_lost(self._connector[device], lost)
 
     def lost_by_device(self) -> dict[str, int]:
         """Messages lost per device since the start, the most first (``SHOWN`` devices)."""

@@ -127,7 +127,7 @@ def test_the_alert_fires_at_the_threshold_and_resolves_after_the_window() -> Non
         threshold=3,
         window_ms=600_000,
         reorder=4,
-        on_lost=lost_counter.append,
+        on_lost=lambda connector, n: lost_counter.append(n),
         clock=lambda: now[0],
     )
 
@@ -158,3 +158,30 @@ def test_a_restart_loses_what_its_last_run_still_missed() -> None:
     assert sum(tracker.observe("d", s, 0) for s in seqs) == 1
     assert tracker.counts["d"].restarts == 1
     assert tracker.expire(10**13) == {}
+
+
+def test_sl651_report_serials_are_followed_and_keep_alives_are_not() -> None:
+    from collections import Counter as Tally
+    from datetime import datetime, timedelta
+
+    from connectors.fieldserver import Identity, Peer
+    from connectors.sl651.server import Sl651Session
+    from simulators.sl651_rtu import Sl651Rtu
+
+    keep_alive = bytes.fromhex("7e7e011090330853a0002f000802009f26020209410003bde3")  # FACTS V1
+    ids = {"0012345678": Identity("SK01", "1234"), "1090330853": Identity("SK09", "A000")}
+    heard: list[tuple[str, list[int]]] = []
+    session = Sl651Session(lambda: ids, Tally(), on_sequence=lambda d, s, _: heard.append((d, s)))
+    rtu, tracker = Sl651Rtu(), SequenceTracker(reorder=4, reorder_wait_ms=10**12)
+    start = datetime(2024, 7, 1)
+    for i in range(20):
+        frames = rtu.report(start + i * timedelta(minutes=5))
+        if i == 7:  # serial 8 lost on the way
+            continue
+        for raw in frames:
+            session.handle(raw, Peer("sl651", "127.0.0.1:4000"), 0)
+    session.handle(keep_alive, Peer("sl651", "127.0.0.1:4001"), 0)
+    assert {d for d, _ in heard} == {"SK01 (SL 651 0012345678)"}
+    serials = [s for _, batch in heard for s in batch]
+    assert serials == [n for n in range(1, 21) if n != 8]
+    assert sum(tracker.observe("SK01", s, 0) for s in serials) == 1

@@ -139,7 +139,7 @@ class Gateway:
             send=self._send_alerts,
             state_path=data_dir / "broker-drops.json",
         )
-        seq = settings.ingest
+        seq, metrics = settings.ingest, self.topology.metrics
         self.sequence_gaps = SequenceGapAlerts(
             gateway=options.client_id,
             send=self._send_alerts,
@@ -147,7 +147,7 @@ class Gateway:
             window_ms=int(seq.seq_alert_window_s * 1000),
             reorder=seq.seq_reorder_window,
             reorder_wait_ms=int(seq.seq_reorder_wait_s * 1000),
-            on_lost=self.topology.metrics.sequence_lost.labels("mqtt").inc,
+            on_lost=lambda connector, n: metrics.sequence_lost.labels(connector).inc(n),
         )
         self.ingest = MqttIngest(
             options,
@@ -172,7 +172,13 @@ class Gateway:
         )
         assert self.rules.registry is not None  # set by a successful start
         self.field = FieldServers(
-            settings, self.rules.registry, self.topology.produce, self.topology.send_dead_letter
+            settings,
+            self.rules.registry,
+            self.topology.produce,
+            self.topology.send_dead_letter,
+            on_sequence=lambda device, serials, ms: self.sequence_gaps.observe(
+                device, serials, ms, "sl651"
+            ),
         )
         app = self.topology.app
         app.task(self._run_ingest)
