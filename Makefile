@@ -45,12 +45,15 @@ $(STAMP): pyproject.toml constraints.txt
 # mosquitto is a real broker from Debian's packages: the demo and the
 # integration tests start their own instance on a free loopback port. Java and Maven
 # run the Kafka broker that scripts/kafka fetches from Maven Central for the Kafka tests.
-APT_PACKAGES := mosquitto mosquitto-clients default-jre-headless maven
+# Chromium (Debian's) is the browser the duty-room page's test drives through Playwright;
+# WenQuanYi Zen Hei gives its screenshots Chinese glyphs.
+APT_PACKAGES := mosquitto mosquitto-clients default-jre-headless maven chromium fonts-wqy-zenhei
 
 system-deps:
 	@{ command -v mosquitto || command -v /usr/sbin/mosquitto; } >/dev/null 2>&1 && \
 	  command -v mosquitto_pub >/dev/null 2>&1 && \
-	  command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 || \
+	  command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 && \
+	  command -v chromium >/dev/null 2>&1 || \
 	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES); }

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import secrets
 import shutil
 import signal
@@ -39,7 +38,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 import rules
@@ -47,7 +45,8 @@ from connectors.mqtt.mosquitto import Mosquitto, free_port
 from connectors.sinks.console import format_event
 from engine.contracts.alerts import AlertEvent, Level
 from engine.runtime.transport.log import DurableLog
-from engine.tools.demo_desk import Arrival, Desk
+from engine.tools.demo_desk import Desk
+from engine.tools.demo_duty import DutyRoom, duty_summary
 from simulators.field_episode import EpisodeAirStation, FloodedReservoirRtu
 from simulators.publisher import Publisher
 from simulators.river import FloodWave, flood_readings
@@ -78,8 +77,6 @@ BAD_MESSAGES = (
 
 HOOK_SECRET_ENV = "VIGIL_DEMO_HOOK_SECRET"
 LINK_SECRET_ENV = "VIGIL_DEMO_LINK_SECRET"
-DUTY_OFFICER = "Duty officer Li"
-SECTION_HEAD = "Section head Wang"
 
 #: The field stations (SL 651 reservoir, HJ 212 air station) and their dead-letter cases.
 FIELD_STATIONS = ("SK01", "AQ01")
@@ -284,85 +281,6 @@ def _dead_letters(data_dir: Path, topic: str) -> list[tuple[str, str]]:
         log.close()
 
 
-class _DutyRoom:
-    """Prints what reaches the desk and acts as the people on duty would: the duty
-    officer acknowledges the first orange alert from the CLI (``vigil alerts ack``);
-    the section head takes what was escalated to them through the signed link."""
-
-    def __init__(self, desk: Desk, url: str) -> None:
-        self.desk = desk
-        self.url = url
-        self.received: list[Arrival] = []
-        self.acked: list[str] = []  # stations acknowledged from the CLI
-        self.escalated: list[str] = []  # stations escalated to the section head
-        self.taken: list[str] = []  # stations the section head took through the link
-        self.all_clears = 0
-
-    def poll(self) -> None:
-        while True:
-            try:
-                arrival = self.desk.arrivals.get_nowait()
-            except queue.Empty:
-                return
-            self.received.append(arrival)
-            self._show(arrival)
-            if arrival.path == "/duty-room" and not self.acked:
-                self._acknowledge(arrival.body)
-            elif arrival.path == "/section-head":
-                self._take(arrival.body)
-
-    def count(self, path: str) -> int:
-        return sum(1 for a in self.received if a.path == path)
-
-    def _show(self, a: Arrival) -> None:
-        if a.path == "mail":
-            print(f"    ✉ duty-mail     {a.body['subject']}", flush=True)
-            return
-        b = a.body
-        if b["status"] == "resolved":
-            self.all_clears += 1
-        alerts = ", ".join(
-            f"{x['station']} {x['level'] if x['state'] == 'firing' else 'cleared'}"
-            for x in b["alerts"]
-        )
-        where = "/".join(b["group_labels"].values()) or "-"
-        note = f"  ({b['note']})" if b["note"] else ""
-        signed = "" if a.signed else "  UNSIGNED"
-        print(
-            f"    ⇒ {a.path[1:]:<13} #{b['key'].rsplit(':', 1)[1]} {b['status'].upper()} "
-            f"{b['level']}: {where}: {alerts}{note}{signed}",
-            flush=True,
-        )
-
-    def _acknowledge(self, body: dict[str, Any]) -> None:
-        orange = [a for a in body["alerts"] if a["state"] == "firing" and a["level"] == "orange"]
-        if not orange:
-            return
-        alert = orange[0]
-        args = ["ack", alert["fingerprint"][:12], "--by", DUTY_OFFICER, "--note", "patrol sent"]
-        print(f'  $ vigil alerts ack {args[1]} --by "{DUTY_OFFICER}" --note "patrol sent"')
-        done = subprocess.run(
-            [sys.executable, "-m", "engine.tools.cli", "alerts", "--url", self.url, *args],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        print("    " + (done.stdout or done.stderr).strip(), flush=True)
-        if done.returncode == 0:
-            self.acked.append(alert["station"])
-
-    def _take(self, body: dict[str, Any]) -> None:
-        for alert in body["alerts"]:
-            self.escalated.append(alert["station"])
-            link = alert.get("ack_url")
-            if alert["state"] != "firing" or not link:
-                continue
-            page = httpx.get(link, timeout=30)  # the confirm page: opening it does nothing
-            done = httpx.post(link, data={"name": SECTION_HEAD}, timeout=30)
-            if page.status_code == 200 and f"Acknowledged by {SECTION_HEAD}." in done.text:
-                self.taken.append(alert["station"])
-                print(f"  {SECTION_HEAD} opens the link in the message: "
-                      f"{alert['station']} acknowledged", flush=True)  # fmt: skip
-
-
 def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
     """Run the demo; returns the process exit code: 0 when the flood was seen through,
     its alerts told, one acknowledged, one escalated and taken, and the all-clears told."""
@@ -415,6 +333,7 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
                 return 1
             ports = tuple(int(str(line).rsplit(":", 1)[1]) for line in announced[1:])
             print(f"  engine running on local://{workdir / 'data'} (pid {engine.pid}), {url}")
+            print(f"  the duty room's page: {url}/console (open it in a browser while it runs)")
             print(
                 f"  SL 651 server on 127.0.0.1:{ports[0]}, HJ 212 server on 127.0.0.1:{ports[1]}\n"
             )
@@ -427,7 +346,7 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
             field_thread = threading.Thread(target=field, daemon=True)
             field_thread.start()
             tail = _AlertTail(workdir / "alerts.jsonl")
-            duty = _DutyRoom(desk, url)
+            duty = DutyRoom(desk, url)
             publisher = Publisher(broker.host, broker.port)
             thread = threading.Thread(
                 target=publisher.publish, args=(readings, publish_s, len(readings)), daemon=True
@@ -461,7 +380,7 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
             duty.poll()
         dead = _dead_letters(workdir / "data", "vigil-demo-dead-letter")
         _summary(tail.events, len(readings), field_replies, dead)
-        _duty_summary(duty, workdir / "duty-log.jsonl")
+        duty_summary(duty, workdir / "duty-log.jsonl")
         print(f"\n  alerts file: {workdir / 'alerts.jsonl'}" if keep else "")
         alerted = {e.station for e in tail.events}
         ok = (
@@ -478,19 +397,3 @@ def run_demo(duration_s: float = 60.0, keep: bool = False) -> int:
             engine.wait()
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _duty_summary(duty: _DutyRoom, log: Path) -> None:
-    blue = len(log.read_text().splitlines()) if log.exists() else 0
-    signed = "all signed" if all(a.signed for a in duty.received) else "SOME UNSIGNED"
-    print(
-        f"  notifications: duty-room {duty.count('/duty-room')}, duty-mail "
-        f"{duty.count('mail')}, section-head {duty.count('/section-head')} ({signed}); "
-        f"duty-log {blue}"
-    )
-    print(f"  acknowledged from the CLI by {DUTY_OFFICER}: {', '.join(duty.acked) or 'none'}")
-    print(
-        f"  escalated to the section head: {', '.join(sorted(set(duty.escalated))) or 'none'}; "
-        f"taken through the link: {', '.join(duty.taken) or 'none'}"
-    )
-    print(f"  all-clear messages: {duty.all_clears}")

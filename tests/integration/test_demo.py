@@ -26,6 +26,7 @@ def test_demo_tells_acknowledges_escalates_and_clears() -> None:
     # Grouped notifications reach the duty room's webhook and mail, signed.
     assert re.search(r"⇒ duty-room +#1 FIRING \w+: demo_river: ", out)
     assert "✉ duty-mail" in out
+    assert re.search(r"the duty room's page: http://127\.0\.0\.1:\d+/console", out)
     assert "(all signed)" in out
     # One alert acknowledged from the CLI, against the running gateway.
     ack = re.search(r'\$ vigil alerts ack (\w+) --by "Duty officer Li" .*\n +(\w+): (.*)', out)

@@ -40,7 +40,7 @@ from engine.runtime.dispatch.links import LinkError
 from engine.runtime.dispatch.service import DispatchService
 from rules.durations import parse_duration_ms
 
-__all__ = ["alert_json", "install_api", "silence_json"]
+__all__ = ["alert_json", "guard", "install_api", "silence_json"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -106,8 +106,9 @@ def _text(data: dict[str, Any], name: str, *, required: bool) -> str:
     return value
 
 
-def install_api(router: web.UrlDispatcher, service: DispatchService, token: str | None) -> None:
-    """Add the routes above to ``router`` (the gateway's aiohttp app)."""
+def guard(token: str | None) -> Callable[[Handler], Handler]:
+    """The API's access rule as a handler wrapper: a loopback caller as it is, any other
+    only with ``Authorization: Bearer <token>`` (403 when no token is configured)."""
 
     def guarded(handler: Handler) -> Handler:
         async def check(request: web.Request) -> web.StreamResponse:
@@ -125,6 +126,14 @@ def install_api(router: web.UrlDispatcher, service: DispatchService, token: str 
             return await handler(request)
 
         return check
+
+    return guarded
+
+
+def install_api(router: web.UrlDispatcher, service: DispatchService, token: str | None) -> None:
+    """Add the routes above to ``router`` (the gateway's aiohttp app)."""
+
+    guarded = guard(token)
 
     async def act(fingerprint: str, action: Callable[[], Awaitable[AlertState]]) -> web.Response:
         if service.dispatcher.lifecycle.get(fingerprint) is None:

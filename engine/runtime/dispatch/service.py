@@ -107,6 +107,9 @@ class DispatchService:
         self._dirty = False
         self._idle_ticks = 0
         self._poke = asyncio.Event()
+        #: Bumped after every stored change; the console's live stream waits on it.
+        self.version = 0
+        self._changed = asyncio.Event()
 
     # ---- inputs ----------------------------------------------------------------------
 
@@ -174,7 +177,18 @@ class DispatchService:
             self._dirty = True
             raise
         self.counters["notifications"] += len(prepared.entries)
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
         return prepared.entries
+
+    async def changed_since(self, version: int, timeout_s: float) -> int:
+        """The state's version once it differs from ``version`` (or after ``timeout_s``
+        seconds, whichever is first): what a live view waits on before it reads again."""
+        if self.version == version:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout_s)
+        return self.version
 
     def _enqueue(self, entry: Entry) -> None:
         queue = self._queues.get(entry.notification.receiver)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,13 @@ from engine.dispatch.clock import SystemClock
 from engine.dispatch.config import DispatchConfig, load_dispatch_config
 from engine.runtime.config import ConfigError, Settings
 from engine.runtime.dispatch.api import install_api
+from engine.runtime.dispatch.console import install_console
 from engine.runtime.dispatch.links import AckLinks
 from engine.runtime.dispatch.outbox import Outbox
 from engine.runtime.dispatch.service import DispatchService
 from engine.runtime.topology import Topology
 from engine.runtime.transport.local import Transport as LocalTransport
+from rules.registry import Station
 
 __all__ = ["build_receivers", "install_dispatch"]
 
@@ -81,8 +84,11 @@ def api_token(settings: Settings) -> str | None:
     return token
 
 
-def install_dispatch(settings: Settings, topology: Topology) -> DispatchService:
-    """Build the service and hook it into ``topology`` (embedded transport only).
+def install_dispatch(
+    settings: Settings, topology: Topology, stations: Callable[[], Iterable[Station]]
+) -> DispatchService:
+    """Build the service and hook it into ``topology`` (embedded transport only), with
+    its REST API and the duty room's page (``stations``: the registry running now).
     Raises ``RulesInvalid`` for a bad routing file, ``ConfigError`` otherwise."""
     d = settings.dispatch
     assert d is not None
@@ -115,4 +121,5 @@ def install_dispatch(settings: Settings, topology: Topology) -> DispatchService:
     app.task(deliver)
     app.on_before_shutdown.connect(stop)
     install_api(app.web.web_app.router, service, token)
+    install_console(app.web.web_app.router, service, stations, token)
     return service

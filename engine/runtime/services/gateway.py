@@ -56,6 +56,7 @@ from engine.runtime.topology import Reading, Topology
 from engine.runtime.transport.integrity import verify
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.transport.retention import cap_topic, enforce_retention
+from rules.registry import Station
 
 __all__ = ["RELOADABLE", "Gateway", "load_rules"]
 
@@ -194,7 +195,9 @@ class Gateway:
             app.timer(self.notifier.watchdog_interval_s)(self._watchdog)
         app.on_before_shutdown.connect(self._stop_ingest)
         self.dispatch = (
-            install_dispatch(settings, self.topology) if settings.dispatch is not None else None
+            install_dispatch(settings, self.topology, self._stations)
+            if settings.dispatch is not None
+            else None
         )
         self.nbiot = install_nbiot(settings, self.topology) if settings.nbiot else None
         self.observer = Observer(
@@ -250,6 +253,11 @@ class Gateway:
             loaded = await asyncio.to_thread(self.rules.reload, force=force)
             if loaded is not None:
                 self._install(loaded)
+
+    def _stations(self) -> list[Station]:
+        """The stations of the registry running now (none before the first load)."""
+        registry = self.rules.registry
+        return [] if registry is None else list(registry.stations)
 
     def _station_metrics(self) -> dict[str, frozenset[str]]:
         """Station id -> the metrics it reports, of the registry running now (ingest's

@@ -1,0 +1,235 @@
+// Vigil duty room: reads and acts through the gateway's REST API; reloads on each
+// "change" of the server-sent event stream. No framework, no network beyond the gateway.
+"use strict";
+const LEVELS = ["red", "orange", "yellow", "blue"];
+let T = {}, dict = {}, stations = [], byId = {};
+const $ = (s) => document.querySelector(s);
+function lang() {
+  const chosen = localStorage.getItem("vigil-lang");
+  if (chosen) return chosen;
+  return (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en";
+}
+
+function t(key) { return T[key] || key; }
+
+async function api(path, init = {}) {
+  const headers = Object.assign({"Content-Type": "application/json"}, init.headers || {});
+  const token = sessionStorage.getItem("vigil-token");
+  if (token) headers.Authorization = "Bearer " + token;
+  const r = await fetch(path, Object.assign({}, init, {headers}));
+  if (r.status === 401 || r.status === 403) {
+    const given = prompt(t("token"));
+    if (given) { sessionStorage.setItem("vigil-token", given); return api(path, init); }
+  }
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(body.error || r.statusText);
+  return body;
+}
+
+// Times in the station's zone when the registry gives one, else the browser's; with the zone.
+function when(ms, station) {
+  if (!ms) return "";
+  const tz = (byId[station] || {}).tz || undefined;
+  return new Intl.DateTimeFormat(lang() === "zh" ? "zh-CN" : "en-GB", {
+    timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+    minute: "2-digit", timeZoneName: "short"}).format(new Date(ms));
+}
+
+function cell(row, content, cls) {
+  const td = row.insertCell();
+  if (content instanceof Node) td.append(content); else td.textContent = content ?? "";
+  if (cls) td.className = cls;
+  return td;
+}
+function badge(level) {
+  const s = document.createElement("span");
+  s.className = "lvl lvl-" + level;
+  s.textContent = t(level === "none" ? "none_level" : level);
+  return s;
+}
+function button(label, onclick, name) {
+  const b = document.createElement("button");
+  b.textContent = t(label); b.onclick = onclick; b.name = name || label;
+  return b;
+}
+function where(station) {
+  const s = byId[station] || {};
+  return [s.basin, s.district, s.name || station].filter(Boolean).join(" / ") + ` (${station})`;
+}
+
+async function refresh() {
+  const [a, st, si, hi] = await Promise.all([
+    api("/api/alerts"), api("/api/stations"), api("/api/silences"), api("/api/history")]);
+  stations = st.stations; byId = Object.fromEntries(stations.map((s) => [s.id, s]));
+  drawAlerts(a.alerts); drawStations(); drawSilences(si.silences); drawHistory(a.alerts, hi.alerts);
+  drawDead().catch(() => {});
+}
+
+// Active alerts (firing or acknowledged; a latched red stays until somebody takes it),
+// worst first; those a silence or a higher alert hides go to their own table, marked why.
+function drawAlerts(alerts) {
+  const open = alerts.filter((x) => x.status === "firing" || x.status === "acknowledged");
+  open.sort((x, y) => LEVELS.indexOf(x.level) - LEVELS.indexOf(y.level) || y.at - x.at);
+  const shown = open.filter((x) => !x.hidden), hidden = open.filter((x) => x.hidden);
+  alertRows($("#alerts tbody"), shown);
+  alertRows($("#silenced-alerts tbody"), hidden);
+  $("#no-alerts").hidden = shown.length > 0;
+}
+function alertRows(body, list) {
+  body.replaceChildren();
+  for (const x of list) {
+    const row = body.insertRow();
+    row.dataset.fingerprint = x.fingerprint; row.dataset.station = x.station;
+    if (x.hidden) row.className = "silenced";
+    cell(row, badge(x.level));
+    cell(row, where(x.station));
+    cell(row, x.summary || `${x.rule_id} ${x.metric}`);
+    const unit = ((byId[x.station] || {}).units || {})[x.metric] || "";
+    cell(row, `${x.value} ${unit}`.trim());
+    cell(row, when(x.started_at, x.station));
+    cell(row, x.hidden ? x.hidden : x.acknowledged ? `${x.acknowledged.by} ${when(x.acknowledged.at, x.station)}` +
+      (x.acknowledged.note ? ` — ${x.acknowledged.note}` : "") : "", "taken");
+    const acts = cell(row, "");
+    if (x.status === "firing") acts.append(button("ack", () => ackAlert(x)));
+  }
+}
+
+function filterOptions(id, key) {
+  const sel = $(id), keep = sel.value;
+  const values = [...new Set(stations.map((s) => s[key]).filter(Boolean))].sort();
+  sel.replaceChildren(new Option(`${t(key)}: ${t("all")}`, ""), ...values.map((v) => new Option(v, v)));
+  sel.value = values.includes(keep) ? keep : "";
+  sel.onchange = drawStations;
+}
+function drawStations() {
+  filterOptions("#f-kind", "kind"); filterOptions("#f-basin", "basin"); filterOptions("#f-district", "district");
+  const f = {kind: $("#f-kind").value, basin: $("#f-basin").value, district: $("#f-district").value};
+  const body = $("#stations tbody"); body.replaceChildren();
+  for (const s of stations) {
+    if (Object.entries(f).some(([k, v]) => v && s[k] !== v)) continue;
+    const row = body.insertRow(); row.dataset.station = s.id;
+    if (s.silenced) row.className = "silenced";
+    cell(row, s.name ? `${s.name} (${s.id})` : s.id); cell(row, s.kind); cell(row, s.basin);
+    cell(row, s.district); cell(row, badge(s.level));
+    const last = s.last_alert;
+    cell(row, last ? `${last.metric} ${last.value} ${(s.units || {})[last.metric] || ""} ${when(last.at, s.id)}` : "");
+    cell(row, s.silenced || "");
+    cell(row, button("silence", () => silenceStation(s.id), "silence-station"));
+  }
+}
+
+function drawSilences(list) {
+  const body = $("#silences tbody"); body.replaceChildren();
+  for (const s of list.filter((x) => x.state !== "expired")) {
+    const row = body.insertRow(); row.dataset.id = s.id;
+    cell(row, s.matchers.join(", ")); cell(row, when(s.ends_at)); cell(row, s.author); cell(row, s.comment);
+    cell(row, button("expire", async () => { await api(`/api/silences/${s.id}`, {method: "DELETE"}); }));
+  }
+}
+
+function drawHistory(alerts, forgotten) {
+  const body = $("#history tbody"); body.replaceChildren();
+  const done = alerts.filter((x) => x.status === "resolved" || x.status === "closed")
+    .concat(forgotten || []);
+  done.sort((x, y) => (y.at || 0) - (x.at || 0));
+  for (const x of done.slice(0, 50)) {
+    const row = body.insertRow();
+    cell(row, badge(x.level || "none")); cell(row, where(x.station)); cell(row, x.summary || x.rule_id);
+    const steps = [`${t("started")} ${when(x.started_at, x.station)}`];
+    if (x.acknowledged) steps.push(`${t("acked")} ${t("by")} ${x.acknowledged.by} ${when(x.acknowledged.at, x.station)}`);
+    if (x.status === "resolved") steps.push(`${t("cleared")} ${when(x.at, x.station)}`);
+    if (x.closed) steps.push(`${t("closed")} ${t("by")} ${x.closed.by}: ${x.closed.feedback}`);
+    cell(row, steps.join(" → "));
+    const acts = cell(row, "");
+    if (x.status === "resolved" && x.fingerprint) acts.append(button("close", () => closeAlert(x)));
+  }
+}
+
+async function drawDead() {
+  const page = await api("/vigil/dead-letters?limit=1000");
+  const counts = {};
+  for (const r of page.records) {
+    const c = counts[r.class || r.reason] ||= {n: 0, latest: 0, reason: r.reason};
+    c.n += 1; c.latest = Math.max(c.latest, r.received_at);
+  }
+  const body = $("#dead tbody"); body.replaceChildren();
+  for (const [cls, c] of Object.entries(counts).sort((a, b) => b[1].n - a[1].n)) {
+    const row = body.insertRow(); cell(row, `${cls}: ${c.reason}`); cell(row, c.n); cell(row, when(c.latest));
+  }
+}
+
+// The action dialog: acknowledge with a note, close with feedback, silence for a time.
+function ask(title, what, label, withDuration, submit) {
+  const who = $("#who").value.trim();
+  if (!who) { alert(t("needname")); $("#who").focus(); return; }
+  $("#act-title").textContent = title; $("#act-what").textContent = what;
+  $("#act-label").textContent = label; $("#act-text").value = ""; $("#act-error").textContent = "";
+  $("#act-dur-row").hidden = !withDuration;
+  const dialog = $("#act");
+  $("#act-ok").onclick = async (ev) => {
+    ev.preventDefault();
+    try { await submit(who, $("#act-text").value.trim(), $("#act-dur").value.trim()); dialog.close(); }
+    catch (e) { $("#act-error").textContent = e.message; }
+  };
+  dialog.showModal();
+}
+function post(path, data) { return api(path, {method: "POST", body: JSON.stringify(data)}); }
+function ackAlert(x) {
+  ask(t("ack"), `${where(x.station)}: ${x.summary}`, t("note"), false,
+    (by, note) => post(`/api/alerts/${x.fingerprint}/ack`, {by, note}));
+}
+function closeAlert(x) {
+  ask(t("close"), `${where(x.station)}: ${x.summary}`, t("feedback"), false,
+    (by, feedback) => post(`/api/alerts/${x.fingerprint}/close`, {by, feedback}));
+}
+function silenceStation(station) {
+  ask(t("silence"), where(station), t("comment"), true,
+    (author, comment, duration) => post("/api/silences", {matchers: [`station=${station}`], author, comment, duration}));
+}
+
+// The live stream, read with fetch so that it can carry the token; reconnects after a second.
+async function live() {
+  for (;;) {
+    try {
+      const headers = {};
+      const token = sessionStorage.getItem("vigil-token");
+      if (token) headers.Authorization = "Bearer " + token;
+      const r = await fetch("/api/stream", {headers});
+      if (!r.ok) throw new Error(r.statusText);
+      $("#live").className = "live on"; $("#live").textContent = t("live");
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const {value, done} = await reader.read();
+        if (done) break;
+        buf += value;
+        let i;
+        while ((i = buf.indexOf("\n\n")) >= 0) {
+          const msg = buf.slice(0, i); buf = buf.slice(i + 2);
+          if (msg.includes("event: change")) await refresh().catch(console.error);
+        }
+      }
+    } catch (e) { console.error(e); }
+    $("#live").className = "live off"; $("#live").textContent = t("offline");
+    await new Promise((ok) => setTimeout(ok, 1000));
+  }
+}
+
+function translate() {
+  T = dict[lang()] || dict.en;
+  document.documentElement.lang = lang();
+  for (const el of document.querySelectorAll("[data-t]")) el.textContent = t(el.dataset.t);
+  $("#live").textContent = t($("#live").classList.contains("on") ? "live" : "offline");
+  document.title = t("title");
+}
+
+async function main() {
+  dict = await (await fetch("/console/i18n.json")).json();
+  $("#lang").value = lang();
+  $("#lang").onchange = () => { localStorage.setItem("vigil-lang", $("#lang").value); translate(); refresh(); };
+  $("#who").value = localStorage.getItem("vigil-who") || "";
+  $("#who").onchange = () => localStorage.setItem("vigil-who", $("#who").value.trim());
+  translate();
+  live();
+}
+main();
