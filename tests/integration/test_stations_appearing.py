@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from connectors.fieldserver import Splitter
+from connectors.framing import Splitter
 from connectors.hj212.server import Hj212Framing
 from connectors.mqtt.mosquitto import Mosquitto
 from connectors.sl651.server import Sl651Framing
