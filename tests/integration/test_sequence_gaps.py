@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -115,6 +117,14 @@ def test_a_gap_in_a_devices_sequence_numbers_raises_the_gateway_health_alert(
             "restarts": 0,
             "lost_by_device": {"vigil/HZ002/water_level": 1},
         }
+        shown = subprocess.run(
+            [sys.executable, "-m", "engine.tools.cli", "status", "--config", str(config)],
+            capture_output=True, text=True, timeout=60,
+        ).stdout  # fmt: skip
+        assert (
+            "sequence numbers: 2 devices, 1 messages lost on the way, 4 duplicates, 0 restarts; "
+            "lost: vigil/HZ002/water_level 1"
+        ) in shown, shown
         scrape = web.get("/metrics").text
         lost = {
             tuple(s.labels.items()): s.value
