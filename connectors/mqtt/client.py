@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 
 #: ``on_broker_drops(total)``: the broker's cumulative count of dropped messages.
 BrokerDrops = Callable[[int], Awaitable[None]]
+#: ``on_sequence(topic, seqs, received_ms)``: the ``seq`` numbers of a message that
+#: became readings, in payload order (synchronous, on the event loop).
+Sequences = Callable[[str, list[int], int], None]
 
 
 @dataclass
@@ -115,8 +118,10 @@ class MqttIngest:
         known_stations: Stations | None = None,
         on_broker_drops: BrokerDrops | None = None,
         admission: Admission | None = None,
+        on_sequence: Sequences | None = None,
     ) -> None:
         self.options = options
+        self._on_sequence = on_sequence
         self.template = TopicTemplate(options.topic_template)
         self._produce = produce
         self._dead_letter = dead_letter
@@ -339,9 +344,12 @@ class MqttIngest:
     def _decode(self, m: Inbound) -> list[Reading]:
         station, metric = self.template.parse(m.source)
         self.admission.check_sensor(station, metric, self.known_stations)
-        readings = decode_payload(m.payload, m.received_ms)
+        seqs: list[int] = []
+        readings = decode_payload(m.payload, m.received_ms, seqs)
         for ts, _ in readings:
             self.admission.check_time(ts, m.received_ms)
+        if seqs and self._on_sequence is not None:
+            self._on_sequence(m.source, seqs, m.received_ms)
         return [(station, metric, ts, v) for ts, v in readings]
 
     async def _handle(self, items: list[Inbound | _DropCount]) -> None:

@@ -1,6 +1,11 @@
 """Vigil's MQTT payloads: JSON ``{"value": 3.21, "ts": 1714000000000}`` (``ts`` in epoch
 ms, or an ISO 8601 string with offset; omitted means the time the gateway received it),
 or a list of such objects. Anything else is a ``PayloadError`` with the reason.
+
+An object may carry the device's own message number, ``"seq": 42`` (an integer from 0 to
+``MAX_SEQ``): the gateway counts the gaps in it as messages lost on the way
+(``engine.evaluation.sequence_gaps``); a ``seq`` that is no such integer is a
+``PayloadError`` like a bad ``ts``.
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ from datetime import datetime
 
 from connectors.ingest import PayloadError
 
-__all__ = ["MAX_TS_MS", "MIN_TS_MS", "decode_payload"]
+__all__ = ["MAX_SEQ", "MAX_TS_MS", "MIN_TS_MS", "decode_payload"]
 
 #: Epoch-ms bounds of a ``ts``: the years 1 to 9999 (what ISO 8601 can write). Beyond
 #: them a number is no clock reading, and inside them event-time arithmetic (windows,
 #: lateness) stays far from int64 overflow.
 MIN_TS_MS = -62_135_596_800_000
 MAX_TS_MS = 253_402_300_799_999
+#: The largest ``seq``: a device's counter of up to 64 bits, unsigned.
+MAX_SEQ = 2**64 - 1
 
 
 def _show(x: object) -> str:
@@ -62,9 +69,18 @@ def _parse_value(raw: object) -> float:
     return value
 
 
-def decode_payload(payload: bytes, received_ms: int) -> list[tuple[int, float]]:
+def _parse_seq(raw: object) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_SEQ:
+        raise PayloadError(f"seq must be an integer from 0 to {MAX_SEQ}, got {_show(raw)}")
+    return raw
+
+
+def decode_payload(
+    payload: bytes, received_ms: int, seqs: list[int] | None = None
+) -> list[tuple[int, float]]:
     """JSON payload -> [(ts_ms, value)]; raises PayloadError with the reason, never
-    anything else, whatever the bytes."""
+    anything else, whatever the bytes. ``seqs``, when given, gets the objects' ``seq``
+    numbers in payload order (only once the whole payload decoded)."""
     try:
         doc = json.loads(payload)
     except ValueError as exc:  # not UTF-8, not JSON, or an integer past 4300 digits
@@ -75,6 +91,7 @@ def decode_payload(payload: bytes, received_ms: int) -> list[tuple[int, float]]:
     if not items:
         raise PayloadError("payload is an empty list")
     out = []
+    numbers = []
     for item in items:
         if not isinstance(item, dict):
             raise PayloadError(f"expected an object with 'value', got {type(item).__name__}")
@@ -82,4 +99,8 @@ def decode_payload(payload: bytes, received_ms: int) -> list[tuple[int, float]]:
             raise PayloadError("object has no 'value'")
         value = _parse_value(item["value"])
         out.append((_parse_ts(item.get("ts"), received_ms), value))
+        if "seq" in item:
+            numbers.append(_parse_seq(item["seq"]))
+    if seqs is not None:
+        seqs.extend(numbers)
     return out

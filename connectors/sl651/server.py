@@ -10,6 +10,10 @@ acknowledgement (ESC: the station may stay online) once durable; a keep-alive, a
 that is not the last of its message and a downlink frame get none. Elements that feed
 no Vigil metric (``elements.ELEMENTS``) are counted per station and element; the first
 of each is dead-lettered once with the frame, so an operator sees what is not ingested.
+
+An uplink report's serial number (流水号, 1-65535) goes to ``on_sequence`` (device
+``"<Vigil station> (SL 651 <address>)"``), whose gaps are messages lost on the way; a
+keep-alive, which repeats the last serial, does not.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ from connectors.sl651.frame import Frame, decode
 from connectors.sl651.reassembly import Reassembler
 from connectors.sl651.reply import ack_frame, wants_ack
 
-__all__ = ["Sl651Framing", "Sl651Session"]
+__all__ = ["Sequences", "Sl651Framing", "Sl651Session"]
+
+#: ``on_sequence(device, serials, received_ms)``: synchronous, on the event loop.
+Sequences = Callable[[str, list[int], int], None]
 
 _HEX, _ASCII = b"\x7e\x7e", b"\x01"
 _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
@@ -71,11 +78,13 @@ class Sl651Session:
         identities: Callable[[], Mapping[str, Identity]],
         unmapped: Counter[tuple[str, str]],
         offset_min: int = CST_OFFSET_MIN,
+        on_sequence: Sequences | None = None,
     ) -> None:
         self.identities = identities  # read per frame: a registry reload swaps it
         self.unmapped = unmapped  # shared by the server's sessions
         self.offset_min = offset_min
         self.reassembler = Reassembler(offset_min=offset_min)
+        self.on_sequence = on_sequence
 
     def handle(self, raw: bytes, peer: Peer, received_ms: int) -> list[FieldMessage]:
         decoded = decode(raw, self.offset_min)
@@ -98,6 +107,10 @@ class Sl651Session:
                 return [FieldMessage(peer.source(), whole.raw, received_ms, None,
                                      reason=whole.reason)]  # fmt: skip
             frame = whole
+        is_report = frame.direction == "up" and frame.function != 0x2F  # not a keep-alive
+        if self.on_sequence is not None and is_report and frame.body is not None:
+            device = f"{who.station} (SL 651 {frame.station})"
+            self.on_sequence(device, [frame.body.serial], received_ms)
         readings: list[Reading] = [
             (who.station, r.metric, r.ts_ms, r.value, r.quality) for r in frame.readings
         ]

@@ -244,6 +244,17 @@ class IngestSettings(_Frozen):
     #: clock check instead (a sensor health alert), so keep this well above that.
     max_clock_skew_s: float = Field(86_400.0, ge=60)
 
+    #: Devices' sequence numbers (``seq``; SL 651's serial, README "Sequence numbers"):
+    #: the gateway health alert ``gateway#sequence-gaps`` is raised when at least
+    #: ``seq_alert_lost`` messages were lost within ``seq_alert_window_s`` seconds; it
+    #: resolves after as long without a loss.
+    seq_alert_lost: int = Field(1, ge=1)
+    seq_alert_window_s: float = Field(600.0, ge=10)
+    #: A missing number is a loss once this many higher numbers of its device arrived,
+    #: or ``seq_reorder_wait_s`` after it went missing (else it was only reordered).
+    seq_reorder_window: int = Field(16, ge=1, le=10_000)
+    seq_reorder_wait_s: float = Field(60.0, ge=1)
+
     def admission(self) -> Admission:
         return Admission(max_ahead_ms=int(self.max_clock_skew_s * 1000))
 

@@ -146,6 +146,13 @@ class Metrics:
             buckets=_END_TO_END_BUCKETS,
             registry=registry,
         )
+        self.sequence_lost = Counter(
+            "vigil_sequence_lost_messages_total",
+            "Messages lost on the way, seen as gaps in the devices' sequence numbers, by "
+            "connector (per device: vigil status)",
+            ["connector"],
+            registry=registry,
+        )
         self.retention_deleted = Counter(
             "vigil_log_retention_deleted_records_total",
             "Records the embedded log's retention deleted",

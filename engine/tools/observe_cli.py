@@ -162,6 +162,14 @@ def format_status(s: dict[str, Any]) -> str:
         counters = ", ".join(f"{k} {v}" for k, v in sorted(c.get("counters", {}).items()))
         state = c.get("state", "")
         lines.append(f"  {c['name']:<7} {state:<12} {c.get('broker', '')}  {counters}".rstrip())
+        seq = c.get("sequences")
+        if seq and seq["devices"]:
+            worst = ", ".join(f"{d} {n}" for d, n in seq["lost_by_device"].items())
+            lines.append(
+                f"          sequence numbers: {seq['devices']} devices, {seq['lost']} messages "
+                f"lost on the way, {seq['duplicates']} duplicates, {seq['restarts']} restarts"
+                + (f"; lost: {worst}" if worst else "")
+            )
     rate = s["readings_per_s"]
     lines.append(
         f"readings/s (last minute): received {_num(rate['received'])}, "

@@ -272,11 +272,19 @@ def test_a_stock_broker_dropping_readings_raises_a_gateway_health_alert(tmp_path
             # While the gateway runs: another client's persistent session overflows. The
             # count is broker-wide; the running gateway reports the rise when the broker
             # next publishes it.
+            # The broker publishes its count every second: a burst that takes longer under
+            # load is reported in several rises, which together make the 500.
             _persistent_session(broker, "away-subscriber", "other/#")
             publisher.publish([("other/x", b"1", 1)] * 1_500)
-            events = _wait_alerts(tmp_path / "alerts.jsonl", 3, engine)
-            third = [e for e in events if e.rule_id == RULE_ID][2]
-            assert third.value == 500.0 and third.labels["dropped_total"] == str(total + 500)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                later = [e for e in _alerts(tmp_path / "alerts.jsonl") if e.rule_id == RULE_ID][2:]
+                if later and later[-1].labels["dropped_total"] == str(total + 500):
+                    break
+                time.sleep(0.2)
+            assert later and later[-1].labels["dropped_total"] == str(total + 500), later
+            assert sum(e.value for e in later) == 500.0
+            assert all((e.level, e.previous_level) == ("yellow", "yellow") for e in later)
             assert engine.terminate() == 0
         finally:
             publisher.close()

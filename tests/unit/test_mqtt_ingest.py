@@ -63,10 +63,12 @@ def test_any_exception_on_one_message_dead_letters_it_and_the_rest_flows(
 ) -> None:
     real = mqtt.decode_payload
 
-    def flaky(payload: bytes, received_ms: int) -> list[tuple[int, float]]:
+    def flaky(
+        payload: bytes, received_ms: int, seqs: list[int] | None = None
+    ) -> list[tuple[int, float]]:
         if payload == b"boom":
             raise KeyError("a bug decode did not foresee")
-        return real(payload, received_ms)
+        return real(payload, received_ms, seqs)
 
     monkeypatch.setattr(mqtt, "decode_payload", flaky)
     ingest, produced, dead, acks = _ingest()

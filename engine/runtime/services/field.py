@@ -19,7 +19,7 @@ from collections import Counter
 from connectors.fieldserver import FieldServer, Identity, Limits
 from connectors.hj212.server import Hj212Framing, Hj212Session
 from connectors.ingest import DeadLetter, Produce
-from connectors.sl651.server import Sl651Framing, Sl651Session
+from connectors.sl651.server import Sequences, Sl651Framing, Sl651Session
 from engine.runtime.config import ConfigError, FieldServerSettings, Settings
 from rules.registry import Registry
 
@@ -71,8 +71,14 @@ class FieldServers:
     """The configured servers; ``run`` for the life of the process, ``stop`` at the end."""
 
     def __init__(
-        self, settings: Settings, registry: Registry, produce: Produce, dead_letter: DeadLetter
+        self,
+        settings: Settings,
+        registry: Registry,
+        produce: Produce,
+        dead_letter: DeadLetter,
+        on_sequence: Sequences | None = None,
     ) -> None:
+        """``on_sequence``: SL 651 report serials (``Sl651Session``), for gap counting."""
         self.sl651_ids, self.hj212_ids = identities(registry)
         #: (Vigil station, element or code) -> values received with no Vigil metric.
         self.unmapped: Counter[tuple[str, str]] = Counter()
@@ -86,7 +92,9 @@ class FieldServers:
                     s.host,
                     s.port,
                     Sl651Framing(),
-                    lambda: Sl651Session(lambda: self.sl651_ids, self.unmapped),
+                    lambda: Sl651Session(
+                        lambda: self.sl651_ids, self.unmapped, on_sequence=on_sequence
+                    ),
                     produce,
                     dead_letter,
                     _limits(s, batch.max_readings, batch.linger_ms),

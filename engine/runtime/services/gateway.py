@@ -39,6 +39,7 @@ from connectors.sinks.jsonl import JsonlSink
 from engine.contracts.alerts import AlertEvent, pack_lines
 from engine.contracts.ruleset import RuleSet
 from engine.evaluation.broker_drops import BrokerDropAlerts
+from engine.evaluation.sequence_gaps import SequenceGapAlerts
 from engine.runtime.config import ConfigError, Settings, load_settings
 from engine.runtime.dispatch.wiring import install_dispatch
 from engine.runtime.logs import configure_logging, mask_secret
@@ -68,6 +69,8 @@ RETENTION_INTERVAL_S = 600.0
 DEAD_LETTER_CAP_INTERVAL_S = 60.0
 #: How often a broker-drops alert is checked for resolving (seconds).
 BROKER_DROPS_CHECK_S = 30.0
+#: How often messages lost on the way (sequence gaps) are counted and alerted (seconds).
+SEQUENCE_CHECK_S = 5.0
 #: How long ingest may take to subscribe before the log says so (seconds).
 SUBSCRIBE_WARN_S = 60.0
 #: Settings that SIGHUP applies at once; a change to any other needs a restart.
@@ -137,6 +140,16 @@ class Gateway:
             send=self._send_alerts,
             state_path=data_dir / "broker-drops.json",
         )
+        seq, metrics = settings.ingest, self.topology.metrics
+        self.sequence_gaps = SequenceGapAlerts(
+            gateway=options.client_id,
+            send=self._send_alerts,
+            threshold=seq.seq_alert_lost,
+            window_ms=int(seq.seq_alert_window_s * 1000),
+            reorder=seq.seq_reorder_window,
+            reorder_wait_ms=int(seq.seq_reorder_wait_s * 1000),
+            on_lost=lambda connector, n: metrics.sequence_lost.labels(connector).inc(n),
+        )
         self.ingest = MqttIngest(
             options,
             produce=self._produce,
@@ -144,6 +157,7 @@ class Gateway:
             known_stations=stations,
             on_broker_drops=self.broker_drops.observe,
             admission=settings.ingest.admission(),
+            on_sequence=self.sequence_gaps.observe,
         )
         storage = settings.storage
         self.storage = StorageGuard(
@@ -159,7 +173,13 @@ class Gateway:
         )
         assert self.rules.registry is not None  # set by a successful start
         self.field = FieldServers(
-            settings, self.rules.registry, self.topology.produce, self.topology.send_dead_letter
+            settings,
+            self.rules.registry,
+            self.topology.produce,
+            self.topology.send_dead_letter,
+            on_sequence=lambda device, serials, ms: self.sequence_gaps.observe(
+                device, serials, ms, "sl651"
+            ),
         )
         app = self.topology.app
         app.task(self._run_ingest)
@@ -168,6 +188,7 @@ class Gateway:
         app.timer(storage.check_interval_s)(self.storage.check)
         app.timer(settings.reload_interval_s)(self._check_reload)
         app.timer(BROKER_DROPS_CHECK_S)(self.broker_drops.check_clear)
+        app.timer(SEQUENCE_CHECK_S)(self.sequence_gaps.check)
         app.timer(RETENTION_INTERVAL_S)(self._enforce_retention)
         app.timer(DEAD_LETTER_CAP_INTERVAL_S)(self._cap_dead_letters)
         if self.notifier.watchdog_interval_s is not None:
@@ -183,6 +204,7 @@ class Gateway:
             self.topology,
             settings,
             ingest=self.ingest,
+            sequences=self.sequence_gaps,
             reload_errors=lambda: self.reload_errors,
             token=token,
         )

@@ -38,6 +38,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from connectors.mqtt.client import MqttIngest
+from engine.evaluation.sequence_gaps import SequenceGapAlerts
 from engine.runtime.config import Settings
 from engine.runtime.services.dead_letters import read_dead_letters
 from engine.runtime.services.lag import LagMonitor
@@ -91,12 +92,14 @@ class Observer:
         settings: Settings,
         *,
         ingest: MqttIngest | None = None,
+        sequences: SequenceGapAlerts | None = None,
         reload_errors: Callable[[], Sequence[str]] = list,
         token: str | None = None,
     ) -> None:
         self.topology = topology
         self.settings = settings
         self.ingest = ingest
+        self.sequences = sequences
         self.reload_errors = reload_errors
         self.token = token
         self.lag = LagMonitor(topology)
@@ -235,6 +238,11 @@ class Observer:
                 "subscription": self.ingest.template.subscription,
                 "counters": dict(self.ingest.counters),
             })  # fmt: skip
+            if self.sequences is not None:
+                connectors[-1]["sequences"] = {
+                    **self.sequences.totals(),
+                    "lost_by_device": self.sequences.lost_by_device(),
+                }
         ruleset = self.topology.ruleset
         return {
             "app_id": self.settings.app_id,
