@@ -6,11 +6,12 @@ boundary, two cache lines that sit side by side in memory. The first line holds
 everything a reading changes in the common case; the second holds the sensor's four
 thresholds (the rule's, in the metric's unit, NaN for unused levels; written by
 :func:`set_thresholds`), which a reading reads when its window's aggregate moves, and
-the two times written only when an episode or a QC failure run begins. Two adjacent
+the times written only when an episode or a QC failure run begins or a level is left
+on a reading. Two adjacent
 lines of one block cost much less than two lines in separate arrays: measured at 10 M
 sensors, 27 against 19 M readings/s for the kernel alone. The mutable state, which
-snapshots carry (``STATE_FIELDS``), is 80 bytes per sensor; the thresholds take 32 and
-16 are padding. All times are event time, ms since the epoch (UTC).
+snapshots carry (``STATE_FIELDS``), is 89 bytes per sensor; the thresholds take 32 and
+7 are padding. All times are event time, ms since the epoch (UTC).
 
 Compact fields and their documented limits (checked by ``ThresholdRule`` and
 :func:`make_params`):
@@ -97,7 +98,11 @@ BLOCK_DTYPE = np.dtype(
         ("thr4", "<f8"),
         ("episode_start", "<i8"),  # when the level last left 0
         ("fail_since", "<i8"),  # the first reading of the current QC failure run
-        ("_pad", "u1", (16,)),
+        # ``step_down: reading``: the sensor's latest step-down on a reading, its time and
+        # the level it left (a reading taken before it, arriving after, was decided by it).
+        ("down_ts", "<i8"),
+        ("down_from", "u1"),
+        ("_pad", "u1", (7,)),
     ]
 )
 THRESHOLD_FIELDS = ("thr1", "thr2", "thr3", "thr4")
@@ -176,7 +181,7 @@ def new_state(n: int) -> npt.NDArray[np.void]:
     state = raw[skip : skip + n * BLOCK].view(BLOCK_DTYPE)
     for name in ("agg", "qc_value", *THRESHOLD_FIELDS):
         state[name] = np.nan
-    for name in ("last_ts", "qc_ts", "seen_ts", "episode_start", "fail_since"):
+    for name in ("last_ts", "qc_ts", "seen_ts", "episode_start", "fail_since", "down_ts"):
         state[name] = NO_TS
     return state
 

@@ -42,7 +42,10 @@ this kernel. Per reading, in the order of the arrays (event-time order per senso
      while the aggregate stays above ``threshold - deadband``; with ``step_down:
      reading`` (``Params.on_reading``) it is decided on each of the sensor's newest
      readings instead, at the first one back past ``threshold - deadband``, and the
-     window starts over at that reading (:func:`_step_down`);
+     window starts over at that reading (:func:`_step_down`). A reading taken before
+     the sensor's latest step-down that arrives after it was decided by it, as the
+     replay in event time decides it: it counts in no window and raises only past the
+     level the step-down left (``down_ts``, ``down_from``; :func:`_late_escalation`);
    * a window closes when a reading of a later window arrives for the sensor, or when
      the watermark passes its end (:func:`close_windows`), so a gauge that falls silent
      mid-flood does not hold its last window open forever. A close by the watermark
@@ -174,6 +177,12 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
                 late[0][n_late] = r
                 n_late += 1
             continue
+        if p.on_reading and t < st["down_ts"]:
+            # Taken before the reading that stepped down, arriving after it: the step-down
+            # decided its window; only a breach above the level it left still raises.
+            if p.for_ms == 0:
+                n_tr = _late_escalation(tr, n_tr, st, i, t, x, p)
+            continue
         if t == last:
             continue  # a duplicate: a redelivered reading never counts twice
         # The window: the latest one holds the last reading taken; agg NaN = none yet
@@ -277,6 +286,8 @@ def _step_down(tr, n, st, i, t, x, p):  # type: ignore[no-untyped-def]
     raw = min((lv >> 3) & LEVEL_MASK, breached(x, thr, p.direction))
     st["levels"] = (lv & ~(LEVEL_MASK | RAW_BITS)) | new | (raw << 3)
     st["agg"] = x
+    st["down_ts"] = t
+    st["down_from"] = current
     return n
 
 
@@ -298,21 +309,32 @@ def _may_escalate_late(st, p, t, last):  # type: ignore[no-untyped-def]
 
 @njit(cache=True)
 def _late_escalation(tr, n, st, i, t, x, p):  # type: ignore[no-untyped-def]
-    """A reading of a window the sensor has left, within the allowed lateness: it can
-    still raise the level (at its own time), never lower it, as the window it belongs
-    to was decided without it. Returns the transitions written so far; counts the
-    reading only when it raises the level (else it may be a redelivery)."""
+    """A reading of a window the sensor has left, within the allowed lateness, or (with
+    ``step_down: reading``) one taken before the sensor's latest step-down: it can still
+    raise the level (at its own time), never lower it, as the window it belongs to was
+    decided without it. One before the step-down raises only past the level that the
+    step-down left: up to there it was part of what the step-down decided, on a later
+    reading. Returns the transitions written so far; counts the reading only when it
+    raises the level (else it may be a redelivery)."""
     thr = thresholds_of(st)
     lv = as_i64(st["levels"])
     current = lv & LEVEL_MASK
+    decided = current
+    before_down = p.on_reading and t < st["down_ts"]
+    if before_down:
+        decided = max(current, as_i64(st["down_from"]))
     new = breached(x, thr, p.direction)
     if new > 0 and current > 0 and t < st["episode_start"]:  # (no ``for`` here)
         st["episode_start"] = t  # the episode began at this reading
-    if new <= current:
+    if new <= decided:
         return n
     st["accepted"] += 1
     if current == 0:
-        st["episode_start"] = t
+        # The episode the step-down ended, if the reading was taken within it.
+        if before_down and st["episode_start"] != NO_TS:
+            st["episode_start"] = min(st["episode_start"], t)
+        else:
+            st["episode_start"] = t
     n = emit(tr, n, st, i, current, new, t, x, thr, p.direction)
     st["levels"] = (lv & ~LEVEL_MASK) | new
     return n
