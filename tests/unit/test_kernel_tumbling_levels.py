@@ -96,6 +96,8 @@ def _kernel(
     st.sampled_from([0, 60_000, 10 * 60_000]),
     st.integers(0, 80),
     st.booleans(),
+    st.sampled_from([0, 60_000, 7 * 60_000]),
+    st.sampled_from([0, 1]),
 )
 def test_kernel_matches_reference(
     readings: list,
@@ -105,18 +107,21 @@ def test_kernel_matches_reference(
     lateness_ms: int,
     cut: int,
     on_reading: bool,
+    shift_ms: int,
+    right: int,
 ) -> None:
     """Readings in any order (out of order, duplicates, late): transitions and late
     rows as the plain reference states them, stepping down at window close or (``step_down:
-    reading``) on the reading."""
+    reading``) on the reading, windows aligned to the epoch or shifted."""
     late: list[int] = []
     expected = reference_process(
         [0, 0, 0], THRESHOLDS * direction, direction, deadband, WINDOW, readings, for_ms,
-        lateness_ms, late, on_reading,
+        lateness_ms, late, on_reading, shift_ms, right,
     )  # fmt: skip
     params = k.make_params(
-        direction, deadband, WINDOW, for_ms, 3, QC_OFF, lateness_ms, on_reading=on_reading
-    )
+        direction, deadband, WINDOW, for_ms, 3, QC_OFF, lateness_ms, on_reading=on_reading,
+        shift_ms=shift_ms, right=right,
+    )  # fmt: skip
     tr, _, late_rows, _ = _run(params, readings)
     assert (tr, late_rows) == (expected, late)
     # The state carries over between batches: any split gives the same transitions.
@@ -125,7 +130,7 @@ def test_kernel_matches_reference(
     # Closing reports the earliest window it left open, as a scan of the state finds it.
     tr = k.transition_arrays(3)
     closed, next_end = k.close_windows(state, params, cut * 60_000, tr)
-    assert next_end == k.earliest_open_end(state, WINDOW)
+    assert next_end == k.earliest_open_end(state, WINDOW, shift_ms)
     assert all(tr[2][j] < tr[1][j] for j in range(closed))  # closing only lowers a level
 
 

@@ -136,6 +136,12 @@ class Params(NamedTuple):
     #: The rule's ``step_down: reading``: a level is left on the sensor's newest reading
     #: that is back past its line by the deadband, not when the window closes.
     on_reading: bool = False
+    #: The windows' alignment: they start where ``(t + shift_ms) % window_ms == 0``
+    #: (``ThresholdRule.window_shift_ms``), 0 <= shift_ms < window_ms.
+    shift_ms: int = 0
+    #: 1: the windows hold ``(b, b + window_ms]`` (``ThresholdRule.window_closed_right``);
+    #: ``shift_ms`` then buckets them one ms on, and a window's end is reported 1 ms back.
+    right: int = 0
 
 
 def make_params(
@@ -148,11 +154,14 @@ def make_params(
     lateness_ms: int = 0,
     drop_suspect: bool = False,
     on_reading: bool = False,
+    shift_ms: int = 0,
+    right: int = 0,
 ) -> Params:
     """``qc``: fail_lo, fail_hi, suspect_lo, suspect_hi, spike, rate_per_h, flat_eps,
     flat_suspect_n, flat_fail_n; ``drop_suspect``: SUSPECT readings move no window either;
-    ``on_reading``: step down on the reading (``Params.on_reading``). Raises ValueError
-    past the compact fields' limits."""
+    ``on_reading``: step down on the reading (``Params.on_reading``); ``shift_ms``: the
+    windows' alignment (``Params.shift_ms``). Raises ValueError past the compact fields'
+    limits."""
     drop_from = Q_SUSPECT if drop_suspect else Q_FAIL
     p = Params(
         direction,
@@ -164,9 +173,13 @@ def make_params(
         lateness_ms,
         drop_from,
         on_reading,
+        shift_ms,
+        right,
     )
     if not 0 <= for_ms <= AGE_CAP:
         raise ValueError(f"for_ms {for_ms} outside 0..{AGE_CAP} (49.7 days)")
+    if not 0 <= shift_ms < window_ms:
+        raise ValueError(f"shift_ms {shift_ms} outside 0..window_ms {window_ms}")
     if not 1 <= fail_after <= RUN_CAP:
         raise ValueError(f"fail_after {fail_after} outside 1..{RUN_CAP}")
     if not (0 <= p.flat_suspect_n <= FLAT_CAP and 0 <= p.flat_fail_n <= FLAT_CAP):
@@ -217,14 +230,15 @@ def outputs(n: int) -> tuple[tuple[npt.NDArray[np.generic], ...], ...]:
     )
 
 
-def earliest_open_end(state: npt.NDArray[np.void], window_ms: int) -> int:
-    """The end (ms) of the earliest window still open, int64 max when none is."""
+def earliest_open_end(state: npt.NDArray[np.void], window_ms: int, shift_ms: int = 0) -> int:
+    """The end (ms) of the earliest window still open, int64 max when none is; windows
+    aligned by ``shift_ms`` (``Params.shift_ms``)."""
     is_open = ~np.isnan(state["agg"]) & (state["levels"] & CLOSED_BIT == 0)
     last = state["last_ts"][is_open]
     if not len(last):
         return NEVER
     first = int(last.min())
-    return first - first % window_ms + window_ms
+    return first - (first + shift_ms) % window_ms + window_ms
 
 
 def silent_due(state: npt.NDArray[np.void], stale_ms: int, watermark: int) -> npt.NDArray[np.intp]:

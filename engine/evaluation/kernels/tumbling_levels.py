@@ -101,6 +101,7 @@ from engine.evaluation.kernels._tumbling_steps import (
     qc_step,
     start_runs,
     thresholds_of,
+    window_start,
 )
 from engine.evaluation.kernels.health import QC
 
@@ -151,6 +152,7 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
     tr, hc, late = out
     n_tr = n_hc = n_late = 0
     w = p.window_ms
+    sh = p.shift_ms
     m = ts.shape[0]
     for r in range(m):
         # Random state access at millions of sensors: ask for a later reading's lines now.
@@ -169,7 +171,7 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
             continue  # QC failures (and dropped suspects) never raise or clear a level
         last = st["last_ts"]
         x = v * p.direction
-        if last != NO_TS and t < last - last % w:
+        if last != NO_TS and t < window_start(last, w, sh):
             # The sensor has moved on to a later window: this one is closed.
             if _may_escalate_late(st, p, t, last):
                 n_tr = _late_escalation(tr, n_tr, st, i, t, x, p)
@@ -189,14 +191,14 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
         # (or closed by a snapshot's older format, which did not keep the aggregate).
         agg = st["agg"]
         changed = True
-        if np.isnan(agg) or t >= last - last % w + w:
+        if np.isnan(agg) or t >= window_start(last, w, sh) + w:
             if not np.isnan(agg):
                 thr = thresholds_of(st)
                 if not as_i64(st["levels"]) & CLOSED_BIT:
                     frm, to = close_open(st, thr, p)
                     if to < frm:
-                        n_tr = emit(tr, n_tr, st, i, frm, to, last - last % w + w, agg, thr,
-                                     p.direction)  # fmt: skip
+                        end = window_start(last, w, sh) + w - p.right
+                        n_tr = emit(tr, n_tr, st, i, frm, to, end, agg, thr, p.direction)
                 # The window ended: its final aggregate breaks the runs it did not hold.
                 end_raw = breached(agg, thr, p.direction)
                 lv = as_i64(st["levels"])
@@ -298,10 +300,10 @@ def _may_escalate_late(st, p, t, last):  # type: ignore[no-untyped-def]
     only from the window just before its latest, still open one. Then a redelivery of
     a reading already counted cannot raise anything again: its window held the level
     when it closed, and no window has closed since."""
-    end = t - t % p.window_ms + p.window_ms
+    end = window_start(t, p.window_ms, p.shift_ms) + p.window_ms
     return (
         p.for_ms == 0
-        and end == last - last % p.window_ms
+        and end == window_start(last, p.window_ms, p.shift_ms)
         and end + p.lateness_ms > last
         and not as_i64(st["levels"]) & CLOSED_BIT
     )
@@ -347,7 +349,8 @@ def close_windows(state, p, closing, tr):  # type: ignore[no-untyped-def]
     written and the end (ms) of the earliest window left open (int64 max if none), which
     saves the caller a second pass over every sensor."""
     w = p.window_ms
-    cutoff = closing - closing % w  # a window ends by `closing` iff last_ts < this
+    sh = p.shift_ms
+    cutoff = window_start(closing, w, sh)  # a window ends by `closing` iff last_ts < this
     first_open = NEVER
     n = 0
     for i in range(state.shape[0]):
@@ -363,5 +366,6 @@ def close_windows(state, p, closing, tr):  # type: ignore[no-untyped-def]
         frm, to = close_open(st, thr, p)
         st["levels"] = as_i64(st["levels"]) | CLOSED_BIT
         if to < frm:
-            n = emit(tr, n, st, i, frm, to, last - last % w + w, agg, thr, p.direction)
-    return n, NEVER if first_open == NEVER else first_open - first_open % w + w
+            end = window_start(last, w, sh) + w - p.right
+            n = emit(tr, n, st, i, frm, to, end, agg, thr, p.direction)
+    return n, NEVER if first_open == NEVER else window_start(first_open, w, sh) + w

@@ -55,6 +55,7 @@ def _params(rule: ThresholdRule, qc: QCParams, lateness_ms: int) -> kernel.Param
         rule.direction, rule.deadband, rule.window_ms, rule.for_ms, FAIL_AFTER,
         (lo, hi, slo, shi, spike, rate, qc.flat_eps, qc.flat_suspect_n, qc.flat_fail_n),
         lateness_ms, drops_suspect(rule), on_reading=rule.step_down == "reading",
+        shift_ms=rule.kernel_shift_ms, right=int(rule.window_closed_right),
     )  # fmt: skip
 
 
@@ -127,7 +128,8 @@ class TumblingRunner:
                 "closed already",
             ))  # fmt: skip
         if len(ts):
-            first_end = int(ts.min()) // rule.window_ms * rule.window_ms + rule.window_ms
+            first = int(ts.min())
+            first_end = first - (first + rule.kernel_shift_ms) % rule.window_ms + rule.window_ms
             self.next_close = min(self.next_close, first_end)
         changes = health_changes(tuple(a[:n_hc] for a in out[1]))
         return self._transitions(out[0], n_tr), changes
@@ -206,4 +208,6 @@ class TumblingRunner:
         known = lut >= 0
         for name in fields:
             self.state[name][lut[known]] = saved_state[name][known]
-        self.next_close = kernel.earliest_open_end(self.state, self.rule.window_ms)
+        self.next_close = kernel.earliest_open_end(
+            self.state, self.rule.window_ms, self.rule.kernel_shift_ms
+        )
