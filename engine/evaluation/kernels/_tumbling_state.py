@@ -16,7 +16,8 @@ snapshots carry (``STATE_FIELDS``), is 89 bytes per sensor; the thresholds take 
 Compact fields and their documented limits (checked by ``ThresholdRule`` and
 :func:`make_params`):
 
-* the window start is not stored: it is ``last_ts`` rounded down to the window, since
+* the window start is not stored: it is ``last_ts`` rounded down to the window (from
+  the origin ``Params.shift_ms`` aligns: local days, ``window_start``), since
   the open window always holds the sensor's last taken reading; ``agg`` is NaN when no
   window is open;
 * the ``for`` clocks are stored as ages (ms since the breach run began, as of

@@ -53,6 +53,11 @@ this kernel. Per reading, in the order of the arrays (event-time order per senso
      that window (a backlog that goes on in the next batch) reopens it, and the window
      is decided again when it next closes.
 
+Windows start where ``(start + Params.shift_ms) % window_ms == 0`` (0: from the epoch;
+a rule aligned to local days shifts them), and with ``Params.right`` a window holds
+``(start, end]``: it is bucketed one ms on and its end reported 1 ms back, so a report
+stamped on a boundary closes the window that ends there.
+
 The state's layout and its documented limits are in ``_tumbling_state``; the
 per-reading steps (QC, health, levels) in ``_tumbling_steps``. This module is the
 kernel's public face: the two kernels, and the state's API re-exported with them.
