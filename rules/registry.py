@@ -193,6 +193,23 @@ class Station(StrictModel):
             parse_tz(v)
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _dated_fields_count_the_station_s_days(cls, data: Any) -> Any:
+        """A seasonal table or rule curve without its own ``tz`` takes the station's."""
+        if not isinstance(data, dict) or not data.get("tz"):
+            return data
+
+        def zoned(v: Any) -> Any:
+            if isinstance(v, dict) and ("seasons" in v or "csv" in v) and "tz" not in v:
+                return {**v, "tz": data["tz"]}
+            return v
+
+        out = {k: zoned(v) if k in LEVEL_FIELDS else v for k, v in data.items()}
+        if isinstance(out.get("fields"), dict):
+            out["fields"] = {k: zoned(v) for k, v in out["fields"].items()}
+        return out
+
     @model_validator(mode="after")
     def _free_fields_do_not_shadow(self) -> Station:
         clash = sorted(set(self.fields) & set(type(self).model_fields))
