@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
+from engine.contracts.batch import ReadingBlock
+
 __all__ = [
     "EARLIEST_TS_MS",
     "KEPT_BYTES",
@@ -56,8 +58,8 @@ log = logging.getLogger(__name__)
 #: (``engine.contracts.batch.Quality``) a protocol sends, UNCHECKED when absent.
 Reading = tuple[str, str, int, float] | tuple[str, str, int, float, int]
 #: ``produce(readings)`` / ``dead_letter(raw, reason, source)``: both resolve only once
-#: the records are durable.
-Produce = Callable[[list[Reading]], Awaitable[None]]
+#: the records are durable. A ``ReadingBlock`` is many readings of one sensor as columns.
+Produce = Callable[[list[Reading | ReadingBlock]], Awaitable[None]]
 DeadLetter = Callable[[bytes, str, str], Awaitable[None]]
 
 T = TypeVar("T")
@@ -109,6 +111,12 @@ class Admission:
                 f"unknown metric {metric!r}: station {station} reports "
                 f"{', '.join(sorted(metrics))} (its registry entry)"
             )
+
+    def check_times(self, ts: Sequence[int], received_ms: int) -> None:
+        """``check_time`` of each, at the cost of a ``min`` and a ``max`` when all pass."""
+        if ts and (min(ts) < self.earliest_ms or max(ts) > received_ms + self.max_ahead_ms):
+            for t in ts:
+                self.check_time(t, received_ms)
 
     def check_time(self, ts: int, received_ms: int) -> None:
         """A reading time after 2000 and at most ``max_ahead_ms`` past its arrival."""
@@ -204,7 +212,7 @@ class MicroBatcher(Generic[T]):
 
 async def deliver(
     messages: Sequence[Inbound],
-    decode: Callable[[Inbound], list[Reading]],
+    decode: Callable[[Inbound], Sequence[Reading | ReadingBlock]],
     produce: Produce,
     dead_letter: DeadLetter,
     counters: Counter[str],
@@ -222,7 +230,7 @@ async def deliver(
     ``ack_batch``: acknowledges the messages that have an ``ack`` all at once, in place
     of calling each (MQTT: one wake-up of the client's thread for all the PUBACKs).
     """
-    readings: list[Reading] = []
+    readings: list[Reading | ReadingBlock] = []
     dead: list[tuple[bytes, str, str]] = []
     for m in messages:
         counters["received"] += 1
@@ -250,7 +258,7 @@ async def deliver(
     for raw, reason, source in dead:
         await dead_letter(raw, reason, source)
         counters["dead_letter"] += 1
-    counters["readings"] += len(readings)
+    counters["readings"] += sum(len(r) if isinstance(r, ReadingBlock) else 1 for r in readings)
     if ack_batch is not None:
         ack_batch([m for m in messages if m.ack is not None])
         return

@@ -54,13 +54,13 @@ from connectors.ingest import (
     Inbound,
     MicroBatcher,
     Produce,
-    Reading,
     Stations,
     deliver,
 )
 from connectors.mqtt.options import MqttOptions
-from connectors.mqtt.payload import decode_payload
+from connectors.mqtt.payload import decode_columns
 from connectors.mqtt.topics import TopicTemplate
+from engine.contracts.batch import ReadingBlock
 
 __all__ = ["MqttIngest"]
 
@@ -373,13 +373,13 @@ class MqttIngest:
         while True:
             await self._handle(await self._batcher.next_batch())
 
-    def _decode(self, m: Inbound) -> list[Reading]:
+    def _decode(self, m: Inbound) -> list[ReadingBlock]:
+        """A message's readings as one block: no Python tuple per reading."""
         station, metric = self.template.parse(m.source)
         self.admission.check_sensor(station, metric, self.known_stations)
-        readings = decode_payload(m.payload, m.received_ms)
-        for ts, _ in readings:
-            self.admission.check_time(ts, m.received_ms)
-        return [(station, metric, ts, v) for ts, v in readings]
+        ts, values = decode_columns(m.payload, m.received_ms)
+        self.admission.check_times(ts, m.received_ms)
+        return [ReadingBlock(station, metric, ts, values)]
 
     async def _handle(self, items: list[Inbound | _DropCount]) -> None:
         messages = [m for m in items if isinstance(m, Inbound)]
