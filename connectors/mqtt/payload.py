@@ -114,7 +114,12 @@ def decode_columns(payload: bytes, received_ms: int) -> tuple[list[int], list[fl
         doc = _decoder.decode(payload)
     except msgspec.DecodeError:  # ValidationError too: a form the fast path leaves out
         return _columns(decode_payload(payload, received_ms))
-    items = [doc] if isinstance(doc, _Item) else doc
+    if isinstance(doc, _Item):  # one reading: the common form, checked without lists
+        t = received_ms if doc.ts is None else doc.ts
+        if MIN_TS_MS <= t <= MAX_TS_MS and math.isfinite(doc.value):
+            return [t], [doc.value]
+        return _columns(decode_payload(payload, received_ms))
+    items = doc
     stamped = [item.ts for item in items]
     ts = cast(
         list[int],
