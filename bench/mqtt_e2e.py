@@ -15,9 +15,9 @@ Measured per consumer: wall seconds from SIGCONT until the last message is count
 raw subscriber's last message; the gateway's ``vigil_readings_evaluated_total`` reaching
 the total, polled every 100 ms, so every reading was appended durably to the telemetry
 log, acknowledged and evaluated by the kernels), and the CPU seconds (user + system) of
-the consumer's process tree over the same span (the scrapes included: about 3 %). At QoS 0 the broker may drop
-(a consumer then stops at what it got once nothing arrives for 3 s; the idle wait is
-not in the wall time).
+the consumer's process tree over the same span (the scrapes included: about 3 %). At
+QoS 0 the broker may drop (a consumer then stops at what it got once nothing arrives
+for 3 s; the idle wait is not in the wall time).
 
     NUMBA_CACHE_DIR=$PWD/.cache/numba .venv/bin/python bench/mqtt_e2e.py \\
         [--messages 100000] [--per-message 1] [--qos 1] [--runs 3] [--json out.json]
