@@ -173,7 +173,8 @@ def _setup(workdir: Path, stations: int, mqtt_port: int, web_port: int) -> Path:
 
 
 def _evaluated(web_port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as resp:
+    # A generous timeout: the event loop that answers is busy with whole batches.
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=120) as resp:
         for line in resp.read().decode().splitlines():
             if line.startswith("vigil_readings_evaluated_total "):
                 return float(line.split()[1])
