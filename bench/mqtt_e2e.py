@@ -259,7 +259,12 @@ def _run_vigil(
             now_n = _evaluated(web_port)
             if now_n != n:
                 n, t_last, cpu_last = now_n, time.monotonic(), _cpu_s(proc.pid)
-            elif n and time.monotonic() - t_last > IDLE_S:
+            elif (
+                n
+                and time.monotonic() - t_last > IDLE_S
+                # idle, not busy with a large batch (its loop answers late, if at all)
+                and _cpu_s(proc.pid) - cpu_last < 0.1 * IDLE_S
+            ):
                 break
         return {
             "messages": round(n / (readings / messages)),
