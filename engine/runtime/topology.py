@@ -54,7 +54,7 @@ from engine.runtime.ticks import TickWriter
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.watermarks import MarkThrottle
 
-__all__ = ["Reading", "Topology"]
+__all__ = ["Reading", "Topology", "murmur2_partition"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,11 @@ _partitioner = DefaultPartitioner()
 #: How many stations' partitions ``Topology.partition_for`` keeps (a registry is far
 #: smaller; the bound is for ids that keep changing, e.g. from a misconfigured device).
 PARTITION_CACHE_MAX = 100_000
+
+
+def murmur2_partition(key: str, partitions: list[int]) -> int:
+    """Kafka's murmur2 partition of ``key`` among ``partitions`` (``[0, 1, ..., n-1]``)."""
+    return int(_partitioner(key.encode(), partitions, partitions))
 
 
 class _App(faust.App):
@@ -220,8 +225,7 @@ class Topology(PartitionStates, TickWriter):
         if p is None:
             if len(self._partition_of) >= PARTITION_CACHE_MAX:
                 self._partition_of.clear()
-            every = self._every_partition
-            p = self._partition_of[key] = int(_partitioner(key.encode(), every, every))
+            p = self._partition_of[key] = murmur2_partition(key, self._every_partition)
         return p
 
     def producer(
