@@ -193,7 +193,9 @@ class MqttIngest:
         ``disconnected``: what ``/readyz`` and ``vigil status`` report."""
         if self.subscribed.is_set():
             return "subscribed"
-        return "connected" if self._client.is_connected() else "disconnected"
+        # ``connection``, not paho's own state: paho still says connected while its
+        # disconnect callback runs, after ``subscribed`` was cleared.
+        return "connected" if self.connection.connected else "disconnected"
 
     # ---- paho callbacks (paho's network thread; an exception here would end it) ---------
 
@@ -240,9 +242,11 @@ class MqttIngest:
         self.subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
-        self.subscribed.clear()
+        # Disconnected first, then not subscribed: whoever reads ``state`` in between
+        # sees "disconnected", never "connected" (a /readyz detail said so once).
         if self.connection.connected:
             self._set(connected=False, error=f"disconnected: {reason_code}")
+        self.subscribed.clear()
         if reason_code != 0:
             log.warning("MQTT disconnected (%s); paho reconnects", reason_code)
 
