@@ -130,6 +130,7 @@ class KafkaDispatch:
         self._service_task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._run_task: asyncio.Task[Any] | None = None
         self._out = topology.app.topic(
             self.topic, key_serializer="raw", value_serializer="raw", partitions=1
         )
@@ -168,6 +169,7 @@ class KafkaDispatch:
             heartbeat_interval_ms=2_000,
         )
         self._consumer = consumer
+        self._run_task = asyncio.current_task()
         consumer.subscribe([self.topic], listener=_Listener(self))
         await consumer.start()
         while True:
@@ -258,6 +260,12 @@ class KafkaDispatch:
             await producer.stop()
 
     async def stop(self) -> None:
+        """The worker stops: stop reading, release the dispatcher, leave the group."""
+        task, self._run_task = self._run_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.release()
         if self._consumer is not None:
             await self._consumer.stop()
