@@ -3,7 +3,8 @@ readings produced straight to the telemetry topic, a real HTTP receiver (webhook
 the ``vigil alerts`` CLI. One worker at a time owns the dispatcher; it is SIGKILLed
 after a delivery, the other takes over with the state and the outbox. Clocks are real;
 every wait polls for its condition, and each "did not happen" is shown by something
-later that would have come after it (a receiver's deliveries are in order)."""
+later that would have come after it (a receiver's deliveries are in order). A second
+failover, to a third worker, restores the acknowledgement."""
 
 from __future__ import annotations
 
@@ -65,9 +66,7 @@ class Workers:
         self.layout = TopicLayout(f"vigil-kd-{uuid.uuid4().hex[:8]}", PARTITIONS)
         create_topics(bootstrap, self.layout)
         (tmp / "stations.yaml").write_text(
-            yaml.safe_dump(
-                {"stations": [_station("HZ001", "qiantang"), _station("NB101", "yong")]}
-            )
+            yaml.safe_dump({"stations": [_station("HZ001", "qiantang"), _station("NB101", "yong")]})
         )
         (tmp / "rules.yaml").write_text(yaml.safe_dump(RULES, allow_unicode=True))
         routes = {
@@ -161,6 +160,18 @@ def _with_station(hooks: HttpReceiver, path: str, station: str) -> list[dict[str
     return [b for b in _posts(hooks, path) if any(a["station"] == station for a in b["alerts"])]
 
 
+def _drained(worker: WorkerProcess) -> bool:
+    """``worker`` owns the dispatcher, has sent everything and stored every delivery."""
+    status, doc = _api(worker, "/api/outbox")
+    return status == 200 and not any(doc["pending"].values()) and doc["unmarked"] == 0
+
+
+def _took_over(worker: WorkerProcess) -> list[dict[str, Any]] | None:
+    """The alerts of ``worker``'s dispatcher once it owns it, else None."""
+    status, doc = _api(worker, "/api/alerts")
+    return doc["alerts"] if status == 200 else None
+
+
 def test_failover_keeps_the_outbox_and_the_acknowledgement(
     kafka_bootstrap: str, tmp_path: Path, hooks: HttpReceiver
 ) -> None:
@@ -170,16 +181,6 @@ def test_failover_keeps_the_outbox_and_the_acknowledgement(
         w1.wait_ready()
         w2.wait_ready()
 
-        def owner() -> WorkerProcess | None:
-            for w in (w1, w2):
-                if w.proc.poll() is None and _api(w, "/api/outbox")[0] == 200:
-                    return w
-            return None
-
-        first = wait_for("a worker to own the dispatcher", owner, timeout=120)
-        other = w2 if first is w1 else w1
-        assert _api(other, "/api/alerts")[0] == 503  # one dispatcher, not two
-
         # A red reading at HZ001; the next report closes its window: the alert goes to
         # the dispatch topic, and the owner tells the duty room once.
         ws.produce([("HZ001", "water_level", T0, 5.0)])
@@ -188,18 +189,17 @@ def test_failover_keeps_the_outbox_and_the_acknowledgement(
         assert told[0]["level"] == "red" and told[0]["status"] == "firing"
         key = told[0]["key"]
 
-        def drained() -> bool:
-            status, doc = _api(first, "/api/outbox")
-            return status == 200 and not any(doc["pending"].values()) and doc["unmarked"] == 0
+        # Whichever owns the dispatcher now (a worker joining the group late may have
+        # taken it over): once it has stored the delivery, SIGKILL.
+        first = wait_for(
+            "the owner to store the delivery",
+            lambda: next((w for w in (w1, w2) if _drained(w)), None),
+        )
+        other = w2 if first is w1 else w1
+        assert _api(other, "/api/alerts")[0] == 503  # one dispatcher, not two
+        first.kill()
 
-        wait_for("the owner to store the delivery", drained)
-        first.kill()  # SIGKILL after the delivery was stored
-
-        def took_over() -> list[dict[str, Any]] | None:
-            status, doc = _api(other, "/api/alerts")
-            return doc["alerts"] if status == 200 else None
-
-        alerts = wait_for("the other worker to take over", took_over, timeout=120)
+        alerts = wait_for("the other worker to take over", lambda: _took_over(other), timeout=120)
         (alert,) = [a for a in alerts if a["station"] == "HZ001"]
         assert alert["status"] == "firing" and alert["level"] == "red"
 
@@ -211,7 +211,7 @@ def test_failover_keeps_the_outbox_and_the_acknowledgement(
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        status, doc = _api(other, "/api/alerts")
+        _, doc = _api(other, "/api/alerts")
         (acked,) = [a for a in doc["alerts"] if a["station"] == "HZ001"]
         assert acked["status"] == "acknowledged"
         assert acked["acknowledged"]["by"] == "duty officer"
@@ -224,6 +224,17 @@ def test_failover_keeps_the_outbox_and_the_acknowledgement(
         wait_for("NB101's notification", lambda: _with_station(hooks, "/duty", "NB101"))
         assert [b["key"] for b in _posts(hooks, "/duty")].count(key) == 1, ws.logs()
 
+        # The acknowledgement survives the next failover: a third worker joins, the
+        # owner is killed, and the third restores HZ001 acknowledged.
+        w3 = ws.start("w3")
+        w3.wait_ready()
+        wait_for("the owner to store its deliveries", lambda: _drained(other))
+        other.kill()
+        alerts = wait_for("the third worker to take over", lambda: _took_over(w3), timeout=120)
+        (restored,) = [a for a in alerts if a["station"] == "HZ001"]
+        assert restored["status"] == "acknowledged", restored
+        assert restored["acknowledged"]["note"] == "on it"
+
         # NB101, unacknowledged, escalates to the section head; HZ001, older and
         # acknowledged, would have escalated first: it does not.
         escalated = wait_for(
@@ -233,7 +244,10 @@ def test_failover_keeps_the_outbox_and_the_acknowledgement(
         )
         assert "escalation" in escalated[0]["note"]
         assert _with_station(hooks, "/head", "HZ001") == [], json.dumps(_posts(hooks, "/head"))
-        assert other.terminate() == 0, other.tail()
+        # Each kill came after the deliveries were stored: nothing was sent twice.
+        keys = [b["key"] for path in ("/duty", "/head") for b in _posts(hooks, path)]
+        assert len(keys) == len(set(keys)), keys
+        assert w3.terminate() == 0, w3.tail()
     finally:
         for w in ws.workers.values():
             w.kill()
