@@ -41,7 +41,7 @@ from engine.runtime.dispatch.links import LinkError
 from engine.runtime.dispatch.service import DispatchService
 from rules.durations import parse_duration_ms
 
-__all__ = ["alert_json", "install_api", "silence_json"]
+__all__ = ["Handler", "alert_json", "error_response", "install_api", "silence_json"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ServiceHandler = Callable[[web.Request, DispatchService], Awaitable[web.StreamResponse]]
@@ -78,8 +78,12 @@ def silence_json(silence: Silence, state: str) -> dict[str, Any]:
     return {**silence.to_dict(), "state": state}
 
 
-def _error(status: int, message: str) -> web.Response:
+def error_response(status: int, message: str) -> web.Response:
+    """The API's error: ``{"error": message}`` with ``status``."""
     return web.json_response({"error": message}, status=status)
+
+
+_error = error_response
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -112,10 +116,12 @@ def install_api(
     router: web.UrlDispatcher,
     source: DispatchService | Callable[[], DispatchService | None],
     token: str | None,
+    forward: Handler | None = None,
 ) -> None:
     """Add the routes above to ``router`` (the gateway's aiohttp app). ``source``: the
     service, or a function giving the one running now (on a Kafka worker, None while
-    this worker does not own the dispatcher: every route then answers 503)."""
+    this worker does not own the dispatcher); then the request goes to ``forward``
+    (the owner's API), or, without one, is answered 503."""
 
     def current() -> DispatchService | None:
         return source if isinstance(source, DispatchService) else source()
@@ -124,11 +130,9 @@ def install_api(
         async def call(request: web.Request) -> web.StreamResponse:
             service = current()
             if service is None:
-                return _error(
-                    503,
-                    "this worker does not run the dispatcher now; another worker of the "
-                    "group does (or it is moving): ask that one, or again in a few seconds",
-                )
+                if forward is not None:
+                    return await forward(request)
+                return _error(503, "this process does not run the dispatcher now")
             return await handler(request, service)
 
         return call

@@ -6,7 +6,9 @@ awaited before the alerts' offsets may commit, as corroboration's are). The work
 also members of the consumer group ``<app_id>-dispatcher`` on that topic: whichever is
 assigned its one partition runs the ``DispatchService`` -- the same routing, grouping,
 escalation, silences, acknowledgement and delivery as on the gateway -- until the
-partition is revoked, and the others answer the API with 503.
+partition is revoked. The others pass API requests (and acknowledge links) on to it:
+the group's description says which member owns the partition, at which host (as the
+broker sees it) and web port (in its client id).
 
 Why one dispatcher rather than one per partition of a topic keyed by group
 (``engine/dispatch/README.md``'s first plan): a group must gather all of its alerts,
@@ -32,8 +34,11 @@ import os
 import socket
 from typing import Any
 
+import httpx
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import TopicAlreadyExistsError
 
 from engine.contracts.alerts import AlertEvent, pack_lines
@@ -41,16 +46,30 @@ from engine.contracts.notification import Receiver
 from engine.dispatch.clock import SystemClock
 from engine.dispatch.config import DispatchConfig, load_dispatch_config
 from engine.runtime.config import Settings
-from engine.runtime.dispatch.api import install_api
+from engine.runtime.dispatch.api import error_response, install_api
 from engine.runtime.dispatch.kafka_store import MAX_RECORD_BYTES, KafkaOutbox, KafkaPrepared
 from engine.runtime.dispatch.service import DispatchService
 from engine.runtime.dispatch.wiring import api_token, build_receivers, links_of
 from engine.runtime.topology import Topology
 
-__all__ = ["KafkaDispatch", "KafkaDispatchService", "dispatch_topics", "ensure_dispatch_topics"]
+__all__ = [
+    "SERVED_BY",
+    "KafkaDispatch",
+    "KafkaDispatchService",
+    "dispatch_topics",
+    "ensure_dispatch_topics",
+]
 
 log = logging.getLogger("vigil.dispatch")
 
+#: The dispatcher consumers' client id is this and the worker's web port.
+_CLIENT_ID = "vigil-dispatch-api-port-"
+#: Header of a request forwarded to the owner (never forwarded twice).
+_FORWARDED = "X-Vigil-Forwarded"
+#: Header of an answer the owner gave through this worker: the owner's address.
+SERVED_BY = "X-Vigil-Served-By"
+#: Request headers passed on to the owner.
+_PASSED = {"authorization", "content-type", "accept"}
 #: Tries to take over an assigned dispatch partition (the broker may be restarting).
 _ACQUIRE_ATTEMPTS = 5
 
@@ -124,7 +143,9 @@ class KafkaDispatch:
         self.topic, self.state_topic = dispatch_topics(settings.app_id)
         self.group_id = f"{settings.app_id}-dispatcher"
         self.tp = TopicPartition(self.topic, 0)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{settings.web_port}"
+        #: The port this worker's API listens on (``--web-port`` wins over the settings').
+        self.web_port = int(topology.app.conf.web_port)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{self.web_port}"
         #: The service while this worker owns the dispatcher, else None.
         self.service: KafkaDispatchService | None = None
         self._service_task: asyncio.Task[None] | None = None
@@ -144,7 +165,56 @@ class KafkaDispatch:
             await self.stop()
 
         app.on_before_shutdown.connect(stop)
-        install_api(app.web.web_app.router, lambda: self.service, self.token)
+        install_api(app.web.web_app.router, lambda: self.service, self.token, self.forward_api)
+
+    async def forward_api(self, request: web.Request) -> web.StreamResponse:
+        """An API request to this worker while another owns the dispatcher: passed to
+        the owner's web port (at the address the broker sees it from), its answer
+        returned as it is. Once only: a forwarded request that reaches a worker which
+        no longer owns it (ownership moving) is answered 503, to be tried again."""
+        if request.headers.get(_FORWARDED):
+            return error_response(503, "the dispatcher is moving between workers; try again")
+        try:
+            url = await self._owner_url()
+        except Exception as exc:  # the broker unreachable, or mid-rebalance
+            log.warning("dispatcher: could not find its owner: %r", exc)
+            url = None
+        if url is None:
+            return error_response(
+                503, "no worker runs the dispatcher right now (it is moving); try again"
+            )
+        headers = {k: v for k, v in request.headers.items() if k.lower() in _PASSED}
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                answer = await client.request(
+                    request.method, url + request.path_qs, content=await request.read(),
+                    headers={**headers, _FORWARDED: "1"},
+                )  # fmt: skip
+        except httpx.HTTPError as exc:
+            return error_response(502, f"the dispatcher's worker at {url} did not answer: {exc}")
+        kept = {k: v for k, v in answer.headers.items() if k.lower() == "content-type"}
+        kept[SERVED_BY] = url
+        return web.Response(status=answer.status_code, body=answer.content, headers=kept)
+
+    async def _owner_url(self) -> str | None:
+        """``http://<host>:<web port>`` of the group member assigned the dispatch
+        partition (its client id carries its web port), None if no member is."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
+        await admin.start()
+        try:
+            [response] = await admin.describe_consumer_groups([self.group_id])
+        finally:
+            await admin.close()
+        for group in response.to_object()["groups"]:
+            for member in group["members"]:
+                raw = member["member_assignment"]
+                if not raw or not member["client_id"].startswith(_CLIENT_ID):
+                    continue
+                tps = ConsumerProtocolMemberAssignment.decode(raw).partitions()
+                if TopicPartition(self.topic, 0) in tps:
+                    host = member["client_host"].lstrip("/")
+                    return f"http://{host}:{member['client_id'][len(_CLIENT_ID) :]}"
+        return None
 
     async def forward(self, events: list[AlertEvent]) -> None:
         """Every event of an alerts record to the dispatch topic; returns once durable."""
@@ -166,6 +236,7 @@ class KafkaDispatch:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             session_timeout_ms=10_000,
+            client_id=f"{_CLIENT_ID}{self.web_port}",
             heartbeat_interval_ms=2_000,
         )
         self._consumer = consumer
