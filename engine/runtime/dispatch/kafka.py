@@ -152,6 +152,9 @@ class KafkaDispatch:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._run_task: asyncio.Task[Any] | None = None
+        self._restarting: asyncio.Task[None] | None = None
+        #: Held while taking over or releasing the dispatcher.
+        self.lock = asyncio.Lock()
         self._out = topology.app.topic(
             self.topic, key_serializer="raw", value_serializer="raw", partitions=1
         )
@@ -307,20 +310,55 @@ class KafkaDispatch:
         except asyncio.CancelledError:
             raise
         except Exception:
-            # E.g. fenced by a new owner: this one must stop making notifications.
-            log.exception("dispatcher stopped")
+            # A store failed (fenced by a new owner, the broker away): what this service
+            # made since its last commit is not stored, and must not be (its state says
+            # notifications were made whose entries are lost). Drop it and, if this worker
+            # still owns the partition, start again from the committed state.
+            log.exception("dispatcher stopped; starting again from the stored state")
             if self.service is service:
-                self.service = None
+                self._service_task = None
+                self._restarting = asyncio.create_task(self._restart())
 
-    async def release(self) -> None:
+    async def _restart(self) -> None:
+        async with self.lock:
+            await self.release(store=False)
+            await self.take_over()
+
+    async def take_over(self) -> None:
+        """``acquire``, tried again a few times while the partition is still ours (call
+        with ``lock`` held)."""
+        for attempt in range(1, _ACQUIRE_ATTEMPTS + 1):
+            if self._consumer is None or self.tp not in self._consumer.assignment():
+                return
+            try:
+                await self.acquire()
+                return
+            except Exception:
+                log.exception("dispatcher: could not take over (attempt %d)", attempt)
+                await self.release(store=False)
+            await asyncio.sleep(2.0)
+        # Still the partition's owner, but without a dispatcher: fail loudly, not quietly.
+        raise RuntimeError("the dispatcher could not take over; see the errors above")
+
+    async def release(self, *, store: bool = True) -> None:
         """The partition was revoked (or the worker stops): store the state with the
-        offsets read, stop delivering (an entry in flight goes again, same key, from the
-        next owner) and let go of the transactional producer."""
+        offsets read (unless ``store`` is False: a failed service's state must not be),
+        stop delivering (an entry in flight goes again, same key, from the next owner)
+        and let go of the transactional producer."""
         service, self.service = self.service, None
         task, self._service_task = self._service_task, None
+        if task is not None and not store:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if service is not None:
             try:
-                await service.stop(task)
+                if store:
+                    await service.stop(task)
+                else:
+                    for receiver in service.receivers.values():
+                        with contextlib.suppress(Exception):
+                            await receiver.aclose()
             except Exception:
                 log.exception("dispatcher: the last store failed; the next owner resumes earlier")
             log.warning("dispatcher: released")
@@ -337,7 +375,8 @@ class KafkaDispatch:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.release()
+        async with self.lock:
+            await self.release()
         if self._consumer is not None:
             await self._consumer.stop()
 
@@ -348,18 +387,10 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         if revoked:
-            await self.owner.release()
+            async with self.owner.lock:
+                await self.owner.release()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        if self.owner.tp not in assigned:
-            return
-        for attempt in range(1, _ACQUIRE_ATTEMPTS + 1):
-            try:
-                await self.owner.acquire()
-                return
-            except Exception:
-                log.exception("dispatcher: could not take over (attempt %d)", attempt)
-                await self.owner.release()
-            await asyncio.sleep(2.0)
-        # Still the partition's owner, but without a dispatcher: fail loudly, not quietly.
-        raise RuntimeError("the dispatcher could not take over; see the errors above")
+        if self.owner.tp in assigned:
+            async with self.owner.lock:
+                await self.owner.take_over()
