@@ -124,6 +124,11 @@ def main() -> None:
     ap.add_argument("--max-readings", type=int, default=30_000)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--probe-ms", type=float, default=100.0)
+    ap.add_argument(
+        "--rate", type=float, default=None,
+        help="readings/s of the latency run (default: half the measured maximum); fixed, "
+        "to compare two versions at the same load",
+    )  # fmt: skip
     args = ap.parse_args()
     probes = int(args.seconds * 1000 / args.probe_ms)
     os.environ["VIGIL_BENCH_SECRET"] = "bench"
@@ -155,7 +160,7 @@ def main() -> None:
                   f"(publishing took {published - start:.2f} s)")  # fmt: skip
 
             # 2. Latency at half that rate.
-            rate = max_rate / 2
+            rate = args.rate or max_rate / 2
             total = int(rate * args.seconds)
             probe_every = max(1, int(total / probes))
             sent: dict[str, float] = {}

@@ -189,6 +189,9 @@ class Topology(PartitionStates, TickWriter):
         #: Called with every record's alert events, in offset order, before its offset
         #: may be committed (the routing dispatcher, ``engine.runtime.dispatch``).
         self.alert_listeners: list[Callable[[list[AlertEvent]], None]] = []
+        #: Awaited with every record's alert events before its offset may be committed
+        #: (the Kafka worker's forward to the elected dispatcher, ``engine.runtime.dispatch``).
+        self.alert_senders: list[Callable[[list[AlertEvent]], Awaitable[None]]] = []
         self.app.agent(self.telemetry, name="evaluate", isolated_partitions=True)(self._evaluate)
         self.app.agent(self.alerts, name="dispatch")(self._dispatch)
         self.corroboration = CorroborationStage(self)
@@ -451,6 +454,9 @@ class Topology(PartitionStates, TickWriter):
             self._observe_alerts(fresh, record.headers)
             for listener in self.alert_listeners:
                 listener(events)  # all of them: each listener drops what it has
+            if events:
+                for send in self.alert_senders:
+                    await send(events)
             mark = watermark_of(record.headers)
             await self.corroboration.route(events, record.message.partition, mark)
 

@@ -12,7 +12,8 @@ does not allow it: acknowledging a resolved alert, closing a firing one).
                                              "starts_at" (ms, default now),
                                              "ends_at" (ms) or "duration" ("2h")}
     DELETE /api/silences/{id}               expire it now
-    GET    /api/outbox                      pending per receiver, parked entries
+    GET    /api/outbox                      pending per receiver, parked entries, delivery
+                                            marks not stored yet (``unmarked``)
     GET    /api/history                     alerts the dispatcher let go of, newest first
     GET    /ack/{token}                     the confirm page of a signed link
     POST   /ack/{token}                     acknowledge (form field ``name``, optional)
@@ -40,9 +41,10 @@ from engine.runtime.dispatch.links import LinkError
 from engine.runtime.dispatch.service import DispatchService
 from rules.durations import parse_duration_ms
 
-__all__ = ["alert_json", "guard", "install_api", "silence_json"]
+__all__ = ["Handler", "alert_json", "error_response", "guard", "install_api", "silence_json"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ServiceHandler = Callable[[web.Request, DispatchService], Awaitable[web.StreamResponse]]
 
 
 def alert_json(state: AlertState, hidden: str | None) -> dict[str, Any]:
@@ -76,8 +78,12 @@ def silence_json(silence: Silence, state: str) -> dict[str, Any]:
     return {**silence.to_dict(), "state": state}
 
 
-def _error(status: int, message: str) -> web.Response:
+def error_response(status: int, message: str) -> web.Response:
+    """The API's error: ``{"error": message}`` with ``status``."""
     return web.json_response({"error": message}, status=status)
+
+
+_error = error_response
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -130,12 +136,36 @@ def guard(token: str | None) -> Callable[[Handler], Handler]:
     return guarded
 
 
-def install_api(router: web.UrlDispatcher, service: DispatchService, token: str | None) -> None:
-    """Add the routes above to ``router`` (the gateway's aiohttp app)."""
+def install_api(
+    router: web.UrlDispatcher,
+    source: DispatchService | Callable[[], DispatchService | None],
+    token: str | None,
+    forward: Handler | None = None,
+) -> None:
+    """Add the routes above to ``router`` (the gateway's aiohttp app). ``source``: the
+    service, or a function giving the one running now (on a Kafka worker, None while
+    this worker does not own the dispatcher); then the request goes to ``forward``
+    (the owner's API), or, without one, is answered 503."""
+
+    def current() -> DispatchService | None:
+        return source if isinstance(source, DispatchService) else source()
+
+    def serving(handler: ServiceHandler) -> Handler:
+        async def call(request: web.Request) -> web.StreamResponse:
+            service = current()
+            if service is None:
+                if forward is not None:
+                    return await forward(request)
+                return _error(503, "this process does not run the dispatcher now")
+            return await handler(request, service)
+
+        return call
 
     guarded = guard(token)
 
-    async def act(fingerprint: str, action: Callable[[], Awaitable[AlertState]]) -> web.Response:
+    async def act(
+        service: DispatchService, fingerprint: str, action: Callable[[], Awaitable[AlertState]]
+    ) -> web.Response:
         if service.dispatcher.lifecycle.get(fingerprint) is None:
             return _error(404, f"no alert {fingerprint!r}")
         try:
@@ -144,30 +174,30 @@ def install_api(router: web.UrlDispatcher, service: DispatchService, token: str 
             return _error(409, str(exc))
         return web.json_response({"alert": alert_json(state, None)})
 
-    async def alerts(request: web.Request) -> web.Response:
+    async def alerts(request: web.Request, service: DispatchService) -> web.Response:
         rows = [alert_json(s, hidden) for s, hidden in service.dispatcher.alerts()]
         rows.sort(key=lambda r: -r["at"])
         return web.json_response({"alerts": rows})
 
-    async def ack(request: web.Request) -> web.Response:
+    async def ack(request: web.Request, service: DispatchService) -> web.Response:
         data = await _body(request)
         by, note = _text(data, "by", required=True), _text(data, "note", required=False)
         fp = request.match_info["fingerprint"]
-        return await act(fp, lambda: service.acknowledge(fp, by, note))
+        return await act(service, fp, lambda: service.acknowledge(fp, by, note))
 
-    async def close(request: web.Request) -> web.Response:
+    async def close(request: web.Request, service: DispatchService) -> web.Response:
         data = await _body(request)
         by = _text(data, "by", required=True)
         feedback = _text(data, "feedback", required=True)
         fp = request.match_info["fingerprint"]
-        return await act(fp, lambda: service.close(fp, by, feedback))
+        return await act(service, fp, lambda: service.close(fp, by, feedback))
 
-    async def silences(request: web.Request) -> web.Response:
+    async def silences(request: web.Request, service: DispatchService) -> web.Response:
         now = service.clock.now_ms()
         rows = service.dispatcher.silences.list_at(now)
         return web.json_response({"silences": [silence_json(s, st) for s, st in rows]})
 
-    async def add_silence(request: web.Request) -> web.Response:
+    async def add_silence(request: web.Request, service: DispatchService) -> web.Response:
         data = await _body(request)
         now = service.clock.now_ms()
         try:
@@ -189,7 +219,7 @@ def install_api(router: web.UrlDispatcher, service: DispatchService, token: str 
             return _error(400, str(exc))
         return web.json_response({"silence": silence_json(silence, silence.state(now))})
 
-    async def expire_silence(request: web.Request) -> web.Response:
+    async def expire_silence(request: web.Request, service: DispatchService) -> web.Response:
         try:
             silence = await service.expire_silence(request.match_info["id"])
         except KeyError as exc:
@@ -197,20 +227,21 @@ def install_api(router: web.UrlDispatcher, service: DispatchService, token: str 
         now = service.clock.now_ms()
         return web.json_response({"silence": silence_json(silence, silence.state(now))})
 
-    async def outbox(request: web.Request) -> web.Response:
+    async def outbox(request: web.Request, service: DispatchService) -> web.Response:
         return web.json_response(
             {
                 "pending": service.pending(),
                 "parked": service.outbox.parked(),
+                "unmarked": service.outbox.unmarked(),
                 "counters": dict(service.counters),
             }
         )
 
-    async def history(request: web.Request) -> web.Response:
+    async def history(request: web.Request, service: DispatchService) -> web.Response:
         return web.json_response({"alerts": service.outbox.history()[::-1]})
 
-    async def link_page(request: web.Request) -> web.Response:
-        checked = _link(request)
+    async def link_page(request: web.Request, service: DispatchService) -> web.Response:
+        checked = _link(request, service)
         if isinstance(checked, web.Response):
             return checked
         state = checked
@@ -223,8 +254,8 @@ def install_api(router: web.UrlDispatcher, service: DispatchService, token: str 
         )
         return _page(200, f"{e.station}: {e.summary}", form)
 
-    async def link_ack(request: web.Request) -> web.Response:
-        checked = _link(request)
+    async def link_ack(request: web.Request, service: DispatchService) -> web.Response:
+        checked = _link(request, service)
         if isinstance(checked, web.Response):
             return checked
         form = await request.post()
@@ -235,7 +266,7 @@ def install_api(router: web.UrlDispatcher, service: DispatchService, token: str 
         await service.acknowledge(fp, f"{name} (link)", "acknowledged through the link")
         return _page(200, checked.event.summary, f"Acknowledged by {html.escape(name)}.")
 
-    def _link(request: web.Request) -> AlertState | web.Response:
+    def _link(request: web.Request, service: DispatchService) -> AlertState | web.Response:
         if service.links is None:
             return _page(404, "Not found", "This gateway makes no acknowledge links.")
         try:
@@ -258,9 +289,9 @@ def install_api(router: web.UrlDispatcher, service: DispatchService, token: str 
         ("GET", "/api/history", history),
     ]
     for method, path, handler in api:
-        router.add_route(method, path, guarded(handler))
-    router.add_route("GET", "/ack/{token}", link_page)
-    router.add_route("POST", "/ack/{token}", link_ack)
+        router.add_route(method, path, guarded(serving(handler)))
+    router.add_route("GET", "/ack/{token}", serving(link_page))
+    router.add_route("POST", "/ack/{token}", serving(link_ack))
 
 
 def _page(status: int, title: str, body: str) -> web.Response:

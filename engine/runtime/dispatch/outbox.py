@@ -46,7 +46,7 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
@@ -59,6 +59,7 @@ __all__ = [
     "Entry",
     "Outbox",
     "Prepared",
+    "Store",
     "decode_notification",
     "encode_notification",
 ]
@@ -118,6 +119,39 @@ class Prepared:
 
     batch: WriteBatch
     entries: list[Entry]
+
+
+class Store(Protocol):
+    """What ``DispatchService`` and the API need of a store: ``Outbox`` here, the
+    Kafka runtime's ``KafkaOutbox`` (``engine.runtime.dispatch.kafka``)."""
+
+    def prepare(
+        self,
+        snapshot: Mapping[str, Any] | None,
+        notifications: Sequence[Notification] = (),
+        history: Sequence[Mapping[str, Any]] = (),
+        *,
+        alerts: Mapping[str, Mapping[str, Any]] | None = None,
+        removed: Sequence[str] = (),
+    ) -> Any: ...
+
+    def write(self, prepared: Any) -> None: ...
+
+    def done(self, entry: Entry, at_ms: int) -> None: ...
+
+    def park(self, entry: Entry, error: str, at_ms: int) -> None: ...
+
+    def snapshot(self) -> dict[str, Any] | None: ...
+
+    def pending(self) -> list[Entry]: ...
+
+    def parked(self) -> list[dict[str, Any]]: ...
+
+    def history(self) -> list[dict[str, Any]]: ...
+
+    def unmarked(self) -> int:
+        """Delivery marks (``done``/``park``) not stored yet."""
+        ...
 
 
 class Outbox:
@@ -235,6 +269,10 @@ class Outbox:
         if state.get("alerts") == _PER_KEY:
             state["alerts"] = {k[1:].decode(): json.loads(v) for k, v in self._items(b"A")}
         return state
+
+    def unmarked(self) -> int:
+        """0: ``done`` and ``park`` write at once (unsynced: the WAL is in the OS)."""
+        return 0
 
     def pending(self) -> list[Entry]:
         """Every entry not yet confirmed nor parked, in delivery order."""

@@ -52,7 +52,7 @@ from engine.dispatch.dispatcher import FORGET_AFTER_MS, Dispatcher
 from engine.dispatch.lifecycle import AlertState
 from engine.dispatch.silences import Silence
 from engine.runtime.dispatch.links import AckLinks
-from engine.runtime.dispatch.outbox import Entry, Outbox
+from engine.runtime.dispatch.outbox import Entry, Store
 
 __all__ = ["DispatchService"]
 
@@ -67,7 +67,7 @@ class DispatchService:
     def __init__(
         self,
         config: DispatchConfig,
-        outbox: Outbox,
+        outbox: Store,
         receivers: Mapping[str, Receiver],
         clock: Clock,
         *,
@@ -159,9 +159,7 @@ class DispatchService:
             rest, notifications, history, alerts=changed, removed=removed
         )
         self._dirty, self._idle_ticks = False, 0
-        write = asyncio.get_running_loop().run_in_executor(
-            self._writer, self.outbox.write, prepared
-        )
+        write = self._write(prepared)
         self._last_write = write
         try:
             await asyncio.shield(write)  # a cancelled caller must not leave it half-known
@@ -189,6 +187,12 @@ class DispatchService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout_s)
         return self.version
+
+    def _write(self, prepared: Any) -> asyncio.Future[None]:
+        """Start the durable write of ``prepared``; writes land in the order started.
+        Here the synced RocksDB write on the one writer thread; the Kafka runtime's
+        store commits a transaction instead (``engine.runtime.dispatch.kafka``)."""
+        return asyncio.get_running_loop().run_in_executor(self._writer, self.outbox.write, prepared)
 
     def _enqueue(self, entry: Entry) -> None:
         queue = self._queues.get(entry.notification.receiver)

@@ -33,7 +33,7 @@ from engine.runtime.topology import Topology
 from engine.runtime.transport.local import Transport as LocalTransport
 from rules.registry import Station
 
-__all__ = ["build_receivers", "install_dispatch"]
+__all__ = ["api_token", "build_receivers", "install_dispatch", "links_of"]
 
 
 def build_receivers(config: DispatchConfig) -> dict[str, Receiver]:
@@ -60,7 +60,7 @@ def build_receivers(config: DispatchConfig) -> dict[str, Receiver]:
     return out
 
 
-def _links(settings: Settings) -> AckLinks | None:
+def links_of(settings: Settings) -> AckLinks | None:
     d = settings.dispatch
     assert d is not None
     if d.link_secret_env is None:
@@ -94,7 +94,7 @@ def install_dispatch(
     assert d is not None
     config = load_dispatch_config(d.routes)
     receivers = build_receivers(config)
-    links, token = _links(settings), api_token(settings)
+    links, token = links_of(settings), api_token(settings)
     outbox = Outbox(settings.data_dir.resolve() / "dispatch")
     service = DispatchService(
         config, outbox, receivers, SystemClock(), links=links,

@@ -5,7 +5,9 @@ through Kafka's consumer group. A partition's kernel state follows it from worke
 worker through the checkpoints topic (``engine.runtime.kafka.checkpoints``). Each worker
 dispatches the alert partitions it owns (a batch's alerts go to the alerts partition of
 its telemetry partition, so one series is dispatched by one worker) into its sinks; the
-JSONL sink drops keys it already holds.
+JSONL sink drops keys it already holds. With ``dispatch:`` in the settings, one worker
+of the group at a time also runs the routing dispatcher (people, acknowledgements,
+escalation: ``engine.runtime.dispatch.kafka``), and every worker serves its API.
 
 SIGTERM stops it cleanly: the agents finish the batch in hand, the consumer writes the
 checkpoints and commits the offsets they cover, then the process exits.
@@ -23,6 +25,7 @@ from connectors.sinks.base import Sink
 from connectors.sinks.console import ConsoleSink
 from connectors.sinks.jsonl import JsonlSink
 from engine.runtime.config import Settings
+from engine.runtime.dispatch.kafka import KafkaDispatch, ensure_dispatch_topics
 from engine.runtime.kafka.topics import TopicLayout, bootstrap_of, ensure_topics
 from engine.runtime.services.gateway import load_rules
 from engine.runtime.services.lag import LagMonitor
@@ -78,6 +81,14 @@ class KafkaWorker:
         )
         # A dead worker's partitions move after this long without a heartbeat.
         self.topology.app.conf.broker_session_timeout = session_timeout_s
+        #: The elected dispatcher (``engine.runtime.dispatch.kafka``) with ``dispatch:``.
+        self.dispatch = (
+            KafkaDispatch(settings, self.topology, self.bootstrap)
+            if settings.dispatch is not None
+            else None
+        )
+        if self.dispatch is not None:
+            self.dispatch.install()
         self.lag = LagMonitor(self.topology)
         self.lag.install(lag_interval_s)
         #: ``/metrics``, ``/healthz``, ``/readyz``, ``/vigil/status`` on the web port.
@@ -88,6 +99,10 @@ class KafkaWorker:
     def run(self, loglevel: str = "info") -> None:
         """Create the topics if missing, then run until SIGTERM/SIGINT (exits the process)."""
         created = asyncio.run(ensure_topics(self.bootstrap, self.layout))
+        if self.dispatch is not None:
+            asyncio.run(
+                ensure_dispatch_topics(self.bootstrap, self.layout.app_id, self.layout.replication)
+            )
         if created:
             log.info("created topics: %s", ", ".join(created))
         worker = faust.Worker(

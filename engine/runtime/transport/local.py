@@ -7,7 +7,8 @@ producers and tables with changelog recovery work as on Kafka, in one process:
 * the consumer owns every partition of every subscribed topic (a group of one), and
   tells Faust so through the usual rebalance callbacks;
 * ``send`` returns a future that resolves only after the record is fsynced (group
-  commit: sends made in the same event-loop turn share one write);
+  commit: sends made in the same event-loop turn, or while the previous write was on
+  disk, share one write; the write runs on one writer thread, off the event loop);
 * ``commit`` writes the group's offsets together with the checkpoint blobs that
   registered ``CheckpointSource`` callbacks return for those partitions, in one atomic
   write, so kernel state and offsets can never disagree after a crash.
@@ -23,6 +24,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
@@ -72,6 +74,9 @@ class Producer(base.Producer):
         self._pending: list[tuple[Append, asyncio.Future[RecordMetadata]]] = []
         self._flush_scheduled = False
         self._round_robin: dict[str, itertools.count[int]] = {}
+        #: The write on the writer thread now, if any (one at a time: offsets in order).
+        self._writing: asyncio.Future[list[int]] | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="vigil-log-writer")
 
     def _partition_for(self, topic: str, key: bytes | None, partition: int | None) -> int:
         if partition is not None:
@@ -105,18 +110,35 @@ class Producer(base.Producer):
         return fut
 
     def _write_pending(self) -> None:
-        # Group commit: every send made in this loop turn shares one fsynced write.
+        # Group commit off the event loop: the sends of this loop turn, and all those
+        # made while the previous write was on disk, share one fsynced write on the one
+        # writer thread. The loop goes on meanwhile: an fsync that takes the disk 100s
+        # of ms (a shared machine) no longer stalls MQTT ingest, the kernels and the
+        # dispatcher's deliveries -- that stall was the notification latency's tail.
         self._flush_scheduled = False
+        if self._writing is not None or not self._pending:
+            return  # a write in flight starts the next when it is done
         pending, self._pending = self._pending, []
-        if not pending:
-            return
-        try:
-            offsets = self.transport.log.append([rec for rec, _ in pending])
-        except Exception as exc:
+        write = asyncio.get_running_loop().run_in_executor(
+            self._writer, self.transport.log.append, [rec for rec, _ in pending]
+        )
+        self._writing = write
+        write.add_done_callback(lambda done: self._written(pending, done))
+
+    def _written(
+        self,
+        pending: list[tuple[Append, asyncio.Future[RecordMetadata]]],
+        write: asyncio.Future[list[int]],
+    ) -> None:
+        self._writing = None
+        self._write_pending()  # what came in meanwhile
+        exc = asyncio.CancelledError() if write.cancelled() else write.exception()
+        if exc is not None:
             for _, fut in pending:
                 if not fut.done():
                     fut.set_exception(exc)
             return
+        offsets = write.result()
         for (rec, fut), offset in zip(pending, offsets, strict=True):
             if not fut.done():
                 tp = TP(rec.topic, rec.partition)
@@ -142,8 +164,12 @@ class Producer(base.Producer):
         return await fut
 
     async def flush(self) -> None:
+        """Return once every send made so far is written (or failed)."""
         await self.buffer.flush()
-        self._write_pending()
+        while self._pending or self._writing is not None:
+            self._write_pending()
+            if self._writing is not None:
+                await asyncio.wait({self._writing})
 
     async def create_topic(
         self,

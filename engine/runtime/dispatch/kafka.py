@@ -1,0 +1,396 @@
+"""The dispatcher on the Kafka runtime: one elected dispatcher for the whole app.
+
+Every worker forwards every alert event of the alerts partitions it owns to the
+one-partition topic ``<app_id>-dispatch`` (``Topology.alert_senders``: the send is
+awaited before the alerts' offsets may commit, as corroboration's are). The workers are
+also members of the consumer group ``<app_id>-dispatcher`` on that topic: whichever is
+assigned its one partition runs the ``DispatchService`` -- the same routing, grouping,
+escalation, silences, acknowledgement and delivery as on the gateway -- until the
+partition is revoked. The others pass API requests (and acknowledge links) on to it:
+the group's description says which member owns the partition, at which host (as the
+broker sees it) and web port (in its client id).
+
+Why one dispatcher rather than one per partition of a topic keyed by group
+(``engine/dispatch/README.md``'s first plan): a group must gather all of its alerts,
+inhibition compares alerts of different stations (a basin alert covers its gauges),
+and silences and rate limits are per receiver across every group: one dispatcher has
+the gateway's exact semantics, with no constraint tying routing files' ``group_by`` to
+a partitioning, one store, and one place for people's actions to go. Its load is the
+alerts, not the readings (the gateway's dispatcher keeps up with ~2,000 transitions/s).
+
+The state lives in the compacted topic ``<app_id>-dispatch-state`` and moves with the
+partition (``engine.runtime.dispatch.kafka_store``): each store is one Kafka transaction
+holding the new notifications, the state that made them and the offset of the dispatch
+topic they cover; the transactional id is the app's, so a new owner fences the old one
+before it reads the state. Delivery resumes, same keys, where the old owner left off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Any
+
+import httpx
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.errors import TopicAlreadyExistsError
+
+from engine.contracts.alerts import AlertEvent, pack_lines
+from engine.contracts.notification import Receiver
+from engine.dispatch.clock import SystemClock
+from engine.dispatch.config import DispatchConfig, load_dispatch_config
+from engine.runtime.config import Settings
+from engine.runtime.dispatch.api import error_response, install_api
+from engine.runtime.dispatch.kafka_store import MAX_RECORD_BYTES, KafkaOutbox, KafkaPrepared
+from engine.runtime.dispatch.service import DispatchService
+from engine.runtime.dispatch.wiring import api_token, build_receivers, links_of
+from engine.runtime.topology import Topology
+
+__all__ = [
+    "SERVED_BY",
+    "KafkaDispatch",
+    "KafkaDispatchService",
+    "dispatch_topics",
+    "ensure_dispatch_topics",
+]
+
+log = logging.getLogger("vigil.dispatch")
+
+#: The dispatcher consumers' client id is this and the worker's web port.
+_CLIENT_ID = "vigil-dispatch-api-port-"
+#: Header of a request forwarded to the owner (never forwarded twice).
+_FORWARDED = "X-Vigil-Forwarded"
+#: Header of an answer the owner gave through this worker: the owner's address.
+SERVED_BY = "X-Vigil-Served-By"
+#: Request headers passed on to the owner.
+_PASSED = {"authorization", "content-type", "accept"}
+#: Tries to take over an assigned dispatch partition (the broker may be restarting).
+_ACQUIRE_ATTEMPTS = 5
+
+
+def dispatch_topics(app_id: str) -> tuple[str, str]:
+    """(the dispatch topic, its state topic) of an app."""
+    return f"{app_id}-dispatch", f"{app_id}-dispatch-state"
+
+
+async def ensure_dispatch_topics(bootstrap: str, app_id: str, replication: int = 1) -> None:
+    """Create the two one-partition topics if missing (idempotent)."""
+    events, state = dispatch_topics(app_id)
+    min_isr = {"min.insync.replicas": str(min(2, replication))}
+    wanted = [
+        NewTopic(events, 1, replication, topic_configs={"retention.ms": str(30 * 86_400_000)}),
+        NewTopic(
+            state,
+            1,
+            replication,
+            topic_configs={
+                "cleanup.policy": "compact",
+                "segment.ms": str(10 * 60_000),
+                "max.message.bytes": str(MAX_RECORD_BYTES),
+                **min_isr,
+            },
+        ),
+    ]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        for topic in wanted:
+            if topic.name not in existing:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics([topic])
+    finally:
+        await admin.close()
+
+
+class KafkaDispatchService(DispatchService):
+    """``DispatchService`` whose stores are transactions of its ``KafkaOutbox``; a
+    delivery mark is stored at the next tick (not only every ``_IDLE_STORE_TICKS``)."""
+
+    outbox: KafkaOutbox
+
+    def __init__(self, config: DispatchConfig, outbox: KafkaOutbox, *args: Any, **kw: Any):
+        super().__init__(config, outbox, *args, **kw)
+        outbox.on_mark = self._marked
+
+    def _marked(self) -> None:
+        self._dirty = True
+
+    def _write(self, prepared: KafkaPrepared) -> asyncio.Future[None]:
+        return asyncio.ensure_future(self.outbox.commit(prepared))
+
+
+class KafkaDispatch:
+    """Forwards this worker's alerts to the dispatch topic and runs the dispatcher
+    while this worker owns that topic's partition. ``install`` hooks it into the app."""
+
+    def __init__(self, settings: Settings, topology: Topology, bootstrap: str) -> None:
+        d = settings.dispatch
+        assert d is not None
+        self.settings = settings
+        self.topology = topology
+        self.bootstrap = bootstrap
+        self.config = load_dispatch_config(d.routes)
+        build_receivers(self.config)  # a bad receiver fails at start, not at ownership
+        self.links = links_of(settings)
+        self.token = api_token(settings)
+        self.topic, self.state_topic = dispatch_topics(settings.app_id)
+        self.group_id = f"{settings.app_id}-dispatcher"
+        self.tp = TopicPartition(self.topic, 0)
+        #: The port this worker's API listens on (``--web-port`` wins over the settings').
+        self.web_port = int(topology.app.conf.web_port)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{self.web_port}"
+        #: The service while this worker owns the dispatcher, else None.
+        self.service: KafkaDispatchService | None = None
+        self._service_task: asyncio.Task[None] | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._run_task: asyncio.Task[Any] | None = None
+        self._restarting: asyncio.Task[None] | None = None
+        #: Held while taking over or releasing the dispatcher.
+        self.lock = asyncio.Lock()
+        self._out = topology.app.topic(
+            self.topic, key_serializer="raw", value_serializer="raw", partitions=1
+        )
+
+    def install(self) -> None:
+        app = self.topology.app
+        self.topology.alert_senders.append(self.forward)
+        app.task(self.run)
+
+        async def stop(app: Any, **kwargs: Any) -> None:
+            await self.stop()
+
+        app.on_before_shutdown.connect(stop)
+        install_api(app.web.web_app.router, lambda: self.service, self.token, self.forward_api)
+
+    async def forward_api(self, request: web.Request) -> web.StreamResponse:
+        """An API request to this worker while another owns the dispatcher: passed to
+        the owner's web port (at the address the broker sees it from), its answer
+        returned as it is. Once only: a forwarded request that reaches a worker which
+        no longer owns it (ownership moving) is answered 503, to be tried again."""
+        if request.headers.get(_FORWARDED):
+            return error_response(503, "the dispatcher is moving between workers; try again")
+        try:
+            url = await self._owner_url()
+        except Exception as exc:  # the broker unreachable, or mid-rebalance
+            log.warning("dispatcher: could not find its owner: %r", exc)
+            url = None
+        if url is None:
+            return error_response(
+                503, "no worker runs the dispatcher right now (it is moving); try again"
+            )
+        headers = {k: v for k, v in request.headers.items() if k.lower() in _PASSED}
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                answer = await client.request(
+                    request.method, url + request.path_qs, content=await request.read(),
+                    headers={**headers, _FORWARDED: "1"},
+                )  # fmt: skip
+        except httpx.HTTPError as exc:
+            return error_response(502, f"the dispatcher's worker at {url} did not answer: {exc}")
+        kept = {k: v for k, v in answer.headers.items() if k.lower() == "content-type"}
+        kept[SERVED_BY] = url
+        return web.Response(status=answer.status_code, body=answer.content, headers=kept)
+
+    async def _owner_url(self) -> str | None:
+        """``http://<host>:<web port>`` of the group member assigned the dispatch
+        partition (its client id carries its web port), None if no member is."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
+        await admin.start()
+        try:
+            [response] = await admin.describe_consumer_groups([self.group_id])
+        finally:
+            await admin.close()
+        for group in response.to_object()["groups"]:
+            for member in group["members"]:
+                raw = member["member_assignment"]
+                if not raw or not member["client_id"].startswith(_CLIENT_ID):
+                    continue
+                tps = ConsumerProtocolMemberAssignment.decode(raw).partitions()
+                if TopicPartition(self.topic, 0) in tps:
+                    host = member["client_host"].lstrip("/")
+                    return f"http://{host}:{member['client_id'][len(_CLIENT_ID) :]}"
+        return None
+
+    async def forward(self, events: list[AlertEvent]) -> None:
+        """Every event of an alerts record to the dispatch topic; returns once durable."""
+        futures = [
+            await self._out.send(value=record, partition=0)
+            for record in pack_lines(e.to_json() for e in events)
+        ]
+        for fut in futures:
+            await fut
+
+    # ---- ownership -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume the dispatch topic for the life of the worker."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            session_timeout_ms=10_000,
+            client_id=f"{_CLIENT_ID}{self.web_port}",
+            heartbeat_interval_ms=2_000,
+        )
+        self._consumer = consumer
+        self._run_task = asyncio.current_task()
+        consumer.subscribe([self.topic], listener=_Listener(self))
+        await consumer.start()
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            service = self.service
+            if service is None:
+                continue
+            for records in batches.values():
+                for record in records:
+                    events = []
+                    for line in (record.value or b"").split(b"\n"):
+                        if not line:
+                            continue
+                        try:
+                            events.append(AlertEvent.from_json(line))
+                        except (ValueError, TypeError) as exc:
+                            # The alerts agent dead-lettered bad lines before forwarding.
+                            log.error("dispatch topic @%d: bad event: %s", record.offset, exc)
+                    service.receive(events)
+                    service.outbox.position = record.offset + 1
+
+    async def acquire(self) -> None:
+        """This worker was assigned the dispatch partition: fence the previous owner,
+        restore its committed state, start the service and resume reading where the
+        state leaves off."""
+        assert self._consumer is not None
+        d = self.settings.dispatch
+        assert d is not None
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            transactional_id=self.group_id,
+            enable_idempotence=True,
+            acks="all",
+            max_request_size=MAX_RECORD_BYTES,
+        )
+        await producer.start()
+        self._producer = producer
+        outbox = await KafkaOutbox.load(
+            self.bootstrap, producer, self.state_topic, self.tp, self.group_id, self.owner
+        )
+        committed = await self._consumer.committed(self.tp)
+        if committed is None:
+            await self._consumer.seek_to_beginning(self.tp)
+        else:
+            self._consumer.seek(self.tp, committed)
+        outbox.position = committed
+        receivers: dict[str, Receiver] = build_receivers(self.config)
+        service = KafkaDispatchService(
+            self.config, outbox, receivers, SystemClock(), links=self.links,
+            retry_initial_s=d.retry_initial_s, retry_max_s=d.retry_max_s,
+            forget_after_ms=int(d.forget_after_s * 1000),
+        )  # fmt: skip
+        self.service = service
+        self._service_task = asyncio.create_task(self._serve(service, d.tick_s))
+        log.warning(
+            "dispatcher: this worker owns it now (%d alerts, %d notifications pending)",
+            len(service.dispatcher.lifecycle.states),
+            sum(service.pending().values()),
+        )
+
+    async def _serve(self, service: KafkaDispatchService, tick_s: float) -> None:
+        try:
+            await service.run_forever(tick_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A store failed (fenced by a new owner, the broker away): what this service
+            # made since its last commit is not stored, and must not be (its state says
+            # notifications were made whose entries are lost). Drop it and, if this worker
+            # still owns the partition, start again from the committed state.
+            log.exception("dispatcher stopped; starting again from the stored state")
+            if self.service is service:
+                self._service_task = None
+                self._restarting = asyncio.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        async with self.lock:
+            await self.release(store=False)
+            await self.take_over()
+
+    async def take_over(self) -> None:
+        """``acquire``, tried again a few times while the partition is still ours (call
+        with ``lock`` held)."""
+        for attempt in range(1, _ACQUIRE_ATTEMPTS + 1):
+            if self._consumer is None or self.tp not in self._consumer.assignment():
+                return
+            try:
+                await self.acquire()
+                return
+            except Exception:
+                log.exception("dispatcher: could not take over (attempt %d)", attempt)
+                await self.release(store=False)
+            await asyncio.sleep(2.0)
+        # Still the partition's owner, but without a dispatcher: fail loudly, not quietly.
+        raise RuntimeError("the dispatcher could not take over; see the errors above")
+
+    async def release(self, *, store: bool = True) -> None:
+        """The partition was revoked (or the worker stops): store the state with the
+        offsets read (unless ``store`` is False: a failed service's state must not be),
+        stop delivering (an entry in flight goes again, same key, from the next owner)
+        and let go of the transactional producer."""
+        service, self.service = self.service, None
+        task, self._service_task = self._service_task, None
+        if task is not None and not store:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if service is not None:
+            try:
+                if store:
+                    await service.stop(task)
+                else:
+                    for receiver in service.receivers.values():
+                        with contextlib.suppress(Exception):
+                            await receiver.aclose()
+            except Exception:
+                log.exception("dispatcher: the last store failed; the next owner resumes earlier")
+            log.warning("dispatcher: released")
+        elif task is not None:
+            task.cancel()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def stop(self) -> None:
+        """The worker stops: stop reading, release the dispatcher, leave the group."""
+        task, self._run_task = self._run_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        async with self.lock:
+            await self.release()
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, owner: KafkaDispatch) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if revoked:
+            async with self.owner.lock:
+                await self.owner.release()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        if self.owner.tp in assigned:
+            async with self.owner.lock:
+                await self.owner.take_over()
