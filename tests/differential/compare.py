@@ -5,6 +5,15 @@ metric, which it hashes, for the report), previous and new level, ``at`` and
 ``started_at``. The live side is deduplicated by (fingerprint, at, level), the dispatcher's
 idempotency key, as on-call staff see it.
 
+A series' events at one ``at`` that begin with a raise count as one step, from the
+first's level to the last's (none when they are the same), on both sides. Live, a window
+that the watermark closed while its sensor was silent raises the level at once on what
+was known; when the sensor's backlog reopens the window, it is decided again, at the same
+``at``, as the replay decides it (``engine.evaluation.runners.windowed``): a raise in two
+steps (yellow, then orange) where the replay, which had the backlog all along, has one,
+or a raise lowered at once. A run that begins with a lowering (a window closes and
+clears, the reading that closed it raises again) stays event for event.
+
 Readings out of order (``disorder_ms``: a reading reaching the gateway after its
 sensor's next one, at most that long after its own time) cannot be compared event for
 event: the live engine alerts at once on what it has seen and cannot take an alert back,
@@ -50,6 +59,22 @@ def cutoff(end_ms: int, lateness_ms: int) -> int:
 def key(e: AlertEvent) -> Key:
     return (e.fingerprint, e.rule_id, e.station, e.metric, e.previous_level, e.level, e.at,
             e.started_at)  # fmt: skip
+
+
+def _steps(keys: Iterable[Key]) -> set[Key]:
+    """``keys`` (in the order raised) with each series' run of events at one ``at`` that
+    begins with a raise as one step (module doc)."""
+    runs: dict[tuple[str, int], list[Key]] = defaultdict(list)
+    for k in keys:
+        runs[k[0], k[6]].append(k)
+    out: set[Key] = set()
+    for run in runs.values():
+        first, last = run[0], run[-1]
+        if len(run) == 1 or _rank(first[5]) < _rank(first[4]):
+            out.update(run)
+        elif first[4] != last[5]:
+            out.add((*first[:5], last[5], first[6], last[7]))
+    return out
 
 
 def _time(ms: int) -> str:
@@ -176,8 +201,8 @@ def compare(
             repeats += 1
             continue
         seen[e.key] = key(e)
-    got_all = set(seen.values())
-    want_all = {key(e) for e in replayed if e.at <= until}
+    got_all = _steps(seen.values())
+    want_all = _steps(key(e) for e in replayed if e.at <= until)
     got = {k for k in got_all if k[1] not in compound}
     want = {k for k in want_all if k[1] not in compound}
     loose_got, loose_want = got_all - got, want_all - want

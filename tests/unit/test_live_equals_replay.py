@@ -34,7 +34,7 @@ import functools
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.contracts.ruleset import RuleSet
@@ -119,6 +119,14 @@ traffic_specs = st.builds(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(spec=traffic_specs, partitions=st.integers(1, 6), plan=st.integers(0, 2**32 - 1))
+# A gauge silent from 19:30 (a rise rate of yellow on what was known, at 20:10) sends its
+# backlog at 21:05 (orange for that hour): two steps live, one in the replay (seed 6496).
+@example(
+    spec=TrafficSpec(seed=2, stations=2, hours=6.0, late_starters=1, backlogs=1, outages=0,
+                     duplicate_rate=0.0, shuffle_rate=0.0, bursts=0, floods=2),
+    partitions=1,
+    plan=1,
+)  # fmt: skip
 def test_any_batching_interleaving_and_restart_raises_what_replay_raises(
     spec: TrafficSpec, partitions: int, plan: int
 ) -> None:
