@@ -4,7 +4,7 @@ run; registry lookups/s at a million devices; the gateway's memory while devices
 
     NUMBA_CACHE_DIR=$PWD/.cache/numba .venv/bin/python bench/nbiot_e2e.py \\
         [--devices 1000000] [--uplinks 6000] [--rounds 3] [--inflight 256] \\
-        [--cache 5000] [--json bench/results/nbiot-e2e.json]
+        [--cache 5000] [--churn-s 300] [--json bench/results/nbiot-e2e.json]
 
 1. A registry store of ``--devices`` waterlogging sensors (written straight into the
    store in ``vigil registry import``'s records; the import itself is measured by
@@ -20,8 +20,11 @@ run; registry lookups/s at a million devices; the gateway's memory while devices
    gateway. Each round's devices are new to the gateway's cache: every uplink is a
    registry miss. Every gateway answer must be 2.04 / 200; at the end the telemetry
    log must hold every reading sent.
-3. The gateway's RSS (``/proc/PID/status``) after start and after each round: the
-   lookup cache is bounded, so it levels off however many devices have been seen.
+3. The gateway's RSS (``/proc/PID/status``) after start and after each round, and with
+   ``--churn-s``, every 30 s of CoAP uplinks from random devices across the fleet: the
+   lookup cache is bounded, so it levels off however many devices have been seen
+   (aiocoap keeps each confirmable request's response for EXCHANGE_LIFETIME, 247 s,
+   to answer a retransmission: that part grows with the rate, for four minutes).
 4. ``DeviceRegistry.lookup`` at ``--devices``: misses (random registered devices),
    hits, unknown identities; in the same process the floor (``dict.get``), the raw
    RocksDB read, and what an uplink's decode costs (the product profile's
@@ -226,6 +229,50 @@ async def push_round(port: int, bodies: list[bytes], inflight: int) -> float:
     return elapsed
 
 
+async def churn(
+    port: int, first: int, n_devices: int, seconds: float, clients: int, pid: int
+) -> tuple[int, list[tuple[float, float]]]:
+    """CoAP uplinks of random devices of the fleet (mostly not seen before) for
+    ``seconds``, one request at a time per client; the gateway's RSS every 30 s.
+    Returns (uplinks sent, [(seconds, MiB)])."""
+    import aiocoap
+
+    ctxs = [await aiocoap.Context.create_client_context() for _ in range(clients)]
+    rng = random.Random(first)
+    sent = 0
+    ts_s = int(time.time()) - 3 * 86_400
+    start = time.perf_counter()
+    samples = [(0.0, rss_mib(pid))]
+
+    async def client(ctx: aiocoap.Context) -> None:
+        nonlocal sent, ts_s
+        while time.perf_counter() - start < seconds:
+            ts_s += 1
+            body = encode(WATERLOG, [(ts_s, {"water_depth": 0.2, "battery_v": 3.6})])
+            uri = f"coap://127.0.0.1:{port}/nb/{imei(rng.randrange(n_devices))}"
+            resp = await ctx.request(
+                aiocoap.Message(code=aiocoap.POST, uri=uri, payload=body)
+            ).response
+            assert resp.code == aiocoap.CHANGED, resp
+            sent += 1
+
+    async def sample() -> None:
+        while time.perf_counter() - start < seconds:
+            await asyncio.sleep(30)
+            samples.append((time.perf_counter() - start, rss_mib(pid)))
+            print(
+                f"churn: {samples[-1][0]:.0f} s, {sent:,} uplinks, RSS {samples[-1][1]:.0f} MiB",
+                file=sys.stderr,
+            )
+
+    try:
+        await asyncio.gather(sample(), *(client(c) for c in ctxs))
+    finally:
+        for ctx in ctxs:
+            await ctx.shutdown()
+    return sent, samples
+
+
 # ---- the gateway ---------------------------------------------------------------------
 
 
@@ -332,6 +379,12 @@ def main() -> int:
     ap.add_argument("--inflight", type=int, default=256)
     ap.add_argument("--cache", type=int, default=5000, help="the gateway's registry_cache")
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--churn-s",
+        type=float,
+        default=0,
+        help="then CoAP uplinks of random devices this long, the RSS every 30 s",
+    )
     ap.add_argument("--profile", type=Path, help="run the gateway under cProfile, stats here")
     ap.add_argument("--serve-bare", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -389,6 +442,12 @@ def main() -> int:
                 now = ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items())
                 print(f"round {r + 1}: {now}, gateway RSS {rss[-1]:.0f} MiB, "
                       f"load {load[-1]:.1f}", file=sys.stderr)  # fmt: skip
+            churned, rss_churn = 0, []
+            if args.churn_s:
+                churned, rss_churn = asyncio.run(
+                    churn(coap, 15, args.devices, args.churn_s, args.inflight, engine.pid)
+                )
+                sent += churned
         finally:
             engine.terminate()
             engine.wait(300)
@@ -410,6 +469,7 @@ def main() -> int:
         "gateway_cpu_us_per_uplink": {k: statistics.median(v) for k, v in cpu_us.items()},
         "gateway_rss_mib": rss, "loadavg_1m": load, "cpus": os.cpu_count(),
         "store_fill_s": fill_s,
+        "churn_uplinks": churned, "churn_rss_mib": rss_churn,
     }  # fmt: skip
     result["lookup"] = lookups(store, args.devices)
     print(json.dumps(result, indent=2))
