@@ -17,8 +17,8 @@ def test_nbiot_demo_alerts_clears_registers_and_refuses() -> None:
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     # Two sensors imported before the start, one while the gateway runs.
-    assert re.search(r"import #1 of devices\.csv: .*2 added", out), out
-    assert re.search(r"import #2 of installed\.csv: .*1 added", out), out
+    assert re.search(r"import #1 of \S*/devices\.csv: .*2 added", out), out
+    assert re.search(r"import #2 of \S*/installed\.csv: .*1 added", out), out
     # The underpass over CoAP (sealed), the culvert through CTWing, every uplink confirmed.
     assert re.search(r"WL01 \(\d{15}\): 36 uplinks confirmed, highest level orange, all clear", out)
     assert re.search(r"WL03 \(\d{15}\): 36 uplinks confirmed, highest level yellow, all clear", out)
