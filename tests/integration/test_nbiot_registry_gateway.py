@@ -80,7 +80,13 @@ def fill_store(store: Path, n: int) -> None:
 
 
 class NbiotEngine(EngineProcess):
-    """The gateway, started once both its MQTT and its NB-IoT ingest are up."""
+    """The gateway, started once both its MQTT and its NB-IoT ingest are up; a gateway
+    that exits before is reported at once with its log, not after the timeout."""
+
+    def start(self, timeout: float = 600.0) -> None:
+        super().start(timeout)
+        assert self.proc is not None
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
 
     def _watch(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
@@ -92,6 +98,8 @@ class NbiotEngine(EngineProcess):
                     seen.add(what)
             if len(seen) == 2:
                 self._subscribed.set()
+        proc.wait()
+        self._subscribed.set()  # it exited: start() stops waiting and says so
 
 
 def free_udp_port() -> int:
@@ -221,7 +229,7 @@ def test_registry_store_devices_live_without_restart(tmp_path: Path) -> None:
         )
         engine = NbiotEngine(config, tmp_path / "engine.log")
         try:
-            engine.start(timeout=300)
+            engine.start()
             asyncio.run(fleet())
             asyncio.run(new_device_refused(now_s - 700))
 
