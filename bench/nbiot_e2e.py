@@ -41,6 +41,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -472,6 +473,7 @@ def main() -> int:
         "churn_uplinks": churned, "churn_rss_mib": rss_churn,
     }  # fmt: skip
     result["lookup"] = lookups(store, args.devices)
+    shutil.rmtree(workdir, ignore_errors=True)  # the store and the log: hundreds of MB
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
