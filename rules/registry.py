@@ -62,6 +62,7 @@ StationKind = Literal[
     "deformation",
     "air_quality",
     "weather",
+    "waterlogging",
 ]
 
 DurationMs = Annotated[int, BeforeValidator(parse_duration_ms)]

@@ -215,8 +215,18 @@ class NbiotSettings(_Frozen):
     coap_port: int | None = Field(5683, ge=1, le=65535)
     udp_port: int | None = Field(None, ge=1, le=65535)
     push_port: int | None = Field(None, ge=1, le=65535)
-    #: The device file (``connectors/nbiot/devices.py``).
-    devices: Path
+    #: Where devices are looked up: a YAML device file (``connectors/nbiot/devices.py``,
+    #: small deployments, read at start), or a registry store folder (``rules.store``);
+    #: None: the store in ``data_dir/registry``, where ``vigil registry import --config``
+    #: writes (created empty at start when missing). A store is followed while the
+    #: gateway runs: devices imported or removed by another process are seen within
+    #: ``registry_refresh_s``, or at once on SIGHUP.
+    devices: Path | None = None
+    #: Devices (and unknown identities) the store's lookup cache holds: the gateway's
+    #: memory for devices is bounded by this (about 0.5 KiB each), whatever the fleet.
+    registry_cache: int = Field(100_000, ge=1, le=10_000_000)
+    #: How often the gateway catches up with the store's writers (seconds).
+    registry_refresh_s: float = Field(1.0, gt=0, le=3600)
     #: Product profiles added to the built-in ones (``connectors/nbiot/products.yaml``).
     products: tuple[Path, ...] = ()
     #: Environment variable holding the secret in CTWing's push URL (``/ctwing/<token>``);
@@ -226,6 +236,12 @@ class NbiotSettings(_Frozen):
     onenet_token_env: str | None = None
     #: Unregistered identities counted one by one before the rest are counted together.
     unknown_capacity: int = Field(10_000, ge=1, le=10_000_000)
+
+    def store(self, data_dir: Path) -> Path | None:
+        """The registry store devices are looked up in; None: the YAML device file."""
+        if self.devices is None:
+            return data_dir / "registry"
+        return self.devices if self.devices.is_dir() else None
 
     def token(self, env: str | None) -> str | None:
         if env is None:
@@ -321,7 +337,8 @@ class Settings(_Frozen):
             self.stations,
             *self.rules,
             *([self.dispatch.routes] if self.dispatch else []),
-            *([self.nbiot.devices, *self.nbiot.products] if self.nbiot else []),
+            *(self.nbiot.products if self.nbiot else ()),
+            *([self.nbiot.devices] if self.nbiot and self.nbiot.devices else []),
         )
         missing = [str(p) for p in paths if not p.exists()]
         if missing:

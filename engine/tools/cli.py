@@ -117,6 +117,10 @@ def _ingest_mqtt(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.nbiot:
+        from engine.tools.demo_nbiot import run_nbiot_demo
+
+        return run_nbiot_demo(duration_s=args.duration, keep=args.keep)
     from engine.tools.demo import run_demo
 
     return run_demo(duration_s=args.duration, keep=args.keep)
@@ -175,6 +179,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's data directory")
+    demo.add_argument(
+        "--nbiot", action="store_true",
+        help="instead: NB-IoT waterlogging sensors over CoAP and CTWing push, registry store",
+    )  # fmt: skip
     demo.set_defaults(func=_demo)
 
     run = sub.add_parser("run", help="run the gateway service (MQTT ingest, rules, dispatch)")

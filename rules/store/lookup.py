@@ -13,7 +13,9 @@ Contract:
 - Updates made by another process (``vigil registry import`` while the gateway runs)
   become visible at the next ``refresh()``: it catches the secondary instance up with
   the writer and empties the cache when anything was written. ``follow()`` does that
-  every ``interval_s`` seconds on a running event loop, the reading in a worker thread.
+  every ``interval_s`` seconds on a running event loop (and at once when its ``wake``
+  event is set), the reading in a worker thread. ``close()`` waits for a catch-up in
+  progress, so a follow task cancelled just before it never reads a closed store.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 import shutil
 import sys
 import tempfile
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from types import MappingProxyType
@@ -72,6 +75,8 @@ class DeviceRegistry:
             raise
         self._seq = self._db.latest_sequence_number()
         self._cache: OrderedDict[str, Device | None] = OrderedDict()
+        self._io = threading.Lock()  # a catch-up in a thread, and close
+        self._closed = False
 
     def lookup(self, identity: str) -> Device | None:
         """The device with this identity, or None when it is not registered."""
@@ -88,9 +93,12 @@ class DeviceRegistry:
 
     def catch_up(self) -> bool:
         """Read what writers added since the last call; True when anything changed.
-        Safe to run in a thread while ``lookup`` runs on the loop."""
-        self._db.try_catch_up_with_primary()
-        seq = self._db.latest_sequence_number()
+        Safe to run in a thread while ``lookup`` runs on the loop; False once closed."""
+        with self._io:
+            if self._closed:
+                return False
+            self._db.try_catch_up_with_primary()
+            seq = self._db.latest_sequence_number()
         changed, self._seq = seq != self._seq, seq
         return changed
 
@@ -101,11 +109,18 @@ class DeviceRegistry:
             self._cache = OrderedDict()  # a lookup on the old one is never handed out again
         return changed
 
-    async def follow(self, interval_s: float = 1.0) -> None:
-        """Refresh every ``interval_s`` seconds until cancelled (the catch-up reads
-        files, so it runs in a thread; the cache is swapped on the loop)."""
+    async def follow(self, interval_s: float = 1.0, wake: asyncio.Event | None = None) -> None:
+        """Refresh every ``interval_s`` seconds, and whenever ``wake`` is set, until
+        cancelled (the catch-up reads files, so it runs in a thread; the cache is
+        swapped on the loop)."""
+        wake = wake or asyncio.Event()
         while True:
-            await asyncio.sleep(interval_s)
+            try:
+                async with asyncio.timeout(interval_s):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+            wake.clear()
             if await asyncio.to_thread(self.catch_up):
                 self._cache = OrderedDict()
 
@@ -118,7 +133,11 @@ class DeviceRegistry:
         return len(self._cache)
 
     def close(self) -> None:
-        self._db.close()
+        with self._io:
+            if self._closed:
+                return
+            self._closed = True
+            self._db.close()
         shutil.rmtree(self._secondary, ignore_errors=True)
 
     def __enter__(self) -> DeviceRegistry:

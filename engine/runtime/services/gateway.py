@@ -12,7 +12,8 @@ A gateway that stayed up without ingest would look alive and lose every reading.
 
 SIGHUP re-reads the settings file and the rule and station files (``reload``): the
 rules, the stations and ``retention_hours`` take effect at once, other changed settings
-are named in the log as needing a restart. The rules come through ``RulesSource``
+are named in the log as needing a restart; the NB-IoT device registry store is caught
+up with at once (``services.nbiot``). The rules come through ``RulesSource``
 (last good set kept in the data directory). One gateway per data directory
 (``datalock``); systemd's ``Type=notify`` and watchdog through ``notify``. What the
 gateway knows about itself is ``Gateway.state`` (``services.state``) and
@@ -243,6 +244,8 @@ class Gateway:
             if force:
                 log.warning("SIGHUP: reloading the settings, rules and stations")
                 self._reload_settings()
+                if self.nbiot is not None:
+                    self.nbiot.reload()  # the device registry store, caught up now
             loaded = await asyncio.to_thread(self.rules.reload, force=force)
             if loaded is not None:
                 self._install(loaded)

@@ -1,12 +1,24 @@
 """The gateway's NB-IoT ingest (``nbiot:`` in the settings): builds
 ``connectors.nbiot.service.NbiotIngest`` on the topology and runs it for the life of
-the process, like the MQTT ingest: if it fails, the app crashes (exit 1) for a restart."""
+the process, like the MQTT ingest: if it fails, the app crashes (exit 1) for a restart.
+
+Devices come from a YAML file (small deployments) or from the registry store
+(``rules.store``, ten million devices). The store is written by other processes
+(``vigil registry import``, one writer at a time under RocksDB's lock), so the gateway
+never opens it for writing: it reads it through a RocksDB secondary instance with a
+bounded LRU cache in front (``DeviceRegistry``) and catches up with the writer every
+``nbiot.registry_refresh_s`` seconds, and at once on SIGHUP (``NbiotService.reload``).
+A device registered while the gateway runs is accepted from then on, without a
+restart; one removed is refused as unknown.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -14,19 +26,59 @@ import faust
 from connectors.nbiot.devices import YamlDevices
 from connectors.nbiot.products import load_products
 from connectors.nbiot.service import NbiotIngest, NbiotOptions
+from engine.contracts.devices import DeviceLookup
 from engine.runtime.config import Settings
 from engine.runtime.topology import Topology
+from rules.store import DeviceRegistry, StoreBusy
+from rules.store.db import open_writer
 
-__all__ = ["install_nbiot"]
+__all__ = ["NbiotService", "install_nbiot", "open_devices"]
 
 log = logging.getLogger(__name__)
 
 
-def install_nbiot(settings: Settings, topology: Topology) -> NbiotIngest:
+@dataclass
+class NbiotService:
+    """What the gateway holds of its NB-IoT ingest."""
+
+    ingest: NbiotIngest
+    #: The registry store the devices come from; None: the YAML device file.
+    registry: DeviceRegistry | None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def reload(self) -> None:
+        """Catch up with the registry store now rather than at the next interval
+        (SIGHUP); nothing to do for a YAML device file, which is read at start."""
+        if self.registry is not None:
+            self._wake.set()
+
+
+def open_devices(settings: Settings) -> tuple[DeviceLookup, DeviceRegistry | None]:
+    """The settings' device lookup, and the registry store's reader when it is one.
+
+    Raises ValueError (a device file that does not validate), StoreMissing (a
+    ``devices:`` folder that holds no store)."""
+    nb = settings.nbiot
+    assert nb is not None
+    store = nb.store(settings.data_dir.resolve())
+    if store is None:
+        assert nb.devices is not None
+        return YamlDevices(nb.devices), None
+    if nb.devices is None and not (store / "CURRENT").exists():
+        # The default store, created empty: the gateway can start before the first
+        # import and follow it. Busy: an import is creating it now.
+        with contextlib.suppress(StoreBusy):
+            open_writer(store).close()
+    registry = DeviceRegistry(store, cache_size=nb.registry_cache)
+    log.info("NB-IoT devices: registry store %s, %d devices", store, len(registry))
+    return registry, registry
+
+
+def install_nbiot(settings: Settings, topology: Topology) -> NbiotService:
     """Create the ingest and register its task and its stop with the topology's app.
 
-    Raises ValueError (device or product files that do not validate) or ConfigError
-    (a token variable that is not set)."""
+    Raises ValueError (device or product files that do not validate), StoreMissing or
+    ConfigError (a token variable that is not set)."""
     nb = settings.nbiot
     assert nb is not None
     options = NbiotOptions(
@@ -41,20 +93,31 @@ def install_nbiot(settings: Settings, topology: Topology) -> NbiotIngest:
         linger_ms=settings.batch.linger_ms,
         unknown_capacity=nb.unknown_capacity,
     )
+    products = load_products(*nb.products)
+    devices, registry = open_devices(settings)
     ingest = NbiotIngest(
         options,
-        YamlDevices(nb.devices),
-        load_products(*nb.products),
+        devices,
+        products,
         produce=topology.producer("nbiot"),
         dead_letter=functools.partial(topology.send_dead_letter, quiet=True),
     )
+    service = NbiotService(ingest, registry)
+    tasks: list[asyncio.Future[None]] = []
 
     async def run() -> None:
         await ingest.start()
         # One plain line on stdout, like MQTT's: what operators and tests wait for.
         print(f"vigil: nbiot ingest listening {ingest.describe()}", flush=True)
+        tasks.append(asyncio.ensure_future(ingest.join()))
+        if registry is not None:
+            tasks.append(
+                asyncio.ensure_future(registry.follow(nb.registry_refresh_s, service._wake))
+            )
         try:
-            await ingest.join()
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # raises what ended it
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -62,9 +125,14 @@ def install_nbiot(settings: Settings, topology: Topology) -> NbiotIngest:
             raise
 
     async def stop(app: faust.App, **kwargs: Any) -> None:
+        for task in tasks:
+            task.cancel()
         await ingest.stop()
+        if registry is not None:
+            # After the ingest: no lookup runs any more; waits for a catch-up in flight.
+            await asyncio.to_thread(registry.close)
         log.info("NB-IoT ingest stopped: %s", dict(ingest.counters))
 
     topology.app.task(run)
     topology.app.on_before_shutdown.connect(stop)
-    return ingest
+    return service
