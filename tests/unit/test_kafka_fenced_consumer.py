@@ -267,3 +267,35 @@ def test_a_drain_waits_until_every_partition_is_processed_to_its_end(
     assert behind == {}
     assert delivered == list(range(78, 84))
     assert late == {PART: (84, 90)}
+
+
+class ForgetfulLog(FakeLog):
+    """A broker whose first answer after a rebalance says "never committed"."""
+
+    def __init__(self, end: int, committed: int) -> None:
+        super().__init__(end, position=committed, committed=None)
+        self.answers: list[int | None] = [None, committed]
+
+    async def seek_to_committed(self) -> Mapping[TP, int | None]:
+        if len(self.answers) > 1:
+            self.committed = self.answers.pop(0)
+        else:
+            self.committed = self.answers[0]
+        return await super().seek_to_committed()
+
+
+def test_a_committed_offset_answered_missing_once_is_asked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A partition committed to 78 that the broker once says was never committed is not
+    read from the start of its log (which committed the group's offsets backwards)."""
+    log = ForgetfulLog(end=84, committed=78)
+
+    async def scenario() -> list[int]:
+        setup = Setup(monkeypatch, log)
+        setup.consumer.recheck_committed = (3, 0.0)
+        await setup.consumer.perform_seek()
+        return await setup.drain()
+
+    assert asyncio.run(scenario()) == list(range(78, 84))
+    assert 0 not in log.seeks

@@ -188,6 +188,9 @@ class FencedConsumer(faust_aiokafka.Consumer):
     #: The same while a clean stop drains the partitions (``drained``): the stop waits
     #: seconds only, and a repeat costs nothing (every agent takes it as a no-op).
     drain_stall_s: ClassVar[float] = 1.0
+    #: How many times, and how far apart (s), partitions the broker says were never
+    #: committed are asked about again before they are read from their log's start.
+    recheck_committed: ClassVar[tuple[int, float]] = (3, 0.3)
 
     def __init__(self, *args: Any, callback: ConsumerCallback, **kwargs: Any) -> None:
         #: The latest message whose delivery to the streams completed (``getmany``).
@@ -229,6 +232,9 @@ class FencedConsumer(faust_aiokafka.Consumer):
         # records before it, never delivered.
         fresh = [tp for tp, offset in committed.items() if offset is None]
         if fresh:
+            committed.update(await self._committed_again(fresh))
+            fresh = [tp for tp, offset in committed.items() if offset is None]
+        if fresh:
             earliest = await self.earliest_offsets(*fresh)
             committed.update((tp, earliest[tp]) for tp in fresh if tp in earliest)
         # Faust's seek left a partition without a committed offset where it was.
@@ -237,6 +243,32 @@ class FencedConsumer(faust_aiokafka.Consumer):
             offset = fence.expected.get(tp)
             if offset is not None:  # else revoked meanwhile
                 await self._rewind(tp, offset)
+
+    async def _committed_again(self, tps: list[TP]) -> dict[TP, int]:
+        """The committed offsets that asking again finds for ``tps``, which the broker
+        just said were never committed.
+
+        Right after a rebalance the broker has answered "no committed offset" for
+        partitions the previous owner had committed to their end (seen: a new owner of
+        six telemetry partitions at 615 read them from offset 0, committed its way up
+        from there, and the group's offsets went back to 24 and 39; three seconds later
+        the same question had the right answer). So a partition is taken for never
+        committed only after ``recheck_committed`` answers say so; found offsets are
+        sought to, as Faust's own positioning does.
+        """
+        tries, pause = self.recheck_committed
+        found: dict[TP, int] = {}
+        for _ in range(tries):
+            await asyncio.sleep(pause)
+            answer = await super().seek_to_committed()
+            found = {tp: o for tp in tps if (o := answer.get(tp))}
+            if found:
+                break
+        if found:
+            self.log.warning("committed offsets found on asking again: %s", found)
+            self._committed_offset.update(found)
+            self._read_offset.update(found)
+        return found
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
@@ -325,10 +357,25 @@ class FencedConsumer(faust_aiokafka.Consumer):
                     if end is not None and (done is None or done < end):
                         behind[tp] = (done, end)
                 if not behind or self.clock() >= deadline:
+                    if behind:
+                        self.log.info("drain ends with %s", self._describe(behind))
                     return behind
                 await asyncio.sleep(0.05)
         finally:
             self._stall_limit = self.stall_after_s
+
+    def _describe(self, behind: Mapping[TP, tuple[int | None, int]]) -> dict[str, str]:
+        """Where each partition of ``behind`` stands, for the log."""
+        active = self._active_partitions
+        return {
+            f"{tp.topic}/{tp.partition}": (
+                f"processed to {done}, delivered to {self.fence.expected.get(tp)}, end {end}, "
+                f"{'paused' if tp in self._paused_partitions else 'not paused'}, "
+                f"{'fetching' if active is None or tp in active else 'not fetching'}, "
+                f"flow {'active' if self.flow_active else 'stopped'}"
+            )
+            for tp, (done, end) in behind.items()
+        }
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         """Faust's records, those of the fenced topics in offset order.
