@@ -299,3 +299,25 @@ def test_a_committed_offset_answered_missing_once_is_asked_again(
 
     assert asyncio.run(scenario()) == list(range(78, 84))
     assert 0 not in log.seeks
+
+
+def test_a_drain_does_not_wait_on_a_broker_that_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM stops within seconds with the broker away: the drain's ask for the end
+    offsets is bounded by its own time."""
+    log = FakeLog(end=84, position=60, committed=78)
+
+    async def scenario() -> dict[TP, tuple[int | None, int]]:
+        setup = Setup(monkeypatch, log)
+        consumer = setup.consumer
+
+        async def highwaters(*tps: TP) -> Mapping[TP, int]:
+            await asyncio.Event().wait()  # no answer, ever
+            raise AssertionError
+
+        monkeypatch.setattr(consumer, "highwaters", highwaters)
+        await consumer.perform_seek()
+        return await asyncio.wait_for(consumer.drained(timeout=0.2), timeout=10)
+
+    assert asyncio.run(scenario()) == {}

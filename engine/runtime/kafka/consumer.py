@@ -63,6 +63,7 @@ import time
 from collections.abc import AsyncIterator, Hashable, Iterable, Mapping
 from typing import Any, ClassVar
 
+from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from faust.types.transports import ConsumerCallback
@@ -339,7 +340,8 @@ class FencedConsumer(faust_aiokafka.Consumer):
     async def drained(self, timeout: float) -> dict[TP, tuple[int | None, int]]:
         """Wait, up to ``timeout`` seconds, until every fenced partition assigned here is
         processed to the end of its log; returns those that are not, with (acknowledged
-        offset, end). Records lost on the way to the streams are fetched again after
+        offset, end), as last known when the broker does not tell the ends in time.
+        Records lost on the way to the streams are fetched again after
         ``drain_stall_s`` meanwhile. For a clean stop, once nothing of this worker
         writes into the fenced topics any more: what it wrote is then applied (a tick's
         alerts, their watermarks, the corroboration records they route) and committed
@@ -350,7 +352,14 @@ class FencedConsumer(faust_aiokafka.Consumer):
         try:
             while True:
                 mine = [tp for tp in self.assignment() if self._fenced(tp)]
-                ends = await self.highwaters(*mine) if mine else {}
+                try:
+                    # Bounded: a broker that does not answer must not hold a stop back.
+                    ends = await asyncio.wait_for(
+                        self.highwaters(*mine), max(0.0, deadline - self.clock())
+                    )
+                except (TimeoutError, KafkaError) as exc:
+                    self.log.info("drain ends, the log's ends not known: %r", exc)
+                    return behind
                 behind = {}
                 for tp in mine:
                     done, end = self.acknowledged_to(tp), ends.get(tp)
