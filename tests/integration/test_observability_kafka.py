@@ -1,5 +1,7 @@
 """The Kafka worker's web port serves what the gateway's does: ``/metrics`` (with Faust's
-commit latency), ``/readyz`` and ``/vigil/status``; ``vigil status --url`` reads it.
+commit latency), ``/readyz``, ``/vigil/status`` and ``/vigil/dead-letters`` (the dead
+letters ingest wrote to the cluster); ``vigil status --url`` and ``vigil dead-letters
+--url`` read it.
 
 Real mosquitto, a real Kafka broker, ``vigil ingest mqtt`` and ``vigil worker`` as child
 processes. A machine without them fails this test, it never skips.
@@ -74,7 +76,33 @@ def test_the_kafka_workers_web_port_serves_metrics_readiness_and_status(
         ready = web.get("/readyz")
         assert ready.status_code == 200, ready.text
         assert set(ready.json()["checks"]) == {"rules", "lag"}
-        assert web.get("/vigil/dead-letters").status_code == 501
+
+        # Dead letters, written by ingest (another process) to the cluster.
+        mosquitto_pub(mosquitto, "vigil/HZ003/water_level", "not json at all")
+        mosquitto_pub(mosquitto, "vigil/NOPE1/water_level", json.dumps({"value": 1.0, "ts": T0}))
+        deadline = time.monotonic() + 60
+        while True:
+            page = web.get("/vigil/dead-letters")
+            assert page.status_code == 200, page.text
+            records = page.json()["records"]
+            if len(records) >= 2:
+                break
+            assert time.monotonic() < deadline, f"worker /vigil/dead-letters: {page.json()}"
+            time.sleep(0.5)
+        assert [(r["class"], r["source"]) for r in records] == [
+            ("not_json", "vigil/HZ003/water_level"),
+            ("unknown_station", "vigil/NOPE1/water_level"),
+        ]
+        assert page.json()["next"] == page.json()["end"] == 2
+        unknown = web.get("/vigil/dead-letters", params={"reason": "unknown_station"}).json()
+        assert [r["offset"] for r in unknown["records"]] == [1]
+        listed = subprocess.run(
+            [sys.executable, "-m", "engine.tools.cli", "dead-letters", "--url",
+             f"http://127.0.0.1:{port}", "--json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert [json.loads(line) for line in listed.stdout.splitlines()] == records
 
         status = subprocess.run(
             [sys.executable, "-m", "engine.tools.cli", "status", "--url", f"http://127.0.0.1:{port}"],

@@ -86,10 +86,22 @@ class Setup:
         self.delivered: list[int] = []
         self.flow_open = asyncio.Event()  # Faust's flow control, suspended in a rebalance
         self.flow_open.set()
+        #: Offsets whose first delivery completes without reaching a stream.
+        self.lose: set[int] = set()
+        #: Whether the stream acknowledges what it takes (as the agents do).
+        self.acks = False
 
         async def deliver(message: Any) -> None:
             await self.flow_open.wait()
+            if message.offset in self.lose:
+                # Faust's conductor put it into the queue of an actor already stopped
+                # (a rebalance's stale callback): the call returns, nobody reads it.
+                self.lose.discard(message.offset)
+                return
             self.delivered.append(message.offset)
+            if self.acks:
+                self.consumer._acked[PART].append(message.offset)
+                self.consumer._acked_index[PART].add(message.offset)
 
         async def nothing(*args: Any, **kwargs: Any) -> None:
             pass
@@ -105,8 +117,9 @@ class Setup:
         monkeypatch.setattr(faust_aiokafka.Consumer, "_seek", log.seek)
         monkeypatch.setattr(faust_aiokafka.Consumer, "assignment", lambda self: {PART})
 
-    async def drain(self) -> list[int]:
-        """Run Faust's fetch loop until the end of the log is delivered."""
+    async def drain(self, tick: Any = None) -> list[int]:
+        """Run Faust's fetch loop until the end of the log is delivered; ``tick`` is
+        called at each turn (a test's clock)."""
         consumer = self.consumer
         fetcher = SimpleNamespace(_stopped=asyncio.Event())
         task = asyncio.ensure_future(consumer._drain_messages(fetcher))
@@ -114,6 +127,8 @@ class Setup:
         while (not self.delivered or self.delivered[-1] < self.log.end - 1) and turns < 10_000:
             if consumer.flow_active:
                 self.flow_open.set()
+            if tick is not None:
+                tick()
             await asyncio.sleep(0)
             turns += 1
         fetcher._stopped.set()
@@ -181,6 +196,7 @@ def test_a_commit_held_at_a_record_never_acknowledged_fetches_it_again(
         consumer._acked_index[PART] = {79, 80}
         log.position = 81
         held = [consumer._new_offset(PART)]
+        consumer._watch_stalls()  # 78 is seen standing still from now on
         now[0] = 3600.0
         held.append(consumer._new_offset(PART))
         return held, await setup.drain()
@@ -188,3 +204,120 @@ def test_a_commit_held_at_a_record_never_acknowledged_fetches_it_again(
     held, delivered = asyncio.run(scenario())
     assert held == [None, None]  # never committed over 78
     assert delivered == list(range(78, 84))
+
+
+def test_the_last_record_lost_on_its_way_to_the_stream_is_fetched_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record whose delivery completed without reaching a stream (Faust's conductor,
+    right after a rebalance, hands it to the revoked actor's queue), with nothing after
+    it to acknowledge: no commit guard sees it, yet its partition's acknowledged offset
+    stands still with it delivered. After ``stall_after_s`` it is fetched again."""
+    log = FakeLog(end=84, position=60, committed=78)
+
+    async def scenario() -> list[int]:
+        setup = Setup(monkeypatch, log)
+        setup.acks = True
+        setup.lose = {83}
+        consumer = setup.consumer
+        now = [0.0]
+        consumer.clock = lambda: now[0]
+        await consumer.perform_seek()
+
+        def tick() -> None:
+            now[0] += 0.5
+
+        delivered = await setup.drain(tick)
+        assert consumer.acknowledged_to(PART) == 84
+        return delivered
+
+    assert asyncio.run(scenario()) == list(range(78, 84))
+    assert log.seeks[-1] == 83
+
+
+def test_a_drain_waits_until_every_partition_is_processed_to_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``drained`` (a clean stop) returns once every fenced partition is acknowledged
+    to the end of its log, a lost record fetched again within ``drain_stall_s``; and
+    names what is not, when its time is up."""
+    log = FakeLog(end=84, position=60, committed=78)
+
+    async def scenario() -> tuple[dict[TP, tuple[int | None, int]], list[int], Any]:
+        setup = Setup(monkeypatch, log)
+        setup.acks = True
+        setup.lose = {83}
+        consumer = setup.consumer
+
+        async def highwaters(*tps: TP) -> Mapping[TP, int]:
+            return {tp: log.end for tp in tps}
+
+        monkeypatch.setattr(consumer, "highwaters", highwaters)
+        await consumer.perform_seek()
+        fetcher = SimpleNamespace(_stopped=asyncio.Event())
+        task = asyncio.ensure_future(consumer._drain_messages(fetcher))
+        behind = await consumer.drained(timeout=30.0)
+        delivered = list(setup.delivered)
+        fetcher._stopped.set()
+        await asyncio.wait_for(task, timeout=10)
+        log.end = 90  # more than this consumer will ever fetch (its fetches stopped)
+        return behind, delivered, await consumer.drained(timeout=0.2)
+
+    behind, delivered, late = asyncio.run(scenario())
+    assert behind == {}
+    assert delivered == list(range(78, 84))
+    assert late == {PART: (84, 90)}
+
+
+class ForgetfulLog(FakeLog):
+    """A broker whose first answer after a rebalance says "never committed"."""
+
+    def __init__(self, end: int, committed: int) -> None:
+        super().__init__(end, position=committed, committed=None)
+        self.answers: list[int | None] = [None, committed]
+
+    async def seek_to_committed(self) -> Mapping[TP, int | None]:
+        if len(self.answers) > 1:
+            self.committed = self.answers.pop(0)
+        else:
+            self.committed = self.answers[0]
+        return await super().seek_to_committed()
+
+
+def test_a_committed_offset_answered_missing_once_is_asked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A partition committed to 78 that the broker once says was never committed is not
+    read from the start of its log (which committed the group's offsets backwards)."""
+    log = ForgetfulLog(end=84, committed=78)
+
+    async def scenario() -> list[int]:
+        setup = Setup(monkeypatch, log)
+        setup.consumer.recheck_committed = (3, 0.0)
+        await setup.consumer.perform_seek()
+        return await setup.drain()
+
+    assert asyncio.run(scenario()) == list(range(78, 84))
+    assert 0 not in log.seeks
+
+
+def test_a_drain_does_not_wait_on_a_broker_that_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM stops within seconds with the broker away: the drain's ask for the end
+    offsets is bounded by its own time."""
+    log = FakeLog(end=84, position=60, committed=78)
+
+    async def scenario() -> dict[TP, tuple[int | None, int]]:
+        setup = Setup(monkeypatch, log)
+        consumer = setup.consumer
+
+        async def highwaters(*tps: TP) -> Mapping[TP, int]:
+            await asyncio.Event().wait()  # no answer, ever
+            raise AssertionError
+
+        monkeypatch.setattr(consumer, "highwaters", highwaters)
+        await consumer.perform_seek()
+        return await asyncio.wait_for(consumer.drained(timeout=0.2), timeout=10)
+
+    assert asyncio.run(scenario()) == {}

@@ -8,10 +8,11 @@ one seek and one read, whatever compaction has or has not done yet.
 
 The invariant that makes failover lossless: **the committed offset of a telemetry
 partition is never ahead of the ``next_offset`` of its durable checkpoint.**
-``CheckpointingConsumer._commit`` enforces it on every commit: it first asks the
+``CheckpointingConsumer._commit_offsets`` enforces it on every commit: it first asks the
 registered ``Checkpointer`` to write the checkpoints (acks=all, awaited), and commits for
 each telemetry partition at most the ``next_offset`` that the checkpointer reports as
-durable; a partition without a durable checkpoint is not committed at all. A new owner
+durable; a partition without a durable checkpoint is not committed at all (what is held
+back is committed by a later round). A new owner
 restores the checkpoint (``next_offset = N``) and Faust resumes at the committed offset
 ``C <= N``; the processor skips batches below ``N``, so each reading is counted once and
 the transitions it re-emits carry the same idempotency keys as the first time.
@@ -157,21 +158,50 @@ class CheckpointingConsumer(FencedConsumer):
 
     transport: CheckpointingTransport
 
-    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+    async def _commit_offsets(
+        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+    ) -> bool:
+        """Commit at most what the checkpointer says is durable.
+
+        Faust has taken the acknowledgements of ``offsets`` off its books by now, and
+        records every offset it passes on as committed, committed or not. An offset the
+        checkpointer holds back (a partition mid-batch, a checkpoint behind) or a whole
+        round postponed would then never be committed, unless later records of the
+        partition came: the last records of a stream stayed uncommitted for good. So
+        what is held back goes back on the books, to be committed by a later round.
+        """
+        safe: Mapping[TP, int] = offsets
         checkpointer = self.transport.checkpointer
         if checkpointer is not None:
             try:
-                offsets = await checkpointer(offsets)
+                safe = await checkpointer(offsets)
             except KafkaError as exc:
                 # The broker is away (restart, leader election). Commit nothing this
                 # round: the checkpoints and offsets already durable stay consistent,
                 # and the next commit interval writes them again. Crashing here would
                 # stop the worker for an outage that Faust's own commit rides out.
                 log.warning("checkpoint write failed, commit postponed: %r", exc)
-                return False
-        if not offsets:
+                safe = {}
+        for tp, offset in offsets.items():
+            kept = safe.get(tp)
+            if kept is None or kept < offset:
+                self._give_back(tp, kept, offset)
+        if not safe:
             return False
-        return bool(await super()._commit(offsets))
+        return bool(await super()._commit_offsets(safe, start_new_transaction))
+
+    def _give_back(self, tp: TP, kept: int | None, offset: int) -> None:
+        """Put the acknowledgements of ``tp`` from ``kept`` (None: from its committed
+        offset) up to ``offset`` back on Faust's books: they were taken off for a commit
+        to ``offset`` that did not go that far."""
+        start = self.acknowledged_to(tp) if kept is None else kept
+        if start is None:
+            return  # not positioned: revoked meanwhile, its next owner starts over
+        acked, index = self._acked[tp], self._acked_index[tp]
+        for o in range(start, offset):
+            if o not in index:
+                index.add(o)
+                acked.append(o)
 
 
 class CheckpointingTransport(FencedTransport):

@@ -36,12 +36,19 @@ agent on these topics takes a repeat as a no-op (the processor skips batches bel
 ``next_offset``, the dispatcher drops a delivered idempotency key, a group drops a
 station's events no later than its latest).
 
-Whatever the way a record is lost before the stream (a cause not known yet is not
-ruled out), the commit guard (``_new_offset``) finds it: the record at the committed
-offset is not acknowledged while later ones are, and one agent takes a partition's
-records in order. Held so for ``refetch_after_s``, the partition is sought back to that
-record (logged as a warning), so a loss costs a delay and some repeats, never a commit
-stuck for good with the record unprocessed.
+Faust can also lose a record after its delivery completed: right after a rebalance,
+while an agent with isolated partitions has not yet started the actor of a partition,
+the conductor's callback for that partition may still point at the revoked actor's
+channel (or at none), and the record goes into a queue nobody reads (seen as the last
+tick of ``telemetry/11`` never evaluated: a clean stop then left its partition one record
+short). Whatever the way a record is lost (a cause not known yet is not ruled out
+either), the stall watch finds it: a fenced partition whose acknowledged offset
+(``acknowledged_to``: every record below it processed) stands still while records
+beyond it were delivered, for ``stall_after_s``, is sought back to that offset (logged
+as a warning). A loss costs a delay and some repeats, never a commit stuck for good
+with the record unprocessed; and the commit itself never goes over a record not
+acknowledged (``_new_offset``). A clean stop (``drained``) watches with
+``drain_stall_s`` instead: it has seconds, not minutes.
 
 Contiguous means Vigil's own topics (telemetry, alerts, corroboration): written by
 idempotent producers, no transactions, never compacted. Table changelogs are compacted
@@ -50,11 +57,13 @@ and are not fenced.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections.abc import AsyncIterator, Hashable, Iterable, Mapping
 from typing import Any, ClassVar
 
+from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from faust.types.transports import ConsumerCallback
@@ -173,10 +182,16 @@ class FencedConsumer(faust_aiokafka.Consumer):
 
     transport: FencedTransport
 
-    #: Seconds a commit may be held at a record never acknowledged, while later ones
-    #: are, before that record is fetched again (many commit intervals: a record
-    #: rewound to by the topology comes back well within it).
-    refetch_after_s: ClassVar[float] = 30.0
+    #: Seconds a partition's acknowledged offset may stand still, with records beyond
+    #: it delivered, before they are fetched again (many commit intervals: a record
+    #: rewound to by the topology comes back well within it, and a batch takes far less).
+    stall_after_s: ClassVar[float] = 30.0
+    #: The same while a clean stop drains the partitions (``drained``): the stop waits
+    #: seconds only, and a repeat costs nothing (every agent takes it as a no-op).
+    drain_stall_s: ClassVar[float] = 1.0
+    #: How many times, and how far apart (s), partitions the broker says were never
+    #: committed are asked about again before they are read from their log's start.
+    recheck_committed: ClassVar[tuple[int, float]] = (3, 0.3)
 
     def __init__(self, *args: Any, callback: ConsumerCallback, **kwargs: Any) -> None:
         #: The latest message whose delivery to the streams completed (``getmany``).
@@ -190,10 +205,13 @@ class FencedConsumer(faust_aiokafka.Consumer):
 
         super().__init__(*args, callback=delivered, **kwargs)
         self.fence = OffsetFence()
-        #: Partition -> (the offset its commit is held at, since when: ``clock``).
-        self._held: dict[TP, tuple[int, float]] = {}
-        #: Partitions to seek back to a record never acknowledged (``_new_offset``).
+        #: Partition -> (its acknowledged offset, since when it stands there: ``clock``).
+        self._progress: dict[TP, tuple[int, float]] = {}
+        #: Partitions to seek back to a record never acknowledged (``_watch_stalls``).
         self._refetch: dict[TP, int] = {}
+        #: When the stall watch last ran (``clock``), and its limit now.
+        self._watched = -float("inf")
+        self._stall_limit = self.stall_after_s
         self.clock = time.monotonic
 
     def _fenced(self, tp: TP) -> bool:
@@ -203,7 +221,7 @@ class FencedConsumer(faust_aiokafka.Consumer):
         fence = self.fence
         fence.positioning()
         self._refetch.clear()
-        self._held.clear()
+        self._progress.clear()
         await super().perform_seek()
         committed = {
             tp: self._committed_offset.get(tp) for tp in self.assignment() if self._fenced(tp)
@@ -215,6 +233,9 @@ class FencedConsumer(faust_aiokafka.Consumer):
         # records before it, never delivered.
         fresh = [tp for tp, offset in committed.items() if offset is None]
         if fresh:
+            committed.update(await self._committed_again(fresh))
+            fresh = [tp for tp, offset in committed.items() if offset is None]
+        if fresh:
             earliest = await self.earliest_offsets(*fresh)
             committed.update((tp, earliest[tp]) for tp in fresh if tp in earliest)
         # Faust's seek left a partition without a committed offset where it was.
@@ -224,6 +245,32 @@ class FencedConsumer(faust_aiokafka.Consumer):
             if offset is not None:  # else revoked meanwhile
                 await self._rewind(tp, offset)
 
+    async def _committed_again(self, tps: list[TP]) -> dict[TP, int]:
+        """The committed offsets that asking again finds for ``tps``, which the broker
+        just said were never committed.
+
+        Right after a rebalance the broker has answered "no committed offset" for
+        partitions the previous owner had committed to their end (seen: a new owner of
+        six telemetry partitions at 615 read them from offset 0, committed its way up
+        from there, and the group's offsets went back to 24 and 39; three seconds later
+        the same question had the right answer). So a partition is taken for never
+        committed only after ``recheck_committed`` answers say so; found offsets are
+        sought to, as Faust's own positioning does.
+        """
+        tries, pause = self.recheck_committed
+        found: dict[TP, int] = {}
+        for _ in range(tries):
+            await asyncio.sleep(pause)
+            answer = await super().seek_to_committed()
+            found = {tp: o for tp in tps if (o := answer.get(tp))}
+            if found:
+                break
+        if found:
+            self.log.warning("committed offsets found on asking again: %s", found)
+            self._committed_offset.update(found)
+            self._read_offset.update(found)
+        return found
+
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
         self.fence.seeked(partition, offset)
@@ -231,7 +278,7 @@ class FencedConsumer(faust_aiokafka.Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self.fence.revoked(revoked)
         for tp in revoked:
-            self._held.pop(tp, None)
+            self._progress.pop(tp, None)
             self._refetch.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
@@ -239,8 +286,9 @@ class FencedConsumer(faust_aiokafka.Consumer):
         # Faust commits over an unacknowledged record at the committed offset itself
         # when the records after it are acknowledged (it takes a single missing head
         # for a compacted-away offset: faust-streaming issue 606). On a contiguous
-        # topic nothing is compacted away; the record is in flight or was skipped, and
-        # committing over it would lose it at the next hand-over.
+        # topic nothing is compacted away; the record is in flight or was lost on its
+        # way to the stream (``_watch_stalls`` fetches it again), and committing over
+        # it would lose it at the next hand-over.
         committed = self._committed_offset.get(tp)
         if committed is None:  # none yet: where the fence started it
             committed = self.fence.start.get(tp)
@@ -252,17 +300,91 @@ class FencedConsumer(faust_aiokafka.Consumer):
             and self._fenced(tp)
             and not self._gap[tp].overlaps(committed)
         ):
-            now = self.clock()
-            held = self._held.get(tp)
-            if held is None or held[0] != committed:
-                self._held[tp] = (committed, now)
-            elif now - held[1] >= self.refetch_after_s:
-                self._held[tp] = (committed, now)  # and again later, should it be lost again
-                self._refetch[tp] = committed
             return None
-        self._held.pop(tp, None)
         offset: int | None = super()._new_offset(tp)
         return offset
+
+    def acknowledged_to(self, tp: TP) -> int | None:
+        """The offset below which every record of fenced partition ``tp`` is processed:
+        committed, or acknowledged by its stream since (None: not positioned yet)."""
+        offset = self._committed_offset.get(tp)
+        if offset is None:  # none yet (Faust keeps 0 as None): where the fence started it
+            offset = self.fence.start.get(tp)
+        if offset is None:
+            return None
+        acked = self._acked_index.get(tp, ())
+        while offset in acked:
+            offset += 1
+        return offset
+
+    def _watch_stalls(self) -> None:
+        """Schedule a refetch (``_refetch``) of each fenced partition whose acknowledged
+        offset has stood still for ``_stall_limit`` seconds with records beyond it
+        delivered; at most every quarter of that limit (it walks every partition)."""
+        now = self.clock()
+        if now - self._watched < min(self._stall_limit / 4, 1.0):
+            return
+        self._watched = now
+        for tp, expected in self.fence.expected.items():
+            done = self.acknowledged_to(tp)
+            if done is None or expected <= done:
+                self._progress.pop(tp, None)  # nothing delivered beyond: not stalled
+                continue
+            seen = self._progress.get(tp)
+            if seen is None or seen[0] != done:
+                self._progress[tp] = (done, now)
+            elif now - seen[1] >= self._stall_limit:
+                self._progress[tp] = (done, now)  # and again later, should it be lost again
+                self._refetch[tp] = done
+
+    async def drained(self, timeout: float) -> dict[TP, tuple[int | None, int]]:
+        """Wait, up to ``timeout`` seconds, until every fenced partition assigned here is
+        processed to the end of its log; returns those that are not, with (acknowledged
+        offset, end), as last known when the broker does not tell the ends in time.
+        Records lost on the way to the streams are fetched again after
+        ``drain_stall_s`` meanwhile. For a clean stop, once nothing of this worker
+        writes into the fenced topics any more: what it wrote is then applied (a tick's
+        alerts, their watermarks, the corroboration records they route) and committed
+        by the stop's final commit, instead of being left to the next owner."""
+        deadline = self.clock() + timeout
+        self._stall_limit = self.drain_stall_s
+        behind: dict[TP, tuple[int | None, int]] = {}
+        try:
+            while True:
+                mine = [tp for tp in self.assignment() if self._fenced(tp)]
+                try:
+                    # Bounded: a broker that does not answer must not hold a stop back.
+                    ends = await asyncio.wait_for(
+                        self.highwaters(*mine), max(0.0, deadline - self.clock())
+                    )
+                except (TimeoutError, KafkaError) as exc:
+                    self.log.info("drain ends, the log's ends not known: %r", exc)
+                    return behind
+                behind = {}
+                for tp in mine:
+                    done, end = self.acknowledged_to(tp), ends.get(tp)
+                    if end is not None and (done is None or done < end):
+                        behind[tp] = (done, end)
+                if not behind or self.clock() >= deadline:
+                    if behind:
+                        self.log.info("drain ends with %s", self._describe(behind))
+                    return behind
+                await asyncio.sleep(0.05)
+        finally:
+            self._stall_limit = self.stall_after_s
+
+    def _describe(self, behind: Mapping[TP, tuple[int | None, int]]) -> dict[str, str]:
+        """Where each partition of ``behind`` stands, for the log."""
+        active = self._active_partitions
+        return {
+            f"{tp.topic}/{tp.partition}": (
+                f"processed to {done}, delivered to {self.fence.expected.get(tp)}, end {end}, "
+                f"{'paused' if tp in self._paused_partitions else 'not paused'}, "
+                f"{'fetching' if active is None or tp in active else 'not fetching'}, "
+                f"flow {'active' if self.flow_active else 'stopped'}"
+            )
+            for tp, (done, end) in behind.items()
+        }
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         """Faust's records, those of the fenced topics in offset order.
@@ -272,13 +394,15 @@ class FencedConsumer(faust_aiokafka.Consumer):
         """
         fence = self.fence
         skipping: set[TP] = set()  # rewound in this fetch: the rest of it is stale too
+        self._watch_stalls()
         while self._refetch:
             tp, offset = self._refetch.popitem()
             self.log.warning(
-                "%s: commit held at offset %d, never acknowledged while later ones are: "
-                "it never reached the stream, fetching it again",
+                "%s: offset %d not acknowledged for %.0f s while later ones were delivered: "
+                "lost on its way to the stream, fetching it again",
                 tp,
                 offset,
+                self._stall_limit,
             )
             if await self._rewind(tp, offset):
                 fence.seeked(tp, offset)

@@ -13,7 +13,9 @@
   loaded, telemetry lag within ``web.ready_max_lag_batches``.
 * ``GET /vigil/status``: what ``vigil status`` prints.
 * ``GET /vigil/dead-letters?start=&since=&reason=&limit=``: a page of the dead-letter
-  topic (embedded log only; ``engine.runtime.services.dead_letters``).
+  topic: the embedded log's, or on a Kafka worker the cluster's (read by a consumer that
+  lives for the request; 503 when the cluster does not answer in time). The same page
+  either way (``engine.runtime.services.dead_letters``).
 
 The server binds to ``web.bind`` (loopback by default; settings refuse another address
 without a token or TLS). With ``web.token_env`` every request needs
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web as aioweb
+from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -40,7 +43,7 @@ from prometheus_client.registry import Collector
 from connectors.mqtt.client import MqttIngest
 from engine.evaluation.sequence_gaps import SequenceGapAlerts
 from engine.runtime.config import Settings
-from engine.runtime.services.dead_letters import read_dead_letters
+from engine.runtime.services.dead_letters import read_dead_letters, read_kafka_dead_letters
 from engine.runtime.services.lag import LagMonitor
 from engine.runtime.topology import Topology
 from engine.runtime.transport.local import Transport as LocalTransport
@@ -267,13 +270,6 @@ class Observer:
         }
 
     async def dead_letters_page(self, view: Any, request: Any) -> Any:
-        log = self.durable_log
-        if log is None:
-            return view.json(
-                {"error": "dead letters are served by the gateway (embedded log) only; on "
-                 "Kafka read the <app_id>-dead-letter topic with a consumer"},
-                status=501,
-            )  # fmt: skip
         query = request.query
         try:
             start = int(query["start"]) if "start" in query else None
@@ -282,10 +278,26 @@ class Observer:
         except ValueError:
             return view.json({"error": "start, since and limit are integers"}, status=400)
         topic = self.topology.dead_letter.get_topic_name()
-        page = await asyncio.to_thread(
-            read_dead_letters, log, topic, start=start, since_ms=since,
-            reason=query.get("reason") or None, limit=limit,
-        )  # fmt: skip
+        reason = query.get("reason") or None
+        log = self.durable_log
+        if log is not None:
+            page = await asyncio.to_thread(
+                read_dead_letters, log, topic, start=start, since_ms=since,
+                reason=reason, limit=limit,
+            )  # fmt: skip
+            return view.json(page)
+        store = self.topology.checkpoint_store  # there exactly when the broker is Kafka
+        if store is None:
+            return view.json({"error": "no dead-letter topic to read here"}, status=501)
+        try:
+            page = await read_kafka_dead_letters(
+                store.bootstrap, topic, start=start, since_ms=since, reason=reason, limit=limit
+            )
+        except (TimeoutError, KafkaError) as exc:
+            return view.json(
+                {"error": f"the Kafka cluster did not answer ({store.bootstrap}): {exc!r}"},
+                status=503,
+            )
         return view.json(page)
 
 
