@@ -74,6 +74,9 @@ class _Tables:
     series_base: npt.NDArray[np.int64]  # lead -> its table's start in series_values
     series_values: npt.NDArray[np.float64]  # raw -> value in the unit, NaN: invalid
     function_flags: npt.NDArray[np.int8]  # function -> 1 report, 2 report with readings
+    #: lead -> 1 when its values feed a metric or structure a report (04, 05): a value of
+    #: any other element is "unmapped" (``connectors.sl651.server`` counts those)
+    mapped: npt.NDArray[np.int8]
 
 
 @cache
@@ -98,8 +101,10 @@ def _tables() -> _Tables:
     flags = np.zeros(256, np.int8)
     flags[list(_REPORTS)] = 1
     flags[list(_WITH_READINGS)] = 2
+    mapped = np.zeros(256, np.int8)
+    mapped[[lead for lead, e in ELEMENTS.items() if e.metric is not None] + [0x04, 0x05]] = 1
     values = np.concatenate(parts) if parts else np.zeros(0, np.float64)
-    return _Tables(metrics, metric_of, width, base, values, flags)
+    return _Tables(metrics, metric_of, width, base, values, flags, mapped)
 
 
 def _crc_table() -> npt.NDArray[np.uint16]:
@@ -158,7 +163,7 @@ def _time(buf, s, n, offset_min):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _frame(buf, s, e, offset_min, crc, metric_of, s_width, s_base, s_values, fflags,  # type: ignore[no-untyped-def]
+def _frame(buf, s, e, offset_min, crc, metric_of, s_width, s_base, s_values, fflags, mapped,  # type: ignore[no-untyped-def]
            head, r_metric, r_ts, r_value, r0):  # fmt: skip
     """One frame buf[s:e]: status; header fields into ``head``; readings from ``r0``
     on; returns (status, readings written)."""
@@ -243,6 +248,8 @@ def _frame(buf, s, e, offset_min, crc, metric_of, s_width, s_base, s_values, ffl
             return BAD_ELEMENT, 0
         if pos + hd >= pe:
             return BAD_ELEMENT, 0
+        if hd == 2 or mapped[lead] == 0:
+            head[7] = 1  # a value no metric takes
         definition = buf[pos + hd]
         size, decimals = definition >> 3, definition & 7
         ds = pos + hd + 1
@@ -302,11 +309,12 @@ def _frame(buf, s, e, offset_min, crc, metric_of, s_width, s_base, s_values, ffl
 
 @njit(cache=True)
 def _decode_kernel(buf, offsets, offset_min, crc, metric_of, s_width, s_base, s_values,  # type: ignore[no-untyped-def]
-                   fflags, status, head, r_start, r_metric, r_ts, r_value):  # fmt: skip
+                   fflags, mapped, status, head, r_start, r_metric, r_ts, r_value):  # fmt: skip
     w = 0
     for f in range(len(offsets) - 1):
-        st, k = _frame(buf, offsets[f], offsets[f + 1], offset_min, crc, metric_of, s_width,
-                       s_base, s_values, fflags, head[f], r_metric, r_ts, r_value, w)  # fmt: skip
+        st, k = _frame(buf, offsets[f], offsets[f + 1], offset_min, crc, metric_of,
+                       s_width, s_base, s_values, fflags, mapped, head[f], r_metric, r_ts,
+                       r_value, w)  # fmt: skip
         status[f] = st
         r_start[f] = w
         w += k
@@ -318,7 +326,8 @@ def _decode_kernel(buf, offsets, offset_min, crc, metric_of, s_width, s_base, s_
 class Decoded:
     """Columns of a batch of frames. Per frame ``f``: ``status[f]`` and, for OK, the
     header (``station``, ``password`` as the reference writes them; ``function``,
-    ``serial``, ``send_ms``) and readings ``r_start[f]:r_start[f + 1]`` of the columns
+    ``serial``, ``send_ms``; ``unmapped``: a value of an element that feeds no metric)
+    and readings ``r_start[f]:r_start[f + 1]`` of the columns
     ``r_metric`` (index into ``metrics``), ``r_ts`` (ms UTC) and ``r_value`` (unit of
     the metric). ``raws`` are the frames' bytes."""
 
@@ -326,7 +335,8 @@ class Decoded:
     offset_min: int
     metrics: tuple[str, ...]
     status: npt.NDArray[np.int8]
-    head: npt.NDArray[np.int64]  # station, centre, password, function, end, serial, send_ms
+    #: station, centre, password, function, end char, serial, send_ms, unmapped (0/1)
+    head: npt.NDArray[np.int64]
     r_start: npt.NDArray[np.int64]
     r_metric: npt.NDArray[np.int16]
     r_ts: npt.NDArray[np.int64]
@@ -348,6 +358,16 @@ class Decoded:
     def serial(self, f: int) -> int:
         return int(self.head[f, 5])
 
+    def centre(self, f: int) -> int:
+        return int(self.head[f, 1])
+
+    def end(self, f: int) -> int:
+        """The end character's byte (03: ETX ...)."""
+        return int(self.head[f, 4])
+
+    def unmapped(self, f: int) -> bool:
+        return bool(self.head[f, 7])
+
     def quality(self, f: int) -> int:
         return Quality.SUSPECT if self.head[f, 3] == 0x30 else Quality.UNCHECKED
 
@@ -358,6 +378,21 @@ class Decoded:
         if got is None:
             got = self._frames[f] = decode(self.raws[f], self.offset_min)
         return got
+
+    def rows(self, f: int, station: str) -> list[tuple[str, str, int, float, int]]:
+        """Frame ``f`` 's readings as plain tuples under ``station`` (what ingest takes)."""
+        q = self.quality(f)
+        m = self.metrics
+        a, b = self.r_start[f], self.r_start[f + 1]
+        return [
+            (station, m[k], t, v, q)
+            for k, t, v in zip(
+                self.r_metric[a:b].tolist(),
+                self.r_ts[a:b].tolist(),
+                self.r_value[a:b].tolist(),
+                strict=True,
+            )
+        ]
 
     def readings(self, f: int, station: str | None = None) -> list[Reading]:
         """Frame ``f`` 's readings (of an OK frame), under ``station`` (default: its
@@ -387,14 +422,14 @@ def decode_many(raws: Sequence[bytes], offset_min: int = CST_OFFSET_MIN) -> Deco
     buf = np.frombuffer(b"".join(raws), np.uint8)
     t = _tables()
     status = np.zeros(n, np.int8)
-    head = np.zeros((n, 7), np.int64)
+    head = np.zeros((n, 8), np.int64)
     r_start = np.zeros(n + 1, np.int64)
     cap = len(buf)  # every reading takes at least one byte of its frame
     r_metric = np.empty(cap, np.int16)
     r_ts = np.empty(cap, np.int64)
     r_value = np.empty(cap, np.float64)
     w = _decode_kernel(buf, offsets, offset_min, _CRC, t.metric_of, t.series_width,
-                       t.series_base, t.series_values, t.function_flags, status, head,
+                       t.series_base, t.series_values, t.function_flags, t.mapped, status, head,
                        r_start, r_metric, r_ts, r_value)  # fmt: skip
     return Decoded(raws, offset_min, t.metrics, status, head, r_start, r_metric[:w], r_ts[:w],
                    r_value[:w])  # fmt: skip

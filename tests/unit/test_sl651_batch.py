@@ -17,7 +17,9 @@ from connectors.decoded import Rejection
 from connectors.sl651 import Frame, decode
 from connectors.sl651.batch import CODES, FALLBACK, OK, decode_many
 from connectors.sl651.body import REPORTS
-from connectors.sl651.frame import crc16
+from connectors.sl651.elements import ELEMENTS
+from connectors.sl651.frame import END_CHARS, crc16
+from connectors.sl651.server import _NOT_DATA
 from tests.unit.test_field_decode_properties import mutate
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -42,6 +44,7 @@ REASONS = {
     12: r"bad BCD digit in element 0x(?!04$)\w+$",
     13: r"bad BCD digit in element 0x04$|element 0x04 \(time step\)",
 }
+END_CODES = {name: code for code, name in END_CHARS.items()}
 SLOW = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -51,6 +54,16 @@ def long_number(frame: Frame) -> bool:
     return any(
         isinstance(v.value, float) and len(v.raw) > 14 for g in frame.body.groups for v in g.values
     )
+
+
+def unmapped(frame: Frame) -> bool:
+    """Whether ``connectors.sl651.server`` finds a value that feeds no metric (its rule)."""
+    assert frame.body is not None
+    for v in (v for g in frame.body.groups for v in g.values):
+        element = ELEMENTS.get(int(v.element, 16)) if len(v.element) == 2 else None
+        if element is None or (element.metric is None and v.element not in _NOT_DATA):
+            return True
+    return False
 
 
 def check(raws: list[bytes]) -> dict[int, int]:
@@ -65,6 +78,9 @@ def check(raws: list[bytes]) -> dict[int, int]:
         if status == OK:
             assert isinstance(ref, Frame) and ref.body is not None, ref
             assert d.readings(i) == ref.readings
+            assert d.rows(i, "S") == [("S", *r[1:]) for r in ref.readings]
+            assert d.unmapped(i) == unmapped(ref)
+            assert (d.centre(i), d.end(i)) == (ref.centre, END_CODES[ref.end])
             assert (d.station(i), d.password(i), d.function(i), d.serial(i)) == (
                 ref.station,
                 ref.password,
