@@ -30,11 +30,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
+
+from engine.contracts.batch import ReadingBlock
 
 __all__ = [
     "EARLIEST_TS_MS",
@@ -55,8 +58,8 @@ log = logging.getLogger(__name__)
 #: (``engine.contracts.batch.Quality``) a protocol sends, UNCHECKED when absent.
 Reading = tuple[str, str, int, float] | tuple[str, str, int, float, int]
 #: ``produce(readings)`` / ``dead_letter(raw, reason, source)``: both resolve only once
-#: the records are durable.
-Produce = Callable[[list[Reading]], Awaitable[None]]
+#: the records are durable. A ``ReadingBlock`` is many readings of one sensor as columns.
+Produce = Callable[[list[Reading | ReadingBlock]], Awaitable[None]]
 DeadLetter = Callable[[bytes, str, str], Awaitable[None]]
 
 T = TypeVar("T")
@@ -109,6 +112,12 @@ class Admission:
                 f"{', '.join(sorted(metrics))} (its registry entry)"
             )
 
+    def check_times(self, ts: Sequence[int], received_ms: int) -> None:
+        """``check_time`` of each, at the cost of a ``min`` and a ``max`` when all pass."""
+        if ts and (min(ts) < self.earliest_ms or max(ts) > received_ms + self.max_ahead_ms):
+            for t in ts:
+                self.check_time(t, received_ms)
+
     def check_time(self, ts: int, received_ms: int) -> None:
         """A reading time after 2000 and at most ``max_ahead_ms`` past its arrival."""
         if ts < self.earliest_ms:
@@ -137,47 +146,78 @@ class Inbound:
 class MicroBatcher(Generic[T]):
     """Items put from any thread, taken on the event loop in batches: up to
     ``max_items``, waiting at most ``linger_ms`` for more after the first (batches, not
-    messages: per-record overhead downstream dominates)."""
+    messages: per-record overhead downstream dominates).
+
+    No asyncio work per item: ``put`` appends to a list under a lock and wakes the loop
+    only when the list was empty (a batch begins) or has just filled a batch, so the
+    loop is woken once or twice per batch however many items come (a wake-up per
+    message cost more CPU than the MQTT client library's own work on the message).
+    """
 
     def __init__(self, max_items: int, linger_ms: int) -> None:
         self.max_items = max_items
         self.linger_ms = linger_ms
-        self._queue: asyncio.Queue[T] = asyncio.Queue()
+        self._items: list[T] = []
+        self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Event | None = None  # set once items wait
+        self._full: asyncio.Event | None = None  # set once a batch's worth waits
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop that takes the batches; before the first ``put``."""
         self._loop = loop
+        self._ready = asyncio.Event()
+        self._full = asyncio.Event()
 
     def put(self, item: T) -> None:
         """Thread-safe. After the loop has closed (shutting down) the item is dropped
         unacknowledged: its sender sends it again."""
         assert self._loop is not None, "put() before bind()"
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed
-            log.info("message after shutdown left to its sender")
+        with self._lock:
+            self._items.append(item)
+            n = len(self._items)
+        if n == 1 or n == self.max_items:
+            event = self._ready if n == 1 else self._full
+            assert event is not None  # bound with the loop
+            try:
+                self._loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # the loop is closed
+                log.info("message after shutdown left to its sender")
 
     async def next_batch(self) -> list[T]:
         """Wait for an item, then for more until the batch is full or ``linger_ms`` ends."""
+        ready, full = self._ready, self._full
+        assert ready is not None and full is not None, "next_batch() before bind()"
         loop = asyncio.get_running_loop()
-        batch = [await self._queue.get()]
-        # asyncio.timeout, not wait_for: in Python 3.11 a wait_for whose get completes
-        # as the task is cancelled swallows the cancellation, and a stop hung.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(loop.time() + self.linger_ms / 1000):
-                while len(batch) < self.max_items:
-                    batch.append(await self._queue.get())
+        while True:
+            with self._lock:
+                if self._items:
+                    break
+                ready.clear()  # under the lock: a put after this sets it again
+            await ready.wait()
+        full.clear()  # before the count: a batch filled after it sets it again
+        with self._lock:
+            waiting = len(self._items) < self.max_items
+        if waiting and self.linger_ms > 0:
+            # asyncio.timeout, not wait_for: in Python 3.11 a wait_for whose wait
+            # completes as the task is cancelled swallows the cancellation.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(loop.time() + self.linger_ms / 1000):
+                    await full.wait()
+        with self._lock:
+            batch = self._items[: self.max_items]
+            del self._items[: self.max_items]
         return batch
 
 
 async def deliver(
     messages: Sequence[Inbound],
-    decode: Callable[[Inbound], list[Reading]],
+    decode: Callable[[Inbound], Sequence[Reading | ReadingBlock]],
     produce: Produce,
     dead_letter: DeadLetter,
     counters: Counter[str],
     max_payload_bytes: int | None = None,
+    ack_batch: Callable[[list[Inbound]], None] | None = None,
 ) -> None:
     """Decode a batch, append its readings and dead letters durably, then acknowledge.
 
@@ -187,8 +227,10 @@ async def deliver(
     cut to ``KEPT_BYTES``. Counts ``received``, ``at_most_once``, ``readings``,
     ``dead_letter``, ``oversized``. Raises only what ``produce`` or ``dead_letter``
     raise (the log cannot be written): then nothing of the batch is acknowledged.
+    ``ack_batch``: acknowledges the messages that have an ``ack`` all at once, in place
+    of calling each (MQTT: one wake-up of the client's thread for all the PUBACKs).
     """
-    readings: list[Reading] = []
+    readings: list[Reading | ReadingBlock] = []
     dead: list[tuple[bytes, str, str]] = []
     for m in messages:
         counters["received"] += 1
@@ -216,7 +258,10 @@ async def deliver(
     for raw, reason, source in dead:
         await dead_letter(raw, reason, source)
         counters["dead_letter"] += 1
-    counters["readings"] += len(readings)
+    counters["readings"] += sum(len(r) if isinstance(r, ReadingBlock) else 1 for r in readings)
+    if ack_batch is not None:
+        ack_batch([m for m in messages if m.ack is not None])
+        return
     for m in messages:
         if m.ack is not None:
             m.ack()

@@ -51,8 +51,9 @@ from rules.schema import (
     Window,
 )
 from rules.source import Key
+from rules.times import parse_align, parse_tz, window_shift_ms
 
-__all__ = ["check_rules", "name_some", "per_station", "selected_stations"]
+__all__ = ["check_rules", "name_some", "per_station", "selected_stations", "window_shift"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -182,7 +183,48 @@ def _check_threshold(
             out.append(rule.problem(("qc", "flatline"), msg))
     out += _level_order(rule, spec, refs, stations)
     out += _step_down(rule, spec)
+    out += _alignment(rule, spec.window, stations)
     return out
+
+
+def _alignment(
+    rule: LoadedRule, window: Window, stations: Sequence[Station] | None
+) -> list[Problem]:
+    """The window's alignment resolves to one shift (``window_shift``)."""
+    if window.tz == "station" and stations is None:
+        return []  # without a registry there is no station zone to check
+    try:
+        window_shift(window, stations or ())
+    except ValueError as e:
+        return [rule.problem(("window", "tz" if window.tz else "align"), str(e))]
+    return []
+
+
+def window_shift(window: Window, stations: Sequence[Station]) -> int:
+    """The rule's ``window_shift_ms`` (``engine.contracts.ruleset.ThresholdRule``): windows
+    start at ``window.align`` local time in ``window.tz``; with ``tz: station``, in every
+    selected station's zone, which must give them all the same boundaries (one shift per
+    rule: stations in other zones go in a rule of their own). ValueError otherwise."""
+    if window.align is None and window.tz is None:
+        return 0
+    step = window.every or window.size
+    align = parse_align(window.align) if window.align is not None else 0
+    if window.tz != "station":
+        return window_shift_ms(step, align, parse_tz(window.tz or "UTC"))
+    lacking = [s.id for s in stations if s.tz is None]
+    if lacking:
+        raise ValueError(f"'station': no tz in the registry for {name_some(lacking)}")
+    by_shift: dict[int, list[str]] = {}
+    for s in stations:
+        assert s.tz is not None
+        by_shift.setdefault(window_shift_ms(step, align, parse_tz(s.tz)), []).append(s.id)
+    if len(by_shift) > 1:
+        groups = "; ".join(name_some(ids) for ids in by_shift.values())
+        raise ValueError(
+            f"'station': the selected stations' zones start these windows at different "
+            f"times ({groups}); select each zone's stations in a rule of its own"
+        )
+    return next(iter(by_shift), 0)
 
 
 def _step_down(rule: LoadedRule, spec: ThresholdSpec) -> list[Problem]:
@@ -243,6 +285,13 @@ def _check_condition(
     if cond.window.every is not None:
         msg = "a compound rule's conditions use tumbling windows; 'every' is not supported here"
         out.append(rule.problem((*base, "window", "every"), msg))
+    for key in ("align", "tz"):
+        if getattr(cond.window, key) is not None:
+            msg = (
+                f"a compound rule's windows are aligned to UTC; '{key}' is not supported "
+                "here (align the threshold rules instead)"
+            )
+            out.append(rule.problem((*base, "window", key), msg))
     if stations is None:
         return out
     ref, word = (cond.above, "above") if cond.above is not None else (cond.below, "below")

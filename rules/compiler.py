@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.contracts.alerts import Level
 from engine.contracts.ruleset import N_LEVELS, QcLimits, RuleSet, ThresholdRule
-from rules.checks import per_station, selected_stations
+from rules.checks import per_station, selected_stations, window_shift
 from rules.compiled import (
     CompiledCondition,
     CompoundRule,
@@ -179,6 +179,8 @@ def _threshold(spec: ThresholdSpec, stations: Sequence[Station], lang: str) -> T
         labels=_labels(stations, unit or spec.unit, spec.labels),
         qc=_qc_limits(spec, stations),
         slide_ms=spec.window.every or 0,
+        window_shift_ms=window_shift(spec.window, stations),
+        window_closed_right=spec.window.align is not None or spec.window.tz is not None,
         step_down=spec.step_down,
         lang="zh" if lang == "zh" else "en",
     )

@@ -4,7 +4,8 @@ A built-in level (``flood_limit_level``) or a free field (under ``fields:``) of 
 station registry is a number, or one of::
 
     flood_limit_level:                  # 汛限水位: main flood season and the rest
-      tz: Asia/Shanghai                 # optional; the days are this zone's (default UTC)
+      tz: Asia/Shanghai                 # optional; the days are this zone's (default:
+                                        # the station's tz, else UTC)
       seasons:
         - {from: 06-01, to: 08-31, value: 102.5}
         - {from: 09-01, to: 05-31, value: 104.0}
@@ -110,7 +111,7 @@ class Season(StrictModel):
 
 
 class _DatedBase(StrictModel):
-    tz: str | None = None  # the zone whose calendar days count; None: UTC
+    tz: str | None = None  # the zone whose days count; None: UTC (a station's tz fills it)
 
     @field_validator("tz", mode="before")
     @classmethod

@@ -37,6 +37,7 @@ from rules.durations import format_duration_ms, parse_duration_ms
 from rules.errors import Problem, RulesInvalid, did_you_mean, problems_from_validation
 from rules.model import StrictModel
 from rules.source import Key, Pos, Source, SourceError, load_yaml
+from rules.times import parse_tz
 
 __all__ = [
     "LEVEL_FIELDS",
@@ -181,6 +182,33 @@ class Station(StrictModel):
     #: The station's identity on the gateway's SL 651 / HJ 212 servers, if it reports so.
     sl651: Sl651Identity | None = None
     hj212: Hj212Identity | None = None
+    #: The station's time zone (IANA name or UTC offset), for rules whose windows are
+    #: aligned to local time with ``tz: station``.
+    tz: str | None = None
+
+    @field_validator("tz")
+    @classmethod
+    def _tz_is_known(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_tz(v)
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dated_fields_count_the_station_s_days(cls, data: Any) -> Any:
+        """A seasonal table or rule curve without its own ``tz`` takes the station's."""
+        if not isinstance(data, dict) or not data.get("tz"):
+            return data
+
+        def zoned(v: Any) -> Any:
+            if isinstance(v, dict) and ("seasons" in v or "csv" in v) and "tz" not in v:
+                return {**v, "tz": data["tz"]}
+            return v
+
+        out = {k: zoned(v) if k in LEVEL_FIELDS else v for k, v in data.items()}
+        if isinstance(out.get("fields"), dict):
+            out["fields"] = {k: zoned(v) for k, v in out["fields"].items()}
+        return out
 
     @model_validator(mode="after")
     def _free_fields_do_not_shadow(self) -> Station:

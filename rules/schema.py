@@ -30,6 +30,7 @@ from rules.durations import format_duration_ms
 from rules.model import StrictModel
 from rules.refs import LEVELS, Level, LevelName, Ref, Threshold
 from rules.registry import DurationMs, Kind, Station
+from rules.times import parse_align, parse_tz
 
 __all__ = [
     "LEVELS",
@@ -105,6 +106,26 @@ class Window(StrictModel):
     size: DurationMs
     aggregate: Aggregate = "last"
     every: DurationMs | None = None
+    #: Local time of day (``HH:MM``) at which the windows start, in ``tz`` (default
+    #: midnight): Chinese daily rainfall counts 08:00-08:00 Beijing time (日雨量).
+    align: str | None = None
+    #: The zone of ``align`` (and of the day): an IANA name (``Asia/Shanghai``), a UTC
+    #: offset (``+05:30``) or ``station``, each selected station's ``tz``. Default UTC.
+    tz: str | None = None
+
+    @field_validator("align")
+    @classmethod
+    def _align_is_a_time_of_day(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_align(v)
+        return v
+
+    @field_validator("tz")
+    @classmethod
+    def _tz_is_known(cls, v: str | None) -> str | None:
+        if v is not None and v != "station":
+            parse_tz(v)
+        return v
 
     @model_validator(mode="after")
     def _every_divides_size(self) -> Window:

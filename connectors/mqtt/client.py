@@ -38,6 +38,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -53,13 +54,13 @@ from connectors.ingest import (
     Inbound,
     MicroBatcher,
     Produce,
-    Reading,
     Stations,
     deliver,
 )
 from connectors.mqtt.options import MqttOptions
-from connectors.mqtt.payload import decode_payload
+from connectors.mqtt.payload import decode_columns
 from connectors.mqtt.topics import TopicTemplate
+from engine.contracts.batch import ReadingBlock
 
 __all__ = ["MqttIngest"]
 
@@ -105,6 +106,24 @@ def describe_failure(exc: BaseException | None) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc) or type(exc).__name__
     return repr(exc) if exc is not None else "unknown reason"
+
+
+#: A PUBACK: fixed header (type, remaining length 2), packet id (MQTT 3.1.1, 3.4).
+_PUBACK_PACKET = struct.Struct("!BBH")
+
+
+class _PubAck:
+    """``Inbound.ack`` of a QoS 1 message: its PUBACK, alone when called, or with the
+    rest of its batch (``MqttIngest._ack_batch``)."""
+
+    __slots__ = ("client", "mid")
+
+    def __init__(self, client: mqtt.Client, mid: int) -> None:
+        self.client = client
+        self.mid = mid
+
+    def __call__(self) -> None:
+        self.client.ack(self.mid, 1)
 
 
 class MqttIngest:
@@ -179,7 +198,9 @@ class MqttIngest:
         ``disconnected``: what ``/readyz`` and ``vigil status`` report."""
         if self.subscribed.is_set():
             return "subscribed"
-        return "connected" if self._client.is_connected() else "disconnected"
+        # ``connection``, not paho's own state: paho still says connected while its
+        # disconnect callback runs, after ``subscribed`` was cleared.
+        return "connected" if self.connection.connected else "disconnected"
 
     # ---- paho callbacks (paho's network thread; an exception here would end it) ---------
 
@@ -226,9 +247,11 @@ class MqttIngest:
         self.subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
-        self.subscribed.clear()
+        # Disconnected first, then not subscribed: whoever reads ``state`` in between
+        # sees "disconnected", never "connected" (a /readyz detail said so once).
         if self.connection.connected:
             self._set(connected=False, error=f"disconnected: {reason_code}")
+        self.subscribed.clear()
         if reason_code != 0:
             log.warning("MQTT disconnected (%s); paho reconnects", reason_code)
 
@@ -246,8 +269,26 @@ class MqttIngest:
         PUBACK for it is a protocol error that makes the broker drop the connection)."""
         if received_ms is None:
             received_ms = int(time.time() * 1000)
-        ack = None if qos == 0 else lambda: self._client.ack(mid, qos)
-        return Inbound(topic, payload, received_ms, ack)
+        return Inbound(
+            topic, payload, received_ms, None if qos == 0 else _PubAck(self._client, mid)
+        )
+
+    def _ack_batch(self, messages: list[Inbound]) -> None:
+        """Acknowledge a batch's QoS 1 messages: their PUBACKs as one packet queued for
+        paho's network thread, which is woken once. paho's own ``ack`` queues one
+        packet and writes to the thread's wake-up socket per message, which cost a
+        quarter of the event loop's time. ``_packet_queue`` is paho's (2.x, pinned in
+        constraints.txt); should a release lack it, each message is acknowledged alone."""
+        acks = [m.ack for m in messages if isinstance(m.ack, _PubAck)]
+        if not acks:
+            return
+        queue = getattr(self._client, "_packet_queue", None)
+        if queue is None:
+            for ack in acks:
+                ack()
+            return
+        packet = b"".join([_PUBACK_PACKET.pack(mqtt.PUBACK, 2, a.mid) for a in acks])
+        queue(mqtt.PUBACK, packet, 0, 0)
 
     def _on_sys_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         if not reason_code.is_failure:
@@ -341,16 +382,16 @@ class MqttIngest:
         while True:
             await self._handle(await self._batcher.next_batch())
 
-    def _decode(self, m: Inbound) -> list[Reading]:
+    def _decode(self, m: Inbound) -> list[ReadingBlock]:
+        """A message's readings as one block: no Python tuple per reading."""
         station, metric = self.template.parse(m.source)
         self.admission.check_sensor(station, metric, self.known_stations)
         seqs: list[int] = []
-        readings = decode_payload(m.payload, m.received_ms, seqs)
-        for ts, _ in readings:
-            self.admission.check_time(ts, m.received_ms)
+        ts, values = decode_columns(m.payload, m.received_ms, seqs)
+        self.admission.check_times(ts, m.received_ms)
         if seqs and self._on_sequence is not None:
             self._on_sequence(m.source, seqs, m.received_ms)
-        return [(station, metric, ts, v) for ts, v in readings]
+        return [ReadingBlock(station, metric, ts, values)]
 
     async def _handle(self, items: list[Inbound | _DropCount]) -> None:
         messages = [m for m in items if isinstance(m, Inbound)]
@@ -361,6 +402,7 @@ class MqttIngest:
             self._dead_letter,
             self.counters,
             self.options.max_payload_bytes,
+            self._ack_batch,
         )
         drops = [d.total for d in items if isinstance(d, _DropCount)]
         if drops and self._on_broker_drops is not None:

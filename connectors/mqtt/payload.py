@@ -6,6 +6,15 @@ An object may carry the device's own message number, ``"seq": 42`` (an integer f
 ``MAX_SEQ``): the gateway counts the gaps in it as messages lost on the way
 (``engine.evaluation.sequence_gaps``); a ``seq`` that is no such integer is a
 ``PayloadError`` like a bad ``ts``.
+
+Two decoders that take and refuse the same payloads with the same reasons:
+``decode_payload``, the reference (the standard library's ``json``, every form checked
+reading by reading), and ``decode_columns``, what ingest runs: msgspec decodes the usual
+form (numbers, ``ts`` in epoch ms or absent) straight into typed structs (in C, measured
+about 5 times faster than ``json.loads`` and the checks in Python) and checks the
+columns with ``min``/``max``; anything it does not take whole (an ISO ``ts``, a float
+``ts``, a value out of range, bytes that are not JSON, a poison payload) goes to
+``decode_payload`` for the answer and the reason.
 """
 
 from __future__ import annotations
@@ -14,10 +23,13 @@ import json
 import math
 import reprlib
 from datetime import datetime
+from typing import cast
+
+import msgspec
 
 from connectors.ingest import PayloadError
 
-__all__ = ["MAX_SEQ", "MAX_TS_MS", "MIN_TS_MS", "decode_payload"]
+__all__ = ["MAX_SEQ", "MAX_TS_MS", "MIN_TS_MS", "decode_columns", "decode_payload"]
 
 #: Epoch-ms bounds of a ``ts``: the years 1 to 9999 (what ISO 8601 can write). Beyond
 #: them a number is no clock reading, and inside them event-time arithmetic (windows,
@@ -104,3 +116,64 @@ def decode_payload(
     if seqs is not None:
         seqs.extend(numbers)
     return out
+
+
+class _Item(msgspec.Struct, gc=False):
+    """One reading as msgspec decodes it: an int ``ts`` or none, an optional int ``seq``
+    (other forms, ``null`` for ``seq`` included, fall back to the reference)."""
+
+    value: float
+    ts: int | None = None
+    seq: int | msgspec.UnsetType = msgspec.UNSET
+
+
+_decoder = msgspec.json.Decoder(_Item | list[_Item])
+
+
+def decode_columns(
+    payload: bytes, received_ms: int, seqs: list[int] | None = None
+) -> tuple[list[int], list[float]]:
+    """JSON payload -> (ts_ms column, value column): ``decode_payload``'s readings as two
+    lists, its ``seq`` numbers into ``seqs`` the same way, and its ``PayloadError`` with
+    the same reason for anything it refuses."""
+    try:
+        doc = _decoder.decode(payload)
+    except msgspec.DecodeError:  # ValidationError too: a form the fast path leaves out
+        return _columns(decode_payload(payload, received_ms, seqs))
+    if isinstance(doc, _Item):  # one reading: the common form, checked without lists
+        t = received_ms if doc.ts is None else doc.ts
+        seq = doc.seq
+        if (
+            MIN_TS_MS <= t <= MAX_TS_MS
+            and math.isfinite(doc.value)
+            and (seq is msgspec.UNSET or 0 <= seq <= MAX_SEQ)
+        ):
+            if seqs is not None and seq is not msgspec.UNSET:
+                seqs.append(seq)
+            return [t], [doc.value]
+        return _columns(decode_payload(payload, received_ms, seqs))
+    items = doc
+    stamped = [item.ts for item in items]
+    ts = cast(
+        list[int],
+        [received_ms if t is None else t for t in stamped] if None in stamped else stamped,
+    )
+    values = [item.value for item in items]
+    numbers = [item.seq for item in items if item.seq is not msgspec.UNSET]
+    # The sum is finite when every value is (and may overflow when all are: then the
+    # reference decides). An empty list is refused by the reference, with its reason.
+    if (
+        not items
+        or min(ts) < MIN_TS_MS
+        or max(ts) > MAX_TS_MS
+        or not math.isfinite(sum(values))
+        or (numbers and (min(numbers) < 0 or max(numbers) > MAX_SEQ))
+    ):
+        return _columns(decode_payload(payload, received_ms, seqs))
+    if seqs is not None:
+        seqs.extend(numbers)
+    return ts, values
+
+
+def _columns(readings: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
+    return [ts for ts, _ in readings], [value for _, value in readings]

@@ -37,6 +37,7 @@ from connectors.nbiot.seal import Counters
 from connectors.nbiot.udp import UdpUplinks
 from connectors.nbiot.unknown import UnknownDevices
 from connectors.nbiot.uplink import Decoder, Uplink
+from engine.contracts.batch import ReadingBlock
 from engine.contracts.devices import DeviceLookup
 
 __all__ = ["NbiotIngest", "NbiotOptions"]
@@ -157,7 +158,7 @@ class NbiotIngest:
             if time.monotonic() - self._last_summary >= SUMMARY_S:
                 self._summary()
 
-    async def _produce_durably(self, readings: list[Reading]) -> None:
+    async def _produce_durably(self, readings: list[Reading | ReadingBlock]) -> None:
         await self._produce(readings)
         # After the readings, before the answers: a crash in between makes a resend
         # a duplicate of what is in the log, never a loss.

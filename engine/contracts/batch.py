@@ -27,13 +27,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
+from itertools import repeat
 from typing import NamedTuple
 
 import msgpack
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BatchBuilder", "BatchDecodeError", "Quality", "TelemetryBatch", "Tick"]
+__all__ = [
+    "BatchBuilder",
+    "BatchDecodeError",
+    "Quality",
+    "ReadingBlock",
+    "TelemetryBatch",
+    "Tick",
+]
 
 WIRE_VERSION = 1
 
@@ -162,6 +170,21 @@ class TelemetryBatch:
         return builder.build()
 
 
+@dataclass(frozen=True, slots=True)
+class ReadingBlock:
+    """Readings of one sensor that arrived together (an MQTT payload's list), as two
+    columns: a connector hands them on without a tuple per reading. ``ts``: epoch ms
+    UTC, ``value`` in the metric's unit, of equal length; quality UNCHECKED."""
+
+    station: str
+    metric: str
+    ts: list[int]
+    value: list[float]
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
 class BatchBuilder:
     """Accumulates readings and interns station and metric names."""
 
@@ -185,6 +208,15 @@ class BatchBuilder:
         self._ts.append(ts_ms)
         self._value.append(value)
         self._q.append(int(quality))
+
+    def add_block(self, block: ReadingBlock) -> None:
+        """The block's readings, in order, as ``add`` would take them one by one."""
+        n = len(block.ts)
+        self._si.extend(repeat(self._stations.setdefault(block.station, len(self._stations)), n))
+        self._mi.extend(repeat(self._metrics.setdefault(block.metric, len(self._metrics)), n))
+        self._ts.extend(block.ts)
+        self._value.extend(block.value)
+        self._q.extend(repeat(int(Quality.UNCHECKED), n))
 
     def build(self) -> TelemetryBatch:
         return TelemetryBatch(

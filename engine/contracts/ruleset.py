@@ -86,6 +86,13 @@ class ThresholdRule:
     direction: Literal[1, -1] = 1
     window_ms: int = 15 * 60_000
     slide_ms: int = 0  # 0: tumbling windows; else a window of window_ms ends every slide_ms
+    #: Windows (and slide steps) start at UTC ms ``b`` with ``(b + shift) % step == 0``:
+    #: 0 aligns them to the epoch (UTC midnight for days); 22.5 h starts days at 07:00 IST.
+    window_shift_ms: int = 0
+    #: The windows hold ``(start, end]``, a reading stamped on a boundary closing the window
+    #: that ends there (a daily report at 07:00, an hour's total stamped at its end), not
+    #: ``[start, end)``. Aligned windows (``align``/``tz`` in the rule file) are.
+    window_closed_right: bool = False
     aggregate: Literal["max", "min", "mean", "sum", "count", "first", "last", "delta", "rate"] = (
         "max"
     )
@@ -127,6 +134,11 @@ class ThresholdRule:
             raise ValueError(f"rule {self.rule_id}: window_ms must be positive")
         if self.slide_ms and (self.slide_ms < 0 or self.window_ms % self.slide_ms):
             raise ValueError(f"rule {self.rule_id}: slide_ms must divide window_ms")
+        if not 0 <= self.window_shift_ms < (self.slide_ms or self.window_ms):
+            raise ValueError(
+                f"rule {self.rule_id}: window_shift_ms {self.window_shift_ms} outside "
+                "0..window step"
+            )
         if not 0 <= self.for_ms <= MAX_FOR_MS:
             raise ValueError(
                 f"rule {self.rule_id}: for_ms {self.for_ms} outside 0..{MAX_FOR_MS} (49.7 days)"
@@ -142,6 +154,12 @@ class ThresholdRule:
             raise ValueError(
                 f"rule {self.rule_id}: qc flat_n {self.qc.flat_n} outside 0..{MAX_FLAT_N} readings"
             )
+
+    @property
+    def kernel_shift_ms(self) -> int:
+        """The shift the window kernels bucket with (they hold ``[start, end)``): the
+        alignment, one ms earlier for windows closed on the right."""
+        return (self.window_shift_ms - self.window_closed_right) % (self.slide_ms or self.window_ms)
 
     @cached_property
     def station_rows(self) -> Mapping[str, int]:

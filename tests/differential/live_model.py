@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 from engine.contracts.alerts import AlertEvent
 from engine.contracts.batch import BatchBuilder, TelemetryBatch
 from engine.contracts.ruleset import RuleSet
 from engine.evaluation.processor import PartitionProcessor
-from engine.runtime.topology import Topology
+from engine.runtime.topology import murmur2_partition
 from tests.traffic import Traffic
 
 __all__ = ["LiveRun", "partition_for", "run_live"]
@@ -37,8 +36,7 @@ __all__ = ["LiveRun", "partition_for", "run_live"]
 
 def partition_for(station: str, partitions: int) -> int:
     """The gateway's partition of a station (``Topology.partition_for``, Kafka's murmur2)."""
-    every = SimpleNamespace(_every_partition=list(range(partitions)))
-    return Topology.partition_for(every, station)  # type: ignore[arg-type]
+    return murmur2_partition(station, list(range(partitions)))
 
 
 @dataclass

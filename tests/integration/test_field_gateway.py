@@ -17,10 +17,12 @@ import random
 import socket
 import threading
 import time
+import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from connectors import hj212, sl651
 from connectors.framing import Splitter
@@ -72,13 +74,27 @@ def _air_rows(air: EpisodeAirStation, t: datetime, qn_suffix: str | None = None)
     return rows
 
 
-def _settings(tmp: Path, mqtt_port: int, sl651_port: int = 0, hj212_port: int = 0) -> Path:
+def _settings(
+    tmp: Path, mqtt_port: int, sl651_port: int = 0, hj212_port: int = 0, **more: object
+) -> Path:
     return write_settings(
         tmp, mqtt_port,
         stations=str(PACKS / "demo_field_stations.yaml"),
         rules=[str(PACKS / "demo_field.yaml")],
-        sl651={"port": sl651_port}, hj212={"port": hj212_port},
+        sl651={"port": sl651_port}, hj212={"port": hj212_port}, **more,
     )  # fmt: skip
+
+
+def _readings_received(web_port: int) -> dict[tuple[str, str], float]:
+    """``vigil_readings_received_total`` by (connector, kind), from ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    return {
+        (s.labels["connector"], s.labels["kind"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "vigil_readings_received_total"
+    }
 
 
 def _log(data: Path) -> tuple[set[Row], list[tuple[bytes, dict[str, bytes]]]]:
@@ -121,7 +137,10 @@ def _alerts(path: Path) -> set[tuple[str, str, int, str, str]]:
 
 
 def test_field_stations_reach_alerts_like_replay(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    engine = EngineProcess(_settings(tmp_path, mosquitto.port), tmp_path / "engine.log")
+    web_port = _free_port()
+    engine = EngineProcess(
+        _settings(tmp_path, mosquitto.port, web_port=web_port), tmp_path / "engine.log"
+    )
     engine.start()
     try:
         ports = engine.listening("sl651"), engine.listening("hj212")
@@ -164,6 +183,11 @@ def test_field_stations_reach_alerts_like_replay(tmp_path: Path, mosquitto: Mosq
         while _alerts(tmp_path / "alerts.jsonl") != want and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _alerts(tmp_path / "alerts.jsonl") == want
+        # Counted like MQTT's readings, by station kind (they were not counted at all).
+        received = _readings_received(web_port)
+        assert {connector for connector, _ in received} == {"field"}
+        assert sum(received.values()) == len(expected)
+        assert "unknown" not in {kind for _, kind in received}
     finally:
         assert engine.terminate() == 0, (tmp_path / "engine.log").read_text()[-3000:]
     rows, dead = _log(tmp_path / "data")

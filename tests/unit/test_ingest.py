@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,29 @@ def test_batcher_lingers_then_takes_what_came() -> None:
         return await batcher.next_batch()
 
     assert asyncio.run(run()) == [1, 2]
+
+
+def test_batcher_wakes_the_loop_per_batch_not_per_item() -> None:
+    wakeups: list[object] = []
+
+    async def run() -> list[list[int]]:
+        loop = asyncio.get_running_loop()
+        call_soon_threadsafe = loop.call_soon_threadsafe
+
+        def counting(callback: Any, *args: Any) -> Any:
+            wakeups.append(callback)
+            return call_soon_threadsafe(callback, *args)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        batcher: MicroBatcher[int] = MicroBatcher(max_items=400, linger_ms=10_000)
+        batcher.bind(loop)
+        sender = threading.Thread(target=lambda: [batcher.put(i) for i in range(800)])
+        sender.start()
+        sender.join()
+        return [await batcher.next_batch() for _ in range(2)]
+
+    batches = asyncio.run(run())
+    assert [i for b in batches for i in b] == list(range(800))
+    assert [len(b) for b in batches] == [400, 400]
+    # Woken when the first item came and when a batch's worth was waiting; not per item.
+    assert len(wakeups) == 2

@@ -7,11 +7,13 @@ from __future__ import annotations
 import itertools
 import random
 
+import msgpack
 import numpy as np
 import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numpy.lib.recfunctions import repack_fields
 
 from engine.contracts.batch import TelemetryBatch
 from engine.contracts.ruleset import RuleSet, ThresholdRule
@@ -30,6 +32,7 @@ from engine.evaluation.kernels.qc import QCParams, time_limits
 from engine.evaluation.kernels.qc_reference import QCReference
 from engine.evaluation.kernels.tumbling_levels_reference import reference_process
 from engine.evaluation.processor import PartitionProcessor
+from engine.evaluation.runners.tumbling import V3_FIELDS
 
 WINDOW = 15 * 60_000
 THRESHOLDS = np.array([[1.0, 2.0, 3.0, 4.0], [np.nan, 2.5, np.nan, 5.0], [-1.0, -2.0, -3.0, -4.0]])
@@ -93,6 +96,8 @@ def _kernel(
     st.sampled_from([0, 60_000, 10 * 60_000]),
     st.integers(0, 80),
     st.booleans(),
+    st.sampled_from([0, 60_000, 7 * 60_000]),
+    st.sampled_from([0, 1]),
 )
 def test_kernel_matches_reference(
     readings: list,
@@ -102,18 +107,21 @@ def test_kernel_matches_reference(
     lateness_ms: int,
     cut: int,
     on_reading: bool,
+    shift_ms: int,
+    right: int,
 ) -> None:
     """Readings in any order (out of order, duplicates, late): transitions and late
     rows as the plain reference states them, stepping down at window close or (``step_down:
-    reading``) on the reading."""
+    reading``) on the reading, windows aligned to the epoch or shifted."""
     late: list[int] = []
     expected = reference_process(
         [0, 0, 0], THRESHOLDS * direction, direction, deadband, WINDOW, readings, for_ms,
-        lateness_ms, late, on_reading,
+        lateness_ms, late, on_reading, shift_ms, right,
     )  # fmt: skip
     params = k.make_params(
-        direction, deadband, WINDOW, for_ms, 3, QC_OFF, lateness_ms, on_reading=on_reading
-    )
+        direction, deadband, WINDOW, for_ms, 3, QC_OFF, lateness_ms, on_reading=on_reading,
+        shift_ms=shift_ms, right=right,
+    )  # fmt: skip
     tr, _, late_rows, _ = _run(params, readings)
     assert (tr, late_rows) == (expected, late)
     # The state carries over between batches: any split gives the same transitions.
@@ -122,7 +130,7 @@ def test_kernel_matches_reference(
     # Closing reports the earliest window it left open, as a scan of the state finds it.
     tr = k.transition_arrays(3)
     closed, next_end = k.close_windows(state, params, cut * 60_000, tr)
-    assert next_end == k.earliest_open_end(state, WINDOW)
+    assert next_end == k.earliest_open_end(state, WINDOW, shift_ms)
     assert all(tr[2][j] < tr[1][j] for j in range(closed))  # closing only lowers a level
 
 
@@ -193,11 +201,11 @@ def test_one_pass_equals_qc_then_health_then_levels(
     assert due.tolist() == hk.check_silence(health, 10 * 60_000, 70 * 60_000)[0].tolist()
 
 
-def test_a_sensor_is_two_adjacent_cache_lines_of_which_80_bytes_are_state() -> None:
+def test_a_sensor_is_two_adjacent_cache_lines_of_which_89_bytes_are_state() -> None:
     state = k.new_state(1000)
     assert k.BLOCK_DTYPE.itemsize == 128 and state.ctypes.data % 128 == 0
     assert k.BLOCK_DTYPE.fields is not None and k.BLOCK_DTYPE.fields["levels"][1] == 63
-    assert sum(k.BLOCK_DTYPE.fields[f][0].itemsize for f in k.STATE_FIELDS) == 80
+    assert sum(k.BLOCK_DTYPE.fields[f][0].itemsize for f in k.STATE_FIELDS) == 89
 
 
 def test_for_clocks_are_exact_up_to_their_cap() -> None:
@@ -319,6 +327,24 @@ def test_processor_skips_batches_it_already_applied_and_restores() -> None:
     assert restored.process(TelemetryBatch.from_rows(rows[20:]), offset=8) == rest
     assert restored.accepted("flood", "A") == 40
     assert [e.level for e in first + rest] == ["blue", "yellow", "orange", "red"]
+
+
+def test_a_checkpoint_written_before_the_step_down_fields_restores() -> None:
+    """A snapshot of the previous format (no ``fields``, no ``down_ts``/``down_from``)
+    restores: the other fields as saved, no step-down remembered."""
+    rows = [("A", "water_level", i * 60_000, 0.5 + i * 0.1) for i in range(20)]
+    proc = PartitionProcessor(RuleSet((_rule(),)), lateness_ms=0)
+    proc.process(TelemetryBatch.from_rows(rows[:10]), offset=0)
+    data = msgpack.unpackb(proc.snapshot(), raw=False)
+    saved = data["rules"]["flood"]
+    assert saved.pop("fields") == list(k.STATE_FIELDS)
+    current = np.frombuffer(saved["state"], repack_fields(k.BLOCK_DTYPE[list(k.STATE_FIELDS)]))
+    saved["state"] = repack_fields(current[list(V3_FIELDS)]).tobytes()
+    restored = PartitionProcessor(RuleSet((_rule(),)), lateness_ms=0)
+    restored.restore(msgpack.packb(data, use_bin_type=True))
+    batch = TelemetryBatch.from_rows(rows[10:])
+    assert restored.process(batch, 1) == proc.process(batch, 1)
+    assert restored.accepted("flood", "A") == 20
 
 
 def test_reload_keeps_state_of_unchanged_rules_and_takes_new_thresholds() -> None:

@@ -29,6 +29,7 @@ prints the events of both sides.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -55,8 +56,25 @@ def _ruleset() -> RuleSet:
     return load_ruleset([str(RULES)], load_registry(REGISTRY)).ruleset
 
 
-def _differences(traffic: Traffic, *, partitions: int, plan: int) -> Diff:
-    ruleset = _ruleset()
+@functools.cache
+def _aligned_ruleset() -> RuleSet:
+    """The flood rules with their windows aligned to local time as ``align``/``tz`` do
+    (``ThresholdRule.window_shift_ms``, closed on the right): 15-min windows from :07,
+    the hourly rise from :30 (India's half hour), the rolling rain's 10-min steps from :05."""
+    shifts = {15 * 60_000: 7 * 60_000, 60 * 60_000: 30 * 60_000, 10 * 60_000: 5 * 60_000}
+    rules = tuple(
+        dataclasses.replace(
+            r, window_shift_ms=shifts[r.slide_ms or r.window_ms], window_closed_right=True
+        )
+        for r in _ruleset().rules
+    )
+    return dataclasses.replace(_ruleset(), rules=rules)
+
+
+def _differences(
+    traffic: Traffic, *, partitions: int, plan: int, ruleset: RuleSet | None = None
+) -> Diff:
+    ruleset = ruleset or _ruleset()
     live = run_live(ruleset, traffic, partitions=partitions, lateness_ms=LATENESS_MS, plan=plan)
     basin = {r.rule_id for r in ruleset.corroboration}
     expected = [e for e in replay(ruleset, traffic.readings()) if e.rule_id not in basin]
@@ -70,6 +88,14 @@ def test_realistic_traffic_raises_what_replay_raises() -> None:
     assert diff.compared > 50  # the traffic does raise alerts: the comparison means something
     if diff:
         pytest.fail(f"VIGIL_DIFF_SEED={SEED}: {traffic.describe()}, 4 partitions\n{diff.report()}")
+
+
+def test_windows_aligned_to_local_time_raise_what_replay_raises() -> None:
+    traffic = generate(spec_from_env(TrafficSpec(seed=SEED)))
+    diff = _differences(traffic, partitions=3, plan=SEED + 1, ruleset=_aligned_ruleset())
+    assert diff.compared > 50
+    if diff:
+        pytest.fail(f"VIGIL_DIFF_SEED={SEED}: {traffic.describe()}, aligned\n{diff.report()}")
 
 
 traffic_specs = st.builds(

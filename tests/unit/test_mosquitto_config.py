@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from connectors.mqtt.mosquitto import CONFIG, Mosquitto
+from engine.runtime.config import BatchSettings
 
 
 def _directives(text: str) -> list[str]:
@@ -13,13 +14,21 @@ def test_shipped_file_holds_the_promise() -> None:
     lines = _directives(CONFIG.read_text())
     for line in (
         "max_queued_messages 0",
-        "max_inflight_messages 1000",
         "queue_qos0_messages true",
         "persistence true",
         "sys_interval 10",
         "listener 1883 127.0.0.1",
     ):
         assert line in lines
+
+
+def test_the_broker_sends_a_batch_and_the_next_without_waiting_for_acknowledgements() -> None:
+    # Below a batch, every QoS 1 batch of a backlog waited out the linger for messages
+    # the broker held back until the batch was acknowledged.
+    (inflight,) = [
+        int(x.split()[1]) for x in _directives(CONFIG.read_text()) if x.startswith("max_inflight")
+    ]
+    assert inflight >= 2 * BatchSettings().max_readings
 
 
 def test_launcher_uses_it_with_its_own_port_folder_log_and_overrides() -> None:

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.ingest import PayloadError
-from connectors.mqtt.payload import decode_payload
+from connectors.mqtt.payload import MAX_TS_MS, decode_columns, decode_payload
 from connectors.mqtt.topics import TopicTemplate
 
 NOW = 1_700_000_000_000
@@ -106,3 +110,68 @@ def test_ts_at_the_bounds_is_accepted() -> None:
     assert decode_payload(b'{"value": 1, "ts": "9999-12-31T23:59:59+00:00"}', NOW) == [
         (253402300799000, 1.0)
     ]
+
+
+def _outcome(decode: Callable[[bytes, int], object], payload: bytes) -> object:
+    try:
+        return decode(payload, NOW)
+    except PayloadError as exc:
+        return f"PayloadError: {exc}"
+
+
+_numbers = st.one_of(
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=0, max_value=MAX_TS_MS + 10),
+)
+_anything = st.one_of(st.none(), st.booleans(), st.text(max_size=5), _numbers)
+_ts = st.one_of(
+    _anything,
+    st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+    st.datetimes().map(lambda d: d.isoformat()),  # no offset: refused
+)
+_seq = st.one_of(st.integers(0, 10), st.integers(-3, 2**64 + 3), _anything)
+_item = st.one_of(
+    st.fixed_dictionaries(
+        {"value": _anything},
+        optional={"ts": _ts, "seq": _seq, "unit": st.text(max_size=3)},
+    ),
+    st.fixed_dictionaries({"ts": _ts}),  # no value
+    _anything,  # not an object
+)
+_payloads = st.one_of(
+    _item.map(lambda i: json.dumps(i).encode()),
+    st.lists(_item, max_size=6).map(lambda i: json.dumps(i).encode()),
+    st.binary(max_size=40),
+)
+
+
+@settings(max_examples=600)
+@given(_payloads)
+def test_the_fast_decoder_takes_and_refuses_what_the_reference_does(payload: bytes) -> None:
+    """decode_columns (msgspec, what ingest runs) against decode_payload (the reference):
+    the same readings as columns and the same ``seq`` numbers, or the same PayloadError
+    reason (and no numbers)."""
+    ref_seqs: list[int] = []
+    fast_seqs: list[int] = []
+    expected = _outcome(lambda p, now: decode_payload(p, now, ref_seqs), payload)
+    if isinstance(expected, list):
+        expected = ([ts for ts, _ in expected], [value for _, value in expected])
+    assert _outcome(lambda p, now: decode_columns(p, now, fast_seqs), payload) == expected
+    assert fast_seqs == ref_seqs
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"value": ' + b"9" * 401 + b', "ts": 1719763200000}',
+        b'{"value": 1.0, "ts": 1e300}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'[{"value": 1, "ts": 1}, ' + b"[" * 100_000 + b"]" * 100_000 + b"]",
+        b'{"value": 1, "ts": ' + b"9" * 5000 + b"}",
+    ],
+)
+def test_poison_payloads_are_payload_errors_for_the_fast_decoder_too(payload: bytes) -> None:
+    expected = _outcome(decode_payload, payload)
+    assert isinstance(expected, str) and expected.startswith("PayloadError")
+    assert _outcome(decode_columns, payload) == expected

@@ -4,13 +4,15 @@ recorder (the real broker is in tests/integration/test_mqtt_*)."""
 from __future__ import annotations
 
 import asyncio
+from itertools import repeat
 
 import pytest
 
-from connectors.ingest import Inbound
+from connectors.ingest import Inbound, Reading
 from connectors.mqtt import client as mqtt
 from connectors.mqtt.client import MqttIngest
 from connectors.mqtt.options import MqttOptions
+from engine.contracts.batch import ReadingBlock
 
 T0 = 1_719_763_200_000  # readings from before 2000 are dead-lettered (connectors.ingest)
 
@@ -27,8 +29,13 @@ def _ingest() -> tuple[MqttIngest, list[object], list[tuple[bytes, str, str]], _
     produced: list[object] = []
     dead: list[tuple[bytes, str, str]] = []
 
-    async def produce(readings: list[tuple[str, str, int, float]]) -> None:
-        produced.extend(readings)
+    async def produce(readings: list[Reading | ReadingBlock]) -> None:
+        for r in readings:  # a block as the readings it holds
+            produced.extend(
+                zip(repeat(r.station), repeat(r.metric), r.ts, r.value, strict=False)
+                if isinstance(r, ReadingBlock)
+                else [r]
+            )
 
     async def dead_letter(raw: bytes, reason: str, source: str) -> None:
         dead.append((raw, reason, source))
@@ -61,16 +68,16 @@ def test_qos0_is_taken_but_never_acknowledged() -> None:
 def test_any_exception_on_one_message_dead_letters_it_and_the_rest_flows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = mqtt.decode_payload
+    real = mqtt.decode_columns
 
     def flaky(
         payload: bytes, received_ms: int, seqs: list[int] | None = None
-    ) -> list[tuple[int, float]]:
+    ) -> tuple[list[int], list[float]]:
         if payload == b"boom":
             raise KeyError("a bug decode did not foresee")
         return real(payload, received_ms, seqs)
 
-    monkeypatch.setattr(mqtt, "decode_payload", flaky)
+    monkeypatch.setattr(mqtt, "decode_columns", flaky)
     ingest, produced, dead, acks = _ingest()
     batch: list[Inbound | mqtt._DropCount] = [
         ingest.inbound(1, 1, "vigil/HZ001/water_level", b"boom", T0),

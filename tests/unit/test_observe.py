@@ -15,6 +15,7 @@ from connectors.ingest import PayloadError
 from connectors.mqtt.payload import decode_payload
 from connectors.mqtt.topics import TopicTemplate
 from engine.contracts.alerts import AlertEvent
+from engine.contracts.batch import TelemetryBatch
 from engine.contracts.dead_letters import REASON_CLASSES, reason_class
 from engine.runtime.config import ConfigError, WebSettings, load_settings
 from engine.runtime.metrics import Metrics, RecentCounts
@@ -84,9 +85,11 @@ def _event(fp: str, level: str) -> AlertEvent:
 
 def test_metrics_count_by_kind_reason_class_and_rule_without_a_station_label() -> None:
     m = Metrics()
-    m.count_readings(
-        "mqtt", ["HZ001", "HZ001", "R1", "X"], {"HZ001": "river_gauge", "R1": "rain_gauge"}
-    )
+    batches = [
+        TelemetryBatch.from_rows([("HZ001", "w", 1, 1.0), ("R1", "r", 1, 1.0)]),
+        TelemetryBatch.from_rows([("HZ001", "w", 2, 1.0), ("X", "w", 1, 1.0)]),
+    ]
+    m.count_readings("mqtt", batches, {"HZ001": "river_gauge", "R1": "rain_gauge"})
     m.count_dead_letter("value must be a number, got 'high'")
     m.count_dead_letter("value must be finite, got inf")
     m.count_alerts([_event("a", "orange"), _event("b", "red"), _event("a", "none")])

@@ -403,6 +403,16 @@ def test_the_days_are_the_zone_s_own(tmp_path: Path) -> None:
     ]
 
 
+def test_a_table_without_its_own_zone_counts_the_station_s_days(tmp_path: Path) -> None:
+    """The station's ``tz`` (the one ``tz: station`` windows use) is the table's default."""
+    stations = STATIONS.replace("      tz: Asia/Shanghai\n", "").replace(
+        "    kind: reservoir\n", "    kind: reservoir\n    tz: Asia/Shanghai\n"
+    )
+    ruleset = _load(tmp_path, _rules(), stations)
+    events = replay(ruleset, _hourly("2024-05-31T00:00+00:00", "2024-06-02T00:00+00:00", 103.0))
+    assert [(e.level, _iso(e.at)) for e in events] == [("yellow", "2024-06-01T00:00+08:00")]
+
+
 def test_the_dam_pack_s_seasonal_rule_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
     """The demo reservoir's flood-limit level is seasonal; its rule tests say when."""
     tests = Path(__file__).resolve().parents[2] / "rules" / "packs" / "demo_dam_tests.yaml"

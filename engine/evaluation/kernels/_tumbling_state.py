@@ -6,16 +6,18 @@ boundary, two cache lines that sit side by side in memory. The first line holds
 everything a reading changes in the common case; the second holds the sensor's four
 thresholds (the rule's, in the metric's unit, NaN for unused levels; written by
 :func:`set_thresholds`), which a reading reads when its window's aggregate moves, and
-the two times written only when an episode or a QC failure run begins. Two adjacent
+the times written only when an episode or a QC failure run begins or a level is left
+on a reading. Two adjacent
 lines of one block cost much less than two lines in separate arrays: measured at 10 M
 sensors, 27 against 19 M readings/s for the kernel alone. The mutable state, which
-snapshots carry (``STATE_FIELDS``), is 80 bytes per sensor; the thresholds take 32 and
-16 are padding. All times are event time, ms since the epoch (UTC).
+snapshots carry (``STATE_FIELDS``), is 89 bytes per sensor; the thresholds take 32 and
+7 are padding. All times are event time, ms since the epoch (UTC).
 
 Compact fields and their documented limits (checked by ``ThresholdRule`` and
 :func:`make_params`):
 
-* the window start is not stored: it is ``last_ts`` rounded down to the window, since
+* the window start is not stored: it is ``last_ts`` rounded down to the window (from
+  the origin ``Params.shift_ms`` aligns: local days, ``window_start``), since
   the open window always holds the sensor's last taken reading; ``agg`` is NaN when no
   window is open;
 * the ``for`` clocks are stored as ages (ms since the breach run began, as of
@@ -97,7 +99,11 @@ BLOCK_DTYPE = np.dtype(
         ("thr4", "<f8"),
         ("episode_start", "<i8"),  # when the level last left 0
         ("fail_since", "<i8"),  # the first reading of the current QC failure run
-        ("_pad", "u1", (16,)),
+        # ``step_down: reading``: the sensor's latest step-down on a reading, its time and
+        # the level it left (a reading taken before it, arriving after, was decided by it).
+        ("down_ts", "<i8"),
+        ("down_from", "u1"),
+        ("_pad", "u1", (7,)),
     ]
 )
 THRESHOLD_FIELDS = ("thr1", "thr2", "thr3", "thr4")
@@ -131,6 +137,12 @@ class Params(NamedTuple):
     #: The rule's ``step_down: reading``: a level is left on the sensor's newest reading
     #: that is back past its line by the deadband, not when the window closes.
     on_reading: bool = False
+    #: The windows' alignment: they start where ``(t + shift_ms) % window_ms == 0``
+    #: (``ThresholdRule.window_shift_ms``), 0 <= shift_ms < window_ms.
+    shift_ms: int = 0
+    #: 1: the windows hold ``(b, b + window_ms]`` (``ThresholdRule.window_closed_right``);
+    #: ``shift_ms`` then buckets them one ms on, and a window's end is reported 1 ms back.
+    right: int = 0
 
 
 def make_params(
@@ -143,11 +155,14 @@ def make_params(
     lateness_ms: int = 0,
     drop_suspect: bool = False,
     on_reading: bool = False,
+    shift_ms: int = 0,
+    right: int = 0,
 ) -> Params:
     """``qc``: fail_lo, fail_hi, suspect_lo, suspect_hi, spike, rate_per_h, flat_eps,
     flat_suspect_n, flat_fail_n; ``drop_suspect``: SUSPECT readings move no window either;
-    ``on_reading``: step down on the reading (``Params.on_reading``). Raises ValueError
-    past the compact fields' limits."""
+    ``on_reading``: step down on the reading (``Params.on_reading``); ``shift_ms``: the
+    windows' alignment (``Params.shift_ms``). Raises ValueError past the compact fields'
+    limits."""
     drop_from = Q_SUSPECT if drop_suspect else Q_FAIL
     p = Params(
         direction,
@@ -159,9 +174,13 @@ def make_params(
         lateness_ms,
         drop_from,
         on_reading,
+        shift_ms,
+        right,
     )
     if not 0 <= for_ms <= AGE_CAP:
         raise ValueError(f"for_ms {for_ms} outside 0..{AGE_CAP} (49.7 days)")
+    if not 0 <= shift_ms < window_ms:
+        raise ValueError(f"shift_ms {shift_ms} outside 0..window_ms {window_ms}")
     if not 1 <= fail_after <= RUN_CAP:
         raise ValueError(f"fail_after {fail_after} outside 1..{RUN_CAP}")
     if not (0 <= p.flat_suspect_n <= FLAT_CAP and 0 <= p.flat_fail_n <= FLAT_CAP):
@@ -176,7 +195,7 @@ def new_state(n: int) -> npt.NDArray[np.void]:
     state = raw[skip : skip + n * BLOCK].view(BLOCK_DTYPE)
     for name in ("agg", "qc_value", *THRESHOLD_FIELDS):
         state[name] = np.nan
-    for name in ("last_ts", "qc_ts", "seen_ts", "episode_start", "fail_since"):
+    for name in ("last_ts", "qc_ts", "seen_ts", "episode_start", "fail_since", "down_ts"):
         state[name] = NO_TS
     return state
 
@@ -212,14 +231,15 @@ def outputs(n: int) -> tuple[tuple[npt.NDArray[np.generic], ...], ...]:
     )
 
 
-def earliest_open_end(state: npt.NDArray[np.void], window_ms: int) -> int:
-    """The end (ms) of the earliest window still open, int64 max when none is."""
+def earliest_open_end(state: npt.NDArray[np.void], window_ms: int, shift_ms: int = 0) -> int:
+    """The end (ms) of the earliest window still open, int64 max when none is; windows
+    aligned by ``shift_ms`` (``Params.shift_ms``)."""
     is_open = ~np.isnan(state["agg"]) & (state["levels"] & CLOSED_BIT == 0)
     last = state["last_ts"][is_open]
     if not len(last):
         return NEVER
     first = int(last.min())
-    return first - first % window_ms + window_ms
+    return first - (first + shift_ms) % window_ms + window_ms
 
 
 def silent_due(state: npt.NDArray[np.void], stale_ms: int, watermark: int) -> npt.NDArray[np.intp]:

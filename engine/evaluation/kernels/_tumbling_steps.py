@@ -71,6 +71,13 @@ def qc_step(st, p, future_lim, past_lim, t, v, qi):  # type: ignore[no-untyped-d
     return q
 
 
+@njit(cache=True)
+def window_start(t, w, shift):  # type: ignore[no-untyped-def]
+    """The start (ms) of the ``w``-ms window holding ``t``: windows start where
+    ``(start + shift) % w == 0`` (``Params.shift_ms``: 0 aligns them to the epoch)."""
+    return t - (t + shift) % w
+
+
 # Health events of one reading, bits of ``health_step``'s result.
 EV_SILENCE_OVER, EV_RUN_BEGINS, EV_QC_FIRES, EV_QC_CLEARS = 1, 2, 4, 8
 

@@ -42,13 +42,21 @@ this kernel. Per reading, in the order of the arrays (event-time order per senso
      while the aggregate stays above ``threshold - deadband``; with ``step_down:
      reading`` (``Params.on_reading``) it is decided on each of the sensor's newest
      readings instead, at the first one back past ``threshold - deadband``, and the
-     window starts over at that reading (:func:`_step_down`);
+     window starts over at that reading (:func:`_step_down`). A reading taken before
+     the sensor's latest step-down that arrives after it was decided by it, as the
+     replay in event time decides it: it counts in no window and raises only past the
+     level the step-down left (``down_ts``, ``down_from``; :func:`_late_escalation`);
    * a window closes when a reading of a later window arrives for the sensor, or when
      the watermark passes its end (:func:`close_windows`), so a gauge that falls silent
      mid-flood does not hold its last window open forever. A close by the watermark
      keeps the window's aggregate (``CLOSED_BIT``): a later reading of the sensor for
      that window (a backlog that goes on in the next batch) reopens it, and the window
      is decided again when it next closes.
+
+Windows start where ``(start + Params.shift_ms) % window_ms == 0`` (0: from the epoch;
+a rule aligned to local days shifts them), and with ``Params.right`` a window holds
+``(start, end]``: it is bucketed one ms on and its end reported 1 ms back, so a report
+stamped on a boundary closes the window that ends there.
 
 The state's layout and its documented limits are in ``_tumbling_state``; the
 per-reading steps (QC, health, levels) in ``_tumbling_steps``. This module is the
@@ -98,6 +106,7 @@ from engine.evaluation.kernels._tumbling_steps import (
     qc_step,
     start_runs,
     thresholds_of,
+    window_start,
 )
 from engine.evaluation.kernels.health import QC
 
@@ -148,6 +157,7 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
     tr, hc, late = out
     n_tr = n_hc = n_late = 0
     w = p.window_ms
+    sh = p.shift_ms
     m = ts.shape[0]
     for r in range(m):
         # Random state access at millions of sensors: ask for a later reading's lines now.
@@ -166,7 +176,7 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
             continue  # QC failures (and dropped suspects) never raise or clear a level
         last = st["last_ts"]
         x = v * p.direction
-        if last != NO_TS and t < last - last % w:
+        if last != NO_TS and t < window_start(last, w, sh):
             # The sensor has moved on to a later window: this one is closed.
             if _may_escalate_late(st, p, t, last):
                 n_tr = _late_escalation(tr, n_tr, st, i, t, x, p)
@@ -174,20 +184,26 @@ def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[
                 late[0][n_late] = r
                 n_late += 1
             continue
+        if p.on_reading and t < st["down_ts"]:
+            # Taken before the reading that stepped down, arriving after it: the step-down
+            # decided its window; only a breach above the level it left still raises.
+            if p.for_ms == 0:
+                n_tr = _late_escalation(tr, n_tr, st, i, t, x, p)
+            continue
         if t == last:
             continue  # a duplicate: a redelivered reading never counts twice
         # The window: the latest one holds the last reading taken; agg NaN = none yet
         # (or closed by a snapshot's older format, which did not keep the aggregate).
         agg = st["agg"]
         changed = True
-        if np.isnan(agg) or t >= last - last % w + w:
+        if np.isnan(agg) or t >= window_start(last, w, sh) + w:
             if not np.isnan(agg):
                 thr = thresholds_of(st)
                 if not as_i64(st["levels"]) & CLOSED_BIT:
                     frm, to = close_open(st, thr, p)
                     if to < frm:
-                        n_tr = emit(tr, n_tr, st, i, frm, to, last - last % w + w, agg, thr,
-                                     p.direction)  # fmt: skip
+                        end = window_start(last, w, sh) + w - p.right
+                        n_tr = emit(tr, n_tr, st, i, frm, to, end, agg, thr, p.direction)
                 # The window ended: its final aggregate breaks the runs it did not hold.
                 end_raw = breached(agg, thr, p.direction)
                 lv = as_i64(st["levels"])
@@ -277,6 +293,8 @@ def _step_down(tr, n, st, i, t, x, p):  # type: ignore[no-untyped-def]
     raw = min((lv >> 3) & LEVEL_MASK, breached(x, thr, p.direction))
     st["levels"] = (lv & ~(LEVEL_MASK | RAW_BITS)) | new | (raw << 3)
     st["agg"] = x
+    st["down_ts"] = t
+    st["down_from"] = current
     return n
 
 
@@ -287,10 +305,10 @@ def _may_escalate_late(st, p, t, last):  # type: ignore[no-untyped-def]
     only from the window just before its latest, still open one. Then a redelivery of
     a reading already counted cannot raise anything again: its window held the level
     when it closed, and no window has closed since."""
-    end = t - t % p.window_ms + p.window_ms
+    end = window_start(t, p.window_ms, p.shift_ms) + p.window_ms
     return (
         p.for_ms == 0
-        and end == last - last % p.window_ms
+        and end == window_start(last, p.window_ms, p.shift_ms)
         and end + p.lateness_ms > last
         and not as_i64(st["levels"]) & CLOSED_BIT
     )
@@ -298,21 +316,32 @@ def _may_escalate_late(st, p, t, last):  # type: ignore[no-untyped-def]
 
 @njit(cache=True)
 def _late_escalation(tr, n, st, i, t, x, p):  # type: ignore[no-untyped-def]
-    """A reading of a window the sensor has left, within the allowed lateness: it can
-    still raise the level (at its own time), never lower it, as the window it belongs
-    to was decided without it. Returns the transitions written so far; counts the
-    reading only when it raises the level (else it may be a redelivery)."""
+    """A reading of a window the sensor has left, within the allowed lateness, or (with
+    ``step_down: reading``) one taken before the sensor's latest step-down: it can still
+    raise the level (at its own time), never lower it, as the window it belongs to was
+    decided without it. One before the step-down raises only past the level that the
+    step-down left: up to there it was part of what the step-down decided, on a later
+    reading. Returns the transitions written so far; counts the reading only when it
+    raises the level (else it may be a redelivery)."""
     thr = thresholds_of(st)
     lv = as_i64(st["levels"])
     current = lv & LEVEL_MASK
+    decided = current
+    before_down = p.on_reading and t < st["down_ts"]
+    if before_down:
+        decided = max(current, as_i64(st["down_from"]))
     new = breached(x, thr, p.direction)
     if new > 0 and current > 0 and t < st["episode_start"]:  # (no ``for`` here)
         st["episode_start"] = t  # the episode began at this reading
-    if new <= current:
+    if new <= decided:
         return n
     st["accepted"] += 1
     if current == 0:
-        st["episode_start"] = t
+        # The episode the step-down ended, if the reading was taken within it.
+        if before_down and st["episode_start"] != NO_TS:
+            st["episode_start"] = min(st["episode_start"], t)
+        else:
+            st["episode_start"] = t
     n = emit(tr, n, st, i, current, new, t, x, thr, p.direction)
     st["levels"] = (lv & ~LEVEL_MASK) | new
     return n
@@ -325,7 +354,8 @@ def close_windows(state, p, closing, tr):  # type: ignore[no-untyped-def]
     written and the end (ms) of the earliest window left open (int64 max if none), which
     saves the caller a second pass over every sensor."""
     w = p.window_ms
-    cutoff = closing - closing % w  # a window ends by `closing` iff last_ts < this
+    sh = p.shift_ms
+    cutoff = window_start(closing, w, sh)  # a window ends by `closing` iff last_ts < this
     first_open = NEVER
     n = 0
     for i in range(state.shape[0]):
@@ -341,5 +371,6 @@ def close_windows(state, p, closing, tr):  # type: ignore[no-untyped-def]
         frm, to = close_open(st, thr, p)
         st["levels"] = as_i64(st["levels"]) | CLOSED_BIT
         if to < frm:
-            n = emit(tr, n, st, i, frm, to, last - last % w + w, agg, thr, p.direction)
-    return n, NEVER if first_open == NEVER else first_open - first_open % w + w
+            end = window_start(last, w, sh) + w - p.right
+            n = emit(tr, n, st, i, frm, to, end, agg, thr, p.direction)
+    return n, NEVER if first_open == NEVER else window_start(first_open, w, sh) + w

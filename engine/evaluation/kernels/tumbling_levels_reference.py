@@ -25,6 +25,8 @@ def reference_process(
     lateness_ms: int = 0,
     late: list[int] | None = None,
     on_reading: bool = False,
+    shift_ms: int = 0,
+    right: int = 0,
 ) -> list[tuple[int, int, int, int, float]]:
     """Plain-Python statement of the window and level steps, for differential tests.
 
@@ -41,11 +43,16 @@ def reference_process(
     breaches it once its run has lasted ``for_ms``. With ``on_reading`` (``step_down:
     reading``) a level is left on the sensor's newest reading that is back past its line
     by the deadband: the window starts over at that reading and the runs of the levels
-    the reading is below end.
+    the reading is below end. A reading taken before the sensor's latest step-down that
+    arrives after it was decided by it: it counts in no window and, without ``for``,
+    raises the level (at its own time) only past the level that the step-down left.
+    ``shift_ms`` aligns the windows (``Params.shift_ms``); with ``right`` a window's
+    end is reported 1 ms back (``Params.right``: windows closed on the right).
     """
     win: dict[int, tuple[int, float]] = {}  # sensor -> (window start, aggregate)
     last: dict[int, int] = {}
     since: dict[tuple[int, int], int] = {}  # (sensor, level) -> start of the breach run
+    down: dict[int, tuple[int, int]] = {}  # sensor -> (time, level left) of its latest step-down
     out: list[tuple[int, int, int, int, float]] = []
 
     def used(i: int, k: int) -> bool:
@@ -57,23 +64,41 @@ def reference_process(
     def breached(i: int, x: float) -> int:
         return next((k for k in (4, 3, 2, 1) if used(i, k) and x >= line(i, k)), 0)
 
+    def start_of(t: int) -> int:
+        """The start of the window holding ``t``: windows start at ``shift_ms`` before
+        each multiple of ``window_ms`` (the rule's alignment)."""
+        return t - (t + shift_ms) % window_ms
+
+    def decided(i: int, t: int) -> int:
+        """The level a reading at ``t`` must pass to raise: the current one, or the one
+        the sensor's latest step-down left if the reading was taken before it."""
+        if on_reading and i in down and t < down[i][0]:
+            return max(levels[i], down[i][1])
+        return levels[i]
+
     for j, (i, t, v) in enumerate(readings):
         if np.isnan(v):
             continue
         x = v * direction
-        if i in last and t < last[i] - last[i] % window_ms:
-            end = t - t % window_ms + window_ms
-            just_before = end == last[i] - last[i] % window_ms
+        if i in last and t < start_of(last[i]):
+            end = start_of(t) + window_ms
+            just_before = end == start_of(last[i])
             if for_ms == 0 and just_before and end + lateness_ms > last[i]:
-                if breached(i, x) > levels[i]:
+                if breached(i, x) > decided(i, t):
                     out.append((i, levels[i], breached(i, x), t, v))
                     levels[i] = breached(i, x)
             elif late is not None:
                 late.append(j)
             continue
+        if on_reading and i in down and t < down[i][0]:
+            # Before the step-down, arriving after it: decided, unless above what it left.
+            if for_ms == 0 and breached(i, x) > decided(i, t):
+                out.append((i, levels[i], breached(i, x), t, v))
+                levels[i] = breached(i, x)
+            continue
         if t == last.get(i):
             continue
-        start = t - t % window_ms
+        start = start_of(t)
         if i in win and win[i][0] != start:
             wstart, wagg = win.pop(i)
             held = next(
@@ -85,7 +110,7 @@ def reference_process(
                 0,
             )
             if held < levels[i]:
-                out.append((i, levels[i], held, wstart + window_ms, wagg * direction))
+                out.append((i, levels[i], held, wstart + window_ms - right, wagg * direction))
                 levels[i] = held
             # A breach run ends with a window whose final aggregate is below its line.
             for k in range(breached(i, wagg) + 1, 5):
@@ -101,6 +126,7 @@ def reference_process(
             )
             if stays < levels[i]:
                 out.append((i, levels[i], stays, t, v))
+                down[i] = (t, levels[i])
                 levels[i] = stays
                 agg = x
                 win[i] = (start, agg)

@@ -141,7 +141,11 @@ class Runner(Protocol):
 
 def signature(rule: ThresholdRule) -> list[object]:
     """What must match for a rule's state to survive a reload or a restore."""
-    return [rule.metric, rule.direction, rule.window_ms, rule.slide_ms, rule.aggregate]
+    sig: list[object] = [rule.metric, rule.direction, rule.window_ms, rule.slide_ms,
+                         rule.aggregate]  # fmt: skip
+    # Only an aligned rule says so: an unaligned one keeps its checkpoints from before.
+    aligned = rule.window_shift_ms or rule.window_closed_right
+    return [*sig, rule.window_shift_ms, rule.window_closed_right] if aligned else sig
 
 
 def gathered_thresholds(

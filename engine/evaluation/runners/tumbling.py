@@ -44,8 +44,14 @@ from engine.evaluation.runners.base import (
 __all__ = ["TumblingRunner"]
 
 NEVER = int(np.iinfo(np.int64).max)
-#: A snapshot's record: the state fields of a block, packed (no thresholds, no padding).
-SAVED_DTYPE = repack_fields(kernel.BLOCK_DTYPE[list(kernel.STATE_FIELDS)])
+#: The state fields of a snapshot that does not list its own: those before
+#: ``step_down: reading`` remembered its latest step-down (``down_ts``, ``down_from``).
+V3_FIELDS = tuple(f for f in kernel.STATE_FIELDS if f not in ("down_ts", "down_from"))
+
+
+def _saved_dtype(fields: tuple[str, ...]) -> np.dtype[np.void]:
+    """A snapshot's record: the state fields of a block, packed (no thresholds, no padding)."""
+    return repack_fields(kernel.BLOCK_DTYPE[list(fields)])
 
 
 def _params(rule: ThresholdRule, qc: QCParams, lateness_ms: int) -> kernel.Params:
@@ -58,6 +64,7 @@ def _params(rule: ThresholdRule, qc: QCParams, lateness_ms: int) -> kernel.Param
         rule.direction, rule.deadband, rule.window_ms, rule.for_ms, FAIL_AFTER,
         (lo, hi, slo, shi, spike, rate, qc.flat_eps, qc.flat_suspect_n, qc.flat_fail_n),
         lateness_ms, drops_suspect(rule), on_reading=rule.step_down == "reading",
+        shift_ms=rule.kernel_shift_ms, right=int(rule.window_closed_right),
     )  # fmt: skip
 
 
@@ -201,7 +208,8 @@ class TumblingRunner:
                 "closed already",
             ))  # fmt: skip
         if len(ts):
-            first_end = int(ts.min()) // rule.window_ms * rule.window_ms + rule.window_ms
+            first = int(ts.min())
+            first_end = first - (first + rule.kernel_shift_ms) % rule.window_ms + rule.window_ms
             self.next_close = min(self.next_close, first_end)
         changes = health_changes(tuple(a[:n_hc] for a in out[1]))
         return self._transitions(out[0], n_tr), changes
@@ -279,14 +287,19 @@ class TumblingRunner:
         return {
             "sig": signature(self.rule),
             "stations": self.sensors.stations,
+            "fields": list(kernel.STATE_FIELDS),
             "state": repack_fields(self.state[list(kernel.STATE_FIELDS)][:n]).tobytes(),
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
-        saved_state = np.frombuffer(saved["state"], dtype=SAVED_DTYPE)
+        # A field the snapshot lacks keeps its fresh value (no step-down remembered).
+        fields = tuple(saved.get("fields", V3_FIELDS))
+        saved_state = np.frombuffer(saved["state"], dtype=_saved_dtype(fields))
         lut, _ = self.sensors.lookup(tuple(saved["stations"]))
         self.grow(len(self.sensors.stations))
         known = lut >= 0
-        for name in kernel.STATE_FIELDS:
+        for name in fields:
             self.state[name][lut[known]] = saved_state[name][known]
-        self.next_close = kernel.earliest_open_end(self.state, self.rule.window_ms)
+        self.next_close = kernel.earliest_open_end(
+            self.state, self.rule.window_ms, self.rule.kernel_shift_ms
+        )

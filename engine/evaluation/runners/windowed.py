@@ -6,6 +6,12 @@ device uploading hours of buffered readings after a coverage gap is evaluated as
 would have been live, while the other sensors of the partition are current. A window
 the watermark closed while its sensor was silent is decided provisionally (a raise at
 once, a lowering once it is final; :meth:`WindowedRunner._close_held`).
+
+An aligned rule (``ThresholdRule.window_shift_ms``: days from 08:00 Beijing time) runs
+the windows kernel, which buckets from the epoch, on times moved by the shift
+(``kernel_shift_ms``): readings and the watermark go in shifted, the closed windows'
+ends come out shifted back (to the boundary, for windows closed on the right). QC,
+health and the levels see the true times.
 """
 
 from __future__ import annotations
@@ -137,8 +143,9 @@ class WindowedRunner:
         if len(ts):
             # Each sensor's own readings close its windows as they pass them, inside the
             # kernel: a backlog of any length is exact in one batch.
-            codes = win.window_update(self.windows, self.spec, sensor, ts, value, quality,
-                                      watermark)  # fmt: skip
+            sh = self.rule.kernel_shift_ms
+            codes = win.window_update(self.windows, self.spec, sensor, ts + sh if sh else ts,
+                                      value, quality, watermark + sh)  # fmt: skip
             np.add.at(self.counted, sensor[codes == win.ACCEPTED], 1)
             if self.held:  # a held window is final once its sensor has a later reading
                 end = self.held_end[sensor]
@@ -165,7 +172,11 @@ class WindowedRunner:
         """Emit the windows closed since the last call: those the sensors' own readings
         closed, and those of silent sensors with ``end + lateness <= watermark`` (the
         latest event time the partition has seen)."""
-        closed = win.window_close_until(self.windows, self.spec, watermark)
+        sh = self.rule.kernel_shift_ms
+        closed = win.window_close_until(self.windows, self.spec, watermark + sh)
+        back = sh + self.rule.window_closed_right  # (start, end]: the kernel's end is 1 ms on
+        if back:
+            closed = closed._replace(window_end=closed.window_end - back)
         ending = watermark >= win.END_OF_INPUT
         if len(closed.sensor) == 0 and not ((ending or self._moved) and self.held):
             return []
@@ -202,11 +213,12 @@ class WindowedRunner:
                     rows.append((held[0], s, held[1], False))
             rows.append((end, s, value, prov))
         bucket_ms = self.spec.bucket_ms
+        back = self.rule.kernel_shift_ms + self.rule.window_closed_right
         next_close = self.windows.clock["next_close"]
         final = [
             s
             for s in self.held
-            if ending or (s in self._moved and next_close[s] * bucket_ms >= self.held[s][0])
+            if ending or (s in self._moved and next_close[s] * bucket_ms - back >= self.held[s][0])
         ]  # not reopened
         for s in final:
             end, value, since = self.held[s]

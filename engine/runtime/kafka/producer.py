@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from engine.contracts.batch import BatchBuilder
+from engine.contracts.batch import BatchBuilder, ReadingBlock
 from engine.runtime.kafka.topics import TopicLayout
 
 __all__ = ["TelemetryProducer", "partition_for"]
@@ -62,17 +62,20 @@ class TelemetryProducer:
             p = self._cache[station] = partition_for(station, self.layout.partitions)
         return p
 
-    async def produce(self, readings: Sequence[Reading]) -> None:
+    async def produce(self, readings: Sequence[Reading | ReadingBlock]) -> None:
         """Readings as one batch per partition; returns once the broker acknowledged all."""
         builders: dict[int, BatchBuilder] = {}
         for reading in readings:
-            p = self.partition(reading[0])
+            p = self.partition(reading.station if isinstance(reading, ReadingBlock) else reading[0])
             builder = builders.get(p)
             if builder is None:
                 builder = builders[p] = BatchBuilder()
-            builder.add(*reading)
+            if isinstance(reading, ReadingBlock):
+                builder.add_block(reading)
+            else:
+                builder.add(*reading)
         await self.produce_encoded({p: b.build().encode() for p, b in builders.items()})
-        self.counters["readings_produced"] += len(readings)
+        self.counters["readings_produced"] += sum(len(b) for b in builders.values())
 
     async def produce_encoded(self, batches: dict[int, bytes]) -> None:
         """Already encoded batches ``{partition: bytes}``; returns once all are acknowledged."""

@@ -26,7 +26,6 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ from engine.runtime.services.rules_source import Loaded, RulesSource, load_rules
 from engine.runtime.services.startup import log_startup
 from engine.runtime.services.state import GatewayState
 from engine.runtime.storage import MB, Limits, StorageGuard
-from engine.runtime.topology import Reading, Topology
+from engine.runtime.topology import Topology
 from engine.runtime.transport.integrity import verify
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.transport.retention import cap_topic, enforce_retention
@@ -128,6 +127,7 @@ class Gateway:
             corroboration_idle_s=settings.corroboration_idle_s,
             web_port=settings.web_port,
         )
+        self.topology.station_kinds = self.rules.station_kinds
         options = settings.mqtt.options(
             settings.batch.max_readings,
             settings.batch.linger_ms,
@@ -152,7 +152,7 @@ class Gateway:
         )
         self.ingest = MqttIngest(
             options,
-            produce=self._produce,
+            produce=self.topology.producer("mqtt"),
             dead_letter=self.topology.send_dead_letter,
             known_stations=stations,
             on_broker_drops=self.broker_drops.observe,
@@ -175,7 +175,7 @@ class Gateway:
         self.field = FieldServers(
             settings,
             self.rules.registry,
-            self.topology.produce,
+            self.topology.producer("field"),
             self.topology.send_dead_letter,
             on_sequence=lambda device, serials, ms: self.sequence_gaps.observe(
                 device, serials, ms, "sl651"
@@ -212,13 +212,6 @@ class Gateway:
             self.observer.install()
         self._reloading = asyncio.Lock()
         self._hup_task: asyncio.Future[None] | None = None
-
-    async def _produce(self, readings: list[Reading]) -> None:
-        """The topology's durable append, timed and counted for ``/metrics``."""
-        metrics = self.topology.metrics
-        with metrics.append_seconds.labels("mqtt").time():
-            await self.topology.produce(readings)
-        metrics.count_readings("mqtt", map(itemgetter(0), readings), self.rules.station_kinds)
 
     @property
     def reload_errors(self) -> list[str]:
@@ -272,6 +265,7 @@ class Gateway:
         self.topology.swap_rules(ruleset)
         old_stations = self.ingest.known_stations
         self.ingest.known_stations = self._station_metrics()
+        self.topology.station_kinds = self.rules.station_kinds
         if self.rules.registry is not None:
             self.field.update(self.rules.registry)  # station identities and passwords
         if ruleset.version == old.version:

@@ -45,7 +45,7 @@ def install_nbiot(settings: Settings, topology: Topology) -> NbiotIngest:
         options,
         YamlDevices(nb.devices),
         load_products(*nb.products),
-        produce=topology.produce,
+        produce=topology.producer("nbiot"),
         dead_letter=functools.partial(topology.send_dead_letter, quiet=True),
     )
 
