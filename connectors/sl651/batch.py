@@ -23,12 +23,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
 from numba import njit
 
 from connectors.decoded import CST_OFFSET_MIN, Reading, Rejection
+from connectors.ingest import Reading as IngestReading
 from connectors.sl651.body import _series_table
 from connectors.sl651.elements import ELEMENTS, SERIES
 from connectors.sl651.frame import Frame, decode
@@ -379,20 +381,16 @@ class Decoded:
             got = self._frames[f] = decode(self.raws[f], self.offset_min)
         return got
 
-    def rows(self, f: int, station: str) -> list[tuple[str, str, int, float, int]]:
-        """Frame ``f`` 's readings as plain tuples under ``station`` (what ingest takes)."""
+    def rows(self, f: int, station: str, through: int | None = None) -> list[IngestReading]:
+        """The readings of frames ``f`` to ``through`` (default ``f``; all OK, of one
+        quality) as plain tuples under ``station``: what ingest takes, made in C (zip),
+        not a Python loop per reading."""
         q = self.quality(f)
-        m = self.metrics
-        a, b = self.r_start[f], self.r_start[f + 1]
-        return [
-            (station, m[k], t, v, q)
-            for k, t, v in zip(
-                self.r_metric[a:b].tolist(),
-                self.r_ts[a:b].tolist(),
-                self.r_value[a:b].tolist(),
-                strict=True,
-            )
-        ]
+        a, b = int(self.r_start[f]), int(self.r_start[(f if through is None else through) + 1])
+        n = b - a
+        metric = map(self.metrics.__getitem__, self.r_metric[a:b].tolist())
+        ts, value = self.r_ts[a:b].tolist(), self.r_value[a:b].tolist()
+        return list(zip(repeat(station, n), metric, ts, value, repeat(q, n)))  # noqa: B905
 
     def readings(self, f: int, station: str | None = None) -> list[Reading]:
         """Frame ``f`` 's readings (of an OK frame), under ``station`` (default: its

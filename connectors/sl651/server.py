@@ -32,7 +32,7 @@ from typing import NamedTuple
 from connectors.decoded import CST_OFFSET_MIN, Rejection
 from connectors.fieldserver import FieldMessage, Identity, Peer
 from connectors.ingest import Reading
-from connectors.sl651.batch import OK, decode_many
+from connectors.sl651.batch import OK, Decoded, decode_many
 from connectors.sl651.elements import ELEMENTS
 from connectors.sl651.frame import ETX, Frame, decode
 from connectors.sl651.reassembly import Reassembler
@@ -103,36 +103,49 @@ class Sl651Session:
         d = decode_many(frames, self.offset_min)
         ids = self.identities()
         out: list[FieldMessage] = []
-        readings: list[Reading] = []
-        acks: list[_Ack] = []
+        taken = _Taken()
         for i, raw in enumerate(frames):
             station = d.station(i)
             who = ids.get(station) if d.status[i] == OK and not d.unmapped(i) else None
             if who is None or d.password(i) != who.password.upper():
-                if readings or acks:  # replies stay in frame order
-                    out.append(self._taken(peer, received_ms, readings, acks))
-                    readings, acks = [], []
+                taken = self._flush(taken, d, peer, received_ms, out)  # replies in frame order
                 out += self._handle(raw, d.frame(i), peer, received_ms)
                 continue
             peer.station, peer.identity = who.station, station
-            if self.on_sequence is not None:
-                device = f"{who.station} (SL 651 {station})"
-                self.on_sequence(device, [d.serial(i)], received_ms)
-            readings += d.rows(i, who.station)
+            run = taken.run
+            if (
+                run is None
+                or run[1] != i - 1
+                or run[2] != who.station
+                or (d.quality(i) != d.quality(run[0]))
+            ):
+                taken.rows(d)
+                taken.run = (i, i, who.station)
+            else:
+                taken.run = (run[0], i, who.station)
+            taken.serials.setdefault(f"{who.station} (SL 651 {station})", []).append(d.serial(i))
             if d.end(i) == ETX:  # the last packet of an uplink report: it asks for a reply
-                acks.append(_Ack(station, d.centre(i), d.password(i), d.function(i), d.serial(i)))
-        if readings or acks:
-            out.append(self._taken(peer, received_ms, readings, acks))
+                taken.acks.append(
+                    _Ack(station, d.centre(i), d.password(i), d.function(i), d.serial(i))
+                )
+        self._flush(taken, d, peer, received_ms, out)
         return out
 
-    def _taken(
-        self, peer: Peer, received_ms: int, readings: list[Reading], acks: list[_Ack]
-    ) -> FieldMessage:
-        """Frames taken together: never dead-lettered, so no bytes kept."""
-        m = FieldMessage(peer.source(), b"", received_ms, None, readings=readings)
-        if acks:
-            m.reply = _acks(acks, self.offset_min)
-        return m
+    def _flush(
+        self, taken: _Taken, d: Decoded, peer: Peer, received_ms: int, out: list[FieldMessage]
+    ) -> _Taken:
+        """The frames taken so far as one message (never dead-lettered: no bytes kept);
+        returns a new, empty ``_Taken``."""
+        taken.rows(d)
+        if self.on_sequence is not None:
+            for device, serials in taken.serials.items():
+                self.on_sequence(device, serials, received_ms)
+        if taken.readings or taken.acks:
+            m = FieldMessage(peer.source(), b"", received_ms, None, readings=taken.readings)
+            if taken.acks:
+                m.reply = _acks(taken.acks, self.offset_min)
+            out.append(m)
+        return _Taken()
 
     def _handle(
         self, raw: bytes, decoded: Frame | Rejection, peer: Peer, received_ms: int
@@ -195,6 +208,23 @@ class Sl651Session:
 
 #: Elements that structure a report rather than carry a measurement.
 _NOT_DATA = frozenset({"04", "05", "F2", "F3"})
+
+
+class _Taken:
+    """Frames of a read taken together so far: readings, serials per device, replies;
+    ``run``: (first, last frame, Vigil station) whose readings are not yet made."""
+
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+        self.serials: dict[str, list[int]] = {}
+        self.acks: list[_Ack] = []
+        self.run: tuple[int, int, str] | None = None
+
+    def rows(self, d: Decoded) -> None:
+        if self.run is not None:
+            first, last, station = self.run
+            self.readings += d.rows(first, station, last)
+            self.run = None
 
 
 class _Ack(NamedTuple):
