@@ -36,12 +36,14 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol as TypingProtocol
 
+from connectors.decoded import Columns, blocks
 from connectors.framing import Framing, Splitter
 from connectors.ingest import DeadLetter, Inbound, PayloadError, Produce, Reading, deliver
+from engine.contracts.batch import ReadingBlock
 
 __all__ = [
     "FieldMessage",
@@ -84,10 +86,12 @@ class Identity:
 
 @dataclass
 class FieldMessage(Inbound):
-    """A frame, decoded on arrival: its readings (Vigil station ids), or ``reason`` to
-    dead-letter it. ``ack`` (set by the server) writes the reply, if any."""
+    """A frame, decoded on arrival (or a read's frames taken together): its readings
+    (Vigil station ids) as tuples and as ``columns``, or ``reason`` to dead-letter it.
+    ``ack`` (set by the server) writes the reply, if any."""
 
-    readings: list[Reading] = field(default_factory=list)
+    readings: Sequence[Reading | ReadingBlock] = field(default_factory=list)
+    columns: list[Columns] = field(default_factory=list)
     reason: str | None = None
     reply: Callable[[], bytes] | None = None  # built when durable (the time in it is then)
 
@@ -136,7 +140,7 @@ class _Batches:
 
     def put(self, m: FieldMessage) -> None:
         self._items.append(m)
-        self._readings += len(m.readings)
+        self._readings += len(m.readings) + sum(len(c.ts) for c in m.columns)
         self._some.set()
         if self._readings >= self.max_readings:
             self._full.set()
@@ -232,6 +236,7 @@ class FieldServer:
     async def _run(self) -> None:
         while True:
             batch = await self._batcher.next_batch()
+            _join_columns(batch)
             await deliver(batch, _decode, self._produce, self._dead_letter, self.counters)
 
     # ---- connections ---------------------------------------------------------------------
@@ -333,6 +338,16 @@ class FieldServer:
                         await inflight.acquire()
 
 
+def _join_columns(batch: list[FieldMessage]) -> None:
+    """The batch's columns, of every connection, as one block per sensor: given to the
+    first message that has any (all are appended together and acknowledged after)."""
+    having = [m for m in batch if m.columns]
+    if having:
+        having[0].readings = [*having[0].readings, *blocks([c for m in having for c in m.columns])]
+        for m in having:
+            m.columns = []
+
+
 def _nothing() -> None:
     """The ack of a dead letter written after its connection ended: nothing to send."""
 
@@ -341,7 +356,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _decode(m: Inbound) -> list[Reading]:
+def _decode(m: Inbound) -> Sequence[Reading | ReadingBlock]:
     assert isinstance(m, FieldMessage)
     if m.reason is not None:
         raise PayloadError(m.reason)

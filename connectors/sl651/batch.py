@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from connectors.decoded import CST_OFFSET_MIN, Reading, Rejection
+from connectors.decoded import CST_OFFSET_MIN, Columns, Reading, Rejection
 from connectors.ingest import Reading as IngestReading
 from connectors.sl651.body import _series_table
 from connectors.sl651.elements import ELEMENTS, SERIES
@@ -391,6 +391,13 @@ class Decoded:
         metric = map(self.metrics.__getitem__, self.r_metric[a:b].tolist())
         ts, value = self.r_ts[a:b].tolist(), self.r_value[a:b].tolist()
         return list(zip(repeat(station, n), metric, ts, value, repeat(q, n)))  # noqa: B905
+
+    def columns(self, f: int, station: str, through: int | None = None) -> Columns:
+        """The readings of frames ``f`` to ``through`` (as ``rows``) as columns (views of
+        this batch's), for ``connectors.decoded.blocks``; quality must be UNCHECKED."""
+        a, b = int(self.r_start[f]), int(self.r_start[(f if through is None else through) + 1])
+        return Columns(station, self.metrics, self.r_metric[a:b], self.r_ts[a:b],
+                       self.r_value[a:b])  # fmt: skip
 
     def readings(self, f: int, station: str | None = None) -> list[Reading]:
         """Frame ``f`` 's readings (of an OK frame), under ``station`` (default: its

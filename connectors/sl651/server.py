@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from connectors.decoded import CST_OFFSET_MIN, Rejection
+from connectors.decoded import CST_OFFSET_MIN, Columns, Rejection
 from connectors.fieldserver import FieldMessage, Identity, Peer
 from connectors.ingest import Reading
 from connectors.sl651.batch import OK, Decoded, decode_many
@@ -37,6 +37,7 @@ from connectors.sl651.elements import ELEMENTS
 from connectors.sl651.frame import ETX, Frame, decode
 from connectors.sl651.reassembly import Reassembler
 from connectors.sl651.reply import ack_frame, ack_hex, bcd_time, wants_ack
+from engine.contracts.batch import Quality
 
 __all__ = ["Sequences", "Sl651Framing", "Sl651Session"]
 
@@ -140,8 +141,9 @@ class Sl651Session:
         if self.on_sequence is not None:
             for device, serials in taken.serials.items():
                 self.on_sequence(device, serials, received_ms)
-        if taken.readings or taken.acks:
-            m = FieldMessage(peer.source(), b"", received_ms, None, readings=taken.readings)
+        if taken.readings or taken.columns or taken.acks:
+            m = FieldMessage(peer.source(), b"", received_ms, None, readings=taken.readings,
+                             columns=taken.columns)  # fmt: skip
             if taken.acks:
                 m.reply = _acks(taken.acks, self.offset_min)
             out.append(m)
@@ -211,11 +213,13 @@ _NOT_DATA = frozenset({"04", "05", "F2", "F3"})
 
 
 class _Taken:
-    """Frames of a read taken together so far: readings, serials per device, replies;
-    ``run``: (first, last frame, Vigil station) whose readings are not yet made."""
+    """Frames of a read taken together so far: readings (as columns; as tuples for a
+    test report's, SUSPECT), serials per device, replies; ``run``: (first, last frame,
+    Vigil station) whose readings are not yet taken."""
 
     def __init__(self) -> None:
         self.readings: list[Reading] = []
+        self.columns: list[Columns] = []
         self.serials: dict[str, list[int]] = {}
         self.acks: list[_Ack] = []
         self.run: tuple[int, int, str] | None = None
@@ -223,7 +227,10 @@ class _Taken:
     def rows(self, d: Decoded) -> None:
         if self.run is not None:
             first, last, station = self.run
-            self.readings += d.rows(first, station, last)
+            if d.quality(first) == Quality.UNCHECKED:
+                self.columns.append(d.columns(first, station, last))
+            else:
+                self.readings += d.rows(first, station, last)
             self.run = None
 
 

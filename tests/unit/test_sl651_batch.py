@@ -9,11 +9,12 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.field_decode import hourly_frame
-from connectors.decoded import Rejection
+from connectors.decoded import Columns, Rejection, blocks
 from connectors.sl651 import Frame, decode
 from connectors.sl651.batch import CODES, FALLBACK, OK, decode_many
 from connectors.sl651.body import REPORTS
@@ -251,3 +252,41 @@ def test_time_step_negative_and_missing_values() -> None:
         ("water_level", t0, -0.123),
         ("tailwater_level", t0, -1.234),
     ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["G1", "G2", "SK01"]),
+            st.sampled_from([("a", "b", "c"), ("x", "a")]),
+            st.lists(st.tuples(st.integers(0, 1), st.integers(0, 10**13), st.floats()), max_size=8),
+        ),
+        max_size=12,
+    )
+)
+def test_blocks_are_the_columns_per_sensor_in_order(
+    runs: list[tuple[str, tuple[str, ...], list[tuple[int, int, float]]]],
+) -> None:
+    """``connectors.decoded.blocks``: one block per station and metric, holding exactly
+    that sensor's readings of all the columns, in the order they came."""
+    columns = [
+        Columns(
+            station,
+            metrics,
+            np.array([k for k, _, _ in rows], np.int16),
+            np.array([t for _, t, _ in rows], np.int64),
+            np.array([v for _, _, v in rows], np.float64),
+        )
+        for station, metrics, rows in runs
+    ]
+    want: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for station, metrics, rows in runs:
+        for k, t, v in rows:
+            want.setdefault((station, metrics[k]), []).append((t, v))
+    got = blocks(columns)
+    assert len({(b.station, b.metric) for b in got}) == len(got)
+    as_dict = {(b.station, b.metric): list(zip(b.ts, b.value, strict=True)) for b in got}
+    assert as_dict.keys() == want.keys()
+    for key, readings in want.items():  # repr: NaN == NaN
+        assert repr(as_dict[key]) == repr(readings)
