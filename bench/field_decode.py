@@ -80,8 +80,8 @@ def _batch_tuples(frames: list[bytes], size: int) -> int:
     n = 0
     for i in range(0, len(frames), size):
         d = decode_many(frames[i : i + size])
-        for f in range(len(d)):
-            n += len(d.readings(f))
+        for f in range(len(d)):  # as the server makes them (each frame its own station)
+            n += len(d.rows(f, d.station(f)))
     return n
 
 
