@@ -126,9 +126,9 @@ class Protocol(TypingProtocol):
 
 
 class _Batches:
-    """Messages put by the connections, taken by the batching task: all there are once
-    ``max_readings`` readings are in or ``linger_ms`` after the first. Event loop only
-    (both sides run on it)."""
+    """Messages put by the connections, taken by the batching task once ``max_readings``
+    readings are in or ``linger_ms`` after the first: messages up to the one that
+    reaches ``max_readings``. Event loop only (both sides run on it)."""
 
     def __init__(self, max_readings: int, linger_ms: int) -> None:
         self.max_readings = max_readings
@@ -138,9 +138,13 @@ class _Batches:
         self._some = asyncio.Event()
         self._full = asyncio.Event()
 
+    @staticmethod
+    def _count(m: FieldMessage) -> int:
+        return len(m.readings) + sum(len(c.ts) for c in m.columns)
+
     def put(self, m: FieldMessage) -> None:
         self._items.append(m)
-        self._readings += len(m.readings) + sum(len(c.ts) for c in m.columns)
+        self._readings += self._count(m)
         self._some.set()
         if self._readings >= self.max_readings:
             self._full.set()
@@ -150,9 +154,19 @@ class _Batches:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.linger_s):
                 await self._full.wait()
-        batch, self._items, self._readings = self._items, [], 0
-        self._some.clear()
+        n, taken = 0, 0
+        for m in self._items:
+            n += 1
+            taken += self._count(m)
+            if taken >= self.max_readings:
+                break
+        batch, self._items = self._items[:n], self._items[n:]
+        self._readings -= taken
         self._full.clear()
+        if not self._items:
+            self._some.clear()
+        elif self._readings >= self.max_readings:
+            self._full.set()
         return batch
 
 

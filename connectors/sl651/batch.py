@@ -132,7 +132,7 @@ def _bcd_ok(buf, s, e):  # type: ignore[no-untyped-def]
 
 @njit(cache=True)
 def _bcd2(b):  # type: ignore[no-untyped-def]
-    return (b >> 4) * 10 + (b & 15)
+    return np.int64(b >> 4) * 10 + (b & 15)
 
 
 @njit(cache=True)
@@ -189,11 +189,11 @@ def _frame(buf, s, e, offset_min, crc, metric_of, s_width, s_base, s_values, ffl
         return LENGTH, 0
     end = buf[e - 3]
     ok_end = False
-    for c in _END_CHARS:
-        ok_end |= end == c
+    for ch in _END_CHARS:
+        ok_end |= end == ch
     if not ok_end:
         return BAD_END, 0
-    c = 0xFFFF
+    c = np.int64(0xFFFF)  # int64 throughout: the same arithmetic with NUMBA_DISABLE_JIT
     for i in range(s, e - 2):
         c = (c >> 8) ^ crc[(c ^ buf[i]) & 0xFF]
     if c != (np.int64(buf[e - 2]) << 8 | buf[e - 1]):

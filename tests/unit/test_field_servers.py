@@ -407,3 +407,24 @@ def test_half_open_sockets_beyond_the_limit_are_refused_then_idle_closed() -> No
         for s in socks:
             s.close()
         server.close()
+
+
+def test_batches_take_messages_up_to_max_readings_the_rest_after() -> None:
+    """The server's batching: a batch ends with the message that reaches
+    ``max_readings``; what is left is the next batch, taken after the linger."""
+    from connectors.fieldserver import FieldMessage, _Batches
+
+    def message(n: int) -> FieldMessage:
+        return FieldMessage("t", b"", 0, None, readings=[("S", "m", k, 1.0) for k in range(n)])
+
+    async def run() -> list[list[int]]:
+        batches = _Batches(max_readings=10, linger_ms=20)
+        for n in (6, 6, 6, 1):
+            batches.put(message(n))
+        first = await batches.next_batch()
+        second = await batches.next_batch()
+        return [[len(m.readings) for m in first], [len(m.readings) for m in second]]
+
+    import asyncio
+
+    assert asyncio.run(run()) == [[6, 6], [6, 1]]
