@@ -21,8 +21,7 @@ long it is) and a :class:`Protocol` session per connection (frame bytes ->
   that are no frame (a 10 MB line). A frame may be ``max_frame_bytes`` at most. A
   connection holds at most ``max_inflight`` messages (each at most a read's frames, or
   one dead letter) awaiting durability before it stops reading (TCP back-pressure
-  reaches the sender). So memory is bounded by the limits,
-  not by what peers send.
+  reaches the sender). So memory is bounded by the limits, not by what peers send.
 * **Dead letters with the bytes.** A bad frame, a run of garbage (its first
   ``max_frame_bytes`` kept, the count in the reason) and a frame cut short by a close
   are dead-lettered with the reason, the raw bytes, the peer address and the

@@ -5,6 +5,7 @@ and station, and the limits that keep a server up whatever a peer sends."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -14,7 +15,7 @@ import pytest
 
 from connectors import hj212, sl651
 from connectors.decoded import Rejection
-from connectors.fieldserver import Identity, Limits
+from connectors.fieldserver import FieldMessage, Identity, Limits, _Batches
 from engine.contracts.batch import Quality
 from simulators.hj212_station import Hj212Station
 from simulators.sl651_rtu import Sl651Rtu
@@ -412,7 +413,6 @@ def test_half_open_sockets_beyond_the_limit_are_refused_then_idle_closed() -> No
 def test_batches_take_messages_up_to_max_readings_the_rest_after() -> None:
     """The server's batching: a batch ends with the message that reaches
     ``max_readings``; what is left is the next batch, taken after the linger."""
-    from connectors.fieldserver import FieldMessage, _Batches
 
     def message(n: int) -> FieldMessage:
         return FieldMessage("t", b"", 0, None, readings=[("S", "m", k, 1.0) for k in range(n)])
@@ -424,7 +424,5 @@ def test_batches_take_messages_up_to_max_readings_the_rest_after() -> None:
         first = await batches.next_batch()
         second = await batches.next_batch()
         return [[len(m.readings) for m in first], [len(m.readings) for m in second]]
-
-    import asyncio
 
     assert asyncio.run(run()) == [[6, 6], [6, 1]]
