@@ -1,15 +1,18 @@
-"""Decode rate of SL 651 hourly reports on one core: Vigil's decoder
-(``connectors.sl651.decode``) against a straightforward pure-Python decoder
-(``bench/sl651_baseline.py``), measured in the same run, rounds interleaved.
+"""Decode rate of SL 651 hourly reports on one core: Vigil's batch decoder
+(``connectors.sl651.batch.decode_many``, a numba kernel into columns; also with the
+columns turned into reading tuples) and its per-frame decoder (``connectors.sl651.decode``)
+against a straightforward pure-Python decoder (``bench/sl651_baseline.py``), measured in
+the same run, rounds interleaved.
 
 The frames are typical hourly reports (function 34) of a river station: station
 address, one observation group with the hour's twelve 5-minute rain increments (DRP)
 and relative water levels (DRZ1), cumulative rain (PT), stage (Z) and battery voltage
 (VT): 27 readings, 95 bytes, each frame with its own station, hour and values. Both
-decoders must return the same readings before anything is timed.
+decoders must return the same readings before anything is timed. The batch decoder
+takes the frames in batches of ``--batch`` (a linger interval's worth).
 
     NUMBA_CACHE_DIR=$PWD/.cache/numba .venv/bin/python bench/field_decode.py \\
-        [--frames 5000] [--rounds 5] [--json bench/results/field-decode.json]
+        [--frames 5000] [--rounds 5] [--batch 1000] [--json bench/results/field-decode.json]
 
 Prints frames/s and readings/s (median over rounds) of each decoder and their ratio.
 """
@@ -29,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.sl651_baseline import decode_baseline
 from connectors.sl651 import Frame, decode
+from connectors.sl651.batch import OK, decode_many
 from connectors.sl651.frame import crc16
 
 
@@ -63,6 +67,24 @@ def _vigil(frames: list[bytes]) -> int:
     return n
 
 
+def _batch(frames: list[bytes], size: int) -> int:
+    n = 0
+    for i in range(0, len(frames), size):
+        d = decode_many(frames[i : i + size])
+        assert (d.status == OK).all()
+        n += len(d.r_ts)
+    return n
+
+
+def _batch_tuples(frames: list[bytes], size: int) -> int:
+    n = 0
+    for i in range(0, len(frames), size):
+        d = decode_many(frames[i : i + size])
+        for f in range(len(d)):  # as the server makes them (each frame its own station)
+            n += len(d.rows(f, d.station(f)))
+    return n
+
+
 def _baseline(frames: list[bytes]) -> int:
     return sum(len(decode_baseline(raw)) for raw in frames)
 
@@ -71,6 +93,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     rng = random.Random(651)
@@ -82,13 +105,23 @@ def main() -> int:
         assert isinstance(f, Frame), f
         mine = sorted((r.station, r.metric, r.ts_ms, r.value) for r in f.readings)
         assert mine == sorted(decode_baseline(raw)), (mine, sorted(decode_baseline(raw)))
-    runs: dict[str, list[float]] = {"vigil": [], "baseline": []}
+    batched = decode_many(frames[:200])
+    assert [batched.readings(i) for i in range(200)] == [decode(r).readings for r in frames[:200]]  # type: ignore[union-attr]
+    decoders = {
+        "batch": lambda fs: _batch(fs, args.batch),
+        "batch+tuples": lambda fs: _batch_tuples(fs, args.batch),
+        "vigil": _vigil,
+        "baseline": _baseline,
+    }
+    runs: dict[str, list[float]] = {name: [] for name in decoders}
     readings = 0
     for _ in range(args.rounds):
-        for name, fn in (("vigil", _vigil), ("baseline", _baseline)):
+        for name, fn in decoders.items():
             start = time.perf_counter()
-            readings = fn(frames)
+            got = fn(frames)
             runs[name].append(time.perf_counter() - start)
+            assert readings in (0, got), (name, got, readings)
+            readings = got
     out: dict[str, object] = {"frames": args.frames, "rounds": args.rounds,
                               "bytes_per_frame": len(frames[0]),
                               "readings_per_frame": readings / args.frames}  # fmt: skip
@@ -96,11 +129,13 @@ def main() -> int:
         med = statistics.median(secs)
         out[name] = {"frames_per_s": args.frames / med, "readings_per_s": readings / med,
                      "seconds": secs}  # fmt: skip
-        print(f"{name:>9}: {args.frames / med:>10,.0f} frames/s  {readings / med:>12,.0f} "
+        print(f"{name:>12}: {args.frames / med:>10,.0f} frames/s  {readings / med:>12,.0f} "
               f"readings/s (median of {args.rounds})")  # fmt: skip
-    ratio = statistics.median(runs["baseline"]) / statistics.median(runs["vigil"])
-    out["ratio"] = ratio
-    print(f"    ratio: {ratio:.1f}x the baseline")
+    base = statistics.median(runs["baseline"])
+    for name in ("batch", "batch+tuples", "vigil"):
+        ratio = base / statistics.median(runs[name])
+        out[f"ratio_{name}"] = ratio
+        print(f"{name:>12}: {ratio:.1f}x the baseline")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

@@ -5,19 +5,23 @@ A protocol supplies a :class:`connectors.framing.Framing` (where a frame starts 
 long it is) and a :class:`Protocol` session per connection (frame bytes ->
 :class:`FieldMessage` s). This module does the rest, the same for both:
 
-* **Durable, then reply.** Every frame becomes a :class:`FieldMessage` that goes through
-  ``deliver`` (the MQTT path's batching, durable append and dead letters); its ``ack``
-  writes the protocol's reply, so a station hears back only once its readings, or the
+* **Durable, then reply.** The complete frames of each read go to the session at once
+  (``handle_many``), which makes :class:`FieldMessage` s of them (the accepted frames'
+  readings and replies together, a message per dead letter); they go through
+  ``deliver`` (the durable append and dead letters MQTT uses) in batches across
+  connections, a batch every ``linger_ms`` or ``max_readings``; a message's ``ack``
+  writes the protocol's replies, so a station hears back only once its readings, or the
   frame's dead-letter record, are in the log. A rejected frame gets no reply: the
-  station sends it again, or an operator reads the dead letter.
+  station sends it again, or an operator reads the dead letter. Connections and the
+  batching share the event loop: no per-frame hand-over between threads.
 * **Bounded whatever a peer does.** At most ``max_connections`` connections and
   ``max_per_address`` from one address (more are closed at once); a connection is
   closed after ``idle_timeout_s`` without a byte, or when a frame it started is not
   complete ``frame_timeout_s`` later (a slow sender), or after ``max_garbage_bytes``
   that are no frame (a 10 MB line). A frame may be ``max_frame_bytes`` at most. A
-  connection holds at most ``max_inflight`` frames awaiting durability before it stops
-  reading (TCP back-pressure reaches the sender). So memory is bounded by the limits,
-  not by what peers send.
+  connection holds at most ``max_inflight`` messages (each at most a read's frames, or
+  one dead letter) awaiting durability before it stops reading (TCP back-pressure
+  reaches the sender). So memory is bounded by the limits, not by what peers send.
 * **Dead letters with the bytes.** A bad frame, a run of garbage (its first
   ``max_frame_bytes`` kept, the count in the reason) and a frame cut short by a close
   are dead-lettered with the reason, the raw bytes, the peer address and the
@@ -31,20 +35,14 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol as TypingProtocol
 
+from connectors.decoded import Columns, blocks
 from connectors.framing import Framing, Splitter
-from connectors.ingest import (
-    DeadLetter,
-    Inbound,
-    MicroBatcher,
-    PayloadError,
-    Produce,
-    Reading,
-    deliver,
-)
+from connectors.ingest import DeadLetter, Inbound, PayloadError, Produce, Reading, deliver
+from engine.contracts.batch import ReadingBlock
 
 __all__ = [
     "FieldMessage",
@@ -87,10 +85,12 @@ class Identity:
 
 @dataclass
 class FieldMessage(Inbound):
-    """A frame, decoded on arrival: its readings (Vigil station ids), or ``reason`` to
-    dead-letter it. ``ack`` (set by the server) writes the reply, if any."""
+    """A frame, decoded on arrival (or a read's frames taken together): its readings
+    (Vigil station ids) as tuples and as ``columns``, or ``reason`` to dead-letter it.
+    ``ack`` (set by the server) writes the reply, if any."""
 
-    readings: list[Reading] = field(default_factory=list)
+    readings: Sequence[Reading | ReadingBlock] = field(default_factory=list)
+    columns: list[Columns] = field(default_factory=list)
     reason: str | None = None
     reply: Callable[[], bytes] | None = None  # built when durable (the time in it is then)
 
@@ -117,6 +117,56 @@ class Protocol(TypingProtocol):
         """One complete frame -> messages (none for a packet awaiting the rest). Must
         never raise for bad input: a rejection is a message with ``reason``."""
         ...
+
+    def handle_many(self, frames: list[bytes], peer: Peer, received_ms: int) -> list[FieldMessage]:
+        """A read's complete frames, in order -> messages: ``handle`` 's, frame by frame,
+        or fewer (frames taken together), with the replies in the frames' order."""
+        ...
+
+
+class _Batches:
+    """Messages put by the connections, taken by the batching task once ``max_readings``
+    readings are in or ``linger_ms`` after the first: messages up to the one that
+    reaches ``max_readings``. Event loop only (both sides run on it)."""
+
+    def __init__(self, max_readings: int, linger_ms: int) -> None:
+        self.max_readings = max_readings
+        self.linger_s = linger_ms / 1000
+        self._items: list[FieldMessage] = []
+        self._readings = 0
+        self._some = asyncio.Event()
+        self._full = asyncio.Event()
+
+    @staticmethod
+    def _count(m: FieldMessage) -> int:
+        return len(m.readings) + sum(len(c.ts) for c in m.columns)
+
+    def put(self, m: FieldMessage) -> None:
+        self._items.append(m)
+        self._readings += self._count(m)
+        self._some.set()
+        if self._readings >= self.max_readings:
+            self._full.set()
+
+    async def next_batch(self) -> list[FieldMessage]:
+        await self._some.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.linger_s):
+                await self._full.wait()
+        n, taken = 0, 0
+        for m in self._items:
+            n += 1
+            taken += self._count(m)
+            if taken >= self.max_readings:
+                break
+        batch, self._items = self._items[:n], self._items[n:]
+        self._readings -= taken
+        self._full.clear()
+        if not self._items:
+            self._some.clear()
+        elif self._readings >= self.max_readings:
+            self._full.set()
+        return batch
 
 
 class FieldServer:
@@ -148,9 +198,7 @@ class FieldServer:
         self.counters: Counter[str] = Counter()
         self._per_address: Counter[str] = Counter()
         self._connections = 0
-        self._batcher: MicroBatcher[FieldMessage] = MicroBatcher(
-            limits.max_readings, limits.linger_ms
-        )
+        self._batcher = _Batches(limits.max_readings, limits.linger_ms)
         self._server: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -163,7 +211,6 @@ class FieldServer:
 
     async def start(self) -> None:
         """Listen; ``self.port`` is then the bound port (useful when 0 was asked)."""
-        self._batcher.bind(asyncio.get_running_loop())
         self._task = asyncio.ensure_future(self._run())
         self._server = await asyncio.start_server(
             self._serve,
@@ -202,6 +249,7 @@ class FieldServer:
     async def _run(self) -> None:
         while True:
             batch = await self._batcher.next_batch()
+            _join_columns(batch)
             await deliver(batch, _decode, self._produce, self._dead_letter, self.counters)
 
     # ---- connections ---------------------------------------------------------------------
@@ -263,17 +311,24 @@ class FieldServer:
                 if not data:
                     return
                 received_ms = _now_ms()
+                messages: list[FieldMessage] = []
+                frames: list[bytes] = []
                 for kind, raw, n in splitter.feed(data):
                     if kind == "frame":
                         self.counters["frames"] += 1
-                        messages = _safe_handle(session, raw, peer, received_ms)
-                    else:
-                        garbage += n
-                        messages = [_garbage(raw, n, peer, received_ms)]
-                    for m in messages:
-                        await inflight.acquire()  # back-pressure: stop reading when full
-                        m.ack = _acker(m, writer, inflight)
-                        self._batcher.put(m)
+                        frames.append(raw)
+                        continue
+                    if frames:  # the frames before this garbage, in their order
+                        messages += _safe_handle_many(session, frames, peer, received_ms)
+                        frames = []
+                    garbage += n
+                    messages.append(_garbage(raw, n, peer, received_ms))
+                if frames:
+                    messages += _safe_handle_many(session, frames, peer, received_ms)
+                for m in messages:
+                    await inflight.acquire()  # back-pressure: stop reading when full
+                    m.ack = _acker(m, writer, inflight)
+                    self._batcher.put(m)
                 if garbage + splitter.garbage_total > limits.max_garbage_bytes:
                     self.counters["garbage_closed"] += 1
                     return
@@ -296,6 +351,16 @@ class FieldServer:
                         await inflight.acquire()
 
 
+def _join_columns(batch: list[FieldMessage]) -> None:
+    """The batch's columns, of every connection, as one block per sensor: given to the
+    first message that has any (all are appended together and acknowledged after)."""
+    having = [m for m in batch if m.columns]
+    if having:
+        having[0].readings = [*having[0].readings, *blocks([c for m in having for c in m.columns])]
+        for m in having:
+            m.columns = []
+
+
 def _nothing() -> None:
     """The ack of a dead letter written after its connection ended: nothing to send."""
 
@@ -304,11 +369,23 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _decode(m: Inbound) -> list[Reading]:
+def _decode(m: Inbound) -> Sequence[Reading | ReadingBlock]:
     assert isinstance(m, FieldMessage)
     if m.reason is not None:
         raise PayloadError(m.reason)
     return m.readings
+
+
+def _safe_handle_many(
+    session: Protocol, frames: list[bytes], peer: Peer, received_ms: int
+) -> list[FieldMessage]:
+    """The session's messages for a read's frames; if it raises (a bug), frame by frame
+    again, so that only the frame it failed on is dead-lettered."""
+    try:
+        return session.handle_many(frames, peer, received_ms)
+    except Exception:
+        log.exception("%s: unexpected error on frames from %s", peer.protocol, peer.address)
+        return [m for raw in frames for m in _safe_handle(session, raw, peer, received_ms)]
 
 
 def _safe_handle(session: Protocol, raw: bytes, peer: Peer, received_ms: int) -> list[FieldMessage]:

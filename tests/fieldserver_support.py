@@ -18,6 +18,7 @@ from connectors.framing import Splitter
 from connectors.hj212.server import Hj212Framing, Hj212Session
 from connectors.ingest import Reading
 from connectors.sl651.server import Sl651Framing, Sl651Session
+from engine.contracts.batch import Quality, ReadingBlock
 
 SL651_IDS = {"0012345678": Identity("SK01", "1234")}
 HJ212_IDS = {"AQ0000000001": Identity("AQ01", "123456")}
@@ -64,10 +65,15 @@ class RunningServer:
             return Sl651Session(lambda: SL651_IDS, self.unmapped)
         return Hj212Session(lambda: HJ212_IDS, self.unmapped)
 
-    async def _produce(self, readings: list[Reading]) -> None:
+    async def _produce(self, readings: list[Reading | ReadingBlock]) -> None:
         while not self.gate.is_set():  # held: nothing is durable yet
             await asyncio.sleep(0.005)
-        self.log.readings.extend(readings)
+        for r in readings:  # a block as the tuples it stands for
+            if isinstance(r, ReadingBlock):
+                self.log.readings += [(r.station, r.metric, t, v, Quality.UNCHECKED)
+                                      for t, v in zip(r.ts, r.value, strict=True)]  # fmt: skip
+            else:
+                self.log.readings.append(r)
         self.log.appends += 1
 
     async def _dead_letter(self, raw: bytes, reason: str, source: str) -> None:

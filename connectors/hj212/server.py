@@ -84,6 +84,10 @@ class Hj212Session:
             out.reply = lambda: reply
         return [out, *self._unmapped(packet, who.station, peer, received_ms)]
 
+    def handle_many(self, frames: list[bytes], peer: Peer, received_ms: int) -> list[FieldMessage]:
+        """``handle``, packet by packet."""
+        return [m for raw in frames for m in self.handle(raw, peer, received_ms)]
+
     def _unmapped(
         self, packet: Packet, station: str, peer: Peer, received_ms: int
     ) -> list[FieldMessage]:

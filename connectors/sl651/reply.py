@@ -15,7 +15,7 @@ from datetime import datetime
 
 from connectors.sl651.frame import Frame, crc16
 
-__all__ = ["ACK", "EOT", "ESC", "ack_frame", "wants_ack"]
+__all__ = ["ACK", "EOT", "ESC", "ack_frame", "ack_hex", "bcd_time", "wants_ack"]
 
 ESC, EOT, ACK = 0x1B, 0x04, 0x06
 
@@ -29,11 +29,25 @@ def ack_frame(frame: Frame, serial: int, now_local: datetime, end: int = ESC) ->
     """Acknowledgement of ``frame`` in its encoding; ``serial`` is the report's (its body's)."""
     if frame.encoding == "ascii":
         return _ack_ascii(frame, serial, now_local, end)
-    station = bytes.fromhex(frame.station)
-    body = serial.to_bytes(2, "big") + bytes.fromhex(now_local.strftime("%y%m%d%H%M%S"))
-    address = station + bytes([frame.centre])  # downlink: station first
+    return ack_hex(frame.station, frame.centre, frame.password, frame.function, serial,
+                   bcd_time(now_local), end)  # fmt: skip
+
+
+def bcd_time(now_local: datetime) -> bytes:
+    """A local time as the 6 BCD bytes YYMMDDHHMMSS of a send time."""
+    return bytes.fromhex(now_local.strftime("%y%m%d%H%M%S"))
+
+
+def ack_hex(
+    station: str, centre: int, password: str, function: int, serial: int, now_bcd: bytes,
+    end: int = ESC,
+) -> bytes:  # fmt: skip
+    """A HEX-mode acknowledgement from the report's header fields (``station``: 10 hex
+    digits, ``password``: 4) and the centre's send time ``now_bcd`` (:func:`bcd_time`)."""
+    body = serial.to_bytes(2, "big") + now_bcd
+    address = bytes.fromhex(station) + bytes([centre])  # downlink: station first
     dirlen = (0x8000 | len(body)).to_bytes(2, "big")
-    head = b"\x7e\x7e" + address + bytes.fromhex(frame.password) + bytes([frame.function])
+    head = b"\x7e\x7e" + address + bytes.fromhex(password) + bytes([function])
     out = head + dirlen + b"\x02" + body + bytes([end])
     return out + crc16(out).to_bytes(2, "big")
 

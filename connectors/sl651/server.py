@@ -14,6 +14,12 @@ of each is dead-lettered once with the frame, so an operator sees what is not in
 An uplink report's serial number (流水号, 1-65535) goes to ``on_sequence`` (device
 ``"<Vigil station> (SL 651 <address>)"``), whose gaps are messages lost on the way; a
 keep-alive, which repeats the last serial, does not.
+
+``handle_many`` takes a read's frames at once: the batch decoder
+(``connectors.sl651.batch``) decodes them together, and the common ones (uplink HEX
+reports of a known station, with the right password, every value feeding a metric)
+become one message, their readings together and their acknowledgements in frame
+order; any other frame goes through ``handle``'s path, in its place in the order.
 """
 
 from __future__ import annotations
@@ -21,14 +27,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
-from connectors.decoded import CST_OFFSET_MIN, Rejection
+from connectors.decoded import CST_OFFSET_MIN, Columns, Rejection
 from connectors.fieldserver import FieldMessage, Identity, Peer
 from connectors.ingest import Reading
+from connectors.sl651.batch import OK, Decoded, decode_many
 from connectors.sl651.elements import ELEMENTS
-from connectors.sl651.frame import Frame, decode
+from connectors.sl651.frame import ETX, Frame, decode
 from connectors.sl651.reassembly import Reassembler
-from connectors.sl651.reply import ack_frame, wants_ack
+from connectors.sl651.reply import ack_frame, ack_hex, bcd_time, wants_ack
+from engine.contracts.batch import Quality
 
 __all__ = ["Sequences", "Sl651Framing", "Sl651Session"]
 
@@ -87,7 +96,62 @@ class Sl651Session:
         self.on_sequence = on_sequence
 
     def handle(self, raw: bytes, peer: Peer, received_ms: int) -> list[FieldMessage]:
-        decoded = decode(raw, self.offset_min)
+        return self._handle(raw, decode(raw, self.offset_min), peer, received_ms)
+
+    def handle_many(self, frames: list[bytes], peer: Peer, received_ms: int) -> list[FieldMessage]:
+        """A read's complete frames -> messages (see the module doc): what ``handle``
+        frame by frame gives, the common frames' readings and replies in one message."""
+        d = decode_many(frames, self.offset_min)
+        ids = self.identities()
+        out: list[FieldMessage] = []
+        taken = _Taken()
+        for i, raw in enumerate(frames):
+            station = d.station(i)
+            who = ids.get(station) if d.status[i] == OK and not d.unmapped(i) else None
+            if who is None or d.password(i) != who.password.upper():
+                taken = self._flush(taken, d, peer, received_ms, out)  # replies in frame order
+                out += self._handle(raw, d.frame(i), peer, received_ms)
+                continue
+            peer.station, peer.identity = who.station, station
+            run = taken.run
+            if (
+                run is None
+                or run[1] != i - 1
+                or run[2] != who.station
+                or (d.quality(i) != d.quality(run[0]))
+            ):
+                taken.rows(d)
+                taken.run = (i, i, who.station)
+            else:
+                taken.run = (run[0], i, who.station)
+            taken.serials.setdefault(f"{who.station} (SL 651 {station})", []).append(d.serial(i))
+            if d.end(i) == ETX:  # the last packet of an uplink report: it asks for a reply
+                taken.acks.append(
+                    _Ack(station, d.centre(i), d.password(i), d.function(i), d.serial(i))
+                )
+        self._flush(taken, d, peer, received_ms, out)
+        return out
+
+    def _flush(
+        self, taken: _Taken, d: Decoded, peer: Peer, received_ms: int, out: list[FieldMessage]
+    ) -> _Taken:
+        """The frames taken so far as one message (never dead-lettered: no bytes kept);
+        returns a new, empty ``_Taken``."""
+        taken.rows(d)
+        if self.on_sequence is not None:
+            for device, serials in taken.serials.items():
+                self.on_sequence(device, serials, received_ms)
+        if taken.readings or taken.columns or taken.acks:
+            m = FieldMessage(peer.source(), b"", received_ms, None, readings=taken.readings,
+                             columns=taken.columns)  # fmt: skip
+            if taken.acks:
+                m.reply = _acks(taken.acks, self.offset_min)
+            out.append(m)
+        return _Taken()
+
+    def _handle(
+        self, raw: bytes, decoded: Frame | Rejection, peer: Peer, received_ms: int
+    ) -> list[FieldMessage]:
         if isinstance(decoded, Rejection):
             return [FieldMessage(peer.source(), raw, received_ms, None, reason=decoded.reason)]
         frame = decoded
@@ -146,6 +210,47 @@ class Sl651Session:
 
 #: Elements that structure a report rather than carry a measurement.
 _NOT_DATA = frozenset({"04", "05", "F2", "F3"})
+
+
+class _Taken:
+    """Frames of a read taken together so far: readings (as columns; as tuples for a
+    test report's, SUSPECT), serials per device, replies; ``run``: (first, last frame,
+    Vigil station) whose readings are not yet taken."""
+
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+        self.columns: list[Columns] = []
+        self.serials: dict[str, list[int]] = {}
+        self.acks: list[_Ack] = []
+        self.run: tuple[int, int, str] | None = None
+
+    def rows(self, d: Decoded) -> None:
+        if self.run is not None:
+            first, last, station = self.run
+            if d.quality(first) == Quality.UNCHECKED:
+                self.columns.append(d.columns(first, station, last))
+            else:
+                self.readings += d.rows(first, station, last)
+            self.run = None
+
+
+class _Ack(NamedTuple):
+    """What a HEX acknowledgement takes from its report's header."""
+
+    station: str
+    centre: int
+    password: str
+    function: int
+    serial: int
+
+
+def _acks(acks: list[_Ack], offset_min: int) -> Callable[[], bytes]:
+    def build() -> bytes:
+        now = datetime.now(UTC).replace(tzinfo=None) + timedelta(minutes=offset_min)
+        when = bcd_time(now)
+        return b"".join(ack_hex(*a, when) for a in acks)
+
+    return build
 
 
 def _ack(frame: Frame, serial: int, offset_min: int) -> Callable[[], bytes]:

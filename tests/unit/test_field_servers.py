@@ -5,16 +5,17 @@ and station, and the limits that keep a server up whatever a peer sends."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from connectors import hj212, sl651
 from connectors.decoded import Rejection
-from connectors.fieldserver import Identity, Limits
+from connectors.fieldserver import FieldMessage, Identity, Limits, _Batches
 from engine.contracts.batch import Quality
 from simulators.hj212_station import Hj212Station
 from simulators.sl651_rtu import Sl651Rtu
@@ -215,6 +216,74 @@ def test_connections_per_address_limit() -> None:
         server.close()
 
 
+def test_a_reads_frames_are_taken_as_one_message_and_answered_in_order(
+    sl: RunningServer,
+) -> None:
+    """Three reports in one read: one message through ingest (one batch decode, one
+    append), three acknowledgements in the reports' order, after durability."""
+    rtu = Sl651Rtu()
+    times = [T0 + timedelta(minutes=5 * k) for k in range(3)]
+    frames = [rtu.report(t)[0] for t in times]
+    sock = sl.connect()
+    sl.gate.clear()
+    sock.sendall(b"".join(frames))
+    wait_until(lambda: sl.counters().get("frames") == 3, what="the frames to arrive")
+    sock.settimeout(0.5)
+    with pytest.raises(TimeoutError):  # held: not durable, so no acknowledgement
+        sock.recv(100)
+    sl.gate.set()
+    acks = [sl651.decode(r) for r in sl.replies(sock, 3)]
+    assert [a.body.serial for a in acks if isinstance(a, sl651.Frame) and a.body] == [1, 2, 3]
+    assert sl.counters()["received"] == 1  # frame by frame, it was 3
+    assert sl.log.appends == 1
+    expected = []
+    for k, t in enumerate(times):
+        rain, level, volt = rtu.values(t)
+        ms = T0_MS + k * 300_000
+        expected += [("SK01", "rainfall", ms, rain, Quality.UNCHECKED),
+                     ("SK01", "reservoir_level", ms, level, Quality.UNCHECKED),
+                     ("SK01", "voltage", ms, volt, Quality.UNCHECKED)]  # fmt: skip
+    assert sorted(sl.log.readings) == sorted(expected)
+    sock.close()
+
+
+def test_frames_the_batch_decoder_leaves_keep_their_place_in_the_replies(
+    sl: RunningServer,
+) -> None:
+    """In one read: two reports, a wrong password, a report with a value that feeds no
+    metric (decoded frame by frame, dead-lettered once), another report. Replies in
+    the frames' order; the dead letters and readings as frame by frame."""
+    from connectors.sl651.frame import crc16
+
+    rtu = Sl651Rtu()
+    g1, g2 = rtu.report(T0)[0], rtu.report(T0 + timedelta(minutes=5))[0]
+    wrong = Sl651Rtu(faults=frozenset({Fault.WRONG_PASSWORD})).report(T0)[0]
+    body = bytes.fromhex(
+        "0009260701095000F1F100123456784BF0F0260701095001190001233B2300100250"
+    )  # serial 9; AC (cross-section area, no Vigil metric) 12.3; ZU 100.250 m
+    head = b"\x7e\x7e\x01" + bytes.fromhex("0012345678") + bytes.fromhex("1234") + b"\x32"
+    odd = head + len(body).to_bytes(2, "big") + b"\x02" + body + b"\x03"
+    odd += crc16(odd).to_bytes(2, "big")
+    g3 = rtu.report(T0 + timedelta(minutes=10))[0]
+    sock = sl.connect()
+    sock.sendall(g1 + g2 + wrong + odd + g3)
+    acks = [sl651.decode(r) for r in sl.replies(sock, 4)]
+    assert [a.body.serial for a in acks if isinstance(a, sl651.Frame) and a.body] == [1, 2, 9, 3]
+    wait_until(lambda: len(sl.log.dead) == 2, what="two dead letters")
+    port = sock.getsockname()[1]
+    assert sorted(sl.log.dead) == sorted([
+        (wrong, "wrong password for SL 651 station 0012345678 (SK01)",
+         f"sl651 127.0.0.1:{port} station SK01 (0012345678)"),
+        (odd, "SL 651 element 0x01 (AC) has no Vigil metric: not ingested "
+              "(counted from now on, not dead-lettered again)",
+         f"sl651 127.0.0.1:{port} station SK01 (0012345678)"),
+    ])  # fmt: skip
+    wait_until(lambda: len(sl.log.readings) == 10, what="the readings")
+    assert ("SK01", "reservoir_level", T0_MS, 100.25, Quality.UNCHECKED) in sl.log.readings
+    assert sl.unmapped[("SK01", "01")] == 1
+    sock.close()
+
+
 def test_many_connections_at_once(sl: RunningServer) -> None:
     socks = [sl.connect() for _ in range(50)]
     for s in socks:
@@ -339,3 +408,21 @@ def test_half_open_sockets_beyond_the_limit_are_refused_then_idle_closed() -> No
         for s in socks:
             s.close()
         server.close()
+
+
+def test_batches_take_messages_up_to_max_readings_the_rest_after() -> None:
+    """The server's batching: a batch ends with the message that reaches
+    ``max_readings``; what is left is the next batch, taken after the linger."""
+
+    def message(n: int) -> FieldMessage:
+        return FieldMessage("t", b"", 0, None, readings=[("S", "m", k, 1.0) for k in range(n)])
+
+    async def run() -> list[list[int]]:
+        batches = _Batches(max_readings=10, linger_ms=20)
+        for n in (6, 6, 6, 1):
+            batches.put(message(n))
+        first = await batches.next_batch()
+        second = await batches.next_batch()
+        return [[len(m.readings) for m in first], [len(m.readings) for m in second]]
+
+    assert asyncio.run(run()) == [[6, 6], [6, 1]]

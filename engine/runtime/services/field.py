@@ -19,6 +19,7 @@ from collections import Counter
 from connectors.fieldserver import FieldServer, Identity, Limits
 from connectors.hj212.server import Hj212Framing, Hj212Session
 from connectors.ingest import DeadLetter, Produce
+from connectors.sl651 import batch as sl651_batch
 from connectors.sl651.server import Sequences, Sl651Framing, Sl651Session
 from engine.runtime.config import ConfigError, FieldServerSettings, Settings
 from rules.registry import Registry
@@ -86,6 +87,7 @@ class FieldServers:
         batch = settings.batch
         if settings.sl651 is not None:
             s = settings.sl651
+            sl651_batch.warm()  # compiled (or loaded from numba's cache) before traffic
             self.servers.append(
                 FieldServer(
                     "sl651",
