@@ -25,7 +25,9 @@ stations:
 def test_the_packs_folder_as_a_shell_glob_checks_clean() -> None:
     lines, kinds = check_files(sorted(PACKS.glob("*.yaml")), None)
     assert lines == []
-    assert dict(kinds) == {"rules": 4, "stations": 3, "tests": 1}  # demo_dam_tests.yaml
+    # rules: air_quality, dam_seepage, demo_field, demo_nbiot_rules, flood; stations:
+    # demo_dam_stations, demo_field_stations, demo_nbiot, demo_stations; tests: demo_dam_tests
+    assert dict(kinds) == {"rules": 5, "stations": 4, "tests": 1}
 
 
 def test_a_registry_among_the_rule_files_is_validated_as_a_registry(tmp_path: Path) -> None:
@@ -60,6 +62,6 @@ def test_vigil_rules_check_on_the_packs_folder(capsys: pytest.CaptureFixture[str
     assert main(["rules", "check", str(PACKS)]) == 0
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == (
-        "ok: 4 rule files, 3 station registries, 1 rule test file valid (schema only: no "
+        "ok: 5 rule files, 4 station registries, 1 rule test file valid (schema only: no "
         "--stations given)"
     )
