@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.contracts.alerts import Level
 from engine.contracts.ruleset import N_LEVELS, QcLimits, RuleSet, ThresholdRule
-from rules.checks import per_station, selected_stations, window_shift
+from rules.checks import selected_stations, window_shift
 from rules.compiled import (
     CompiledCondition,
     CompoundRule,
@@ -41,6 +41,7 @@ from rules.schema import (
     Summary,
     ThresholdSpec,
 )
+from rules.threshold_checks import per_station
 
 __all__ = ["Compiled", "compile_rules"]
 
