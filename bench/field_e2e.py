@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,51 +28,25 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.field_decode import hourly_frame
+from bench.harness import gauge, report, start_gateway, write_config
 from connectors.mqtt.mosquitto import Mosquitto
-
-RULES = """\
-version: 1
-rules:
-  - id: bench.field_level
-    select: {kind: river_gauge}
-    metric: water_level
-    unit: m
-    window: {size: 1h, aggregate: max}
-    levels:
-      red: {above: station.warning_level}
-    stale: 1d
-    summary: {zh: "{station} {value}", en: "{station} {value}"}
-"""
 
 
 def _setup(workdir: Path, stations: int, mqtt_port: int) -> Path:
-    registry = {"stations": [
-        {"id": f"G{i:05d}", "kind": "river_gauge", "report_interval": "1h",
-         "metrics": {"water_level": "m", "rainfall": "mm", "rainfall_total": "mm",
-                     "voltage": "V", "water_level_relative": "m"},
-         "warning_level": 5000.0,
-         "sl651": {"address": f"{10_000 + i:010d}", "password": "1234"}}
+    metrics = {"water_level": "m", "rainfall": "mm", "rainfall_total": "mm", "voltage": "V",
+               "water_level_relative": "m"}  # fmt: skip
+    registry = [
+        gauge(f"G{i:05d}", metrics, sl651={"address": f"{10_000 + i:010d}", "password": "1234"})
         for i in range(stations)
-    ]}  # fmt: skip
-    (workdir / "stations.yaml").write_text(yaml.safe_dump(registry))
-    (workdir / "rules.yaml").write_text(RULES)
-    settings = {
-        "app_id": "vigil-bench", "data_dir": str(workdir / "data"), "partitions": 2,
-        "stations": str(workdir / "stations.yaml"), "rules": [str(workdir / "rules.yaml")],
-        "alerts_jsonl": str(workdir / "alerts.jsonl"), "console": False,
-        "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "client_id": "vigil-bench"},
-        "sl651": {"port": 0, "max_connections": stations + 100,
-                  "max_per_address": stations + 100},
-        "batch": {"max_readings": 20_000, "linger_ms": 20}, "lateness_ms": 0,
-    }  # fmt: skip
-    path = workdir / "vigil.yaml"
-    path.write_text(yaml.safe_dump(settings))
-    return path
+    ]
+    return write_config(
+        workdir, registry, "bench.field_level", mqtt_port,
+        sl651={"port": 0, "max_connections": stations + 100, "max_per_address": stations + 100},
+        batch={"max_readings": 20_000, "linger_ms": 20}, lateness_ms=0,
+    )  # fmt: skip
 
 
 def _frames(stations: int, per_station: int) -> list[list[bytes]]:
@@ -123,12 +95,7 @@ def main() -> int:
     total = args.stations * args.frames
     with Mosquitto() as broker:
         config = _setup(workdir, args.stations, broker.port)
-        engine = subprocess.Popen(
-            [sys.executable, "-m", "engine.tools.cli", "run", "--config", str(config),
-             "--loglevel", "warn"],
-            stdout=subprocess.PIPE, stderr=(workdir / "engine.log").open("w"), text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+        engine = start_gateway(config, workdir)
         port: list[int] = []
         ready = threading.Event()
 
@@ -165,9 +132,7 @@ def main() -> int:
         "frames_per_s_acked": total / acked, "frames_per_s_to_kernels": total / done,
         "readings_per_s_to_kernels": total * 27 / done, "cpus": os.cpu_count(),
     }  # fmt: skip
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    report(result, args.json)
     return 0
 
 

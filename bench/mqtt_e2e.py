@@ -38,25 +38,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.harness import gauge, start_gateway, write_config
 from connectors.mqtt.mosquitto import Mosquitto, free_port
 
-RULES = """\
-version: 1
-rules:
-  - id: bench.mqtt_level
-    select: {kind: river_gauge}
-    metric: water_level
-    unit: m
-    window: {size: 1h, aggregate: max}
-    levels:
-      red: {above: station.warning_level}
-    stale: 1d
-    summary: {zh: "{station} {value}", en: "{station} {value}"}
-"""
 IDLE_S = 3.0  # no new message for this long: the consumer got all it will get
 KEEPALIVE_S = 600  # the stopped consumer must not be disconnected during the backlog
 
@@ -151,27 +137,6 @@ def _raw_subscriber(port: int, qos: int, expected: int) -> int:
     return 0
 
 
-def _setup(workdir: Path, stations: int, mqtt_port: int, web_port: int) -> Path:
-    registry = {"stations": [
-        {"id": f"B{i:03d}", "kind": "river_gauge", "report_interval": "1h",
-         "metrics": {"water_level": "m"}, "warning_level": 5000.0}
-        for i in range(stations)
-    ]}  # fmt: skip
-    (workdir / "stations.yaml").write_text(yaml.safe_dump(registry))
-    (workdir / "rules.yaml").write_text(RULES)
-    settings = {
-        "app_id": "vigil-bench", "data_dir": str(workdir / "data"), "partitions": 2,
-        "stations": str(workdir / "stations.yaml"), "rules": [str(workdir / "rules.yaml")],
-        "alerts_jsonl": str(workdir / "alerts.jsonl"), "console": False,
-        "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "client_id": "vigil-bench",
-                 "keepalive": KEEPALIVE_S},
-        "lateness_ms": 3_600_000, "web_port": web_port,
-    }  # fmt: skip
-    path = workdir / "vigil.yaml"
-    path.write_text(yaml.safe_dump(settings))
-    return path
-
-
 def _evaluated(web_port: int) -> float:
     # A generous timeout: the event loop that answers is busy with whole batches.
     with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=120) as resp:
@@ -230,13 +195,11 @@ def _run_vigil(
     profile: Path | None = None,
 ) -> dict[str, float]:
     web_port = free_port()
-    config = _setup(workdir, len(backlog), port, web_port)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.tools.cli", "run", "--config", str(config),
-         "--loglevel", "warn"],
-        stdout=subprocess.PIPE, stderr=(workdir / "engine.log").open("w"), text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tree)}, cwd=tree,
+    config = write_config(
+        workdir, [gauge(f"B{i:03d}") for i in range(len(backlog))], "bench.mqtt_level", port,
+        mqtt={"keepalive": KEEPALIVE_S}, lateness_ms=3_600_000, web_port=web_port,
     )  # fmt: skip
+    proc = start_gateway(config, workdir, tree)
     spy: subprocess.Popen[bytes] | None = None
     try:
         _wait_line(proc, "ingest subscribed", 300)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import shutil
@@ -56,6 +55,7 @@ from rocksdict import WriteBatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.harness import report
 from connectors.mqtt.mosquitto import Mosquitto, free_port
 from connectors.nbiot.products import load_products
 from rules.store import DeviceRegistry, make_imei
@@ -474,9 +474,7 @@ def main() -> int:
     }  # fmt: skip
     result["lookup"] = lookups(store, args.devices)
     shutil.rmtree(workdir, ignore_errors=True)  # the store and the log: hundreds of MB
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    report(result, args.json)
     return 0
 
 
