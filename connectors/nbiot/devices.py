@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from connectors.nbiot.yaml_file import load_yaml
 from engine.contracts.devices import Device
 
 __all__ = ["YamlDevices", "canonical_identity"]
@@ -74,18 +74,7 @@ class YamlDevices:
     devices.N.field: message`` lines when it does not validate)."""
 
     def __init__(self, path: Path) -> None:
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-            parsed = _File.model_validate(raw)
-        except OSError as exc:
-            raise ValueError(f"{path}: cannot read: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-        except ValidationError as exc:
-            lines = [
-                f"{path}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            ]
-            raise ValueError("\n".join(lines)) from exc
+        parsed = load_yaml(path, _File)
         self._by_identity: dict[str, Device] = {}
         for e in parsed.devices:
             key = bytes.fromhex(e.key_hex) if e.key_hex else None

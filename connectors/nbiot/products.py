@@ -28,10 +28,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from connectors.ingest import PayloadError
+from connectors.nbiot.yaml_file import load_yaml
 
 __all__ = ["BUILTIN", "Decoded", "Product", "Products", "load_products"]
 
@@ -186,17 +186,5 @@ def load_products(*paths: Path) -> Products:
     """
     by_name: dict[str, Product] = {}
     for path in (BUILTIN, *paths):
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-            parsed = _File.model_validate(raw)
-        except OSError as exc:
-            raise ValueError(f"{path}: cannot read: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-        except ValidationError as exc:
-            lines = [
-                f"{path}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            ]
-            raise ValueError("\n".join(lines)) from exc
-        by_name.update((p.name, p) for p in parsed.products)
+        by_name.update((p.name, p) for p in load_yaml(path, _File).products)
     return Products(by_name)
