@@ -42,19 +42,22 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from engine.contracts.notification import Notification
-from engine.runtime.dispatch.outbox import DONE_KEPT, HISTORY_KEPT, Entry, decode_notification
+from engine.runtime.dispatch.outbox import (
+    DONE_KEPT,
+    HISTORY_KEPT,
+    Entry,
+    Op,
+    decode_snapshot,
+    encode_changes,
+)
 
 __all__ = ["KafkaOutbox", "KafkaPrepared"]
 
 log = logging.getLogger("vigil.dispatch")
 
 _U64 = struct.Struct(">Q")
-_PER_KEY = "stored per key"
 #: Records larger than the broker's default (1 MB) are a storm's state: allow 16 MB.
 MAX_RECORD_BYTES = 16 * 1024 * 1024
-
-#: (key, value) to write; value None is a tombstone.
-Op = tuple[bytes, bytes | None]
 
 
 @dataclass(frozen=True)
@@ -157,28 +160,16 @@ class KafkaOutbox:
         ops, self._marks = self._marks, []
         marks = len(ops)
         self._marks_in_flight += marks
-        if snapshot is not None:
-            state = {**snapshot, "alerts": _PER_KEY} if alerts is not None else snapshot
-            ops.append((b"state", json.dumps(state, separators=(",", ":")).encode()))
-        for fingerprint, alert in (alerts or {}).items():
-            ops.append((b"A" + fingerprint.encode(), _dump(alert)))
-        for fingerprint in removed:
-            ops.append((b"A" + fingerprint.encode(), None))
-        entries = []
-        for n in notifications:
-            entry = Entry(self._next, n)
-            self._next += 1
-            ops.append((b"P" + _U64.pack(entry.seq), _dump(entry.to_dict())))
-            entries.append(entry)
-        for alert in history:
-            key = b"H" + _U64.pack(self._next)
-            self._next += 1
-            ops.append((key, _dump(alert)))
-            self._kept[b"H"].append(key)
+        changes = encode_changes(
+            self._next, snapshot, notifications, history, alerts=alerts, removed=removed
+        )
+        self._next = changes.next_seq
+        ops += changes.ops  # a removed key is a tombstone (value None)
+        self._kept[b"H"].extend(changes.history)
         ops += self._trim(b"H", HISTORY_KEPT)
         ops.append((b"seq", _U64.pack(self._next)))
         self._apply(ops)
-        return KafkaPrepared(ops, entries, self.position, marks)
+        return KafkaPrepared(ops, changes.entries, self.position, marks)
 
     def write(self, prepared: Any) -> None:
         raise TypeError("KafkaOutbox writes through commit(), on the event loop")
@@ -201,14 +192,14 @@ class KafkaOutbox:
     def done(self, entry: Entry, at_ms: int) -> None:
         """The receiver confirmed ``entry`` (stored with the next transaction)."""
         key = b"D" + _U64.pack(entry.seq)
-        ops: list[Op] = [(b"P" + key[1:], None), (key, _dump(entry.to_dict(delivered_at=at_ms)))]
+        ops: list[Op] = [(b"P" + key[1:], None), (key, entry.encode(delivered_at=at_ms))]
         self._kept[b"D"].append(key)
         self._mark(ops + self._trim(b"D", DONE_KEPT))
 
     def park(self, entry: Entry, error: str, at_ms: int) -> None:
         """The receiver refused ``entry`` for good (stored with the next transaction)."""
         seq = _U64.pack(entry.seq)
-        data = _dump(entry.to_dict(error=error, parked_at=at_ms))
+        data = entry.encode(error=error, parked_at=at_ms)
         self._mark([(b"P" + seq, None), (b"X" + seq, data)])
 
     def unmarked(self) -> int:
@@ -237,17 +228,10 @@ class KafkaOutbox:
         raw = self._data.get(b"state")
         if raw is None:
             return None
-        state = dict(json.loads(raw))
-        if state.get("alerts") == _PER_KEY:
-            state["alerts"] = {k[1:].decode(): json.loads(v) for k, v in self._items(b"A")}
-        return state
+        return decode_snapshot(raw, lambda: self._items(b"A"))
 
     def pending(self) -> list[Entry]:
-        out = []
-        for _, raw in self._items(b"P"):
-            data = json.loads(raw)
-            out.append(Entry(data["seq"], decode_notification(data["notification"])))
-        return out
+        return [Entry.decode(raw) for _, raw in self._items(b"P")]
 
     def parked(self) -> list[dict[str, Any]]:
         return [json.loads(v) for _, v in self._items(b"X")]
@@ -260,7 +244,3 @@ class KafkaOutbox:
 
     def _items(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         return sorted((k, v) for k, v in self._data.items() if k[:1] == prefix)
-
-
-def _dump(data: Mapping[str, Any]) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()

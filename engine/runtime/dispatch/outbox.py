@@ -43,7 +43,7 @@ from __future__ import annotations
 import itertools
 import json
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,11 +56,15 @@ from engine.contracts.notification import Notification
 __all__ = [
     "DONE_KEPT",
     "HISTORY_KEPT",
+    "Changes",
     "Entry",
+    "Op",
     "Outbox",
     "Prepared",
     "Store",
     "decode_notification",
+    "decode_snapshot",
+    "encode_changes",
     "encode_notification",
 ]
 
@@ -71,6 +75,9 @@ DONE_KEPT = 10_000
 HISTORY_KEPT = 10_000
 #: ``alerts`` of a stored snapshot whose alerts are kept one key each.
 _PER_KEY = "stored per key"
+
+#: (key, value) to store; value None removes the key.
+Op = tuple[bytes, bytes | None]
 
 
 def encode_notification(n: Notification) -> dict[str, Any]:
@@ -111,6 +118,74 @@ class Entry:
 
     def to_dict(self, **extra: Any) -> dict[str, Any]:
         return {"seq": self.seq, "notification": encode_notification(self.notification), **extra}
+
+    def encode(self, **extra: Any) -> bytes:
+        """``to_dict(**extra)`` as stored; ``decode`` gives the entry back."""
+        return _dump(self.to_dict(**extra))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Entry:
+        data = json.loads(raw)
+        return cls(data["seq"], decode_notification(data["notification"]))
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What one ``prepare`` stores, encoded by ``encode_changes``; the history beyond
+    ``HISTORY_KEPT`` and the next ``seq`` are the store's to add."""
+
+    #: The snapshot, its alerts, the new pending entries and history, in that order.
+    ops: list[Op]
+    entries: list[Entry]
+    #: The keys of the history added, oldest first.
+    history: list[bytes]
+    #: The ``seq`` after the last one these took.
+    next_seq: int
+
+
+def encode_changes(
+    next_seq: int,
+    snapshot: Mapping[str, Any] | None,
+    notifications: Sequence[Notification] = (),
+    history: Sequence[Mapping[str, Any]] = (),
+    *,
+    alerts: Mapping[str, Mapping[str, Any]] | None = None,
+    removed: Sequence[str] = (),
+) -> Changes:
+    """``Store.prepare``'s arguments in the key layout above, the notifications and
+    the history numbered from ``next_seq``: one encoding for every store."""
+    ops: list[Op] = []
+    if snapshot is not None:
+        state = {**snapshot, "alerts": _PER_KEY} if alerts is not None else snapshot
+        ops.append((b"state", json.dumps(state, separators=(",", ":")).encode()))
+    for fingerprint, alert in (alerts or {}).items():
+        ops.append((b"A" + fingerprint.encode(), _dump(alert)))
+    for fingerprint in removed:
+        ops.append((b"A" + fingerprint.encode(), None))
+    entries = []
+    for n in notifications:
+        entry = Entry(next_seq, n)
+        next_seq += 1
+        ops.append((b"P" + _U64.pack(entry.seq), entry.encode()))
+        entries.append(entry)
+    kept = []
+    for alert in history:
+        key = b"H" + _U64.pack(next_seq)
+        next_seq += 1
+        ops.append((key, _dump(alert)))
+        kept.append(key)
+    return Changes(ops, entries, kept, next_seq)
+
+
+def decode_snapshot(
+    raw: bytes, alerts: Callable[[], Iterable[tuple[bytes, bytes]]]
+) -> dict[str, Any]:
+    """The snapshot stored as ``raw``; ``alerts()`` gives the stored ``A`` keys and
+    values, read only when the snapshot's alerts were stored one key each."""
+    state = dict(json.loads(raw))
+    if state.get("alerts") == _PER_KEY:
+        state["alerts"] = {k[1:].decode(): json.loads(v) for k, v in alerts()}
+    return state
 
 
 @dataclass(frozen=True)
@@ -205,26 +280,19 @@ class Outbox:
         removed: Sequence[str] = (),
     ) -> Prepared:
         """Number and encode what ``persist`` stores; nothing is written yet."""
+        changes = encode_changes(
+            self._next, snapshot, notifications, history, alerts=alerts, removed=removed
+        )
+        self._next = changes.next_seq
         batch = WriteBatch(raw_mode=True)
-        if snapshot is not None:
-            state = {**snapshot, "alerts": _PER_KEY} if alerts is not None else snapshot
-            batch.put(b"state", json.dumps(state, separators=(",", ":")).encode())
-        for fingerprint, alert in (alerts or {}).items():
-            batch.put(b"A" + fingerprint.encode(), _dump(alert))
-        for fingerprint in removed:
-            batch.delete(b"A" + fingerprint.encode())
-        entries = []
-        for n in notifications:
-            entry = Entry(self._next, n)
-            self._next += 1
-            batch.put(b"P" + _U64.pack(entry.seq), _dump(entry.to_dict()))
-            entries.append(entry)
-        for alert in history:
-            batch.put(b"H" + _U64.pack(self._next), _dump(alert))
-            self._next += 1
-        self._trim(batch, b"H", len(history), HISTORY_KEPT)
+        for key, value in changes.ops:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        self._trim(batch, b"H", len(changes.history), HISTORY_KEPT)
         batch.put(b"seq", _U64.pack(self._next))
-        return Prepared(batch, entries)
+        return Prepared(batch, changes.entries)
 
     def write(self, prepared: Prepared) -> None:
         """The synced write of ``prepare``'s batch (safe on another thread)."""
@@ -244,7 +312,7 @@ class Outbox:
         seq = _U64.pack(entry.seq)
         batch = WriteBatch(raw_mode=True)
         batch.delete(b"P" + seq)
-        batch.put(prefix + seq, _dump(entry.to_dict(**extra)))
+        batch.put(prefix + seq, entry.encode(**extra))
         return batch
 
     def _trim(self, batch: WriteBatch, prefix: bytes, added: int, kept: int) -> None:
@@ -265,10 +333,7 @@ class Outbox:
         raw = self._db.get(b"state")
         if raw is None:
             return None
-        state = dict(json.loads(bytes(raw)))
-        if state.get("alerts") == _PER_KEY:
-            state["alerts"] = {k[1:].decode(): json.loads(v) for k, v in self._items(b"A")}
-        return state
+        return decode_snapshot(bytes(raw), lambda: self._items(b"A"))
 
     def unmarked(self) -> int:
         """0: ``done`` and ``park`` write at once (unsynced: the WAL is in the OS)."""
@@ -276,7 +341,7 @@ class Outbox:
 
     def pending(self) -> list[Entry]:
         """Every entry not yet confirmed nor parked, in delivery order."""
-        return [_entry(raw) for raw in self._values(b"P")]
+        return [Entry.decode(raw) for raw in self._values(b"P")]
 
     def parked(self) -> list[dict[str, Any]]:
         return [json.loads(raw) for raw in self._values(b"X")]
@@ -310,8 +375,3 @@ class Outbox:
 
 def _dump(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _entry(raw: bytes) -> Entry:
-    data = json.loads(raw)
-    return Entry(data["seq"], decode_notification(data["notification"]))
