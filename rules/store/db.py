@@ -25,6 +25,7 @@ Memory of a reader: a 32 MiB block cache plus the index and Bloom filter blocks,
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ __all__ = [
     "open_reader",
     "open_writer",
     "read_meta",
+    "remove_keys",
     "store_stats",
 ]
 
@@ -124,6 +126,32 @@ def read_meta(db: Rdict, name: str, default: Any = None) -> Any:
 
 def write_meta(batch: WriteBatch, name: str, value: Any) -> None:
     batch.put(META + name.encode(), msgpack.packb(value, use_bin_type=True))
+
+
+def remove_keys(
+    path: Path, prefix: bytes, counter: str, names: Iterable[str]
+) -> tuple[int, list[str]]:
+    """Delete the keys ``prefix`` + name (each name once) from the store at ``path``,
+    and lower the meta count ``counter`` by those that were there; returns how many
+    were removed and the names not found."""
+    names = list(dict.fromkeys(names))
+    db = open_writer(path)
+    try:
+        keys = [prefix + name.encode() for name in names]
+        batch = WriteBatch(raw_mode=True)
+        missing = []
+        for name, key, old in zip(names, keys, db.get(keys), strict=True):
+            if old is None:
+                missing.append(name)
+            else:
+                batch.delete(key)
+        removed = len(names) - len(missing)
+        write_meta(batch, counter, int(read_meta(db, counter, 0)) - removed)
+        db.write(batch)
+        db.flush()
+        return removed, missing
+    finally:
+        db.close()
 
 
 def fast_writes() -> WriteOptions:

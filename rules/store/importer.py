@@ -45,6 +45,7 @@ from rules.store.db import (
     fast_writes,
     open_writer,
     read_meta,
+    remove_keys,
     write_meta,
 )
 from rules.store.identity import ID_TYPES, identity_problem
@@ -338,22 +339,4 @@ def _counted(
 
 def remove_devices(store: Path, identities: Collection[str]) -> tuple[int, list[str]]:
     """Remove devices by identity; returns how many were removed and those not found."""
-    identities = list(dict.fromkeys(identities))
-    db = open_writer(store)
-    try:
-        devices = int(read_meta(db, "devices", 0))
-        keys = [DEVICE + i.encode() for i in identities]
-        batch = WriteBatch(raw_mode=True)
-        missing = []
-        for identity, key, old in zip(identities, keys, db.get(keys), strict=True):
-            if old is None:
-                missing.append(identity)
-            else:
-                batch.delete(key)
-                devices -= 1
-        write_meta(batch, "devices", devices)
-        db.write(batch)
-        db.flush()
-        return len(keys) - len(missing), missing
-    finally:
-        db.close()
+    return remove_keys(store, DEVICE, "devices", identities)

@@ -16,7 +16,7 @@ from typing import Any
 
 from rocksdict import Rdict, WriteBatch
 
-from rules.store.db import STATION, open_reader, open_writer, read_meta, write_meta
+from rules.store.db import STATION, open_reader, open_writer, read_meta, remove_keys, write_meta
 
 __all__ = ["put_stations", "remove_stations", "station_documents", "station_ids"]
 
@@ -46,25 +46,7 @@ def put_stations(store: Path, documents: Iterable[dict[str, Any]]) -> tuple[int,
 def remove_stations(store: Path, ids: Iterable[str]) -> tuple[int, list[str]]:
     """Remove stations by id; returns how many were removed and the ids not found.
     Devices that name a removed station stay, and are refused by their next import."""
-    ids = list(dict.fromkeys(ids))
-    db = open_writer(store)
-    try:
-        count = int(read_meta(db, "stations", 0))
-        batch = WriteBatch(raw_mode=True)
-        missing = []
-        for sid in ids:
-            key = STATION + sid.encode()
-            if db.get(key) is None:
-                missing.append(sid)
-            else:
-                batch.delete(key)
-                count -= 1
-        write_meta(batch, "stations", count)
-        db.write(batch)
-        db.flush()
-        return len(ids) - len(missing), missing
-    finally:
-        db.close()
+    return remove_keys(store, STATION, "stations", ids)
 
 
 def _stations(db: Rdict) -> Iterator[tuple[bytes, bytes]]:
