@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import socket
-import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -33,14 +32,12 @@ from connectors.nbiot.platforms import onenet_signature
 from connectors.nbiot.products import load_products
 from connectors.nbiot.seal import seal
 from connectors.nbiot.udp import ACK, NAK
-from engine.contracts.batch import TelemetryBatch
-from engine.runtime.transport.log import DurableLog
 from simulators.nbiot_fleet import ctwing_body, datagram, encode, onenet_body
-from tests.integration.conftest import PACKS, EngineProcess, write_settings
+from tests.integration.conftest import PACKS, write_settings
+from tests.integration.nbiot_fixture import NbiotEngine, free_udp_port, log_contents
 
 pytestmark = [pytest.mark.integration]
 
-APP_ID = "vigil-test"
 REPO = Path(__file__).resolve().parents[2]
 STATIONS, RULES = PACKS / "demo_stations.yaml", PACKS / "flood.yaml"
 LATENESS_MS = 0
@@ -60,26 +57,6 @@ devices:
   - {{identity: "861000000000005", station: HZ002, product: waterlog-v1,
      metrics: {{water_depth: road_water_depth}}}}
 """
-
-
-class NbiotEngine(EngineProcess):
-    """The gateway, started once both its MQTT and its NB-IoT ingest are up."""
-
-    def _watch(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        seen = set()
-        for line in proc.stdout:
-            for what in ("ingest subscribed", "nbiot ingest listening"):
-                if what in line:
-                    seen.add(what)
-            if len(seen) == 2:
-                self._subscribed.set()
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wave(station: str, start_s: int, hours: float) -> list[tuple[int, float]]:
@@ -121,32 +98,6 @@ def udp_send(port: int, data: bytes) -> bytes:
         s.settimeout(30)
         s.sendto(data, ("127.0.0.1", port))
         return s.recv(64)
-
-
-def log_contents(data: Path) -> tuple[set[tuple[str, str, int]], Counter[str], bool]:
-    """Readings in the telemetry log, dead-letter reasons, whether all is committed."""
-    log = DurableLog(data)
-    try:
-        logged: set[tuple[str, str, int]] = set()
-        name = f"{APP_ID}-telemetry"
-        for p in range(log.partitions(name) or 0):
-            for rec in log.read(name, p, 0, 10**9):
-                logged.update(
-                    (s, m, t) for s, m, t, _, _ in TelemetryBatch.decode(rec.value).rows()
-                )
-        reasons: Counter[str] = Counter()
-        name = f"{APP_ID}-dead-letter"
-        for p in range(log.partitions(name) or 0):
-            for rec in log.read(name, p, 0, 10**9):
-                reasons[dict(rec.headers)["vigil-reason"].decode()] += 1
-        done = all(
-            (log.committed(APP_ID, f"{APP_ID}-{t}", p) or 0) == log.highwater(f"{APP_ID}-{t}", p)
-            for t in ("telemetry", "alerts", "corroboration")
-            for p in range(log.partitions(f"{APP_ID}-{t}") or 0)
-        )
-        return logged, reasons, done
-    finally:
-        log.close()
 
 
 @dataclass

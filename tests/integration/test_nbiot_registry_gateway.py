@@ -17,11 +17,9 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import aiocoap
@@ -32,16 +30,14 @@ from rocksdict import WriteBatch
 from connectors.mqtt.mosquitto import Mosquitto, free_port
 from connectors.nbiot.products import load_products
 from connectors.nbiot.seal import seal
-from engine.contracts.batch import TelemetryBatch
-from engine.runtime.transport.log import DurableLog
 from rules.store import make_imei
 from rules.store.db import DEVICE, device_record, fast_writes, open_writer, write_meta
 from simulators.nbiot_fleet import ctwing_body, encode
-from tests.integration.conftest import EngineProcess, write_settings
+from tests.integration.conftest import write_settings
+from tests.integration.nbiot_fixture import NbiotEngine, free_udp_port, log_contents
 
 pytestmark = [pytest.mark.integration]
 
-APP_ID = "vigil-test"
 N_DEVICES = 1_000_000
 CACHE = 1_000
 SAMPLE = 3_000
@@ -79,59 +75,9 @@ def fill_store(store: Path, n: int) -> None:
         db.close()
 
 
-class NbiotEngine(EngineProcess):
-    """The gateway, started once both its MQTT and its NB-IoT ingest are up; a gateway
-    that exits before is reported at once with its log, not after the timeout."""
-
-    def start(self, timeout: float = 600.0) -> None:
-        super().start(timeout)
-        assert self.proc is not None
-        assert self.proc.poll() is None, self.log.read_text()[-3000:]
-
-    def _watch(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        seen = set()
-        for line in proc.stdout:
-            self.lines.append(line)
-            for what in ("ingest subscribed", "nbiot ingest listening"):
-                if what in line:
-                    seen.add(what)
-            if len(seen) == 2:
-                self._subscribed.set()
-        proc.wait()
-        self._subscribed.set()  # it exited: start() stops waiting and says so
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def registry_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "engine.tools.cli", "registry", *args, "--config", str(config)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-
-def log_contents(data: Path) -> tuple[set[tuple[str, str, int]], Counter[str]]:
-    """(station, metric, ts) in the telemetry log, and the dead letters' reasons."""
-    log = DurableLog(data)
-    try:
-        logged: set[tuple[str, str, int]] = set()
-        name = f"{APP_ID}-telemetry"
-        for p in range(log.partitions(name) or 0):
-            for rec in log.read(name, p, 0, 10**9):
-                logged.update(
-                    (s, m, t) for s, m, t, _, _ in TelemetryBatch.decode(rec.value).rows()
-                )
-        reasons: Counter[str] = Counter()
-        name = f"{APP_ID}-dead-letter"
-        for p in range(log.partitions(name) or 0):
-            for rec in log.read(name, p, 0, 10**9):
-                reasons[dict(rec.headers)["vigil-reason"].decode()] += 1
-        return logged, reasons
-    finally:
-        log.close()
 
 
 def test_registry_store_devices_live_without_restart(tmp_path: Path) -> None:
@@ -229,7 +175,7 @@ def test_registry_store_devices_live_without_restart(tmp_path: Path) -> None:
         )
         engine = NbiotEngine(config, tmp_path / "engine.log")
         try:
-            engine.start()
+            engine.start(timeout=600)  # the store it opens holds a million devices
             asyncio.run(fleet())
             asyncio.run(new_device_refused(now_s - 700))
 
@@ -253,7 +199,7 @@ def test_registry_store_devices_live_without_restart(tmp_path: Path) -> None:
         finally:
             engine.kill()
 
-    logged, reasons = log_contents(data)
+    logged, reasons, _ = log_contents(data)
     missing = expected - logged
     assert not missing, (len(missing), sorted(missing)[:5])
 
