@@ -39,7 +39,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import ProducerFenced, TopicAlreadyExistsError
 
 from engine.contracts.alerts import AlertEvent, pack_lines
 from engine.contracts.notification import Receiver
@@ -309,20 +309,30 @@ class KafkaDispatch:
             await service.run_forever(tick_s)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             # A store failed (fenced by a new owner, the broker away): what this service
             # made since its last commit is not stored, and must not be (its state says
             # notifications were made whose entries are lost). Drop it and, if this worker
             # still owns the partition, start again from the committed state.
-            log.exception("dispatcher stopped; starting again from the stored state")
+            if isinstance(exc, ProducerFenced):
+                # Another worker's producer took the transactional id: the group gave it
+                # the partition while this one stood still (a stall past the session
+                # timeout). This worker's assignment is stale until its consumer hears of
+                # the rebalance; taking over now would fence the rightful owner. The
+                # group assigns the partition again if it is this worker's.
+                log.error("dispatcher stopped: fenced by a newer owner; waiting for the group")
+            else:
+                log.exception("dispatcher stopped; starting again from the stored state")
             if self.service is service:
                 self._service_task = None
-                self._restarting = asyncio.create_task(self._restart())
+                again = not isinstance(exc, ProducerFenced)
+                self._restarting = asyncio.create_task(self._restart(again=again))
 
-    async def _restart(self) -> None:
+    async def _restart(self, *, again: bool) -> None:
         async with self.lock:
             await self.release(store=False)
-            await self.take_over()
+            if again:
+                await self.take_over()
 
     async def take_over(self) -> None:
         """``acquire``, tried again a few times while the partition is still ours (call
