@@ -32,6 +32,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 import httpx
@@ -39,7 +40,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import ProducerFenced, TopicAlreadyExistsError
 
 from engine.contracts.alerts import AlertEvent, pack_lines
 from engine.contracts.notification import Receiver
@@ -72,6 +73,10 @@ SERVED_BY = "X-Vigil-Served-By"
 _PASSED = {"authorization", "content-type", "accept"}
 #: Tries to take over an assigned dispatch partition (the broker may be restarting).
 _ACQUIRE_ATTEMPTS = 5
+#: Seconds a committed store proves ownership for a delivery: half the dispatcher
+#: consumers' session timeout (10 s), the least time in which the group can evict this
+#: worker and another can fence it.
+OWNERSHIP_S = 5.0
 
 
 def dispatch_topics(app_id: str) -> tuple[str, str]:
@@ -111,19 +116,41 @@ async def ensure_dispatch_topics(bootstrap: str, app_id: str, replication: int =
 
 class KafkaDispatchService(DispatchService):
     """``DispatchService`` whose stores are transactions of its ``KafkaOutbox``; a
-    delivery mark is stored at the next tick (not only every ``_IDLE_STORE_TICKS``)."""
+    delivery mark is stored at the next tick (not only every ``_IDLE_STORE_TICKS``).
+
+    Before a delivery it makes sure it still owns the dispatcher: a store that began
+    within ``OWNERSHIP_S`` and committed proves it (a new owner's producer would have
+    fenced it); past that, one more store is made first, and a fenced one raises and
+    stops the service before anything is sent. A worker that stood still (SIGSTOP, a
+    long pause) past the group's session timeout so sends nothing its successor sends."""
 
     outbox: KafkaOutbox
 
     def __init__(self, config: DispatchConfig, outbox: KafkaOutbox, *args: Any, **kw: Any):
         super().__init__(config, outbox, *args, **kw)
         outbox.on_mark = self._marked
+        #: Monotonic start of the newest store that committed (the producer that loaded
+        #: the state has just fenced the previous owner: that counts).
+        self.confirmed_at = time.monotonic()
 
     def _marked(self) -> None:
         self._dirty = True
 
     def _write(self, prepared: KafkaPrepared) -> asyncio.Future[None]:
-        return asyncio.ensure_future(self.outbox.commit(prepared))
+        started = time.monotonic()
+        future = asyncio.ensure_future(self.outbox.commit(prepared))
+
+        def confirmed(done: asyncio.Future[None]) -> None:
+            # Also retrieves a failure that no caller awaits (a cancelled store's).
+            if not done.cancelled() and done.exception() is None:
+                self.confirmed_at = max(self.confirmed_at, started)
+
+        future.add_done_callback(confirmed)
+        return future
+
+    async def may_send(self) -> None:
+        if time.monotonic() - self.confirmed_at > OWNERSHIP_S:
+            await self._store(())
 
 
 class KafkaDispatch:
@@ -309,20 +336,30 @@ class KafkaDispatch:
             await service.run_forever(tick_s)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             # A store failed (fenced by a new owner, the broker away): what this service
             # made since its last commit is not stored, and must not be (its state says
             # notifications were made whose entries are lost). Drop it and, if this worker
             # still owns the partition, start again from the committed state.
-            log.exception("dispatcher stopped; starting again from the stored state")
+            if isinstance(exc, ProducerFenced):
+                # Another worker's producer took the transactional id: the group gave it
+                # the partition while this one stood still (a stall past the session
+                # timeout). This worker's assignment is stale until its consumer hears of
+                # the rebalance; taking over now would fence the rightful owner. The
+                # group assigns the partition again if it is this worker's.
+                log.error("dispatcher stopped: fenced by a newer owner; waiting for the group")
+            else:
+                log.exception("dispatcher stopped; starting again from the stored state")
             if self.service is service:
                 self._service_task = None
-                self._restarting = asyncio.create_task(self._restart())
+                again = not isinstance(exc, ProducerFenced)
+                self._restarting = asyncio.create_task(self._restart(again=again))
 
-    async def _restart(self) -> None:
+    async def _restart(self, *, again: bool) -> None:
         async with self.lock:
             await self.release(store=False)
-            await self.take_over()
+            if again:
+                await self.take_over()
 
     async def take_over(self) -> None:
         """``acquire``, tried again a few times while the partition is still ours (call

@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -121,8 +121,10 @@ class DispatchService:
                 self._poke.set()
 
     async def run_forever(self, tick_s: float) -> None:
-        """The ticks and the receivers' delivery loops, for the life of the process."""
-        await asyncio.gather(self._tick_forever(tick_s), self.deliver_forever())
+        """The ticks and the receivers' delivery loops, for the life of the service. If
+        one fails, the others are cancelled and its exception raised: no delivery loop
+        outlives a failed service (a fenced Kafka owner's would go on sending)."""
+        await _together(self._tick_forever(tick_s), self.deliver_forever())
 
     async def _tick_forever(self, tick_s: float) -> None:
         while True:
@@ -237,8 +239,14 @@ class DispatchService:
         return {name: len(q) for name, q in self._queues.items()}
 
     async def deliver_forever(self) -> None:
-        """The receivers' delivery loops, for the life of the process."""
-        await asyncio.gather(*(self._deliver(name) for name in self.receivers))
+        """The receivers' delivery loops, for the life of the process (one that raises,
+        ``may_send``'s refusal, cancels the others)."""
+        await _together(*(self._deliver(name) for name in self.receivers))
+
+    async def may_send(self) -> None:
+        """Called before each attempt: raises if this service may not send any more.
+        The gateway's always may (one process owns its store); a Kafka owner checks
+        that it still owns the dispatcher after standing still."""
 
     async def _deliver(self, name: str) -> None:
         receiver, queue, wake = self.receivers[name], self._queues[name], self._wake[name]
@@ -250,6 +258,7 @@ class DispatchService:
                 continue
             entry = queue[0]
             key = entry.notification.key
+            await self.may_send()  # outside the try: a refusal stops the service
             try:
                 await receiver.send(entry.notification)
             except DeliveryError as exc:
@@ -287,3 +296,19 @@ class DispatchService:
                 await receiver.aclose()
             except Exception:
                 log.exception("receiver %s did not close cleanly", receiver.name)
+
+
+async def _together(*coros: Coroutine[Any, Any, None]) -> None:
+    """Run ``coros`` until the first raises (or is cancelled): then cancel the rest and
+    raise its exception. ``asyncio.gather`` would leave the others running."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    if not tasks:  # no receivers
+        return
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
