@@ -94,7 +94,24 @@ def test_alerts_live_acknowledged_and_silenced_from_the_page(
                 expect(page.locator('#alerts tr[data-station="HZ001"]')).to_be_visible()
                 assert page.evaluate("window.notReloaded") is True
                 expect(hz002.locator(".lvl")).to_have_text("red")
+                # The value's trace over the last hours: the quiet reading, then the red.
+                expect(hz002.locator("svg.sparkline polyline")).to_have_count(1)
+                expect(hz002.locator("svg.sparkline")).to_have_attribute("data-points", "2")
+                # The station table: last value with its unit, when, QC state.
+                station = page.locator('#stations tr[data-station="HZ002"]')
+                expect(station.locator(".last-value")).to_have_text("water_level 5 m")
+                expect(station.locator(".last-seen")).to_contain_text("2024")
+                expect(station.locator(".qc")).to_have_text("ok")
                 shot(page, "1-red")
+
+                # Dead letters by reason from the gateway's counts, the newest on demand.
+                gauges.publisher.publish_raw("vigil/HZ003/water_level", b"not json at all")
+                dead = page.locator('#dead tr[data-reason="not_json"]')
+                dead.wait_for(timeout=60_000)
+                expect(dead.locator("td").nth(1)).to_have_text("1")
+                dead.get_by_role("button", name="Newest").click()
+                expect(page.locator("#dead-newest tbody tr")).to_have_count(1)
+                expect(page.locator("#dead-newest tbody")).to_contain_text("not json at all")
 
                 # The duty officer takes HZ002 from the page: shown, stored, not escalated.
                 hz002.get_by_role("button", name="Acknowledge").click()
@@ -116,7 +133,7 @@ def test_alerts_live_acknowledged_and_silenced_from_the_page(
                 page.click("#act-ok")
                 expect(page.locator("#silences tbody tr")).to_have_count(1)
                 expect(page.locator("#silences tbody tr")).to_contain_text("station=HZ003")
-                expect(row.locator("td").nth(6)).not_to_be_empty()
+                expect(row.locator("td.silenced-by")).not_to_be_empty()
                 gauges.report({"HZ001": 6.8, "HZ002": 5.0, "HZ003": 3.0})
                 silenced = page.locator('#silenced-alerts tr[data-station="HZ003"]')
                 silenced.wait_for(timeout=60_000)
