@@ -20,7 +20,6 @@ bearer token that the page asks for once and keeps in the tab's session storage)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from typing import Any
@@ -29,7 +28,7 @@ from aiohttp import web
 
 from engine.contracts.alerts import Level
 from engine.contracts.batch import Quality
-from engine.runtime.dispatch.api import Handler, error_response, guard
+from engine.runtime.dispatch.api import Handler, error_response, guard, json_number
 from engine.runtime.dispatch.board import LastReading, StationBoard
 from engine.runtime.dispatch.service import DispatchService
 from rules.registry import Station
@@ -50,11 +49,6 @@ def _asset(name: str) -> bytes:
     return (resources.files(__package__) / "console" / name).read_bytes()
 
 
-def _number(x: float) -> float | None:
-    """JSON has no NaN: a missing value is null."""
-    return None if math.isnan(x) else x
-
-
 def station_rows(
     stations: Iterable[Station], service: DispatchService, board: StationBoard | None = None
 ) -> list[dict[str, Any]]:
@@ -72,7 +66,7 @@ def station_rows(
             if kind:  # a QC or silence alert (``<rule>#qc``, ``<rule>#silent``)
                 health.setdefault(e.station, set()).add(kind)
         if e.station not in last or e.at > last[e.station]["at"]:
-            last[e.station] = {"metric": e.metric, "value": _number(e.value), "at": e.at}
+            last[e.station] = {"metric": e.metric, "value": json_number(e.value), "at": e.at}
     now = service.clock.now_ms()
     rows = []
     for s in stations:
@@ -89,13 +83,13 @@ def station_rows(
                 "last_alert": last.get(s.id),
                 "qc": _qc_state(readings, health.get(s.id, set())),
                 "readings": {
-                    m: {"value": _number(r.value), "ts": r.ts,
+                    m: {"value": json_number(r.value), "ts": r.ts,
                         "quality": Quality(r.quality).name.lower() if r.quality in _QUALITIES
                         else str(r.quality)}
                     for m, r in readings.items()
                 },
                 "spark": {
-                    m: [[t, _number(v)] for t, v in r.trace] for m, r in readings.items()
+                    m: [[t, json_number(v)] for t, v in r.trace] for m, r in readings.items()
                 } if alerting else {},
             }
         )  # fmt: skip
