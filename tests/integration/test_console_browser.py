@@ -23,6 +23,7 @@ from tests.integration.test_dispatch_gateway import (
     SECRET,
     Gauges,
     _hook,
+    _storm_registry,
     notifications,
     start_gateway,
     stations_in,
@@ -150,6 +151,67 @@ def test_alerts_live_acknowledged_and_silenced_from_the_page(
                 expect(page.locator("#live")).to_have_text("实时")
                 expect(hz002.locator(".lvl")).to_have_text("红色")
                 shot(page, "3-zh")
+                browser.close()
+        finally:
+            engine.kill()
+
+
+def test_the_page_stays_live_in_a_storm_of_a_thousand_stations(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """A thousand gauges report every step, two hundred of them above the warning level
+    (two hundred yellow alerts on the page, a thousand rows in the station table); one
+    more crossing still reaches the page through the live stream, without a reload. The
+    latency is printed (and the time one full redraw takes), not asserted."""
+    n, firing = 1000, 200
+    with HttpReceiver() as hooks:
+        routes = {
+            "version": 1,
+            "receivers": [_hook("duty", hooks.url + "/duty")],
+            "route": {"receivers": ["duty"], "group_by": ["basin"], "group_wait": "1s",
+                      "group_interval": "5s"},
+        }  # fmt: skip
+        engine, url = start_gateway(
+            tmp_path, mosquitto, routes, stations=str(_storm_registry(tmp_path, n))
+        )
+        engine.start()
+        gauges = Gauges(mosquitto)
+        levels = {f"S{i:02d}": (3.5 if i < firing else 2.0) for i in range(n)}
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium())
+                page = browser.new_page(locale="en-GB", viewport={"width": 1400, "height": 900})
+                page.goto(url + "/console")
+                expect(page.locator("#live")).to_have_text("live", timeout=30_000)
+                page.evaluate("window.notReloaded = true")
+                gauges.report({s: 2.0 for s in levels})
+                for _ in range(2):  # the second report closes the first's window
+                    gauges.report(levels)
+                expect(page.locator("#alerts tbody tr")).to_have_count(firing, timeout=120_000)
+                expect(page.locator("#stations tbody tr")).to_have_count(n)
+
+                # One more gauge crosses while the two hundred stay up.
+                crossing = f"S{n - 1:02d}"
+                gauges.report({**levels, crossing: 9.5})
+                sent = time.monotonic()
+                gauges.report({**levels, crossing: 9.5})
+                row = page.locator(f'#alerts tr[data-station="{crossing}"]')
+                row.wait_for(timeout=60_000)
+                latency = time.monotonic() - sent
+                expect(row.locator(".lvl")).to_have_text("red")
+                expect(page.locator("#alerts tbody tr")).to_have_count(firing + 1)
+                assert page.evaluate("window.notReloaded") is True
+                expect(page.locator("#live")).to_have_text("live")
+                redraw_ms = page.evaluate(
+                    "async () => { const t = performance.now(); await requestRefresh();"
+                    " return performance.now() - t; }"
+                )
+                print(
+                    f"storm of {n} stations, {firing} alerts: {crossing}'s red on the page"
+                    f" {latency:.2f} s after the report that closed its window;"
+                    f" one full redraw {redraw_ms:.0f} ms"
+                )
+                shot(page, "4-storm")
                 browser.close()
         finally:
             engine.kill()
