@@ -27,12 +27,20 @@ async function api(path, init = {}) {
 }
 
 // Times in the station's zone when the registry gives one, else the browser's; with the zone.
+// A formatter per language and zone: making one costs far more than using it, and a
+// thousand-station table formats a thousand times per redraw.
+const formats = new Map();
 function when(ms, station) {
   if (!ms) return "";
-  const tz = (byId[station] || {}).tz || undefined;
-  return new Intl.DateTimeFormat(lang() === "zh" ? "zh-CN" : "en-GB", {
-    timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
-    minute: "2-digit", timeZoneName: "short"}).format(new Date(ms));
+  const tz = (byId[station] || {}).tz || undefined, key = lang() + " " + (tz || "");
+  let f = formats.get(key);
+  if (!f) {
+    f = new Intl.DateTimeFormat(lang() === "zh" ? "zh-CN" : "en-GB", {
+      timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+      minute: "2-digit", timeZoneName: "short"});
+    formats.set(key, f);
+  }
+  return f.format(new Date(ms));
 }
 
 function cell(row, content, cls) {
