@@ -1,21 +1,26 @@
-"""The duty room's page on the gateway's web port: live alerts, stations, silences,
-history and dead letters, with acknowledge, close and silence actions.
+"""The duty room's page on the web port: live alerts, stations, silences, history and
+dead letters, with acknowledge, close and silence actions.
 
 The page is plain HTML, CSS and JavaScript served as package data (no build step, no
 network: an edge box has no internet). It reads and acts through the same REST API as
-``vigil alerts`` (``engine.runtime.dispatch.api``) and two routes of its own:
+``vigil alerts`` (``engine.runtime.dispatch.api``), the dead-letter counts of
+``/vigil/status`` (every 10 s) and two routes of its own:
 
     GET /console                  the page (a shell without data: no token needed)
     GET /console/{file}           its script, style sheet and translations
     GET /api/stations             the registry's stations, each with its worst active
-                                  level and whether a silence covers it now
+                                  level, the silence covering it now, its QC state and
+                                  each metric's last reading (``board``); a station with
+                                  an active alert also its metrics' traces (sparklines)
     GET /api/stream               server-sent events: ``change`` with the dispatcher
                                   state's version whenever it is stored anew, a comment
                                   line every 15 s to keep proxies from closing it
 
 The page reloads what it shows on each ``change`` (an alert stored is on the page in
-well under a second). ``/api/`` routes keep the API's access rule (loopback, or a
-bearer token that the page asks for once and keeps in the tab's session storage).
+well under a second; changes that come during a reload make one more, not one each).
+``/api/`` routes keep the API's access rule (loopback, or a bearer token that the page
+asks for once and keeps in the tab's session storage). On a Kafka worker that does not
+own the dispatcher the two ``/api/`` routes are passed on to the one that does.
 """
 
 from __future__ import annotations
@@ -52,11 +57,10 @@ def _asset(name: str) -> bytes:
 def station_rows(
     stations: Iterable[Station], service: DispatchService, board: StationBoard | None = None
 ) -> list[dict[str, Any]]:
-    """One row per station: registry facts, worst active level, the silence covering it,
-    its last alert and, from ``board``, each metric's last reading and QC state; the
+    """One row per station: registry facts, worst active level, the silence covering it
+    and, from ``board``, each metric's last reading and QC state; the
     stations with an active alert also get each metric's trace (``spark``)."""
     worst: dict[str, int] = {}
-    last: dict[str, dict[str, Any]] = {}
     health: dict[str, set[str]] = {}
     for state, _hidden in service.dispatcher.alerts():
         e = state.event
@@ -65,8 +69,6 @@ def station_rows(
             kind = e.labels.get("health")
             if kind:  # a QC or silence alert (``<rule>#qc``, ``<rule>#silent``)
                 health.setdefault(e.station, set()).add(kind)
-        if e.station not in last or e.at > last[e.station]["at"]:
-            last[e.station] = {"metric": e.metric, "value": json_number(e.value), "at": e.at}
     now = service.clock.now_ms()
     rows = []
     for s in stations:
@@ -80,7 +82,6 @@ def station_rows(
                 "district": s.district, "units": dict(s.metrics), "tz": getattr(s, "tz", None),
                 "level": Level(worst.get(s.id, 0)).label,
                 "silenced": service.dispatcher.silences.silencing(labels, now),
-                "last_alert": last.get(s.id),
                 "qc": _qc_state(readings, health.get(s.id, set())),
                 "readings": {
                     m: {"value": json_number(r.value), "ts": r.ts,

@@ -8,7 +8,9 @@ assigned its one partition runs the ``DispatchService`` -- the same routing, gro
 escalation, silences, acknowledgement and delivery as on the gateway -- until the
 partition is revoked. The others pass API requests (and acknowledge links) on to it:
 the group's description says which member owns the partition, at which host (as the
-broker sees it) and web port (in its client id).
+broker sees it) and web port (in its client id). Every worker serves the duty room's page
+(``engine.runtime.dispatch.console``); its station list and live stream come from the
+owner the same way, the stream passed on as it flows.
 
 Why one dispatcher rather than one per partition of a topic keyed by group
 (``engine/dispatch/README.md``'s first plan): a group must gather all of its alerts,
