@@ -90,8 +90,9 @@ def station_rows(
                     for m, r in readings.items()
                 },
                 "spark": {
-                    m: [[t, json_number(v)] for t, v in r.trace] for m, r in readings.items()
-                } if alerting else {},
+                    m: [[t, json_number(v)] for t, v in r.trace(board.bucket_ms)]
+                    for m, r in readings.items()
+                } if alerting and board is not None else {},
             }
         )  # fmt: skip
     return rows
