@@ -192,6 +192,9 @@ class Topology(PartitionStates, TickWriter):
         #: Awaited with every record's alert events before its offset may be committed
         #: (the Kafka worker's forward to the elected dispatcher, ``engine.runtime.dispatch``).
         self.alert_senders: list[Callable[[list[AlertEvent]], Awaitable[None]]] = []
+        #: Called with every telemetry batch after the kernels evaluated it, on the event
+        #: loop; must be quick and must not raise (the duty room's station board).
+        self.batch_listeners: list[Callable[[TelemetryBatch], None]] = []
         self.app.agent(self.telemetry, name="evaluate", isolated_partitions=True)(self._evaluate)
         self.app.agent(self.alerts, name="dispatch")(self._dispatch)
         self.corroboration = CorroborationStage(self)
@@ -375,6 +378,8 @@ class Topology(PartitionStates, TickWriter):
         partition, offset = message.partition, message.offset
         with self.metrics.kernel_seconds.time():
             alerts = proc.process(batch, offset)
+        for listener in self.batch_listeners:
+            listener(batch)
         self.counters["readings_evaluated"] += len(batch)
         if len(batch):  # a tick has no readings: not a batch size
             self.metrics.readings_evaluated.inc(len(batch))

@@ -29,6 +29,7 @@ import hmac
 import html
 import ipaddress
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,7 +42,15 @@ from engine.runtime.dispatch.links import LinkError
 from engine.runtime.dispatch.service import DispatchService
 from rules.durations import parse_duration_ms
 
-__all__ = ["Handler", "alert_json", "error_response", "guard", "install_api", "silence_json"]
+__all__ = [
+    "Handler",
+    "alert_json",
+    "error_response",
+    "guard",
+    "install_api",
+    "json_number",
+    "silence_json",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ServiceHandler = Callable[[web.Request, DispatchService], Awaitable[web.StreamResponse]]
@@ -57,8 +66,8 @@ def alert_json(state: AlertState, hidden: str | None) -> dict[str, Any]:
         "station": e.station,
         "metric": e.metric,
         "summary": e.summary,
-        "value": e.value,
-        "threshold": e.threshold,
+        "value": json_number(e.value),
+        "threshold": json_number(e.threshold),
         "started_at": e.started_at,
         "at": e.at,
         "received_at": state.received_at,
@@ -72,6 +81,12 @@ def alert_json(state: AlertState, hidden: str | None) -> dict[str, Any]:
         },
         "labels": dict(e.labels),
     }  # fmt: skip
+
+
+def json_number(x: float) -> float | None:
+    """JSON has no NaN (a browser's parser refuses it): a silence or QC alert's missing
+    value or threshold is null."""
+    return None if math.isnan(x) else x
 
 
 def silence_json(silence: Silence, state: str) -> dict[str, Any]:

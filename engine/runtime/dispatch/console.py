@@ -1,33 +1,40 @@
-"""The duty room's page on the gateway's web port: live alerts, stations, silences,
-history and dead letters, with acknowledge, close and silence actions.
+"""The duty room's page on the web port: live alerts, stations, silences, history and
+dead letters, with acknowledge, close and silence actions.
 
 The page is plain HTML, CSS and JavaScript served as package data (no build step, no
 network: an edge box has no internet). It reads and acts through the same REST API as
-``vigil alerts`` (``engine.runtime.dispatch.api``) and two routes of its own:
+``vigil alerts`` (``engine.runtime.dispatch.api``), the dead-letter counts of
+``/vigil/status`` (every 10 s) and two routes of its own:
 
     GET /console                  the page (a shell without data: no token needed)
     GET /console/{file}           its script, style sheet and translations
     GET /api/stations             the registry's stations, each with its worst active
-                                  level and whether a silence covers it now
+                                  level, the silence covering it now, its QC state and
+                                  each metric's last reading (``board``); a station with
+                                  an active alert also its metrics' traces (sparklines)
     GET /api/stream               server-sent events: ``change`` with the dispatcher
                                   state's version whenever it is stored anew, a comment
                                   line every 15 s to keep proxies from closing it
 
 The page reloads what it shows on each ``change`` (an alert stored is on the page in
-well under a second). ``/api/`` routes keep the API's access rule (loopback, or a
-bearer token that the page asks for once and keeps in the tab's session storage).
+well under a second; changes that come during a reload make one more, not one each).
+``/api/`` routes keep the API's access rule (loopback, or a bearer token that the page
+asks for once and keeps in the tab's session storage). On a Kafka worker that does not
+own the dispatcher the two ``/api/`` routes are passed on to the one that does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
 from engine.contracts.alerts import Level
-from engine.runtime.dispatch.api import guard
+from engine.contracts.batch import Quality
+from engine.runtime.dispatch.api import Handler, error_response, guard, json_number
+from engine.runtime.dispatch.board import LastReading, StationBoard
 from engine.runtime.dispatch.service import DispatchService
 from rules.registry import Station
 
@@ -47,41 +54,92 @@ def _asset(name: str) -> bytes:
     return (resources.files(__package__) / "console" / name).read_bytes()
 
 
-def station_rows(stations: Iterable[Station], service: DispatchService) -> list[dict[str, Any]]:
-    """One row per station: registry facts, worst active level, the silence covering it."""
+def station_rows(
+    stations: Iterable[Station], service: DispatchService, board: StationBoard | None = None
+) -> list[dict[str, Any]]:
+    """One row per station: registry facts, worst active level, the silence covering it
+    and, from ``board``, each metric's last reading and QC state; the
+    stations with an active alert also get each metric's trace (``spark``)."""
     worst: dict[str, int] = {}
-    last: dict[str, dict[str, Any]] = {}
+    health: dict[str, set[str]] = {}
     for state, _hidden in service.dispatcher.alerts():
         e = state.event
         if state.active:  # firing or acknowledged (a latched red included)
             worst[e.station] = max(worst.get(e.station, 0), int(state.level))
-        if e.station not in last or e.at > last[e.station]["at"]:
-            last[e.station] = {"metric": e.metric, "value": e.value, "at": e.at}
+            kind = e.labels.get("health")
+            if kind:  # a QC or silence alert (``<rule>#qc``, ``<rule>#silent``)
+                health.setdefault(e.station, set()).add(kind)
     now = service.clock.now_ms()
     rows = []
     for s in stations:
         labels = {"station": s.id, "kind": s.kind}
         labels.update({k: v for k, v in (("basin", s.basin), ("district", s.district)) if v})
+        readings = board.of(s.id) if board is not None else {}
+        alerting = s.id in worst
         rows.append(
             {
                 "id": s.id, "name": s.name, "kind": s.kind, "basin": s.basin,
                 "district": s.district, "units": dict(s.metrics), "tz": getattr(s, "tz", None),
                 "level": Level(worst.get(s.id, 0)).label,
                 "silenced": service.dispatcher.silences.silencing(labels, now),
-                "last_alert": last.get(s.id),
+                "qc": _qc_state(readings, health.get(s.id, set())),
+                "readings": {
+                    m: {"value": json_number(r.value), "ts": r.ts,
+                        "quality": Quality(r.quality).name.lower() if r.quality in _QUALITIES
+                        else str(r.quality)}
+                    for m, r in readings.items()
+                },
+                "spark": {
+                    m: [[t, json_number(v)] for t, v in r.trace(board.bucket_ms)]
+                    for m, r in readings.items()
+                } if alerting and board is not None else {},
             }
         )  # fmt: skip
     return rows
 
 
+_QUALITIES = {int(q) for q in Quality}
+
+
+def _qc_state(readings: dict[str, LastReading], health: set[str]) -> str:
+    """``silent`` or ``qc`` while such a health alert is active, else the worst flag
+    of the last readings (``fail``, ``suspect``), ``ok`` or ``unknown`` (none yet)."""
+    for kind in ("silent", "qc"):
+        if kind in health:
+            return kind
+    flags = {r.quality for r in readings.values()}
+    if Quality.FAIL in flags:
+        return "fail"
+    if Quality.SUSPECT in flags:
+        return "suspect"
+    return "ok" if readings else "unknown"
+
+
 def install_console(
     router: web.UrlDispatcher,
-    service: DispatchService,
+    source: DispatchService | Callable[[], DispatchService | None],
     stations: Callable[[], Iterable[Station]],
     token: str | None,
+    *,
+    board: StationBoard | None = None,
+    forward: Handler | None = None,
+    forward_stream: Handler | None = None,
 ) -> None:
-    """Add the page and its two API routes to ``router`` (the gateway's aiohttp app)."""
+    """Add the page and its two API routes to ``router`` (the gateway's aiohttp app).
+
+    ``source`` as for ``install_api``: the service, or a function giving the one running
+    now (a Kafka worker's, None while another worker owns the dispatcher: then
+    ``/api/stations`` goes to ``forward`` and ``/api/stream`` to ``forward_stream``, or
+    they are answered 503). ``board``: this process's station board (last readings)."""
     guarded = guard(token)
+
+    def current() -> DispatchService | None:
+        return source if isinstance(source, DispatchService) else source()
+
+    def elsewhere(request: web.Request, to: Handler | None) -> Awaitable[web.StreamResponse]:
+        if to is not None:
+            return to(request)
+        return _unavailable()
 
     async def page(request: web.Request) -> web.Response:
         return web.Response(body=_asset("index.html"), content_type="text/html", charset="utf-8")
@@ -92,25 +150,38 @@ def install_console(
             raise web.HTTPNotFound()
         return web.Response(body=_asset(name), content_type=_FILES[name], charset="utf-8")
 
-    async def station_list(request: web.Request) -> web.Response:
-        return web.json_response({"stations": station_rows(stations(), service)})
+    async def station_list(request: web.Request) -> web.StreamResponse:
+        service = current()
+        if service is None:
+            return await elsewhere(request, forward)
+        return web.json_response({"stations": station_rows(stations(), service, board)})
 
     async def stream(request: web.Request) -> web.StreamResponse:
+        service = current()
+        if service is None:
+            return await elsewhere(request, forward_stream)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
         version = service.version
         await response.write(f"retry: 1000\nevent: change\ndata: {version}\n\n".encode())
-        while True:
+        # Until this process stops running the dispatcher (a Kafka worker's ownership
+        # moved): then the stream ends and the page reconnects, to the new owner.
+        while current() is service:
             now = await service.changed_since(version, KEEPALIVE_S)
             if now == version:
                 await response.write(b": keep-alive\n\n")
             else:
                 version = now
                 await response.write(f"event: change\ndata: {version}\n\n".encode())
+        return response
 
     router.add_route("GET", "/console", page)
     router.add_route("GET", "/console/{name}", asset)
     router.add_route("GET", "/api/stations", guarded(station_list))
     router.add_route("GET", "/api/stream", guarded(stream))
+
+
+async def _unavailable() -> web.StreamResponse:
+    return error_response(503, "this process does not run the dispatcher now")

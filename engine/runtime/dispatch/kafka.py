@@ -8,7 +8,9 @@ assigned its one partition runs the ``DispatchService`` -- the same routing, gro
 escalation, silences, acknowledgement and delivery as on the gateway -- until the
 partition is revoked. The others pass API requests (and acknowledge links) on to it:
 the group's description says which member owns the partition, at which host (as the
-broker sees it) and web port (in its client id).
+broker sees it) and web port (in its client id). Every worker serves the duty room's page
+(``engine.runtime.dispatch.console``); its station list and live stream come from the
+owner the same way, the stream passed on as it flows.
 
 Why one dispatcher rather than one per partition of a topic keyed by group
 (``engine/dispatch/README.md``'s first plan): a group must gather all of its alerts,
@@ -48,10 +50,13 @@ from engine.dispatch.clock import SystemClock
 from engine.dispatch.config import DispatchConfig, load_dispatch_config
 from engine.runtime.config import Settings
 from engine.runtime.dispatch.api import error_response, install_api
+from engine.runtime.dispatch.board import StationBoard
+from engine.runtime.dispatch.console import install_console
 from engine.runtime.dispatch.kafka_store import MAX_RECORD_BYTES, KafkaOutbox, KafkaPrepared
 from engine.runtime.dispatch.service import DispatchService
 from engine.runtime.dispatch.wiring import api_token, build_receivers, links_of
 from engine.runtime.topology import Topology
+from rules.registry import load_registry
 
 __all__ = [
     "SERVED_BY",
@@ -167,6 +172,9 @@ class KafkaDispatch:
         build_receivers(self.config)  # a bad receiver fails at start, not at ownership
         self.links = links_of(settings)
         self.token = api_token(settings)
+        #: The stations of the duty room's page, and the readings this worker evaluates.
+        self.registry = load_registry(settings.stations)
+        self.board = StationBoard()
         self.topic, self.state_topic = dispatch_topics(settings.app_id)
         self.group_id = f"{settings.app_id}-dispatcher"
         self.tp = TopicPartition(self.topic, 0)
@@ -196,6 +204,12 @@ class KafkaDispatch:
 
         app.on_before_shutdown.connect(stop)
         install_api(app.web.web_app.router, lambda: self.service, self.token, self.forward_api)
+        self.topology.batch_listeners.append(self.board.observe)
+        install_console(
+            app.web.web_app.router, lambda: self.service, lambda: self.registry.stations,
+            self.token, board=self.board, forward=self.forward_api,
+            forward_stream=self.forward_stream,
+        )  # fmt: skip
 
     async def forward_api(self, request: web.Request) -> web.StreamResponse:
         """An API request to this worker while another owns the dispatcher: passed to
@@ -225,6 +239,51 @@ class KafkaDispatch:
         kept = {k: v for k, v in answer.headers.items() if k.lower() == "content-type"}
         kept[SERVED_BY] = url
         return web.Response(status=answer.status_code, body=answer.content, headers=kept)
+
+    async def forward_stream(self, request: web.Request) -> web.StreamResponse:
+        """``/api/stream`` while another worker owns the dispatcher: the owner's event
+        stream, passed on as it comes. It ends when the owner's does (ownership moved, the
+        owner gone): the page reconnects, and is passed to the new owner."""
+        if request.headers.get(_FORWARDED):
+            return error_response(503, "the dispatcher is moving between workers; try again")
+        try:
+            url = await self._owner_url()
+        except Exception as exc:  # the broker unreachable, or mid-rebalance
+            log.warning("dispatcher: could not find its owner: %r", exc)
+            url = None
+        if url is None:
+            return error_response(
+                503, "no worker runs the dispatcher right now (it is moving); try again"
+            )
+        headers = {k: v for k, v in request.headers.items() if k.lower() in _PASSED}
+        # No read timeout: the owner writes a keep-alive comment every 15 s.
+        timeout = httpx.Timeout(30, read=None)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                     SERVED_BY: url}
+        )  # fmt: skip
+        try:
+            async with (
+                httpx.AsyncClient(timeout=timeout) as client,
+                client.stream(
+                    "GET", url + request.path_qs, headers={**headers, _FORWARDED: "1"}
+                ) as answer,
+            ):
+                if answer.status_code != 200:
+                    return web.Response(
+                        status=answer.status_code, body=await answer.aread(),
+                        headers={"Content-Type": answer.headers.get("content-type", "")},
+                    )  # fmt: skip
+                await response.prepare(request)
+                async for chunk in answer.aiter_raw():
+                    await response.write(chunk)
+        except httpx.HTTPError as exc:
+            if not response.prepared:
+                return error_response(
+                    502, f"the dispatcher's worker at {url} did not answer: {exc}"
+                )
+            log.info("dispatcher: the owner's event stream ended: %r", exc)
+        return response
 
     async def _owner_url(self) -> str | None:
         """``http://<host>:<web port>`` of the group member assigned the dispatch

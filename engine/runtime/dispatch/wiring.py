@@ -25,6 +25,7 @@ from engine.dispatch.clock import SystemClock
 from engine.dispatch.config import DispatchConfig, load_dispatch_config
 from engine.runtime.config import ConfigError, Settings
 from engine.runtime.dispatch.api import install_api
+from engine.runtime.dispatch.board import StationBoard
 from engine.runtime.dispatch.console import install_console
 from engine.runtime.dispatch.links import AckLinks
 from engine.runtime.dispatch.outbox import Outbox
@@ -121,5 +122,7 @@ def install_dispatch(
     app.task(deliver)
     app.on_before_shutdown.connect(stop)
     install_api(app.web.web_app.router, service, token)
-    install_console(app.web.web_app.router, service, stations, token)
+    board = StationBoard()
+    topology.batch_listeners.append(board.observe)
+    install_console(app.web.web_app.router, service, stations, token, board=board)
     return service

@@ -7,7 +7,8 @@ dispatches the alert partitions it owns (a batch's alerts go to the alerts parti
 its telemetry partition, so one series is dispatched by one worker) into its sinks; the
 JSONL sink drops keys it already holds. With ``dispatch:`` in the settings, one worker
 of the group at a time also runs the routing dispatcher (people, acknowledgements,
-escalation: ``engine.runtime.dispatch.kafka``), and every worker serves its API.
+escalation: ``engine.runtime.dispatch.kafka``), and every worker serves its API and
+the duty room's page.
 
 SIGTERM stops it cleanly: the agents finish the batch in hand, the consumer writes the
 checkpoints and commits the offsets they cover, then the process exits.

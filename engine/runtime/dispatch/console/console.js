@@ -27,12 +27,20 @@ async function api(path, init = {}) {
 }
 
 // Times in the station's zone when the registry gives one, else the browser's; with the zone.
+// A formatter per language and zone: making one costs far more than using it, and a
+// thousand-station table formats a thousand times per redraw.
+const formats = new Map();
 function when(ms, station) {
   if (!ms) return "";
-  const tz = (byId[station] || {}).tz || undefined;
-  return new Intl.DateTimeFormat(lang() === "zh" ? "zh-CN" : "en-GB", {
-    timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
-    minute: "2-digit", timeZoneName: "short"}).format(new Date(ms));
+  const tz = (byId[station] || {}).tz || undefined, key = lang() + " " + (tz || "");
+  let f = formats.get(key);
+  if (!f) {
+    f = new Intl.DateTimeFormat(lang() === "zh" ? "zh-CN" : "en-GB", {
+      timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+      minute: "2-digit", timeZoneName: "short"});
+    formats.set(key, f);
+  }
+  return f.format(new Date(ms));
 }
 
 function cell(row, content, cls) {
@@ -62,7 +70,17 @@ async function refresh() {
     api("/api/alerts"), api("/api/stations"), api("/api/silences"), api("/api/history")]);
   stations = st.stations; byId = Object.fromEntries(stations.map((s) => [s.id, s]));
   drawAlerts(a.alerts); drawStations(); drawSilences(si.silences); drawHistory(a.alerts, hi.alerts);
-  drawDead().catch(() => {});
+}
+
+// One refresh at a time; changes that arrive meanwhile make one more, not one each.
+let refreshing = null, again = false;
+function requestRefresh() {
+  if (refreshing) { again = true; return refreshing; }
+  refreshing = (async () => {
+    do { again = false; await refresh().catch(console.error); } while (again);
+    refreshing = null;
+  })();
+  return refreshing;
 }
 
 // Active alerts (firing or acknowledged; a latched red stays until somebody takes it),
@@ -85,13 +103,38 @@ function alertRows(body, list) {
     cell(row, where(x.station));
     cell(row, x.summary || `${x.rule_id} ${x.metric}`);
     const unit = ((byId[x.station] || {}).units || {})[x.metric] || "";
-    cell(row, `${x.value} ${unit}`.trim());
+    cell(row, `${x.value ?? ""} ${unit}`.trim());
+    cell(row, spark(((byId[x.station] || {}).spark || {})[x.metric], x.threshold), "spark");
     cell(row, when(x.started_at, x.station));
     cell(row, x.hidden ? x.hidden : x.acknowledged ? `${x.acknowledged.by} ${when(x.acknowledged.at, x.station)}` +
       (x.acknowledged.note ? ` — ${x.acknowledged.note}` : "") : "", "taken");
     const acts = cell(row, "");
     if (x.status === "firing") acts.append(button("ack", () => ackAlert(x)));
   }
+}
+
+// The value over the last hours as a plain inline SVG line; the threshold dashed.
+const SPARK_MS = 6 * 3600 * 1000, SVG = "http://www.w3.org/2000/svg";
+function spark(points, threshold) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("width", "120"); svg.setAttribute("height", "28"); svg.setAttribute("class", "sparkline");
+  const pts = (points || []).filter((p) => p[1] !== null);
+  if (!pts.length) return svg;
+  const end = pts[pts.length - 1][0], shown = pts.filter((p) => p[0] >= end - SPARK_MS);
+  const vs = shown.map((p) => p[1]).concat(Number.isFinite(threshold) ? [threshold] : []);
+  const lo = Math.min(...vs), hi = Math.max(...vs), span = hi - lo || 1;
+  const t0 = shown[0][0], width = end - t0 || 1;  // what there is of the last hours, full width
+  const x = (t) => (2 + 116 * (t - t0) / width).toFixed(1);
+  const y = (v) => (26 - 24 * (v - lo) / span).toFixed(1);
+  const add = (name, attrs) => {
+    const el = document.createElementNS(SVG, name);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    svg.append(el);
+  };
+  if (Number.isFinite(threshold)) add("line", {x1: 2, x2: 118, y1: y(threshold), y2: y(threshold), class: "threshold"});
+  add("polyline", {points: shown.map((p) => `${x(p[0])},${y(p[1])}`).join(" ")});
+  svg.dataset.points = String(shown.length);
+  return svg;
 }
 
 function filterOptions(id, key) {
@@ -111,9 +154,11 @@ function drawStations() {
     if (s.silenced) row.className = "silenced";
     cell(row, s.name ? `${s.name} (${s.id})` : s.id); cell(row, s.kind); cell(row, s.basin);
     cell(row, s.district); cell(row, badge(s.level));
-    const last = s.last_alert;
-    cell(row, last ? `${last.metric} ${last.value} ${(s.units || {})[last.metric] || ""} ${when(last.at, s.id)}` : "");
-    cell(row, s.silenced || "");
+    const readings = Object.entries(s.readings || {});
+    cell(row, readings.map(([m, r]) => `${m} ${r.value ?? "—"} ${(s.units || {})[m] || ""}`.trim()).join(", "), "last-value");
+    cell(row, when(Math.max(0, ...readings.map(([, r]) => r.ts)), s.id), "last-seen");
+    cell(row, t("qc_" + s.qc), "qc qc-" + s.qc);
+    cell(row, s.silenced || "", "silenced-by");
     cell(row, button("silence", () => silenceStation(s.id), "silence-station"));
   }
 }
@@ -145,17 +190,35 @@ function drawHistory(alerts, forgotten) {
   }
 }
 
+// Dead letters of the last hour by reason class, from the gateway's status (counted
+// as they happen, nothing read back), on a slow timer; the newest on demand.
+const STATUS_EVERY_MS = 10000;
 async function drawDead() {
-  const page = await api("/vigil/dead-letters?limit=1000");
-  const counts = {};
-  for (const r of page.records) {
-    const c = counts[r.class || r.reason] ||= {n: 0, latest: 0, reason: r.reason};
-    c.n += 1; c.latest = Math.max(c.latest, r.received_at);
-  }
+  const status = await api("/vigil/status");
+  const counts = Object.entries(status.dead_letters_last_hour || {}).sort((a, b) => b[1] - a[1]);
   const body = $("#dead tbody"); body.replaceChildren();
-  for (const [cls, c] of Object.entries(counts).sort((a, b) => b[1].n - a[1].n)) {
-    const row = body.insertRow(); cell(row, `${cls}: ${c.reason}`); cell(row, c.n); cell(row, when(c.latest));
+  for (const [cls, n] of counts) {
+    const row = body.insertRow(); row.dataset.reason = cls;
+    cell(row, cls); cell(row, n);
+    cell(row, button("newest", () => drawNewestDead(cls), "newest-dead"));
   }
+  $("#no-dead").hidden = counts.length > 0;
+}
+const NEWEST = 20;
+async function drawNewestDead(cls) {
+  // The topic's end first (a start past it reads nothing), then the page before it.
+  const {end} = await api("/vigil/dead-letters?limit=1&start=9007199254740991");
+  const q = new URLSearchParams({start: Math.max(0, end - (cls ? 10 * NEWEST : NEWEST)), limit: 1000});
+  if (cls) q.set("reason", cls);
+  const page = await api("/vigil/dead-letters?" + q);
+  const body = $("#dead-newest tbody"); body.replaceChildren();
+  for (const r of page.records.slice(-NEWEST).reverse()) {
+    const row = body.insertRow();
+    cell(row, when(r.received_at)); cell(row, r.reason); cell(row, r.source);
+    const bytes = Uint8Array.from(atob(r.payload_b64), (c) => c.charCodeAt(0));
+    cell(row, new TextDecoder().decode(bytes).slice(0, 120), "payload");
+  }
+  $("#dead-newest").hidden = false;
 }
 
 // The action dialog: acknowledge with a note, close with feedback, silence for a time.
@@ -203,11 +266,12 @@ async function live() {
         const {value, done} = await reader.read();
         if (done) break;
         buf += value;
-        let i;
+        let i, changed = false;
         while ((i = buf.indexOf("\n\n")) >= 0) {
           const msg = buf.slice(0, i); buf = buf.slice(i + 2);
-          if (msg.includes("event: change")) await refresh().catch(console.error);
+          if (msg.includes("event: change")) changed = true;
         }
+        if (changed) requestRefresh();
       }
     } catch (e) { console.error(e); }
     $("#live").className = "live off"; $("#live").textContent = t("offline");
@@ -226,10 +290,15 @@ function translate() {
 async function main() {
   dict = await (await fetch("/console/i18n.json")).json();
   $("#lang").value = lang();
-  $("#lang").onchange = () => { localStorage.setItem("vigil-lang", $("#lang").value); translate(); refresh(); };
+  $("#lang").onchange = () => {
+    localStorage.setItem("vigil-lang", $("#lang").value); translate(); requestRefresh(); drawDead().catch(console.error);
+  };
   $("#who").value = localStorage.getItem("vigil-who") || "";
   $("#who").onchange = () => localStorage.setItem("vigil-who", $("#who").value.trim());
   translate();
   live();
+  // Readings move between alert changes: the station table and the dead letters, slowly.
+  drawDead().catch(console.error);
+  setInterval(() => { requestRefresh(); drawDead().catch(console.error); }, STATUS_EVERY_MS);
 }
 main();
