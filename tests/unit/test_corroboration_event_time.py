@@ -22,6 +22,7 @@ from engine.contracts.ruleset import CorroborationRule
 from engine.evaluation.corroboration import Corroborator
 from engine.evaluation.corroboration_buffer import END_OF_TIME, EventTimeBuffer
 from engine.runtime.corroboration.stage import CorroborationStage
+from engine.runtime.sending import Outgoing
 from engine.runtime.watermarks import MarkThrottle
 
 H = 3_600_000
@@ -74,12 +75,18 @@ class Harness:
             app=types.SimpleNamespace(
                 consumer=types.SimpleNamespace(assignment=lambda: {TP("corr", 0)})
             ),
+            hand_over=self._hand_over,
         )
         stage.topic = _Topic("corr")  # type: ignore[assignment]
         stage.stations, stage.firing, stage.pending = {}, {}, {}  # type: ignore[assignment]
         stage.watermarks = {}  # type: ignore[assignment]
         stage._init_state(clock=lambda: self.now)
         self.stage = stage
+
+    async def _hand_over(self, records: list[Outgoing]) -> list[Any]:
+        """``Sending.hand_over``: here the stage's topic's sends, in order."""
+        topic = self.stage.topic
+        return [await topic.send(value=r.value, partition=r.partition) for r in records]
 
     async def route(self, source: int, events: list[AlertEvent], watermark: int | None) -> None:
         """The dispatcher took an alerts record of ``source``; its routed records, and

@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 
-from engine.contracts.alerts import INGESTED_HEADER, AlertEvent, fingerprint, watermark_of
+from engine.contracts.alerts import INGESTED_HEADER, AlertEvent, Level, fingerprint, watermark_of
 from engine.contracts.batch import ReadingBlock, TelemetryBatch
 from engine.contracts.dead_letters import REASON_HEADER
-from engine.contracts.ruleset import RuleSet
+from engine.contracts.ruleset import CorroborationRule, RuleSet
 from engine.evaluation.processor import NO_TIME
+from engine.runtime.corroboration.wire import RS, SEP
 from engine.runtime.topology import Topology
 from engine.runtime.transport.log import Append, DurableLog
 
@@ -56,6 +57,13 @@ def topology(tmp_path: Path) -> Iterator[Topology]:
     )
     log = DurableLog.shared(tmp_path / "data")
     log.release()
+
+
+def alert(station: str, level: str = "red", previous: str = "none") -> AlertEvent:
+    return AlertEvent(
+        fingerprint("flood", station, "level"), "flood", station, "level", level, previous,
+        "firing", 1_000, 1_000, 7.0, 6.0, "",
+    )  # fmt: skip
 
 
 def run(topology: Topology, step: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -134,23 +142,7 @@ def test_a_batchs_dead_letters_and_alerts_are_one_write(
 ) -> None:
     """``_apply``: what a telemetry batch's evaluation writes, written together (its
     dead letters were a write before its alerts)."""
-    alerts = [
-        AlertEvent(
-            fingerprint("flood", f"S{i}", "level"),
-            "flood",
-            f"S{i}",
-            "level",
-            "red",
-            "none",
-            "firing",
-            1_000,
-            1_000,
-            7.0,
-            6.0,
-            "",
-        )
-        for i in range(3)
-    ]
+    alerts = [alert(f"S{i}") for i in range(3)]
     rejected = [(f"S{i}", "level", 500, 1.0, "late for rule flood") for i in range(4)]
     proc = types.SimpleNamespace(
         process=lambda batch, offset: alerts, rejected=list(rejected), watermark=NO_TIME
@@ -168,3 +160,32 @@ def test_a_batchs_dead_letters_and_alerts_are_one_write(
     assert dict(record.headers) == {INGESTED_HEADER: b"1700000000000"}
     assert topology.counters["dead_letter"] == 4
     assert proc.rejected == []
+
+
+def test_an_alerts_records_routed_events_are_one_write(
+    topology: Topology, writes: list[list[Append]]
+) -> None:
+    """``CorroborationStage.route``: the events of one alerts record, routed to the
+    corroboration partitions of their basins, were a write per partition."""
+    groups = {f"basin{i}": (f"S{i}",) for i in range(24)}
+    rule = CorroborationRule(
+        rule_id="basins", source_rule="flood", min_level=Level.ORANGE, k=1, groups=groups,
+        within_ms=3_600_000, level=Level.RED, for_ms=0, summary="", resolved_summary="",
+    )  # fmt: skip
+    topology.swap_rules(RuleSet(rules=(), corroboration=(rule,)))
+    want = {topology.partition_for(f"basins{SEP}{g}") for g in groups}
+    assert len(want) > 4  # the events really go to several partitions
+    stage = topology.corroboration
+
+    async def route() -> None:
+        await stage.route([alert(f"S{i}") for i in range(24)])
+        await stage.flush()
+
+    run(topology, route)
+    routed = of_topic(writes, "writes-corroboration")
+    assert len(routed) == 1
+    assert {r.partition for r in routed[0]} == want
+    lines = [line for r in routed[0] for line in (r.value or b"").split(b"\n")]
+    assert sorted(line.split(RS.encode())[0] for line in lines) == sorted(
+        f"basins{SEP}{g}".encode() for g in groups
+    )

@@ -140,10 +140,12 @@ class CorroborationStage(Routing):
                 wake = buffer.wake_at(now)
                 if wake is not None and wake <= now:
                     due.add(partition)
+        ticks = []
         for partition in sorted(due & mine):
             if now - self._ticked.get(partition, -MARK_INTERVAL_S) >= MARK_INTERVAL_S:
                 self._ticked[partition] = now
-                await self._send(partition, f"{TICK}{RS}".encode())
+                ticks.append((partition, f"{TICK}{RS}".encode()))
+        await self._send(ticks)
 
     async def _on_partitions_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
         self._states = None  # the partitions we keep are recovered afresh: rebuild then
