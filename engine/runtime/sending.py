@@ -159,6 +159,8 @@ class Sending:
         (``vigil_producer_send_errors_total``, what Faust's send counted). Raises what the
         producer raises on taking a record (Kafka: its buffer stayed full); the records
         before it are then with the producer."""
+        if not records:
+            return []  # no need of the producer (its start yields to the loop)
         producer = await self.app.maybe_start_producer()
         futures = []
         for topic, value, partition, key, headers in records:
