@@ -16,11 +16,13 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from engine.contracts.batch import TelemetryBatch, Tick
 from engine.evaluation.processor import PartitionProcessor
 from engine.runtime.kafka.consumer import FencedConsumer
+from engine.runtime.sending import Outgoing
 
 __all__ = ["DRAIN_S", "TickWriter"]
 
@@ -42,13 +44,16 @@ class TickWriter:
     _ticks_written: dict[int, int]
     _tick_lock: asyncio.Lock
     _ticking: bool
+    #: ``Sending.hand_over``: records to the producer in one loop turn, their futures.
+    hand_over: Callable[[Sequence[Outgoing]], Awaitable[list[asyncio.Future[Any]]]]
 
     async def _tick(self) -> None:
         """Write the wall clock, as a tick (``engine.contracts.batch.Tick``), into every telemetry
         partition this worker owns: evaluated in offset order with the readings, it
         lets a partition's processor find silent sensors when no reading comes
-        (``PartitionProcessor.on_tick``). A tick that cannot be written is logged; the
-        next one, an interval later, takes its place."""
+        (``PartitionProcessor.on_tick``); the ticks of all the partitions in one write.
+        A tick that cannot be written is logged; the next one, an interval later, takes
+        its place."""
         assert self.tick_interval_s is not None
         async with self._tick_lock:
             if not self._ticking or self.app.should_stop:
@@ -56,10 +61,11 @@ class TickWriter:
             mine = sorted(self._owned_telemetry())
             tick = Tick(int(time.time() * 1000), int(self.tick_interval_s * 1000))
             record = TelemetryBatch.of_tick(tick).encode()
+            name = self.telemetry.get_topic_name()
             try:
                 # Bounded: a broker that does not answer must not hold a stop back.
                 async with asyncio.timeout(max(1.0, self.tick_interval_s)):
-                    futures = [await self.telemetry.send(value=record, partition=p) for p in mine]
+                    futures = await self.hand_over([Outgoing(name, record, p) for p in mine])
                     for p, fut in zip(mine, futures, strict=True):
                         self._ticks_written[p] = (await fut).offset
             except Exception as exc:  # the broker away: silence waits for the next tick

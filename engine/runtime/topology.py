@@ -18,17 +18,15 @@ offsets and moves with partitions (``engine.runtime.partitions``).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka.partitioner import DefaultPartitioner
 
 from connectors.sinks.base import Sink
 from engine.contracts.alerts import (
@@ -39,18 +37,19 @@ from engine.contracts.alerts import (
     pack_lines,
     watermark_of,
 )
-from engine.contracts.batch import BatchBuilder, BatchDecodeError, ReadingBlock, TelemetryBatch
-from engine.contracts.dead_letters import REASON_HEADER, RECEIVED_AT_HEADER, SOURCE_HEADER
+from engine.contracts.batch import BatchDecodeError, TelemetryBatch
 from engine.contracts.ruleset import RuleSet
 from engine.dispatch.delivery import Dispatcher
 from engine.evaluation.processor import NO_TIME, PartitionProcessor
 from engine.evaluation.warmup import warm_kernels
+from engine.runtime.batching import Reading, murmur2_partition
 from engine.runtime.corroboration.stage import CorroborationStage
 from engine.runtime.corroboration.wire import MARK_INTERVAL_S
 from engine.runtime.kafka.checkpoints import CheckpointingTransport, CheckpointStore
 from engine.runtime.kafka.topics import bootstrap_of
 from engine.runtime.metrics import FaustSensor, Metrics
 from engine.runtime.partitions import PartitionStates
+from engine.runtime.sending import Outgoing, Sending
 from engine.runtime.ticks import TickWriter
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.watermarks import MarkThrottle
@@ -58,19 +57,6 @@ from engine.runtime.watermarks import MarkThrottle
 __all__ = ["Reading", "Topology", "murmur2_partition"]
 
 log = logging.getLogger(__name__)
-
-#: station, metric, ts_ms, value[, quality (engine.contracts.batch.Quality)]
-Reading = tuple[str, str, int, float] | tuple[str, str, int, float, int]
-
-_partitioner = DefaultPartitioner()
-#: How many stations' partitions ``Topology.partition_for`` keeps (a registry is far
-#: smaller; the bound is for ids that keep changing, e.g. from a misconfigured device).
-PARTITION_CACHE_MAX = 100_000
-
-
-def murmur2_partition(key: str, partitions: list[int]) -> int:
-    """Kafka's murmur2 partition of ``key`` among ``partitions`` (``[0, 1, ..., n-1]``)."""
-    return int(_partitioner(key.encode(), partitions, partitions))
 
 
 class _App(faust.App):
@@ -84,10 +70,12 @@ class _App(faust.App):
         await super().on_stop()
 
 
-class Topology(PartitionStates, TickWriter):
+class Topology(Sending, PartitionStates, TickWriter):
     """Builds the Faust app, its topics and agents, around one rule set.
 
-    The partitions' processors and their checkpoints are in ``PartitionStates``
+    What it writes, and how (records that go out together in one write), is in
+    ``Sending`` (``engine.runtime.sending``: ``produce``, ``send_dead_letters``), the
+    partitions' processors and their checkpoints in ``PartitionStates``
     (``engine.runtime.partitions``), the ticks in ``TickWriter`` (``engine.runtime.ticks``).
     """
 
@@ -111,13 +99,7 @@ class Topology(PartitionStates, TickWriter):
         finds its silent sensors (``_tick``); None writes none."""
         warm_kernels()  # before any traffic: a cold numba compile would block the loop
         self.partitions = partitions
-        # Once, not per call: partition_for runs for every alert routed to corroboration.
-        self._every_partition = list(range(partitions))
-        #: Station id -> its partition (``partition_for``).
-        self._partition_of: dict[str, int] = {}
-        #: Station id -> its kind, for counting readings (the gateway sets it from the
-        #: registry, at start and on reload); a station not in it counts as ``unknown``.
-        self.station_kinds: Mapping[str, str] = {}
+        self._init_sending()
         self.ruleset = ruleset
         self.lateness_ms = lateness_ms
         #: Wall seconds after which a partition whose watermark stands still no longer
@@ -222,124 +204,6 @@ class Topology(PartitionStates, TickWriter):
             for topic in topics:
                 transport.create_topic(topic.get_topic_name(), topic.partitions or 1)
 
-    # ---- producing -------------------------------------------------------------------------
-
-    def partition_for(self, key: str) -> int:
-        """Kafka's murmur2 partition of a key (a station id), the same on both transports;
-        computed once per station (murmur2 in Python per reading was a third of ingest's
-        CPU), in a cache that starts over past ``PARTITION_CACHE_MAX`` stations."""
-        p = self._partition_of.get(key)
-        if p is None:
-            if len(self._partition_of) >= PARTITION_CACHE_MAX:
-                self._partition_of.clear()
-            p = self._partition_of[key] = murmur2_partition(key, self._every_partition)
-        return p
-
-    def producer(
-        self, connector: str
-    ) -> Callable[[Sequence[Reading | ReadingBlock]], Awaitable[None]]:
-        """``produce`` for one connector (``mqtt``, ``field``, ``nbiot``): its label in
-        ``/metrics``."""
-        return functools.partial(self.produce, connector=connector)
-
-    async def produce(
-        self, readings: Sequence[Reading | ReadingBlock], *, connector: str = "other"
-    ) -> None:
-        """Produce readings as one batch per partition; returns once all are durable.
-
-        Every ingest path comes through here, so here they are timed and counted for
-        ``/metrics`` (by ``connector`` and station kind, ``station_kinds``): once per
-        batch and station, not per reading.
-        """
-        started = time.perf_counter()
-        builders: dict[int, BatchBuilder] = {}
-        of_station: dict[str, BatchBuilder] = {}  # a station's partition's builder
-        for reading in readings:
-            station = reading.station if isinstance(reading, ReadingBlock) else reading[0]
-            builder = of_station.get(station)
-            if builder is None:
-                p = self.partition_for(station)
-                builder = builders.get(p)
-                if builder is None:
-                    builder = builders[p] = BatchBuilder()
-                of_station[station] = builder
-            if isinstance(reading, ReadingBlock):
-                builder.add_block(reading)
-            else:
-                builder.add(*reading)
-        batches = {p: b.build() for p, b in builders.items()}
-        futures = [
-            await self.telemetry.send(value=batch.encode(), partition=p)
-            for p, batch in batches.items()
-        ]
-        for fut in futures:
-            await fut
-        self.counters["readings_produced"] += sum(len(b) for b in batches.values())
-        self.metrics.append_seconds.labels(connector).observe(time.perf_counter() - started)
-        self.metrics.count_readings(connector, batches.values(), self.station_kinds)
-
-    async def send_dead_letter(
-        self, raw: bytes, reason: str, source: str, *, quiet: bool = False, **fields: str | int
-    ) -> None:
-        """Keep rejected input with its reason; returns once it is durable. ``quiet``: no
-        log line (a connector that logs a summary of its dead letters instead); ``fields``:
-        the app's log fields known here (``station``, ``partition``, ``offset``)."""
-        await self.send_dead_letters([(raw, reason, source, fields)], quiet=quiet)
-
-    async def send_dead_letters(
-        self, items: Sequence[tuple[bytes, str, str, dict[str, str | int]]], *, quiet: bool = False
-    ) -> None:
-        """``send_dead_letter`` for many (raw, reason, source, fields) at once; returns once
-        all are durable. They share one write (one fsync) on ``local://``."""
-        now = str(int(time.time() * 1000)).encode()
-        await self._send_together(
-            self.dead_letter,
-            [
-                (
-                    source.encode(),
-                    raw,
-                    {
-                        REASON_HEADER: reason.encode(),
-                        SOURCE_HEADER: source.encode(),
-                        RECEIVED_AT_HEADER: now,
-                    },
-                )
-                for raw, reason, source, _ in items
-            ],
-        )
-        for _, reason, source, fields in items:
-            self.counters["dead_letter"] += 1
-            self.metrics.count_dead_letter(reason)
-            if not quiet:
-                extra = {"source": source, "reason": reason, **fields}
-                log.warning("dead-letter from %s: %s", source, reason, extra=extra)
-
-    async def _send_together(
-        self, topic: Any, records: Sequence[tuple[bytes | None, bytes, dict[str, bytes]]]
-    ) -> None:
-        """Send (key, value, headers) records to ``topic`` (raw serializers, partition by
-        key); returns once all are durable.
-
-        Through the producer, not ``topic.send``: Faust's send yields to the event loop
-        (``maybe_start_producer`` is wrapped in mode's ``stampede``, three ``sleep(0)``),
-        and the local transport's group commit joins the sends of one loop turn, so each
-        record was written and fsynced alone: a burst of 100,000 late readings took about
-        5 minutes, and its dead letters trickled in. Handed over in one turn, they share
-        one write on ``local://`` (aiokafka batches them on Kafka).
-        """
-        producer = await self.app.maybe_start_producer()
-        name = topic.get_topic_name()
-        futures = [
-            await producer.send(name, key, value, partition=None, timestamp=None, headers=headers)
-            for key, value, headers in records
-        ]
-        for fut in futures:
-            try:
-                await fut
-            except Exception:  # what Faust's own send would count (FaustSensor)
-                self.metrics.send_errors.labels(name).inc()
-                raise
-
     # ---- agents ----------------------------------------------------------------------------
 
     async def _evaluate(self, stream: Any) -> None:
@@ -384,20 +248,17 @@ class Topology(PartitionStates, TickWriter):
         if len(batch):  # a tick has no readings: not a batch size
             self.metrics.readings_evaluated.inc(len(batch))
             self.metrics.batch_readings.observe(len(batch))
-        if proc.rejected:
-            await self.send_dead_letters(
-                [
-                    (
-                        json.dumps(
-                            {"station": station, "metric": metric, "ts": ts, "value": value}
-                        ).encode(),
-                        reason,
-                        f"{station}/{metric}",
-                        {"station": station, "partition": partition, "offset": offset},
-                    )
-                    for station, metric, ts, value, reason in proc.rejected
-                ]
+        dead = [
+            (
+                json.dumps(
+                    {"station": station, "metric": metric, "ts": ts, "value": value}
+                ).encode(),
+                reason,
+                f"{station}/{metric}",
+                {"station": station, "partition": partition, "offset": offset},
             )
+            for station, metric, ts, value, reason in proc.rejected
+        ]
         proc.rejected.clear()
         records = pack_lines(alert.to_json() for alert in alerts)
         # The partition's watermark rides on the batch's last record (engine.runtime.watermarks).
@@ -412,35 +273,49 @@ class Topology(PartitionStates, TickWriter):
             if message.timestamp
             else {}
         )
-        futures = [
-            await self.alerts.send(
-                value=record,
-                partition=partition,
-                headers={**ingested, **(_mark_header(mark) or {})}
-                if i == len(records) - 1
-                else ingested,
-            )
-            for i, record in enumerate(records)
-        ]
+        name = self.alerts.get_topic_name()
+        last = len(records) - 1
+        # The dead letters and the alerts in one write (``engine.runtime.sending``).
+        futures = await self.hand_over(
+            [
+                *self._dead_letter_records(dead),
+                *(
+                    Outgoing(name, record, partition, headers=_headers(ingested, mark, i == last))
+                    for i, record in enumerate(records)
+                ),
+            ]
+        )
         if mark is not None:
             self._marks.sent(partition, mark)
         elif watermark != NO_TIME and self.ruleset.corroboration:
             self._marks.hold(partition, watermark)
         for fut in futures:
             await fut  # durable before the state that caused it can be committed
+        self._count_dead_letters(dead, quiet=False)
 
     async def _send_due_marks(self) -> None:
         """The watermarks the throttle held back, so that the last of a quiet partition
-        reaches the basin rules too (every ``MARK_INTERVAL_S``)."""
+        reaches the basin rules too (every ``MARK_INTERVAL_S``), in one write."""
+        due = {}
         for partition, mark in self._marks.due().items():
-            if partition not in self.processors:
+            if partition in self.processors:
+                due[partition] = mark
+            else:
                 self._marks.forget(partition)  # revoked (or interrupted) meanwhile
-                continue
-            try:
-                await self.alerts.send(value=b"", partition=partition, headers=_mark_header(mark))
-            except Exception as exc:  # e.g. the broker restarting: still due, next time
-                log.warning("watermark send failed (%r), will send again", exc)
-                return
+        if not due:
+            return
+        name = self.alerts.get_topic_name()
+        try:
+            await self.hand_over(
+                [
+                    Outgoing(name, b"", p, headers=_headers({}, mark, True))
+                    for p, mark in due.items()
+                ]
+            )
+        except Exception as exc:  # e.g. the broker restarting: still due, next time
+            log.warning("watermark send failed (%r), will send again", exc)
+            return
+        for partition, mark in due.items():
             self._marks.sent(partition, mark)
 
     async def _dispatch(self, stream: Any) -> None:
@@ -481,5 +356,9 @@ class Topology(PartitionStates, TickWriter):
         self.ruleset = ruleset
 
 
-def _mark_header(mark: int | None) -> dict[str, bytes] | None:
-    return None if mark is None else {WATERMARK_HEADER: str(mark).encode()}
+def _headers(ingested: dict[str, bytes], mark: int | None, last: bool) -> dict[str, bytes]:
+    """An alerts record's headers: its telemetry record's append time, and on the last
+    record of a batch the partition's watermark, if one is sent."""
+    if mark is None or not last:
+        return ingested
+    return {**ingested, WATERMARK_HEADER: str(mark).encode()}

@@ -10,6 +10,7 @@ from engine.contracts.alerts import AlertEvent, Level, fingerprint
 from engine.contracts.ruleset import CorroborationRule
 from engine.evaluation.corroboration import Corroborator
 from engine.runtime.corroboration.stage import CorroborationStage
+from engine.runtime.sending import Outgoing
 
 H = 3_600_000
 RULE = CorroborationRule(
@@ -114,6 +115,9 @@ class _FlakyTopic:
         self.fail = fail
         self.sent: list[tuple[int, bytes]] = []
 
+    def get_topic_name(self) -> str:
+        return "corr"
+
     async def send(self, *, value: bytes, partition: int) -> asyncio.Future[None]:
         if self.fail:
             self.fail -= 1
@@ -126,10 +130,16 @@ class _FlakyTopic:
 
 def test_routed_events_after_a_failed_send_wait_behind_it_and_flush_keeps_order() -> None:
     stage = object.__new__(CorroborationStage)  # route/flush only: no Faust app
-    stage.topology = types.SimpleNamespace(  # type: ignore[assignment]
-        ruleset=types.SimpleNamespace(corroboration=(RULE,)), partition_for=lambda key: 3
-    )
     topic = _FlakyTopic(fail=1)
+
+    async def hand_over(records: list[Outgoing]) -> list[asyncio.Future[None]]:
+        return [await topic.send(value=r.value, partition=r.partition or 0) for r in records]
+
+    stage.topology = types.SimpleNamespace(  # type: ignore[assignment]
+        ruleset=types.SimpleNamespace(corroboration=(RULE,)),
+        partition_for=lambda key: 3,
+        hand_over=hand_over,
+    )
     stage.topic = topic  # type: ignore[assignment]
     stage._init_state()
     stage.topology.partitions = 4  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ for tables, a list for each topic and a clock the test advances.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import types
 from collections import Counter
 from typing import Any
@@ -22,6 +23,7 @@ from engine.contracts.ruleset import CorroborationRule
 from engine.evaluation.corroboration import Corroborator
 from engine.evaluation.corroboration_buffer import END_OF_TIME, EventTimeBuffer
 from engine.runtime.corroboration.stage import CorroborationStage
+from engine.runtime.sending import Outgoing
 from engine.runtime.watermarks import MarkThrottle
 
 H = 3_600_000
@@ -74,12 +76,18 @@ class Harness:
             app=types.SimpleNamespace(
                 consumer=types.SimpleNamespace(assignment=lambda: {TP("corr", 0)})
             ),
+            hand_over=self._hand_over,
         )
         stage.topic = _Topic("corr")  # type: ignore[assignment]
         stage.stations, stage.firing, stage.pending = {}, {}, {}  # type: ignore[assignment]
         stage.watermarks = {}  # type: ignore[assignment]
         stage._init_state(clock=lambda: self.now)
         self.stage = stage
+
+    async def _hand_over(self, records: list[Outgoing]) -> list[Any]:
+        """``Sending.hand_over``: here the topics' sends, in order."""
+        topics = {t.get_topic_name(): t for t in (self.stage.topic, self.alerts)}
+        return [await topics[r.topic].send(value=r.value, partition=r.partition) for r in records]
 
     async def route(self, source: int, events: list[AlertEvent], watermark: int | None) -> None:
         """The dispatcher took an alerts record of ``source``; its routed records, and
@@ -407,3 +415,27 @@ def test_an_event_nothing_blocks_is_due_at_the_callers_clock_reading() -> None:
     now = clock()  # the timer's reading
     wake = buf.wake_at(now)
     assert wake is not None and wake <= now
+
+
+def test_the_group_alerts_of_a_release_go_out_together() -> None:
+    """Three basins rise on the same record: their alerts are handed over together (one
+    write on ``local://``), durable before the tables take the groups' new states."""
+    rule = dataclasses.replace(RULE, k=1, groups={s: (s,) for s in "ABC"})
+    h = Harness(sources=1)
+    h.stage.topology.ruleset = types.SimpleNamespace(corroboration=(rule,))  # type: ignore[assignment]
+    calls: list[list[str]] = []  # the topics of each hand-over
+    hand_over = h._hand_over
+
+    async def counting(records: list[Outgoing]) -> list[Any]:
+        calls.append([r.topic for r in records])
+        if r_alerts := [r for r in records if r.topic == "alerts"]:
+            assert h.stage.firing == {}  # the tables wait for the alerts
+            assert len(r_alerts) == 3
+        return await hand_over(records)
+
+    h.stage.topology.hand_over = counting  # type: ignore[assignment, method-assign]
+    rising = [_ev(s, "yellow", H + i) for i, s in enumerate("ABC")]
+    asyncio.run(h.route(0, rising, 2 * H))
+    assert [c for c in calls if "alerts" in c] == [["alerts"] * 3]
+    assert sorted(AlertEvent.from_json(v).station for _, v in h.alerts.sent) == ["A", "B", "C"]
+    assert len(h.stage.firing) == 3

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from engine.contracts.ruleset import RuleSet
+from engine.runtime.sending import Outgoing
 
 __all__ = ["StageHost"]
 
@@ -22,3 +25,8 @@ class StageHost(Protocol):
     corroboration_idle_s: float
 
     def partition_for(self, key: str) -> int: ...
+
+    async def hand_over(self, records: Sequence[Outgoing]) -> list[asyncio.Future[Any]]:
+        """Records to the producer in one loop turn; their futures
+        (``engine.runtime.sending.Sending.hand_over``)."""
+        ...

@@ -1,8 +1,10 @@
 """The sending side of the corroboration stage: source-rule events and their
 partitions' watermarks, routed from the alerts agent to ``<id>-corroboration``.
 
-The sends are handed to the producer as records come and awaited together by ``flush``
-before the alerts' offsets commit: one broker round trip per commit, not per record.
+The sends are handed to the producer as records come, those of one alerts record in one
+loop turn (one write on ``local://``, ``engine.runtime.sending``), and awaited together
+by ``flush`` before the alerts' offsets commit: one broker round trip per commit, not
+per record.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from engine.contracts.alerts import AlertEvent, pack_lines
 from engine.evaluation.corroboration import groups_of
 from engine.runtime.corroboration.host import StageHost
 from engine.runtime.corroboration.wire import MARK_INTERVAL_S, MARKS, RS, SEP
+from engine.runtime.sending import Outgoing
 
 __all__ = ["Routing"]
 
@@ -75,10 +78,12 @@ class Routing:
         marks = dict(self._marks)
         if source is not None and watermark is not None:
             marks[source] = max(watermark, marks.get(source, watermark))
+        records = []
         for partition, group_lines in lines.items():
             mark_line = self._mark_line(partition, marks)
             for value in pack_lines([*group_lines, *([mark_line] if mark_line else [])]):
-                await self._send(partition, value)
+                records.append((partition, value))
+        await self._send(records)
         self._marks = marks
         if self.clock() - self._marks_round >= MARK_INTERVAL_S:
             await self._send_marks()
@@ -109,22 +114,39 @@ class Routing:
     async def _send_marks(self) -> None:
         """A record of watermarks to each partition that has some not yet sent."""
         self._marks_round = self.clock()
+        records = []
         for partition in sorted(self._group_partitions()):
             line = self._mark_line(partition, self._marks)
             if line is not None:
-                await self._send(partition, line.encode())
+                records.append((partition, line.encode()))
+        await self._send(records)
 
-    async def _send(self, partition: int, value: bytes) -> None:
-        """Hand a record to the producer, or, behind a failed send to the same
-        partition, keep it for ``flush`` (in order)."""
-        fut: Awaitable[Any] | None = None
-        if partition not in self._deferred:  # else after the one before it, in order
+    async def _send(self, records: list[tuple[int, bytes]]) -> None:
+        """Hand (partition, value) records to the producer in one loop turn, except
+        those behind a failed send to the same partition: kept for ``flush`` (in order).
+
+        Should the producer refuse one (the broker restarting), the records of this
+        call are all kept for ``flush`` and their partitions wait behind them; those
+        handed over before it are then written twice, which the stage tolerates as it
+        does a replay (a station's events no later than its latest are dropped, and a
+        watermark only ever moves forward)."""
+        if not records:
+            return
+        futures: list[Awaitable[Any] | None] = [None] * len(records)
+        ready = [i for i, (p, _) in enumerate(records) if p not in self._deferred]
+        if ready:
+            name = self.topic.get_topic_name()
             try:
-                fut = await self.topic.send(value=value, partition=partition)
+                handed = await self.topology.hand_over(
+                    [Outgoing(name, records[i][1], records[i][0]) for i in ready]
+                )
             except Exception as exc:  # e.g. the broker restarting: ``flush`` retries
                 log.warning("corroboration send failed (%r), will send again", exc)
-                self._deferred.add(partition)
-        self._in_flight.append((partition, value, fut))
+                self._deferred.update(records[i][0] for i in ready)
+            else:
+                for i, fut in zip(ready, handed, strict=True):
+                    futures[i] = fut
+        self._in_flight.extend((p, v, f) for (p, v), f in zip(records, futures, strict=True))
 
     async def flush(self) -> None:
         """Returns once every event routed so far is durable on the corroboration topic.

@@ -72,6 +72,7 @@ from engine.runtime.corroboration.wire import (
     TICK,
     pending_key,
 )
+from engine.runtime.sending import Outgoing
 
 __all__ = ["CorroborationStage"]
 
@@ -140,10 +141,12 @@ class CorroborationStage(Routing):
                 wake = buffer.wake_at(now)
                 if wake is not None and wake <= now:
                     due.add(partition)
+        ticks = []
         for partition in sorted(due & mine):
             if now - self._ticked.get(partition, -MARK_INTERVAL_S) >= MARK_INTERVAL_S:
                 self._ticked[partition] = now
-                await self._send(partition, f"{TICK}{RS}".encode())
+                ticks.append((partition, f"{TICK}{RS}".encode()))
+        await self._send(ticks)
 
     async def _on_partitions_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
         self._states = None  # the partitions we keep are recovered afresh: rebuild then
@@ -252,19 +255,34 @@ class CorroborationStage(Routing):
     async def _release(self, partition: int) -> None:
         """Apply the held events of ``partition`` that the watermarks let go, in event
         time (``engine.evaluation.corroboration_buffer``); then write those still held that the
-        record in hand brought to the ``pending`` table."""
+        record in hand brought to the ``pending`` table.
+
+        The groups' alerts they raise go out together (one write on ``local://``) and
+        are durable before the tables are written: the other way round, a crash between
+        the two would restore a state that has the change, replay the event, drop it as
+        taken (``GroupState.take``) and never send the alert.
+        """
         try:
             buffer = self._built_buffer(partition)
             horizon = buffer.horizon()
+            alerts: list[AlertEvent] = []
+            writes: list[_Write] = []  # the tables' changes, once the alerts are durable
+            applied: list[Pending] = []
             while (item := buffer.pop_due(horizon)) is not None:
                 held, (level, metric) = item
                 at, rule_id, group, station = held
                 rule = self._rule(rule_id)
                 key = f"{rule_id}{SEP}{group}"
                 if rule is not None:  # else removed by a reload meanwhile
-                    await self._apply(rule, key, station, at, Level.parse(level), metric)
-                if self._unsaved.pop(held, None) is None:
-                    _sync(self.pending, pending_key(held), True, None)
+                    self._apply(rule, key, station, at, Level.parse(level), metric, alerts, writes)
+                if held not in self._unsaved:
+                    writes.append((self.pending, pending_key(held), True, None))
+                applied.append(held)
+            await self._send_alerts(alerts)
+            for table, key, before, after in writes:
+                _sync(table, key, before, after)
+            for held in applied:
+                self._unsaved.pop(held, None)
             for held, payload in self._unsaved.items():
                 self.pending[pending_key(held)] = list(payload)
             self._unsaved.clear()
@@ -284,42 +302,52 @@ class CorroborationStage(Routing):
             self._states = self._build()
         return self._buffer(partition)
 
-    async def _apply(
-        self, rule: CorroborationRule, key: str, station: str, at: int, level: Level, metric: str
+    def _apply(
+        self,
+        rule: CorroborationRule,
+        key: str,
+        station: str,
+        at: int,
+        level: Level,
+        metric: str,
+        alerts: list[AlertEvent],
+        writes: list[_Write],
     ) -> None:
-        """One station's transition (``at`` ms) into its group's state.
-
-        A change of the group is sent, and durable, before the state that holds it is
-        written to the tables: the other way round, a crash between the two would
-        restore a state that has the change, replay the event, drop it as taken
-        (``GroupState.take``) and never send the alert.
-        """
+        """One station's transition (``at`` ms) into its group's state: the group's
+        alert, if it changed, to ``alerts``, the tables' changes to ``writes``."""
         group = key.split(SEP, 1)[1]
         state = self._state(key)
         firing_since = state.firing_since
         before = [state.entered.get(station), state.last.get(station)]
         change = state.take(rule, station, at, level)
         if change is not None:
-            await self._send_alert(corroboration_event(rule, group, metric, change))
+            alerts.append(corroboration_event(rule, group, metric, change))
         after = [state.entered.get(station), state.last.get(station)]
-        _sync(self.stations, f"{key}{SEP}{station}", before, after)
-        _sync(self.firing, key, firing_since, state.firing_since)
+        writes.append((self.stations, f"{key}{SEP}{station}", before, after))
+        writes.append((self.firing, key, firing_since, state.firing_since))
 
-    async def _send_alert(self, alert: AlertEvent, attempts: int = 5) -> None:
-        """Send a group's alert and wait until it is durable, retrying a few times (a
-        broker restarting) before giving up; a repeat is dropped by the dispatcher."""
+    async def _send_alerts(self, alerts: list[AlertEvent], attempts: int = 5) -> None:
+        """Send groups' alerts together and wait until they are durable, retrying a few
+        times (a broker restarting) before giving up; a repeat is dropped by the
+        dispatcher."""
+        if not alerts:
+            return
+        name = self.topology.alerts.get_topic_name()
+        records = [Outgoing(name, a.to_json().encode(), key=a.fingerprint.encode()) for a in alerts]
         for attempt in range(attempts):
             try:
-                fut = await self.topology.alerts.send(
-                    key=alert.fingerprint.encode(), value=alert.to_json().encode()
-                )
-                await fut
+                for fut in await self.topology.hand_over(records):
+                    await fut
                 return
             except Exception as exc:
                 if attempt == attempts - 1:
                     raise
                 log.warning("group alert send failed (%r), sending again", exc)
                 await asyncio.sleep(0.5 * 2**attempt)
+
+
+#: A table's entry to write: (table, key, before, after) (``_sync``).
+_Write = tuple[Any, str, object, object]
 
 
 def _sync(table: Any, key: str, before: object, after: object) -> None:

@@ -15,23 +15,17 @@ from collections import Counter
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 
-from engine.contracts.batch import BatchBuilder, ReadingBlock
+from engine.contracts.batch import ReadingBlock
+from engine.runtime.batching import Reading, batches_by_partition, murmur2_partition
 from engine.runtime.kafka.topics import TopicLayout
 
 __all__ = ["TelemetryProducer", "partition_for"]
 
-#: station, metric, ts_ms, value[, quality (engine.contracts.batch.Quality)]
-Reading = tuple[str, str, int, float] | tuple[str, str, int, float, int]
-
-_partitioner = DefaultPartitioner()
-
 
 def partition_for(station: str, partitions: int) -> int:
     """Kafka's murmur2 partition of a station id (the same as ``Topology.partition_for``)."""
-    all_partitions = list(range(partitions))
-    return int(_partitioner(station.encode(), all_partitions, all_partitions))
+    return murmur2_partition(station, list(range(partitions)))
 
 
 class TelemetryProducer:
@@ -64,18 +58,9 @@ class TelemetryProducer:
 
     async def produce(self, readings: Sequence[Reading | ReadingBlock]) -> None:
         """Readings as one batch per partition; returns once the broker acknowledged all."""
-        builders: dict[int, BatchBuilder] = {}
-        for reading in readings:
-            p = self.partition(reading.station if isinstance(reading, ReadingBlock) else reading[0])
-            builder = builders.get(p)
-            if builder is None:
-                builder = builders[p] = BatchBuilder()
-            if isinstance(reading, ReadingBlock):
-                builder.add_block(reading)
-            else:
-                builder.add(*reading)
-        await self.produce_encoded({p: b.build().encode() for p, b in builders.items()})
-        self.counters["readings_produced"] += sum(len(b) for b in builders.values())
+        batches = batches_by_partition(readings, self.partition)  # column by column
+        await self.produce_encoded({p: b.encode() for p, b in batches.items()})
+        self.counters["readings_produced"] += sum(len(b) for b in batches.values())
 
     async def produce_encoded(self, batches: dict[int, bytes]) -> None:
         """Already encoded batches ``{partition: bytes}``; returns once all are acknowledged."""
