@@ -313,7 +313,7 @@ def load_registry(path: str | Path) -> Registry:
     if path.suffix.lower() == ".csv":
         from rules.registry_csv import read_csv_source
 
-        source, found = read_csv_source(path)
+        source, found = read_csv_source(path, LEVEL_FIELDS)
         return registry_from_source(source, found)
     try:
         source = load_yaml(path)

@@ -31,11 +31,11 @@ points at the cell.
 from __future__ import annotations
 
 import csv
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from rules.errors import Problem
-from rules.registry import LEVEL_FIELDS
 from rules.source import Key, Pos, Source
 
 __all__ = ["read_csv_source"]
@@ -47,9 +47,12 @@ class _BadCell(ValueError):
     """A cell that cannot be what its column takes; the message says what it should be."""
 
 
-def read_csv_source(path: Path) -> tuple[Source, dict[int, list[Problem]]]:
+def read_csv_source(
+    path: Path, level_fields: Collection[str]
+) -> tuple[Source, dict[int, list[Problem]]]:
     """Rows as ``{"stations": [{...}, ...]}`` with positions, ready for the registry,
-    and the problems found in reading each station's cells (by station index)."""
+    and the problems found in reading each station's cells (by station index).
+    ``level_fields``: the built-in level columns (``rules.registry.LEVEL_FIELDS``)."""
     positions: dict[tuple[Key, ...], Pos] = {(): (1, 1), ("stations",): (1, 1)}
     stations: list[dict[str, Any]] = []
     found: dict[int, list[Problem]] = {}
@@ -70,11 +73,11 @@ def read_csv_source(path: Path) -> tuple[Source, dict[int, list[Problem]]]:
                 cell = cell.strip()
                 if not cell:
                     continue
-                key = _field_key(name.removesuffix(".tz"))
+                key = _field_key(name.removesuffix(".tz"), level_fields)
                 if name.endswith(".tz") and key is not None:
                     zones[key] = (cell, col)
                     continue
-                key = _field_key(name)
+                key = _field_key(name, level_fields)
                 if key is None:
                     positions[("stations", i, name)] = (line, col)
                     station[name] = _cell(name, cell)
@@ -108,10 +111,10 @@ def read_csv_source(path: Path) -> tuple[Source, dict[int, list[Problem]]]:
     return Source(file, {"stations": stations}, positions), found
 
 
-def _field_key(column: str) -> tuple[str, ...] | None:
+def _field_key(column: str, level_fields: Collection[str]) -> tuple[str, ...] | None:
     """The station key of a column that may vary with the date: ``("warning_level",)``,
     ``("fields", "seepage_limit")``; None for the other columns."""
-    if column in LEVEL_FIELDS:
+    if column in level_fields:
         return (column,)
     if column.startswith("fields.") and column != "fields.":
         return ("fields", column.removeprefix("fields."))
