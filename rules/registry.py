@@ -243,7 +243,8 @@ class Station(StrictModel):
 
     def document(self) -> dict[str, Any]:
         """The station as plain data that ``Station.model_validate`` takes back (what the
-        registry store keeps): fields left at their defaults are left out."""
+        registry store keeps): fields left at their defaults are left out; a rule curve
+        carries its points (taken back with the context ``{"stored": True}``)."""
         doc = self.model_dump(mode="json", exclude_defaults=True)
         for name, dated in self.dated_fields().items():
             if isinstance(dated, RuleCurve):  # the store keeps the curve, not its path
