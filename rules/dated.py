@@ -24,6 +24,10 @@ Contract:
   its last point to the first of the next year); before a dated curve's first point
   and after its last, the nearest point's value holds. The path is relative to the
   registry file; :func:`load_curves` reads it (``file:line:col`` problems).
+- The registry store (``rules.store``) keeps a curve's points with it
+  (``{csv, tz, points: [[date, value], ...]}``, :meth:`RuleCurve.rows`): a station read
+  back from the store needs no file. ``points`` is taken only when validating with the
+  context ``{"stored": True}``; in a registry file it is an unknown field.
 - :class:`DatedCalendar` is what a compiled rule carries
   (``engine.contracts.ruleset.ThresholdCalendar``): for an instant, the day it falls in
   (the intersection of the stations' local days) and the rule's thresholds then.
@@ -41,7 +45,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from rules.errors import Problem
 from rules.model import StrictModel
@@ -158,8 +163,43 @@ class RuleCurve(_DatedBase):
     _points: tuple[tuple[int, float], ...] = PrivateAttr(default=())
     _yearly: bool = PrivateAttr(default=False)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _stored_points(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
+        """A curve read back from the registry store brings its points (see the module's
+        contract); anywhere else ``points`` is left for the unknown-field check."""
+        stored = isinstance(data, dict) and "points" in data and (info.context or {}).get("stored")
+        if not stored:
+            return handler(data)
+        data = dict(data)
+        raw = data.pop("points")
+        curve = handler(data)
+        if not isinstance(raw, list) or not all(isinstance(r, list | tuple) for r in raw):
+            raise ValueError("expected the stored points as [[date, value], ...]")
+        points, yearly, problems = _parse_rows(
+            (k, [str(c) for c in row]) for k, row in enumerate(raw)
+        )
+        if not points and not problems:
+            problems = [(0, 1, "", "the rule curve has no points")]
+        if problems:
+            k, _col, _field, message = problems[0]
+            raise PydanticCustomError("stored_points", "points[{k}]: {message}",
+                                      {"k": k, "message": message})  # fmt: skip
+        curve._points, curve._yearly = tuple(points), yearly
+        return curve
+
     def points(self) -> tuple[tuple[int, float], ...]:
         return self._points
+
+    def rows(self) -> list[list[str | float]]:
+        """The curve's points as ``[date, value]`` rows, dates as in its CSV
+        (``YYYY-MM-DD`` or ``MM-DD``): what the registry store keeps. ValueError when
+        the CSV was not read (:func:`load_curves`)."""
+        if not self._points:
+            raise ValueError(f"rule curve {self.csv!r} was not read")
+        days = self.sample_days()
+        text = (lambda d: _text(d.month, d.day)) if self._yearly else date.isoformat
+        return [[text(d), v] for d, (_, v) in zip(days, self._points, strict=True)]
 
     def on(self, day: date) -> float:
         pts = self._points
@@ -228,7 +268,10 @@ def _days(days: Sequence[int]) -> str:
 
 def load_curves(curve: RuleCurve, base: Path, where: tuple[str, int, int, str]) -> list[Problem]:
     """Read ``curve``'s CSV (relative to ``base``) into it; ``where`` is the ``csv`` key's
-    (file, line, col, path) for a file that cannot be read. Returns the problems."""
+    (file, line, col, path) for a file that cannot be read. Returns the problems. A curve
+    that already has its points (read back from the registry store) is left as it is."""
+    if curve.points():
+        return []
     file, line, col, path = where
     target = base / curve.csv
     try:
@@ -240,14 +283,29 @@ def load_curves(curve: RuleCurve, base: Path, where: tuple[str, int, int, str]) 
     rows = list(csv.reader(text.splitlines()))
     if not rows or [c.strip().lower() for c in rows[0]] != ["date", "value"]:
         return [Problem(name, 1, 1, "", "expected the header 'date,value'")]
-    problems: list[Problem] = []
+    points, yearly, found = _parse_rows(enumerate(rows[1:], start=2))
+    problems = [Problem(name, n, c, field, message) for n, c, field, message in found]
+    if not points and not problems:
+        problems.append(Problem(name, 1, 1, "", "the rule curve has no points"))
+    if not problems:
+        curve._points = tuple(points)
+        curve._yearly = yearly
+    return problems
+
+
+def _parse_rows(
+    rows: Iterable[tuple[int, list[str]]],
+) -> tuple[list[tuple[int, float]], bool, list[tuple[int, int, str, str]]]:
+    """A curve's ``(row number, [date, value])`` rows as points (see :class:`RuleCurve`),
+    whether it is yearly, and the problems as (row number, column, field, message)."""
+    problems: list[tuple[int, int, str, str]] = []
     points: list[tuple[int, float]] = []
     forms: set[bool] = set()
-    for n, row in enumerate(rows[1:], start=2):
+    for n, row in rows:
         if not row or not "".join(row).strip():
             continue
         if len(row) != 2:
-            problems.append(Problem(name, n, 1, "", f"expected 2 columns, got {len(row)}"))
+            problems.append((n, 1, "", f"expected 2 columns, got {len(row)}"))
             continue
         raw_day, raw_value = row[0].strip(), row[1].strip()
         value_col = len(row[0]) + 2
@@ -258,32 +316,26 @@ def load_curves(curve: RuleCurve, base: Path, where: tuple[str, int, int, str]) 
                 day, yearly = _day_of_year(*month_day(raw_day)), True
         except ValueError:
             msg = f"expected a date as YYYY-MM-DD or MM-DD, got {raw_day!r}"
-            problems.append(Problem(name, n, 1, "date", msg))
+            problems.append((n, 1, "date", msg))
             continue
         try:
             value = float(raw_value)
             if not np.isfinite(value):
                 raise ValueError
         except ValueError:
-            msg = f"expected a number, got {raw_value!r}"
-            problems.append(Problem(name, n, value_col, "value", msg))
+            problems.append((n, value_col, "value", f"expected a number, got {raw_value!r}"))
             continue
         forms.add(yearly)
         if len(forms) > 1:
             msg = "mixes YYYY-MM-DD and MM-DD dates; a curve is dated or yearly"
-            problems.append(Problem(name, n, 1, "date", msg))
-            return problems
+            problems.append((n, 1, "date", msg))
+            return points, False, problems
         if points and day <= points[-1][0]:
             msg = f"dates must increase: {raw_day} is not after the row above"
-            problems.append(Problem(name, n, 1, "date", msg))
+            problems.append((n, 1, "date", msg))
             continue
         points.append((day, value))
-    if not points and not problems:
-        problems.append(Problem(name, 1, 1, "", "the rule curve has no points"))
-    if not problems:
-        curve._points = tuple(points)
-        curve._yearly = forms == {True}
-    return problems
+    return points, forms == {True}, problems
 
 
 def _midnight(day: date, zone: tzinfo) -> int:

@@ -18,7 +18,7 @@ Contract:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -243,8 +243,12 @@ class Station(StrictModel):
 
     def document(self) -> dict[str, Any]:
         """The station as plain data that ``Station.model_validate`` takes back (what the
-        registry store keeps): fields left at their defaults are left out."""
+        registry store keeps): fields left at their defaults are left out; a rule curve
+        carries its points (taken back with the context ``{"stored": True}``)."""
         doc = self.model_dump(mode="json", exclude_defaults=True)
+        for name, dated in self.dated_fields().items():
+            if isinstance(dated, RuleCurve):  # the store keeps the curve, not its path
+                (doc if name in LEVEL_FIELDS else doc["fields"])[name]["points"] = dated.rows()
         if "report_interval_ms" in doc:
             doc["report_interval"] = format_duration_ms(doc.pop("report_interval_ms"))
         if "tags" in doc:
@@ -310,12 +314,12 @@ def load_registry(path: str | Path) -> Registry:
     if path.suffix.lower() == ".csv":
         from rules.registry_csv import read_csv_source
 
-        source = read_csv_source(path)
-    else:
-        try:
-            source = load_yaml(path)
-        except SourceError as exc:
-            raise RulesInvalid([Problem(str(path), exc.line, exc.col, "", exc.message)]) from exc
+        source, found = read_csv_source(path, LEVEL_FIELDS)
+        return registry_from_source(source, found)
+    try:
+        source = load_yaml(path)
+    except SourceError as exc:
+        raise RulesInvalid([Problem(str(path), exc.line, exc.col, "", exc.message)]) from exc
     return registry_from_source(source)
 
 
@@ -330,11 +334,12 @@ def _store_registry(path: Path) -> Registry:
         raise RulesInvalid([Problem(str(path), 1, 1, "", str(exc))]) from exc
     positions: dict[tuple[Key, ...], Pos] = {(): (1, 1), ("stations",): (1, 1)}
     positions.update({("stations", i): (i + 1, 1) for i in range(len(docs))})
-    return registry_from_source(Source(str(path), {"stations": docs}, positions))
+    return registry_from_source(Source(str(path), {"stations": docs}, positions), stored=True)
 
 
-def _dated_problems(station: Station, source: Source, i: int) -> list[Problem]:
-    """Seasons that overlap or leave gaps; rule curves read (``rules.dated``)."""
+def _dated_problems(station: Station, source: Source, i: int, stored: bool) -> list[Problem]:
+    """Seasons that overlap or leave gaps; rule curves read (``rules.dated``), or, from
+    the registry store, brought with their points."""
     out = []
     for name, dated in station.dated_fields().items():
         key: tuple[Key, ...] = (
@@ -346,6 +351,14 @@ def _dated_problems(station: Station, source: Source, i: int) -> list[Problem]:
                 where = f"stations[{i}].{'.'.join(str(k) for k in key[2:])}"
                 where += "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path)
                 out.append(Problem(source.file, line, col, where, message))
+        elif stored and not dated.points():
+            line, col = source.position(key)
+            where = f"stations[{i}].{'.'.join(str(k) for k in key[2:])}"
+            message = (
+                f"the store holds rule curve {dated.csv!r} without its points (imported by an "
+                "older vigil): import the station registry again"
+            )
+            out.append(Problem(source.file, line, col, where, message))
         else:
             line, col = source.position((*key, "csv"))
             where = f"stations[{i}].{'.'.join(str(k) for k in key[2:])}.csv"
@@ -354,8 +367,16 @@ def _dated_problems(station: Station, source: Source, i: int) -> list[Problem]:
     return out
 
 
-def registry_from_source(source: Source) -> Registry:
-    """Validate ``{"stations": [...]}`` data; every station's problems are collected."""
+def registry_from_source(
+    source: Source, found: Mapping[int, Sequence[Problem]] | None = None, stored: bool = False
+) -> Registry:
+    """Validate ``{"stations": [...]}`` data; every station's problems are collected.
+
+    ``found``: problems already found in reading station ``i`` (a CSV's cells), reported
+    first among its own. ``stored``: the data come from the registry store, whose rule
+    curves carry their points (``rules.dated``).
+    """
+    found = found or {}
     data = source.data
     if not isinstance(data, dict) or not isinstance(data.get("stations"), list):
         line, col = source.position(())
@@ -373,8 +394,9 @@ def registry_from_source(source: Source) -> Registry:
     #: ambiguous (whose readings would a frame be?).
     identities: dict[tuple[str, str], str] = {}
     for i, raw in enumerate(data["stations"]):
+        problems += found.get(i, ())
         try:
-            station = Station.model_validate(raw)
+            station = Station.model_validate(raw, context={"stored": stored})
         except ValidationError as exc:
             problems += problems_from_validation(exc, source, ("stations", i), 0)
             continue
@@ -385,7 +407,7 @@ def registry_from_source(source: Source) -> Registry:
             continue
         seen.add(station.id)
         stations.append(station)
-        problems += _dated_problems(station, source, i)
+        problems += _dated_problems(station, source, i, stored)
         for key, path in _identities(station):
             other = identities.setdefault(key, station.id)
             if other != station.id:

@@ -1,7 +1,8 @@
 """Stations in the registry store, for deployments with too many for a YAML file.
 
 The store keeps each station as the JSON of ``rules.registry.Station.document()`` under
-``s`` + its id; ``rules.registry.load_registry(store folder)`` reads them back into a
+``s`` + its id (a rule curve with its points: the store needs no curve file);
+``rules.registry.load_registry(store folder)`` reads them back into a
 ``Registry`` (in id order), so rules select stations from a store as from a file.
 Stations are validated by ``load_registry`` before they are written: a store only
 holds stations that passed it.
