@@ -16,7 +16,8 @@ import logging
 import os
 from collections import Counter
 
-from connectors.fieldserver import FieldServer, Identity, Limits
+from connectors.fieldserver import FieldServer, Limits
+from connectors.fieldsession import Identity
 from connectors.hj212.server import Hj212Framing, Hj212Session
 from connectors.ingest import DeadLetter, Produce
 from connectors.sl651 import batch as sl651_batch
