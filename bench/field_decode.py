@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.sl651_baseline import decode_baseline
 from connectors.sl651 import Frame, decode
-from connectors.sl651.batch import OK, decode_many
+from connectors.sl651.batch import decode_many
+from connectors.sl651.batch_kernel import OK
 from connectors.sl651.frame import crc16
 
 

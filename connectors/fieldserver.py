@@ -2,8 +2,8 @@
 limits, identities, and the hand-over to ``connectors.ingest.deliver``.
 
 A protocol supplies a :class:`connectors.framing.Framing` (where a frame starts and how
-long it is) and a :class:`Protocol` session per connection (frame bytes ->
-:class:`FieldMessage` s). This module does the rest, the same for both:
+long it is) and a ``Protocol`` session per connection (frame bytes -> ``FieldMessage`` s;
+both in ``connectors.fieldsession``). This module does the rest, the same for both:
 
 * **Durable, then reply.** The complete frames of each read go to the session at once
   (``handle_many``), which makes :class:`FieldMessage` s of them (the accepted frames'
@@ -36,22 +36,15 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol as TypingProtocol
+from dataclasses import dataclass
 
-from connectors.decoded import Columns, blocks
+from connectors.decoded import blocks
+from connectors.fieldsession import FieldMessage, Peer, Protocol
 from connectors.framing import Framing, Splitter
 from connectors.ingest import DeadLetter, Inbound, PayloadError, Produce, Reading, deliver
 from engine.contracts.batch import ReadingBlock
 
-__all__ = [
-    "FieldMessage",
-    "FieldServer",
-    "Identity",
-    "Limits",
-    "Peer",
-    "Protocol",
-]
+__all__ = ["FieldServer", "Limits"]
 
 log = logging.getLogger(__name__)
 
@@ -73,55 +66,6 @@ class Limits:
     #: Readings per telemetry batch and how long a batch waits for more (as MQTT's).
     max_readings: int = 5000
     linger_ms: int = 50
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A protocol station identity mapped to a Vigil station, with its password."""
-
-    station: str  # the Vigil station id
-    password: str
-
-
-@dataclass
-class FieldMessage(Inbound):
-    """A frame, decoded on arrival (or a read's frames taken together): its readings
-    (Vigil station ids) as tuples and as ``columns``, or ``reason`` to dead-letter it.
-    ``ack`` (set by the server) writes the reply, if any."""
-
-    readings: Sequence[Reading | ReadingBlock] = field(default_factory=list)
-    columns: list[Columns] = field(default_factory=list)
-    reason: str | None = None
-    reply: Callable[[], bytes] | None = None  # built when durable (the time in it is then)
-
-
-@dataclass
-class Peer:
-    """One connection, as a protocol session sees it."""
-
-    protocol: str  # "sl651" | "hj212"
-    address: str  # "host:port"
-    station: str | None = None  # the Vigil station of the last accepted frame
-    identity: str | None = None  # its protocol identity (SL 651 address, HJ 212 MN)
-
-    def source(self) -> str:
-        """What a dead letter names as its source."""
-        who = f" station {self.station or '?'} ({self.identity})" if self.identity else ""
-        return f"{self.protocol} {self.address}{who}"
-
-
-class Protocol(TypingProtocol):
-    """A connection's protocol session (state such as multi-packet reassembly)."""
-
-    def handle(self, frame: bytes, peer: Peer, received_ms: int) -> list[FieldMessage]:
-        """One complete frame -> messages (none for a packet awaiting the rest). Must
-        never raise for bad input: a rejection is a message with ``reason``."""
-        ...
-
-    def handle_many(self, frames: list[bytes], peer: Peer, received_ms: int) -> list[FieldMessage]:
-        """A read's complete frames, in order -> messages: ``handle`` 's, frame by frame,
-        or fewer (frames taken together), with the replies in the frames' order."""
-        ...
 
 
 class _Batches:

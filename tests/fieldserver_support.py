@@ -13,7 +13,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from connectors.fieldserver import FieldServer, Identity, Limits, Protocol
+from connectors.fieldserver import FieldServer, Limits
+from connectors.fieldsession import Identity, Protocol
 from connectors.framing import Splitter
 from connectors.hj212.server import Hj212Framing, Hj212Session
 from connectors.ingest import Reading

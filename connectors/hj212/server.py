@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 
 from connectors.decoded import CST_OFFSET_MIN, Rejection
-from connectors.fieldserver import FieldMessage, Identity, Peer
+from connectors.fieldsession import FieldMessage, Identity, Peer
 from connectors.hj212.codes import DATA_COMMANDS, FIELD_SUFFIX, POLLUTANTS
 from connectors.hj212.frame import Packet, decode
 from connectors.hj212.reply import data_response, request_response, wants_reply

@@ -1,5 +1,5 @@
 """MQTT connection settings, as the gateway's configuration builds them (no client here:
-``engine.runtime.config`` imports this without paho)."""
+``engine.runtime.config_sections`` imports this without paho)."""
 
 from __future__ import annotations
 

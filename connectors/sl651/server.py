@@ -30,9 +30,10 @@ from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 from connectors.decoded import CST_OFFSET_MIN, Columns, Rejection
-from connectors.fieldserver import FieldMessage, Identity, Peer
+from connectors.fieldsession import FieldMessage, Identity, Peer
 from connectors.ingest import Reading
-from connectors.sl651.batch import OK, Decoded, decode_many
+from connectors.sl651.batch import Decoded, decode_many
+from connectors.sl651.batch_kernel import OK
 from connectors.sl651.elements import ELEMENTS
 from connectors.sl651.frame import ETX, Frame, decode
 from connectors.sl651.reassembly import Reassembler

@@ -77,7 +77,7 @@ def _expected_alerts(
     ruleset_source: EngineProcess, readings: list[tuple[str, str, int, float]]
 ) -> set[tuple[str, str, int, str, str]]:
     from engine.runtime.config import load_settings
-    from engine.runtime.services.gateway import load_rules
+    from engine.runtime.services.rules_source import load_rules
 
     ruleset, _ = load_rules(load_settings(ruleset_source.config))
     return {
@@ -119,7 +119,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_once(
 
     # Exactly once in the window state: the kernels' accepted counters.
     from engine.runtime.config import load_settings
-    from engine.runtime.services.gateway import load_rules
+    from engine.runtime.services.rules_source import load_rules
 
     ruleset, _ = load_rules(load_settings(engine.config))
     accepted: dict[str, int] = {}

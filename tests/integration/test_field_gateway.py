@@ -173,7 +173,7 @@ def test_field_stations_reach_alerts_like_replay(tmp_path: Path, mosquitto: Mosq
         expected += [row for i in range(AIR_REPORTS)
                      for row in _air_rows(air, START + i * timedelta(hours=1))]  # fmt: skip
         from engine.runtime.config import load_settings
-        from engine.runtime.services.gateway import load_rules
+        from engine.runtime.services.rules_source import load_rules
 
         ruleset, _ = load_rules(load_settings(engine.config))
         want = {(e.rule_id, e.station, e.at, e.previous_level, e.level)

@@ -13,7 +13,7 @@ from connectors.mqtt.mosquitto import Mosquitto
 from engine.contracts.alerts import AlertEvent
 from engine.evaluation.processor import PartitionProcessor
 from engine.runtime.config import load_settings
-from engine.runtime.services.gateway import load_rules
+from engine.runtime.services.rules_source import load_rules
 from engine.runtime.transport.log import DurableLog
 from simulators.publisher import Publisher
 from tests.integration.conftest import PACKS, EngineProcess, write_settings

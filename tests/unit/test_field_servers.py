@@ -15,7 +15,8 @@ import pytest
 
 from connectors import hj212, sl651
 from connectors.decoded import Rejection
-from connectors.fieldserver import FieldMessage, Identity, Limits, _Batches
+from connectors.fieldserver import Limits, _Batches
+from connectors.fieldsession import FieldMessage, Identity
 from engine.contracts.batch import Quality
 from simulators.hj212_station import Hj212Station
 from simulators.sl651_rtu import Sl651Rtu

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.runtime.kafka.consumer import OffsetFence, Verdict
+from engine.runtime.kafka.fence import OffsetFence, Verdict
 
 TP = ("vigil-telemetry", 3)
 OTHER = ("vigil-telemetry", 4)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from connectors.mqtt.mosquitto import CONFIG, Mosquitto
-from engine.runtime.config import BatchSettings
+from engine.runtime.config_sections import BatchSettings
 
 
 def _directives(text: str) -> list[str]:

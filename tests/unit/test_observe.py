@@ -17,7 +17,8 @@ from connectors.mqtt.topics import TopicTemplate
 from engine.contracts.alerts import AlertEvent
 from engine.contracts.batch import TelemetryBatch
 from engine.contracts.dead_letters import REASON_CLASSES, reason_class
-from engine.runtime.config import ConfigError, WebSettings, load_settings
+from engine.runtime.config import ConfigError, load_settings
+from engine.runtime.config_sections import WebSettings
 from engine.runtime.metrics import Metrics, RecentCounts
 from engine.runtime.services.dead_letters import MAX_PAYLOAD_BYTES, read_dead_letters
 from engine.runtime.transport.log import Append, DurableLog

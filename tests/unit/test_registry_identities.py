@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.fieldserver import Identity
+from connectors.fieldsession import Identity
 from engine.runtime.config import ConfigError
 from engine.runtime.services.field import identities
 from rules import RulesInvalid, load_registry

@@ -164,7 +164,7 @@ def test_sl651_report_serials_are_followed_and_keep_alives_are_not() -> None:
     from collections import Counter as Tally
     from datetime import datetime, timedelta
 
-    from connectors.fieldserver import Identity, Peer
+    from connectors.fieldsession import Identity, Peer
     from connectors.sl651.server import Sl651Session
     from simulators.sl651_rtu import Sl651Rtu
 

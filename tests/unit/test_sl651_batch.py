@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from bench.field_decode import hourly_frame
 from connectors.decoded import Columns, Rejection, blocks
 from connectors.sl651 import Frame, decode
-from connectors.sl651.batch import CODES, FALLBACK, OK, decode_many
+from connectors.sl651.batch import decode_many
+from connectors.sl651.batch_kernel import CODES, FALLBACK, OK
 from connectors.sl651.body import REPORTS
 from connectors.sl651.elements import ELEMENTS
 from connectors.sl651.frame import END_CHARS, crc16

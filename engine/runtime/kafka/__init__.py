@@ -1,5 +1,6 @@
-"""Kafka plumbing: topics, the fenced consumer, the producer, checkpoints that move with
-partitions. The processes that use them are in ``engine.runtime.services``.
+"""Kafka plumbing: topics, the fenced consumer and its offset fence, the producer,
+checkpoints that move with partitions. The processes that use them are in
+``engine.runtime.services``.
 
 The topology (``engine.runtime.topology``) is the same as on the embedded transport; this
 package holds what only a real Kafka cluster needs.

@@ -16,12 +16,14 @@ import logging
 import os
 from collections import Counter
 
-from connectors.fieldserver import FieldServer, Identity, Limits
+from connectors.fieldserver import FieldServer, Limits
+from connectors.fieldsession import Identity
 from connectors.hj212.server import Hj212Framing, Hj212Session
 from connectors.ingest import DeadLetter, Produce
 from connectors.sl651 import batch as sl651_batch
 from connectors.sl651.server import Sequences, Sl651Framing, Sl651Session
-from engine.runtime.config import ConfigError, FieldServerSettings, Settings
+from engine.runtime.config import ConfigError, Settings
+from engine.runtime.config_sections import FieldServerSettings
 from rules.registry import Registry
 
 __all__ = ["FieldServers", "identities"]

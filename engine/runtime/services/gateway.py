@@ -10,7 +10,7 @@ A long-lived task that fails (the ingest, a timer) ends the process with exit st
 and its traceback in the log, through Faust's crash of the app: a supervisor restarts it.
 A gateway that stayed up without ingest would look alive and lose every reading.
 
-SIGHUP re-reads the settings file and the rule and station files (``reload``): the
+SIGHUP re-reads the settings file and the rule and station files (``services.reload``): the
 rules, the stations and ``retention_hours`` take effect at once, other changed settings
 are named in the log as needing a restart; the NB-IoT device registry store is caught
 up with at once (``services.nbiot``). The rules come through ``RulesSource``
@@ -37,10 +37,9 @@ from connectors.sinks.base import Sink
 from connectors.sinks.console import ConsoleSink
 from connectors.sinks.jsonl import JsonlSink
 from engine.contracts.alerts import AlertEvent, pack_lines
-from engine.contracts.ruleset import RuleSet
 from engine.evaluation.broker_drops import BrokerDropAlerts
 from engine.evaluation.sequence_gaps import SequenceGapAlerts
-from engine.runtime.config import ConfigError, Settings, load_settings
+from engine.runtime.config import Settings
 from engine.runtime.dispatch.wiring import install_dispatch
 from engine.runtime.logs import configure_logging, mask_secret
 from engine.runtime.services.datalock import lock_data_dir
@@ -48,7 +47,8 @@ from engine.runtime.services.field import FieldServers
 from engine.runtime.services.nbiot import install_nbiot
 from engine.runtime.services.notify import Notifier
 from engine.runtime.services.observe import Observer
-from engine.runtime.services.rules_source import Loaded, RulesSource, load_rules
+from engine.runtime.services.reload import log_rules_change, reread_settings
+from engine.runtime.services.rules_source import Loaded, RulesSource
 from engine.runtime.services.startup import log_startup
 from engine.runtime.services.state import GatewayState
 from engine.runtime.storage import MB, Limits, StorageGuard
@@ -58,7 +58,7 @@ from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.transport.retention import cap_topic, enforce_retention
 from rules.registry import Station
 
-__all__ = ["RELOADABLE", "Gateway", "load_rules"]
+__all__ = ["Gateway"]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,6 @@ BROKER_DROPS_CHECK_S = 30.0
 SEQUENCE_CHECK_S = 5.0
 #: How long ingest may take to subscribe before the log says so (seconds).
 SUBSCRIBE_WARN_S = 60.0
-#: Settings that SIGHUP applies at once; a change to any other needs a restart.
-RELOADABLE = ("rules", "stations", "retention_hours")
 
 
 class Gateway:
@@ -271,43 +269,15 @@ class Gateway:
         self.topology.station_kinds = self.rules.station_kinds
         if self.rules.registry is not None:
             self.field.update(self.rules.registry)  # station identities and passwords
-        if ruleset.version == old.version:
-            return
-        ids = {r.rule_id for r in _all_rules(ruleset)}
-        before = {r.rule_id for r in _all_rules(old)}
-        added, removed = sorted(ids - before), sorted(before - ids)
-        log.warning(
-            "rules reloaded: version %s -> %s, %d rules (added: %s; removed: %s), "
-            "%d stations (were %d)",
-            old.version,
-            ruleset.version,
-            len(ids),
-            ", ".join(added) or "none",
-            ", ".join(removed) or "none",
-            len(stations),
-            len(old_stations or ()),
-        )
+        log_rules_change(old, ruleset, stations, old_stations)
 
     def _reload_settings(self) -> None:
         """Re-read the settings file; apply what is reloadable, name the rest."""
         if self.config_path is None:
             return
-        try:
-            new = load_settings(self.config_path)
-        except ConfigError as exc:
-            for line in str(exc).splitlines():
-                log.error("settings reload rejected, the running settings stay: %s", line)
-            return
-        old = self.settings
-        changed = [k for k in Settings.model_fields if getattr(new, k) != getattr(old, k)]
-        now = [k for k in changed if k in RELOADABLE]
-        later = [k for k in changed if k not in RELOADABLE]
-        if now:
-            self.settings = old.model_copy(update={k: getattr(new, k) for k in now})
-            self.rules.settings = self.settings
-            log.warning("settings reloaded: %s", ", ".join(now))
-        if later:
-            log.warning("settings changed that apply at the next restart: %s", ", ".join(later))
+        settings = reread_settings(self.settings, self.config_path)
+        if settings is not self.settings:
+            self.settings = self.rules.settings = settings
 
     def _on_sighup(self) -> None:
         self._hup_pending = True
@@ -398,7 +368,3 @@ class Gateway:
         )
         worker.spinner = None  # terminal escapes on stdout, which is a journal here
         worker.execute_from_commandline()
-
-
-def _all_rules(ruleset: RuleSet) -> list[Any]:
-    return [*ruleset.rules, *ruleset.compound, *ruleset.derived, *ruleset.corroboration]

@@ -21,7 +21,7 @@ from engine.evaluation.broker_drops import BrokerDropAlerts
 from engine.runtime.config import Settings
 from engine.runtime.kafka.producer import TelemetryProducer
 from engine.runtime.kafka.topics import TopicLayout, bootstrap_of, ensure_topics
-from engine.runtime.services.gateway import load_rules
+from engine.runtime.services.rules_source import load_rules
 
 __all__ = ["serve_mqtt_ingest"]
 

@@ -28,9 +28,9 @@ from connectors.sinks.jsonl import JsonlSink
 from engine.runtime.config import Settings
 from engine.runtime.dispatch.kafka import KafkaDispatch, ensure_dispatch_topics
 from engine.runtime.kafka.topics import TopicLayout, bootstrap_of, ensure_topics
-from engine.runtime.services.gateway import load_rules
 from engine.runtime.services.lag import LagMonitor
 from engine.runtime.services.observe import Observer
+from engine.runtime.services.rules_source import load_rules
 from engine.runtime.topology import Topology
 
 __all__ = ["KafkaWorker"]

@@ -21,7 +21,6 @@ were acknowledged, so the broker does not have them either.
 from __future__ import annotations
 
 import shutil
-import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,16 +29,21 @@ from pathlib import Path
 import msgpack
 from rocksdict import AccessType, DBRecoveryMode, Rdict, WriteBatch, WriteOptions
 
-from engine.runtime.transport.log import DurableLog, LogDamaged, log_options
+from engine.runtime.transport.log import DurableLog, LogDamaged
+from engine.runtime.transport.log_layout import (
+    I64,
+    META_PREFIXES,
+    U32,
+    U64,
+    floor_key,
+    gap_prefix,
+    log_options,
+    records_prefix,
+)
 
 __all__ = ["RepairFailed", "Report", "check", "repair", "verify"]
 
-_U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
-_I64 = struct.Struct(">q")
 _END = (1 << 64) - 1
-#: Key prefixes other than records (log.py's layout, and the lost ranges, ``G``).
-_META = (b"C", b"G", b"H", b"S", b"T")
 
 
 class RepairFailed(RuntimeError):
@@ -60,23 +64,15 @@ class Report:
         return not self.problems
 
 
-def _tp_prefix(topic: str, partition: int) -> bytes:
-    return b"L" + topic.encode() + b"\x00" + _U32.pack(partition)
-
-
-def _gap_prefix(topic: str, partition: int) -> bytes:
-    return b"G" + topic.encode() + b"\x00" + _U32.pack(partition)
-
-
 def _known_gaps(db: Rdict, topic: str, partition: int) -> list[tuple[int, int]]:
     """Offset ranges [start, end) that a repair recorded as lost."""
-    prefix = _gap_prefix(topic, partition)
+    prefix = gap_prefix(topic, partition)
     it = db.iter()
     it.seek(prefix)
     gaps = []
     while it.valid() and it.key().startswith(prefix):
-        start = int(_U64.unpack(it.key()[len(prefix) :])[0])
-        gaps.append((start, int(_U64.unpack(it.value())[0])))
+        start = int(U64.unpack(it.key()[len(prefix) :])[0])
+        gaps.append((start, int(U64.unpack(it.value())[0])))
         it.next()
     it.status()
     return gaps
@@ -89,8 +85,8 @@ def _committed(db: Rdict, topic: str, partition: int) -> dict[str, int]:
     it.seek(b"C")
     while it.valid() and it.key().startswith(b"C"):
         group, rest = it.key()[1:].split(b"\x00", 1)
-        if rest[:-5] == topic.encode() and int(_U32.unpack(rest[-4:])[0]) == partition:
-            out[group.decode()] = int(_I64.unpack(it.value())[0])
+        if rest[:-5] == topic.encode() and int(U32.unpack(rest[-4:])[0]) == partition:
+            out[group.decode()] = int(I64.unpack(it.value())[0])
         it.next()
     it.status()
     return out
@@ -125,14 +121,14 @@ def _check(durable: DurableLog) -> Report:
     for topic, partitions in sorted(durable.topics().items()):
         for partition in range(partitions):
             name = f"{topic}/{partition}"
-            prefix = _tp_prefix(topic, partition)
+            prefix = records_prefix(topic, partition)
             gaps = _known_gaps(db, topic, partition)
             it = db.iter()
             it.seek(prefix)
             count, expected, last = 0, None, -1
             try:
                 while it.valid() and it.key().startswith(prefix):
-                    offset = int(_U64.unpack(it.key()[len(prefix) :])[0])
+                    offset = int(U64.unpack(it.key()[len(prefix) :])[0])
                     known = any(s <= (expected or 0) and offset <= e for s, e in gaps)
                     if expected is not None and offset != expected and not known:
                         report.problems.append(
@@ -228,7 +224,7 @@ def _copy(source: Rdict, target: Rdict) -> list[str]:
     lost: list[str] = []
     writes = WriteOptions()  # one flush at the end makes the copy durable
     topics: dict[str, int] = {}
-    for prefix in _META:
+    for prefix in META_PREFIXES:
         try:
             for key, value in _range(source, prefix):
                 target.put(key, value, writes)
@@ -257,7 +253,7 @@ def _range(db: Rdict, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
 def _readable_from(db: Rdict, prefix: bytes, offset: int) -> bool:
     """Whether a seek to ``offset`` of the partition reads without damage."""
     it = db.iter()
-    it.seek(prefix + _U64.pack(offset))
+    it.seek(prefix + U64.pack(offset))
     try:
         it.status()
     except Exception:
@@ -268,7 +264,7 @@ def _readable_from(db: Rdict, prefix: bytes, offset: int) -> bool:
 def _copy_partition(
     source: Rdict, target: Rdict, topic: str, partition: int, writes: WriteOptions
 ) -> list[str]:
-    prefix = _tp_prefix(topic, partition)
+    prefix = records_prefix(topic, partition)
     name = f"{topic}/{partition}"
     lost: list[str] = []
     last = -1
@@ -292,16 +288,16 @@ def _copy_partition(
                 else:
                     lo = mid + 1
             lost.append(f"{name}: records {position}..{lo - 1} are unreadable")
-            target.put(_gap_prefix(topic, partition) + _U64.pack(position), _U64.pack(lo), writes)
+            target.put(gap_prefix(topic, partition) + U64.pack(position), U64.pack(lo), writes)
             position, last = lo, lo - 1
         it = source.iter()
-        it.seek(prefix + _U64.pack(position))
+        it.seek(prefix + U64.pack(position))
         batch = WriteBatch(raw_mode=True)
         while it.valid() and it.key().startswith(prefix):
-            offset = int(_U64.unpack(it.key()[len(prefix) :])[0])
+            offset = int(U64.unpack(it.key()[len(prefix) :])[0])
             if last >= 0 and offset != last + 1:  # a table RocksDB's repair set aside
                 lost.append(f"{name}: records {last + 1}..{offset - 1} are missing")
-                batch.put(_gap_prefix(topic, partition) + _U64.pack(last + 1), _U64.pack(offset))
+                batch.put(gap_prefix(topic, partition) + U64.pack(last + 1), U64.pack(offset))
             batch.put(it.key(), it.value())
             last = offset
             it.next()
@@ -318,6 +314,5 @@ def _copy_partition(
             f"{name}: records {last + 1}..{floor - 1} are gone (committed by "
             f"{', '.join(sorted(committed))}, no longer in the log)"
         )
-        floor_key = b"H" + topic.encode() + b"\x00" + _U32.pack(partition)
-        target.put(floor_key, _U64.pack(floor), writes)
+        target.put(floor_key(topic, partition), U64.pack(floor), writes)
     return lost

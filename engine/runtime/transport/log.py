@@ -7,18 +7,7 @@ the WAL is fsynced before the call returns), so a record whose offset was return
 producer survives ``kill -9`` and power loss, and a commit is atomic with the checkpoint
 blobs written in the same batch.
 
-Key layout (all integers big-endian so that byte order is numeric order)::
-
-    b"T" topic                                   -> msgpack {"partitions": n, ...}
-    b"L" topic 0x00 partition:u32 offset:u64     -> msgpack [key, value, ts_ms, headers]
-    b"C" group 0x00 topic 0x00 partition:u32     -> offset:i64 (next offset to read)
-    b"S" name                                    -> opaque checkpoint blob
-    b"P"                                         -> time_ns:i64 of the last write probe
-    b"H" topic 0x00 partition:u32                -> offset:u64, a floor for the highwater
-                                                    (set by ``vigil data repair`` when a
-                                                    partition's tail was lost)
-    b"G" topic 0x00 partition:u32 start:u64      -> end:u64, records [start, end) that a
-                                                    repair found unreadable (lost, known)
+The keys and their encoding are in ``engine.runtime.transport.log_layout``.
 
 One process owns a log directory at a time (RocksDB's LOCK file enforces it); inside
 the process, ``DurableLog.shared`` hands every user of a path the same instance.
@@ -33,7 +22,6 @@ checks a whole log and repairs one.
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -42,13 +30,22 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import msgpack
-from rocksdict import DBRecoveryMode, Options, Rdict, RdictIter, WriteBatch, WriteOptions
+from rocksdict import Rdict, RdictIter, WriteBatch, WriteOptions
+
+from engine.runtime.transport.log_layout import (
+    I64,
+    U32,
+    U64,
+    commit_key,
+    floor_key,
+    is_damage,
+    log_options,
+    pack_record,
+    records_prefix,
+    unpack_record,
+)
 
 __all__ = ["DurableLog", "LogDamaged", "LogNoSpace", "LogRecord", "TopicExists", "UnknownTopic"]
-
-_U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
-_I64 = struct.Struct(">q")
 
 
 class UnknownTopic(KeyError):
@@ -80,23 +77,6 @@ class LogNoSpace(OSError):
         super().__init__(f"{path}: no space left for the log: {detail}")
 
 
-def _damage(exc: Exception) -> bool:
-    # rocksdict raises a bare Exception carrying RocksDB's status text.
-    return str(exc).startswith("Corruption")
-
-
-def log_options() -> Options:
-    """The options every open of a log uses (``integrity`` opens with these too)."""
-    options = Options(raw_mode=True)
-    options.create_if_missing(True)
-    options.set_paranoid_checks(True)
-    # RocksDB's default (PointInTime) replays a cut WAL up to the cut and opens without a
-    # word: 1,906 acknowledged readings of 28,000 were gone that way. Every write is
-    # synced, so a complete WAL is the normal case and anything else is damage to report.
-    options.set_wal_recovery_mode(DBRecoveryMode.absolute_consistency())
-    return options
-
-
 @dataclass(frozen=True, slots=True)
 class LogRecord:
     """One stored record, shaped like a Kafka consumer record."""
@@ -122,18 +102,6 @@ class Append:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-def _tp_prefix(topic: str, partition: int) -> bytes:
-    return b"L" + topic.encode() + b"\x00" + _U32.pack(partition)
-
-
-def _commit_key(group: str, topic: str, partition: int) -> bytes:
-    return b"C" + group.encode() + b"\x00" + topic.encode() + b"\x00" + _U32.pack(partition)
-
-
-def _floor_key(topic: str, partition: int) -> bytes:
-    return b"H" + topic.encode() + b"\x00" + _U32.pack(partition)
-
-
 class DurableLog:
     """Topics and partitions of records, with committed offsets, on one RocksDB."""
 
@@ -146,7 +114,7 @@ class DurableLog:
         try:
             self._db = Rdict(str(self.path / "log"), log_options())
         except Exception as exc:
-            if _damage(exc):
+            if is_damage(exc):
                 raise LogDamaged(self.path, str(exc)) from None
             if "No space left on device" in str(exc):
                 raise LogNoSpace(self.path, str(exc)) from None
@@ -211,22 +179,22 @@ class DurableLog:
                 self._highwater[(topic, partition)] = self._scan_highwater(topic, partition)
 
     def _scan_highwater(self, topic: str, partition: int) -> int:
-        prefix = _tp_prefix(topic, partition)
+        prefix = records_prefix(topic, partition)
         it = self._iter()
         it.seek_for_prev(prefix + b"\xff" * 8)
         scanned = 0
         if it.valid() and it.key().startswith(prefix):
-            scanned = int(_U64.unpack(it.key()[len(prefix) :])[0]) + 1
+            scanned = int(U64.unpack(it.key()[len(prefix) :])[0]) + 1
         self._ended(it)
-        floor = self._db.get(_floor_key(topic, partition))
-        return max(scanned, 0 if floor is None else int(_U64.unpack(floor)[0]))
+        floor = self._db.get(floor_key(topic, partition))
+        return max(scanned, 0 if floor is None else int(U64.unpack(floor)[0]))
 
     def set_highwater_floor(self, topic: str, partition: int, offset: int) -> None:
         """Never give an offset below ``offset`` to a new record of this partition again
         (a repair that lost a partition's tail: its consumers' committed offsets and
         checkpoints are past what is left, and would skip reused offsets)."""
         self._check_tp(topic, partition)
-        self._db.put(_floor_key(topic, partition), _U64.pack(offset), self._sync)
+        self._db.put(floor_key(topic, partition), U64.pack(offset), self._sync)
         self._highwater[(topic, partition)] = max(self._highwater[(topic, partition)], offset)
 
     def create_topic(self, topic: str, partitions: int, **config: Any) -> bool:
@@ -276,11 +244,8 @@ class DurableLog:
             offset = next_offsets.get(tp, self._highwater[tp])
             next_offsets[tp] = offset + 1
             batch.put(
-                _tp_prefix(rec.topic, rec.partition) + _U64.pack(offset),
-                msgpack.packb(
-                    [rec.key, rec.value, rec.timestamp, [list(h) for h in rec.headers]],
-                    use_bin_type=True,
-                ),
+                records_prefix(rec.topic, rec.partition) + U64.pack(offset),
+                pack_record(rec.key, rec.value, rec.timestamp, rec.headers),
             )
             offsets.append(offset)
         self._db.write(batch, self._sync)
@@ -290,25 +255,25 @@ class DurableLog:
     def read(self, topic: str, partition: int, offset: int, max_records: int) -> list[LogRecord]:
         """Up to ``max_records`` records of one partition from ``offset`` on."""
         self._check_tp(topic, partition)
-        prefix = _tp_prefix(topic, partition)
+        prefix = records_prefix(topic, partition)
         it = self._iter()
-        it.seek(prefix + _U64.pack(max(offset, 0)))
+        it.seek(prefix + U64.pack(max(offset, 0)))
         out: list[LogRecord] = []
         n_prefix = len(prefix)
         while it.valid() and len(out) < max_records:
             key = it.key()
             if not key.startswith(prefix):
                 break
-            k, v, ts, headers = msgpack.unpackb(it.value(), raw=False)
+            k, v, ts, headers = unpack_record(it.value())
             out.append(
                 LogRecord(
                     topic=topic,
                     partition=partition,
-                    offset=int(_U64.unpack(key[n_prefix:])[0]),
+                    offset=int(U64.unpack(key[n_prefix:])[0]),
                     key=k,
                     value=v,
                     timestamp=ts,
-                    headers=tuple((str(h), bytes(b)) for h, b in headers),
+                    headers=headers,
                 )
             )
             it.next()
@@ -323,19 +288,19 @@ class DurableLog:
     def earliest(self, topic: str, partition: int) -> int:
         """The lowest offset still stored (the highwater when the partition is empty)."""
         self._check_tp(topic, partition)
-        prefix = _tp_prefix(topic, partition)
+        prefix = records_prefix(topic, partition)
         it = self._iter()
         it.seek(prefix)
         if it.valid() and it.key().startswith(prefix):
-            return int(_U64.unpack(it.key()[len(prefix) :])[0])
+            return int(U64.unpack(it.key()[len(prefix) :])[0])
         self._ended(it)
         return self._highwater[(topic, partition)]
 
     def trim(self, topic: str, partition: int, before: int) -> None:
         """Delete the records of one partition below offset ``before`` (retention)."""
         self._check_tp(topic, partition)
-        prefix = _tp_prefix(topic, partition)
-        start, end = prefix + _U64.pack(0), prefix + _U64.pack(max(before, 0))
+        prefix = records_prefix(topic, partition)
+        start, end = prefix + U64.pack(0), prefix + U64.pack(max(before, 0))
         batch = WriteBatch(raw_mode=True)
         batch.delete_range(start, end)
         self._db.write(batch, self._sync)
@@ -347,7 +312,7 @@ class DurableLog:
         """The lowest offset from which the partition's newest records take at most
         ``max_bytes`` as stored (reads newest first, at most ``max_bytes`` of them)."""
         self._check_tp(topic, partition)
-        prefix = _tp_prefix(topic, partition)
+        prefix = records_prefix(topic, partition)
         it = self._iter()
         it.seek_for_prev(prefix + b"\xff" * 8)
         first, total = self._highwater[(topic, partition)], 0
@@ -355,7 +320,7 @@ class DurableLog:
             total += len(it.key()) + len(it.value())
             if total > max_bytes:
                 break
-            first = int(_U64.unpack(it.key()[len(prefix) :])[0])
+            first = int(U64.unpack(it.key()[len(prefix) :])[0])
             it.prev()
         self._ended(it)
         return first
@@ -395,8 +360,8 @@ class DurableLog:
             group, rest = key[1:].split(b"\x00", 1)
             if rest[:-5] == wanted:
                 groups.add(group)
-                if int(_U32.unpack(rest[-4:])[0]) == partition:
-                    mine[group] = int(_I64.unpack(it.value())[0])
+                if int(U32.unpack(rest[-4:])[0]) == partition:
+                    mine[group] = int(I64.unpack(it.value())[0])
             it.next()
         self._ended(it)
         if not groups:
@@ -405,8 +370,8 @@ class DurableLog:
 
     def committed(self, group: str, topic: str, partition: int) -> int | None:
         """The group's committed offset (next offset to read), or None if never committed."""
-        raw = self._db.get(_commit_key(group, topic, partition))
-        return None if raw is None else int(_I64.unpack(raw)[0])
+        raw = self._db.get(commit_key(group, topic, partition))
+        return None if raw is None else int(I64.unpack(raw)[0])
 
     def commit(
         self,
@@ -417,7 +382,7 @@ class DurableLog:
         """Atomically and durably store committed offsets and checkpoint blobs together."""
         batch = WriteBatch(raw_mode=True)
         for (topic, partition), offset in offsets.items():
-            batch.put(_commit_key(group, topic, partition), _I64.pack(offset))
+            batch.put(commit_key(group, topic, partition), I64.pack(offset))
         for name, blob in (blobs or {}).items():
             batch.put(b"S" + name.encode(), blob)
         self._db.write(batch, self._sync)
@@ -426,7 +391,7 @@ class DurableLog:
         """Write and fsync a small probe key; raises what a write raises (a full disk,
         RocksDB in its background-error state). The readiness check's proof that the
         log still takes durable writes."""
-        self._db.put(b"P", _I64.pack(time.time_ns()), self._sync)
+        self._db.put(b"P", I64.pack(time.time_ns()), self._sync)
 
     def blob(self, name: str) -> bytes | None:
         """A checkpoint blob stored by ``commit``."""
