@@ -30,6 +30,12 @@ class MqttOptions:
     #: The broker's cumulative dropped-message count (mosquitto's ``$SYS`` tree, which
     #: needs ``sys_interval`` > 0); None for a broker that has none.
     broker_drops_topic: str | None = "$SYS/broker/publish/messages/dropped"
+    #: How many ingest processes share the subscription (``connectors.mqtt.pool``);
+    #: 1: the gateway's own process subscribes, as before.
+    processes: int = 1
+    #: The shared-subscription group (``$share/<group>/...``, MQTT 5) this client is a
+    #: member of; None: a plain subscription. Set by the pool on its workers.
+    share_group: str | None = None
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
