@@ -68,6 +68,7 @@ class _Worker:
         self.connection = Connection()
         self.subscribed = False
         self.ever_subscribed = False
+        self.restarted = False  # since it last subscribed
         self.counters: dict[str, int] = {}
 
     def send(self, *frame: Any) -> None:
@@ -239,6 +240,7 @@ class MqttIngestPool:
                 self._fail(RuntimeError(f"MQTT ingest worker {w.index} exited ({code}) at start"))
                 return
             self._retired["worker_restarts"] += 1
+            w.restarted = True
             log.error(
                 "MQTT ingest worker %d exited with status %s: starting it again (the broker "
                 "redelivers what it had not acknowledged)",
@@ -259,7 +261,8 @@ class MqttIngestPool:
                 pass_fds=(theirs.fileno(),),
             )
         reader, w.writer = await asyncio.open_unix_connection(sock=ours)
-        w.send("start", w.index, w.options, self._known_stations, self.admission, self._paused)
+        stations, level = self._known_stations, logging.getLogger().getEffectiveLevel()
+        w.send("start", w.index, w.options, stations, self.admission, self._paused, level)
         log.info("MQTT ingest worker %d started (pid %d)", w.index, w.process.pid)
         try:
             while True:
@@ -292,6 +295,9 @@ class MqttIngestPool:
             since_ms = since_ms or int(time.time() * 1000)
             w.connection = Connection(connected, error, since_ms, failures)
             w.ever_subscribed |= w.subscribed
+            if w.subscribed and w.restarted:
+                w.restarted = False
+                log.warning("MQTT ingest worker %d subscribed again after its restart", w.index)
             self._update_subscribed()
 
     def _update_subscribed(self) -> None:

@@ -11,7 +11,7 @@ redelivers what it had not acknowledged to the next member with its client id.
 
 Frames, both ways: a 4-byte big-endian length, then a pickle (both ends are this tree,
 one trusted parent and its child). The gateway sends first
-``("start", index, options, stations, admission, paused_because)``, then ``("done",)``
+``("start", index, options, stations, admission, paused_because, log_level)``, then ``("done",)``
 for each request in order, ``("stations", stations)``, ``("pause", why)``, ``("resume",)``
 and ``("stop",)``. The worker sends the requests ``("produce", readings)`` and
 ``("dead", raw, reason, source)`` (one at a time: ``deliver`` awaits each) and the
@@ -125,9 +125,9 @@ async def _report(ingest: MqttIngest, gateway: _Gateway, every_s: float | None) 
 
 async def _serve(sock: socket.socket) -> int:
     reader, writer = await asyncio.open_unix_connection(sock=sock)
-    _, index, options, stations, admission, paused = await read_frame(reader)
+    _, index, options, stations, admission, paused, level = await read_frame(reader)
     logging.basicConfig(
-        level=logging.INFO,
+        level=level,
         format=f"%(asctime)s %(levelname)s mqtt-worker-{index}[%(process)d] %(name)s: %(message)s",
     )
     gateway = _Gateway(writer)
