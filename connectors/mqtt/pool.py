@@ -46,6 +46,7 @@ from connectors.mqtt.connection import Connection
 from connectors.mqtt.options import MqttOptions
 from connectors.mqtt.topics import TopicTemplate
 from connectors.mqtt.worker import read_frame, write_frame
+from engine.contracts.batch import ReadingBlock
 
 __all__ = ["Ingest", "MqttIngestPool", "mqtt_ingest"]
 
@@ -279,7 +280,7 @@ class MqttIngestPool:
     async def _handle(self, w: _Worker, frame: tuple[Any, ...]) -> None:
         kind = frame[0]
         if kind == "produce":
-            await self._produce(frame[1])
+            await self._produce([ReadingBlock(*sensor) for sensor in frame[1]])
             w.send("done")
         elif kind == "dead":
             await self._dead_letter(frame[1], frame[2], frame[3])

@@ -13,7 +13,10 @@ Frames, both ways: a 4-byte big-endian length, then a pickle (both ends are this
 one trusted parent and its child). The gateway sends first
 ``("start", index, options, stations, admission, paused_because, log_level)``, then ``("done",)``
 for each request in order, ``("stations", stations)``, ``("pause", why)``, ``("resume",)``
-and ``("stop",)``. The worker sends the requests ``("produce", readings)`` and
+and ``("stop",)``. The worker sends the requests ``("produce", sensors)`` (``sensors``: a
+batch's readings as one ``(station, metric, ts list, value list)`` per sensor, in the
+order they came: the batch's ``ReadingBlock`` s merged, for the pickle's cost; a
+message's block per sensor cost more to pickle and unpickle than to decode) and
 ``("dead", raw, reason, source)`` (one at a time: ``deliver`` awaits each) and the
 notices ``("seq", topic, seqs, received_ms)``, ``("drops", total)`` and, every
 ``REPORT_S``, ``("state", connected, error, since_ms, failures, subscribed, counters)``.
@@ -36,6 +39,7 @@ import sys
 from typing import Any
 
 from connectors.mqtt.client import MqttIngest
+from engine.contracts.batch import ReadingBlock
 
 __all__ = ["REPORT_S", "read_frame", "write_frame"]
 
@@ -79,7 +83,16 @@ class _Gateway:
         self._waiting.popleft().set_result(None)
 
     async def produce(self, readings: list[Any]) -> None:
-        await self.request("produce", readings)
+        sensors: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+        for block in readings:
+            assert isinstance(block, ReadingBlock)  # what ``MqttIngest._decode`` returns
+            columns = sensors.get((block.station, block.metric))
+            if columns is None:
+                sensors[block.station, block.metric] = (list(block.ts), list(block.value))
+            else:
+                columns[0].extend(block.ts)
+                columns[1].extend(block.value)
+        await self.request("produce", [(*sensor, *c) for sensor, c in sensors.items()])
 
     async def dead_letter(self, raw: bytes, reason: str, source: str) -> None:
         await self.request("dead", raw, reason, source)

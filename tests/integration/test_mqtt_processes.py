@@ -137,10 +137,12 @@ class _KillingPool(MqttIngestPool):
         if frame[0] == "produce" and not self.dropped and len(self.recorder.readings) >= self.after:
             assert w.process is not None
             os.kill(w.process.pid, signal.SIGKILL)
-            await w.process.wait()
-            self.dropped = [
-                (b.station, t, v) for b in frame[1] for t, v in zip(b.ts, b.value, strict=True)
+            self.dropped = [  # before the wait: the other worker's batch goes on
+                (station, t, v)
+                for station, _, ts, values in frame[1]
+                for t, v in zip(ts, values, strict=True)
             ]
+            await w.process.wait()
             return  # not written: only the broker's redelivery can bring these back
         await super()._handle(w, frame)
 
