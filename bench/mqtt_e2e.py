@@ -258,7 +258,8 @@ def _run_vigil(
         if profile is not None:  # py-spy's own CPU is not in the tree measured
             spy = subprocess.Popen(
                 [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid),
-                 "--threads", "--format", "speedscope", "--rate", "200", "--output", str(profile)],
+                 "--threads", "--subprocesses", "--format", "speedscope", "--rate", "200",
+                 "--output", str(profile)],
                 stdout=subprocess.DEVNULL, stderr=(workdir / "py-spy.log").open("w"),
             )  # fmt: skip
             time.sleep(1.0)

@@ -30,9 +30,10 @@ CONNACK code) and retried by paho with backoff (1 s doubling to 10 s); ``connect
 holds the state and the last reason for health checks and ``vigil status``.
 
 Shared subscription (``MqttOptions.share_group``, set on the worker processes of
-``connectors.mqtt.pool``): the client speaks MQTT 5, subscribes to
-``$share/<group>/<filter>`` so that the broker hands each message to one member of the
-group, and keeps a persistent session (clean start off, ``SESSION_EXPIRY_S``).
+``connectors.mqtt.pool``): the client subscribes to ``$share/<group>/<filter>``, so that
+the broker hands each message to one member of the group. With ``MqttOptions.mqtt5`` it
+speaks MQTT 5 with clean start off and a session that never expires
+(``SESSION_EXPIRY_S``), as persistent as MQTT 3.1.1's ``clean_session=False``.
 
 Topic to (station, metric): ``connectors.mqtt.topics``; payloads: ``connectors.mqtt.payload``.
 """
@@ -72,9 +73,8 @@ __all__ = ["Connection", "MqttIngest", "describe_failure"]
 
 log = logging.getLogger(__name__)
 
-#: MQTT 5 session expiry of a shared-subscription member (s): never, like an MQTT 3.1.1
-#: persistent session (the broker keeps what a member did not acknowledge until the
-#: member with that client id comes back).
+#: MQTT 5 session expiry (s): never, like an MQTT 3.1.1 persistent session (the broker
+#: keeps what the client did not acknowledge until the client with its id comes back).
 SESSION_EXPIRY_S = 0xFFFFFFFF
 
 #: ``on_broker_drops(total)``: the broker's cumulative count of dropped messages.
@@ -140,7 +140,7 @@ class MqttIngest:
 
     def _new_client(self, client_id: str, *, clean_session: bool) -> mqtt.Client:
         o = self.options
-        v5 = not clean_session and o.share_group is not None  # shared subscriptions
+        v5 = not clean_session and o.mqtt5
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,

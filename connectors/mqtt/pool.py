@@ -4,7 +4,8 @@ process writes the log.
 ``MqttIngestPool`` has ``MqttIngest``'s interface (``start``, ``join``, ``stop``,
 ``pause``, ``resume``, ``state``, ``connection``, ``counters``, ``known_stations``) for
 ``MqttOptions.processes`` > 1. It starts that many ``connectors.mqtt.worker`` processes;
-worker ``k`` is an MQTT 5 client ``<client_id>-<k>`` in the shared subscription
+worker ``k`` is an MQTT client ``<client_id>-<k>`` with a persistent session (MQTT
+3.1.1, or 5 with ``MqttOptions.mqtt5``) in the shared subscription
 ``$share/<group>/<filter>`` (group: the gateway's client id), so the broker hands each
 message to one worker. A worker does what costs CPU per message (the client library's
 socket reads, decoding, admission, batching) and sends each batch's readings and dead

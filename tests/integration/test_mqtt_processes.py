@@ -75,8 +75,9 @@ class _Recorder:
         raise AssertionError(f"dead letter from {source}: {reason}")
 
 
-def _options(broker: Mosquitto, client_id: str) -> MqttOptions:
+def _options(broker: Mosquitto, client_id: str, mqtt5: bool = False) -> MqttOptions:
     return MqttOptions(
+        mqtt5=mqtt5,
         host=broker.host,
         port=broker.port,
         client_id=client_id,
@@ -109,12 +110,14 @@ async def _run(pool: MqttIngestPool, recorder: _Recorder, broker: Mosquitto) -> 
         await pool.stop()
 
 
-def test_two_processes_share_the_subscription_and_deliver_every_reading_once() -> None:
+@pytest.mark.parametrize("mqtt5", [False, True], ids=["mqtt3.1.1", "mqtt5"])
+def test_two_processes_share_the_subscription_and_deliver_every_reading_once(
+    mqtt5: bool,
+) -> None:
     with Mosquitto() as broker:
         recorder = _Recorder(STATIONS * PER_STATION)
-        pool = MqttIngestPool(
-            _options(broker, "processes-once"), recorder.produce, recorder.dead_letter
-        )
+        options = _options(broker, "processes-once", mqtt5)
+        pool = MqttIngestPool(options, recorder.produce, recorder.dead_letter)
         asyncio.run(_run(pool, recorder, broker))
     assert sorted(recorder.readings) == sorted(_published())  # each once, none missing
     per_worker = [w.counters.get("received", 0) for w in pool._workers]
