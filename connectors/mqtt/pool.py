@@ -228,8 +228,8 @@ class MqttIngestPool:
         while not self._stopping:
             try:
                 code = await self._serve(w)
-            except Exception as exc:  # an append failed: the gateway must stop
-                log.error("MQTT ingest: worker %d's batch was not written: %r", w.index, exc)
+            except Exception as exc:  # an append failed (or a start): the gateway must stop
+                log.error("MQTT ingest worker %d: %r; the gateway stops", w.index, exc)
                 self._fail(exc)
                 return
             if self._stopping:
@@ -288,7 +288,10 @@ class MqttIngestPool:
             w.send("done")
         elif kind == "seq":
             if self._on_sequence is not None:
-                self._on_sequence(frame[1], frame[2], frame[3])
+                try:
+                    self._on_sequence(frame[1], frame[2], frame[3])
+                except Exception:  # a bug in following the numbers does not stop ingest
+                    log.exception("MQTT ingest: sequence numbers of %s not followed", frame[1])
         elif kind == "drops":
             if self._on_broker_drops is not None:
                 await self._on_broker_drops(frame[1])

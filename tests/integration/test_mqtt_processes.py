@@ -167,3 +167,50 @@ def test_a_killed_worker_is_started_again_and_gets_its_unacknowledged_messages()
     # worker's messages received before its death may come twice (never acknowledged).
     assert set(recorder.readings) == set(_published())
     assert set(pool.dropped) <= set(recorder.readings)
+
+
+class _Unwritable(_Recorder):
+    async def produce(self, readings: list[Any]) -> None:
+        raise OSError(28, "No space left on device")
+
+
+async def _until_failed(pool: MqttIngestPool, broker: Mosquitto | None) -> BaseException:
+    await pool.start()
+    try:
+        if broker is not None:
+            await _until_subscribed(pool)
+            await asyncio.get_running_loop().run_in_executor(None, _publish, broker, _messages())
+        with pytest.raises(Exception) as failed:
+            await asyncio.wait_for(pool.join(), 120)
+        return failed.value
+    finally:
+        await pool.stop()
+
+
+def test_a_failed_append_ends_the_ingest_and_nothing_of_it_is_acknowledged() -> None:
+    with Mosquitto() as broker:
+        unwritable = _Unwritable(STATIONS * PER_STATION)
+        options = _options(broker, "processes-unwritable")
+        pool = MqttIngestPool(options, unwritable.produce, unwritable.dead_letter)
+        failed = asyncio.run(_until_failed(pool, broker))
+        assert isinstance(failed, OSError)
+        # The same workers' sessions, now writable: the broker delivers everything again.
+        recorder = _Recorder(STATIONS * PER_STATION)
+        again = MqttIngestPool(options, recorder.produce, recorder.dead_letter)
+
+        async def drain() -> None:
+            await again.start()
+            try:
+                await asyncio.wait_for(recorder.all_in.wait(), 120)
+            finally:
+                await again.stop()
+
+        asyncio.run(drain())
+    assert set(recorder.readings) == set(_published())
+
+
+def test_a_worker_that_cannot_start_ends_the_ingest() -> None:
+    options = MqttOptions(port=1, ca_file="/nonexistent/ca.pem", processes=2)
+    pool = MqttIngestPool(options, _Recorder(0).produce, _Recorder(0).dead_letter)
+    failed = asyncio.run(_until_failed(pool, None))
+    assert "exited (1) at start" in str(failed)
