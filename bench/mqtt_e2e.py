@@ -26,6 +26,7 @@ for 3 s; the idle wait is not in the wall time).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -47,8 +48,8 @@ IDLE_S = 3.0  # no new message for this long: the consumer got all it will get
 KEEPALIVE_S = 600  # the stopped consumer must not be disconnected during the backlog
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its descendants (from /proc)."""
+def _tree(pid: int) -> dict[int, float]:
+    """``pid`` and its descendants, each with its user + system CPU seconds (/proc)."""
     tick = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
     stats: dict[int, float] = {}
@@ -61,12 +62,24 @@ def _cpu_s(pid: int) -> float:
             continue
         children.setdefault(int(fields[1]), []).append(int(entry))
         stats[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    total, todo = 0.0, [pid]
+    tree, todo = {}, [pid]
     while todo:
         p = todo.pop()
-        total += stats.get(p, 0.0)
+        tree[p] = stats.get(p, 0.0)
         todo += children.get(p, [])
-    return total
+    return tree
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants."""
+    return sum(_tree(pid).values())
+
+
+def _signal_tree(pid: int, sig: int) -> None:
+    """``sig`` to ``pid`` and its descendants (the gateway's ingest workers)."""
+    for p in _tree(pid):
+        with contextlib.suppress(ProcessLookupError):  # one that exited meanwhile
+            os.kill(p, sig)
 
 
 def _payloads(station: int, messages: int, per_message: int, t0: int) -> bytes:
@@ -193,11 +206,13 @@ def _run_vigil(
     readings: int,
     tree: Path,
     profile: Path | None = None,
+    processes: int = 1,
 ) -> dict[str, float]:
     web_port = free_port()
     config = write_config(
         workdir, [gauge(f"B{i:03d}") for i in range(len(backlog))], "bench.mqtt_level", port,
-        mqtt={"keepalive": KEEPALIVE_S}, lateness_ms=3_600_000, web_port=web_port,
+        mqtt={"keepalive": KEEPALIVE_S, **({"processes": processes} if processes > 1 else {})},
+        lateness_ms=3_600_000, web_port=web_port,
     )  # fmt: skip
     proc = start_gateway(config, workdir, tree)
     spy: subprocess.Popen[bytes] | None = None
@@ -207,15 +222,16 @@ def _run_vigil(
         if profile is not None:  # py-spy's own CPU is not in the tree measured
             spy = subprocess.Popen(
                 [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid),
-                 "--threads", "--format", "speedscope", "--rate", "200", "--output", str(profile)],
+                 "--threads", "--subprocesses", "--format", "speedscope", "--rate", "200",
+                 "--output", str(profile)],
                 stdout=subprocess.DEVNULL, stderr=(workdir / "py-spy.log").open("w"),
             )  # fmt: skip
             time.sleep(1.0)
-        os.kill(proc.pid, signal.SIGSTOP)
+        _signal_tree(proc.pid, signal.SIGSTOP)
         _publish(port, qos, backlog)
         cpu0 = _cpu_s(proc.pid)
         t0 = time.monotonic()
-        os.kill(proc.pid, signal.SIGCONT)
+        _signal_tree(proc.pid, signal.SIGCONT)
         n, t_last, cpu_last = 0.0, t0, 0.0
         while n < readings:
             time.sleep(0.1)
@@ -239,7 +255,7 @@ def _run_vigil(
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
-        os.kill(proc.pid, signal.SIGCONT)
+        _signal_tree(proc.pid, signal.SIGCONT)
         proc.terminate()
         proc.wait(120)
 
@@ -251,7 +267,12 @@ def main() -> int:
     ap.add_argument("--qos", type=int, choices=(0, 1), default=1)
     ap.add_argument("--stations", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--only", choices=("raw", "vigil", "base"))
+    ap.add_argument("--only", help="one consumer: raw, vigil, base or vigil-pN")
+    ap.add_argument(
+        "--processes",
+        default="1",
+        help="comma-separated mqtt.processes to measure this tree at (1: 'vigil'; N: 'vigil-pN')",
+    )
     ap.add_argument(
         "--baseline",
         type=Path,
@@ -271,7 +292,12 @@ def main() -> int:
     t0 = int(time.time() * 1000) - 86_400_000
     backlog = [_payloads(i, per_station, args.per_message, t0) for i in range(args.stations)]
     here = Path(__file__).resolve().parents[1]
-    trees = {"vigil": here, **({"base": args.baseline.resolve()} if args.baseline else {})}
+    trees: dict[str, tuple[Path, int]] = {
+        ("vigil" if n == 1 else f"vigil-p{n}"): (here, n)
+        for n in (int(x) for x in args.processes.split(","))
+    }
+    if args.baseline:
+        trees["base"] = (args.baseline.resolve(), 1)
     results: dict[str, list[dict[str, float]]] = {"raw": [], **{k: [] for k in trees}}
     who_all = list(results)
     for run in range(args.runs):
@@ -290,7 +316,7 @@ def main() -> int:
                         profile = args.profile / f"{who}-{run}.speedscope.json"
                     r = _run_vigil(
                         workdir, broker.port, args.qos, backlog, messages, readings,
-                        trees[who], profile,
+                        trees[who][0], profile, trees[who][1],
                     )  # fmt: skip
             r["msgs_per_s"] = r["messages"] / r["wall_s"]
             r["readings_per_s"] = r["messages"] * args.per_message / r["wall_s"]

@@ -29,6 +29,12 @@ Connection: a broker that refuses or cannot be reached is logged at once with th
 CONNACK code) and retried by paho with backoff (1 s doubling to 10 s); ``connection``
 holds the state and the last reason for health checks and ``vigil status``.
 
+Shared subscription (``MqttOptions.share_group``, set on the worker processes of
+``connectors.mqtt.pool``): the client subscribes to ``$share/<group>/<filter>``, so that
+the broker hands each message to one member of the group. With ``MqttOptions.mqtt5`` it
+speaks MQTT 5 with clean start off and a session that never expires
+(``SESSION_EXPIRY_S``), as persistent as MQTT 3.1.1's ``clean_session=False``.
+
 Topic to (station, metric): ``connectors.mqtt.topics``; payloads: ``connectors.mqtt.payload``.
 """
 
@@ -36,9 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
-import struct
 import sys
 import threading
 import time
@@ -47,6 +51,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from connectors.ingest import (
     Admission,
@@ -57,14 +63,19 @@ from connectors.ingest import (
     Stations,
     deliver,
 )
+from connectors.mqtt.connection import PUBACK_PACKET, Connection, PubAck, describe_failure
 from connectors.mqtt.options import MqttOptions
 from connectors.mqtt.payload import decode_columns
 from connectors.mqtt.topics import TopicTemplate
 from engine.contracts.batch import ReadingBlock
 
-__all__ = ["MqttIngest"]
+__all__ = ["Connection", "MqttIngest", "describe_failure"]
 
 log = logging.getLogger(__name__)
+
+#: MQTT 5 session expiry (s): never, like an MQTT 3.1.1 persistent session (the broker
+#: keeps what the client did not acknowledge until the client with its id comes back).
+SESSION_EXPIRY_S = 0xFFFFFFFF
 
 #: ``on_broker_drops(total)``: the broker's cumulative count of dropped messages.
 BrokerDrops = Callable[[int], Awaitable[None]]
@@ -76,54 +87,6 @@ Sequences = Callable[[str, list[int], int], None]
 @dataclass
 class _DropCount:
     total: int
-
-
-@dataclass
-class Connection:
-    """The broker connection as the ingest last saw it (written by paho's thread, read
-    anywhere: each field is one plain value). ``error``: why the last attempt failed or
-    the connection dropped, None once connected; ``since_ms``: when ``connected`` last
-    changed (epoch ms)."""
-
-    connected: bool = False
-    error: str | None = None
-    since_ms: int = 0
-    failures: int = 0  # failed attempts since the last success
-
-
-def describe_failure(exc: BaseException | None) -> str:
-    """A connect failure as an operator reads it: what failed and why."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate verify failed: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc.reason or exc}"
-    if isinstance(exc, socket.gaierror):
-        return f"name resolution failed: {exc.strerror}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return "connection timed out"
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc) or type(exc).__name__
-    return repr(exc) if exc is not None else "unknown reason"
-
-
-#: A PUBACK: fixed header (type, remaining length 2), packet id (MQTT 3.1.1, 3.4).
-_PUBACK_PACKET = struct.Struct("!BBH")
-
-
-class _PubAck:
-    """``Inbound.ack`` of a QoS 1 message: its PUBACK, alone when called, or with the
-    rest of its batch (``MqttIngest._ack_batch``)."""
-
-    __slots__ = ("client", "mid")
-
-    def __init__(self, client: mqtt.Client, mid: int) -> None:
-        self.client = client
-        self.mid = mid
-
-    def __call__(self) -> None:
-        self.client.ack(self.mid, 1)
 
 
 class MqttIngest:
@@ -142,6 +105,10 @@ class MqttIngest:
         self.options = options
         self._on_sequence = on_sequence
         self.template = TopicTemplate(options.topic_template)
+        #: What the client subscribes to: the template's filter, shared or not.
+        self.subscription = self.template.subscription
+        if options.share_group is not None:
+            self.subscription = f"$share/{options.share_group}/{self.subscription}"
         self._produce = produce
         self._dead_letter = dead_letter
         self._on_broker_drops = on_broker_drops
@@ -173,11 +140,13 @@ class MqttIngest:
 
     def _new_client(self, client_id: str, *, clean_session: bool) -> mqtt.Client:
         o = self.options
+        v5 = not clean_session and o.mqtt5
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            clean_session=clean_session,  # persistent: the broker keeps what we did not ack
-            protocol=mqtt.MQTTv311,
+            # persistent: the broker keeps what we did not ack (MQTT 5: ``_connect``)
+            clean_session=None if v5 else clean_session,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             manual_ack=True,
         )
         if o.username is not None:
@@ -208,7 +177,7 @@ class MqttIngest:
         if reason_code.is_failure:
             self._failed(f"refused by the broker: {reason_code}")
             return
-        client.subscribe(self.template.subscription, qos=1)
+        client.subscribe(self.subscription, qos=1)
         self._set(connected=True, error=None)
         self.connection.failures = 0
         log.info("MQTT connected to %s:%s", self.options.host, self.options.port)
@@ -240,9 +209,7 @@ class MqttIngest:
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
         if any(rc.is_failure for rc in reason_codes):
-            log.error(
-                "MQTT subscription to %s refused: %s", self.template.subscription, reason_codes
-            )
+            log.error("MQTT subscription to %s refused: %s", self.subscription, reason_codes)
             return
         self.subscribed.set()
 
@@ -269,9 +236,7 @@ class MqttIngest:
         PUBACK for it is a protocol error that makes the broker drop the connection)."""
         if received_ms is None:
             received_ms = int(time.time() * 1000)
-        return Inbound(
-            topic, payload, received_ms, None if qos == 0 else _PubAck(self._client, mid)
-        )
+        return Inbound(topic, payload, received_ms, None if qos == 0 else PubAck(self._client, mid))
 
     def _ack_batch(self, messages: list[Inbound]) -> None:
         """Acknowledge a batch's QoS 1 messages: their PUBACKs as one packet queued for
@@ -279,7 +244,7 @@ class MqttIngest:
         packet and writes to the thread's wake-up socket per message, which cost a
         quarter of the event loop's time. ``_packet_queue`` is paho's (2.x, pinned in
         constraints.txt); should a release lack it, each message is acknowledged alone."""
-        acks = [m.ack for m in messages if isinstance(m.ack, _PubAck)]
+        acks = [m.ack for m in messages if isinstance(m.ack, PubAck)]
         if not acks:
             return
         queue = getattr(self._client, "_packet_queue", None)
@@ -287,7 +252,7 @@ class MqttIngest:
             for ack in acks:
                 ack()
             return
-        packet = b"".join([_PUBACK_PACKET.pack(mqtt.PUBACK, 2, a.mid) for a in acks])
+        packet = b"".join([PUBACK_PACKET.pack(mqtt.PUBACK, 2, a.mid) for a in acks])
         queue(mqtt.PUBACK, packet, 0, 0)
 
     def _on_sys_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
@@ -321,7 +286,12 @@ class MqttIngest:
 
     def _connect(self, client: mqtt.Client) -> None:
         o = self.options
-        client.connect_async(o.host, o.port, o.keepalive)
+        if client.protocol == mqtt.MQTTv5:
+            expiry = Properties(PacketTypes.CONNECT)
+            expiry.SessionExpiryInterval = SESSION_EXPIRY_S
+            client.connect_async(o.host, o.port, o.keepalive, clean_start=False, properties=expiry)
+        else:
+            client.connect_async(o.host, o.port, o.keepalive)
         client.loop_start()
 
     @property

@@ -30,6 +30,17 @@ class MqttOptions:
     #: The broker's cumulative dropped-message count (mosquitto's ``$SYS`` tree, which
     #: needs ``sys_interval`` > 0); None for a broker that has none.
     broker_drops_topic: str | None = "$SYS/broker/publish/messages/dropped"
+    #: How many ingest processes share the subscription (``connectors.mqtt.pool``);
+    #: 1: the gateway's own process subscribes, as before.
+    processes: int = 1
+    #: The shared-subscription group (``$share/<group>/...``) this client is a member
+    #: of; None: a plain subscription. Set by the pool on its workers.
+    share_group: str | None = None
+    #: Speak MQTT 5 (a session that never expires, in place of MQTT 3.1.1's persistent
+    #: session): for a broker that takes shared subscriptions only from MQTT 5 clients.
+    #: paho builds a ``Properties`` object for every MQTT 5 PUBLISH it receives, a
+    #: fifth of an ingest worker's CPU (measured: bench/MQTT_RESULTS.md), hence 3.1.1.
+    mqtt5: bool = False
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)

@@ -66,6 +66,12 @@ class MqttSettings(Frozen):
     #: The broker's dropped-message count (mosquitto; needs ``sys_interval`` > 0), or
     #: None for a broker that publishes none.
     broker_drops_topic: str | None = "$SYS/broker/publish/messages/dropped"
+    #: Ingest processes sharing the subscription (``connectors.mqtt.pool``; README
+    #: "Several ingest processes"); 1: the gateway's own process subscribes.
+    processes: int = Field(1, ge=1, le=64)
+    #: Ingest speaks MQTT 5 (default 3.1.1, cheaper per message; both take ``$share``
+    #: subscriptions on mosquitto 2, EMQX, HiveMQ, VerneMQ).
+    mqtt5: bool = False
 
     @model_validator(mode="after")
     def _template_ok(self) -> MqttSettings:
@@ -98,6 +104,8 @@ class MqttSettings(Frozen):
             key_file=str(self.tls.key_file) if self.tls and self.tls.key_file else None,
             keepalive=self.keepalive,
             broker_drops_topic=self.broker_drops_topic,
+            processes=self.processes,
+            mqtt5=self.mqtt5,
             max_readings=max_readings,
             linger_ms=linger_ms,
             max_payload_bytes=max_payload_bytes,

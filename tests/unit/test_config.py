@@ -129,3 +129,14 @@ BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".jo
     f"{n}: &{n} [" + ",".join([f"*{p}"] * 9) + "]\n"
     for p, n in zip("abcdefgh", "bcdefghi", strict=True)
 )
+
+
+def test_mqtt_ingest_processes_and_protocol_reach_the_client_options(tmp_path: Path) -> None:
+    base = "stations: stations.yaml\nrules: [flood.yaml]\n"
+    s = load_settings(_write(tmp_path, base), environ={})
+    assert (s.mqtt.options(10, 10).processes, s.mqtt.options(10, 10).mqtt5) == (1, False)
+    s = load_settings(_write(tmp_path, base + "mqtt: {processes: 4, mqtt5: true}\n"), environ={})
+    assert (s.mqtt.options(10, 10).processes, s.mqtt.options(10, 10).mqtt5) == (4, True)
+    path = _write(tmp_path, base + "mqtt: {processes: 0}\n")
+    with pytest.raises(ConfigError, match=r"3:8: mqtt.processes: Input should be greater"):
+        load_settings(path, environ={})

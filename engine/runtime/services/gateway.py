@@ -32,7 +32,7 @@ from typing import Any
 
 import faust
 
-from connectors.mqtt.client import MqttIngest
+from connectors.mqtt.pool import mqtt_ingest
 from connectors.sinks.base import Sink
 from connectors.sinks.console import ConsoleSink
 from connectors.sinks.jsonl import JsonlSink
@@ -149,7 +149,7 @@ class Gateway:
             reorder_wait_ms=int(seq.seq_reorder_wait_s * 1000),
             on_lost=lambda connector, n: metrics.sequence_lost.labels(connector).inc(n),
         )
-        self.ingest = MqttIngest(
+        self.ingest = mqtt_ingest(
             options,
             produce=self.topology.producer("mqtt"),
             dead_letter=self.topology.send_dead_letter,
@@ -339,7 +339,7 @@ class Gateway:
         o = self.ingest.options
         # One plain line on stdout: what operators (and `vigil demo`) wait for.
         print(
-            f"vigil: ingest subscribed to {self.ingest.template.subscription} on {o.host}:{o.port}",
+            f"vigil: ingest subscribed to {self.ingest.subscription} on {o.host}:{o.port}",
             flush=True,
         )
         self.notifier.send(STATUS=f"subscribed on {o.host}:{o.port}")

@@ -40,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from connectors.mqtt.client import MqttIngest
+from connectors.mqtt.pool import Ingest
 from engine.evaluation.sequence_gaps import SequenceGapAlerts
 from engine.runtime.config import Settings
 from engine.runtime.services.dead_letters import read_dead_letters, read_kafka_dead_letters
@@ -94,7 +94,7 @@ class Observer:
         topology: Topology,
         settings: Settings,
         *,
-        ingest: MqttIngest | None = None,
+        ingest: Ingest | None = None,
         sequences: SequenceGapAlerts | None = None,
         reload_errors: Callable[[], Sequence[str]] = list,
         token: str | None = None,
@@ -196,7 +196,7 @@ class Observer:
             state = self.ingest.state
             checks["ingest"] = {
                 "ok": state == "subscribed",
-                "detail": f"MQTT {state} ({o.host}:{o.port}, {self.ingest.template.subscription})",
+                "detail": f"MQTT {state} ({o.host}:{o.port}, {self.ingest.subscription})",
             }
         log = self.durable_log
         if log is not None:
@@ -238,7 +238,7 @@ class Observer:
                 "name": "mqtt",
                 "state": self.ingest.state,
                 "broker": f"{o.host}:{o.port}",
-                "subscription": self.ingest.template.subscription,
+                "subscription": self.ingest.subscription,
                 "counters": dict(self.ingest.counters),
             })  # fmt: skip
             if self.sequences is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
-from connectors.mqtt.client import MqttIngest
+from connectors.mqtt.pool import Ingest
 from engine.runtime.config import Settings
 from engine.runtime.services.state import GatewayState
 
@@ -21,7 +21,7 @@ log = logging.getLogger("vigil.startup")
 log.setLevel(logging.INFO)  # shown under --loglevel warn too: it is one record
 
 
-def log_startup(settings: Settings, state: GatewayState, ingest: MqttIngest) -> None:
+def log_startup(settings: Settings, state: GatewayState, ingest: Ingest) -> None:
     log.info(startup_summary(settings, state, ingest))
 
 
@@ -32,7 +32,7 @@ def _version() -> str:
         return "unknown"
 
 
-def startup_summary(settings: Settings, state: GatewayState, ingest: MqttIngest) -> str:
+def startup_summary(settings: Settings, state: GatewayState, ingest: Ingest) -> str:
     """The summary as one multi-line message (one record, one JSON object)."""
     o = ingest.options
     r = state.rules
@@ -43,7 +43,7 @@ def startup_summary(settings: Settings, state: GatewayState, ingest: MqttIngest)
     lines = [
         f"vigil {_version()} gateway starting",
         f"  MQTT      {o.host}:{o.port} ({tls}{user}), client id {o.client_id}, "
-        f"subscribing to {ingest.template.subscription} at QoS 1",
+        f"subscribing to {ingest.subscription} at QoS 1",
         f"  rules     {r.count} rules, version {r.version}, from {source}: "
         + ", ".join(str(p) for p in settings.rules),
         f"  stations  {r.stations} from {settings.stations}",

@@ -1,0 +1,333 @@
+"""MQTT ingest on several cores: N worker processes share the subscription, the gateway
+process writes the log.
+
+``MqttIngestPool`` has ``MqttIngest``'s interface (``start``, ``join``, ``stop``,
+``pause``, ``resume``, ``state``, ``connection``, ``counters``, ``known_stations``) for
+``MqttOptions.processes`` > 1. It starts that many ``connectors.mqtt.worker`` processes;
+worker ``k`` is an MQTT client ``<client_id>-<k>`` with a persistent session (MQTT
+3.1.1, or 5 with ``MqttOptions.mqtt5``) in the shared subscription
+``$share/<group>/<filter>`` (group: the gateway's client id), so the broker hands each
+message to one worker. A worker does what costs CPU per message (the client library's
+socket reads, decoding, admission, batching) and sends each batch's readings and dead
+letters here over a socket pair; this process, the embedded log's only writer, appends
+them (``produce``, ``dead_letter``: both resolve once durable) and answers ``done``; only
+then does the worker acknowledge the batch's messages (PUBACK). Nothing acknowledged is
+lost: a crash on either side before the answer leaves the messages unacknowledged in the
+worker's persistent session, and the broker delivers them again to the next worker with
+that client id.
+
+A worker that dies is never silent: it is logged at ERROR, counted
+(``counters["worker_restarts"]``) and started again with the same client id, which
+takes over its session (and its unacknowledged messages). A worker that dies before it
+ever subscribed (its settings, its code) is not restarted: ``join`` raises, and the
+gateway exits for its supervisor. So does a failed append (the log cannot be written).
+
+Order: the broker spreads a station's messages over the workers (mosquitto 2: round
+robin), so the log may hold a station's readings out of arrival order across batches;
+the kernels take out-of-order readings within the topology's lateness (README: "Several
+ingest processes").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from connectors.ingest import Admission, DeadLetter, Produce, Stations
+from connectors.mqtt.client import BrokerDrops, MqttIngest, Sequences
+from connectors.mqtt.connection import Connection
+from connectors.mqtt.options import MqttOptions
+from connectors.mqtt.topics import TopicTemplate
+from connectors.mqtt.worker import read_frame, write_frame
+from engine.contracts.batch import ReadingBlock
+
+__all__ = ["Ingest", "MqttIngestPool", "mqtt_ingest"]
+
+log = logging.getLogger(__name__)
+
+#: How long a worker may take to stop before it is killed (seconds).
+STOP_TIMEOUT_S = 10.0
+#: Wait before a dead worker is started again (seconds).
+RESTART_DELAY_S = 1.0
+
+
+class _Worker:
+    """One worker process as this side sees it: its socket and last reported state."""
+
+    def __init__(self, index: int, options: MqttOptions) -> None:
+        self.index = index
+        self.options = options
+        self.process: asyncio.subprocess.Process | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.connection = Connection()
+        self.subscribed = False
+        self.ever_subscribed = False
+        self.restarted = False  # since it last subscribed
+        self.counters: dict[str, int] = {}
+
+    def send(self, *frame: Any) -> None:
+        """Queue a frame; a worker gone meanwhile misses it (it is restarted with the
+        current settings)."""
+        if self.writer is not None and not self.writer.is_closing():
+            write_frame(self.writer, frame)
+
+
+class MqttIngestPool:
+    """``MqttIngest``'s interface over ``options.processes`` worker processes."""
+
+    def __init__(
+        self,
+        options: MqttOptions,
+        produce: Produce,
+        dead_letter: DeadLetter,
+        known_stations: Stations | None = None,
+        on_broker_drops: BrokerDrops | None = None,
+        admission: Admission | None = None,
+        on_sequence: Sequences | None = None,
+    ) -> None:
+        self.options = options
+        self.template = TopicTemplate(options.topic_template)
+        group = re.sub(r"[^A-Za-z0-9_.-]", "_", options.client_id)  # no / + # in a group
+        self.subscription = f"$share/{group}/{self.template.subscription}"
+        self._produce = produce
+        self._dead_letter = dead_letter
+        self._on_broker_drops = on_broker_drops
+        self._on_sequence = on_sequence
+        self._known_stations = known_stations
+        self.admission = admission or Admission()
+        self.subscribed = threading.Event()
+        self._paused: str | None = None
+        self._retired: Counter[str] = Counter()  # counts of workers that died
+        self._workers = [
+            _Worker(
+                k,
+                dataclasses.replace(
+                    options,
+                    client_id=f"{options.client_id}-{k}",
+                    share_group=group,
+                    processes=1,
+                    # One follower of the broker's drop count is enough.
+                    broker_drops_topic=options.broker_drops_topic if k == 0 else None,
+                ),
+            )
+            for k in range(options.processes)
+        ]
+        self._failed: asyncio.Future[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # ---- what the gateway reads ---------------------------------------------------------
+
+    @property
+    def known_stations(self) -> Stations | None:
+        return self._known_stations
+
+    @known_stations.setter
+    def known_stations(self, stations: Stations | None) -> None:
+        self._known_stations = stations
+        for w in self._workers:
+            w.send("stations", stations)
+
+    @property
+    def counters(self) -> Counter[str]:
+        """Every worker's counters summed, those of workers that died included."""
+        total = Counter(self._retired)
+        for w in self._workers:
+            total.update(w.counters)
+        return total
+
+    @property
+    def connection(self) -> Connection:
+        """Connected when every worker is; the first worker's error that is not."""
+        ws = self._workers
+        down = [w for w in ws if not w.connection.connected]
+        return Connection(
+            connected=not down,
+            error=None if not down else f"worker {down[0].index}: {down[0].connection.error}",
+            since_ms=max(w.connection.since_ms for w in ws),
+            failures=sum(w.connection.failures for w in ws),
+        )
+
+    @property
+    def state(self) -> str:
+        """As ``MqttIngest.state``: ``subscribed`` once every worker is."""
+        if self.subscribed.is_set():
+            return "subscribed"
+        return "connected" if self.connection.connected else "disconnected"
+
+    @property
+    def paused(self) -> bool:
+        return self._paused is not None
+
+    def pause(self, why: str) -> None:
+        """As ``MqttIngest.pause``, in every worker."""
+        if self._paused is not None:
+            return
+        self._paused = why
+        log.error("MQTT ingest paused (%s): the broker keeps the messages until it resumes", why)
+        for w in self._workers:
+            w.send("pause", why)
+
+    def resume(self) -> None:
+        if self._paused is None:
+            return
+        self._paused = None
+        log.warning("MQTT ingest resumed")
+        for w in self._workers:
+            w.send("resume")
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._failed = asyncio.get_running_loop().create_future()
+        self._tasks = [asyncio.ensure_future(self._run(w)) for w in self._workers]
+
+    async def join(self) -> None:
+        """Raises what failed (an append, a worker that could not start); shielded."""
+        assert self._failed is not None, "join() before start()"
+        await asyncio.shield(self._failed)
+
+    async def stop(self) -> None:
+        """Each worker disconnects (what it was not answered stays with the broker) and
+        exits; one that does not within ``STOP_TIMEOUT_S`` is killed."""
+        self._stopping = True
+        for w in self._workers:
+            w.send("stop")
+        for w in self._workers:
+            if w.process is None:
+                continue
+            try:
+                await asyncio.wait_for(w.process.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.error("MQTT ingest worker %d did not stop: killed", w.index)
+                w.process.kill()
+                await w.process.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._failed is not None and not self._failed.done():
+            self._failed.cancel()
+
+    def _fail(self, exc: BaseException) -> None:
+        assert self._failed is not None
+        if not self._failed.done():
+            self._failed.set_exception(exc)
+
+    # ---- one worker ----------------------------------------------------------------------
+
+    async def _run(self, w: _Worker) -> None:
+        """Runs worker ``w`` and starts it again whenever it dies, until ``stop``."""
+        while not self._stopping:
+            try:
+                code = await self._serve(w)
+            except Exception as exc:  # an append failed (or a start): the gateway must stop
+                log.error("MQTT ingest worker %d: %r; the gateway stops", w.index, exc)
+                self._fail(exc)
+                return
+            if self._stopping:
+                return  # its counters stay, as its last report left them
+            self._retired.update(w.counters)
+            w.counters, w.subscribed = {}, False
+            w.connection = Connection(error=f"worker exited with status {code}")
+            self._update_subscribed()
+            if not w.ever_subscribed:
+                self._fail(RuntimeError(f"MQTT ingest worker {w.index} exited ({code}) at start"))
+                return
+            self._retired["worker_restarts"] += 1
+            w.restarted = True
+            log.error(
+                "MQTT ingest worker %d exited with status %s: starting it again (the broker "
+                "redelivers what it had not acknowledged)",
+                w.index,
+                code,
+            )
+            await asyncio.sleep(RESTART_DELAY_S)
+
+    async def _serve(self, w: _Worker) -> int | None:
+        """Start the worker process, answer its requests until it exits; its status."""
+        ours, theirs = socket.socketpair()
+        with theirs:
+            w.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "connectors.mqtt.worker",
+                str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+            )
+        reader, w.writer = await asyncio.open_unix_connection(sock=ours)
+        stations, level = self._known_stations, logging.getLogger().getEffectiveLevel()
+        w.send("start", w.index, w.options, stations, self.admission, self._paused, level)
+        log.info("MQTT ingest worker %d started (pid %d)", w.index, w.process.pid)
+        try:
+            while True:
+                try:
+                    frame = await read_frame(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                await self._handle(w, frame)
+        finally:
+            w.writer.close()
+            w.writer = None
+        return await w.process.wait()
+
+    async def _handle(self, w: _Worker, frame: tuple[Any, ...]) -> None:
+        kind = frame[0]
+        if kind == "produce":
+            await self._produce([ReadingBlock(*sensor) for sensor in frame[1]])
+            w.send("done")
+        elif kind == "dead":
+            await self._dead_letter(frame[1], frame[2], frame[3])
+            w.send("done")
+        elif kind == "seq":
+            if self._on_sequence is not None:
+                try:
+                    self._on_sequence(frame[1], frame[2], frame[3])
+                except Exception:  # a bug in following the numbers does not stop ingest
+                    log.exception("MQTT ingest: sequence numbers of %s not followed", frame[1])
+        elif kind == "drops":
+            if self._on_broker_drops is not None:
+                await self._on_broker_drops(frame[1])
+        elif kind == "state":
+            connected, error, since_ms, failures, w.subscribed, w.counters = frame[1:]
+            since_ms = since_ms or int(time.time() * 1000)
+            w.connection = Connection(connected, error, since_ms, failures)
+            w.ever_subscribed |= w.subscribed
+            if w.subscribed and w.restarted:
+                w.restarted = False
+                log.warning("MQTT ingest worker %d subscribed again after its restart", w.index)
+            self._update_subscribed()
+
+    def _update_subscribed(self) -> None:
+        if all(w.subscribed for w in self._workers):
+            self.subscribed.set()
+        else:
+            self.subscribed.clear()
+
+
+#: The ingest a gateway runs: in its own process, or over worker processes.
+Ingest = MqttIngest | MqttIngestPool
+
+
+def mqtt_ingest(
+    options: MqttOptions,
+    produce: Produce,
+    dead_letter: DeadLetter,
+    known_stations: Stations | None = None,
+    on_broker_drops: BrokerDrops | None = None,
+    admission: Admission | None = None,
+    on_sequence: Sequences | None = None,
+) -> Ingest:
+    """``MqttIngest`` for ``options.processes`` 1 (the path of a single process, as
+    before), else ``MqttIngestPool``; the same arguments."""
+    kind = MqttIngestPool if options.processes > 1 else MqttIngest
+    return kind(
+        options, produce, dead_letter, known_stations, on_broker_drops, admission, on_sequence
+    )

@@ -1,0 +1,216 @@
+"""Through real mosquitto: MQTT ingest in two worker processes sharing the subscription
+(``connectors.mqtt.pool``) hands this process every published reading exactly once, both
+workers take part, and a worker killed while its batch is being written is started
+again and gets what it had not acknowledged redelivered."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from connectors.mqtt.mosquitto import Mosquitto
+from connectors.mqtt.options import MqttOptions
+from connectors.mqtt.pool import MqttIngestPool, _Worker
+from engine.contracts.batch import ReadingBlock
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_719_763_200_000
+STATIONS = 40
+PER_STATION = 75  # 3000 messages
+
+
+def _messages() -> list[tuple[str, bytes]]:
+    """One reading a message, stations interleaved as devices send them over time."""
+    return [
+        (f"vigil/ST{s:03d}/water_level", b'{"value": %d.5, "ts": %d}' % (k, T0 + k * 60_000))
+        for k in range(PER_STATION)
+        for s in range(STATIONS)
+    ]
+
+
+def _published() -> list[tuple[str, int, float]]:
+    return [
+        (f"ST{s:03d}", T0 + k * 60_000, k + 0.5)
+        for k in range(PER_STATION)
+        for s in range(STATIONS)
+    ]
+
+
+def _publish(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="processes-publisher")
+    client.max_queued_messages_set(0)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+    for info in infos:
+        info.wait_for_publish(60)
+    client.disconnect()
+    client.loop_stop()
+
+
+class _Recorder:
+    """``produce`` of the gateway process: every reading it was handed, in order."""
+
+    def __init__(self, expected: int) -> None:
+        self.readings: list[tuple[str, int, float]] = []
+        self.expected = expected
+        self.all_in = asyncio.Event()
+
+    async def produce(self, readings: list[Any]) -> None:
+        for block in readings:
+            assert isinstance(block, ReadingBlock)
+            self.readings.extend(
+                (block.station, t, v) for t, v in zip(block.ts, block.value, strict=True)
+            )
+        if len(set(self.readings)) >= self.expected:
+            self.all_in.set()
+
+    async def dead_letter(self, raw: bytes, reason: str, source: str) -> None:
+        raise AssertionError(f"dead letter from {source}: {reason}")
+
+
+def _options(broker: Mosquitto, client_id: str, mqtt5: bool = False) -> MqttOptions:
+    return MqttOptions(
+        mqtt5=mqtt5,
+        host=broker.host,
+        port=broker.port,
+        client_id=client_id,
+        max_readings=200,
+        linger_ms=20,
+        broker_drops_topic=None,
+        processes=2,
+    )
+
+
+async def _until_subscribed(pool: MqttIngestPool) -> None:
+    for _ in range(600):
+        if pool.subscribed.is_set():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"workers not subscribed: {pool.state} {pool.connection}")
+
+
+async def _run(pool: MqttIngestPool, recorder: _Recorder, broker: Mosquitto) -> None:
+    await pool.start()
+    try:
+        await _until_subscribed(pool)
+        publish = asyncio.get_running_loop().run_in_executor(None, _publish, broker, _messages())
+        waiting = asyncio.ensure_future(recorder.all_in.wait())
+        joined = asyncio.ensure_future(pool.join())
+        done, _ = await asyncio.wait({waiting, joined}, timeout=120, return_when="FIRST_COMPLETED")
+        assert waiting in done, f"ingest ended or timed out: {done}"
+        await publish
+    finally:
+        await pool.stop()
+
+
+@pytest.mark.parametrize("mqtt5", [False, True], ids=["mqtt3.1.1", "mqtt5"])
+def test_two_processes_share_the_subscription_and_deliver_every_reading_once(
+    mqtt5: bool,
+) -> None:
+    with Mosquitto() as broker:
+        recorder = _Recorder(STATIONS * PER_STATION)
+        options = _options(broker, "processes-once", mqtt5)
+        pool = MqttIngestPool(options, recorder.produce, recorder.dead_letter)
+        asyncio.run(_run(pool, recorder, broker))
+    assert sorted(recorder.readings) == sorted(_published())  # each once, none missing
+    per_worker = [w.counters.get("received", 0) for w in pool._workers]
+    assert all(n > 0 for n in per_worker), per_worker  # both took part
+    assert pool.counters["received"] == STATIONS * PER_STATION
+    assert pool.counters["worker_restarts"] == 0
+
+
+class _KillingPool(MqttIngestPool):
+    """Kills the worker whose batch it is handed after ``after`` readings, before that
+    batch is written: the worker never hears ``done`` and never acknowledges it."""
+
+    def __init__(self, *args: Any, after: int, recorder: _Recorder) -> None:
+        super().__init__(*args)
+        self.after = after
+        self.recorder = recorder
+        self.dropped: list[tuple[str, int, float]] = []
+
+    async def _handle(self, w: _Worker, frame: tuple[Any, ...]) -> None:
+        if frame[0] == "produce" and not self.dropped and len(self.recorder.readings) >= self.after:
+            assert w.process is not None
+            os.kill(w.process.pid, signal.SIGKILL)
+            self.dropped = [  # before the wait: the other worker's batch goes on
+                (station, t, v)
+                for station, _, ts, values in frame[1]
+                for t, v in zip(ts, values, strict=True)
+            ]
+            await w.process.wait()
+            return  # not written: only the broker's redelivery can bring these back
+        await super()._handle(w, frame)
+
+
+def test_a_killed_worker_is_started_again_and_gets_its_unacknowledged_messages() -> None:
+    with Mosquitto() as broker:
+        recorder = _Recorder(STATIONS * PER_STATION)
+        pool = _KillingPool(
+            _options(broker, "processes-kill"),
+            recorder.produce,
+            recorder.dead_letter,
+            after=STATIONS * PER_STATION // 3,
+            recorder=recorder,
+        )
+        asyncio.run(_run(pool, recorder, broker))
+    assert pool.dropped, "no worker was killed"
+    assert pool.counters["worker_restarts"] == 1
+    # Every reading is in, those of the batch that was never written included; the
+    # worker's messages received before its death may come twice (never acknowledged).
+    assert set(recorder.readings) == set(_published())
+    assert set(pool.dropped) <= set(recorder.readings)
+
+
+class _Unwritable(_Recorder):
+    async def produce(self, readings: list[Any]) -> None:
+        raise OSError(28, "No space left on device")
+
+
+async def _until_failed(pool: MqttIngestPool, broker: Mosquitto | None) -> BaseException:
+    await pool.start()
+    try:
+        if broker is not None:
+            await _until_subscribed(pool)
+            await asyncio.get_running_loop().run_in_executor(None, _publish, broker, _messages())
+        with pytest.raises(Exception) as failed:
+            await asyncio.wait_for(pool.join(), 120)
+        return failed.value
+    finally:
+        await pool.stop()
+
+
+def test_a_failed_append_ends_the_ingest_and_nothing_of_it_is_acknowledged() -> None:
+    with Mosquitto() as broker:
+        unwritable = _Unwritable(STATIONS * PER_STATION)
+        options = _options(broker, "processes-unwritable")
+        pool = MqttIngestPool(options, unwritable.produce, unwritable.dead_letter)
+        failed = asyncio.run(_until_failed(pool, broker))
+        assert isinstance(failed, OSError)
+        # The same workers' sessions, now writable: the broker delivers everything again.
+        recorder = _Recorder(STATIONS * PER_STATION)
+        again = MqttIngestPool(options, recorder.produce, recorder.dead_letter)
+
+        async def drain() -> None:
+            await again.start()
+            try:
+                await asyncio.wait_for(recorder.all_in.wait(), 120)
+            finally:
+                await again.stop()
+
+        asyncio.run(drain())
+    assert set(recorder.readings) == set(_published())
+
+
+def test_a_worker_that_cannot_start_ends_the_ingest() -> None:
+    options = MqttOptions(port=1, ca_file="/nonexistent/ca.pem", processes=2)
+    pool = MqttIngestPool(options, _Recorder(0).produce, _Recorder(0).dead_letter)
+    failed = asyncio.run(_until_failed(pool, None))
+    assert "exited (1) at start" in str(failed)
