@@ -9,8 +9,10 @@ batches ``Topology.produce`` writes.
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 import rules
+from connectors.mqtt.mosquitto import free_port
 from engine.contracts.alerts import AlertEvent, unpack_events
 from engine.runtime.kafka.producer import TelemetryProducer
 from engine.runtime.kafka.topics import TopicLayout, ensure_topics
@@ -102,18 +105,37 @@ def write_settings(tmp: Path, name: str, app_id: str, stations: Path, partitions
 
 
 class WorkerProcess:
-    """``vigil worker`` as a child process, its output in ``<name>.log``."""
+    """``vigil worker`` as a child process, its output in ``<name>.log``.
 
-    def __init__(self, tmp: Path, name: str, config: Path, bootstrap: str, web_port: int):
+    ``web_port`` comes from a free-port helper, and another process on the machine may
+    take it before the worker binds it: a worker that exits while starting because its
+    web port was taken ("[Errno 98] ... address already in use") is started again on
+    ``new_port()`` (``web_port`` then says which, and so does the settings file's
+    ``web_port`` if it has one). Any other start failure fails."""
+
+    def __init__(
+        self, tmp: Path, name: str, config: Path, bootstrap: str, web_port: int,
+        new_port: Callable[[], int] = free_port,
+    ) -> None:  # fmt: skip
         self.name = name
         self.log = tmp / f"{name}.log"
+        self.config = config
+        self.bootstrap = bootstrap
         self.web_port = web_port
+        self.new_port = new_port
+        #: Web ports it lost to another process while starting, in order.
+        self.lost_ports: list[int] = []
+        self._start()
+
+    def _start(self) -> None:
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
             "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(REPO / ".cache" / "numba")),
         }
         with self.log.open("ab") as out:
+            #: Where this start's output begins in the log.
+            self._log_from = out.tell()
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -121,11 +143,11 @@ class WorkerProcess:
                     "engine.tools.cli",
                     "worker",
                     "--config",
-                    str(config),
+                    str(self.config),
                     "--broker",
-                    f"kafka://{bootstrap}",
-                    "--web-port",
-                    str(web_port),
+                    f"kafka://{self.bootstrap}",
+                    "--web-port",  # wins over the settings' web_port
+                    str(self.web_port),
                     "--loglevel",
                     "info",
                 ],
@@ -135,11 +157,29 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
             )
 
+    def _lost_its_port(self) -> bool:
+        """This start's output ends with the web port's bind refused as in use."""
+        with self.log.open("rb") as log:
+            log.seek(self._log_from)
+            out = log.read().decode(errors="replace")
+        refused = rf"\[Errno {errno.EADDRINUSE}\] error while attempting to bind on address "
+        return re.search(refused + rf"\('[^']*', {self.web_port}\): address already in use", out)
+
     def wait_ready(self, timeout: float = 180.0) -> None:
         """Until the worker has joined its group and taken its partitions (Faust logs
-        "Worker]: Ready"); fails if it exits first."""
+        "Worker]: Ready"); fails if it exits first (but for its web port taken: then
+        it starts again on a fresh one)."""
         deadline = time.monotonic() + timeout
         while "[^Worker]: Ready" not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None and self._lost_its_port():
+                self.lost_ports.append(self.web_port)
+                self.web_port = self.new_port()
+                settings = yaml.safe_load(self.config.read_text())
+                if "web_port" in settings:  # the acknowledge links' port too
+                    settings["web_port"] = self.web_port
+                    self.config.write_text(yaml.safe_dump(settings, sort_keys=False))
+                self._start()
+                continue
             assert self.proc.poll() is None, f"{self.name} exited while starting:\n{self.tail()}"
             assert time.monotonic() < deadline, f"{self.name} not ready after {timeout}s"
             time.sleep(0.2)

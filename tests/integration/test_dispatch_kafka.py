@@ -84,8 +84,10 @@ class Workers:
         (tmp / "routing.yaml").write_text(yaml.safe_dump(routes, sort_keys=False))
         self.workers: dict[str, WorkerProcess] = {}
 
-    def start(self, name: str) -> WorkerProcess:
-        port = free_port()
+    def start(self, name: str, port: int | None = None) -> WorkerProcess:
+        """Worker ``name`` on web port ``port`` (a free one by default); if another
+        process takes that port first, ``WorkerProcess.wait_ready`` moves it to another."""
+        port = free_port() if port is None else port
         settings = {
             "app_id": self.layout.app_id,
             "data_dir": str(self.tmp / name / "data"),

@@ -25,6 +25,13 @@ partition (``engine.runtime.dispatch.kafka_store``): each store is one Kafka tra
 holding the new notifications, the state that made them and the offset of the dispatch
 topic they cover; the transactional id is the app's, so a new owner fences the old one
 before it reads the state. Delivery resumes, same keys, where the old owner left off.
+
+An orderly hand-over sends nothing twice: the group completes a rebalance only once
+every member's revoke callback returned (aiokafka awaits it before it rejoins), and the
+revoked owner's callback starts no send any more, waits up to ``HANDOVER_S`` for the
+sends in flight and commits their marks before it returns; the next owner loads them.
+A crash (SIGKILL), a stall past the session timeout or a send slower than
+``HANDOVER_S`` can still send an entry twice, with the same key (at least once).
 """
 
 from __future__ import annotations
@@ -82,6 +89,12 @@ _ACQUIRE_ATTEMPTS = 5
 #: consumers' session timeout (10 s), the least time in which the group can evict this
 #: worker and another can fence it.
 OWNERSHIP_S = 5.0
+#: The dispatcher consumers' rebalance timeout (ms): how long the group waits for a
+#: member's revoke callback (the hand-over below) before it goes on without it.
+_REBALANCE_TIMEOUT_MS = 20_000
+#: Seconds a revoked owner waits for its sends in flight before it stores their marks
+#: and lets the rebalance complete: with that store, well within the rebalance timeout.
+HANDOVER_S = 5.0
 
 
 def dispatch_topics(app_id: str) -> tuple[str, str]:
@@ -325,6 +338,7 @@ class KafkaDispatch:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             session_timeout_ms=10_000,
+            rebalance_timeout_ms=_REBALANCE_TIMEOUT_MS,
             client_id=f"{_CLIENT_ID}{self.web_port}",
             heartbeat_interval_ms=2_000,
         )
@@ -400,7 +414,10 @@ class KafkaDispatch:
             # made since its last commit is not stored, and must not be (its state says
             # notifications were made whose entries are lost). Drop it and, if this worker
             # still owns the partition, start again from the committed state.
-            if isinstance(exc, ProducerFenced):
+            # A store queued behind the fenced one fails otherwise (aiokafka's producer
+            # is then in a fatal state): the outbox remembers the fence.
+            fenced = isinstance(exc, ProducerFenced) or service.outbox.fenced
+            if fenced:
                 # Another worker's producer took the transactional id: the group gave it
                 # the partition while this one stood still (a stall past the session
                 # timeout). This worker's assignment is stale until its consumer hears of
@@ -411,8 +428,7 @@ class KafkaDispatch:
                 log.exception("dispatcher stopped; starting again from the stored state")
             if self.service is service:
                 self._service_task = None
-                again = not isinstance(exc, ProducerFenced)
-                self._restarting = asyncio.create_task(self._restart(again=again))
+                self._restarting = asyncio.create_task(self._restart(again=not fenced))
 
     async def _restart(self, *, again: bool) -> None:
         async with self.lock:
@@ -437,10 +453,11 @@ class KafkaDispatch:
         raise RuntimeError("the dispatcher could not take over; see the errors above")
 
     async def release(self, *, store: bool = True) -> None:
-        """The partition was revoked (or the worker stops): store the state with the
-        offsets read (unless ``store`` is False: a failed service's state must not be),
-        stop delivering (an entry in flight goes again, same key, from the next owner)
-        and let go of the transactional producer."""
+        """The partition was revoked (or the worker stops): hand over (unless ``store``
+        is False: a failed service's state must not be stored) -- start no send, wait up
+        to ``HANDOVER_S`` for those in flight, store the state with their marks and the
+        offsets read (an entry still in flight then goes again, same key, from the next
+        owner) -- and let go of the transactional producer."""
         service, self.service = self.service, None
         task, self._service_task = self._service_task, None
         if task is not None and not store:
@@ -450,7 +467,7 @@ class KafkaDispatch:
         if service is not None:
             try:
                 if store:
-                    await service.stop(task)
+                    await service.stop(task, drain_s=HANDOVER_S)
                 else:
                     for receiver in service.receivers.values():
                         with contextlib.suppress(Exception):

@@ -26,6 +26,11 @@ Contract:
   within a tick); a failover before it sends that entry again, with the same key --
   delivery is at least once, as on the gateway, and the key lets a receiver drop the
   repeat.
+- Once a transaction was refused with ``ProducerFenced`` (a newer owner took the
+  transactional id), every later ``commit`` raises ``ProducerFenced`` too (``fenced``):
+  the producer is then in a fatal state, and a store queued behind the refused one
+  must not fail with another error that would read as "the broker is away" and make
+  the worker take over again on a stale assignment.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import ProducerFenced
 
 from engine.contracts.notification import Notification
 from engine.runtime.dispatch.outbox import (
@@ -95,6 +101,8 @@ class KafkaOutbox:
         #: Marks prepared but whose transaction has not committed yet.
         self._marks_in_flight = 0
         self._lock = asyncio.Lock()
+        #: True once a transaction was refused as fenced: no later one is tried.
+        self.fenced = False
         #: Set by the owner's consumer loop after ``receive`` took a record's events.
         self.position: int | None = None
         #: Called after ``done``/``park``: the marks wait for the next transaction.
@@ -175,18 +183,26 @@ class KafkaOutbox:
         raise TypeError("KafkaOutbox writes through commit(), on the event loop")
 
     async def commit(self, prepared: KafkaPrepared) -> None:
-        """Write ``prepared`` and its input offset in one transaction (in prepare order)."""
-        async with self._lock, self._producer.transaction():
-            futures = [
-                await self._producer.send(self.state_topic, key=k, value=v, partition=0)
-                for k, v in prepared.ops
-            ]
-            if prepared.position is not None:
-                await self._producer.send_offsets_to_transaction(
-                    {self.input_tp: prepared.position}, self.group_id
-                )
-            for fut in futures:
-                await fut
+        """Write ``prepared`` and its input offset in one transaction (in prepare order).
+        Raises ``ProducerFenced`` if this or an earlier transaction was fenced."""
+        async with self._lock:
+            if self.fenced:
+                raise ProducerFenced()
+            try:
+                async with self._producer.transaction():
+                    futures = [
+                        await self._producer.send(self.state_topic, key=k, value=v, partition=0)
+                        for k, v in prepared.ops
+                    ]
+                    if prepared.position is not None:
+                        await self._producer.send_offsets_to_transaction(
+                            {self.input_tp: prepared.position}, self.group_id
+                        )
+                    for fut in futures:
+                        await fut
+            except ProducerFenced:
+                self.fenced = True
+                raise
         self._marks_in_flight -= prepared.marks
 
     def done(self, entry: Entry, at_ms: int) -> None:

@@ -28,6 +28,9 @@ durable ``Outbox`` and the receivers. Contract (all calls on the event loop):
   (``GET /api/outbox``), and the loop goes on. Delivery is at least once (a crash
   between a receiver's confirmation and the mark sends that entry again); the entry's
   key lets the receiving side drop the repeat.
+- ``stop(delivery, drain_s)`` hands over in order: no send starts any more, the sends
+  in flight get up to ``drain_s`` seconds to finish, and their marks go in the last
+  store. Only a send still unfinished then (or a crash) is sent again after a restart.
 - People's actions (``acknowledge``, ``close``, ``add_silence``, ``expire_silence``)
   are stored before they return.
 - Alerts the dispatcher forgets (over, told, unchanged for ``forget_after_ms``) are
@@ -107,6 +110,13 @@ class DispatchService:
         self._dirty = False
         self._idle_ticks = 0
         self._poke = asyncio.Event()
+        #: Set while the delivery loops may start sends; ``stop`` clears it.
+        self._open = asyncio.Event()
+        self._open.set()
+        #: Sends in flight, and set while there are none.
+        self._sending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         #: Bumped after every stored change; the console's live stream waits on it.
         self.version = 0
         self._changed = asyncio.Event()
@@ -259,6 +269,9 @@ class DispatchService:
             entry = queue[0]
             key = entry.notification.key
             await self.may_send()  # outside the try: a refusal stops the service
+            await self._open.wait()  # stopping: no new send (until the loop is cancelled)
+            self._sending += 1
+            self._idle.clear()
             try:
                 await receiver.send(entry.notification)
             except DeliveryError as exc:
@@ -277,15 +290,24 @@ class DispatchService:
                 self.counters["delivered"] += 1
                 delay = self.retry_initial_s
                 continue
+            finally:  # after the mark: ``stop`` then stores it
+                self._sending -= 1
+                if not self._sending:
+                    self._idle.set()
             self.counters["retries"] += 1
             await self._sleep(delay)
             delay = min(delay * 2, self.retry_max_s)
 
-    async def stop(self, delivery: asyncio.Task[None] | None) -> None:
-        """Stop delivering (an entry in flight stays pending: it goes again after the
-        restart, same key), store the state, close the receivers. The outbox stays
-        open: the last offset commit still calls ``flush``; RocksDB's synced WAL needs
-        no close to be durable."""
+    async def stop(self, delivery: asyncio.Task[None] | None, drain_s: float = 0.0) -> None:
+        """Stop delivering, store the state, close the receivers. No send starts any
+        more; the sends in flight get up to ``drain_s`` seconds to finish (their marks
+        go in this store); one still unfinished then is cancelled and stays pending: it
+        goes again after the restart, same key. The outbox stays open: the last offset
+        commit still calls ``flush``; RocksDB's synced WAL needs no close to be durable."""
+        self._open.clear()
+        if drain_s > 0 and delivery is not None and not delivery.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), drain_s)
         if delivery is not None and not delivery.done():
             delivery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
