@@ -14,8 +14,9 @@ network: an edge box has no internet). It reads and acts through the same REST A
                                   line every 15 s to keep proxies from closing it
 
 The page reloads what it shows on each ``change`` (an alert stored is on the page in
-well under a second). ``/api/`` routes keep the API's access rule (loopback, or a
-bearer token that the page asks for once and keeps in the tab's session storage).
+well under a second). Access is the web port's one rule (``engine.runtime.web_access``):
+the page and its files are open, ``/api/`` routes need what the API needs (loopback,
+or the bearer token that the page asks for once and keeps in the tab's session storage).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from typing import Any
 from aiohttp import web
 
 from engine.contracts.alerts import Level
-from engine.runtime.dispatch.api import guard
 from engine.runtime.dispatch.service import DispatchService
 from rules.registry import Station
 
@@ -78,10 +78,8 @@ def install_console(
     router: web.UrlDispatcher,
     service: DispatchService,
     stations: Callable[[], Iterable[Station]],
-    token: str | None,
 ) -> None:
     """Add the page and its two API routes to ``router`` (the gateway's aiohttp app)."""
-    guarded = guard(token)
 
     async def page(request: web.Request) -> web.Response:
         return web.Response(body=_asset("index.html"), content_type="text/html", charset="utf-8")
@@ -112,5 +110,5 @@ def install_console(
 
     router.add_route("GET", "/console", page)
     router.add_route("GET", "/console/{name}", asset)
-    router.add_route("GET", "/api/stations", guarded(station_list))
-    router.add_route("GET", "/api/stream", guarded(stream))
+    router.add_route("GET", "/api/stations", station_list)
+    router.add_route("GET", "/api/stream", stream)

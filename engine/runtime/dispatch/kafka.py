@@ -49,7 +49,7 @@ from engine.runtime.config import Settings
 from engine.runtime.dispatch.api import error_response, install_api
 from engine.runtime.dispatch.kafka_store import MAX_RECORD_BYTES, KafkaOutbox, KafkaPrepared
 from engine.runtime.dispatch.service import DispatchService
-from engine.runtime.dispatch.wiring import api_token, build_receivers, links_of
+from engine.runtime.dispatch.wiring import build_receivers, links_of
 from engine.runtime.topology import Topology
 
 __all__ = [
@@ -138,13 +138,12 @@ class KafkaDispatch:
         self.bootstrap = bootstrap
         self.config = load_dispatch_config(d.routes)
         build_receivers(self.config)  # a bad receiver fails at start, not at ownership
-        self.links = links_of(settings)
-        self.token = api_token(settings)
         self.topic, self.state_topic = dispatch_topics(settings.app_id)
         self.group_id = f"{settings.app_id}-dispatcher"
         self.tp = TopicPartition(self.topic, 0)
         #: The port this worker's API listens on (``--web-port`` wins over the settings').
         self.web_port = int(topology.app.conf.web_port)
+        self.links = links_of(settings, self.web_port)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{self.web_port}"
         #: The service while this worker owns the dispatcher, else None.
         self.service: KafkaDispatchService | None = None
@@ -168,7 +167,7 @@ class KafkaDispatch:
             await self.stop()
 
         app.on_before_shutdown.connect(stop)
-        install_api(app.web.web_app.router, lambda: self.service, self.token, self.forward_api)
+        install_api(app.web.web_app.router, lambda: self.service, self.forward_api)
 
     async def forward_api(self, request: web.Request) -> web.StreamResponse:
         """An API request to this worker while another owns the dispatcher: passed to
