@@ -8,6 +8,9 @@ file whose notifications (and their links) land in a JSONL file."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +101,16 @@ def test_every_route_family_goes_through_the_one_rule(
             assert _stream_status(url, {}) == ((401, "") if configured else (200, "event: change"))
             for path in SHELL:
                 assert client.get(path).status_code == 200, path
+
+            # ``vigil alerts --config`` finds the token where the gateway does.
+            listed_cli = subprocess.run(
+                [sys.executable, "-m", "engine.tools.cli", "alerts", "--config",
+                 str(engine.config), "list"],
+                capture_output=True, text=True, timeout=60,
+                env={k: v for k, v in os.environ.items() if k != "VIGIL_TOKEN"},
+            )  # fmt: skip
+            assert listed_cli.returncode == 0, listed_cli.stdout + listed_cli.stderr
+            assert alert["fingerprint"][:12] in listed_cli.stdout
 
             # An action refused at the door changes nothing.
             fp = alert["fingerprint"]

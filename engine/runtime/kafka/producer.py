@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from engine.contracts.batch import BatchBuilder, ReadingBlock
+from engine.contracts.batch import BatchBuilder, ReadingBlock, TelemetryBatch
 from engine.runtime.kafka.topics import TopicLayout
 
 __all__ = ["TelemetryProducer", "partition_for"]
@@ -62,8 +62,9 @@ class TelemetryProducer:
             p = self._cache[station] = partition_for(station, self.layout.partitions)
         return p
 
-    async def produce(self, readings: Sequence[Reading | ReadingBlock]) -> None:
-        """Readings as one batch per partition; returns once the broker acknowledged all."""
+    async def produce(self, readings: Sequence[Reading | ReadingBlock]) -> list[TelemetryBatch]:
+        """Readings as one batch per partition; returns the batches once the broker
+        acknowledged all (for counting: ``IngestMetrics.count_readings``)."""
         builders: dict[int, BatchBuilder] = {}
         for reading in readings:
             p = self.partition(reading.station if isinstance(reading, ReadingBlock) else reading[0])
@@ -74,8 +75,10 @@ class TelemetryProducer:
                 builder.add_block(reading)
             else:
                 builder.add(*reading)
-        await self.produce_encoded({p: b.build().encode() for p, b in builders.items()})
-        self.counters["readings_produced"] += sum(len(b) for b in builders.values())
+        batches = {p: b.build() for p, b in builders.items()}
+        await self.produce_encoded({p: batch.encode() for p, batch in batches.items()})
+        self.counters["readings_produced"] += sum(len(b) for b in batches.values())
+        return list(batches.values())
 
     async def produce_encoded(self, batches: dict[int, bytes]) -> None:
         """Already encoded batches ``{partition: bytes}``; returns once all are acknowledged."""
