@@ -3,12 +3,15 @@ over a real socket: every route family (metrics, health, status, dead letters, t
 dispatcher's API, the console and its event stream, a signed acknowledge link) called
 with and without the token, once with a token configured and once without (loopback:
 open, as the default bind always was). Real mosquitto, ``vigil run`` with a routing
-file whose notifications (and their links) land in a JSONL file."""
+file whose notifications (and their links) land in a JSONL file. Then the rule from
+another address, over TLS, without a token: a verified client certificate passes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
+import trustme
+from aiohttp import web
 
 from connectors.mqtt.mosquitto import Mosquitto
+from engine.runtime.web_access import protect, server_ssl_context
+from tests.integration.test_dispatch_api import non_loopback_address
 from tests.integration.test_dispatch_gateway import Gauges, start_gateway, wait_for
 
 pytestmark = pytest.mark.integration
@@ -135,3 +142,47 @@ def test_every_route_family_goes_through_the_one_rule(
     finally:
         gauges.publisher.close()
         engine.kill()
+
+
+def test_from_afar_without_a_token_only_a_verified_client_certificate_passes(
+    tmp_path: Path,
+) -> None:
+    """TLS alone names nobody: a caller from another address gets only the open paths;
+    with ``client_ca_file`` the handshake verified who it is, and it passes."""
+    far = non_loopback_address()
+    assert far is not None, "this machine has no non-loopback address to call from"
+    ca = trustme.CA()
+    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "web.pem", tmp_path / "web.key"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = ca.issue_cert(far)
+    server.cert_chain_pems[0].write_to_path(str(cert_file))
+    server.private_key_pem.write_to_path(str(key_file))
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"path": request.path})
+
+    async def call(client_ca: Path | None, paths: list[str]) -> dict[str, int]:
+        app = web.Application()
+        protect(app, None)
+        for path in ("/metrics", "/api/alerts", "/console", "/ack/{link}"):
+            app.router.add_get(path, ok)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, far, 0, ssl_context=server_ssl_context(cert_file, key_file, client_ca)
+        )
+        await site.start()
+        port = runner.addresses[0][1]
+        trust = ssl.create_default_context(cafile=str(ca_file))
+        ca.issue_cert("duty-room.example").configure_cert(trust)  # the caller's certificate
+        try:
+            async with httpx.AsyncClient(base_url=f"https://{far}:{port}", verify=trust) as client:
+                return {p: (await client.get(p)).status_code for p in paths}
+        finally:
+            await runner.cleanup()
+
+    paths = ["/metrics", "/api/alerts", "/console", "/ack/fp.1.sig"]
+    tls_only = asyncio.run(call(None, paths))
+    assert tls_only == {"/metrics": 403, "/api/alerts": 403, "/console": 200, "/ack/fp.1.sig": 200}
+    certified = asyncio.run(call(ca_file, paths))
+    assert certified == dict.fromkeys(paths, 200)
