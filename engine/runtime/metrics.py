@@ -39,7 +39,7 @@ from engine.contracts.alerts import AlertEvent
 from engine.contracts.batch import TelemetryBatch
 from engine.contracts.dead_letters import reason_class
 
-__all__ = ["FaustSensor", "Metrics", "RecentCounts"]
+__all__ = ["FaustSensor", "IngestMetrics", "Metrics", "RecentCounts"]
 
 # The ``_created`` series double every counter's lines and tell an operator nothing
 # the process start time does not.
@@ -85,8 +85,10 @@ class RecentCounts:
         return dict(out)
 
 
-class Metrics:
-    """Counters and histograms updated where things happen; ``registry`` is scraped."""
+class IngestMetrics:
+    """What every process that takes readings in counts (``vigil ingest mqtt``'s all):
+    readings appended by connector and kind, dead letters, the append's latency, and
+    the process's own collectors. ``registry`` is scraped."""
 
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
@@ -100,21 +102,10 @@ class Metrics:
             ["connector", "kind"],
             registry=registry,
         )
-        self.readings_evaluated = Counter(
-            "vigil_readings_evaluated_total",
-            "Readings the rule kernels evaluated (each telemetry batch this process applied)",
-            registry=registry,
-        )
         self.dead_letters = Counter(
             "vigil_dead_letters_total",
             "Messages and readings sent to the dead-letter topic, by reason class",
             ["reason"],
-            registry=registry,
-        )
-        self.alerts = Counter(
-            "vigil_alert_events_total",
-            "Alert level transitions handed to the dispatcher, by rule and new level",
-            ["rule", "level"],
             registry=registry,
         )
         self.append_seconds = Histogram(
@@ -122,6 +113,51 @@ class Metrics:
             "Durable append of one ingest batch's readings (fsync included), by connector",
             ["connector"],
             buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        #: Last hour for ``vigil status``: dead letters by reason class, readings.
+        self.recent_dead_letters = RecentCounts()
+        self.recent_readings = RecentCounts()
+
+    def count_readings(
+        self, connector: str, batches: Iterable[TelemetryBatch], kinds: Mapping[str, str]
+    ) -> None:
+        """Count the readings of appended batches by the kind of their station
+        (``unknown`` if the registry has none): per batch a ``bincount`` of its station
+        column and a lookup per distinct station, nothing per reading."""
+        per_kind: Tally[str] = Tally()
+        total = 0
+        for batch in batches:
+            counts = np.bincount(batch.station_idx, minlength=len(batch.stations))
+            for station, n in zip(batch.stations, counts.tolist(), strict=True):
+                per_kind[kinds.get(station, "unknown")] += n
+            total += len(batch)
+        for kind, n in per_kind.items():
+            if n:
+                self.readings_in.labels(connector, kind).inc(n)
+        self.recent_readings.add("readings", total)
+
+    def count_dead_letter(self, reason: str) -> None:
+        cls = reason_class(reason)
+        self.dead_letters.labels(cls).inc()
+        self.recent_dead_letters.add(cls)
+
+
+class Metrics(IngestMetrics):
+    """A topology's counters and histograms, updated where things happen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        registry = self.registry
+        self.readings_evaluated = Counter(
+            "vigil_readings_evaluated_total",
+            "Readings the rule kernels evaluated (each telemetry batch this process applied)",
+            registry=registry,
+        )
+        self.alerts = Counter(
+            "vigil_alert_events_total",
+            "Alert level transitions handed to the dispatcher, by rule and new level",
+            ["rule", "level"],
             registry=registry,
         )
         self.batch_seconds = Histogram(
@@ -177,35 +213,9 @@ class Metrics:
             "Consumer group rebalances this process took part in",
             registry=registry,
         )
-        #: Last hour for ``vigil status``: dead letters by reason class, readings.
-        self.recent_dead_letters = RecentCounts()
-        self.recent_readings = RecentCounts()
         #: Fingerprint -> level of the alert series whose latest transition this process
         #: dispatched is above ``none`` (served as ``vigil_active_alerts``).
         self.active_alerts: dict[str, str] = {}
-
-    def count_readings(
-        self, connector: str, batches: Iterable[TelemetryBatch], kinds: Mapping[str, str]
-    ) -> None:
-        """Count the readings of appended batches by the kind of their station
-        (``unknown`` if the registry has none): per batch a ``bincount`` of its station
-        column and a lookup per distinct station, nothing per reading."""
-        per_kind: Tally[str] = Tally()
-        total = 0
-        for batch in batches:
-            counts = np.bincount(batch.station_idx, minlength=len(batch.stations))
-            for station, n in zip(batch.stations, counts.tolist(), strict=True):
-                per_kind[kinds.get(station, "unknown")] += n
-            total += len(batch)
-        for kind, n in per_kind.items():
-            if n:
-                self.readings_in.labels(connector, kind).inc(n)
-        self.recent_readings.add("readings", total)
-
-    def count_dead_letter(self, reason: str) -> None:
-        cls = reason_class(reason)
-        self.dead_letters.labels(cls).inc()
-        self.recent_dead_letters.add(cls)
 
     def count_alerts(self, events: Iterable[AlertEvent]) -> None:
         for event in events:

@@ -2,8 +2,9 @@
 gateway, through its API (``engine/runtime/dispatch/api.py``).
 
 The gateway is found at ``--url``, else ``$VIGIL_URL``, else the ``web_port`` of
-``--config``, else ``http://127.0.0.1:6066``. A gateway reached over the network wants
-a token: ``$VIGIL_TOKEN`` is sent as ``Authorization: Bearer``. An alert may be named
+``--config``, else ``http://127.0.0.1:6066``. A gateway with a token (``web.token_env``)
+wants it from every caller: ``$VIGIL_TOKEN``, else the variable ``--config``'s
+``web.token_env`` names, is sent as ``Authorization: Bearer``. An alert may be named
 by a unique prefix of its fingerprint. Exit status: 0 done, 1 the gateway refused (its
 message is printed), 2 the gateway could not be reached or the arguments are wrong.
 """
@@ -66,10 +67,21 @@ def _base(args: argparse.Namespace) -> str:
     return "http://127.0.0.1:6066"
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    if os.environ.get("VIGIL_TOKEN"):
+        return os.environ["VIGIL_TOKEN"]
+    if args.config:
+        from engine.runtime.config import load_settings
+
+        name = load_settings(args.config).web.token_env
+        return os.environ.get(name) if name else None
+    return None
+
+
 def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     import httpx
 
-    token = os.environ.get("VIGIL_TOKEN")
+    token = _token(args)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     response = httpx.request(method, _base(args) + path, json=body, headers=headers, timeout=30)
     try:

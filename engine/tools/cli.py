@@ -110,7 +110,11 @@ def _ingest_mqtt(args: argparse.Namespace) -> int:
         return 2
     try:
         settings = load_settings(args.config)
-        asyncio.run(serve_mqtt_ingest(settings, args.broker, replication=args.replication))
+        asyncio.run(
+            serve_mqtt_ingest(
+                settings, args.broker, replication=args.replication, web_port=args.web_port
+            )
+        )
     except (ConfigError, RulesInvalid) as exc:
         return report(exc)
     return 0
@@ -214,6 +218,10 @@ def _parser() -> argparse.ArgumentParser:
     ingest_mqtt.add_argument("--config", required=True, help="settings file, e.g. vigil.yaml")
     ingest_mqtt.add_argument("--broker", required=True, help="kafka://host:port[,host:port...]")
     ingest_mqtt.add_argument("--replication", type=int, default=1, help="replication of new topics")
+    ingest_mqtt.add_argument(
+        "--web-port", type=int,
+        help="web port: /metrics, /healthz, /readyz (0: any free port; default: none)",
+    )  # fmt: skip
     ingest_mqtt.set_defaults(func=_ingest_mqtt)
 
     replay = sub.add_parser("replay", help="backtest rules over a CSV of readings")

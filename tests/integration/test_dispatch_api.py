@@ -2,11 +2,12 @@
 port, in front of a real ``DispatchService`` (outbox in tmp, manual clock), called over
 HTTP and through the ``vigil alerts`` CLI.
 
-The token check reads the caller's address. To be a caller that is not loopback, the
+The web port's access rule (``engine.runtime.web_access.protect``) stands in front, as
+on the gateway; it reads the caller's address. To be a caller that is not loopback, the
 server listens on this machine's own non-loopback address and the client connects to
 it (the kernel then gives the connection that address as its source); a machine
 without one falls back to a request whose remote is set to a documentation address
-before the API's handlers see it. Either way the check that runs is the API's own.
+before the rule sees it. Either way the check that runs is the gateway's own.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from engine.runtime.dispatch.api import install_api
 from engine.runtime.dispatch.outbox import Outbox
 from engine.runtime.dispatch.service import DispatchService
 from engine.runtime.dispatch.wiring import build_receivers
+from engine.runtime.web_access import protect
 from tests.integration.http_receiver import HttpReceiver
 from tests.unit.dispatch_support import MIN, T0, config, event
 
@@ -88,8 +90,11 @@ async def serving(tmp: Path, hook_url: str, token: str | None) -> AsyncIterator[
         retry_initial_s=0.05, retry_max_s=0.05,
     )  # fmt: skip
     far = non_loopback_address()
-    app = web.Application(middlewares=[] if far else [_from_afar])
-    install_api(app.router, service, token)
+    app = web.Application()
+    protect(app, token)
+    if not far:
+        app.middlewares.insert(0, _from_afar)  # before the rule reads the address
+    install_api(app.router, service)
     runner = web.AppRunner(app)
     await runner.setup()
     hosts = ["127.0.0.1", far] if far else ["127.0.0.1"]
@@ -140,7 +145,9 @@ def test_callers_from_afar_need_the_token(tmp_path: Path) -> None:
         assert (await api.far("DELETE", "/api/silences/s1", headers=wrong)).status_code == 401
         right = {"Authorization": "Bearer t0ken"}
         assert (await api.far("GET", "/api/alerts", headers=right)).status_code == 200
-        assert (await api.near("GET", "/api/alerts")).status_code == 200  # loopback: none needed
+        # A token, once set, is asked of loopback callers too (as /metrics always did).
+        assert (await api.near("GET", "/api/alerts")).status_code == 401
+        assert (await api.near("GET", "/api/alerts", headers=right)).status_code == 200
 
     run(tmp_path, "t0ken", body)
 

@@ -29,12 +29,13 @@ import yaml
 from connectors import sl651
 from connectors.framing import Splitter
 from connectors.mqtt.mosquitto import Mosquitto
-from connectors.sl651.batch import FALLBACK, OK, decode_many
+from connectors.sl651.batch import decode_many
+from connectors.sl651.batch_kernel import FALLBACK, OK
 from connectors.sl651.frame import crc16
 from connectors.sl651.server import Sl651Framing
 from engine.contracts.alerts import AlertEvent
 from engine.runtime.config import load_settings
-from engine.runtime.services.gateway import load_rules
+from engine.runtime.services.rules_source import load_rules
 from engine.tools.replay import replay
 from simulators.field_episode import FloodedReservoirRtu
 from tests.integration.conftest import PACKS, EngineProcess, write_settings

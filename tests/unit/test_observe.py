@@ -187,3 +187,18 @@ def test_the_token_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
         web.token()
     monkeypatch.setenv("VIGIL_UNIT_TOKEN", "abc")
     assert web.token() == "abc"
+
+
+def test_a_worker_refuses_a_web_port_its_peers_could_not_reach(tmp_path: Path) -> None:
+    """Faust took 0 for "unset" and bound 6066; the links and the other workers would
+    have looked for the worker at port 0."""
+    from engine.runtime.services.worker import KafkaWorker
+
+    (tmp_path / "stations.yaml").write_text("stations: []\n")
+    (tmp_path / "flood.yaml").write_text("version: 1\nrules: []\n")
+    path = tmp_path / "vigil.yaml"
+    path.write_text(f"stations: stations.yaml\nrules: [flood.yaml]\ndata_dir: {tmp_path}/d\n")
+    for port in (0, 65536):
+        with pytest.raises(ValueError) as exc:
+            KafkaWorker(load_settings(path), "kafka://127.0.0.1:1", web_port=port)
+        assert str(exc.value) == f"--web-port {port}: give a port from 1 to 65535"

@@ -1,7 +1,7 @@
 """The dispatcher's HTTP API and the acknowledge-link pages, on the gateway's web port.
 
 JSON in and out; errors are ``{"error": "<message for people>"}`` with 400 (bad
-request), 401/403 (token), 404 (unknown alert or silence) or 409 (the alert's state
+request), 401/403 (the access rule), 404 (unknown alert or silence) or 409 (the alert's state
 does not allow it: acknowledging a resolved alert, closing a firing one).
 
     GET    /api/alerts                      every alert known, newest first
@@ -18,16 +18,15 @@ does not allow it: acknowledging a resolved alert, closing a firing one).
     GET    /ack/{token}                     the confirm page of a signed link
     POST   /ack/{token}                     acknowledge (form field ``name``, optional)
 
-``/api/`` answers a loopback caller as it is and any other caller only with
-``Authorization: Bearer <token>`` (``web.token_env``). ``/ack/`` needs no login: the
-signed token is good for one alert until it expires (``engine.runtime.dispatch.links``).
+Who may call these is the web port's one access rule (``engine.runtime.web_access``),
+in front of every route: ``/api/`` like ``/metrics``; ``/ack/`` needs no login, the
+signed token (checked here, ``_link``) is good for one alert until it expires
+(``engine.runtime.dispatch.links``).
 """
 
 from __future__ import annotations
 
-import hmac
 import html
-import ipaddress
 import json
 import math
 from collections.abc import Awaitable, Callable
@@ -46,7 +45,6 @@ __all__ = [
     "Handler",
     "alert_json",
     "error_response",
-    "guard",
     "install_api",
     "json_number",
     "silence_json",
@@ -127,34 +125,9 @@ def _text(data: dict[str, Any], name: str, *, required: bool) -> str:
     return value
 
 
-def guard(token: str | None) -> Callable[[Handler], Handler]:
-    """The API's access rule as a handler wrapper: a loopback caller as it is, any other
-    only with ``Authorization: Bearer <token>`` (403 when no token is configured)."""
-
-    def guarded(handler: Handler) -> Handler:
-        async def check(request: web.Request) -> web.StreamResponse:
-            remote = request.remote or ""
-            try:
-                loopback = ipaddress.ip_address(remote).is_loopback
-            except ValueError:
-                loopback = False
-            if not loopback:
-                if token is None:
-                    return _error(403, "the API answers loopback only; set web.token_env")
-                given = request.headers.get("Authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                    return _error(401, "missing or wrong token (Authorization: Bearer ...)")
-            return await handler(request)
-
-        return check
-
-    return guarded
-
-
 def install_api(
     router: web.UrlDispatcher,
     source: DispatchService | Callable[[], DispatchService | None],
-    token: str | None,
     forward: Handler | None = None,
 ) -> None:
     """Add the routes above to ``router`` (the gateway's aiohttp app). ``source``: the
@@ -175,8 +148,6 @@ def install_api(
             return await handler(request, service)
 
         return call
-
-    guarded = guard(token)
 
     async def act(
         service: DispatchService, fingerprint: str, action: Callable[[], Awaitable[AlertState]]
@@ -304,7 +275,7 @@ def install_api(
         ("GET", "/api/history", history),
     ]
     for method, path, handler in api:
-        router.add_route(method, path, guarded(serving(handler)))
+        router.add_route(method, path, serving(handler))
     router.add_route("GET", "/ack/{token}", serving(link_page))
     router.add_route("POST", "/ack/{token}", serving(link_ack))
 

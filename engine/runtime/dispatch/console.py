@@ -18,9 +18,10 @@ network: an edge box has no internet). It reads and acts through the same REST A
 
 The page reloads what it shows on each ``change`` (an alert stored is on the page in
 well under a second; changes that come during a reload make one more, not one each).
-``/api/`` routes keep the API's access rule (loopback, or a bearer token that the page
-asks for once and keeps in the tab's session storage). On a Kafka worker that does not
-own the dispatcher the two ``/api/`` routes are passed on to the one that does.
+Access is the web port's one rule (``engine.runtime.web_access``): the page and its files
+are open, ``/api/`` routes need what the API needs (loopback, or the bearer token that the
+page asks for once and keeps in the tab's session storage). On a Kafka worker that does
+not own the dispatcher the two ``/api/`` routes are passed on to the one that does.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from aiohttp import web
 
 from engine.contracts.alerts import Level
 from engine.contracts.batch import Quality
-from engine.runtime.dispatch.api import Handler, error_response, guard, json_number
+from engine.runtime.dispatch.api import Handler, error_response, json_number
 from engine.runtime.dispatch.board import LastReading, StationBoard
 from engine.runtime.dispatch.service import DispatchService
 from rules.registry import Station
@@ -119,7 +120,6 @@ def install_console(
     router: web.UrlDispatcher,
     source: DispatchService | Callable[[], DispatchService | None],
     stations: Callable[[], Iterable[Station]],
-    token: str | None,
     *,
     board: StationBoard | None = None,
     forward: Handler | None = None,
@@ -131,7 +131,6 @@ def install_console(
     now (a Kafka worker's, None while another worker owns the dispatcher: then
     ``/api/stations`` goes to ``forward`` and ``/api/stream`` to ``forward_stream``, or
     they are answered 503). ``board``: this process's station board (last readings)."""
-    guarded = guard(token)
 
     def current() -> DispatchService | None:
         return source if isinstance(source, DispatchService) else source()
@@ -179,8 +178,8 @@ def install_console(
 
     router.add_route("GET", "/console", page)
     router.add_route("GET", "/console/{name}", asset)
-    router.add_route("GET", "/api/stations", guarded(station_list))
-    router.add_route("GET", "/api/stream", guarded(stream))
+    router.add_route("GET", "/api/stations", station_list)
+    router.add_route("GET", "/api/stream", stream)
 
 
 async def _unavailable() -> web.StreamResponse:

@@ -61,7 +61,7 @@ from engine.runtime.dispatch.board import StationBoard
 from engine.runtime.dispatch.console import install_console
 from engine.runtime.dispatch.kafka_store import MAX_RECORD_BYTES, KafkaOutbox, KafkaPrepared
 from engine.runtime.dispatch.service import DispatchService
-from engine.runtime.dispatch.wiring import api_token, build_receivers, links_of
+from engine.runtime.dispatch.wiring import build_receivers, links_of
 from engine.runtime.topology import Topology
 from rules.registry import load_registry
 
@@ -183,8 +183,6 @@ class KafkaDispatch:
         self.bootstrap = bootstrap
         self.config = load_dispatch_config(d.routes)
         build_receivers(self.config)  # a bad receiver fails at start, not at ownership
-        self.links = links_of(settings)
-        self.token = api_token(settings)
         #: The stations of the duty room's page, and the readings this worker evaluates.
         self.registry = load_registry(settings.stations)
         self.board = StationBoard()
@@ -193,6 +191,7 @@ class KafkaDispatch:
         self.tp = TopicPartition(self.topic, 0)
         #: The port this worker's API listens on (``--web-port`` wins over the settings').
         self.web_port = int(topology.app.conf.web_port)
+        self.links = links_of(settings, self.web_port)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{self.web_port}"
         #: The service while this worker owns the dispatcher, else None.
         self.service: KafkaDispatchService | None = None
@@ -216,11 +215,11 @@ class KafkaDispatch:
             await self.stop()
 
         app.on_before_shutdown.connect(stop)
-        install_api(app.web.web_app.router, lambda: self.service, self.token, self.forward_api)
+        install_api(app.web.web_app.router, lambda: self.service, self.forward_api)
         self.topology.batch_listeners.append(self.board.observe)
         install_console(
             app.web.web_app.router, lambda: self.service, lambda: self.registry.stations,
-            self.token, board=self.board, forward=self.forward_api,
+            board=self.board, forward=self.forward_api,
             forward_stream=self.forward_stream,
         )  # fmt: skip
 

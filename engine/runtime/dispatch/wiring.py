@@ -34,7 +34,7 @@ from engine.runtime.topology import Topology
 from engine.runtime.transport.local import Transport as LocalTransport
 from rules.registry import Station
 
-__all__ = ["api_token", "build_receivers", "install_dispatch", "links_of"]
+__all__ = ["build_receivers", "install_dispatch", "links_of"]
 
 
 def build_receivers(config: DispatchConfig) -> dict[str, Receiver]:
@@ -61,7 +61,10 @@ def build_receivers(config: DispatchConfig) -> dict[str, Receiver]:
     return out
 
 
-def links_of(settings: Settings) -> AckLinks | None:
+def links_of(settings: Settings, web_port: int) -> AckLinks | None:
+    """The acknowledge links, or None without ``dispatch.link_secret_env``. They point
+    at ``dispatch.public_url``, else at ``web_port`` on loopback: the port this process
+    serves on (a worker's ``--web-port``), which need not be the settings' ``web_port``."""
     d = settings.dispatch
     assert d is not None
     if d.link_secret_env is None:
@@ -71,18 +74,8 @@ def links_of(settings: Settings) -> AckLinks | None:
         raise ConfigError(
             f"dispatch.link_secret_env: environment variable {d.link_secret_env} is not set"
         )
-    base = d.public_url or f"http://127.0.0.1:{settings.web_port}"
+    base = d.public_url or f"http://127.0.0.1:{web_port}"
     return AckLinks(secret.encode(), base, int(d.link_ttl_s * 1000))
-
-
-def api_token(settings: Settings) -> str | None:
-    name = settings.web.token_env
-    if name is None:
-        return None
-    token = os.environ.get(name)
-    if not token:
-        raise ConfigError(f"web.token_env: environment variable {name} is not set")
-    return token
 
 
 def install_dispatch(
@@ -95,7 +88,7 @@ def install_dispatch(
     assert d is not None
     config = load_dispatch_config(d.routes)
     receivers = build_receivers(config)
-    links, token = links_of(settings), api_token(settings)
+    links = links_of(settings, int(topology.app.conf.web_port))
     outbox = Outbox(settings.data_dir.resolve() / "dispatch")
     service = DispatchService(
         config, outbox, receivers, SystemClock(), links=links,
@@ -121,8 +114,8 @@ def install_dispatch(
 
     app.task(deliver)
     app.on_before_shutdown.connect(stop)
-    install_api(app.web.web_app.router, service, token)
+    install_api(app.web.web_app.router, service)
     board = StationBoard()
     topology.batch_listeners.append(board.observe)
-    install_console(app.web.web_app.router, service, stations, token, board=board)
+    install_console(app.web.web_app.router, service, stations, board=board)
     return service

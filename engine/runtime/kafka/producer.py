@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
-from engine.contracts.batch import ReadingBlock
+from engine.contracts.batch import ReadingBlock, TelemetryBatch
 from engine.runtime.batching import Reading, batches_by_partition, murmur2_partition
 from engine.runtime.kafka.topics import TopicLayout
 
@@ -56,11 +56,13 @@ class TelemetryProducer:
             p = self._cache[station] = partition_for(station, self.layout.partitions)
         return p
 
-    async def produce(self, readings: Sequence[Reading | ReadingBlock]) -> None:
-        """Readings as one batch per partition; returns once the broker acknowledged all."""
+    async def produce(self, readings: Sequence[Reading | ReadingBlock]) -> list[TelemetryBatch]:
+        """Readings as one batch per partition; returns the batches once the broker
+        acknowledged all (for counting: ``IngestMetrics.count_readings``)."""
         batches = batches_by_partition(readings, self.partition)  # column by column
         await self.produce_encoded({p: b.encode() for p, b in batches.items()})
         self.counters["readings_produced"] += sum(len(b) for b in batches.values())
+        return list(batches.values())
 
     async def produce_encoded(self, batches: dict[int, bytes]) -> None:
         """Already encoded batches ``{partition: bytes}``; returns once all are acknowledged."""

@@ -18,52 +18,40 @@
   either way (``engine.runtime.services.dead_letters``).
 
 The server binds to ``web.bind`` (loopback by default; settings refuse another address
-without a token or TLS). With ``web.token_env`` every request needs
-``Authorization: Bearer <token>``; with ``web.tls`` it speaks HTTPS.
+without a token or TLS) and speaks HTTPS with ``web.tls``. Who may call it is the web
+port's one access rule (``engine.runtime.web_access``), installed here in front of
+every route, the dispatcher's and Faust's included. The metrics that are states live
+in ``engine.runtime.services.observe_metrics``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import os
-import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web as aioweb
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from connectors.mqtt.pool import Ingest
 from engine.evaluation.sequence_gaps import SequenceGapAlerts
 from engine.runtime.config import Settings
 from engine.runtime.services.dead_letters import read_dead_letters, read_kafka_dead_letters
 from engine.runtime.services.lag import LagMonitor
+from engine.runtime.services.observe_metrics import MqttState, TopologyState, rule_count
 from engine.runtime.topology import Topology
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.transport.log import DurableLog
+from engine.runtime.web_access import protect, server_ssl_context
 
-__all__ = ["Observer", "server_ssl_context"]
+__all__ = ["Observer", "ingest_check"]
 
 #: Seconds between samples of the reading counters (``readings_per_s`` spans a minute).
 RATE_SAMPLE_S = 5.0
-
-
-def server_ssl_context(cert_file: Path, key_file: Path, client_ca: Path | None) -> ssl.SSLContext:
-    """An HTTPS server context; with ``client_ca``, clients must present a certificate
-    that CA signed."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(cert_file), str(key_file))
-    if client_ca is not None:
-        ctx.load_verify_locations(cafile=str(client_ca))
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
 
 
 class _Rate:
@@ -110,12 +98,18 @@ class Observer:
         counters = topology.counters
         self._rate_in = _Rate(lambda: counters["readings_produced"])
         self._rate_evaluated = _Rate(lambda: counters["readings_evaluated"])
-        topology.metrics.registry.register(_StateCollector(self))
+        registry = topology.metrics.registry
+        if ingest is not None:
+            registry.register(MqttState(ingest))
+        registry.register(
+            TopologyState(topology, settings, lambda: self._lag, lambda: self.durable_log)
+        )
 
     # ---- wiring --------------------------------------------------------------------------
 
     def install(self) -> None:
-        """Bind, protect and add the pages; before the app starts."""
+        """Bind, protect (every route of the port) and add the pages; before the app
+        starts."""
         app = self.topology.app
         web_settings = self.settings.web
         app.conf.web_bind = web_settings.bind
@@ -124,7 +118,8 @@ class Observer:
             app.conf.web_ssl_context = server_ssl_context(
                 tls.cert_file, tls.key_file, tls.client_ca_file
             )
-        app.web.web_app.middlewares.append(self._middleware)
+        protect(app.web.web_app, self.token)
+        app.web.web_app.middlewares.append(self._index)
         app.timer(RATE_SAMPLE_S)(self._sample)
         observer = self
 
@@ -153,17 +148,7 @@ class Observer:
         app.page("/vigil/dead-letters")(dead_letters)
 
     @aioweb.middleware
-    async def _middleware(self, request: aioweb.Request, handler: Any) -> aioweb.StreamResponse:
-        # A signed acknowledge link (``/ack/``) is its own credential: the person who
-        # follows it from a notification carries no bearer token.
-        if self.token is not None and not request.path.startswith("/ack/"):
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                return aioweb.json_response(
-                    {"error": "missing or wrong bearer token (Authorization: Bearer ...)"},
-                    status=401,
-                    headers={"WWW-Authenticate": 'Bearer realm="vigil"'},
-                )
+    async def _index(self, request: aioweb.Request, handler: Any) -> aioweb.StreamResponse:
         if request.path == "/":  # Faust's index said OK whatever the state: say the truth
             body = await self.readiness()
             return aioweb.json_response(body, status=200 if body["ready"] else 503)
@@ -192,12 +177,7 @@ class Observer:
         """Each check ``{"ok": bool, "detail": str}``; ready when all are ok."""
         checks: dict[str, dict[str, Any]] = {}
         if self.ingest is not None:
-            o = self.ingest.options
-            state = self.ingest.state
-            checks["ingest"] = {
-                "ok": state == "subscribed",
-                "detail": f"MQTT {state} ({o.host}:{o.port}, {self.ingest.subscription})",
-            }
+            checks["ingest"] = ingest_check(self.ingest)
         log = self.durable_log
         if log is not None:
             try:
@@ -206,7 +186,7 @@ class Observer:
             except Exception as exc:
                 checks["log"] = {"ok": False, "detail": f"not writable ({log.path}): {exc}"}
         ruleset = self.topology.ruleset
-        count = _rule_count(ruleset)
+        count = rule_count(ruleset)
         rules: dict[str, Any] = {
             "ok": count > 0,
             "detail": f"{count} rules, version {ruleset.version[:12]}",
@@ -260,7 +240,7 @@ class Observer:
             "lag": self._lag,
             "rules": {
                 "version": ruleset.version,
-                "count": _rule_count(ruleset),
+                "count": rule_count(ruleset),
                 "files": [str(p) for p in self.settings.rules],
                 "errors": list(self.reload_errors()),
             },
@@ -301,113 +281,14 @@ class Observer:
         return view.json(page)
 
 
-def _rule_count(ruleset: Any) -> int:
-    return (
-        len(ruleset.rules)
-        + len(ruleset.compound)
-        + len(ruleset.derived)
-        + len(ruleset.corroboration)
-    )
+def ingest_check(ingest: Ingest) -> dict[str, Any]:
+    """The readiness check of an MQTT ingest: ok while connected and subscribed."""
+    o = ingest.options
+    return {
+        "ok": ingest.state == "subscribed",
+        "detail": f"MQTT {ingest.state} ({o.host}:{o.port}, {ingest.subscription})",
+    }
 
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
-
-
-def _dir_bytes(path: Path) -> int:
-    total = 0
-    for entry in os.scandir(path):
-        try:
-            if entry.is_file(follow_symlinks=False):
-                total += entry.stat(follow_symlinks=False).st_size
-            elif entry.is_dir(follow_symlinks=False):
-                total += _dir_bytes(Path(entry.path))
-        except FileNotFoundError:  # a compaction removed it meanwhile
-            continue
-    return total
-
-
-class _StateCollector(Collector):
-    """The states, read at each scrape (lag as of the scrape's ``refresh_lag``)."""
-
-    def __init__(self, observer: Observer) -> None:
-        self.observer = observer
-
-    def collect(self) -> Iterator[Metric]:
-        obs = self.observer
-        topology = obs.topology
-        if obs.ingest is not None:
-            yield GaugeMetricFamily(
-                "vigil_mqtt_connected",
-                "1 while the MQTT ingest is connected and subscribed, else 0",
-                value=1.0 if obs.ingest.state == "subscribed" else 0.0,
-            )
-        lag = GaugeMetricFamily(
-            "vigil_consumer_lag_batches",
-            "Telemetry records (batches) appended but not yet evaluated, by partition",
-            labels=["partition"],
-        )
-        for partition, p in obs._lag.get("partitions", {}).items():
-            if p.get("lag") is not None:
-                lag.add_metric([partition], float(p["lag"]))
-        yield lag
-        failures = CounterMetricFamily(
-            "vigil_sink_delivery_failures",
-            "Alert deliveries a sink failed (each attempt, retries included), by sink",
-            labels=["sink"],
-        )
-        for key, n in topology.dispatcher.counters.items():
-            if key.startswith("failed."):
-                failures.add_metric([key.removeprefix("failed.")], float(n))
-        yield failures
-        active = GaugeMetricFamily(
-            "vigil_active_alerts",
-            "Alert series above 'none' whose latest transition this process dispatched",
-            labels=["level"],
-        )
-        by_level = topology.metrics.active_by_level()
-        for level in ("blue", "yellow", "orange", "red"):
-            active.add_metric([level], float(by_level.get(level, 0)))
-        yield active
-        yield GaugeMetricFamily(
-            "vigil_rules_loaded", "Rules running (all kinds)", value=_rule_count(topology.ruleset)
-        )
-        yield from self._log_metrics()
-
-    def _log_metrics(self) -> Iterator[Metric]:
-        obs = self.observer
-        log = obs.durable_log
-        if log is None:
-            return
-        yield GaugeMetricFamily(
-            "vigil_log_size_bytes",
-            "Bytes on disk of the embedded log (RocksDB files)",
-            value=float(_dir_bytes(log.path)),
-        )
-        yield GaugeMetricFamily(
-            "vigil_log_retention_seconds",
-            "How long the embedded log keeps records every reader is done with",
-            value=obs.settings.retention_hours * 3600,
-        )
-        records = GaugeMetricFamily(
-            "vigil_log_records", "Records kept in the embedded log, by topic", labels=["topic"]
-        )
-        oldest = GaugeMetricFamily(
-            "vigil_log_oldest_record_timestamp_seconds",
-            "Append time of the oldest record kept, by topic (epoch seconds)",
-            labels=["topic"],
-        )
-        for topic, partitions in log.topics().items():
-            kept = 0
-            first: int | None = None
-            for p in range(partitions):
-                earliest = log.earliest(topic, p)
-                kept += log.highwater(topic, p) - earliest
-                head = log.read(topic, p, earliest, 1)
-                if head and (first is None or head[0].timestamp < first):
-                    first = head[0].timestamp
-            records.add_metric([topic], float(kept))
-            if first is not None:
-                oldest.add_metric([topic], first / 1000)
-        yield records
-        yield oldest

@@ -54,6 +54,10 @@ class KafkaWorker:
     ) -> None:
         if not broker.startswith("kafka://"):
             raise ValueError(f"vigil worker needs a kafka:// broker URL, got {broker!r}")
+        if web_port is not None and not 1 <= web_port <= 65535:
+            # Not 0 (any free port): the other workers and the acknowledge links reach
+            # this worker's API by the number it was given.
+            raise ValueError(f"--web-port {web_port}: give a port from 1 to 65535")
         self.settings = settings
         token = settings.web.token()  # ConfigError now, not at the first request
         self.bootstrap = bootstrap_of(broker)
