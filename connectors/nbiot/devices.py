@@ -111,8 +111,9 @@ class YamlDevices:
         self.path = path
         self._signature = _signature(path)
         self._by_identity = _read(path)
-        #: The signature of the last edit refused: its line is not written again.
-        self._refused: tuple[int, int, int] | None = None
+        #: The signature of the last edit refused (None among them: the file was gone),
+        #: whose line is not written again; empty: none refused since the last read.
+        self._refused: tuple[tuple[int, int, int] | None, ...] = ()
 
     def lookup(self, identity: str) -> Device | None:
         return self._by_identity.get(identity)
@@ -127,12 +128,12 @@ class YamlDevices:
         the devices in force stay. Reads the file: call it off the event loop, then
         nothing but the swap of one dict touches what ``lookup`` reads."""
         signature = _signature(self.path)
-        if not force and signature in (self._signature, self._refused):
+        if not force and (signature == self._signature or signature in self._refused):
             return False
         try:
             by_identity = _read(self.path)
         except ValueError as exc:
-            self._refused = signature
+            self._refused = (signature,)
             problems = "; ".join(str(exc).splitlines())
             log.error(
                 "NB-IoT device file not reloaded, the %d devices in force stay: %s",
@@ -143,7 +144,7 @@ class YamlDevices:
         old = {d.identity for d in self._by_identity.values()}
         new = {d.identity for d in by_identity.values()}
         changed = by_identity != self._by_identity
-        self._by_identity, self._signature, self._refused = by_identity, signature, None
+        self._by_identity, self._signature, self._refused = by_identity, signature, ()
         if changed:
             added, removed = sorted(new - old), sorted(old - new)
             log.warning(

@@ -73,6 +73,12 @@ def test_an_edit_is_read_a_broken_one_refused_once(
     assert devices.reload()
     assert devices.lookup(B) is not None and devices.lookup(A) is None
     assert len(devices) == 1
+    # The file gone: said once, the devices stay.
+    path.unlink()
+    for _ in range(3):
+        assert not devices.reload()
+    assert len(refused_lines(caplog)) == 4 and "cannot read" in refused_lines(caplog)[-1]
+    assert devices.lookup(B) is not None
 
 
 def test_follow_reads_an_edit_within_its_interval_and_at_once_when_woken(
