@@ -5,10 +5,12 @@ whose base name is the device.
 A request is answered only after what it carried is durable in the telemetry log (or,
 rejected, in the dead-letter topic): 2.04 Changed for readings (and for a sealed payload
 sent again), 4.01 Unauthorized for a payload that fails authentication, 4.04 Not Found
-for an unknown device, 4.00 Bad Request for a payload that cannot be read; the reason is
-the diagnostic payload. A confirmable request the gateway dies on is not acknowledged,
-so the device sends it again. Block-wise uploads (Block1, a backlog larger than one
-datagram) are reassembled by aiocoap before the resource sees them.
+for an unknown device (and for a registered one whose station, or every metric sent,
+the station registry does not have), 4.00 Bad Request for a payload that cannot be
+read; the reason is the diagnostic payload. A confirmable request the gateway dies on
+is not acknowledged, so the device sends it again. Block-wise uploads (Block1, a
+backlog larger than one datagram) are reassembled by aiocoap before the resource sees
+them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import aiocoap
 from aiocoap import resource
 
 from connectors.nbiot.seal import AuthError
-from connectors.nbiot.uplink import UnknownDevice, Uplink
+from connectors.nbiot.uplink import NotAdmitted, UnknownDevice, Uplink
 
 __all__ = ["UplinkResource", "serve_coap"]
 
@@ -33,7 +35,7 @@ def _code(up: Uplink) -> aiocoap.numbers.codes.Code:
         return aiocoap.CHANGED
     if isinstance(up.outcome, AuthError):
         return aiocoap.UNAUTHORIZED
-    if isinstance(up.outcome, UnknownDevice):
+    if isinstance(up.outcome, UnknownDevice | NotAdmitted):
         return aiocoap.NOT_FOUND
     return aiocoap.BAD_REQUEST
 

@@ -10,7 +10,9 @@ answers (``connectors.nbiot.seal``).
 Dead letters of these paths are written without a log line each (a fleet of
 unregistered devices, or a platform pushing with a wrong token, would flood the log):
 every ``SUMMARY_S`` the ingest logs one line of what it dead-lettered, by reason, and of
-the unregistered identities, busiest first (``unknown``).
+the unregistered identities, busiest first (``unknown``), and likewise of the devices
+whose station is unknown and of the metrics their stations do not report (admission,
+``connectors.nbiot.uplink``).
 
 ``join`` raises if the ingest task fails (the log cannot be written): its owner must
 end the process.
@@ -36,7 +38,7 @@ from connectors.nbiot.push import push_app
 from connectors.nbiot.seal import Counters
 from connectors.nbiot.udp import UdpUplinks
 from connectors.nbiot.unknown import UnknownDevices
-from connectors.nbiot.uplink import Decoder, Uplink
+from connectors.nbiot.uplink import Decoder, Stations, Uplink
 from engine.contracts.batch import ReadingBlock
 from engine.contracts.devices import DeviceLookup
 
@@ -71,14 +73,23 @@ class NbiotIngest:
         products: Products,
         produce: Produce,
         dead_letter: DeadLetter,
+        stations: Stations | None = None,
     ) -> None:
+        """``stations``: the station registry running now, which readings must fit
+        (None: any station and metric is taken)."""
         self.options = options
         self.counters: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
         self.unknown = UnknownDevices(options.unknown_capacity)
         self._seal_counters = Counters(options.state_dir / "counters")
         self.decoder = Decoder(
-            devices, products, self._seal_counters, self.unknown, options.onenet_token
+            devices,
+            products,
+            self._seal_counters,
+            self.unknown,
+            options.onenet_token,
+            stations,
+            options.unknown_capacity,
         )
         self._produce = produce
         self._dead_letter = dead_letter
@@ -160,6 +171,12 @@ class NbiotIngest:
 
     async def _produce_durably(self, readings: list[Reading | ReadingBlock]) -> None:
         await self._produce(readings)
+        # Before the answers too: the first refused metric of an uplink that gave
+        # readings (only such uplinks leave refusals, so produce runs for their batch).
+        refusals, self.decoder.refusals = self.decoder.refusals, []
+        for raw, reason, source in refusals:
+            await self._dead(raw, reason, source)
+            self.counters["dead_letter"] += 1
         # After the readings, before the answers: a crash in between makes a resend
         # a duplicate of what is in the log, never a loss.
         await asyncio.to_thread(self._seal_counters.flush)
@@ -178,3 +195,6 @@ class NbiotIngest:
             log.warning("NB-IoT dead letters since start: %s", by_reason)
         if self.unknown.counts:
             log.warning("NB-IoT unknown devices: %s", self.unknown.summary())
+        for refused in (self.decoder.unknown_stations, self.decoder.refused_metrics):
+            if refused.counts:
+                log.warning("NB-IoT readings not admitted: %s", refused.summary())

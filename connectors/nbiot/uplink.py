@@ -11,12 +11,23 @@ became of it (``outcome``), so that the path can answer the sender after the ack
 Readings go to the device's station, each metric renamed by the device's ``metrics``.
 A reading without its own time is dated by the platform's time when a push has one,
 else by the gateway's arrival time.
+
+Admission (``stations``: the gateway's station registry, read per uplink so that a
+reload applies at once): a device whose registry entry names a station the station
+registry does not have sends nothing usable, so its uplink is dead-lettered
+(``unknown station ...``, answered like an unknown device) and counted per device and
+station. A reading of a metric its station does not report (the station lists its
+metrics) could never be evaluated: an uplink with only such readings is dead-lettered
+(``unknown metric ...``); one that also has readings of the station's metrics gives
+those, and its refused readings are counted per station and metric, the first of each
+dead-lettered with the uplink's bytes (``refusals``), like SL 651's elements that feed
+no metric. Nothing refused vanishes without a dead letter and a count.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from connectors.ingest import Inbound, PayloadError, Reading
@@ -28,7 +39,11 @@ from connectors.nbiot.senml import CONTENT_FORMAT_CBOR, CONTENT_FORMAT_JSON, dec
 from connectors.nbiot.unknown import UnknownDevices
 from engine.contracts.devices import Device, DeviceLookup
 
-__all__ = ["Decoder", "UnknownDevice", "Uplink", "split_datagram"]
+__all__ = ["Decoder", "NotAdmitted", "Stations", "UnknownDevice", "Uplink", "split_datagram"]
+
+#: The station registry running now: station id -> the metrics it reports (empty: any);
+#: None: no registry to check against (every station and metric taken).
+Stations = Callable[[], Mapping[str, Collection[str]] | None]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +76,11 @@ class UnknownDevice(PayloadError):
     """An identity the registry does not hold."""
 
 
+class NotAdmitted(PayloadError):
+    """A registered device whose readings the gateway cannot take: its station is not
+    in the station registry, or none of its metrics is one its station reports."""
+
+
 @dataclass
 class Uplink(Inbound):
     #: "coap", "udp", "ctwing" or "onenet".
@@ -91,6 +111,8 @@ class Decoder:
         counters: Counters,
         unknown: UnknownDevices,
         onenet_token: str | None = None,
+        stations: Stations | None = None,
+        refused_capacity: int = 10_000,
     ) -> None:
         self.devices = devices
         #: The token of the OneNET push subscription (signatures); None: OneNET refused.
@@ -98,11 +120,32 @@ class Decoder:
         self.products = products
         self.counters = counters
         self.unknown = unknown
+        self.stations = stations
+        #: Uplinks of devices whose station is unknown, by ``identity -> station``.
+        self.unknown_stations = UnknownDevices(
+            refused_capacity, "devices of unknown stations (device -> station)"
+        )
+        #: Readings refused for a metric their station does not report, by
+        #: ``station/metric``.
+        self.refused_metrics = UnknownDevices(
+            refused_capacity, "metrics their station does not report (station/metric)"
+        )
+        #: (raw, reason, source) to dead-letter with the batch's readings: the first
+        #: refused reading of each station and metric in an uplink that gave others.
+        self.refusals: list[tuple[bytes, str, str]] = []
+        self._stations: Mapping[str, Collection[str]] | None = None
+        #: (device identity, station, metric) -> readings refused in the uplink being
+        #: decoded.
+        self._refused: dict[tuple[str, str, str], int] = {}
 
     def __call__(self, m: Inbound) -> list[Reading]:
         assert isinstance(m, Uplink)
+        self._stations = None if self.stations is None else self.stations()
+        self._refused = {}
         try:
             out = self._decode(m)
+            if self._refused:
+                out = self._refuse(m, out)
         except PayloadError as exc:
             m.outcome = exc
             raise
@@ -129,13 +172,59 @@ class Decoder:
     def product(self, device: Device) -> Product:
         return self.products.get(device.product)
 
-    @staticmethod
-    def readings(device: Device, decoded: Iterable[Decoded], default_ms: int) -> list[Reading]:
-        rename = device.metrics
-        return [
-            (device.station, rename.get(metric, metric), default_ms if ts is None else ts, value)
-            for metric, ts, value in decoded
-        ]
+    def readings(
+        self, device: Device, decoded: Iterable[Decoded], default_ms: int
+    ) -> list[Reading]:
+        """The device's decoded values as readings of its station, renamed; NotAdmitted
+        when the station registry does not have its station. Readings of a metric the
+        station does not report are left out and noted for ``_refuse``."""
+        rename, station = device.metrics, device.station
+        stations = self._stations
+        if stations is None:
+            return [
+                (station, rename.get(metric, metric), default_ms if ts is None else ts, value)
+                for metric, ts, value in decoded
+            ]
+        reports = stations.get(station)
+        if reports is None:
+            self.unknown_stations.add(f"{device.identity} -> {station}")
+            raise NotAdmitted(
+                f"unknown station {station!r} of device {device.identity}: its registry "
+                "entry names it, the station registry does not have it"
+            )
+        out: list[Reading] = []
+        for metric, ts, value in decoded:
+            name = rename.get(metric, metric)
+            if reports and name not in reports:
+                key = (device.identity, station, name)
+                self._refused[key] = self._refused.get(key, 0) + 1
+                continue
+            out.append((station, name, default_ms if ts is None else ts, value))
+        return out
+
+    def _refuse(self, m: Uplink, taken: list[Reading]) -> list[Reading]:
+        """Count the uplink's readings refused for their metric; NotAdmitted when it
+        gave no other, else note the first of each station and metric for a dead
+        letter (``refusals``) and return the readings taken."""
+        stations = self._stations
+        assert stations is not None  # readings are refused only against a registry
+        reasons = []
+        for (identity, station, metric), n in self._refused.items():
+            first = self.refused_metrics.add(f"{station}/{metric}", n) == n
+            reports = ", ".join(sorted(stations[station]))
+            reason = (
+                f"unknown metric {metric!r} of device {identity}: station {station} "
+                f"reports {reports} (its registry entry)"
+            )
+            if taken and first:
+                self.refusals.append(
+                    (m.payload, f"{reason}; not ingested, the uplink's other readings "
+                     "are; further readings of it are only counted", m.source)
+                )  # fmt: skip
+            reasons.append(reason)
+        if not taken:
+            raise NotAdmitted("; ".join(reasons))
+        return taken
 
     def payload_readings(
         self, device: Device, body: bytes, default_ms: int, content_format: int | None = None

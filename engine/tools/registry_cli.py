@@ -2,8 +2,10 @@
 
 - ``import FILE``: a devices CSV (a header with ``identity``) or a station registry
   (YAML, or CSV with ``id,kind``), told apart by content; devices are checked against
-  the stations of the store and of ``--stations``/``--config``, and ``--products``.
-  Exit 1 when any row was rejected (the others are applied), 2 when nothing could be.
+  the stations of the store and of ``--stations``/``--config`` (the station, and the
+  metrics the ``metrics`` column names), and ``--products``. A row that fails a check
+  is refused with its ``file:line:col``, the others are applied: exit 1 when any row
+  was refused, 2 when nothing could be.
 - ``remove IDENTITY...`` (``--station`` for station ids), ``show IDENTITY``, ``stats``.
 
 The store is ``DATA_DIR/registry``: ``--data-dir``, else the settings' ``data_dir``
@@ -101,12 +103,12 @@ def _import(args: argparse.Namespace) -> int:
         added, updated = put_stations(store, (s.document() for s in registry))
         print(f"{len(registry):,} stations: {added:,} added, {updated:,} updated ({store})")
         return 0
-    from rules.store import import_devices, station_ids
+    from rules.store import import_devices, station_metrics
 
-    stations = station_ids(store)
+    stations = station_metrics(store)
     for extra in filter(None, (args.stations, configured)):
         if Path(extra).resolve() != store.resolve():
-            stations.update(s.id for s in load_registry(extra))
+            stations.update((s.id, frozenset(s.metrics)) for s in load_registry(extra))
     if not stations:
         raise ValueError(
             f"no stations to check devices against: import a station registry into {store} "

@@ -11,7 +11,13 @@ from rules.store.db import StoreBusy, StoreMissing, store_stats
 from rules.store.identity import identity_problem, make_imei
 from rules.store.importer import ImportReport, import_devices, remove_devices
 from rules.store.lookup import DeviceRegistry, decode_device, read_device
-from rules.store.stations import put_stations, remove_stations, station_documents, station_ids
+from rules.store.stations import (
+    put_stations,
+    remove_stations,
+    station_documents,
+    station_ids,
+    station_metrics,
+)
 
 __all__ = [
     "DeviceRegistry",
@@ -28,5 +34,6 @@ __all__ = [
     "remove_stations",
     "station_documents",
     "station_ids",
+    "station_metrics",
     "store_stats",
 ]

@@ -14,23 +14,28 @@ The file (UTF-8, a header row, one device per row; columns in any order)::
   known.
 - ``key``: the per-device secret as hex, at least 16 bytes; empty: none.
 - ``metrics``: ``field:metric;field:metric``, the product's fields renamed to the
-  station's metrics; empty: the product's names are the metrics.
+  station's metrics; empty: the product's names are the metrics. Each metric named must
+  be one the station reports, when the station registry lists its metrics (a reading
+  of any other would be refused by the gateway, dead-lettered as ``unknown metric``).
 - ``deleted``: ``1``/``true``/``yes`` removes the device; empty, ``0``, ``false``,
   ``no`` keep it.
 
 Contract: every row is an upsert (or a removal) of its own, so an import can be run
-again, and a running gateway may see one half-done. A row with a problem is skipped and
-reported as ``file:line:col: column: message`` (``col`` the CSV column, 1-based); the
-other rows are applied. Memory stays bounded whatever the file's length: rows go to the
-store in batches, and a duplicate identity in the file is found by asking the store
-which import and line last wrote it.
+again, and a running gateway may see one half-done. A row with a problem (a station the
+station registry does not have, a metric the station does not report, ...) is refused:
+skipped and reported as ``file:line:col: column: message`` (``col`` the CSV column,
+1-based); the other rows are applied. Refused, not imported with a warning: a device
+admitted to the store but not to its station would have every uplink dead-lettered.
+Memory stays bounded whatever the file's length: rows go to the store in batches, and a
+duplicate identity in the file is found by asking the store which import and line last
+wrote it.
 """
 
 from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +66,9 @@ BATCH_ROWS = 10_000
 _HINT_LIMIT = 5_000
 
 Progress = Callable[[int, int], None]  # (characters read, rows read)
+#: The station ids a device may name; as a mapping, with the metrics each reports (an
+#: empty collection: any metric).
+Stations = Mapping[str, Collection[str]] | Collection[str]
 
 
 @dataclass
@@ -102,14 +110,15 @@ class _Rejected(Exception):
 def import_devices(
     store: Path,
     csv_path: Path,
-    stations: Collection[str],
+    stations: Stations,
     products: Collection[str] | None = None,
     progress: Progress | None = None,
     max_problems: int = 100,
 ) -> ImportReport:
     """Upsert and remove the devices of ``csv_path`` in the store at ``store``.
 
-    ``stations``: the station ids a device may name; ``products``: the product names,
+    ``stations``: the station ids a device may name (a mapping: with the metrics each
+    reports, which the ``metrics`` column must name); ``products``: the product names,
     or None when they are not known (any name is taken). Raises StoreBusy when another
     process writes the store, ValueError when the header is unusable.
     """
@@ -127,7 +136,7 @@ class _Import:
         self,
         db: Rdict,
         report: ImportReport,
-        stations: Collection[str],
+        stations: Stations,
         products: Collection[str] | None,
         max_problems: int,
     ) -> None:
@@ -234,6 +243,12 @@ class _Import:
             bad("product", f"unknown product {product!r}{hint}")
         key = _key(cell("key"), bad)
         metrics = _metrics(cell("metrics"), bad)
+        reports = self.stations.get(station) if isinstance(self.stations, Mapping) else None
+        for metric in dict.fromkeys(metrics.values()):
+            if reports and metric not in reports:
+                hint = did_you_mean(metric, reports)
+                bad("metrics", f"station {station} does not report {metric!r}{hint} "
+                               f"(it reports {', '.join(sorted(reports))})")  # fmt: skip
         if problems:
             raise _Rejected(problems)
         record = device_record(station, product, key, metrics, self.number, line)

@@ -19,7 +19,13 @@ from rocksdict import Rdict, WriteBatch
 
 from rules.store.db import STATION, open_reader, open_writer, read_meta, remove_keys, write_meta
 
-__all__ = ["put_stations", "remove_stations", "station_documents", "station_ids"]
+__all__ = [
+    "put_stations",
+    "remove_stations",
+    "station_documents",
+    "station_ids",
+    "station_metrics",
+]
 
 
 def put_stations(store: Path, documents: Iterable[dict[str, Any]]) -> tuple[int, int]:
@@ -80,3 +86,11 @@ def station_ids(store: Path) -> set[str]:
         return {key[1:].decode() for key, _raw in _stations(db)}
     finally:
         db.close()
+
+
+def station_metrics(store: Path) -> dict[str, frozenset[str]]:
+    """Station id -> the metrics it reports, of the store's stations; empty when there
+    is no store yet."""
+    if not (store / "CURRENT").exists():
+        return {}
+    return {doc["id"]: frozenset(doc.get("metrics") or ()) for doc in station_documents(store)}

@@ -10,6 +10,9 @@ client, raw UDP sockets and real HTTP clients posting CTWing and OneNET bodies.
   an unregistered device, a truncated datagram, a OneNET push with a bad signature and
   a CTWing push with a wrong token; a sealed payload sent again is confirmed, not
   ingested twice. OneNET's URL verification echoes ``msg`` only for a good signature.
+* The stations list the metrics their devices feed (HZ002's ``road_water_depth`` from
+  OneNET, HZ001's ``online``) but not the sensors' ``battery_v``: those readings are
+  refused, dead-lettered once per station (and gateway process), never in the log.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import aiocoap
 import httpx
 import pytest
+import yaml
 
 from connectors.mqtt.mosquitto import Mosquitto, free_port
 from connectors.nbiot.platforms import onenet_signature
@@ -123,9 +127,16 @@ def _scenario(mosquitto: Mosquitto, tmp_path: Path) -> Run:
     coap_port, udp_port, push_port = free_udp_port(), free_udp_port(), free_port()
     devices = tmp_path / "devices.yaml"
     devices.write_text(DEVICES)
+    registry = yaml.safe_load(STATIONS.read_text(encoding="utf-8"))
+    extra = {"HZ001": {"online": "/"}, "HZ002": {"road_water_depth": "m"}}
+    for station in registry["stations"]:
+        station["metrics"].update(extra.get(station["id"], {}))
+    stations = tmp_path / "stations.yaml"
+    stations.write_text(yaml.safe_dump(registry, allow_unicode=True), encoding="utf-8")
     config = write_settings(
         tmp_path,
         mosquitto.port,
+        stations=str(stations),
         partitions=2,
         lateness_ms=LATENESS_MS,
         nbiot={
@@ -225,6 +236,10 @@ def test_nbiot_paths_faults_and_sigkill(run: Run) -> None:
     assert ("HZ001", "rainfall", start_s * 1000) in logged  # SenML JSON
     assert ("HZ001", "rainfall", (start_s + 60) * 1000) in logged  # SenML CBOR
     assert ("HZ001", "online", start_s * 1000) in logged  # CTWing online message
+    assert not {r for r in logged if r[1] == "battery_v"}  # no station reports it
+    refused = [r for r in reasons if r.startswith("unknown metric 'battery_v'")]
+    # Once per station and gateway process (the count starts again at a restart).
+    assert {r.split(": station ")[1].split()[0] for r in refused} == set(WAVES), refused
     text = "\n".join(reasons)
     for expected in (
         "bad HMAC for device 861000000000001",

@@ -9,18 +9,21 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import aiocoap
 import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors.ingest import PayloadError, Reading, deliver
+from connectors.nbiot.coap import _code as coap_code
 from connectors.nbiot.platforms import onenet_signature, raw_member
 from connectors.nbiot.products import load_products
 from connectors.nbiot.seal import AuthError, Counters, seal
 from connectors.nbiot.senml import decode_pack
 from connectors.nbiot.unknown import UnknownDevices
-from connectors.nbiot.uplink import Decoder, Uplink
+from connectors.nbiot.uplink import Decoder, NotAdmitted, Uplink
+from engine.contracts.dead_letters import reason_class
 from engine.contracts.devices import Device
 from simulators.nbiot_fleet import ctwing_body, datagram, encode, onenet_body
 
@@ -191,3 +194,92 @@ def test_fuzzed_datagrams_and_pushes_never_stop_the_stream(
     assert len(dead) == sum(1 for m in batch if m.outcome is not None)  # kept with reasons
     assert all(not r.startswith("ingest error") for _, r, _ in dead), dead  # no decoder bug
     assert [raw for raw, _, _ in dead] == [m.payload for m in batch if m.outcome is not None]
+
+
+# ---- admission against the station registry ------------------------------------------------
+
+#: HZ001 reports its water level only; HZ003 lists no metrics (any is taken).
+REPORTS: dict[str, frozenset[str]] = {"HZ001": frozenset({"water_level"}), "HZ003": frozenset()}
+ADMIT = {
+    "861000000000021": Device("861000000000021", "HZ001", "waterlog-v1", None,
+                              {"water_depth": "water_level"}),
+    "861000000000022": Device("861000000000022", "HZ404", "waterlog-v1", None,
+                              {"water_depth": "water_level"}),
+    "861000000000023": Device("861000000000023", "HZ001", "waterlog-v1", None,
+                              {"water_depth": "water_levle"}),
+    "861000000000024": Device("861000000000024", "HZ003", "waterlog-v1"),
+}  # fmt: skip
+
+
+class AdmitLookup:
+    def lookup(self, identity: str) -> Device | None:
+        return ADMIT.get(identity)
+
+
+def waterlog(*depths: float) -> bytes:
+    rows = [(1_700_000_000 + 300 * i, {"water_depth": d, "battery_v": 3.6})
+            for i, d in enumerate(depths)]  # fmt: skip
+    return encode(load_products().get("waterlog-v1"), rows)
+
+
+@pytest.fixture
+def admitting(tmp_path: Path) -> Decoder:
+    return Decoder(
+        AdmitLookup(), load_products(), Counters(tmp_path / "c"), UnknownDevices(), "tok",
+        stations=lambda: REPORTS,
+    )  # fmt: skip
+
+
+def test_a_device_of_an_unknown_station_is_refused_and_counted(admitting: Decoder) -> None:
+    for path in ("coap", "ctwing"):
+        body = ctwing_body("861000000000022", "x", NOW, waterlog(0.5))
+        m = up("coap", waterlog(0.5), "861000000000022") if path == "coap" else up(path, body)
+        with pytest.raises(NotAdmitted) as exc:
+            admitting(m)
+        assert str(exc.value) == (
+            "unknown station 'HZ404' of device 861000000000022: its registry entry names it, "
+            "the station registry does not have it"
+        )
+        assert m.outcome is exc.value
+    assert admitting.unknown_stations.counts == {"861000000000022 -> HZ404": 2}
+    assert reason_class(str(exc.value)) == "unknown_station"
+
+
+def test_readings_of_a_metric_the_station_does_not_report(admitting: Decoder) -> None:
+    # Beside its water level: taken; battery_v refused, dead-lettered the first time.
+    m = up("coap", waterlog(0.5, 0.6), "861000000000021")
+    assert [r[1] for r in admitting(m)] == ["water_level", "water_level"]
+    assert admitting.refusals == [(
+        m.payload,
+        "unknown metric 'battery_v' of device 861000000000021: station HZ001 reports "
+        "water_level (its registry entry); not ingested, the uplink's other readings are; "
+        "further readings of it are only counted",
+        "t",
+    )]  # fmt: skip
+    assert m.outcome is None
+    admitting.refusals.clear()
+    assert len(admitting(up("coap", waterlog(0.7), "861000000000021"))) == 1
+    assert admitting.refusals == []  # counted only
+    assert admitting.refused_metrics.counts == {"HZ001/battery_v": 3}
+    # Nothing its station reports: the whole uplink is refused.
+    with pytest.raises(NotAdmitted, match=r"^unknown metric 'water_levle' of device "
+                       r"861000000000023: station HZ001 reports water_level"):  # fmt: skip
+        admitting(up("coap", waterlog(0.5), "861000000000023"))
+    assert admitting.refusals == []
+    # A station that lists no metrics takes any.
+    got = admitting(up("coap", waterlog(0.5), "861000000000024"))
+    assert sorted(r[1] for r in got) == ["battery_v", "water_depth"]
+
+
+def test_without_a_station_registry_everything_is_taken(decoder: Decoder) -> None:
+    manhole = load_products().get("manhole-v1")
+    payload = encode(manhole, [(1_700_000_000, {"cover_open": 1, "tilt_deg": 3, "battery_v": 3})])
+    got = decoder(up("coap", payload, "861000000000002"))
+    assert [r[1] for r in got] == ["cover_open", "tilt_deg", "battery_v"]
+    assert decoder.refusals == []
+
+
+def test_coap_answers_a_refused_device_not_found() -> None:
+    m = up("coap", b"", "x")
+    m.outcome = NotAdmitted("unknown station 'HZ404' of device x")
+    assert coap_code(m) == aiocoap.NOT_FOUND

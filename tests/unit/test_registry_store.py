@@ -210,3 +210,54 @@ def test_stations_from_the_store_select_and_compile_like_the_file(tmp_path: Path
     by_store = load_ruleset([FLOOD], from_store, "en").ruleset
     assert [r.stations for r in by_store.rules] == [r.stations for r in by_file.rules]
     assert by_store.version == by_file.version  # same stations, same values, same order
+
+
+def test_a_metric_the_station_does_not_report_is_refused(tmp_path: Path) -> None:
+    """With the stations' metrics known, a ``metrics`` column naming one the station
+    does not report refuses the row (the gateway would dead-letter those readings)."""
+    ok, typo, other = (make_imei(86123457, n) for n in range(3))
+    path = write_csv(tmp_path / "m.csv", [
+        [ok, "", "HZ001", "waterlog-v1", "", "water_depth:water_level", ""],
+        [typo, "", "HZ001", "waterlog-v1", "", "water_depth:water_levle;battery_v:batt", ""],
+        [other, "", "HZ002", "waterlog-v1", "", "", ""],  # the product's names: not checked
+    ])  # fmt: skip
+    reports = {"HZ001": {"water_level", "rainfall"}, "HZ002": {"water_level"}}
+    report = import_devices(tmp_path / "r", path, reports)
+    assert report.problems == [
+        f"{path}:3:6: metrics: station HZ001 does not report 'water_levle' (did you mean "
+        "'water_level'?) (it reports rainfall, water_level)",
+        f"{path}:3:6: metrics: station HZ001 does not report 'batt' (it reports rainfall, "
+        "water_level)",
+    ]
+    assert (report.added, report.rejected) == (2, 1)
+    with DeviceRegistry(tmp_path / "r") as reg:
+        assert reg.lookup(typo) is None and reg.lookup(ok) is not None
+
+
+def test_the_cli_checks_metrics_against_the_store_and_the_station_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.tools.cli import main
+
+    data = tmp_path / "data"
+    a, b, c = (make_imei(86123458, n) for n in range(3))
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(
+        "stations:\n  - {id: WL09, kind: waterlogging, name: Underpass 9, lat: 30.2, lon: 120.1,"
+        " metrics: {road_water_depth: m}}\n"
+    )
+    assert main(["registry", "import", str(extra), "--data-dir", str(data)]) == 0
+    path = write_csv(tmp_path / "d.csv", [
+        [a, "", "WL09", "waterlog-v1", "", "water_depth:road_water_depth", ""],
+        [b, "", "WL09", "waterlog-v1", "", "water_depth:water_level", ""],  # from the store
+        [c, "", "HZ002", "waterlog-v1", "", "water_depth:road_water_depth", ""],  # the file
+    ])  # fmt: skip
+    capsys.readouterr()
+    code = main(["registry", "import", str(path), "--data-dir", str(data), "--stations", str(DEMO)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"{path}:3:6: metrics: station WL09 does not report 'water_level'" in err
+    assert f"{path}:4:6: metrics: station HZ002 does not report 'road_water_depth'" in err
+    with DeviceRegistry(data / "registry") as reg:
+        assert reg.lookup(a) is not None
+        assert reg.lookup(b) is None and reg.lookup(c) is None

@@ -198,7 +198,11 @@ class Gateway:
             if settings.dispatch is not None
             else None
         )
-        self.nbiot = install_nbiot(settings, self.topology) if settings.nbiot else None
+        self.nbiot = (
+            install_nbiot(settings, self.topology, lambda: self.rules.registry)
+            if settings.nbiot
+            else None
+        )
         self.observer = Observer(
             self.topology,
             settings,

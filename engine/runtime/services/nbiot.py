@@ -8,8 +8,15 @@ Devices come from a YAML file (small deployments) or from the registry store
 never opens it for writing: it reads it through a RocksDB secondary instance with a
 bounded LRU cache in front (``DeviceRegistry``) and catches up with the writer every
 ``nbiot.registry_refresh_s`` seconds, and at once on SIGHUP (``NbiotService.reload``).
-A device registered while the gateway runs is accepted from then on, without a
-restart; one removed is refused as unknown.
+The YAML file is followed the same way (``YamlDevices.follow``: re-read when it
+changed, at once on SIGHUP; an edit that does not validate is refused with one log
+line and the devices in force stay). A device registered while the gateway runs is
+accepted from then on, without a restart; one removed is refused as unknown.
+
+Readings are admitted against the gateway's station registry as it runs now
+(``stations``, read per uplink, so a station reload applies at once): a device whose
+station it does not have, or a metric its station does not report, is dead-lettered
+and counted (``connectors.nbiot.uplink``), never taken into a log no rule reads.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +37,7 @@ from connectors.nbiot.service import NbiotIngest, NbiotOptions
 from engine.contracts.devices import DeviceLookup
 from engine.runtime.config import Settings
 from engine.runtime.topology import Topology
+from rules.registry import Registry
 from rules.store import DeviceRegistry, StoreBusy
 from rules.store.db import open_writer
 
@@ -47,10 +56,31 @@ class NbiotService:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def reload(self) -> None:
-        """Catch up with the registry store now rather than at the next interval
-        (SIGHUP); nothing to do for a YAML device file, which is read at start."""
-        if self.registry is not None:
-            self._wake.set()
+        """Catch up with the registry store, or re-read the YAML device file, now
+        rather than at the next interval (SIGHUP)."""
+        self._wake.set()
+
+
+class StationMetrics:
+    """``connectors.nbiot.uplink.Stations`` over the gateway's station registry: station
+    id -> the metrics it reports, of the registry running now (rebuilt when a reload
+    swaps it, so a call per uplink costs an identity test)."""
+
+    def __init__(self, registry: Callable[[], Registry | None]) -> None:
+        self._registry = registry
+        self._seen: Registry | None = None
+        self._metrics: dict[str, frozenset[str]] | None = None
+
+    def __call__(self) -> Mapping[str, Collection[str]] | None:
+        registry = self._registry()
+        if registry is not self._seen:
+            self._seen = registry
+            self._metrics = (
+                None
+                if registry is None
+                else {s.id: frozenset(s.metrics) for s in registry.stations}
+            )
+        return self._metrics
 
 
 def open_devices(settings: Settings) -> tuple[DeviceLookup, DeviceRegistry | None]:
@@ -74,8 +104,14 @@ def open_devices(settings: Settings) -> tuple[DeviceLookup, DeviceRegistry | Non
     return registry, registry
 
 
-def install_nbiot(settings: Settings, topology: Topology) -> NbiotService:
+def install_nbiot(
+    settings: Settings,
+    topology: Topology,
+    stations: Callable[[], Registry | None] = lambda: None,
+) -> NbiotService:
     """Create the ingest and register its task and its stop with the topology's app.
+    ``stations``: the gateway's station registry running now, which readings must fit
+    (None: any station and metric is taken).
 
     Raises ValueError (device or product files that do not validate), StoreMissing or
     ConfigError (a token variable that is not set)."""
@@ -101,6 +137,7 @@ def install_nbiot(settings: Settings, topology: Topology) -> NbiotService:
         products,
         produce=topology.producer("nbiot"),
         dead_letter=functools.partial(topology.send_dead_letter, quiet=True),
+        stations=StationMetrics(stations),
     )
     service = NbiotService(ingest, registry)
     tasks: list[asyncio.Future[None]] = []
@@ -110,10 +147,9 @@ def install_nbiot(settings: Settings, topology: Topology) -> NbiotService:
         # One plain line on stdout, like MQTT's: what operators and tests wait for.
         print(f"vigil: nbiot ingest listening {ingest.describe()}", flush=True)
         tasks.append(asyncio.ensure_future(ingest.join()))
-        if registry is not None:
-            tasks.append(
-                asyncio.ensure_future(registry.follow(nb.registry_refresh_s, service._wake))
-            )
+        source = registry if registry is not None else devices
+        assert isinstance(source, DeviceRegistry | YamlDevices)
+        tasks.append(asyncio.ensure_future(source.follow(nb.registry_refresh_s, service._wake)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
