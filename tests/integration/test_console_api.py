@@ -56,8 +56,8 @@ async def serving(tmp: Path) -> AsyncIterator[tuple[DispatchService, StationBoar
     service = DispatchService(cfg, Outbox(tmp / "dispatch"), build_receivers(cfg), ManualClock(T0))
     board = StationBoard()
     app = web.Application()
-    install_api(app.router, service, None)
-    install_console(app.router, service, lambda: STATIONS, None, board=board)
+    install_api(app.router, service)
+    install_console(app.router, service, lambda: STATIONS, board=board)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -130,7 +130,7 @@ def test_a_process_that_stops_running_the_dispatcher_ends_the_stream_and_forward
 
         app = web.Application()
         install_console(
-            app.router, lambda: owned[0], lambda: STATIONS, None,
+            app.router, lambda: owned[0], lambda: STATIONS,
             forward=forward, forward_stream=forward,
         )  # fmt: skip
         runner = web.AppRunner(app)

@@ -53,7 +53,7 @@ def _view(url: str) -> dict[str, Any]:
         "pending": outbox["pending"],
         "parked": outbox["parked"],
         "unmarked": outbox["unmarked"],
-        "stations": {s["id"]: (s["level"], s["silenced"], s["last_alert"]) for s in stations},
+        "stations": {s["id"]: (s["level"], s["silenced"]) for s in stations},
     }
 
 
