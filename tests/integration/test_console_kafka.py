@@ -14,7 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from engine.runtime.dispatch.kafka import SERVED_BY
+from engine.runtime.dispatch.forwarding import SERVED_BY
 from tests.integration.http_receiver import HttpReceiver
 from tests.integration.kafka_fixture import kafka_bootstrap
 from tests.integration.kafka_load import WorkerProcess

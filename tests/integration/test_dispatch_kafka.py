@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from connectors.mqtt.mosquitto import free_port
-from engine.runtime.dispatch.kafka import SERVED_BY
+from engine.runtime.dispatch.forwarding import SERVED_BY
 from engine.runtime.kafka.producer import TelemetryProducer
 from engine.runtime.kafka.topics import TopicLayout
 from tests.integration.http_receiver import HttpReceiver

@@ -6,11 +6,9 @@ awaited before the alerts' offsets may commit, as corroboration's are). The work
 also members of the consumer group ``<app_id>-dispatcher`` on that topic: whichever is
 assigned its one partition runs the ``DispatchService`` -- the same routing, grouping,
 escalation, silences, acknowledgement and delivery as on the gateway -- until the
-partition is revoked. The others pass API requests (and acknowledge links) on to it:
-the group's description says which member owns the partition, at which host (as the
-broker sees it) and web port (in its client id). Every worker serves the duty room's page
-(``engine.runtime.dispatch.console``); its station list and live stream come from the
-owner the same way, the stream passed on as it flows.
+partition is revoked. The others pass API requests, acknowledge links and the duty
+room's station list and live stream on to it (``engine.runtime.dispatch.forwarding``);
+every worker serves the duty room's page (``engine.runtime.dispatch.console``).
 
 Why one dispatcher rather than one per partition of a topic keyed by group
 (``engine/dispatch/README.md``'s first plan): a group must gather all of its alerts,
@@ -44,11 +42,8 @@ import socket
 import time
 from typing import Any
 
-import httpx
-from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import ProducerFenced, TopicAlreadyExistsError
 
 from engine.contracts.alerts import AlertEvent, pack_lines
@@ -56,33 +51,20 @@ from engine.contracts.notification import Receiver
 from engine.dispatch.clock import SystemClock
 from engine.dispatch.config import DispatchConfig, load_dispatch_config
 from engine.runtime.config import Settings
-from engine.runtime.dispatch.api import error_response, install_api
+from engine.runtime.dispatch.api import install_api
 from engine.runtime.dispatch.board import StationBoard
 from engine.runtime.dispatch.console import install_console
+from engine.runtime.dispatch.forwarding import OwnerForwarder, find_owner, owner_client_id
 from engine.runtime.dispatch.kafka_store import MAX_RECORD_BYTES, KafkaOutbox, KafkaPrepared
 from engine.runtime.dispatch.service import DispatchService
 from engine.runtime.dispatch.wiring import build_receivers, links_of
 from engine.runtime.topology import Topology
 from rules.registry import load_registry
 
-__all__ = [
-    "SERVED_BY",
-    "KafkaDispatch",
-    "KafkaDispatchService",
-    "dispatch_topics",
-    "ensure_dispatch_topics",
-]
+__all__ = ["KafkaDispatch", "KafkaDispatchService", "dispatch_topics", "ensure_dispatch_topics"]
 
 log = logging.getLogger("vigil.dispatch")
 
-#: The dispatcher consumers' client id is this and the worker's web port.
-_CLIENT_ID = "vigil-dispatch-api-port-"
-#: Header of a request forwarded to the owner (never forwarded twice).
-_FORWARDED = "X-Vigil-Forwarded"
-#: Header of an answer the owner gave through this worker: the owner's address.
-SERVED_BY = "X-Vigil-Served-By"
-#: Request headers passed on to the owner.
-_PASSED = {"authorization", "content-type", "accept"}
 #: Tries to take over an assigned dispatch partition (the broker may be restarting).
 _ACQUIRE_ATTEMPTS = 5
 #: Seconds a committed store proves ownership for a delivery: half the dispatcher
@@ -215,107 +197,13 @@ class KafkaDispatch:
             await self.stop()
 
         app.on_before_shutdown.connect(stop)
-        install_api(app.web.web_app.router, lambda: self.service, self.forward_api)
+        to_owner = OwnerForwarder(lambda: find_owner(self.bootstrap, self.group_id, self.tp))
+        install_api(app.web.web_app.router, lambda: self.service, to_owner.api)
         self.topology.batch_listeners.append(self.board.observe)
         install_console(
             app.web.web_app.router, lambda: self.service, lambda: self.registry.stations,
-            board=self.board, forward=self.forward_api,
-            forward_stream=self.forward_stream,
+            board=self.board, forward=to_owner.api, forward_stream=to_owner.stream,
         )  # fmt: skip
-
-    async def forward_api(self, request: web.Request) -> web.StreamResponse:
-        """An API request to this worker while another owns the dispatcher: passed to
-        the owner's web port (at the address the broker sees it from), its answer
-        returned as it is. Once only: a forwarded request that reaches a worker which
-        no longer owns it (ownership moving) is answered 503, to be tried again."""
-        if request.headers.get(_FORWARDED):
-            return error_response(503, "the dispatcher is moving between workers; try again")
-        try:
-            url = await self._owner_url()
-        except Exception as exc:  # the broker unreachable, or mid-rebalance
-            log.warning("dispatcher: could not find its owner: %r", exc)
-            url = None
-        if url is None:
-            return error_response(
-                503, "no worker runs the dispatcher right now (it is moving); try again"
-            )
-        headers = {k: v for k, v in request.headers.items() if k.lower() in _PASSED}
-        try:
-            async with httpx.AsyncClient(timeout=30) as client:
-                answer = await client.request(
-                    request.method, url + request.path_qs, content=await request.read(),
-                    headers={**headers, _FORWARDED: "1"},
-                )  # fmt: skip
-        except httpx.HTTPError as exc:
-            return error_response(502, f"the dispatcher's worker at {url} did not answer: {exc}")
-        kept = {k: v for k, v in answer.headers.items() if k.lower() == "content-type"}
-        kept[SERVED_BY] = url
-        return web.Response(status=answer.status_code, body=answer.content, headers=kept)
-
-    async def forward_stream(self, request: web.Request) -> web.StreamResponse:
-        """``/api/stream`` while another worker owns the dispatcher: the owner's event
-        stream, passed on as it comes. It ends when the owner's does (ownership moved, the
-        owner gone): the page reconnects, and is passed to the new owner."""
-        if request.headers.get(_FORWARDED):
-            return error_response(503, "the dispatcher is moving between workers; try again")
-        try:
-            url = await self._owner_url()
-        except Exception as exc:  # the broker unreachable, or mid-rebalance
-            log.warning("dispatcher: could not find its owner: %r", exc)
-            url = None
-        if url is None:
-            return error_response(
-                503, "no worker runs the dispatcher right now (it is moving); try again"
-            )
-        headers = {k: v for k, v in request.headers.items() if k.lower() in _PASSED}
-        # No read timeout: the owner writes a keep-alive comment every 15 s.
-        timeout = httpx.Timeout(30, read=None)
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                     SERVED_BY: url}
-        )  # fmt: skip
-        try:
-            async with (
-                httpx.AsyncClient(timeout=timeout) as client,
-                client.stream(
-                    "GET", url + request.path_qs, headers={**headers, _FORWARDED: "1"}
-                ) as answer,
-            ):
-                if answer.status_code != 200:
-                    return web.Response(
-                        status=answer.status_code, body=await answer.aread(),
-                        headers={"Content-Type": answer.headers.get("content-type", "")},
-                    )  # fmt: skip
-                await response.prepare(request)
-                async for chunk in answer.aiter_raw():
-                    await response.write(chunk)
-        except httpx.HTTPError as exc:
-            if not response.prepared:
-                return error_response(
-                    502, f"the dispatcher's worker at {url} did not answer: {exc}"
-                )
-            log.info("dispatcher: the owner's event stream ended: %r", exc)
-        return response
-
-    async def _owner_url(self) -> str | None:
-        """``http://<host>:<web port>`` of the group member assigned the dispatch
-        partition (its client id carries its web port), None if no member is."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
-        await admin.start()
-        try:
-            [response] = await admin.describe_consumer_groups([self.group_id])
-        finally:
-            await admin.close()
-        for group in response.to_object()["groups"]:
-            for member in group["members"]:
-                raw = member["member_assignment"]
-                if not raw or not member["client_id"].startswith(_CLIENT_ID):
-                    continue
-                tps = ConsumerProtocolMemberAssignment.decode(raw).partitions()
-                if TopicPartition(self.topic, 0) in tps:
-                    host = member["client_host"].lstrip("/")
-                    return f"http://{host}:{member['client_id'][len(_CLIENT_ID) :]}"
-        return None
 
     async def forward(self, events: list[AlertEvent]) -> None:
         """Every event of an alerts record to the dispatch topic; returns once durable."""
@@ -338,7 +226,7 @@ class KafkaDispatch:
             isolation_level="read_committed",
             session_timeout_ms=10_000,
             rebalance_timeout_ms=_REBALANCE_TIMEOUT_MS,
-            client_id=f"{_CLIENT_ID}{self.web_port}",
+            client_id=owner_client_id(self.web_port),
             heartbeat_interval_ms=2_000,
         )
         self._consumer = consumer
