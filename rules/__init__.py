@@ -12,7 +12,8 @@ from rules.api import check_paths, load_ruleset, validate
 from rules.cli import check_main
 from rules.compiler import Compiled, compile_rules
 from rules.errors import Problem, RulesInvalid
-from rules.registry import Registry, Station, load_registry
+from rules.registry import Registry, load_registry
+from rules.station import Station
 
 __all__ = [
     "Compiled",

@@ -36,7 +36,7 @@ from engine.contracts.ruleset import DEFAULT_AQI_METHOD
 from rules.durations import format_duration_ms
 from rules.errors import Problem, did_you_mean
 from rules.loader import LoadedRule, RuleFile
-from rules.registry import Registry, Station
+from rules.registry import Registry
 from rules.schema import (
     SUMMARY_FIELDS,
     CompoundSpec,
@@ -47,6 +47,7 @@ from rules.schema import (
     Window,
 )
 from rules.source import Key
+from rules.station import Station
 from rules.threshold_checks import level_order, missing_field, name_some
 from rules.times import parse_align, parse_tz, window_shift_ms
 

@@ -31,7 +31,7 @@ from rules.compiled import (
 )
 from rules.dated import DatedCalendar, RuleCurve
 from rules.loader import RuleFile
-from rules.registry import Registry, Station
+from rules.registry import Registry
 from rules.schema import (
     Aggregate,
     CompoundSpec,
@@ -41,6 +41,7 @@ from rules.schema import (
     Summary,
     ThresholdSpec,
 )
+from rules.station import Station
 from rules.threshold_checks import per_station
 
 __all__ = ["Compiled", "compile_rules"]

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, ValidationInfo
 
 from rules.errors import did_you_mean
-from rules.registry import LEVEL_FIELDS, Station
+from rules.station import LEVEL_FIELDS, Station
 
 __all__ = ["LEVELS", "Level", "LevelName", "Ref", "Threshold"]
 

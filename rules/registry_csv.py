@@ -52,7 +52,7 @@ def read_csv_source(
 ) -> tuple[Source, dict[int, list[Problem]]]:
     """Rows as ``{"stations": [{...}, ...]}`` with positions, ready for the registry,
     and the problems found in reading each station's cells (by station index).
-    ``level_fields``: the built-in level columns (``rules.registry.LEVEL_FIELDS``)."""
+    ``level_fields``: the built-in level columns (``rules.station.LEVEL_FIELDS``)."""
     positions: dict[tuple[Key, ...], Pos] = {(): (1, 1), ("stations",): (1, 1)}
     stations: list[dict[str, Any]] = []
     found: dict[int, list[Problem]] = {}

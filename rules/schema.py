@@ -29,7 +29,7 @@ from engine.contracts.ruleset import MAX_FOR_MS, AqiMethod
 from rules.durations import format_duration_ms
 from rules.model import StrictModel
 from rules.refs import LEVELS, Level, LevelName, Ref, Threshold
-from rules.registry import DurationMs, Kind, Station
+from rules.station import DurationMs, Kind, Station
 from rules.times import parse_align, parse_tz
 
 __all__ = [

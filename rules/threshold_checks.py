@@ -12,9 +12,9 @@ import numpy.typing as npt
 
 from rules.errors import Problem
 from rules.loader import LoadedRule
-from rules.registry import Station
 from rules.schema import Ref, ThresholdSpec
 from rules.source import Key
+from rules.station import Station
 
 __all__ = ["FloatArray", "level_order", "missing_field", "name_some", "per_station"]
 

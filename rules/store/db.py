@@ -10,7 +10,7 @@ Key layout, one key space with a one-byte prefix per kind:
   it asks the store, it does not remember ten million identities).
 - ``x`` + identity -> ``[import, line]``: a removal made by the import running now;
   dropped when that import ends.
-- ``s`` + station id -> the station as JSON (``rules.registry.Station.document()``).
+- ``s`` + station id -> the station as JSON (``rules.station.Station.document()``).
 - ``m`` + name -> meta, msgpack: ``devices`` (how many), ``imports`` (the last import's
   number), ``last_import`` (what it did).
 

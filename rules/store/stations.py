@@ -1,6 +1,6 @@
 """Stations in the registry store, for deployments with too many for a YAML file.
 
-The store keeps each station as the JSON of ``rules.registry.Station.document()`` under
+The store keeps each station as the JSON of ``rules.station.Station.document()`` under
 ``s`` + its id (a rule curve with its points: the store needs no curve file);
 ``rules.registry.load_registry(store folder)`` reads them back into a
 ``Registry`` (in id order), so rules select stations from a store as from a file.

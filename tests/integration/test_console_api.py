@@ -26,7 +26,7 @@ from engine.runtime.dispatch.console import install_console
 from engine.runtime.dispatch.outbox import Outbox
 from engine.runtime.dispatch.service import DispatchService
 from engine.runtime.dispatch.wiring import build_receivers
-from rules.registry import Station
+from rules.station import Station
 from tests.unit.dispatch_support import MIN, T0, event
 
 ROUTING = """

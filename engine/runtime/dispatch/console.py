@@ -37,7 +37,7 @@ from engine.contracts.batch import Quality
 from engine.runtime.dispatch.api import Handler, error_response, json_number
 from engine.runtime.dispatch.board import LastReading, StationBoard
 from engine.runtime.dispatch.service import DispatchService
-from rules.registry import Station
+from rules.station import Station
 
 __all__ = ["install_console"]
 

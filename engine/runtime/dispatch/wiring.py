@@ -32,7 +32,7 @@ from engine.runtime.dispatch.outbox import Outbox
 from engine.runtime.dispatch.service import DispatchService
 from engine.runtime.topology import Topology
 from engine.runtime.transport.local import Transport as LocalTransport
-from rules.registry import Station
+from rules.station import Station
 
 __all__ = ["build_receivers", "install_dispatch", "links_of"]
 

@@ -56,7 +56,7 @@ from engine.runtime.topology import Topology
 from engine.runtime.transport.integrity import verify
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.transport.retention import cap_topic, enforce_retention
-from rules.registry import Station
+from rules.station import Station
 
 __all__ = ["Gateway"]
 
