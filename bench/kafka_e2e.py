@@ -19,6 +19,9 @@ telemetry topic (end - committed, in records) is sampled every 0.5 s.
 
     NUMBA_CACHE_DIR=.cache/numba .venv/bin/python bench/kafka_e2e.py \\
         [--bootstrap HOST:PORT] [--readings 20000000] [--textbook-readings 200000]
+
+The readings come from ``bench/kafka_workload.py``; the workers' readiness, lag and
+stop from ``bench/kafka_measure.py``.
 """
 
 from __future__ import annotations
@@ -41,15 +44,21 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka import AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
+from bench.kafka_measure import monitor, stop, wait_log  # noqa: E402
+from bench.kafka_workload import (  # noqa: E402
+    PARTITIONS,
+    WAVE_STEPS,
+    flood_level,
+    readings_in,
+    vigil_batches,
+)
 from engine.contracts.batch import TelemetryBatch  # noqa: E402
-from engine.runtime.kafka.producer import TelemetryProducer, partition_for  # noqa: E402
+from engine.runtime.kafka.producer import TelemetryProducer  # noqa: E402
 from engine.runtime.kafka.topics import TopicLayout, ensure_topics  # noqa: E402
 from tests.integration.kafka_load import T0, write_registry, write_settings  # noqa: E402
-
-PARTITIONS = 12
 
 TEXTBOOK_APP = textwrap.dedent(
     """
@@ -85,138 +94,6 @@ TEXTBOOK_APP = textwrap.dedent(
 )
 
 
-async def _lag(bootstrap: str, group: str, topics: dict[str, int]) -> dict[str, int]:
-    """Per topic: the sum over its partitions of (end offset - group's committed offset)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await admin.start()
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
-        ends = await consumer.end_offsets(tps)
-        committed = {
-            tp: m.offset for tp, m in (await admin.list_consumer_group_offsets(group)).items()
-        }
-        lag = dict.fromkeys(topics, 0)
-        for tp, end in ends.items():
-            lag[tp.topic] += max(0, end - committed.get(tp, 0))
-        return lag
-    finally:
-        await consumer.stop()
-        await admin.close()
-
-
-async def _monitor(
-    bootstrap: str,
-    group: str,
-    topics: dict[str, int],
-    produced: asyncio.Event,
-    samples: list[dict[str, int]],
-) -> float:
-    """Sample lag until the producer is done and the group has committed the end of
-    every topic in ``topics``; returns the time. Each sample is every topic's lag.
-
-    For Vigil these are the telemetry, alerts and corroboration topics: the run ends
-    when every reading is evaluated and every alert it raised is dispatched, not when
-    the last batch is evaluated with its alerts still queued.
-    """
-    while True:
-        lag = await _lag(bootstrap, group, topics)
-        samples.append(lag)
-        if produced.is_set() and not any(lag.values()):
-            return time.monotonic()
-        await asyncio.sleep(0.5)
-
-
-WAVE_STEPS = 7 * 1440  # one flood wave per gauge a week, in 1-minute readings
-
-
-def flood_level(station: np.ndarray, step: np.ndarray, wave_steps: int = WAVE_STEPS) -> np.ndarray:
-    """Water level (m) of gauge ``station`` at minute ``step``: a slow wave per gauge.
-
-    Gauges rise through the warning levels and fall back once per ``wave_steps``
-    minutes, each with its own phase and peak (4.2 to 6.3 m; warning levels are
-    4.0 to 4.4 m), so alerts are a small share of the readings, as on a real river.
-    Uniform noise instead crossed a level at nearly every window (1.5 % of readings
-    made an alert) and a 12-hour wave still made about 1 %: such runs measure the
-    alert path (one Faust record per alert, sent and dispatched one at a time), not the
-    readings' path; KAFKA_RESULTS.md reports that separately.
-    """
-    phase = ((step + 7 * station) % wave_steps) / wave_steps
-    peak = 4.2 + (station % 7) * 0.35
-    return np.round(2.0 + (peak - 2.0) * np.sin(np.pi * phase) ** 2, 3)
-
-
-def _vigil_batches(
-    stations: list[str], n_readings: int, per_batch: int, wave_steps: int
-) -> list[dict[int, bytes]]:
-    """Pre-encoded rounds of batches, one per partition per round (numpy, no per-reading Python)."""
-    by_part: dict[int, list[str]] = {}
-    number = {s: i for i, s in enumerate(stations)}
-    for s in stations:
-        by_part.setdefault(partition_for(s, PARTITIONS), []).append(s)
-    rounds: list[dict[int, bytes]] = []
-    # The same minutes in every partition's batch of a round, and the next round starts
-    # after them: each (gauge, minute) once, in time order, as a live feed sends them.
-    reps = max(1, per_batch // max(len(v) for v in by_part.values()))
-    per_round = reps * len(stations)
-    step = 0
-    for _ in range(max(1, n_readings // per_round)):
-        rnd: dict[int, bytes] = {}
-        for p, names in by_part.items():
-            n = reps * len(names)
-            steps = step + np.repeat(np.arange(reps), len(names))
-            ts = T0 + steps * 60_000
-            ids = np.array([number[x] for x in names], dtype=np.int64)
-            value = flood_level(np.tile(ids, reps), steps, wave_steps)
-            batch = TelemetryBatch(
-                stations=tuple(names),
-                metrics=("water_level",),
-                station_idx=np.tile(np.arange(len(names), dtype=np.uint32), reps),
-                metric_idx=np.zeros(n, np.uint16),
-                ts=ts.astype(np.int64),
-                value=value,
-                quality=np.zeros(n, np.uint8),
-            )
-            rnd[p] = batch.encode()
-        step += reps
-        rounds.append(rnd)
-    return rounds
-
-
-def _readings_in(rounds: list[dict[int, bytes]]) -> int:
-    return sum(len(TelemetryBatch.decode(b)) for b in rounds[0].values()) * len(rounds)
-
-
-def _wait_log(log: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if needle in log.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
-            raise SystemExit(f"worker exited:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    raise SystemExit(f"worker not ready:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
-    """SIGTERM, then SIGKILL after 60 s; says so rather than hide the run's own error.
-
-    A run whose worker had an agent crash (and restart) measured the crash loop, not
-    the pipeline: that is an error, not a figure.
-    """
-    crashed = "Crashed reason" in log.read_text(errors="replace")
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        print(f"{log.name}: no exit 60 s after SIGTERM, killed", file=sys.stderr)
-        proc.kill()
-        proc.wait()
-    if crashed:
-        raise SystemExit(f"{log}: an agent crashed during the run; see the log")
-
-
 def run_vigil(
     bootstrap: str, tmp: Path, n_readings: int, n_stations: int, wave_steps: int
 ) -> dict[str, object]:
@@ -224,8 +101,8 @@ def run_vigil(
     stations = write_registry(registry, n_stations)
     layout = TopicLayout(f"bench-vigil-{uuid.uuid4().hex[:6]}", PARTITIONS)
     asyncio.run(ensure_topics(bootstrap, layout))
-    rounds = _vigil_batches(stations, n_readings, 20_000, wave_steps)
-    total = _readings_in(rounds)
+    rounds = vigil_batches(stations, n_readings, 20_000, wave_steps)
+    total = readings_in(rounds)
     config = write_settings(tmp, "vigil", layout.app_id, registry, PARTITIONS)
     log = tmp / "vigil-worker.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -236,7 +113,7 @@ def run_vigil(
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        _wait_log(log, "[^Worker]: Ready", proc, 180)
+        wait_log(log, "[^Worker]: Ready", proc, 180)
         time.sleep(3)  # the group's first rebalance
 
         async def scenario() -> tuple[float, float, list[dict[str, int]]]:
@@ -249,7 +126,7 @@ def run_vigil(
             samples: list[dict[str, int]] = []
             t0 = time.monotonic()
             mon = asyncio.ensure_future(
-                _monitor(bootstrap, layout.app_id, topics, produced, samples)
+                monitor(bootstrap, layout.app_id, topics, produced, samples)
             )
             inflight: list[asyncio.Future[None]] = []
             for rnd in rounds:
@@ -265,7 +142,7 @@ def run_vigil(
 
         produce_s, total_s, samples = asyncio.run(scenario())
     finally:
-        _stop(proc, log)
+        stop(proc, log)
     by_topic = {
         name: [s[topic] for s in samples]
         for name, topic in (("telemetry", layout.telemetry), ("alerts", layout.alerts),
@@ -290,7 +167,7 @@ def run_offline(tmp: Path, n_readings: int, n_stations: int, wave_steps: int) ->
     registry = tmp / "offline-stations.yaml"
     stations = write_registry(registry, n_stations)
     ruleset = load_ruleset([str(PACKS / "flood.yaml")], load_registry(registry)).ruleset
-    rounds = _vigil_batches(stations, n_readings, 20_000, wave_steps)
+    rounds = vigil_batches(stations, n_readings, 20_000, wave_steps)
     procs = {p: PartitionProcessor(ruleset, lateness_ms=0) for p in rounds[0]}
     warm = TelemetryBatch.decode(rounds[0][next(iter(rounds[0]))])
     PartitionProcessor(ruleset, lateness_ms=0).process(warm, 0)  # numba: load, not timed
@@ -351,7 +228,7 @@ def run_textbook(
         )  # fmt: skip
     stations = [f"G{i:05d}" for i in range(n_stations)]
     try:
-        _wait_log(log, "[^Worker]: Ready", proc, 180)
+        wait_log(log, "[^Worker]: Ready", proc, 180)
         time.sleep(3)
 
         async def scenario() -> tuple[float, float, list[dict[str, int]]]:
@@ -363,7 +240,7 @@ def run_textbook(
             # Its alerts are sent (and awaited) before a reading is acknowledged; it has
             # no dispatcher, so its readings' topic is the whole pipeline.
             watched = {topic: PARTITIONS}
-            mon = asyncio.ensure_future(_monitor(bootstrap, app_id, watched, produced, samples))
+            mon = asyncio.ensure_future(monitor(bootstrap, app_id, watched, produced, samples))
             idx = np.arange(n_readings)
             values = flood_level(idx % n_stations, idx // n_stations, wave_steps).tolist()
             futures = []
@@ -386,7 +263,7 @@ def run_textbook(
 
         produce_s, total_s, samples = asyncio.run(scenario())
     finally:
-        _stop(proc, log)
+        stop(proc, log)
     return {"readings": n_readings, "produce_s": produce_s, "e2e_s": total_s,
             "readings_per_s": n_readings / total_s,
             "lag_samples_records": [s[topic] for s in samples]}  # fmt: skip
