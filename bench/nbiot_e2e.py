@@ -31,7 +31,9 @@ run; registry lookups/s at a million devices; the gateway's memory while devices
    ``decode_binary``), against which a lookup should be small.
 
 Rates are medians over the rounds; ``ratio`` is the gateway's median over the
-baseline's. The client runs in this process, on the same cores as the servers.
+baseline's. The client runs in this process, on the same cores as the servers. The
+fleet and its lookups are in ``bench/nbiot_devices.py``, the baselines in
+``bench/nbiot_bare.py``, the uplink load in ``bench/nbiot_load.py``.
 """
 
 from __future__ import annotations
@@ -50,53 +52,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-from rocksdict import WriteBatch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import report
+from bench.harness import cpu_s, report, rss_mib, start_gateway, write_settings
+from bench.nbiot_bare import free_udp_port, start_bare
+from bench.nbiot_devices import WATERLOG, fill_store, imei, lookups
+from bench.nbiot_load import churn, coap_round, push_round
 from connectors.mqtt.mosquitto import Mosquitto, free_port
-from connectors.nbiot.products import load_products
-from rules.store import DeviceRegistry, make_imei
-from rules.store.db import DEVICE, device_record, fast_writes, open_reader, open_writer, write_meta
 from simulators.nbiot_fleet import ctwing_body, encode
 
 ROOT = Path(__file__).resolve().parents[1]
-STATIONS = ("HZ001", "HZ002", "HZ003")
-WATERLOG = load_products().get("waterlog-v1")
-
-
-def imei(i: int) -> str:
-    return make_imei(86100000 + i // 1_000_000, i % 1_000_000)
-
-
-def fill_store(store: Path, n: int) -> float:
-    """``n`` devices into the store; returns the seconds it took."""
-    start = time.perf_counter()
-    db = open_writer(store)
-    try:
-        batch = WriteBatch(raw_mode=True)
-        for i in range(n):
-            record = device_record(STATIONS[i % 3], "waterlog-v1", None, {}, 1, i + 2)
-            batch.put(DEVICE + imei(i).encode(), record)
-            if i % 50_000 == 49_999:
-                db.write(batch, fast_writes())
-                batch = WriteBatch(raw_mode=True)
-        write_meta(batch, "devices", n)
-        db.write(batch, fast_writes())
-        db.flush()
-    finally:
-        db.close()
-    return time.perf_counter() - start
-
-
-def rss_mib(pid: int | str = "self") -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -104,198 +69,20 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     return {"p50": q[49] * 1000, "p90": q[89] * 1000, "p99": q[98] * 1000}
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-# ---- the baselines: servers that only count -----------------------------------------
-
-
-def serve_bare(kind: str, port: int) -> None:
-    """A baseline server (run in its own process): answers at once, counts requests."""
-    import aiocoap
-    from aiocoap import resource
-    from aiohttp import web
-
-    count = 0
-
-    class Counting(resource.Resource, resource.PathCapable):
-        async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
-            nonlocal count
-            count += 1
-            return aiocoap.Message(code=aiocoap.CHANGED)
-
-    async def handle(request: web.Request) -> web.Response:
-        nonlocal count
-        await request.read()
-        count += 1
-        return web.Response(text="ok")
-
-    async def main() -> None:
-        if kind == "coap":
-            await aiocoap.Context.create_server_context(
-                Counting(), bind=("127.0.0.1", port), transports=["udp6"]
-            )
-        else:
-            app = web.Application()
-            app.router.add_post("/ctwing", handle)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-        print("ready", flush=True)
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
-
-
-def start_bare(kind: str, port: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-bare", kind, str(port)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    return proc
-
-
-def free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# ---- load ----------------------------------------------------------------------------
-
-
-async def coap_round(
-    port: int, uplinks: list[tuple[str, bytes]], inflight: int, latency: list[float]
-) -> float:
-    """Seconds to have every uplink answered 2.04; each answer's latency (s) is added
-    to ``latency``.
-
-    ``inflight`` clients, each its own UDP endpoint sending one confirmable request at
-    a time: aiocoap (as RFC 7252's NSTART = 1 asks) holds back a second request to the
-    same server until the first is answered, and so would a device; a fleet is many
-    endpoints. New clients each round: fresh message ids."""
-    import aiocoap
-
-    ctxs = [await aiocoap.Context.create_client_context() for _ in range(inflight)]
-    todo = iter(uplinks)
-    bad: list[str] = []
-
-    async def client(ctx: aiocoap.Context) -> None:
-        for identity, body in todo:
-            req = aiocoap.Message(
-                code=aiocoap.POST, uri=f"coap://127.0.0.1:{port}/nb/{identity}", payload=body
-            )
-            sent = time.perf_counter()
-            resp = await ctx.request(req).response
-            latency.append(time.perf_counter() - sent)
-            if resp.code != aiocoap.CHANGED:
-                bad.append(f"{identity}: {resp.code} {resp.payload[:80]!r}")
-
-    try:
-        start = time.perf_counter()
-        await asyncio.gather(*(client(c) for c in ctxs))
-        elapsed = time.perf_counter() - start
-    finally:
-        for ctx in ctxs:
-            await ctx.shutdown()
-    assert not bad, bad[:5]
-    return elapsed
-
-
-async def push_round(port: int, bodies: list[bytes], inflight: int) -> float:
-    """Seconds to have every push answered 200."""
-    import aiohttp
-
-    connector = aiohttp.TCPConnector(limit=inflight)
-    bad: list[str] = []
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", connector=connector) as http:
-        gate = asyncio.Semaphore(inflight)
-
-        async def one(body: bytes) -> None:
-            async with gate, http.post("/ctwing", data=body) as r:
-                text = await r.text()
-                if r.status != 200:
-                    bad.append(f"{r.status} {text[:80]}")
-
-        start = time.perf_counter()
-        await asyncio.gather(*(one(b) for b in bodies))
-        elapsed = time.perf_counter() - start
-    assert not bad, bad[:5]
-    return elapsed
-
-
-async def churn(
-    port: int, first: int, n_devices: int, seconds: float, clients: int, pid: int
-) -> tuple[int, list[tuple[float, float]]]:
-    """CoAP uplinks of random devices of the fleet (mostly not seen before) for
-    ``seconds``, one request at a time per client; the gateway's RSS every 30 s.
-    Returns (uplinks sent, [(seconds, MiB)])."""
-    import aiocoap
-
-    ctxs = [await aiocoap.Context.create_client_context() for _ in range(clients)]
-    rng = random.Random(first)
-    sent = 0
-    ts_s = int(time.time()) - 3 * 86_400
-    start = time.perf_counter()
-    samples = [(0.0, rss_mib(pid))]
-
-    async def client(ctx: aiocoap.Context) -> None:
-        nonlocal sent, ts_s
-        while time.perf_counter() - start < seconds:
-            ts_s += 1
-            body = encode(WATERLOG, [(ts_s, {"water_depth": 0.2, "battery_v": 3.6})])
-            uri = f"coap://127.0.0.1:{port}/nb/{imei(rng.randrange(n_devices))}"
-            resp = await ctx.request(
-                aiocoap.Message(code=aiocoap.POST, uri=uri, payload=body)
-            ).response
-            assert resp.code == aiocoap.CHANGED, resp
-            sent += 1
-
-    async def sample() -> None:
-        while time.perf_counter() - start < seconds:
-            await asyncio.sleep(30)
-            samples.append((time.perf_counter() - start, rss_mib(pid)))
-            print(
-                f"churn: {samples[-1][0]:.0f} s, {sent:,} uplinks, RSS {samples[-1][1]:.0f} MiB",
-                file=sys.stderr,
-            )
-
-    try:
-        await asyncio.gather(sample(), *(client(c) for c in ctxs))
-    finally:
-        for ctx in ctxs:
-            await ctx.shutdown()
-    return sent, samples
-
-
 # ---- the gateway ---------------------------------------------------------------------
 
 
-def start_gateway(
+def gateway_up(
     workdir: Path, mqtt_port: int, coap: int, push: int, cache: int, profile: Path | None
-) -> Any:
-    settings = {
-        "app_id": "vigil-bench", "data_dir": str(workdir / "data"), "partitions": 2,
-        "stations": str(ROOT / "rules/packs/demo_stations.yaml"),
-        "rules": [str(ROOT / "rules/packs/flood.yaml")],
-        "alerts_jsonl": str(workdir / "alerts.jsonl"), "console": False,
-        "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "client_id": "vigil-bench"},
-        "nbiot": {"coap_port": coap, "push_port": push, "registry_cache": cache},
-    }  # fmt: skip
-    config = workdir / "vigil.yaml"
-    config.write_text(yaml.safe_dump(settings))
-    engine = subprocess.Popen(
-        [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else []),
-         "-m", "engine.tools.cli", "run", "--config", str(config), "--loglevel", "warn"],
-        stdout=subprocess.PIPE, stderr=(workdir / "engine.log").open("w"), text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=ROOT,
+) -> subprocess.Popen[str]:
+    """``vigil run`` in this checkout on the demo gauges and the flood pack, with NB-IoT
+    ingest (CoAP on ``coap``, the push receiver on ``push``, a lookup cache of ``cache``
+    devices); returns once MQTT and NB-IoT ingest both announce they are ready."""
+    config = write_settings(
+        workdir, ROOT / "rules/packs/demo_stations.yaml", [ROOT / "rules/packs/flood.yaml"],
+        mqtt_port, nbiot={"coap_port": coap, "push_port": push, "registry_cache": cache},
     )  # fmt: skip
+    engine = start_gateway(config, workdir, ROOT, profile)
     ready = threading.Event()
 
     def watch() -> None:
@@ -330,45 +117,6 @@ def logged_readings(data: Path) -> int:
         log.close()
 
 
-# ---- registry lookups ----------------------------------------------------------------
-
-
-def per_call_us(fn: Any, items: list[Any]) -> float:
-    start = time.perf_counter()
-    for x in items:
-        fn(x)
-    return (time.perf_counter() - start) / len(items) * 1e6
-
-
-def lookups(store: Path, n_devices: int, n: int = 50_000) -> dict[str, float]:
-    n = min(n, n_devices)
-    rng = random.Random(2)
-    ids = [imei(i) for i in rng.sample(range(n_devices), n)]
-    unknown = [make_imei(86900000, i) for i in range(n)]
-    out: dict[str, float] = {}
-    before = rss_mib()
-    with DeviceRegistry(store, cache_size=10_000) as reg:
-        out["miss_us"] = per_call_us(reg.lookup, ids)
-        hot = ids[:5_000]
-        per_call_us(reg.lookup, hot)
-        out["hit_us"] = per_call_us(reg.lookup, hot * 10)
-        out["unknown_us"] = per_call_us(reg.lookup, unknown)
-        out["reader_rss_mib_added"] = rss_mib() - before
-    raw = open_reader(store)
-    try:
-        keys = [DEVICE + i.encode() for i in rng.sample(ids, len(ids))]
-        out["rocksdb_get_us"] = per_call_us(raw.get, keys)
-    finally:
-        raw.close()
-    table = dict.fromkeys(ids, 1)
-    out["dict_get_us"] = per_call_us(table.get, ids)
-    payload = encode(WATERLOG, [(1_719_763_200, {"water_depth": 0.42, "battery_v": 3.6})])
-    out["decode_us"] = per_call_us(lambda p: list(WATERLOG.decode_binary(p)), [payload] * n)
-    for k in ("miss", "hit", "unknown"):
-        out[f"{k}_per_s"] = 1e6 / out[f"{k}_us"]
-    return out
-
-
 # ---- main ----------------------------------------------------------------------------
 
 
@@ -387,11 +135,7 @@ def main() -> int:
         help="then CoAP uplinks of random devices this long, the RSS every 30 s",
     )
     ap.add_argument("--profile", type=Path, help="run the gateway under cProfile, stats here")
-    ap.add_argument("--serve-bare", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.serve_bare:
-        serve_bare(args.serve_bare[0], int(args.serve_bare[1]))
-        return 0
 
     workdir = Path(tempfile.mkdtemp(prefix="vigil-nbiot-e2e-"))
     store = workdir / "data" / "registry"
@@ -411,7 +155,7 @@ def main() -> int:
     bare = [start_bare("coap", coap_bare), start_bare("http", http_bare)]
     with Mosquitto() as broker:
         coap, push = free_udp_port(), free_port()
-        engine = start_gateway(workdir, broker.port, coap, push, args.cache, args.profile)
+        engine = gateway_up(workdir, broker.port, coap, push, args.cache, args.profile)
         try:
             rss.append(rss_mib(engine.pid))
             for r in range(args.rounds):
@@ -443,7 +187,8 @@ def main() -> int:
                 now = ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items())
                 print(f"round {r + 1}: {now}, gateway RSS {rss[-1]:.0f} MiB, "
                       f"load {load[-1]:.1f}", file=sys.stderr)  # fmt: skip
-            churned, rss_churn = 0, []
+            churned = 0
+            rss_churn: list[tuple[float, float]] = []
             if args.churn_s:
                 churned, rss_churn = asyncio.run(
                     churn(coap, 15, args.devices, args.churn_s, args.inflight, engine.pid)

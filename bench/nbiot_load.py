@@ -1,0 +1,121 @@
+"""The uplink load of ``bench/nbiot_e2e.py``, from this process: rounds of CoAP
+confirmable uplinks and of CTWing pushes, each timed until every one is answered, and
+the devices' churn while the gateway's memory is sampled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+
+from bench.harness import rss_mib
+from bench.nbiot_devices import WATERLOG, imei
+from simulators.nbiot_fleet import encode
+
+__all__ = ["churn", "coap_round", "push_round"]
+
+
+async def coap_round(
+    port: int, uplinks: list[tuple[str, bytes]], inflight: int, latency: list[float]
+) -> float:
+    """Seconds to have every uplink answered 2.04; each answer's latency (s) is added
+    to ``latency``.
+
+    ``inflight`` clients, each its own UDP endpoint sending one confirmable request at
+    a time: aiocoap (as RFC 7252's NSTART = 1 asks) holds back a second request to the
+    same server until the first is answered, and so would a device; a fleet is many
+    endpoints. New clients each round: fresh message ids."""
+    import aiocoap
+
+    ctxs = [await aiocoap.Context.create_client_context() for _ in range(inflight)]
+    todo = iter(uplinks)
+    bad: list[str] = []
+
+    async def client(ctx: aiocoap.Context) -> None:
+        for identity, body in todo:
+            req = aiocoap.Message(
+                code=aiocoap.POST, uri=f"coap://127.0.0.1:{port}/nb/{identity}", payload=body
+            )
+            sent = time.perf_counter()
+            resp = await ctx.request(req).response
+            latency.append(time.perf_counter() - sent)
+            if resp.code != aiocoap.CHANGED:
+                bad.append(f"{identity}: {resp.code} {resp.payload[:80]!r}")
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(c) for c in ctxs))
+        elapsed = time.perf_counter() - start
+    finally:
+        for ctx in ctxs:
+            await ctx.shutdown()
+    assert not bad, bad[:5]
+    return elapsed
+
+
+async def push_round(port: int, bodies: list[bytes], inflight: int) -> float:
+    """Seconds to have every push answered 200."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=inflight)
+    bad: list[str] = []
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", connector=connector) as http:
+        gate = asyncio.Semaphore(inflight)
+
+        async def one(body: bytes) -> None:
+            async with gate, http.post("/ctwing", data=body) as r:
+                text = await r.text()
+                if r.status != 200:
+                    bad.append(f"{r.status} {text[:80]}")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(b) for b in bodies))
+        elapsed = time.perf_counter() - start
+    assert not bad, bad[:5]
+    return elapsed
+
+
+async def churn(
+    port: int, first: int, n_devices: int, seconds: float, clients: int, pid: int
+) -> tuple[int, list[tuple[float, float]]]:
+    """CoAP uplinks of random devices of the fleet (mostly not seen before) for
+    ``seconds``, one request at a time per client; the gateway's RSS every 30 s.
+    Returns (uplinks sent, [(seconds, MiB)])."""
+    import aiocoap
+
+    ctxs = [await aiocoap.Context.create_client_context() for _ in range(clients)]
+    rng = random.Random(first)
+    sent = 0
+    ts_s = int(time.time()) - 3 * 86_400
+    start = time.perf_counter()
+    samples = [(0.0, rss_mib(pid))]
+
+    async def client(ctx: aiocoap.Context) -> None:
+        nonlocal sent, ts_s
+        while time.perf_counter() - start < seconds:
+            ts_s += 1
+            body = encode(WATERLOG, [(ts_s, {"water_depth": 0.2, "battery_v": 3.6})])
+            uri = f"coap://127.0.0.1:{port}/nb/{imei(rng.randrange(n_devices))}"
+            resp = await ctx.request(
+                aiocoap.Message(code=aiocoap.POST, uri=uri, payload=body)
+            ).response
+            assert resp.code == aiocoap.CHANGED, resp
+            sent += 1
+
+    async def sample() -> None:
+        while time.perf_counter() - start < seconds:
+            await asyncio.sleep(30)
+            samples.append((time.perf_counter() - start, rss_mib(pid)))
+            print(
+                f"churn: {samples[-1][0]:.0f} s, {sent:,} uplinks, RSS {samples[-1][1]:.0f} MiB",
+                file=sys.stderr,
+            )
+
+    try:
+        await asyncio.gather(sample(), *(client(c) for c in ctxs))
+    finally:
+        for ctx in ctxs:
+            await ctx.shutdown()
+    return sent, samples
