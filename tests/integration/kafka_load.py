@@ -163,7 +163,8 @@ class WorkerProcess:
             log.seek(self._log_from)
             out = log.read().decode(errors="replace")
         refused = rf"\[Errno {errno.EADDRINUSE}\] error while attempting to bind on address "
-        return re.search(refused + rf"\('[^']*', {self.web_port}\): address already in use", out)
+        found = re.search(refused + rf"\('[^']*', {self.web_port}\): address already in use", out)
+        return found is not None
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         """Until the worker has joined its group and taken its partitions (Faust logs
