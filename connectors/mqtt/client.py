@@ -77,6 +77,13 @@ log = logging.getLogger(__name__)
 #: keeps what the client did not acknowledge until the client with its id comes back).
 SESSION_EXPIRY_S = 0xFFFFFFFF
 
+#: How long ``pause`` waits for the broker to answer the UNSUBSCRIBE that follows the
+#: last PUBACKs (s); without an answer (the connection is lost) it leaves anyway.
+FENCE_TIMEOUT_S = 10.0
+#: The topic filter of that UNSUBSCRIBE: never subscribed (the broker answers an
+#: UNSUBSCRIBE of any filter; MQTT 3.1.1, 3.10.4), so it changes nothing.
+FENCE_FILTER = "$vigil/ack-fence"
+
 #: ``on_broker_drops(total)``: the broker's cumulative count of dropped messages.
 BrokerDrops = Callable[[int], Awaitable[None]]
 #: ``on_sequence(topic, seqs, received_ms)``: the ``seq`` numbers of a message that
@@ -87,6 +94,14 @@ Sequences = Callable[[str, list[int], int], None]
 @dataclass
 class _DropCount:
     total: int
+
+
+@dataclass
+class _Flush:
+    """Put in the batcher by ``pause``: done once every message taken before it is
+    written and its PUBACK queued (the batcher hands items over in the order put)."""
+
+    done: asyncio.Future[None]
 
 
 class MqttIngest:
@@ -119,17 +134,26 @@ class MqttIngest:
         self.counters: Counter[str] = Counter()
         self.subscribed = threading.Event()
         self.connection = Connection()
-        self._batcher: MicroBatcher[Inbound | _DropCount] = MicroBatcher(
+        self._batcher: MicroBatcher[Inbound | _DropCount | _Flush] = MicroBatcher(
             options.max_readings, options.linger_ms
         )
         self._task: asyncio.Task[None] | None = None
         self._paused = False
+        #: False from ``pause`` until the next connect: QoS 1 messages that arrive are
+        #: left unacknowledged to the broker, which sends them again after ``resume``.
+        #: ``_gate`` makes its change and the batcher's puts one order.
+        self._taking = True
+        self._gate = threading.Lock()
+        self._leaving: asyncio.Task[None] | None = None  # pause's disconnect, under way
+        #: Resolved by the broker's UNSUBACK: ``_leave``'s, the only UNSUBSCRIBE sent.
+        self._fence: asyncio.Future[None] | None = None
         self._client = self._new_client(options.client_id, clean_session=False)
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_unsubscribe = self._on_unsubscribe
         self._sys_client: mqtt.Client | None = None
         if options.broker_drops_topic is not None and on_broker_drops is not None:
             # Clean session: a count missed while away is published again (retained).
@@ -227,7 +251,19 @@ class MqttIngest:
             topic = msg.topic
         except UnicodeDecodeError:  # brokers check topics are UTF-8; keep the bytes anyway
             topic = msg._topic.decode("utf-8", "backslashreplace")
-        self._batcher.put(self.inbound(msg.mid, msg.qos, topic, bytes(msg.payload)))
+        inbound = self.inbound(msg.mid, msg.qos, topic, bytes(msg.payload))
+        with self._gate:
+            # Pausing, a QoS 1 message is left to the broker: taken now, its PUBACK
+            # would come after the disconnect and never reach the broker, which would
+            # then deliver it again, a second copy in the log. QoS 0 is taken: it is
+            # never redelivered.
+            if self._taking or inbound.ack is None:
+                self._batcher.put(inbound)
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
+        fence = self._fence
+        if fence is not None:
+            fence.get_loop().call_soon_threadsafe(_resolve, fence)
 
     def inbound(
         self, mid: int, qos: int, topic: str, payload: bytes, received_ms: int | None = None
@@ -286,6 +322,8 @@ class MqttIngest:
 
     def _connect(self, client: mqtt.Client) -> None:
         o = self.options
+        if client is self._client:
+            self._taking = True  # paho's thread is stopped: no message races this
         if client.protocol == mqtt.MQTTv5:
             expiry = Properties(PacketTypes.CONNECT)
             expiry.SessionExpiryInterval = SESSION_EXPIRY_S
@@ -301,15 +339,50 @@ class MqttIngest:
     def pause(self, why: str) -> None:
         """Stop taking messages (the disk is nearly full): disconnect, so that the broker
         keeps what devices send meanwhile (persistent session) and redelivers what was
-        not acknowledged. What was already taken is still written and acknowledged.
-        Before ``start`` too; idempotent; on the event loop."""
+        not acknowledged. What was already taken is still written and acknowledged, and
+        the broker has read those PUBACKs before the disconnect (``_leave``): it sends
+        none of it again. Before ``start`` too; idempotent; on the event loop; returns
+        at once, the disconnect follows the batch in hand."""
         if self._paused:
             return
         self._paused = True
         log.error("MQTT ingest paused (%s): the broker keeps the messages until it resumes", why)
-        if self._task is not None:
+        if self._task is None:
+            return
+        flushed = asyncio.get_running_loop().create_future()
+        with self._gate:
+            self._taking = False
+            self._batcher.put(_Flush(flushed))
+        if self._leaving is None:
+            self._leaving = asyncio.ensure_future(self._leave(flushed))
+
+    async def _leave(self, flushed: asyncio.Future[None]) -> None:
+        """Disconnect once the messages taken are written and acknowledged, and the
+        broker has read the acknowledgements; connect again if resumed meanwhile.
+
+        The broker handles a connection's packets in order, so its answer to an
+        UNSUBSCRIBE sent after the PUBACKs says it has read them. Without that wait the
+        PUBACKs can be lost in the close: mosquitto reads one packet at a time, and a
+        socket closed with messages it sent still unread is reset, which fails its
+        next write and ends the connection with the rest unread."""
+        try:
+            await flushed
+            # Set before the UNSUBSCRIBE: its answer may come before ``unsubscribe`` returns.
+            self._fence = answered = asyncio.get_running_loop().create_future()
+            try:
+                if self._client.unsubscribe(FENCE_FILTER)[0] == mqtt.MQTT_ERR_SUCCESS:
+                    async with asyncio.timeout(FENCE_TIMEOUT_S):
+                        await answered
+            except TimeoutError:
+                log.warning("MQTT broker did not answer before the pause's disconnect")
+            finally:
+                self._fence = None
             self._client.disconnect()
             self._client.loop_stop()
+        finally:
+            self._leaving = None
+        if not self._paused:
+            self._connect(self._client)
 
     def resume(self) -> None:
         """Take messages again after ``pause``; idempotent."""
@@ -317,7 +390,7 @@ class MqttIngest:
             return
         self._paused = False
         log.warning("MQTT ingest resumed")
-        if self._task is not None:
+        if self._task is not None and self._leaving is None:
             self._connect(self._client)
 
     async def join(self) -> None:
@@ -331,6 +404,9 @@ class MqttIngest:
 
     async def stop(self) -> None:
         """Stop taking messages; what was produced is acknowledged, the rest redelivered."""
+        if self._leaving is not None:
+            self._leaving.cancel()
+            await asyncio.wait([self._leaving])
         for client in (self._client, self._sys_client):
             if client is not None:
                 client.disconnect()
@@ -363,7 +439,7 @@ class MqttIngest:
             self._on_sequence(m.source, seqs, m.received_ms)
         return [ReadingBlock(station, metric, ts, values)]
 
-    async def _handle(self, items: list[Inbound | _DropCount]) -> None:
+    async def _handle(self, items: list[Inbound | _DropCount | _Flush]) -> None:
         messages = [m for m in items if isinstance(m, Inbound)]
         await deliver(
             messages,
@@ -374,6 +450,14 @@ class MqttIngest:
             self.options.max_payload_bytes,
             self._ack_batch,
         )
+        for flush in items:
+            if isinstance(flush, _Flush):
+                _resolve(flush.done)
         drops = [d.total for d in items if isinstance(d, _DropCount)]
         if drops and self._on_broker_drops is not None:
             await self._on_broker_drops(drops[-1])
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,11 +1,14 @@
 """Through real mosquitto: a batch of QoS 1 messages is acknowledged at once (one PUBACK
 packet for paho's thread, one wake-up), and the broker takes every one of them as
-acknowledged (nothing is redelivered to the persistent session)."""
+acknowledged (nothing is redelivered to the persistent session). A pause (the disk is
+full) acknowledges what ingest took before it leaves the broker: nothing is delivered
+twice across it."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -15,6 +18,8 @@ from connectors.ingest import Inbound
 from connectors.mqtt.client import MqttIngest
 from connectors.mqtt.mosquitto import Mosquitto
 from connectors.mqtt.options import MqttOptions
+from engine.contracts.batch import ReadingBlock
+from tests.integration.test_storage import _wait_disconnected_sessions
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +92,17 @@ async def _ingest(broker: Mosquitto, messages: int) -> tuple[list[int], list[lis
 
 def _redelivered(broker: Mosquitto) -> list[bytes]:
     """What the broker still holds for the gateway's persistent session: the messages
-    delivered on reconnect before a marker published after it."""
+    delivered on reconnect before a marker published after it.
+
+    Only once the broker has read the gateway's connection to its end (its DISCONNECT:
+    the session counts as disconnected; ``broker`` needs ``sys_interval 1``). A client
+    that connects with the same id before then takes the session over, and mosquitto
+    closes the old connection with what it had not read of it, PUBACKs included: their
+    messages are delivered again, which is legal at QoS 1 (MQTT 3.1.1, 3.1.4: the
+    server disconnects the existing client; 4.3.2: unacknowledged until the PUBACK is
+    received). mosquitto reads one packet per turn of its loop, so a batch's PUBACKs
+    take hundreds of turns."""
+    _wait_disconnected_sessions(broker, 1)
     got: list[bytes] = []
     end = threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=CLIENT_ID, clean_session=False)
@@ -112,10 +127,113 @@ def _redelivered(broker: Mosquitto) -> list[bytes]:
 
 def test_a_batch_is_acknowledged_at_once_and_the_broker_redelivers_nothing() -> None:
     messages = 500
-    with Mosquitto() as broker:
+    with Mosquitto(override={"sys_interval": "1"}) as broker:
         pubacks, batches = asyncio.run(_ingest(broker, messages))
         assert sum(len(b) for b in batches) == messages
         # Every message acknowledged, 4 bytes a PUBACK, one packet per batch.
         assert sum(pubacks) == 4 * messages
         assert len(pubacks) == len(batches) < messages
         assert _redelivered(broker) == []
+
+
+class _Flood:
+    """Publishes numbered readings (value k) at QoS 1 from a thread until stopped."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="batch-ack-flood")
+        self._client.max_queued_messages_set(0)
+        self._client.connect(broker.host, broker.port)
+        self._stop = threading.Event()
+        self._sent = 0  # taken by the broker (its PUBACK came)
+        self._progress = threading.Condition()
+        self._thread = threading.Thread(target=self._run)
+
+    def start(self) -> None:
+        self._client.loop_start()
+        self._thread.start()
+
+    def _run(self) -> None:
+        k = 0
+        while not self._stop.is_set():
+            infos = [
+                self._client.publish(TOPIC, b'{"value": %d, "ts": %d}' % (k + j, T0 + k + j), 1)
+                for j in range(200)
+            ]
+            for info in infos:
+                info.wait_for_publish(30)
+            k += len(infos)
+            with self._progress:
+                self._sent = k
+                self._progress.notify_all()
+
+    def wait_sent(self, n: int) -> bool:
+        with self._progress:
+            return self._progress.wait_for(lambda: self._sent >= n, 60)
+
+    def stop(self) -> int:
+        """Stops; returns how many readings the broker took."""
+        self._stop.set()
+        self._thread.join()
+        self._client.disconnect()
+        self._client.loop_stop()
+        return self._sent
+
+
+async def _pause_with_a_batch_in_hand(broker: Mosquitto) -> tuple[int, Counter[int]]:
+    """Ingest pauses while its first batch is being written, with thousands of messages
+    taken after it and the broker still sending; resumed once the publisher stopped.
+    Returns how many readings were published and how often each (its value) was
+    produced."""
+    produced: Counter[int] = Counter()
+    in_hand, written = asyncio.Event(), asyncio.Event()
+
+    async def produce(readings: list[Any]) -> None:
+        if not in_hand.is_set():
+            in_hand.set()
+            await written.wait()  # the fsync of the batch in hand, while the guard pauses
+        for block in readings:
+            assert isinstance(block, ReadingBlock)
+            produced.update(int(v) for v in block.value)
+
+    async def dead_letter(raw: bytes, reason: str, source: str) -> None:
+        raise AssertionError(f"dead letter: {reason}")
+
+    options = MqttOptions(
+        host=broker.host, port=broker.port, client_id=CLIENT_ID, broker_drops_topic=None
+    )
+    ingest = MqttIngest(options, produce, dead_letter)
+    await ingest.start()
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, ingest.subscribed.wait, 30)
+    flood = _Flood(broker)
+    flood.start()
+    try:
+        await asyncio.wait_for(in_hand.wait(), 60)
+        assert await loop.run_in_executor(None, flood.wait_sent, 5000)
+        ingest.pause("the disk is full")
+        written.set()
+        async with asyncio.timeout(60):
+            while ingest.state != "disconnected":
+                await asyncio.sleep(0.01)
+    finally:
+        published = await loop.run_in_executor(None, flood.stop)
+    ingest.resume()
+    async with asyncio.timeout(60):
+        while len(produced) < published:
+            await asyncio.sleep(0.01)
+    await ingest.stop()
+    return published, produced
+
+
+def test_a_pause_acknowledges_what_it_took_before_it_leaves_the_broker() -> None:
+    """Every reading is produced once across the pause: what was taken is written and
+    acknowledged, and the broker has read those PUBACKs before the disconnect; what
+    arrives after the pause began is left to the broker, which sends it after resume.
+    A PUBACK lost in the pause would make the broker send its message again after
+    resume (first in the stream, before the readings it kept meanwhile): a second
+    copy in the log."""
+    with Mosquitto() as broker:
+        published, produced = asyncio.run(_pause_with_a_batch_in_hand(broker))
+    twice = sorted(k for k, n in produced.items() if n > 1)
+    assert not twice, f"{len(twice)} readings were produced twice across the pause: {twice[:9]}..."
+    assert sorted(produced) == list(range(published))
