@@ -20,9 +20,8 @@ its raw bytes, and the stream goes on. ``join`` raises if the ingest task itself
 ingest.
 
 When the broker publishes its dropped-message count (mosquitto's ``$SYS`` tree,
-``MqttOptions.broker_drops_topic``), a second, clean-session client follows it and hands
-each count to ``on_broker_drops``: its own connection, so that the news of drops is not
-queued behind (and dropped with) the readings it is about.
+``MqttOptions.broker_drops_topic``), a second client follows it
+(``connectors.mqtt.broker_drops``) and each count goes to ``on_broker_drops``.
 
 Connection: a broker that refuses or cannot be reached is logged at once with the reason
 (connection refused, a DNS failure, a TLS certificate that does not verify, the broker's
@@ -33,7 +32,8 @@ Shared subscription (``MqttOptions.share_group``, set on the worker processes of
 ``connectors.mqtt.pool``): the client subscribes to ``$share/<group>/<filter>``, so that
 the broker hands each message to one member of the group. With ``MqttOptions.mqtt5`` it
 speaks MQTT 5 with clean start off and a session that never expires
-(``SESSION_EXPIRY_S``), as persistent as MQTT 3.1.1's ``clean_session=False``.
+(``connectors.mqtt.connection.connect``), as persistent as MQTT 3.1.1's
+``clean_session=False``.
 
 Topic to (station, metric): ``connectors.mqtt.topics``; payloads: ``connectors.mqtt.payload``.
 """
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import sys
 import threading
 import time
@@ -51,8 +50,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from connectors.ingest import (
     Admission,
@@ -63,7 +60,15 @@ from connectors.ingest import (
     Stations,
     deliver,
 )
-from connectors.mqtt.connection import PUBACK_PACKET, Connection, PubAck, describe_failure
+from connectors.mqtt.broker_drops import DropWatcher
+from connectors.mqtt.connection import (
+    Connection,
+    PubAck,
+    ack_together,
+    connect,
+    describe_failure,
+    new_client,
+)
 from connectors.mqtt.options import MqttOptions
 from connectors.mqtt.payload import decode_columns
 from connectors.mqtt.topics import TopicTemplate
@@ -72,10 +77,6 @@ from engine.contracts.batch import ReadingBlock
 __all__ = ["Connection", "MqttIngest", "describe_failure"]
 
 log = logging.getLogger(__name__)
-
-#: MQTT 5 session expiry (s): never, like an MQTT 3.1.1 persistent session (the broker
-#: keeps what the client did not acknowledge until the client with its id comes back).
-SESSION_EXPIRY_S = 0xFFFFFFFF
 
 #: How long ``pause`` waits for the broker to answer the UNSUBSCRIBE that follows the
 #: last PUBACKs (s); without an answer (the connection is lost) it leaves anyway.
@@ -147,7 +148,7 @@ class MqttIngest:
         self._leaving: asyncio.Task[None] | None = None  # pause's disconnect, under way
         #: Resolved by the broker's UNSUBACK: ``_leave``'s, the only UNSUBSCRIBE sent.
         self._fence: asyncio.Future[None] | None = None
-        self._client = self._new_client(options.client_id, clean_session=False)
+        self._client = new_client(options, options.client_id, clean_session=False)
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
@@ -156,34 +157,8 @@ class MqttIngest:
         self._client.on_unsubscribe = self._on_unsubscribe
         self._sys_client: mqtt.Client | None = None
         if options.broker_drops_topic is not None and on_broker_drops is not None:
-            # Clean session: a count missed while away is published again (retained).
-            self._sys_client = self._new_client(f"{options.client_id}-sys", clean_session=True)
-            self._sys_client.on_connect = self._on_sys_connect
-            self._sys_client.on_subscribe = self._on_sys_subscribe
-            self._sys_client.on_message = self._on_sys_message
-
-    def _new_client(self, client_id: str, *, clean_session: bool) -> mqtt.Client:
-        o = self.options
-        v5 = not clean_session and o.mqtt5
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            # persistent: the broker keeps what we did not ack (MQTT 5: ``_connect``)
-            clean_session=None if v5 else clean_session,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            manual_ack=True,
-        )
-        if o.username is not None:
-            client.username_pw_set(o.username, o.password)
-        if o.ca_file is not None:
-            client.tls_set(
-                ca_certs=o.ca_file,
-                certfile=o.cert_file,
-                keyfile=o.key_file,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
-        return client
+            watcher = DropWatcher(options, lambda total: self._batcher.put(_DropCount(total)))
+            self._sys_client = watcher.client
 
     @property
     def state(self) -> str:
@@ -275,41 +250,7 @@ class MqttIngest:
         return Inbound(topic, payload, received_ms, None if qos == 0 else PubAck(self._client, mid))
 
     def _ack_batch(self, messages: list[Inbound]) -> None:
-        """Acknowledge a batch's QoS 1 messages: their PUBACKs as one packet queued for
-        paho's network thread, which is woken once. paho's own ``ack`` queues one
-        packet and writes to the thread's wake-up socket per message, which cost a
-        quarter of the event loop's time. ``_packet_queue`` is paho's (2.x, pinned in
-        constraints.txt); should a release lack it, each message is acknowledged alone."""
-        acks = [m.ack for m in messages if isinstance(m.ack, PubAck)]
-        if not acks:
-            return
-        queue = getattr(self._client, "_packet_queue", None)
-        if queue is None:
-            for ack in acks:
-                ack()
-            return
-        packet = b"".join([PUBACK_PACKET.pack(mqtt.PUBACK, 2, a.mid) for a in acks])
-        queue(mqtt.PUBACK, packet, 0, 0)
-
-    def _on_sys_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
-        if not reason_code.is_failure:
-            client.subscribe(self.options.broker_drops_topic, qos=0)
-
-    def _on_sys_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
-        if any(rc.is_failure for rc in reason_codes):
-            log.error(
-                "MQTT subscription to %s refused (%s): messages the broker drops will go unnoticed",
-                self.options.broker_drops_topic,
-                reason_codes,
-            )
-
-    def _on_sys_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
-        try:
-            total = int(msg.payload)
-        except ValueError:
-            log.warning("broker drop count %r on %s is not a number", msg.payload, msg.topic)
-            return
-        self._batcher.put(_DropCount(total))
+        ack_together(self._client, [m.ack for m in messages if isinstance(m.ack, PubAck)])
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -321,16 +262,9 @@ class MqttIngest:
                 self._connect(client)
 
     def _connect(self, client: mqtt.Client) -> None:
-        o = self.options
         if client is self._client:
             self._taking = True  # paho's thread is stopped: no message races this
-        if client.protocol == mqtt.MQTTv5:
-            expiry = Properties(PacketTypes.CONNECT)
-            expiry.SessionExpiryInterval = SESSION_EXPIRY_S
-            client.connect_async(o.host, o.port, o.keepalive, clean_start=False, properties=expiry)
-        else:
-            client.connect_async(o.host, o.port, o.keepalive)
-        client.loop_start()
+        connect(client, self.options)
 
     @property
     def paused(self) -> bool:

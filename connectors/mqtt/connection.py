@@ -1,6 +1,6 @@
-"""The MQTT client's connection state and acknowledgements, shared by the ingest in the
-gateway process (``connectors.mqtt.client``) and its worker processes
-(``connectors.mqtt.pool``)."""
+"""The MQTT client's construction, connection state and acknowledgements, shared by the
+ingest in the gateway process (``connectors.mqtt.client``), its worker processes
+(``connectors.mqtt.pool``) and the broker-drops watcher."""
 
 from __future__ import annotations
 
@@ -10,8 +10,62 @@ import struct
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-__all__ = ["PUBACK_PACKET", "Connection", "PubAck", "describe_failure"]
+from connectors.mqtt.options import MqttOptions
+
+__all__ = [
+    "PUBACK_PACKET",
+    "SESSION_EXPIRY_S",
+    "Connection",
+    "PubAck",
+    "ack_together",
+    "connect",
+    "describe_failure",
+    "new_client",
+]
+
+#: MQTT 5 session expiry (s): never, like an MQTT 3.1.1 persistent session (the broker
+#: keeps what the client did not acknowledge until the client with its id comes back).
+SESSION_EXPIRY_S = 0xFFFFFFFF
+
+
+def new_client(o: MqttOptions, client_id: str, *, clean_session: bool) -> mqtt.Client:
+    """A paho client with manual acknowledgement, ``o``'s credentials and TLS, and a
+    reconnect backoff of 1 s doubling to 10 s. A persistent one (``clean_session``
+    False) speaks MQTT 5 when ``o.mqtt5`` (its session expiry is set by ``connect``)."""
+    v5 = not clean_session and o.mqtt5
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=None if v5 else clean_session,
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        manual_ack=True,
+    )
+    if o.username is not None:
+        client.username_pw_set(o.username, o.password)
+    if o.ca_file is not None:
+        client.tls_set(
+            ca_certs=o.ca_file,
+            certfile=o.cert_file,
+            keyfile=o.key_file,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    return client
+
+
+def connect(client: mqtt.Client, o: MqttOptions) -> None:
+    """Connect in the background (paho's thread); MQTT 5: clean start off, a session that
+    never expires."""
+    if client.protocol == mqtt.MQTTv5:
+        expiry = Properties(PacketTypes.CONNECT)
+        expiry.SessionExpiryInterval = SESSION_EXPIRY_S
+        client.connect_async(o.host, o.port, o.keepalive, clean_start=False, properties=expiry)
+    else:
+        client.connect_async(o.host, o.port, o.keepalive)
+    client.loop_start()
 
 
 @dataclass
@@ -61,3 +115,20 @@ class PubAck:
 
     def __call__(self) -> None:
         self.client.ack(self.mid, 1)
+
+
+def ack_together(client: mqtt.Client, acks: list[PubAck]) -> None:
+    """Acknowledge QoS 1 messages: their PUBACKs as one packet queued for paho's network
+    thread, which is woken once. paho's own ``ack`` queues one packet and writes to the
+    thread's wake-up socket per message, which cost a quarter of the event loop's time.
+    ``_packet_queue`` is paho's (2.x, pinned in constraints.txt); should a release lack
+    it, each message is acknowledged alone."""
+    if not acks:
+        return
+    queue = getattr(client, "_packet_queue", None)
+    if queue is None:
+        for ack in acks:
+            ack()
+        return
+    packet = b"".join([PUBACK_PACKET.pack(mqtt.PUBACK, 2, a.mid) for a in acks])
+    queue(mqtt.PUBACK, packet, 0, 0)
