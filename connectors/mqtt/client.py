@@ -7,8 +7,9 @@ holds what is MQTT's.
 Contract with the broker: a QoS 1 message is acknowledged (PUBACK) only after its
 readings, or its dead-letter record, are durably in the log (``manual_ack``), and the
 session is persistent (``clean_session=False``, fixed client id). A crash before the ack
-means the broker redelivers; the kernels skip a reading they have already counted (same
-sensor, timestamp not after the last one), so redelivery never double-counts. A QoS 0
+means the broker redelivers; the kernels recognise a reading they have already counted
+and skip it (README, "What the engine evaluates": what each rule kind
+remembers per sensor), so redelivery never double-counts. A QoS 0
 message has no packet id and is never acknowledged (a PUBACK for it is a protocol error
 that makes the broker drop the connection); it is taken like any other, but the device
 chose at most once: what a crash loses of it, no one redelivers.

@@ -158,9 +158,6 @@ class Product(_Frozen):
             out.append(struct.unpack_from(order + _FORMATS[f.type], payload, start + f.offset)[0])
         return tuple(out)
 
-    def metric_for_lwm2m(self, ds_id: str) -> str | None:
-        return self.lwm2m.get(ds_id)
-
 
 class _File(_Frozen):
     products: tuple[Product, ...]

@@ -189,14 +189,6 @@ class DurableLog:
         floor = self._db.get(floor_key(topic, partition))
         return max(scanned, 0 if floor is None else int(U64.unpack(floor)[0]))
 
-    def set_highwater_floor(self, topic: str, partition: int, offset: int) -> None:
-        """Never give an offset below ``offset`` to a new record of this partition again
-        (a repair that lost a partition's tail: its consumers' committed offsets and
-        checkpoints are past what is left, and would skip reused offsets)."""
-        self._check_tp(topic, partition)
-        self._db.put(floor_key(topic, partition), U64.pack(offset), self._sync)
-        self._highwater[(topic, partition)] = max(self._highwater[(topic, partition)], offset)
-
     def create_topic(self, topic: str, partitions: int, **config: Any) -> bool:
         """Create ``topic``; returns False if it already exists with that partition count."""
         if partitions < 1:
