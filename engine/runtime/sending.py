@@ -28,16 +28,12 @@ from typing import Any, NamedTuple
 
 from engine.contracts.batch import ReadingBlock
 from engine.contracts.dead_letters import REASON_HEADER, RECEIVED_AT_HEADER, SOURCE_HEADER
-from engine.runtime.batching import Reading, batches_by_partition, murmur2_partition
+from engine.runtime.batching import Reading, StationPartitions, batches_by_partition
 from engine.runtime.metrics import Metrics
 
-__all__ = ["PARTITION_CACHE_MAX", "DeadLetter", "Outgoing", "Sending"]
+__all__ = ["DeadLetter", "Outgoing", "Sending"]
 
 log = logging.getLogger(__name__)
-
-#: How many stations' partitions ``Sending.partition_for`` keeps (a registry is far
-#: smaller; the bound is for ids that keep changing, e.g. from a misconfigured device).
-PARTITION_CACHE_MAX = 100_000
 
 #: A dead letter: raw bytes, reason, source, and the log fields known (``station``,
 #: ``partition``, ``offset``).
@@ -67,24 +63,16 @@ class Sending:
     metrics: Metrics
 
     def _init_sending(self) -> None:
-        # Once, not per call: partition_for runs for every alert routed to corroboration.
-        self._every_partition = list(range(self.partitions))
-        #: Station id -> its partition (``partition_for``).
-        self._partition_of: dict[str, int] = {}
+        #: Station id -> its partition (``partition_for``), cached.
+        self._partition_of = StationPartitions(self.partitions)
         #: Station id -> its kind, for counting readings (the gateway sets it from the
         #: registry, at start and on reload); a station not in it counts as ``unknown``.
         self.station_kinds: Mapping[str, str] = {}
 
     def partition_for(self, key: str) -> int:
-        """Kafka's murmur2 partition of a key (a station id), the same on both transports;
-        computed once per station (murmur2 in Python per reading was a third of ingest's
-        CPU), in a cache that starts over past ``PARTITION_CACHE_MAX`` stations."""
-        p = self._partition_of.get(key)
-        if p is None:
-            if len(self._partition_of) >= PARTITION_CACHE_MAX:
-                self._partition_of.clear()
-            p = self._partition_of[key] = murmur2_partition(key, self._every_partition)
-        return p
+        """Kafka's murmur2 partition of a key (a station id), the same on both transports
+        (``StationPartitions``: cached per station)."""
+        return self._partition_of(key)
 
     def producer(
         self, connector: str

@@ -9,11 +9,18 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.contracts.batch import BatchBuilder, Quality, ReadingBlock
-from engine.runtime.batching import Reading, batches_by_partition, murmur2_partition
+from engine.runtime import batching
+from engine.runtime.batching import (
+    Reading,
+    StationPartitions,
+    batches_by_partition,
+    murmur2_partition,
+)
 
 PARTITIONS = list(range(6))
 
@@ -106,3 +113,15 @@ def test_partition_of_is_asked_once_per_station() -> None:
     readings: list[Reading] = [(f"S{i % 3}", "level", i, 1.0) for i in range(300)]
     batches_by_partition(readings, counting)
     assert asked == ["S0", "S1", "S2"]
+
+
+def test_station_partitions_are_murmur2_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached partition is Kafka's murmur2 one, before and after the cache starts
+    over; the cache never holds more than its bound (ids that keep changing)."""
+    monkeypatch.setattr(batching, "PARTITION_CACHE_MAX", 50)
+    of = StationPartitions(len(PARTITIONS))
+    for i in range(500):
+        station = f"D{i:04d}"
+        assert of(station) == part(station)
+        assert len(of._of) <= 50
+    assert of("D0001") == part("D0001")  # asked again after the cache started over

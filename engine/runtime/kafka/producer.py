@@ -17,7 +17,12 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 
 from engine.contracts.batch import ReadingBlock, TelemetryBatch
-from engine.runtime.batching import Reading, batches_by_partition, murmur2_partition
+from engine.runtime.batching import (
+    Reading,
+    StationPartitions,
+    batches_by_partition,
+    murmur2_partition,
+)
 from engine.runtime.kafka.topics import TopicLayout
 
 __all__ = ["TelemetryProducer", "partition_for"]
@@ -42,19 +47,13 @@ class TelemetryProducer:
             max_request_size=16 * 1024 * 1024,
             max_batch_size=4 * 1024 * 1024,
         )
-        self._cache: dict[str, int] = {}
+        self.partition = StationPartitions(layout.partitions)
 
     async def start(self) -> None:
         await self._producer.start()
 
     async def stop(self) -> None:
         await self._producer.stop()
-
-    def partition(self, station: str) -> int:
-        p = self._cache.get(station)
-        if p is None:
-            p = self._cache[station] = partition_for(station, self.layout.partitions)
-        return p
 
     async def produce(self, readings: Sequence[Reading | ReadingBlock]) -> list[TelemetryBatch]:
         """Readings as one batch per partition; returns the batches once the broker
