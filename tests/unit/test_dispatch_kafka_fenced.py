@@ -42,6 +42,7 @@ class _FailingService:
     def __init__(self, exc: Exception, fenced: bool) -> None:
         self.exc = exc
         self.outbox = SimpleNamespace(fenced=fenced)
+        self.receivers: dict[str, object] = {}
 
     async def run_forever(self, tick_s: float) -> None:
         raise self.exc
@@ -67,6 +68,7 @@ def _after_failure(exc: Exception, *, fenced: bool = False) -> list[str]:
     dispatch.service = service  # type: ignore[assignment]
     dispatch._service_task = None
     dispatch._restarting = None
+    dispatch._stopping = False
 
     async def go() -> None:
         await dispatch._serve(service, 1.0)  # type: ignore[arg-type]

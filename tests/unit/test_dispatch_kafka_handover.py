@@ -133,6 +133,7 @@ def test_a_revoked_owner_commits_the_mark_of_its_send_in_flight_before_it_lets_g
         dispatch.service = service
         dispatch._producer = producer  # type: ignore[assignment]
         dispatch._restarting = None
+        dispatch._stopping = False
         dispatch._service_task = asyncio.create_task(dispatch._serve(service, 1.0))
 
         await asyncio.wait_for(receiver.started.wait(), 10)

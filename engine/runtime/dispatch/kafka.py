@@ -65,8 +65,10 @@ __all__ = ["KafkaDispatch", "KafkaDispatchService", "dispatch_topics", "ensure_d
 
 log = logging.getLogger("vigil.dispatch")
 
-#: Tries to take over an assigned dispatch partition (the broker may be restarting).
+#: Tries to take over an assigned dispatch partition (the broker may be restarting),
+#: and the seconds between two.
 _ACQUIRE_ATTEMPTS = 5
+_ACQUIRE_RETRY_S = 2.0
 #: Seconds a committed store proves ownership for a delivery: half the dispatcher
 #: consumers' session timeout (10 s), the least time in which the group can evict this
 #: worker and another can fence it.
@@ -182,6 +184,10 @@ class KafkaDispatch:
         self._consumer: AIOKafkaConsumer | None = None
         self._run_task: asyncio.Task[Any] | None = None
         self._restarting: asyncio.Task[None] | None = None
+        #: Set by ``stop``: nothing takes the dispatcher over any more.
+        self._stopping = False
+        #: The crash of the app a failed restart asked for (a reference keeps it alive).
+        self._crashing: asyncio.Task[None] | None = None
         #: Held while taking over or releasing the dispatcher.
         self.lock = asyncio.Lock()
         self._out = topology.app.topic(
@@ -314,30 +320,65 @@ class KafkaDispatch:
             else:
                 log.exception("dispatcher stopped; starting again from the stored state")
             if self.service is service:
+                # Until the restart has the lock, the API answers as a worker without
+                # the dispatcher (503 or forwarded): an acknowledgement or silence stored
+                # now would commit the failed service's state.
+                self.service = None
                 self._service_task = None
-                self._restarting = asyncio.create_task(self._restart(again=not fenced))
+                if not self._stopping:
+                    restart = asyncio.create_task(self._restart(service, again=not fenced))
+                    restart.add_done_callback(self._restart_done)
+                    self._restarting = restart
 
-    async def _restart(self, *, again: bool) -> None:
+    async def _restart(self, failed: KafkaDispatchService, *, again: bool) -> None:
+        """Let go of ``failed`` (nothing stored) and, if ``again``, take over anew."""
         async with self.lock:
+            for receiver in failed.receivers.values():
+                with contextlib.suppress(Exception):
+                    await receiver.aclose()
+            if self.service is not None:
+                return  # the group assigned the partition again meanwhile: a new one runs
             await self.release(store=False)
             if again:
                 await self.take_over()
 
+    def _restart_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        if self._stopping:
+            log.error("dispatcher: restart failed while stopping", exc_info=exc)
+            return
+        self._crashing = asyncio.create_task(self._end_process(exc))
+
+    async def _end_process(self, exc: BaseException) -> None:
+        """This worker may own the dispatch partition with no dispatcher: it would drop
+        what it reads and dispatch nothing until the next rebalance, looking healthy.
+        End the process as a failed long-lived task does (Faust's crash of the app, exit
+        status 1): a supervisor restarts it and the group gives the partition on."""
+        log.error("dispatcher: %r; the worker stops for a restart", exc, exc_info=exc)
+        await self.topology.app.crash(exc)
+
     async def take_over(self) -> None:
-        """``acquire``, tried again a few times while the partition is still ours (call
-        with ``lock`` held)."""
-        for attempt in range(1, _ACQUIRE_ATTEMPTS + 1):
-            if self._consumer is None or self.tp not in self._consumer.assignment():
-                return
-            try:
-                await self.acquire()
-                return
-            except Exception:
-                log.exception("dispatcher: could not take over (attempt %d)", attempt)
-                await self.release(store=False)
-            await asyncio.sleep(2.0)
-        # Still the partition's owner, but without a dispatcher: fail loudly, not quietly.
-        raise RuntimeError("the dispatcher could not take over; see the errors above")
+        """``acquire``, tried again a few times while the partition is still ours and
+        the worker is not stopping (call with ``lock`` held). Never raises: if it cannot
+        take over, it ends the process (``_end_process``) -- its callers are aiokafka's
+        rebalance listener, which swallows exceptions, and a task nobody awaits."""
+        try:
+            for attempt in range(1, _ACQUIRE_ATTEMPTS + 1):
+                if self._stopping:
+                    return
+                if self._consumer is None or self.tp not in self._consumer.assignment():
+                    return
+                try:
+                    await self.acquire()
+                    return
+                except Exception:
+                    log.exception("dispatcher: could not take over (attempt %d)", attempt)
+                    await self.release(store=False)
+                await asyncio.sleep(_ACQUIRE_RETRY_S)
+            raise RuntimeError("the dispatcher could not take over; see the errors above")
+        except Exception as exc:
+            await self._end_process(exc)
 
     async def release(self, *, store: bool = True) -> None:
         """The partition was revoked (or the worker stops): hand over (unless ``store``
@@ -369,7 +410,14 @@ class KafkaDispatch:
             await producer.stop()
 
     async def stop(self) -> None:
-        """The worker stops: stop reading, release the dispatcher, leave the group."""
+        """The worker stops: take nothing over any more, stop reading, release the
+        dispatcher, leave the group."""
+        self._stopping = True
+        restarting, self._restarting = self._restarting, None
+        if restarting is not None and not restarting.done():
+            restarting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await restarting
         task, self._run_task = self._run_task, None
         if task is not None and not task.done():
             task.cancel()
