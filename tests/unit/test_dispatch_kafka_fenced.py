@@ -26,7 +26,8 @@ from aiokafka.errors import KafkaConnectionError, ProducerFenced
 
 from engine.contracts.notification import Notification
 from engine.dispatch.clock import ManualClock
-from engine.runtime.dispatch.kafka import OWNERSHIP_S, KafkaDispatch, KafkaDispatchService
+from engine.runtime.dispatch.kafka import KafkaDispatch
+from engine.runtime.dispatch.kafka_service import OWNERSHIP_S, KafkaDispatchService
 from engine.runtime.dispatch.outbox import Entry, Outbox
 from engine.runtime.dispatch.service import DispatchService
 from tests.unit.dispatch_support import T0, config

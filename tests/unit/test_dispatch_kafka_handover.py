@@ -20,7 +20,8 @@ from aiokafka.errors import ProducerFenced
 
 from engine.contracts.notification import Notification
 from engine.dispatch.clock import ManualClock
-from engine.runtime.dispatch.kafka import KafkaDispatch, KafkaDispatchService, _Listener
+from engine.runtime.dispatch.kafka import KafkaDispatch, _Listener
+from engine.runtime.dispatch.kafka_service import KafkaDispatchService
 from engine.runtime.dispatch.kafka_store import KafkaOutbox
 from tests.unit.dispatch_support import T0, config
 

@@ -39,29 +39,27 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import ProducerFenced, TopicAlreadyExistsError
+from aiokafka.errors import ProducerFenced
 
 from engine.contracts.alerts import AlertEvent, pack_lines
 from engine.contracts.notification import Receiver
 from engine.dispatch.clock import SystemClock
-from engine.dispatch.config import DispatchConfig, load_dispatch_config
+from engine.dispatch.config import load_dispatch_config
 from engine.runtime.config import Settings
 from engine.runtime.dispatch.api import install_api
 from engine.runtime.dispatch.board import StationBoard
 from engine.runtime.dispatch.console import install_console
 from engine.runtime.dispatch.forwarding import OwnerForwarder, find_owner, owner_client_id
-from engine.runtime.dispatch.kafka_store import MAX_RECORD_BYTES, KafkaOutbox, KafkaPrepared
-from engine.runtime.dispatch.service import DispatchService
+from engine.runtime.dispatch.kafka_service import KafkaDispatchService, dispatch_topics
+from engine.runtime.dispatch.kafka_store import MAX_RECORD_BYTES, KafkaOutbox
 from engine.runtime.dispatch.wiring import build_receivers, links_of
 from engine.runtime.topology import Topology
 from rules.registry import load_registry
 
-__all__ = ["KafkaDispatch", "KafkaDispatchService", "dispatch_topics", "ensure_dispatch_topics"]
+__all__ = ["KafkaDispatch"]
 
 log = logging.getLogger("vigil.dispatch")
 
@@ -69,90 +67,12 @@ log = logging.getLogger("vigil.dispatch")
 #: and the seconds between two.
 _ACQUIRE_ATTEMPTS = 5
 _ACQUIRE_RETRY_S = 2.0
-#: Seconds a committed store proves ownership for a delivery: half the dispatcher
-#: consumers' session timeout (10 s), the least time in which the group can evict this
-#: worker and another can fence it.
-OWNERSHIP_S = 5.0
 #: The dispatcher consumers' rebalance timeout (ms): how long the group waits for a
 #: member's revoke callback (the hand-over below) before it goes on without it.
 _REBALANCE_TIMEOUT_MS = 20_000
 #: Seconds a revoked owner waits for its sends in flight before it stores their marks
 #: and lets the rebalance complete: with that store, well within the rebalance timeout.
 HANDOVER_S = 5.0
-
-
-def dispatch_topics(app_id: str) -> tuple[str, str]:
-    """(the dispatch topic, its state topic) of an app."""
-    return f"{app_id}-dispatch", f"{app_id}-dispatch-state"
-
-
-async def ensure_dispatch_topics(bootstrap: str, app_id: str, replication: int = 1) -> None:
-    """Create the two one-partition topics if missing (idempotent)."""
-    events, state = dispatch_topics(app_id)
-    min_isr = {"min.insync.replicas": str(min(2, replication))}
-    wanted = [
-        NewTopic(events, 1, replication, topic_configs={"retention.ms": str(30 * 86_400_000)}),
-        NewTopic(
-            state,
-            1,
-            replication,
-            topic_configs={
-                "cleanup.policy": "compact",
-                "segment.ms": str(10 * 60_000),
-                "max.message.bytes": str(MAX_RECORD_BYTES),
-                **min_isr,
-            },
-        ),
-    ]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        for topic in wanted:
-            if topic.name not in existing:
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics([topic])
-    finally:
-        await admin.close()
-
-
-class KafkaDispatchService(DispatchService):
-    """``DispatchService`` whose stores are transactions of its ``KafkaOutbox``; a
-    delivery mark is stored at the next tick (not only every ``_IDLE_STORE_TICKS``).
-
-    Before a delivery it makes sure it still owns the dispatcher: a store that began
-    within ``OWNERSHIP_S`` and committed proves it (a new owner's producer would have
-    fenced it); past that, one more store is made first, and a fenced one raises and
-    stops the service before anything is sent. A worker that stood still (SIGSTOP, a
-    long pause) past the group's session timeout so sends nothing its successor sends."""
-
-    outbox: KafkaOutbox
-
-    def __init__(self, config: DispatchConfig, outbox: KafkaOutbox, *args: Any, **kw: Any):
-        super().__init__(config, outbox, *args, **kw)
-        outbox.on_mark = self._marked
-        #: Monotonic start of the newest store that committed (the producer that loaded
-        #: the state has just fenced the previous owner: that counts).
-        self.confirmed_at = time.monotonic()
-
-    def _marked(self) -> None:
-        self._dirty = True
-
-    def _write(self, prepared: KafkaPrepared) -> asyncio.Future[None]:
-        started = time.monotonic()
-        future = asyncio.ensure_future(self.outbox.commit(prepared))
-
-        def confirmed(done: asyncio.Future[None]) -> None:
-            # Also retrieves a failure that no caller awaits (a cancelled store's).
-            if not done.cancelled() and done.exception() is None:
-                self.confirmed_at = max(self.confirmed_at, started)
-
-        future.add_done_callback(confirmed)
-        return future
-
-    async def may_send(self) -> None:
-        if time.monotonic() - self.confirmed_at > OWNERSHIP_S:
-            await self._store(())
 
 
 class KafkaDispatch:

@@ -26,7 +26,8 @@ from connectors.sinks.base import Sink
 from connectors.sinks.console import ConsoleSink
 from connectors.sinks.jsonl import JsonlSink
 from engine.runtime.config import Settings
-from engine.runtime.dispatch.kafka import KafkaDispatch, ensure_dispatch_topics
+from engine.runtime.dispatch.kafka import KafkaDispatch
+from engine.runtime.dispatch.kafka_service import ensure_dispatch_topics
 from engine.runtime.kafka.topics import TopicLayout, bootstrap_of, ensure_topics
 from engine.runtime.services.lag import LagMonitor
 from engine.runtime.services.observe import Observer
