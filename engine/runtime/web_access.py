@@ -97,7 +97,7 @@ class Site:
             url = urlsplit(public_url)
             if url.hostname:
                 hosts.add(url.hostname.lower())
-            self.origins = frozenset({f"{url.scheme}://{url.netloc}".lower()})
+                self.origins = frozenset({_origin(url.scheme, url.hostname, url.port)})
         self.hosts: frozenset[str] = frozenset(hosts)
 
 
@@ -105,6 +105,14 @@ def site_of(settings: Settings) -> Site:
     """The ``Site`` of a configuration: ``web.bind`` and ``dispatch.public_url``."""
     public_url = settings.dispatch.public_url if settings.dispatch is not None else None
     return Site(settings.web.bind, public_url)
+
+
+def _origin(scheme: str, hostname: str, port: int | None) -> str:
+    """An origin as a browser writes it: no default port, IPv6 in brackets."""
+    scheme, hostname = scheme.lower(), hostname.lower()
+    host = f"[{hostname}]" if ":" in hostname else hostname
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
 
 
 def _unspecified(address: str) -> bool:
