@@ -58,6 +58,9 @@ __all__ = ["Reading", "Topology", "murmur2_partition"]
 
 log = logging.getLogger(__name__)
 
+#: A failing batch listener is logged at most this often (seconds), not per batch.
+LISTENER_LOG_EVERY_S = 60.0
+
 
 class _App(faust.App):
     """``faust.App`` with hooks run as it begins to stop, while its agents still run."""
@@ -175,8 +178,11 @@ class Topology(Sending, PartitionStates, TickWriter):
         #: (the Kafka worker's forward to the elected dispatcher, ``engine.runtime.dispatch``).
         self.alert_senders: list[Callable[[list[AlertEvent]], Awaitable[None]]] = []
         #: Called with every telemetry batch after the kernels evaluated it, on the event
-        #: loop; must be quick and must not raise (the duty room's station board).
+        #: loop; must be quick (the duty room's station board). Display only: what one
+        #: raises is logged (``LISTENER_LOG_EVERY_S``) and the batch goes on.
         self.batch_listeners: list[Callable[[TelemetryBatch], None]] = []
+        #: Listener -> monotonic time its failure was last logged.
+        self._listener_logged: dict[Callable[[TelemetryBatch], None], float] = {}
         self.app.agent(self.telemetry, name="evaluate", isolated_partitions=True)(self._evaluate)
         self.app.agent(self.alerts, name="dispatch")(self._dispatch)
         self.corroboration = CorroborationStage(self)
@@ -235,6 +241,21 @@ class Topology(Sending, PartitionStates, TickWriter):
             finally:
                 self._busy.discard(message.partition)
 
+    def _tell_listeners(self, batch: TelemetryBatch) -> None:
+        """Give ``batch`` to each batch listener. One that raises must not stop the
+        batch: raised here, it would stop the agent, and the replay would meet it again
+        (a crash loop, and no alerts). Logged at most once per ``LISTENER_LOG_EVERY_S``
+        per listener."""
+        for listener in self.batch_listeners:
+            try:
+                listener(batch)
+            except Exception:
+                now = time.monotonic()
+                last = self._listener_logged.get(listener)
+                if last is None or now - last >= LISTENER_LOG_EVERY_S:
+                    self._listener_logged[listener] = now
+                    log.exception("batch listener %r failed (the batch goes on)", listener)
+
     async def _apply(self, proc: PartitionProcessor, batch: TelemetryBatch, message: Any) -> None:
         """Evaluate the batch of telemetry record ``message``; returns once its alerts (to
         the alerts partition of the same number) and dead letters are durable. The
@@ -242,8 +263,7 @@ class Topology(Sending, PartitionStates, TickWriter):
         partition, offset = message.partition, message.offset
         with self.metrics.kernel_seconds.time():
             alerts = proc.process(batch, offset)
-        for listener in self.batch_listeners:
-            listener(batch)
+        self._tell_listeners(batch)
         self.counters["readings_evaluated"] += len(batch)
         if len(batch):  # a tick has no readings: not a batch size
             self.metrics.readings_evaluated.inc(len(batch))

@@ -57,6 +57,74 @@ def _stream_status(url: str, headers: dict[str, str]) -> tuple[int, str]:
     raise AssertionError("the stream ended without an event")
 
 
+def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``vigil alerts --config config *args``, finding the token where the gateway does."""
+    return subprocess.run(
+        [sys.executable, "-m", "engine.tools.cli", "alerts", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "VIGIL_TOKEN"},
+    )  # fmt: skip
+
+
+def _only_own_pages_change_state(
+    client: httpx.Client, url: str, config: Path, right: dict[str, str], configured: bool
+) -> None:
+    """A page of another site open in the duty room's browser cannot silence anything:
+    a cross-origin POST, a ``text/plain`` one (no CORS preflight), a DNS-rebound one
+    (its own domain in ``Host``) are refused and change nothing; the console's own
+    requests and the CLI still work."""
+    silence = {"matchers": ["station=NOPE"], "duration": "1h", "author": "x"}
+    cross_site = "refused: a request that changes state must come from this server's own pages"
+    for sent in (
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": url},
+    ):
+        got = client.post("/api/silences", json=silence, headers={**right, **sent})
+        assert got.status_code == 403, (sent, got.text)
+        assert got.json()["error"].startswith(cross_site)
+    # A form-like body, as a page sends it without asking first.
+    plain = client.post(
+        "/api/silences",
+        content=json.dumps(silence),
+        headers={**right, "Content-Type": "text/plain"},
+    )
+    assert plain.status_code == 415, plain.text
+    assert plain.json() == {"error": "send the body as Content-Type: application/json"}
+    # DNS rebinding: the browser calls 127.0.0.1 under the attacker's name.
+    port = url.rsplit(":", 1)[1]
+    rebound = {**right, "Host": f"evil.example:{port}"}
+    read = client.get("/api/alerts", headers=rebound)
+    wrote = client.post("/api/silences", json=silence, headers=rebound)
+    if configured:  # the token is the credential; a rebound page has none
+        assert read.status_code == 200, read.text
+        assert wrote.status_code == 200, wrote.text
+        client.delete(f"/api/silences/{wrote.json()['silence']['id']}", headers=right)
+    else:
+        assert read.status_code == 403 and "does not name this server" in read.json()["error"]
+        assert wrote.status_code == 403, wrote.text
+    assert [s for s in client.get("/api/silences", headers=right).json()["silences"]
+            if s["state"] != "expired"] == []  # fmt: skip
+
+    # The console's own requests (same origin, as its fetch sends them), by any of the
+    # server's names, and the CLI's.
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        own = {**right, "Host": host, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}
+        made = client.post("/api/silences", json=silence, headers=own)
+        assert made.status_code == 200, (host, made.text)
+        sid = made.json()["silence"]["id"]
+        gone = client.delete(f"/api/silences/{sid}", headers=own)
+        assert gone.status_code == 200, (host, gone.text)
+    added = _cli(config, "silence", "station=NOPE", "--duration", "1h", "--author", "cli")
+    assert added.returncode == 0, added.stdout + added.stderr
+    [by_cli] = [s for s in client.get("/api/silences", headers=right).json()["silences"]
+                if s["state"] != "expired"]  # fmt: skip
+    assert by_cli["author"] == "cli"
+    expired = _cli(config, "silences", "--expire", by_cli["id"])
+    assert expired.returncode == 0, expired.stdout + expired.stderr
+
+
 @pytest.mark.parametrize("configured", [True, False], ids=["token", "no-token"])
 def test_every_route_family_goes_through_the_one_rule(
     tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch, configured: bool
@@ -110,14 +178,11 @@ def test_every_route_family_goes_through_the_one_rule(
                 assert client.get(path).status_code == 200, path
 
             # ``vigil alerts --config`` finds the token where the gateway does.
-            listed_cli = subprocess.run(
-                [sys.executable, "-m", "engine.tools.cli", "alerts", "--config",
-                 str(engine.config), "list"],
-                capture_output=True, text=True, timeout=60,
-                env={k: v for k, v in os.environ.items() if k != "VIGIL_TOKEN"},
-            )  # fmt: skip
+            listed_cli = _cli(engine.config, "list")
             assert listed_cli.returncode == 0, listed_cli.stdout + listed_cli.stderr
             assert alert["fingerprint"][:12] in listed_cli.stdout
+
+            _only_own_pages_change_state(client, url, engine.config, right, configured)
 
             # An action refused at the door changes nothing.
             fp = alert["fingerprint"]

@@ -1,8 +1,10 @@
 """The dispatcher's HTTP API and the acknowledge-link pages, on the gateway's web port.
 
-JSON in and out; errors are ``{"error": "<message for people>"}`` with 400 (bad
-request), 401/403 (the access rule), 404 (unknown alert or silence) or 409 (the alert's state
-does not allow it: acknowledging a resolved alert, closing a firing one).
+JSON in and out (a body only as ``Content-Type: application/json``, else 415); errors
+are ``{"error": "<message for people>"}`` with 400 (bad request), 401/403 (the access
+rule: no token, another site's page, a Host not this server's), 404 (unknown alert or
+silence) or 409 (the alert's state does not allow it: acknowledging a resolved alert,
+closing a firing one).
 
     GET    /api/alerts                      every alert known, newest first
     POST   /api/alerts/{fingerprint}/ack    {"by": "...", "note": "..."}
@@ -100,6 +102,14 @@ _error = error_response
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object. Only ``Content-Type: application/json`` is read (else
+    415): a page of another site can POST ``text/plain`` without a CORS preflight, but
+    not JSON (the access rule refuses it by ``Origin`` too; this holds without one)."""
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(
+            text=json.dumps({"error": "send the body as Content-Type: application/json"}),
+            content_type="application/json",
+        )
     try:
         data = await request.json()
     except (ValueError, UnicodeDecodeError) as exc:

@@ -28,7 +28,7 @@ from engine.runtime.config import Settings
 from engine.runtime.metrics import IngestMetrics
 from engine.runtime.services.observe import ingest_check
 from engine.runtime.services.observe_metrics import MqttState
-from engine.runtime.web_access import protect, server_ssl_context
+from engine.runtime.web_access import protect, server_ssl_context, site_of
 
 __all__ = ["IngestWeb"]
 
@@ -44,7 +44,7 @@ class IngestWeb:
         self.metrics = metrics
         metrics.registry.register(MqttState(ingest))
         self.app = web.Application()
-        protect(self.app, token)
+        protect(self.app, token, site_of(settings))
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)

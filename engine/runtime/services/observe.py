@@ -46,7 +46,7 @@ from engine.runtime.services.observe_metrics import MqttState, TopologyState, ru
 from engine.runtime.topology import Topology
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.transport.log import DurableLog
-from engine.runtime.web_access import protect, server_ssl_context
+from engine.runtime.web_access import protect, server_ssl_context, site_of
 
 __all__ = ["Observer", "ingest_check"]
 
@@ -118,7 +118,7 @@ class Observer:
             app.conf.web_ssl_context = server_ssl_context(
                 tls.cert_file, tls.key_file, tls.client_ca_file
             )
-        protect(app.web.web_app, self.token)
+        protect(app.web.web_app, self.token, site_of(self.settings))
         app.web.web_app.middlewares.append(self._index)
         app.timer(RATE_SAMPLE_S)(self._sample)
         observer = self
