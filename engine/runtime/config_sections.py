@@ -114,11 +114,19 @@ class MqttSettings(Frozen):
 
 class WebTlsSettings(Frozen):
     """The web server's certificate chain and key (PEM files); ``client_ca_file``, when
-    set, makes it ask every client for a certificate signed by that CA."""
+    set, makes it ask every client for a certificate signed by that CA.
+
+    Kafka workers pass the dispatcher's requests to the worker that owns it over HTTPS
+    too: they check its certificate against ``peer_ca_file`` (the system's trust store
+    when unset), at the address the broker sees it from (an IP address in its
+    certificate's names), and present their own certificate when ``client_ca_file`` asks
+    for one.
+    """
 
     cert_file: Path
     key_file: Path
     client_ca_file: Path | None = None
+    peer_ca_file: Path | None = None
 
 
 class WebSettings(Frozen):

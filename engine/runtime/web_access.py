@@ -44,7 +44,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from engine.runtime.config import Settings
 
-__all__ = ["Site", "decide", "protect", "server_ssl_context", "site_of"]
+__all__ = ["Site", "decide", "peer_ssl_context", "protect", "server_ssl_context", "site_of"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -60,6 +60,19 @@ def server_ssl_context(cert_file: Path, key_file: Path, client_ca: Path | None) 
     if client_ca is not None:
         ctx.load_verify_locations(cafile=str(client_ca))
         ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def peer_ssl_context(
+    cert_file: Path, key_file: Path, peer_ca: Path | None, client_ca: Path | None
+) -> ssl.SSLContext:
+    """An HTTPS client context for calling another worker's web port: its certificate
+    checked against ``peer_ca`` (the system's trust store when None), and, where the
+    workers ask for client certificates (``client_ca`` set), this worker's own
+    ``cert_file``/``key_file`` presented."""
+    ctx = ssl.create_default_context(cafile=str(peer_ca) if peer_ca else None)
+    if client_ca is not None:
+        ctx.load_cert_chain(str(cert_file), str(key_file))
     return ctx
 
 

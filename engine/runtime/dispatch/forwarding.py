@@ -3,18 +3,21 @@ that does (``engine.runtime.dispatch.kafka``: one elected dispatcher per app), a
 worker finds it: the dispatcher group's member assigned the dispatch partition, at the
 host the broker sees it from and the web port its client id carries.
 
-``OwnerForwarder`` finds the owner's ``http://host:port`` with the function it is given
+``OwnerForwarder`` finds the owner's ``http(s)://host:port`` with the function it is given
 (the dispatcher group's description) and passes the request on once, marked with
 ``X-Vigil-Forwarded``: a forwarded request that reaches a worker which no longer owns the
 dispatcher (ownership moving) is answered 503, to be tried again, never passed on a
 second time. The owner's answer comes back as it is, with ``X-Vigil-Served-By`` naming
 the owner. The web port's access rule (``engine.runtime.web_access``) has already
 judged the request here; its ``Authorization`` header is passed on for the owner's.
+With ``web.tls`` the workers speak HTTPS to each other too (``web_access.peer_ssl_context``):
+a bearer token never crosses the network in clear on the way to the owner.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -44,9 +47,11 @@ def owner_client_id(web_port: int) -> str:
     return f"{_CLIENT_ID}{web_port}"
 
 
-async def find_owner(bootstrap: str, group_id: str, tp: TopicPartition) -> str | None:
-    """``http://<host>:<web port>`` of the member of consumer group ``group_id`` assigned
-    ``tp`` (its client id from ``owner_client_id``), None if no member is."""
+async def find_owner(
+    bootstrap: str, group_id: str, tp: TopicPartition, scheme: str = "http"
+) -> str | None:
+    """``<scheme>://<host>:<web port>`` of the member of consumer group ``group_id``
+    assigned ``tp`` (its client id from ``owner_client_id``), None if no member is."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     await admin.start()
     try:
@@ -60,16 +65,21 @@ async def find_owner(bootstrap: str, group_id: str, tp: TopicPartition) -> str |
                 continue
             if tp in ConsumerProtocolMemberAssignment.decode(raw).partitions():
                 host = member["client_host"].lstrip("/")
-                return f"http://{host}:{member['client_id'][len(_CLIENT_ID) :]}"
+                return f"{scheme}://{host}:{member['client_id'][len(_CLIENT_ID) :]}"
     return None
 
 
 class OwnerForwarder:
     """``api`` and ``stream`` handlers that pass a request on to the dispatcher's owner;
-    ``owner_url`` gives its ``http://host:port``, or None while no worker owns it."""
+    ``owner_url`` gives its ``http(s)://host:port``, or None while no worker owns it;
+    ``tls`` is the client context for ``https`` owners (``web_access.peer_ssl_context``)."""
 
-    def __init__(self, owner_url: Callable[[], Awaitable[str | None]]) -> None:
+    def __init__(
+        self, owner_url: Callable[[], Awaitable[str | None]], tls: ssl.SSLContext | None = None
+    ) -> None:
         self.owner_url = owner_url
+        #: What httpx checks the owner's certificate with (its default: the system's CAs).
+        self._verify: ssl.SSLContext | bool = tls if tls is not None else True
 
     async def _target(self, request: web.Request) -> str | web.Response:
         """The owner's URL, or the 503 to answer with (forwarded already, or no owner)."""
@@ -97,7 +107,7 @@ class OwnerForwarder:
         if isinstance(url, web.Response):
             return url
         try:
-            async with httpx.AsyncClient(timeout=30) as client:
+            async with httpx.AsyncClient(timeout=30, verify=self._verify) as client:
                 answer = await client.request(
                     request.method, url + request.path_qs, content=await request.read(),
                     headers=self._headers(request),
@@ -123,7 +133,7 @@ class OwnerForwarder:
         )  # fmt: skip
         try:
             async with (
-                httpx.AsyncClient(timeout=timeout) as client,
+                httpx.AsyncClient(timeout=timeout, verify=self._verify) as client,
                 client.stream(
                     "GET", url + request.path_qs, headers=self._headers(request)
                 ) as answer,

@@ -56,7 +56,9 @@ from engine.runtime.dispatch.forwarding import OwnerForwarder, find_owner, owner
 from engine.runtime.dispatch.kafka_service import KafkaDispatchService, dispatch_topics
 from engine.runtime.dispatch.kafka_store import MAX_RECORD_BYTES, KafkaOutbox
 from engine.runtime.dispatch.wiring import build_receivers, links_of
+from engine.runtime.sending import Outgoing
 from engine.runtime.topology import Topology
+from engine.runtime.web_access import peer_ssl_context
 from rules.registry import load_registry
 
 __all__ = ["KafkaDispatch"]
@@ -123,7 +125,7 @@ class KafkaDispatch:
             await self.stop()
 
         app.on_before_shutdown.connect(stop)
-        to_owner = OwnerForwarder(lambda: find_owner(self.bootstrap, self.group_id, self.tp))
+        to_owner = self._forwarder()
         install_api(app.web.web_app.router, lambda: self.service, to_owner.api)
         self.topology.batch_listeners.append(self.board.observe)
         install_console(
@@ -131,14 +133,27 @@ class KafkaDispatch:
             board=self.board, forward=to_owner.api, forward_stream=to_owner.stream,
         )  # fmt: skip
 
+    def _forwarder(self) -> OwnerForwarder:
+        """What passes this worker's dispatcher requests to the owner: over HTTPS when the
+        workers' web ports speak it (``web.tls``), else HTTP."""
+        tls = self.settings.web.tls
+        scheme, context = "http", None
+        if tls is not None:
+            scheme = "https"
+            context = peer_ssl_context(
+                tls.cert_file, tls.key_file, tls.peer_ca_file, tls.client_ca_file
+            )
+        return OwnerForwarder(
+            lambda: find_owner(self.bootstrap, self.group_id, self.tp, scheme), context
+        )
+
     async def forward(self, events: list[AlertEvent]) -> None:
-        """Every event of an alerts record to the dispatch topic; returns once durable."""
-        futures = [
-            await self._out.send(value=record, partition=0)
-            for record in pack_lines(e.to_json() for e in events)
-        ]
-        for fut in futures:
-            await fut
+        """Every event of an alerts record to the dispatch topic, in one durable write;
+        returns once durable."""
+        topic = self._out.get_topic_name()
+        await self.topology.send_together(
+            [Outgoing(topic, record, 0) for record in pack_lines(e.to_json() for e in events)]
+        )
 
     # ---- ownership -------------------------------------------------------------------
 

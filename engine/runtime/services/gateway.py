@@ -42,6 +42,7 @@ from engine.evaluation.sequence_gaps import SequenceGapAlerts
 from engine.runtime.config import Settings
 from engine.runtime.dispatch.wiring import install_dispatch
 from engine.runtime.logs import configure_logging, mask_secret
+from engine.runtime.sending import Outgoing
 from engine.runtime.services.datalock import lock_data_dir
 from engine.runtime.services.field import FieldServers
 from engine.runtime.services.nbiot import install_nbiot
@@ -294,15 +295,16 @@ class Gateway:
 
     async def _send_alerts(self, events: list[AlertEvent]) -> None:
         """Gateway-level alerts onto the alerts topic, like the kernels' (the dispatcher
-        delivers them); returns once they are durable."""
+        delivers them), in one durable write; returns once they are durable."""
         topology = self.topology
         partition = topology.partition_for(events[0].station)
-        futures = [
-            await topology.alerts.send(value=record, partition=partition)
-            for record in pack_lines(event.to_json() for event in events)
-        ]
-        for fut in futures:
-            await fut
+        topic = topology.alerts.get_topic_name()
+        await topology.send_together(
+            [
+                Outgoing(topic, record, partition)
+                for record in pack_lines(event.to_json() for event in events)
+            ]
+        )
 
     async def _run_ingest(self) -> None:
         """The ingest, for the life of the process. If it fails, this raises: Faust logs
