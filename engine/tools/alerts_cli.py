@@ -1,10 +1,10 @@
 """``vigil alerts list|ack|close|silence|silences``: people's actions against a running
 gateway, through its API (``engine/runtime/dispatch/api.py``).
 
-The gateway is found at ``--url``, else ``$VIGIL_URL``, else the ``web_port`` of
-``--config``, else ``http://127.0.0.1:6066``. A gateway with a token (``web.token_env``)
-wants it from every caller: ``$VIGIL_TOKEN``, else the variable ``--config``'s
-``web.token_env`` names, is sent as ``Authorization: Bearer``. An alert may be named
+The gateway is found, and its token and certificate taken, as
+``engine.tools.web_target`` says for every command that calls the API (``--url``,
+``$VIGIL_URL`` or ``--config``; ``--token-env``, ``$VIGIL_TOKEN`` or ``--config``'s
+``web.token_env``; ``--cacert``). An alert may be named
 by a unique prefix of its fingerprint. Exit status: 0 done, 1 the gateway refused (its
 message is printed), 2 the gateway could not be reached or the arguments are wrong.
 """
@@ -12,18 +12,18 @@ message is printed), 2 the gateway could not be reached or the arguments are wro
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from engine.tools.web_target import add_target_args, web_target
 
 __all__ = ["add_parser"]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     alerts = sub.add_parser("alerts", help="list, acknowledge, close and silence alerts")
-    alerts.add_argument("--url", help="the gateway's web address, e.g. http://127.0.0.1:6066")
-    alerts.add_argument("--config", help="settings file: the gateway at its web_port")
+    add_target_args(alerts, required=False)
     cmds = alerts.add_subparsers(dest="alerts_command", required=True, metavar="COMMAND")
     ls = cmds.add_parser("list", help="the alerts the dispatcher knows, newest first")
     ls.add_argument("--all", action="store_true", help="closed and resolved ones too")
@@ -53,37 +53,14 @@ class _Refused(Exception):
     pass
 
 
-def _base(args: argparse.Namespace) -> str:
-    if args.url:
-        return str(args.url).rstrip("/")
-    if os.environ.get("VIGIL_URL"):
-        return os.environ["VIGIL_URL"].rstrip("/")
-    if args.config:
-        from engine.runtime.config import load_settings
-
-        port = load_settings(args.config).web_port
-        if port is not None:
-            return f"http://127.0.0.1:{port}"
-    return "http://127.0.0.1:6066"
-
-
-def _token(args: argparse.Namespace) -> str | None:
-    if os.environ.get("VIGIL_TOKEN"):
-        return os.environ["VIGIL_TOKEN"]
-    if args.config:
-        from engine.runtime.config import load_settings
-
-        name = load_settings(args.config).web.token_env
-        return os.environ.get(name) if name else None
-    return None
-
-
 def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     import httpx
 
-    token = _token(args)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = httpx.request(method, _base(args) + path, json=body, headers=headers, timeout=30)
+    target = web_target(args)
+    response = httpx.request(
+        method, target.base + path, json=body, headers=target.headers,
+        verify=target.verify, timeout=30,
+    )  # fmt: skip
     try:
         data = response.json()
     except ValueError:
@@ -166,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
     except httpx.HTTPError as exc:
-        print(f"cannot reach the gateway at {_base(args)}: {exc}", file=sys.stderr)
+        print(f"cannot reach the gateway at {web_target(args).base}: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # --config names a gateway without a web port
+        print(f"vigil alerts: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,9 +1,8 @@
 """``vigil status`` and ``vigil dead-letters``: a running gateway, seen through its API.
 
-Both talk to the gateway's web port (``engine.runtime.services.observe``): ``--config``
-finds it from the settings (``web_port``, ``web.bind``, ``web.tls``), ``--url`` names it.
-The bearer token comes from the environment: the variable ``--token-env`` names, else
-the settings' ``web.token_env``, else ``VIGIL_WEB_TOKEN`` if set.
+Both talk to the gateway's web port (``engine.runtime.services.observe``), found and
+called as ``engine.tools.web_target`` says (``--url`` or ``--config``, the token from
+``--token-env``, ``$VIGIL_TOKEN`` or the settings' ``web.token_env``, ``--cacert``).
 
 ``status`` prints readiness with each check's reason, the connectors and their state,
 readings/s, per-partition lag, the rules running (count, version), active alerts by
@@ -23,16 +22,15 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+from engine.tools.web_target import add_target_args, web_target
+
 __all__ = ["add_parser", "show_bytes", "show_text"]
 
-#: Token variable used when neither ``--token-env`` nor the settings name one.
-DEFAULT_TOKEN_ENV = "VIGIL_WEB_TOKEN"
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 
@@ -63,11 +61,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _add_target_args(parser: argparse.ArgumentParser) -> None:
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--config", help="the gateway's settings file (finds its web port)")
-    where.add_argument("--url", help="the gateway's web address, e.g. http://127.0.0.1:6066")
-    parser.add_argument("--token-env", help="environment variable holding the bearer token")
-    parser.add_argument("--cacert", help="CA bundle to verify the gateway's TLS certificate")
+    add_target_args(parser, required=True)
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (10)")
 
 
@@ -80,35 +74,12 @@ class _Api:
     def __init__(self, args: argparse.Namespace) -> None:
         import httpx
 
-        token_env = args.token_env
-        verify: Any = True
-        if args.config:
-            from engine.runtime.config import load_settings
-
-            settings = load_settings(args.config)
-            if settings.web_port is None:
-                raise _Unreachable(f"{args.config}: web_port is not set: the gateway serves no API")
-            web = settings.web
-            host = "127.0.0.1" if web.bind in ("0.0.0.0", "::", "") else web.bind
-            host = f"[{host}]" if ":" in host else host
-            scheme = "https" if web.tls else "http"
-            self.base = f"{scheme}://{host}:{settings.web_port}"
-            token_env = token_env or web.token_env
-            if web.tls:  # a self-signed certificate is its own CA
-                verify = str(web.tls.cert_file)
-        else:
-            self.base = args.url.rstrip("/")
-        if args.cacert:
-            verify = args.cacert
-        if isinstance(verify, str):
-            import ssl
-
-            verify = ssl.create_default_context(cafile=verify)
-        token_env = token_env or DEFAULT_TOKEN_ENV
-        token = os.environ.get(token_env)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.token_env = token_env
-        self._client = httpx.Client(headers=headers, verify=verify, timeout=args.timeout)
+        target = web_target(args)
+        self.base = target.base
+        self.token_env = target.token_env
+        self._client = httpx.Client(
+            headers=target.headers, verify=target.verify, timeout=args.timeout
+        )
 
     def get(self, path: str, **params: Any) -> tuple[int, Any]:
         import httpx
