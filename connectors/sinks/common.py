@@ -24,6 +24,7 @@ __all__ = [
     "ReceiverConfigError",
     "Sleep",
     "secret_from_env",
+    "url_of",
     "with_retries",
 ]
 
@@ -99,6 +100,14 @@ def secret_from_env(receiver: str, field: str, variable: str) -> SecretStr:
             receiver, [(field, f"environment variable {variable} is not set or empty")]
         )
     return SecretStr(value)
+
+
+def url_of(receiver: str, url: object | None, url_env: str | None) -> str:
+    """A receiver's endpoint: ``url`` as written, else the environment variable
+    ``url_env`` names (a URL that carries a key stays out of the settings file)."""
+    if url is not None:
+        return str(url)
+    return secret_from_env(receiver, "url_env", url_env or "").get_secret_value()
 
 
 async def with_retries(

@@ -57,6 +57,7 @@ from connectors.sinks.common import (
     ReceiverConfig,
     Sleep,
     secret_from_env,
+    url_of,
     with_retries,
 )
 from connectors.sinks.render import level_name, render_line, where
@@ -207,11 +208,7 @@ class SmsReceiver:
     def __init__(self, name: str, config: SmsConfig, *, sleep: Sleep = asyncio.sleep) -> None:
         self.name = name
         self.config = config
-        self._url = (
-            str(config.url)
-            if config.url is not None
-            else secret_from_env(name, "url_env", config.url_env or "").get_secret_value()
-        )
+        self._url = url_of(name, config.url, config.url_env)
         self._token: SecretStr | None = (
             secret_from_env(name, "token_env", config.token_env) if config.token_env else None
         )

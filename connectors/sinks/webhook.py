@@ -35,6 +35,7 @@ from connectors.sinks.common import (
     ReceiverConfig,
     Sleep,
     secret_from_env,
+    url_of,
     with_retries,
 )
 from connectors.sinks.robots import dingtalk_body, dingtalk_sign, robot_refusal, wecom_body
@@ -90,11 +91,7 @@ class WebhookReceiver:
     ) -> None:
         self.name = name
         self.config = config
-        self._url = (
-            str(config.url)
-            if config.url is not None
-            else secret_from_env(name, "url_env", config.url_env or "").get_secret_value()
-        )
+        self._url = url_of(name, config.url, config.url_env)
         self._secret: SecretStr | None = (
             secret_from_env(name, "secret_env", config.secret_env) if config.secret_env else None
         )
