@@ -76,7 +76,7 @@ class _Api:
 
         target = web_target(args)
         self.base = target.base
-        self.token_env = target.token_env
+        self.token_envs = target.token_envs
         self._client = httpx.Client(
             headers=target.headers, verify=target.verify, timeout=args.timeout
         )
@@ -91,7 +91,7 @@ class _Api:
             raise _Unreachable(f"cannot reach {url}: {exc}") from exc
         if r.status_code == 401:
             raise _Unreachable(
-                f"{url}: 401, the gateway wants a bearer token: set {self.token_env}"
+                f"{url}: 401, the gateway wants a bearer token: set " + " or ".join(self.token_envs)
             )
         try:
             return r.status_code, r.json()

@@ -35,8 +35,8 @@ class WebTarget:
     base: str
     #: The bearer token, None when no variable holds one.
     token: str | None
-    #: The variable the token was looked for in last (for "set X" messages).
-    token_env: str
+    #: The variables the token is looked for in, in order (for "set X" messages).
+    token_envs: tuple[str, ...]
     #: What the server's certificate is checked against (httpx's ``verify``).
     verify: ssl.SSLContext | bool
 
@@ -86,4 +86,4 @@ def web_target(args: argparse.Namespace) -> WebTarget:
         verify = ssl.create_default_context(cafile=cafile)
     named = [env for env in token_envs if env]
     token = next((os.environ[env] for env in named if os.environ.get(env)), None)
-    return WebTarget(base.rstrip("/"), token, named[0], verify)
+    return WebTarget(base.rstrip("/"), token, tuple(named), verify)

@@ -277,7 +277,10 @@ def test_off_loopback_needs_the_bearer_token_and_speaks_tls(
         no_token = _vigil("status", "--config", str(config), "--cacert", str(ca_file),
                           env={"VIGIL_TEST_WEB_TOKEN": ""})  # fmt: skip
         assert no_token.returncode == 2
-        assert "401, the gateway wants a bearer token: set VIGIL_TEST_WEB_TOKEN" in no_token.stderr
+        assert (
+            "401, the gateway wants a bearer token: set VIGIL_TOKEN or VIGIL_TEST_WEB_TOKEN"
+            in no_token.stderr
+        )
         assert engine.terminate() == 0
     finally:
         del os.environ["VIGIL_TEST_WEB_TOKEN"]
