@@ -90,10 +90,16 @@ def _html(n: Notification, config: EmailConfig) -> str:
     if n.note:
         parts.append(f"<p><em>{html.escape(n.note)}</em></p>")
     parts.append("<ul>")
-    for a in sorted(n.alerts, key=lambda a: (a.state != "firing", -Level.parse(a.level))):
-        firing = a.state == "firing"
-        tag = level_name(a.level if firing else a.previous_level, lang)
-        if not firing:
+    for a in sorted(n.alerts, key=lambda a: (not n.is_firing(a), -Level.parse(n.shown_level(a)))):
+        firing = n.is_firing(a)
+        tag = level_name(n.shown_level(a) if firing else a.previous_level, lang)
+        if a.fingerprint in n.latched:
+            tag = (
+                f"{tag}(数据已恢复,待确认后解除)"
+                if lang == "zh"
+                else f"{tag}, latched: data cleared"
+            )
+        elif not firing:
             tag = f"{tag}解除" if lang == "zh" else f"all clear (was {tag})"
         since = format_time(a.started_at, tz)
         link = n.links.get(a.fingerprint)
@@ -102,7 +108,7 @@ def _html(n: Notification, config: EmailConfig) -> str:
             if link
             else ""
         )
-        item_colour = _HTML_COLOUR[Level.parse(a.level)]
+        item_colour = _HTML_COLOUR[Level.parse(n.shown_level(a))]
         parts.append(
             f'<li><b style="color:{item_colour}">{html.escape(tag)}</b> '
             f"{html.escape(a.summary)}<br>{html.escape(a.station)} · {html.escape(a.metric)} "

@@ -172,9 +172,10 @@ class MqttBroadcastReceiver:
         payload = {
             "key": n.key,
             "status": n.status,
-            "level_name": level_name(a.level, self.config.lang),
+            "level_name": level_name(n.shown_level(a), self.config.lang),
             "line": render_line(n, self.config.lang),
             "ack_url": n.links.get(a.fingerprint),
+            "latched": n.latched.get(a.fingerprint),
             "alert": a.to_dict(),
         }
         return topic, json.dumps(payload, ensure_ascii=False).encode()
@@ -188,8 +189,8 @@ class MqttBroadcastReceiver:
                 old = series.get(a.fingerprint)
                 if old is not None and old["at"] > a.at:
                     continue  # an older transition, sent again: keep the newer one
-                if a.state == "firing":
-                    entry = {"level": a.level, "rule_id": a.rule_id, "metric": a.metric}
+                if n.is_firing(a):  # a latched alert stays on the board until acknowledged
+                    entry = {"level": n.shown_level(a), "rule_id": a.rule_id, "metric": a.metric}
                     series[a.fingerprint] = {**entry, "at": a.at}
                 else:
                     series.pop(a.fingerprint, None)

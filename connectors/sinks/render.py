@@ -62,10 +62,11 @@ def where(n: Notification) -> str:
 
 
 def _firing(n: Notification) -> list[AlertEvent]:
-    # Highest level first, then the oldest episode: the worst news leads.
+    # Highest level first, then the oldest episode: the worst news leads. A latched
+    # alert is in force until acknowledged, at the level it is held at.
     return sorted(
-        (a for a in n.alerts if a.state == "firing"),
-        key=lambda a: (-Level.parse(a.level), a.started_at),
+        (a for a in n.alerts if n.is_firing(a)),
+        key=lambda a: (-Level.parse(n.shown_level(a)), a.started_at),
     )
 
 
@@ -86,9 +87,18 @@ def render_line(n: Notification, lang: Lang = "zh") -> str:
     return f"[{level_name(n.level, 'en')}] {place}: {head}{more}"
 
 
-def _alert_lines(a: AlertEvent, link: str | None, lang: Lang, tz: tzinfo) -> list[str]:
+def _alert_lines(
+    a: AlertEvent, latched: str | None, link: str | None, lang: Lang, tz: tzinfo
+) -> list[str]:
+    """``a``'s lines; ``latched``: the level a latch holds it at (its data cleared)."""
     level, previous = Level.parse(a.level), Level.parse(a.previous_level)
-    if level is Level.NONE:
+    if latched is not None:
+        tag = (
+            f"■ {level_name(latched, 'zh')}(数据已恢复,待确认后解除)"
+            if lang == "zh"
+            else f"■ {level_name(latched, 'en')}, latched: data cleared, until acknowledged"
+        )
+    elif level is Level.NONE:
         tag = (
             f"▼ {level_name(a.previous_level, 'zh')}解除"
             if lang == "zh"
@@ -124,9 +134,9 @@ def render_text(n: Notification, lang: Lang = "zh", tz: tzinfo = UTC) -> str:
         lines.append(("分组:" if lang == "zh" else "Group: ") + labels)
     lines.append("")
     firing = _firing(n)
-    cleared = [a for a in n.alerts if a.state != "firing"]
+    cleared = [a for a in n.alerts if not n.is_firing(a)]
     for a in [*firing, *cleared]:
-        lines += _alert_lines(a, n.links.get(a.fingerprint), lang, tz)
+        lines += _alert_lines(a, n.latched.get(a.fingerprint), n.links.get(a.fingerprint), lang, tz)
     lines.append("")
     sent = format_time(n.created_at, tz)
     lines.append(f"Vigil · 发送于 {sent}" if lang == "zh" else f"Vigil · sent {sent}")

@@ -92,9 +92,13 @@ def render_markdown(n: Notification, lang: Lang, tz: tzinfo, wecom_colour: bool)
     out = [f"### {head}"]
     if n.note:
         out.append(f"> {n.note}")
-    ordered = sorted(n.alerts, key=lambda a: (a.state != "firing", -Level.parse(a.level)))
+    ordered = sorted(n.alerts, key=lambda a: (not n.is_firing(a), -Level.parse(n.shown_level(a))))
     for a in ordered:
-        if a.state == "firing":
+        if a.fingerprint in n.latched:
+            tag = level_name(n.latched[a.fingerprint], lang) + (
+                "(数据已恢复,待确认后解除)" if lang == "zh" else ", latched: data cleared"
+            )
+        elif a.state == "firing":
             tag = level_name(a.level, lang)
         else:
             tag = (

@@ -156,8 +156,8 @@ class SmsConfig(ReceiverConfig):
 
 def _worst(n: Notification) -> AlertEvent:
     if n.status == "firing":
-        firing = [a for a in n.alerts if a.state == "firing"] or list(n.alerts)
-        return max(firing, key=lambda a: (Level.parse(a.level), -a.started_at))
+        firing = [a for a in n.alerts if n.is_firing(a)] or list(n.alerts)
+        return max(firing, key=lambda a: (Level.parse(n.shown_level(a)), -a.started_at))
     return max(n.alerts, key=lambda a: Level.parse(a.previous_level))
 
 

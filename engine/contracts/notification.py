@@ -15,7 +15,7 @@ the MQTT payload), so that side can drop the repeat.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from engine.contracts.alerts import AlertEvent
@@ -36,10 +36,24 @@ class Notification:
     links: dict[str, str]  # fingerprint -> signed acknowledge URL (may be empty)
     created_at: int  # ms since epoch, UTC (wall clock of the dispatcher)
     note: str = ""  # e.g. "escalation step 2: section head"
+    #: fingerprint -> level label, for the alerts held firing by a latch: their data
+    #: cleared (the event is the all-clear), nobody acknowledged them yet, so people
+    #: must still see them at that level (``engine.dispatch.lifecycle``).
+    latched: dict[str, str] = field(default_factory=dict)
+
+    def is_firing(self, a: AlertEvent) -> bool:
+        """Whether people should see ``a`` as a warning in force: its data fires, or it
+        is latched."""
+        return a.state == "firing" or a.fingerprint in self.latched
+
+    def shown_level(self, a: AlertEvent) -> str:
+        """The level people should see for ``a``: the latched level, else the event's."""
+        return self.latched.get(a.fingerprint, a.level)
 
     def to_dict(self) -> dict[str, Any]:
         """The generic webhook's JSON body (documented in ``connectors/sinks/README.md``):
-        every field, alerts as ``AlertEvent.to_dict`` plus their ``ack_url`` (or null)."""
+        every field, alerts as ``AlertEvent.to_dict`` plus their ``ack_url`` (or null)
+        and ``latched`` (the level a latch holds it at, or null)."""
         return {
             "version": 1,
             "key": self.key,
@@ -50,7 +64,12 @@ class Notification:
             "created_at": self.created_at,
             "note": self.note,
             "alerts": [
-                {**a.to_dict(), "ack_url": self.links.get(a.fingerprint)} for a in self.alerts
+                {
+                    **a.to_dict(),
+                    "ack_url": self.links.get(a.fingerprint),
+                    "latched": self.latched.get(a.fingerprint),
+                }
+                for a in self.alerts
             ],
             "links": dict(self.links),
         }

@@ -33,7 +33,7 @@ from engine.contracts.alerts import AlertEvent, Level
 from engine.contracts.notification import Notification
 from engine.dispatch.clock import Clock
 from engine.dispatch.config import DispatchConfig, Route
-from engine.dispatch.groups import Group, Groups
+from engine.dispatch.groups import Group, Groups, latched_levels
 from engine.dispatch.inhibit import inhibited
 from engine.dispatch.lifecycle import AlertState, Lifecycle
 from engine.dispatch.ratelimit import RateLimiter
@@ -225,6 +225,7 @@ class Dispatcher:
                 links={fp: url for fp, url in urls.items() if url},
                 created_at=now,
                 note="; ".join(n for n in (note, extra) if n),
+                latched=latched_levels(states),
             )
 
         return make

@@ -24,7 +24,7 @@ Contract:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from engine.contracts.notification import Notification
 from engine.dispatch.config import Route
 from engine.dispatch.lifecycle import AlertState
 
-__all__ = ["Group", "Groups", "Progress", "told_key"]
+__all__ = ["Group", "Groups", "Progress", "latched_levels", "told_key"]
 
 
 def told_key(state: AlertState) -> str:
@@ -209,6 +209,7 @@ class Groups:
                 links={fp: url for fp, url in urls.items() if url},
                 created_at=now,
                 note="; ".join(n for n in (*notes, extra) if n),
+                latched=latched_levels(firing),
             )
 
         return level, make
@@ -258,6 +259,12 @@ def _content(
             if told is not None and told != told_key(state):
                 resolved.append(state)
     return firing, resolved
+
+
+def latched_levels(states: Iterable[AlertState]) -> dict[str, str]:
+    """Fingerprint -> level label of the latched ones among ``states`` (the level they
+    are held at: the episode's peak)."""
+    return {s.fingerprint: Level(s.level).label for s in states if s.latched}
 
 
 def _order(state: AlertState) -> tuple[int, str, str]:

@@ -92,6 +92,7 @@ def encode_notification(n: Notification) -> dict[str, Any]:
         "links": dict(n.links),
         "created_at": n.created_at,
         "note": n.note,
+        "latched": dict(n.latched),
     }
 
 
@@ -106,6 +107,7 @@ def decode_notification(data: Mapping[str, Any]) -> Notification:
         links=dict(data["links"]),
         created_at=data["created_at"],
         note=data["note"],
+        latched=dict(data.get("latched", {})),  # none in entries stored before latches were told
     )
 
 
