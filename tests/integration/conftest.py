@@ -5,6 +5,7 @@ A missing service is a failure with the reason, never a skip.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -39,6 +40,20 @@ def mosquitto_pub(broker: Mosquitto, topic: str, payload: str) -> None:
         check=True,
         timeout=10,
     )
+
+
+def publish_rise_and_bad_payloads(broker: Mosquitto, t0: int) -> None:
+    """HZ003 (warning 2.60, guaranteed 3.40 m in the demo registry) at 1.0 m at ``t0``
+    (ms), then at 3.5 m every 5 minutes to ``t0`` + 20 min (the flood rule needs 10 min
+    above a line); between them three messages that must be dead-lettered: a value that
+    is not a number, an unknown station, and a payload that is not JSON."""
+    topic = "vigil/HZ003/water_level"
+    mosquitto_pub(broker, topic, json.dumps({"value": 1.0, "ts": t0}))
+    mosquitto_pub(broker, topic, '{"value": "high"}')
+    mosquitto_pub(broker, "vigil/NOPE1/water_level", json.dumps({"value": 1.0, "ts": t0}))
+    mosquitto_pub(broker, topic, "not json at all")
+    for minute in (5, 10, 15, 20):
+        mosquitto_pub(broker, topic, json.dumps({"value": 3.5, "ts": t0 + minute * 60_000}))
 
 
 class EngineProcess:

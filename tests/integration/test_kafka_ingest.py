@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from connectors.mqtt.mosquitto import Mosquitto, free_port
 from engine.contracts.alerts import AlertEvent
-from tests.integration.conftest import PACKS, mosquitto_pub
+from tests.integration.conftest import PACKS, publish_rise_and_bad_payloads
 from tests.integration.kafka_fixture import kafka_bootstrap
 
 __all__ = ["kafka_bootstrap"]
@@ -125,6 +125,25 @@ def _settings(tmp: Path, mqtt_port: int, app_id: str) -> Path:
     return path
 
 
+def start_ingest_and_worker(
+    tmp: Path, config: Path, bootstrap: str, processes: list[Vigil]
+) -> tuple[Vigil, Vigil]:
+    """``vigil ingest mqtt`` (subscribed) and then ``vigil worker`` on ``config``, both
+    on Kafka at ``bootstrap`` and in ``processes`` (stopped by that fixture)."""
+    broker = f"kafka://{bootstrap}"
+    ingest = Vigil(tmp, "ingest", "ingest", "mqtt", "--config", str(config), "--broker", broker)
+    processes.append(ingest)
+    ingest.wait_for("ingest subscribed", timeout=120)
+    worker = Vigil(
+        tmp,
+        "worker",
+        *("worker", "--config", str(config), "--broker", broker),
+        *("--web-port", str(free_port()), "--loglevel", "info"),
+    )
+    processes.append(worker)
+    return ingest, worker
+
+
 def _wait_alerts(path: Path, worker: Vigil, timeout: float) -> list[AlertEvent]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -163,28 +182,9 @@ def test_mqtt_to_kafka_to_worker_alert_and_dead_letters(
 ) -> None:
     app_id = f"vigil-ing-{uuid.uuid4().hex[:8]}"
     config = _settings(tmp_path, mosquitto.port, app_id)
-    broker = f"kafka://{kafka_bootstrap}"
-    ingest = Vigil(
-        tmp_path, "ingest", "ingest", "mqtt", "--config", str(config), "--broker", broker
-    )
-    processes.append(ingest)
-    ingest.wait_for("ingest subscribed", timeout=120)
-    worker = Vigil(
-        tmp_path,
-        "worker",
-        *("worker", "--config", str(config), "--broker", broker),
-        *("--web-port", str(free_port()), "--loglevel", "info"),
-    )
-    processes.append(worker)
+    ingest, worker = start_ingest_and_worker(tmp_path, config, kafka_bootstrap, processes)
 
-    # HZ003: warning 2.60, guaranteed 3.40 m. The flood rule needs 10 min above a line.
-    mosquitto_pub(mosquitto, "vigil/HZ003/water_level", json.dumps({"value": 1.0, "ts": T0}))
-    mosquitto_pub(mosquitto, "vigil/HZ003/water_level", '{"value": "high"}')
-    mosquitto_pub(mosquitto, "vigil/NOPE1/water_level", json.dumps({"value": 1.0, "ts": T0}))
-    mosquitto_pub(mosquitto, "vigil/HZ003/water_level", "not json at all")
-    for minute in (5, 10, 15, 20):
-        payload = json.dumps({"value": 3.5, "ts": T0 + minute * 60_000})
-        mosquitto_pub(mosquitto, "vigil/HZ003/water_level", payload)
+    publish_rise_and_bad_payloads(mosquitto, T0)
 
     events = _wait_alerts(tmp_path / "alerts.jsonl", worker, timeout=120)
     first = events[0]

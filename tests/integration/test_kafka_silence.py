@@ -18,13 +18,13 @@ import pytest
 import yaml
 from paho.mqtt import client as mqtt
 
-from connectors.mqtt.mosquitto import Mosquitto, free_port
+from connectors.mqtt.mosquitto import Mosquitto
 from engine.contracts.alerts import AlertEvent
 from engine.runtime.kafka.topics import TopicLayout
 from tests.integration.conftest import PACKS
 from tests.integration.kafka_fixture import kafka_bootstrap
 from tests.integration.kafka_load import wait_until_committed
-from tests.integration.test_kafka_ingest import Vigil, processes
+from tests.integration.test_kafka_ingest import Vigil, processes, start_ingest_and_worker
 from tests.integration.test_silence import RULES, STALE_S, STATIONS, TICK_S
 
 __all__ = ["kafka_bootstrap", "processes"]
@@ -52,19 +52,7 @@ def test_a_kafka_worker_finds_the_gauges_of_a_stopped_ingest_silent(
         "console": False, "lateness_ms": 0,
         "mqtt": {"host": "127.0.0.1", "port": mosquitto.port, "client_id": f"{app_id}-ingest"},
     }))  # fmt: skip
-    broker = f"kafka://{kafka_bootstrap}"
-    ingest = Vigil(
-        tmp_path, "ingest", "ingest", "mqtt", "--config", str(config), "--broker", broker
-    )
-    processes.append(ingest)
-    ingest.wait_for("ingest subscribed", timeout=120)
-    worker = Vigil(
-        tmp_path,
-        "worker",
-        *("worker", "--config", str(config), "--broker", broker),
-        *("--web-port", str(free_port()), "--loglevel", "info"),
-    )
-    processes.append(worker)
+    ingest, worker = start_ingest_and_worker(tmp_path, config, kafka_bootstrap, processes)
     alerts = tmp_path / "alerts.jsonl"
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{app_id}-devices")
     client.connect(mosquitto.host, mosquitto.port)

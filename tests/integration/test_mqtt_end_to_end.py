@@ -3,7 +3,6 @@ to dead-letter with the reason while good readings keep flowing."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from connectors.mqtt.mosquitto import Mosquitto
 from engine.contracts.alerts import AlertEvent
 from engine.runtime.transport.log import DurableLog
-from tests.integration.conftest import EngineProcess, mosquitto_pub
+from tests.integration.conftest import EngineProcess, publish_rise_and_bad_payloads
 
 pytestmark = pytest.mark.integration
 
@@ -36,14 +35,7 @@ def test_mosquitto_pub_reading_raises_alert_and_bad_payloads_dead_letter(
     engine: EngineProcess, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     engine.start()
-    # HZ003: warning 2.60, guaranteed 3.40 m. The flood rule needs 10 min above a line.
-    mosquitto_pub(mosquitto, "vigil/HZ003/water_level", json.dumps({"value": 1.0, "ts": T0}))
-    mosquitto_pub(mosquitto, "vigil/HZ003/water_level", '{"value": "high"}')
-    mosquitto_pub(mosquitto, "vigil/NOPE1/water_level", json.dumps({"value": 1.0, "ts": T0}))
-    mosquitto_pub(mosquitto, "vigil/HZ003/water_level", "not json at all")
-    for minute in (5, 10, 15, 20):
-        payload = json.dumps({"value": 3.5, "ts": T0 + minute * 60_000})
-        mosquitto_pub(mosquitto, "vigil/HZ003/water_level", payload)
+    publish_rise_and_bad_payloads(mosquitto, T0)
 
     events = _wait_alerts(tmp_path / "alerts.jsonl", 1)
     first = events[0]
