@@ -13,7 +13,10 @@ with the stations that have not left by then), so it takes them in event time, i
 order ``event_order`` gives: ``Corroborator.run`` sorts them (``vigil replay``); the
 live stage holds them until every partition's watermark has passed them
 (``engine.evaluation.corroboration_buffer``, which states what it costs and the bound on what it
-cannot order), so that a lagging partition or a failover replay changes nothing.
+cannot order), so that a lagging partition or a failover replay changes nothing. An
+event that comes after all that (a gauge's store-and-forward backlog) is put in its
+place from the group's history of transitions (``GroupState.take_all``): the basin
+alerts are then the replay's, except that one sent before it cannot be taken back.
 
 The stations of a group live in different partitions, so this runs after the alerts
 topic, on a stream re-keyed by group (``engine.runtime.corroboration``, which keeps each

@@ -141,7 +141,7 @@ def test_what_was_sent_and_a_late_event_undoes_is_counted() -> None:
     assert h.stage.firing == {}  # the live state is the replay's
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)  # examples: the profile's (VIGIL_DIFF_EXAMPLES for more)
 @given(data=st.data())
 def test_a_late_block_gives_every_alert_of_the_replay(data: st.DataObject) -> None:
     """Each station's transitions in its own order; some stations go out of coverage

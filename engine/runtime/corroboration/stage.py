@@ -40,6 +40,11 @@ survive too (``corroboration-watermarks``: one entry per partition, the latest m
 each source, written after each record that moved them): else a restart would hold
 its events until each source sent a newer mark, or, on a stream that has ended, for
 the idle time, and a gateway restarted more often than that would never let them go.
+``corroboration-history`` holds each group's history of transitions taken
+(``GroupState.history``, for late events), ``rule\x1fgroup\x1fstation\x1fat`` to
+``encode_taken``'s few numbers: written when a transition is taken (and again where a
+late event changes it), deleted once older than ``corroboration_history_s`` before the
+group's newest.
 
 A group's whole state under one key cost a changelog record the size of the group per
 alert, and in a flood the alerts come from thousands of a basin's gauges at once (JSON
@@ -349,7 +354,7 @@ class CorroborationStage(Routing):
         writes.append((self.firing, key, firing_since, state.firing_since))
         for (at, station), taken in outcome.history.items():
             hkey = f"{key}{SEP}{station}{SEP}{at}"
-            writes.append((self.history, hkey, ..., taken and encode_taken(taken)))
+            writes.append((self.history, hkey, ..., None if taken is None else encode_taken(taken)))
         self._count(rule, group, outcome)
 
     def _count(self, rule: CorroborationRule, group: str, outcome: Outcome) -> None:
