@@ -40,6 +40,7 @@ __all__ = [
     "HistoryKey",
     "Outcome",
     "Taken",
+    "Told",
     "corroboration_event",
     "event_order",
     "groups_of",
@@ -90,6 +91,8 @@ class GroupChange:
 
 #: A history entry's key: (at ms, station), the order of ``event_order``.
 HistoryKey = tuple[int, str]
+#: The group's newest change sent: (firing, at ms, since ms).
+Told = tuple[bool, int, int]
 
 
 @dataclass(frozen=True)
@@ -146,12 +149,15 @@ class GroupState:
         last: Mapping[str, int] | None = None,
         history: Mapping[HistoryKey, Taken] | None = None,
         history_ms: int | None = None,
+        told: Told | None = None,
     ) -> None:
         self.entered: dict[str, int] = dict(entered or {})
         self.firing_since = firing_since
         self.last: dict[str, int] = dict(last or {})
         self._times = sorted(self.entered.values())
         self.history_ms = history_ms
+        #: The newest change sent (``take_all``), as a dispatcher holds it.
+        self.told = told
         self.history: dict[HistoryKey, Taken] = dict(history or {})
         self._order = sorted(self.history)
         #: The latest (at, station) taken: an event before it is late.
@@ -253,8 +259,34 @@ class GroupState:
         # could not be undone past it). A later recomputation starts from a state that
         # already counts it.
         out.raised += [c for k in old if (c := self.take(rule, k[1], k[0], fresh[k]))]
+        for change in out.raised:
+            self._tell(change)
+        restated = self._restate()
+        if restated is not None:
+            out.raised.append(restated)
+            self._tell(restated)
         out.history.update(dict.fromkeys(self._prune()))
         return out
+
+    def _tell(self, change: GroupChange) -> None:
+        """Note a change sent: a dispatcher keeps the newest by ``at`` (the later one of
+        equal ``at``) and takes an older one as stale."""
+        if self.told is None or change.at >= self.told[1]:
+            self.told = (change.firing, change.at, change.since)
+
+    def _restate(self) -> GroupChange | None:
+        """The change that brings the sinks to the group's state when what they were
+        told last says otherwise: a late event withdrew the newest change sent (an
+        all-clear of a basin that, with the late gauge counted, still fires), or the
+        recomputation says it only with changes older than one already sent (stale to
+        a dispatcher). Stamped at the group's newest event time; None when the sinks
+        are where the group is."""
+        firing = self.firing_since is not None
+        if self.told is None or self.told[0] == firing:
+            return None
+        at = max(self.told[1], self.newest[0] if self.newest is not None else 0)
+        since = self.firing_since if self.firing_since is not None else self.told[2]
+        return GroupChange(firing, at, since, len(self.entered))
 
     def _floor(self) -> int | None:
         """The oldest event time (ms) the history still covers; None: no history."""

@@ -28,7 +28,9 @@ an event of the partition whose changelog holds them.
 The state is kept in changelog-backed Faust tables, a small entry per key (what
 Faust tables are for): ``corroboration-stations`` maps ``rule\\x1fgroup\\x1fstation``
 to ``[entry time or null, time of the station's latest event]`` (ms),
-``corroboration-firing`` maps ``rule\\x1fgroup`` to the time the group's alert started,
+``corroboration-firing`` maps ``rule\\x1fgroup`` to ``[the time the group's alert
+started or null, the newest change sent as [firing, at, since] or null]`` (what a
+dispatcher holds, so that a late event that withdraws it is restated: ``GroupState.told``),
 and ``corroboration-pending`` holds the events not applied yet, ``rule\\x1fgroup\\x1f
 station\\x1fat`` to ``[level, metric]``, written when an event is held and deleted when
 it is applied: two changelog records per routed event more than before, producer
@@ -64,7 +66,7 @@ from typing import Any
 
 from engine.contracts.alerts import AlertEvent, Level
 from engine.contracts.ruleset import CorroborationRule
-from engine.evaluation.corroboration import GroupState, Outcome, Taken, corroboration_event
+from engine.evaluation.corroboration import GroupState, Outcome, Taken, Told, corroboration_event
 from engine.evaluation.corroboration_buffer import EventTimeBuffer, Pending
 from engine.runtime.corroboration.host import StageHost
 from engine.runtime.corroboration.routing import Routing
@@ -168,15 +170,18 @@ class CorroborationStage(Routing):
             last.setdefault(group_key, {})[station] = latest
             if entry is not None:
                 entered.setdefault(group_key, {})[station] = entry
-        firing = dict(self.firing.items())
+        firing = {k: _firing_entry(v) for k, v in self.firing.items()}
         history: dict[str, dict[tuple[int, str], Taken]] = {}
         for hkey, value in self.history.items():
             rule_id, group, station, at = hkey.split(SEP)
             history.setdefault(f"{rule_id}{SEP}{group}", {})[int(at), station] = decode_taken(value)
         states = {
-            k: self._new_state(entered.get(k), firing.get(k), last.get(k), history.get(k))
+            k: self._new_state(
+                entered.get(k), last=last.get(k), history=history.get(k),
+                firing_since=firing.get(k, (None, None))[0], told=firing.get(k, (None, None))[1],
+            )
             for k in last.keys() | firing.keys() | history.keys()
-        }
+        }  # fmt: skip
         for buffer in self._buffers.values():
             buffer.clear()
         for pkey, (level, metric) in self.pending.items():
@@ -206,9 +211,10 @@ class CorroborationStage(Routing):
         firing_since: int | None = None,
         last: dict[str, int] | None = None,
         history: dict[tuple[int, str], Taken] | None = None,
+        told: Told | None = None,
     ) -> GroupState:
         history_ms = round(self.topology.corroboration_history_s * 1000)
-        return GroupState(entered, firing_since, last, history, history_ms=history_ms)
+        return GroupState(entered, firing_since, last, history, history_ms=history_ms, told=told)
 
     def _buffer(self, partition: int) -> EventTimeBuffer:
         buffer = self._buffers.get(partition)
@@ -344,14 +350,14 @@ class CorroborationStage(Routing):
         state: the group's alerts to ``alerts``, the tables' changes to ``writes``."""
         group = key.split(SEP, 1)[1]
         state = self._state(key)
-        firing_since = state.firing_since
+        firing_before = _firing_value(state)
         outcome = state.take_all(rule, [(s, at, level) for s, at, level, _ in events])
         metric = events[0][3]  # one source rule, one metric
         alerts.extend(corroboration_event(rule, group, metric, c) for c in outcome.raised)
         for station, before in outcome.stations.items():
             after = [state.entered.get(station), state.last.get(station)]
             writes.append((self.stations, f"{key}{SEP}{station}", list(before), after))
-        writes.append((self.firing, key, firing_since, state.firing_since))
+        writes.append((self.firing, key, firing_before, _firing_value(state)))
         for (at, station), taken in outcome.history.items():
             hkey = f"{key}{SEP}{station}{SEP}{at}"
             writes.append((self.history, hkey, ..., None if taken is None else encode_taken(taken)))
@@ -404,6 +410,22 @@ class CorroborationStage(Routing):
 
 #: A table's entry to write: (table, key, before, after) (``_sync``).
 _Write = tuple[Any, str, object, object]
+
+
+def _firing_value(state: GroupState) -> list[object] | None:
+    """A group's ``corroboration-firing`` entry: ``[firing since, told]`` (None: none)."""
+    if state.firing_since is None and state.told is None:
+        return None
+    return [state.firing_since, None if state.told is None else list(state.told)]
+
+
+def _firing_entry(value: Any) -> tuple[int | None, Told | None]:
+    """``(firing since, told)`` from a ``corroboration-firing`` entry; one written
+    before ``told`` was kept is the start time alone."""
+    if isinstance(value, int):
+        return value, None
+    since, told = value
+    return since, None if told is None else (bool(told[0]), int(told[1]), int(told[2]))
 
 
 def _sync(table: Any, key: str, before: object, after: object) -> None:
