@@ -29,11 +29,13 @@ releases them in the order ``(at, rule, group, station)`` once ``at`` is at most
   missed alert). When every source is idle, everything held is released. So no event
   waits longer than ``idle_s`` (plus the marks' and ticks' intervals) behind a source
   that has nothing more to say.
-* What the horizon cannot cover is applied when it arrives, in arrival order as before:
-  an event at or below what was already released (``late``): the alert of a gauge's
+* What the horizon cannot cover is released when it arrives, first of all: an event
+  at or below what was already released (``late``): the alert of a gauge's
   store-and-forward backlog older than the allowance, or of a partition that lagged
   for longer than ``idle_s`` (a worker dead for longer than that before its partitions
-  move). Such events are counted; they are what remains of the known limit.
+  move). Such events are counted, and their groups put them in their place in event
+  time from a bounded history (``GroupState.take_all``, which states what that cannot
+  do).
 
 Watermarks only grow (``mark`` keeps the largest), since a partition replayed after a
 failover sends its older marks again. The buffer keeps no I/O and reads the wall clock

@@ -60,6 +60,10 @@ class Settings(Frozen):
     #: Wall seconds after which a partition whose event time stands still no longer
     #: holds the basin (corroboration) rules back (engine/evaluation/corroboration_buffer.py).
     corroboration_idle_s: float = Field(30.0, gt=0, le=3600)
+    #: Event-time seconds of history each basin group keeps, so that a gauge's
+    #: store-and-forward backlog up to that old raises the basin alerts a replay
+    #: raises (engine/evaluation/corroboration.py); older ones are taken on arrival.
+    corroboration_history_s: float = Field(86_400.0, ge=0, le=30 * 86_400)
     web_port: int | None = Field(None, ge=1, le=65535)
     web: WebSettings = WebSettings()
     reload_interval_s: float = Field(2.0, gt=0, le=3600)

@@ -96,6 +96,7 @@ class Topology(Sending, PartitionStates, TickWriter):
         replication: int = 1,
         tick_interval_s: float | None = None,
         corroboration_idle_s: float = 30.0,
+        corroboration_history_s: float = 86_400.0,
     ) -> None:
         """``tick_interval_s``: how often the wall clock is written into each telemetry
         partition this worker owns, so that a partition that gets no readings still
@@ -108,6 +109,9 @@ class Topology(Sending, PartitionStates, TickWriter):
         #: Wall seconds after which a partition whose watermark stands still no longer
         #: holds the basin rules back (``engine.evaluation.corroboration_buffer``).
         self.corroboration_idle_s = corroboration_idle_s
+        #: Event-time seconds of each basin group's history, within which a late event
+        #: (a gauge's backlog) is put in its place (``engine.evaluation.corroboration``).
+        self.corroboration_history_s = corroboration_history_s
         self.counters: Counter[str] = Counter()
         #: Prometheus metrics, served on the web port (``engine.runtime.services.observe``).
         self.metrics = Metrics()

@@ -61,7 +61,7 @@ class _Topic:
 class Harness:
     """A corroboration stage whose records are delivered when the test says so."""
 
-    def __init__(self, sources: int = 3, lateness_ms: int = 0) -> None:
+    def __init__(self, sources: int = 3, lateness_ms: int = 0, history_s: float = 86_400.0) -> None:
         self.now = 100.0  # wall seconds
         self.alerts = _Topic("alerts")
         stage = object.__new__(CorroborationStage)
@@ -71,6 +71,7 @@ class Harness:
             partitions=sources,
             lateness_ms=lateness_ms,
             corroboration_idle_s=IDLE_S,
+            corroboration_history_s=history_s,
             counters=Counter(),
             alerts=self.alerts,
             app=types.SimpleNamespace(
@@ -80,7 +81,7 @@ class Harness:
         )
         stage.topic = _Topic("corr")  # type: ignore[assignment]
         stage.stations, stage.firing, stage.pending = {}, {}, {}  # type: ignore[assignment]
-        stage.watermarks = {}  # type: ignore[assignment]
+        stage.watermarks, stage.history = {}, {}  # type: ignore[assignment]
         stage._init_state(clock=lambda: self.now)
         self.stage = stage
 
@@ -214,6 +215,7 @@ def test_events_held_at_a_restart_are_released_on_a_quiet_stream() -> None:
     restarted.stage.firing = h.stage.firing
     restarted.stage.pending = h.stage.pending
     restarted.stage.watermarks = h.stage.watermarks
+    restarted.stage.history = h.stage.history
 
     async def scenario() -> None:
         await restarted.wait(1.0)  # a tick: the held events are rebuilt, still held
@@ -264,7 +266,7 @@ def test_the_watermarks_survive_a_restart() -> None:
 
     asyncio.run(before())
     restarted = Harness(sources=2)
-    for table in ("stations", "firing", "pending", "watermarks"):
+    for table in ("stations", "firing", "pending", "watermarks", "history"):
         setattr(restarted.stage, table, getattr(h.stage, table))
     asyncio.run(restarted.route(1, [], 2 * H))
     assert restarted.group_alerts() == _replayed([a_in, b_in]) != []

@@ -23,6 +23,7 @@ class StageHost(Protocol):
     counters: Counter[str]
     lateness_ms: int
     corroboration_idle_s: float
+    corroboration_history_s: float
 
     def partition_for(self, key: str) -> int: ...
 

@@ -28,7 +28,9 @@ an event of the partition whose changelog holds them.
 The state is kept in changelog-backed Faust tables, a small entry per key (what
 Faust tables are for): ``corroboration-stations`` maps ``rule\\x1fgroup\\x1fstation``
 to ``[entry time or null, time of the station's latest event]`` (ms),
-``corroboration-firing`` maps ``rule\\x1fgroup`` to the time the group's alert started,
+``corroboration-firing`` maps ``rule\\x1fgroup`` to ``[the time the group's alert
+started or null, the newest change sent as [firing, at, since] or null]`` (what a
+dispatcher holds, so that a late event that withdraws it is restated: ``GroupState.told``),
 and ``corroboration-pending`` holds the events not applied yet, ``rule\\x1fgroup\\x1f
 station\\x1fat`` to ``[level, metric]``, written when an event is held and deleted when
 it is applied: two changelog records per routed event more than before, producer
@@ -40,6 +42,11 @@ survive too (``corroboration-watermarks``: one entry per partition, the latest m
 each source, written after each record that moved them): else a restart would hold
 its events until each source sent a newer mark, or, on a stream that has ended, for
 the idle time, and a gateway restarted more often than that would never let them go.
+``corroboration-history`` holds each group's history of transitions taken
+(``GroupState.history``, for late events), ``rule\x1fgroup\x1fstation\x1fat`` to
+``encode_taken``'s few numbers: written when a transition is taken (and again where a
+late event changes it), deleted once older than ``corroboration_history_s`` before the
+group's newest.
 
 A group's whole state under one key cost a changelog record the size of the group per
 alert, and in a flood the alerts come from thousands of a basin's gauges at once (JSON
@@ -59,7 +66,7 @@ from typing import Any
 
 from engine.contracts.alerts import AlertEvent, Level
 from engine.contracts.ruleset import CorroborationRule
-from engine.evaluation.corroboration import GroupState, corroboration_event
+from engine.evaluation.corroboration import GroupState, Outcome, Taken, Told, corroboration_event
 from engine.evaluation.corroboration_buffer import EventTimeBuffer, Pending
 from engine.runtime.corroboration.host import StageHost
 from engine.runtime.corroboration.routing import Routing
@@ -70,6 +77,8 @@ from engine.runtime.corroboration.wire import (
     SEP,
     TABLES,
     TICK,
+    decode_taken,
+    encode_taken,
     pending_key,
 )
 from engine.runtime.sending import Outgoing
@@ -96,6 +105,7 @@ class CorroborationStage(Routing):
         self.firing = app.Table(TABLES[1], partitions=n, key_type=str)
         self.pending = app.Table(TABLES[2], partitions=n, key_type=str)
         self.watermarks = app.Table(TABLES[3], partitions=n, key_type=str)
+        self.history = app.Table(TABLES[4], partitions=n, key_type=str)
         app.on_partitions_revoked.connect(self._on_partitions_revoked)
         app.agent(self.topic, name="corroborate")(self._corroborate)
         app.timer(MARK_INTERVAL_S)(self._on_timer)
@@ -160,10 +170,18 @@ class CorroborationStage(Routing):
             last.setdefault(group_key, {})[station] = latest
             if entry is not None:
                 entered.setdefault(group_key, {})[station] = entry
-        firing = dict(self.firing.items())
+        firing = {k: _firing_entry(v) for k, v in self.firing.items()}
+        history: dict[str, dict[tuple[int, str], Taken]] = {}
+        for hkey, value in self.history.items():
+            rule_id, group, station, at = hkey.split(SEP)
+            history.setdefault(f"{rule_id}{SEP}{group}", {})[int(at), station] = decode_taken(value)
         states = {
-            k: GroupState(entered.get(k), firing.get(k), last.get(k)) for k in last.keys() | firing
-        }
+            k: self._new_state(
+                entered.get(k), last=last.get(k), history=history.get(k),
+                firing_since=firing.get(k, (None, None))[0], told=firing.get(k, (None, None))[1],
+            )
+            for k in last.keys() | firing.keys() | history.keys()
+        }  # fmt: skip
         for buffer in self._buffers.values():
             buffer.clear()
         for pkey, (level, metric) in self.pending.items():
@@ -184,8 +202,19 @@ class CorroborationStage(Routing):
             self._states = self._build()
         state = self._states.get(key)
         if state is None:
-            state = self._states[key] = GroupState()
+            state = self._states[key] = self._new_state()
         return state
+
+    def _new_state(
+        self,
+        entered: dict[str, int] | None = None,
+        firing_since: int | None = None,
+        last: dict[str, int] | None = None,
+        history: dict[tuple[int, str], Taken] | None = None,
+        told: Told | None = None,
+    ) -> GroupState:
+        history_ms = round(self.topology.corroboration_history_s * 1000)
+        return GroupState(entered, firing_since, last, history, history_ms=history_ms, told=told)
 
     def _buffer(self, partition: int) -> EventTimeBuffer:
         buffer = self._buffers.get(partition)
@@ -246,7 +275,7 @@ class CorroborationStage(Routing):
             self.topology.counters["corroboration_late_events"] += 1
             log.warning(
                 "corroboration: %s of %s at %d came after its groups were evaluated past "
-                "it; taken in arrival order",
+                "it; put in its place in their history",
                 rule_id,
                 source.station,
                 source.at,
@@ -256,6 +285,10 @@ class CorroborationStage(Routing):
         """Apply the held events of ``partition`` that the watermarks let go, in event
         time (``engine.evaluation.corroboration_buffer``); then write those still held that the
         record in hand brought to the ``pending`` table.
+
+        A late event (older than what the buffer let go before: a gauge's backlog) is
+        put in its place in its group's history (``GroupState.take_all``), which sends
+        the group alerts a replay raises there and had not been sent.
 
         The groups' alerts they raise go out together (one write on ``local://``) and
         are durable before the tables are written: the other way round, a crash between
@@ -268,16 +301,19 @@ class CorroborationStage(Routing):
             alerts: list[AlertEvent] = []
             writes: list[_Write] = []  # the tables' changes, once the alerts are durable
             applied: list[Pending] = []
+            due: dict[str, list[tuple[str, int, Level, str]]] = {}  # by group, in order
             while (item := buffer.pop_due(horizon)) is not None:
                 held, (level, metric) = item
                 at, rule_id, group, station = held
-                rule = self._rule(rule_id)
                 key = f"{rule_id}{SEP}{group}"
-                if rule is not None:  # else removed by a reload meanwhile
-                    self._apply(rule, key, station, at, Level.parse(level), metric, alerts, writes)
+                due.setdefault(key, []).append((station, at, Level.parse(level), metric))
                 if held not in self._unsaved:
                     writes.append((self.pending, pending_key(held), True, None))
                 applied.append(held)
+            for key, events in due.items():
+                rule = self._rule(key.split(SEP, 1)[0])
+                if rule is not None:  # else removed by a reload meanwhile
+                    self._apply(rule, key, events, alerts, writes)
             await self._send_alerts(alerts)
             for table, key, before, after in writes:
                 _sync(table, key, before, after)
@@ -306,25 +342,51 @@ class CorroborationStage(Routing):
         self,
         rule: CorroborationRule,
         key: str,
-        station: str,
-        at: int,
-        level: Level,
-        metric: str,
+        events: list[tuple[str, int, Level, str]],
         alerts: list[AlertEvent],
         writes: list[_Write],
     ) -> None:
-        """One station's transition (``at`` ms) into its group's state: the group's
-        alert, if it changed, to ``alerts``, the tables' changes to ``writes``."""
+        """A group's due transitions, (station, at ms, level, metric) each, into its
+        state: the group's alerts to ``alerts``, the tables' changes to ``writes``."""
         group = key.split(SEP, 1)[1]
         state = self._state(key)
-        firing_since = state.firing_since
-        before = [state.entered.get(station), state.last.get(station)]
-        change = state.take(rule, station, at, level)
-        if change is not None:
-            alerts.append(corroboration_event(rule, group, metric, change))
-        after = [state.entered.get(station), state.last.get(station)]
-        writes.append((self.stations, f"{key}{SEP}{station}", before, after))
-        writes.append((self.firing, key, firing_since, state.firing_since))
+        firing_before = _firing_value(state)
+        outcome = state.take_all(rule, [(s, at, level) for s, at, level, _ in events])
+        metric = events[0][3]  # one source rule, one metric
+        alerts.extend(corroboration_event(rule, group, metric, c) for c in outcome.raised)
+        for station, before in outcome.stations.items():
+            after = [state.entered.get(station), state.last.get(station)]
+            writes.append((self.stations, f"{key}{SEP}{station}", list(before), after))
+        writes.append((self.firing, key, firing_before, _firing_value(state)))
+        for (at, station), taken in outcome.history.items():
+            hkey = f"{key}{SEP}{station}{SEP}{at}"
+            writes.append((self.history, hkey, ..., None if taken is None else encode_taken(taken)))
+        self._count(rule, group, outcome)
+
+    def _count(self, rule: CorroborationRule, group: str, outcome: Outcome) -> None:
+        """Count and log what ``take_all`` could not do as a replay would."""
+        counters = self.topology.counters
+        counters["corroboration_revised_events"] += outcome.revised
+        if outcome.too_old:
+            counters["corroboration_too_old_events"] += outcome.too_old
+            log.warning(
+                "corroboration: %d event(s) of %s in %s older than its history "
+                "(corroboration_history_s): taken in arrival order",
+                outcome.too_old,
+                rule.rule_id,
+                group,
+            )
+        for change in outcome.withdrawn:
+            counters["corroboration_withdrawn_alerts"] += 1
+            log.warning(
+                "corroboration: %s in %s sent %s at %d (started %d), which late events "
+                "show did not happen; it cannot be taken back",
+                rule.rule_id,
+                group,
+                "a raise" if change.firing else "an all-clear",
+                change.at,
+                change.since,
+            )
 
     async def _send_alerts(self, alerts: list[AlertEvent], attempts: int = 5) -> None:
         """Send groups' alerts together and wait until they are durable, retrying a few
@@ -348,6 +410,22 @@ class CorroborationStage(Routing):
 
 #: A table's entry to write: (table, key, before, after) (``_sync``).
 _Write = tuple[Any, str, object, object]
+
+
+def _firing_value(state: GroupState) -> list[object] | None:
+    """A group's ``corroboration-firing`` entry: ``[firing since, told]`` (None: none)."""
+    if state.firing_since is None and state.told is None:
+        return None
+    return [state.firing_since, None if state.told is None else list(state.told)]
+
+
+def _firing_entry(value: Any) -> tuple[int | None, Told | None]:
+    """``(firing since, told)`` from a ``corroboration-firing`` entry; one written
+    before ``told`` was kept is the start time alone."""
+    if isinstance(value, int):
+        return value, None
+    since, told = value
+    return since, None if told is None else (bool(told[0]), int(told[1]), int(told[2]))
 
 
 def _sync(table: Any, key: str, before: object, after: object) -> None:

@@ -125,6 +125,7 @@ class Gateway:
             lateness_ms=settings.lateness_ms,
             tick_interval_s=settings.silence_tick_s,
             corroboration_idle_s=settings.corroboration_idle_s,
+            corroboration_history_s=settings.corroboration_history_s,
             web_port=settings.web_port,
         )
         self.topology.station_kinds = self.rules.station_kinds

@@ -82,6 +82,7 @@ class KafkaWorker:
             lateness_ms=settings.lateness_ms,
             tick_interval_s=settings.silence_tick_s,
             corroboration_idle_s=settings.corroboration_idle_s,
+            corroboration_history_s=settings.corroboration_history_s,
             web_port=web_port if web_port is not None else settings.web_port,
             replication=replication,
         )
