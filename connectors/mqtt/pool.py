@@ -350,20 +350,24 @@ class MqttIngestPool:
             await asyncio.sleep(REPORT_S)
             now = loop.time()
             # Late, this loop was held up: the workers' frames may wait unread.
-            on_time, last = now - last < 2 * REPORT_S, now
-            for w in self._workers:
-                if w.process is None or w.process.returncode is not None:
-                    continue  # starting, or exited: ``_run`` restarts it
-                if not w.reported:
-                    if now - w.started_at > START_TIMEOUT_S:
-                        self._hung(w, f"no report {now - w.started_at:.0f} s after its start")
-                    continue
-                if w.heard or w.busy:
-                    w.heard, w.silent = False, 0
-                elif on_time:
-                    w.silent += 1
-                    if w.silent >= SILENT_REPORTS:
-                        self._hung(w, f"silent for {w.silent * REPORT_S:.1f} s")
+            self._tick(now, on_time=now - last < 2 * REPORT_S)
+            last = now
+
+    def _tick(self, now: float, *, on_time: bool) -> None:
+        """One of ``_watch``'s ticks at loop time ``now``."""
+        for w in self._workers:
+            if w.process is None or w.process.returncode is not None:
+                continue  # starting, or exited: ``_run`` restarts it
+            if not w.reported:
+                if now - w.started_at > START_TIMEOUT_S:
+                    self._hung(w, f"no report {now - w.started_at:.0f} s after its start")
+                continue
+            if w.heard or w.busy:
+                w.heard, w.silent = False, 0
+            elif on_time:
+                w.silent += 1
+                if w.silent >= SILENT_REPORTS:
+                    self._hung(w, f"silent for {w.silent * REPORT_S:.1f} s")
 
     def _hung(self, w: _Worker, why: str) -> None:
         """Take worker ``w`` for hung: not subscribed from now on, killed (``_run``
