@@ -354,7 +354,10 @@ class MqttIngestPool:
             last = now
 
     def _tick(self, now: float, *, on_time: bool) -> None:
-        """One of ``_watch``'s ticks at loop time ``now``."""
+        """One of ``_watch``'s ticks at loop time ``now``; none once stopping (the
+        workers have ``STOP_TIMEOUT_S``)."""
+        if self._stopping:
+            return
         for w in self._workers:
             if w.process is None or w.process.returncode is not None:
                 continue  # starting, or exited: ``_run`` restarts it
