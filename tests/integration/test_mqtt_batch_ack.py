@@ -88,7 +88,9 @@ async def _ingest(broker: Mosquitto, messages: int) -> tuple[list[int], list[lis
     handle = ingest._handle
 
     async def recording_handle(items: list[Any]) -> None:
-        batches.append(items)
+        messages = [m for m in items if isinstance(m, Inbound)]
+        if messages:  # not the stop's flush marker alone
+            batches.append(messages)
         await handle(items)
 
     ingest._handle = recording_handle  # type: ignore[method-assign]
