@@ -9,7 +9,9 @@ readings, or its dead-letter record, are durably in the log (``manual_ack``), an
 session is persistent (``clean_session=False``, fixed client id). A crash before the ack
 means the broker redelivers; the kernels recognise a reading they have already counted
 and skip it (README, "What the engine evaluates": what each rule kind
-remembers per sensor), so redelivery never double-counts. A QoS 0
+remembers per sensor), so redelivery never double-counts. A stop (SIGTERM) or a pause
+leaves no such copy: the batch in hand is written and acknowledged, and the broker has
+read its PUBACKs, before the disconnect (``pause``, ``stop``). A QoS 0
 message has no packet id and is never acknowledged (a PUBACK for it is a protocol error
 that makes the broker drop the connection); it is taken like any other, but the device
 chose at most once: what a crash loses of it, no one redelivers.
@@ -75,13 +77,17 @@ from connectors.mqtt.payload import decode_columns
 from connectors.mqtt.topics import TopicTemplate
 from engine.contracts.batch import ReadingBlock
 
-__all__ = ["Connection", "MqttIngest", "describe_failure"]
+__all__ = ["STOP_TIMEOUT_S", "Connection", "MqttIngest", "describe_failure"]
 
 log = logging.getLogger(__name__)
 
-#: How long ``pause`` waits for the broker to answer the UNSUBSCRIBE that follows the
-#: last PUBACKs (s); without an answer (the connection is lost) it leaves anyway.
+#: How long ``pause`` and ``stop`` wait for the broker to answer the UNSUBSCRIBE that
+#: follows the last PUBACKs (s); without an answer (the connection is lost) they leave
+#: anyway.
 FENCE_TIMEOUT_S = 10.0
+#: The longest ``stop`` takes to leave the broker (s): the batch in hand written and
+#: acknowledged (a local fsync: milliseconds), then the fence (``FENCE_TIMEOUT_S``).
+STOP_TIMEOUT_S = 20.0
 #: The topic filter of that UNSUBSCRIBE: never subscribed (the broker answers an
 #: UNSUBSCRIBE of any filter; MQTT 3.1.1, 3.10.4), so it changes nothing.
 FENCE_FILTER = "$vigil/ack-fence"
@@ -100,7 +106,7 @@ class _DropCount:
 
 @dataclass
 class _Flush:
-    """Put in the batcher by ``pause``: done once every message taken before it is
+    """Put in the batcher by ``_leave``: done once every message taken before it is
     written and its PUBACK queued (the batcher hands items over in the order put)."""
 
     done: asyncio.Future[None]
@@ -141,14 +147,15 @@ class MqttIngest:
         )
         self._task: asyncio.Task[None] | None = None
         self._paused = False
-        #: False from ``pause`` until the next connect: QoS 1 messages that arrive are
-        #: left unacknowledged to the broker, which sends them again after ``resume``.
+        #: False from ``_leave`` (pause, stop) until the next connect: QoS 1 messages that
+        #: arrive are left unacknowledged to the broker, which sends them again later.
         #: ``_gate`` makes its change and the batcher's puts one order.
         self._taking = True
         self._gate = threading.Lock()
-        self._leaving: asyncio.Task[None] | None = None  # pause's disconnect, under way
-        #: Resolved by the broker's UNSUBACK: ``_leave``'s, the only UNSUBSCRIBE sent.
-        self._fence: asyncio.Future[None] | None = None
+        self._leaving: asyncio.Task[None] | None = None  # ``_leave``'s disconnect, under way
+        self._stopping = False
+        #: Resolved by the broker's UNSUBACK: ``_fence``'s, the only UNSUBSCRIBE sent.
+        self._fence_answer: asyncio.Future[None] | None = None
         self._client = new_client(options, options.client_id, clean_session=False)
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
@@ -229,15 +236,15 @@ class MqttIngest:
             topic = msg._topic.decode("utf-8", "backslashreplace")
         inbound = self.inbound(msg.mid, msg.qos, topic, bytes(msg.payload))
         with self._gate:
-            # Pausing, a QoS 1 message is left to the broker: taken now, its PUBACK
-            # would come after the disconnect and never reach the broker, which would
-            # then deliver it again, a second copy in the log. QoS 0 is taken: it is
-            # never redelivered.
+            # Leaving (pause, stop), a QoS 1 message is left to the broker: taken now,
+            # its PUBACK would come after the disconnect and never reach the broker,
+            # which would then deliver it again, a second copy in the log. QoS 0 is
+            # taken: it is never redelivered.
             if self._taking or inbound.ack is None:
                 self._batcher.put(inbound)
 
     def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
-        fence = self._fence
+        fence = self._fence_answer
         if fence is not None:
             fence.get_loop().call_soon_threadsafe(_resolve, fence)
 
@@ -272,28 +279,35 @@ class MqttIngest:
         return self._paused
 
     def pause(self, why: str) -> None:
-        """Stop taking messages (the disk is nearly full): disconnect, so that the broker
-        keeps what devices send meanwhile (persistent session) and redelivers what was
-        not acknowledged. What was already taken is still written and acknowledged, and
-        the broker has read those PUBACKs before the disconnect (``_leave``): it sends
-        none of it again. Before ``start`` too; idempotent; on the event loop; returns
-        at once, the disconnect follows the batch in hand."""
+        """Stop taking messages (the disk is nearly full): leave the broker (``_leave``),
+        so that it keeps what devices send meanwhile (persistent session) and redelivers
+        what was not acknowledged. Before ``start`` too; idempotent; on the event loop;
+        returns at once, the disconnect follows the batch in hand."""
         if self._paused:
             return
         self._paused = True
         log.error("MQTT ingest paused (%s): the broker keeps the messages until it resumes", why)
-        if self._task is None:
-            return
-        flushed = asyncio.get_running_loop().create_future()
-        with self._gate:
-            self._taking = False
-            self._batcher.put(_Flush(flushed))
-        if self._leaving is None:
-            self._leaving = asyncio.ensure_future(self._leave(flushed))
+        if self._task is not None:
+            self._leave()
 
-    async def _leave(self, flushed: asyncio.Future[None]) -> None:
-        """Disconnect once the messages taken are written and acknowledged, and the
-        broker has read the acknowledgements; connect again if resumed meanwhile.
+    def _leave(self) -> asyncio.Task[None]:
+        """Stop taking QoS 1 messages and leave the broker once what was taken is written
+        and acknowledged, and the broker has read the acknowledgements (``_fence``), so
+        that it sends none of it again; what arrives meanwhile is left to the broker. The
+        one sequence of ``pause`` and ``stop``; returns the task under way (one at a
+        time)."""
+        if self._leaving is None:
+            flushed = asyncio.get_running_loop().create_future()
+            with self._gate:
+                self._taking = False
+                self._batcher.put(_Flush(flushed))
+            self._leaving = asyncio.ensure_future(self._fence(flushed))
+        return self._leaving
+
+    async def _fence(self, flushed: asyncio.Future[None]) -> None:
+        """``_leave``'s work: disconnect once ``flushed`` (or the ingest task ended: then
+        nothing more is acknowledged) and the broker has answered an UNSUBSCRIBE sent
+        after the last PUBACKs; connect again if resumed meanwhile (never once stopping).
 
         The broker handles a connection's packets in order, so its answer to an
         UNSUBSCRIBE sent after the PUBACKs says it has read them. Without that wait the
@@ -301,22 +315,23 @@ class MqttIngest:
         socket closed with messages it sent still unread is reset, which fails its
         next write and ends the connection with the rest unread."""
         try:
-            await flushed
+            assert self._task is not None  # started
+            await asyncio.wait([flushed, self._task], return_when=asyncio.FIRST_COMPLETED)
             # Set before the UNSUBSCRIBE: its answer may come before ``unsubscribe`` returns.
-            self._fence = answered = asyncio.get_running_loop().create_future()
+            self._fence_answer = answered = asyncio.get_running_loop().create_future()
             try:
                 if self._client.unsubscribe(FENCE_FILTER)[0] == mqtt.MQTT_ERR_SUCCESS:
                     async with asyncio.timeout(FENCE_TIMEOUT_S):
                         await answered
             except TimeoutError:
-                log.warning("MQTT broker did not answer before the pause's disconnect")
+                log.warning("MQTT broker did not answer before the disconnect")
             finally:
-                self._fence = None
+                self._fence_answer = None
             self._client.disconnect()
             self._client.loop_stop()
         finally:
             self._leaving = None
-        if not self._paused:
+        if not self._paused and not self._stopping:
             self._connect(self._client)
 
     def resume(self) -> None:
@@ -325,7 +340,7 @@ class MqttIngest:
             return
         self._paused = False
         log.warning("MQTT ingest resumed")
-        if self._task is not None and self._leaving is None:
+        if self._task is not None and self._leaving is None and not self._stopping:
             self._connect(self._client)
 
     async def join(self) -> None:
@@ -338,10 +353,24 @@ class MqttIngest:
         await asyncio.shield(self._task)
 
     async def stop(self) -> None:
-        """Stop taking messages; what was produced is acknowledged, the rest redelivered."""
-        if self._leaving is not None:
-            self._leaving.cancel()
-            await asyncio.wait([self._leaving])
+        """Leave the broker as ``pause`` does (``_leave``): the batch in hand is written
+        and acknowledged, the broker has read those PUBACKs before the disconnect, and
+        what was not taken it sends again after a restart: nothing taken comes twice.
+        Then the ingest task ends. At most ``STOP_TIMEOUT_S``: past it (the log or the
+        broker does not answer) it disconnects anyway, and the broker may send the
+        batch in hand again."""
+        self._stopping = True
+        if self._task is not None and not self._task.done():
+            leaving = self._leave()
+            done, _ = await asyncio.wait([leaving], timeout=STOP_TIMEOUT_S)
+            if not done:
+                log.warning(
+                    "MQTT ingest: the batch in hand was not written and acknowledged within"
+                    " %.0f s: disconnecting (the broker may send it again)",
+                    STOP_TIMEOUT_S,
+                )
+                leaving.cancel()
+                await asyncio.wait([leaving])
         for client in (self._client, self._sys_client):
             if client is not None:
                 client.disconnect()

@@ -22,6 +22,20 @@ takes over its session (and its unacknowledged messages). A worker that dies bef
 ever subscribed (its settings, its code) is not restarted: ``join`` raises, and the
 gateway exits for its supervisor. So does a failed append (the log cannot be written).
 
+A worker that hangs is found: one that has sent nothing for ``SILENT_REPORTS``
+report periods (``REPORT_S`` each: 2.5 s) while this side was not busy with its request
+(SIGSTOP, a deadlock; a worker reports even while idle) is logged at ERROR, counted
+(``counters["worker_hangs"]``), no longer counts as subscribed (``state``, ``/readyz``)
+and is killed, then started again like a worker that died: within about 4 s plus its
+restart. A worker that has not reported ``START_TIMEOUT_S`` after its start is killed
+too. Periods in which this process's own event loop was held up (a tick late by more
+than a period) are not counted against a worker.
+
+``stop``: every worker stops as ``MqttIngest.stop`` does, this process answering its
+batch in hand meanwhile: written here, acknowledged, and read by the broker before the
+worker disconnects (the fence), so nothing appended here is delivered again after a
+restart. A worker that has not exited within ``STOP_TIMEOUT_S`` is killed.
+
 Order: the broker spreads a station's messages over the workers (mosquitto 2: round
 robin), so the log may hold a station's readings out of arrival order across batches;
 the kernels take out-of-order readings within the topology's lateness (README: "Several
@@ -42,19 +56,26 @@ from collections import Counter
 from typing import Any
 
 from connectors.ingest import Admission, DeadLetter, Produce, Stations
+from connectors.mqtt.client import STOP_TIMEOUT_S as INGEST_STOP_TIMEOUT_S
 from connectors.mqtt.client import BrokerDrops, MqttIngest, Sequences
 from connectors.mqtt.connection import Connection
 from connectors.mqtt.options import MqttOptions
 from connectors.mqtt.topics import TopicTemplate
-from connectors.mqtt.worker import read_frame, write_frame
+from connectors.mqtt.worker import REPORT_S, read_frame, write_frame
 from engine.contracts.batch import ReadingBlock
 
 __all__ = ["Ingest", "MqttIngestPool", "mqtt_ingest"]
 
 log = logging.getLogger(__name__)
 
-#: How long a worker may take to stop before it is killed (seconds).
-STOP_TIMEOUT_S = 10.0
+#: How long the workers may take to stop before they are killed (seconds): their own
+#: bound (the batch in hand, the fence) and a margin to exit.
+STOP_TIMEOUT_S = INGEST_STOP_TIMEOUT_S + 5.0
+#: Report periods (``REPORT_S``) a worker may stay silent before it is taken for hung.
+SILENT_REPORTS = 5
+#: How long a started worker may take to send its first report (seconds): its imports
+#: and settings, on a loaded machine.
+START_TIMEOUT_S = 60.0
 #: Wait before a dead worker is started again (seconds).
 RESTART_DELAY_S = 1.0
 
@@ -72,6 +93,12 @@ class _Worker:
         self.ever_subscribed = False
         self.restarted = False  # since it last subscribed
         self.counters: dict[str, int] = {}
+        # The watchdog's view (``MqttIngestPool._watch``), on the event loop:
+        self.started_at = 0.0  # loop time the process was started
+        self.reported = False  # sent a frame since it was started
+        self.heard = False  # sent a frame since the last tick
+        self.busy = False  # this side is handling its request: it waits for us
+        self.silent = 0  # ticks in a row without a frame
 
     def send(self, *frame: Any) -> None:
         """Queue a frame; a worker gone meanwhile misses it (it is restarted with the
@@ -189,6 +216,7 @@ class MqttIngestPool:
     async def start(self) -> None:
         self._failed = asyncio.get_running_loop().create_future()
         self._tasks = [asyncio.ensure_future(self._run(w)) for w in self._workers]
+        self._tasks.append(asyncio.ensure_future(self._watch()))
 
     async def join(self) -> None:
         """Raises what failed (an append, a worker that could not start); shielded."""
@@ -196,20 +224,22 @@ class MqttIngestPool:
         await asyncio.shield(self._failed)
 
     async def stop(self) -> None:
-        """Each worker disconnects (what it was not answered stays with the broker) and
-        exits; one that does not within ``STOP_TIMEOUT_S`` is killed."""
+        """Each worker leaves the broker as ``MqttIngest.stop`` does (its batch in hand
+        written here, acknowledged and fenced; what it had not taken stays with the
+        broker) and exits; those not exited within ``STOP_TIMEOUT_S`` are killed."""
         self._stopping = True
         for w in self._workers:
             w.send("stop")
-        for w in self._workers:
-            if w.process is None:
-                continue
-            try:
-                await asyncio.wait_for(w.process.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
+        running = {w: w.process for w in self._workers if w.process is not None}
+        # Answered meanwhile by each worker's ``_serve``, still reading its frames.
+        exits = [asyncio.ensure_future(p.wait()) for p in running.values()]
+        if exits:
+            await asyncio.wait(exits, timeout=STOP_TIMEOUT_S)
+        for w, process in running.items():
+            if process.returncode is None:
                 log.error("MQTT ingest worker %d did not stop: killed", w.index)
-                w.process.kill()
-                await w.process.wait()
+                process.kill()
+                await process.wait()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -254,6 +284,7 @@ class MqttIngestPool:
     async def _serve(self, w: _Worker) -> int | None:
         """Start the worker process, answer its requests until it exits; its status."""
         ours, theirs = socket.socketpair()
+        w.started_at, w.reported, w.silent = asyncio.get_running_loop().time(), False, 0
         with theirs:
             w.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -272,7 +303,11 @@ class MqttIngestPool:
                     frame = await read_frame(reader)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     break
-                await self._handle(w, frame)
+                w.heard = w.reported = w.busy = True
+                try:
+                    await self._handle(w, frame)
+                finally:
+                    w.busy = False
         finally:
             w.writer.close()
             w.writer = None
@@ -304,6 +339,54 @@ class MqttIngestPool:
                 w.restarted = False
                 log.warning("MQTT ingest worker %d subscribed again after its restart", w.index)
             self._update_subscribed()
+
+    async def _watch(self) -> None:
+        """Every ``REPORT_S``: a worker silent for ``SILENT_REPORTS`` ticks in a row
+        (ticks on time only), or without a first report ``START_TIMEOUT_S`` after its
+        start, is hung: ``_hung``."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while not self._stopping:
+            await asyncio.sleep(REPORT_S)
+            now = loop.time()
+            # Late, this loop was held up: the workers' frames may wait unread.
+            self._tick(now, on_time=now - last < 2 * REPORT_S)
+            last = now
+
+    def _tick(self, now: float, *, on_time: bool) -> None:
+        """One of ``_watch``'s ticks at loop time ``now``; none once stopping (the
+        workers have ``STOP_TIMEOUT_S``)."""
+        if self._stopping:
+            return
+        for w in self._workers:
+            if w.process is None or w.process.returncode is not None:
+                continue  # starting, or exited: ``_run`` restarts it
+            if not w.reported:
+                if now - w.started_at > START_TIMEOUT_S:
+                    self._hung(w, f"no report {now - w.started_at:.0f} s after its start")
+                continue
+            if w.heard or w.busy:
+                w.heard, w.silent = False, 0
+            elif on_time:
+                w.silent += 1
+                if w.silent >= SILENT_REPORTS:
+                    self._hung(w, f"silent for {w.silent * REPORT_S:.1f} s")
+
+    def _hung(self, w: _Worker, why: str) -> None:
+        """Take worker ``w`` for hung: not subscribed from now on, killed (``_run``
+        starts it again; the broker redelivers what it had not acknowledged)."""
+        assert w.process is not None
+        log.error(
+            "MQTT ingest worker %d (pid %d) is hung (%s): killing it to start it again",
+            w.index,
+            w.process.pid,
+            why,
+        )
+        self._retired["worker_hangs"] += 1
+        w.subscribed, w.silent, w.reported = False, 0, True
+        w.connection = Connection(error=f"worker hung ({why}): restarting")
+        self._update_subscribed()
+        w.process.kill()
 
     def _update_subscribed(self) -> None:
         if all(w.subscribed for w in self._workers):

@@ -22,7 +22,11 @@ notices ``("seq", topic, seqs, received_ms)``, ``("drops", total)`` and, every
 ``REPORT_S``, ``("state", connected, error, since_ms, failures, subscribed, counters)``.
 
 SIGTERM, SIGINT and SIGHUP are the gateway's to act on (systemd and a terminal send them
-to every process of the service): the worker ignores them and stops on ``("stop",)``.
+to every process of the service): the worker ignores them and stops on ``("stop",)`` as
+``MqttIngest.stop`` does, reading the gateway's answers meanwhile: the batch in hand is
+written, acknowledged and fenced before it leaves the broker (within
+``connectors.mqtt.client.STOP_TIMEOUT_S``). The gateway takes a worker that has not
+reported for ``connectors.mqtt.pool.SILENT_REPORTS`` periods for hung and kills it.
 """
 
 from __future__ import annotations
@@ -104,8 +108,12 @@ class _Gateway:
         write_frame(self._writer, ("seq", topic, seqs, received_ms))  # drained by the next
 
 
-async def _listen(reader: asyncio.StreamReader, ingest: MqttIngest, gateway: _Gateway) -> None:
-    """The gateway's frames until ``stop``; the gateway gone, the process ends at once."""
+async def _listen(
+    reader: asyncio.StreamReader, ingest: MqttIngest, gateway: _Gateway, stop: asyncio.Event
+) -> None:
+    """The gateway's frames, ``stop`` set by its ``("stop",)``; read on while the ingest
+    stops (its batch in hand waits for its ``done``). The gateway gone, the process
+    ends at once."""
     while True:
         try:
             frame = await read_frame(reader)
@@ -122,7 +130,7 @@ async def _listen(reader: asyncio.StreamReader, ingest: MqttIngest, gateway: _Ga
         elif kind == "resume":
             ingest.resume()
         elif kind == "stop":
-            return
+            stop.set()
 
 
 async def _report(ingest: MqttIngest, gateway: _Gateway, every_s: float | None) -> None:
@@ -156,8 +164,10 @@ async def _serve(sock: socket.socket) -> int:
     if paused is not None:
         ingest.pause(paused)
     await ingest.start()
+    stop = asyncio.Event()
+    listening = asyncio.ensure_future(_listen(reader, ingest, gateway, stop))
     tasks = [
-        asyncio.ensure_future(_listen(reader, ingest, gateway)),
+        asyncio.ensure_future(stop.wait()),
         asyncio.ensure_future(ingest.join()),
         asyncio.ensure_future(_report(ingest, gateway, REPORT_S)),
     ]
@@ -165,8 +175,10 @@ async def _serve(sock: socket.socket) -> int:
     failed = tasks[0] not in done
     if failed:
         log.error("MQTT ingest worker failed", exc_info=next(iter(done)).exception())
+    # Still listening and reporting: the batch in hand is written when the gateway
+    # answers, then acknowledged and fenced (``MqttIngest.stop``).
     await ingest.stop()
-    for task in tasks:
+    for task in [*tasks, listening]:
         task.cancel()
     await _report(ingest, gateway, None)  # the final counts
     return 1 if failed else 0

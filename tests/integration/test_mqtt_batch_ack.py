@@ -1,14 +1,18 @@
 """Through real mosquitto: a batch of QoS 1 messages is acknowledged at once (one PUBACK
 packet for paho's thread, one wake-up), and the broker takes every one of them as
 acknowledged (nothing is redelivered to the persistent session). A pause (the disk is
-full) acknowledges what ingest took before it leaves the broker: nothing is delivered
-twice across it."""
+full) and a stop (SIGTERM, of ``MqttIngest`` and of a whole ``vigil run``) acknowledge
+what ingest took before they leave the broker: nothing is delivered twice across
+them."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -19,6 +23,14 @@ from connectors.mqtt.client import MqttIngest
 from connectors.mqtt.mosquitto import Mosquitto
 from connectors.mqtt.options import MqttOptions
 from engine.contracts.batch import ReadingBlock
+from tests.integration.test_mqtt_ingest_faults import (
+    _alerts,
+    _Publisher,
+    _reading,
+    _sentinel_engine,
+    _telemetry,
+    _topic,
+)
 from tests.integration.test_storage import _wait_disconnected_sessions
 
 pytestmark = pytest.mark.integration
@@ -76,7 +88,9 @@ async def _ingest(broker: Mosquitto, messages: int) -> tuple[list[int], list[lis
     handle = ingest._handle
 
     async def recording_handle(items: list[Any]) -> None:
-        batches.append(items)
+        messages = [m for m in items if isinstance(m, Inbound)]
+        if messages:  # not the stop's flush marker alone
+            batches.append(messages)
         await handle(items)
 
     ingest._handle = recording_handle  # type: ignore[method-assign]
@@ -237,3 +251,108 @@ def test_a_pause_acknowledges_what_it_took_before_it_leaves_the_broker() -> None
     twice = sorted(k for k, n in produced.items() if n > 1)
     assert not twice, f"{len(twice)} readings were produced twice across the pause: {twice[:9]}..."
     assert sorted(produced) == list(range(published))
+
+
+async def _stop_with_a_batch_in_hand(broker: Mosquitto) -> tuple[int, Counter[int]]:
+    """Ingest stops while a batch is written and not yet durable (its fsync under way),
+    with the broker still sending; a second ingest with the same client id then takes
+    what the broker kept. Returns how many readings were published and how often each
+    (its value) was written."""
+    produced: Counter[int] = Counter()
+    in_hand, durable = asyncio.Event(), asyncio.Event()
+
+    async def produce(readings: list[Any]) -> None:
+        for block in readings:
+            assert isinstance(block, ReadingBlock)
+            produced.update(int(v) for v in block.value)  # written: the log holds it ...
+        if not in_hand.is_set():
+            in_hand.set()
+            await durable.wait()  # ... and its fsync is under way as the stop comes
+
+    async def dead_letter(raw: bytes, reason: str, source: str) -> None:
+        raise AssertionError(f"dead letter: {reason}")
+
+    options = MqttOptions(
+        host=broker.host, port=broker.port, client_id=CLIENT_ID, broker_drops_topic=None
+    )
+    ingest = MqttIngest(options, produce, dead_letter)
+    await ingest.start()
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, ingest.subscribed.wait, 30)
+    flood = _Flood(broker)
+    flood.start()
+    try:
+        await asyncio.wait_for(in_hand.wait(), 60)
+        assert await loop.run_in_executor(None, flood.wait_sent, 5000)
+        stopping = asyncio.ensure_future(ingest.stop())
+        await asyncio.sleep(0)  # the stop has begun (SIGTERM) before the fsync ends
+        durable.set()
+        await asyncio.wait_for(stopping, 60)
+    finally:
+        published = await loop.run_in_executor(None, flood.stop)
+    again = MqttIngest(options, produce, dead_letter)
+    await again.start()
+    assert await loop.run_in_executor(None, again.subscribed.wait, 30)
+    async with asyncio.timeout(60):
+        while len(produced) < published:
+            await asyncio.sleep(0.01)
+    await again.stop()
+    return published, produced
+
+
+def test_a_stop_acknowledges_what_it_took_before_it_leaves_the_broker() -> None:
+    """``stop`` (SIGTERM) leaves the broker as a pause does: the batch in hand is
+    written and acknowledged, and the broker has read those PUBACKs before the
+    disconnect; the rest is left to the broker. Every reading is written once across the
+    stop. A disconnect with the batch in hand would have the broker send it again (a
+    second copy in the log, and its readings late for the rules)."""
+    with Mosquitto() as broker:
+        published, produced = asyncio.run(_stop_with_a_batch_in_hand(broker))
+    twice = sorted(k for k, n in produced.items() if n > 1)
+    assert not twice, f"{len(twice)} readings were written twice across the stop: {twice[:9]}..."
+    assert sorted(produced) == list(range(published))
+
+
+def test_sigterm_of_a_gateway_under_a_qos1_publisher_writes_no_reading_twice(
+    tmp_path: Path,
+) -> None:
+    """``vigil run`` stopped with SIGTERM three times while a publisher sends QoS 1
+    readings of one gauge, and started again: the telemetry log holds every published
+    reading exactly once, and no dead letter (a redelivered reading, older than those
+    the gauge sent since, would be late or out of order for the rule). On a slow disk
+    (``apps/slow_disk_gateway.py``), so that each SIGTERM finds a batch written and
+    not yet acknowledged: a fast one leaves that to chance."""
+    script = Path(__file__).parent / "apps" / "slow_disk_gateway.py"
+    with Mosquitto() as broker:
+        engine = _sentinel_engine(tmp_path, broker, [sys.executable, str(script)])
+        engine.start()
+        flood = _Flood(broker)
+        flood.start()
+        try:
+            for stop in range(1, 4):
+                assert flood.wait_sent(stop * 3000)
+                assert engine.terminate() == 0, engine.log.read_text()[-3000:]
+                engine.start()
+        finally:
+            published = flood.stop()
+        try:
+            # After every flood message in the gateway's session: once its alert is out,
+            # everything before it is in the log.
+            marker = _Publisher(broker, client_id="batch-ack-marker")
+            marker.publish([_reading("HZ002", 0, 150.0)])
+            marker.close()
+            deadline = time.monotonic() + 120
+            while not [e for e in _alerts(tmp_path / "alerts.jsonl") if e.station == "HZ002"]:
+                assert time.monotonic() < deadline, engine.log.read_text()[-3000:]
+                time.sleep(0.2)
+            assert engine.terminate() == 0, engine.log.read_text()[-3000:]
+        finally:
+            engine.kill()
+    written = Counter(
+        int(v) for station, _, v in _telemetry(tmp_path / "data") if station == "HZ001"
+    )
+    twice = sorted(k for k, n in written.items() if n > 1)
+    assert not twice, f"{len(twice)} readings are in the log twice: {twice[:9]}..."
+    assert sorted(written) == list(range(published))
+    dead = [headers["vigil-reason"] for _, headers in _topic(tmp_path / "data", "dead-letter")]
+    assert not dead, f"{len(dead)} dead letters: {dead[:3]}"

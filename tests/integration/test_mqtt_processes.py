@@ -1,13 +1,18 @@
 """Through real mosquitto: MQTT ingest in two worker processes sharing the subscription
 (``connectors.mqtt.pool``) hands this process every published reading exactly once, both
 workers take part, and a worker killed while its batch is being written is started
-again and gets what it had not acknowledged redelivered."""
+again and gets what it had not acknowledged redelivered; so is a worker that hangs
+(SIGSTOP), once found silent. A stop with a batch in hand acknowledges it before the
+workers leave the broker: nothing comes twice after it."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import signal
+from collections import Counter
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -17,6 +22,7 @@ from connectors.mqtt.mosquitto import Mosquitto
 from connectors.mqtt.options import MqttOptions
 from connectors.mqtt.pool import MqttIngestPool, _Worker
 from engine.contracts.batch import ReadingBlock
+from engine.runtime.services.observe_metrics import MqttState
 
 pytestmark = pytest.mark.integration
 
@@ -214,3 +220,136 @@ def test_a_worker_that_cannot_start_ends_the_ingest() -> None:
     pool = MqttIngestPool(options, _Recorder(0).produce, _Recorder(0).dead_letter)
     failed = asyncio.run(_until_failed(pool, None))
     assert "exited (1) at start" in str(failed)
+
+
+class _FreezingPool(MqttIngestPool):
+    """Freezes (SIGSTOP) the worker whose batch it is handed after ``after`` readings,
+    before that batch is written: the worker hangs with its messages unacknowledged and
+    reports nothing more, as a deadlocked worker would; only its restart, and the
+    broker's redelivery, can bring those readings in."""
+
+    def __init__(self, *args: Any, after: int, recorder: _Recorder) -> None:
+        super().__init__(*args)
+        self.after = after
+        self.recorder = recorder
+        self.frozen: list[tuple[str, int, float]] = []
+
+    async def _handle(self, w: _Worker, frame: tuple[Any, ...]) -> None:
+        if frame[0] == "produce" and not self.frozen and len(self.recorder.readings) >= self.after:
+            assert w.process is not None
+            os.kill(w.process.pid, signal.SIGSTOP)
+            self.frozen = [
+                (station, t, v)
+                for station, _, ts, values in frame[1]
+                for t, v in zip(ts, values, strict=True)
+            ]
+            return  # not written, no answer: the worker is frozen anyway
+        await super()._handle(w, frame)
+
+
+async def _run_freezing(pool: _FreezingPool, recorder: _Recorder, broker: Mosquitto) -> None:
+    await pool.start()
+    try:
+        await _until_subscribed(pool)
+        publish = asyncio.get_running_loop().run_in_executor(None, _publish, broker, _messages())
+        async with asyncio.timeout(120):
+            while not pool.frozen:
+                await asyncio.sleep(0.01)
+            # Found hung: the pool no longer says it is subscribed (``/readyz``).
+            while pool.state == "subscribed":
+                await asyncio.sleep(0.01)
+        waiting = asyncio.ensure_future(recorder.all_in.wait())
+        joined = asyncio.ensure_future(pool.join())
+        done, _ = await asyncio.wait({waiting, joined}, timeout=120, return_when="FIRST_COMPLETED")
+        assert waiting in done, f"ingest ended or timed out: {done}"
+        await publish
+    finally:
+        await pool.stop()
+
+
+def test_a_hung_worker_is_found_killed_and_restarted_and_nothing_is_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with Mosquitto() as broker, caplog.at_level(logging.INFO, logger="connectors.mqtt.pool"):
+        recorder = _Recorder(STATIONS * PER_STATION)
+        pool = _FreezingPool(
+            _options(broker, "processes-hang"),
+            recorder.produce,
+            recorder.dead_letter,
+            after=STATIONS * PER_STATION // 3,
+            recorder=recorder,
+        )
+        asyncio.run(_run_freezing(pool, recorder, broker))
+    assert pool.frozen, "no worker was frozen"
+    assert re.search(r"MQTT ingest worker \d \(pid \d+\) is hung \(silent for 2.5 s\)", caplog.text)
+    assert "exited with status -9: starting it again" in caplog.text
+    assert pool.counters["worker_hangs"] == 1
+    assert pool.counters["worker_restarts"] == 1
+    metrics = {m.name: m.samples[0].value for m in MqttState(pool).collect()}
+    assert metrics["vigil_mqtt_worker_hangs"] == metrics["vigil_mqtt_worker_restarts"] == 1
+    # Every reading is in, the frozen batch's too (redelivered to the new worker); what
+    # the frozen worker had taken and not acknowledged may come twice (the pool's
+    # promise for a worker that is killed: at least once; the kernels count it once).
+    assert set(recorder.readings) == set(_published())
+    assert set(pool.frozen) <= set(recorder.readings)
+
+
+class _Holding(_Recorder):
+    """Writes each batch (records it) at once; the first batch written after ``hold_after``
+    readings then waits for ``release`` before it is answered, as a batch whose fsync
+    is under way while the pool stops."""
+
+    def __init__(self, expected: int, hold_after: int) -> None:
+        super().__init__(expected)
+        self.hold_after = hold_after
+        self.in_hand = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def produce(self, readings: list[Any]) -> None:
+        await super().produce(readings)
+        if not self.in_hand.is_set() and len(self.readings) >= self.hold_after:
+            self.in_hand.set()
+            await self.release.wait()
+
+
+async def _stop_with_a_batch_in_hand(
+    options: MqttOptions, recorder: _Holding, broker: Mosquitto
+) -> None:
+    """Stops the pool while a worker's batch is being written and the publisher is still
+    sending; then a pool with the same client ids takes what the broker kept."""
+    pool = MqttIngestPool(options, recorder.produce, recorder.dead_letter)
+    await pool.start()
+    try:
+        await _until_subscribed(pool)
+        publish = asyncio.get_running_loop().run_in_executor(None, _publish, broker, _messages())
+        await asyncio.wait_for(recorder.in_hand.wait(), 120)
+        stopping = asyncio.ensure_future(pool.stop())
+        await asyncio.sleep(0)  # the stop's first step: every worker is sent ("stop",)
+        recorder.release.set()  # the batch in hand is answered after that
+        await stopping
+        await publish
+    finally:
+        await pool.stop()
+    again = MqttIngestPool(options, recorder.produce, recorder.dead_letter)
+    await again.start()
+    try:
+        # The broker sends a session's unacknowledged messages first, on reconnect
+        # (before the SUBACK): once subscribed, what came twice is taken, and the stop
+        # writes what was taken.
+        await _until_subscribed(again)
+        await asyncio.wait_for(recorder.all_in.wait(), 120)
+    finally:
+        await again.stop()
+
+
+def test_a_stop_acknowledges_the_batch_in_hand_before_it_leaves_the_broker() -> None:
+    """The pool stops with a batch being written: the worker writes, acknowledges and
+    fences it before it disconnects, so the broker sends none of it again; the readings
+    it had not taken, the broker delivers to the next pool. Every reading once."""
+    with Mosquitto() as broker:
+        recorder = _Holding(STATIONS * PER_STATION, hold_after=STATIONS * PER_STATION // 3)
+        options = _options(broker, "processes-stop")
+        asyncio.run(_stop_with_a_batch_in_hand(options, recorder, broker))
+    twice = [r for r, n in Counter(recorder.readings).items() if n > 1]
+    assert not twice, f"{len(twice)} readings written twice across the stop: {twice[:5]}"
+    assert sorted(recorder.readings) == sorted(_published())

@@ -1,8 +1,9 @@
 """A gateway (``vigil run``) with two MQTT ingest processes (``mqtt.processes: 2``) fed
 realistic traffic through real mosquitto: every published reading is in the telemetry
 log exactly once, and the alerts are those ``vigil replay`` raises for the same readings;
-a worker killed with SIGKILL mid-stream is started again, the gateway runs on, and what
-the worker had not acknowledged comes back from the broker (no reading missing).
+a worker killed with SIGKILL mid-stream, or stopped with SIGSTOP (found hung, then
+killed), is started again, the gateway runs on, and what the worker had not
+acknowledged comes back from the broker (no reading missing).
 
 The traffic is ``tests.traffic``'s (twelve gauges, backlogs, duplicates, disorder,
 bursts), every message at QoS 1 (QoS 0 is at most once: not what is tested here),
@@ -98,11 +99,15 @@ def _wait_for(engine_log: Path, text: str, timeout: float = 120.0) -> None:
 
 
 def _run(
-    mosquitto: Mosquitto, tmp_path: Path, kill_at: float | None
+    mosquitto: Mosquitto,
+    tmp_path: Path,
+    kill_at: float | None,
+    sig: signal.Signals = signal.SIGKILL,
 ) -> tuple[Traffic, Counter[tuple[str, str, int]], Counter[str], list[AlertEvent], str]:
-    """Publishes the traffic to a gateway with two ingest processes (SIGKILL to one
-    after ``kill_at`` of the messages); the readings logged, the dead letters, the alerts
-    and the engine's log once everything is committed."""
+    """Publishes the traffic to a gateway with two ingest processes (``sig`` to one
+    after ``kill_at`` of the messages: SIGKILL, or SIGSTOP, which leaves it hung); the
+    readings logged, the dead letters, the alerts and the engine's log once everything
+    is committed."""
     traffic = _traffic()
     config = write_settings(
         tmp_path,
@@ -129,7 +134,9 @@ def _run(
                 assert engine.proc is not None
                 workers = _worker_pids(engine.proc.pid)
                 assert len(workers) == 2, workers
-                os.kill(workers[0], signal.SIGKILL)
+                os.kill(workers[0], sig)
+                if sig == signal.SIGSTOP:  # the gateway has to find it hung, and kill it
+                    _wait_for(engine_log, f"(pid {workers[0]}) is hung")
                 # The rest once it is back: the other worker would otherwise take
                 # readings hours of event time (seconds here) ahead of those the dead
                 # one had not acknowledged, and the kernels would find those late.
@@ -195,5 +202,20 @@ def test_a_killed_ingest_process_is_restarted_and_nothing_is_lost(
     assert set(rows) == set(published)  # none lost; redelivered ones may be there twice
     # No message rejected at ingest. The rules' own dead letters (a duplicate message is
     # "out of order", a reading shuffled past its window "late") are the traffic's.
+    assert all(r.startswith(("late for rule", "out of order for rule")) for r in dead), dead
+    _assert_same_alerts(traffic, live, tmp_path)
+
+
+def test_a_hung_ingest_process_is_killed_restarted_and_nothing_is_lost(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """An ingest process stopped with SIGSTOP mid-stream (as a deadlock would leave it:
+    alive, connected, its share of the subscription held) is found silent, killed and
+    started again; the broker redelivers what it had not acknowledged."""
+    traffic, rows, dead, live, engine_log = _run(mosquitto, tmp_path, 0.4, signal.SIGSTOP)
+    assert re.search(r"MQTT ingest worker \d \(pid \d+\) is hung \(silent for 2.5 s\)", engine_log)
+    assert re.search(r"MQTT ingest worker \d exited with status -9: starting it again", engine_log)
+    published = Counter((m.station, m.metric, t) for m in traffic.messages for t, _ in m.readings)
+    assert set(rows) == set(published)  # none lost; redelivered ones may be there twice
     assert all(r.startswith(("late for rule", "out of order for rule")) for r in dead), dead
     _assert_same_alerts(traffic, live, tmp_path)

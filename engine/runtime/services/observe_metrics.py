@@ -36,7 +36,8 @@ def rule_count(ruleset: Any) -> int:
 
 
 class MqttState(Collector):
-    """``vigil_mqtt_connected`` of one MQTT ingest."""
+    """``vigil_mqtt_connected`` of one MQTT ingest, and its worker processes' restarts
+    and hangs (``mqtt.processes`` > 1; 0 with one process)."""
 
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
@@ -46,6 +47,17 @@ class MqttState(Collector):
             "vigil_mqtt_connected",
             "1 while the MQTT ingest is connected and subscribed, else 0",
             value=1.0 if self.ingest.state == "subscribed" else 0.0,
+        )
+        counters = self.ingest.counters
+        yield CounterMetricFamily(
+            "vigil_mqtt_worker_restarts",
+            "MQTT ingest worker processes started again after they died or hung",
+            value=counters.get("worker_restarts", 0),
+        )
+        yield CounterMetricFamily(
+            "vigil_mqtt_worker_hangs",
+            "MQTT ingest worker processes found silent (hung, stopped) and killed",
+            value=counters.get("worker_hangs", 0),
         )
 
 
