@@ -207,8 +207,10 @@ def test_the_page_shows_the_same_board_after_a_sigkill_and_then_new_readings_at_
                 "trace": alert.locator("svg.sparkline polyline").get_attribute("points"),
             }
             assert "2024" in before["seen"] and before["trace"], before
+            # Each commit writes both partitions' checkpoints (ticks move them every
+            # second) with their offsets: three commits on, those readings are in.
             written = checkpoints(url)
-            wait_for("three more checkpoints", lambda: checkpoints(url) >= written + 6)
+            wait_for("three more commits", lambda: checkpoints(url) >= written + 6)
 
             engine.kill()
             expect(page.locator("#live")).to_have_text("offline", timeout=30_000)
