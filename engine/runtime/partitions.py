@@ -165,6 +165,8 @@ class PartitionStates:
                     blobs[self._checkpoint_name(tp.partition)] = self.processors[
                         tp.partition
                     ].snapshot()
+            # Written with the offsets in the same synchronous step, as on Kafka counted.
+            self.counters["checkpoints_written"] += len(blobs)
             return blobs
 
         transport.checkpoint_sources.append(checkpoints)

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from aiohttp import web
 
 from engine.contracts.alerts import Level, transition_event
-from engine.contracts.batch import Quality, TelemetryBatch
+from engine.contracts.batch import Quality, TelemetryBatch, Tick
 from engine.dispatch.clock import ManualClock
 from engine.dispatch.config import parse_dispatch_config
+from engine.runtime.dispatch import console
 from engine.runtime.dispatch.api import install_api
 from engine.runtime.dispatch.board import StationBoard
 from engine.runtime.dispatch.console import install_console
@@ -161,5 +163,49 @@ def test_a_process_that_stops_running_the_dispatcher_ends_the_stream_and_forward
         finally:
             await service.stop(None)
             await runner.cleanup()
+
+    asyncio.run(main())
+
+
+async def _event(lines: AsyncIterator[str], limit_s: float = 30.0) -> list[str]:
+    """The next server-sent event's lines (comments and blank lines skipped); fails if
+    none comes in ``limit_s`` (keep-alive comments would keep a read waiting forever)."""
+    out: list[str] = []
+    try:
+        async with asyncio.timeout(limit_s):
+            async for line in lines:
+                if line and not line.startswith(":"):
+                    out.append(line)
+                elif not line and out:
+                    return out
+    except TimeoutError:
+        raise AssertionError(f"no event in {limit_s} s (got {out})") from None
+    raise AssertionError(f"the stream ended after {out}")
+
+
+def test_the_stream_tells_of_new_readings_that_change_no_alert(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reading moves the station table and the sparklines without any alert changing:
+    the stream says ``readings`` with the board's version (a tick, which carries none,
+    does not move it), and the page reloads its stations on it. An alert stored later
+    is a ``change`` as before (the page then reloads everything)."""
+    # A stream notices its reader gone when it next writes: soon, so the server stops.
+    monkeypatch.setattr(console, "KEEPALIVE_S", 0.2)
+
+    async def main() -> None:
+        async with (
+            serving(tmp_path) as (service, board, url),
+            httpx.AsyncClient(timeout=30) as client,
+            client.stream("GET", url + "/api/stream") as stream,
+        ):
+            lines = stream.aiter_lines()
+            assert await _event(lines) == ["retry: 1000", "event: change", "data: 0"]
+            board.observe(TelemetryBatch.of_tick(Tick(T0, 5000)))
+            board.observe(TelemetryBatch.from_rows([("HZ002", "water_level", T0, 2.5)]))
+            assert await _event(lines) == ["event: readings", "data: 1"]
+            service.receive([event("HZ001", "red", at=T0)])
+            await service.tick()
+            assert await _event(lines) == ["event: change", "data: 1"]
 
     asyncio.run(main())

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from playwright.sync_api import Page, expect, sync_playwright
 
 from connectors.mqtt.mosquitto import Mosquitto
@@ -156,6 +157,87 @@ def test_alerts_live_acknowledged_and_silenced_from_the_page(
             engine.kill()
 
 
+def checkpoints(url: str) -> int:
+    """Kernel checkpoints the gateway has written (each with its telemetry offsets)."""
+    status = httpx.get(url + "/vigil/status", timeout=30).json()
+    return int(status["lag"]["checkpoints_written"])
+
+
+def test_the_page_shows_the_same_board_after_a_sigkill_and_then_new_readings_at_once(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The page open across a restart. A station's last value and an alert's sparkline
+    are on it; once the gateway has committed the offsets of those readings (so that the
+    restart does not replay them: only the board's read-back of the log brings them
+    back) it is SIGKILLed and started again on the same port. The page reconnects its
+    stream by itself, without a reload, and shows the same. Then a new reading that
+    changes no alert: the page's own timers are stopped and the dispatcher stores
+    nothing new (it ticks once a minute, and no alert changes), so only the stream's
+    ``readings`` event can bring it, and it does."""
+    routes = {
+        "version": 1,
+        "receivers": [{"name": "log", "type": "jsonl", "path": "notifications.jsonl"}],
+        "route": {"receivers": ["log"], "group_by": ["station"], "group_wait": "0s"},
+    }
+    engine, url = start_gateway(tmp_path, mosquitto, routes, silence_tick_s=1.0)
+    settings = yaml.safe_load(engine.config.read_text())
+    settings["dispatch"]["tick_s"] = 60  # no idle store (a ``change``) during the test
+    engine.config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    engine.start()
+    gauges = Gauges(mosquitto)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium())
+            page = browser.new_page(locale="en-GB", viewport={"width": 1400, "height": 900})
+            page.clock.install()  # the page's timers, stopped below
+            page.goto(url + "/console")
+            expect(page.locator("#live")).to_have_text("live", timeout=30_000)
+            page.evaluate("window.notReloaded = true")
+            gauges.report(QUIET)
+            gauges.report({"HZ001": 6.8, "HZ002": 5.0, "HZ003": 2.0})
+            alert = page.locator('#alerts tr[data-station="HZ002"]')
+            station = page.locator('#stations tr[data-station="HZ002"]')
+            expect(alert.locator("svg.sparkline")).to_have_attribute(
+                "data-points", "2", timeout=60_000
+            )
+            expect(station.locator(".last-value")).to_have_text("water_level 5 m")
+            before = {
+                "value": station.locator(".last-value").inner_text(),
+                "seen": station.locator(".last-seen").inner_text(),
+                "trace": alert.locator("svg.sparkline polyline").get_attribute("points"),
+            }
+            assert "2024" in before["seen"] and before["trace"], before
+            # Each commit writes both partitions' checkpoints (ticks move them every
+            # second) with their offsets: three commits on, those readings are in.
+            written = checkpoints(url)
+            wait_for("three more commits", lambda: checkpoints(url) >= written + 6)
+
+            engine.kill()
+            expect(page.locator("#live")).to_have_text("offline", timeout=30_000)
+            engine.start()  # the same settings: the same port
+            expect(page.locator("#live")).to_have_text("live", timeout=60_000)
+            expect(station.locator(".last-value")).to_have_text(before["value"], timeout=30_000)
+            expect(station.locator(".last-seen")).to_have_text(before["seen"])
+            expect(alert.locator("svg.sparkline")).to_have_attribute("data-points", "2")
+            polyline = alert.locator("svg.sparkline polyline")
+            expect(polyline).to_have_attribute("points", before["trace"])
+            assert page.evaluate("window.notReloaded") is True
+            shot(page, "5-after-sigkill")
+
+            # The page's timers stop (its 10 s reload among them); one reload in flight
+            # finishes before the reading is sent.
+            page.clock.pause_at(page.evaluate("Date.now()") + 1000)
+            page.evaluate("requestRefresh()")
+            gauges.report({"HZ002": 5.1})
+            expect(station.locator(".last-value")).to_have_text("water_level 5.1 m", timeout=30_000)
+            expect(alert.locator("svg.sparkline")).to_have_attribute("data-points", "3")
+            assert page.evaluate("window.notReloaded") is True
+            browser.close()
+    finally:
+        gauges.publisher.close()
+        engine.kill()
+
+
 def test_the_page_stays_live_in_a_storm_of_a_thousand_stations(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
@@ -213,8 +295,8 @@ def test_the_page_stays_live_in_a_storm_of_a_thousand_stations(
                 expect(row.locator(".lvl")).to_have_text("red")
                 # Its five reports, one per 5 minutes: the three quiet ones and the two reds.
                 # The other gauges' fifth reports can close its window before its own
-                # arrives (another batch): then the last point comes with the page's
-                # periodic refresh (every 10 s), not with the alert.
+                # arrives (another batch): then the last point comes with the stream's
+                # next ``readings`` event, not with the alert.
                 expect(row.locator("svg.sparkline")).to_have_attribute(
                     "data-points", "5", timeout=30_000
                 )

@@ -1,7 +1,9 @@
 """A gateway restarted, by SIGTERM and then by SIGKILL, while an alert is firing and
 acknowledged: after each restart the dispatcher's state (the alert, its acknowledgement,
-the outbox) and what the duty-room page reads (``/api/alerts``, ``/api/stations``) are
-what they were before, and nobody is told of the acknowledged alert again.
+the outbox) and what the duty-room page reads (``/api/alerts``, ``/api/stations`` with
+each station's last readings and the alerting one's sparkline, read back from the
+telemetry log) are what they were before, and nobody is told of the acknowledged alert
+again.
 
 Real parts: mosquitto, ``vigil run``, an HTTP receiver. "Not told again" is shown by
 something later that would have come after it: another gauge, red after the restarts,
@@ -53,7 +55,9 @@ def _view(url: str) -> dict[str, Any]:
         "pending": outbox["pending"],
         "parked": outbox["parked"],
         "unmarked": outbox["unmarked"],
-        "stations": {s["id"]: (s["level"], s["silenced"]) for s in stations},
+        "stations": {
+            s["id"]: (s["level"], s["silenced"], s["readings"], s["spark"]) for s in stations
+        },
     }
 
 
@@ -106,7 +110,10 @@ def test_restarts_keep_an_acknowledged_alert_acknowledged_and_quiet(
             (alert,) = before["alerts"]
             assert alert["status"] == "acknowledged", alert
             assert alert["acknowledged"]["by"] == "Li Wei"
-            assert before["stations"]["HZ001"][0] == "red"
+            level, _, readings, spark = before["stations"]["HZ001"]
+            assert level == "red"
+            assert readings["water_level"]["value"] == 6.8
+            assert [v for _, v in spark["water_level"]] == [6.8, 6.8]
 
             # SIGTERM: a clean stop, then SIGKILL: no chance to store anything at the end.
             assert engine.terminate() == 0, (tmp_path / "engine.log").read_text()

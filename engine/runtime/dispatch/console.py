@@ -13,11 +13,16 @@ network: an edge box has no internet). It reads and acts through the same REST A
                                   each metric's last reading (``board``); a station with
                                   an active alert also its metrics' traces (sparklines)
     GET /api/stream               server-sent events: ``change`` with the dispatcher
-                                  state's version whenever it is stored anew, a comment
-                                  line every 15 s to keep proxies from closing it
+                                  state's version whenever it is stored anew;
+                                  ``readings`` with the board's version when it took
+                                  readings since the last event, at most one per
+                                  ``READINGS_EVERY_S``; a comment line every 15 s to keep
+                                  proxies from closing it
 
 The page reloads what it shows on each ``change`` (an alert stored is on the page in
-well under a second; changes that come during a reload make one more, not one each).
+well under a second; changes that come during a reload make one more, not one each),
+and its station table and sparklines on each ``readings``: a new reading is on the page
+within a second, also when it changes no alert.
 Access is the web port's one rule (``engine.runtime.web_access``): the page and its files
 are open, ``/api/`` routes need what the API needs (loopback, or the bearer token that the
 page asks for once and keeps in the tab's session storage). On a Kafka worker that does
@@ -26,6 +31,7 @@ not own the dispatcher the two ``/api/`` routes are passed on to the one that do
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from typing import Any
@@ -43,6 +49,9 @@ __all__ = ["install_console"]
 
 #: Seconds between keep-alive comments on an idle stream.
 KEEPALIVE_S = 15.0
+#: Least seconds between two ``readings`` events of one stream: in a storm readings come
+#: all the time, and each event costs the page a reload of its station table.
+READINGS_EVERY_S = 0.5
 
 _FILES = {
     "console.js": "application/javascript",
@@ -163,23 +172,61 @@ def install_console(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        version = service.version
+        loop = asyncio.get_running_loop()
+        version, seen = service.version, _version(board)
         await response.write(f"retry: 1000\nevent: change\ndata: {version}\n\n".encode())
+        quiet_until = 0.0  # loop time before which no ``readings`` event is sent
         # Until this process stops running the dispatcher (a Kafka worker's ownership
         # moved): then the stream ends and the page reconnects, to the new owner.
         while current() is service:
-            now = await service.changed_since(version, KEEPALIVE_S)
-            if now == version:
-                await response.write(b": keep-alive\n\n")
-            else:
-                version = now
+            now, taken = await _changes(service, version, board, seen, quiet_until)
+            if now != version:  # the page reloads everything, its stations included
+                version, seen = now, taken
                 await response.write(f"event: change\ndata: {version}\n\n".encode())
+            elif taken != seen and loop.time() >= quiet_until:
+                seen, quiet_until = taken, loop.time() + READINGS_EVERY_S
+                await response.write(f"event: readings\ndata: {seen}\n\n".encode())
+            elif taken == seen:
+                await response.write(b": keep-alive\n\n")
         return response
 
     router.add_route("GET", "/console", page)
     router.add_route("GET", "/console/{name}", asset)
     router.add_route("GET", "/api/stations", station_list)
     router.add_route("GET", "/api/stream", stream)
+
+
+def _version(board: StationBoard | None) -> int:
+    return 0 if board is None else board.version
+
+
+async def _changes(
+    service: DispatchService,
+    version: int,
+    board: StationBoard | None,
+    seen: int,
+    quiet_until: float,
+) -> tuple[int, int]:
+    """The dispatcher state's and the board's versions once either moved on from
+    ``version`` and ``seen``, or after ``KEEPALIVE_S``. The board is watched from loop
+    time ``quiet_until`` on; the dispatcher all along."""
+
+    async def board_moved() -> None:
+        assert board is not None
+        await asyncio.sleep(quiet_until - asyncio.get_running_loop().time())
+        await board.changed_since(seen, KEEPALIVE_S)
+
+    waits: set[asyncio.Future[Any]] = {
+        asyncio.ensure_future(service.changed_since(version, KEEPALIVE_S))
+    }
+    if board is not None:
+        waits.add(asyncio.ensure_future(board_moved()))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    return service.version, _version(board)
 
 
 async def _unavailable() -> web.StreamResponse:

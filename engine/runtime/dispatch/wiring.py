@@ -6,13 +6,17 @@
 the alerts topic (``Topology.alert_listeners``), the state stored before each offset
 commit, a tick on the wall clock, one delivery loop per receiver, and the API on the
 web port. One dispatcher for the whole gateway, not one per partition: a basin's
-gauges hash to different partitions, and its group must gather them all.
+gauges hash to different partitions, and its group must gather them all. The duty
+room's station board is read back from the telemetry log first (``board.py``): after a
+restart the page shows what it showed before, not an empty table until readings come.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,8 @@ from engine.runtime.transport.local import Transport as LocalTransport
 from rules.station import Station
 
 __all__ = ["build_receivers", "install_dispatch", "links_of"]
+
+log = logging.getLogger(__name__)
 
 
 def build_receivers(config: DispatchConfig) -> dict[str, Receiver]:
@@ -116,6 +122,15 @@ def install_dispatch(
     app.on_before_shutdown.connect(stop)
     install_api(app.web.web_app.router, service)
     board = StationBoard()
+    started = time.monotonic()
+    readings = board.read_back(
+        transport.log, topology.telemetry.get_topic_name(), str(app.conf.id),
+        int(time.time() * 1000),
+    )  # fmt: skip
+    log.info(
+        "station board: %d readings read back from the log in %.1f s",
+        readings, time.monotonic() - started,
+    )  # fmt: skip
     topology.batch_listeners.append(board.observe)
     install_console(app.web.web_app.router, service, stations, board=board)
     return service

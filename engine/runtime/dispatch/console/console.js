@@ -1,8 +1,9 @@
 // Vigil duty room: reads and acts through the gateway's REST API; reloads on each
-// "change" of the server-sent event stream. No framework, no network beyond the gateway.
+// "change" of the server-sent event stream, and its stations on each "readings". No
+// framework, no network beyond the gateway.
 "use strict";
 const LEVELS = ["red", "orange", "yellow", "blue"];
-let T = {}, dict = {}, stations = [], byId = {};
+let T = {}, dict = {}, stations = [], byId = {}, alerts = [];
 const $ = (s) => document.querySelector(s);
 function lang() {
   const chosen = localStorage.getItem("vigil-lang");
@@ -69,15 +70,27 @@ async function refresh() {
   const [a, st, si, hi] = await Promise.all([
     api("/api/alerts"), api("/api/stations"), api("/api/silences"), api("/api/history")]);
   stations = st.stations; byId = Object.fromEntries(stations.map((s) => [s.id, s]));
-  drawAlerts(a.alerts); drawStations(); drawSilences(si.silences); drawHistory(a.alerts, hi.alerts);
+  alerts = a.alerts;
+  drawAlerts(alerts); drawStations(); drawSilences(si.silences); drawHistory(alerts, hi.alerts);
+}
+// New readings: last values and sparklines move, the alerts do not (a "change" says so).
+async function refreshStations() {
+  const st = await api("/api/stations");
+  stations = st.stations; byId = Object.fromEntries(stations.map((s) => [s.id, s]));
+  drawAlerts(alerts); drawStations();
 }
 
-// One refresh at a time; changes that arrive meanwhile make one more, not one each.
-let refreshing = null, again = false;
-function requestRefresh() {
-  if (refreshing) { again = true; return refreshing; }
+// One refresh at a time; changes that arrive meanwhile make one more, not one each
+// ("all" when any of them asked for it, else the stations only).
+let refreshing = null, wanted = null;
+function requestRefresh(what = "all") {
+  wanted = wanted === "all" || what === "all" ? "all" : "stations";
+  if (refreshing) return refreshing;
   refreshing = (async () => {
-    do { again = false; await refresh().catch(console.error); } while (again);
+    while (wanted) {
+      const w = wanted; wanted = null;
+      await (w === "all" ? refresh() : refreshStations()).catch(console.error);
+    }
     refreshing = null;
   })();
   return refreshing;
@@ -266,12 +279,13 @@ async function live() {
         const {value, done} = await reader.read();
         if (done) break;
         buf += value;
-        let i, changed = false;
+        let i, changed = false, readings = false;
         while ((i = buf.indexOf("\n\n")) >= 0) {
           const msg = buf.slice(0, i); buf = buf.slice(i + 2);
           if (msg.includes("event: change")) changed = true;
+          if (msg.includes("event: readings")) readings = true;
         }
-        if (changed) requestRefresh();
+        if (changed) requestRefresh("all"); else if (readings) requestRefresh("stations");
       }
     } catch (e) { console.error(e); }
     $("#live").className = "live off"; $("#live").textContent = t("offline");
@@ -297,7 +311,8 @@ async function main() {
   $("#who").onchange = () => localStorage.setItem("vigil-who", $("#who").value.trim());
   translate();
   live();
-  // Readings move between alert changes: the station table and the dead letters, slowly.
+  // The dead letters are counted, not streamed: slowly; with them everything again
+  // (what time alone changes, a silence running out).
   drawDead().catch(console.error);
   setInterval(() => { requestRefresh(); drawDead().catch(console.error); }, STATUS_EVERY_MS);
 }
