@@ -94,8 +94,12 @@ def decode_payload(
     anything else, whatever the bytes. ``seqs``, when given, gets the objects' ``seq``
     numbers in payload order (only once the whole payload decoded)."""
     try:
-        doc = json.loads(payload)
-    except ValueError as exc:  # not UTF-8, not JSON, or an integer past 4300 digits
+        # UTF-8 only (RFC 8259 §8.1): json.loads would guess UTF-16 or -32 from the
+        # first bytes, and name that codec in the reason of a payload that is neither.
+        doc = json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"payload is not UTF-8: {exc}") from exc
+    except ValueError as exc:  # not JSON, or an integer past 4300 digits
         raise PayloadError(f"payload is not JSON: {exc}") from exc
     except RecursionError as exc:
         raise PayloadError("payload is not JSON this decoder can read: nested too deeply") from exc
@@ -136,9 +140,16 @@ def decode_columns(
     """JSON payload -> (ts_ms column, value column): ``decode_payload``'s readings as two
     lists, its ``seq`` numbers into ``seqs`` the same way, and its ``PayloadError`` with
     the same reason for anything it refuses."""
+    if not payload.isascii():
+        try:  # msgspec checks UTF-8 only in what it decodes, not in the fields it skips
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return _columns(decode_payload(payload, received_ms, seqs))  # refused there
     try:
         doc = _decoder.decode(payload)
-    except msgspec.DecodeError:  # ValidationError too: a form the fast path leaves out
+    except (msgspec.DecodeError, RecursionError):
+        # ValidationError too: a form the fast path leaves out; RecursionError: nesting
+        # deeper than msgspec follows, which the reference refuses with its reason.
         return _columns(decode_payload(payload, received_ms, seqs))
     if isinstance(doc, _Item):  # one reading: the common form, checked without lists
         t = received_ms if doc.ts is None else doc.ts

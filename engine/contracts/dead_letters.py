@@ -28,7 +28,7 @@ RECEIVED_AT_HEADER = "vigil-received-at"
 
 #: (class, the reason texts' starts that belong to it), first match wins.
 _PREFIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("not_json", ("payload is not JSON",)),
+    ("not_json", ("payload is not JSON", "payload is not UTF-8")),
     ("bad_shape", ("payload is an empty list", "expected an object", "object has no ")),
     ("bad_value", ("value ",)),
     ("bad_timestamp", ("ts ",)),

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from connectors.ingest import PayloadError
 from connectors.mqtt.payload import MAX_TS_MS, decode_columns, decode_payload
 from connectors.mqtt.topics import TopicTemplate
+from engine.contracts.dead_letters import reason_class
 
 NOW = 1_700_000_000_000
 
@@ -47,7 +48,7 @@ def test_decodes_readings(payload: bytes, expected: list[tuple[int, float]]) -> 
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        (b"\xff\xfe", "payload is not JSON"),
+        (b"\xff\xfe", "payload is not UTF-8"),
         (b"{", "payload is not JSON"),
         (b"[]", "payload is an empty list"),
         (b"3.5", "expected an object with 'value', got float"),
@@ -90,6 +91,8 @@ POISON = {
         b'{"value": ' + b"9" * 5000 + b"}",
         "payload is not JSON: Exceeds the limit",
     ),
+    "not-utf8": (b"\xff\xfe\xfd", "payload is not UTF-8"),  # was a 'utf-16-le' codec error
+    "utf8-broken-in-a-string": (b'{"value": 1, "note": "\xc3\x28"}', "payload is not UTF-8"),
     "value-nested-list": (
         b'{"value": ' + b"[" * 500 + b"]" * 500 + b"}",
         "value must be a number, got [[[[[[[...]]]]]]]",
@@ -102,6 +105,7 @@ def test_poison_payloads_are_payload_errors(payload: bytes, reason: str) -> None
     with pytest.raises(PayloadError) as info:
         decode_payload(payload, NOW)
     assert reason in str(info.value)
+    assert reason_class(str(info.value)) != "other"  # counted under a class people read
     assert len(str(info.value)) < 200  # a reason is a line, not the payload again
 
 
@@ -169,6 +173,12 @@ def test_the_fast_decoder_takes_and_refuses_what_the_reference_does(payload: byt
         b"[" * 100_000 + b"]" * 100_000,
         b'[{"value": 1, "ts": 1}, ' + b"[" * 100_000 + b"]" * 100_000 + b"]",
         b'{"value": 1, "ts": ' + b"9" * 5000 + b"}",
+        # Invalid UTF-8 in a field msgspec skips (it took the reading, the reference not).
+        b'{"value": 1.0, "ts": 1719763200000, "note": "\xc3\x28"}',
+        b'[{"value": 1.0, "ts": 1719763200000, "\xff": 1}]',
+        # Nesting deeper than msgspec follows, inside a reading (a RecursionError).
+        b'{"value": 1.0, "x": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+        b'{"a": ' * 10_000 + b"1" + b"}" * 10_000,
     ],
 )
 def test_poison_payloads_are_payload_errors_for_the_fast_decoder_too(payload: bytes) -> None:
