@@ -65,12 +65,14 @@ from connectors.ingest import (
 )
 from connectors.mqtt.broker_drops import DropWatcher
 from connectors.mqtt.connection import (
+    AckFence,
     Connection,
     PubAck,
     ack_together,
     connect,
     describe_failure,
     new_client,
+    set_done,
 )
 from connectors.mqtt.options import MqttOptions
 from connectors.mqtt.payload import decode_columns
@@ -81,16 +83,9 @@ __all__ = ["STOP_TIMEOUT_S", "Connection", "MqttIngest", "describe_failure"]
 
 log = logging.getLogger(__name__)
 
-#: How long ``pause`` and ``stop`` wait for the broker to answer the UNSUBSCRIBE that
-#: follows the last PUBACKs (s); without an answer (the connection is lost) they leave
-#: anyway.
-FENCE_TIMEOUT_S = 10.0
 #: The longest ``stop`` takes to leave the broker (s): the batch in hand written and
-#: acknowledged (a local fsync: milliseconds), then the fence (``FENCE_TIMEOUT_S``).
+#: acknowledged (a local fsync: milliseconds), then the fence (``AckFence``).
 STOP_TIMEOUT_S = 20.0
-#: The topic filter of that UNSUBSCRIBE: never subscribed (the broker answers an
-#: UNSUBSCRIBE of any filter; MQTT 3.1.1, 3.10.4), so it changes nothing.
-FENCE_FILTER = "$vigil/ack-fence"
 
 #: ``on_broker_drops(total)``: the broker's cumulative count of dropped messages.
 BrokerDrops = Callable[[int], Awaitable[None]]
@@ -155,7 +150,7 @@ class MqttIngest:
         self._leaving: asyncio.Task[None] | None = None  # ``_leave``'s disconnect, under way
         self._stopping = False
         #: Resolved by the broker's UNSUBACK: ``_fence``'s, the only UNSUBSCRIBE sent.
-        self._fence_answer: asyncio.Future[None] | None = None
+        self._ack_fence = AckFence()
         self._client = new_client(options, options.client_id, clean_session=False)
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
@@ -244,9 +239,7 @@ class MqttIngest:
                 self._batcher.put(inbound)
 
     def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
-        fence = self._fence_answer
-        if fence is not None:
-            fence.get_loop().call_soon_threadsafe(_resolve, fence)
+        self._ack_fence.answered()
 
     def inbound(
         self, mid: int, qos: int, topic: str, payload: bytes, received_ms: int | None = None
@@ -305,30 +298,13 @@ class MqttIngest:
         return self._leaving
 
     async def _fence(self, flushed: asyncio.Future[None]) -> None:
-        """``_leave``'s work: disconnect once ``flushed`` (or the ingest task ended: then
-        nothing more is acknowledged) and the broker has answered an UNSUBSCRIBE sent
-        after the last PUBACKs; connect again if resumed meanwhile (never once stopping).
-
-        The broker handles a connection's packets in order, so its answer to an
-        UNSUBSCRIBE sent after the PUBACKs says it has read them. Without that wait the
-        PUBACKs can be lost in the close: mosquitto reads one packet at a time, and a
-        socket closed with messages it sent still unread is reset, which fails its
-        next write and ends the connection with the rest unread."""
+        """``_leave``'s work: once ``flushed`` (or the ingest task ended: then nothing
+        more is acknowledged), leave the broker after it has read the last PUBACKs
+        (``AckFence.leave``); connect again if resumed meanwhile (never once stopping)."""
         try:
             assert self._task is not None  # started
             await asyncio.wait([flushed, self._task], return_when=asyncio.FIRST_COMPLETED)
-            # Set before the UNSUBSCRIBE: its answer may come before ``unsubscribe`` returns.
-            self._fence_answer = answered = asyncio.get_running_loop().create_future()
-            try:
-                if self._client.unsubscribe(FENCE_FILTER)[0] == mqtt.MQTT_ERR_SUCCESS:
-                    async with asyncio.timeout(FENCE_TIMEOUT_S):
-                        await answered
-            except TimeoutError:
-                log.warning("MQTT broker did not answer before the disconnect")
-            finally:
-                self._fence_answer = None
-            self._client.disconnect()
-            self._client.loop_stop()
+            await self._ack_fence.leave(self._client)
         finally:
             self._leaving = None
         if not self._paused and not self._stopping:
@@ -416,12 +392,7 @@ class MqttIngest:
         )
         for flush in items:
             if isinstance(flush, _Flush):
-                _resolve(flush.done)
+                set_done(flush.done)
         drops = [d.total for d in items if isinstance(d, _DropCount)]
         if drops and self._on_broker_drops is not None:
             await self._on_broker_drops(drops[-1])
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

@@ -1,9 +1,12 @@
 """The MQTT client's construction, connection state and acknowledgements, shared by the
 ingest in the gateway process (``connectors.mqtt.client``), its worker processes
-(``connectors.mqtt.pool``) and the broker-drops watcher."""
+(``connectors.mqtt.pool``) and the broker-drops watcher; the fence that leaves the
+broker only once it has read the acknowledgements (``AckFence``)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 import ssl
 import struct
@@ -16,15 +19,20 @@ from paho.mqtt.properties import Properties
 from connectors.mqtt.options import MqttOptions
 
 __all__ = [
+    "FENCE_FILTER",
     "PUBACK_PACKET",
     "SESSION_EXPIRY_S",
+    "AckFence",
     "Connection",
     "PubAck",
     "ack_together",
     "connect",
     "describe_failure",
     "new_client",
+    "set_done",
 ]
+
+log = logging.getLogger(__name__)
 
 #: MQTT 5 session expiry (s): never, like an MQTT 3.1.1 persistent session (the broker
 #: keeps what the client did not acknowledge until the client with its id comes back).
@@ -132,3 +140,54 @@ def ack_together(client: mqtt.Client, acks: list[PubAck]) -> None:
         return
     packet = b"".join([PUBACK_PACKET.pack(mqtt.PUBACK, 2, a.mid) for a in acks])
     queue(mqtt.PUBACK, packet, 0, 0)
+
+
+#: How long ``AckFence.leave`` waits for the broker to answer the UNSUBSCRIBE that
+#: follows the last PUBACKs (s); without an answer (the connection is lost) it leaves
+#: anyway.
+FENCE_TIMEOUT_S = 10.0
+#: The topic filter of that UNSUBSCRIBE: never subscribed (the broker answers an
+#: UNSUBSCRIBE of any filter; MQTT 3.1.1, 3.10.4), so it changes nothing.
+FENCE_FILTER = "$vigil/ack-fence"
+
+
+class AckFence:
+    """Leaving the broker only once it has read the PUBACKs sent before (``leave``).
+
+    The broker handles a connection's packets in order, so its answer to an UNSUBSCRIBE
+    sent after the PUBACKs says it has read them. Without that wait the PUBACKs can be
+    lost in the close: mosquitto reads one packet at a time, and a socket closed with
+    messages it sent still unread is reset, which fails its next write and ends the
+    connection with the rest unread: the broker then delivers those messages again.
+    ``answered`` is the client's ``on_unsubscribe`` (paho's thread)."""
+
+    def __init__(self) -> None:
+        self._answer: asyncio.Future[None] | None = None
+
+    def answered(self) -> None:
+        """The broker answered an UNSUBSCRIBE (any thread)."""
+        answer = self._answer
+        if answer is not None:
+            answer.get_loop().call_soon_threadsafe(set_done, answer)
+
+    async def leave(self, client: mqtt.Client) -> None:
+        """UNSUBSCRIBE ``FENCE_FILTER``, wait for the answer (at most
+        ``FENCE_TIMEOUT_S``), then disconnect and stop the client's network thread."""
+        # Set before the UNSUBSCRIBE: its answer may come before ``unsubscribe`` returns.
+        self._answer = answer = asyncio.get_running_loop().create_future()
+        try:
+            if client.unsubscribe(FENCE_FILTER)[0] == mqtt.MQTT_ERR_SUCCESS:
+                async with asyncio.timeout(FENCE_TIMEOUT_S):
+                    await answer
+        except TimeoutError:
+            log.warning("MQTT broker did not answer before the disconnect")
+        finally:
+            self._answer = None
+        client.disconnect()
+        client.loop_stop()
+
+
+def set_done(future: asyncio.Future[None]) -> None:
+    """Resolve ``future`` unless it is already (cancelled, or resolved before)."""
+    if not future.done():
+        future.set_result(None)

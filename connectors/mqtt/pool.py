@@ -60,8 +60,9 @@ from connectors.mqtt.client import STOP_TIMEOUT_S as INGEST_STOP_TIMEOUT_S
 from connectors.mqtt.client import BrokerDrops, MqttIngest, Sequences
 from connectors.mqtt.connection import Connection
 from connectors.mqtt.options import MqttOptions
+from connectors.mqtt.pool_worker import WorkerView
 from connectors.mqtt.topics import TopicTemplate
-from connectors.mqtt.worker import REPORT_S, read_frame, write_frame
+from connectors.mqtt.worker import REPORT_S, read_frame
 from engine.contracts.batch import ReadingBlock
 
 __all__ = ["Ingest", "MqttIngestPool", "mqtt_ingest"]
@@ -71,40 +72,8 @@ log = logging.getLogger(__name__)
 #: How long the workers may take to stop before they are killed (seconds): their own
 #: bound (the batch in hand, the fence) and a margin to exit.
 STOP_TIMEOUT_S = INGEST_STOP_TIMEOUT_S + 5.0
-#: Report periods (``REPORT_S``) a worker may stay silent before it is taken for hung.
-SILENT_REPORTS = 5
-#: How long a started worker may take to send its first report (seconds): its imports
-#: and settings, on a loaded machine.
-START_TIMEOUT_S = 60.0
 #: Wait before a dead worker is started again (seconds).
 RESTART_DELAY_S = 1.0
-
-
-class _Worker:
-    """One worker process as this side sees it: its socket and last reported state."""
-
-    def __init__(self, index: int, options: MqttOptions) -> None:
-        self.index = index
-        self.options = options
-        self.process: asyncio.subprocess.Process | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.connection = Connection()
-        self.subscribed = False
-        self.ever_subscribed = False
-        self.restarted = False  # since it last subscribed
-        self.counters: dict[str, int] = {}
-        # The watchdog's view (``MqttIngestPool._watch``), on the event loop:
-        self.started_at = 0.0  # loop time the process was started
-        self.reported = False  # sent a frame since it was started
-        self.heard = False  # sent a frame since the last tick
-        self.busy = False  # this side is handling its request: it waits for us
-        self.silent = 0  # ticks in a row without a frame
-
-    def send(self, *frame: Any) -> None:
-        """Queue a frame; a worker gone meanwhile misses it (it is restarted with the
-        current settings)."""
-        if self.writer is not None and not self.writer.is_closing():
-            write_frame(self.writer, frame)
 
 
 class MqttIngestPool:
@@ -134,7 +103,7 @@ class MqttIngestPool:
         self._paused: str | None = None
         self._retired: Counter[str] = Counter()  # counts of workers that died
         self._workers = [
-            _Worker(
+            WorkerView(
                 k,
                 dataclasses.replace(
                     options,
@@ -253,7 +222,7 @@ class MqttIngestPool:
 
     # ---- one worker ----------------------------------------------------------------------
 
-    async def _run(self, w: _Worker) -> None:
+    async def _run(self, w: WorkerView) -> None:
         """Runs worker ``w`` and starts it again whenever it dies, until ``stop``."""
         while not self._stopping:
             try:
@@ -281,7 +250,7 @@ class MqttIngestPool:
             )
             await asyncio.sleep(RESTART_DELAY_S)
 
-    async def _serve(self, w: _Worker) -> int | None:
+    async def _serve(self, w: WorkerView) -> int | None:
         """Start the worker process, answer its requests until it exits; its status."""
         ours, theirs = socket.socketpair()
         w.started_at, w.reported, w.silent = asyncio.get_running_loop().time(), False, 0
@@ -313,7 +282,7 @@ class MqttIngestPool:
             w.writer = None
         return await w.process.wait()
 
-    async def _handle(self, w: _Worker, frame: tuple[Any, ...]) -> None:
+    async def _handle(self, w: WorkerView, frame: tuple[Any, ...]) -> None:
         kind = frame[0]
         if kind == "produce":
             await self._produce([ReadingBlock(*sensor) for sensor in frame[1]])
@@ -359,20 +328,11 @@ class MqttIngestPool:
         if self._stopping:
             return
         for w in self._workers:
-            if w.process is None or w.process.returncode is not None:
-                continue  # starting, or exited: ``_run`` restarts it
-            if not w.reported:
-                if now - w.started_at > START_TIMEOUT_S:
-                    self._hung(w, f"no report {now - w.started_at:.0f} s after its start")
-                continue
-            if w.heard or w.busy:
-                w.heard, w.silent = False, 0
-            elif on_time:
-                w.silent += 1
-                if w.silent >= SILENT_REPORTS:
-                    self._hung(w, f"silent for {w.silent * REPORT_S:.1f} s")
+            why = w.tick(now, on_time=on_time)
+            if why is not None:
+                self._hung(w, why)
 
-    def _hung(self, w: _Worker, why: str) -> None:
+    def _hung(self, w: WorkerView, why: str) -> None:
         """Take worker ``w`` for hung: not subscribed from now on, killed (``_run``
         starts it again; the broker redelivers what it had not acknowledged)."""
         assert w.process is not None

@@ -20,7 +20,8 @@ import pytest
 
 from connectors.mqtt.mosquitto import Mosquitto
 from connectors.mqtt.options import MqttOptions
-from connectors.mqtt.pool import MqttIngestPool, _Worker
+from connectors.mqtt.pool import MqttIngestPool
+from connectors.mqtt.pool_worker import WorkerView
 from engine.contracts.batch import ReadingBlock
 from engine.runtime.services.observe_metrics import MqttState
 
@@ -142,7 +143,7 @@ class _KillingPool(MqttIngestPool):
         self.recorder = recorder
         self.dropped: list[tuple[str, int, float]] = []
 
-    async def _handle(self, w: _Worker, frame: tuple[Any, ...]) -> None:
+    async def _handle(self, w: WorkerView, frame: tuple[Any, ...]) -> None:
         if frame[0] == "produce" and not self.dropped and len(self.recorder.readings) >= self.after:
             assert w.process is not None
             os.kill(w.process.pid, signal.SIGKILL)
@@ -234,7 +235,7 @@ class _FreezingPool(MqttIngestPool):
         self.recorder = recorder
         self.frozen: list[tuple[str, int, float]] = []
 
-    async def _handle(self, w: _Worker, frame: tuple[Any, ...]) -> None:
+    async def _handle(self, w: WorkerView, frame: tuple[Any, ...]) -> None:
         if frame[0] == "produce" and not self.frozen and len(self.recorder.readings) >= self.after:
             assert w.process is not None
             os.kill(w.process.pid, signal.SIGSTOP)

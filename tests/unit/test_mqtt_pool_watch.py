@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from connectors.mqtt.options import MqttOptions
-from connectors.mqtt.pool import SILENT_REPORTS, START_TIMEOUT_S, MqttIngestPool, _Worker
+from connectors.mqtt.pool import MqttIngestPool
+from connectors.mqtt.pool_worker import SILENT_REPORTS, START_TIMEOUT_S, WorkerView
 
 
 class _Process:
@@ -31,7 +32,7 @@ async def _nothing(*args: Any) -> None:
     return None
 
 
-def _pool() -> tuple[MqttIngestPool, list[_Worker], list[_Process]]:
+def _pool() -> tuple[MqttIngestPool, list[WorkerView], list[_Process]]:
     """A pool whose two workers run, reported and are subscribed."""
     pool = MqttIngestPool(MqttOptions(processes=2, broker_drops_topic=None), _nothing, _nothing)
     processes = [_Process(100 + k) for k in range(2)]

@@ -26,27 +26,7 @@ clock can release held events (every source idle), a timer sends the partition a
 an event of the partition whose changelog holds them.
 
 The state is kept in changelog-backed Faust tables, a small entry per key (what
-Faust tables are for): ``corroboration-stations`` maps ``rule\\x1fgroup\\x1fstation``
-to ``[entry time or null, time of the station's latest event]`` (ms),
-``corroboration-firing`` maps ``rule\\x1fgroup`` to ``[the time the group's alert
-started or null, the newest change sent as [firing, at, since] or null]`` (what a
-dispatcher holds, so that a late event that withdraws it is restated: ``GroupState.told``),
-and ``corroboration-pending`` holds the events not applied yet, ``rule\\x1fgroup\\x1f
-station\\x1fat`` to ``[level, metric]``, written when an event is held and deleted when
-it is applied: two changelog records per routed event more than before, producer
-records (batched by the client), not records the agents consume. So a held event
-survives a crash or a failover exactly as the group state does, and the consumer's
-offsets commit past it as usual (holding the commit back instead would stall Faust's
-rebalances, which wait for every delivered record to be acknowledged). The watermarks
-survive too (``corroboration-watermarks``: one entry per partition, the latest mark of
-each source, written after each record that moved them): else a restart would hold
-its events until each source sent a newer mark, or, on a stream that has ended, for
-the idle time, and a gateway restarted more often than that would never let them go.
-``corroboration-history`` holds each group's history of transitions taken
-(``GroupState.history``, for late events), ``rule\x1fgroup\x1fstation\x1fat`` to
-``encode_taken``'s few numbers: written when a transition is taken (and again where a
-late event changes it), deleted once older than ``corroboration_history_s`` before the
-group's newest.
+Faust tables are for; their layout is in ``engine.runtime.corroboration.wire``).
 
 A group's whole state under one key cost a changelog record the size of the group per
 alert, and in a flood the alerts come from thousands of a basin's gauges at once (JSON
@@ -77,7 +57,9 @@ from engine.runtime.corroboration.wire import (
     SEP,
     TABLES,
     TICK,
+    decode_firing,
     decode_taken,
+    encode_firing,
     encode_taken,
     pending_key,
 )
@@ -170,7 +152,7 @@ class CorroborationStage(Routing):
             last.setdefault(group_key, {})[station] = latest
             if entry is not None:
                 entered.setdefault(group_key, {})[station] = entry
-        firing = {k: _firing_entry(v) for k, v in self.firing.items()}
+        firing = {k: decode_firing(v) for k, v in self.firing.items()}
         history: dict[str, dict[tuple[int, str], Taken]] = {}
         for hkey, value in self.history.items():
             rule_id, group, station, at = hkey.split(SEP)
@@ -350,14 +332,16 @@ class CorroborationStage(Routing):
         state: the group's alerts to ``alerts``, the tables' changes to ``writes``."""
         group = key.split(SEP, 1)[1]
         state = self._state(key)
-        firing_before = _firing_value(state)
+        firing_before = encode_firing(state.firing_since, state.told)
         outcome = state.take_all(rule, [(s, at, level) for s, at, level, _ in events])
         metric = events[0][3]  # one source rule, one metric
         alerts.extend(corroboration_event(rule, group, metric, c) for c in outcome.raised)
         for station, before in outcome.stations.items():
             after = [state.entered.get(station), state.last.get(station)]
             writes.append((self.stations, f"{key}{SEP}{station}", list(before), after))
-        writes.append((self.firing, key, firing_before, _firing_value(state)))
+        writes.append(
+            (self.firing, key, firing_before, encode_firing(state.firing_since, state.told))
+        )
         for (at, station), taken in outcome.history.items():
             hkey = f"{key}{SEP}{station}{SEP}{at}"
             writes.append((self.history, hkey, ..., None if taken is None else encode_taken(taken)))
@@ -410,22 +394,6 @@ class CorroborationStage(Routing):
 
 #: A table's entry to write: (table, key, before, after) (``_sync``).
 _Write = tuple[Any, str, object, object]
-
-
-def _firing_value(state: GroupState) -> list[object] | None:
-    """A group's ``corroboration-firing`` entry: ``[firing since, told]`` (None: none)."""
-    if state.firing_since is None and state.told is None:
-        return None
-    return [state.firing_since, None if state.told is None else list(state.told)]
-
-
-def _firing_entry(value: Any) -> tuple[int | None, Told | None]:
-    """``(firing since, told)`` from a ``corroboration-firing`` entry; one written
-    before ``told`` was kept is the start time alone."""
-    if isinstance(value, int):
-        return value, None
-    since, told = value
-    return since, None if told is None else (bool(told[0]), int(told[1]), int(told[2]))
 
 
 def _sync(table: Any, key: str, before: object, after: object) -> None:

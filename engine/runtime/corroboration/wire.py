@@ -3,12 +3,37 @@
 A record of ``<id>-corroboration`` is lines joined by ``\\n``: a routed event
 ``rule\\x1fgroup\\x1eevent JSON``, the sources' watermarks
 ``\\x1dmarks\\x1e{"<partition>": <watermark ms>, ...}``, or a tick ``\\x1dtick\\x1e``.
+
+The stage's state is in changelog-backed Faust tables (``TABLES``), a small entry per
+key: ``corroboration-stations`` maps ``rule\\x1fgroup\\x1fstation`` to ``[entry time or
+null, time of the station's latest event]`` (ms),
+``corroboration-firing`` maps ``rule\\x1fgroup`` to ``[the time the group's alert
+started or null, the newest change sent as [firing, at, since] or null]`` (what a
+dispatcher holds, so that a late event that withdraws it is restated: ``GroupState.told``),
+and ``corroboration-pending`` holds the events not applied yet, ``rule\\x1fgroup\\x1f
+station\\x1fat`` to ``[level, metric]``, written when an event is held and deleted when
+it is applied: two changelog records per routed event more than before, producer
+records (batched by the client), not records the agents consume. So a held event
+survives a crash or a failover exactly as the group state does, and the consumer's
+offsets commit past it as usual (holding the commit back instead would stall Faust's
+rebalances, which wait for every delivered record to be acknowledged). The watermarks
+survive too (``corroboration-watermarks``: one entry per partition, the latest mark of
+each source, written after each record that moved them): else a restart would hold
+its events until each source sent a newer mark, or, on a stream that has ended, for
+the idle time, and a gateway restarted more often than that would never let them go.
+``corroboration-history`` holds each group's history of transitions taken
+(``GroupState.history``, for late events), ``rule\\x1fgroup\\x1fstation\\x1fat`` to
+``encode_taken``'s few numbers: written when a transition is taken (and again where a
+late event changes it), deleted once older than ``corroboration_history_s`` before the
+group's newest.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from engine.contracts.alerts import Level
-from engine.evaluation.corroboration import GroupChange, Taken
+from engine.evaluation.corroboration import GroupChange, Taken, Told
 from engine.evaluation.corroboration_buffer import Pending
 
 __all__ = [
@@ -18,7 +43,9 @@ __all__ = [
     "SEP",
     "TABLES",
     "TICK",
+    "decode_firing",
     "decode_taken",
+    "encode_firing",
     "encode_taken",
     "pending_key",
 ]
@@ -71,3 +98,20 @@ def decode_taken(value: list[object]) -> Taken:
         firing_since,  # type: ignore[arg-type]
         None if change is None else GroupChange(*change),  # type: ignore[misc]
     )
+
+
+def encode_firing(since: int | None, told: Told | None) -> list[object] | None:
+    """A group's ``corroboration-firing`` entry: ``[firing since, told]`` (ms or null;
+    told ``[firing, at, since]`` or null); None (no entry) when both are null."""
+    if since is None and told is None:
+        return None
+    return [since, None if told is None else list(told)]
+
+
+def decode_firing(value: int | list[Any]) -> tuple[int | None, Told | None]:
+    """``(firing since, told)`` from a ``corroboration-firing`` entry; one written
+    before ``told`` was kept is the start time alone."""
+    if isinstance(value, int):
+        return value, None
+    since, told = value
+    return since, None if told is None else (bool(told[0]), int(told[1]), int(told[2]))
