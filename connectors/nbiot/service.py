@@ -36,14 +36,7 @@ from pathlib import Path
 import aiocoap
 from aiohttp import web
 
-from connectors.ingest import (
-    Admission,
-    DeadLetter,
-    MicroBatcher,
-    Produce,
-    Reading,
-    deliver,
-)
+from connectors.ingest import Admission, DeadLetter, MicroBatcher, Produce, Reading, deliver
 from connectors.nbiot.coap import serve_coap
 from connectors.nbiot.products import Products
 from connectors.nbiot.push import push_app

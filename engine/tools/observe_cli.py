@@ -196,7 +196,8 @@ def format_status(s: dict[str, Any]) -> str:
 
 
 def _nbiot_lines(c: dict[str, Any]) -> list[str]:
-    """The NB-IoT ingest's counts, under its connector line."""
+    """The NB-IoT ingest's counts, under its connector line (identities and SenML
+    metric names are a device's words: escaped)."""
     uplinks = "; ".join(
         f"{path} {_by_key(outcomes, ('taken', 'duplicate', 'refused'))}"
         for path, outcomes in sorted(c["uplinks"].items())
@@ -207,7 +208,7 @@ def _nbiot_lines(c: dict[str, Any]) -> list[str]:
     ]
     dropped = f"          readings dropped (metric not reported): {c['readings_dropped']}"
     if c.get("unreported_top"):
-        dropped += "; by station/metric: " + _by_key(c["unreported_top"])
+        dropped += "; by station/metric: " + show_text(_by_key(c["unreported_top"]))
     lines.append(dropped)
     if c["unknown_devices"]:
         lines.append(

@@ -126,6 +126,12 @@ def test_counts_on_metrics_and_in_status(tmp_path: Path) -> None:
             "HZ001/battery_v 3\n"
             "          unregistered devices: 1; 869999999999999 1\n"
         ) in shown, shown
+        # What devices named (an identity, a SenML metric) is escaped for the terminal.
+        odd = format_status(_status({
+            "name": "nbiot", "state": "listening", "listen": "", "counters": {}, **counts,
+            "unknown_top": {"86\x1b[2J": 1}, "unreported_top": {"HZ001/\x1b[31m": 2},
+        }))  # fmt: skip
+        assert "\x1b" not in odd and "86\\x1b[2J 1" in odd and "HZ001/\\x1b[31m 2" in odd
     finally:
         ingest._seal_counters.close()
 
