@@ -8,7 +8,9 @@ A device with a key sends a *sealed* payload::
 ``tag`` is the first 8 bytes of HMAC-SHA256(key, identity UTF-8 | 0x00 | counter | body):
 the identity is inside the MAC, so a sealed payload cannot be moved to another device.
 The counter rises with every new payload of the device. The gateway keeps, per device,
-the last accepted counter and tag (``Counters``, RocksDB, written with fsync):
+the last accepted counter and tag (``Counters``, RocksDB, written with fsync); a payload
+is accepted once its uplink is taken (``connectors.nbiot.uplink``: one refused whole
+leaves no counter, so sent again it is decoded again):
 
 * ``counter > last`` and ``counter <= last + WINDOW``: new, accepted;
 * ``counter == last`` with the same tag: the device sending again a payload whose answer

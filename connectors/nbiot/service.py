@@ -14,6 +14,11 @@ the unregistered identities, busiest first (``unknown``), and likewise of the de
 whose station is unknown and of the metrics their stations do not report (admission,
 ``connectors.nbiot.uplink``).
 
+What became of the uplinks is counted for ``/metrics`` and ``vigil status``
+(``engine.runtime.services.observe_metrics.NbiotState``): ``uplinks`` by path and
+outcome (taken, duplicate, refused), ``refused`` by ``uplink.refusal_class``, and the
+decoder's ``dropped_readings``.
+
 ``join`` raises if the ingest task fails (the log cannot be written): its owner must
 end the process.
 """
@@ -31,14 +36,14 @@ from pathlib import Path
 import aiocoap
 from aiohttp import web
 
-from connectors.ingest import DeadLetter, Inbound, MicroBatcher, Produce, Reading, deliver
+from connectors.ingest import Admission, DeadLetter, MicroBatcher, Produce, Reading, deliver
 from connectors.nbiot.coap import serve_coap
 from connectors.nbiot.products import Products
 from connectors.nbiot.push import push_app
 from connectors.nbiot.seal import Counters
 from connectors.nbiot.udp import UdpUplinks
 from connectors.nbiot.unknown import UnknownDevices
-from connectors.nbiot.uplink import Decoder, Stations, Uplink
+from connectors.nbiot.uplink import Decoder, Stations, Uplink, refusal_class
 from engine.contracts.batch import ReadingBlock
 from engine.contracts.devices import DeviceLookup
 
@@ -74,12 +79,19 @@ class NbiotIngest:
         produce: Produce,
         dead_letter: DeadLetter,
         stations: Stations | None = None,
+        admission: Admission | None = None,
     ) -> None:
         """``stations``: the station registry running now, which readings must fit
-        (None: any station and metric is taken)."""
+        (None: any station and metric is taken); ``admission``: the readings' time
+        bounds, MQTT's (``ingest.max_clock_skew_s``)."""
         self.options = options
         self.counters: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
+        #: Uplinks by (path, outcome): outcome ``taken``, ``duplicate`` (a sealed
+        #: payload sent again: acknowledged, not ingested) or ``refused``.
+        self.uplinks: Counter[tuple[str, str]] = Counter()
+        #: Refused uplinks by ``uplink.refusal_class``.
+        self.refused: Counter[str] = Counter()
         self.unknown = UnknownDevices(options.unknown_capacity)
         self._seal_counters = Counters(options.state_dir / "counters")
         self.decoder = Decoder(
@@ -90,6 +102,7 @@ class NbiotIngest:
             options.onenet_token,
             stations,
             options.unknown_capacity,
+            admission,
         )
         self._produce = produce
         self._dead_letter = dead_letter
@@ -123,6 +136,17 @@ class NbiotIngest:
             )
             await self._web.setup()
             await web.TCPSite(self._web, o.host, o.push_port).start()
+
+    @property
+    def state(self) -> str:
+        """``listening`` while the ingest runs, ``failed`` once it failed, else
+        ``stopped`` (or not started)."""
+        task = self._task
+        if task is None or task.cancelled():
+            return "stopped"
+        if task.done():
+            return "failed" if task.exception() is not None else "stopped"
+        return "listening"
 
     def describe(self) -> str:
         o = self.options
@@ -161,13 +185,19 @@ class NbiotIngest:
 
     async def _run(self) -> None:
         while True:
-            batch: Sequence[Inbound] = await self._batcher.next_batch()
-            await deliver(batch, self.decoder, self._produce_durably, self._dead, self.counters)
-            self.counters["duplicate"] += sum(
-                1 for m in batch if isinstance(m, Uplink) and m.duplicate
-            )
+            await self.handle(await self._batcher.next_batch())
             if time.monotonic() - self._last_summary >= SUMMARY_S:
                 self._summary()
+
+    async def handle(self, batch: Sequence[Uplink]) -> None:
+        """Deliver one batch (durable, then answered) and count what became of it."""
+        await deliver(batch, self.decoder, self._produce_durably, self._dead, self.counters)
+        for m in batch:
+            if m.outcome is not None:
+                self.uplinks[m.path, "refused"] += 1
+                self.refused[refusal_class(m.outcome)] += 1
+            else:
+                self.uplinks[m.path, "duplicate" if m.duplicate else "taken"] += 1
 
     async def _produce_durably(self, readings: list[Reading | ReadingBlock]) -> None:
         await self._produce(readings)

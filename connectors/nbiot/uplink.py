@@ -22,6 +22,20 @@ metrics) could never be evaluated: an uplink with only such readings is dead-let
 those, and its refused readings are counted per station and metric, the first of each
 dead-lettered with the uplink's bytes (``refusals``), like SL 651's elements that feed
 no metric. Nothing refused vanishes without a dead letter and a count.
+
+Time (``admission``, the ``connectors.ingest.Admission`` every connector shares): an
+uplink with a reading stamped before 2000, or further ahead of the gateway's clock at
+its arrival than ``ingest.max_clock_skew_s``, is dead-lettered whole with the reason,
+like an MQTT message (a device clock that wrong dates none of its readings).
+
+A sealed payload's counter is remembered (``seal.Counters``) only when its uplink is
+taken: one refused whole (unknown station or metric, its clock, a payload that cannot
+be read) was never delivered, so the same payload sent again, once the registry is
+fixed, is decoded again and taken, not answered as a duplicate of readings that exist
+only as a dead letter. (Sent again after a later counter was taken, it is a replay.)
+
+``refusal_class`` names why an uplink was refused, from a bounded set (``REFUSALS``),
+for the counts that ``/metrics`` and ``vigil status`` show.
 """
 
 from __future__ import annotations
@@ -30,16 +44,28 @@ import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from connectors.ingest import Inbound, PayloadError, Reading
+from connectors.ingest import Admission, Inbound, PayloadError, Reading
 from connectors.nbiot.devices import canonical_identity
 from connectors.nbiot.platforms import ctwing_readings, onenet_readings
 from connectors.nbiot.products import Decoded, Product, Products
 from connectors.nbiot.seal import AuthError, Counters, unseal
 from connectors.nbiot.senml import CONTENT_FORMAT_CBOR, CONTENT_FORMAT_JSON, decode_pack
 from connectors.nbiot.unknown import UnknownDevices
+from engine.contracts.dead_letters import reason_class
 from engine.contracts.devices import Device, DeviceLookup
 
-__all__ = ["Decoder", "NotAdmitted", "Stations", "UnknownDevice", "Uplink", "split_datagram"]
+__all__ = [
+    "REFUSALS",
+    "Decoder",
+    "NotAdmitted",
+    "Stations",
+    "UnknownDevice",
+    "UnknownMetric",
+    "UnknownStation",
+    "Uplink",
+    "refusal_class",
+    "split_datagram",
+]
 
 #: The station registry running now: station id -> the metrics it reports (empty: any);
 #: None: no registry to check against (every station and metric taken).
@@ -81,6 +107,42 @@ class NotAdmitted(PayloadError):
     in the station registry, or none of its metrics is one its station reports."""
 
 
+class UnknownStation(NotAdmitted):
+    """The device's station is not in the station registry."""
+
+
+class UnknownMetric(NotAdmitted):
+    """None of the uplink's metrics is one its station reports."""
+
+
+#: Why an uplink is refused (dead-lettered): a bounded set, for metric labels.
+REFUSALS = (
+    "unknown_device",
+    "unknown_station",
+    "unknown_metric",
+    "auth",
+    "bad_timestamp",
+    "bad_payload",
+    "ingest_error",
+)
+_REFUSAL_TYPES: tuple[tuple[type[PayloadError], str], ...] = (
+    (UnknownDevice, "unknown_device"),
+    (UnknownStation, "unknown_station"),
+    (UnknownMetric, "unknown_metric"),
+    (AuthError, "auth"),
+)
+
+
+def refusal_class(exc: PayloadError) -> str:
+    """One of ``REFUSALS``: by the error's type, else by its reason (a reading's time
+    refused by ``Admission``, a decoder bug), else ``bad_payload``."""
+    for kind, name in _REFUSAL_TYPES:
+        if isinstance(exc, kind):
+            return name
+    cls = reason_class(str(exc))
+    return cls if cls in ("bad_timestamp", "ingest_error") else "bad_payload"
+
+
 @dataclass
 class Uplink(Inbound):
     #: "coap", "udp", "ctwing" or "onenet".
@@ -113,7 +175,9 @@ class Decoder:
         onenet_token: str | None = None,
         stations: Stations | None = None,
         refused_capacity: int = 10_000,
+        admission: Admission | None = None,
     ) -> None:
+        """``admission``: the readings' time bounds (``ingest.max_clock_skew_s``)."""
         self.devices = devices
         #: The token of the OneNET push subscription (signatures); None: OneNET refused.
         self.onenet_token = onenet_token
@@ -121,6 +185,7 @@ class Decoder:
         self.counters = counters
         self.unknown = unknown
         self.stations = stations
+        self.admission = admission or Admission()
         #: Uplinks of devices whose station is unknown, by ``identity -> station``.
         self.unknown_stations = UnknownDevices(
             refused_capacity, "devices of unknown stations (device -> station)"
@@ -130,6 +195,8 @@ class Decoder:
         self.refused_metrics = UnknownDevices(
             refused_capacity, "metrics their station does not report (station/metric)"
         )
+        #: Readings left out of taken uplinks for a metric their station does not report.
+        self.dropped_readings = 0
         #: (raw, reason, source) to dead-letter with the batch's readings: the first
         #: refused reading of each station and metric in an uplink that gave others.
         self.refusals: list[tuple[bytes, str, str]] = []
@@ -137,13 +204,18 @@ class Decoder:
         #: (device identity, station, metric) -> readings refused in the uplink being
         #: decoded.
         self._refused: dict[tuple[str, str, str], int] = {}
+        #: (device, counter, tag) of the sealed uplink being decoded: remembered once
+        #: it is taken.
+        self._sealed: tuple[str, int, bytes] | None = None
 
     def __call__(self, m: Inbound) -> list[Reading]:
         assert isinstance(m, Uplink)
         self._stations = None if self.stations is None else self.stations()
         self._refused = {}
+        self._sealed = None
         try:
             out = self._decode(m)
+            self.admission.check_times([r[2] for r in out], m.received_ms)
             if self._refused:
                 out = self._refuse(m, out)
         except PayloadError as exc:
@@ -152,6 +224,8 @@ class Decoder:
         except Exception as exc:  # deliver dead-letters it as a decoder bug; answer as such
             m.outcome = PayloadError(f"ingest error: {type(exc).__name__}")
             raise
+        if self._sealed is not None:  # taken: a resend is a duplicate from now on
+            self.counters.accept(*self._sealed)
         m.readings = len(out)
         return out
 
@@ -188,7 +262,7 @@ class Decoder:
         reports = stations.get(station)
         if reports is None:
             self.unknown_stations.add(f"{device.identity} -> {station}")
-            raise NotAdmitted(
+            raise UnknownStation(
                 f"unknown station {station!r} of device {device.identity}: its registry "
                 "entry names it, the station registry does not have it"
             )
@@ -223,7 +297,8 @@ class Decoder:
                 )  # fmt: skip
             reasons.append(reason)
         if not taken:
-            raise NotAdmitted("; ".join(reasons))
+            raise UnknownMetric("; ".join(reasons))
+        self.dropped_readings += sum(self._refused.values())
         return taken
 
     def payload_readings(
@@ -279,5 +354,5 @@ class Decoder:
             m.duplicate = True
             return []
         out = self.payload_readings(device, body, m.received_ms, m.content_format)
-        self.counters.accept(device.identity, counter, tag)
+        self._sealed = (device.identity, counter, tag)
         return out

@@ -4,9 +4,12 @@ Both talk to the gateway's web port (``engine.runtime.services.observe``), found
 called as ``engine.tools.web_target`` says (``--url`` or ``--config``, the token from
 ``--token-env``, ``$VIGIL_TOKEN`` or the settings' ``web.token_env``, ``--cacert``).
 
-``status`` prints readiness with each check's reason, the connectors and their state,
-readings/s, per-partition lag, the rules running (count, version), active alerts by
-level and the last hour's dead letters by reason class; ``--json`` prints the API's JSON.
+``status`` prints readiness with each check's reason, the connectors and their state
+(the NB-IoT ingest's uplinks by path and outcome, refused uplinks by reason, readings
+dropped for a metric their station does not report, unregistered devices: the
+``vigil_nbiot_*`` families of ``/metrics``), readings/s, per-partition lag, the rules
+running (count, version), active alerts by level and the last hour's dead letters by
+reason class; ``--json`` prints the API's JSON.
 Exit status: 0 ready, 1 not ready, 2 the gateway could not be asked.
 
 ``dead-letters`` prints the dead-letter topic, oldest first (``--since`` 1h / ISO 8601 /
@@ -132,7 +135,10 @@ def format_status(s: dict[str, Any]) -> str:
     for c in s["connectors"] or [{"name": "(none in this process)"}]:
         counters = ", ".join(f"{k} {v}" for k, v in sorted(c.get("counters", {}).items()))
         state = c.get("state", "")
-        lines.append(f"  {c['name']:<7} {state:<12} {c.get('broker', '')}  {counters}".rstrip())
+        where = c.get("broker", c.get("listen", ""))
+        lines.append(f"  {c['name']:<7} {state:<12} {where}  {counters}".rstrip())
+        if "uplinks" in c:
+            lines += _nbiot_lines(c)
         seq = c.get("sequences")
         if seq and seq["devices"]:
             worst = ", ".join(f"{d} {n}" for d, n in seq["lost_by_device"].items())
@@ -158,6 +164,29 @@ def format_status(s: dict[str, Any]) -> str:
     )
     lines.append("dead letters, last hour: " + _by_key(s["dead_letters_last_hour"]))
     return "\n".join(lines)
+
+
+def _nbiot_lines(c: dict[str, Any]) -> list[str]:
+    """The NB-IoT ingest's counts, under its connector line (identities and SenML
+    metric names are a device's words: escaped)."""
+    uplinks = "; ".join(
+        f"{path} {_by_key(outcomes, ('taken', 'duplicate', 'refused'))}"
+        for path, outcomes in sorted(c["uplinks"].items())
+    )
+    lines = [
+        f"          uplinks: {uplinks or 'none'}",
+        f"          refused: {_by_key(c['refused'])}",
+    ]
+    dropped = f"          readings dropped (metric not reported): {c['readings_dropped']}"
+    if c.get("unreported_top"):
+        dropped += "; by station/metric: " + show_text(_by_key(c["unreported_top"]))
+    lines.append(dropped)
+    if c["unknown_devices"]:
+        lines.append(
+            f"          unregistered devices: {c['unknown_devices']}; "
+            + show_text(_by_key(c.get("unknown_top", {})))
+        )
+    return lines
 
 
 def _by_key(counts: dict[str, int], order: tuple[str, ...] = ()) -> str:

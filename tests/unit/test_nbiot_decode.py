@@ -283,3 +283,112 @@ def test_coap_answers_a_refused_device_not_found() -> None:
     m = up("coap", b"", "x")
     m.outcome = NotAdmitted("unknown station 'HZ404' of device x")
     assert coap_code(m) == aiocoap.NOT_FOUND
+
+
+# ---- a sealed uplink refused whole, sent again ---------------------------------------------
+
+SEALED = Device("861000000000031", "HZ001", "waterlog-v1", KEY, {"water_depth": "water_level"})
+
+
+class SealedLookup:
+    def lookup(self, identity: str) -> Device | None:
+        return SEALED if identity == SEALED.identity else None
+
+
+def test_a_sealed_uplink_refused_whole_is_taken_when_sent_again_after_the_fix(
+    tmp_path: Path,
+) -> None:
+    """Refused whole, its counter is not remembered: sent again it is decoded again
+    (refused again while the registry is wrong, not answered as a duplicate), and taken
+    once the station reports its metric; only then is a resend a duplicate."""
+    reports: dict[str, frozenset[str]] = {"HZ001": frozenset({"rainfall"})}
+    decoder = Decoder(
+        SealedLookup(), load_products(), Counters(tmp_path / "c"),
+        UnknownDevices(), "tok", stations=lambda: reports,
+    )  # fmt: skip
+    payload = seal(KEY, SEALED.identity, 4, waterlog(0.5))
+    for _ in range(2):
+        again = up("coap", payload, SEALED.identity)
+        with pytest.raises(NotAdmitted, match=r"^unknown metric 'water_level' of device"):
+            decoder(again)
+        assert not again.duplicate
+    reports["HZ001"] = frozenset({"rainfall", "water_level"})  # the station file fixed
+    fixed = up("coap", payload, SEALED.identity)
+    assert decoder(fixed) == [("HZ001", "water_level", 1_700_000_000_000, 0.5)]
+    assert fixed.outcome is None and not fixed.duplicate
+    once_more = up("coap", payload, SEALED.identity)
+    assert decoder(once_more) == [] and once_more.duplicate  # now it was delivered
+
+
+def test_a_sealed_uplink_of_an_unknown_station_or_clock_is_not_remembered(
+    tmp_path: Path,
+) -> None:
+    reports: dict[str, frozenset[str]] = {}
+    decoder = Decoder(
+        SealedLookup(), load_products(), Counters(tmp_path / "c"),
+        UnknownDevices(), "tok", stations=lambda: reports,
+    )  # fmt: skip
+    payload = seal(KEY, SEALED.identity, 9, waterlog(0.5))
+    with pytest.raises(NotAdmitted, match=r"^unknown station 'HZ001'"):
+        decoder(up("coap", payload, SEALED.identity))
+    # Two days ahead of the gateway's clock: refused, and not remembered either.
+    ahead = (NOW // 1000) + 2 * 86_400
+    rows = [(ahead, {"water_depth": 0.5, "battery_v": 3.6})]
+    future = seal(KEY, SEALED.identity, 10, encode(load_products().get("waterlog-v1"), rows))
+    reports["HZ001"] = frozenset()
+    with pytest.raises(PayloadError, match="ahead of the gateway's clock"):
+        decoder(up("coap", future, SEALED.identity))
+    assert len(decoder(up("coap", payload, SEALED.identity))) == 2  # counter 9: taken
+
+
+# ---- the clock-skew rule every connector keeps ---------------------------------------------
+
+#: Two days ahead of the gateway's clock at arrival (``NOW``): over the default skew (a day).
+AHEAD_MS = NOW + 2 * 86_400_000
+
+
+def test_readings_too_far_ahead_are_refused_on_every_path(decoder: Decoder) -> None:
+    """The rule of ``connectors.ingest.Admission`` (MQTT's), on CoAP, raw UDP, CTWing
+    (transparent and decoded) and OneNET: the whole uplink is dead-lettered."""
+    manhole = load_products().get("manhole-v1")
+    rows = [(NOW // 1000, {"cover_open": 0, "tilt_deg": 0, "battery_v": 3.5}),
+            (AHEAD_MS // 1000, {"cover_open": 1, "tilt_deg": 3, "battery_v": 3.5})]  # fmt: skip
+    binary = encode(manhole, rows)
+    decoded = json.dumps({
+        "messageType": "dataReport", "timestamp": AHEAD_MS, "IMEI": "861000000000002",
+        "deviceId": "x", "payload": {"serviceData": {"cover_state": 1}},
+    }).encode()  # fmt: skip
+    msg = {"at": AHEAD_MS, "imei": "861000000000002", "type": 1, "ds_id": "3342_0_5500",
+           "value": 1, "dev_id": 5}  # fmt: skip
+    senml = json.dumps([{"bn": "urn:imei:861000000000003:", "bt": AHEAD_MS / 1000,
+                         "n": "rainfall", "v": 1.5}]).encode()  # fmt: skip
+    uplinks = [
+        up("coap", binary, "861000000000002"),
+        up("coap", senml, None, 110),
+        up("udp", datagram("861000000000002", binary)),
+        up("ctwing", ctwing_body("861000000000002", "x", NOW, binary)),
+        up("ctwing", decoded),
+        up("onenet", onenet_body("tok", msg)),
+    ]
+    for m in uplinks:
+        with pytest.raises(PayloadError) as exc:
+            decoder(m)
+        reason = str(exc.value)
+        assert reason.startswith(f"ts {AHEAD_MS} (") and reason.endswith(
+            "is more than 86400 s ahead of the gateway's clock (2027-01-15T08:00:00+00:00; "
+            "ingest.max_clock_skew_s)"
+        ), (m.path, reason)
+        assert reason_class(reason) == "bad_timestamp" and m.outcome is exc.value
+    # Within the skew (an hour ahead), and a push dated by the platform: taken.
+    near = json.loads(decoded)
+    near["timestamp"] = NOW + 3_600_000
+    assert decoder(up("ctwing", json.dumps(near).encode())) == [
+        ("HZ001", "cover_open", NOW + 3_600_000, 1.0)
+    ]
+
+
+def test_readings_before_2000_are_refused(decoder: Decoder) -> None:
+    msg = {"at": 5_000, "imei": "861000000000002", "type": 1, "ds_id": "3342_0_5500",
+           "value": 1, "dev_id": 5}  # fmt: skip
+    with pytest.raises(PayloadError, match=r"^ts 5000 .* is before 2000-01-01"):
+        decoder(up("onenet", onenet_body("tok", msg)))

@@ -210,6 +210,7 @@ class Gateway:
             settings,
             ingest=self.ingest,
             sequences=self.sequence_gaps,
+            nbiot=None if self.nbiot is None else self.nbiot.ingest,
             reload_errors=lambda: self.reload_errors,
             token=token,
         )

@@ -16,7 +16,9 @@ accepted from then on, without a restart; one removed is refused as unknown.
 Readings are admitted against the gateway's station registry as it runs now
 (``stations``, read per uplink, so a station reload applies at once): a device whose
 station it does not have, or a metric its station does not report, is dead-lettered
-and counted (``connectors.nbiot.uplink``), never taken into a log no rule reads.
+and counted (``connectors.nbiot.uplink``), never taken into a log no rule reads; and
+against the time bounds every connector keeps (``ingest.max_clock_skew_s``, MQTT's
+``connectors.ingest.Admission``).
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ def install_nbiot(
         produce=topology.producer("nbiot"),
         dead_letter=functools.partial(topology.send_dead_letter, quiet=True),
         stations=StationMetrics(stations),
+        admission=settings.ingest.admission(),
     )
     service = NbiotService(ingest, registry)
     tasks: list[asyncio.Future[None]] = []
@@ -167,7 +170,11 @@ def install_nbiot(
         if registry is not None:
             # After the ingest: no lookup runs any more; waits for a catch-up in flight.
             await asyncio.to_thread(registry.close)
-        log.info("NB-IoT ingest stopped: %s", dict(ingest.counters))
+        log.info(
+            "NB-IoT ingest stopped: %s; uplinks %s",
+            dict(ingest.counters),
+            {f"{path} {outcome}": n for (path, outcome), n in ingest.uplinks.items()},
+        )
 
     topology.app.task(run)
     topology.app.on_before_shutdown.connect(stop)

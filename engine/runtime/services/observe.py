@@ -38,11 +38,17 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors.mqtt.pool import Ingest
+from connectors.nbiot.service import NbiotIngest
 from engine.evaluation.sequence_gaps import SequenceGapAlerts
 from engine.runtime.config import Settings
 from engine.runtime.services.dead_letters import read_dead_letters, read_kafka_dead_letters
 from engine.runtime.services.lag import LagMonitor
-from engine.runtime.services.observe_metrics import MqttState, TopologyState, rule_count
+from engine.runtime.services.observe_metrics import (
+    MqttState,
+    NbiotState,
+    TopologyState,
+    rule_count,
+)
 from engine.runtime.topology import Topology
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.transport.log import DurableLog
@@ -74,8 +80,9 @@ class _Rate:
 
 class Observer:
     """Health, status and metrics of one topology; ``ingest`` is None on a Kafka worker
-    (ingest runs in its own process there), ``reload_errors`` gives the errors of the
-    last rejected rule reload (empty when the files on disk are the rules running)."""
+    (ingest runs in its own process there), ``nbiot`` the gateway's NB-IoT ingest if it
+    runs one, ``reload_errors`` gives the errors of the last rejected rule reload
+    (empty when the files on disk are the rules running)."""
 
     def __init__(
         self,
@@ -84,6 +91,7 @@ class Observer:
         *,
         ingest: Ingest | None = None,
         sequences: SequenceGapAlerts | None = None,
+        nbiot: NbiotIngest | None = None,
         reload_errors: Callable[[], Sequence[str]] = list,
         token: str | None = None,
     ) -> None:
@@ -101,6 +109,9 @@ class Observer:
         registry = topology.metrics.registry
         if ingest is not None:
             registry.register(MqttState(ingest))
+        self.nbiot = None if nbiot is None else NbiotState(nbiot)
+        if self.nbiot is not None:
+            registry.register(self.nbiot)
         registry.register(
             TopologyState(topology, settings, lambda: self._lag, lambda: self.durable_log)
         )
@@ -226,6 +237,17 @@ class Observer:
                     **self.sequences.totals(),
                     "lost_by_device": self.sequences.lost_by_device(),
                 }
+        if self.nbiot is not None:
+            nbiot = self.nbiot.ingest
+            connectors.append({
+                "name": "nbiot",
+                "state": nbiot.state,
+                "listen": nbiot.describe(),
+                "counters": dict(nbiot.counters),
+                **self.nbiot.counts(),
+                "unknown_top": dict(nbiot.unknown.top(5)),
+                "unreported_top": dict(nbiot.decoder.refused_metrics.top(5)),
+            })  # fmt: skip
         ruleset = self.topology.ruleset
         return {
             "app_id": self.settings.app_id,

@@ -2,9 +2,10 @@
 
 What is counted as it happens lives in ``engine.runtime.metrics``; these collectors,
 registered on a process's registry, read the states when Prometheus asks: the MQTT
-connection (``MqttState``, the gateway's and ``vigil ingest mqtt``'s), and a
-topology's consumer lag, sink failures, active alerts, rules and embedded log
-(``TopologyState``, the gateway's and a Kafka worker's).
+connection (``MqttState``, the gateway's and ``vigil ingest mqtt``'s), the NB-IoT
+ingest's counts (``NbiotState``, the gateway's; ``vigil status`` shows the same
+families), and a topology's consumer lag, sink failures, active alerts, rules and
+embedded log (``TopologyState``, the gateway's and a Kafka worker's).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from connectors.mqtt.pool import Ingest
+from connectors.nbiot.service import NbiotIngest
+from connectors.nbiot.uplink import REFUSALS
 from engine.runtime.config import Settings
 from engine.runtime.topology import Topology
 from engine.runtime.transport.log import DurableLog
 
-__all__ = ["MqttState", "TopologyState", "rule_count"]
+__all__ = ["MqttState", "NbiotState", "TopologyState", "rule_count"]
 
 
 def rule_count(ruleset: Any) -> int:
@@ -59,6 +62,67 @@ class MqttState(Collector):
             "MQTT ingest worker processes found silent (hung, stopped) and killed",
             value=counters.get("worker_hangs", 0),
         )
+
+
+class NbiotState(Collector):
+    """The NB-IoT ingest's counts (``connectors.nbiot.service``), read at each scrape:
+    uplinks by path and outcome, refused uplinks by reason, readings dropped for a
+    metric their station does not report, unregistered identities. ``counts`` gives
+    the same families' values for ``vigil status``."""
+
+    def __init__(self, ingest: NbiotIngest) -> None:
+        self.ingest = ingest
+
+    def collect(self) -> Iterator[Metric]:
+        ingest = self.ingest
+        uplinks = CounterMetricFamily(
+            "vigil_nbiot_uplinks",
+            "NB-IoT uplinks (CoAP requests, UDP datagrams, carrier pushes) by path and "
+            "outcome: taken, duplicate (a sealed payload sent again: acknowledged, not "
+            "ingested), refused (dead-lettered)",
+            labels=["path", "outcome"],
+        )
+        for (path, outcome), n in sorted(ingest.uplinks.items()):
+            uplinks.add_metric([path, outcome], float(n))
+        yield uplinks
+        refused = CounterMetricFamily(
+            "vigil_nbiot_uplinks_refused",
+            "NB-IoT uplinks dead-lettered, by reason",
+            labels=["reason"],
+        )
+        for reason in REFUSALS:
+            refused.add_metric([reason], float(ingest.refused[reason]))
+        yield refused
+        yield CounterMetricFamily(
+            "vigil_nbiot_readings_dropped",
+            "Readings left out of taken NB-IoT uplinks: of a metric their station does "
+            "not report (the first per station and metric is dead-lettered)",
+            value=float(ingest.decoder.dropped_readings),
+        )
+        unknown = ingest.unknown
+        yield GaugeMetricFamily(
+            "vigil_nbiot_unknown_devices",
+            "Unregistered identities that sent NB-IoT uplinks since the start (counted "
+            "one by one up to nbiot.unknown_capacity, beyond it not)",
+            value=float(len(unknown.counts)),
+        )
+
+    def counts(self) -> dict[str, Any]:
+        """The families' values: ``{"uplinks": {path: {outcome: n}}, "refused":
+        {reason: n} (those above 0), "readings_dropped": n, "unknown_devices": n}``."""
+        out: dict[str, Any] = {"uplinks": {}, "refused": {}}
+        for family in self.collect():
+            for sample in family.samples:
+                n = int(sample.value)
+                if family.name == "vigil_nbiot_uplinks":
+                    labels = sample.labels
+                    out["uplinks"].setdefault(labels["path"], {})[labels["outcome"]] = n
+                elif family.name == "vigil_nbiot_uplinks_refused":
+                    if n:
+                        out["refused"][sample.labels["reason"]] = n
+                else:
+                    out[family.name.removeprefix("vigil_nbiot_")] = n
+        return out
 
 
 class TopologyState(Collector):
