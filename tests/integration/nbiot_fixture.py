@@ -4,11 +4,14 @@ left in its embedded log."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import threading
 from collections import Counter
 from pathlib import Path
+
+import aiocoap
 
 from engine.contracts.batch import TelemetryBatch
 from engine.runtime.transport.log import DurableLog
@@ -76,3 +79,24 @@ def log_contents(data: Path) -> tuple[set[tuple[str, str, int]], Counter[str], b
         return logged, reasons, done
     finally:
         log.close()
+
+
+async def coap_post(port: int, identity: str, payload: bytes) -> aiocoap.Message:
+    """POST ``payload`` to ``coap://127.0.0.1:<port>/nb/<identity>`` with a real aiocoap
+    client; its answer (60 s at most)."""
+    ctx = await aiocoap.Context.create_client_context()
+    try:
+        req = aiocoap.Message(
+            code=aiocoap.POST, uri=f"coap://127.0.0.1:{port}/nb/{identity}", payload=payload
+        )
+        return await asyncio.wait_for(ctx.request(req).response, 60)
+    finally:
+        await ctx.shutdown()
+
+
+def udp_send(port: int, data: bytes) -> bytes:
+    """Send one datagram to the gateway's UDP port on loopback; its answer (60 s)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(60)
+        s.sendto(data, ("127.0.0.1", port))
+        return s.recv(64)

@@ -133,47 +133,53 @@ def test_two_processes_share_the_subscription_and_deliver_every_reading_once(
     assert pool.counters["worker_restarts"] == 0
 
 
-class _KillingPool(MqttIngestPool):
-    """Kills the worker whose batch it is handed after ``after`` readings, before that
-    batch is written: the worker never hears ``done`` and never acknowledges it."""
+class _SignallingPool(MqttIngestPool):
+    """Sends ``sig`` to the worker whose batch it is handed after ``after`` readings,
+    before that batch is written (``held``: its readings), and never answers it.
+    SIGKILL: the worker never hears ``done`` and never acknowledges the batch; SIGSTOP:
+    it hangs with its messages unacknowledged and reports nothing more, as a deadlocked
+    worker would. Only its restart, and the broker's redelivery, can bring them in."""
 
-    def __init__(self, *args: Any, after: int, recorder: _Recorder) -> None:
+    def __init__(self, *args: Any, after: int, recorder: _Recorder, sig: int) -> None:
         super().__init__(*args)
         self.after = after
         self.recorder = recorder
-        self.dropped: list[tuple[str, int, float]] = []
+        self.sig = sig
+        self.held: list[tuple[str, int, float]] = []
 
     async def _handle(self, w: WorkerView, frame: tuple[Any, ...]) -> None:
-        if frame[0] == "produce" and not self.dropped and len(self.recorder.readings) >= self.after:
+        if frame[0] == "produce" and not self.held and len(self.recorder.readings) >= self.after:
             assert w.process is not None
-            os.kill(w.process.pid, signal.SIGKILL)
-            self.dropped = [  # before the wait: the other worker's batch goes on
+            os.kill(w.process.pid, self.sig)
+            self.held = [  # before any wait: the other worker's batch goes on
                 (station, t, v)
                 for station, _, ts, values in frame[1]
                 for t, v in zip(ts, values, strict=True)
             ]
-            await w.process.wait()
-            return  # not written: only the broker's redelivery can bring these back
+            if self.sig == signal.SIGKILL:
+                await w.process.wait()
+            return  # not written, no answer
         await super()._handle(w, frame)
 
 
 def test_a_killed_worker_is_started_again_and_gets_its_unacknowledged_messages() -> None:
     with Mosquitto() as broker:
         recorder = _Recorder(STATIONS * PER_STATION)
-        pool = _KillingPool(
+        pool = _SignallingPool(
             _options(broker, "processes-kill"),
             recorder.produce,
             recorder.dead_letter,
             after=STATIONS * PER_STATION // 3,
             recorder=recorder,
+            sig=signal.SIGKILL,
         )
         asyncio.run(_run(pool, recorder, broker))
-    assert pool.dropped, "no worker was killed"
+    assert pool.held, "no worker was killed"
     assert pool.counters["worker_restarts"] == 1
     # Every reading is in, those of the batch that was never written included; the
     # worker's messages received before its death may come twice (never acknowledged).
     assert set(recorder.readings) == set(_published())
-    assert set(pool.dropped) <= set(recorder.readings)
+    assert set(pool.held) <= set(recorder.readings)
 
 
 class _Unwritable(_Recorder):
@@ -223,38 +229,13 @@ def test_a_worker_that_cannot_start_ends_the_ingest() -> None:
     assert "exited (1) at start" in str(failed)
 
 
-class _FreezingPool(MqttIngestPool):
-    """Freezes (SIGSTOP) the worker whose batch it is handed after ``after`` readings,
-    before that batch is written: the worker hangs with its messages unacknowledged and
-    reports nothing more, as a deadlocked worker would; only its restart, and the
-    broker's redelivery, can bring those readings in."""
-
-    def __init__(self, *args: Any, after: int, recorder: _Recorder) -> None:
-        super().__init__(*args)
-        self.after = after
-        self.recorder = recorder
-        self.frozen: list[tuple[str, int, float]] = []
-
-    async def _handle(self, w: WorkerView, frame: tuple[Any, ...]) -> None:
-        if frame[0] == "produce" and not self.frozen and len(self.recorder.readings) >= self.after:
-            assert w.process is not None
-            os.kill(w.process.pid, signal.SIGSTOP)
-            self.frozen = [
-                (station, t, v)
-                for station, _, ts, values in frame[1]
-                for t, v in zip(ts, values, strict=True)
-            ]
-            return  # not written, no answer: the worker is frozen anyway
-        await super()._handle(w, frame)
-
-
-async def _run_freezing(pool: _FreezingPool, recorder: _Recorder, broker: Mosquitto) -> None:
+async def _run_freezing(pool: _SignallingPool, recorder: _Recorder, broker: Mosquitto) -> None:
     await pool.start()
     try:
         await _until_subscribed(pool)
         publish = asyncio.get_running_loop().run_in_executor(None, _publish, broker, _messages())
         async with asyncio.timeout(120):
-            while not pool.frozen:
+            while not pool.held:
                 await asyncio.sleep(0.01)
             # Found hung: the pool no longer says it is subscribed (``/readyz``).
             while pool.state == "subscribed":
@@ -273,15 +254,16 @@ def test_a_hung_worker_is_found_killed_and_restarted_and_nothing_is_lost(
 ) -> None:
     with Mosquitto() as broker, caplog.at_level(logging.INFO, logger="connectors.mqtt.pool"):
         recorder = _Recorder(STATIONS * PER_STATION)
-        pool = _FreezingPool(
+        pool = _SignallingPool(
             _options(broker, "processes-hang"),
             recorder.produce,
             recorder.dead_letter,
             after=STATIONS * PER_STATION // 3,
             recorder=recorder,
+            sig=signal.SIGSTOP,
         )
         asyncio.run(_run_freezing(pool, recorder, broker))
-    assert pool.frozen, "no worker was frozen"
+    assert pool.held, "no worker was frozen"
     assert re.search(r"MQTT ingest worker \d \(pid \d+\) is hung \(silent for 2.5 s\)", caplog.text)
     assert "exited with status -9: starting it again" in caplog.text
     assert pool.counters["worker_hangs"] == 1
@@ -292,7 +274,7 @@ def test_a_hung_worker_is_found_killed_and_restarted_and_nothing_is_lost(
     # the frozen worker had taken and not acknowledged may come twice (the pool's
     # promise for a worker that is killed: at least once; the kernels count it once).
     assert set(recorder.readings) == set(_published())
-    assert set(pool.frozen) <= set(recorder.readings)
+    assert set(pool.held) <= set(recorder.readings)
 
 
 class _Holding(_Recorder):

@@ -36,7 +36,12 @@ from connectors.mqtt.mosquitto import Mosquitto, free_port
 from connectors.nbiot.products import load_products
 from simulators.nbiot_fleet import ctwing_body, encode
 from tests.integration.conftest import PACKS, write_settings
-from tests.integration.nbiot_fixture import NbiotEngine, free_udp_port, log_contents
+from tests.integration.nbiot_fixture import (
+    NbiotEngine,
+    coap_post,
+    free_udp_port,
+    log_contents,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -58,19 +63,8 @@ def upload(step: int) -> bytes:
     return encode(waterlog, [(T0 + step * 300, {"water_depth": 0.1 * step, "battery_v": 3.6})])
 
 
-async def post(port: int, identity: str, payload: bytes) -> aiocoap.Message:
-    ctx = await aiocoap.Context.create_client_context()
-    try:
-        req = aiocoap.Message(
-            code=aiocoap.POST, uri=f"coap://127.0.0.1:{port}/nb/{identity}", payload=payload
-        )
-        return await asyncio.wait_for(ctx.request(req).response, 60)
-    finally:
-        await ctx.shutdown()
-
-
 def coap(port: int, identity: str, step: int) -> tuple[aiocoap.numbers.codes.Code, str]:
-    resp = asyncio.run(post(port, identity, upload(step)))
+    resp = asyncio.run(coap_post(port, identity, upload(step)))
     return resp.code, resp.payload.decode()
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -38,7 +37,12 @@ from connectors.nbiot.seal import seal
 from connectors.nbiot.udp import ACK, NAK
 from simulators.nbiot_fleet import ctwing_body, datagram, encode, onenet_body
 from tests.integration.conftest import PACKS, write_settings
-from tests.integration.nbiot_fixture import NbiotEngine, free_udp_port, log_contents
+from tests.integration.nbiot_fixture import (
+    NbiotEngine,
+    free_udp_port,
+    log_contents,
+    udp_send,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -95,13 +99,6 @@ class Coap:
         if fmt is not None:
             req.opt.content_format = fmt
         return await asyncio.wait_for(self.ctx.request(req).response, 60)
-
-
-def udp_send(port: int, data: bytes) -> bytes:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(30)
-        s.sendto(data, ("127.0.0.1", port))
-        return s.recv(64)
 
 
 @dataclass

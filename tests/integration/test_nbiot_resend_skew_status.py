@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,7 +39,13 @@ from connectors.nbiot.seal import seal
 from connectors.nbiot.udp import ACK, NAK
 from simulators.nbiot_fleet import ctwing_body, datagram, encode, onenet_body
 from tests.integration.conftest import write_settings
-from tests.integration.nbiot_fixture import NbiotEngine, free_udp_port, log_contents
+from tests.integration.nbiot_fixture import (
+    NbiotEngine,
+    coap_post,
+    free_udp_port,
+    log_contents,
+    udp_send,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -76,24 +81,6 @@ class Run:
     metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
     logged: set[tuple[str, str, int]] = field(default_factory=set)
     reasons: Counter[str] = field(default_factory=Counter)
-
-
-async def coap_post(port: int, identity: str, payload: bytes) -> aiocoap.Message:
-    ctx = await aiocoap.Context.create_client_context()
-    try:
-        req = aiocoap.Message(
-            code=aiocoap.POST, uri=f"coap://127.0.0.1:{port}/nb/{identity}", payload=payload
-        )
-        return await asyncio.wait_for(ctx.request(req).response, 60)
-    finally:
-        await ctx.shutdown()
-
-
-def udp_send(port: int, data: bytes) -> bytes:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(60)
-        s.sendto(data, ("127.0.0.1", port))
-        return s.recv(64)
 
 
 def wait_for_log(log: Path, text: str, timeout: float = 60.0) -> None:
