@@ -1,6 +1,12 @@
-"""Real services for integration tests: mosquitto, and the gateway as a child process.
+"""Real services for integration tests: mosquitto, Kafka, and the gateway as a child
+process.
 
 A missing service is a failure with the reason, never a skip.
+
+The Kafka fixtures are registered here, once for the directory: a session-scoped
+fixture that test modules import themselves is a fixture of each module, so every
+module started its own "session" broker and kept it until the session ended (ten
+brokers by the end of a full run).
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ import yaml
 
 import rules
 from connectors.mqtt.mosquitto import Mosquitto
+from tests.integration.kafka_fixture import kafka_bootstrap, kafka_cluster3
+
+__all__ = ["kafka_bootstrap", "kafka_cluster3"]  # fixtures, for every module here
 
 PACKS = Path(rules.__file__).resolve().parent / "packs"
 

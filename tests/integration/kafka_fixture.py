@@ -10,9 +10,9 @@ If Java or Maven is missing, Maven Central cannot be reached on the first run, o
 broker does not start, the fixture FAILS with the script's message: it never skips,
 so a machine that cannot run Kafka cannot pass the integration suite silently.
 
-Use it from a test module with `from kafka_fixture import kafka_bootstrap`, or from a
-conftest.py with `pytest_plugins = ["kafka_fixture"]` when tests/integration is on
-sys.path.
+`tests/integration/conftest.py` registers both fixtures for every module there. Do not
+import them into a test module: a fixture a module imports is that module's own, and a
+session-scoped one then starts a broker per module, each kept until the session ends.
 """
 
 from __future__ import annotations

@@ -16,13 +16,12 @@ from playwright.sync_api import expect, sync_playwright
 
 from engine.runtime.dispatch.forwarding import SERVED_BY
 from tests.integration.http_receiver import HttpReceiver
-from tests.integration.kafka_fixture import kafka_bootstrap
 from tests.integration.kafka_load import WorkerProcess
 from tests.integration.test_console_browser import chromium, shot
 from tests.integration.test_dispatch_gateway import wait_for
 from tests.integration.test_dispatch_kafka import STEP, T0, Workers, _took_over, hooks
 
-__all__ = ["hooks", "kafka_bootstrap"]
+__all__ = ["hooks"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -28,11 +28,8 @@ from engine.runtime.dispatch.forwarding import SERVED_BY
 from engine.runtime.kafka.producer import TelemetryProducer
 from engine.runtime.kafka.topics import TopicLayout
 from tests.integration.http_receiver import HttpReceiver
-from tests.integration.kafka_fixture import kafka_bootstrap
 from tests.integration.kafka_load import WorkerProcess, create_topics
 from tests.integration.test_dispatch_gateway import RULES, wait_for
-
-__all__ = ["kafka_bootstrap"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -23,7 +23,6 @@ from typing import Any
 import yaml
 
 from tests.integration.http_receiver import HttpReceiver
-from tests.integration.kafka_fixture import kafka_bootstrap
 from tests.integration.kafka_load import WorkerProcess
 from tests.integration.test_dispatch_gateway import wait_for
 from tests.integration.test_dispatch_kafka import (
@@ -38,7 +37,7 @@ from tests.integration.test_dispatch_kafka import (
     hooks,
 )
 
-__all__ = ["hooks", "kafka_bootstrap"]
+__all__ = ["hooks"]
 
 REPEAT = "4s"
 

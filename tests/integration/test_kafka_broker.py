@@ -21,12 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-try:
-    from kafka_fixture import KafkaCluster, kafka_bootstrap, kafka_cluster3
-except ImportError:  # tests/ imported as a package
-    from tests.integration.kafka_fixture import KafkaCluster, kafka_bootstrap, kafka_cluster3
-
-__all__ = ["kafka_bootstrap", "kafka_cluster3"]
+from tests.integration.kafka_fixture import KafkaCluster
 
 pytestmark = pytest.mark.integration
 

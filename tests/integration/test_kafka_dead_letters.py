@@ -25,9 +25,6 @@ from engine.runtime.services.dead_letters import (
     read_kafka_dead_letters,
 )
 from engine.runtime.transport.log import Append, DurableLog
-from tests.integration.kafka_fixture import kafka_bootstrap
-
-__all__ = ["kafka_bootstrap"]
 
 T0 = 1_719_763_200_000
 

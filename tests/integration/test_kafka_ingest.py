@@ -31,9 +31,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from connectors.mqtt.mosquitto import Mosquitto, free_port
 from engine.contracts.alerts import AlertEvent
 from tests.integration.conftest import PACKS, publish_rise_and_bad_payloads
-from tests.integration.kafka_fixture import kafka_bootstrap
-
-__all__ = ["kafka_bootstrap"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -22,12 +22,11 @@ from connectors.mqtt.mosquitto import Mosquitto
 from engine.contracts.alerts import AlertEvent
 from engine.runtime.kafka.topics import TopicLayout
 from tests.integration.conftest import PACKS
-from tests.integration.kafka_fixture import kafka_bootstrap
 from tests.integration.kafka_load import wait_until_committed
 from tests.integration.test_kafka_ingest import Vigil, processes, start_ingest_and_worker
 from tests.integration.test_silence import RULES, STALE_S, STATIONS, TICK_S
 
-__all__ = ["kafka_bootstrap", "processes"]
+__all__ = ["processes"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,11 +13,10 @@ import pytest
 
 from connectors.mqtt.mosquitto import free_port
 from tests.integration.http_receiver import HttpReceiver
-from tests.integration.kafka_fixture import kafka_bootstrap
 from tests.integration.kafka_load import WorkerProcess
 from tests.integration.test_dispatch_kafka import Workers, hooks
 
-__all__ = ["hooks", "kafka_bootstrap"]
+__all__ = ["hooks"]
 
 
 def test_a_worker_whose_web_port_was_taken_starts_on_a_fresh_one(

@@ -26,10 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.mqtt.mosquitto import Mosquitto, free_port
 from tests.integration.conftest import mosquitto_pub
-from tests.integration.kafka_fixture import kafka_bootstrap
 from tests.integration.test_kafka_ingest import Vigil, _settings, _wait_alerts
-
-__all__ = ["kafka_bootstrap"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
