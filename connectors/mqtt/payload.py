@@ -94,9 +94,10 @@ def decode_payload(
     anything else, whatever the bytes. ``seqs``, when given, gets the objects' ``seq``
     numbers in payload order (only once the whole payload decoded)."""
     try:
-        # UTF-8 only (RFC 8259 §8.1): json.loads would guess UTF-16 or -32 from the
-        # first bytes, and name that codec in the reason of a payload that is neither.
-        doc = json.loads(payload.decode("utf-8"))
+        # UTF-8 only (RFC 8259 §8.1), a byte order mark ignored as it allows: json.loads
+        # would guess UTF-16 or -32 from the first bytes, and name that codec in the
+        # reason of a payload that is neither.
+        doc = json.loads(payload.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise PayloadError(f"payload is not UTF-8: {exc}") from exc
     except ValueError as exc:  # not JSON, or an integer past 4300 digits

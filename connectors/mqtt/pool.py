@@ -23,7 +23,7 @@ ever subscribed (its settings, its code) is not restarted: ``join`` raises, and 
 gateway exits for its supervisor. So does a failed append (the log cannot be written).
 
 A worker that hangs is found: one that has sent nothing for ``SILENT_REPORTS``
-report periods (``REPORT_S`` each: 2.5 s) while this side was not busy with its request
+report periods (``REPORT_S`` each: 2.5 s in all) while this side was not busy with its request
 (SIGSTOP, a deadlock; a worker reports even while idle) is logged at ERROR, counted
 (``counters["worker_hangs"]``), no longer counts as subscribed (``state``, ``/readyz``)
 and is killed, then started again like a worker that died: within about 4 s plus its
@@ -254,6 +254,7 @@ class MqttIngestPool:
         """Start the worker process, answer its requests until it exits; its status."""
         ours, theirs = socket.socketpair()
         w.started_at, w.reported, w.silent = asyncio.get_running_loop().time(), False, 0
+        w.killed = False
         with theirs:
             w.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -300,6 +301,8 @@ class MqttIngestPool:
             if self._on_broker_drops is not None:
                 await self._on_broker_drops(frame[1])
         elif kind == "state":
+            if w.killed:
+                return  # sent before it was taken for hung, read after: not believed
             connected, error, since_ms, failures, w.subscribed, w.counters = frame[1:]
             since_ms = since_ms or int(time.time() * 1000)
             w.connection = Connection(connected, error, since_ms, failures)
@@ -315,12 +318,16 @@ class MqttIngestPool:
         start, is hung: ``_hung``."""
         loop = asyncio.get_running_loop()
         last = loop.time()
-        while not self._stopping:
-            await asyncio.sleep(REPORT_S)
-            now = loop.time()
-            # Late, this loop was held up: the workers' frames may wait unread.
-            self._tick(now, on_time=now - last < 2 * REPORT_S)
-            last = now
+        try:
+            while not self._stopping:
+                await asyncio.sleep(REPORT_S)
+                now = loop.time()
+                # Late, this loop was held up: the workers' frames may wait unread.
+                self._tick(now, on_time=now - last < 2 * REPORT_S)
+                last = now
+        except Exception as exc:  # no watchdog: a hung worker would go unseen
+            log.error("MQTT ingest pool: the watchdog failed: %r; the gateway stops", exc)
+            self._fail(exc)
 
     def _tick(self, now: float, *, on_time: bool) -> None:
         """One of ``_watch``'s ticks at loop time ``now``; none once stopping (the
@@ -343,7 +350,7 @@ class MqttIngestPool:
             why,
         )
         self._retired["worker_hangs"] += 1
-        w.subscribed, w.silent, w.reported = False, 0, True
+        w.subscribed, w.silent, w.reported, w.killed = False, 0, True, True
         w.connection = Connection(error=f"worker hung ({why}): restarting")
         self._update_subscribed()
         w.process.kill()

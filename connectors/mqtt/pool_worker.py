@@ -38,6 +38,7 @@ class WorkerView:
         self.heard = False  # sent a frame since the last tick
         self.busy = False  # this side is handling its request: it waits for us
         self.silent = 0  # ticks in a row without a frame
+        self.killed = False  # taken for hung: its frames still in the socket are not believed
 
     def send(self, *frame: Any) -> None:
         """Queue a frame; a worker gone meanwhile misses it (it is restarted with the

@@ -84,7 +84,10 @@ class _Gateway:
         await done
 
     def done(self) -> None:
-        self._waiting.popleft().set_result(None)
+        """The gateway's answer to the oldest request: durable."""
+        waiting = self._waiting.popleft()
+        if not waiting.done():  # cancelled meanwhile (the ingest stopping)
+            waiting.set_result(None)
 
     async def produce(self, readings: list[Any]) -> None:
         sensors: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
@@ -133,6 +136,16 @@ async def _listen(
             stop.set()
 
 
+def _listener_ended(task: asyncio.Task[None]) -> None:
+    """The listener failed (a frame it could not take): this worker would go on
+    reporting while no answer reaches its batch in hand, a share of ingest dead behind
+    a live watchdog. End the process instead: the pool starts it again, and the broker
+    redelivers what it had not acknowledged."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("reading the gateway's frames failed: exiting", exc_info=task.exception())
+        os._exit(1)
+
+
 async def _report(ingest: MqttIngest, gateway: _Gateway, every_s: float | None) -> None:
     """The connection state and counters, every ``every_s`` (None: once)."""
     while True:
@@ -166,6 +179,7 @@ async def _serve(sock: socket.socket) -> int:
     await ingest.start()
     stop = asyncio.Event()
     listening = asyncio.ensure_future(_listen(reader, ingest, gateway, stop))
+    listening.add_done_callback(_listener_ended)
     tasks = [
         asyncio.ensure_future(stop.wait()),
         asyncio.ensure_future(ingest.join()),

@@ -256,9 +256,15 @@ class GroupState:
             if self.history.get(key) != undone.get(key):
                 out.history[key] = self.history.get(key)
         # Older than the history: in arrival order, after the rest (the transitions kept
-        # could not be undone past it). A later recomputation starts from a state that
-        # already counts it.
+        # could not be undone past it). The history's records of what each transition
+        # undoes no longer describe this state, so it is dropped: a later late event is
+        # taken in arrival order too, rather than recomputed from records that would
+        # raise again what was sent.
         out.raised += [c for k in old if (c := self.take(rule, k[1], k[0], fresh[k]))]
+        if old:
+            out.history.update(dict.fromkeys(self._order))
+            self.history.clear()
+            self._order.clear()
         for change in out.raised:
             self._tell(change)
         restated = self._restate()

@@ -3,7 +3,7 @@ gateway, through its API (``engine/runtime/dispatch/api.py``).
 
 The gateway is found, and its token and certificate taken, as
 ``engine.tools.web_target`` says for every command that calls the API (``--url``,
-``$VIGIL_URL`` or ``--config``; ``--token-env``, ``$VIGIL_TOKEN`` or ``--config``'s
+``--config`` or ``$VIGIL_URL``; ``--token-env``, ``$VIGIL_TOKEN`` or ``--config``'s
 ``web.token_env``; ``--cacert``). An alert may be named
 by a unique prefix of its fingerprint. Exit status: 0 done, 1 the gateway refused (its
 message is printed), 2 the gateway could not be reached or the arguments are wrong.

@@ -2,9 +2,9 @@
 it is: one rule for every command that calls its API (``vigil status``, ``vigil
 dead-letters``, ``vigil alerts``).
 
-* **Address:** ``--url``, else ``$VIGIL_URL``, else ``--config``'s ``web_port`` on
-  ``web.bind`` (loopback when it binds every interface), ``https`` with ``web.tls``;
-  else ``http://127.0.0.1:6066``.
+* **Address:** ``--url``, else ``--config``'s ``web_port`` on ``web.bind`` (loopback
+  when it binds every interface), ``https`` with ``web.tls``; else ``$VIGIL_URL``, else
+  ``http://127.0.0.1:6066``.
 * **Token** (sent as ``Authorization: Bearer``): the variable ``--token-env`` names,
   else ``$VIGIL_TOKEN``, else the variable ``--config``'s ``web.token_env`` names.
 * **Server certificate:** checked against ``--cacert``; else, with ``--config``'s
@@ -65,8 +65,6 @@ def web_target(args: argparse.Namespace) -> WebTarget:
     cafile = args.cacert
     if args.url:
         base = args.url
-    elif os.environ.get("VIGIL_URL"):
-        base = os.environ["VIGIL_URL"]
     elif args.config:
         from engine.runtime.config import load_settings
 
@@ -80,8 +78,8 @@ def web_target(args: argparse.Namespace) -> WebTarget:
         token_envs.append(web.token_env)
         if web.tls and not cafile:
             cafile = str(web.tls.cert_file)
-    else:
-        base = DEFAULT_URL
+    else:  # what the command line names wins over the environment
+        base = os.environ.get("VIGIL_URL") or DEFAULT_URL
     if cafile:
         verify = ssl.create_default_context(cafile=cafile)
     named = [env for env in token_envs if env]

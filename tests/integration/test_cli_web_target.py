@@ -87,7 +87,9 @@ def test_every_command_reaches_a_tls_gateway_with_its_token(
     settings, served = gateway
     head, *rest = command
     cacert = ["--cacert", str(settings.parent / "ca.pem")]  # the site's private CA
-    monkeypatch.delenv("VIGIL_URL", raising=False)
+    # What the command line names wins over the environment: a stale $VIGIL_URL (a port
+    # nobody listens on) must not take the token elsewhere.
+    monkeypatch.setenv("VIGIL_URL", "http://127.0.0.1:9")
     monkeypatch.delenv("VIGIL_TOKEN", raising=False)
     monkeypatch.delenv("SITE_TOKEN", raising=False)
     # The settings' address, port and TLS; no token: the gateway refuses (401).

@@ -164,6 +164,23 @@ def test_what_was_sent_and_a_late_event_undoes_is_counted() -> None:
     ]  # fmt: skip
 
 
+def test_after_a_backlog_older_than_the_history_a_late_event_raises_nothing_twice() -> None:
+    # History of 20 min. Live: B at 5:00 and C at 5:30 raise the basin (since 5:30). A's
+    # entry at 4:50 is older than the history: taken on arrival. Then D's entry at 5:20,
+    # late but within the history: recomputed from records made before A counted, the
+    # group would not be firing before D and raise again (at 5:20) what was sent.
+    state = GroupState(history_ms=20 * MIN)
+    y = Level.YELLOW
+    sent = state.take_all(RULE, [("B", 5 * H, y)]).raised
+    sent += state.take_all(RULE, [("C", 5 * H + 30 * MIN, y)]).raised
+    assert [(c.firing, c.at) for c in sent] == [(True, 5 * H + 30 * MIN)]
+    outcome = state.take_all(RULE, [("A", 4 * H + 50 * MIN, y)])
+    assert (outcome.too_old, outcome.raised) == (1, [])
+    outcome = state.take_all(RULE, [("D", 5 * H + 20 * MIN, y)])
+    assert outcome.raised == [] and outcome.withdrawn == []
+    assert state.firing_since == 5 * H + 30 * MIN
+
+
 def test_a_withdrawn_all_clear_of_a_basin_that_still_fires_is_restated() -> None:
     # Live: A and B raise the basin at t0+10 min, B's leave clears it at t0+30 min. C's
     # backlog says C was at the level from t0+20 min on: with C the basin never cleared.

@@ -109,6 +109,12 @@ def test_poison_payloads_are_payload_errors(payload: bytes, reason: str) -> None
     assert len(str(info.value)) < 200  # a reason is a line, not the payload again
 
 
+def test_a_utf8_byte_order_mark_is_ignored_by_both_decoders() -> None:
+    payload = b'\xef\xbb\xbf{"value": 1.5, "ts": 1719763200000}'
+    assert decode_payload(payload, NOW) == [(1719763200000, 1.5)]
+    assert decode_columns(payload, NOW) == ([1719763200000], [1.5])
+
+
 def test_ts_at_the_bounds_is_accepted() -> None:
     assert decode_payload(b'{"value": 1, "ts": 253402300799999}', NOW) == [(253402300799999, 1.0)]
     assert decode_payload(b'{"value": 1, "ts": "9999-12-31T23:59:59+00:00"}', NOW) == [

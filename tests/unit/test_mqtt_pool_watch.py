@@ -7,6 +7,7 @@ worker with SIGSTOP)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -101,3 +102,34 @@ def test_an_exited_worker_is_left_to_its_restart() -> None:
         workers[1].heard = True
         pool._tick(float(tick), on_time=True)
     assert not processes[0].killed and pool.counters["worker_hangs"] == 0
+
+
+def test_a_failing_watchdog_ends_the_ingest_rather_than_watch_no_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without its watchdog a hung worker would go unseen: the failure goes to ``join``
+    (the gateway ends, its supervisor starts it again)."""
+    pool, _, _ = _pool()
+    monkeypatch.setattr("connectors.mqtt.pool.REPORT_S", 0.001)
+
+    def broken(now: float, *, on_time: bool) -> None:
+        raise RuntimeError("a bug in the watchdog")
+
+    async def run() -> BaseException | None:
+        pool._failed = asyncio.get_running_loop().create_future()
+        pool._tick = broken  # type: ignore[method-assign]
+        await asyncio.wait_for(pool._watch(), 10)
+        return pool._failed.exception()
+
+    assert repr(asyncio.run(run())) == "RuntimeError('a bug in the watchdog')"
+
+
+def test_a_state_frame_read_after_the_kill_does_not_make_a_hung_worker_subscribed() -> None:
+    pool, workers, processes = _pool()
+    for tick in range(SILENT_REPORTS):
+        workers[1].heard = True
+        pool._tick(float(tick), on_time=True)
+    assert processes[0].killed and pool.state != "subscribed"
+    frame = ("state", True, None, 0, 0, True, {})  # sent before the SIGSTOP, read now
+    asyncio.run(pool._handle(workers[0], frame))
+    assert not workers[0].subscribed and pool.state != "subscribed"
