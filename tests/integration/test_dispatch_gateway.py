@@ -255,6 +255,8 @@ def test_flood_is_grouped_signed_acknowledged_escalated_silenced_and_cleared(
                          if "HZ002 latched: data cleared, stays until acknowledged" in n["note"]],
             )  # fmt: skip
             assert (latched[0]["status"], latched[0]["level"]) == ("firing", "red")
+            held = next(a for a in latched[0]["alerts"] if a["station"] == "HZ002")
+            assert (held["state"], held["latched"]) == ("resolved", "red")  # still in force
             # ... until someone takes it through the link in the message, no login needed.
             link = next(a["ack_url"] for a in latched[0]["alerts"] if a["station"] == "HZ002")
             page = httpx.get(link)

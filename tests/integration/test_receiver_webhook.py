@@ -69,6 +69,7 @@ def test_vigil_body_is_signed_with_the_shared_secret_and_keyed(server: HttpRecei
     assert body["alerts"][0] == {
         **n.alerts[0].to_dict(),
         "ack_url": n.links[n.alerts[0].fingerprint],
+        "latched": None,  # firing on its data, not held by a latch
     }
     assert body["alerts"][1]["ack_url"] is None
     assert body["links"] == n.links
