@@ -101,7 +101,9 @@ def test_a_stopped_owner_is_fenced_and_sends_nothing_when_it_runs_again(
         wait_for("NB101's notification", lambda: _with_station(back, "/duty", "NB101"))
 
         # The stopped owner runs again, with HZ001's repeat (and more) overdue in its
-        # stale state. Its consumer learns it was evicted; the new owner keeps going.
+        # stale state. It lets go, whichever it learns first: that its consumer was
+        # evicted, or that its producer was fenced (its next store fails). The new owner
+        # keeps going.
         released = owner.tail(10**7).count("dispatcher: released")
         owner.proc.send_signal(signal.SIGCONT)
         stopped = None

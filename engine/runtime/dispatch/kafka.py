@@ -271,6 +271,9 @@ class KafkaDispatch:
             for receiver in failed.receivers.values():
                 with contextlib.suppress(Exception):
                     await receiver.aclose()
+            # The failed service was let go here, not by ``release`` (it is no longer
+            # ``self.service``): say so as ``release`` does, once per service let go.
+            log.warning("dispatcher: released")
             if self.service is not None:
                 return  # the group assigned the partition again meanwhile: a new one runs
             await self.release(store=False)
