@@ -111,16 +111,20 @@ class Sl651Identity(StrictModel):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        if not re.fullmatch(r"[0-9A-Fa-f]{10}", v):
-            raise ValueError(f"expected the station address as 10 hex digits, got {v!r}")
-        return v.upper()
+        return _hex(v, 10, "the station address")
 
     @field_validator("password")
     @classmethod
     def _password(cls, v: str) -> str:
-        if not re.fullmatch(r"[0-9A-Fa-f]{4}", v):
-            raise ValueError(f"expected the password as 4 hex digits, got {v!r}")
-        return v.upper()
+        return _hex(v, 4, "the password")
+
+
+def _hex(value: str, digits: int, what: str) -> str:
+    """``value``, exactly ``digits`` hex digits, in upper case; else a ValueError that
+    names ``what``."""
+    if not re.fullmatch(f"[0-9A-Fa-f]{{{digits}}}", value):
+        raise ValueError(f"expected {what} as {digits} hex digits, got {value!r}")
+    return value.upper()
 
 
 class Hj212Identity(StrictModel):

@@ -26,7 +26,11 @@ clock can release held events (every source idle), a timer sends the partition a
 an event of the partition whose changelog holds them.
 
 The state is kept in changelog-backed Faust tables, a small entry per key (what
-Faust tables are for; their layout is in ``engine.runtime.corroboration.wire``).
+Faust tables are for; their layout is in ``engine.runtime.corroboration.wire``). This
+module is the live stage: the topic, the tables, the agent and its timer, and the
+held events; ``engine.runtime.corroboration.groups`` reads the groups' states from the
+tables and turns the events a group takes (a late one's recompute included) into its
+alerts and the tables' changes.
 
 A group's whole state under one key cost a changelog record the size of the group per
 alert, and in a flood the alerts come from thousands of a basin's gauges at once (JSON
@@ -46,8 +50,9 @@ from typing import Any
 
 from engine.contracts.alerts import AlertEvent, Level
 from engine.contracts.ruleset import CorroborationRule
-from engine.evaluation.corroboration import GroupState, Outcome, Taken, Told, corroboration_event
+from engine.evaluation.corroboration import GroupState
 from engine.evaluation.corroboration_buffer import EventTimeBuffer, Pending
+from engine.runtime.corroboration.groups import GroupTables, Write, read_states, take_due, write
 from engine.runtime.corroboration.host import StageHost
 from engine.runtime.corroboration.routing import Routing
 from engine.runtime.corroboration.wire import (
@@ -57,10 +62,6 @@ from engine.runtime.corroboration.wire import (
     SEP,
     TABLES,
     TICK,
-    decode_firing,
-    decode_taken,
-    encode_firing,
-    encode_taken,
     pending_key,
 )
 from engine.runtime.sending import Outgoing
@@ -145,25 +146,8 @@ class CorroborationStage(Routing):
 
     def _build(self) -> dict[str, GroupState]:
         """The groups' states and the held events, from the tables."""
-        entered: dict[str, dict[str, int]] = {}
-        last: dict[str, dict[str, int]] = {}
-        for skey, (entry, latest) in self.stations.items():
-            group_key, station = skey.rsplit(SEP, 1)
-            last.setdefault(group_key, {})[station] = latest
-            if entry is not None:
-                entered.setdefault(group_key, {})[station] = entry
-        firing = {k: decode_firing(v) for k, v in self.firing.items()}
-        history: dict[str, dict[tuple[int, str], Taken]] = {}
-        for hkey, value in self.history.items():
-            rule_id, group, station, at = hkey.split(SEP)
-            history.setdefault(f"{rule_id}{SEP}{group}", {})[int(at), station] = decode_taken(value)
-        states = {
-            k: self._new_state(
-                entered.get(k), last=last.get(k), history=history.get(k),
-                firing_since=firing.get(k, (None, None))[0], told=firing.get(k, (None, None))[1],
-            )
-            for k in last.keys() | firing.keys() | history.keys()
-        }  # fmt: skip
+        tables = GroupTables(self.stations, self.firing, self.history)
+        states = read_states(tables, self._history_ms())
         for buffer in self._buffers.values():
             buffer.clear()
         for pkey, (level, metric) in self.pending.items():
@@ -184,19 +168,11 @@ class CorroborationStage(Routing):
             self._states = self._build()
         state = self._states.get(key)
         if state is None:
-            state = self._states[key] = self._new_state()
+            state = self._states[key] = GroupState(history_ms=self._history_ms())
         return state
 
-    def _new_state(
-        self,
-        entered: dict[str, int] | None = None,
-        firing_since: int | None = None,
-        last: dict[str, int] | None = None,
-        history: dict[tuple[int, str], Taken] | None = None,
-        told: Told | None = None,
-    ) -> GroupState:
-        history_ms = round(self.topology.corroboration_history_s * 1000)
-        return GroupState(entered, firing_since, last, history, history_ms=history_ms, told=told)
+    def _history_ms(self) -> int:
+        return round(self.topology.corroboration_history_s * 1000)
 
     def _buffer(self, partition: int) -> EventTimeBuffer:
         buffer = self._buffers.get(partition)
@@ -281,7 +257,8 @@ class CorroborationStage(Routing):
             buffer = self._built_buffer(partition)
             horizon = buffer.horizon()
             alerts: list[AlertEvent] = []
-            writes: list[_Write] = []  # the tables' changes, once the alerts are durable
+            tables = GroupTables(self.stations, self.firing, self.history)
+            writes: list[Write] = []  # the tables' changes, once the alerts are durable
             applied: list[Pending] = []
             due: dict[str, list[tuple[str, int, Level, str]]] = {}  # by group, in order
             while (item := buffer.pop_due(horizon)) is not None:
@@ -295,10 +272,12 @@ class CorroborationStage(Routing):
             for key, events in due.items():
                 rule = self._rule(key.split(SEP, 1)[0])
                 if rule is not None:  # else removed by a reload meanwhile
-                    self._apply(rule, key, events, alerts, writes)
+                    raised, changes = take_due(tables, self._state(key), rule, key, events,
+                                               self.topology.counters)  # fmt: skip
+                    alerts += raised
+                    writes += changes
             await self._send_alerts(alerts)
-            for table, key, before, after in writes:
-                _sync(table, key, before, after)
+            write(writes)
             for held in applied:
                 self._unsaved.pop(held, None)
             for held, payload in self._unsaved.items():
@@ -320,58 +299,6 @@ class CorroborationStage(Routing):
             self._states = self._build()
         return self._buffer(partition)
 
-    def _apply(
-        self,
-        rule: CorroborationRule,
-        key: str,
-        events: list[tuple[str, int, Level, str]],
-        alerts: list[AlertEvent],
-        writes: list[_Write],
-    ) -> None:
-        """A group's due transitions, (station, at ms, level, metric) each, into its
-        state: the group's alerts to ``alerts``, the tables' changes to ``writes``."""
-        group = key.split(SEP, 1)[1]
-        state = self._state(key)
-        firing_before = encode_firing(state.firing_since, state.told)
-        outcome = state.take_all(rule, [(s, at, level) for s, at, level, _ in events])
-        metric = events[0][3]  # one source rule, one metric
-        alerts.extend(corroboration_event(rule, group, metric, c) for c in outcome.raised)
-        for station, before in outcome.stations.items():
-            after = [state.entered.get(station), state.last.get(station)]
-            writes.append((self.stations, f"{key}{SEP}{station}", list(before), after))
-        writes.append(
-            (self.firing, key, firing_before, encode_firing(state.firing_since, state.told))
-        )
-        for (at, station), taken in outcome.history.items():
-            hkey = f"{key}{SEP}{station}{SEP}{at}"
-            writes.append((self.history, hkey, ..., None if taken is None else encode_taken(taken)))
-        self._count(rule, group, outcome)
-
-    def _count(self, rule: CorroborationRule, group: str, outcome: Outcome) -> None:
-        """Count and log what ``take_all`` could not do as a replay would."""
-        counters = self.topology.counters
-        counters["corroboration_revised_events"] += outcome.revised
-        if outcome.too_old:
-            counters["corroboration_too_old_events"] += outcome.too_old
-            log.warning(
-                "corroboration: %d event(s) of %s in %s older than its history "
-                "(corroboration_history_s): taken in arrival order",
-                outcome.too_old,
-                rule.rule_id,
-                group,
-            )
-        for change in outcome.withdrawn:
-            counters["corroboration_withdrawn_alerts"] += 1
-            log.warning(
-                "corroboration: %s in %s sent %s at %d (started %d), which late events "
-                "show did not happen; it cannot be taken back",
-                rule.rule_id,
-                group,
-                "a raise" if change.firing else "an all-clear",
-                change.at,
-                change.since,
-            )
-
     async def _send_alerts(self, alerts: list[AlertEvent], attempts: int = 5) -> None:
         """Send groups' alerts together and wait until they are durable, retrying a few
         times (a broker restarting) before giving up; a repeat is dropped by the
@@ -390,17 +317,3 @@ class CorroborationStage(Routing):
                     raise
                 log.warning("group alert send failed (%r), sending again", exc)
                 await asyncio.sleep(0.5 * 2**attempt)
-
-
-#: A table's entry to write: (table, key, before, after) (``_sync``).
-_Write = tuple[Any, str, object, object]
-
-
-def _sync(table: Any, key: str, before: object, after: object) -> None:
-    """Write a changed entry to its table (a changelog record); None deletes it."""
-    if after != before:
-        if after is None:
-            if key in table:
-                del table[key]
-        else:
-            table[key] = after
