@@ -4,14 +4,15 @@ date when the rule has a calendar), and the windows the watermark closed while t
 sensor was silent: decided provisionally (a raise at once, a lowering once it is final),
 held, and decided again once final (``WindowDecisions._close_held``).
 
-``WindowDecisions`` is the part of ``engine.evaluation.runners.windowed.WindowedRunner``
-that does this; the runner owns the state it works on (declared below).
+``WindowDecisions`` owns that side of ``engine.evaluation.runners.windowed.WindowedRunner``:
+the sensors' level state, their episodes and held windows. The runner owns the readings'
+side (QC, order, the windows kernel) and hands it the windows that close.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -48,26 +49,115 @@ class Redo(NamedTuple):
 
 
 class WindowDecisions:
-    """Closed windows -> level transitions, for ``WindowedRunner``, which sets up the
-    state below (per sensor, dense index: level state, episode start, held window)."""
+    """Closed windows -> level transitions for one rule's sensors (dense index of
+    ``sensors``): each sensor's level state, the start of its episode and its held
+    window. Sized by ``grow``, as the runner's other per-sensor arrays are."""
 
-    sensors: SensorIndex
-    spec: win.WindowSpec
-    windows: win.WindowState
-    levels: npt.NDArray[np.void]
-    episode: npt.NDArray[np.int64]  # when each sensor's episode began (ms)
-    params: lv.LevelParams
-    #: Windows the watermark closed while their sensor was silent, not yet final:
-    #: sensor -> its held window (see _close_held).
-    held: dict[int, Held]
-    held_end: npt.NDArray[np.int64]  # per sensor: its held window's end, or NO_TS
-    _moved: set[int]  # held sensors with a reading past their window
+    def __init__(self, sensors: SensorIndex, bucket_ms: int) -> None:
+        self.sensors = sensors
+        self.bucket_ms = bucket_ms  # the windows' step (ms; the kernel's clock unit)
+        self.levels = lv.new_levels_state(0)
+        self.episode = np.zeros(0, np.int64)  # when each sensor's episode began (ms)
+        #: Windows the watermark closed while their sensor was silent, not yet final:
+        #: sensor -> its held window (see _close_held).
+        self.held: dict[int, Held] = {}
+        self.held_end = np.zeros(0, np.int64)  # per sensor: its held window's end, or NO_TS
+        self._moved: set[int] = set()  # held sensors with a reading past their window
+        self.params = self._params(0)
+        self._with_thresholds = 0  # rows of self.params whose thresholds are set
 
     @property
     def rule(self) -> ThresholdRule:
         return self.sensors.rule
 
-    def _close_held(self, closed: win.ClosedWindows, ending: bool) -> list[RawTransition]:
+    def _params(self, n: int) -> lv.LevelParams:
+        rule = self.rule
+        return lv.LevelParams(
+            gathered_thresholds(self.sensors, n), rule.direction, rule.deadband, rule.for_ms
+        )
+
+    def grow(self, n: int) -> None:
+        """Room for ``n`` sensors (at least; doubling), keeping the state; the sensors
+        indexed since the last call take the rule's thresholds."""
+        size = len(self.levels)
+        if n > size:
+            size = max(n, 2 * size, 16)
+            levels = lv.new_levels_state(size)
+            levels[: len(self.levels)] = self.levels
+            self.levels = levels
+            grown = size - len(self.episode)
+            self.episode = np.concatenate([self.episode, np.zeros(grown, np.int64)])
+            self.held_end = np.concatenate([self.held_end, np.full(grown, NO_TS)])
+            thresholds = np.full((size, 4), np.nan)
+            thresholds[: len(self.params.thresholds)] = self.params.thresholds
+            rule = self.rule
+            self.params = lv.LevelParams(thresholds, rule.direction, rule.deadband, rule.for_ms)
+        # Only the stations indexed since the last call: a pass over all of them for
+        # every batch that brings a new one would be quadratic at millions of sensors.
+        thresholds = self.params.thresholds
+        for i in range(self._with_thresholds, n):
+            row = self.sensors.rule_row(self.sensors.stations[i])
+            if row is not None:
+                thresholds[i] = self.rule.thresholds[row]
+        self._with_thresholds = max(self._with_thresholds, n)
+
+    def rebind(self) -> None:
+        """The thresholds of the rule ``sensors`` was bound to anew, keeping the state."""
+        self.params = self._params(len(self.levels))
+        self._with_thresholds = len(self.sensors.stations)
+
+    def taken(
+        self,
+        sensor: npt.NDArray[np.int32],
+        ts: npt.NDArray[np.int64],
+        accepted: npt.NDArray[np.bool_],
+    ) -> None:
+        """Readings the windows took (``accepted``): a held window is final once its
+        sensor has a reading past it."""
+        if self.held:
+            end = self.held_end[sensor]
+            moved = accepted & (end != NO_TS) & (ts >= end)
+            self._moved.update(sensor[moved].tolist())
+
+    def decide(
+        self, closed: win.ClosedWindows, ending: bool, clock: npt.NDArray[np.void]
+    ) -> list[RawTransition]:
+        """The transitions of the ``closed`` windows (ends in true time) and of the held
+        windows now final; ``ending``: the input ends (every held window is final);
+        ``clock``: the windows kernel's per-sensor clocks (``win.WindowState.clock``),
+        which tell whether a held window's sensor has moved past it."""
+        if len(closed.sensor) == 0 and not ((ending or self._moved) and self.held):
+            return []
+        if not self.held and not closed.provisional.any():
+            return self._evaluate(closed.sensor, closed.window_end, closed.value)
+        return self._close_held(closed, ending, clock["next_close"])
+
+    def saved(self, n: int) -> dict[str, Any]:
+        """The state of the first ``n`` sensors, for the runner's snapshot."""
+        return {
+            "levels": self.levels[:n].tobytes(),
+            "episode": self.episode[:n].tobytes(),
+            "held": [[s, *held] for s, held in self.held.items()],
+        }
+
+    def restore(self, saved: dict[str, Any], rows: list[int]) -> None:
+        """The state of a snapshot (``saved``) whose sensor ``j`` is row ``rows[j]`` here
+        (-1: no longer selected); the sensors must have room (``grow``)."""
+        levels = np.frombuffer(saved["levels"], lv.LEVELS_STATE_DTYPE)
+        episode = np.frombuffer(saved["episode"], np.int64)
+        for j, i in enumerate(rows):
+            if i >= 0:
+                self.levels[i] = levels[j]
+                self.episode[i] = episode[j]
+        self.held.clear()
+        self.held_end[:] = NO_TS
+        for s, end, value, since, *level in saved.get("held", []):  # older: none, or no level
+            if rows[s] >= 0:
+                self._hold(rows[s], Held(end, value, since, level[0] if level else None))
+
+    def _close_held(
+        self, closed: win.ClosedWindows, ending: bool, next_close: npt.NDArray[np.int64]
+    ) -> list[RawTransition]:
         """Decide closed windows where some are, or were, provisional (the watermark closed
         them while their sensor was silent; ``engine.evaluation.kernels.windows``).
 
@@ -96,9 +186,8 @@ class WindowDecisions:
                 else:  # reopened by the backlog: this row is the window again
                     redo[s] = redo[s]._replace(value=value)
             rows.append((end, s, value, prov))
-        bucket_ms = self.spec.bucket_ms
+        bucket_ms = self.bucket_ms
         back = self.rule.kernel_shift_ms + self.rule.window_closed_right
-        next_close = self.windows.clock["next_close"]
         final = [
             s
             for s, held in self.held.items()

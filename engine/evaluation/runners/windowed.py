@@ -24,7 +24,6 @@ import numpy.typing as npt
 
 from engine.contracts.ruleset import ThresholdRule
 from engine.evaluation.health import HealthChange, RuleHealth
-from engine.evaluation.kernels import levels as lv
 from engine.evaluation.kernels import order
 from engine.evaluation.kernels import windows as win
 from engine.evaluation.kernels._common import NO_TS
@@ -32,10 +31,9 @@ from engine.evaluation.runners.base import (
     RawTransition,
     Rejected,
     SensorIndex,
-    gathered_thresholds,
     signature,
 )
-from engine.evaluation.runners.window_decisions import Held, WindowDecisions
+from engine.evaluation.runners.window_decisions import WindowDecisions
 
 __all__ = ["WindowedRunner"]
 
@@ -45,7 +43,10 @@ log = logging.getLogger(__name__)
 WINDOWS_FORMAT = 2
 
 
-class WindowedRunner(WindowDecisions):
+class WindowedRunner:
+    """A window-chain rule on one partition: readings QC'd, counted once and summed into
+    each sensor's windows here; the windows that close are decided by ``decisions``."""
+
     def __init__(self, rule: ThresholdRule, lateness_ms: int) -> None:
         self.sensors = SensorIndex(rule)
         self.health = RuleHealth(rule)  # QC and sensor health, before the windows
@@ -57,58 +58,32 @@ class WindowedRunner(WindowDecisions):
             lateness_ms=lateness_ms,
         )
         self.windows = win.new_window_state(0, self.spec)
-        self.levels = lv.new_levels_state(0)
-        self.episode = np.zeros(0, np.int64)
+        self.decisions = WindowDecisions(self.sensors, self.spec.bucket_ms)
         self.counted = np.zeros(0, np.int64)
         self.recent = order.new_recent(0)  # per sensor: its newest reading times (ms)
-        self.held = {}  # held windows, their ends and moves: see WindowDecisions
-        self.held_end = np.zeros(0, np.int64)
-        self._moved = set()
         self.rejected: list[Rejected] = []
-        self.params = self._params(0)
-        self._with_thresholds = 0  # rows of self.params whose thresholds are set
         #: Closed windows (dense sensor, window end ms, aggregate) since the last drain,
         #: for `vigil replay --metrics-out`; None when nobody collects them.
         self.closed: list[tuple[int, int, float]] | None = None
 
-    def _params(self, n: int) -> lv.LevelParams:
-        rule = self.rule
-        return lv.LevelParams(
-            gathered_thresholds(self.sensors, n), rule.direction, rule.deadband, rule.for_ms
-        )
+    @property
+    def rule(self) -> ThresholdRule:
+        return self.sensors.rule
 
     def grow(self, n: int) -> None:
         self.health.grow(n)
-        size = len(self.levels)
-        if n > size:
-            size = max(n, 2 * size, 16)
-            levels = lv.new_levels_state(size)
-            levels[: len(self.levels)] = self.levels
-            self.levels = levels
-            grown = size - len(self.episode)
-            self.episode = np.concatenate([self.episode, np.zeros(grown, np.int64)])
+        self.decisions.grow(n)
+        size = len(self.decisions.levels)  # the runner's per-sensor arrays: as many rows
+        grown = size - len(self.counted)
+        if grown > 0:
             self.counted = np.concatenate([self.counted, np.zeros(grown, np.int64)])
             self.recent = np.concatenate([self.recent, order.new_recent(grown)])
-            self.held_end = np.concatenate([self.held_end, np.full(grown, NO_TS)])
             self.windows = win.grow_window_state(self.windows, size)
-            thresholds = np.full((size, 4), np.nan)
-            thresholds[: len(self.params.thresholds)] = self.params.thresholds
-            rule = self.rule
-            self.params = lv.LevelParams(thresholds, rule.direction, rule.deadband, rule.for_ms)
-        # Only the stations indexed since the last call: a pass over all of them for
-        # every batch that brings a new one would be quadratic at millions of sensors.
-        thresholds = self.params.thresholds
-        for i in range(self._with_thresholds, n):
-            row = self.sensors.rule_row(self.sensors.stations[i])
-            if row is not None:
-                thresholds[i] = self.rule.thresholds[row]
-        self._with_thresholds = max(self._with_thresholds, n)
 
     def rebind(self, rule: ThresholdRule) -> None:
         self.sensors.bind(rule)
         self.health.rebind(rule)
-        self.params = self._params(len(self.levels))
-        self._with_thresholds = len(self.sensors.stations)
+        self.decisions.rebind()
 
     def apply(
         self,
@@ -140,11 +115,9 @@ class WindowedRunner(WindowDecisions):
             sh = self.rule.kernel_shift_ms
             codes = win.window_update(self.windows, self.spec, sensor, ts + sh if sh else ts,
                                       value, quality, watermark + sh)  # fmt: skip
-            np.add.at(self.counted, sensor[codes == win.ACCEPTED], 1)
-            if self.held:  # a held window is final once its sensor has a later reading
-                end = self.held_end[sensor]
-                moved = (codes == win.ACCEPTED) & (end != NO_TS) & (ts >= end)
-                self._moved.update(sensor[moved].tolist())
+            accepted = codes == win.ACCEPTED
+            np.add.at(self.counted, sensor[accepted], 1)
+            self.decisions.taken(sensor, ts, accepted)
             self._reject(codes, sensor, ts, value)
         return self.close(watermark), changes
 
@@ -171,17 +144,13 @@ class WindowedRunner(WindowDecisions):
         back = sh + self.rule.window_closed_right  # (start, end]: the kernel's end is 1 ms on
         if back:
             closed = closed._replace(window_end=closed.window_end - back)
-        ending = watermark >= win.END_OF_INPUT
-        if len(closed.sensor) == 0 and not ((ending or self._moved) and self.held):
-            return []
         if self.closed is not None:
             self.closed.extend(
                 zip(closed.sensor.tolist(), closed.window_end.tolist(), closed.value.tolist(),
                     strict=True)
             )  # fmt: skip
-        if not self.held and not closed.provisional.any():
-            return self._evaluate(closed.sensor, closed.window_end, closed.value)
-        return self._close_held(closed, ending)
+        ending = watermark >= win.END_OF_INPUT
+        return self.decisions.decide(closed, ending, self.windows.clock)
 
     def check_silence(self, watermark: int) -> list[HealthChange]:
         return self.health.check_silence(watermark)
@@ -204,11 +173,9 @@ class WindowedRunner(WindowDecisions):
         return {
             "sig": signature(self.rule),
             "stations": self.sensors.stations,
-            "levels": self.levels[:n].tobytes(),
-            "episode": self.episode[:n].tobytes(),
+            **self.decisions.saved(n),  # levels, episode, held
             "counted": self.counted[:n].tobytes(),
             "recent": self.recent[:n].tobytes(),
-            "held": [[s, *held] for s, held in self.held.items()],
             "windows": WINDOWS_FORMAT,
             "buckets": self.windows.buckets[:n].tobytes(),
             "clock": self.windows.clock[:n].tobytes(),
@@ -221,8 +188,7 @@ class WindowedRunner(WindowDecisions):
         self.grow(len(self.sensors.stations))
         rows = lut.tolist()
         self.health.restore(saved["health"], rows)
-        levels = np.frombuffer(saved["levels"], lv.LEVELS_STATE_DTYPE)
-        episode = np.frombuffer(saved["episode"], np.int64)
+        self.decisions.restore(saved, rows)
         counted = np.frombuffer(saved["counted"], np.int64)
         if "recent" in saved:
             recent = np.frombuffer(saved["recent"], np.int64).reshape(-1, order.RECENT)
@@ -234,18 +200,11 @@ class WindowedRunner(WindowDecisions):
         for j, i in enumerate(rows):
             if i < 0:
                 continue
-            self.levels[i] = levels[j]
-            self.episode[i] = episode[j]
             self.counted[i] = counted[j]
             self.recent[i] = recent[j]
             if buckets is not None:
                 self.windows.buckets[i] = buckets[j]
                 self.windows.clock[i] = clock[j]
-        self.held.clear()
-        self.held_end[:] = NO_TS
-        for s, end, value, since, *level in saved.get("held", []):  # older: none, or no level
-            if rows[s] >= 0:
-                self._hold(rows[s], Held(end, value, since, level[0] if level else None))
         self.windows.due[0] = NO_TS  # the next close looks at every sensor
 
 
