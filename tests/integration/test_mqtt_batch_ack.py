@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,55 @@ class _Flood:
         return self._sent
 
 
+async def _subscribed(
+    broker: Mosquitto, produce: Callable[[list[Any]], Awaitable[None]]
+) -> MqttIngest:
+    """``MqttIngest`` of the gateway's client id, started and subscribed, that takes no
+    message to be a dead letter."""
+
+    async def dead_letter(raw: bytes, reason: str, source: str) -> None:
+        raise AssertionError(f"dead letter: {reason}")
+
+    options = MqttOptions(
+        host=broker.host, port=broker.port, client_id=CLIENT_ID, broker_drops_topic=None
+    )
+    ingest = MqttIngest(options, produce, dead_letter)
+    await ingest.start()
+    assert await asyncio.get_running_loop().run_in_executor(None, ingest.subscribed.wait, 30)
+    return ingest
+
+
+async def _flood_and_leave(
+    broker: Mosquitto, in_hand: asyncio.Event, leave: Callable[[], Awaitable[None]]
+) -> int:
+    """Floods the broker; once ingest has a batch in hand and the broker has taken 5000
+    more readings, ``leave`` (ingest pauses or stops with the flood still going). Returns
+    how many readings the flood published, all told."""
+    loop = asyncio.get_running_loop()
+    flood = _Flood(broker)
+    flood.start()
+    try:
+        await asyncio.wait_for(in_hand.wait(), 60)
+        assert await loop.run_in_executor(None, flood.wait_sent, 5000)
+        await leave()
+    finally:
+        published = await loop.run_in_executor(None, flood.stop)
+    return published
+
+
+def _count(produced: Counter[int], readings: list[Any]) -> None:
+    """Each reading's value (its number) counted once more in ``produced``."""
+    for block in readings:
+        assert isinstance(block, ReadingBlock)
+        produced.update(int(v) for v in block.value)
+
+
+async def _until_produced(produced: Counter[int], published: int) -> None:
+    async with asyncio.timeout(60):
+        while len(produced) < published:
+            await asyncio.sleep(0.01)
+
+
 async def _pause_with_a_batch_in_hand(broker: Mosquitto) -> tuple[int, Counter[int]]:
     """Ingest pauses while its first batch is being written, with thousands of messages
     taken after it and the broker still sending; resumed once the publisher stopped.
@@ -205,36 +255,20 @@ async def _pause_with_a_batch_in_hand(broker: Mosquitto) -> tuple[int, Counter[i
         if not in_hand.is_set():
             in_hand.set()
             await written.wait()  # the fsync of the batch in hand, while the guard pauses
-        for block in readings:
-            assert isinstance(block, ReadingBlock)
-            produced.update(int(v) for v in block.value)
+        _count(produced, readings)
 
-    async def dead_letter(raw: bytes, reason: str, source: str) -> None:
-        raise AssertionError(f"dead letter: {reason}")
+    ingest = await _subscribed(broker, produce)
 
-    options = MqttOptions(
-        host=broker.host, port=broker.port, client_id=CLIENT_ID, broker_drops_topic=None
-    )
-    ingest = MqttIngest(options, produce, dead_letter)
-    await ingest.start()
-    loop = asyncio.get_running_loop()
-    assert await loop.run_in_executor(None, ingest.subscribed.wait, 30)
-    flood = _Flood(broker)
-    flood.start()
-    try:
-        await asyncio.wait_for(in_hand.wait(), 60)
-        assert await loop.run_in_executor(None, flood.wait_sent, 5000)
+    async def pause() -> None:
         ingest.pause("the disk is full")
         written.set()
         async with asyncio.timeout(60):
             while ingest.state != "disconnected":
                 await asyncio.sleep(0.01)
-    finally:
-        published = await loop.run_in_executor(None, flood.stop)
+
+    published = await _flood_and_leave(broker, in_hand, pause)
     ingest.resume()
-    async with asyncio.timeout(60):
-        while len(produced) < published:
-            await asyncio.sleep(0.01)
+    await _until_produced(produced, published)
     await ingest.stop()
     return published, produced
 
@@ -262,40 +296,22 @@ async def _stop_with_a_batch_in_hand(broker: Mosquitto) -> tuple[int, Counter[in
     in_hand, durable = asyncio.Event(), asyncio.Event()
 
     async def produce(readings: list[Any]) -> None:
-        for block in readings:
-            assert isinstance(block, ReadingBlock)
-            produced.update(int(v) for v in block.value)  # written: the log holds it ...
+        _count(produced, readings)  # written: the log holds it ...
         if not in_hand.is_set():
             in_hand.set()
             await durable.wait()  # ... and its fsync is under way as the stop comes
 
-    async def dead_letter(raw: bytes, reason: str, source: str) -> None:
-        raise AssertionError(f"dead letter: {reason}")
+    ingest = await _subscribed(broker, produce)
 
-    options = MqttOptions(
-        host=broker.host, port=broker.port, client_id=CLIENT_ID, broker_drops_topic=None
-    )
-    ingest = MqttIngest(options, produce, dead_letter)
-    await ingest.start()
-    loop = asyncio.get_running_loop()
-    assert await loop.run_in_executor(None, ingest.subscribed.wait, 30)
-    flood = _Flood(broker)
-    flood.start()
-    try:
-        await asyncio.wait_for(in_hand.wait(), 60)
-        assert await loop.run_in_executor(None, flood.wait_sent, 5000)
+    async def stop() -> None:
         stopping = asyncio.ensure_future(ingest.stop())
         await asyncio.sleep(0)  # the stop has begun (SIGTERM) before the fsync ends
         durable.set()
         await asyncio.wait_for(stopping, 60)
-    finally:
-        published = await loop.run_in_executor(None, flood.stop)
-    again = MqttIngest(options, produce, dead_letter)
-    await again.start()
-    assert await loop.run_in_executor(None, again.subscribed.wait, 30)
-    async with asyncio.timeout(60):
-        while len(produced) < published:
-            await asyncio.sleep(0.01)
+
+    published = await _flood_and_leave(broker, in_hand, stop)
+    again = await _subscribed(broker, produce)
+    await _until_produced(produced, published)
     await again.stop()
     return published, produced
 

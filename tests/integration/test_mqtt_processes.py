@@ -103,16 +103,24 @@ async def _until_subscribed(pool: MqttIngestPool) -> None:
     raise AssertionError(f"workers not subscribed: {pool.state} {pool.connection}")
 
 
+async def _until_all_in(
+    pool: MqttIngestPool, recorder: _Recorder, publish: asyncio.Future[None]
+) -> None:
+    """Waits until ``recorder`` has every reading, failing should the pool end first,
+    then for the ``publish`` under way to end."""
+    waiting = asyncio.ensure_future(recorder.all_in.wait())
+    joined = asyncio.ensure_future(pool.join())
+    done, _ = await asyncio.wait({waiting, joined}, timeout=120, return_when="FIRST_COMPLETED")
+    assert waiting in done, f"ingest ended or timed out: {done}"
+    await publish
+
+
 async def _run(pool: MqttIngestPool, recorder: _Recorder, broker: Mosquitto) -> None:
     await pool.start()
     try:
         await _until_subscribed(pool)
         publish = asyncio.get_running_loop().run_in_executor(None, _publish, broker, _messages())
-        waiting = asyncio.ensure_future(recorder.all_in.wait())
-        joined = asyncio.ensure_future(pool.join())
-        done, _ = await asyncio.wait({waiting, joined}, timeout=120, return_when="FIRST_COMPLETED")
-        assert waiting in done, f"ingest ended or timed out: {done}"
-        await publish
+        await _until_all_in(pool, recorder, publish)
     finally:
         await pool.stop()
 
@@ -162,17 +170,24 @@ class _SignallingPool(MqttIngestPool):
         await super()._handle(w, frame)
 
 
+def _signalling(broker: Mosquitto, client_id: str, sig: int) -> tuple[_SignallingPool, _Recorder]:
+    """A pool that sends ``sig`` to a worker a third of the way through the readings,
+    and the recorder of what it hands on."""
+    recorder = _Recorder(STATIONS * PER_STATION)
+    pool = _SignallingPool(
+        _options(broker, client_id),
+        recorder.produce,
+        recorder.dead_letter,
+        after=STATIONS * PER_STATION // 3,
+        recorder=recorder,
+        sig=sig,
+    )
+    return pool, recorder
+
+
 def test_a_killed_worker_is_started_again_and_gets_its_unacknowledged_messages() -> None:
     with Mosquitto() as broker:
-        recorder = _Recorder(STATIONS * PER_STATION)
-        pool = _SignallingPool(
-            _options(broker, "processes-kill"),
-            recorder.produce,
-            recorder.dead_letter,
-            after=STATIONS * PER_STATION // 3,
-            recorder=recorder,
-            sig=signal.SIGKILL,
-        )
+        pool, recorder = _signalling(broker, "processes-kill", signal.SIGKILL)
         asyncio.run(_run(pool, recorder, broker))
     assert pool.held, "no worker was killed"
     assert pool.counters["worker_restarts"] == 1
@@ -240,11 +255,7 @@ async def _run_freezing(pool: _SignallingPool, recorder: _Recorder, broker: Mosq
             # Found hung: the pool no longer says it is subscribed (``/readyz``).
             while pool.state == "subscribed":
                 await asyncio.sleep(0.01)
-        waiting = asyncio.ensure_future(recorder.all_in.wait())
-        joined = asyncio.ensure_future(pool.join())
-        done, _ = await asyncio.wait({waiting, joined}, timeout=120, return_when="FIRST_COMPLETED")
-        assert waiting in done, f"ingest ended or timed out: {done}"
-        await publish
+        await _until_all_in(pool, recorder, publish)
     finally:
         await pool.stop()
 
@@ -253,15 +264,7 @@ def test_a_hung_worker_is_found_killed_and_restarted_and_nothing_is_lost(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with Mosquitto() as broker, caplog.at_level(logging.INFO, logger="connectors.mqtt.pool"):
-        recorder = _Recorder(STATIONS * PER_STATION)
-        pool = _SignallingPool(
-            _options(broker, "processes-hang"),
-            recorder.produce,
-            recorder.dead_letter,
-            after=STATIONS * PER_STATION // 3,
-            recorder=recorder,
-            sig=signal.SIGSTOP,
-        )
+        pool, recorder = _signalling(broker, "processes-hang", signal.SIGSTOP)
         asyncio.run(_run_freezing(pool, recorder, broker))
     assert pool.held, "no worker was frozen"
     assert re.search(r"MQTT ingest worker \d \(pid \d+\) is hung \(silent for 2.5 s\)", caplog.text)
