@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,22 @@ def shot(page: Page, name: str, *, full_page: bool = True) -> None:
     page.screenshot(path=str(out / f"{name}.png"), full_page=full_page)
 
 
+@contextmanager
+def live_console(url: str, before: Callable[[Page], object] | None = None) -> Iterator[Page]:
+    """The duty room's page at ``url`` (a gateway's or a worker's) in Debian's Chromium,
+    once its live stream is up; ``before``: called with the page before it is loaded (a
+    clock to install, a listener). The browser closes when the block ends."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium())
+        page = browser.new_page(locale="en-GB", viewport={"width": 1400, "height": 900})
+        if before is not None:
+            before(page)
+        page.goto(url + "/console")
+        expect(page.locator("#live")).to_have_text("live", timeout=30_000)
+        yield page
+        browser.close()
+
+
 def api_alert(url: str, station: str) -> dict[str, Any]:
     rows = httpx.get(url + "/api/alerts", timeout=30).json()["alerts"]
     return next(r for r in rows if r["station"] == station and r["status"] != "closed")
@@ -77,11 +95,7 @@ def test_alerts_live_acknowledged_and_silenced_from_the_page(
         engine.start()
         gauges = Gauges(mosquitto)
         try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=chromium())
-                page = browser.new_page(locale="en-GB", viewport={"width": 1400, "height": 900})
-                page.goto(url + "/console")
-                expect(page.locator("#live")).to_have_text("live", timeout=30_000)
+            with live_console(url) as page:
                 page.fill("#who", "Li Wei")
                 page.dispatch_event("#who", "change")
                 page.evaluate("window.notReloaded = true")
@@ -152,7 +166,6 @@ def test_alerts_live_acknowledged_and_silenced_from_the_page(
                 expect(page.locator("#live")).to_have_text("实时")
                 expect(hz002.locator(".lvl")).to_have_text("红色")
                 shot(page, "3-zh")
-                browser.close()
         finally:
             engine.kill()
 
@@ -186,12 +199,8 @@ def test_the_page_shows_the_same_board_after_a_sigkill_and_then_new_readings_at_
     engine.start()
     gauges = Gauges(mosquitto)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium())
-            page = browser.new_page(locale="en-GB", viewport={"width": 1400, "height": 900})
-            page.clock.install()  # the page's timers, stopped below
-            page.goto(url + "/console")
-            expect(page.locator("#live")).to_have_text("live", timeout=30_000)
+        # The page's timers installed before it loads, to be stopped below.
+        with live_console(url, before=lambda page: page.clock.install()) as page:
             page.evaluate("window.notReloaded = true")
             gauges.report(QUIET)
             gauges.report({"HZ001": 6.8, "HZ002": 5.0, "HZ003": 2.0})
@@ -232,7 +241,6 @@ def test_the_page_shows_the_same_board_after_a_sigkill_and_then_new_readings_at_
             expect(station.locator(".last-value")).to_have_text("water_level 5.1 m", timeout=30_000)
             expect(alert.locator("svg.sparkline")).to_have_attribute("data-points", "3")
             assert page.evaluate("window.notReloaded") is True
-            browser.close()
     finally:
         gauges.publisher.close()
         engine.kill()
@@ -260,13 +268,12 @@ def test_the_page_stays_live_in_a_storm_of_a_thousand_stations(
         gauges = Gauges(mosquitto)
         levels = {f"S{i:02d}": (3.5 if i < firing else 2.0) for i in range(n)}
         try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=chromium())
-                page = browser.new_page(locale="en-GB", viewport={"width": 1400, "height": 900})
-                asked: list[str] = []
+            asked: list[str] = []  # every URL the page requests, from its first load
+
+            def listen(page: Page) -> None:
                 page.on("request", lambda r: asked.append(r.url))
-                page.goto(url + "/console")
-                expect(page.locator("#live")).to_have_text("live", timeout=30_000)
+
+            with live_console(url, before=listen) as page:
                 page.evaluate("window.notReloaded = true")
                 gauges.report({s: 2.0 for s in levels})
                 for _ in range(2):  # the second report closes the first's window
@@ -320,6 +327,5 @@ def test_the_page_stays_live_in_a_storm_of_a_thousand_stations(
                     f" one full redraw {redraw_ms:.0f} ms"
                 )
                 shot(page, "4-storm", full_page=False)  # the whole page is 38,000 px tall
-                browser.close()
         finally:
             engine.kill()

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from engine.runtime.dispatch.forwarding import SERVED_BY
 from tests.integration.http_receiver import HttpReceiver
 from tests.integration.kafka_load import WorkerProcess
-from tests.integration.test_console_browser import chromium, shot
+from tests.integration.test_console_browser import live_console, shot
 from tests.integration.test_dispatch_gateway import wait_for
 from tests.integration.test_dispatch_kafka import STEP, T0, Workers, _took_over, hooks
 
@@ -31,9 +31,7 @@ def test_the_page_on_a_worker_that_does_not_own_the_dispatcher(
 ) -> None:
     ws = Workers(kafka_bootstrap, tmp_path, hooks)
     try:
-        w1, w2 = ws.start("w1"), ws.start("w2")
-        w1.wait_ready()
-        w2.wait_ready()
+        w1, w2 = ws.start_ready("w1", "w2")
         ws.produce([("HZ001", "water_level", T0, 2.0)])
         wait_for(
             "a worker to own the dispatcher",
@@ -64,11 +62,7 @@ def test_the_page_on_a_worker_that_does_not_own_the_dispatcher(
             lines = stream.iter_lines()
             assert [next(lines) for _ in range(2)] == ["retry: 1000", "event: change"]
 
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium())
-            page = browser.new_page(locale="en-GB", viewport={"width": 1400, "height": 900})
-            page.goto(url + "/console")
-            expect(page.locator("#live")).to_have_text("live", timeout=30_000)
+        with live_console(url) as page:
             # A red at HZ001 (the next report closes its window): on the page, live.
             # (From another thread: Playwright's sync API holds this thread's event loop.)
             with ThreadPoolExecutor(1) as other_thread:
@@ -83,7 +77,6 @@ def test_the_page_on_a_worker_that_does_not_own_the_dispatcher(
             expect(row.locator(".lvl")).to_have_text("red")
             expect(page.locator('#stations tr[data-station="HZ001"] .lvl')).to_have_text("red")
             shot(page, "kafka-non-owner")
-            browser.close()
     except BaseException:
         print(ws.logs())
         raise

@@ -119,6 +119,20 @@ class Workers:
 
         asyncio.run(go())
 
+    def start_ready(self, *names: str) -> list[WorkerProcess]:
+        """Workers ``names`` (free web ports), all started before any is waited for,
+        once each is ready."""
+        workers = [self.start(name) for name in names]
+        for worker in workers:
+            worker.wait_ready()
+        return workers
+
+    def red(self, station: str, at: int) -> None:
+        """A red reading of ``station`` at ``at`` (ms), then the next report (``STEP``
+        later), which closes its window: the red alert goes to the dispatch topic."""
+        self.produce([(station, "water_level", at, 5.0)])
+        self.produce([(station, "water_level", at + STEP, 5.0)])
+
     def logs(self) -> str:
         return "\n".join(f"--- {n}:\n{w.tail(3000)}" for n, w in self.workers.items())
 
@@ -181,14 +195,11 @@ def test_failover_keeps_the_outbox_and_the_acknowledgement(
 ) -> None:
     ws = Workers(kafka_bootstrap, tmp_path, hooks)
     try:
-        w1, w2 = ws.start("w1"), ws.start("w2")
-        w1.wait_ready()
-        w2.wait_ready()
+        w1, w2 = ws.start_ready("w1", "w2")
 
         # A red reading at HZ001; the next report closes its window: the alert goes to
         # the dispatch topic, and the owner tells the duty room once.
-        ws.produce([("HZ001", "water_level", T0, 5.0)])
-        ws.produce([("HZ001", "water_level", T0 + STEP, 5.0)])
+        ws.red("HZ001", T0)
         told = wait_for("HZ001's notification", lambda: _with_station(hooks, "/duty", "HZ001"))
         assert told[0]["level"] == "red" and told[0]["status"] == "firing"
         key = told[0]["key"]
@@ -231,8 +242,7 @@ def test_failover_keeps_the_outbox_and_the_acknowledgement(
         # Another basin goes red afterwards: it reaches the duty room through the new
         # owner. The duty room's deliveries are in order, so a repeat of HZ001's
         # notification by the new owner would have come before it.
-        ws.produce([("NB101", "water_level", T0 + 2 * STEP, 5.0)])
-        ws.produce([("NB101", "water_level", T0 + 3 * STEP, 5.0)])
+        ws.red("NB101", T0 + 2 * STEP)
         wait_for("NB101's notification", lambda: _with_station(hooks, "/duty", "NB101"))
         assert [b["key"] for b in _posts(hooks, "/duty")].count(key) == 1, ws.logs()
 

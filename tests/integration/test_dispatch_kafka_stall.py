@@ -70,14 +70,11 @@ def test_a_stopped_owner_is_fenced_and_sends_nothing_when_it_runs_again(
     stopped = None
     servers = [hooks]
     try:
-        w1, w2 = ws.start("w1"), ws.start("w2")
-        w1.wait_ready()
-        w2.wait_ready()
+        w1, w2 = ws.start_ready("w1", "w2")
 
         # HZ001 goes red and nobody takes it: the owner tells the duty room, then again
         # every few seconds.
-        ws.produce([("HZ001", "water_level", T0, 5.0)])
-        ws.produce([("HZ001", "water_level", T0 + STEP, 5.0)])
+        ws.red("HZ001", T0)
         wait_for("HZ001's repeat", lambda: len(_with_station(hooks, "/duty", "HZ001")) >= 2)
 
         # The receiver goes away; the owner makes HZ001's next repeat and holds it.
@@ -96,8 +93,7 @@ def test_a_stopped_owner_is_fenced_and_sends_nothing_when_it_runs_again(
         # Evicted after its session timeout; the other worker takes over and tells
         # the duty room of a new red, and goes on repeating HZ001.
         wait_for("the other worker to take over", lambda: _took_over(other), timeout=180)
-        ws.produce([("NB101", "water_level", T0 + 2 * STEP, 5.0)])
-        ws.produce([("NB101", "water_level", T0 + 3 * STEP, 5.0)])
+        ws.red("NB101", T0 + 2 * STEP)
         wait_for("NB101's notification", lambda: _with_station(back, "/duty", "NB101"))
 
         # The stopped owner runs again, with HZ001's repeat (and more) overdue in its
