@@ -24,8 +24,8 @@ reading, Python per sensor and bucket: ~2 s of one core for 10,000 stations' six
 spread over the event loop's turns); that board is then merged into the live one as the
 earlier readings (``StationBoard.take_earlier``), one synchronous step. The result is
 the board fed the read-back's readings and then the live ones. Read-backs run one at a
-time. One that fails (the broker away) is logged: the board is display only, and new
-readings fill it in.
+time. One that meets broker errors (the cluster coming back) is tried again twice, then
+logged: the board is display only, and new readings fill it in.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from engine.contracts.batch import TelemetryBatch
 from engine.runtime.dispatch.board import READ_BACK_PAGE, StationBoard, readings_of
@@ -52,6 +53,9 @@ log = logging.getLogger(__name__)
 _FETCH_BYTES = 8 * 1024 * 1024
 #: Seconds a fetch may bring nothing before the read-back of a partition gives up.
 _FETCH_TIMEOUT_S = 30.0
+#: Tries of a read-back that meets broker errors, and the seconds between two.
+_ATTEMPTS = 3
+_RETRY_S = 2.0
 
 
 async def kafka_read_back(
@@ -143,9 +147,20 @@ class BoardReadBack:
         held = {tp.partition for tp in assigned if tp.topic == self.topic}
         new, self._held = held - self._held, held
         if new:
-            task = asyncio.create_task(self.read_back(new))
+            task = asyncio.create_task(self._read_back(new))
             self._tasks.add(task)
             task.add_done_callback(self._done)
+
+    async def _read_back(self, partitions: set[int]) -> int:
+        """``read_back``, tried again a few times while the broker answers with errors (a
+        worker often starts as the cluster comes back); what a failed try read is dropped."""
+        for attempt in range(1, _ATTEMPTS):
+            try:
+                return await self.read_back(partitions)
+            except KafkaError as exc:
+                log.warning("station board: read-back failed (try %d): %r", attempt, exc)
+            await asyncio.sleep(_RETRY_S)
+        return await self.read_back(partitions)
 
     def _done(self, task: asyncio.Task[int]) -> None:
         self._tasks.discard(task)
