@@ -72,6 +72,28 @@ def test_the_board_agrees_with_the_reading_by_reading_reference(
     assert seen(board) == reference(batches, points)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(readings, max_size=30), max_size=8), st.data())
+def test_a_board_that_takes_an_earlier_one_is_the_board_fed_both_in_order(
+    batches: list[list[tuple[str, str, int, float]]], data: st.DataObject
+) -> None:
+    """``take_earlier``: a Kafka worker's read-back, fed into a board of its own while the
+    live board takes the readings that came after it, then merged in: the board fed all
+    the readings in the order received (equal times included: the later one wins)."""
+    points = data.draw(st.integers(1, 6), "points")
+    split = data.draw(st.integers(0, len(batches)), "batches read back")
+    earlier = StationBoard(bucket_ms=BUCKET, points=points)
+    live = StationBoard(bucket_ms=BUCKET, points=points)
+    for rows in batches[:split]:
+        earlier.observe(TelemetryBatch.from_rows(rows))
+    for rows in batches[split:]:
+        live.observe(TelemetryBatch.from_rows(rows))
+    version = live.version
+    live.take_earlier(earlier)
+    assert seen(live) == reference(batches, points)
+    assert live.version == version + (1 if earlier.stations else 0)
+
+
 def test_last_reading_keeps_the_newest_and_the_trace_one_point_per_bucket() -> None:
     board = StationBoard(bucket_ms=BUCKET, points=3)
     board.observe(TelemetryBatch.from_rows([

@@ -35,15 +35,17 @@ changed), all the time.
 ``version`` counts the batches with readings the board took; ``changed_since`` waits for
 it to move (the page's live stream, ``engine.runtime.dispatch.console``).
 
-On a Kafka worker the board sees the partitions that worker evaluates only, and is not
-read back.
+On a Kafka worker the board sees the partitions that worker evaluates only; it reads
+them back when they are assigned to it (``board_kafka.py``), alongside their processing,
+into a board of its own that it then merges in as the earlier readings
+(``take_earlier``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -51,7 +53,7 @@ import numpy.typing as npt
 from engine.contracts.batch import BatchDecodeError, TelemetryBatch
 from engine.runtime.transport.log import DurableLog
 
-__all__ = ["RESTORE_SLACK_MS", "LastReading", "StationBoard", "read_back"]
+__all__ = ["RESTORE_SLACK_MS", "LastReading", "StationBoard", "read_back", "readings_of"]
 
 #: An empty slot's time: older than any reading.
 _EMPTY = np.iinfo(np.int64).min
@@ -109,6 +111,11 @@ class StationBoard:
         """A trace's length in event time (ms): six hours by default."""
         return self.bucket_ms * self.points
 
+    def read_back_from(self, now_ms: int) -> int:
+        """The oldest append time (epoch ms) read back at a restart at wall time ``now_ms``:
+        the trace's span and ``RESTORE_SLACK_MS`` before it."""
+        return now_ms - self.span_ms - RESTORE_SLACK_MS
+
     def observe(self, batch: TelemetryBatch) -> None:
         """Take ``batch``'s readings (a tick has none): per sensor and bucket of event
         time only the newest, so the Python work is one step per sensor and bucket the
@@ -130,6 +137,33 @@ class StationBoard:
             strict=True,
         ):
             self._take(batch.stations[s], batch.metrics[m], t, v, q)
+        self._moved()
+
+    def take_earlier(self, earlier: StationBoard) -> None:
+        """Take what ``earlier`` (same ``bucket_ms`` and ``points``) was fed: readings all
+        received before every one this board took (a read-back that ran alongside the
+        live feed). The board is then the one fed ``earlier``'s readings first and its
+        own after: per sensor the newest reading and, per trace slot, the newest of the
+        slot's, of equal times this board's (the later received)."""
+        assert (earlier.bucket_ms, earlier.points) == (self.bucket_ms, self.points)
+        if not earlier.stations:
+            return
+        for station, metrics in earlier.stations.items():
+            mine = self.stations.setdefault(station, {})
+            for metric, old in metrics.items():
+                new = mine.get(metric)
+                if new is None:
+                    mine[metric] = old  # ``earlier`` is not used after: no copy
+                    continue
+                if old.ts > new.ts:
+                    new.ts, new.value, new.quality = old.ts, old.value, old.quality
+                newer = old.ring_ts > new.ring_ts
+                new.ring_ts[newer] = old.ring_ts[newer]
+                new.ring_value[newer] = old.ring_value[newer]
+        self._moved()
+
+    def _moved(self) -> None:
+        """The board took readings: a new version, and its waiters woken."""
         self.version += 1
         self._changed.set()
         self._changed = asyncio.Event()
@@ -148,7 +182,7 @@ class StationBoard:
         Call before the topology consumes (it replays from the committed offsets on).
         Returns the number of readings taken."""
         taken = 0
-        for batch in read_back(log, topic, group, now_ms - self.span_ms - RESTORE_SLACK_MS):
+        for batch in read_back(log, topic, group, self.read_back_from(now_ms)):
             self.observe(batch)
             taken += len(batch)
         return taken
@@ -178,8 +212,7 @@ def read_back(
 ) -> Iterator[TelemetryBatch]:
     """The telemetry of ``topic`` that ``group`` has committed, from the first record
     appended at ``since_ms`` (epoch ms) or later: per partition, in offset order, the
-    readings of each ``page`` records merged into one batch. Records that do not decode
-    are left out (live, they went to the dead letters and never reached the board)."""
+    readings of each ``page`` records merged into one batch (``readings_of``)."""
     for partition in range(log.partitions(topic) or 0):
         end = log.committed(group, topic, partition)
         if end is None:  # never committed: the topology replays all of it
@@ -190,15 +223,21 @@ def read_back(
             if not records:
                 break
             offset = records[-1].offset + 1
-            batches = []
-            for record in records:
-                if record.offset >= end:
-                    break
-                with contextlib.suppress(BatchDecodeError):
-                    batches.append(TelemetryBatch.decode(record.value or b""))
-            merged = _merge(batches)
+            merged = readings_of(r.value for r in records if r.offset < end)
             if len(merged):
                 yield merged
+
+
+def readings_of(values: Iterable[bytes | None]) -> TelemetryBatch:
+    """The readings of telemetry records (their values, in offset order) as one batch,
+    in their order: a page of a read-back, from the embedded log or from Kafka. Records
+    that do not decode are left out (live, they went to the dead letters and never
+    reached the board)."""
+    batches = []
+    for value in values:
+        with contextlib.suppress(BatchDecodeError):
+            batches.append(TelemetryBatch.decode(value or b""))
+    return _merge(batches)
 
 
 def _merge(batches: list[TelemetryBatch]) -> TelemetryBatch:

@@ -51,6 +51,7 @@ from engine.dispatch.config import load_dispatch_config
 from engine.runtime.config import Settings
 from engine.runtime.dispatch.api import install_api
 from engine.runtime.dispatch.board import StationBoard
+from engine.runtime.dispatch.board_kafka import BoardReadBack
 from engine.runtime.dispatch.console import install_console
 from engine.runtime.dispatch.forwarding import OwnerForwarder, find_owner, owner_client_id
 from engine.runtime.dispatch.kafka_service import KafkaDispatchService, dispatch_topics
@@ -89,7 +90,8 @@ class KafkaDispatch:
         self.bootstrap = bootstrap
         self.config = load_dispatch_config(d.routes)
         build_receivers(self.config)  # a bad receiver fails at start, not at ownership
-        #: The stations of the duty room's page, and the readings this worker evaluates.
+        #: The stations of the duty room's page, and the readings of the partitions this
+        #: worker evaluates (read back when assigned to it).
         self.registry = load_registry(settings.stations)
         self.board = StationBoard()
         self.topic, self.state_topic = dispatch_topics(settings.app_id)
@@ -128,6 +130,10 @@ class KafkaDispatch:
         to_owner = self._forwarder()
         install_api(app.web.web_app.router, lambda: self.service, to_owner.api)
         self.topology.batch_listeners.append(self.board.observe)
+        # Read back the partitions assigned to this worker: after a restart, or taken
+        # over from another, they show what they showed before (``board_kafka``).
+        telemetry = self.topology.telemetry.get_topic_name()
+        BoardReadBack(self.board, self.bootstrap, telemetry, str(app.conf.id)).install(app)
         install_console(
             app.web.web_app.router, lambda: self.service, lambda: self.registry.stations,
             board=self.board, forward=to_owner.api, forward_stream=to_owner.stream,
