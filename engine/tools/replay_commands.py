@@ -116,7 +116,9 @@ def _write_metrics(f: TextIO, rows: list[MetricRow]) -> None:
 
 
 def rules_diff_command(args: argparse.Namespace) -> int:
-    from engine.tools.replay import diff_alerts, replay
+    from collections import Counter
+
+    from engine.tools.replay import coverage, diff_alerts, readers_of, replay
     from engine.tools.replay_input import Progress
     from rules.errors import RulesInvalid
     from rules.registry import load_registry
@@ -132,6 +134,15 @@ def rules_diff_command(args: argparse.Namespace) -> int:
     for line in skipped.lines():
         print(f"warning: {line}", file=sys.stderr)
     with readings:
+        # readings neither version reads (a station id without its leading zero, a
+        # wrong metric): "nothing changed" over them is no answer, so say so
+        old_readers = readers_of(old)
+        unread_by_old = Counter({
+            (s, m): n for (s, m), n in readings.pairs().items() if m not in old_readers.get(s, ())
+        })  # fmt: skip
+        unread, not_read = coverage(unread_by_old, new, [s.id for s in registry])
+        for line in unread:
+            print(f"warning: {line}", file=sys.stderr)
         diff = diff_alerts(replay(old, readings), replay(new, readings))
     changes: list[tuple[int, str]] = []
     for e in diff.added:
@@ -144,7 +155,7 @@ def rules_diff_command(args: argparse.Namespace) -> int:
         print(line)
     print(
         f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.moved)} moved, "
-        f"{diff.unchanged} unchanged",
+        f"{diff.unchanged} unchanged, {not_read} readings read by no rule",
         file=sys.stderr,
     )
     return 1 if diff.changed else 0

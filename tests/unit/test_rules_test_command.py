@@ -106,3 +106,25 @@ def test_rules_diff_exits_1_on_changes_listed_in_time_order(
         "+ 2023-04-23T17:00Z oso.stage 08211520 yellow->blue 12.5",
         "- 2023-04-23T17:00Z oso.stage 08211520 orange->blue 12.5",
     ]
+
+
+def test_rules_diff_warns_of_readings_neither_version_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A station id a spreadsheet stripped of its leading zero: no rule of either version
+    # reads its readings, so "nothing changed" is no answer; say so, as replay does.
+    data = tmp_path / "in.csv"
+    data.write_text(DIFF_INPUT, encoding="utf-8")
+    old = OSO / "rules.yaml"
+    new = tmp_path / "new.yaml"
+    new.write_text(old.read_text().replace("station.action_stage", "12"), encoding="utf-8")
+    args = ["--stations", str(OSO / "stations.yaml"), "--input", str(data),
+            "--station", "8211520", "--metric", "water_level"]  # fmt: skip
+    rc = main(["rules", "diff", str(old), str(new), *args])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 0
+    assert err == [
+        "warning: 6 readings of '8211520' 'water_level' read by no rule: no station "
+        "'8211520' in the registry (did you mean '08211520'?)",
+        "0 added, 0 removed, 0 moved, 0 unchanged, 6 readings read by no rule",
+    ]
