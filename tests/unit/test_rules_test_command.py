@@ -79,6 +79,19 @@ def test_an_invalid_test_file_exits_2_at_file_line_col(
     ])  # fmt: skip
 
 
+def test_a_misspelt_level_is_the_only_problem_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the one test is still there: its misspelt level must not also read as "no tests"
+    text = TEST_FILE.replace("{orange}", "11:45").replace("level: orange", "level: orang")
+    rc, out = _run(tmp_path, text, capsys)
+    assert (rc, out) == (2, [
+        f"{tmp_path / 'tests.yaml'}:13:48: tests[0].expected_alerts[1].level: Input should be "
+        "'none', 'blue', 'yellow', 'orange' or 'red'",
+        "0 passed, 0 failed",
+    ])  # fmt: skip
+
+
 DIFF_INPUT = "timestamp,value\n" + "".join(
     f"2023-04-23T{11 + k // 4:02d}:{15 * (k % 4):02d}:00-05:00,{v}\n"
     for k, v in enumerate([10.0, 11.5, 12.5, 21.0, 12.5, 10.0])
