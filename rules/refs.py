@@ -72,7 +72,8 @@ def _parse_ref(value: Any, info: ValidationInfo) -> Ref:
             name, sign, amount = match.groups()
             if fields is not None and name not in known:
                 raise ValueError(
-                    f"expected a number or a station field, got {name!r}{did_you_mean(name, known)}"
+                    f"no station of the registry defines the field {name!r}"
+                    f"{did_you_mean(name, known)}"
                 )
             offset = float(amount) * (-1 if sign == "-" else 1) if amount else 0.0
             return Ref(field=name, offset=offset)

@@ -129,7 +129,7 @@ def load_test_source(
     try:
         spec = TestFile.model_validate(source.data)
     except ValidationError as exc:
-        return None, [], None, problems_from_validation(exc, source, (), 0)
+        return None, [], None, _file_problems(exc, source)
     tz: tzinfo | None = None
     if spec.tz is not None:
         try:
@@ -166,6 +166,22 @@ def load_test_source(
         if not spec.path(source, name).is_file():
             problems.append(_at(source, path, f"no such file: {spec.path(source, name)}"))
     return spec, inputs, tz, problems
+
+
+def _file_problems(exc: ValidationError, source: Source) -> list[Problem]:
+    """The problems of a file that failed validation, one per error, but for pydantic's
+    "too short" of a collection whose items failed (``tests`` with its one test invalid:
+    "at least 1 item ..., not 0"), which the items' own problems already explain."""
+    errors = exc.errors(include_url=False)
+    problems = problems_from_validation(exc, source, (), 0)  # one per error, in order
+    return [
+        problem
+        for problem, err in zip(problems, errors, strict=True)
+        if not (
+            err["type"] == "too_short"
+            and any(o is not err and o["loc"][: len(err["loc"])] == err["loc"] for o in errors)
+        )
+    ]
 
 
 def check_test_source(source: Source) -> list[Problem]:

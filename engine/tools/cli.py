@@ -264,11 +264,17 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_rules_check)
     diff = rules_sub.add_parser(
         "diff",
-        help="which alerts a rule change adds, removes or moves (exit 1 when any, 0 when none)",
+        help="which alerts a rule change adds, removes or moves (exit 1 when any, 0 when "
+        "none, 3 with --strict when the input was not wholly read)",
     )
     diff.add_argument("old", help="the rule file as it is")
     diff.add_argument("new", help="the rule file as proposed")
     diff.add_argument("--stations", required=True, help="station registry (YAML or CSV)")
+    diff.add_argument(
+        "--strict", action="store_true",
+        help="exit 3 when rows were skipped, readings matched no station or rule of either "
+        "version, or none came (whether or not anything changed)",
+    )  # fmt: skip
     add_input_args(diff)
     diff.set_defaults(func=rules_diff_command)
     test = rules_sub.add_parser(

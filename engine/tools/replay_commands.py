@@ -94,8 +94,8 @@ def replay_command(args: argparse.Namespace) -> int:
                 _write_metrics(f, computed_values(ruleset, readings))
         n = len(readings)
     print(
-        f"{n} readings, {len(events)} alert events, {len(skipped)} rows skipped, "
-        f"{not_read} readings read by no rule",
+        f"{_count(n, 'reading')}, {_count(len(events), 'alert event')}, "
+        f"{_count(len(skipped), 'row')} skipped, {_count(not_read, 'reading')} read by no rule",
         file=sys.stderr,
     )
     if args.strict and (len(skipped) or not_read or not n):
@@ -103,6 +103,18 @@ def replay_command(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+#: ``vigil rules diff --strict``: the input was not wholly read (rows skipped, readings
+#: no rule of either version reads, or no readings), whether or not anything changed.
+#: Distinct from 1 ("changes found"): a CI gate must not take "nothing read" for
+#: "nothing changed", nor an unread input for a rule change.
+DIFF_NOT_READ = 3
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 row``, ``2 rows``, ``0 rows``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _write_metrics(f: TextIO, rows: list[MetricRow]) -> None:
@@ -116,7 +128,9 @@ def _write_metrics(f: TextIO, rows: list[MetricRow]) -> None:
 
 
 def rules_diff_command(args: argparse.Namespace) -> int:
-    from engine.tools.replay import diff_alerts, replay
+    from collections import Counter
+
+    from engine.tools.replay import coverage, diff_alerts, readers_of, replay
     from engine.tools.replay_input import Progress
     from rules.errors import RulesInvalid
     from rules.registry import load_registry
@@ -132,7 +146,17 @@ def rules_diff_command(args: argparse.Namespace) -> int:
     for line in skipped.lines():
         print(f"warning: {line}", file=sys.stderr)
     with readings:
+        # readings neither version reads (a station id without its leading zero, a
+        # wrong metric): "nothing changed" over them is no answer, so say so
+        old_readers = readers_of(old)
+        unread_by_old = Counter({
+            (s, m): n for (s, m), n in readings.pairs().items() if m not in old_readers.get(s, ())
+        })  # fmt: skip
+        unread, not_read = coverage(unread_by_old, new, [s.id for s in registry])
+        for line in unread:
+            print(f"warning: {line}", file=sys.stderr)
         diff = diff_alerts(replay(old, readings), replay(new, readings))
+        n_readings = len(readings)
     changes: list[tuple[int, str]] = []
     for e in diff.added:
         changes.append((e.at, f"+ {_ms(e.at)} {_transition(e)} {e.value:g}"))
@@ -144,9 +168,14 @@ def rules_diff_command(args: argparse.Namespace) -> int:
         print(line)
     print(
         f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.moved)} moved, "
-        f"{diff.unchanged} unchanged",
+        f"{diff.unchanged} unchanged; {_count(n_readings, 'reading')}, "
+        f"{_count(len(skipped), 'row')} skipped, {_count(not_read, 'reading')} read by no rule",
         file=sys.stderr,
     )
+    if args.strict and (len(skipped) or not_read or not n_readings):
+        print(f"strict: exit {DIFF_NOT_READ} (rows skipped, readings no rule read, or no "
+              "readings)", file=sys.stderr)  # fmt: skip
+        return DIFF_NOT_READ
     return 1 if diff.changed else 0
 
 

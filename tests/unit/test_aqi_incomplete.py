@@ -78,6 +78,12 @@ def test_the_issues_example_by_method(tmp_path: Path) -> None:
     assert daily[0] == (27.0, "; incomplete: no pm10_24h+pm2_5_24h")
     hourly = _aqi_rows(_ruleset(tmp_path, "cnemc_hourly"), readings)
     assert hourly[0] == (54.0, "pm2_5")  # CNEMC: 1-h PM2.5 38 on the 24-h table
+    # rules/README's worked example, as written: the station reports its O3 8-h mean;
+    # one that does not lacks that too in its first hours (6 of 8 needed)
+    no_o3_8h = _hour(0, pm2_5=38.0, pm10=40.0, o3_8h=math.nan)
+    no_o3_8h += _hour(1, pm2_5=38.0, pm10=40.0, o3_8h=math.nan)
+    daily = _aqi_rows(_ruleset(tmp_path, "hj633_24h"), no_o3_8h)
+    assert daily[0] == (27.0, "; incomplete: no o3_8h+pm10_24h+pm2_5_24h")
 
 
 def test_reported_24h_means_complete_the_24h_method(tmp_path: Path) -> None:

@@ -152,3 +152,35 @@ def test_standard_input_and_output_and_no_progress_off_a_terminal() -> None:
     assert [(e["at"], e["level"]) for e in events] == [(BLUE_AT, "blue")]
     assert "\r" not in done.stderr
     assert not (ROOT / "-").exists()
+
+
+def test_the_summary_counts_one_row_and_one_reading_in_the_singular(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = SERIES.format(tz="-05:00") + "2023-04-23T11:45:00-05:00,high\n"
+    rc, events = _replay(tmp_path, text, "--station", "08211520", "--metric", "water_level")
+    assert (rc, len(events)) == (0, 1)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "2 readings, 1 alert event, 1 row skipped, 0 readings read by no rule"
+    )
+    rc, _ = _replay(tmp_path, "timestamp,value\n2023-04-23T11:15:00-05:00,10.9\n",
+                    "--station", "8211520", "--metric", "water_level")  # fmt: skip
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "1 reading, 0 alert events, 0 rows skipped, 1 reading read by no rule"
+    )
+
+
+@pytest.mark.parametrize("command", ["replay", "diff"])
+@pytest.mark.parametrize("missing", ["--input", "--stations"])
+def test_a_missing_file_is_one_line_naming_it_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, missing: str
+) -> None:
+    data = tmp_path / "in.csv"
+    data.write_text(SERIES.format(tz="-05:00"), encoding="utf-8")
+    files = {"--input": str(data), "--stations": STATIONS}
+    files[missing] = str(tmp_path / "nope.csv")
+    head = ["replay", "--rules", RULES] if command == "replay" else ["rules", "diff", RULES, RULES]
+    rc = main([*head, "--stations", files["--stations"], "--input", files["--input"],
+               "--station", "08211520", "--metric", "water_level"])  # fmt: skip
+    assert rc == 2
+    assert capsys.readouterr().err == f"{tmp_path / 'nope.csv'}: No such file or directory\n"

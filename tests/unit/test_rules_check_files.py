@@ -27,7 +27,7 @@ def test_the_packs_folder_as_a_shell_glob_checks_clean() -> None:
     assert lines == []
     # rules: air_quality, dam_seepage, demo_field, demo_nbiot_rules, flood; stations:
     # demo_dam_stations, demo_field_stations, demo_nbiot, demo_stations; tests: demo_dam_tests
-    assert dict(kinds) == {"rules": 5, "stations": 4, "tests": 1}
+    assert dict(kinds) == {"rules": 5, "stations": 4, "tests": 3}
 
 
 def test_a_registry_among_the_rule_files_is_validated_as_a_registry(tmp_path: Path) -> None:
@@ -62,6 +62,6 @@ def test_vigil_rules_check_on_the_packs_folder(capsys: pytest.CaptureFixture[str
     assert main(["rules", "check", str(PACKS)]) == 0
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == (
-        "ok: 5 rule files, 4 station registries, 1 rule test file valid (schema only: no "
+        "ok: 5 rule files, 4 station registries, 3 rule test files valid (schema only: no "
         "--stations given)"
     )

@@ -188,8 +188,8 @@ def test_misspelt_station_field_with_registry(in_tmp: Path) -> None:
     text = broken("above: station.warning_level + 1", "above: station.warn_levle")
     assert check(text, None) == []  # without a registry it may be a free field
     assert check(text) == [
-        "flood.yaml:14:9: levels.red.above: expected a number or a station field, "
-        "got 'warn_levle' (did you mean 'warning_level'?)"
+        "flood.yaml:14:9: levels.red.above: no station of the registry defines the field "
+        "'warn_levle' (did you mean 'warning_level'?)"
     ]
 
 
@@ -197,8 +197,8 @@ def test_free_field_unknown_to_registry_is_a_problem_with_registry(in_tmp: Path)
     text = broken("station.warning_level + 1", "station.seepage_limit")
     assert check(text, None) == []
     assert check(text) == [
-        "flood.yaml:14:9: levels.red.above: expected a number or a station field, "
-        "got 'seepage_limit'"
+        "flood.yaml:14:9: levels.red.above: no station of the registry defines the field "
+        "'seepage_limit'"
     ]
 
 

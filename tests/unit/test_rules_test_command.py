@@ -79,6 +79,19 @@ def test_an_invalid_test_file_exits_2_at_file_line_col(
     ])  # fmt: skip
 
 
+def test_a_misspelt_level_is_the_only_problem_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the one test is still there: its misspelt level must not also read as "no tests"
+    text = TEST_FILE.replace("{orange}", "11:45").replace("level: orange", "level: orang")
+    rc, out = _run(tmp_path, text, capsys)
+    assert (rc, out) == (2, [
+        f"{tmp_path / 'tests.yaml'}:13:48: tests[0].expected_alerts[1].level: Input should be "
+        "'none', 'blue', 'yellow', 'orange' or 'red'",
+        "0 passed, 0 failed",
+    ])  # fmt: skip
+
+
 DIFF_INPUT = "timestamp,value\n" + "".join(
     f"2023-04-23T{11 + k // 4:02d}:{15 * (k % 4):02d}:00-05:00,{v}\n"
     for k, v in enumerate([10.0, 11.5, 12.5, 21.0, 12.5, 10.0])
@@ -106,3 +119,62 @@ def test_rules_diff_exits_1_on_changes_listed_in_time_order(
         "+ 2023-04-23T17:00Z oso.stage 08211520 yellow->blue 12.5",
         "- 2023-04-23T17:00Z oso.stage 08211520 orange->blue 12.5",
     ]
+
+
+def test_rules_diff_warns_of_readings_neither_version_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A station id a spreadsheet stripped of its leading zero: no rule of either version
+    # reads its readings, so "nothing changed" is no answer; say so, as replay does.
+    data = tmp_path / "in.csv"
+    data.write_text(DIFF_INPUT, encoding="utf-8")
+    old = OSO / "rules.yaml"
+    new = tmp_path / "new.yaml"
+    new.write_text(old.read_text().replace("station.action_stage", "12"), encoding="utf-8")
+    args = ["--stations", str(OSO / "stations.yaml"), "--input", str(data),
+            "--station", "8211520", "--metric", "water_level"]  # fmt: skip
+    rc = main(["rules", "diff", str(old), str(new), *args])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 0
+    assert err == [
+        "warning: 6 readings of '8211520' 'water_level' read by no rule: no station "
+        "'8211520' in the registry (did you mean '08211520'?)",
+        "0 added, 0 removed, 0 moved, 0 unchanged; 6 readings, 0 rows skipped, 6 readings "
+        "read by no rule",
+    ]
+
+
+def test_rules_diff_strict_exits_3_when_the_input_was_not_wholly_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As `vigil replay --strict`: a CI gate must not take "nothing read" for "nothing
+    # changed". Exit 3, not 1 ("changes found"), whether or not anything changed.
+    old = OSO / "rules.yaml"
+    new = tmp_path / "new.yaml"
+    new.write_text(old.read_text().replace("station.action_stage", "12"), encoding="utf-8")
+    data = tmp_path / "in.csv"
+    data.write_text(DIFF_INPUT, encoding="utf-8")
+
+    def diff(station: str, *extra: str) -> int:
+        capsys.readouterr()
+        return main(["rules", "diff", str(old), str(new), "--stations", str(OSO / "stations.yaml"),
+                     "--input", str(data), "--station", station, "--metric", "water_level",
+                     *extra])  # fmt: skip
+
+    strict_line = "strict: exit 3 (rows skipped, readings no rule read, or no readings)"
+    assert diff("8211520", "--strict") == 3  # no rule reads them: nothing was compared
+    assert capsys.readouterr().err.splitlines()[-1] == strict_line
+    assert diff("08211520", "--strict") == 1  # all read: the changes are the answer
+    assert diff("08211520") == 1
+    # one row whose time has no UTC offset: skipped, so the diff is over part of the input
+    data.write_text(DIFF_INPUT + "2023-04-23T13:00:00,10.0\n", encoding="utf-8")
+    assert diff("08211520") == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "0 added, 0 removed, 1 moved, 3 unchanged; 6 readings, 1 row skipped, 0 readings "
+        "read by no rule"
+    )
+    assert diff("08211520", "--strict") == 3
+    assert capsys.readouterr().err.splitlines()[-1] == strict_line
+    data.write_text("timestamp,value\n", encoding="utf-8")  # no readings at all
+    assert diff("08211520") == 0
+    assert diff("08211520", "--strict") == 3
