@@ -213,28 +213,37 @@ def test_a_restarted_worker_shows_the_board_it_showed_before(
             w.kill()
 
 
-def _rows(worker: WorkerProcess) -> dict[str, Any] | None:
-    """Each station's (level, last value and time, sparkline, stale) as the page on
-    ``worker`` reads them (``/api/stations``, served by the dispatcher's owner)."""
+def _page(worker: WorkerProcess) -> list[dict[str, Any]] | None:
+    """The station rows the page on ``worker`` reads (``/api/stations``, served by the
+    dispatcher's owner)."""
     try:
         r = httpx.get(f"http://127.0.0.1:{worker.web_port}/api/stations", timeout=30)
     except httpx.HTTPError:
         return None
-    if r.status_code != 200:
+    return r.json()["stations"] if r.status_code == 200 else None
+
+
+def _shown(worker: WorkerProcess) -> dict[str, Any] | None:
+    """Each station's (level, last value and time per metric, sparkline) on the page."""
+    rows = _page(worker)
+    if rows is None:
         return None
     return {
-        s["id"]: (
-            s["level"],
-            {m: (x["value"], x["ts"]) for m, x in s["readings"].items()},
-            s["spark"],
-            s.get("stale"),  # absent before boards were merged
-        )
-        for s in r.json()["stations"]
-    }
+        s["id"]: (s["level"], {m: (x["value"], x["ts"]) for m, x in s["readings"].items()},
+                  s["spark"])
+        for s in rows
+    }  # fmt: skip
 
 
-def _expected(readings: list[tuple[str, str, int, float]], stale: bool) -> dict[str, Any]:
-    """What the page shows of a reference board fed ``readings``, every station red."""
+def _stale(worker: WorkerProcess) -> set[str] | None:
+    """The stations the page shows as stale (their worker did not answer)."""
+    rows = _page(worker)
+    return None if rows is None else {s["id"] for s in rows if s["stale"]}
+
+
+def _expected(readings: list[tuple[str, str, int, float]]) -> dict[str, Any]:
+    """What the page shows (``_shown``) of a reference board fed ``readings``, every
+    station red."""
     board = StationBoard()
     board.observe(TelemetryBatch.from_rows(readings))
     return {
@@ -242,7 +251,6 @@ def _expected(readings: list[tuple[str, str, int, float]], stale: bool) -> dict[
             "red",
             {m: (r.value, r.ts) for m, r in board.of(s).items()},
             {m: [[t, v] for t, v in r.trace(board.bucket_ms)] for m, r in board.of(s).items()},
-            stale,
         )
         for s in board.stations
     }
@@ -276,9 +284,10 @@ def test_the_page_shows_every_workers_stations(
                     for k, s in enumerate(ids)]  # fmt: skip
             ws.produce(step)
             readings += step
-        expected = _expected(readings, stale=False)
+        expected = _expected(readings)
         for w in (w1, w2):  # served by either worker (one passes it on to the owner)
-            wait_for(f"every station on {w.name}'s page", lambda w=w: _rows(w) == expected, 180)
+            wait_for(f"every station on {w.name}'s page", lambda w=w: _shown(w) == expected, 180)
+            assert _stale(w) == set()
         # Both workers hold telemetry partitions: each evaluates some of the stations.
         mine, yours = _own_stations(w1), _own_stations(w2)
         assert mine and yours and mine | yours == set(ids)
@@ -301,22 +310,26 @@ def test_the_page_shows_every_workers_stations(
             event = next(line for line in lines if line.startswith("event: "))
             assert event in ("event: readings", "event: change")
         readings += late
-        expected = _expected(readings, stale=False)
-        wait_for("the new reading on the page", lambda: _rows(owner) == expected, 60)
+        expected = _expected(readings)
+        wait_for("the new reading on the page", lambda: _shown(owner) == expected, 60)
 
-        # The other worker killed: its stations stay on the page, then the owner takes
-        # its partitions over and reads them back.
+        # The other worker killed: its stations stay on the page, marked stale (the
+        # group notices only after its session timeout, 10 s), then the owner takes its
+        # partitions over and reads them back.
+        only_theirs = _own_stations(other) - _own_stations(owner)
         other.kill()
-        kept = _rows(owner)
-        assert kept is not None
-        assert {s: row[:3] for s, row in kept.items()} == {
-            s: row[:3] for s, row in expected.items()
-        }
+        assert _shown(owner) == expected
+        wait_for(
+            "the killed worker's stations kept, marked stale",
+            lambda: _stale(owner) == only_theirs and _shown(owner) == expected,
+            timeout=60,
+        )
         wait_for(
             "the owner to show every station as its own",
-            lambda: _rows(owner) == expected and _own_stations(owner) == set(ids),
+            lambda: _own_stations(owner) == set(ids) and _stale(owner) == set(),
             timeout=180,
         )
+        assert _shown(owner) == expected
     except BaseException:
         print(ws.logs())
         raise
