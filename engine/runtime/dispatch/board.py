@@ -38,7 +38,8 @@ it to move (the page's live stream, ``engine.runtime.dispatch.console``).
 On a Kafka worker the board sees the partitions that worker evaluates only; it reads
 them back when they are assigned to it (``board_kafka.py``), alongside their processing,
 into a board of its own that it then merges in as the earlier readings
-(``take_earlier``).
+(``take_earlier``); ``changed`` lists the stations changed since a version, for the
+owner of the dispatcher that merges every worker's board (``board_cluster.py``).
 """
 
 from __future__ import annotations

@@ -223,9 +223,10 @@ class ClusterBoard:
         for url in self._urls:
             if url not in self._self_urls:
                 self._peers.setdefault(url, _Peer(now)).seen_at = now
-        urls = {
+        urls = {  # the members only: a peer gone from the group is not asked
             url: f"{url}/api/board?since={p.version}&epoch={p.epoch}"
             for url, p in self._peers.items()
+            if p.seen_at == now
         }
         answers = await self.forwarder.get_json(urls, self.headers, PEER_TIMEOUT_S)
         moved = False
