@@ -7,7 +7,11 @@ committed offset, a partition never committed not at all, into a board that alre
 took a later reading. Then ``vigil worker`` with the dispatcher, SIGKILLed once its
 readings are committed and started again: the duty room's station list it serves shows
 the same last readings and sparkline as before (no replay brings them back: they were
-committed), and a new reading lands on that board."""
+committed), and a new reading lands on that board. Last, two workers each evaluating
+some of the stations: the page's station list served by either lists every station with
+the last value and sparkline of a reference board fed the same readings; a reading of
+a station the other worker evaluates reaches the page live; and when that worker is
+killed its stations stay on the page and are then taken over (``board_cluster``)."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
@@ -27,10 +32,19 @@ from engine.contracts.batch import TelemetryBatch, Tick
 from engine.runtime.dispatch.board import RESTORE_SLACK_MS, StationBoard
 from engine.runtime.dispatch.board_kafka import BoardReadBack
 from engine.runtime.dispatch.forwarding import SERVED_BY
+from engine.runtime.kafka.producer import partition_for
 from tests.integration.http_receiver import HttpReceiver
 from tests.integration.kafka_load import WorkerProcess, wait_until_committed
 from tests.integration.test_dispatch_gateway import wait_for
-from tests.integration.test_dispatch_kafka import STEP, T0, Workers, _took_over, hooks
+from tests.integration.test_dispatch_kafka import (
+    PARTITIONS,
+    STEP,
+    T0,
+    Workers,
+    _station,
+    _took_over,
+    hooks,
+)
 
 __all__ = ["hooks"]
 
@@ -191,6 +205,131 @@ def test_a_restarted_worker_shows_the_board_it_showed_before(
             ),
         }  # fmt: skip
         wait_for("the new reading on the page", lambda: _board(again) == expected, 120)
+    except BaseException:
+        print(ws.logs())
+        raise
+    finally:
+        for w in ws.workers.values():
+            w.kill()
+
+
+def _page(worker: WorkerProcess) -> list[dict[str, Any]] | None:
+    """The station rows the page on ``worker`` reads (``/api/stations``, served by the
+    dispatcher's owner)."""
+    try:
+        r = httpx.get(f"http://127.0.0.1:{worker.web_port}/api/stations", timeout=30)
+    except httpx.HTTPError:
+        return None
+    return r.json()["stations"] if r.status_code == 200 else None
+
+
+def _shown(worker: WorkerProcess) -> dict[str, Any] | None:
+    """Each station's (level, last value and time per metric, sparkline) on the page."""
+    rows = _page(worker)
+    if rows is None:
+        return None
+    return {
+        s["id"]: (s["level"], {m: (x["value"], x["ts"]) for m, x in s["readings"].items()},
+                  s["spark"])
+        for s in rows
+    }  # fmt: skip
+
+
+def _stale(worker: WorkerProcess) -> set[str] | None:
+    """The stations the page shows as stale (their worker did not answer)."""
+    rows = _page(worker)
+    return None if rows is None else {s["id"] for s in rows if s["stale"]}
+
+
+def _expected(readings: list[tuple[str, str, int, float]]) -> dict[str, Any]:
+    """What the page shows (``_shown``) of a reference board fed ``readings``, every
+    station red."""
+    board = StationBoard()
+    board.observe(TelemetryBatch.from_rows(readings))
+    return {
+        s: (
+            "red",
+            {m: (r.value, r.ts) for m, r in board.of(s).items()},
+            {m: [[t, v] for t, v in r.trace(board.bucket_ms)] for m, r in board.of(s).items()},
+        )
+        for s in board.stations
+    }
+
+
+def _own_stations(worker: WorkerProcess) -> set[str]:
+    """The stations on ``worker``'s own board (``/api/board``: never passed on)."""
+    r = httpx.get(f"http://127.0.0.1:{worker.web_port}/api/board", timeout=30)
+    assert r.status_code == 200 and SERVED_BY not in r.headers
+    return set(r.json()["stations"])
+
+
+def test_the_page_shows_every_workers_stations(
+    kafka_bootstrap: str, tmp_path: Path, hooks: HttpReceiver
+) -> None:
+    ws = Workers(kafka_bootstrap, tmp_path, hooks)
+    # Two stations on each telemetry partition: each worker evaluates some of them.
+    ids: list[str] = []
+    candidates = [f"ST{i:03d}" for i in range(500)]
+    for p in range(PARTITIONS):
+        ids += [s for s in candidates if partition_for(s, PARTITIONS) == p][:2]
+    (tmp_path / "stations.yaml").write_text(
+        yaml.safe_dump({"stations": [_station(s, "qiantang") for s in ids]})
+    )
+    try:
+        w1, w2 = ws.start_ready("w1", "w2")
+        # Every station red (above 4.5 m), three reports each, one record per partition.
+        readings = []
+        for i in range(3):
+            step = [(s, "water_level", T0 + i * STEP, 5.0 + i / 10 + k / 100)
+                    for k, s in enumerate(ids)]  # fmt: skip
+            ws.produce(step)
+            readings += step
+        expected = _expected(readings)
+        for w in (w1, w2):  # served by either worker (one passes it on to the owner)
+            wait_for(f"every station on {w.name}'s page", lambda w=w: _shown(w) == expected, 180)
+            assert _stale(w) == set()
+        # Both workers hold telemetry partitions: each evaluates some of the stations.
+        mine, yours = _own_stations(w1), _own_stations(w2)
+        assert mine and yours and mine | yours == set(ids)
+
+        owner = wait_for(
+            "a worker to own the dispatcher",
+            lambda: next((w for w in (w1, w2) if _took_over(w) is not None), None),
+            timeout=120,
+        )
+        other = w2 if owner is w1 else w1
+        # A new reading of a station only the other worker evaluates: live on the page
+        # (the stream is the owner's, the reading the other worker's).
+        theirs = sorted(_own_stations(other) - _own_stations(owner))[0]
+        url = f"http://127.0.0.1:{other.web_port}"
+        with httpx.stream("GET", url + "/api/stream", timeout=60) as stream:
+            lines = stream.iter_lines()
+            assert [next(lines) for _ in range(2)] == ["retry: 1000", "event: change"]
+            late = [(theirs, "water_level", T0 + 3 * STEP, 5.5)]
+            ws.produce(late)
+            event = next(line for line in lines if line.startswith("event: "))
+            assert event in ("event: readings", "event: change")
+        readings += late
+        expected = _expected(readings)
+        wait_for("the new reading on the page", lambda: _shown(owner) == expected, 60)
+
+        # The other worker killed: its stations stay on the page, marked stale (the
+        # group notices only after its session timeout, 10 s), then the owner takes its
+        # partitions over and reads them back.
+        only_theirs = _own_stations(other) - _own_stations(owner)
+        other.kill()
+        assert _shown(owner) == expected
+        wait_for(
+            "the killed worker's stations kept, marked stale",
+            lambda: _stale(owner) == only_theirs and _shown(owner) == expected,
+            timeout=60,
+        )
+        wait_for(
+            "the owner to show every station as its own",
+            lambda: _own_stations(owner) == set(ids) and _stale(owner) == set(),
+            timeout=180,
+        )
+        assert _shown(owner) == expected
     except BaseException:
         print(ws.logs())
         raise

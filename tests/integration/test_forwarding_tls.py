@@ -12,12 +12,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import trustme
 from aiohttp import web
 
+from engine.contracts.batch import TelemetryBatch
+from engine.runtime.dispatch.board import StationBoard
+from engine.runtime.dispatch.board_cluster import ClusterBoard, board_route
 from engine.runtime.dispatch.forwarding import SERVED_BY, OwnerForwarder
 from engine.runtime.web_access import peer_ssl_context, protect, server_ssl_context
 from tests.integration.test_dispatch_api import non_loopback_address
@@ -106,3 +110,43 @@ def test_a_request_reaches_an_https_owner_that_asks_for_client_certificates(
     assert "CERTIFICATE_VERIFY_FAILED" in refused.text
     # What the worker did before: plain HTTP to a TLS port gets no answer.
     assert plain.status_code == 502
+
+
+def test_the_owner_merges_a_peers_board_over_https_with_the_token(tmp_path: Path) -> None:
+    """``ClusterBoard`` polls a peer's ``/api/board`` with the forwarder's TLS context
+    (its client certificate) and the worker's token: the peer's station is on the merged
+    board; with another token the peer refuses (401), and nothing of it is shown."""
+    far = non_loopback_address()
+    assert far is not None, "this machine has no non-loopback address to serve on"
+    ca = trustme.CA()
+    ca_file, peer_cert, peer_key = _write(ca, far, tmp_path / "peer")
+    _, worker_cert, worker_key = _write(ca, far, tmp_path / "worker")
+    theirs = StationBoard()
+    theirs.observe(TelemetryBatch.from_rows([("NB101", "water_level", 1_719_792_000_000, 2.5)]))
+
+    async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+        peer = web.Application()
+        protect(peer, "tok")
+        peer.router.add_get("/api/board", board_route(theirs, "peer-epoch"))
+        tls = server_ssl_context(peer_cert, peer_key, ca_file)
+        async with serving(peer, far, tls) as port:
+            url = f"https://{far}:{port}"
+
+            async def members() -> list[str]:
+                return [url]
+
+            async def no_owner() -> None:
+                return None
+
+            client_tls = peer_ssl_context(worker_cert, worker_key, ca_file, ca_file)
+            forwarder = OwnerForwarder(no_owner, client_tls)
+            token, other = {"Authorization": "Bearer tok"}, {"Authorization": "Bearer no"}
+            merged = ClusterBoard(StationBoard(), forwarder, members, token)
+            wrong = ClusterBoard(StationBoard(), forwarder, members, other)
+            await merged.refresh()
+            await wrong.refresh()
+            return merged.of("NB101"), wrong.of("NB101")
+
+    shown, refused = asyncio.run(run())
+    assert shown["water_level"].value == 2.5
+    assert refused == {}

@@ -38,7 +38,8 @@ it to move (the page's live stream, ``engine.runtime.dispatch.console``).
 On a Kafka worker the board sees the partitions that worker evaluates only; it reads
 them back when they are assigned to it (``board_kafka.py``), alongside their processing,
 into a board of its own that it then merges in as the earlier readings
-(``take_earlier``).
+(``take_earlier``); ``changed`` lists the stations changed since a version, for the
+owner of the dispatcher that merges every worker's board (``board_cluster.py``).
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ class StationBoard:
         self.stations: dict[str, dict[str, LastReading]] = {}
         #: Batches with readings taken so far.
         self.version = 0
+        #: Station -> the ``version`` that last changed it (``changed``).
+        self.touched: dict[str, int] = {}
         self._changed = asyncio.Event()
 
     @property
@@ -137,7 +140,7 @@ class StationBoard:
             strict=True,
         ):
             self._take(batch.stations[s], batch.metrics[m], t, v, q)
-        self._moved()
+        self._moved(batch.stations[s] for s in np.unique(batch.station_idx[last]).tolist())
 
     def take_earlier(self, earlier: StationBoard) -> None:
         """Take what ``earlier`` (same ``bucket_ms`` and ``points``) was fed: readings all
@@ -160,13 +163,25 @@ class StationBoard:
                 newer = old.ring_ts > new.ring_ts
                 new.ring_ts[newer] = old.ring_ts[newer]
                 new.ring_value[newer] = old.ring_value[newer]
-        self._moved()
+        self._moved(earlier.stations)
 
-    def _moved(self) -> None:
-        """The board took readings: a new version, and its waiters woken."""
+    def _moved(self, stations: Iterable[str]) -> None:
+        """The board took readings of ``stations``: a new version, and its waiters woken."""
         self.version += 1
+        for station in stations:
+            self.touched[station] = self.version
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def changed(self, version: int) -> list[str]:
+        """The stations whose readings changed after ``version`` (all for 0): one pass
+        over the stations, no reading copied (a peer's poll, ``board_cluster``)."""
+        return [s for s, v in self.touched.items() if v > version]
+
+    def stale(self, station: str) -> bool:
+        """Whether ``station``'s readings may be out of date: never on this process's own
+        board (a merged one, ``board_cluster.ClusterBoard``, says so of a silent peer's)."""
+        return False
 
     async def changed_since(self, version: int, timeout_s: float) -> int:
         """``version`` once it differs from the one given (or after ``timeout_s``

@@ -10,13 +10,10 @@ timestamp: the producer's wall clock) since ``StationBoard.read_back_from`` -- t
 span and an hour more, as on the gateway; the topology's replay from the committed
 offsets feeds the rest, as it fed the board before.
 
-Which partitions: those assigned to this worker, not all. The page's station list is
-served by the dispatcher's owner from its own board (a worker that does not own the
-dispatcher forwards ``/api/stations`` there, ``forwarding.py``), and that board is fed
-live by the owner's partitions only: stations of another worker's partitions show "no
-data" on every worker's page, restart or not (README, "Not yet"). Reading those back
-too would show their last values of the restart frozen, soon not the last any more,
-as if the stations had gone silent.
+Which partitions: those assigned to this worker, not all. Each worker's board holds the
+stations it evaluates; the page's station list merges every worker's board
+(``board_cluster``). Reading the others back too would show their last values of the
+restart frozen, soon not the last any more, as if the stations had gone silent.
 
 Not in the worker's way: the read-back runs as a task beside the topology (which starts
 processing at once), into a board of its own, in pages of records merged (NumPy per

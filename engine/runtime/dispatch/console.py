@@ -26,13 +26,15 @@ within a second, also when it changes no alert.
 Access is the web port's one rule (``engine.runtime.web_access``): the page and its files
 are open, ``/api/`` routes need what the API needs (loopback, or the bearer token that the
 page asks for once and keeps in the tab's session storage). On a Kafka worker that does
-not own the dispatcher the two ``/api/`` routes are passed on to the one that does.
+not own the dispatcher the two ``/api/`` routes are passed on to the one that does, whose
+board merges every worker's (``engine.runtime.dispatch.board_cluster``): the stations of
+every partition, whichever worker evaluates it, and ``readings`` when any of them moves.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -41,7 +43,8 @@ from aiohttp import web
 from engine.contracts.alerts import Level
 from engine.contracts.batch import Quality
 from engine.runtime.dispatch.api import Handler, error_response, json_number
-from engine.runtime.dispatch.board import LastReading, StationBoard
+from engine.runtime.dispatch.board import StationBoard
+from engine.runtime.dispatch.board_cluster import ClusterBoard, Reading
 from engine.runtime.dispatch.service import DispatchService
 from rules.station import Station
 
@@ -64,11 +67,15 @@ def _asset(name: str) -> bytes:
     return (resources.files(__package__) / "console" / name).read_bytes()
 
 
+Board = StationBoard | ClusterBoard
+
+
 def station_rows(
-    stations: Iterable[Station], service: DispatchService, board: StationBoard | None = None
+    stations: Iterable[Station], service: DispatchService, board: Board | None = None
 ) -> list[dict[str, Any]]:
     """One row per station: registry facts, worst active level, the silence covering it
-    and, from ``board``, each metric's last reading and QC state; the
+    and, from ``board``, each metric's last reading and QC state, and ``stale``: whether
+    those came from a Kafka worker that did not answer (``board_cluster``); the
     stations with an active alert also get each metric's trace (``spark``)."""
     worst: dict[str, int] = {}
     health: dict[str, set[str]] = {}
@@ -93,6 +100,7 @@ def station_rows(
                 "level": Level(worst.get(s.id, 0)).label,
                 "silenced": service.dispatcher.silences.silencing(labels, now),
                 "qc": _qc_state(readings, health.get(s.id, set())),
+                "stale": board is not None and board.stale(s.id),
                 "readings": {
                     m: {"value": json_number(r.value), "ts": r.ts,
                         "quality": Quality(r.quality).name.lower() if r.quality in _QUALITIES
@@ -111,7 +119,7 @@ def station_rows(
 _QUALITIES = {int(q) for q in Quality}
 
 
-def _qc_state(readings: dict[str, LastReading], health: set[str]) -> str:
+def _qc_state(readings: Mapping[str, Reading], health: set[str]) -> str:
     """``silent`` or ``qc`` while such a health alert is active, else the worst flag
     of the last readings (``fail``, ``suspect``), ``ok`` or ``unknown`` (none yet)."""
     for kind in ("silent", "qc"):
@@ -130,16 +138,17 @@ def install_console(
     source: DispatchService | Callable[[], DispatchService | None],
     stations: Callable[[], Iterable[Station]],
     *,
-    board: StationBoard | None = None,
+    board: Board | None = None,
     forward: Handler | None = None,
     forward_stream: Handler | None = None,
 ) -> None:
     """Add the page and its two API routes to ``router`` (the gateway's aiohttp app).
 
-    ``source`` as for ``install_api``: the service, or a function giving the one running
-    now (a Kafka worker's, None while another worker owns the dispatcher: then
-    ``/api/stations`` goes to ``forward`` and ``/api/stream`` to ``forward_stream``, or
-    they are answered 503). ``board``: this process's station board (last readings)."""
+        ``source`` as for ``install_api``: the service, or a function giving the one running
+        now (a Kafka worker's, None while another worker owns the dispatcher: then
+        ``/api/stations`` goes to ``forward`` and ``/api/stream`` to ``forward_stream``, or
+        they are answered 503). ``board``: the station board (last readings): this process's,
+    or on a Kafka worker every worker's merged (``board_cluster``)."""
 
     def current() -> DispatchService | None:
         return source if isinstance(source, DispatchService) else source()
@@ -162,6 +171,8 @@ def install_console(
         service = current()
         if service is None:
             return await elsewhere(request, forward)
+        if isinstance(board, ClusterBoard):
+            await board.refresh()
         return web.json_response({"stations": station_rows(stations(), service, board)})
 
     async def stream(request: web.Request) -> web.StreamResponse:
@@ -196,14 +207,14 @@ def install_console(
     router.add_route("GET", "/api/stream", stream)
 
 
-def _version(board: StationBoard | None) -> int:
+def _version(board: Board | None) -> int:
     return 0 if board is None else board.version
 
 
 async def _changes(
     service: DispatchService,
     version: int,
-    board: StationBoard | None,
+    board: Board | None,
     seen: int,
     quiet_until: float,
 ) -> tuple[int, int]:

@@ -12,13 +12,19 @@ the owner. The web port's access rule (``engine.runtime.web_access``) has alread
 judged the request here; its ``Authorization`` header is passed on for the owner's.
 With ``web.tls`` the workers speak HTTPS to each other too (``web_access.peer_ssl_context``):
 a bearer token never crosses the network in clear on the way to the owner.
+
+Every worker is a member of the dispatcher group (``group_members``), the owner and the
+others alike: the same description lists the peers whose station boards the owner merges
+(``board_cluster``), fetched with the same TLS context (``OwnerForwarder.get_json``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import httpx
 from aiohttp import web
@@ -28,7 +34,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from engine.runtime.dispatch.api import error_response
 
-__all__ = ["SERVED_BY", "OwnerForwarder", "find_owner", "owner_client_id"]
+__all__ = ["SERVED_BY", "OwnerForwarder", "find_owner", "group_members", "owner_client_id"]
 
 log = logging.getLogger("vigil.dispatch")
 
@@ -47,25 +53,38 @@ def owner_client_id(web_port: int) -> str:
     return f"{_CLIENT_ID}{web_port}"
 
 
-async def find_owner(
-    bootstrap: str, group_id: str, tp: TopicPartition, scheme: str = "http"
-) -> str | None:
-    """``<scheme>://<host>:<web port>`` of the member of consumer group ``group_id``
-    assigned ``tp`` (its client id from ``owner_client_id``), None if no member is."""
+async def group_members(
+    bootstrap: str, group_id: str, scheme: str = "http"
+) -> list[tuple[str, list[TopicPartition]]]:
+    """Each member of consumer group ``group_id`` whose client id came from
+    ``owner_client_id``: ``(<scheme>://<host>:<web port>, its assigned partitions)``."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     await admin.start()
     try:
         [response] = await admin.describe_consumer_groups([group_id])
     finally:
         await admin.close()
+    members = []
     for group in response.to_object()["groups"]:
         for member in group["members"]:
-            raw = member["member_assignment"]
-            if not raw or not member["client_id"].startswith(_CLIENT_ID):
+            if not member["client_id"].startswith(_CLIENT_ID):
                 continue
-            if tp in ConsumerProtocolMemberAssignment.decode(raw).partitions():
-                host = member["client_host"].lstrip("/")
-                return f"{scheme}://{host}:{member['client_id'][len(_CLIENT_ID) :]}"
+            raw = member["member_assignment"]
+            partitions = ConsumerProtocolMemberAssignment.decode(raw).partitions() if raw else []
+            host = member["client_host"].lstrip("/")
+            url = f"{scheme}://{host}:{member['client_id'][len(_CLIENT_ID) :]}"
+            members.append((url, list(partitions)))
+    return members
+
+
+async def find_owner(
+    bootstrap: str, group_id: str, tp: TopicPartition, scheme: str = "http"
+) -> str | None:
+    """``<scheme>://<host>:<web port>`` of the member of consumer group ``group_id``
+    assigned ``tp`` (its client id from ``owner_client_id``), None if no member is."""
+    for url, partitions in await group_members(bootstrap, group_id, scheme):
+        if tp in partitions:
+            return url
     return None
 
 
@@ -95,6 +114,25 @@ class OwnerForwarder:
                 503, "no worker runs the dispatcher right now (it is moving); try again"
             )
         return url
+
+    async def get_json(
+        self, urls: Mapping[str, str], headers: Mapping[str, str], timeout_s: float
+    ) -> dict[str, Any]:
+        """``GET`` each of ``urls`` (name -> URL) at once, marked forwarded, with
+        ``headers``: name -> the JSON of a 200 answer, or None (no answer in
+        ``timeout_s`` seconds, another status, not JSON)."""
+
+        async def one(client: httpx.AsyncClient, url: str) -> Any:
+            try:
+                answer = await client.get(url, headers={**headers, _FORWARDED: "1"})
+                return answer.json() if answer.status_code == 200 else None
+            except (httpx.HTTPError, ValueError) as exc:
+                log.info("dispatcher: %s did not answer: %r", url, exc)
+                return None
+
+        async with httpx.AsyncClient(timeout=timeout_s, verify=self._verify) as client:
+            answers = await asyncio.gather(*(one(client, url) for url in urls.values()))
+        return dict(zip(urls, answers, strict=True))
 
     @staticmethod
     def _headers(request: web.Request) -> dict[str, str]:

@@ -8,7 +8,8 @@ assigned its one partition runs the ``DispatchService`` -- the same routing, gro
 escalation, silences, acknowledgement and delivery as on the gateway -- until the
 partition is revoked. The others pass API requests, acknowledge links and the duty
 room's station list and live stream on to it (``engine.runtime.dispatch.forwarding``);
-every worker serves the duty room's page (``engine.runtime.dispatch.console``).
+every worker serves the duty room's page (``engine.runtime.dispatch.console``) and its
+own station board to the owner, which merges them all (``board_cluster``).
 
 Why one dispatcher rather than one per partition of a topic keyed by group
 (``engine/dispatch/README.md``'s first plan): a group must gather all of its alerts,
@@ -39,6 +40,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -51,9 +53,15 @@ from engine.dispatch.config import load_dispatch_config
 from engine.runtime.config import Settings
 from engine.runtime.dispatch.api import install_api
 from engine.runtime.dispatch.board import StationBoard
+from engine.runtime.dispatch.board_cluster import ClusterBoard, board_route
 from engine.runtime.dispatch.board_kafka import BoardReadBack
 from engine.runtime.dispatch.console import install_console
-from engine.runtime.dispatch.forwarding import OwnerForwarder, find_owner, owner_client_id
+from engine.runtime.dispatch.forwarding import (
+    OwnerForwarder,
+    find_owner,
+    group_members,
+    owner_client_id,
+)
 from engine.runtime.dispatch.kafka_service import KafkaDispatchService, dispatch_topics
 from engine.runtime.dispatch.kafka_store import MAX_RECORD_BYTES, KafkaOutbox
 from engine.runtime.dispatch.wiring import build_receivers, links_of
@@ -127,21 +135,43 @@ class KafkaDispatch:
             await self.stop()
 
         app.on_before_shutdown.connect(stop)
-        to_owner = self._forwarder()
-        install_api(app.web.web_app.router, lambda: self.service, to_owner.api)
+        to_owner, scheme = self._forwarder()
+        router = app.web.web_app.router
+        install_api(router, lambda: self.service, to_owner.api)
         self.topology.batch_listeners.append(self.board.observe)
         # Read back the partitions assigned to this worker: after a restart, or taken
         # over from another, they show what they showed before (``board_kafka``).
         telemetry = self.topology.telemetry.get_topic_name()
         BoardReadBack(self.board, self.bootstrap, telemetry, str(app.conf.id)).install(app)
+        # The page sees every worker's stations: the owner merges the peers' boards.
+        token = self.settings.web.token()
+        merged = ClusterBoard(
+            self.board, to_owner, self._member_urls(scheme),
+            {"Authorization": f"Bearer {token}"} if token else {},
+        )  # fmt: skip
+        router.add_route("GET", "/api/board", board_route(self.board, merged.epoch))
+
+        async def stop_polling(app: Any, **kwargs: Any) -> None:
+            await merged.stop()
+
+        app.on_before_shutdown.connect(stop_polling)
         install_console(
-            app.web.web_app.router, lambda: self.service, lambda: self.registry.stations,
-            board=self.board, forward=to_owner.api, forward_stream=to_owner.stream,
+            router, lambda: self.service, lambda: self.registry.stations,
+            board=merged, forward=to_owner.api, forward_stream=to_owner.stream,
         )  # fmt: skip
 
-    def _forwarder(self) -> OwnerForwarder:
-        """What passes this worker's dispatcher requests to the owner: over HTTPS when the
-        workers' web ports speak it (``web.tls``), else HTTP."""
+    def _member_urls(self, scheme: str) -> Callable[[], Awaitable[list[str]]]:
+        """The web URLs of the dispatcher group's members: every worker of the app."""
+
+        async def urls() -> list[str]:
+            members = await group_members(self.bootstrap, self.group_id, scheme)
+            return [url for url, _ in members]
+
+        return urls
+
+    def _forwarder(self) -> tuple[OwnerForwarder, str]:
+        """What passes this worker's dispatcher requests to the owner, and the scheme:
+        HTTPS when the workers' web ports speak it (``web.tls``), else HTTP."""
         tls = self.settings.web.tls
         scheme, context = "http", None
         if tls is not None:
@@ -149,9 +179,10 @@ class KafkaDispatch:
             context = peer_ssl_context(
                 tls.cert_file, tls.key_file, tls.peer_ca_file, tls.client_ca_file
             )
-        return OwnerForwarder(
+        forwarder = OwnerForwarder(
             lambda: find_owner(self.bootstrap, self.group_id, self.tp, scheme), context
         )
+        return forwarder, scheme
 
     async def forward(self, events: list[AlertEvent]) -> None:
         """Every event of an alerts record to the dispatch topic, in one durable write;

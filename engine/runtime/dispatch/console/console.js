@@ -169,7 +169,9 @@ function drawStations() {
     cell(row, s.district); cell(row, badge(s.level));
     const readings = Object.entries(s.readings || {});
     cell(row, readings.map(([m, r]) => `${m} ${r.value ?? "—"} ${(s.units || {})[m] || ""}`.trim()).join(", "), "last-value");
-    cell(row, when(Math.max(0, ...readings.map(([, r]) => r.ts)), s.id), "last-seen");
+    const seen = cell(row, when(Math.max(0, ...readings.map(([, r]) => r.ts)), s.id), "last-seen");
+    // Its worker does not answer: the last readings known, maybe not the last any more.
+    if (s.stale) { row.classList.add("stale"); seen.title = t("stale"); }
     cell(row, t("qc_" + s.qc), "qc qc-" + s.qc);
     cell(row, s.silenced || "", "silenced-by");
     cell(row, button("silence", () => silenceStation(s.id), "silence-station"));
