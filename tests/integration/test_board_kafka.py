@@ -263,6 +263,13 @@ def _own_stations(worker: WorkerProcess) -> set[str]:
     return set(r.json()["stations"])
 
 
+def _assigned(worker: WorkerProcess) -> set[int]:
+    """The telemetry partitions ``worker`` is assigned now (its lag view)."""
+    r = httpx.get(f"http://127.0.0.1:{worker.web_port}/vigil/lag/", timeout=30)
+    assert r.status_code == 200, r.text
+    return {int(p) for p in r.json()["partitions"]}
+
+
 def test_the_page_shows_every_workers_stations(
     kafka_bootstrap: str, tmp_path: Path, hooks: HttpReceiver
 ) -> None:
@@ -300,7 +307,10 @@ def test_the_page_shows_every_workers_stations(
         other = w2 if owner is w1 else w1
         # A new reading of a station only the other worker evaluates: live on the page
         # (the stream is the owner's, the reading the other worker's).
-        theirs = sorted(_own_stations(other) - _own_stations(owner))[0]
+        # (Chosen by the other worker's assignment, not by the boards: a board keeps the
+        # stations of partitions a rebalance took from it.)
+        parts = wait_for("the other worker's partitions", lambda: _assigned(other))
+        theirs = next(s for s in ids if partition_for(s, PARTITIONS) in parts)
         url = f"http://127.0.0.1:{other.web_port}"
         with httpx.stream("GET", url + "/api/stream", timeout=60) as stream:
             lines = stream.iter_lines()
