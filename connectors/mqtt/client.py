@@ -38,6 +38,14 @@ speaks MQTT 5 with clean start off and a session that never expires
 (``connectors.mqtt.connection.connect``), as persistent as MQTT 3.1.1's
 ``clean_session=False``.
 
+Catching up (``MqttOptions.catch_up_topic``, set on the pool's workers): after its
+first subscription the client also subscribes, unshared, to a topic of its own and
+publishes to it, once, a mark that only this process knows. The broker queues a
+session's messages in order, so the mark comes after every message that waited in the
+session when the client came back: ``catching_up`` is true until it does (its batch
+included), then ``on_caught_up`` is called. The pool merges what its workers take while
+they catch up (``connectors.mqtt.pool``).
+
 Topic to (station, metric): ``connectors.mqtt.topics``; payloads: ``connectors.mqtt.payload``.
 """
 
@@ -45,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import threading
 import time
@@ -100,6 +109,15 @@ class _DropCount:
 
 
 @dataclass
+class _Mark:
+    """The catch-up mark (``MqttOptions.catch_up_topic``) as it came back: this
+    process's (``ours``), or one a process before it published and never read."""
+
+    ours: bool
+    ack: PubAck
+
+
+@dataclass
 class _Flush:
     """Put in the batcher by ``_leave``: done once every message taken before it is
     written and its PUBACK queued (the batcher hands items over in the order put)."""
@@ -137,7 +155,7 @@ class MqttIngest:
         self.counters: Counter[str] = Counter()
         self.subscribed = threading.Event()
         self.connection = Connection()
-        self._batcher: MicroBatcher[Inbound | _DropCount | _Flush] = MicroBatcher(
+        self._batcher: MicroBatcher[Inbound | _DropCount | _Flush | _Mark] = MicroBatcher(
             options.max_readings, options.linger_ms
         )
         self._task: asyncio.Task[None] | None = None
@@ -158,6 +176,12 @@ class MqttIngest:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._client.on_unsubscribe = self._on_unsubscribe
+        #: True until the catch-up mark of this process comes back (``_handle``).
+        self.catching_up = options.catch_up_topic is not None
+        #: Called (on the event loop) once ``catching_up`` turns false.
+        self.on_caught_up: Callable[[], None] | None = None
+        self._mark = os.urandom(8).hex().encode()  # this process's, never an earlier one's
+        self._marked = False  # the mark is published (once: the session keeps it queued)
         self._sys_client: mqtt.Client | None = None
         if options.broker_drops_topic is not None and on_broker_drops is not None:
             watcher = DropWatcher(options, lambda total: self._batcher.put(_DropCount(total)))
@@ -179,7 +203,10 @@ class MqttIngest:
         if reason_code.is_failure:
             self._failed(f"refused by the broker: {reason_code}")
             return
-        client.subscribe(self.subscription, qos=1)
+        topics = [(self.subscription, 1)]
+        if self.options.catch_up_topic is not None:
+            topics.append((self.options.catch_up_topic, 1))
+        client.subscribe(topics)
         self._set(connected=True, error=None)
         self.connection.failures = 0
         log.info("MQTT connected to %s:%s", self.options.host, self.options.port)
@@ -213,6 +240,12 @@ class MqttIngest:
         if any(rc.is_failure for rc in reason_codes):
             log.error("MQTT subscription to %s refused: %s", self.subscription, reason_codes)
             return
+        topic = self.options.catch_up_topic
+        if topic is not None and not self._marked:
+            # After the SUBACK: the subscription exists, so the broker queues the mark
+            # behind whatever the session holds.
+            self._marked = True
+            client.publish(topic, self._mark, qos=1)
         self.subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
@@ -229,6 +262,12 @@ class MqttIngest:
             topic = msg.topic
         except UnicodeDecodeError:  # brokers check topics are UTF-8; keep the bytes anyway
             topic = msg._topic.decode("utf-8", "backslashreplace")
+        if topic == self.options.catch_up_topic:
+            mark = _Mark(bytes(msg.payload) == self._mark, PubAck(client, msg.mid))
+            with self._gate:
+                if self._taking:  # else the next connection reads it (as not ours)
+                    self._batcher.put(mark)
+            return
         inbound = self.inbound(msg.mid, msg.qos, topic, bytes(msg.payload))
         with self._gate:
             # Leaving (pause, stop), a QoS 1 message is left to the broker: taken now,
@@ -379,8 +418,11 @@ class MqttIngest:
             self._on_sequence(m.source, seqs, m.received_ms)
         return [ReadingBlock(station, metric, ts, values)]
 
-    async def _handle(self, items: list[Inbound | _DropCount | _Flush]) -> None:
+    async def _handle(self, items: list[Inbound | _DropCount | _Flush | _Mark]) -> None:
         messages = [m for m in items if isinstance(m, Inbound)]
+        marks = [m for m in items if isinstance(m, _Mark)]
+        # ``catching_up`` stays true for the batch that holds the mark: the messages
+        # before it in the batch are the session's backlog.
         await deliver(
             messages,
             self._decode,
@@ -390,6 +432,12 @@ class MqttIngest:
             self.options.max_payload_bytes,
             self._ack_batch,
         )
+        ack_together(self._client, [m.ack for m in marks])
+        if self.catching_up and any(m.ours for m in marks):
+            self.catching_up = False
+            log.info("MQTT ingest %s caught up with its session", self.options.client_id)
+            if self.on_caught_up is not None:
+                self.on_caught_up()
         for flush in items:
             if isinstance(flush, _Flush):
                 set_done(flush.done)

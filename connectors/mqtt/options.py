@@ -36,6 +36,10 @@ class MqttOptions:
     #: The shared-subscription group (``$share/<group>/...``) this client is a member
     #: of; None: a plain subscription. Set by the pool on its workers.
     share_group: str | None = None
+    #: A topic of this client's own (subscribed without sharing) on which it marks, at
+    #: its start, where the backlog its persistent session held ends
+    #: (``MqttIngest.catching_up``); None: no mark. Set by the pool on its workers.
+    catch_up_topic: str | None = None
     #: Speak MQTT 5 (a session that never expires, in place of MQTT 3.1.1's persistent
     #: session): for a broker that takes shared subscriptions only from MQTT 5 clients.
     #: paho builds a ``Properties`` object for every MQTT 5 PUBLISH it receives, a

@@ -39,7 +39,15 @@ restart. A worker that has not exited within ``STOP_TIMEOUT_S`` is killed.
 Order: the broker spreads a station's messages over the workers (mosquitto 2: round
 robin), so the log may hold a station's readings out of arrival order across batches;
 the kernels take out-of-order readings within the topology's lateness (README: "Several
-ingest processes").
+ingest processes"). That holds for live traffic, not for a backlog: while the gateway
+is down (a power cut, a stop) the broker goes on giving each worker's session its share
+of the messages, and the workers, started again, would each take theirs at its own
+pace, a station's readings hours of event time apart in the log. So a worker's batches
+of the backlog its session held (``MqttIngest.catching_up``: up to the mark it puts
+behind it) are merged: appended only together with a batch of every other worker still
+catching up, as one append with each sensor's readings in time order (``_merge``), and
+the batches of a worker that has caught up wait until none catches up (they are newer).
+A worker that exits stops being waited for.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from connectors.ingest import Admission, DeadLetter, Produce, Stations
+from connectors.ingest import Admission, DeadLetter, Produce, Reading, Stations
 from connectors.mqtt.client import STOP_TIMEOUT_S as INGEST_STOP_TIMEOUT_S
 from connectors.mqtt.client import BrokerDrops, MqttIngest, Sequences
 from connectors.mqtt.connection import Connection
@@ -112,12 +120,14 @@ class MqttIngestPool:
                     processes=1,
                     # One follower of the broker's drop count is enough.
                     broker_drops_topic=options.broker_drops_topic if k == 0 else None,
+                    catch_up_topic=f"vigil-ingest/{group}-{k}/catch-up",
                 ),
             )
             for k in range(options.processes)
         ]
         self._failed: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._appends: set[asyncio.Task[None]] = set()  # merged appends under way
         self._stopping = False
 
     # ---- what the gateway reads ---------------------------------------------------------
@@ -197,6 +207,7 @@ class MqttIngestPool:
         written here, acknowledged and fenced; what it had not taken stays with the
         broker) and exits; those not exited within ``STOP_TIMEOUT_S`` are killed."""
         self._stopping = True
+        self._merge()  # what waits for a worker's batch goes now
         for w in self._workers:
             w.send("stop")
         running = {w: w.process for w in self._workers if w.process is not None}
@@ -254,7 +265,7 @@ class MqttIngestPool:
         """Start the worker process, answer its requests until it exits; its status."""
         ours, theirs = socket.socketpair()
         w.started_at, w.reported, w.silent = asyncio.get_running_loop().time(), False, 0
-        w.killed = False
+        w.killed, w.catching_up = False, True
         with theirs:
             w.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -281,13 +292,26 @@ class MqttIngestPool:
         finally:
             w.writer.close()
             w.writer = None
+            w.catching_up = False  # the others' batches no longer wait for its
+            self._merge()
         return await w.process.wait()
 
     async def _handle(self, w: WorkerView, frame: tuple[Any, ...]) -> None:
         kind = frame[0]
         if kind == "produce":
-            await self._produce([ReadingBlock(*sensor) for sensor in frame[1]])
+            blocks = [ReadingBlock(*sensor) for sensor in frame[1]]
+            if not self._stopping and any(x.catching_up for x in self._workers):
+                w.pending = (blocks, asyncio.get_running_loop().create_future())
+                done = w.pending[1]
+                self._merge()
+                await done
+            else:
+                readings: list[Reading | ReadingBlock] = [*blocks]
+                await self._produce(readings)
             w.send("done")
+        elif kind == "caught-up":
+            w.catching_up = False
+            self._merge()
         elif kind == "dead":
             await self._dead_letter(frame[1], frame[2], frame[3])
             w.send("done")
@@ -311,6 +335,43 @@ class MqttIngestPool:
                 w.restarted = False
                 log.warning("MQTT ingest worker %d subscribed again after its restart", w.index)
             self._update_subscribed()
+
+    def _merge(self) -> None:
+        """Append the batches that wait, as one, each sensor's readings in time order,
+        and answer them (``_append``): those of the workers catching up once each of
+        them has one waiting; those of the others (newer than any backlog) once no
+        worker catches up; all of them once ``stop`` began."""
+        catching = [w for w in self._workers if w.catching_up]
+        if self._stopping or not catching:
+            waiting = [w for w in self._workers if w.pending is not None]
+        elif all(w.pending for w in catching):
+            waiting = catching
+        else:
+            return
+        if not waiting:
+            return
+        batches = []
+        for w in waiting:
+            assert w.pending is not None
+            batches.append(w.pending)
+            w.pending = None
+        task = asyncio.ensure_future(self._append(batches))
+        self._appends.add(task)
+        task.add_done_callback(self._appends.discard)
+
+    async def _append(self, batches: list[tuple[list[ReadingBlock], asyncio.Future[None]]]) -> None:
+        """Append ``batches`` as one; each batch's future resolves once it is durable,
+        or fails as the append did."""
+        try:
+            await self._produce(_in_time_order([b for blocks, _ in batches for b in blocks]))
+        except Exception as exc:  # raised by each waiting ``_handle``: the gateway stops
+            for _, done in batches:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        for _, done in batches:
+            if not done.done():
+                done.set_result(None)
 
     async def _watch(self) -> None:
         """Every ``REPORT_S``: a worker silent for ``SILENT_REPORTS`` ticks in a row
@@ -360,6 +421,23 @@ class MqttIngestPool:
             self.subscribed.set()
         else:
             self.subscribed.clear()
+
+
+def _in_time_order(blocks: list[ReadingBlock]) -> list[Reading | ReadingBlock]:
+    """``blocks`` as one block per sensor, its readings in time order (a sort that
+    keeps the order of readings of one time: a repeat stays a repeat)."""
+    sensors: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+    for b in blocks:
+        ts, values = sensors.setdefault((b.station, b.metric), ([], []))
+        ts.extend(b.ts)
+        values.extend(b.value)
+    merged: list[Reading | ReadingBlock] = []
+    for (station, metric), (ts, values) in sensors.items():
+        order = sorted(range(len(ts)), key=ts.__getitem__)
+        merged.append(
+            ReadingBlock(station, metric, [ts[i] for i in order], [values[i] for i in order])
+        )
+    return merged
 
 
 #: The ingest a gateway runs: in its own process, or over worker processes.

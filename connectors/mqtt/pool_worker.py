@@ -9,6 +9,7 @@ from typing import Any
 from connectors.mqtt.connection import Connection
 from connectors.mqtt.options import MqttOptions
 from connectors.mqtt.worker import REPORT_S, write_frame
+from engine.contracts.batch import ReadingBlock
 
 __all__ = ["SILENT_REPORTS", "START_TIMEOUT_S", "WorkerView"]
 
@@ -39,6 +40,10 @@ class WorkerView:
         self.busy = False  # this side is handling its request: it waits for us
         self.silent = 0  # ticks in a row without a frame
         self.killed = False  # taken for hung: its frames still in the socket are not believed
+        #: Its process is taking the backlog its session held (``MqttIngest.catching_up``).
+        self.catching_up = False
+        #: A batch of that backlog waiting to be merged (``MqttIngestPool._merge``).
+        self.pending: tuple[list[ReadingBlock], asyncio.Future[None]] | None = None
 
     def send(self, *frame: Any) -> None:
         """Queue a frame; a worker gone meanwhile misses it (it is restarted with the
