@@ -46,6 +46,13 @@ session when the client came back: ``catching_up`` is true until it does (its ba
 included), then ``on_caught_up`` is called. The pool merges what its workers take while
 they catch up (``connectors.mqtt.pool``).
 
+Retiring (``MqttOptions.retire``: the client id of a worker the pool no longer has):
+the client resumes the session without subscribing to the data, takes what it holds up
+to the mark, unsubscribes the shared subscription, takes what the broker routed to it
+before that, up to a second mark, leaves as ``stop`` does and ends the session
+(``connectors.mqtt.connection.end_session``); ``retired`` is then done. ``on_session``
+is told whether the broker had the session at all.
+
 Topic to (station, metric): ``connectors.mqtt.topics``; payloads: ``connectors.mqtt.payload``.
 """
 
@@ -80,6 +87,7 @@ from connectors.mqtt.connection import (
     ack_together,
     connect,
     describe_failure,
+    end_session,
     new_client,
     set_done,
 )
@@ -182,6 +190,14 @@ class MqttIngest:
         self.on_caught_up: Callable[[], None] | None = None
         self._mark = os.urandom(8).hex().encode()  # this process's, never an earlier one's
         self._marked = False  # the mark is published (once: the session keeps it queued)
+        #: Called (on the event loop) with the first CONNACK's "session present".
+        self.on_session: Callable[[bool], None] | None = None
+        self._session_present = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Retiring: done once the session is ended; ``_retire``'s second mark.
+        self.retired: asyncio.Future[None] | None = None
+        self._second_mark: asyncio.Future[None] | None = None
+        self._retiring: asyncio.Task[None] | None = None
         self._sys_client: mqtt.Client | None = None
         if options.broker_drops_topic is not None and on_broker_drops is not None:
             watcher = DropWatcher(options, lambda total: self._batcher.put(_DropCount(total)))
@@ -203,7 +219,12 @@ class MqttIngest:
         if reason_code.is_failure:
             self._failed(f"refused by the broker: {reason_code}")
             return
-        topics = [(self.subscription, 1)]
+        if not self._marked:
+            self._session_present = bool(flags.session_present)
+            if self.on_session is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(self.on_session, self._session_present)
+        # Retiring, the session keeps the subscription it has: none is added.
+        topics = [] if self.options.retire else [(self.subscription, 1)]
         if self.options.catch_up_topic is not None:
             topics.append((self.options.catch_up_topic, 1))
         client.subscribe(topics)
@@ -295,7 +316,10 @@ class MqttIngest:
     # ---- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._batcher.bind(asyncio.get_running_loop())
+        self._loop = asyncio.get_running_loop()
+        if self.options.retire:
+            self.retired = self._loop.create_future()
+        self._batcher.bind(self._loop)
         self._task = asyncio.ensure_future(self._run())
         for client in (self._client, self._sys_client):
             if client is not None and not (client is self._client and self._paused):
@@ -401,6 +425,35 @@ class MqttIngest:
                 # short the shutdown of everything stopped after the ingest.
                 log.warning("MQTT ingest had failed: %r", exc)
 
+    async def _retire(self) -> None:
+        """What a retiring client does once it has caught up (the module's docstring)."""
+        assert self.retired is not None
+        try:
+            await self._end_session()
+        except Exception as exc:  # the worker exits with it; the next start tries again
+            if not self.retired.done():
+                self.retired.set_exception(exc)
+
+    async def _end_session(self) -> None:
+        assert self.retired is not None and self.options.catch_up_topic is not None
+        await self._ack_fence.unsubscribe(self._client, self.subscription)
+        # What the broker routed here before it took the UNSUBSCRIBE may still be queued
+        # (beyond the in-flight window): behind a second mark.
+        self._second_mark = asyncio.get_running_loop().create_future()
+        self._mark = os.urandom(8).hex().encode()
+        self._client.publish(self.options.catch_up_topic, self._mark, qos=1)
+        await self._second_mark
+        with self._gate:
+            self._taking = False
+        await self._ack_fence.leave(self._client)  # the broker has read the PUBACKs
+        await asyncio.to_thread(end_session, self.options, self.options.client_id)
+        log.log(
+            logging.WARNING if self._session_present else logging.DEBUG,
+            "MQTT ingest: the session of %s is ended",
+            self.options.client_id,
+        )
+        set_done(self.retired)
+
     # ---- batching ------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -438,6 +491,10 @@ class MqttIngest:
             log.info("MQTT ingest %s caught up with its session", self.options.client_id)
             if self.on_caught_up is not None:
                 self.on_caught_up()
+            if self.options.retire:
+                self._retiring = asyncio.ensure_future(self._retire())
+        elif self._second_mark is not None and any(m.ours for m in marks):
+            set_done(self._second_mark)
         for flush in items:
             if isinstance(flush, _Flush):
                 set_done(flush.done)

@@ -44,10 +44,9 @@ is down (a power cut, a stop) the broker goes on giving each worker's session it
 of the messages, and the workers, started again, would each take theirs at its own
 pace, a station's readings hours of event time apart in the log. So a worker's batches
 of the backlog its session held (``MqttIngest.catching_up``: up to the mark it puts
-behind it) are merged: appended only together with a batch of every other worker still
-catching up, as one append with each sensor's readings in time order (``_merge``), and
-the batches of a worker that has caught up wait until none catches up (they are newer).
-A worker that exits stops being waited for.
+behind it) are merged in time order (``_merge``), and the batches of a worker that has
+caught up wait until none catches up (they are newer). A worker that exits stops being
+waited for.
 """
 
 from __future__ import annotations
@@ -64,9 +63,10 @@ from collections import Counter
 from typing import Any
 
 from connectors.ingest import Admission, DeadLetter, Produce, Reading, Stations
+from connectors.mqtt import pool_merge
 from connectors.mqtt.client import STOP_TIMEOUT_S as INGEST_STOP_TIMEOUT_S
 from connectors.mqtt.client import BrokerDrops, MqttIngest, Sequences
-from connectors.mqtt.connection import Connection
+from connectors.mqtt.connection import Connection, set_done
 from connectors.mqtt.options import MqttOptions
 from connectors.mqtt.pool_worker import WorkerView
 from connectors.mqtt.topics import TopicTemplate
@@ -110,25 +110,36 @@ class MqttIngestPool:
         self.subscribed = threading.Event()
         self._paused: str | None = None
         self._retired: Counter[str] = Counter()  # counts of workers that died
-        self._workers = [
-            WorkerView(
-                k,
-                dataclasses.replace(
-                    options,
-                    client_id=f"{options.client_id}-{k}",
-                    share_group=group,
-                    processes=1,
-                    # One follower of the broker's drop count is enough.
-                    broker_drops_topic=options.broker_drops_topic if k == 0 else None,
-                    catch_up_topic=f"vigil-ingest/{group}-{k}/catch-up",
-                ),
-            )
-            for k in range(options.processes)
-        ]
+        self._group = group
+        self._workers = [self._view(k) for k in range(options.processes)]
+        #: Workers of client ids ``<client_id>-<k>``, k >= processes, whose sessions the
+        #: broker still has (``processes`` was higher): each takes what its session
+        #: holds and ends it (``MqttOptions.retire``); never started again.
+        self._retiring: list[WorkerView] = []
         self._failed: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._appends: set[asyncio.Task[None]] = set()  # merged appends under way
+        self._append_lock = asyncio.Lock()  # appends in the order they were decided
         self._stopping = False
+
+    def _view(self, k: int, *, retire: bool = False) -> WorkerView:
+        return WorkerView(
+            k,
+            dataclasses.replace(
+                self.options,
+                client_id=f"{self.options.client_id}-{k}",
+                share_group=self._group,
+                processes=1,
+                # One follower of the broker's drop count is enough.
+                broker_drops_topic=self.options.broker_drops_topic if k == 0 else None,
+                catch_up_topic=f"vigil-ingest/{self._group}-{k}/catch-up",
+                retire=retire,
+            ),
+        )
+
+    def _views(self) -> list[WorkerView]:
+        """Every worker process, retiring ones too."""
+        return self._workers + self._retiring
 
     # ---- what the gateway reads ---------------------------------------------------------
 
@@ -139,14 +150,14 @@ class MqttIngestPool:
     @known_stations.setter
     def known_stations(self, stations: Stations | None) -> None:
         self._known_stations = stations
-        for w in self._workers:
+        for w in self._views():
             w.send("stations", stations)
 
     @property
     def counters(self) -> Counter[str]:
         """Every worker's counters summed, those of workers that died included."""
         total = Counter(self._retired)
-        for w in self._workers:
+        for w in self._views():
             total.update(w.counters)
         return total
 
@@ -179,7 +190,7 @@ class MqttIngestPool:
             return
         self._paused = why
         log.error("MQTT ingest paused (%s): the broker keeps the messages until it resumes", why)
-        for w in self._workers:
+        for w in self._views():
             w.send("pause", why)
 
     def resume(self) -> None:
@@ -187,7 +198,7 @@ class MqttIngestPool:
             return
         self._paused = None
         log.warning("MQTT ingest resumed")
-        for w in self._workers:
+        for w in self._views():
             w.send("resume")
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -196,6 +207,7 @@ class MqttIngestPool:
         self._failed = asyncio.get_running_loop().create_future()
         self._tasks = [asyncio.ensure_future(self._run(w)) for w in self._workers]
         self._tasks.append(asyncio.ensure_future(self._watch()))
+        self._retire(self.options.processes)
 
     async def join(self) -> None:
         """Raises what failed (an append, a worker that could not start); shielded."""
@@ -208,9 +220,9 @@ class MqttIngestPool:
         broker) and exits; those not exited within ``STOP_TIMEOUT_S`` are killed."""
         self._stopping = True
         self._merge()  # what waits for a worker's batch goes now
-        for w in self._workers:
+        for w in self._views():
             w.send("stop")
-        running = {w: w.process for w in self._workers if w.process is not None}
+        running = {w: w.process for w in self._views() if w.process is not None}
         # Answered meanwhile by each worker's ``_serve``, still reading its frames.
         exits = [asyncio.ensure_future(p.wait()) for p in running.values()]
         if exits:
@@ -261,6 +273,28 @@ class MqttIngestPool:
             )
             await asyncio.sleep(RESTART_DELAY_S)
 
+    def _retire(self, k: int) -> None:
+        """Start a retiring worker with client id ``<client_id>-<k>``: it tells whether
+        the broker has that session (``_handle``: then ``k + 1`` is tried too)."""
+        w = self._view(k, retire=True)
+        self._retiring.append(w)
+        self._tasks.append(asyncio.ensure_future(self._run_retiring(w)))
+
+    async def _run_retiring(self, w: WorkerView) -> None:
+        try:
+            code = await self._serve(w)
+        except Exception as exc:  # an append failed: the gateway must stop
+            log.error("MQTT ingest worker %d: %r; the gateway stops", w.index, exc)
+            self._fail(exc)
+            return
+        if code != 0 and not self._stopping:
+            log.error(
+                "MQTT ingest: the session of %s, a worker no longer configured, was not "
+                "ended (its process exited with status %s); the next start tries again",
+                w.options.client_id,
+                code,
+            )
+
     async def _serve(self, w: WorkerView) -> int | None:
         """Start the worker process, answer its requests until it exits; its status."""
         ours, theirs = socket.socketpair()
@@ -300,18 +334,28 @@ class MqttIngestPool:
         kind = frame[0]
         if kind == "produce":
             blocks = [ReadingBlock(*sensor) for sensor in frame[1]]
-            if not self._stopping and any(x.catching_up for x in self._workers):
-                w.pending = (blocks, asyncio.get_running_loop().create_future())
-                done = w.pending[1]
+            if not self._stopping and any(x.catching_up for x in self._views()):
+                done = asyncio.get_running_loop().create_future()
+                w.pending = (pool_merge.columns(blocks), done)
                 self._merge()
                 await done
             else:
                 readings: list[Reading | ReadingBlock] = [*blocks]
-                await self._produce(readings)
+                async with self._append_lock:
+                    await self._produce(readings)
             w.send("done")
         elif kind == "caught-up":
             w.catching_up = False
             self._merge()
+        elif kind == "session":
+            if frame[1]:
+                log.warning(
+                    "MQTT ingest: the broker still has the session of %s, a worker no "
+                    "longer configured (mqtt.processes was higher): taking the messages "
+                    "it holds, then ending it",
+                    w.options.client_id,
+                )
+                self._retire(w.index + 1)
         elif kind == "dead":
             await self._dead_letter(frame[1], frame[2], frame[3])
             w.send("done")
@@ -337,41 +381,52 @@ class MqttIngestPool:
             self._update_subscribed()
 
     def _merge(self) -> None:
-        """Append the batches that wait, as one, each sensor's readings in time order,
-        and answer them (``_append``): those of the workers catching up once each of
-        them has one waiting; those of the others (newer than any backlog) once no
-        worker catches up; all of them once ``stop`` began."""
-        catching = [w for w in self._workers if w.catching_up]
+        """Append what can go of the batches that wait, and answer each batch once all
+        of it is durable (``_append``, one at a time, in order). While workers catch up,
+        and each has a batch waiting: their readings up to the oldest of those
+        batches' newest times, each sensor's in time order (the worker of that batch is
+        then answered and sends its next; a worker's backlog comes in the order it was
+        published, so none of the others holds anything older). The batches of workers
+        that have caught up (newer than any backlog) wait until none catches up; then,
+        or once ``stop`` began, all that waits goes."""
+        catching = [w for w in self._views() if w.catching_up]
         if self._stopping or not catching:
-            waiting = [w for w in self._workers if w.pending is not None]
+            waiting, upto = [w for w in self._views() if w.pending is not None], None
         elif all(w.pending for w in catching):
             waiting = catching
+            upto = min(pool_merge.newest(w.pending[0]) for w in catching if w.pending)
         else:
             return
-        if not waiting:
-            return
-        batches = []
+        parts, answered = [], []
         for w in waiting:
             assert w.pending is not None
-            batches.append(w.pending)
-            w.pending = None
-        task = asyncio.ensure_future(self._append(batches))
+            cols, done = w.pending
+            parts.append(pool_merge.take(cols, upto) if upto is not None else cols)
+            if upto is None or not cols:
+                answered.append(done)
+                w.pending = None
+        if not any(parts):
+            return
+        task = asyncio.ensure_future(self._append(pool_merge.blocks(parts), answered))
         self._appends.add(task)
         task.add_done_callback(self._appends.discard)
 
-    async def _append(self, batches: list[tuple[list[ReadingBlock], asyncio.Future[None]]]) -> None:
-        """Append ``batches`` as one; each batch's future resolves once it is durable,
-        or fails as the append did."""
+    async def _append(
+        self, blocks: list[ReadingBlock], answered: list[asyncio.Future[None]]
+    ) -> None:
+        """Append ``blocks`` after the appends before it, then resolve ``answered``
+        (or fail them as the append failed)."""
+        readings: list[Reading | ReadingBlock] = [*blocks]
         try:
-            await self._produce(_in_time_order([b for blocks, _ in batches for b in blocks]))
+            async with self._append_lock:
+                await self._produce(readings)
         except Exception as exc:  # raised by each waiting ``_handle``: the gateway stops
-            for _, done in batches:
+            for done in answered:
                 if not done.done():
                     done.set_exception(exc)
             return
-        for _, done in batches:
-            if not done.done():
-                done.set_result(None)
+        for done in answered:
+            set_done(done)
 
     async def _watch(self) -> None:
         """Every ``REPORT_S``: a worker silent for ``SILENT_REPORTS`` ticks in a row
@@ -395,7 +450,7 @@ class MqttIngestPool:
         workers have ``STOP_TIMEOUT_S``)."""
         if self._stopping:
             return
-        for w in self._workers:
+        for w in self._views():
             why = w.tick(now, on_time=on_time)
             if why is not None:
                 self._hung(w, why)
@@ -421,23 +476,6 @@ class MqttIngestPool:
             self.subscribed.set()
         else:
             self.subscribed.clear()
-
-
-def _in_time_order(blocks: list[ReadingBlock]) -> list[Reading | ReadingBlock]:
-    """``blocks`` as one block per sensor, its readings in time order (a sort that
-    keeps the order of readings of one time: a repeat stays a repeat)."""
-    sensors: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
-    for b in blocks:
-        ts, values = sensors.setdefault((b.station, b.metric), ([], []))
-        ts.extend(b.ts)
-        values.extend(b.value)
-    merged: list[Reading | ReadingBlock] = []
-    for (station, metric), (ts, values) in sensors.items():
-        order = sorted(range(len(ts)), key=ts.__getitem__)
-        merged.append(
-            ReadingBlock(station, metric, [ts[i] for i in order], [values[i] for i in order])
-        )
-    return merged
 
 
 #: The ingest a gateway runs: in its own process, or over worker processes.

@@ -8,8 +8,8 @@ from typing import Any
 
 from connectors.mqtt.connection import Connection
 from connectors.mqtt.options import MqttOptions
+from connectors.mqtt.pool_merge import Columns
 from connectors.mqtt.worker import REPORT_S, write_frame
-from engine.contracts.batch import ReadingBlock
 
 __all__ = ["SILENT_REPORTS", "START_TIMEOUT_S", "WorkerView"]
 
@@ -43,7 +43,8 @@ class WorkerView:
         #: Its process is taking the backlog its session held (``MqttIngest.catching_up``).
         self.catching_up = False
         #: A batch of that backlog waiting to be merged (``MqttIngestPool._merge``).
-        self.pending: tuple[list[ReadingBlock], asyncio.Future[None]] | None = None
+        #: What of it is not appended yet, and its answer.
+        self.pending: tuple[Columns, asyncio.Future[None]] | None = None
 
     def send(self, *frame: Any) -> None:
         """Queue a frame; a worker gone meanwhile misses it (it is restarted with the

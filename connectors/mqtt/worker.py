@@ -20,7 +20,9 @@ cost; a message's block per sensor cost more to pickle and unpickle than to deco
 ``catching_up``: the batch is of the backlog its session held, ``MqttIngest.catching_up``)
 and ``("dead", raw, reason, source)`` (one at a time: ``deliver`` awaits each) and the
 notices ``("seq", topic, seqs, received_ms)``, ``("drops", total)``, ``("caught-up",)``
-(after its last ``catching_up`` batch) and, every
+(after its last ``catching_up`` batch), ``("session", present)`` (the first CONNACK's
+"session present", from a retiring worker: ``MqttOptions.retire``; it exits 0 once
+``MqttIngest.retired``) and, every
 ``REPORT_S``, ``("state", connected, error, since_ms, failures, subscribed, counters)``.
 
 SIGTERM, SIGINT and SIGHUP are the gateway's to act on (systemd and a terminal send them
@@ -117,6 +119,9 @@ class _Gateway:
     def caught_up(self) -> None:
         write_frame(self._writer, ("caught-up",))  # drained by the next
 
+    def session(self, present: bool) -> None:
+        write_frame(self._writer, ("session", present))  # drained by the next
+
 
 async def _listen(
     reader: asyncio.StreamReader, ingest: MqttIngest, gateway: _Gateway, stop: asyncio.Event
@@ -182,19 +187,25 @@ async def _serve(sock: socket.socket) -> int:
         on_sequence=gateway.sequence,
     )
     gateway.ingest, ingest.on_caught_up = ingest, gateway.caught_up
+    if options.retire:
+        ingest.on_session = gateway.session
     if paused is not None:
         ingest.pause(paused)
     await ingest.start()
     stop = asyncio.Event()
     listening = asyncio.ensure_future(_listen(reader, ingest, gateway, stop))
     listening.add_done_callback(_listener_ended)
-    tasks = [
+    tasks: list[asyncio.Future[Any]] = [
         asyncio.ensure_future(stop.wait()),
         asyncio.ensure_future(ingest.join()),
         asyncio.ensure_future(_report(ingest, gateway, REPORT_S)),
     ]
+    retired = None if ingest.retired is None else asyncio.shield(ingest.retired)
+    if retired is not None:
+        tasks.append(retired)
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    failed = tasks[0] not in done
+    ended = retired is not None and retired in done and retired.exception() is None
+    failed = tasks[0] not in done and not ended
     if failed:
         log.error("MQTT ingest worker failed", exc_info=next(iter(done)).exception())
     # Still listening and reporting: the batch in hand is written when the gateway

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from connectors.mqtt.mosquitto import Mosquitto
@@ -100,9 +101,8 @@ def _wait_for(engine_log: Path, text: str, timeout: float = 120.0) -> None:
     raise AssertionError(f"{text!r} not in the log:\n{engine_log.read_text()[-3000:]}")
 
 
-def _gateway(mosquitto: Mosquitto, tmp_path: Path) -> EngineProcess:
-    """A gateway (not started) with two ingest processes, its log in ``engine.log``."""
-    config = write_settings(
+def _settings(mosquitto: Mosquitto, tmp_path: Path, processes: int = 2) -> Path:
+    return write_settings(
         tmp_path,
         mosquitto.port,
         stations=str(REGISTRY),
@@ -110,9 +110,38 @@ def _gateway(mosquitto: Mosquitto, tmp_path: Path) -> EngineProcess:
         partitions=4,
         lateness_ms=LATENESS_MS,
         batch={"max_readings": 200, "linger_ms": 20},
-        mqtt={"host": "127.0.0.1", "port": mosquitto.port, "client_id": "gw", "processes": 2},
+        mqtt={
+            "host": "127.0.0.1",
+            "port": mosquitto.port,
+            "client_id": "gw",
+            "processes": processes,
+        },
     )
-    return EngineProcess(config, tmp_path / "engine.log")
+
+
+def _gateway(mosquitto: Mosquitto, tmp_path: Path, processes: int = 2) -> EngineProcess:
+    """A gateway (not started) with ``processes`` ingest processes, its log in
+    ``engine.log``."""
+    return EngineProcess(_settings(mosquitto, tmp_path, processes), tmp_path / "engine.log")
+
+
+def _has_session(broker: Mosquitto, client_id: str) -> bool:
+    """Whether the broker has a persistent session for ``client_id`` (this connection
+    makes one if not: ask once, at the end)."""
+    present: list[bool] = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    c.on_connect = lambda client, userdata, flags, rc, props: present.append(
+        bool(flags.session_present)
+    )
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    deadline = time.monotonic() + 30
+    while not present and time.monotonic() < deadline:
+        time.sleep(0.05)
+    c.disconnect()
+    c.loop_stop()
+    assert present, f"no CONNACK for {client_id}"
+    return present[0]
 
 
 @contextlib.contextmanager
@@ -282,3 +311,36 @@ def test_the_whole_gateway_stopped_twice_mid_stream_loses_nothing(
         assert set(rows) == set(published)
     assert all(r.startswith(("late for rule", "out of order for rule")) for r in dead), dead
     _assert_same_alerts(traffic, live, tmp_path)
+
+
+def test_lowered_processes_take_what_the_removed_workers_sessions_hold(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """``mqtt.processes`` lowered from 3 to 2 across a stop. While the gateway was down
+    the broker gave ``gw-2``'s session (a member of the shared subscription, away) its
+    third of what the devices published: the gateway started with 2 takes it through a
+    retiring worker, with the others' backlogs in time order, and ends that session.
+    Every reading is logged exactly once, and the alerts are those of ``vigil replay``."""
+    traffic = _traffic()
+    messages = list(traffic.messages)
+    cut, up = int(len(messages) * 0.4), int(len(messages) * 0.5)
+    engine = _gateway(mosquitto, tmp_path, processes=3)
+    try:
+        engine.start()
+        with _devices(mosquitto) as devices:
+            devices.publish(messages[:cut])
+            assert engine.terminate() == 0, engine.log.read_text()[-3000:]
+            devices.publish(messages[cut:up])  # a third waits in gw-2's session
+            engine.config = _settings(mosquitto, tmp_path, processes=2)
+            engine.start()
+            devices.publish(messages[up:])
+            rows, dead, live = _finish(engine, traffic, tmp_path)
+    finally:
+        engine.kill()
+    assert "the broker still has the session of gw-2" in engine.log.read_text()
+    published = Counter((m.station, m.metric, t) for m in traffic.messages for t, _ in m.readings)
+    assert rows == published  # each published reading once (a duplicate message: twice)
+    assert all(r.startswith(("late for rule", "out of order for rule")) for r in dead), dead
+    _assert_same_alerts(traffic, live, tmp_path)
+    assert not _has_session(mosquitto, "gw-2")  # ended: no share goes there any more
+    assert _has_session(mosquitto, "gw-1")
