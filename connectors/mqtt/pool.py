@@ -334,15 +334,17 @@ class MqttIngestPool:
         kind = frame[0]
         if kind == "produce":
             blocks = [ReadingBlock(*sensor) for sensor in frame[1]]
-            if not self._stopping and any(x.catching_up for x in self._views()):
+            cols = pool_merge.columns(blocks)
+            if cols and not self._stopping and any(x.catching_up for x in self._views()):
                 done = asyncio.get_running_loop().create_future()
-                w.pending = (pool_merge.columns(blocks), done)
+                w.pending = (cols, done)
                 self._merge()
                 await done
             else:
+                if self._appends:  # merged before this batch came: they go first
+                    await asyncio.wait(list(self._appends))
                 readings: list[Reading | ReadingBlock] = [*blocks]
-                async with self._append_lock:
-                    await self._produce(readings)
+                await self._produce(readings)
             w.send("done")
         elif kind == "caught-up":
             w.catching_up = False
@@ -397,6 +399,8 @@ class MqttIngestPool:
             upto = min(pool_merge.newest(w.pending[0]) for w in catching if w.pending)
         else:
             return
+        if not waiting:
+            return
         parts, answered = [], []
         for w in waiting:
             assert w.pending is not None
@@ -405,8 +409,6 @@ class MqttIngestPool:
             if upto is None or not cols:
                 answered.append(done)
                 w.pending = None
-        if not any(parts):
-            return
         task = asyncio.ensure_future(self._append(pool_merge.blocks(parts), answered))
         self._appends.add(task)
         task.add_done_callback(self._appends.discard)
@@ -419,7 +421,8 @@ class MqttIngestPool:
         readings: list[Reading | ReadingBlock] = [*blocks]
         try:
             async with self._append_lock:
-                await self._produce(readings)
+                if readings:
+                    await self._produce(readings)
         except Exception as exc:  # raised by each waiting ``_handle``: the gateway stops
             for done in answered:
                 if not done.done():

@@ -30,7 +30,7 @@ def columns(readings: list[ReadingBlock]) -> Columns:
         ts, values = sensors.setdefault((b.station, b.metric), ([], []))
         ts.extend(b.ts)
         values.extend(b.value)
-    return {sensor: _sorted(*c) for sensor, c in sensors.items()}
+    return {sensor: _sorted(*c) for sensor, c in sensors.items() if c[0]}
 
 
 def newest(cols: Columns) -> int:
