@@ -218,6 +218,10 @@ class MqttIngest:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         if reason_code.is_failure:
             self._failed(f"refused by the broker: {reason_code}")
+            if self.retired is not None and self._loop is not None:
+                # A client id the broker refuses (ACLs) has no session to take: give up.
+                error = ConnectionRefusedError(f"refused by the broker: {reason_code}")
+                self._loop.call_soon_threadsafe(self._give_up, error)
             return
         if not self._marked:
             self._session_present = bool(flags.session_present)
@@ -425,14 +429,17 @@ class MqttIngest:
                 # short the shutdown of everything stopped after the ingest.
                 log.warning("MQTT ingest had failed: %r", exc)
 
+    def _give_up(self, error: BaseException) -> None:
+        if self.retired is not None and not self.retired.done():
+            self.retired.set_exception(error)
+
     async def _retire(self) -> None:
         """What a retiring client does once it has caught up (the module's docstring)."""
         assert self.retired is not None
         try:
             await self._end_session()
         except Exception as exc:  # the worker exits with it; the next start tries again
-            if not self.retired.done():
-                self.retired.set_exception(exc)
+            self._give_up(exc)
 
     async def _end_session(self) -> None:
         assert self.retired is not None and self.options.catch_up_topic is not None

@@ -377,6 +377,7 @@ class MqttIngestPool:
             since_ms = since_ms or int(time.time() * 1000)
             w.connection = Connection(connected, error, since_ms, failures)
             w.ever_subscribed |= w.subscribed
+            self._merge()  # one that cannot reach the broker is not waited for
             if w.subscribed and w.restarted:
                 w.restarted = False
                 log.warning("MQTT ingest worker %d subscribed again after its restart", w.index)
@@ -391,7 +392,7 @@ class MqttIngestPool:
         published, so none of the others holds anything older). The batches of workers
         that have caught up (newer than any backlog) wait until none catches up; then,
         or once ``stop`` began, all that waits goes."""
-        catching = [w for w in self._views() if w.catching_up]
+        catching = [w for w in self._views() if w.catching_up and not _unreachable(w)]
         if self._stopping or not catching:
             waiting, upto = [w for w in self._views() if w.pending is not None], None
         elif all(w.pending for w in catching):
@@ -479,6 +480,12 @@ class MqttIngestPool:
             self.subscribed.set()
         else:
             self.subscribed.clear()
+
+
+def _unreachable(w: WorkerView) -> bool:
+    """Worker ``w`` reports that it cannot connect (the broker refuses its client id, or
+    cannot be reached): the others' batches do not wait for its backlog."""
+    return w.reported and not w.connection.connected and w.connection.failures > 0
 
 
 #: The ingest a gateway runs: in its own process, or over worker processes.
