@@ -38,6 +38,21 @@ speaks MQTT 5 with clean start off and a session that never expires
 (``connectors.mqtt.connection.connect``), as persistent as MQTT 3.1.1's
 ``clean_session=False``.
 
+Catching up (``MqttOptions.catch_up_topic``, set on the pool's workers): after its
+first subscription the client also subscribes, unshared, to a topic of its own and
+publishes to it, once, a mark that only this process knows. The broker queues a
+session's messages in order, so the mark comes after every message that waited in the
+session when the client came back: ``catching_up`` is true until it does (its batch
+included), then ``on_caught_up`` is called. The pool merges what its workers take while
+they catch up (``connectors.mqtt.pool``).
+
+Retiring (``MqttOptions.retire``: the client id of a worker the pool no longer has):
+the client resumes the session without subscribing to the data, takes what it holds up
+to the mark, unsubscribes the shared subscription, takes what the broker routed to it
+before that, up to a second mark, leaves as ``stop`` does and ends the session
+(``connectors.mqtt.connection.end_session``); ``retired`` is then done. ``on_session``
+is told whether the broker had the session at all.
+
 Topic to (station, metric): ``connectors.mqtt.topics``; payloads: ``connectors.mqtt.payload``.
 """
 
@@ -45,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import threading
 import time
@@ -71,6 +87,7 @@ from connectors.mqtt.connection import (
     ack_together,
     connect,
     describe_failure,
+    end_session,
     new_client,
     set_done,
 )
@@ -97,6 +114,15 @@ Sequences = Callable[[str, list[int], int], None]
 @dataclass
 class _DropCount:
     total: int
+
+
+@dataclass
+class _Mark:
+    """The catch-up mark (``MqttOptions.catch_up_topic``) as it came back: this
+    process's (``ours``), or one a process before it published and never read."""
+
+    ours: bool
+    ack: PubAck
 
 
 @dataclass
@@ -137,7 +163,7 @@ class MqttIngest:
         self.counters: Counter[str] = Counter()
         self.subscribed = threading.Event()
         self.connection = Connection()
-        self._batcher: MicroBatcher[Inbound | _DropCount | _Flush] = MicroBatcher(
+        self._batcher: MicroBatcher[Inbound | _DropCount | _Flush | _Mark] = MicroBatcher(
             options.max_readings, options.linger_ms
         )
         self._task: asyncio.Task[None] | None = None
@@ -158,6 +184,20 @@ class MqttIngest:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._client.on_unsubscribe = self._on_unsubscribe
+        #: True until the catch-up mark of this process comes back (``_handle``).
+        self.catching_up = options.catch_up_topic is not None
+        #: Called (on the event loop) once ``catching_up`` turns false.
+        self.on_caught_up: Callable[[], None] | None = None
+        self._mark = os.urandom(8).hex().encode()  # this process's, never an earlier one's
+        self._marked = False  # the mark is published (once: the session keeps it queued)
+        #: Called (on the event loop) with the first CONNACK's "session present".
+        self.on_session: Callable[[bool], None] | None = None
+        self._session_present = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Retiring: done once the session is ended; ``_retire``'s second mark.
+        self.retired: asyncio.Future[None] | None = None
+        self._second_mark: asyncio.Future[None] | None = None
+        self._retiring: asyncio.Task[None] | None = None
         self._sys_client: mqtt.Client | None = None
         if options.broker_drops_topic is not None and on_broker_drops is not None:
             watcher = DropWatcher(options, lambda total: self._batcher.put(_DropCount(total)))
@@ -178,8 +218,20 @@ class MqttIngest:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         if reason_code.is_failure:
             self._failed(f"refused by the broker: {reason_code}")
+            if self.retired is not None and self._loop is not None:
+                # A client id the broker refuses (ACLs) has no session to take: give up.
+                error = ConnectionRefusedError(f"refused by the broker: {reason_code}")
+                self._loop.call_soon_threadsafe(self._give_up, error)
             return
-        client.subscribe(self.subscription, qos=1)
+        if not self._marked:
+            self._session_present = bool(flags.session_present)
+            if self.on_session is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(self.on_session, self._session_present)
+        # Retiring, the session keeps the subscription it has: none is added.
+        topics = [] if self.options.retire else [(self.subscription, 1)]
+        if self.options.catch_up_topic is not None:
+            topics.append((self.options.catch_up_topic, 1))
+        client.subscribe(topics)
         self._set(connected=True, error=None)
         self.connection.failures = 0
         log.info("MQTT connected to %s:%s", self.options.host, self.options.port)
@@ -213,6 +265,12 @@ class MqttIngest:
         if any(rc.is_failure for rc in reason_codes):
             log.error("MQTT subscription to %s refused: %s", self.subscription, reason_codes)
             return
+        topic = self.options.catch_up_topic
+        if topic is not None and not self._marked:
+            # After the SUBACK: the subscription exists, so the broker queues the mark
+            # behind whatever the session holds.
+            self._marked = True
+            client.publish(topic, self._mark, qos=1)
         self.subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
@@ -229,6 +287,12 @@ class MqttIngest:
             topic = msg.topic
         except UnicodeDecodeError:  # brokers check topics are UTF-8; keep the bytes anyway
             topic = msg._topic.decode("utf-8", "backslashreplace")
+        if topic == self.options.catch_up_topic:
+            mark = _Mark(bytes(msg.payload) == self._mark, PubAck(client, msg.mid))
+            with self._gate:
+                if self._taking:  # else the next connection reads it (as not ours)
+                    self._batcher.put(mark)
+            return
         inbound = self.inbound(msg.mid, msg.qos, topic, bytes(msg.payload))
         with self._gate:
             # Leaving (pause, stop), a QoS 1 message is left to the broker: taken now,
@@ -256,7 +320,10 @@ class MqttIngest:
     # ---- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._batcher.bind(asyncio.get_running_loop())
+        self._loop = asyncio.get_running_loop()
+        if self.options.retire:
+            self.retired = self._loop.create_future()
+        self._batcher.bind(self._loop)
         self._task = asyncio.ensure_future(self._run())
         for client in (self._client, self._sys_client):
             if client is not None and not (client is self._client and self._paused):
@@ -362,6 +429,38 @@ class MqttIngest:
                 # short the shutdown of everything stopped after the ingest.
                 log.warning("MQTT ingest had failed: %r", exc)
 
+    def _give_up(self, error: BaseException) -> None:
+        if self.retired is not None and not self.retired.done():
+            self.retired.set_exception(error)
+
+    async def _retire(self) -> None:
+        """What a retiring client does once it has caught up (the module's docstring)."""
+        assert self.retired is not None
+        try:
+            await self._end_session()
+        except Exception as exc:  # the worker exits with it; the next start tries again
+            self._give_up(exc)
+
+    async def _end_session(self) -> None:
+        assert self.retired is not None and self.options.catch_up_topic is not None
+        await self._ack_fence.unsubscribe(self._client, self.subscription)
+        # What the broker routed here before it took the UNSUBSCRIBE may still be queued
+        # (beyond the in-flight window): behind a second mark.
+        self._second_mark = asyncio.get_running_loop().create_future()
+        self._mark = os.urandom(8).hex().encode()
+        self._client.publish(self.options.catch_up_topic, self._mark, qos=1)
+        await self._second_mark
+        with self._gate:
+            self._taking = False
+        await self._ack_fence.leave(self._client)  # the broker has read the PUBACKs
+        await asyncio.to_thread(end_session, self.options, self.options.client_id)
+        log.log(
+            logging.WARNING if self._session_present else logging.DEBUG,
+            "MQTT ingest: the session of %s is ended",
+            self.options.client_id,
+        )
+        set_done(self.retired)
+
     # ---- batching ------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -379,8 +478,11 @@ class MqttIngest:
             self._on_sequence(m.source, seqs, m.received_ms)
         return [ReadingBlock(station, metric, ts, values)]
 
-    async def _handle(self, items: list[Inbound | _DropCount | _Flush]) -> None:
+    async def _handle(self, items: list[Inbound | _DropCount | _Flush | _Mark]) -> None:
         messages = [m for m in items if isinstance(m, Inbound)]
+        marks = [m for m in items if isinstance(m, _Mark)]
+        # ``catching_up`` stays true for the batch that holds the mark: the messages
+        # before it in the batch are the session's backlog.
         await deliver(
             messages,
             self._decode,
@@ -390,6 +492,16 @@ class MqttIngest:
             self.options.max_payload_bytes,
             self._ack_batch,
         )
+        ack_together(self._client, [m.ack for m in marks])
+        if self.catching_up and any(m.ours for m in marks):
+            self.catching_up = False
+            log.info("MQTT ingest %s caught up with its session", self.options.client_id)
+            if self.on_caught_up is not None:
+                self.on_caught_up()
+            if self.options.retire:
+                self._retiring = asyncio.ensure_future(self._retire())
+        elif self._second_mark is not None and any(m.ours for m in marks):
+            set_done(self._second_mark)
         for flush in items:
             if isinstance(flush, _Flush):
                 set_done(flush.done)

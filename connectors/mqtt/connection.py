@@ -10,6 +10,7 @@ import logging
 import socket
 import ssl
 import struct
+import threading
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -28,6 +29,7 @@ __all__ = [
     "ack_together",
     "connect",
     "describe_failure",
+    "end_session",
     "new_client",
     "set_done",
 ]
@@ -170,19 +172,49 @@ class AckFence:
         if answer is not None:
             answer.get_loop().call_soon_threadsafe(set_done, answer)
 
-    async def leave(self, client: mqtt.Client) -> None:
-        """UNSUBSCRIBE ``FENCE_FILTER``, wait for the answer (at most
-        ``FENCE_TIMEOUT_S``), then disconnect and stop the client's network thread."""
+    async def unsubscribe(self, client: mqtt.Client, topic: str) -> None:
+        """UNSUBSCRIBE ``topic`` and wait for the answer (at most ``FENCE_TIMEOUT_S``:
+        without one, the connection is lost)."""
         # Set before the UNSUBSCRIBE: its answer may come before ``unsubscribe`` returns.
         self._answer = answer = asyncio.get_running_loop().create_future()
         try:
-            if client.unsubscribe(FENCE_FILTER)[0] == mqtt.MQTT_ERR_SUCCESS:
+            if client.unsubscribe(topic)[0] == mqtt.MQTT_ERR_SUCCESS:
                 async with asyncio.timeout(FENCE_TIMEOUT_S):
                     await answer
         except TimeoutError:
-            log.warning("MQTT broker did not answer before the disconnect")
+            log.warning("MQTT broker did not answer an UNSUBSCRIBE of %s", topic)
         finally:
             self._answer = None
+
+    async def leave(self, client: mqtt.Client) -> None:
+        """UNSUBSCRIBE ``FENCE_FILTER``, wait for the answer (``unsubscribe``), then
+        disconnect and stop the client's network thread."""
+        await self.unsubscribe(client, FENCE_FILTER)
+        client.disconnect()
+        client.loop_stop()
+
+
+def end_session(o: MqttOptions, client_id: str) -> None:
+    """End the broker's session of ``client_id`` (blocking, at most ``FENCE_TIMEOUT_S``):
+    connect with a clean session, which discards it (MQTT 3.1.1, 3.1.2.4; an MQTT 5
+    session too), and disconnect."""
+    client = new_client(o, client_id, clean_session=True)
+    answered = threading.Event()
+    codes = []
+
+    def on_connect(client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        codes.append(reason_code)
+        answered.set()
+
+    client.on_connect = on_connect
+    client.connect(o.host, o.port, o.keepalive)
+    client.loop_start()
+    try:
+        if not answered.wait(FENCE_TIMEOUT_S):
+            raise TimeoutError(f"no CONNACK for {client_id} in {FENCE_TIMEOUT_S:.0f} s")
+        if codes[0].is_failure:
+            raise ConnectionError(f"{client_id} refused by the broker: {codes[0]}")
+    finally:
         client.disconnect()
         client.loop_stop()
 

@@ -36,6 +36,14 @@ class MqttOptions:
     #: The shared-subscription group (``$share/<group>/...``) this client is a member
     #: of; None: a plain subscription. Set by the pool on its workers.
     share_group: str | None = None
+    #: A topic of this client's own (subscribed without sharing) on which it marks, at
+    #: its start, where the backlog its persistent session held ends
+    #: (``MqttIngest.catching_up``); None: no mark. Set by the pool on its workers.
+    catch_up_topic: str | None = None
+    #: This client id is a worker's no longer configured (``processes`` lowered): take
+    #: what its session holds, leave the shared subscription and end the session
+    #: (``MqttIngest.retired``). Needs ``catch_up_topic``. Set by the pool.
+    retire: bool = False
     #: Speak MQTT 5 (a session that never expires, in place of MQTT 3.1.1's persistent
     #: session): for a broker that takes shared subscriptions only from MQTT 5 clients.
     #: paho builds a ``Properties`` object for every MQTT 5 PUBLISH it receives, a

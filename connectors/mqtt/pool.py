@@ -39,7 +39,14 @@ restart. A worker that has not exited within ``STOP_TIMEOUT_S`` is killed.
 Order: the broker spreads a station's messages over the workers (mosquitto 2: round
 robin), so the log may hold a station's readings out of arrival order across batches;
 the kernels take out-of-order readings within the topology's lateness (README: "Several
-ingest processes").
+ingest processes"). That holds for live traffic, not for a backlog: while the gateway
+is down (a power cut, a stop) the broker goes on giving each worker's session its share
+of the messages, and the workers, started again, would each take theirs at its own
+pace, a station's readings hours of event time apart in the log. So a worker's batches
+of the backlog its session held (``MqttIngest.catching_up``: up to the mark it puts
+behind it) are merged in time order (``_merge``), and the batches of a worker that has
+caught up wait until none catches up (they are newer). A worker that exits stops being
+waited for.
 """
 
 from __future__ import annotations
@@ -55,10 +62,11 @@ import time
 from collections import Counter
 from typing import Any
 
-from connectors.ingest import Admission, DeadLetter, Produce, Stations
+from connectors.ingest import Admission, DeadLetter, Produce, Reading, Stations
+from connectors.mqtt import pool_merge
 from connectors.mqtt.client import STOP_TIMEOUT_S as INGEST_STOP_TIMEOUT_S
 from connectors.mqtt.client import BrokerDrops, MqttIngest, Sequences
-from connectors.mqtt.connection import Connection
+from connectors.mqtt.connection import Connection, set_done
 from connectors.mqtt.options import MqttOptions
 from connectors.mqtt.pool_worker import WorkerView
 from connectors.mqtt.topics import TopicTemplate
@@ -102,23 +110,36 @@ class MqttIngestPool:
         self.subscribed = threading.Event()
         self._paused: str | None = None
         self._retired: Counter[str] = Counter()  # counts of workers that died
-        self._workers = [
-            WorkerView(
-                k,
-                dataclasses.replace(
-                    options,
-                    client_id=f"{options.client_id}-{k}",
-                    share_group=group,
-                    processes=1,
-                    # One follower of the broker's drop count is enough.
-                    broker_drops_topic=options.broker_drops_topic if k == 0 else None,
-                ),
-            )
-            for k in range(options.processes)
-        ]
+        self._group = group
+        self._workers = [self._view(k) for k in range(options.processes)]
+        #: Workers of client ids ``<client_id>-<k>``, k >= processes, whose sessions the
+        #: broker still has (``processes`` was higher): each takes what its session
+        #: holds and ends it (``MqttOptions.retire``); never started again.
+        self._retiring: list[WorkerView] = []
         self._failed: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._appends: set[asyncio.Task[None]] = set()  # merged appends under way
+        self._append_lock = asyncio.Lock()  # appends in the order they were decided
         self._stopping = False
+
+    def _view(self, k: int, *, retire: bool = False) -> WorkerView:
+        return WorkerView(
+            k,
+            dataclasses.replace(
+                self.options,
+                client_id=f"{self.options.client_id}-{k}",
+                share_group=self._group,
+                processes=1,
+                # One follower of the broker's drop count is enough.
+                broker_drops_topic=self.options.broker_drops_topic if k == 0 else None,
+                catch_up_topic=f"vigil-ingest/{self._group}-{k}/catch-up",
+                retire=retire,
+            ),
+        )
+
+    def _views(self) -> list[WorkerView]:
+        """Every worker process, retiring ones too."""
+        return self._workers + self._retiring
 
     # ---- what the gateway reads ---------------------------------------------------------
 
@@ -129,14 +150,14 @@ class MqttIngestPool:
     @known_stations.setter
     def known_stations(self, stations: Stations | None) -> None:
         self._known_stations = stations
-        for w in self._workers:
+        for w in self._views():
             w.send("stations", stations)
 
     @property
     def counters(self) -> Counter[str]:
         """Every worker's counters summed, those of workers that died included."""
         total = Counter(self._retired)
-        for w in self._workers:
+        for w in self._views():
             total.update(w.counters)
         return total
 
@@ -169,7 +190,7 @@ class MqttIngestPool:
             return
         self._paused = why
         log.error("MQTT ingest paused (%s): the broker keeps the messages until it resumes", why)
-        for w in self._workers:
+        for w in self._views():
             w.send("pause", why)
 
     def resume(self) -> None:
@@ -177,7 +198,7 @@ class MqttIngestPool:
             return
         self._paused = None
         log.warning("MQTT ingest resumed")
-        for w in self._workers:
+        for w in self._views():
             w.send("resume")
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -186,6 +207,7 @@ class MqttIngestPool:
         self._failed = asyncio.get_running_loop().create_future()
         self._tasks = [asyncio.ensure_future(self._run(w)) for w in self._workers]
         self._tasks.append(asyncio.ensure_future(self._watch()))
+        self._retire(self.options.processes)
 
     async def join(self) -> None:
         """Raises what failed (an append, a worker that could not start); shielded."""
@@ -197,9 +219,10 @@ class MqttIngestPool:
         written here, acknowledged and fenced; what it had not taken stays with the
         broker) and exits; those not exited within ``STOP_TIMEOUT_S`` are killed."""
         self._stopping = True
-        for w in self._workers:
+        self._merge()  # what waits for a worker's batch goes now
+        for w in self._views():
             w.send("stop")
-        running = {w: w.process for w in self._workers if w.process is not None}
+        running = {w: w.process for w in self._views() if w.process is not None}
         # Answered meanwhile by each worker's ``_serve``, still reading its frames.
         exits = [asyncio.ensure_future(p.wait()) for p in running.values()]
         if exits:
@@ -250,11 +273,33 @@ class MqttIngestPool:
             )
             await asyncio.sleep(RESTART_DELAY_S)
 
+    def _retire(self, k: int) -> None:
+        """Start a retiring worker with client id ``<client_id>-<k>``: it tells whether
+        the broker has that session (``_handle``: then ``k + 1`` is tried too)."""
+        w = self._view(k, retire=True)
+        self._retiring.append(w)
+        self._tasks.append(asyncio.ensure_future(self._run_retiring(w)))
+
+    async def _run_retiring(self, w: WorkerView) -> None:
+        try:
+            code = await self._serve(w)
+        except Exception as exc:  # an append failed: the gateway must stop
+            log.error("MQTT ingest worker %d: %r; the gateway stops", w.index, exc)
+            self._fail(exc)
+            return
+        if code != 0 and not self._stopping:
+            log.error(
+                "MQTT ingest: the session of %s, a worker no longer configured, was not "
+                "ended (its process exited with status %s); the next start tries again",
+                w.options.client_id,
+                code,
+            )
+
     async def _serve(self, w: WorkerView) -> int | None:
         """Start the worker process, answer its requests until it exits; its status."""
         ours, theirs = socket.socketpair()
         w.started_at, w.reported, w.silent = asyncio.get_running_loop().time(), False, 0
-        w.killed = False
+        w.killed, w.catching_up = False, True
         with theirs:
             w.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -281,13 +326,38 @@ class MqttIngestPool:
         finally:
             w.writer.close()
             w.writer = None
+            w.catching_up = False  # the others' batches no longer wait for its
+            self._merge()
         return await w.process.wait()
 
     async def _handle(self, w: WorkerView, frame: tuple[Any, ...]) -> None:
         kind = frame[0]
         if kind == "produce":
-            await self._produce([ReadingBlock(*sensor) for sensor in frame[1]])
+            blocks = [ReadingBlock(*sensor) for sensor in frame[1]]
+            cols = pool_merge.columns(blocks)
+            if cols and not self._stopping and any(x.catching_up for x in self._views()):
+                done = asyncio.get_running_loop().create_future()
+                w.pending = (cols, done)
+                self._merge()
+                await done
+            else:
+                if self._appends:  # merged before this batch came: they go first
+                    await asyncio.wait(list(self._appends))
+                readings: list[Reading | ReadingBlock] = [*blocks]
+                await self._produce(readings)
             w.send("done")
+        elif kind == "caught-up":
+            w.catching_up = False
+            self._merge()
+        elif kind == "session":
+            if frame[1]:
+                log.warning(
+                    "MQTT ingest: the broker still has the session of %s, a worker no "
+                    "longer configured (mqtt.processes was higher): taking the messages "
+                    "it holds, then ending it",
+                    w.options.client_id,
+                )
+                self._retire(w.index + 1)
         elif kind == "dead":
             await self._dead_letter(frame[1], frame[2], frame[3])
             w.send("done")
@@ -307,10 +377,60 @@ class MqttIngestPool:
             since_ms = since_ms or int(time.time() * 1000)
             w.connection = Connection(connected, error, since_ms, failures)
             w.ever_subscribed |= w.subscribed
+            self._merge()  # one that cannot reach the broker is not waited for
             if w.subscribed and w.restarted:
                 w.restarted = False
                 log.warning("MQTT ingest worker %d subscribed again after its restart", w.index)
             self._update_subscribed()
+
+    def _merge(self) -> None:
+        """Append what can go of the batches that wait, and answer each batch once all
+        of it is durable (``_append``, one at a time, in order). While workers catch up,
+        and each has a batch waiting: their readings up to the oldest of those
+        batches' newest times, each sensor's in time order (the worker of that batch is
+        then answered and sends its next; a worker's backlog comes in the order it was
+        published, so none of the others holds anything older). The batches of workers
+        that have caught up (newer than any backlog) wait until none catches up; then,
+        or once ``stop`` began, all that waits goes."""
+        catching = [w for w in self._views() if w.catching_up and not _unreachable(w)]
+        if self._stopping or not catching:
+            waiting, upto = [w for w in self._views() if w.pending is not None], None
+        elif all(w.pending for w in catching):
+            waiting = catching
+            upto = min(pool_merge.newest(w.pending[0]) for w in catching if w.pending)
+        else:
+            return
+        if not waiting:
+            return
+        parts, answered = [], []
+        for w in waiting:
+            assert w.pending is not None
+            cols, done = w.pending
+            parts.append(pool_merge.take(cols, upto) if upto is not None else cols)
+            if upto is None or not cols:
+                answered.append(done)
+                w.pending = None
+        task = asyncio.ensure_future(self._append(pool_merge.blocks(parts), answered))
+        self._appends.add(task)
+        task.add_done_callback(self._appends.discard)
+
+    async def _append(
+        self, blocks: list[ReadingBlock], answered: list[asyncio.Future[None]]
+    ) -> None:
+        """Append ``blocks`` after the appends before it, then resolve ``answered``
+        (or fail them as the append failed)."""
+        readings: list[Reading | ReadingBlock] = [*blocks]
+        try:
+            async with self._append_lock:
+                if readings:
+                    await self._produce(readings)
+        except Exception as exc:  # raised by each waiting ``_handle``: the gateway stops
+            for done in answered:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        for done in answered:
+            set_done(done)
 
     async def _watch(self) -> None:
         """Every ``REPORT_S``: a worker silent for ``SILENT_REPORTS`` ticks in a row
@@ -334,7 +454,7 @@ class MqttIngestPool:
         workers have ``STOP_TIMEOUT_S``)."""
         if self._stopping:
             return
-        for w in self._workers:
+        for w in self._views():
             why = w.tick(now, on_time=on_time)
             if why is not None:
                 self._hung(w, why)
@@ -360,6 +480,12 @@ class MqttIngestPool:
             self.subscribed.set()
         else:
             self.subscribed.clear()
+
+
+def _unreachable(w: WorkerView) -> bool:
+    """Worker ``w`` reports that it cannot connect (the broker refuses its client id, or
+    cannot be reached): the others' batches do not wait for its backlog."""
+    return w.reported and not w.connection.connected and w.connection.failures > 0
 
 
 #: The ingest a gateway runs: in its own process, or over worker processes.

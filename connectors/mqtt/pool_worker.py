@@ -8,6 +8,7 @@ from typing import Any
 
 from connectors.mqtt.connection import Connection
 from connectors.mqtt.options import MqttOptions
+from connectors.mqtt.pool_merge import Columns
 from connectors.mqtt.worker import REPORT_S, write_frame
 
 __all__ = ["SILENT_REPORTS", "START_TIMEOUT_S", "WorkerView"]
@@ -39,6 +40,11 @@ class WorkerView:
         self.busy = False  # this side is handling its request: it waits for us
         self.silent = 0  # ticks in a row without a frame
         self.killed = False  # taken for hung: its frames still in the socket are not believed
+        #: Its process is taking the backlog its session held (``MqttIngest.catching_up``).
+        self.catching_up = False
+        #: A batch of that backlog waiting to be merged (``MqttIngestPool._merge``).
+        #: What of it is not appended yet, and its answer.
+        self.pending: tuple[Columns, asyncio.Future[None]] | None = None
 
     def send(self, *frame: Any) -> None:
         """Queue a frame; a worker gone meanwhile misses it (it is restarted with the

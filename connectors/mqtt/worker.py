@@ -13,12 +13,16 @@ Frames, both ways: a 4-byte big-endian length, then a pickle (both ends are this
 one trusted parent and its child). The gateway sends first
 ``("start", index, options, stations, admission, paused_because, log_level)``, then ``("done",)``
 for each request in order, ``("stations", stations)``, ``("pause", why)``, ``("resume",)``
-and ``("stop",)``. The worker sends the requests ``("produce", sensors)`` (``sensors``: a
-batch's readings as one ``(station, metric, ts list, value list)`` per sensor, in the
-order they came: the batch's ``ReadingBlock`` s merged, for the pickle's cost; a
-message's block per sensor cost more to pickle and unpickle than to decode) and
-``("dead", raw, reason, source)`` (one at a time: ``deliver`` awaits each) and the
-notices ``("seq", topic, seqs, received_ms)``, ``("drops", total)`` and, every
+and ``("stop",)``. The worker sends the requests ``("produce", sensors, catching_up)``
+(``sensors``: a batch's readings as one ``(station, metric, ts list, value list)`` per
+sensor, in the order they came: the batch's ``ReadingBlock`` s merged, for the pickle's
+cost; a message's block per sensor cost more to pickle and unpickle than to decode;
+``catching_up``: the batch is of the backlog its session held, ``MqttIngest.catching_up``)
+and ``("dead", raw, reason, source)`` (one at a time: ``deliver`` awaits each) and the
+notices ``("seq", topic, seqs, received_ms)``, ``("drops", total)``, ``("caught-up",)``
+(after its last ``catching_up`` batch), ``("session", present)`` (the first CONNACK's
+"session present", from a retiring worker: ``MqttOptions.retire``; it exits 0 once
+``MqttIngest.retired``) and, every
 ``REPORT_S``, ``("state", connected, error, since_ms, failures, subscribed, counters)``.
 
 SIGTERM, SIGINT and SIGHUP are the gateway's to act on (systemd and a terminal send them
@@ -71,6 +75,7 @@ class _Gateway:
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
+        self.ingest: MqttIngest | None = None  # whose ``catching_up`` a batch carries
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def send(self, *frame: Any) -> None:
@@ -99,7 +104,8 @@ class _Gateway:
             else:
                 columns[0].extend(block.ts)
                 columns[1].extend(block.value)
-        await self.request("produce", [(*sensor, *c) for sensor, c in sensors.items()])
+        catching_up = self.ingest is not None and self.ingest.catching_up
+        await self.request("produce", [(*sensor, *c) for sensor, c in sensors.items()], catching_up)
 
     async def dead_letter(self, raw: bytes, reason: str, source: str) -> None:
         await self.request("dead", raw, reason, source)
@@ -109,6 +115,12 @@ class _Gateway:
 
     def sequence(self, topic: str, seqs: list[int], received_ms: int) -> None:
         write_frame(self._writer, ("seq", topic, seqs, received_ms))  # drained by the next
+
+    def caught_up(self) -> None:
+        write_frame(self._writer, ("caught-up",))  # drained by the next
+
+    def session(self, present: bool) -> None:
+        write_frame(self._writer, ("session", present))  # drained by the next
 
 
 async def _listen(
@@ -174,19 +186,26 @@ async def _serve(sock: socket.socket) -> int:
         admission=admission,
         on_sequence=gateway.sequence,
     )
+    gateway.ingest, ingest.on_caught_up = ingest, gateway.caught_up
+    if options.retire:
+        ingest.on_session = gateway.session
     if paused is not None:
         ingest.pause(paused)
     await ingest.start()
     stop = asyncio.Event()
     listening = asyncio.ensure_future(_listen(reader, ingest, gateway, stop))
     listening.add_done_callback(_listener_ended)
-    tasks = [
+    tasks: list[asyncio.Future[Any]] = [
         asyncio.ensure_future(stop.wait()),
         asyncio.ensure_future(ingest.join()),
         asyncio.ensure_future(_report(ingest, gateway, REPORT_S)),
     ]
+    retired = None if ingest.retired is None else asyncio.shield(ingest.retired)
+    if retired is not None:
+        tasks.append(retired)
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    failed = tasks[0] not in done
+    ended = retired is not None and retired in done and retired.exception() is None
+    failed = tasks[0] not in done and not ended
     if failed:
         log.error("MQTT ingest worker failed", exc_info=next(iter(done)).exception())
     # Still listening and reporting: the batch in hand is written when the gateway

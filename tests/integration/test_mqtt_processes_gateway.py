@@ -15,6 +15,7 @@ period: the lateness here (30 min of event time) covers the traffic's own disord
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -22,9 +23,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from connectors.mqtt.mosquitto import Mosquitto
@@ -98,6 +101,82 @@ def _wait_for(engine_log: Path, text: str, timeout: float = 120.0) -> None:
     raise AssertionError(f"{text!r} not in the log:\n{engine_log.read_text()[-3000:]}")
 
 
+def _settings(mosquitto: Mosquitto, tmp_path: Path, processes: int = 2) -> Path:
+    return write_settings(
+        tmp_path,
+        mosquitto.port,
+        stations=str(REGISTRY),
+        rules=[str(RULES)],
+        partitions=4,
+        lateness_ms=LATENESS_MS,
+        batch={"max_readings": 200, "linger_ms": 20},
+        mqtt={
+            "host": "127.0.0.1",
+            "port": mosquitto.port,
+            "client_id": "gw",
+            "processes": processes,
+        },
+    )
+
+
+def _gateway(mosquitto: Mosquitto, tmp_path: Path, processes: int = 2) -> EngineProcess:
+    """A gateway (not started) with ``processes`` ingest processes, its log in
+    ``engine.log``."""
+    return EngineProcess(_settings(mosquitto, tmp_path, processes), tmp_path / "engine.log")
+
+
+def _has_session(broker: Mosquitto, client_id: str) -> bool:
+    """Whether the broker has a persistent session for ``client_id`` (this connection
+    makes one if not: ask once, at the end)."""
+    present: list[bool] = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    c.on_connect = lambda client, userdata, flags, rc, props: present.append(
+        bool(flags.session_present)
+    )
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    deadline = time.monotonic() + 30
+    while not present and time.monotonic() < deadline:
+        time.sleep(0.05)
+    c.disconnect()
+    c.loop_stop()
+    assert present, f"no CONNACK for {client_id}"
+    return present[0]
+
+
+@contextlib.contextmanager
+def _devices(mosquitto: Mosquitto) -> Iterator[Devices]:
+    """``Devices`` publishing at this module's ``SPEEDUP``."""
+    devices = Devices(mosquitto)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("tests.integration.test_live_equals_replay.SPEEDUP", SPEEDUP)
+            yield devices
+    finally:
+        devices.close()
+
+
+def _finish(
+    engine: EngineProcess, traffic: Traffic, tmp_path: Path
+) -> tuple[Counter[tuple[str, str, int]], Counter[str], list[AlertEvent]]:
+    """Once every message is published to the running ``engine``: stop it (SIGTERM) and
+    start it again until every reading is logged and every record committed; the
+    readings logged, the dead letters and the alerts delivered."""
+    alerts, engine_log = tmp_path / "alerts.jsonl", engine.log
+    for _ in range(10):
+        _stable(alerts)
+        assert engine.proc is not None and engine.proc.poll() is None, "the gateway died"
+        assert engine.terminate() == 0, engine_log.read_text()[-3000:]
+        finished, rows, dead = _log(tmp_path / "data")
+        if finished and set(rows) >= {(s, m, t) for s, m, t, _ in traffic.readings()}:
+            break
+        engine.start()
+    else:
+        pytest.fail("the gateway did not log and commit everything after 10 rounds")
+    live = [AlertEvent.from_json(x) for x in alerts.read_text().splitlines() if x]
+    return rows, dead, live
+
+
 def _run(
     mosquitto: Mosquitto,
     tmp_path: Path,
@@ -109,26 +188,13 @@ def _run(
     readings logged, the dead letters, the alerts and the engine's log once everything
     is committed."""
     traffic = _traffic()
-    config = write_settings(
-        tmp_path,
-        mosquitto.port,
-        stations=str(REGISTRY),
-        rules=[str(RULES)],
-        partitions=4,
-        lateness_ms=LATENESS_MS,
-        batch={"max_readings": 200, "linger_ms": 20},
-        mqtt={"host": "127.0.0.1", "port": mosquitto.port, "client_id": "gw", "processes": 2},
-    )
-    engine_log = tmp_path / "engine.log"
-    engine = EngineProcess(config, engine_log)
+    engine = _gateway(mosquitto, tmp_path)
+    engine_log = engine.log
     messages = list(traffic.messages)
     cut = len(messages) if kill_at is None else int(len(messages) * kill_at)
-    devices = None
     try:
         engine.start()
-        devices = Devices(mosquitto)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("tests.integration.test_live_equals_replay.SPEEDUP", SPEEDUP)
+        with _devices(mosquitto) as devices:
             devices.publish(messages[:cut])
             if kill_at is not None:
                 assert engine.proc is not None
@@ -142,22 +208,9 @@ def _run(
                 # one had not acknowledged, and the kernels would find those late.
                 _wait_for(engine_log, "subscribed again after its restart")
                 devices.publish(messages[cut:])
-        alerts = tmp_path / "alerts.jsonl"
-        for _ in range(10):
-            _stable(alerts)
-            assert engine.proc is not None and engine.proc.poll() is None, "the gateway died"
-            assert engine.terminate() == 0, engine_log.read_text()[-3000:]
-            finished, rows, dead = _log(tmp_path / "data")
-            if finished and set(rows) >= {(s, m, t) for s, m, t, _ in traffic.readings()}:
-                break
-            engine.start()
-        else:
-            pytest.fail("the gateway did not log and commit everything after 10 rounds")
+            rows, dead, live = _finish(engine, traffic, tmp_path)
     finally:
         engine.kill()
-        if devices is not None:
-            devices.close()
-    live = [AlertEvent.from_json(x) for x in alerts.read_text().splitlines() if x]
     return traffic, rows, dead, live, engine_log.read_text(errors="replace")
 
 
@@ -219,3 +272,78 @@ def test_a_hung_ingest_process_is_killed_restarted_and_nothing_is_lost(
     assert set(rows) == set(published)  # none lost; redelivered ones may be there twice
     assert all(r.startswith(("late for rule", "out of order for rule")) for r in dead), dead
     _assert_same_alerts(traffic, live, tmp_path)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_the_whole_gateway_stopped_twice_mid_stream_loses_nothing(
+    mosquitto: Mosquitto, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A pump-house power cut (SIGKILL), or a stop (SIGTERM), of the whole gateway,
+    its two workers with it, twice mid-stream while the devices go on publishing at
+    QoS 1, then started again: what the broker took meanwhile waited in the workers'
+    persistent sessions (the same client ids, ``gw-0`` and ``gw-1``), and comes through.
+    Every reading is logged (a stop: exactly once; a SIGKILL may leave a batch written
+    and not acknowledged, which comes again and is counted once), and the alerts are
+    those of ``vigil replay``."""
+    traffic = _traffic()
+    messages = list(traffic.messages)
+    cuts = [0, *(int(len(messages) * f) for f in (0.3, 0.4, 0.6, 0.7)), len(messages)]
+    engine = _gateway(mosquitto, tmp_path)
+    try:
+        engine.start()
+        with _devices(mosquitto) as devices:
+            for i in range(0, len(cuts) - 2, 2):
+                devices.publish(messages[cuts[i] : cuts[i + 1]])
+                if sig == signal.SIGKILL:
+                    engine.kill()
+                else:
+                    assert engine.terminate() == 0, engine.log.read_text()[-3000:]
+                devices.publish(messages[cuts[i + 1] : cuts[i + 2]])  # while it is down
+                engine.start()
+            devices.publish(messages[cuts[-2] :])
+            rows, dead, live = _finish(engine, traffic, tmp_path)
+    finally:
+        engine.kill()
+    published = Counter((m.station, m.metric, t) for m in traffic.messages for t, _ in m.readings)
+    if sig == signal.SIGTERM:
+        assert rows == published  # each published reading once (a duplicate message: twice)
+    else:
+        assert set(rows) == set(published)
+    assert all(r.startswith(("late for rule", "out of order for rule")) for r in dead), dead
+    _assert_same_alerts(traffic, live, tmp_path)
+
+
+def test_lowered_processes_take_what_the_removed_workers_sessions_hold(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """``mqtt.processes`` lowered from 3 to 2 while the gateway is down. Meanwhile the
+    broker gave ``gw-2``'s session (a member of the shared subscription, away) its third
+    of what the devices published: the gateway started with 2 takes it through a
+    retiring worker, merged in time order with the others' backlogs, and ends that
+    session. Every reading is logged exactly once, and the alerts are those of
+    ``vigil replay``. (The gateway with 3 runs only to make its sessions: with three
+    workers taking live traffic in turns, a device's upload of buffered readings and its
+    next live reading go to different workers, and may be appended in the other order.)
+    """
+    traffic = _traffic()
+    messages = list(traffic.messages)
+    cut = int(len(messages) * 0.4)
+    engine = _gateway(mosquitto, tmp_path, processes=3)
+    try:
+        engine.start()
+        assert engine.terminate() == 0, engine.log.read_text()[-3000:]
+        with _devices(mosquitto) as devices:
+            devices.publish(messages[:cut])  # a third waits in gw-2's session
+            engine.config = _settings(mosquitto, tmp_path, processes=2)
+            engine.start()
+            devices.publish(messages[cut:])
+            rows, dead, live = _finish(engine, traffic, tmp_path)
+    finally:
+        engine.kill()
+    assert "the broker still has the session of gw-2" in engine.log.read_text()
+    published = Counter((m.station, m.metric, t) for m in traffic.messages for t, _ in m.readings)
+    assert rows == published  # each published reading once (a duplicate message: twice)
+    assert all(r.startswith(("late for rule", "out of order for rule")) for r in dead), dead
+    _assert_same_alerts(traffic, live, tmp_path)
+    assert not _has_session(mosquitto, "gw-2")  # ended: no share goes there any more
+    assert _has_session(mosquitto, "gw-1")
