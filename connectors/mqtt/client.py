@@ -104,6 +104,11 @@ log = logging.getLogger(__name__)
 #: acknowledged (a local fsync: milliseconds), then the fence (``AckFence``).
 STOP_TIMEOUT_S = 20.0
 
+#: While catching up, a new catch-up mark is published every ``REMARK_S`` seconds (s):
+#: a mark can be lost (a broker whose queue limit dropped it, a broker restarted without
+#: its queue), and a worker waiting for it would hold the pool's merge back for ever.
+REMARK_S = 10.0
+
 #: ``on_broker_drops(total)``: the broker's cumulative count of dropped messages.
 BrokerDrops = Callable[[int], Awaitable[None]]
 #: ``on_sequence(topic, seqs, received_ms)``: the ``seq`` numbers of a message that
@@ -118,10 +123,10 @@ class _DropCount:
 
 @dataclass
 class _Mark:
-    """The catch-up mark (``MqttOptions.catch_up_topic``) as it came back: this
-    process's (``ours``), or one a process before it published and never read."""
+    """A catch-up mark (``MqttOptions.catch_up_topic``) as it came back: one of this
+    process's, or one a process before it published and never read."""
 
-    ours: bool
+    payload: bytes
     ack: PubAck
 
 
@@ -188,8 +193,11 @@ class MqttIngest:
         self.catching_up = options.catch_up_topic is not None
         #: Called (on the event loop) once ``catching_up`` turns false.
         self.on_caught_up: Callable[[], None] | None = None
-        self._mark = os.urandom(8).hex().encode()  # this process's, never an earlier one's
-        self._marked = False  # the mark is published (once: the session keeps it queued)
+        #: The catch-up marks this process published (random: never an earlier one's):
+        #: a new one after each subscription while catching up and every ``REMARK_S``.
+        self._marks: set[bytes] = set()
+        self._marked = False  # a mark is published (the first one: "session present")
+        self._remark: asyncio.TimerHandle | None = None
         #: Called (on the event loop) with the first CONNACK's "session present".
         self.on_session: Callable[[bool], None] | None = None
         self._session_present = False
@@ -197,6 +205,7 @@ class MqttIngest:
         #: Retiring: done once the session is ended; ``_retire``'s second mark.
         self.retired: asyncio.Future[None] | None = None
         self._second_mark: asyncio.Future[None] | None = None
+        self._last_mark = b""  # the second mark: after the catch-up's marks in the queue
         self._retiring: asyncio.Task[None] | None = None
         self._sys_client: mqtt.Client | None = None
         if options.broker_drops_topic is not None and on_broker_drops is not None:
@@ -265,13 +274,30 @@ class MqttIngest:
         if any(rc.is_failure for rc in reason_codes):
             log.error("MQTT subscription to %s refused: %s", self.subscription, reason_codes)
             return
-        topic = self.options.catch_up_topic
-        if topic is not None and not self._marked:
+        if self.catching_up:
             # After the SUBACK: the subscription exists, so the broker queues the mark
-            # behind whatever the session holds.
+            # behind whatever the session holds. After each (re)subscription: a broker
+            # that restarted without its queue lost the earlier one.
             self._marked = True
-            client.publish(topic, self._mark, qos=1)
+            self._publish_mark()
         self.subscribed.set()
+
+    def _publish_mark(self) -> bytes:
+        """Publish a new catch-up mark of this process (thread-safe, as paho's publish)."""
+        assert self.options.catch_up_topic is not None
+        mark = os.urandom(8).hex().encode()
+        self._marks.add(mark)
+        self._client.publish(self.options.catch_up_topic, mark, qos=1)
+        return mark
+
+    def _mark_again(self) -> None:
+        """Every ``REMARK_S`` while catching up: a mark that was lost is not waited for
+        for ever (the broker queues a new one behind what it holds now)."""
+        if not self.catching_up or self._loop is None:
+            return
+        if self.subscribed.is_set():
+            self._publish_mark()
+        self._remark = self._loop.call_later(REMARK_S, self._mark_again)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         # Disconnected first, then not subscribed: whoever reads ``state`` in between
@@ -288,7 +314,7 @@ class MqttIngest:
         except UnicodeDecodeError:  # brokers check topics are UTF-8; keep the bytes anyway
             topic = msg._topic.decode("utf-8", "backslashreplace")
         if topic == self.options.catch_up_topic:
-            mark = _Mark(bytes(msg.payload) == self._mark, PubAck(client, msg.mid))
+            mark = _Mark(bytes(msg.payload), PubAck(client, msg.mid))
             with self._gate:
                 if self._taking:  # else the next connection reads it (as not ours)
                     self._batcher.put(mark)
@@ -325,6 +351,8 @@ class MqttIngest:
             self.retired = self._loop.create_future()
         self._batcher.bind(self._loop)
         self._task = asyncio.ensure_future(self._run())
+        if self.catching_up:
+            self._remark = self._loop.call_later(REMARK_S, self._mark_again)
         for client in (self._client, self._sys_client):
             if client is not None and not (client is self._client and self._paused):
                 self._connect(client)
@@ -414,6 +442,8 @@ class MqttIngest:
                 )
                 leaving.cancel()
                 await asyncio.wait([leaving])
+        if self._remark is not None:
+            self._remark.cancel()
         for client in (self._client, self._sys_client):
             if client is not None:
                 client.disconnect()
@@ -447,8 +477,7 @@ class MqttIngest:
         # What the broker routed here before it took the UNSUBSCRIBE may still be queued
         # (beyond the in-flight window): behind a second mark.
         self._second_mark = asyncio.get_running_loop().create_future()
-        self._mark = os.urandom(8).hex().encode()
-        self._client.publish(self.options.catch_up_topic, self._mark, qos=1)
+        self._last_mark = self._publish_mark()
         await self._second_mark
         with self._gate:
             self._taking = False
@@ -493,14 +522,14 @@ class MqttIngest:
             self._ack_batch,
         )
         ack_together(self._client, [m.ack for m in marks])
-        if self.catching_up and any(m.ours for m in marks):
+        if self.catching_up and any(m.payload in self._marks for m in marks):
             self.catching_up = False
             log.info("MQTT ingest %s caught up with its session", self.options.client_id)
             if self.on_caught_up is not None:
                 self.on_caught_up()
             if self.options.retire:
                 self._retiring = asyncio.ensure_future(self._retire())
-        elif self._second_mark is not None and any(m.ours for m in marks):
+        elif self._second_mark is not None and any(m.payload == self._last_mark for m in marks):
             set_done(self._second_mark)
         for flush in items:
             if isinstance(flush, _Flush):
