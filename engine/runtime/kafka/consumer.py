@@ -233,37 +233,67 @@ class FencedConsumer(faust_aiokafka.Consumer):
                 self._progress[tp] = (done, now)  # and again later, should it be lost again
                 self._refetch[tp] = done
 
-    async def drained(self, timeout: float) -> dict[TP, tuple[int | None, int]]:
-        """Wait, up to ``timeout`` seconds, until every fenced partition assigned here is
-        processed to the end of its log; returns those that are not, with (acknowledged
-        offset, end), as last known when the broker does not tell the ends in time.
-        Records lost on the way to the streams are fetched again after
-        ``drain_stall_s`` meanwhile. For a clean stop, once nothing of this worker
-        writes into the fenced topics any more: what it wrote is then applied (a tick's
-        alerts, their watermarks, the corroboration records they route) and committed
-        by the stop's final commit, instead of being left to the next owner."""
-        deadline = self.clock() + timeout
-        self._stall_limit = self.drain_stall_s
+    async def drained(
+        self, timeout: float, limit: float | None = None
+    ) -> dict[TP, tuple[int | None, int]]:
+        """Wait until every fenced partition assigned here is processed to the end of its
+        log; returns those that are not, with (acknowledged offset, end), as last known
+        when the broker does not tell the ends in time. Records lost on the way to the
+        streams are fetched again after ``drain_stall_s`` meanwhile. For a clean stop,
+        once nothing of this worker writes into the fenced topics any more: what it
+        wrote is then applied (a tick's alerts, their watermarks, the corroboration
+        records they route) and committed by the stop's final commit, instead of being
+        left to the next owner.
+
+        It gives up after ``timeout`` seconds without progress (a broker that does not
+        answer must not hold a stop back), and after ``limit`` (default ``timeout``)
+        seconds in all. Progress is a partition's acknowledged offset moving, the
+        assignment changing, or a rebalance under way (``app.rebalancing``, the tables'
+        recovery included), which it also waits out: a worker stopped just after another
+        left the group is given the other's partitions while it drains, and its streams
+        stand still until the rebalance is over. A fixed ``timeout`` was mostly used up
+        by that rebalance under load (seen: the streams resumed 2.8 s after SIGTERM, the
+        ends still not known when the 5 s were up), and a stop that ends before the
+        records its own last tick wrote are processed leaves them uncommitted.
+        """
+        start = self.clock()
+        limit = timeout if limit is None else limit
+        progressed = start
+        seen: tuple[Any, ...] | None = None
         behind: dict[TP, tuple[int | None, int]] = {}
+        unknown: BaseException | None = None
+        self._stall_limit = self.drain_stall_s
         try:
             while True:
-                mine = [tp for tp in self.assignment() if self._fenced(tp)]
+                mine = sorted(tp for tp in self.assignment() if self._fenced(tp))
+                state = (tuple(mine), tuple(self.acknowledged_to(tp) for tp in mine))
+                now = self.clock()
+                if state != seen or self.app.rebalancing:
+                    seen, progressed = state, now
+                deadline = min(progressed + timeout, start + limit)
+                if now >= deadline:
+                    if unknown is not None:
+                        self.log.info("drain ends, the log's ends not known: %r", unknown)
+                    if behind:
+                        self.log.info("drain ends with %s", self._describe(behind))
+                    return behind
                 try:
-                    # Bounded: a broker that does not answer must not hold a stop back.
+                    # Bounded: the ends are asked through the consumer's thread, which
+                    # a rebalance keeps busy; progress is looked at again meanwhile.
                     ends = await asyncio.wait_for(
-                        self.highwaters(*mine), max(0.0, deadline - self.clock())
+                        self.highwaters(*mine), min(deadline - now, self.drain_stall_s)
                     )
                 except (TimeoutError, KafkaError) as exc:
-                    self.log.info("drain ends, the log's ends not known: %r", exc)
-                    return behind
+                    unknown = exc
+                    await asyncio.sleep(0.05)  # a refusal comes at once: do not spin
+                    continue
+                unknown = None
                 behind = {}
                 for tp in mine:
                     done, end = self.acknowledged_to(tp), ends.get(tp)
                     if end is not None and (done is None or done < end):
                         behind[tp] = (done, end)
-                if not behind or self.clock() >= deadline:
-                    if behind:
-                        self.log.info("drain ends with %s", self._describe(behind))
+                if not behind and not self.app.rebalancing:
                     return behind
                 await asyncio.sleep(0.05)
         finally:
