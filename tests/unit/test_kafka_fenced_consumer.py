@@ -349,6 +349,49 @@ def test_a_drain_gives_up_at_its_limit_while_a_rebalance_goes_on(
     assert asyncio.run(scenario()) == {PART: (78, 84)}
 
 
+def test_a_drain_does_not_count_a_gap_in_which_the_worker_did_not_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loaded machine does not run the stopping worker for longer than the drain's
+    timeout: that gap is not time the drain watched without progress (a worker
+    stopped with SIGSTOP for 6 s just after its SIGTERM ended its drain at once, its
+    last ticks unprocessed and uncommitted)."""
+    log = FakeLog(end=84, position=60, committed=78)
+
+    async def scenario() -> tuple[dict[TP, tuple[int | None, int]], int | None]:
+        setup = Setup(monkeypatch, log)
+        setup.acks = True
+        consumer = setup.consumer
+        now = [0.0]
+        consumer.clock = lambda: now[0]
+        asks = [0]
+
+        async def highwaters(*tps: TP) -> Mapping[TP, int]:
+            asks[0] += 1
+            if asks[0] == 1:
+                now[0] += 10.0  # the process did not run meanwhile
+            elif asks[0] == 2:
+                setup.flow_open.set()  # from now on the streams take records
+            now[0] += 0.05
+            return {tp: log.end for tp in tps}
+
+        monkeypatch.setattr(consumer, "highwaters", highwaters)
+        await consumer.perform_seek()
+        setup.flow_open.clear()
+        fetcher = SimpleNamespace(_stopped=asyncio.Event())
+        task = asyncio.ensure_future(consumer._drain_messages(fetcher))
+        behind = await consumer.drained(timeout=2.0, limit=60.0)
+        done = consumer.acknowledged_to(PART)
+        fetcher._stopped.set()
+        setup.flow_open.set()
+        await asyncio.wait_for(task, timeout=10)
+        return behind, done
+
+    behind, done = asyncio.run(scenario())
+    assert behind == {}
+    assert done == 84
+
+
 class ForgetfulLog(FakeLog):
     """A broker whose first answer after a rebalance says "never committed"."""
 

@@ -245,33 +245,38 @@ class FencedConsumer(faust_aiokafka.Consumer):
         records they route) and committed by the stop's final commit, instead of being
         left to the next owner.
 
-        It gives up after ``timeout`` seconds without progress (a broker that does not
-        answer must not hold a stop back), and after ``limit`` (default ``timeout``)
-        seconds in all. Progress is a partition's acknowledged offset moving, the
-        assignment changing, or a rebalance under way (``app.rebalancing``, the tables'
-        recovery included), which it also waits out: a worker stopped just after another
-        left the group is given the other's partitions while it drains, and its streams
-        stand still until the rebalance is over. A fixed ``timeout`` was mostly used up
-        by that rebalance under load (seen: the streams resumed 2.8 s after SIGTERM, the
-        ends still not known when the 5 s were up), and a stop that ends before the
-        records its own last tick wrote are processed leaves them uncommitted.
+        It gives up after ``timeout`` seconds watched without progress (a broker that
+        does not answer must not hold a stop back), and after ``limit`` (default
+        ``timeout``) seconds in all. A gap of more than ``drain_stall_s`` between two
+        looks counts as ``drain_stall_s`` only: it is this process not running (a
+        loaded machine), not time watched. Progress is a partition's acknowledged
+        offset moving, the assignment changing, or a rebalance under way
+        (``app.rebalancing``, the tables' recovery included), which it also waits out:
+        a worker stopped just after another left the group is given the other's
+        partitions while it drains, and its streams stand still until the rebalance is
+        over. A fixed ``timeout`` was mostly used up by that rebalance under load (seen:
+        the streams resumed 2.8 s after SIGTERM, the ends still not known when the 5 s
+        were up), and a stop that ends before the records its own last tick wrote are
+        processed leaves them uncommitted.
         """
-        start = self.clock()
+        start = looked = self.clock()
         limit = timeout if limit is None else limit
-        progressed = start
+        idle = 0.0  # seconds watched without progress
         seen: tuple[Any, ...] | None = None
         behind: dict[TP, tuple[int | None, int]] = {}
         unknown: BaseException | None = None
         self._stall_limit = self.drain_stall_s
         try:
             while True:
-                mine = sorted(tp for tp in self.assignment() if self._fenced(tp))
+                mine = self._fenced_mine()
                 state = (tuple(mine), tuple(self.acknowledged_to(tp) for tp in mine))
                 now = self.clock()
                 if state != seen or self.app.rebalancing:
-                    seen, progressed = state, now
-                deadline = min(progressed + timeout, start + limit)
-                if now >= deadline:
+                    seen, idle = state, 0.0
+                else:
+                    idle += min(now - looked, self.drain_stall_s)
+                looked = now
+                if idle >= timeout or now >= start + limit:
                     if unknown is not None:
                         self.log.info("drain ends, the log's ends not known: %r", unknown)
                     if behind:
@@ -281,7 +286,8 @@ class FencedConsumer(faust_aiokafka.Consumer):
                     # Bounded: the ends are asked through the consumer's thread, which
                     # a rebalance keeps busy; progress is looked at again meanwhile.
                     ends = await asyncio.wait_for(
-                        self.highwaters(*mine), min(deadline - now, self.drain_stall_s)
+                        self.highwaters(*mine),
+                        min(timeout - idle, start + limit - now, self.drain_stall_s),
                     )
                 except (TimeoutError, KafkaError) as exc:
                     unknown = exc
@@ -293,11 +299,17 @@ class FencedConsumer(faust_aiokafka.Consumer):
                     done, end = self.acknowledged_to(tp), ends.get(tp)
                     if end is not None and (done is None or done < end):
                         behind[tp] = (done, end)
-                if not behind and not self.app.rebalancing:
+                # Not over while a rebalance is, nor on the answer for an assignment
+                # that changed while it was asked for.
+                if not behind and not self.app.rebalancing and mine == self._fenced_mine():
                     return behind
                 await asyncio.sleep(0.05)
         finally:
             self._stall_limit = self.stall_after_s
+
+    def _fenced_mine(self) -> list[TP]:
+        """The fenced partitions assigned here, in order."""
+        return sorted(tp for tp in self.assignment() if self._fenced(tp))
 
     def _describe(self, behind: Mapping[TP, tuple[int | None, int]]) -> dict[str, str]:
         """Where each partition of ``behind`` stands, for the log."""
