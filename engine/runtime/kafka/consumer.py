@@ -63,7 +63,6 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
-from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from faust.types.transports import ConsumerCallback
@@ -276,7 +275,9 @@ class FencedConsumer(faust_aiokafka.Consumer):
                 else:
                     idle += min(now - looked, self.drain_stall_s)
                 looked = now
-                if idle >= timeout or now >= start + limit:
+                # ``should_stop``: the consumer itself is stopping (a second signal),
+                # and nothing it has not delivered yet will be.
+                if idle >= timeout or now >= start + limit or self.should_stop:
                     if unknown is not None:
                         self.log.info("drain ends, the log's ends not known: %r", unknown)
                     if behind:
@@ -289,7 +290,8 @@ class FencedConsumer(faust_aiokafka.Consumer):
                         self.highwaters(*mine),
                         min(timeout - idle, start + limit - now, self.drain_stall_s),
                     )
-                except (TimeoutError, KafkaError) as exc:
+                except Exception as exc:  # no answer in time, the broker away, the
+                    # consumer's thread stopped: the stop must go on all the same
                     unknown = exc
                     await asyncio.sleep(0.05)  # a refusal comes at once: do not spin
                     continue
