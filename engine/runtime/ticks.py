@@ -24,12 +24,15 @@ from engine.evaluation.processor import PartitionProcessor
 from engine.runtime.kafka.consumer import FencedConsumer
 from engine.runtime.sending import Outgoing
 
-__all__ = ["DRAIN_S", "TickWriter"]
+__all__ = ["DRAIN_LIMIT_S", "DRAIN_S", "TickWriter"]
 
 log = logging.getLogger(__name__)
 
-#: How long a clean stop waits for what it wrote to be applied (seconds).
+#: How long a clean stop waits for what it wrote to be applied (seconds): on Kafka,
+#: seconds without progress (``FencedConsumer.drained``)...
 DRAIN_S = 5.0
+#: ...and on Kafka at most this long in all, a rebalance under way included (seconds).
+DRAIN_LIMIT_S = 20.0
 
 
 class TickWriter:
@@ -87,7 +90,7 @@ class TickWriter:
         if isinstance(consumer, FencedConsumer):
             # The app's timers (ticks, watermarks, the corroboration stage's) no longer
             # fire once it stops: what remains to apply is what they wrote before.
-            behind = await consumer.drained(DRAIN_S)
+            behind = await consumer.drained(DRAIN_S, DRAIN_LIMIT_S)
             if behind:
                 log.info("stopping with partitions not processed to the end: %s", behind)
             return

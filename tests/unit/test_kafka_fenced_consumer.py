@@ -269,6 +269,129 @@ def test_a_drain_waits_until_every_partition_is_processed_to_its_end(
     assert late == {PART: (84, 90)}
 
 
+def test_a_drain_waits_out_a_rebalance_that_brings_it_partitions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last worker of a group is stopped just after another left it: the rebalance
+    that gives it the other's partitions, with a record not yet processed (its own
+    last tick, written into them), begins as its drain does and holds the streams and
+    the consumer's thread (the ends are not answered) for longer than the drain's
+    ``timeout``. The drain waits it out, and the record is processed before it returns:
+    the stop's final commit then reaches the end of the log."""
+    log = FakeLog(end=84, position=60, committed=78)
+    assigned: set[TP] = set()  # revoked: the rebalance has not assigned anything yet
+
+    async def scenario() -> tuple[dict[TP, tuple[int | None, int]], int | None, list[int]]:
+        setup = Setup(monkeypatch, log)
+        setup.acks = True
+        consumer = setup.consumer
+        monkeypatch.setattr(faust_aiokafka.Consumer, "assignment", lambda self: set(assigned))
+        app = consumer.app
+        rebalanced = asyncio.Event()
+
+        async def highwaters(*tps: TP) -> Mapping[TP, int]:
+            await rebalanced.wait()  # the consumer's thread is busy with the rebalance
+            return {tp: log.end for tp in tps}
+
+        monkeypatch.setattr(consumer, "highwaters", highwaters)
+        app.rebalancing = True
+        setup.flow_open.clear()
+        fetcher = SimpleNamespace(_stopped=asyncio.Event())
+        task = asyncio.ensure_future(consumer._drain_messages(fetcher))
+
+        async def rebalance() -> None:
+            await asyncio.sleep(1.0)  # five times the drain's timeout
+            assigned.add(PART)
+            await consumer.perform_seek()
+            app.rebalancing = False  # the tables recovered: the streams resume
+            setup.flow_open.set()
+            rebalanced.set()
+
+        rebalancing = asyncio.ensure_future(rebalance())
+        behind = await consumer.drained(timeout=0.2, limit=30.0)
+        done = consumer.acknowledged_to(PART) if assigned else None
+        fetcher._stopped.set()
+        await rebalancing
+        await asyncio.wait_for(task, timeout=10)
+        return behind, done, list(setup.delivered)
+
+    behind, done, delivered = asyncio.run(scenario())
+    assert behind == {}
+    assert done == 84  # processed to the end when the drain returned
+    assert delivered == list(range(78, 84))
+
+
+def test_a_drain_gives_up_at_its_limit_while_a_rebalance_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rebalance that never ends holds a stop back no longer than the drain's limit."""
+    log = FakeLog(end=84, position=60, committed=78)
+
+    async def scenario() -> dict[TP, tuple[int | None, int]]:
+        setup = Setup(monkeypatch, log)
+        consumer = setup.consumer
+        now = [0.0]
+
+        def clock() -> float:
+            now[0] += 0.1  # each look at the clock: a tenth of a second
+            return now[0]
+
+        consumer.clock = clock
+
+        async def highwaters(*tps: TP) -> Mapping[TP, int]:
+            return {tp: log.end for tp in tps}
+
+        monkeypatch.setattr(consumer, "highwaters", highwaters)
+        await consumer.perform_seek()
+        consumer.app.rebalancing = True  # for good; nothing is ever processed
+        return await asyncio.wait_for(consumer.drained(timeout=0.5, limit=3.0), timeout=10)
+
+    assert asyncio.run(scenario()) == {PART: (78, 84)}
+
+
+def test_a_drain_does_not_count_a_gap_in_which_the_worker_did_not_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loaded machine does not run the stopping worker for longer than the drain's
+    timeout: that gap is not time the drain watched without progress (a worker
+    stopped with SIGSTOP for 6 s just after its SIGTERM ended its drain at once, its
+    last ticks unprocessed and uncommitted)."""
+    log = FakeLog(end=84, position=60, committed=78)
+
+    async def scenario() -> tuple[dict[TP, tuple[int | None, int]], int | None]:
+        setup = Setup(monkeypatch, log)
+        setup.acks = True
+        consumer = setup.consumer
+        now = [0.0]
+        consumer.clock = lambda: now[0]
+        asks = [0]
+
+        async def highwaters(*tps: TP) -> Mapping[TP, int]:
+            asks[0] += 1
+            if asks[0] == 1:
+                now[0] += 10.0  # the process did not run meanwhile
+            elif asks[0] == 2:
+                setup.flow_open.set()  # from now on the streams take records
+            now[0] += 0.05
+            return {tp: log.end for tp in tps}
+
+        monkeypatch.setattr(consumer, "highwaters", highwaters)
+        await consumer.perform_seek()
+        setup.flow_open.clear()
+        fetcher = SimpleNamespace(_stopped=asyncio.Event())
+        task = asyncio.ensure_future(consumer._drain_messages(fetcher))
+        behind = await consumer.drained(timeout=2.0, limit=60.0)
+        done = consumer.acknowledged_to(PART)
+        fetcher._stopped.set()
+        setup.flow_open.set()
+        await asyncio.wait_for(task, timeout=10)
+        return behind, done
+
+    behind, done = asyncio.run(scenario())
+    assert behind == {}
+    assert done == 84
+
+
 class ForgetfulLog(FakeLog):
     """A broker whose first answer after a rebalance says "never committed"."""
 

@@ -63,7 +63,6 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
-from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from faust.types.transports import ConsumerCallback
@@ -233,41 +232,86 @@ class FencedConsumer(faust_aiokafka.Consumer):
                 self._progress[tp] = (done, now)  # and again later, should it be lost again
                 self._refetch[tp] = done
 
-    async def drained(self, timeout: float) -> dict[TP, tuple[int | None, int]]:
-        """Wait, up to ``timeout`` seconds, until every fenced partition assigned here is
-        processed to the end of its log; returns those that are not, with (acknowledged
-        offset, end), as last known when the broker does not tell the ends in time.
-        Records lost on the way to the streams are fetched again after
-        ``drain_stall_s`` meanwhile. For a clean stop, once nothing of this worker
-        writes into the fenced topics any more: what it wrote is then applied (a tick's
-        alerts, their watermarks, the corroboration records they route) and committed
-        by the stop's final commit, instead of being left to the next owner."""
-        deadline = self.clock() + timeout
-        self._stall_limit = self.drain_stall_s
+    async def drained(
+        self, timeout: float, limit: float | None = None
+    ) -> dict[TP, tuple[int | None, int]]:
+        """Wait until every fenced partition assigned here is processed to the end of its
+        log; returns those that are not, with (acknowledged offset, end), as last known
+        when the broker does not tell the ends in time. Records lost on the way to the
+        streams are fetched again after ``drain_stall_s`` meanwhile. For a clean stop,
+        once nothing of this worker writes into the fenced topics any more: what it
+        wrote is then applied (a tick's alerts, their watermarks, the corroboration
+        records they route) and committed by the stop's final commit, instead of being
+        left to the next owner.
+
+        It gives up after ``timeout`` seconds watched without progress (a broker that
+        does not answer must not hold a stop back), and after ``limit`` (default
+        ``timeout``) seconds in all. A gap of more than ``drain_stall_s`` between two
+        looks counts as ``drain_stall_s`` only: it is this process not running (a
+        loaded machine), not time watched. Progress is a partition's acknowledged
+        offset moving, the assignment changing, or a rebalance under way
+        (``app.rebalancing``, the tables' recovery included), which it also waits out:
+        a worker stopped just after another left the group is given the other's
+        partitions while it drains, and its streams stand still until the rebalance is
+        over. A fixed ``timeout`` was mostly used up by that rebalance under load (seen:
+        the streams resumed 2.8 s after SIGTERM, the ends still not known when the 5 s
+        were up), and a stop that ends before the records its own last tick wrote are
+        processed leaves them uncommitted.
+        """
+        start = looked = self.clock()
+        limit = timeout if limit is None else limit
+        idle = 0.0  # seconds watched without progress
+        seen: tuple[Any, ...] | None = None
         behind: dict[TP, tuple[int | None, int]] = {}
+        unknown: BaseException | None = None
+        self._stall_limit = self.drain_stall_s
         try:
             while True:
-                mine = [tp for tp in self.assignment() if self._fenced(tp)]
-                try:
-                    # Bounded: a broker that does not answer must not hold a stop back.
-                    ends = await asyncio.wait_for(
-                        self.highwaters(*mine), max(0.0, deadline - self.clock())
-                    )
-                except (TimeoutError, KafkaError) as exc:
-                    self.log.info("drain ends, the log's ends not known: %r", exc)
+                mine = self._fenced_mine()
+                state = (tuple(mine), tuple(self.acknowledged_to(tp) for tp in mine))
+                now = self.clock()
+                if state != seen or self.app.rebalancing:
+                    seen, idle = state, 0.0
+                else:
+                    idle += min(now - looked, self.drain_stall_s)
+                looked = now
+                # ``should_stop``: the consumer itself is stopping (a second signal),
+                # and nothing it has not delivered yet will be.
+                if idle >= timeout or now >= start + limit or self.should_stop:
+                    if unknown is not None:
+                        self.log.info("drain ends, the log's ends not known: %r", unknown)
+                    if behind:
+                        self.log.info("drain ends with %s", self._describe(behind))
                     return behind
+                try:
+                    # Bounded: the ends are asked through the consumer's thread, which
+                    # a rebalance keeps busy; progress is looked at again meanwhile.
+                    ends = await asyncio.wait_for(
+                        self.highwaters(*mine),
+                        min(timeout - idle, start + limit - now, self.drain_stall_s),
+                    )
+                except Exception as exc:  # no answer in time, the broker away, the
+                    # consumer's thread stopped: the stop must go on all the same
+                    unknown = exc
+                    await asyncio.sleep(0.05)  # a refusal comes at once: do not spin
+                    continue
+                unknown = None
                 behind = {}
                 for tp in mine:
                     done, end = self.acknowledged_to(tp), ends.get(tp)
                     if end is not None and (done is None or done < end):
                         behind[tp] = (done, end)
-                if not behind or self.clock() >= deadline:
-                    if behind:
-                        self.log.info("drain ends with %s", self._describe(behind))
+                # Not over while a rebalance is, nor on the answer for an assignment
+                # that changed while it was asked for.
+                if not behind and not self.app.rebalancing and mine == self._fenced_mine():
                     return behind
                 await asyncio.sleep(0.05)
         finally:
             self._stall_limit = self.stall_after_s
+
+    def _fenced_mine(self) -> list[TP]:
+        """The fenced partitions assigned here, in order."""
+        return sorted(tp for tp in self.assignment() if self._fenced(tp))
 
     def _describe(self, behind: Mapping[TP, tuple[int | None, int]]) -> dict[str, str]:
         """Where each partition of ``behind`` stands, for the log."""
