@@ -51,9 +51,11 @@ with the record unprocessed; and the commit itself never goes over a record not
 acknowledged (``_new_offset``). A clean stop (``drained``) watches with
 ``drain_stall_s`` instead: it has seconds, not minutes.
 
-Contiguous means Vigil's own topics (telemetry, alerts, corroboration): written by
-idempotent producers, no transactions, never compacted. Table changelogs are compacted
-and are not fenced.
+Contiguous means Vigil's own topics (telemetry, alerts, corroboration): no
+transactions, never compacted. (Telemetry's producer is idempotent; Faust's, which
+writes alerts, ticks and corroboration records, is not: a retry after a broker restart
+may write a record twice, in order, which every stage takes as a repeat.) Table
+changelogs are compacted and are not fenced.
 """
 
 from __future__ import annotations
