@@ -59,6 +59,7 @@ Topic to (station, metric): ``connectors.mqtt.topics``; payloads: ``connectors.m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -205,7 +206,8 @@ class MqttIngest:
         #: Retiring: done once the session is ended; ``_retire``'s second mark.
         self.retired: asyncio.Future[None] | None = None
         self._second_mark: asyncio.Future[None] | None = None
-        self._last_mark = b""  # the second mark: after the catch-up's marks in the queue
+        #: The retiring client's second marks: queued after every catch-up mark.
+        self._second_marks: set[bytes] = set()
         self._retiring: asyncio.Task[None] | None = None
         self._sys_client: mqtt.Client | None = None
         if options.broker_drops_topic is not None and on_broker_drops is not None:
@@ -279,16 +281,16 @@ class MqttIngest:
             # behind whatever the session holds. After each (re)subscription: a broker
             # that restarted without its queue lost the earlier one.
             self._marked = True
-            self._publish_mark()
+            self._publish_mark(self._marks)
         self.subscribed.set()
 
-    def _publish_mark(self) -> bytes:
-        """Publish a new catch-up mark of this process (thread-safe, as paho's publish)."""
+    def _publish_mark(self, marks: set[bytes]) -> None:
+        """Publish a new mark of this process, added to ``marks`` (thread-safe, as paho's
+        publish)."""
         assert self.options.catch_up_topic is not None
         mark = os.urandom(8).hex().encode()
-        self._marks.add(mark)
+        marks.add(mark)
         self._client.publish(self.options.catch_up_topic, mark, qos=1)
-        return mark
 
     def _mark_again(self) -> None:
         """Every ``REMARK_S`` while catching up: a mark that was lost is not waited for
@@ -296,7 +298,7 @@ class MqttIngest:
         if not self.catching_up or self._loop is None:
             return
         if self.subscribed.is_set():
-            self._publish_mark()
+            self._publish_mark(self._marks)
         self._remark = self._loop.call_later(REMARK_S, self._mark_again)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
@@ -476,9 +478,11 @@ class MqttIngest:
         await self._ack_fence.unsubscribe(self._client, self.subscription)
         # What the broker routed here before it took the UNSUBSCRIBE may still be queued
         # (beyond the in-flight window): behind a second mark.
-        self._second_mark = asyncio.get_running_loop().create_future()
-        self._last_mark = self._publish_mark()
-        await self._second_mark
+        self._second_mark = second = asyncio.get_running_loop().create_future()
+        while not second.done():  # a new mark every REMARK_S: one may be lost
+            self._publish_mark(self._second_marks)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(second), REMARK_S)
         with self._gate:
             self._taking = False
         await self._ack_fence.leave(self._client)  # the broker has read the PUBACKs
@@ -529,7 +533,7 @@ class MqttIngest:
                 self.on_caught_up()
             if self.options.retire:
                 self._retiring = asyncio.ensure_future(self._retire())
-        elif self._second_mark is not None and any(m.payload == self._last_mark for m in marks):
+        elif self._second_mark is not None and any(m.payload in self._second_marks for m in marks):
             set_done(self._second_mark)
         for flush in items:
             if isinstance(flush, _Flush):

@@ -82,6 +82,13 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = INGEST_STOP_TIMEOUT_S + 5.0
 #: Wait before a dead worker is started again (seconds).
 RESTART_DELAY_S = 1.0
+#: How long the others' batches wait for a worker that is catching up and has sent no
+#: batch (s): one whose mark never comes back (a subscription the broker's ACLs refuse),
+#: or one starting again after it died, is waited for this long at most, not for ever.
+CATCH_UP_WAIT_S = 5.0
+#: Tries to end a session a worker no longer configured still has (a retiring worker
+#: that died is started again this many times in all).
+RETIRE_ATTEMPTS = 3
 
 
 class MqttIngestPool:
@@ -120,6 +127,8 @@ class MqttIngestPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._appends: set[asyncio.Task[None]] = set()  # merged appends under way
         self._append_lock = asyncio.Lock()  # appends in the order they were decided
+        #: A merged append failed: nothing that waits is answered from then on.
+        self._append_failed: BaseException | None = None
         self._stopping = False
 
     def _view(self, k: int, *, retire: bool = False) -> WorkerView:
@@ -276,30 +285,46 @@ class MqttIngestPool:
     def _retire(self, k: int) -> None:
         """Start a retiring worker with client id ``<client_id>-<k>``: it tells whether
         the broker has that session (``_handle``: then ``k + 1`` is tried too)."""
+        if self._stopping:
+            return
         w = self._view(k, retire=True)
         self._retiring.append(w)
         self._tasks.append(asyncio.ensure_future(self._run_retiring(w)))
 
     async def _run_retiring(self, w: WorkerView) -> None:
-        try:
-            code = await self._serve(w)
-        except Exception as exc:  # an append failed: the gateway must stop
-            log.error("MQTT ingest worker %d: %r; the gateway stops", w.index, exc)
-            self._fail(exc)
-            return
-        if code != 0 and not self._stopping:
+        """Runs retiring worker ``w`` until it has ended its session: started again if
+        it died (its session, still in the shared group, would go on taking a share of
+        every message), ``RETIRE_ATTEMPTS`` times in all."""
+        for attempt in range(1, RETIRE_ATTEMPTS + 1):
+            try:
+                code = await self._serve(w)
+            except Exception as exc:  # an append failed: the gateway must stop
+                log.error("MQTT ingest worker %d: %r; the gateway stops", w.index, exc)
+                self._fail(exc)
+                return
+            if code == 0 or self._stopping:
+                break
             log.error(
                 "MQTT ingest: the session of %s, a worker no longer configured, was not "
-                "ended (its process exited with status %s); the next start tries again",
+                "ended (its process exited with status %s, try %d of %d)",
                 w.options.client_id,
                 code,
+                attempt,
+                RETIRE_ATTEMPTS,
             )
+            await asyncio.sleep(RESTART_DELAY_S)
+        w.catching_up = False  # never started again: nobody waits for it
+        self._merge()
 
     async def _serve(self, w: WorkerView) -> int | None:
         """Start the worker process, answer its requests until it exits; its status."""
         ours, theirs = socket.socketpair()
         w.started_at, w.reported, w.silent = asyncio.get_running_loop().time(), False, 0
-        w.killed, w.catching_up = False, True
+        # A worker catches up once, after the pool's start (the backlog of a gateway that
+        # was down); one started again after that has seconds of backlog, within the
+        # lateness, and holds nobody's batches.
+        w.killed, w.catching_up = False, not w.caught_up
+        w.last_batch_at = w.started_at
         with theirs:
             w.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -326,7 +351,8 @@ class MqttIngestPool:
         finally:
             w.writer.close()
             w.writer = None
-            w.catching_up = False  # the others' batches no longer wait for its
+            # One that died before it caught up is still waited for once started again
+            # (its backlog is still to come), for ``CATCH_UP_WAIT_S`` at most.
             self._merge()
         return await w.process.wait()
 
@@ -335,6 +361,7 @@ class MqttIngestPool:
         if kind == "produce":
             blocks = [ReadingBlock(*sensor) for sensor in frame[1]]
             cols = pool_merge.columns(blocks)
+            w.last_batch_at = asyncio.get_running_loop().time()
             if cols and not self._stopping and any(x.catching_up for x in self._views()):
                 done = asyncio.get_running_loop().create_future()
                 w.pending = (cols, done)
@@ -347,7 +374,7 @@ class MqttIngestPool:
                 await self._produce(readings)
             w.send("done")
         elif kind == "caught-up":
-            w.catching_up = False
+            w.catching_up, w.caught_up = False, True
             self._merge()
         elif kind == "session":
             if frame[1]:
@@ -357,7 +384,8 @@ class MqttIngestPool:
                     "it holds, then ending it",
                     w.options.client_id,
                 )
-                self._retire(w.index + 1)
+                if not any(r.index == w.index + 1 for r in self._retiring):
+                    self._retire(w.index + 1)
         elif kind == "dead":
             await self._dead_letter(frame[1], frame[2], frame[3])
             w.send("done")
@@ -391,8 +419,21 @@ class MqttIngestPool:
         then answered and sends its next; a worker's backlog comes in the order it was
         published, so none of the others holds anything older). The batches of workers
         that have caught up (newer than any backlog) wait until none catches up; then,
-        or once ``stop`` began, all that waits goes."""
-        catching = [w for w in self._views() if w.catching_up and not _unreachable(w)]
+        or once ``stop`` began, all that waits goes. A catching-up worker with no batch
+        is waited for ``CATCH_UP_WAIT_S`` at most (``_waited_for``; the watchdog's ticks
+        merge again). Once an append failed, nothing that waits is answered."""
+        if not any(w.pending is not None for w in self._views()):
+            return  # nothing waits
+        if self._append_failed is not None:  # none of what waits is answered as durable
+            for w in self._views():
+                if w.pending is not None:
+                    _cols, done = w.pending
+                    w.pending = None
+                    if not done.done():
+                        done.set_exception(self._append_failed)
+            return
+        now = asyncio.get_running_loop().time()
+        catching = [w for w in self._views() if w.catching_up and self._waited_for(w, now)]
         if self._stopping or not catching:
             waiting, upto = [w for w in self._views() if w.pending is not None], None
         elif all(w.pending for w in catching):
@@ -425,9 +466,13 @@ class MqttIngestPool:
                 if readings:
                     await self._produce(readings)
         except Exception as exc:  # raised by each waiting ``_handle``: the gateway stops
+            # A batch partly in this append and partly still waiting must not be
+            # answered by a later append: ``_merge`` fails what waits from now on.
+            self._append_failed = exc
             for done in answered:
                 if not done.done():
                     done.set_exception(exc)
+            self._merge()
             return
         for done in answered:
             set_done(done)
@@ -458,6 +503,7 @@ class MqttIngestPool:
             why = w.tick(now, on_time=on_time)
             if why is not None:
                 self._hung(w, why)
+        self._merge()  # a catching-up worker may no longer be waited for
 
     def _hung(self, w: WorkerView, why: str) -> None:
         """Take worker ``w`` for hung: not subscribed from now on, killed (``_run``
@@ -480,6 +526,25 @@ class MqttIngestPool:
             self.subscribed.set()
         else:
             self.subscribed.clear()
+
+    def _waited_for(self, w: WorkerView, now: float) -> bool:
+        """Whether the others' batches wait for catching-up worker ``w``: not if it
+        cannot connect, nor once it has sent no batch for ``CATCH_UP_WAIT_S`` (said
+        once per catch-up)."""
+        if _unreachable(w):
+            return False
+        if w.pending is not None or now - w.last_batch_at < CATCH_UP_WAIT_S:
+            w.not_waited = False
+            return True
+        if not w.not_waited:
+            w.not_waited = True
+            log.warning(
+                "MQTT ingest worker %d catches up with no batch for %.0f s: the others' "
+                "batches no longer wait for it",
+                w.index,
+                CATCH_UP_WAIT_S,
+            )
+        return False
 
 
 def _unreachable(w: WorkerView) -> bool:

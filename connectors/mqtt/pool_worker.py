@@ -42,6 +42,12 @@ class WorkerView:
         self.killed = False  # taken for hung: its frames still in the socket are not believed
         #: Its process is taking the backlog its session held (``MqttIngest.catching_up``).
         self.catching_up = False
+        #: It caught up once since the pool started (a restart after that catches none).
+        self.caught_up = False
+        #: When it last sent a batch, or was started (loop time, s).
+        self.last_batch_at = 0.0
+        #: The others' batches stopped waiting for its catch-up (logged once).
+        self.not_waited = False
         #: A batch of that backlog waiting to be merged (``MqttIngestPool._merge``).
         #: What of it is not appended yet, and its answer.
         self.pending: tuple[Columns, asyncio.Future[None]] | None = None

@@ -13,16 +13,15 @@ Frames, both ways: a 4-byte big-endian length, then a pickle (both ends are this
 one trusted parent and its child). The gateway sends first
 ``("start", index, options, stations, admission, paused_because, log_level)``, then ``("done",)``
 for each request in order, ``("stations", stations)``, ``("pause", why)``, ``("resume",)``
-and ``("stop",)``. The worker sends the requests ``("produce", sensors, catching_up)``
+and ``("stop",)``. The worker sends the requests ``("produce", sensors)``
 (``sensors``: a batch's readings as one ``(station, metric, ts list, value list)`` per
 sensor, in the order they came: the batch's ``ReadingBlock`` s merged, for the pickle's
-cost; a message's block per sensor cost more to pickle and unpickle than to decode;
-``catching_up``: the batch is of the backlog its session held, ``MqttIngest.catching_up``)
+cost; a message's block per sensor cost more to pickle and unpickle than to decode)
 and ``("dead", raw, reason, source)`` (one at a time: ``deliver`` awaits each) and the
 notices ``("seq", topic, seqs, received_ms)``, ``("drops", total)``, ``("caught-up",)``
-(after its last ``catching_up`` batch), ``("session", present)`` (the first CONNACK's
-"session present", from a retiring worker: ``MqttOptions.retire``; it exits 0 once
-``MqttIngest.retired``) and, every
+(after the last batch of the backlog its session held: ``MqttIngest.catching_up``),
+``("session", present)`` (the first CONNACK's "session present", from a retiring
+worker: ``MqttOptions.retire``; it exits 0 once ``MqttIngest.retired``) and, every
 ``REPORT_S``, ``("state", connected, error, since_ms, failures, subscribed, counters)``.
 
 SIGTERM, SIGINT and SIGHUP are the gateway's to act on (systemd and a terminal send them
@@ -75,7 +74,6 @@ class _Gateway:
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
-        self.ingest: MqttIngest | None = None  # whose ``catching_up`` a batch carries
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def send(self, *frame: Any) -> None:
@@ -104,8 +102,7 @@ class _Gateway:
             else:
                 columns[0].extend(block.ts)
                 columns[1].extend(block.value)
-        catching_up = self.ingest is not None and self.ingest.catching_up
-        await self.request("produce", [(*sensor, *c) for sensor, c in sensors.items()], catching_up)
+        await self.request("produce", [(*sensor, *c) for sensor, c in sensors.items()])
 
     async def dead_letter(self, raw: bytes, reason: str, source: str) -> None:
         await self.request("dead", raw, reason, source)
@@ -186,7 +183,7 @@ async def _serve(sock: socket.socket) -> int:
         admission=admission,
         on_sequence=gateway.sequence,
     )
-    gateway.ingest, ingest.on_caught_up = ingest, gateway.caught_up
+    ingest.on_caught_up = gateway.caught_up
     if options.retire:
         ingest.on_session = gateway.session
     if paused is not None:

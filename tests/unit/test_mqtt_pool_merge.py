@@ -1,0 +1,103 @@
+"""The ingest pool's time-ordered merge of its workers' backlogs
+(``MqttIngestPool._merge``), with the worker processes left out: batches are put where
+``_handle`` puts them (``WorkerView.pending``) and the appends are a recording
+``produce``. Through real processes and mosquitto:
+tests/integration/test_mqtt_processes_gateway.py."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from connectors.mqtt import pool_merge
+from connectors.mqtt.options import MqttOptions
+from connectors.mqtt.pool import CATCH_UP_WAIT_S, MqttIngestPool
+from engine.contracts.batch import ReadingBlock
+
+
+class _Appends:
+    """A ``produce`` that records what it appends, or fails while ``failing``."""
+
+    def __init__(self) -> None:
+        self.blocks: list[list[tuple[str, list[int]]]] = []
+        self.failing = False
+
+    async def __call__(self, readings: list[Any]) -> None:
+        if self.failing:
+            raise OSError("No space left on device")
+        self.blocks.append([(b.station, list(b.ts)) for b in readings])
+
+
+async def _nothing(*args: Any) -> None:
+    return None
+
+
+def _batch(pool: MqttIngestPool, k: int, station: str, ts: list[int]) -> asyncio.Future[None]:
+    """Worker ``k``'s batch of ``station``'s readings at ``ts``, waiting for the merge."""
+    done = asyncio.get_running_loop().create_future()
+    w = pool._workers[k]
+    w.pending = (
+        pool_merge.columns([ReadingBlock(station, "water_level", ts, [1.0] * len(ts))]),
+        done,
+    )
+    w.last_batch_at = asyncio.get_running_loop().time()
+    return done
+
+
+def _catching(appends: _Appends) -> MqttIngestPool:
+    pool = MqttIngestPool(MqttOptions(processes=2, broker_drops_topic=None), appends, _nothing)
+    for w in pool._workers:
+        w.catching_up = True
+        w.reported = True
+        w.connection.connected = True
+        w.last_batch_at = asyncio.get_running_loop().time()
+    return pool
+
+
+async def _a_worker_with_no_batch_is_waited_for_a_while_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    appends = _Appends()
+    pool = _catching(appends)
+    done = _batch(pool, 0, "HZ001", [1, 2, 3])
+    pool._merge()
+    await asyncio.sleep(0)
+    assert appends.blocks == [] and not done.done()  # worker 1 may hold older readings
+    # Worker 1 sends nothing (its mark never comes back): after CATCH_UP_WAIT_S, the
+    # watchdog's next merge stops waiting for it.
+    now = asyncio.get_running_loop().time()
+    monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: now + CATCH_UP_WAIT_S + 1)
+    pool._merge()
+    await asyncio.wait_for(done, 5)
+    assert appends.blocks == [[("HZ001", [1, 2, 3])]]
+
+
+def test_a_catching_up_worker_that_sends_nothing_is_not_waited_for_for_ever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asyncio.run(_a_worker_with_no_batch_is_waited_for_a_while_only(monkeypatch))
+
+
+async def _a_failed_append_answers_no_part_of_a_batch() -> None:
+    appends = _Appends()
+    pool = _catching(appends)
+    first = _batch(pool, 0, "HZ001", [1, 2])
+    second = _batch(pool, 1, "HZ002", [1, 5, 9])  # up to 2 goes with the first, 5 and 9 wait
+    appends.failing = True
+    pool._merge()
+    with pytest.raises(OSError):
+        await asyncio.wait_for(first, 5)
+    # The part of the second batch that was in the failed append is lost: the rest must
+    # not be answered as durable by a later append, or the worker would acknowledge it.
+    appends.failing = False
+    pool._workers[0].catching_up = False  # its process exited (``_serve``'s merge)
+    pool._merge()
+    with pytest.raises(OSError):
+        await asyncio.wait_for(second, 5)
+    assert appends.blocks == []
+
+
+def test_a_batch_partly_in_a_failed_append_is_never_answered_as_durable() -> None:
+    asyncio.run(_a_failed_append_answers_no_part_of_a_batch())
