@@ -216,8 +216,11 @@ class ClusterBoard:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if now - self._urls_at >= MEMBERS_TTL_S:
+            # Asked again after MEMBERS_TTL_S either way: a broker away must not hold up
+            # every poll (and the page's station list) for its timeouts.
+            self._urls_at = now
             try:
-                self._urls, self._urls_at = await self.members(), now
+                self._urls = await asyncio.wait_for(self.members(), PEER_TIMEOUT_S)
             except Exception as exc:  # the broker away: ask the peers known
                 log.warning("station board: could not list the workers: %r", exc)
         for url in self._urls:
