@@ -201,7 +201,12 @@ async def _serve(sock: socket.socket) -> int:
     if retired is not None:
         tasks.append(retired)
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    ended = retired is not None and retired in done and retired.exception() is None
+    gave_up = None if retired is None or retired not in done else retired.exception()
+    ended = retired is not None and retired in done and gave_up is None
+    if isinstance(gave_up, ConnectionRefusedError):
+        # The broker refuses this client id (its ACLs): no session of it to take.
+        log.info("MQTT ingest: %s: %s", options.client_id, gave_up)
+        ended = True
     failed = tasks[0] not in done and not ended
     if failed:
         log.error("MQTT ingest worker failed", exc_info=next(iter(done)).exception())
