@@ -148,7 +148,7 @@ def test_a_restarted_worker_shows_the_board_it_showed_before(
     kafka_bootstrap: str, tmp_path: Path, hooks: HttpReceiver
 ) -> None:
     ws = Workers(kafka_bootstrap, tmp_path, hooks)
-    try:
+    with ws.watched():
         w1 = ws.start("w1")
         w1.wait_ready()
         # HZ001 goes red (above 4.5 m) and stays there; NB101 reports normal levels. One
@@ -205,12 +205,6 @@ def test_a_restarted_worker_shows_the_board_it_showed_before(
             ),
         }  # fmt: skip
         wait_for("the new reading on the page", lambda: _board(again) == expected, 120)
-    except BaseException:
-        print(ws.logs())
-        raise
-    finally:
-        for w in ws.workers.values():
-            w.kill()
 
 
 def _page(worker: WorkerProcess) -> list[dict[str, Any]] | None:
@@ -282,7 +276,7 @@ def test_the_page_shows_every_workers_stations(
     (tmp_path / "stations.yaml").write_text(
         yaml.safe_dump({"stations": [_station(s, "qiantang") for s in ids]})
     )
-    try:
+    with ws.watched():
         w1, w2 = ws.start_ready("w1", "w2")
         # Every station red (above 4.5 m), three reports each, one record per partition.
         readings = []
@@ -340,9 +334,3 @@ def test_the_page_shows_every_workers_stations(
             timeout=180,
         )
         assert _shown(owner) == expected
-    except BaseException:
-        print(ws.logs())
-        raise
-    finally:
-        for w in ws.workers.values():
-            w.kill()

@@ -30,7 +30,7 @@ def test_the_page_on_a_worker_that_does_not_own_the_dispatcher(
     kafka_bootstrap: str, tmp_path: Path, hooks: HttpReceiver
 ) -> None:
     ws = Workers(kafka_bootstrap, tmp_path, hooks)
-    try:
+    with ws.watched():
         w1, w2 = ws.start_ready("w1", "w2")
         ws.produce([("HZ001", "water_level", T0, 2.0)])
         wait_for(
@@ -77,9 +77,3 @@ def test_the_page_on_a_worker_that_does_not_own_the_dispatcher(
             expect(row.locator(".lvl")).to_have_text("red")
             expect(page.locator('#stations tr[data-station="HZ001"] .lvl')).to_have_text("red")
             shot(page, "kafka-non-owner")
-    except BaseException:
-        print(ws.logs())
-        raise
-    finally:
-        for w in ws.workers.values():
-            w.kill()

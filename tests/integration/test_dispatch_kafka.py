@@ -9,6 +9,7 @@ failover, to a third worker, restores the acknowledgement."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -58,6 +59,19 @@ def _hook(name: str, url: str) -> dict[str, Any]:
 
 class Workers:
     """Two workers of one app id, with the dispatcher, on the session's Kafka."""
+
+    @contextlib.contextmanager
+    def watched(self) -> Iterator[Workers]:
+        """A test's block: the workers' logs printed if it fails, every worker killed
+        after it, pass or fail."""
+        try:
+            yield self
+        except BaseException:
+            print(self.logs())
+            raise
+        finally:
+            for w in self.workers.values():
+                w.kill()
 
     def __init__(self, bootstrap: str, tmp: Path, hooks: HttpReceiver) -> None:
         self.bootstrap, self.tmp = bootstrap, tmp
