@@ -50,6 +50,7 @@ from engine.runtime.kafka.topics import bootstrap_of
 from engine.runtime.metrics import FaustSensor, Metrics
 from engine.runtime.partitions import PartitionStates
 from engine.runtime.sending import Outgoing, Sending
+from engine.runtime.stopping import arm_stop_deadline
 from engine.runtime.ticks import TickWriter
 from engine.runtime.transport.local import Transport as LocalTransport
 from engine.runtime.watermarks import MarkThrottle
@@ -68,6 +69,7 @@ class _App(faust.App):
     before_stop: Sequence[Callable[[], Awaitable[None]]] = ()
 
     async def on_stop(self) -> None:
+        arm_stop_deadline(asyncio.get_running_loop())
         for hook in self.before_stop:
             await hook()
         await super().on_stop()

@@ -191,9 +191,35 @@ class WorkerProcess:
             self.proc.wait()
 
     def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then the exit status. A worker still running after ``timeout``
+        seconds fails the test with what it was doing: its asyncio tasks' stacks (mode's
+        worker prints them on SIGUSR1), its threads' stacks (py-spy) and its log."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        size = self.log.stat().st_size
+        self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(3.0)
+        spy = Path(sys.executable).with_name("py-spy")
+        threads = subprocess.run(
+            [str(spy), "dump", "--pid", str(self.proc.pid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        self.kill()
+        with self.log.open("rb") as log:
+            log.seek(size)
+            dump = log.read().decode(errors="replace")
+        raise AssertionError(
+            f"{self.name} still running {timeout}s after SIGTERM.\n"
+            f"its tasks:\n{_task_stacks(dump)}\n"
+            f"its threads:\n{threads.stdout}{threads.stderr}\n"
+            f"its log before:\n{self.log.read_text(errors='replace')[max(0, size - 8000) : size]}"
+        )
 
     def tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:]
@@ -382,3 +408,18 @@ def read_checkpoints(bootstrap: str, topic: str, partitions: int) -> dict[int, b
 
 def create_topics(bootstrap: str, layout: TopicLayout) -> None:
     asyncio.run(ensure_topics(bootstrap, layout))
+
+
+def _task_stacks(dump: str) -> str:
+    """The tasks and their frames from mode's SIGUSR1 dump, without its local variables."""
+    keep: list[str] = []
+    lines = dump.splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith(("TASK ", "-> ", "<Task", "THREAD ")):
+            keep.append(line)
+        elif stripped.startswith('File "'):
+            keep.append(line)
+            if i + 1 < len(lines) and not lines[i + 1].strip().startswith(("File ", "TASK ")):
+                keep.append(lines[i + 1])
+    return "\n".join(keep) or dump[-4000:]
