@@ -2,13 +2,13 @@
 board as ``/api/board`` serves it (only the stations changed since the version asked,
 all of them for another epoch), merged per metric newest first, this worker's own on
 equal times; a peer that stops answering keeps its stations, marked stale, until a
-board that answers has them as new."""
+board that answers has them as new. A big board comes in pages of ``PAGE_STATIONS``."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,7 +16,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from engine.contracts.batch import TelemetryBatch
 from engine.runtime.dispatch.board import StationBoard
-from engine.runtime.dispatch.board_cluster import ClusterBoard, board_route
+from engine.runtime.dispatch.board_cluster import PAGE_STATIONS, ClusterBoard, board_route
 
 STEP = 300_000
 T0 = 1_719_792_000_000
@@ -35,6 +35,10 @@ class _Peers:
         self.handlers = {url: board_route(b, epoch) for url, (b, epoch) in boards.items()}
         self.down: set[str] = set()
         self.asked: list[str] = []
+        #: The number of stations in each answer, in order.
+        self.sizes: list[int] = []
+        #: Called before each request is answered, with the number answered so far.
+        self.before: Callable[[int], None] = lambda answered: None
 
     async def get_json(
         self, urls: Mapping[str, str], headers: Mapping[str, str], timeout_s: float
@@ -42,6 +46,7 @@ class _Peers:
         out: dict[str, Any] = {}
         for name, url in urls.items():
             self.asked.append(url)
+            self.before(len(self.sizes))
             if name in self.down:
                 out[name] = None
                 continue
@@ -51,6 +56,7 @@ class _Peers:
             )
             assert response.body is not None
             out[name] = json.loads(bytes(response.body))  # type: ignore[arg-type]
+            self.sizes.append(len(out[name]["stations"]))
         return out
 
 
@@ -115,5 +121,81 @@ def test_board_route_sends_everything_to_another_epoch() -> None:
         everything = await get("since=2&epoch=old")
         assert everything["version"] == 2 and set(everything["stations"]) == {"A", "B"}
         assert everything["stations"]["B"]["water_level"][1] is None  # NaN: null
+
+    asyncio.run(go())
+
+
+def test_a_big_board_comes_whole_in_bounded_pages_whatever_changes_between_them() -> None:
+    """5,000 stations on a peer, all changed in one version (a read-back merges its
+    board in one step): its first poll comes in pages of at most ``PAGE_STATIONS``, cut
+    by station within that version; the owner follows them in the same poll and ends
+    with every station. Readings taken between two pages -- of a station already sent
+    and of one not yet sent -- are on the merged board as new; then the polls ask for
+    what changed since, as before."""
+
+    async def go() -> None:
+        mine, theirs = StationBoard(), StationBoard()
+        ids = [f"S{i:05d}" for i in range(5_000)]
+        theirs.observe(TelemetryBatch.from_rows([(s, "water_level", T0, 1.0) for s in ids]))
+
+        async def members() -> list[str]:
+            return ["http://peer"]
+
+        peers = _Peers({"http://peer": (theirs, "peer-epoch")})
+
+        def between_pages(answered: int) -> None:
+            if answered == 1:  # after the first page: S00000 was in it, S04999 not
+                _feed(theirs, ("S00000", 1, 2.0), ("S04999", 1, 3.0))
+                peers.before = lambda answered: None
+
+        peers.before = between_pages
+        merged = ClusterBoard(mine, peers, members, {})  # type: ignore[arg-type]
+        await merged.refresh(max_age_s=0)
+
+        assert peers.sizes and max(peers.sizes) <= PAGE_STATIONS  # each answer bounded
+        assert len(peers.sizes) == -(-5_000 // PAGE_STATIONS)  # the pages, in one poll
+        shown = {s: merged.of(s)["water_level"].value for s in ids}
+        assert shown == {**dict.fromkeys(ids, 1.0), "S00000": 2.0, "S04999": 3.0}
+        assert not any(merged.stale(s) for s in ids)
+
+        # Caught up: the next polls ask since the board's version, one page each.
+        peers.asked.clear()
+        peers.sizes.clear()
+        _feed(theirs, ("S02500", 2, 4.0))
+        await merged.refresh(max_age_s=0)
+        assert len(peers.asked) == 1 and f"since={theirs.version - 1}&" in peers.asked[0]
+        assert "after=" not in peers.asked[0] and peers.sizes == [1]
+        assert merged.of("S02500")["water_level"].value == 4.0
+        await merged.refresh(max_age_s=0)
+        assert peers.sizes == [1, 0]
+
+    asyncio.run(go())
+
+
+def test_a_page_not_answered_is_asked_again_at_the_next_poll() -> None:
+    async def go() -> None:
+        theirs = StationBoard()
+        ids = [f"S{i:05d}" for i in range(5_000)]
+        theirs.observe(TelemetryBatch.from_rows([(s, "water_level", T0, 1.0) for s in ids]))
+
+        async def members() -> list[str]:
+            return ["http://peer"]
+
+        peers = _Peers({"http://peer": (theirs, "peer-epoch")})
+        peers.before = lambda answered: peers.down.add("http://peer") if answered == 1 else None
+        merged = ClusterBoard(StationBoard(), peers, members, {})  # type: ignore[arg-type]
+        await merged.refresh(max_age_s=0)
+        # The first page is shown, stale: the peer did not answer the second.
+        assert peers.sizes == [PAGE_STATIONS] and len(peers.asked) == 2
+        first = ids[:PAGE_STATIONS]
+        assert all(merged.of(s) and merged.stale(s) for s in first)
+        assert not any(merged.of(s) for s in ids[PAGE_STATIONS:])
+
+        peers.down.clear()
+        peers.before = lambda answered: None
+        peers.asked.clear()
+        await merged.refresh(max_age_s=0)
+        assert f"after={first[-1]}" in peers.asked[0]  # where the pages stopped
+        assert all(merged.of(s) and not merged.stale(s) for s in ids)
 
     asyncio.run(go())

@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaConnectionError, ProducerFenced
 
 from engine.contracts.notification import Notification
 from engine.dispatch.clock import ManualClock
-from engine.runtime.dispatch.kafka import KafkaDispatch
+from engine.runtime.dispatch.kafka_ownership import DispatchOwnership
 from engine.runtime.dispatch.kafka_service import OWNERSHIP_S, KafkaDispatchService
 from engine.runtime.dispatch.outbox import Entry, Outbox
 from engine.runtime.dispatch.service import DispatchService
@@ -50,10 +50,10 @@ class _FailingService:
 
 
 def _after_failure(exc: Exception, *, fenced: bool = False) -> list[str]:
-    """The calls ``KafkaDispatch`` makes once its service's loop raised ``exc`` (and its
+    """The calls ``DispatchOwnership`` makes once its service's loop raised ``exc`` (and its
     outbox had, or had not, seen a transaction fenced)."""
     calls: list[str] = []
-    dispatch = KafkaDispatch.__new__(KafkaDispatch)  # only the ownership bookkeeping
+    dispatch = DispatchOwnership.__new__(DispatchOwnership)  # only the bookkeeping
     service = _FailingService(exc, fenced)
 
     async def release(*, store: bool = True) -> None:

@@ -20,7 +20,7 @@ from aiokafka.errors import ProducerFenced
 
 from engine.contracts.notification import Notification
 from engine.dispatch.clock import ManualClock
-from engine.runtime.dispatch.kafka import KafkaDispatch, _Listener
+from engine.runtime.dispatch.kafka_ownership import DispatchOwnership, _Listener
 from engine.runtime.dispatch.kafka_service import KafkaDispatchService
 from engine.runtime.dispatch.kafka_store import KafkaOutbox
 from tests.unit.dispatch_support import T0, config
@@ -129,7 +129,7 @@ def test_a_revoked_owner_commits_the_mark_of_its_send_in_flight_before_it_lets_g
         service = KafkaDispatchService(
             config(ROUTING), _outbox(producer), {"duty": receiver}, ManualClock(T0)
         )
-        dispatch = KafkaDispatch.__new__(KafkaDispatch)  # only the ownership bookkeeping
+        dispatch = DispatchOwnership.__new__(DispatchOwnership)  # only the bookkeeping
         dispatch.lock = asyncio.Lock()
         dispatch.service = service
         dispatch._producer = producer  # type: ignore[assignment]

@@ -18,8 +18,8 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
-from engine.runtime.dispatch import kafka
-from engine.runtime.dispatch.kafka import KafkaDispatch, _Listener
+from engine.runtime.dispatch import kafka_ownership
+from engine.runtime.dispatch.kafka_ownership import DispatchOwnership, _Listener
 
 TP = TopicPartition("app-dispatch", 0)
 
@@ -55,12 +55,12 @@ class _FailingService:
         raise KafkaConnectionError()
 
 
-def _dispatch(acquire: Any) -> tuple[KafkaDispatch, _App]:
+def _dispatch(acquire: Any) -> tuple[DispatchOwnership, _App]:
     """The ownership bookkeeping of a worker assigned the partition; ``acquire`` plays
     taking the dispatcher over."""
     app = _App()
-    dispatch = KafkaDispatch.__new__(KafkaDispatch)
-    dispatch.topology = SimpleNamespace(app=app)  # type: ignore[assignment]
+    dispatch = DispatchOwnership.__new__(DispatchOwnership)
+    dispatch.crash = app.crash
     dispatch.tp = TP
     dispatch.lock = asyncio.Lock()
     dispatch.service = None
@@ -78,7 +78,7 @@ def _dispatch(acquire: Any) -> tuple[KafkaDispatch, _App]:
 def test_an_owner_that_cannot_take_over_ends_the_process(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(kafka, "_ACQUIRE_RETRY_S", 0.0)
+    monkeypatch.setattr(kafka_ownership, "_ACQUIRE_RETRY_S", 0.0)
 
     async def broker_away() -> None:
         raise KafkaConnectionError()

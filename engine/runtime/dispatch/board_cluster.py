@@ -12,6 +12,17 @@ restarted and counts versions anew). A poll is then the stations that reported s
 last one (at 10,000 stations every 5 minutes, about 17 a poll), and the peer's work one
 pass over its stations' versions.
 
+Paged: an answer holds at most ``PAGE_STATIONS`` stations. A first poll of 10,000
+stations would otherwise be several MB, about 2 s to serialise and send: at the poll's
+timeout, so the owner might never get a big peer's first answer. When more stations
+changed than a page holds, the peer sends the first ones in the order (version that last
+changed the station, its name) and ``next``, where the next page starts: ``since`` and
+``after`` (the page's last station). The owner asks for that page at once, and so on,
+each page a request with its own timeout, until it holds what the peer's board held at
+the first answer; then it goes on with ``since`` as before. A station changed while the
+pages come moves to the end of that order (its version is the board's newest), so it
+comes again, as it is then: nothing is missed, whatever changes between two pages.
+
 Why pull from the owner rather than push from each worker: the owner moves, and the
 dispatcher group already says where the workers are; a worker that does not answer is
 then simply one whose copy is not refreshed. Why the whole station at once, traces
@@ -41,6 +52,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import msgspec
 from aiohttp import web
@@ -48,14 +60,17 @@ from aiohttp import web
 from engine.runtime.dispatch.board import StationBoard
 from engine.runtime.dispatch.forwarding import OwnerForwarder
 
-__all__ = ["POLL_S", "ClusterBoard", "RemoteReading", "board_route"]
+__all__ = ["PAGE_STATIONS", "POLL_S", "ClusterBoard", "RemoteReading", "board_route"]
 
 log = logging.getLogger("vigil.dispatch")
 
 #: Least seconds between two polls of the peers' boards.
 POLL_S = 0.5
-#: Seconds a peer has to answer a poll.
+#: Seconds a peer has to answer a poll (each page of one).
 PEER_TIMEOUT_S = 2.0
+#: Most stations in one answer of ``/api/board``: at 10,000 stations a fifth of the
+#: board, ~0.4 s to serialise and send, well within ``PEER_TIMEOUT_S``.
+PAGE_STATIONS = 2_000
 #: Seconds the dispatcher group's member list is reused before it is described again.
 MEMBERS_TTL_S = 5.0
 #: Seconds a peer absent from the group keeps its stations here (its partitions are read
@@ -93,24 +108,52 @@ def _nan(value: float | None) -> float:
 Route = Callable[[web.Request], Awaitable[web.Response]]
 
 
+def changed_page(
+    board: StationBoard, since: int, after: str | None, limit: int
+) -> tuple[list[str], tuple[int, str] | None]:
+    """The stations of ``board`` changed after ``since`` (a board version) -- with
+    ``after``, also those last changed at ``since`` itself whose name sorts after it --
+    at most ``limit``, and, when more are left, where the next page starts: the version
+    that last changed the page's last station, and its name. Pages follow the order
+    (version that last changed the station, name): one station per place, and a station
+    changed later moves past every page already given."""
+    touched = board.touched
+    if after is None:
+        changed = board.changed(since)
+    else:
+        changed = [s for s in board.changed(since - 1) if (touched[s], s) > (since, after)]
+    if len(changed) <= limit:
+        return changed, None  # the usual poll: no sort
+    page = sorted(changed, key=lambda s: (touched[s], s))[:limit]
+    return page, (touched[page[-1]], page[-1])
+
+
 def board_route(board: StationBoard, epoch: str) -> Route:
-    """The handler of ``GET /api/board``: this worker's own board (module docstring), as
-    ``{"epoch", "version", "stations": {station: {metric: [ts, value, quality,
-    [[ts, value], ...]]}}}`` (a value that is not a number as null)."""
+    """The handler of ``GET /api/board?since=<version>&epoch=<epoch>[&after=<station>]``:
+    this worker's own board (module docstring), as ``{"epoch", "version", "stations":
+    {station: {metric: [ts, value, quality, [[ts, value], ...]]}}, "next"}`` (a value that
+    is not a number as null): at most ``PAGE_STATIONS`` stations (``changed_page``), and
+    ``next`` the ``since`` and ``after`` of the next page, or null when none is left.
+    ``version`` is the board's now, whatever the page."""
 
     async def handler(request: web.Request) -> web.Response:
+        after = request.query.get("after")
         try:
             since = int(request.query.get("since", "0"))
         except ValueError:
-            since = 0
+            since, after = 0, None
         if request.query.get("epoch") != epoch:
-            since = 0
+            since, after = 0, None
+        page, more = changed_page(board, since, after, PAGE_STATIONS)
         stations = {
             s: {m: [r.ts, r.value, r.quality, r.trace(board.bucket_ms)]
                 for m, r in board.of(s).items()}
-            for s in board.changed(since)
+            for s in page
         }  # fmt: skip
-        body = {"epoch": epoch, "version": board.version, "stations": stations}
+        body = {
+            "epoch": epoch, "version": board.version, "stations": stations,
+            "next": None if more is None else {"since": more[0], "after": more[1]},
+        }  # fmt: skip
         return web.Response(body=msgspec.json.encode(body), content_type="application/json")
 
     return handler
@@ -121,26 +164,43 @@ class _Peer:
 
     def __init__(self, seen_at: float) -> None:
         self.epoch = ""
+        #: Where the next poll starts: after this version of the peer's board and, when
+        #: ``after`` is set (a page with more to come), after that station of it.
         self.version = 0
+        self.after: str | None = None
+        #: The peer's board version at its last answer.
+        self.head = 0
         self.stations: dict[str, dict[str, RemoteReading]] = {}
         #: Whether it answered the last poll.
         self.answered = False
         #: Loop time it was last a member of the group.
         self.seen_at = seen_at
 
+    @property
+    def position(self) -> tuple[int, str]:
+        """Where the next poll starts, as ``changed_page`` orders the stations."""
+        return self.version, "" if self.after is None else self.after
+
     def take(self, answer: Mapping[str, Any]) -> bool:
-        """Take a poll's answer; whether anything shown changed."""
-        moved = not self.answered
-        self.answered = True
-        if answer["epoch"] != self.epoch:
-            self.epoch, self.stations, moved = answer["epoch"], {}, True
-        self.version = int(answer["version"])
-        for station, metrics in answer["stations"].items():
-            self.stations[station] = {
+        """Take a poll's answer (one page); whether anything shown changed. An answer
+        that does not parse changes nothing (KeyError, TypeError, ValueError)."""
+        epoch, head, more = answer["epoch"], int(answer["version"]), answer.get("next")
+        version, after = (head, None) if more is None else (int(more["since"]), more["after"])
+        if not isinstance(after, str | None):
+            raise TypeError(f"next page after {after!r}")
+        stations = {
+            station: {
                 m: RemoteReading(int(ts), _nan(v), int(q), [(int(t), _nan(x)) for t, x in pts])
                 for m, (ts, v, q, pts) in metrics.items()
             }
-            moved = True
+            for station, metrics in answer["stations"].items()
+        }
+        moved = not self.answered or bool(stations)
+        self.answered = True
+        if epoch != self.epoch:
+            self.epoch, self.stations, moved = epoch, {}, True
+        self.version, self.after, self.head = version, after, head
+        self.stations.update(stations)
         return moved
 
 
@@ -226,32 +286,73 @@ class ClusterBoard:
         for url in self._urls:
             if url not in self._self_urls:
                 self._peers.setdefault(url, _Peer(now)).seen_at = now
-        urls = {  # the members only: a peer gone from the group is not asked
-            url: f"{url}/api/board?since={p.version}&epoch={p.epoch}"
-            for url, p in self._peers.items()
-            if p.seen_at == now
-        }
-        answers = await self.forwarder.get_json(urls, self.headers, PEER_TIMEOUT_S)
+        # The members only: a peer gone from the group is not asked.
+        asked = [url for url, p in self._peers.items() if p.seen_at == now]
+        answers = await self._ask(asked)
         moved = False
         for url, peer in list(self._peers.items()):
-            answer = answers.get(url)
-            if isinstance(answer, dict) and answer.get("epoch") == self.epoch:
-                self._self_urls.add(url)  # this worker, as the broker sees it
-                del self._peers[url]
-            elif isinstance(answer, dict):
-                try:
-                    moved |= peer.take(answer)
-                except (KeyError, TypeError, ValueError) as exc:
-                    log.warning("station board: %s answered %r", url, exc)
-            elif peer.answered:
-                peer.answered, moved = False, True
+            moved |= self._take(url, peer, answers.get(url))
             if now - peer.seen_at > FORGET_S and url in self._peers:
                 del self._peers[url]
                 moved = True
+        # A peer with pages left (a first poll of a big board): the next ones now, until
+        # what its board held at this poll's answer is here (its version then: later
+        # changes wait for the next poll). Each page moves the peer's position on; one
+        # that does not (no answer, or the peer restarted) ends it until the next poll.
+        follow = {
+            url: p.head
+            for url in asked
+            if isinstance(answers.get(url), dict)
+            and (p := self._peers.get(url)) is not None
+            and p.after is not None
+        }
+        while follow:
+            before = {url: self._peers[url].position for url in follow}
+            answers = await self._ask(list(follow))
+            for url in follow:
+                moved |= self._take(url, self._peers[url], answers.get(url))
+            follow = {
+                url: head
+                for url, head in follow.items()
+                if (p := self._peers.get(url)) is not None
+                and p.after is not None
+                and before[url] < p.position
+                and p.version <= head
+            }
         if moved:
             self._moves += 1
             self._moved.set()
             self._moved = asyncio.Event()
+
+    async def _ask(self, urls: list[str]) -> dict[str, Any]:
+        """Each of ``urls``' board from where this worker's copy of it stands
+        (``board_route``): URL -> the answer, or None."""
+        asks = {}
+        for url in urls:
+            p = self._peers[url]
+            query = f"since={p.version}&epoch={p.epoch}"
+            if p.after is not None:
+                query += f"&after={quote(p.after, safe='')}"
+            asks[url] = f"{url}/api/board?{query}"
+        return await self.forwarder.get_json(asks, self.headers, PEER_TIMEOUT_S)
+
+    def _take(self, url: str, peer: _Peer, answer: Any) -> bool:
+        """Take ``peer``'s answer (None: it did not answer); whether anything shown
+        changed."""
+        if isinstance(answer, dict) and answer.get("epoch") == self.epoch:
+            self._self_urls.add(url)  # this worker, as the broker sees it
+            del self._peers[url]
+            return False
+        if isinstance(answer, dict):
+            try:
+                return peer.take(answer)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("station board: %s answered %r", url, exc)
+                return False
+        if peer.answered:
+            peer.answered = False
+            return True
+        return False
 
     async def changed_since(self, version: int, timeout_s: float) -> int:
         """``version`` once it differs from the one given, or after ``timeout_s`` seconds;
