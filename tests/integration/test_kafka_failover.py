@@ -124,7 +124,7 @@ class Scenario:
 
         wait_until_committed(self.bootstrap, self.layout, 180, alive)
         for w in survivors:
-            assert w.terminate() == 0, f"{w.name} did not stop cleanly:\n{w.tail()}"
+            assert w.terminate() == 0, f"{w.name} did not stop cleanly:\n{w.tail(20000)}"
         # Clean shutdown committed what was processed: still at the end.
         wait_until_committed(self.bootstrap, self.layout, 5, lambda: None)
 

@@ -135,7 +135,7 @@ def test_kafka_workers_with_a_sigkill_raise_what_replay_raises(
 
         wait_until_committed(kafka.bootstrap, layout, 240, alive)
         for w in (w2, w3):
-            assert w.terminate() == 0, f"{w.name} did not stop cleanly:\n{w.tail()}"
+            assert w.terminate() == 0, f"{w.name} did not stop cleanly:\n{w.tail(20000)}"
     finally:
         for w in workers.values():
             w.kill()

@@ -200,7 +200,7 @@ class Prepared:
 
 class Store(Protocol):
     """What ``DispatchService`` and the API need of a store: ``Outbox`` here, the
-    Kafka runtime's ``KafkaOutbox`` (``engine.runtime.dispatch.kafka``)."""
+    Kafka runtime's ``KafkaOutbox`` (``engine.runtime.dispatch.kafka_store``)."""
 
     def prepare(
         self,

@@ -203,7 +203,7 @@ class DispatchService:
     def _write(self, prepared: Any) -> asyncio.Future[None]:
         """Start the durable write of ``prepared``; writes land in the order started.
         Here the synced RocksDB write on the one writer thread; the Kafka runtime's
-        store commits a transaction instead (``engine.runtime.dispatch.kafka``)."""
+        store commits a transaction instead (``engine.runtime.dispatch.kafka_service``)."""
         return asyncio.get_running_loop().run_in_executor(self._writer, self.outbox.write, prepared)
 
     def _enqueue(self, entry: Entry) -> None:
