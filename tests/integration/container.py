@@ -2,10 +2,10 @@
 ``packaging/Containerfile`` as it is, and the flags that run a container on this kind of
 machine.
 
-The recipe starts ``FROM docker.io/library/debian:bookworm-slim``. Where Docker Hub
-cannot be reached (CI), ``ensure_base`` makes that image with ``debootstrap`` from
-Debian's mirror and imports it under that name, into podman storage of the test's own
-(``CACHE``: never the machine's default storage, whose real image it would shadow). The
+The recipe starts ``FROM docker.io/library/debian:bookworm-slim``. CI cannot reach
+Docker Hub, so ``ensure_base`` makes that image with ``debootstrap`` from Debian's mirror
+and imports it under that name, into podman storage of the test's own (``CACHE``: never
+the machine's default storage, whose real image it would shadow). The
 storage is kept between runs, so a second run neither debootstraps nor rebuilds the
 unchanged layers; pip's downloads stay in buildah's cache mount (``/var/tmp``).
 
@@ -59,8 +59,9 @@ class Podman:
     """``podman`` on storage of its own under ``cache``, run with runc.
 
     runc, not Debian's default crun: crun refuses a hybrid cgroup hierarchy (a cgroup v2
-    mount with a controller beside v1's, as on the CI machines) even with
-    ``--cgroups=disabled``.
+    mount with a controller beside v1's, as on this project's machines) even with
+    ``--cgroups=disabled``. The storage grows by the layers of each new dependency set
+    (about 400 MB); delete ``cache`` to reclaim it.
     """
 
     def __init__(self, cache: Path = CACHE) -> None:
@@ -135,12 +136,15 @@ class Podman:
                 tar.stdout.close()
                 assert tar.wait() == 0 and imported.returncode == 0, imported.stderr
 
-    def build(self, context: Path, containerfile: Path, tag: str, log: Path) -> None:
-        """``podman build`` of ``containerfile`` as it is, its output in ``log``.
+    def build(self, context: Path, containerfile: Path, tag: str, log: Path) -> str:
+        """``podman build`` of ``containerfile`` as it is, its output in ``log``; the
+        image's id (``tag`` may name another's build by then: worktrees share the cache).
 
         pip gets this machine's CA bundle as the recipe's ``ca`` secret: CI's egress
         re-signs TLS with a CA that only the machine's bundle holds."""
+        iidfile = log.with_suffix(".iid")
         args = ["build", "--network", "host", *self.limits(), "-f", str(containerfile)]
+        args += ["--iidfile", str(iidfile)]
         bundle = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
         bundle = bundle or "/etc/ssl/certs/ca-certificates.crt"
         if Path(bundle).is_file():
@@ -153,6 +157,7 @@ class Podman:
                 timeout=3600,
             )
         assert done.returncode == 0, f"podman build failed:\n{log.read_text()[-6000:]}"
+        return iidfile.read_text().strip()
 
     @contextmanager
     def _lock(self) -> Iterator[None]:

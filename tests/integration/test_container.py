@@ -6,9 +6,9 @@ on ``/readyz``, turns a reading published to the test's mosquitto into the rule'
 alert, compiles its kernels into the cache volume, and stops on ``podman stop``
 (SIGTERM) with status 0 before the stop timeout would kill it.
 
-The base image is made from Debian's mirror when Docker Hub is out of reach
-(``tests/integration/container.py``); the first run builds it (minutes), later runs
-reuse it and the unchanged layers."""
+The base image is made from Debian's mirror, CI being unable to reach Docker Hub
+(``tests/integration/container.py``); the first run makes it and builds every layer
+(about two minutes), later runs reuse it and the unchanged layers."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from tests.integration.container import Podman
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGE = "localhost/vigil:test"
+TAG = "localhost/vigil:test"
 USER = 10001  # the recipe's vigil user and group
 STOP_TIMEOUT_S = 30  # the systemd unit's TimeoutStopSec
 T0 = 1_719_763_200_000
@@ -71,7 +71,7 @@ def _until(check: Callable[[], bool], what: str, timeout: float, alive: Callable
 def test_the_image_runs_read_only_as_its_user(mosquitto: Mosquitto, site: Path) -> None:
     podman = Podman()
     podman.ensure_base()
-    podman.build(REPO, REPO / "packaging" / "Containerfile", IMAGE, site / "build.log")
+    image = podman.build(REPO, REPO / "packaging" / "Containerfile", TAG, site / "build.log")
 
     etc = site / "etc"  # mounted read-only at /etc/vigil
     etc.mkdir(mode=0o755)
@@ -104,7 +104,7 @@ def test_the_image_runs_read_only_as_its_user(mosquitto: Mosquitto, site: Path) 
         "--volume", f"{etc}:/etc/vigil:ro",
         "--volume", f"{data}:/var/lib/vigil",
         "--volume", f"{cache}:/var/cache/vigil",
-        IMAGE,
+        image,
     )  # fmt: skip
     try:
 
