@@ -47,13 +47,19 @@ $(STAMP): pyproject.toml constraints.txt
 # run the Kafka broker that scripts/kafka fetches from Maven Central for the Kafka tests.
 # Chromium (Debian's) is the browser the duty-room page's test drives through Playwright;
 # WenQuanYi Zen Hei gives its screenshots Chinese glyphs.
-APT_PACKAGES := mosquitto mosquitto-clients default-jre-headless maven chromium fonts-wqy-zenhei
+# podman builds packaging/Containerfile and runs the image (tests/integration/test_container.py)
+# with runc (crun refuses a hybrid cgroup hierarchy); debootstrap makes its Debian base
+# image from Debian's mirror where Docker Hub cannot be reached.
+APT_PACKAGES := mosquitto mosquitto-clients default-jre-headless maven chromium fonts-wqy-zenhei \
+	podman runc debootstrap
 
 system-deps:
 	@{ command -v mosquitto || command -v /usr/sbin/mosquitto; } >/dev/null 2>&1 && \
 	  command -v mosquitto_pub >/dev/null 2>&1 && \
 	  command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 && \
-	  command -v chromium >/dev/null 2>&1 || \
+	  command -v chromium >/dev/null 2>&1 && \
+	  command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && \
+	  { command -v debootstrap || command -v /usr/sbin/debootstrap; } >/dev/null 2>&1 || \
 	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES); }
