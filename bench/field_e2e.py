@@ -12,7 +12,14 @@ is in the alerts file, so every frame was decoded, made durable, acknowledged (e
 station counts its acknowledgements) and evaluated by the kernels.
 
     NUMBA_CACHE_DIR=$PWD/.cache/numba .venv/bin/python bench/field_e2e.py \\
-        [--stations 1000] [--frames 20] [--json bench/results/field-e2e.json]
+        [--stations 1000] [--frames 20] [--json bench/results/field-e2e.json] \\
+        [--tree /tmp/base] [--profile gateway.speedscope.json]
+
+``--tree`` runs the gateway from another checkout (a ``git archive`` copy of ``main``:
+before and after in the same session); ``--profile`` records the gateway with py-spy
+(250 Hz, its own CPU not in the gateway's). Besides the rates, ``gateway_cpu_s_per_kframe``
+is the gateway's user + system CPU over the timed span per 1,000 frames: less sensitive
+than the wall time to the other work on a shared machine.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import argparse
 import asyncio
 import os
 import random
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -31,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.field_decode import hourly_frame
-from bench.harness import gauge, report, start_gateway, write_config
+from bench.harness import cpu_s, gauge, report, start_gateway, write_config
 from connectors.mqtt.mosquitto import Mosquitto
 
 
@@ -89,13 +98,16 @@ def main() -> int:
     ap.add_argument("--stations", type=int, default=1000)
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--tree", type=Path, help="run the gateway from this checkout")
+    ap.add_argument("--profile", type=Path, help="py-spy the gateway into this speedscope file")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="vigil-field-e2e-"))
     frames = _frames(args.stations, args.frames)
     total = args.stations * args.frames
     with Mosquitto() as broker:
         config = _setup(workdir, args.stations, broker.port)
-        engine = start_gateway(config, workdir)
+        engine = start_gateway(config, workdir, args.tree.resolve() if args.tree else None)
+        spy: subprocess.Popen[bytes] | None = None
         port: list[int] = []
         ready = threading.Event()
 
@@ -112,6 +124,15 @@ def main() -> int:
         threading.Thread(target=watch, daemon=True).start()
         try:
             assert ready.wait(300) and port, (workdir / "engine.log").read_text()
+            if args.profile is not None:
+                spy = subprocess.Popen(
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                     str(engine.pid), "--format", "speedscope", "--rate", "250",
+                     "--output", str(args.profile)],
+                    stdout=subprocess.DEVNULL, stderr=(workdir / "py-spy.log").open("w"),
+                )  # fmt: skip
+                time.sleep(1.0)
+            cpu0 = cpu_s(engine.pid)
             start = time.perf_counter()
             acks = asyncio.run(_send(port[0], frames))
             acked = time.perf_counter() - start
@@ -122,7 +143,11 @@ def main() -> int:
                     break
                 time.sleep(0.05)
             done = time.perf_counter() - start
+            cpu = cpu_s(engine.pid) - cpu0
         finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
             engine.terminate()
             engine.wait(120)
     assert sum(acks) == total, (sum(acks), total)
@@ -130,7 +155,9 @@ def main() -> int:
         "stations": args.stations, "frames": total, "readings": total * 27,
         "seconds_to_all_acked": acked, "seconds_to_all_alerts": done,
         "frames_per_s_acked": total / acked, "frames_per_s_to_kernels": total / done,
-        "readings_per_s_to_kernels": total * 27 / done, "cpus": os.cpu_count(),
+        "readings_per_s_to_kernels": total * 27 / done,
+        "gateway_cpu_s_per_kframe": cpu / total * 1000, "cpus": os.cpu_count(),
+        "loadavg_1m": os.getloadavg()[0],
     }  # fmt: skip
     report(result, args.json)
     return 0
