@@ -53,23 +53,19 @@ def ack_hex(
     return out + crc16(out).to_bytes(2, "big")
 
 
-def acks_hex(acks: Iterable[tuple[str, int, str, int, int]], now_bcd: bytes) -> bytes:
-    """``ack_hex`` 's frames (ESC) for each (station, centre, password, function, serial),
-    joined: the header of a run of the same station, centre, password and function is
-    built once (a connection's reports share it)."""
+def acks_hex(acks: Iterable[tuple[str, int, str, int, Iterable[int]]], now_bcd: bytes) -> bytes:
+    """``ack_hex`` 's frames (ESC) for each serial of each (station, centre, password,
+    function, serials), joined: a run's header is built once."""
     out = []
-    last: tuple[str, int, str, int] | None = None
-    head = b""
     tail = now_bcd + bytes([ESC])
-    for station, centre, password, function, serial in acks:
-        if last != (station, centre, password, function):
-            last = (station, centre, password, function)
-            address = bytes.fromhex(station) + bytes([centre])  # downlink: station first
-            dirlen = (0x8000 | 2 + len(now_bcd)).to_bytes(2, "big")
-            head = b"\x7e\x7e" + address + bytes.fromhex(password) + bytes([function]) + dirlen
-            head += b"\x02"
-        frame = head + serial.to_bytes(2, "big") + tail
-        out.append(frame + crc16(frame).to_bytes(2, "big"))
+    dirlen = (0x8000 | 2 + len(now_bcd)).to_bytes(2, "big")
+    for station, centre, password, function, serials in acks:
+        address = bytes.fromhex(station) + bytes([centre])  # downlink: station first
+        head = b"\x7e\x7e" + address + bytes.fromhex(password) + bytes([function]) + dirlen
+        head += b"\x02"
+        for serial in serials:
+            frame = head + serial.to_bytes(2, "big") + tail
+            out.append(frame + crc16(frame).to_bytes(2, "big"))
     return b"".join(out)
 
 

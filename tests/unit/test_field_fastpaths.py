@@ -33,7 +33,7 @@ T0 = datetime(2026, 7, 1, 9, 50)
 
 
 def _report(station: str, password: str, function: int, serial: int, minute: int,
-            element: bytes = b"\x3b\x23", end: int = 0x03) -> bytes:  # fmt: skip
+            element: bytes = b"\x3b\x23", end: int = 0x03, centre: int = 1) -> bytes:  # fmt: skip
     """An uplink HEX report (rain, a level under ``element``, voltage)."""
     t = T0 + timedelta(minutes=5 * minute)
     body = (serial.to_bytes(2, "big") + bytes.fromhex(t.strftime("%y%m%d%H%M%S"))
@@ -42,7 +42,13 @@ def _report(station: str, password: str, function: int, serial: int, minute: int
             + b"\x22\x19" + bytes.fromhex(f"{minute % 100:06d}")
             + element + bytes.fromhex(f"{100_000 + minute:08d}")
             + b"\x38\x12" + bytes.fromhex("1260"))  # fmt: skip
-    head = b"\x7e\x7e\x01" + bytes.fromhex(station) + bytes.fromhex(password) + bytes([function])
+    head = (
+        b"\x7e\x7e"
+        + bytes([centre])
+        + bytes.fromhex(station)
+        + bytes.fromhex(password)
+        + bytes([function])
+    )
     frame = head + len(body).to_bytes(2, "big") + b"\x02" + body + bytes([end])
     return frame + crc16(frame).to_bytes(2, "big")
 
@@ -53,6 +59,8 @@ def _frame(kind: str, k: int) -> bytes:
         return _report("0012345678", "1234", 0x32, serial, k)
     if kind == "b":  # SK02's hourly report, lower-case password in the registry's upper
         return _report("0087654321", "ABCD", 0x34, serial, k)
+    if kind == "x":  # SK01's report to another centre
+        return _report("0012345678", "1234", 0x32, serial, k, centre=2)
     if kind == "t":  # a test report: SUSPECT readings
         return _report("0012345678", "1234", 0x30, serial, k)
     if kind == "w":  # wrong password
@@ -106,7 +114,7 @@ def _session(heard: list[tuple[str, int]], unmapped: Counter) -> Sl651Session:
 
 
 @settings(max_examples=150, deadline=None)
-@given(reads=st.lists(st.lists(st.sampled_from("abtwumeck"), min_size=1, max_size=12),
+@given(reads=st.lists(st.lists(st.sampled_from("abxtwumeck"), min_size=1, max_size=12),
                       min_size=1, max_size=4))  # fmt: skip
 def test_handle_many_gives_what_handle_gives_frame_by_frame(reads: list[list[str]]) -> None:
     with pytest.MonkeyPatch.context() as mp:
@@ -128,15 +136,16 @@ def test_handle_many_gives_what_handle_gives_frame_by_frame(reads: list[list[str
                     messages += [m for raw in frames for m in session.handle(raw, peer, 0)]
             results.update(_outcome(messages, heard, peer, unmapped))
     assert got == want
-    assert want["readings"] or not any(c in "abtme" for read in reads for c in read)
+    assert want["readings"] or not any(c in "abxtme" for read in reads for c in read)
 
 
 def test_acks_hex_is_ack_hex_per_report() -> None:
     when = bcd_time(datetime(2026, 7, 1, 9, 2, 3))
-    acks = [("0012345678", 1, "1234", 0x32, 1), ("0012345678", 1, "1234", 0x32, 2),
-            ("0012345678", 2, "1234", 0x32, 3), ("0087654321", 1, "ABCD", 0x34, 65535),
-            ("0087654321", 1, "ABCD", 0x30, 7), ("0012345678", 1, "1234", 0x32, 4)]  # fmt: skip
-    assert acks_hex(acks, when) == b"".join(ack_hex(*a, when) for a in acks)
+    runs = [("0012345678", 1, "1234", 0x32, [1, 2]), ("0012345678", 2, "1234", 0x32, [3]),
+            ("0087654321", 1, "ABCD", 0x34, [65535]), ("0087654321", 1, "ABCD", 0x30, [7]),
+            ("0012345678", 1, "1234", 0x32, [4, 5, 6])]  # fmt: skip
+    want = b"".join(ack_hex(*run[:4], serial, when) for run in runs for serial in run[4])
+    assert acks_hex(runs, when) == want
     assert acks_hex([], when) == b""
 
 
