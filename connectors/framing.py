@@ -86,7 +86,24 @@ class Splitter:
     def feed(self, data: bytes) -> list[tuple[str, bytes, int]]:
         self.buf += data
         out: list[tuple[str, bytes, int]] = []
-        while self.buf:
+        buf, framing = self.buf, self.framing
+        while buf:
+            # The common case first, as the general path below takes it: a whole frame
+            # that ends as it must at the start of the buffer (a marker whose header is
+            # a frame's is where that path starts), without looking for the next marker.
+            if buf.startswith(framing.starts):
+                try:
+                    size = framing.size(buf)
+                except ValueError:
+                    size = None
+                if size is not None and 0 < size <= self.max_frame and len(buf) >= size:
+                    frame = bytes(buf[:size])
+                    if framing.complete(frame):
+                        if self.garbage_total:
+                            out.extend(self._flush_garbage())
+                        out.append(("frame", frame, size))
+                        del buf[:size]
+                        continue
             start = self._next_start(0)
             if start:
                 self._junk(self.buf[:start])

@@ -11,11 +11,12 @@ ASCII mode (``ack_frame`` picks by the report's encoding).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from connectors.sl651.frame import Frame, crc16
 
-__all__ = ["ACK", "EOT", "ESC", "ack_frame", "ack_hex", "bcd_time", "wants_ack"]
+__all__ = ["ACK", "EOT", "ESC", "ack_frame", "ack_hex", "acks_hex", "bcd_time", "wants_ack"]
 
 ESC, EOT, ACK = 0x1B, 0x04, 0x06
 
@@ -50,6 +51,22 @@ def ack_hex(
     head = b"\x7e\x7e" + address + bytes.fromhex(password) + bytes([function])
     out = head + dirlen + b"\x02" + body + bytes([end])
     return out + crc16(out).to_bytes(2, "big")
+
+
+def acks_hex(acks: Iterable[tuple[str, int, str, int, Iterable[int]]], now_bcd: bytes) -> bytes:
+    """``ack_hex`` 's frames (ESC) for each serial of each (station, centre, password,
+    function, serials), joined: a run's header is built once."""
+    out = []
+    tail = now_bcd + bytes([ESC])
+    dirlen = (0x8000 | 2 + len(now_bcd)).to_bytes(2, "big")
+    for station, centre, password, function, serials in acks:
+        address = bytes.fromhex(station) + bytes([centre])  # downlink: station first
+        head = b"\x7e\x7e" + address + bytes.fromhex(password) + bytes([function]) + dirlen
+        head += b"\x02"
+        for serial in serials:
+            frame = head + serial.to_bytes(2, "big") + tail
+            out.append(frame + crc16(frame).to_bytes(2, "big"))
+    return b"".join(out)
 
 
 def _ack_ascii(frame: Frame, serial: int, now_local: datetime, end: int) -> bytes:

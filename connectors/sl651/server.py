@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
 
 from connectors.decoded import CST_OFFSET_MIN, Columns, Rejection
 from connectors.fieldsession import FieldMessage, Identity, Peer
@@ -37,8 +36,7 @@ from connectors.sl651.batch_kernel import OK
 from connectors.sl651.elements import ELEMENTS
 from connectors.sl651.frame import ETX, Frame, decode
 from connectors.sl651.reassembly import Reassembler
-from connectors.sl651.reply import ack_frame, ack_hex, bcd_time, wants_ack
-from engine.contracts.batch import Quality
+from connectors.sl651.reply import ack_frame, acks_hex, bcd_time, wants_ack
 
 __all__ = ["Sequences", "Sl651Framing", "Sl651Session"]
 
@@ -104,32 +102,37 @@ class Sl651Session:
         frame by frame gives, the common frames' readings and replies in one message."""
         d = decode_many(frames, self.offset_min)
         ids = self.identities()
+        # Python ints once per read, and a frame's identity checked once per (address,
+        # password) of the read (a connection is one station): not NumPy scalars per field.
+        status, head = d.status.tolist(), d.head.tolist()
+        known: dict[tuple[int, int], tuple[str, Identity, str] | None] = {}
         out: list[FieldMessage] = []
         taken = _Taken()
-        for i, raw in enumerate(frames):
-            station = d.station(i)
-            who = ids.get(station) if d.status[i] == OK and not d.unmapped(i) else None
-            if who is None or d.password(i) != who.password.upper():
+        for i, (address, centre, password, function, end, serial, _, unmapped) in enumerate(head):
+            got = None
+            if status[i] == OK and not unmapped:
+                try:
+                    got = known[address, password]
+                except KeyError:
+                    got = known[address, password] = _known(ids, address, password)
+            if got is None:
                 taken = self._flush(taken, d, peer, received_ms, out)  # replies in frame order
-                out += self._handle(raw, d.frame(i), peer, received_ms)
+                out += self._handle(frames[i], d.frame(i), peer, received_ms)
                 continue
+            station, who, device = got
             peer.station, peer.identity = who.station, station
-            run = taken.run
-            if (
-                run is None
-                or run[1] != i - 1
-                or run[2] != who.station
-                or (d.quality(i) != d.quality(run[0]))
-            ):
+            suspect = function == 0x30  # a test report: SUSPECT quality (Decoded.quality)
+            # (A frame not taken flushes what was: the frames of a run are consecutive.)
+            if taken.station != who.station or taken.suspect != suspect:
                 taken.rows(d)
-                taken.run = (i, i, who.station)
-            else:
-                taken.run = (run[0], i, who.station)
-            taken.serials.setdefault(f"{who.station} (SL 651 {station})", []).append(d.serial(i))
-            if d.end(i) == ETX:  # the last packet of an uplink report: it asks for a reply
-                taken.acks.append(
-                    _Ack(station, d.centre(i), d.password(i), d.function(i), d.serial(i))
-                )
+                taken.first, taken.station, taken.suspect = i, who.station, suspect
+            taken.last = i
+            serials = taken.serials.get(device)
+            if serials is None:
+                serials = taken.serials[device] = []
+            serials.append(serial)
+            if end == ETX:  # the last packet of an uplink report: it asks for a reply
+                taken.ack(station, centre, password, function, serial)
         self._flush(taken, d, peer, received_ms, out)
         return out
 
@@ -213,43 +216,59 @@ class Sl651Session:
 _NOT_DATA = frozenset({"04", "05", "F2", "F3"})
 
 
+def _known(
+    ids: Mapping[str, Identity], address: int, password: int
+) -> tuple[str, Identity, str] | None:
+    """(SL 651 address as 10 hex digits, its identity, its serials' device) when
+    ``address`` is a known station's and ``password`` (as the kernel reads it) is that
+    station's; else None."""
+    station = f"{address:010X}"
+    who = ids.get(station)
+    if who is None or f"{password:04X}" != who.password.upper():
+        return None
+    return station, who, f"{who.station} (SL 651 {station})"
+
+
 class _Taken:
     """Frames of a read taken together so far: readings (as columns; as tuples for a
-    test report's, SUSPECT), serials per device, replies; ``run``: (first, last frame,
-    Vigil station) whose readings are not yet taken."""
+    test report's, SUSPECT), serials per device, replies (runs of one header: station,
+    centre, password, function, serials); frames ``first`` to ``last`` (of ``station``,
+    ``suspect``) are the run whose readings are not yet taken (none: ``first`` -1)."""
 
     def __init__(self) -> None:
         self.readings: list[Reading] = []
         self.columns: list[Columns] = []
         self.serials: dict[str, list[int]] = {}
-        self.acks: list[_Ack] = []
-        self.run: tuple[int, int, str] | None = None
+        self.acks: list[tuple[str, int, str, int, list[int]]] = []
+        self.first, self.last, self.station, self.suspect = -1, -2, "", False
 
     def rows(self, d: Decoded) -> None:
-        if self.run is not None:
-            first, last, station = self.run
-            if d.quality(first) == Quality.UNCHECKED:
-                self.columns.append(d.columns(first, station, last))
+        if self.first >= 0:
+            if self.suspect:
+                self.readings += d.rows(self.first, self.station, self.last)
             else:
-                self.readings += d.rows(first, station, last)
-            self.run = None
+                self.columns.append(d.columns(self.first, self.station, self.last))
+            self.first = -1
+
+    def ack(self, station: str, centre: int, password: int, function: int, serial: int) -> None:
+        """A report to acknowledge (``password`` as the kernel reads it: a station's
+        frames taken have its one password)."""
+        if self.acks:
+            a = self.acks[-1]
+            if a[0] == station and a[1] == centre and a[3] == function:
+                a[4].append(serial)
+                return
+        self.acks.append((station, centre, f"{password:04X}", function, [serial]))
 
 
-class _Ack(NamedTuple):
-    """What a HEX acknowledgement takes from its report's header."""
+def _acks(acks: list[tuple[str, int, str, int, list[int]]], offset_min: int) -> Callable[[], bytes]:
+    """The acknowledgements of a read's reports, ``ack_hex`` 's bytes for each serial of
+    each (station, centre, password, function, serials), with one send time: built when
+    durable."""
 
-    station: str
-    centre: int
-    password: str
-    function: int
-    serial: int
-
-
-def _acks(acks: list[_Ack], offset_min: int) -> Callable[[], bytes]:
     def build() -> bytes:
         now = datetime.now(UTC).replace(tzinfo=None) + timedelta(minutes=offset_min)
-        when = bcd_time(now)
-        return b"".join(ack_hex(*a, when) for a in acks)
+        return acks_hex(acks, bcd_time(now))
 
     return build
 

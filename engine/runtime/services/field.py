@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections import Counter
@@ -68,6 +69,17 @@ def _limits(s: FieldServerSettings, max_readings: int, linger_ms: int) -> Limits
         max_readings=max_readings,
         linger_ms=linger_ms,
     )
+
+
+def _freeze_start_up_heap() -> None:
+    """What start-up built (rules, registry, the Faust app, numba's dispatchers: some
+    200,000 objects) lives as long as the process: moved out of the cyclic collector's
+    reach, so that the full collections a busy server's allocations trigger (a field
+    connection's transport, streams and task; a batch's blocks) do not walk it each time.
+    Measured on ``bench/field_e2e.py``: 11 % less gateway CPU per frame (FIELD_RESULTS.md).
+    Objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 class FieldServers:
@@ -131,6 +143,7 @@ class FieldServers:
         """Listen, announce each server on stdout, and wait: raises if one fails."""
         if not self.servers:
             return
+        _freeze_start_up_heap()
         for server in self.servers:
             await server.start()
             # One plain line on stdout: what operators, the demo and the tests wait for.
