@@ -43,18 +43,25 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from connectors.mqtt.client import MqttIngest
-from engine.contracts.batch import ReadingBlock
+from connectors.mqtt.client import MqttIngest, ReceivedBlock
 
-__all__ = ["REPORT_S", "read_frame", "write_frame"]
+__all__ = ["NOTICE_S", "REPORT_S", "read_frame", "write_frame"]
 
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("!I")
 #: How often a worker reports its connection state and counters (seconds).
 REPORT_S = 0.5
+#: How often a worker with no batch in hand says up to when it has handed on what it
+#: received (``("upto", ms)``; seconds).
+NOTICE_S = 0.02
+
+#: A sensor's readings in a batch: times, values, and per message (in the order
+#: taken) when it was received (epoch ms) and how many of the readings are its.
+_Sensor = tuple[list[int], list[float], list[int], list[int]]
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Any:
@@ -75,6 +82,17 @@ class _Gateway:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        #: ``MqttIngest.received_upto`` of this process's ingest (set once it exists).
+        self.received_upto: Callable[[], int] = lambda: 0
+
+    async def notify(self) -> None:
+        """Every ``NOTICE_S``, ``("upto", received_upto)`` while no request waits for
+        its answer (the gateway reads none of this worker's frames meanwhile): a
+        worker with nothing to hand on does not hold the others' readings back."""
+        while True:
+            await asyncio.sleep(NOTICE_S)
+            if not self._waiting:
+                await self.send("upto", self.received_upto())
 
     async def send(self, *frame: Any) -> None:
         write_frame(self._writer, frame)
@@ -93,16 +111,30 @@ class _Gateway:
             waiting.set_result(None)
 
     async def produce(self, readings: list[Any]) -> None:
-        sensors: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+        sensors: dict[tuple[str, str], _Sensor] = {}
+        newest = 0
         for block in readings:
-            assert isinstance(block, ReadingBlock)  # what ``MqttIngest._decode`` returns
-            columns = sensors.get((block.station, block.metric))
-            if columns is None:
-                sensors[block.station, block.metric] = (list(block.ts), list(block.value))
+            assert isinstance(block, ReceivedBlock)  # what ``MqttIngest._decode`` returns
+            n, stamp = len(block.ts), block.received_ms
+            newest = max(newest, stamp)
+            c = sensors.get((block.station, block.metric))
+            if c is None:
+                sensors[block.station, block.metric] = (
+                    list(block.ts), list(block.value), [stamp], [n]
+                )  # fmt: skip
             else:
-                columns[0].extend(block.ts)
-                columns[1].extend(block.value)
-        await self.request("produce", [(*sensor, *c) for sensor, c in sensors.items()])
+                c[0].extend(block.ts)
+                c[1].extend(block.value)
+                if c[2][-1] == stamp:  # messages of one millisecond: one run
+                    c[3][-1] += n
+                else:
+                    c[2].append(stamp)
+                    c[3].append(n)
+        # Up to when it has handed on what it received: not before this batch's last
+        # message, or the pool would wait for this worker's next word, which it does
+        # not send before the answer.
+        batch = [(*sensor, *c) for sensor, c in sensors.items()]
+        await self.request("produce", batch, max(self.received_upto(), newest))
 
     async def dead_letter(self, raw: bytes, reason: str, source: str) -> None:
         await self.request("dead", raw, reason, source)
@@ -184,6 +216,7 @@ async def _serve(sock: socket.socket) -> int:
         on_sequence=gateway.sequence,
     )
     ingest.on_caught_up = gateway.caught_up
+    gateway.received_upto = ingest.received_upto
     if options.retire:
         ingest.on_session = gateway.session
     if paused is not None:
@@ -196,6 +229,7 @@ async def _serve(sock: socket.socket) -> int:
         asyncio.ensure_future(stop.wait()),
         asyncio.ensure_future(ingest.join()),
         asyncio.ensure_future(_report(ingest, gateway, REPORT_S)),
+        asyncio.ensure_future(gateway.notify()),
     ]
     retired = None if ingest.retired is None else asyncio.shield(ingest.retired)
     if retired is not None:

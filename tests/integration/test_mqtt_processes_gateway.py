@@ -39,7 +39,17 @@ from rules.registry import load_registry
 from tests.differential.compare import compare, cutoff, timed_compounds
 from tests.integration.conftest import EngineProcess, write_settings
 from tests.integration.test_live_equals_replay import APP_ID, REPO, Devices, _stable
-from tests.traffic import HOUR_MS, REGISTRY, RULES, STEP_MS, Traffic, TrafficSpec, generate
+from tests.traffic import (
+    HOUR_MS,
+    REGISTRY,
+    RULES,
+    STEP_MS,
+    Message,
+    Traffic,
+    TrafficSpec,
+    generate,
+    registry_stations,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -243,6 +253,60 @@ def test_two_ingest_processes_log_every_reading_once_and_raise_what_replay_raise
     # No message rejected at ingest. The rules' own dead letters (a duplicate message is
     # "out of order", a reading shuffled past its window "late") are the traffic's.
     assert all(r.startswith(("late for rule", "out of order for rule")) for r in dead), dead
+    _assert_same_alerts(traffic, live, tmp_path)
+
+
+#: Rounds of backlogs: every gauge uploads ``BACKLOG`` buffered readings (5 min apart)
+#: as one message, then at once its next live reading; ``ROUNDS`` times, one after the
+#: other in event time (3 x 1 h 45 min: under the rules' 6 h ``stale``).
+ROUNDS = 3
+BACKLOG = 20
+
+
+def _backlogs_then_live() -> Traffic:
+    """``ROUNDS`` x 12 gauges: a backlog message whose readings cross the warning level
+    for 40 min (what alerts), then the gauge's next live reading, below it."""
+    stations = registry_stations()[:12]
+    round_ms = (BACKLOG + 1) * STEP_MS
+    span = ROUNDS * round_ms
+    start = (int(time.time() * 1000) - span - HOUR_MS // 2) // STEP_MS * STEP_MS
+    messages = []
+    for r in range(ROUNDS):
+        t0 = start + r * round_ms
+        for k, station in enumerate(stations):
+            sid, warning = str(station["id"]), float(station["warning_level"])  # type: ignore[arg-type]
+            arrival = t0 + round_ms + k * 10_000  # 5 ms apart at SPEEDUP
+            levels = [warning + 0.3 if 2 <= i < 10 else warning - 1.0 for i in range(BACKLOG)]
+            backlog = tuple((t0 + i * STEP_MS, v) for i, v in enumerate(levels))
+            live = ((t0 + BACKLOG * STEP_MS, warning - 1.0),)
+            messages.append(Message(arrival, sid, "water_level", backlog, 1, "backlog"))
+            messages.append(Message(arrival, sid, "water_level", live, 1, "live"))
+    spec = TrafficSpec(stations=12, hours=span / HOUR_MS, shuffle_rate=0.0)
+    ids = tuple(str(s["id"]) for s in stations)
+    return Traffic(spec, start, start + span - STEP_MS, ids, tuple(messages))
+
+
+def test_a_backlog_and_the_next_live_reading_on_two_processes_stay_in_order(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Each gauge's backlog upload and its next live reading, published one after the
+    other, go to different ingest processes (the broker hands them out in turn): the
+    live reading must not reach the log first, or the backlog's readings more than the
+    lateness (30 min) older than it are dead-lettered as late and its alert is missed.
+    The pool appends its workers' readings in time order, up to what all have handed
+    on: no dead letter, and the alerts are those of ``vigil replay``."""
+    traffic = _backlogs_then_live()
+    engine = _gateway(mosquitto, tmp_path)
+    try:
+        engine.start()
+        with _devices(mosquitto) as devices:
+            devices.publish(list(traffic.messages))
+            rows, dead, live = _finish(engine, traffic, tmp_path)
+    finally:
+        engine.kill()
+    published = Counter((m.station, m.metric, t) for m in traffic.messages for t, _ in m.readings)
+    assert rows == published  # each published reading once
+    assert not dead, dead  # "late for rule": a live reading went first
     _assert_same_alerts(traffic, live, tmp_path)
 
 
