@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import re
 import socket
@@ -361,6 +362,9 @@ class MqttIngestPool:
         finally:
             w.writer.close()
             w.writer = None
+            if w.live is not None:  # not answered: the broker sends its messages again
+                w.live[1].cancel()
+                w.live = None
             # One that died before it caught up is still waited for once started again
             # (its backlog is still to come), for ``CATCH_UP_WAIT_S`` at most.
             self._merge()
@@ -381,10 +385,13 @@ class MqttIngestPool:
                 if w.catching_up:  # its session's backlog: merged by time (``_merge``)
                     blocks = [ReadingBlock(*x[:4]) for x in sensors]
                     w.pending = (pool_merge.columns(blocks), done)
-                else:
+                    self._merge()
+                    await done
+                else:  # answered once all of it is appended; its frames read meanwhile
                     w.live = (pool_merge.Held(sensors), done)
-                self._merge()
-                await done
+                    done.add_done_callback(functools.partial(self._answer, w))
+                    self._merge()
+                    return
             w.send("done")
         elif kind == "upto":
             self._upto(w, frame[1])
@@ -426,6 +433,18 @@ class MqttIngestPool:
                 w.restarted = False
                 log.warning("MQTT ingest worker %d subscribed again after its restart", w.index)
             self._update_subscribed()
+
+    def _answer(self, w: WorkerView, done: asyncio.Future[None]) -> None:
+        """Worker ``w`` 's live batch is appended (``done``): ``done`` to it; its append
+        failed: the gateway stops, as ``_run`` stops it."""
+        if done.cancelled():  # the worker died before: its messages come again
+            return
+        exc = done.exception()
+        if exc is None:
+            w.send("done")
+            return
+        log.error("MQTT ingest worker %d: %r; the gateway stops", w.index, exc)
+        self._fail(exc)
 
     def _upto(self, w: WorkerView, upto: int) -> None:
         """Worker ``w`` has handed on everything it received before ``upto`` (epoch ms:
@@ -510,18 +529,15 @@ class MqttIngestPool:
         if self._merge_timer is not None:
             self._merge_timer.cancel()
             self._merge_timer = None
-        quiet = [w.upto_at for w in views if w.live is None and self._live_waited(w, now)]
+        quiet = [w.upto_at for w in views if self._live_waited(w, now)]
         if quiet and any(w.live is not None for w in views):
             loop = asyncio.get_running_loop()
             self._merge_timer = loop.call_at(min(quiet) + LIVE_WAIT_S, self._merge)
 
     def _live_waited(self, w: WorkerView, now: float) -> bool:
-        """Whether the live merge waits on worker ``w`` 's ``upto``: if it has a batch
-        waiting (it sends nothing until that is answered), or it runs, has sent an
-        ``upto`` since it started and one within ``LIVE_WAIT_S`` (a worker stopped,
-        hung or gone holds nobody's readings longer than that)."""
-        if w.live is not None:
-            return True
+        """Whether the live merge waits on worker ``w`` 's ``upto``: if it runs, has
+        sent an ``upto`` since it started and one within ``LIVE_WAIT_S`` (a worker
+        stopped, hung or gone holds nobody's readings longer than that)."""
         alive = w.writer is not None and not w.killed and w.upto is not None
         return alive and now - w.upto_at < LIVE_WAIT_S
 

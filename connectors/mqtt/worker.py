@@ -86,13 +86,12 @@ class _Gateway:
         self.received_upto: Callable[[], int] = lambda: 0
 
     async def notify(self) -> None:
-        """Every ``NOTICE_S``, ``("upto", received_upto)`` while no request waits for
-        its answer (the gateway reads none of this worker's frames meanwhile): a
-        worker with nothing to hand on does not hold the others' readings back."""
+        """``("upto", received_upto)`` every ``NOTICE_S``, a batch waiting for its
+        answer or not: the gateway appends the readings of every worker received up
+        to the oldest of these, so that a quiet worker holds nobody's back."""
         while True:
             await asyncio.sleep(NOTICE_S)
-            if not self._waiting:
-                await self.send("upto", self.received_upto())
+            await self.send("upto", self.received_upto())
 
     async def send(self, *frame: Any) -> None:
         write_frame(self._writer, frame)
@@ -112,11 +111,9 @@ class _Gateway:
 
     async def produce(self, readings: list[Any]) -> None:
         sensors: dict[tuple[str, str], _Sensor] = {}
-        newest = 0
         for block in readings:
             assert isinstance(block, ReceivedBlock)  # what ``MqttIngest._decode`` returns
             n, stamp = len(block.ts), block.received_ms
-            newest = max(newest, stamp)
             c = sensors.get((block.station, block.metric))
             if c is None:
                 sensors[block.station, block.metric] = (
@@ -130,11 +127,8 @@ class _Gateway:
                 else:
                     c[2].append(stamp)
                     c[3].append(n)
-        # Up to when it has handed on what it received: not before this batch's last
-        # message, or the pool would wait for this worker's next word, which it does
-        # not send before the answer.
         batch = [(*sensor, *c) for sensor, c in sensors.items()]
-        await self.request("produce", batch, max(self.received_upto(), newest))
+        await self.request("produce", batch, self.received_upto())
 
     async def dead_letter(self, raw: bytes, reason: str, source: str) -> None:
         await self.request("dead", raw, reason, source)

@@ -102,10 +102,13 @@ def test_a_batch_partly_in_a_failed_append_is_never_answered_as_durable() -> Non
 
 
 class _Writer:
-    """A worker's socket as the pool writes to it (its answers are not read here)."""
+    """A worker's socket as the pool writes to it: how many frames (answers) it got."""
+
+    def __init__(self) -> None:
+        self.frames = 0
 
     def write(self, data: bytes) -> None:
-        pass
+        self.frames += 1
 
     def is_closing(self) -> bool:
         return False
@@ -123,11 +126,12 @@ def _live(appends: _Appends, upto: int) -> MqttIngestPool:
     return pool
 
 
-def _produce(
+async def _produce(
     pool: MqttIngestPool, k: int, upto: int, *messages: tuple[str, list[int], int]
-) -> asyncio.Task[None]:
+) -> asyncio.Future[None]:
     """Worker ``k`` hands on a batch of ``messages`` (station, reading times, when it
-    received the message: epoch ms) and its ``upto``, as its frame; done once answered."""
+    received the message: epoch ms) and its ``upto``, as its frame: done once the pool
+    has answered it."""
     sensors: dict[str, tuple[list[int], list[float], list[int], list[int]]] = {}
     for station, ts, received in messages:
         c = sensors.setdefault(station, ([], [], [], []))
@@ -136,7 +140,17 @@ def _produce(
         c[2].append(received)
         c[3].append(len(ts))
     frame = ("produce", [(s, "water_level", *c) for s, c in sensors.items()], upto)
-    return asyncio.ensure_future(pool._handle(pool._workers[k], frame))
+    w = pool._workers[k]
+    writer = w.writer
+    assert isinstance(writer, _Writer)
+    answers = writer.frames
+    await pool._handle(w, frame)  # returns at once: the worker's next frames are read
+    return asyncio.ensure_future(_answered(writer, answers + 1))
+
+
+async def _answered(writer: _Writer, frames: int) -> None:
+    while writer.frames < frames:
+        await asyncio.sleep(0.001)
 
 
 async def _settle() -> None:
@@ -149,10 +163,10 @@ async def _a_backlog_and_a_live_reading_on_two_workers_go_in_time_order() -> Non
     pool = _live(appends, upto=100)
     # A device's live reading (worker 0, received at 150) and, sent before it, its
     # backlog (worker 1, received at 140: stamped first, read second).
-    live = _produce(pool, 0, 150, ("HZ001", [9_000], 150))
+    live = await _produce(pool, 0, 150, ("HZ001", [9_000], 150))
     await _settle()
     assert appends.blocks == [] and not live.done()  # worker 1 may hold older readings
-    backlog = _produce(pool, 1, 160, ("HZ001", [1_000, 2_000, 3_000], 140))
+    backlog = await _produce(pool, 1, 160, ("HZ001", [1_000, 2_000, 3_000], 140))
     await asyncio.wait_for(asyncio.gather(live, backlog), 5)
     assert appends.blocks == [[("HZ001", [1_000, 2_000, 3_000, 9_000])]]  # one block, in order
 
@@ -166,15 +180,14 @@ async def _what_came_after_the_oldest_upto_waits() -> None:
     pool = _live(appends, upto=100)
     # Worker 0's batch: a message received at 120 and one at 170; worker 1 has handed
     # on what it received before 150: the first goes, the second waits for it.
-    first = _produce(pool, 0, 170, ("HZ001", [5_000], 120), ("HZ002", [6_000], 170))
+    first = await _produce(pool, 0, 170, ("HZ001", [5_000], 120), ("HZ002", [6_000], 170))
     await _settle()
     assert appends.blocks == [] and not first.done()
-    pool._workers[1].upto = 150
-    pool._merge()
+    await pool._handle(pool._workers[1], ("upto", 150))
     await _settle()
     assert appends.blocks == [[("HZ001", [5_000])]] and not first.done()  # part of it
     # Worker 1's batch: a reading of HZ002 received at 160, older than worker 0's.
-    second = _produce(pool, 1, 180, ("HZ002", [4_000], 160))
+    second = await _produce(pool, 1, 180, ("HZ002", [4_000], 160))
     await asyncio.wait_for(asyncio.gather(first, second), 5)
     assert appends.blocks == [[("HZ001", [5_000])], [("HZ002", [4_000, 6_000])]]
 
@@ -186,7 +199,7 @@ def test_a_live_batch_goes_in_parts_up_to_the_oldest_upto_and_is_answered_once_a
 async def _a_quiet_worker_is_waited_for_a_while_only() -> None:
     appends = _Appends()
     pool = _live(appends, upto=100)
-    batch = _produce(pool, 0, 200, ("HZ001", [5_000, 6_000], 150))
+    batch = await _produce(pool, 0, 200, ("HZ001", [5_000, 6_000], 150))
     await _settle()
     assert appends.blocks == [] and not batch.done()
     # Worker 1 sends nothing more (stopped, hung, gone): no frame and no other merge
