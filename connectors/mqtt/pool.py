@@ -71,7 +71,7 @@ from connectors.mqtt.connection import Connection, set_done
 from connectors.mqtt.options import MqttOptions
 from connectors.mqtt.pool_worker import WorkerView
 from connectors.mqtt.topics import TopicTemplate
-from connectors.mqtt.worker import REPORT_S, read_frame
+from connectors.mqtt.worker import NOTICE_S, REPORT_S, read_frame
 from engine.contracts.batch import ReadingBlock
 
 __all__ = ["Ingest", "MqttIngestPool", "mqtt_ingest"]
@@ -136,6 +136,8 @@ class MqttIngestPool:
         self._append_failed: BaseException | None = None
         #: ``_merge_live`` 's next merge, when a quiet worker stops being waited for.
         self._merge_timer: asyncio.TimerHandle | None = None
+        #: When ``_check_quiet`` last looked (loop time, s).
+        self._quiet_at = 0.0
         self._stopping = False
 
     def _view(self, k: int, *, retire: bool = False) -> WorkerView:
@@ -511,7 +513,7 @@ class MqttIngestPool:
         if not held:
             return
         # Stopping, or nobody to wait on: all of it.
-        uptos = [w.upto for w in views if self._live_waited(w, now) and w.upto is not None]
+        uptos = [w.upto for w in views if self._live_waited(w) and w.upto is not None]
         upto = None if self._stopping or not uptos else min(uptos)
         parts: list[pool_merge.Sensors | pool_merge.Rows] = []
         answered = []
@@ -529,17 +531,33 @@ class MqttIngestPool:
         if self._merge_timer is not None:
             self._merge_timer.cancel()
             self._merge_timer = None
-        quiet = [w.upto_at for w in views if self._live_waited(w, now)]
+        quiet = [w.upto_at for w in views if self._live_waited(w)]
         if quiet and any(w.live is not None for w in views):
+            due = max(now, min(quiet) + LIVE_WAIT_S)
             loop = asyncio.get_running_loop()
-            self._merge_timer = loop.call_at(min(quiet) + LIVE_WAIT_S, self._merge)
+            self._merge_timer = loop.call_at(due, self._check_quiet, due, True)
 
-    def _live_waited(self, w: WorkerView, now: float) -> bool:
-        """Whether the live merge waits on worker ``w`` 's ``upto``: if it runs, has
-        sent an ``upto`` since it started and one within ``LIVE_WAIT_S`` (a worker
-        stopped, hung or gone holds nobody's readings longer than that)."""
+    def _check_quiet(self, due: float, retry: bool) -> None:
+        """``_merge_live`` 's timer, due at loop time ``due``: the workers quiet now
+        are no longer waited for (``_live_waited``), then merge. Late (this loop was
+        held up, and the workers' frames may wait unread), it looks again once those
+        are read, then goes on regardless."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if retry and now - due > 2 * NOTICE_S:
+            self._merge_timer = loop.call_later(NOTICE_S, self._check_quiet, now, False)
+            return
+        self._merge_timer = None
+        self._quiet_at = now
+        self._merge()
+
+    def _live_waited(self, w: WorkerView) -> bool:
+        """Whether the live merge waits on worker ``w`` 's ``upto``: if it runs and
+        has sent an ``upto`` since it started, and since ``LIVE_WAIT_S`` before the
+        last check (``_check_quiet``): a worker stopped, hung or gone holds nobody's
+        readings back longer than that; a frame it sends makes it waited for again."""
         alive = w.writer is not None and not w.killed and w.upto is not None
-        return alive and now - w.upto_at < LIVE_WAIT_S
+        return alive and w.upto_at + LIVE_WAIT_S > self._quiet_at
 
     def _append_soon(
         self, blocks: list[ReadingBlock], answered: list[asyncio.Future[None]]
