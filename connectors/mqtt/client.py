@@ -46,6 +46,12 @@ session when the client came back: ``catching_up`` is true until it does (its ba
 included), then ``on_caught_up`` is called. The pool merges what its workers take while
 they catch up (``connectors.mqtt.pool``).
 
+Receive order (a pool's worker, ``MqttOptions.share_group``): each message is stamped
+when taken from the socket (``Inbound.received_ms``, under the lock that puts it in the
+batcher, so the stamps follow the puts), its readings are handed on as a
+``ReceivedBlock`` with that stamp, and ``received_upto`` says up to when everything
+received is handed on: the pool appends its workers' live readings in receive order.
+
 Retiring (``MqttOptions.retire``: the client id of a worker the pool no longer has):
 the client resumes the session without subscribing to the data, takes what it holds up
 to the mark, unsubscribes the shared subscription, takes what the broker routed to it

@@ -37,9 +37,16 @@ worker disconnects (the fence), so nothing appended here is delivered again afte
 restart. A worker that has not exited within ``STOP_TIMEOUT_S`` is killed.
 
 Order: the broker spreads a station's messages over the workers (mosquitto 2: round
-robin), so the log may hold a station's readings out of arrival order across batches;
-the kernels take out-of-order readings within the topology's lateness (README: "Several
-ingest processes"). That holds for live traffic, not for a backlog: while the gateway
+robin), so a device's upload of buffered readings and its next live reading go to
+different workers. Live batches are held here (``WorkerView.live``) and appended in the
+order their messages were received (``_merge_live``): each worker says up to when it
+has handed on what it received (``MqttIngest.received_upto``, with each batch and every
+``NOTICE_S``), and the readings received up to the oldest of those go in one block,
+each sensor's in time order (``pool_merge.merged``); a batch is answered once all of it
+is appended. A worker that has said nothing for ``LIVE_WAIT_S`` (stopped, hung, gone:
+found by a timer that fired on time, ``_check_quiet``) is not waited for; what reaches
+the log out of order then, the kernels take within the topology's lateness (README:
+"Several ingest processes"). That holds for live traffic, not for a backlog: while the gateway
 is down (a power cut, a stop) the broker goes on giving each worker's session its share
 of the messages, and the workers, started again, would each take theirs at its own
 pace, a station's readings hours of event time apart in the log. So a worker's batches

@@ -1,7 +1,12 @@
 """Readings of several ingest workers merged in time order: what the pool
-(``connectors.mqtt.pool``) does with the backlogs its workers' sessions held.
+(``connectors.mqtt.pool``) does with the backlogs its workers' sessions held, and with
+their live batches.
 
-A worker's batch is kept as ``Columns``: per sensor, its times (epoch ms) sorted and the
+Live: a worker's batch waits as a ``Held``, which ``take`` s its readings received up to
+a time; ``merged`` makes the parts taken one block per sensor, in time order when more
+than one worker's readings are in it (NumPy stable sorts, no Python step per reading).
+
+Backlog: a worker's batch is kept as ``Columns``: per sensor, its times (epoch ms) sorted and the
 values in the same order. ``take`` cuts off what is not newer than a time; ``blocks``
 merges such cuts into one block per sensor, in time order. Sorts are stable: readings
 of one time keep the order they came in (a repeat stays a repeat)."""

@@ -13,12 +13,16 @@ Frames, both ways: a 4-byte big-endian length, then a pickle (both ends are this
 one trusted parent and its child). The gateway sends first
 ``("start", index, options, stations, admission, paused_because, log_level)``, then ``("done",)``
 for each request in order, ``("stations", stations)``, ``("pause", why)``, ``("resume",)``
-and ``("stop",)``. The worker sends the requests ``("produce", sensors)``
-(``sensors``: a batch's readings as one ``(station, metric, ts list, value list)`` per
-sensor, in the order they came: the batch's ``ReadingBlock`` s merged, for the pickle's
-cost; a message's block per sensor cost more to pickle and unpickle than to decode)
+and ``("stop",)``. The worker sends the requests ``("produce", sensors, upto)``
+(``sensors``: a batch's readings as one ``(station, metric, ts list, value list,
+received list, count list)`` per sensor, in the order they came: the batch's
+``ReceivedBlock`` s merged, for the pickle's cost, a message's block per sensor cost
+more to pickle and unpickle than to decode; with, per run of messages received in one
+millisecond, that time (epoch ms) and its number of readings; ``upto``: its
+``received_upto`` once the batch was taken)
 and ``("dead", raw, reason, source)`` (one at a time: ``deliver`` awaits each) and the
-notices ``("seq", topic, seqs, received_ms)``, ``("drops", total)``, ``("caught-up",)``
+notices ``("upto", ms)`` (every ``NOTICE_S``: ``MqttIngest.received_upto``, what the
+pool's live merge waits on), ``("seq", topic, seqs, received_ms)``, ``("drops", total)``, ``("caught-up",)``
 (after the last batch of the backlog its session held: ``MqttIngest.catching_up``),
 ``("session", present)`` (the first CONNACK's "session present", from a retiring
 worker: ``MqttOptions.retire``; it exits 0 once ``MqttIngest.retired``) and, every

@@ -390,9 +390,7 @@ def test_lowered_processes_take_what_the_removed_workers_sessions_hold(
     of what the devices published: the gateway started with 2 takes it through a
     retiring worker, merged in time order with the others' backlogs, and ends that
     session. Every reading is logged exactly once, and the alerts are those of
-    ``vigil replay``. (The gateway with 3 runs only to make its sessions: with three
-    workers taking live traffic in turns, a device's upload of buffered readings and its
-    next live reading go to different workers, and may be appended in the other order.)
+    ``vigil replay``. (The gateway with 3 runs only to make its sessions.)
     """
     traffic = _traffic()
     messages = list(traffic.messages)
