@@ -22,7 +22,8 @@ millisecond, that time (epoch ms) and its number of readings; ``upto``: its
 ``received_upto`` once the batch was taken)
 and ``("dead", raw, reason, source)`` (one at a time: ``deliver`` awaits each) and the
 notices ``("upto", ms)`` (every ``NOTICE_S``: ``MqttIngest.received_upto``, what the
-pool's live merge waits on), ``("seq", topic, seqs, received_ms)``, ``("drops", total)``, ``("caught-up",)``
+pool's live merge waits on), ``("seq", topic, seqs, received_ms)``, ``("drops", total)``,
+``("caught-up",)``
 (after the last batch of the backlog its session held: ``MqttIngest.catching_up``),
 ``("session", present)`` (the first CONNACK's "session present", from a retiring
 worker: ``MqttOptions.retire``; it exits 0 once ``MqttIngest.retired``) and, every
