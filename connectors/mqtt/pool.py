@@ -398,7 +398,7 @@ class MqttIngestPool:
                     await done
                 else:  # answered once all of it is appended; its frames read meanwhile
                     w.live = (pool_merge.Held(sensors), done)
-                    done.add_done_callback(functools.partial(self._answer, w))
+                    done.add_done_callback(functools.partial(self._answer, w, w.writer))
                     self._merge()
                     return
             w.send("done")
@@ -443,14 +443,18 @@ class MqttIngestPool:
                 log.warning("MQTT ingest worker %d subscribed again after its restart", w.index)
             self._update_subscribed()
 
-    def _answer(self, w: WorkerView, done: asyncio.Future[None]) -> None:
-        """Worker ``w`` 's live batch is appended (``done``): ``done`` to it; its append
-        failed: the gateway stops, as ``_run`` stops it."""
+    def _answer(
+        self, w: WorkerView, writer: asyncio.StreamWriter | None, done: asyncio.Future[None]
+    ) -> None:
+        """Worker ``w`` 's live batch is appended (``done``): ``done`` to it, if it is
+        still the process that sent it (``writer``: not one started again since); its
+        append failed: the gateway stops, as ``_run`` stops it."""
         if done.cancelled():  # the worker died before: its messages come again
             return
         exc = done.exception()
         if exc is None:
-            w.send("done")
+            if w.writer is writer:
+                w.send("done")
             return
         log.error("MQTT ingest worker %d: %r; the gateway stops", w.index, exc)
         self._fail(exc)
