@@ -342,7 +342,8 @@ class MqttIngestPool:
         # was down); one started again after that has seconds of backlog, within the
         # lateness, and holds nobody's batches.
         w.killed, w.catching_up = False, not w.caught_up
-        w.upto = None  # waited for by the live merge once it says how far it is
+        # Waited for by the live merge from its start: ``LIVE_WAIT_S`` for its first word.
+        w.upto, w.upto_at = None, w.started_at
         with theirs:
             w.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -523,9 +524,13 @@ class MqttIngestPool:
         held = [w for w in views if w.live is not None]
         if not held:
             return
-        # Stopping, or nobody to wait on: all of it.
-        uptos = [w.upto for w in views if self._live_waited(w) and w.upto is not None]
-        upto = None if self._stopping or not uptos else min(uptos)
+        # Stopping, or nobody to wait on: all of it. One waited for that has said
+        # nothing yet (starting, or its frames not read yet): none of it.
+        uptos = [w.upto for w in views if self._live_waited(w)]
+        upto = None
+        if not self._stopping and uptos:
+            known = [t for t in uptos if t is not None]
+            upto = min(known) if len(known) == len(uptos) else -1
         parts: list[pool_merge.Sensors | pool_merge.Rows] = []
         answered = []
         for w in held:
@@ -544,30 +549,28 @@ class MqttIngestPool:
             self._merge_timer = None
         quiet = [w.upto_at for w in views if self._live_waited(w)]
         if quiet and any(w.live is not None for w in views):
-            due = max(now, min(quiet) + LIVE_WAIT_S)
             loop = asyncio.get_running_loop()
-            self._merge_timer = loop.call_at(due, self._check_quiet, due, True)
+            due = max(now, min(quiet) + LIVE_WAIT_S)
+            self._merge_timer = loop.call_at(due, self._check_quiet, True)
 
-    def _check_quiet(self, due: float, retry: bool) -> None:
-        """``_merge_live`` 's timer, due at loop time ``due``: the workers quiet now
-        are no longer waited for (``_live_waited``), then merge. Late (this loop was
-        held up, and the workers' frames may wait unread), it looks again once those
-        are read, then goes on regardless."""
+    def _check_quiet(self, first: bool) -> None:
+        """``_merge_live`` 's timer: the workers quiet now are no longer waited for
+        (``_live_waited``), then merge. In two steps, ``2 * NOTICE_S`` apart: frames
+        that came while this loop was held up (a long evaluation) are read first."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        if retry and now - due > 2 * NOTICE_S:
-            self._merge_timer = loop.call_later(NOTICE_S, self._check_quiet, now, False)
+        if first:
+            self._merge_timer = loop.call_later(2 * NOTICE_S, self._check_quiet, False)
             return
         self._merge_timer = None
-        self._quiet_at = now
+        self._quiet_at = loop.time()
         self._merge()
 
     def _live_waited(self, w: WorkerView) -> bool:
-        """Whether the live merge waits on worker ``w`` 's ``upto``: if it runs and
-        has sent an ``upto`` since it started, and since ``LIVE_WAIT_S`` before the
-        last check (``_check_quiet``): a worker stopped, hung or gone holds nobody's
-        readings back longer than that; a frame it sends makes it waited for again."""
-        alive = w.writer is not None and not w.killed and w.upto is not None
+        """Whether the live merge waits on worker ``w`` 's ``upto``: if it runs and has
+        sent one, or started, since ``LIVE_WAIT_S`` before the last check
+        (``_check_quiet``): a worker stopped, hung or gone holds nobody's readings back
+        longer than that; an ``upto`` it sends makes it waited for again."""
+        alive = w.writer is not None and not w.killed
         return alive and w.upto_at + LIVE_WAIT_S > self._quiet_at
 
     def _append_soon(
