@@ -44,7 +44,7 @@ has handed on what it received (``MqttIngest.received_upto``, with each batch an
 ``NOTICE_S``), and the readings received up to the oldest of those go in one block,
 each sensor's in time order (``pool_merge.merged``); a batch is answered once all of it
 is appended. A worker that has said nothing for ``LIVE_WAIT_S`` (stopped, hung, gone:
-found by a timer that fired on time, ``_check_quiet``) is not waited for; what reaches
+found by a timer, in two steps, ``_check_quiet``) is not waited for; what reaches
 the log out of order then, the kernels take within the topology's lateness (README:
 "Several ingest processes"). That holds for live traffic, not for a backlog: while the gateway
 is down (a power cut, a stop) the broker goes on giving each worker's session its share
@@ -94,9 +94,9 @@ RESTART_DELAY_S = 1.0
 #: batch (s): one whose mark never comes back (a subscription the broker's ACLs refuse),
 #: or one starting again after it died, is waited for this long at most, not for ever.
 CATCH_UP_WAIT_S = 5.0
-#: How long the live merge waits on a worker that has no batch waiting and sends
-#: nothing (s): its ``upto`` comes every ``NOTICE_S`` (20 ms); one stopped, hung or
-#: gone holds the others' readings back this long at most.
+#: How long the live merge waits on a worker that sends nothing (s; from its start
+#: for its first word): its ``upto`` comes every ``NOTICE_S`` (20 ms); one stopped,
+#: hung or gone holds the others' readings back this long (and ``2 * NOTICE_S``).
 LIVE_WAIT_S = 0.25
 #: Tries to end a session a worker no longer configured still has (a retiring worker
 #: that died is started again this many times in all).
