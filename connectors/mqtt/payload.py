@@ -166,18 +166,28 @@ def decode_columns(
         return _columns(decode_payload(payload, received_ms, seqs))
     items = doc
     stamped = [item.ts for item in items]
-    ts = cast(
-        list[int],
-        [received_ms if t is None else t for t in stamped] if None in stamped else stamped,
-    )
     values = [item.value for item in items]
-    numbers = [item.seq for item in items if item.seq is not msgspec.UNSET]
+    try:
+        # No pass for an absent ts: min and max raise TypeError on a None among ints,
+        # and a lone None fails the range comparison.
+        ts = cast(list[int], stamped)
+        ts_ok = min(ts) >= MIN_TS_MS and max(ts) <= MAX_TS_MS
+    except TypeError:  # an absent ts (None): the time the gateway received it
+        ts = [received_ms if t is None else t for t in stamped]
+        ts_ok = min(ts) >= MIN_TS_MS and max(ts) <= MAX_TS_MS
+    except ValueError:  # an empty list: refused by the reference, with its reason
+        return _columns(decode_payload(payload, received_ms, seqs))
+    # A "seq" key is spelt so in the bytes, or with an escape: without either, no
+    # object has one (no pass over the items for it).
+    numbers = (
+        [item.seq for item in items if item.seq is not msgspec.UNSET]
+        if b'"seq"' in payload or b"\\" in payload
+        else []
+    )
     # The sum is finite when every value is (and may overflow when all are: then the
-    # reference decides). An empty list is refused by the reference, with its reason.
+    # reference decides).
     if (
-        not items
-        or min(ts) < MIN_TS_MS
-        or max(ts) > MAX_TS_MS
+        not ts_ok
         or not math.isfinite(sum(values))
         or (numbers and (min(numbers) < 0 or max(numbers) > MAX_SEQ))
     ):
