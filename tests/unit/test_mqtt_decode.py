@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.ingest import PayloadError
+from connectors.ingest import EARLIEST_TS_MS, Admission, PayloadError, Times
 from connectors.mqtt.payload import MAX_TS_MS, decode_columns, decode_payload
 from connectors.mqtt.topics import TopicTemplate
 from engine.contracts.dead_letters import reason_class
@@ -243,9 +243,7 @@ _spelt_item = st.fixed_dictionaries(
         "ts": st.one_of(st.none(), st.integers(MAX_TS_MS - 5, MAX_TS_MS + 5), st.just(NOW)),
         "seq": st.integers(-1, 3),
     },
-).flatmap(
-    lambda item: st.tuples(st.just(item), st.lists(st.booleans(), min_size=3, max_size=3))
-)
+).flatmap(lambda item: st.tuples(st.just(item), st.lists(st.booleans(), min_size=3, max_size=3)))
 
 
 @settings(max_examples=300)
@@ -271,3 +269,37 @@ def test_the_fast_decoder_with_keys_escaped_or_not(
         expected = ([ts for ts, _ in expected], [value for _, value in expected])
     assert _outcome(lambda p, now: decode_columns(p, now, fast_seqs), payload) == expected
     assert fast_seqs == ref_seqs
+
+
+def _admitted(admission: Admission, ts: list[int]) -> str | None:
+    try:
+        admission.check_times(ts, NOW)
+    except PayloadError as exc:
+        return str(exc)
+    return None
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),  # absent: the time received, NOW
+            st.integers(EARLIEST_TS_MS - 3, EARLIEST_TS_MS + 3),
+            st.integers(NOW - 10, NOW + 10),
+            st.integers(NOW + 86_400_000 - 3, NOW + 86_400_000 + 3),
+        ),
+        min_size=2,
+        max_size=8,
+    )
+)
+def test_a_decoded_ts_column_is_admitted_as_the_plain_list_would_be(
+    stamps: list[int | None],
+) -> None:
+    """``decode_columns`` hands the times of a list of readings with their min and max
+    (``Times``): the admission's clock check takes or refuses them, with the reason,
+    exactly as it does the same times as a plain list (``min``/``max`` of it)."""
+    payload = json.dumps([{"value": 1.0} | ({} if t is None else {"ts": t}) for t in stamps])
+    ts, _ = decode_columns(payload.encode(), NOW)
+    assert isinstance(ts, Times)
+    admission = Admission()
+    assert _admitted(admission, ts) == _admitted(admission, list(ts))
