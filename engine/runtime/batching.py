@@ -2,7 +2,8 @@
 
 Every ingest path hands its readings to ``Topology.produce`` (``TelemetryProducer.produce``
 on ``vigil ingest``): ``ReadingBlock`` s (a sensor's readings as two columns: MQTT, the
-field servers) or a tuple per reading (NB-IoT). The tuples are transposed by ``zip``,
+field servers) or a tuple per reading (NB-IoT). Blocks' columns are chained straight
+into arrays (``np.fromiter``: no list of every reading); tuples are transposed by ``zip``,
 names are interned by dicts fed through ``map`` and the rows are grouped by partition
 with NumPy, so that the Python steps are per block, per station (its murmur2 partition)
 and per partition, never per reading: murmur2 and a ``BatchBuilder.add`` per reading
