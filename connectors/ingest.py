@@ -49,6 +49,7 @@ __all__ = [
     "PayloadError",
     "Produce",
     "Reading",
+    "Times",
     "deliver",
 ]
 
@@ -89,6 +90,18 @@ def _iso(ms: int) -> str:
         return "out of range"
 
 
+class Times(list[int]):
+    """Readings' times (epoch ms) with their earliest (``lo``) and latest (``hi``), as
+    the decoder that built the list found them (``Admission.check_times`` then needs no
+    pass over them). A list: whatever takes a list of times takes it."""
+
+    __slots__ = ("hi", "lo")
+
+    def __init__(self, ts: list[int], lo: int, hi: int) -> None:
+        super().__init__(ts)
+        self.lo, self.hi = lo, hi
+
+
 @dataclass(frozen=True)
 class Admission:
     """Which readings a gateway takes (see the module doc); ``max_ahead_ms``: how far a
@@ -113,8 +126,12 @@ class Admission:
             )
 
     def check_times(self, ts: Sequence[int], received_ms: int) -> None:
-        """``check_time`` of each, at the cost of a ``min`` and a ``max`` when all pass."""
-        if ts and (min(ts) < self.earliest_ms or max(ts) > received_ms + self.max_ahead_ms):
+        """``check_time`` of each, at the cost of a ``min`` and a ``max`` when all pass
+        (none when ``ts`` is a ``Times``: its decoder found them)."""
+        if not ts:
+            return
+        lo, hi = (ts.lo, ts.hi) if isinstance(ts, Times) else (min(ts), max(ts))
+        if lo < self.earliest_ms or hi > received_ms + self.max_ahead_ms:
             for t in ts:
                 self.check_time(t, received_ms)
 

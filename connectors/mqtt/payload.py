@@ -27,7 +27,7 @@ from typing import cast
 
 import msgspec
 
-from connectors.ingest import PayloadError
+from connectors.ingest import PayloadError, Times
 
 __all__ = ["MAX_SEQ", "MAX_TS_MS", "MIN_TS_MS", "decode_columns", "decode_payload"]
 
@@ -140,7 +140,8 @@ def decode_columns(
 ) -> tuple[list[int], list[float]]:
     """JSON payload -> (ts_ms column, value column): ``decode_payload``'s readings as two
     lists, its ``seq`` numbers into ``seqs`` the same way, and its ``PayloadError`` with
-    the same reason for anything it refuses."""
+    the same reason for anything it refuses. A list of readings' times is a ``Times``
+    (their min and max known: the admission's clock check makes no pass over them)."""
     if not payload.isascii():
         try:  # msgspec checks UTF-8 only in what it decodes, not in the fields it skips
             payload.decode("utf-8")
@@ -166,25 +167,37 @@ def decode_columns(
         return _columns(decode_payload(payload, received_ms, seqs))
     items = doc
     stamped = [item.ts for item in items]
-    ts = cast(
-        list[int],
-        [received_ms if t is None else t for t in stamped] if None in stamped else stamped,
-    )
     values = [item.value for item in items]
-    numbers = [item.seq for item in items if item.seq is not msgspec.UNSET]
+    try:
+        # No pass for an absent ts: min and max raise TypeError on a None among ints
+        # (and a lone None fails the comparisons).
+        ts = cast(list[int], stamped)
+        lo, hi = min(ts), max(ts)
+        ts_ok = lo >= MIN_TS_MS and hi <= MAX_TS_MS
+    except TypeError:  # an absent ts (None): the time the gateway received it
+        ts = [received_ms if t is None else t for t in stamped]
+        lo, hi = min(ts), max(ts)
+        ts_ok = lo >= MIN_TS_MS and hi <= MAX_TS_MS
+    except ValueError:  # an empty list: refused by the reference, with its reason
+        return _columns(decode_payload(payload, received_ms, seqs))
+    # A "seq" key is spelt so in the bytes, or with an escape: without either, no
+    # object has one (no pass over the items for it).
+    numbers = (
+        [item.seq for item in items if item.seq is not msgspec.UNSET]
+        if b'"seq"' in payload or b"\\" in payload
+        else []
+    )
     # The sum is finite when every value is (and may overflow when all are: then the
-    # reference decides). An empty list is refused by the reference, with its reason.
+    # reference decides).
     if (
-        not items
-        or min(ts) < MIN_TS_MS
-        or max(ts) > MAX_TS_MS
+        not ts_ok
         or not math.isfinite(sum(values))
         or (numbers and (min(numbers) < 0 or max(numbers) > MAX_SEQ))
     ):
         return _columns(decode_payload(payload, received_ms, seqs))
     if seqs is not None:
         seqs.extend(numbers)
-    return ts, values
+    return Times(ts, lo, hi), values
 
 
 def _columns(readings: list[tuple[int, float]]) -> tuple[list[int], list[float]]:

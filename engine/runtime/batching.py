@@ -2,7 +2,8 @@
 
 Every ingest path hands its readings to ``Topology.produce`` (``TelemetryProducer.produce``
 on ``vigil ingest``): ``ReadingBlock`` s (a sensor's readings as two columns: MQTT, the
-field servers) or a tuple per reading (NB-IoT). The tuples are transposed by ``zip``,
+field servers) or a tuple per reading (NB-IoT). Blocks' columns are chained straight
+into arrays (``np.fromiter``: no list of every reading); tuples are transposed by ``zip``,
 names are interned by dicts fed through ``map`` and the rows are grouped by partition
 with NumPy, so that the Python steps are per block, per station (its murmur2 partition)
 and per partition, never per reading: murmur2 and a ``BatchBuilder.add`` per reading
@@ -17,7 +18,8 @@ against that reference.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import repeat
+from itertools import chain, repeat
+from operator import attrgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -40,6 +42,8 @@ Reading = tuple[str, str, int, float] | tuple[str, str, int, float, int]
 _partitioner = DefaultPartitioner()
 
 Ints = npt.NDArray[np.int64]
+
+_TS, _VALUE = attrgetter("ts"), attrgetter("value")
 
 
 def murmur2_partition(key: str, partitions: list[int]) -> int:
@@ -76,8 +80,8 @@ class _Columns(NamedTuple):
     station: Sequence[str]  # per segment
     metric: Sequence[str]  # per segment
     length: list[int] | None  # readings per segment; None: one each
-    ts: Sequence[int]  # per reading, ms
-    value: Sequence[float]  # per reading
+    ts: Sequence[int] | Ints  # per reading, ms
+    value: Sequence[float] | npt.NDArray[np.float64]  # per reading
     quality: Sequence[int] | None  # per reading; None: all UNCHECKED
 
 
@@ -142,7 +146,19 @@ def batches_by_partition(
 def _columns(readings: Sequence[Reading | ReadingBlock]) -> _Columns:
     """The readings as columns: a C-level transpose for tuples of one width (the
     common case), else a step per block or reading (no connector mixes them)."""
-    if not any(map(isinstance, readings, repeat(ReadingBlock))):
+    blocks = sum(map(isinstance, readings, repeat(ReadingBlock)))
+    if blocks == len(readings):  # MQTT, the field servers: columns chained, no list
+        lengths = list(map(len, readings))
+        n = sum(lengths)
+        return _Columns(
+            [b.station for b in readings],  # type: ignore[union-attr]
+            [b.metric for b in readings],  # type: ignore[union-attr]
+            lengths,
+            np.fromiter(chain.from_iterable(map(_TS, readings)), np.int64, n),
+            np.fromiter(chain.from_iterable(map(_VALUE, readings)), np.float64, n),
+            None,
+        )
+    if not blocks:
         widths = set(map(len, readings))
         if widths == {4}:
             station, metric, ts, value = zip(*readings, strict=True)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.ingest import PayloadError
+from connectors.ingest import EARLIEST_TS_MS, Admission, PayloadError, Times
 from connectors.mqtt.payload import MAX_TS_MS, decode_columns, decode_payload
 from connectors.mqtt.topics import TopicTemplate
 from engine.contracts.dead_letters import reason_class
@@ -191,3 +191,115 @@ def test_poison_payloads_are_payload_errors_for_the_fast_decoder_too(payload: by
     expected = _outcome(decode_payload, payload)
     assert isinstance(expected, str) and expected.startswith("PayloadError")
     assert _outcome(decode_columns, payload) == expected
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'[{"value": 1.5}]',  # a lone reading without ts, in a list
+        b'[{"value": 1.5, "ts": 1719763200000}, {"value": 2.5}]',
+        b'[{"value": 2.5}, {"value": 1.5, "ts": 1719763200000}, {"value": 0}]',
+        b'[{"value": 1, "ts": null}]',
+        b'[{"value": 1, "ts": 1719763200000, "seq": 7}, {"value": 2, "seq": 8}, {"value": 3}]',
+        b'[{"value": 1, "s\\u0065q": 5}, {"value": 2, "seq": 6}]',  # an escaped key
+        b'[{"value": 1, "\\u0073eq": 5}]',
+        b'[{"value": 1, "t\\u0073": 1719763200000}, {"value": 2, "ts": 1719763200001}]',
+        b'[{"value": 1, "note": "seq"}, {"value": 2, "seq": -1}]',
+        b'[{"value": 1, "seq": 18446744073709551616}]',
+        b'[{"value": 1e308}, {"value": 1e308, "ts": 1719763200000}]',  # the sum overflows
+        b'[{"value": NaN}, {"value": 1}]',
+        b'[{"value": 1}, {"value": -Infinity}]',
+        b'[{"value": 1, "ts": -62135596800001}, {"value": 2}]',
+        b'[{"value": 1}, {"value": 2, "ts": 253402300800000}]',
+        b'[{"value": "1"}, {"value": 2}]',
+        b'[{"value": 1}, {"value": true}]',
+        b'[{"value": 1}, {"ts": 1719763200000}]',
+        b"[{}, 1]",
+        b"[]",
+    ],
+)
+def test_the_fast_decoder_on_lists_of_readings(payload: bytes) -> None:
+    """Lists with a ts absent from some readings (or all), ``seq`` present in some or
+    spelt with an escape, NaN, infinities, overflowing sums, values and times of the
+    wrong type or out of range: what ``decode_columns`` checks on columns, against the
+    reference."""
+    ref_seqs: list[int] = []
+    fast_seqs: list[int] = []
+    expected = _outcome(lambda p, now: decode_payload(p, now, ref_seqs), payload)
+    if isinstance(expected, list):
+        expected = ([ts for ts, _ in expected], [value for _, value in expected])
+    assert _outcome(lambda p, now: decode_columns(p, now, fast_seqs), payload) == expected
+    assert fast_seqs == ref_seqs
+
+
+def _escaped(key: str, escape: bool) -> str:
+    """``key`` as a JSON string, its letters written as ``\\u`` escapes when ``escape``."""
+    return '"' + ("".join(f"\\u{ord(c):04x}" for c in key) if escape else key) + '"'
+
+
+_spelt_item = st.fixed_dictionaries(
+    {"value": st.one_of(st.integers(-5, 5), st.floats(allow_nan=False, width=32))},
+    optional={
+        "ts": st.one_of(st.none(), st.integers(MAX_TS_MS - 5, MAX_TS_MS + 5), st.just(NOW)),
+        "seq": st.integers(-1, 3),
+    },
+).flatmap(lambda item: st.tuples(st.just(item), st.lists(st.booleans(), min_size=3, max_size=3)))
+
+
+@settings(max_examples=300)
+@given(st.lists(_spelt_item, min_size=1, max_size=5), st.sampled_from(["", " ", "\n\t "]))
+def test_the_fast_decoder_with_keys_escaped_or_not(
+    items: list[tuple[dict[str, object], list[bool]]], ws: str
+) -> None:
+    """Lists of readings whose keys are written plainly or with ``\\u`` escapes (one
+    name, two spellings), some with ``ts`` or ``seq`` and some without: the same
+    readings and ``seq`` numbers as the reference, or the same reason."""
+    objects = []
+    for item, escapes in items:
+        members = [
+            f"{_escaped(k, escapes[i])}:{ws}{json.dumps(v)}"
+            for i, (k, v) in enumerate(item.items())
+        ]
+        objects.append("{" + f",{ws}".join(members) + "}")
+    payload = ("[" + f",{ws}".join(objects) + "]").encode()
+    ref_seqs: list[int] = []
+    fast_seqs: list[int] = []
+    expected = _outcome(lambda p, now: decode_payload(p, now, ref_seqs), payload)
+    if isinstance(expected, list):
+        expected = ([ts for ts, _ in expected], [value for _, value in expected])
+    assert _outcome(lambda p, now: decode_columns(p, now, fast_seqs), payload) == expected
+    assert fast_seqs == ref_seqs
+
+
+def _admitted(admission: Admission, ts: list[int]) -> str | None:
+    try:
+        admission.check_times(ts, NOW)
+    except PayloadError as exc:
+        return str(exc)
+    return None
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),  # absent: the time received, NOW
+            st.integers(EARLIEST_TS_MS - 3, EARLIEST_TS_MS + 3),
+            st.integers(NOW - 10, NOW + 10),
+            st.integers(NOW + 86_400_000 - 3, NOW + 86_400_000 + 3),
+        ),
+        min_size=2,
+        max_size=8,
+    )
+)
+def test_a_decoded_ts_column_is_admitted_as_the_plain_list_would_be(
+    stamps: list[int | None],
+) -> None:
+    """``decode_columns`` hands the times of a list of readings with their min and max
+    (``Times``): the admission's clock check takes or refuses them, with the reason,
+    exactly as it does the same times as a plain list (``min``/``max`` of it)."""
+    payload = json.dumps([{"value": 1.0} | ({} if t is None else {"ts": t}) for t in stamps])
+    ts, _ = decode_columns(payload.encode(), NOW)
+    assert isinstance(ts, Times)
+    admission = Admission()
+    assert _admitted(admission, ts) == _admitted(admission, list(ts))
