@@ -125,6 +125,29 @@ def test_board_route_sends_everything_to_another_epoch() -> None:
     asyncio.run(go())
 
 
+def test_an_owner_that_does_not_follow_pages_gets_the_whole_board() -> None:
+    """An owner of a version before paging (a rolling upgrade) does not send
+    ``pages=1``: it takes the answer's ``version`` as everything it asked for, so the
+    answer holds every changed station, in one page."""
+
+    async def go() -> None:
+        board = StationBoard()
+        ids = [f"S{i:05d}" for i in range(PAGE_STATIONS + 500)]
+        board.observe(TelemetryBatch.from_rows([(s, "water_level", T0, 1.0) for s in ids]))
+        route = board_route(board, "e1")
+
+        async def get(query: str) -> Any:
+            response = await route(make_mocked_request("GET", f"/api/board?{query}"))
+            return json.loads(bytes(response.body))  # type: ignore[arg-type]
+
+        old = await get("since=0&epoch=e1")
+        assert len(old["stations"]) == len(ids) and old["next"] is None
+        paged = await get("since=0&epoch=e1&pages=1")
+        assert len(paged["stations"]) == PAGE_STATIONS and paged["next"] is not None
+
+    asyncio.run(go())
+
+
 def test_a_big_board_comes_whole_in_bounded_pages_whatever_changes_between_them() -> None:
     """5,000 stations on a peer, all changed in one version (a read-back merges its
     board in one step): its first poll comes in pages of at most ``PAGE_STATIONS``, cut

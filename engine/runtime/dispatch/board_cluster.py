@@ -129,7 +129,7 @@ def changed_page(
 
 
 def board_route(board: StationBoard, epoch: str) -> Route:
-    """The handler of ``GET /api/board?since=<version>&epoch=<epoch>[&after=<station>]``:
+    """The handler of ``GET /api/board?since=<version>&epoch=<epoch>[&after=<station>][&pages=1]``:
     this worker's own board (module docstring), as ``{"epoch", "version", "stations":
     {station: {metric: [ts, value, quality, [[ts, value], ...]]}}, "next"}`` (a value that
     is not a number as null): at most ``PAGE_STATIONS`` stations (``changed_page``), and
@@ -144,7 +144,11 @@ def board_route(board: StationBoard, epoch: str) -> Route:
             since, after = 0, None
         if request.query.get("epoch") != epoch:
             since, after = 0, None
-        page, more = changed_page(board, since, after, PAGE_STATIONS)
+        # Pages only for an owner that follows them (``pages=1``): one of a version
+        # before paging, in a rolling upgrade, takes ``version`` as all it asked for
+        # and would never ask for the stations past the first page.
+        limit = PAGE_STATIONS if request.query.get("pages") == "1" else len(board.touched)
+        page, more = changed_page(board, since, after, limit)
         stations = {
             s: {m: [r.ts, r.value, r.quality, r.trace(board.bucket_ms)]
                 for m, r in board.of(s).items()}
@@ -330,7 +334,7 @@ class ClusterBoard:
         asks = {}
         for url in urls:
             p = self._peers[url]
-            query = f"since={p.version}&epoch={p.epoch}"
+            query = f"since={p.version}&epoch={p.epoch}&pages=1"
             if p.after is not None:
                 query += f"&after={quote(p.after, safe='')}"
             asks[url] = f"{url}/api/board?{query}"
