@@ -27,7 +27,8 @@ __all__ = ["EXIT_STOP_TIMEOUT", "STOP_DEADLINE_S", "arm_stop_deadline"]
 log = logging.getLogger(__name__)
 
 #: Seconds from the start of a stop to giving up on it: above the drain's 20 s and the
-#: few seconds the rest takes, below systemd's default ``TimeoutStopSec`` (90 s).
+#: few seconds the rest takes, below the shipped unit's ``TimeoutStopSec`` and the
+#: container's ``--stop-timeout`` (60 s: their SIGKILL would leave no stacks).
 STOP_DEADLINE_S = 50.0
 #: The exit status of a stop given up on (EX_SOFTWARE).
 EXIT_STOP_TIMEOUT = 70

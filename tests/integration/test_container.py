@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 TAG = "localhost/vigil:test"
 USER = 10001  # the recipe's vigil user and group
-STOP_TIMEOUT_S = 30  # the systemd unit's TimeoutStopSec
+STOP_TIMEOUT_S = 60  # the systemd unit's TimeoutStopSec
 T0 = 1_719_763_200_000
 RULE = """\
 version: 1
