@@ -49,9 +49,7 @@ log = logging.getLogger("connectors.mqtt.client")
 #: the broker sent this process before another that a second process has received
 #: already may still be in this process's socket, unread, for that long (its threads
 #: waiting for a core). The pool's live merge holds readings this much longer for it.
-#: 20 ms was too little on a loaded 2-core machine (the two-worker backlog test
-#: dead-lettered a backlog as late in 2 of 6 runs while other tests ran).
-RECEIVE_SLACK_MS = 100
+RECEIVE_SLACK_MS = 20
 
 #: ``on_broker_drops(total)``: the broker's cumulative count of dropped messages.
 BrokerDrops = Callable[[int], Awaitable[None]]

@@ -54,7 +54,7 @@ CATCH_UP_WAIT_S = 5.0
 #: How long the live merge waits on a worker that sends nothing (s; from its start
 #: for its first word): its ``upto`` comes every ``NOTICE_S`` (20 ms); one stopped,
 #: hung or gone holds the others' readings back this long (and ``2 * NOTICE_S``).
-LIVE_WAIT_S = 1.0
+LIVE_WAIT_S = 0.25
 
 
 class LiveMerge:
@@ -76,10 +76,8 @@ class LiveMerge:
         self._append_lock = asyncio.Lock()  # appends in the order they were decided
         #: A merged append failed: nothing that waits is answered from then on.
         self._append_failed: BaseException | None = None
-        #: ``_merge_live`` 's next merge, when a quiet worker stops being waited for,
-        #: and which step of ``_check_quiet`` it is (1 or 2).
+        #: ``_merge_live`` 's next merge, when a quiet worker stops being waited for.
         self._merge_timer: asyncio.TimerHandle | None = None
-        self._quiet_step = 1
         #: When ``_check_quiet`` last looked (loop time, s).
         self._quiet_at = 0.0
 
@@ -118,6 +116,8 @@ class LiveMerge:
         is waited for ``CATCH_UP_WAIT_S`` at most (``_waited_for``; the watchdog's ticks
         merge again). Once an append failed, nothing that waits is answered."""
         views = self._views()
+        if not any(w.pending is not None or w.live is not None for w in views):
+            return  # nothing waits
         if self._append_failed is not None:  # none of what waits is answered as durable
             for w in views:
                 for _held, done in filter(None, (w.pending, w.live)):
@@ -125,8 +125,6 @@ class LiveMerge:
                         done.set_exception(self._append_failed)
                 w.pending = w.live = None
             return
-        if not any(w.pending is not None or w.live is not None for w in views):
-            return  # nothing waits
         now = asyncio.get_running_loop().time()
         catching = [w for w in views if w.catching_up and self._waited_for(w, now)]
         if self._stopping or not catching:
@@ -183,23 +181,14 @@ class LiveMerge:
                 w.live = None
         if parts:
             self._append_soon(pool_merge.merged(parts), answered)
-        timer = self._merge_timer
+        if self._merge_timer is not None:
+            self._merge_timer.cancel()
+            self._merge_timer = None
         quiet = [w.upto_at for w in views if self._live_waited(w)]
-        if not quiet or not any(w.live is not None for w in views):
-            if timer is not None and self._quiet_step == 1:  # nothing to look for
-                timer.cancel()
-                self._merge_timer = None
-            return
-        # A check under way is left to run: the others' ``upto`` s come every
-        # ``NOTICE_S``, each with a merge, and re-arming it at each would never let
-        # its second step come (a quiet worker waited for as long as the others talk).
-        # Its first step is only moved earlier; one that comes early merely merges.
-        due = max(now, min(quiet) + LIVE_WAIT_S)
-        if timer is None or (self._quiet_step == 1 and due < timer.when()):
-            if timer is not None:
-                timer.cancel()
-            self._merge_timer = asyncio.get_running_loop().call_at(due, self._check_quiet, True)
-            self._quiet_step = 1
+        if quiet and any(w.live is not None for w in views):
+            loop = asyncio.get_running_loop()
+            due = max(now, min(quiet) + LIVE_WAIT_S)
+            self._merge_timer = loop.call_at(due, self._check_quiet, True)
 
     def _check_quiet(self, first: bool) -> None:
         """``_merge_live`` 's timer: the workers quiet now are no longer waited for
@@ -208,7 +197,6 @@ class LiveMerge:
         loop = asyncio.get_running_loop()
         if first:
             self._merge_timer = loop.call_later(2 * NOTICE_S, self._check_quiet, False)
-            self._quiet_step = 2
             return
         self._merge_timer = None
         self._quiet_at = loop.time()
@@ -238,22 +226,16 @@ class LiveMerge:
         readings: list[Reading | ReadingBlock] = [*blocks]
         try:
             async with self._append_lock:
-                if self._append_failed is not None:
-                    # An append decided before this one failed: a batch partly in it
-                    # and partly here must not be answered as durable by this one.
-                    raise self._append_failed
                 if readings:
                     await self._produce(readings)
-        except Exception as exc:
+        except Exception as exc:  # raised by each waiting ``_handle``: the gateway stops
             # A batch partly in this append and partly still waiting must not be
-            # answered by a later append: nothing is from now on (``_merge`` fails
-            # what waits), and the gateway stops, whoever was answered here.
-            self._append_failed = self._append_failed or exc
+            # answered by a later append: ``_merge`` fails what waits from now on.
+            self._append_failed = exc
             for done in answered:
                 if not done.done():
                     done.set_exception(exc)
             self._merge()
-            self._fail(exc)
             return
         for done in answered:
             set_done(done)

@@ -13,8 +13,7 @@ import pytest
 
 from connectors.mqtt import pool_merge
 from connectors.mqtt.options import MqttOptions
-from connectors.mqtt.pool import CATCH_UP_WAIT_S, LIVE_WAIT_S, MqttIngestPool
-from connectors.mqtt.worker import NOTICE_S
+from connectors.mqtt.pool import CATCH_UP_WAIT_S, MqttIngestPool
 from engine.contracts.batch import ReadingBlock
 
 
@@ -47,15 +46,8 @@ def _batch(pool: MqttIngestPool, k: int, station: str, ts: list[int]) -> asyncio
     return done
 
 
-def _pool(appends: _Appends) -> MqttIngestPool:
-    """A pool of two workers, as ``start`` leaves it but for the processes."""
-    pool = MqttIngestPool(MqttOptions(processes=2, broker_drops_topic=None), appends, _nothing)
-    pool._failed = asyncio.get_running_loop().create_future()  # what ``join`` raises
-    return pool
-
-
 def _catching(appends: _Appends) -> MqttIngestPool:
-    pool = _pool(appends)
+    pool = MqttIngestPool(MqttOptions(processes=2, broker_drops_topic=None), appends, _nothing)
     for w in pool._workers:
         w.catching_up = True
         w.reported = True
@@ -100,7 +92,6 @@ async def _a_failed_append_answers_no_part_of_a_batch() -> None:
     with pytest.raises(OSError):
         await asyncio.wait_for(second, 5)
     assert appends.blocks == []
-    assert pool._failed is not None and isinstance(pool._failed.exception(), OSError)
 
 
 def test_a_batch_partly_in_a_failed_append_is_never_answered_as_durable() -> None:
@@ -126,7 +117,7 @@ class _Writer:
 def _live(appends: _Appends, upto: int) -> MqttIngestPool:
     """A pool of two running workers that have caught up, each having handed on
     everything it received before ``upto`` (epoch ms), just now."""
-    pool = _pool(appends)
+    pool = MqttIngestPool(MqttOptions(processes=2, broker_drops_topic=None), appends, _nothing)
     now = asyncio.get_running_loop().time()
     for w in pool._workers:
         w.reported, w.connection.connected, w.caught_up = True, True, True
@@ -233,69 +224,3 @@ def test_merged_sorts_by_time_within_each_sensor_stably_and_keeps_a_lone_part_as
     got = [(b.station, b.ts, b.value) for b in pool_merge.merged([one, other])]
     # A tie (time 1) keeps the order of the parts: worker 0's reading first.
     assert got == [("A", [1, 1, 2, 3], [0.1, 9.0, 0.2, 0.3]), ("B", [5], [0.5])]
-
-
-async def _a_quiet_worker_is_not_waited_for_while_the_other_talks() -> None:
-    appends = _Appends()
-    pool = _live(appends, upto=100)
-    batch = await _produce(pool, 0, 200, ("HZ001", [5_000, 6_000], 150))
-
-    async def talk() -> None:  # worker 0 says how far it is every NOTICE_S, as it does
-        upto = 200
-        while True:
-            await asyncio.sleep(NOTICE_S)
-            upto += 20
-            await pool._handle(pool._workers[0], ("upto", upto))
-
-    talking = asyncio.ensure_future(talk())
-    try:
-        # Worker 1 is quiet; worker 0's ``upto`` s, each with a merge, must not keep
-        # putting off the check that stops waiting for worker 1.
-        await asyncio.wait_for(batch, 10 * LIVE_WAIT_S + 5)
-    finally:
-        talking.cancel()
-    assert appends.blocks == [[("HZ001", [5_000, 6_000])]]
-
-
-def test_a_quiet_worker_is_not_waited_for_while_the_other_keeps_talking() -> None:
-    asyncio.run(_a_quiet_worker_is_not_waited_for_while_the_other_talks())
-
-
-class _FailingOnce(_Appends):
-    """A ``produce`` whose first append waits for ``release``, then fails."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.release = asyncio.Event()
-        self.calls = 0
-
-    async def __call__(self, readings: list[Any]) -> None:
-        self.calls += 1
-        if self.calls == 1:
-            await self.release.wait()
-            raise OSError("No space left on device")
-        await super().__call__(readings)
-
-
-async def _an_append_after_a_failed_one_answers_nothing() -> None:
-    appends = _FailingOnce()
-    pool = _live(appends, upto=100)
-    # Worker 0's batch X: a message received at 120 and one at 170. Worker 1 has handed
-    # on what it received before 150: X's first part goes in append T1 (slow, fails).
-    x = await _produce(pool, 0, 170, ("HZ001", [5_000], 120), ("HZ002", [6_000], 170))
-    await pool._handle(pool._workers[1], ("upto", 150))
-    await _settle()
-    assert appends.calls == 1 and not x.done()
-    # Worker 1 moves on: X's rest goes in append T2, queued behind T1, answering X.
-    await pool._handle(pool._workers[1], ("upto", 200))
-    await _settle()
-    appends.release.set()  # T1 fails
-    for _ in range(50):
-        await _settle()
-    assert appends.blocks == []  # T2 appended nothing after T1 failed ...
-    assert not x.done()  # ... and X was never answered as durable
-    assert pool._failed is not None and isinstance(pool._failed.exception(), OSError)
-
-
-def test_an_append_queued_behind_a_failed_one_answers_nothing_and_the_gateway_stops() -> None:
-    asyncio.run(_an_append_after_a_failed_one_answers_nothing())
