@@ -10,7 +10,6 @@ import pytest
 
 from connectors.ingest import Inbound, Reading
 from connectors.mqtt import client as mqtt
-from connectors.mqtt import client_receive
 from connectors.mqtt.client import MqttIngest
 from connectors.mqtt.options import MqttOptions
 from engine.contracts.batch import ReadingBlock
@@ -69,7 +68,7 @@ def test_qos0_is_taken_but_never_acknowledged() -> None:
 def test_any_exception_on_one_message_dead_letters_it_and_the_rest_flows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = client_receive.decode_columns
+    real = mqtt.decode_columns
 
     def flaky(
         payload: bytes, received_ms: int, seqs: list[int] | None = None
@@ -78,7 +77,7 @@ def test_any_exception_on_one_message_dead_letters_it_and_the_rest_flows(
             raise KeyError("a bug decode did not foresee")
         return real(payload, received_ms, seqs)
 
-    monkeypatch.setattr(client_receive, "decode_columns", flaky)
+    monkeypatch.setattr(mqtt, "decode_columns", flaky)
     ingest, produced, dead, acks = _ingest()
     batch: list[Inbound | mqtt._DropCount] = [
         ingest.inbound(1, 1, "vigil/HZ001/water_level", b"boom", T0),
