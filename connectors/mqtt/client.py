@@ -46,12 +46,6 @@ session when the client came back: ``catching_up`` is true until it does (its ba
 included), then ``on_caught_up`` is called. The pool merges what its workers take while
 they catch up (``connectors.mqtt.pool``).
 
-Receive order (a pool's worker, ``MqttOptions.share_group``): each message is stamped
-when taken from the socket (``Inbound.received_ms``, under the lock that puts it in the
-batcher, so the stamps follow the puts), its readings are handed on as a
-``ReceivedBlock`` with that stamp, and ``received_upto`` says up to when everything
-received is handed on: the pool appends its workers' live readings in receive order.
-
 Retiring (``MqttOptions.retire``: the client id of a worker the pool no longer has):
 the client resumes the session without subscribing to the data, takes what it holds up
 to the mark, unsubscribes the shared subscription, takes what the broker routed to it
@@ -103,14 +97,7 @@ from connectors.mqtt.payload import decode_columns
 from connectors.mqtt.topics import TopicTemplate
 from engine.contracts.batch import ReadingBlock
 
-__all__ = [
-    "RECEIVE_SLACK_MS",
-    "STOP_TIMEOUT_S",
-    "Connection",
-    "MqttIngest",
-    "ReceivedBlock",
-    "describe_failure",
-]
+__all__ = ["STOP_TIMEOUT_S", "Connection", "MqttIngest", "describe_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -123,25 +110,11 @@ STOP_TIMEOUT_S = 20.0
 #: its queue), and a worker waiting for it would hold the pool's merge back for ever.
 REMARK_S = 10.0
 
-#: ``received_upto`` is this much (ms) before the time it is called at: a message
-#: the broker sent this process before another that a second process has received
-#: already may still be in this process's socket, unread, for that long (its threads
-#: waiting for a core). The pool's live merge holds readings this much longer for it.
-RECEIVE_SLACK_MS = 20
-
 #: ``on_broker_drops(total)``: the broker's cumulative count of dropped messages.
 BrokerDrops = Callable[[int], Awaitable[None]]
 #: ``on_sequence(topic, seqs, received_ms)``: the ``seq`` numbers of a message that
 #: became readings, in payload order (synchronous, on the event loop).
 Sequences = Callable[[str, list[int], int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class ReceivedBlock(ReadingBlock):
-    """A message's readings, and when this client received it (``received_ms``: epoch
-    ms, stamped in the order the messages were taken): what a pool's worker hands on."""
-
-    received_ms: int
 
 
 @dataclass
@@ -236,13 +209,6 @@ class MqttIngest:
         #: The retiring client's second marks: queued after every catch-up mark.
         self._second_marks: set[bytes] = set()
         self._retiring: asyncio.Task[None] | None = None
-        #: Messages put in the batcher and taken from it (``_handle``), the newest
-        #: stamp taken (epoch ms), the last ``received_upto``: that method's bookkeeping.
-        self._put = self._taken = 0
-        self._last_taken_ms = self._upto_ms = 0
-        #: A pool's worker (``share_group``) hands each message's readings on as a
-        #: ``ReceivedBlock``: the pool orders its workers' batches by the stamps.
-        self._stamped = options.share_group is not None
         self._sys_client: mqtt.Client | None = None
         if options.broker_drops_topic is not None and on_broker_drops is not None:
             watcher = DropWatcher(options, lambda total: self._batcher.put(_DropCount(total)))
@@ -355,33 +321,14 @@ class MqttIngest:
                 if self._taking:  # else the next connection reads it (as not ours)
                     self._batcher.put(mark)
             return
-        payload = bytes(msg.payload)
+        inbound = self.inbound(msg.mid, msg.qos, topic, bytes(msg.payload))
         with self._gate:
-            # Stamped under the gate: the stamps follow the order of the puts, as
-            # ``received_upto`` assumes.
-            inbound = self.inbound(msg.mid, msg.qos, topic, payload)
             # Leaving (pause, stop), a QoS 1 message is left to the broker: taken now,
             # its PUBACK would come after the disconnect and never reach the broker,
             # which would then deliver it again, a second copy in the log. QoS 0 is
             # taken: it is never redelivered.
             if self._taking or inbound.ack is None:
                 self._batcher.put(inbound)
-                self._put += 1
-
-    def received_upto(self) -> int:
-        """A time (epoch ms) that every message this client hands on from now on
-        (``produce`` in a batch after the one in hand) was received at or after, less
-        ``RECEIVE_SLACK_MS``; never lower than the last one returned. What the pool's
-        live merge (``connectors.mqtt.pool``) waits on: nothing received before it is
-        still to come from this process. On the event loop."""
-        with self._gate:  # no message is being stamped and put meanwhile
-            waiting = self._put > self._taken
-            now_ms = int(time.time() * 1000)
-        upto = now_ms - RECEIVE_SLACK_MS
-        if waiting:  # put after the batch in hand: received after its last message
-            upto = min(upto, self._last_taken_ms)
-        self._upto_ms = max(self._upto_ms, upto)
-        return self._upto_ms
 
     def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
         self._ack_fence.answered()
@@ -562,16 +509,11 @@ class MqttIngest:
         self.admission.check_times(ts, m.received_ms)
         if seqs and self._on_sequence is not None:
             self._on_sequence(m.source, seqs, m.received_ms)
-        if self._stamped:
-            return [ReceivedBlock(station, metric, ts, values, m.received_ms)]
         return [ReadingBlock(station, metric, ts, values)]
 
     async def _handle(self, items: list[Inbound | _DropCount | _Flush | _Mark]) -> None:
         messages = [m for m in items if isinstance(m, Inbound)]
         marks = [m for m in items if isinstance(m, _Mark)]
-        if messages:  # before ``deliver`` hands them on: ``received_upto``
-            self._taken += len(messages)
-            self._last_taken_ms = max(self._last_taken_ms, messages[-1].received_ms)
         # ``catching_up`` stays true for the batch that holds the mark: the messages
         # before it in the batch are the session's backlog.
         await deliver(

@@ -37,16 +37,9 @@ worker disconnects (the fence), so nothing appended here is delivered again afte
 restart. A worker that has not exited within ``STOP_TIMEOUT_S`` is killed.
 
 Order: the broker spreads a station's messages over the workers (mosquitto 2: round
-robin), so a device's upload of buffered readings and its next live reading go to
-different workers. Live batches are held here (``WorkerView.live``) and appended in the
-order their messages were received (``_merge_live``): each worker says up to when it
-has handed on what it received (``MqttIngest.received_upto``, with each batch and every
-``NOTICE_S``), and the readings received up to the oldest of those go in one block,
-each sensor's in time order (``pool_merge.merged``); a batch is answered once all of it
-is appended. A worker that has said nothing for ``LIVE_WAIT_S`` (stopped, hung, gone:
-found by a timer, in two steps, ``_check_quiet``) is not waited for; what reaches
-the log out of order then, the kernels take within the topology's lateness (README:
-"Several ingest processes"). That holds for live traffic, not for a backlog: while the gateway
+robin), so the log may hold a station's readings out of arrival order across batches;
+the kernels take out-of-order readings within the topology's lateness (README: "Several
+ingest processes"). That holds for live traffic, not for a backlog: while the gateway
 is down (a power cut, a stop) the broker goes on giving each worker's session its share
 of the messages, and the workers, started again, would each take theirs at its own
 pace, a station's readings hours of event time apart in the log. So a worker's batches
@@ -60,7 +53,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import re
 import socket
@@ -78,7 +70,7 @@ from connectors.mqtt.connection import Connection, set_done
 from connectors.mqtt.options import MqttOptions
 from connectors.mqtt.pool_worker import WorkerView
 from connectors.mqtt.topics import TopicTemplate
-from connectors.mqtt.worker import NOTICE_S, REPORT_S, read_frame
+from connectors.mqtt.worker import REPORT_S, read_frame
 from engine.contracts.batch import ReadingBlock
 
 __all__ = ["Ingest", "MqttIngestPool", "mqtt_ingest"]
@@ -94,10 +86,6 @@ RESTART_DELAY_S = 1.0
 #: batch (s): one whose mark never comes back (a subscription the broker's ACLs refuse),
 #: or one starting again after it died, is waited for this long at most, not for ever.
 CATCH_UP_WAIT_S = 5.0
-#: How long the live merge waits on a worker that sends nothing (s; from its start
-#: for its first word): its ``upto`` comes every ``NOTICE_S`` (20 ms); one stopped,
-#: hung or gone holds the others' readings back this long (and ``2 * NOTICE_S``).
-LIVE_WAIT_S = 0.25
 #: Tries to end a session a worker no longer configured still has (a retiring worker
 #: that died is started again this many times in all).
 RETIRE_ATTEMPTS = 3
@@ -141,10 +129,6 @@ class MqttIngestPool:
         self._append_lock = asyncio.Lock()  # appends in the order they were decided
         #: A merged append failed: nothing that waits is answered from then on.
         self._append_failed: BaseException | None = None
-        #: ``_merge_live`` 's next merge, when a quiet worker stops being waited for.
-        self._merge_timer: asyncio.TimerHandle | None = None
-        #: When ``_check_quiet`` last looked (loop time, s).
-        self._quiet_at = 0.0
         self._stopping = False
 
     def _view(self, k: int, *, retire: bool = False) -> WorkerView:
@@ -245,8 +229,6 @@ class MqttIngestPool:
         broker) and exits; those not exited within ``STOP_TIMEOUT_S`` are killed."""
         self._stopping = True
         self._merge()  # what waits for a worker's batch goes now
-        if self._merge_timer is not None:
-            self._merge_timer.cancel()
         for w in self._views():
             w.send("stop")
         running = {w: w.process for w in self._views() if w.process is not None}
@@ -342,8 +324,7 @@ class MqttIngestPool:
         # was down); one started again after that has seconds of backlog, within the
         # lateness, and holds nobody's batches.
         w.killed, w.catching_up = False, not w.caught_up
-        # Waited for by the live merge from its start: ``LIVE_WAIT_S`` for its first word.
-        w.upto, w.upto_at = None, w.started_at
+        w.last_batch_at = w.started_at
         with theirs:
             w.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -362,8 +343,6 @@ class MqttIngestPool:
                     frame = await read_frame(reader)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     break
-                if not w.reported:  # ``CATCH_UP_WAIT_S`` counts from its first frame
-                    w.last_batch_at = asyncio.get_running_loop().time()
                 w.heard = w.reported = w.busy = True
                 try:
                     await self._handle(w, frame)
@@ -372,9 +351,6 @@ class MqttIngestPool:
         finally:
             w.writer.close()
             w.writer = None
-            if w.live is not None:  # not answered: the broker sends its messages again
-                w.live[1].cancel()
-                w.live = None
             # One that died before it caught up is still waited for once started again
             # (its backlog is still to come), for ``CATCH_UP_WAIT_S`` at most.
             self._merge()
@@ -383,29 +359,20 @@ class MqttIngestPool:
     async def _handle(self, w: WorkerView, frame: tuple[Any, ...]) -> None:
         kind = frame[0]
         if kind == "produce":
-            sensors: pool_merge.Sensors = frame[1]
-            loop = asyncio.get_running_loop()
-            w.last_batch_at = loop.time()
-            self._upto(w, frame[2])
-            if self._stopping or not any(len(x[2]) for x in sensors):
-                async with self._append_lock:  # after the appends decided before it
-                    await self._produce([ReadingBlock(*x[:4]) for x in sensors])
+            blocks = [ReadingBlock(*sensor) for sensor in frame[1]]
+            cols = pool_merge.columns(blocks)
+            w.last_batch_at = asyncio.get_running_loop().time()
+            if cols and not self._stopping and any(x.catching_up for x in self._views()):
+                done = asyncio.get_running_loop().create_future()
+                w.pending = (cols, done)
+                self._merge()
+                await done
             else:
-                done = loop.create_future()
-                if w.catching_up:  # its session's backlog: merged by time (``_merge``)
-                    blocks = [ReadingBlock(*x[:4]) for x in sensors]
-                    w.pending = (pool_merge.columns(blocks), done)
-                    self._merge()
-                    await done
-                else:  # answered once all of it is appended; its frames read meanwhile
-                    w.live = (pool_merge.Held(sensors), done)
-                    done.add_done_callback(functools.partial(self._answer, w, w.writer))
-                    self._merge()
-                    return
+                if self._appends:  # merged before this batch came: they go first
+                    await asyncio.wait(list(self._appends))
+                readings: list[Reading | ReadingBlock] = [*blocks]
+                await self._produce(readings)
             w.send("done")
-        elif kind == "upto":
-            self._upto(w, frame[1])
-            self._merge()
         elif kind == "caught-up":
             w.catching_up, w.caught_up = False, True
             self._merge()
@@ -444,29 +411,6 @@ class MqttIngestPool:
                 log.warning("MQTT ingest worker %d subscribed again after its restart", w.index)
             self._update_subscribed()
 
-    def _answer(
-        self, w: WorkerView, writer: asyncio.StreamWriter | None, done: asyncio.Future[None]
-    ) -> None:
-        """Worker ``w`` 's live batch is appended (``done``): ``done`` to it, if it is
-        still the process that sent it (``writer``: not one started again since); its
-        append failed: the gateway stops, as ``_run`` stops it."""
-        if done.cancelled():  # the worker died before: its messages come again
-            return
-        exc = done.exception()
-        if exc is None:
-            if w.writer is writer:
-                w.send("done")
-            return
-        log.error("MQTT ingest worker %d: %r; the gateway stops", w.index, exc)
-        self._fail(exc)
-
-    def _upto(self, w: WorkerView, upto: int) -> None:
-        """Worker ``w`` has handed on everything it received before ``upto`` (epoch ms:
-        ``MqttIngest.received_upto``)."""
-        if not w.killed:  # sent before it was taken for hung: its successor's count
-            w.upto = upto if w.upto is None else max(w.upto, upto)
-            w.upto_at = asyncio.get_running_loop().time()
-
     def _merge(self) -> None:
         """Append what can go of the batches that wait, and answer each batch once all
         of it is durable (``_append``, one at a time, in order). While workers catch up,
@@ -478,33 +422,27 @@ class MqttIngestPool:
         or once ``stop`` began, all that waits goes. A catching-up worker with no batch
         is waited for ``CATCH_UP_WAIT_S`` at most (``_waited_for``; the watchdog's ticks
         merge again). Once an append failed, nothing that waits is answered."""
-        views = self._views()
-        if not any(w.pending is not None or w.live is not None for w in views):
+        if not any(w.pending is not None for w in self._views()):
             return  # nothing waits
         if self._append_failed is not None:  # none of what waits is answered as durable
-            for w in views:
-                for _held, done in filter(None, (w.pending, w.live)):
+            for w in self._views():
+                if w.pending is not None:
+                    _cols, done = w.pending
+                    w.pending = None
                     if not done.done():
                         done.set_exception(self._append_failed)
-                w.pending = w.live = None
             return
         now = asyncio.get_running_loop().time()
-        catching = [w for w in views if w.catching_up and self._waited_for(w, now)]
+        catching = [w for w in self._views() if w.catching_up and self._waited_for(w, now)]
         if self._stopping or not catching:
-            waiting, upto = [w for w in views if w.pending is not None], None
+            waiting, upto = [w for w in self._views() if w.pending is not None], None
         elif all(w.pending for w in catching):
             waiting = catching
             upto = min(pool_merge.newest(w.pending[0]) for w in catching if w.pending)
         else:
             return
-        if waiting:
-            self._merge_backlogs(waiting, upto)
-        if self._stopping or not catching:
-            self._merge_live(now)
-
-    def _merge_backlogs(self, waiting: list[WorkerView], upto: int | None) -> None:
-        """``_merge`` 's append of the backlog batches of ``waiting``: their readings
-        up to ``upto`` (epoch ms; None: all)."""
+        if not waiting:
+            return
         parts, answered = [], []
         for w in waiting:
             assert w.pending is not None
@@ -513,71 +451,7 @@ class MqttIngestPool:
             if upto is None or not cols:
                 answered.append(done)
                 w.pending = None
-        self._append_soon(pool_merge.blocks(parts), answered)
-
-    def _merge_live(self, now: float) -> None:
-        """``_merge`` 's append of the live batches that wait: the readings received up
-        to the oldest ``upto`` of the workers waited for (``_live_waited``), in time
-        order; a batch is answered once all of it is appended. Then, if some wait, a
-        merge again when the first of the quiet workers stops being waited for."""
-        views = self._views()
-        held = [w for w in views if w.live is not None]
-        if not held:
-            return
-        # Stopping, or nobody to wait on: all of it. One waited for that has said
-        # nothing yet (starting, or its frames not read yet): none of it.
-        uptos = [w.upto for w in views if self._live_waited(w)]
-        upto = None
-        if not self._stopping and uptos:
-            known = [t for t in uptos if t is not None]
-            upto = min(known) if len(known) == len(uptos) else -1
-        parts: list[pool_merge.Sensors | pool_merge.Rows] = []
-        answered = []
-        for w in held:
-            assert w.live is not None
-            batch, done = w.live
-            part = batch.take(upto)
-            if part is not None:
-                parts.append(part)
-            if batch.empty:
-                answered.append(done)
-                w.live = None
-        if parts:
-            self._append_soon(pool_merge.merged(parts), answered)
-        if self._merge_timer is not None:
-            self._merge_timer.cancel()
-            self._merge_timer = None
-        quiet = [w.upto_at for w in views if self._live_waited(w)]
-        if quiet and any(w.live is not None for w in views):
-            loop = asyncio.get_running_loop()
-            due = max(now, min(quiet) + LIVE_WAIT_S)
-            self._merge_timer = loop.call_at(due, self._check_quiet, True)
-
-    def _check_quiet(self, first: bool) -> None:
-        """``_merge_live`` 's timer: the workers quiet now are no longer waited for
-        (``_live_waited``), then merge. In two steps, ``2 * NOTICE_S`` apart: frames
-        that came while this loop was held up (a long evaluation) are read first."""
-        loop = asyncio.get_running_loop()
-        if first:
-            self._merge_timer = loop.call_later(2 * NOTICE_S, self._check_quiet, False)
-            return
-        self._merge_timer = None
-        self._quiet_at = loop.time()
-        self._merge()
-
-    def _live_waited(self, w: WorkerView) -> bool:
-        """Whether the live merge waits on worker ``w`` 's ``upto``: if it runs and has
-        sent one, or started, since ``LIVE_WAIT_S`` before the last check
-        (``_check_quiet``): a worker stopped, hung or gone holds nobody's readings back
-        longer than that; an ``upto`` it sends makes it waited for again."""
-        alive = w.writer is not None and not w.killed
-        return alive and w.upto_at + LIVE_WAIT_S > self._quiet_at
-
-    def _append_soon(
-        self, blocks: list[ReadingBlock], answered: list[asyncio.Future[None]]
-    ) -> None:
-        """``_append`` in a task of its own (``_appends``), in the order decided."""
-        task = asyncio.ensure_future(self._append(blocks, answered))
+        task = asyncio.ensure_future(self._append(pool_merge.blocks(parts), answered))
         self._appends.add(task)
         task.add_done_callback(self._appends.discard)
 
@@ -659,8 +533,6 @@ class MqttIngestPool:
         once per catch-up)."""
         if _unreachable(w):
             return False
-        if not w.reported:  # still starting (``START_TIMEOUT_S`` at most)
-            return True
         if w.pending is not None or now - w.last_batch_at < CATCH_UP_WAIT_S:
             w.not_waited = False
             return True

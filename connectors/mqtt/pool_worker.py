@@ -8,7 +8,7 @@ from typing import Any
 
 from connectors.mqtt.connection import Connection
 from connectors.mqtt.options import MqttOptions
-from connectors.mqtt.pool_merge import Columns, Held
+from connectors.mqtt.pool_merge import Columns
 from connectors.mqtt.worker import REPORT_S, write_frame
 
 __all__ = ["SILENT_REPORTS", "START_TIMEOUT_S", "WorkerView"]
@@ -44,20 +44,13 @@ class WorkerView:
         self.catching_up = False
         #: It caught up once since the pool started (a restart after that catches none).
         self.caught_up = False
-        #: When it last sent a batch, or its first frame (loop time, s).
+        #: When it last sent a batch, or was started (loop time, s).
         self.last_batch_at = 0.0
         #: The others' batches stopped waiting for its catch-up (logged once).
         self.not_waited = False
         #: A batch of that backlog waiting to be merged (``MqttIngestPool._merge``).
         #: What of it is not appended yet, and its answer.
         self.pending: tuple[Columns, asyncio.Future[None]] | None = None
-        #: Its latest ``MqttIngest.received_upto`` (epoch ms; None: none since it
-        #: started) and when it came (loop time, s): the live merge waits on it.
-        self.upto: int | None = None
-        self.upto_at = 0.0
-        #: A live batch waiting to be merged in time order with the others' readings
-        #: received up to the same time, and its answer.
-        self.live: tuple[Held, asyncio.Future[None]] | None = None
 
     def send(self, *frame: Any) -> None:
         """Queue a frame; a worker gone meanwhile misses it (it is restarted with the

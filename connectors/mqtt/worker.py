@@ -13,17 +13,12 @@ Frames, both ways: a 4-byte big-endian length, then a pickle (both ends are this
 one trusted parent and its child). The gateway sends first
 ``("start", index, options, stations, admission, paused_because, log_level)``, then ``("done",)``
 for each request in order, ``("stations", stations)``, ``("pause", why)``, ``("resume",)``
-and ``("stop",)``. The worker sends the requests ``("produce", sensors, upto)``
-(``sensors``: a batch's readings as one ``(station, metric, ts list, value list,
-received list, count list)`` per sensor, in the order they came: the batch's
-``ReceivedBlock`` s merged, for the pickle's cost, a message's block per sensor cost
-more to pickle and unpickle than to decode; with, per run of messages received in one
-millisecond, that time (epoch ms) and its number of readings; ``upto``: its
-``received_upto`` once the batch was taken)
+and ``("stop",)``. The worker sends the requests ``("produce", sensors)``
+(``sensors``: a batch's readings as one ``(station, metric, ts list, value list)`` per
+sensor, in the order they came: the batch's ``ReadingBlock`` s merged, for the pickle's
+cost; a message's block per sensor cost more to pickle and unpickle than to decode)
 and ``("dead", raw, reason, source)`` (one at a time: ``deliver`` awaits each) and the
-notices ``("upto", ms)`` (every ``NOTICE_S``: ``MqttIngest.received_upto``, what the
-pool's live merge waits on), ``("seq", topic, seqs, received_ms)``, ``("drops", total)``,
-``("caught-up",)``
+notices ``("seq", topic, seqs, received_ms)``, ``("drops", total)``, ``("caught-up",)``
 (after the last batch of the backlog its session held: ``MqttIngest.catching_up``),
 ``("session", present)`` (the first CONNACK's "session present", from a retiring
 worker: ``MqttOptions.retire``; it exits 0 once ``MqttIngest.retired``) and, every
@@ -48,25 +43,18 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from connectors.mqtt.client import MqttIngest, ReceivedBlock
+from connectors.mqtt.client import MqttIngest
+from engine.contracts.batch import ReadingBlock
 
-__all__ = ["NOTICE_S", "REPORT_S", "read_frame", "write_frame"]
+__all__ = ["REPORT_S", "read_frame", "write_frame"]
 
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("!I")
 #: How often a worker reports its connection state and counters (seconds).
 REPORT_S = 0.5
-#: How often a worker with no batch in hand says up to when it has handed on what it
-#: received (``("upto", ms)``; seconds).
-NOTICE_S = 0.02
-
-#: A sensor's readings in a batch: times, values, and per message (in the order
-#: taken) when it was received (epoch ms) and how many of the readings are its.
-_Sensor = tuple[list[int], list[float], list[int], list[int]]
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Any:
@@ -87,16 +75,6 @@ class _Gateway:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
-        #: ``MqttIngest.received_upto`` of this process's ingest (set once it exists).
-        self.received_upto: Callable[[], int] = lambda: 0
-
-    async def notify(self) -> None:
-        """``("upto", received_upto)`` every ``NOTICE_S``, a batch waiting for its
-        answer or not: the gateway appends the readings of every worker received up
-        to the oldest of these, so that a quiet worker holds nobody's back."""
-        while True:
-            await asyncio.sleep(NOTICE_S)
-            await self.send("upto", self.received_upto())
 
     async def send(self, *frame: Any) -> None:
         write_frame(self._writer, frame)
@@ -115,25 +93,16 @@ class _Gateway:
             waiting.set_result(None)
 
     async def produce(self, readings: list[Any]) -> None:
-        sensors: dict[tuple[str, str], _Sensor] = {}
+        sensors: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
         for block in readings:
-            assert isinstance(block, ReceivedBlock)  # what ``MqttIngest._decode`` returns
-            n, stamp = len(block.ts), block.received_ms
-            c = sensors.get((block.station, block.metric))
-            if c is None:
-                sensors[block.station, block.metric] = (
-                    list(block.ts), list(block.value), [stamp], [n]
-                )  # fmt: skip
+            assert isinstance(block, ReadingBlock)  # what ``MqttIngest._decode`` returns
+            columns = sensors.get((block.station, block.metric))
+            if columns is None:
+                sensors[block.station, block.metric] = (list(block.ts), list(block.value))
             else:
-                c[0].extend(block.ts)
-                c[1].extend(block.value)
-                if c[2][-1] == stamp:  # messages of one millisecond: one run
-                    c[3][-1] += n
-                else:
-                    c[2].append(stamp)
-                    c[3].append(n)
-        batch = [(*sensor, *c) for sensor, c in sensors.items()]
-        await self.request("produce", batch, self.received_upto())
+                columns[0].extend(block.ts)
+                columns[1].extend(block.value)
+        await self.request("produce", [(*sensor, *c) for sensor, c in sensors.items()])
 
     async def dead_letter(self, raw: bytes, reason: str, source: str) -> None:
         await self.request("dead", raw, reason, source)
@@ -215,7 +184,6 @@ async def _serve(sock: socket.socket) -> int:
         on_sequence=gateway.sequence,
     )
     ingest.on_caught_up = gateway.caught_up
-    gateway.received_upto = ingest.received_upto
     if options.retire:
         ingest.on_session = gateway.session
     if paused is not None:
@@ -228,7 +196,6 @@ async def _serve(sock: socket.socket) -> int:
         asyncio.ensure_future(stop.wait()),
         asyncio.ensure_future(ingest.join()),
         asyncio.ensure_future(_report(ingest, gateway, REPORT_S)),
-        asyncio.ensure_future(gateway.notify()),
     ]
     retired = None if ingest.retired is None else asyncio.shield(ingest.retired)
     if retired is not None:

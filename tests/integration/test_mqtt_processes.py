@@ -161,7 +161,7 @@ class _SignallingPool(MqttIngestPool):
             os.kill(w.process.pid, self.sig)
             self.held = [  # before any wait: the other worker's batch goes on
                 (station, t, v)
-                for station, _, ts, values, *_ in frame[1]
+                for station, _, ts, values in frame[1]
                 for t, v in zip(ts, values, strict=True)
             ]
             if self.sig == signal.SIGKILL:

