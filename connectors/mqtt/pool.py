@@ -463,16 +463,22 @@ class MqttIngestPool:
         readings: list[Reading | ReadingBlock] = [*blocks]
         try:
             async with self._append_lock:
+                if self._append_failed is not None:
+                    # An append decided before this one failed: a batch partly in it
+                    # and partly here must not be answered as durable by this one.
+                    raise self._append_failed
                 if readings:
                     await self._produce(readings)
-        except Exception as exc:  # raised by each waiting ``_handle``: the gateway stops
+        except Exception as exc:
             # A batch partly in this append and partly still waiting must not be
-            # answered by a later append: ``_merge`` fails what waits from now on.
-            self._append_failed = exc
+            # answered by a later append: nothing is from now on (``_merge`` fails
+            # what waits), and the gateway stops, whoever was answered here.
+            self._append_failed = self._append_failed or exc
             for done in answered:
                 if not done.done():
                     done.set_exception(exc)
             self._merge()
+            self._fail(exc)
             return
         for done in answered:
             set_done(done)

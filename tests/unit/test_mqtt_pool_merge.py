@@ -48,6 +48,7 @@ def _batch(pool: MqttIngestPool, k: int, station: str, ts: list[int]) -> asyncio
 
 def _catching(appends: _Appends) -> MqttIngestPool:
     pool = MqttIngestPool(MqttOptions(processes=2, broker_drops_topic=None), appends, _nothing)
+    pool._failed = asyncio.get_running_loop().create_future()  # what ``join`` raises
     for w in pool._workers:
         w.catching_up = True
         w.reported = True
@@ -92,7 +93,51 @@ async def _a_failed_append_answers_no_part_of_a_batch() -> None:
     with pytest.raises(OSError):
         await asyncio.wait_for(second, 5)
     assert appends.blocks == []
+    assert pool._failed is not None and isinstance(pool._failed.exception(), OSError)
 
 
 def test_a_batch_partly_in_a_failed_append_is_never_answered_as_durable() -> None:
     asyncio.run(_a_failed_append_answers_no_part_of_a_batch())
+
+
+class _FailingOnce(_Appends):
+    """A ``produce`` whose first append waits for ``release``, then fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def __call__(self, readings: list[Any]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            await self.release.wait()
+            raise OSError("No space left on device")
+        await super().__call__(readings)
+
+
+async def _an_append_after_a_failed_one_answers_nothing() -> None:
+    appends = _FailingOnce()
+    pool = _catching(appends)
+    first = _batch(pool, 0, "HZ001", [1, 2])
+    second = _batch(pool, 1, "HZ002", [1, 5, 9])  # up to 2 goes in append T1 (slow, fails)
+    pool._merge()
+    await asyncio.sleep(0)
+    assert appends.calls == 1 and not second.done()
+    # Worker 0 has caught up: the rest of the second batch goes in append T2, queued
+    # behind T1, answering the second batch.
+    pool._workers[0].catching_up = False
+    pool._merge()
+    appends.release.set()  # T1 fails
+    with pytest.raises(OSError):
+        await asyncio.wait_for(first, 5)
+    # T2 must not append and answer the second batch as durable: its first part was in
+    # T1, lost; the worker would acknowledge it. And the gateway stops.
+    with pytest.raises(OSError):
+        await asyncio.wait_for(second, 5)
+    assert appends.blocks == []
+    assert pool._failed is not None and isinstance(pool._failed.exception(), OSError)
+
+
+def test_an_append_queued_behind_a_failed_one_answers_nothing_and_the_gateway_stops() -> None:
+    asyncio.run(_an_append_after_a_failed_one_answers_nothing())
