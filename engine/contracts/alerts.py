@@ -138,9 +138,23 @@ def pack_lines(lines: Iterable[str], max_bytes: int = MAX_RECORD_BYTES) -> list[
     return records
 
 
-def unpack_events(record: bytes) -> list[AlertEvent]:
-    """The events of a record of the alerts topic (``pack_lines`` of ``to_json``)."""
-    return [AlertEvent.from_json(line) for line in record.split(b"\n") if line]
+def unpack_events(
+    record: bytes, bad: list[tuple[bytes, Exception]] | None = None
+) -> list[AlertEvent]:
+    """The events of a record of the alerts topic (``pack_lines`` of ``to_json``), in
+    order. A line that is not an event raises ``ValueError`` or ``TypeError``; given a
+    ``bad`` list, its ``(line, error)`` is appended there instead and the others are kept."""
+    events = []
+    for line in record.split(b"\n"):
+        if not line:
+            continue
+        try:
+            events.append(AlertEvent.from_json(line))
+        except (ValueError, TypeError) as exc:
+            if bad is None:
+                raise
+            bad.append((line, exc))
+    return events
 
 
 _FIELDS = tuple(f.name for f in fields(AlertEvent))

@@ -35,6 +35,7 @@ from engine.contracts.alerts import (
     AlertEvent,
     ingested_at,
     pack_lines,
+    unpack_events,
     watermark_of,
 )
 from engine.contracts.batch import BatchDecodeError, TelemetryBatch
@@ -346,16 +347,12 @@ class Topology(Sending, PartitionStates, TickWriter):
 
     async def _dispatch(self, stream: Any) -> None:
         async for record in stream.events():
-            events = []
-            for line in (record.value or b"").split(b"\n"):
-                if not line:
-                    continue
-                try:
-                    events.append(AlertEvent.from_json(line))
-                except (ValueError, TypeError) as exc:  # not an alert event: keep it aside
-                    message = record.message
-                    where = f"{message.topic}/{message.partition}@{message.offset}"
-                    await self.send_dead_letter(line, f"bad alert event: {exc}", where)
+            bad: list[tuple[bytes, Exception]] = []  # not alert events: kept aside
+            events = unpack_events(record.value or b"", bad)
+            for line, exc in bad:
+                message = record.message
+                where = f"{message.topic}/{message.partition}@{message.offset}"
+                await self.send_dead_letter(line, f"bad alert event: {exc}", where)
             fresh = await self.dispatcher.dispatch_many(events)
             self._observe_alerts(fresh, record.headers)
             for listener in self.alert_listeners:

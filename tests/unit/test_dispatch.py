@@ -3,6 +3,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from connectors.sinks.jsonl import JsonlSink
 from engine.contracts.alerts import AlertEvent, fingerprint, pack_lines, unpack_events
 from engine.dispatch.delivery import Dispatcher
@@ -125,3 +127,21 @@ def test_a_record_of_events_is_delivered_in_order_once_each_while_a_sink_fails()
     assert [e.at for e in bad.events] == [1, 2, 3]  # its first failure retried
     assert d.counters["duplicates"] == 1 and d.counters["failed.flaky"] == 1
     assert asyncio.run(d.dispatch_many([_event(3), _event(4)])) == [_event(4)]
+
+
+def test_a_bad_line_of_an_alerts_record_raises_or_is_set_aside_with_the_rest_kept() -> None:
+    events = [
+        AlertEvent(
+            f"fp{i}", "flood", f"S{i}", "water_level", "yellow", "none", "firing",
+            i, i, 4.2, 4.0, "summary",
+        )
+        for i in range(3)
+    ]  # fmt: skip
+    record = b"\n".join([events[0].to_json().encode(), b"{not json", events[1].to_json().encode(),
+                         b"[1, 2]", events[2].to_json().encode()])  # fmt: skip
+    with pytest.raises((ValueError, TypeError)):
+        unpack_events(record)
+    bad: list[tuple[bytes, Exception]] = []
+    assert unpack_events(record, bad) == events
+    assert [line for line, _ in bad] == [b"{not json", b"[1, 2]"]
+    assert all(isinstance(exc, (ValueError, TypeError)) for _, exc in bad)

@@ -38,7 +38,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ProducerFenced
 
-from engine.contracts.alerts import AlertEvent
+from engine.contracts.alerts import unpack_events
 from engine.contracts.notification import Receiver
 from engine.dispatch.clock import SystemClock
 from engine.dispatch.config import DispatchConfig
@@ -132,15 +132,10 @@ class DispatchOwnership:
                 continue
             for records in batches.values():
                 for record in records:
-                    events = []
-                    for line in (record.value or b"").split(b"\n"):
-                        if not line:
-                            continue
-                        try:
-                            events.append(AlertEvent.from_json(line))
-                        except (ValueError, TypeError) as exc:
-                            # The alerts agent dead-lettered bad lines before forwarding.
-                            log.error("dispatch topic @%d: bad event: %s", record.offset, exc)
+                    bad: list[tuple[bytes, Exception]] = []
+                    events = unpack_events(record.value or b"", bad)
+                    for _, exc in bad:  # the alerts agent dead-lettered them before forwarding
+                        log.error("dispatch topic @%d: bad event: %s", record.offset, exc)
                     service.receive(events)
                     service.outbox.position = record.offset + 1
 
