@@ -204,7 +204,9 @@ def _parse(
     elif buf[i] == _LBRACKET:
         while True:
             i = _skip(buf, i + 1)
-            if i >= n or buf[i] != _LBRACE:
+            # (No column overflows: _SMALLEST bounds the objects. Checked anyway, as
+            # numba does not check indexes.)
+            if i >= n or buf[i] != _LBRACE or k == len(ts_out):
                 return -1, 0, 0
             i = _object(buf, i, received_ms, ts_out, value_out, k)
             if i < 0:

@@ -14,9 +14,8 @@ usual form (numbers only, no ``seq``; ``connectors.mqtt.decode_fast``) into NumP
 columns, else msgspec decodes it (numbers, ``ts`` in epoch ms or absent, ``seq``)
 straight into typed structs (in C, measured about 5 times faster than ``json.loads``
 and the checks in Python) and checks the columns with ``min``/``max``; anything neither
-takes whole (an ISO ``ts``, a float
-``ts``, a value out of range, bytes that are not JSON, a poison payload) goes to
-``decode_payload`` for the answer and the reason.
+takes whole (an ISO ``ts``, a float ``ts``, a value out of range, bytes that are not
+JSON, a poison payload) goes to ``decode_payload`` for the answer and the reason.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ on ``vigil ingest``): ``ReadingBlock`` s (a sensor's readings as two columns: MQ
 field servers) or a tuple per reading (NB-IoT). Blocks' columns are chained straight
 into arrays (``np.fromiter``: no list of every reading), or joined when every column
 carries its NumPy twin as ``array`` (``connectors.ingest.Times`` and ``Values``, what
-MQTT's usual payload decodes to: no Python number touched here); tuples are transposed by ``zip``,
-names are interned by dicts fed through ``map`` and the rows are grouped by partition
+MQTT's usual payload decodes to: no Python number touched here); tuples are transposed
+by ``zip``, names are interned by dicts fed through ``map`` and the rows are grouped by partition
 with NumPy, so that the Python steps are per block, per station (its murmur2 partition)
 and per partition, never per reading: murmur2 and a ``BatchBuilder.add`` per reading
 were a third of MQTT ingest's CPU at 100 readings a message (issue 16).
