@@ -352,16 +352,31 @@ def _deliver(messages: list[tuple[str, bytes]]) -> tuple[Any, ...]:
     return blocks, dead, seqs, encoded
 
 
-def test_deliver_gives_what_the_plain_path_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+#: Only what the kernel takes: every block carries its arrays, which the batches join
+#: (the years 1 and 9999 then refused by the admission, as on the plain path).
+USUAL_MESSAGES = [(f"vigil/B00{i % 2}/water_level", p) for i, p in enumerate(USUAL)]
+
+
+@pytest.mark.parametrize(
+    ("messages", "readings", "dead_letters"),
+    [(MESSAGES, 5, 8), (USUAL_MESSAGES, 8, 2)],
+    ids=["mixed", "usual"],
+)
+def test_deliver_gives_what_the_plain_path_gives(
+    monkeypatch: pytest.MonkeyPatch,
+    messages: list[tuple[str, bytes]],
+    readings: int,
+    dead_letters: int,
+) -> None:
     """The MQTT ingest's batch with the kernel and with it off (msgspec and the
     reference only): the same readings, dead letters with the same reasons, ``seq``
     numbers and batches."""
-    fast = _deliver(MESSAGES)
+    fast = _deliver(messages)
     monkeypatch.setattr(payload_module, "parse_readings", lambda payload, received_ms: None)
-    plain = _deliver(MESSAGES)
+    plain = _deliver(messages)
     assert fast == plain
     blocks, dead, _, _ = fast
-    assert len(blocks) == 5 and len(dead) == 8
+    assert len(blocks) == readings and len(dead) == dead_letters
 
 
 def test_columns_are_exact_for_integers_near_two_to_the_53() -> None:
