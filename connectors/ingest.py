@@ -37,6 +37,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
 from engine.contracts.batch import ReadingBlock
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "Produce",
     "Reading",
     "Times",
+    "Values",
     "deliver",
 ]
 
@@ -93,13 +97,29 @@ def _iso(ms: int) -> str:
 class Times(list[int]):
     """Readings' times (epoch ms) with their earliest (``lo``) and latest (``hi``), as
     the decoder that built the list found them (``Admission.check_times`` then needs no
-    pass over them). A list: whatever takes a list of times takes it."""
+    pass over them); ``array``, when not None, the same times as an int64 NumPy array
+    (``engine.runtime.batching`` takes it instead of the Python ints). A list: whatever
+    takes a list of times takes it. Never changed after it is made (``lo``, ``hi`` and
+    ``array`` would no longer say what it holds)."""
 
-    __slots__ = ("hi", "lo")
+    __slots__ = ("array", "hi", "lo")
 
-    def __init__(self, ts: list[int], lo: int, hi: int) -> None:
-        super().__init__(ts)
-        self.lo, self.hi = lo, hi
+    def __init__(
+        self, ts: list[int], lo: int, hi: int, array: npt.NDArray[np.int64] | None = None
+    ) -> None:
+        list.__init__(self, ts)  # not super(): a Python call less per message
+        self.lo, self.hi, self.array = lo, hi, array
+
+
+class Values(list[float]):
+    """Readings' values with ``array``, the same values as a float64 NumPy array (see
+    ``Times``). Never changed after it is made."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, values: list[float], array: npt.NDArray[np.float64]) -> None:
+        list.__init__(self, values)
+        self.array = array
 
 
 @dataclass(frozen=True)
