@@ -6,7 +6,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba
+# numba's cache notices a change of a kernel's own file, not of a helper it inlines from
+# another (a run then uses the old helper): the folder is keyed by every kernel source.
+KERNEL_SOURCES := $(sort $(wildcard engine/evaluation/kernels/*.py connectors/*/decode_fast.py \
+                    connectors/*/batch_kernel.py))
+export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba/$(shell cat $(KERNEL_SOURCES) | sha1sum | cut -c1-12)
 
 .PHONY: demo test check lint typecheck unit kernels-nojit bench install system-deps clean
 

@@ -36,6 +36,7 @@ from engine.evaluation.derive.formulas import FormulaDeriver
 from engine.evaluation.events import compound_event, health_event, level_event
 from engine.evaluation.health import HealthChange
 from engine.evaluation.idle import IdleClock
+from engine.evaluation.kernels import health as hk
 from engine.evaluation.runners.base import RawTransition, Runner, signature
 from engine.evaluation.runners.factory import runner_for
 from engine.evaluation.runners.tumbling import TumblingRunner
@@ -158,10 +159,21 @@ class PartitionProcessor:
         reading the clock check passes (one stamped past the gateway's clock plus
         FUTURE_MS fails QC, and clipping it to that limit still dragged every window and
         silence clock minutes ahead, making on-time readings late)."""
-        ts = batch.ts
-        if self.clock is not None:
-            ts = ts[ts <= self.clock() + FUTURE_MS]
+        ts = self._counted(batch.ts)
         return int(ts.max()) if len(ts) else NO_TIME
+
+    def _counted(self, ts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The times of ``ts`` that may move the watermark (see ``_newest``)."""
+        return ts[ts <= self.clock() + FUTURE_MS] if self.clock is not None else ts
+
+    def _prior(self, batch: TelemetryBatch) -> npt.NDArray[np.int64] | None:
+        """The partition's event time before each reading of ``batch``, its readings
+        taken in event-time order (``hk.prior_times``): where a rule's silence is judged
+        inside a batch, so that a gap inside one is found as in batches of one reading.
+        None when no rule has a ``stale``."""
+        if not any(r.sensors.rule.stale_ms > 0 for r in self._runners.values()):
+            return None
+        return hk.prior_times(batch.ts, self._counted(batch.ts), self.watermark)
 
     def on_tick(self, tick: Tick) -> list[AlertEvent]:
         """Silence on the wall clock: the sensors silent for their rule's ``stale`` at the
@@ -181,6 +193,7 @@ class PartitionProcessor:
 
     def _run_rules(self, batch: TelemetryBatch, watermark: int) -> list[AlertEvent]:
         events: list[AlertEvent] = []
+        prior = self._prior(batch)
         for metric_i, metric in enumerate(batch.metrics):
             runners = [r for r in self._runners.values() if r.sensors.rule.metric == metric]
             if not runners:
@@ -189,7 +202,7 @@ class PartitionProcessor:
             # Event-time order per sensor; stable so equal times keep arrival order.
             rows = rows[np.argsort(batch.ts[rows], kind="stable")]
             for runner in runners:
-                events += self._apply(runner, batch, rows, watermark)
+                events += self._apply(runner, batch, rows, watermark, prior)
         return events
 
     def _apply(
@@ -198,6 +211,7 @@ class PartitionProcessor:
         batch: TelemetryBatch,
         rows: npt.NDArray[np.intp],
         watermark: int,
+        prior: npt.NDArray[np.int64] | None,
     ) -> list[AlertEvent]:
         lut, new = runner.sensors.lookup(batch.stations)
         if new:
@@ -207,10 +221,10 @@ class PartitionProcessor:
         rows, sensor = rows[keep], sensor[keep]
         ts, value = batch.ts[rows], batch.value[rows]
         now = self.clock() if self.clock is not None else watermark
-        # ``self.watermark`` is still the partition's event time before this batch.
         raw, changes = runner.apply(
-            sensor, ts, value, batch.quality[rows], watermark, now, self.watermark
-        )
+            sensor, ts, value, batch.quality[rows], watermark, now,
+            None if prior is None else prior[rows],
+        )  # fmt: skip
         if runner.rejected and parse_clause(runner.sensors.rule.rule_id) is not None:
             runner.rejected.clear()  # a compound's clause: its standalone rule reports them
         if runner.rejected:

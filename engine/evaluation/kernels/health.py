@@ -6,10 +6,14 @@ Per sensor, in event-time order:
   sensor) raise a QC alert dated at the first of them ("gauge stuck since 14:05"); the
   next reading that does not fail clears it.
 - **Silence**: no reading for ``stale_ms`` after the last one raises a silent alert dated
-  ``last + stale_ms``, found when the partition's watermark passes that time. A reading
-  clears it, dated at that reading, once the sensor is current again: the reading is
-  within ``stale_ms`` of the partition's event time before its batch (``current_from``).
-  A store-and-forward backlog still older than that, uploaded in chunks while the
+  ``last + stale_ms``, found when the partition's event time passes that time: between
+  batches (``check_silence`` at the watermark) and within one, at a reading that comes
+  ``stale_ms`` or more after the sensor's last one, from ``prior``, the partition's event
+  time before that reading (the processor takes a batch's readings in event-time order,
+  so a gap inside one batch is found as in batches of one reading; the readings of a
+  backlog chunk, each close to the one before, make no silence between them). A reading clears it, dated at that reading, once the
+  sensor is current again: the reading is within ``stale_ms`` of ``prior``. A
+  store-and-forward backlog still older than that, uploaded in chunks while the
   partition's other sensors are current, neither clears the silence nor moves its
   start, so the device's outage is one alert and one all-clear, not one per chunk.
 
@@ -33,9 +37,9 @@ __all__ = [
     "SILENT",
     "change_arrays",
     "check_silence",
-    "current_from",
     "new_health_state",
     "observe",
+    "prior_times",
 ]
 
 QC, SILENT = 1, 2
@@ -72,7 +76,7 @@ def change_arrays(n: int) -> tuple[npt.NDArray[np.generic], ...]:
 
 
 @njit(cache=True)
-def _observe(last_ts, fail_since, fail_run, qc_alert, silent, fail_after, current_from,  # type: ignore[no-untyped-def]
+def _observe(last_ts, fail_since, fail_run, qc_alert, silent, fail_after, stale_ms, prior,  # type: ignore[no-untyped-def]
              sensor, ts, value, flags, o_s, o_k, o_f, o_t, o_since, o_v):  # fmt: skip
     n = 0
     m = ts.shape[0]
@@ -81,6 +85,21 @@ def _observe(last_ts, fail_since, fail_run, qc_alert, silent, fail_after, curren
             prefetch(last_ts, sensor[r + PREFETCH_AHEAD])  # the record's one cache line
         i = sensor[r]
         t = ts[r]
+        current_from = NO_TS
+        if stale_ms > 0 and prior[r] != NO_TS:
+            due = last_ts[i] + stale_ms
+            if not silent[i] and last_ts[i] != NO_TS and due <= prior[r] and due <= t:
+                silent[i] = 1  # a gap in its series the partition passed before this reading
+                o_s[n], o_k[n], o_f[n], o_t[n], o_since[n], o_v[n] = (
+                    i,
+                    SILENT,
+                    1,
+                    last_ts[i] + stale_ms,
+                    last_ts[i],
+                    np.nan,
+                )
+                n += 1
+            current_from = prior[r] - stale_ms + 1
         if silent[i] and t >= current_from:
             silent[i] = 0
             o_s[n], o_k[n], o_f[n], o_t[n], o_since[n], o_v[n] = (
@@ -132,25 +151,34 @@ def observe(
     ts: npt.NDArray[np.int64],
     value: npt.NDArray[np.float64],
     flags: npt.NDArray[np.uint8],
-    current_from: int = NO_TS,
+    prior: npt.NDArray[np.int64] | None = None,
+    stale_ms: int = 0,
 ) -> tuple[npt.NDArray[np.generic], ...]:
     """Take readings (event-time order per sensor) with their QC flags; returns changes.
-    ``current_from`` (ms): the earliest reading that ends a silence (see the module)."""
-    out = change_arrays(2 * len(ts))
+    ``prior`` (ms, one per reading): the partition's event time before it, NO_TS while
+    the partition has none; ``stale_ms`` the rule's silence (0: none). See the module."""
+    if prior is None:
+        prior = np.full(len(ts), NO_TS, np.int64)
+    out = change_arrays(3 * len(ts))  # a reading can begin and end a silence, and a QC run
     n = _observe(
         state["last_ts"], state["fail_since"], state["fail_run"], state["qc_alert"],
-        state["silent"], fail_after, current_from, sensor, ts, value, flags, *out,
+        state["silent"], fail_after, stale_ms, prior, sensor, ts, value, flags, *out,
     )  # fmt: skip
     return tuple(a[:n] for a in out)
 
 
-def current_from(stale_ms: int, partition_ms: int) -> int:
-    """The earliest event time (ms) of a reading that ends its sensor's silence, for a
-    batch evaluated when the partition's event time was ``partition_ms``: a reading
-    within ``stale_ms`` of it (any reading while the partition has none)."""
-    if partition_ms == NO_TS or stale_ms <= 0:
-        return NO_TS
-    return partition_ms - stale_ms + 1
+def prior_times(
+    ts: npt.NDArray[np.int64], counted: npt.NDArray[np.int64], before: int
+) -> npt.NDArray[np.int64]:
+    """For each time of ``ts`` (ms), the partition's event time just before a reading of
+    that time, when a batch's readings are taken in event-time order: the latest of
+    ``counted`` (the batch's times that move the partition's event time) earlier than
+    it, or ``before`` (the partition's time before the batch, NO_TS for none) if later."""
+    ordered = np.sort(counted)
+    at = np.searchsorted(ordered, ts, side="left")
+    earlier = ordered[np.maximum(at - 1, 0)] if len(ordered) else np.full(len(ts), NO_TS)
+    prior = np.where(at > 0, earlier, NO_TS)
+    return np.maximum(prior, before).astype(np.int64, copy=False)
 
 
 def check_silence(
