@@ -52,12 +52,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import cpu_s, report, rss_mib, start_gateway, write_settings
 from bench.nbiot_bare import free_udp_port, start_bare
 from bench.nbiot_devices import WATERLOG, fill_store, imei, lookups
-from bench.nbiot_load import churn, coap_round, push_round
+from bench.nbiot_load import churn, coap_round, go_client, go_round, push_round
 from connectors.mqtt.mosquitto import Mosquitto, free_port
 from simulators.nbiot_fleet import ctwing_body, encode
 
@@ -73,16 +75,30 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
 
 
 def gateway_up(
-    workdir: Path, mqtt_port: int, coap: int, push: int, cache: int, profile: Path | None
+    tree: Path,
+    workdir: Path,
+    mqtt_port: int,
+    coap: int,
+    push: int,
+    cache: int,
+    profile: Path | None,
 ) -> subprocess.Popen[str]:
-    """``vigil run`` in this checkout on the demo gauges and the flood pack, with NB-IoT
-    ingest (CoAP on ``coap``, the push receiver on ``push``, a lookup cache of ``cache``
-    devices); returns once MQTT and NB-IoT ingest both announce they are ready."""
+    """``vigil run`` of checkout ``tree`` on the demo gauges and the flood pack, with
+    NB-IoT ingest (CoAP on ``coap``, the push receiver on ``push``, a lookup cache of
+    ``cache`` devices), its data in ``workdir``; returns once MQTT and NB-IoT ingest
+    both announce they are ready."""
+    # The demo gauges, which also report the waterlogging sensors' metrics (the
+    # gateway admits only the metrics a station lists).
+    stations = yaml.safe_load((ROOT / "rules/packs/demo_stations.yaml").read_text())
+    for station in stations["stations"]:
+        station["metrics"].update({m: WATERLOG.units[m] for m in ("water_depth", "battery_v")})
+    (workdir / "stations.yaml").write_text(yaml.safe_dump(stations, allow_unicode=True))
     config = write_settings(
-        workdir, ROOT / "rules/packs/demo_stations.yaml", [ROOT / "rules/packs/flood.yaml"],
-        mqtt_port, nbiot={"coap_port": coap, "push_port": push, "registry_cache": cache},
+        workdir, workdir / "stations.yaml", [ROOT / "rules/packs/flood.yaml"],
+        mqtt_port, mqtt={"client_id": f"vigil-bench-{workdir.name}"},
+        nbiot={"coap_port": coap, "push_port": push, "registry_cache": cache},
     )  # fmt: skip
-    engine = start_gateway(config, workdir, ROOT, profile)
+    engine = start_gateway(config, workdir, tree, profile)
     ready = threading.Event()
 
     def watch() -> None:
@@ -125,8 +141,14 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=1_000_000)
     ap.add_argument("--uplinks", type=int, default=6000, help="per round and path")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--inflight", type=int, default=256)
+    ap.add_argument("--conns", type=int, default=64, help="client UDP endpoints / TCP conns")
+    ap.add_argument(
+        "--inflight", type=int, default=4, help="CoAP requests outstanding per endpoint (Go)"
+    )
     ap.add_argument("--cache", type=int, default=5000, help="the gateway's registry_cache")
+    ap.add_argument(
+        "--base", type=Path, help="another checkout (a copy of main): its gateway too, interleaved"
+    )
     ap.add_argument("--json", type=Path)
     ap.add_argument(
         "--churn-s",
@@ -141,77 +163,130 @@ def main() -> int:
     store = workdir / "data" / "registry"
     fill_s = fill_store(store, args.devices)
     print(f"store: {args.devices:,} devices in {fill_s:.1f} s", file=sys.stderr)
+    #: The gateways: this checkout's ("gw") and, with --base, the other's ("base"),
+    #: each in its own folder (data, registry store) and with its own ports.
+    trees = {"gw": (ROOT, workdir)}
+    if args.base is not None:
+        basedir = workdir / "base"
+        shutil.copytree(store, basedir / "data" / "registry")
+        trees["base"] = (args.base.resolve(), basedir)
+    go = go_client(workdir)
+    print(f"client: {'Go ' + str(go) if go else 'Python (no Go)'}", file=sys.stderr)
     rng = random.Random(15)
-    draw = iter(rng.sample(range(args.devices), 2 * args.rounds * args.uplinks))
+    draw = iter(rng.sample(range(args.devices), 2 * len(trees) * args.rounds * args.uplinks))
     ts_s = int(time.time()) - 86_400
-    sent = 0
-    rates: dict[str, list[float]] = {k: [] for k in ("coap_bare", "coap", "push_bare", "push")}
-    rss: list[float] = []
-    #: The gateway's CPU time per uplink during its rounds (µs).
-    cpu_us: dict[str, list[float]] = {"coap": [], "push": []}
-    latency: dict[str, list[float]] = {"coap_bare": [], "coap": []}
+    sent = dict.fromkeys(trees, 0)
+    servers = ("bare", *trees)
+    rates: dict[str, list[float]] = {
+        f"{path}_{s}": [] for path in ("coap", "push") for s in servers
+    }
+    rss: dict[str, list[float]] = {g: [] for g in trees}
+    #: The gateways' CPU time per uplink during their rounds (µs).
+    cpu_us: dict[str, list[float]] = {f"{path}_{g}": [] for path in ("coap", "push") for g in trees}
+    latency: dict[str, list[dict[str, float]]] = {f"coap_{s}": [] for s in servers}
     load = [os.getloadavg()[0]]
     coap_bare, http_bare = free_udp_port(), free_port()
     bare = [start_bare("coap", coap_bare), start_bare("http", http_bare)]
+    ports = {"bare": (coap_bare, http_bare)}
+    engines: dict[str, subprocess.Popen[str]] = {}
+
+    def uplinks_of_round() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        nonlocal ts_s
+        coap_reqs, pushes = [], []
+        for k in range(args.uplinks):
+            ts_s += 1
+            body = encode(WATERLOG, [(ts_s, {"water_depth": 0.2, "battery_v": 3.6})])
+            coap_reqs.append((f"/nb/{imei(next(draw))}", body))
+            ts_s += 1
+            i = next(draw)
+            body = encode(WATERLOG, [(ts_s, {"water_depth": 0.2, "battery_v": 3.6})])
+            pushes.append(("/ctwing", ctwing_body(imei(i), f"d{i}", ts_s * 1000, body, k)))
+        return coap_reqs, pushes
+
+    def one_round(server: str, path: str, reqs: list[tuple[str, bytes]]) -> None:
+        coap_port, http_port = ports[server]
+        engine = engines.get(server)
+        before = cpu_s(engine.pid) if engine else 0.0
+        n = len(reqs)
+        if path == "coap":
+            lat: dict[str, float] = {}
+            if go:
+                took = go_round(go, "coap", coap_port, reqs, args.conns, args.inflight, lat)
+            else:
+                seconds: list[float] = []
+                ids = [(p.rsplit("/", 1)[1], b) for p, b in reqs]
+                took = asyncio.run(coap_round(coap_port, ids, args.conns, seconds))
+                lat = percentiles(seconds)
+            latency[f"coap_{server}"].append(lat)
+        elif go:
+            took = go_round(go, "http", http_port, reqs, args.conns, 1)
+        else:
+            took = asyncio.run(push_round(http_port, [b for _, b in reqs], args.conns))
+        rates[f"{path}_{server}"].append(n / took)
+        if engine:
+            cpu_us[f"{path}_{server}"].append((cpu_s(engine.pid) - before) / n * 1e6)
+            sent[server] += n
+
     with Mosquitto() as broker:
-        coap, push = free_udp_port(), free_port()
-        engine = gateway_up(workdir, broker.port, coap, push, args.cache, args.profile)
         try:
-            rss.append(rss_mib(engine.pid))
+            for g, (tree, wd) in trees.items():
+                ports[g] = (free_udp_port(), free_port())
+                engines[g] = gateway_up(
+                    tree,
+                    wd,
+                    broker.port,
+                    *ports[g],
+                    args.cache,
+                    args.profile if g == "gw" else None,
+                )
+                rss[g].append(rss_mib(engines[g].pid))
             for r in range(args.rounds):
-                uplinks = []
-                for _ in range(args.uplinks):
-                    ts_s += 1
-                    body = encode(WATERLOG, [(ts_s, {"water_depth": 0.2, "battery_v": 3.6})])
-                    uplinks.append((imei(next(draw)), body))
-                bodies = []
-                for k in range(args.uplinks):
-                    ts_s += 1
-                    i = next(draw)
-                    body = encode(WATERLOG, [(ts_s, {"water_depth": 0.2, "battery_v": 3.6})])
-                    bodies.append(ctwing_body(imei(i), f"d{i}", ts_s * 1000, body, k))
-                n, m = len(uplinks), args.inflight
-                took = asyncio.run(coap_round(coap_bare, uplinks, m, latency["coap_bare"]))
-                rates["coap_bare"].append(n / took)
-                before = cpu_s(engine.pid)
-                took = asyncio.run(coap_round(coap, uplinks, m, latency["coap"]))
-                rates["coap"].append(n / took)
-                cpu_us["coap"].append((cpu_s(engine.pid) - before) / n * 1e6)
-                rates["push_bare"].append(n / asyncio.run(push_round(http_bare, bodies, m)))
-                before = cpu_s(engine.pid)
-                rates["push"].append(n / asyncio.run(push_round(push, bodies, m)))
-                cpu_us["push"].append((cpu_s(engine.pid) - before) / n * 1e6)
-                sent += 2 * n
-                rss.append(rss_mib(engine.pid))
+                # Each gateway its own devices (every uplink a registry miss); the
+                # bare servers get the first gateway's.
+                load_of = {g: uplinks_of_round() for g in trees}
+                for k, path in enumerate(("coap", "push")):
+                    one_round("bare", path, load_of["gw"][k])
+                    for g in trees:
+                        one_round(g, path, load_of[g][k])
+                for g in trees:
+                    rss[g].append(rss_mib(engines[g].pid))
                 load.append(os.getloadavg()[0])
                 now = ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items())
-                print(f"round {r + 1}: {now}, gateway RSS {rss[-1]:.0f} MiB, "
-                      f"load {load[-1]:.1f}", file=sys.stderr)  # fmt: skip
+                print(f"round {r + 1}: {now}, load {load[-1]:.1f}", file=sys.stderr)
             churned = 0
             rss_churn: list[tuple[float, float]] = []
             if args.churn_s:
                 churned, rss_churn = asyncio.run(
-                    churn(coap, 15, args.devices, args.churn_s, args.inflight, engine.pid)
-                )
-                sent += churned
+                    churn(ports["gw"][0], 15, args.devices, args.churn_s, args.conns,
+                          engines["gw"].pid)
+                )  # fmt: skip
+                sent["gw"] += churned
         finally:
-            engine.terminate()
-            engine.wait(300)
+            for engine in engines.values():
+                engine.terminate()
+                engine.wait(300)
             for p in bare:
                 p.kill()
                 p.wait()
-    readings = logged_readings(workdir / "data")
-    assert readings == 2 * sent, f"{readings} readings in the log, {2 * sent} sent"
+    readings = {g: logged_readings(wd / "data") for g, (_, wd) in trees.items()}
+    for g, n in readings.items():
+        assert n == 2 * sent[g], f"{g}: {n} readings in the log, {2 * sent[g]} sent"
     med = {k: statistics.median(v) for k, v in rates.items()}
+    ratios = {
+        f"{path}_{g}_over_{b}": med[f"{path}_{g}"] / med[f"{path}_{b}"]
+        for path in ("coap", "push") for g in trees for b in servers if b != g and g != "base"
+    }  # fmt: skip
     result: dict[str, Any] = {
         "devices": args.devices, "uplinks_per_round": args.uplinks, "rounds": args.rounds,
-        "inflight": args.inflight, "gateway_registry_cache": args.cache,
-        "coap_uplinks_per_s": med["coap"], "coap_bare_per_s": med["coap_bare"],
-        "coap_ratio": med["coap"] / med["coap_bare"],
-        "push_per_s": med["push"], "push_bare_per_s": med["push_bare"],
-        "push_ratio": med["push"] / med["push_bare"],
-        "rounds_per_s": rates, "readings_in_log": readings,
-        "coap_latency_ms": {k: percentiles(v) for k, v in latency.items()},
+        "conns": args.conns, "inflight_per_conn": args.inflight,
+        "client": "go" if go else "python", "base": str(args.base) if args.base else None,
+        "gateway_registry_cache": args.cache,
+        "per_s_median": med, "ratios": ratios, "rounds_per_s": rates,
+        "readings_in_log": readings,
+        "coap_latency_ms_median_of_rounds": {
+            k: {q: statistics.median(r[q] for r in v) for q in ("p50", "p90", "p99")}
+            for k, v in latency.items()
+        },
         "gateway_cpu_us_per_uplink": {k: statistics.median(v) for k, v in cpu_us.items()},
         "gateway_rss_mib": rss, "loadavg_1m": load, "cpus": os.cpu_count(),
         "store_fill_s": fill_s,
