@@ -3,23 +3,31 @@ requests/s through a running gateway, each against a baseline measured in the sa
 run; registry lookups/s at a million devices; the gateway's memory while devices churn.
 
     NUMBA_CACHE_DIR=$PWD/.cache/numba .venv/bin/python bench/nbiot_e2e.py \\
-        [--devices 1000000] [--uplinks 6000] [--rounds 3] [--inflight 256] \\
-        [--cache 5000] [--churn-s 300] [--json bench/results/nbiot-e2e.json]
+        [--devices 1000000] [--uplinks 6000] [--rounds 3] [--conns 64] [--inflight 4] \\
+        [--base /tmp/main-copy] [--cache 5000] [--churn-s 300] [--json bench/results/x.json]
 
 1. A registry store of ``--devices`` waterlogging sensors (written straight into the
    store in ``vigil registry import``'s records; the import itself is measured by
-   ``bench/bench_registry.py``) on the demo gauges, and ``vigil run`` on it with
-   ``nbiot:`` (CoAP and the push receiver, default batching, a lookup cache of
-   ``--cache`` devices) beside mosquitto (``vigil run`` always runs MQTT ingest).
+   ``bench/bench_registry.py``) on the demo gauges (which list the sensors' metrics),
+   and ``vigil run`` on it with ``nbiot:`` (CoAP and the push receiver, default
+   batching, a lookup cache of ``--cache`` devices) beside mosquitto (``vigil run``
+   always runs MQTT ingest). With ``--base``, a second gateway runs the code of that
+   checkout (a copy of main: ``git archive main | tar -x -C DIR``) on a copy of the
+   store, so that a change is measured against it in the same run.
 2. Rounds, interleaved: ``--uplinks`` CoAP confirmable POSTs from distinct devices drawn
-   across the fleet (one 8-byte record each, ``--inflight`` outstanding, aiocoap's
-   client), first to the baseline, a bare aiocoap server in its own process that
-   answers 2.04 at once and only counts, then to the gateway, which answers only once
-   the readings are in the telemetry log; then the same number of CTWing ``dataReport``
-   pushes (aiohttp's client) to a bare aiohttp handler that answers 200, then to the
-   gateway. Each round's devices are new to the gateway's cache: every uplink is a
-   registry miss. Every gateway answer must be 2.04 / 200; at the end the telemetry
-   log must hold every reading sent.
+   across the fleet (one 8-byte record each), first to the baseline, a bare aiocoap
+   server (``udp6``) in its own process that answers 2.04 at once and only counts, then
+   to each gateway, which answers only once the readings are in the telemetry log;
+   then the same number of CTWing ``dataReport`` pushes to a bare aiohttp handler that
+   answers 200, then to each gateway. The client is ``bench/nbiotload`` (Go, built
+   here with ``go build``): ``--conns`` UDP endpoints with ``--inflight`` requests
+   outstanding each, and ``--conns`` HTTP connections; without Go, the Python clients
+   of ``bench/nbiot_load.py`` (one request per endpoint, and slower than the servers).
+   Each round's devices are new to each gateway's cache: every uplink is a registry
+   miss. Every gateway answer must be 2.04 / 200; at the end each telemetry log must
+   hold every reading sent to it. Each gateway's CPU time (user + system, its whole
+   process, from ``/proc``) over its rounds, per uplink, is the figure that does not
+   depend on how many cores the client and the other users leave it.
 3. The gateway's RSS (``/proc/PID/status``) after start and after each round, and with
    ``--churn-s``, every 30 s of CoAP uplinks from random devices across the fleet: the
    lookup cache is bounded, so it levels off however many devices have been seen
@@ -30,10 +38,10 @@ run; registry lookups/s at a million devices; the gateway's memory while devices
    RocksDB read, and what an uplink's decode costs (the product profile's
    ``decode_binary``), against which a lookup should be small.
 
-Rates are medians over the rounds; ``ratio`` is the gateway's median over the
-baseline's. The client runs in this process, on the same cores as the servers. The
-fleet and its lookups are in ``bench/nbiot_devices.py``, the baselines in
-``bench/nbiot_bare.py``, the uplink load in ``bench/nbiot_load.py``.
+Rates are medians over the rounds; ``ratios`` are the gateway's median over the
+bare server's and over the ``--base`` gateway's. The client runs on the same cores as
+the servers. The fleet and its lookups are in ``bench/nbiot_devices.py``, the
+baselines in ``bench/nbiot_bare.py``, the uplink load in ``bench/nbiot_load.py``.
 """
 
 from __future__ import annotations
@@ -82,6 +90,7 @@ def gateway_up(
     push: int,
     cache: int,
     profile: Path | None,
+    linger_ms: int | None = None,
 ) -> subprocess.Popen[str]:
     """``vigil run`` of checkout ``tree`` on the demo gauges and the flood pack, with
     NB-IoT ingest (CoAP on ``coap``, the push receiver on ``push``, a lookup cache of
@@ -97,6 +106,7 @@ def gateway_up(
         workdir, workdir / "stations.yaml", [ROOT / "rules/packs/flood.yaml"],
         mqtt_port, mqtt={"client_id": f"vigil-bench-{workdir.name}"},
         nbiot={"coap_port": coap, "push_port": push, "registry_cache": cache},
+        **({} if linger_ms is None else {"batch": {"linger_ms": linger_ms}}),
     )  # fmt: skip
     engine = start_gateway(config, workdir, tree, profile)
     ready = threading.Event()
@@ -146,6 +156,9 @@ def main() -> int:
         "--inflight", type=int, default=4, help="CoAP requests outstanding per endpoint (Go)"
     )
     ap.add_argument("--cache", type=int, default=5000, help="the gateway's registry_cache")
+    ap.add_argument(
+        "--linger-ms", type=int, help="the gateways' batch.linger_ms (default: theirs, 50)"
+    )
     ap.add_argument(
         "--base", type=Path, help="another checkout (a copy of main): its gateway too, interleaved"
     )
@@ -238,6 +251,7 @@ def main() -> int:
                     *ports[g],
                     args.cache,
                     args.profile if g == "gw" else None,
+                    args.linger_ms,
                 )
                 rss[g].append(rss_mib(engines[g].pid))
             for r in range(args.rounds):
@@ -280,7 +294,7 @@ def main() -> int:
         "devices": args.devices, "uplinks_per_round": args.uplinks, "rounds": args.rounds,
         "conns": args.conns, "inflight_per_conn": args.inflight,
         "client": "go" if go else "python", "base": str(args.base) if args.base else None,
-        "gateway_registry_cache": args.cache,
+        "gateway_registry_cache": args.cache, "linger_ms": args.linger_ms,
         "per_s_median": med, "ratios": ratios, "rounds_per_s": rates,
         "readings_in_log": readings,
         "coap_latency_ms_median_of_rounds": {
