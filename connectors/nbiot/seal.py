@@ -80,15 +80,11 @@ class Counters:
         self._db = Rdict(str(path), options)
         self._sync = WriteOptions()
         self._sync.sync = True
-        #: Accepted since the last ``take``, not yet durable.
+        #: Accepted since the last flush, not yet durable.
         self._pending: dict[str, tuple[int, bytes]] = {}
-        #: Taken and being written (oldest first), until ``forget``.
-        self._writing: list[dict[str, tuple[int, bytes]]] = []
 
     def _last(self, identity: str) -> tuple[int, bytes] | None:
         state = self._pending.get(identity)
-        if state is None:  # then the newest of those being written, then the store
-            state = next((t[identity] for t in reversed(self._writing) if identity in t), None)
         if state is None:
             raw = self._db.get(identity.encode())
             if raw is not None:
@@ -119,34 +115,15 @@ class Counters:
         """Record an accepted payload; durable at the next ``flush``."""
         self._pending[identity] = (counter, tag)
 
-    def take(self) -> dict[str, tuple[int, bytes]]:
-        """The counters accepted since the last ``take``, to ``write`` once the readings
-        of their uplinks are durable (while batches overlap, the next batch's are
-        accepted meanwhile, and must not be written before its readings). ``check``
-        still sees them until ``forget``."""
-        taken, self._pending = self._pending, {}
-        self._writing.append(taken)
-        return taken
-
-    def write(self, taken: dict[str, tuple[int, bytes]]) -> None:
-        """Make ``taken`` durable (one fsynced write); from any thread."""
-        if not taken:
+    def flush(self) -> None:
+        """Make the accepted counters durable (one fsynced write)."""
+        if not self._pending:
             return
         batch = WriteBatch(raw_mode=True)
-        for identity, (counter, tag) in taken.items():
+        for identity, (counter, tag) in self._pending.items():
             batch.put(identity.encode(), _STATE.pack(counter, tag))
         self._db.write(batch, self._sync)
-
-    def forget(self, taken: dict[str, tuple[int, bytes]]) -> None:
-        """After ``write``: ``check`` reads them from the store from now on. On the
-        thread that calls ``check``."""
-        self._writing = [t for t in self._writing if t is not taken]
-
-    def flush(self) -> None:
-        """Make every accepted counter durable (``take``, ``write``, ``forget``)."""
-        taken = self.take()
-        self.write(taken)
-        self.forget(taken)
+        self._pending.clear()
 
     def close(self) -> None:
         self._db.close()

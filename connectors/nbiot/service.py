@@ -32,20 +32,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiocoap
 from aiohttp import web
 
-from connectors.ingest import (
-    Admission,
-    DeadLetter,
-    Inbound,
-    MicroBatcher,
-    Produce,
-    Reading,
-    deliver,
-)
+from connectors.ingest import Admission, DeadLetter, MicroBatcher, Produce, Reading, deliver
 from connectors.nbiot.coap import serve_coap
 from connectors.nbiot.products import Products
 from connectors.nbiot.push import push_app
@@ -61,9 +52,6 @@ __all__ = ["NbiotIngest", "NbiotOptions"]
 log = logging.getLogger(__name__)
 
 SUMMARY_S = 60.0
-#: Batches decoded and handed to the log, not yet answered (memory: a batch is at most
-#: ``max_readings`` uplinks).
-MAX_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -196,63 +184,14 @@ class NbiotIngest:
     # ---- batches -----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        """Take batches while earlier ones are still being written: up to
-        ``MAX_IN_FLIGHT`` at once, answered in their order (``handle``'s ``after``).
-        Raises the first batch's failure (the log cannot be written)."""
-        previous: asyncio.Future[None] | None = None
-        in_flight: set[asyncio.Future[None]] = set()
-        getting: asyncio.Future[list[Uplink]] | None = None
-        try:
-            while True:
-                getting = asyncio.ensure_future(self._batcher.next_batch())
-                # Wait for a batch and a free place, and hear of a failed batch at once
-                # (not at the next uplink: the gateway must stop).
-                while not (getting.done() and len(in_flight) < MAX_IN_FLIGHT):
-                    waits: set[asyncio.Future[Any]] = set(in_flight)
-                    if not getting.done():
-                        waits.add(getting)
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                    for task in [t for t in in_flight if t.done()]:
-                        in_flight.discard(task)
-                        task.result()  # a failed batch stops the ingest
-                previous = asyncio.ensure_future(self.handle(getting.result(), after=previous))
-                in_flight.add(previous)
-                if time.monotonic() - self._last_summary >= SUMMARY_S:
-                    self._summary()
-        finally:
-            # Stopping, or a batch failed: what is not answered, its senders send again.
-            # (A batch taken by a cancelled ``getting`` stays in the batcher.)
-            if getting is not None:
-                getting.cancel()
-            for task in in_flight:
-                task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
+        while True:
+            await self.handle(await self._batcher.next_batch())
+            if time.monotonic() - self._last_summary >= SUMMARY_S:
+                self._summary()
 
-    async def handle(
-        self, batch: Sequence[Uplink], after: asyncio.Future[None] | None = None
-    ) -> None:
-        """Deliver one batch (durable, then answered) and count what became of it.
-
-        ``after``: the batch before, still being written. This one is decoded and
-        handed to the log at once (the log's writer appends it with, or right after,
-        the one before: one fsync for both when they meet), but answered only once
-        ``after`` is done: answers go in order, a duplicate of a sealed payload taken
-        in ``after`` is answered only once that payload is durable, and if ``after``
-        failed this batch answers nothing (its failure is raised here)."""
-        held: list[Inbound] = []
-        await deliver(
-            batch,
-            self.decoder,
-            self._produce_durably,
-            self._dead,
-            self.counters,
-            ack_batch=held.extend,
-        )
-        if after is not None:
-            await after
-        for m in held:
-            assert m.ack is not None  # ack_batch is given only those with an ack
-            m.ack()
+    async def handle(self, batch: Sequence[Uplink]) -> None:
+        """Deliver one batch (durable, then answered) and count what became of it."""
+        await deliver(batch, self.decoder, self._produce_durably, self._dead, self.counters)
         for m in batch:
             if m.outcome is not None:
                 self.uplinks[m.path, "refused"] += 1
@@ -261,20 +200,16 @@ class NbiotIngest:
                 self.uplinks[m.path, "duplicate" if m.duplicate else "taken"] += 1
 
     async def _produce_durably(self, readings: list[Reading | ReadingBlock]) -> None:
-        # Called by deliver right after it decoded the batch (no await in between):
-        # the refusals and sealed counters noted now are this batch's.
-        refusals, self.decoder.refusals = self.decoder.refusals, []
-        counters = self._seal_counters.take()
         await self._produce(readings)
         # Before the answers too: the first refused metric of an uplink that gave
         # readings (only such uplinks leave refusals, so produce runs for their batch).
+        refusals, self.decoder.refusals = self.decoder.refusals, []
         for raw, reason, source in refusals:
             await self._dead(raw, reason, source)
             self.counters["dead_letter"] += 1
         # After the readings, before the answers: a crash in between makes a resend
         # a duplicate of what is in the log, never a loss.
-        await asyncio.to_thread(self._seal_counters.write, counters)
-        self._seal_counters.forget(counters)
+        await asyncio.to_thread(self._seal_counters.flush)
 
     async def _dead(self, raw: bytes, reason: str, source: str) -> None:
         await self._dead_letter(raw, reason, source)
