@@ -25,7 +25,7 @@ from aiocoap import resource
 from connectors.nbiot.seal import AuthError
 from connectors.nbiot.uplink import NotAdmitted, UnknownDevice, Uplink
 
-__all__ = ["UplinkResource", "serve_coap"]
+__all__ = ["ANY_ADDRESS", "UplinkResource", "serve_coap", "transport_for"]
 
 PREFIX = "nb"
 
@@ -75,8 +75,30 @@ class UplinkResource(resource.Resource, resource.PathCapable):
         return aiocoap.Message(code=_code(up), payload=reason)
 
 
+#: Hosts that bind every address of the machine.
+ANY_ADDRESS = ("", "0.0.0.0", "::")
+
+
+def transport_for(host: str) -> str:
+    """The aiocoap server transport for ``host``: ``simplesocketserver`` for one address,
+    ``udp6`` for the any-address.
+
+    Why not always ``udp6``: it reads each datagram with ``recvmsg`` and its ancillary
+    data, and its peer address parses the address text with ``ipaddress`` each time it
+    is shown (``hostinfo``, and aiocoap's ``repr`` of every request, which it builds
+    eagerly to name the rendering task): under load that was a third of the gateway's
+    CPU per CoAP uplink (py-spy, ``bench/NBIOT_RESULTS.md``). ``simplesocketserver``
+    is aiocoap's plain asyncio datagram server, whose peer address is the socket's
+    ``(host, port)``. It cannot serve the any-address (it could not tell which of the
+    machine's addresses a request came to, to answer from it), and it does not hear
+    ICMP errors (a separate response to a device gone is retransmitted until it gives
+    up, as over any path that loses them); the any-address keeps ``udp6``."""
+    return "udp6" if host in ANY_ADDRESS else "simplesocketserver"
+
+
 async def serve_coap(submit: Callable[[Uplink], None], host: str, port: int) -> aiocoap.Context:
-    """A CoAP server on ``host:port`` (UDP); ``shutdown()`` the context to stop it."""
+    """A CoAP server on ``host:port`` (UDP, ``transport_for(host)``); ``shutdown()``
+    the context to stop it."""
     return await aiocoap.Context.create_server_context(
-        UplinkResource(submit), bind=(host, port), transports=["udp6"]
+        UplinkResource(submit), bind=(host, port), transports=[transport_for(host)]
     )
