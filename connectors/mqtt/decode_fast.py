@@ -5,7 +5,7 @@ Python object per reading until the columns become the lists a ``ReadingBlock`` 
 list of objects, whose members are ``"value"`` (a JSON number) and optionally ``"ts"``
 (a JSON integer of at most 18 digits within ``MIN_TS_MS``..``MAX_TS_MS``), each once, in
 either order, with JSON whitespace anywhere JSON allows it. A ``value`` is taken when its
-double is exact by Clinger's fast path (at most 15 significant digits and a decimal
+double is exact by Clinger's fast path (a digit string below 2**53 and a decimal
 exponent within ±22: the digits and the power of ten are both exact doubles, so one
 IEEE multiplication or division rounds correctly, the double Python's ``float`` gives);
 a JSON integer is ``float`` of the integer, so ``-0`` is ``0.0`` as in Python. Anything
@@ -111,9 +111,10 @@ def _object(
             i += 1  # a digit after a leading zero (not JSON) then ends the member: refused
         else:
             while i < n and _ZERO <= buf[i] <= _NINE:
+                # int() first: a uint8 digit made the sum uint8 with the JIT off (NumPy NEP 50)
                 if digits == 18:
                     return -1
-                mantissa = mantissa * 10 + (buf[i] - _ZERO)
+                mantissa = mantissa * 10 + (int(buf[i]) - _ZERO)
                 digits += 1
                 i += 1
         exponent = 0
@@ -126,7 +127,7 @@ def _object(
             while i < n and _ZERO <= buf[i] <= _NINE:
                 if digits == 18:
                     return -1
-                mantissa = mantissa * 10 + (buf[i] - _ZERO)
+                mantissa = mantissa * 10 + (int(buf[i]) - _ZERO)
                 if mantissa:
                     digits += 1
                 exponent -= 1
@@ -145,7 +146,7 @@ def _object(
             while i < n and _ZERO <= buf[i] <= _NINE:
                 if e_digits == 4:
                     return -1
-                e = e * 10 + (buf[i] - _ZERO)
+                e = e * 10 + (int(buf[i]) - _ZERO)
                 e_digits += 1
                 i += 1
             exponent += -e if exp_negative else e

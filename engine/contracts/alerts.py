@@ -142,15 +142,16 @@ def unpack_events(
     record: bytes, bad: list[tuple[bytes, Exception]] | None = None
 ) -> list[AlertEvent]:
     """The events of a record of the alerts topic (``pack_lines`` of ``to_json``), in
-    order. A line that is not an event raises ``ValueError`` or ``TypeError``; given a
-    ``bad`` list, its ``(line, error)`` is appended there instead and the others are kept."""
+    order. A line that is not an event raises ``ValueError``, ``TypeError`` or
+    ``RecursionError``; given a ``bad`` list, its ``(line, error)`` is appended there
+    instead and the others are kept."""
     events = []
     for line in record.split(b"\n"):
         if not line:
             continue
         try:
             events.append(AlertEvent.from_json(line))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:  # nested past the stack
             if bad is None:
                 raise
             bad.append((line, exc))

@@ -136,17 +136,25 @@ class PartitionProcessor:
             return []  # already applied before a restart: replaying must not double-count
         events: list[AlertEvent] = []
         if len(batch):
-            watermark = max(self.watermark, self._newest(batch))
-            events += self._run_rules(batch, watermark)
+            moves = self._moves(batch.ts)
+            moved = batch.ts[moves]
+            watermark = max(self.watermark, int(moved.max()) if len(moved) else NO_TIME)
+            stale = self._stale()
+            # Where silence is judged inside the batch (``hk.prior_times``); no rule with
+            # a ``stale``, no need.
+            prior = hk.prior_times(batch.ts, moves, self.watermark) if stale else None
+            events += self._run_rules(batch, watermark, prior)
             formulas = self.formulas.feed(batch)
             if formulas:
-                events += self._run_rules(TelemetryBatch.from_rows(formulas), watermark)
+                events += self._run_derived(TelemetryBatch.from_rows(formulas), watermark,
+                                            moved if stale else None)  # fmt: skip
             if self.aqi is not None:
                 derived = self.aqi.feed(batch, watermark)
                 self.rejected += self.aqi.rejected
                 self.aqi.rejected.clear()
                 if derived:
-                    events += self._run_rules(TelemetryBatch.from_rows(derived), watermark)
+                    events += self._run_derived(TelemetryBatch.from_rows(derived), watermark,
+                                                moved if stale else None)  # fmt: skip
             self.watermark = watermark
             events += self.close_windows(watermark)
         elif batch.tick is not None:
@@ -154,26 +162,26 @@ class PartitionProcessor:
         self.next_offset = offset + 1
         return events
 
-    def _newest(self, batch: TelemetryBatch) -> int:
-        """The batch's latest event time (ms) that may move the watermark: live, only a
-        reading the clock check passes (one stamped past the gateway's clock plus
-        FUTURE_MS fails QC, and clipping it to that limit still dragged every window and
-        silence clock minutes ahead, making on-time readings late)."""
-        ts = self._counted(batch.ts)
-        return int(ts.max()) if len(ts) else NO_TIME
+    def _moves(self, ts: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Which readings may move the watermark: live, only one the clock check passes
+        (one stamped past the gateway's clock plus FUTURE_MS fails QC, and clipping it to
+        that limit still dragged every window and silence clock minutes ahead, making
+        on-time readings late). One clock reading per batch."""
+        if self.clock is None:
+            return np.ones(len(ts), np.bool_)
+        return ts <= self.clock() + FUTURE_MS
 
-    def _counted(self, ts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """The times of ``ts`` that may move the watermark (see ``_newest``)."""
-        return ts[ts <= self.clock() + FUTURE_MS] if self.clock is not None else ts
+    def _stale(self) -> bool:
+        """Whether some rule has a ``stale`` (silence judged inside batches)."""
+        return any(r.sensors.rule.stale_ms > 0 for r in self._runners.values())
 
-    def _prior(self, batch: TelemetryBatch) -> npt.NDArray[np.int64] | None:
-        """The partition's event time before each reading of ``batch``, its readings
-        taken in event-time order (``hk.prior_times``): where a rule's silence is judged
-        inside a batch, so that a gap inside one is found as in batches of one reading.
-        None when no rule has a ``stale``."""
-        if not any(r.sensors.rule.stale_ms > 0 for r in self._runners.values()):
-            return None
-        return hk.prior_times(batch.ts, self._counted(batch.ts), self.watermark)
+    def _run_derived(
+        self, batch: TelemetryBatch, watermark: int, moved: npt.NDArray[np.int64] | None
+    ) -> list[AlertEvent]:
+        """Run the rules on readings derived from a batch whose readings at ``moved``
+        (ms; None: no rule has a ``stale``) moved the partition's time."""
+        prior = None if moved is None else hk.prior_of_derived(batch.ts, moved, self.watermark)
+        return self._run_rules(batch, watermark, prior)
 
     def on_tick(self, tick: Tick) -> list[AlertEvent]:
         """Silence on the wall clock: the sensors silent for their rule's ``stale`` at the
@@ -191,9 +199,13 @@ class PartitionProcessor:
             events += self._health_events(runner, runner.check_silence(self.watermark + idle_ms))
         return events
 
-    def _run_rules(self, batch: TelemetryBatch, watermark: int) -> list[AlertEvent]:
+    def _run_rules(
+        self, batch: TelemetryBatch, watermark: int, prior: npt.NDArray[np.int64] | None
+    ) -> list[AlertEvent]:
+        """Apply ``batch`` to every rule on its metrics; ``prior``: the partition's event
+        time before each of its readings (``hk.prior_times``), None when no rule has a
+        ``stale``."""
         events: list[AlertEvent] = []
-        prior = self._prior(batch)
         for metric_i, metric in enumerate(batch.metrics):
             runners = [r for r in self._runners.values() if r.sensors.rule.metric == metric]
             if not runners:
@@ -239,8 +251,9 @@ class PartitionProcessor:
         events: list[AlertEvent] = []
         if self.aqi is not None:
             derived = self.aqi.flush(watermark)
-            if derived:
-                events += self._run_rules(TelemetryBatch.from_rows(derived), watermark)
+            if derived:  # hours that closed: after every reading that moved the time
+                none = np.empty(0, np.int64) if self._stale() else None
+                events += self._run_derived(TelemetryBatch.from_rows(derived), watermark, none)
         for runner in self._runners.values():
             events += self._events(runner, runner.close(watermark))
             events += self._health_events(runner, runner.check_silence(watermark))

@@ -138,10 +138,10 @@ def test_a_bad_line_of_an_alerts_record_raises_or_is_set_aside_with_the_rest_kep
         for i in range(3)
     ]  # fmt: skip
     record = b"\n".join([events[0].to_json().encode(), b"{not json", events[1].to_json().encode(),
-                         b"[1, 2]", events[2].to_json().encode()])  # fmt: skip
+                         b"[1, 2]", b"[" * 100_000, events[2].to_json().encode()])  # fmt: skip
     with pytest.raises((ValueError, TypeError)):
         unpack_events(record)
     bad: list[tuple[bytes, Exception]] = []
     assert unpack_events(record, bad) == events
-    assert [line for line, _ in bad] == [b"{not json", b"[1, 2]"]
-    assert all(isinstance(exc, (ValueError, TypeError)) for _, exc in bad)
+    assert [line for line, _ in bad] == [b"{not json", b"[1, 2]", b"[" * 100_000]
+    assert all(isinstance(exc, (ValueError, TypeError, RecursionError)) for _, exc in bad)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.contracts.alerts import AlertEvent
-from engine.contracts.ruleset import RuleSet, ThresholdRule
+from engine.contracts.ruleset import DerivedMetric, RuleSet, ThresholdRule
 from engine.evaluation.kernels import health as hk
 from engine.evaluation.kernels._common import NO_TS
 from engine.tools.replay import replay
@@ -37,7 +37,7 @@ def _key(e: AlertEvent) -> tuple[object, ...]:
 
 def _silences(events: list[AlertEvent]) -> list[tuple[object, ...]]:
     return sorted((_key(e) for e in events if e.labels.get("health") == "silent"),
-                  key=lambda k: (k[6], k))  # fmt: skip
+                  key=lambda k: (k[6], k[5] != "firing", k))  # fmt: skip
 
 
 @pytest.mark.parametrize("aggregate", AGGREGATES)
@@ -84,9 +84,58 @@ def test_every_event_is_the_same_in_any_batching(
     assert sorted(map(_key, replay(ruleset, readings, batch_size=batch_size))) == want
 
 
-def test_prior_times_is_the_latest_earlier_time_or_the_partitions() -> None:
+def test_prior_times_is_the_latest_time_before_each_reading_in_event_time_order() -> None:
     ts = np.array([5, 1, 3, 3, 9], np.int64)
-    assert hk.prior_times(ts, ts, NO_TS).tolist() == [3, NO_TS, 1, 1, 5]
-    assert hk.prior_times(ts, ts, 4).tolist() == [4, 4, 4, 4, 5]
-    counted = np.array([1, 3], np.int64)  # 5 and 9 past the clock: they move nothing
-    assert hk.prior_times(ts, counted, NO_TS).tolist() == [3, NO_TS, 1, 1, 3]
+    every = np.ones(5, np.bool_)
+    # In stable event-time order 1, 3, 3, 5, 9: the second 3 follows the first.
+    assert hk.prior_times(ts, every, NO_TS).tolist() == [3, NO_TS, 1, 3, 5]
+    assert hk.prior_times(ts, every, 4).tolist() == [4, 4, 4, 4, 5]
+    past_clock = np.array([False, True, True, True, False])  # 5 and 9 move nothing
+    assert hk.prior_times(ts, past_clock, NO_TS).tolist() == [3, NO_TS, 1, 3, 3]
+    moved = np.array([1, 3], np.int64)
+    derived = np.array([3, 1, 7], np.int64)
+    assert hk.prior_of_derived(derived, moved, NO_TS).tolist() == [1, NO_TS, 3]
+    assert hk.prior_of_derived(derived, moved, 2).tolist() == [2, 2, 3]
+
+
+@pytest.mark.parametrize("aggregate", AGGREGATES)
+def test_a_derived_metrics_gap_inside_one_batch_raises_its_silence(aggregate: str) -> None:
+    """A pressure head derived from A's pore pressure, while B reports: A quiet for 50 s
+    inside one batch raises the head's silence as batches of one reading do (the derived
+    readings' partition time is the raw batch's)."""
+    thresholds = np.array([[300.0, 400.0, 450.0, 500.0]], np.float64)
+    rules = tuple(
+        ThresholdRule(f"r_{metric}", metric, (station,), thresholds, window_ms=60 * S,
+                      aggregate=aggregate, stale_ms=STALE)  # type: ignore[arg-type]
+        for metric, station in (("head", "A"), ("pore", "B"))
+    )  # fmt: skip
+    derived = DerivedMetric("ph", "head", "pressure_head", "pore", ("A",), np.array([100.0]))
+    ruleset = RuleSet(rules, derived=(derived,))
+    readings = []
+    for k in range(12):
+        t = T0 + k * 10 * S
+        readings.append(("B", "pore", t, 1.0))
+        if not 3 <= k <= 7:
+            readings.append(("A", "pore", t, 1.0))
+    one_batch = _silences(replay(ruleset, readings, batch_size=10_000))
+    assert [(k[0], k[5], k[6]) for k in one_batch] == [
+        ("r_head#silent", "firing", T0 + 20 * S + STALE),
+        ("r_head#silent", "resolved", T0 + 80 * S),
+    ]
+    assert one_batch == _silences(replay(ruleset, readings, batch_size=1))
+
+
+def test_a_reading_exactly_stale_after_the_last_one_is_judged_as_in_batches_of_one() -> None:
+    """B's reading at A's last + stale comes before A's own at that time: batches of one
+    raise A's silence and end it at the same ms; so does one batch."""
+    readings = [("A", "water_level", T0, 1.0), ("B", "water_level", T0, 1.0),
+                ("B", "water_level", T0 + STALE, 1.0), ("A", "water_level", T0 + STALE, 1.0),
+                ("B", "water_level", T0 + STALE + 5 * S, 1.0)]  # fmt: skip
+    for aggregate in AGGREGATES:
+        ruleset = RuleSet((_rule(["A", "B"], aggregate),))
+        one_batch = _silences(replay(ruleset, readings, batch_size=10_000))
+        assert [(k[1], k[5], k[6]) for k in one_batch] == [
+            ("A", "firing", T0 + STALE),
+            ("A", "resolved", T0 + STALE),
+        ]
+        assert one_batch == _silences(replay(ruleset, readings, batch_size=1))

@@ -87,9 +87,9 @@ def health_step(st, fail_after, stale_ms, prior, t, q):  # type: ignore[no-untyp
     """Track QC failure runs and silence (see ``engine.evaluation.kernels.health``:
     ``prior`` is the partition's event time before this reading; the sensor fell silent
     if the reading comes ``stale_ms`` or more after ``seen`` and ``prior`` passed that
-    time, and a reading more than ``stale_ms`` before it
-    neither ends a silence nor moves its start); returns the reading's health events
-    (``EV_*`` bits, 0 in the common case)."""
+    time, and a reading ``stale_ms`` or more before ``prior`` neither ends a silence nor
+    moves its start); returns the reading's health events (``EV_*`` bits, 0 in the
+    common case)."""
     h = as_i64(st["health"])
     ev = 0
     current_from = NO_TS

@@ -9,11 +9,11 @@ Per sensor, in event-time order:
   ``last + stale_ms``, found when the partition's event time passes that time: between
   batches (``check_silence`` at the watermark) and within one, at a reading that comes
   ``stale_ms`` or more after the sensor's last one, from ``prior``, the partition's event
-  time before that reading (the processor takes a batch's readings in event-time order,
-  so a gap inside one batch is found as in batches of one reading; the readings of a
-  backlog chunk, each close to the one before, make no silence between them). A reading clears it, dated at that reading, once the
-  sensor is current again: the reading is within ``stale_ms`` of ``prior``. A
-  store-and-forward backlog still older than that, uploaded in chunks while the
+  time before that reading (``prior_times``: a gap inside one batch is found as in
+  batches of one reading; the readings of a backlog chunk, each close to the one
+  before, make no silence between them). A reading clears it, dated at that reading,
+  once the sensor is current again: the reading is less than ``stale_ms`` before
+  ``prior``. A store-and-forward backlog older than that, uploaded in chunks while the
   partition's other sensors are current, neither clears the silence nor moves its
   start, so the device's outage is one alert and one all-clear, not one per chunk.
 
@@ -39,6 +39,7 @@ __all__ = [
     "check_silence",
     "new_health_state",
     "observe",
+    "prior_of_derived",
     "prior_times",
 ]
 
@@ -168,17 +169,35 @@ def observe(
 
 
 def prior_times(
-    ts: npt.NDArray[np.int64], counted: npt.NDArray[np.int64], before: int
+    ts: npt.NDArray[np.int64], moves: npt.NDArray[np.bool_], before: int
 ) -> npt.NDArray[np.int64]:
-    """For each time of ``ts`` (ms), the partition's event time just before a reading of
-    that time, when a batch's readings are taken in event-time order: the latest of
-    ``counted`` (the batch's times that move the partition's event time) earlier than
-    it, or ``before`` (the partition's time before the batch, NO_TS for none) if later."""
-    ordered = np.sort(counted)
+    """For each reading of a batch (times ``ts``, ms), the partition's event time just
+    before it when the batch's readings are taken one by one in stable event-time order
+    (as the processor takes them, and as batches of one reading in that order would): the
+    latest time of the readings before it in that order that move the partition's time
+    (``moves``; one stamped past the clock does not), or ``before`` (the partition's
+    time before the batch, NO_TS for none) if later. A reading of the same time that
+    came earlier counts; the reading's own time never does."""
+    order = np.argsort(ts, kind="stable")
+    moved = np.where(moves[order], ts[order], NO_TS)
+    run = np.full(len(ts), before, np.int64)
+    if len(ts) > 1:
+        run[1:] = np.maximum(np.maximum.accumulate(moved[:-1]), before)
+    prior = np.empty(len(ts), np.int64)
+    prior[order] = run
+    return prior
+
+
+def prior_of_derived(
+    ts: npt.NDArray[np.int64], moved: npt.NDArray[np.int64], before: int
+) -> npt.NDArray[np.int64]:
+    """``prior_times`` for readings derived from a batch (formulas, AQI): the latest of
+    ``moved`` (the batch's times that moved the partition's time) earlier than each time
+    of ``ts``, or ``before`` if later; a derived reading comes after its sources."""
+    ordered = np.sort(moved)
     at = np.searchsorted(ordered, ts, side="left")
     earlier = ordered[np.maximum(at - 1, 0)] if len(ordered) else np.full(len(ts), NO_TS)
-    prior = np.where(at > 0, earlier, NO_TS)
-    return np.maximum(prior, before).astype(np.int64, copy=False)
+    return np.maximum(np.where(at > 0, earlier, NO_TS), before).astype(np.int64, copy=False)
 
 
 def check_silence(
