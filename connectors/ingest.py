@@ -221,6 +221,15 @@ class MicroBatcher(Generic[T]):
             except RuntimeError:  # the loop is closed
                 log.info("message after shutdown left to its sender")
 
+    def remove(self, unwanted: Callable[[T], bool]) -> int:
+        """Take the ``unwanted`` items out of those waiting (not yet in a batch);
+        returns how many. Thread-safe."""
+        with self._lock:
+            kept = [item for item in self._items if not unwanted(item)]
+            removed = len(self._items) - len(kept)
+            self._items[:] = kept
+        return removed
+
     async def next_batch(self) -> list[T]:
         """Wait for an item, then for more until the batch is full or ``linger_ms`` ends."""
         ready, full = self._ready, self._full

@@ -11,7 +11,9 @@ means the broker redelivers; the kernels recognise a reading they have already c
 and skip it (README, "What the engine evaluates": what each rule kind
 remembers per sensor), so redelivery never double-counts. A stop (SIGTERM) or a pause
 leaves no such copy: the batch in hand is written and acknowledged, and the broker has
-read its PUBACKs, before the disconnect (``pause``, ``stop``). A QoS 0
+read its PUBACKs, before the disconnect (``pause``, ``stop``); the QoS 1 messages
+received and not yet in a batch are never acknowledged: the broker sends them again. A
+QoS 0
 message has no packet id and is never acknowledged (a PUBACK for it is a protocol error
 that makes the broker drop the connection); it is taken like any other, but the device
 chose at most once: what a crash loses of it, no one redelivers.
@@ -129,6 +131,11 @@ class _Mark:
 
     payload: bytes
     ack: PubAck
+
+
+def _left_to_broker(item: object) -> bool:
+    """A QoS 1 message (``_leave``): the broker sends it again unless acknowledged."""
+    return isinstance(item, Inbound) and item.ack is not None
 
 
 @dataclass
@@ -381,15 +388,22 @@ class MqttIngest:
             self._leave()
 
     def _leave(self) -> asyncio.Task[None]:
-        """Stop taking QoS 1 messages and leave the broker once what was taken is written
-        and acknowledged, and the broker has read the acknowledgements (``_fence``), so
-        that it sends none of it again; what arrives meanwhile is left to the broker. The
-        one sequence of ``pause`` and ``stop``; returns the task under way (one at a
-        time)."""
+        """Stop taking QoS 1 messages and leave the broker once the batch in hand is
+        written and acknowledged, and the broker has read the acknowledgements
+        (``_fence``), so that it sends none of it again. The QoS 1 messages received and
+        not yet in a batch are left to the broker with what arrives meanwhile: never
+        acknowledged, it sends them again (after a restart, or on resume). The one
+        sequence of ``pause`` and ``stop``; returns the task under way (one at a time)."""
         if self._leaving is None:
             flushed = asyncio.get_running_loop().create_future()
             with self._gate:
                 self._taking = False
+                # Not written first: the broker keeps up to ``max_inflight_messages``
+                # (20000 in the shipped config) unacknowledged in this socket, tens of
+                # batches behind the one in hand; writing them all made a stop on a slow
+                # disk overrun ``STOP_TIMEOUT_S``, and the broker sent the batch in hand
+                # again (a second copy in the log).
+                self._batcher.remove(_left_to_broker)
                 self._batcher.put(_Flush(flushed))
             self._leaving = asyncio.ensure_future(self._fence(flushed))
         return self._leaving

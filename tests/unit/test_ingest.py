@@ -89,6 +89,19 @@ def test_batcher_takes_items_from_another_thread_in_batches() -> None:
     assert asyncio.run(run()) == [[0, 1, 2], [3, 4, 5]]
 
 
+def test_batcher_removes_what_waits_unwanted_and_hands_on_the_rest_in_order() -> None:
+    async def run() -> tuple[int, list[int]]:
+        batcher: MicroBatcher[int] = MicroBatcher(max_items=100, linger_ms=0)
+        batcher.bind(asyncio.get_running_loop())
+        for i in range(7):
+            batcher.put(i)
+        removed = batcher.remove(lambda i: i % 2 == 1)
+        batcher.put(7)
+        return removed, await batcher.next_batch()
+
+    assert asyncio.run(run()) == (3, [0, 2, 4, 6, 7])
+
+
 def test_batcher_lingers_then_takes_what_came() -> None:
     async def run() -> list[int]:
         batcher: MicroBatcher[int] = MicroBatcher(max_items=100, linger_ms=20)
