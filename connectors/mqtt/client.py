@@ -40,20 +40,11 @@ speaks MQTT 5 with clean start off and a session that never expires
 (``connectors.mqtt.connection.connect``), as persistent as MQTT 3.1.1's
 ``clean_session=False``.
 
-Catching up (``MqttOptions.catch_up_topic``, set on the pool's workers): after its
-first subscription the client also subscribes, unshared, to a topic of its own and
-publishes to it, once, a mark that only this process knows. The broker queues a
-session's messages in order, so the mark comes after every message that waited in the
-session when the client came back: ``catching_up`` is true until it does (its batch
-included), then ``on_caught_up`` is called. The pool merges what its workers take while
-they catch up (``connectors.mqtt.pool``).
-
-Retiring (``MqttOptions.retire``: the client id of a worker the pool no longer has):
-the client resumes the session without subscribing to the data, takes what it holds up
-to the mark, unsubscribes the shared subscription, takes what the broker routed to it
-before that, up to a second mark, leaves as ``stop`` does and ends the session
-(``connectors.mqtt.connection.end_session``); ``retired`` is then done. ``on_session``
-is told whether the broker had the session at all.
+Catching up (``MqttOptions.catch_up_topic``) and retiring (``MqttOptions.retire``),
+set on the pool's workers: ``connectors.mqtt.client_catchup``. Receiving, decoding,
+batching and acknowledging: ``connectors.mqtt.client_receive``. ``MqttIngest`` has both
+as bases and holds the connection and the lifecycle (``start``, ``pause``, ``resume``,
+``stop``).
 
 Topic to (station, metric): ``connectors.mqtt.topics``; payloads: ``connectors.mqtt.payload``.
 """
@@ -61,15 +52,12 @@ Topic to (station, metric): ``connectors.mqtt.topics``; payloads: ``connectors.m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
@@ -80,24 +68,26 @@ from connectors.ingest import (
     MicroBatcher,
     Produce,
     Stations,
-    deliver,
 )
+from connectors.mqtt import client_catchup
 from connectors.mqtt.broker_drops import DropWatcher
+from connectors.mqtt.client_receive import (
+    BrokerDrops,
+    Receiving,
+    Sequences,
+    _DropCount,
+    _Flush,
+    _Mark,
+)
 from connectors.mqtt.connection import (
     AckFence,
     Connection,
-    PubAck,
-    ack_together,
     connect,
     describe_failure,
-    end_session,
     new_client,
-    set_done,
 )
 from connectors.mqtt.options import MqttOptions
-from connectors.mqtt.payload import decode_columns
 from connectors.mqtt.topics import TopicTemplate
-from engine.contracts.batch import ReadingBlock
 
 __all__ = ["STOP_TIMEOUT_S", "Connection", "MqttIngest", "describe_failure"]
 
@@ -107,46 +97,13 @@ log = logging.getLogger(__name__)
 #: acknowledged (a local fsync: milliseconds), then the fence (``AckFence``).
 STOP_TIMEOUT_S = 20.0
 
-#: While catching up, a new catch-up mark is published every ``REMARK_S`` seconds (s):
-#: a mark can be lost (a broker whose queue limit dropped it, a broker restarted without
-#: its queue), and a worker waiting for it would hold the pool's merge back for ever.
-REMARK_S = 10.0
-
-#: ``on_broker_drops(total)``: the broker's cumulative count of dropped messages.
-BrokerDrops = Callable[[int], Awaitable[None]]
-#: ``on_sequence(topic, seqs, received_ms)``: the ``seq`` numbers of a message that
-#: became readings, in payload order (synchronous, on the event loop).
-Sequences = Callable[[str, list[int], int], None]
-
-
-@dataclass
-class _DropCount:
-    total: int
-
-
-@dataclass
-class _Mark:
-    """A catch-up mark (``MqttOptions.catch_up_topic``) as it came back: one of this
-    process's, or one a process before it published and never read."""
-
-    payload: bytes
-    ack: PubAck
-
 
 def _left_to_broker(item: object) -> bool:
     """A QoS 1 message (``_leave``): the broker sends it again unless acknowledged."""
     return isinstance(item, Inbound) and item.ack is not None
 
 
-@dataclass
-class _Flush:
-    """Put in the batcher by ``_leave``: done once every message taken before it is
-    written and its PUBACK queued (the batcher hands items over in the order put)."""
-
-    done: asyncio.Future[None]
-
-
-class MqttIngest:
+class MqttIngest(Receiving):
     """Subscribes, decodes, micro-batches, produces durably, then acknowledges."""
 
     def __init__(
@@ -291,23 +248,6 @@ class MqttIngest:
             self._publish_mark(self._marks)
         self.subscribed.set()
 
-    def _publish_mark(self, marks: set[bytes]) -> None:
-        """Publish a new mark of this process, added to ``marks`` (thread-safe, as paho's
-        publish)."""
-        assert self.options.catch_up_topic is not None
-        mark = os.urandom(8).hex().encode()
-        marks.add(mark)
-        self._client.publish(self.options.catch_up_topic, mark, qos=1)
-
-    def _mark_again(self) -> None:
-        """Every ``REMARK_S`` while catching up: a mark that was lost is not waited for
-        for ever (the broker queues a new one behind what it holds now)."""
-        if not self.catching_up or self._loop is None:
-            return
-        if self.subscribed.is_set():
-            self._publish_mark(self._marks)
-        self._remark = self._loop.call_later(REMARK_S, self._mark_again)
-
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         # Disconnected first, then not subscribed: whoever reads ``state`` in between
         # sees "disconnected", never "connected" (a /readyz detail said so once).
@@ -317,40 +257,8 @@ class MqttIngest:
         if reason_code != 0:
             log.warning("MQTT disconnected (%s); paho reconnects", reason_code)
 
-    def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:  # brokers check topics are UTF-8; keep the bytes anyway
-            topic = msg._topic.decode("utf-8", "backslashreplace")
-        if topic == self.options.catch_up_topic:
-            mark = _Mark(bytes(msg.payload), PubAck(client, msg.mid))
-            with self._gate:
-                if self._taking:  # else the next connection reads it (as not ours)
-                    self._batcher.put(mark)
-            return
-        inbound = self.inbound(msg.mid, msg.qos, topic, bytes(msg.payload))
-        with self._gate:
-            # Leaving (pause, stop), a QoS 1 message is left to the broker: taken now,
-            # its PUBACK would come after the disconnect and never reach the broker,
-            # which would then deliver it again, a second copy in the log. QoS 0 is
-            # taken: it is never redelivered.
-            if self._taking or inbound.ack is None:
-                self._batcher.put(inbound)
-
     def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
         self._ack_fence.answered()
-
-    def inbound(
-        self, mid: int, qos: int, topic: str, payload: bytes, received_ms: int | None = None
-    ) -> Inbound:
-        """A received message; QoS 0 has no packet id and is never acknowledged (a
-        PUBACK for it is a protocol error that makes the broker drop the connection)."""
-        if received_ms is None:
-            received_ms = int(time.time() * 1000)
-        return Inbound(topic, payload, received_ms, None if qos == 0 else PubAck(self._client, mid))
-
-    def _ack_batch(self, messages: list[Inbound]) -> None:
-        ack_together(self._client, [m.ack for m in messages if isinstance(m.ack, PubAck)])
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -361,7 +269,7 @@ class MqttIngest:
         self._batcher.bind(self._loop)
         self._task = asyncio.ensure_future(self._run())
         if self.catching_up:
-            self._remark = self._loop.call_later(REMARK_S, self._mark_again)
+            self._remark = self._loop.call_later(client_catchup.REMARK_S, self._mark_again)
         for client in (self._client, self._sys_client):
             if client is not None and not (client is self._client and self._paused):
                 self._connect(client)
@@ -474,84 +382,3 @@ class MqttIngest:
                 # Raised to ``join``'s caller already; raised again here it would cut
                 # short the shutdown of everything stopped after the ingest.
                 log.warning("MQTT ingest had failed: %r", exc)
-
-    def _give_up(self, error: BaseException) -> None:
-        if self.retired is not None and not self.retired.done():
-            self.retired.set_exception(error)
-
-    async def _retire(self) -> None:
-        """What a retiring client does once it has caught up (the module's docstring)."""
-        assert self.retired is not None
-        try:
-            await self._end_session()
-        except Exception as exc:  # the worker exits with it; the next start tries again
-            self._give_up(exc)
-
-    async def _end_session(self) -> None:
-        assert self.retired is not None and self.options.catch_up_topic is not None
-        await self._ack_fence.unsubscribe(self._client, self.subscription)
-        # What the broker routed here before it took the UNSUBSCRIBE may still be queued
-        # (beyond the in-flight window): behind a second mark.
-        self._second_mark = second = asyncio.get_running_loop().create_future()
-        while not second.done():  # a new mark every REMARK_S: one may be lost
-            self._publish_mark(self._second_marks)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(second), REMARK_S)
-        with self._gate:
-            self._taking = False
-        await self._ack_fence.leave(self._client)  # the broker has read the PUBACKs
-        await asyncio.to_thread(end_session, self.options, self.options.client_id)
-        log.log(
-            logging.WARNING if self._session_present else logging.DEBUG,
-            "MQTT ingest: the session of %s is ended",
-            self.options.client_id,
-        )
-        set_done(self.retired)
-
-    # ---- batching ------------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        while True:
-            await self._handle(await self._batcher.next_batch())
-
-    def _decode(self, m: Inbound) -> list[ReadingBlock]:
-        """A message's readings as one block: no Python tuple per reading."""
-        station, metric = self.template.parse(m.source)
-        self.admission.check_sensor(station, metric, self.known_stations)
-        seqs: list[int] = []
-        ts, values = decode_columns(m.payload, m.received_ms, seqs)
-        self.admission.check_times(ts, m.received_ms)
-        if seqs and self._on_sequence is not None:
-            self._on_sequence(m.source, seqs, m.received_ms)
-        return [ReadingBlock(station, metric, ts, values)]
-
-    async def _handle(self, items: list[Inbound | _DropCount | _Flush | _Mark]) -> None:
-        messages = [m for m in items if isinstance(m, Inbound)]
-        marks = [m for m in items if isinstance(m, _Mark)]
-        # ``catching_up`` stays true for the batch that holds the mark: the messages
-        # before it in the batch are the session's backlog.
-        await deliver(
-            messages,
-            self._decode,
-            self._produce,
-            self._dead_letter,
-            self.counters,
-            self.options.max_payload_bytes,
-            self._ack_batch,
-        )
-        ack_together(self._client, [m.ack for m in marks])
-        if self.catching_up and any(m.payload in self._marks for m in marks):
-            self.catching_up = False
-            log.info("MQTT ingest %s caught up with its session", self.options.client_id)
-            if self.on_caught_up is not None:
-                self.on_caught_up()
-            if self.options.retire:
-                self._retiring = asyncio.ensure_future(self._retire())
-        elif self._second_mark is not None and any(m.payload in self._second_marks for m in marks):
-            set_done(self._second_mark)
-        for flush in items:
-            if isinstance(flush, _Flush):
-                set_done(flush.done)
-        drops = [d.total for d in items if isinstance(d, _DropCount)]
-        if drops and self._on_broker_drops is not None:
-            await self._on_broker_drops(drops[-1])

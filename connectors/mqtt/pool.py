@@ -22,31 +22,20 @@ takes over its session (and its unacknowledged messages). A worker that dies bef
 ever subscribed (its settings, its code) is not restarted: ``join`` raises, and the
 gateway exits for its supervisor. So does a failed append (the log cannot be written).
 
-A worker that hangs is found: one that has sent nothing for ``SILENT_REPORTS``
-report periods (``REPORT_S`` each: 2.5 s in all) while this side was not busy with its request
-(SIGSTOP, a deadlock; a worker reports even while idle) is logged at ERROR, counted
-(``counters["worker_hangs"]``), no longer counts as subscribed (``state``, ``/readyz``)
-and is killed, then started again like a worker that died: within about 4 s plus its
-restart. A worker that has not reported ``START_TIMEOUT_S`` after its start is killed
-too. Periods in which this process's own event loop was held up (a tick late by more
-than a period) are not counted against a worker.
+A worker that hangs is found, logged at ERROR, counted (``counters["worker_hangs"]``),
+killed and started again like a worker that died: ``connectors.mqtt.pool_watch``.
 
 ``stop``: every worker stops as ``MqttIngest.stop`` does, this process answering its
 batch in hand meanwhile: written here, acknowledged, and read by the broker before the
 worker disconnects (the fence), so nothing appended here is delivered again after a
 restart. A worker that has not exited within ``STOP_TIMEOUT_S`` is killed.
 
-Order: the broker spreads a station's messages over the workers (mosquitto 2: round
-robin), so the log may hold a station's readings out of arrival order across batches;
-the kernels take out-of-order readings within the topology's lateness (README: "Several
-ingest processes"). That holds for live traffic, not for a backlog: while the gateway
-is down (a power cut, a stop) the broker goes on giving each worker's session its share
-of the messages, and the workers, started again, would each take theirs at its own
-pace, a station's readings hours of event time apart in the log. So a worker's batches
-of the backlog its session held (``MqttIngest.catching_up``: up to the mark it puts
-behind it) are merged in time order (``_merge``), and the batches of a worker that has
-caught up wait until none catches up (they are newer). A worker that exits stops being
-waited for.
+Order: a station's readings, spread by the broker over the workers, may reach the log
+out of arrival order across batches (the kernels take them within the topology's
+lateness); the backlogs the workers catch up on after a restart are merged in time
+order: ``connectors.mqtt.pool_backlog``. The answers to each worker's frames:
+``connectors.mqtt.pool_requests``. ``MqttIngestPool`` has both, and the watchdog's
+``Watchdog``, as bases.
 """
 
 from __future__ import annotations
@@ -58,22 +47,22 @@ import re
 import socket
 import sys
 import threading
-import time
 from collections import Counter
-from typing import Any
 
-from connectors.ingest import Admission, DeadLetter, Produce, Reading, Stations
-from connectors.mqtt import pool_merge
+from connectors.ingest import Admission, DeadLetter, Produce, Stations
 from connectors.mqtt.client import STOP_TIMEOUT_S as INGEST_STOP_TIMEOUT_S
 from connectors.mqtt.client import BrokerDrops, MqttIngest, Sequences
-from connectors.mqtt.connection import Connection, set_done
+from connectors.mqtt.connection import Connection
 from connectors.mqtt.options import MqttOptions
+from connectors.mqtt.pool_backlog import CATCH_UP_WAIT_S
+from connectors.mqtt.pool_requests import WorkerRequests
+from connectors.mqtt.pool_watch import Watchdog
 from connectors.mqtt.pool_worker import WorkerView
 from connectors.mqtt.topics import TopicTemplate
-from connectors.mqtt.worker import REPORT_S, read_frame
-from engine.contracts.batch import ReadingBlock
+from connectors.mqtt.worker import read_frame
 
-__all__ = ["Ingest", "MqttIngestPool", "mqtt_ingest"]
+# CATCH_UP_WAIT_S: re-exported, its home before the split.
+__all__ = ["CATCH_UP_WAIT_S", "Ingest", "MqttIngestPool", "mqtt_ingest"]
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +71,12 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = INGEST_STOP_TIMEOUT_S + 5.0
 #: Wait before a dead worker is started again (seconds).
 RESTART_DELAY_S = 1.0
-#: How long the others' batches wait for a worker that is catching up and has sent no
-#: batch (s): one whose mark never comes back (a subscription the broker's ACLs refuse),
-#: or one starting again after it died, is waited for this long at most, not for ever.
-CATCH_UP_WAIT_S = 5.0
 #: Tries to end a session a worker no longer configured still has (a retiring worker
 #: that died is started again this many times in all).
 RETIRE_ATTEMPTS = 3
 
 
-class MqttIngestPool:
+class MqttIngestPool(WorkerRequests, Watchdog):
     """``MqttIngest``'s interface over ``options.processes`` worker processes."""
 
     def __init__(
@@ -356,207 +341,11 @@ class MqttIngestPool:
             self._merge()
         return await w.process.wait()
 
-    async def _handle(self, w: WorkerView, frame: tuple[Any, ...]) -> None:
-        kind = frame[0]
-        if kind == "produce":
-            blocks = [ReadingBlock(*sensor) for sensor in frame[1]]
-            cols = pool_merge.columns(blocks)
-            w.last_batch_at = asyncio.get_running_loop().time()
-            if cols and not self._stopping and any(x.catching_up for x in self._views()):
-                done = asyncio.get_running_loop().create_future()
-                w.pending = (cols, done)
-                self._merge()
-                await done
-            else:
-                if self._appends:  # merged before this batch came: they go first
-                    await asyncio.wait(list(self._appends))
-                readings: list[Reading | ReadingBlock] = [*blocks]
-                await self._produce(readings)
-            w.send("done")
-        elif kind == "caught-up":
-            w.catching_up, w.caught_up = False, True
-            self._merge()
-        elif kind == "session":
-            if frame[1]:
-                log.warning(
-                    "MQTT ingest: the broker still has the session of %s, a worker no "
-                    "longer configured (mqtt.processes was higher): taking the messages "
-                    "it holds, then ending it",
-                    w.options.client_id,
-                )
-                if not any(r.index == w.index + 1 for r in self._retiring):
-                    self._retire(w.index + 1)
-        elif kind == "dead":
-            await self._dead_letter(frame[1], frame[2], frame[3])
-            w.send("done")
-        elif kind == "seq":
-            if self._on_sequence is not None:
-                try:
-                    self._on_sequence(frame[1], frame[2], frame[3])
-                except Exception:  # a bug in following the numbers does not stop ingest
-                    log.exception("MQTT ingest: sequence numbers of %s not followed", frame[1])
-        elif kind == "drops":
-            if self._on_broker_drops is not None:
-                await self._on_broker_drops(frame[1])
-        elif kind == "state":
-            if w.killed:
-                return  # sent before it was taken for hung, read after: not believed
-            connected, error, since_ms, failures, w.subscribed, w.counters = frame[1:]
-            since_ms = since_ms or int(time.time() * 1000)
-            w.connection = Connection(connected, error, since_ms, failures)
-            w.ever_subscribed |= w.subscribed
-            self._merge()  # one that cannot reach the broker is not waited for
-            if w.subscribed and w.restarted:
-                w.restarted = False
-                log.warning("MQTT ingest worker %d subscribed again after its restart", w.index)
-            self._update_subscribed()
-
-    def _merge(self) -> None:
-        """Append what can go of the batches that wait, and answer each batch once all
-        of it is durable (``_append``, one at a time, in order). While workers catch up,
-        and each has a batch waiting: their readings up to the oldest of those
-        batches' newest times, each sensor's in time order (the worker of that batch is
-        then answered and sends its next; a worker's backlog comes in the order it was
-        published, so none of the others holds anything older). The batches of workers
-        that have caught up (newer than any backlog) wait until none catches up; then,
-        or once ``stop`` began, all that waits goes. A catching-up worker with no batch
-        is waited for ``CATCH_UP_WAIT_S`` at most (``_waited_for``; the watchdog's ticks
-        merge again). Once an append failed, nothing that waits is answered."""
-        if not any(w.pending is not None for w in self._views()):
-            return  # nothing waits
-        if self._append_failed is not None:  # none of what waits is answered as durable
-            for w in self._views():
-                if w.pending is not None:
-                    _cols, done = w.pending
-                    w.pending = None
-                    if not done.done():
-                        done.set_exception(self._append_failed)
-            return
-        now = asyncio.get_running_loop().time()
-        catching = [w for w in self._views() if w.catching_up and self._waited_for(w, now)]
-        if self._stopping or not catching:
-            waiting, upto = [w for w in self._views() if w.pending is not None], None
-        elif all(w.pending for w in catching):
-            waiting = catching
-            upto = min(pool_merge.newest(w.pending[0]) for w in catching if w.pending)
-        else:
-            return
-        if not waiting:
-            return
-        parts, answered = [], []
-        for w in waiting:
-            assert w.pending is not None
-            cols, done = w.pending
-            parts.append(pool_merge.take(cols, upto) if upto is not None else cols)
-            if upto is None or not cols:
-                answered.append(done)
-                w.pending = None
-        task = asyncio.ensure_future(self._append(pool_merge.blocks(parts), answered))
-        self._appends.add(task)
-        task.add_done_callback(self._appends.discard)
-
-    async def _append(
-        self, blocks: list[ReadingBlock], answered: list[asyncio.Future[None]]
-    ) -> None:
-        """Append ``blocks`` after the appends before it, then resolve ``answered``
-        (or fail them as the append failed)."""
-        readings: list[Reading | ReadingBlock] = [*blocks]
-        try:
-            async with self._append_lock:
-                if self._append_failed is not None:
-                    # An append decided before this one failed: a batch partly in it
-                    # and partly here must not be answered as durable by this one.
-                    raise self._append_failed
-                if readings:
-                    await self._produce(readings)
-        except Exception as exc:
-            # A batch partly in this append and partly still waiting must not be
-            # answered by a later append: nothing is from now on (``_merge`` fails
-            # what waits), and the gateway stops, whoever was answered here.
-            self._append_failed = self._append_failed or exc
-            for done in answered:
-                if not done.done():
-                    done.set_exception(exc)
-            self._merge()
-            self._fail(exc)
-            return
-        for done in answered:
-            set_done(done)
-
-    async def _watch(self) -> None:
-        """Every ``REPORT_S``: a worker silent for ``SILENT_REPORTS`` ticks in a row
-        (ticks on time only), or without a first report ``START_TIMEOUT_S`` after its
-        start, is hung: ``_hung``."""
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        try:
-            while not self._stopping:
-                await asyncio.sleep(REPORT_S)
-                now = loop.time()
-                # Late, this loop was held up: the workers' frames may wait unread.
-                self._tick(now, on_time=now - last < 2 * REPORT_S)
-                last = now
-        except Exception as exc:  # no watchdog: a hung worker would go unseen
-            log.error("MQTT ingest pool: the watchdog failed: %r; the gateway stops", exc)
-            self._fail(exc)
-
-    def _tick(self, now: float, *, on_time: bool) -> None:
-        """One of ``_watch``'s ticks at loop time ``now``; none once stopping (the
-        workers have ``STOP_TIMEOUT_S``)."""
-        if self._stopping:
-            return
-        for w in self._views():
-            why = w.tick(now, on_time=on_time)
-            if why is not None:
-                self._hung(w, why)
-        self._merge()  # a catching-up worker may no longer be waited for
-
-    def _hung(self, w: WorkerView, why: str) -> None:
-        """Take worker ``w`` for hung: not subscribed from now on, killed (``_run``
-        starts it again; the broker redelivers what it had not acknowledged)."""
-        assert w.process is not None
-        log.error(
-            "MQTT ingest worker %d (pid %d) is hung (%s): killing it to start it again",
-            w.index,
-            w.process.pid,
-            why,
-        )
-        self._retired["worker_hangs"] += 1
-        w.subscribed, w.silent, w.reported, w.killed = False, 0, True, True
-        w.connection = Connection(error=f"worker hung ({why}): restarting")
-        self._update_subscribed()
-        w.process.kill()
-
     def _update_subscribed(self) -> None:
         if all(w.subscribed for w in self._workers):
             self.subscribed.set()
         else:
             self.subscribed.clear()
-
-    def _waited_for(self, w: WorkerView, now: float) -> bool:
-        """Whether the others' batches wait for catching-up worker ``w``: not if it
-        cannot connect, nor once it has sent no batch for ``CATCH_UP_WAIT_S`` (said
-        once per catch-up)."""
-        if _unreachable(w):
-            return False
-        if w.pending is not None or now - w.last_batch_at < CATCH_UP_WAIT_S:
-            w.not_waited = False
-            return True
-        if not w.not_waited:
-            w.not_waited = True
-            log.warning(
-                "MQTT ingest worker %d catches up with no batch for %.0f s: the others' "
-                "batches no longer wait for it",
-                w.index,
-                CATCH_UP_WAIT_S,
-            )
-        return False
-
-
-def _unreachable(w: WorkerView) -> bool:
-    """Worker ``w`` reports that it cannot connect (the broker refuses its client id, or
-    cannot be reached): the others' batches do not wait for its backlog."""
-    return w.reported and not w.connection.connected and w.connection.failures > 0
 
 
 #: The ingest a gateway runs: in its own process, or over worker processes.

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import connectors.mqtt.client as mqtt_client
+import connectors.mqtt.client_catchup as client_catchup
 from connectors.mqtt.client import MqttIngest
 from connectors.mqtt.mosquitto import Mosquitto
 from connectors.mqtt.options import MqttOptions
@@ -63,5 +63,5 @@ async def _caught_up_after_a_lost_mark(broker: Mosquitto) -> bool:
 def test_a_lost_catch_up_mark_is_not_waited_for_for_ever(
     mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(mqtt_client, "REMARK_S", 0.5, raising=False)
+    monkeypatch.setattr(client_catchup, "REMARK_S", 0.5)
     assert asyncio.run(_caught_up_after_a_lost_mark(mosquitto))

@@ -9,7 +9,7 @@ from itertools import repeat
 import pytest
 
 from connectors.ingest import Inbound, Reading
-from connectors.mqtt import client as mqtt
+from connectors.mqtt import client_receive as receive
 from connectors.mqtt.client import MqttIngest
 from connectors.mqtt.options import MqttOptions
 from engine.contracts.batch import ReadingBlock
@@ -48,7 +48,7 @@ def _ingest() -> tuple[MqttIngest, list[object], list[tuple[bytes, str, str]], _
 
 def test_qos0_is_taken_but_never_acknowledged() -> None:
     ingest, produced, dead, acks = _ingest()
-    batch: list[Inbound | mqtt._DropCount] = [
+    batch: list[Inbound | receive._DropCount] = [
         ingest.inbound(0, 0, "vigil/HZ001/water_level", b'{"value": 1, "ts": 1719763200001}', T0),
         ingest.inbound(7, 1, "vigil/HZ001/water_level", b'{"value": 2, "ts": 1719763200002}', T0),
         ingest.inbound(0, 0, "vigil/HZ001/water_level", b"bad", T0),
@@ -68,7 +68,7 @@ def test_qos0_is_taken_but_never_acknowledged() -> None:
 def test_any_exception_on_one_message_dead_letters_it_and_the_rest_flows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = mqtt.decode_columns
+    real = receive.decode_columns
 
     def flaky(
         payload: bytes, received_ms: int, seqs: list[int] | None = None
@@ -77,9 +77,9 @@ def test_any_exception_on_one_message_dead_letters_it_and_the_rest_flows(
             raise KeyError("a bug decode did not foresee")
         return real(payload, received_ms, seqs)
 
-    monkeypatch.setattr(mqtt, "decode_columns", flaky)
+    monkeypatch.setattr(receive, "decode_columns", flaky)
     ingest, produced, dead, acks = _ingest()
-    batch: list[Inbound | mqtt._DropCount] = [
+    batch: list[Inbound | receive._DropCount] = [
         ingest.inbound(1, 1, "vigil/HZ001/water_level", b"boom", T0),
         ingest.inbound(2, 1, "vigil/HZ001/water_level", b'{"value": 2, "ts": 1719763200002}', T0),
     ]

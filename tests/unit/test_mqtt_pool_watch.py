@@ -110,7 +110,7 @@ def test_a_failing_watchdog_ends_the_ingest_rather_than_watch_no_more(
     """Without its watchdog a hung worker would go unseen: the failure goes to ``join``
     (the gateway ends, its supervisor starts it again)."""
     pool, _, _ = _pool()
-    monkeypatch.setattr("connectors.mqtt.pool.REPORT_S", 0.001)
+    monkeypatch.setattr("connectors.mqtt.pool_watch.REPORT_S", 0.001)
 
     def broken(now: float, *, on_time: bool) -> None:
         raise RuntimeError("a bug in the watchdog")
