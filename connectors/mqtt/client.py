@@ -99,8 +99,11 @@ STOP_TIMEOUT_S = 20.0
 
 
 def _left_to_broker(item: object) -> bool:
-    """A QoS 1 message (``_leave``): the broker sends it again unless acknowledged."""
-    return isinstance(item, Inbound) and item.ack is not None
+    """A QoS 1 message or a catch-up mark (``_leave``): the broker sends it again unless
+    acknowledged. A mark left behind the session's backlog comes back after it: taken
+    alone now, it would end the catch-up before that backlog is in (a pause while
+    catching up, then the backlog read as live traffic on resume)."""
+    return isinstance(item, _Mark) or (isinstance(item, Inbound) and item.ack is not None)
 
 
 class MqttIngest(Receiving):

@@ -63,8 +63,10 @@ class _Mark:
 
 @dataclass
 class _Flush:
-    """Put in the batcher by ``_leave``: done once every message taken before it is
-    written and its PUBACK queued (the batcher hands items over in the order put)."""
+    """Put in the batcher by ``_leave``: done once every message taken before it and
+    still in the batcher (``_leave`` leaves QoS 1 messages and marks waiting there to
+    the broker) is written and its PUBACK queued (the batcher hands items over in the
+    order put)."""
 
     done: asyncio.Future[None]
 

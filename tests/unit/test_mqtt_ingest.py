@@ -11,6 +11,7 @@ import pytest
 from connectors.ingest import Inbound, Reading
 from connectors.mqtt import client_receive as receive
 from connectors.mqtt.client import MqttIngest
+from connectors.mqtt.connection import PubAck
 from connectors.mqtt.options import MqttOptions
 from engine.contracts.batch import ReadingBlock
 
@@ -150,3 +151,36 @@ def test_a_reading_within_the_skew_is_taken() -> None:
     ingest.known_stations = {"HZ001": frozenset({"water_level"})}
     _one(ingest, "vigil/HZ001/water_level", b'{"value": 1, "ts": 1719849600000}')  # +24 h
     assert produced == [("HZ001", "water_level", 1_719_849_600_000, 1.0)] and dead == []
+
+
+def test_a_pause_while_catching_up_leaves_the_mark_with_the_backlog_to_the_broker() -> None:
+    """Paused (a nearly full disk) while the session's backlog and then its catch-up mark
+    wait in the batcher: both are left unacknowledged to the broker, which sends them
+    again in that order on resume. Taking the mark alone ended the catch-up before the
+    backlog was in, and the backlog was read as live traffic."""
+    ingest, produced, no_dead, acks = _ingest()
+
+    async def run() -> list[object]:
+        ingest._batcher.bind(asyncio.get_running_loop())
+        ingest.catching_up = True
+        ingest._marks = {b"mark-1"}
+        for k in range(5):
+            payload = b'{"value": %d, "ts": %d}' % (k, T0 + k)
+            ingest._batcher.put(ingest.inbound(k + 1, 1, "vigil/HZ001/water_level", payload, T0))
+        ingest._batcher.put(ingest.inbound(0, 0, "vigil/HZ001/water_level", b'{"value": 9}', T0))
+        ingest._batcher.put(receive._Mark(b"mark-1", PubAck(acks, 99)))  # type: ignore[arg-type]
+
+        async def fenced(flushed: asyncio.Future[None]) -> None:
+            await flushed
+
+        ingest._fence = fenced  # type: ignore[method-assign]  # no broker here
+        leaving = ingest._leave()
+        items = await ingest._batcher.next_batch()
+        await ingest._handle(items)
+        await leaving
+        return items
+
+    items = asyncio.run(run())
+    assert [type(i).__name__ for i in items] == ["Inbound", "_Flush"]  # the QoS 0 one
+    assert [v for *_, v in produced] == [9.0]
+    assert acks.acks == [] and ingest.catching_up and not no_dead

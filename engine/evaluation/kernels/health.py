@@ -193,7 +193,11 @@ def prior_of_derived(
 ) -> npt.NDArray[np.int64]:
     """``prior_times`` for readings derived from a batch (formulas, AQI): the latest of
     ``moved`` (the batch's times that moved the partition's time) earlier than each time
-    of ``ts``, or ``before`` if later; a derived reading comes after its sources."""
+    of ``ts``, or ``before`` if later. A formula's reading has its source's time, so
+    this is its source's prior. An hourly AQI reading is stamped at its hour's start and
+    made when a later reading closes the hour: batches of one judge it at that later
+    reading's prior, so at a gap of exactly ``stale`` they raise a silence (and end it
+    at once) that one batch does not."""
     ordered = np.sort(moved)
     at = np.searchsorted(ordered, ts, side="left")
     earlier = ordered[np.maximum(at - 1, 0)] if len(ordered) else np.full(len(ts), NO_TS)
