@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from engine.contracts.ruleset import ThresholdRule
 from engine.evaluation.kernels import health as hk
-from engine.evaluation.kernels._common import Q_FAIL, Q_SUSPECT
+from engine.evaluation.kernels._common import NO_TS, Q_FAIL, Q_SUSPECT
 from engine.evaluation.kernels.qc import QC_STATE_DTYPE, QCParams, new_qc_state, qc_batch
 
 __all__ = [
@@ -101,19 +101,19 @@ class RuleHealth:
         value: npt.NDArray[np.float64],
         quality: npt.NDArray[np.uint8],
         now_ms: int,
-        prior: npt.NDArray[np.int64] | None = None,
+        partition_ms: int = NO_TS,
     ) -> tuple[npt.NDArray[np.uint8], list[HealthChange]]:
         """Flags for the windows and the health changes.
 
         A flag is the more severe of the reading's and QC's; a SUSPECT reading that the
         rule drops reads FAIL here, since the windows leave FAIL and MISSING readings out.
         Health sees the true flags: a dropped suspect reading is no QC failure.
-        ``prior``: the partition's event time before each reading (silence begins and
-        ends there, ``engine.evaluation.kernels.health``).
+        ``partition_ms``: the partition's event time before the batch (silence ends only
+        for a reading within ``stale`` of it, ``engine.evaluation.kernels.health``).
         """
         flags = qc_batch(self.qc_state, self.params, sensor, ts, value, now_ms, quality)
-        stale = max(self.rule.stale_ms, 0)
-        changes = hk.observe(self.state, FAIL_AFTER, sensor, ts, value, flags, prior, stale)
+        current = hk.current_from(self.rule.stale_ms, partition_ms)
+        changes = hk.observe(self.state, FAIL_AFTER, sensor, ts, value, flags, current)
         if drops_suspect(self.rule):
             flags[flags == Q_SUSPECT] = Q_FAIL
         return flags, health_changes(changes)

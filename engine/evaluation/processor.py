@@ -36,7 +36,6 @@ from engine.evaluation.derive.formulas import FormulaDeriver
 from engine.evaluation.events import compound_event, health_event, level_event
 from engine.evaluation.health import HealthChange
 from engine.evaluation.idle import IdleClock
-from engine.evaluation.kernels import health as hk
 from engine.evaluation.runners.base import RawTransition, Runner, signature
 from engine.evaluation.runners.factory import runner_for
 from engine.evaluation.runners.tumbling import TumblingRunner
@@ -136,25 +135,17 @@ class PartitionProcessor:
             return []  # already applied before a restart: replaying must not double-count
         events: list[AlertEvent] = []
         if len(batch):
-            moves = self._moves(batch.ts)
-            moved = batch.ts[moves]
-            watermark = max(self.watermark, int(moved.max()) if len(moved) else NO_TIME)
-            stale = self._stale()
-            # Where silence is judged inside the batch (``hk.prior_times``); no rule with
-            # a ``stale``, no need.
-            prior = hk.prior_times(batch.ts, moves, self.watermark) if stale else None
-            events += self._run_rules(batch, watermark, prior)
+            watermark = max(self.watermark, self._newest(batch))
+            events += self._run_rules(batch, watermark)
             formulas = self.formulas.feed(batch)
             if formulas:
-                events += self._run_derived(TelemetryBatch.from_rows(formulas), watermark,
-                                            moved if stale else None)  # fmt: skip
+                events += self._run_rules(TelemetryBatch.from_rows(formulas), watermark)
             if self.aqi is not None:
                 derived = self.aqi.feed(batch, watermark)
                 self.rejected += self.aqi.rejected
                 self.aqi.rejected.clear()
                 if derived:
-                    events += self._run_derived(TelemetryBatch.from_rows(derived), watermark,
-                                                moved if stale else None)  # fmt: skip
+                    events += self._run_rules(TelemetryBatch.from_rows(derived), watermark)
             self.watermark = watermark
             events += self.close_windows(watermark)
         elif batch.tick is not None:
@@ -162,26 +153,15 @@ class PartitionProcessor:
         self.next_offset = offset + 1
         return events
 
-    def _moves(self, ts: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-        """Which readings may move the watermark: live, only one the clock check passes
-        (one stamped past the gateway's clock plus FUTURE_MS fails QC, and clipping it to
-        that limit still dragged every window and silence clock minutes ahead, making
-        on-time readings late). One clock reading per batch."""
-        if self.clock is None:
-            return np.ones(len(ts), np.bool_)
-        return ts <= self.clock() + FUTURE_MS
-
-    def _stale(self) -> bool:
-        """Whether some rule has a ``stale`` (silence judged inside batches)."""
-        return any(r.sensors.rule.stale_ms > 0 for r in self._runners.values())
-
-    def _run_derived(
-        self, batch: TelemetryBatch, watermark: int, moved: npt.NDArray[np.int64] | None
-    ) -> list[AlertEvent]:
-        """Run the rules on readings derived from a batch whose readings at ``moved``
-        (ms; None: no rule has a ``stale``) moved the partition's time."""
-        prior = None if moved is None else hk.prior_of_derived(batch.ts, moved, self.watermark)
-        return self._run_rules(batch, watermark, prior)
+    def _newest(self, batch: TelemetryBatch) -> int:
+        """The batch's latest event time (ms) that may move the watermark: live, only a
+        reading the clock check passes (one stamped past the gateway's clock plus
+        FUTURE_MS fails QC, and clipping it to that limit still dragged every window and
+        silence clock minutes ahead, making on-time readings late)."""
+        ts = batch.ts
+        if self.clock is not None:
+            ts = ts[ts <= self.clock() + FUTURE_MS]
+        return int(ts.max()) if len(ts) else NO_TIME
 
     def on_tick(self, tick: Tick) -> list[AlertEvent]:
         """Silence on the wall clock: the sensors silent for their rule's ``stale`` at the
@@ -199,12 +179,7 @@ class PartitionProcessor:
             events += self._health_events(runner, runner.check_silence(self.watermark + idle_ms))
         return events
 
-    def _run_rules(
-        self, batch: TelemetryBatch, watermark: int, prior: npt.NDArray[np.int64] | None
-    ) -> list[AlertEvent]:
-        """Apply ``batch`` to every rule on its metrics; ``prior``: the partition's event
-        time before each of its readings (``hk.prior_times``), None when no rule has a
-        ``stale``."""
+    def _run_rules(self, batch: TelemetryBatch, watermark: int) -> list[AlertEvent]:
         events: list[AlertEvent] = []
         for metric_i, metric in enumerate(batch.metrics):
             runners = [r for r in self._runners.values() if r.sensors.rule.metric == metric]
@@ -214,7 +189,7 @@ class PartitionProcessor:
             # Event-time order per sensor; stable so equal times keep arrival order.
             rows = rows[np.argsort(batch.ts[rows], kind="stable")]
             for runner in runners:
-                events += self._apply(runner, batch, rows, watermark, prior)
+                events += self._apply(runner, batch, rows, watermark)
         return events
 
     def _apply(
@@ -223,7 +198,6 @@ class PartitionProcessor:
         batch: TelemetryBatch,
         rows: npt.NDArray[np.intp],
         watermark: int,
-        prior: npt.NDArray[np.int64] | None,
     ) -> list[AlertEvent]:
         lut, new = runner.sensors.lookup(batch.stations)
         if new:
@@ -233,10 +207,10 @@ class PartitionProcessor:
         rows, sensor = rows[keep], sensor[keep]
         ts, value = batch.ts[rows], batch.value[rows]
         now = self.clock() if self.clock is not None else watermark
+        # ``self.watermark`` is still the partition's event time before this batch.
         raw, changes = runner.apply(
-            sensor, ts, value, batch.quality[rows], watermark, now,
-            None if prior is None else prior[rows],
-        )  # fmt: skip
+            sensor, ts, value, batch.quality[rows], watermark, now, self.watermark
+        )
         if runner.rejected and parse_clause(runner.sensors.rule.rule_id) is not None:
             runner.rejected.clear()  # a compound's clause: its standalone rule reports them
         if runner.rejected:
@@ -251,9 +225,8 @@ class PartitionProcessor:
         events: list[AlertEvent] = []
         if self.aqi is not None:
             derived = self.aqi.flush(watermark)
-            if derived:  # hours that closed: after every reading that moved the time
-                none = np.empty(0, np.int64) if self._stale() else None
-                events += self._run_derived(TelemetryBatch.from_rows(derived), watermark, none)
+            if derived:
+                events += self._run_rules(TelemetryBatch.from_rows(derived), watermark)
         for runner in self._runners.values():
             events += self._events(runner, runner.close(watermark))
             events += self._health_events(runner, runner.check_silence(watermark))

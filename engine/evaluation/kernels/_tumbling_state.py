@@ -223,11 +223,10 @@ def transition_arrays(n: int) -> tuple[npt.NDArray[np.generic], ...]:
 def outputs(n: int) -> tuple[tuple[npt.NDArray[np.generic], ...], ...]:
     """Output arrays for ``process`` on ``n`` readings: level transitions, health
     changes (sensor, kind, firing, ms, since ms, value) and the rows of late readings.
-    A reading can close a window and escalate, or begin and end a silence and clear a
-    QC alert."""
+    A reading can close a window and escalate, or clear a silence and a QC alert."""
     return (
         transition_arrays(2 * n),
-        change_arrays(3 * n),
+        change_arrays(2 * n),
         (np.empty(n, np.int64),),
     )
 

@@ -79,27 +79,16 @@ def window_start(t, w, shift):  # type: ignore[no-untyped-def]
 
 
 # Health events of one reading, bits of ``health_step``'s result.
-EV_SILENCE_OVER, EV_RUN_BEGINS, EV_QC_FIRES, EV_QC_CLEARS, EV_SILENCE_BEGINS = 1, 2, 4, 8, 16
+EV_SILENCE_OVER, EV_RUN_BEGINS, EV_QC_FIRES, EV_QC_CLEARS = 1, 2, 4, 8
 
 
 @njit(cache=True)
-def health_step(st, fail_after, stale_ms, prior, t, q):  # type: ignore[no-untyped-def]
-    """Track QC failure runs and silence (see ``engine.evaluation.kernels.health``:
-    ``prior`` is the partition's event time before this reading; the sensor fell silent
-    if the reading comes ``stale_ms`` or more after ``seen`` and ``prior`` passed that
-    time, and a reading ``stale_ms`` or more before ``prior`` neither ends a silence nor
-    moves its start); returns the reading's health events (``EV_*`` bits, 0 in the
-    common case)."""
+def health_step(st, fail_after, current_from, t, q):  # type: ignore[no-untyped-def]
+    """Track QC failure runs and silence (see ``engine.evaluation.kernels.health``: a
+    reading before ``current_from`` neither ends a silence nor moves its start); returns
+    the reading's health events (``EV_*`` bits, 0 in the common case)."""
     h = as_i64(st["health"])
     ev = 0
-    current_from = NO_TS
-    if stale_ms > 0 and prior != NO_TS:
-        seen = st["seen_ts"]
-        due = seen + stale_ms
-        if not h & SILENT_BIT and seen != NO_TS and due <= prior and due <= t:
-            h |= SILENT_BIT
-            ev |= EV_SILENCE_BEGINS
-        current_from = prior - stale_ms + 1
     if h & SILENT_BIT and t >= current_from:
         h &= ~SILENT_BIT
         ev |= EV_SILENCE_OVER
@@ -123,11 +112,9 @@ def health_step(st, fail_after, stale_ms, prior, t, q):  # type: ignore[no-untyp
 
 
 @njit(cache=True)
-def health_out(hc, n, st, i, ev, t, seen, v, stale_ms):  # type: ignore[no-untyped-def]
+def health_out(hc, n, st, i, ev, t, seen, v):  # type: ignore[no-untyped-def]
     """Write the health changes of events ``ev`` (``seen``: the sensor's newest reading
     before this one)."""
-    if ev & EV_SILENCE_BEGINS:
-        n = health_change(hc, n, i, SILENT, 1, seen + stale_ms, seen, np.nan)
     if ev & EV_SILENCE_OVER:
         n = health_change(hc, n, i, SILENT, 0, t, seen, v)
     if ev & EV_RUN_BEGINS:

@@ -8,10 +8,9 @@ this kernel. Per reading, in the order of the arrays (event-time order per senso
    (``Params``; the engine's rules have no per-sensor QC limits).
 2. **Sensor health**, exactly as :func:`engine.evaluation.kernels.health.observe`: a run of
    ``fail_after`` QC failures raises a QC alert, the next reading that does not fail
-   clears it; silence is found at a reading when the partition's event time before it
-   passed ``last seen + stale_ms`` (between batches, by :func:`silent_due` at the
-   watermark), and a reading within ``stale`` of that time clears it (an older backlog
-   chunk does not).
+   clears it; a reading within ``stale`` of the partition's event time clears a silence
+   alert (an older backlog chunk does not). Silence itself is found by
+   :func:`silent_due` when the partition's watermark passes ``last seen + stale_ms``.
 3. Readings flagged FAIL or MISSING stop here, and so do SUSPECT ones when the rule
    drops them (``Params.drop_from``). Lateness is the sensor's own, never the
    partition's: a store-and-forward backlog of a gauge whose neighbours are current is
@@ -135,16 +134,15 @@ __all__ = [
 
 
 @njit(cache=True)
-def process(state, p, limits, sensor, ts, value, quality, prior, out):  # type: ignore[no-untyped-def]
+def process(state, p, limits, sensor, ts, value, quality, out):  # type: ignore[no-untyped-def]
     """Apply a batch of readings; returns (level transitions, health changes, late rows)
     written to ``out`` (from :func:`outputs` for at least ``len(ts)`` readings).
 
-    ``limits`` = (future_lim, past_lim, stale_ms), ms: QC fails readings after the
-    first or before the second; the third is the rule's silence (0: none), judged at
-    each reading from ``prior``, the partition's event time before it (NO_TS: none;
-    ``engine.evaluation.kernels.health``). ``sensor`` (int32), ``ts`` (int64 ms),
-    ``value`` (float64, the metric's unit), ``quality`` (uint8, the incoming flag) and
-    ``prior`` (int64 ms) are parallel arrays.
+    ``limits`` = (future_lim, past_lim, current_from), ms: QC fails readings after the
+    first or before the second; a reading before the third does not end its sensor's
+    silence (``engine.evaluation.kernels.health.current_from``). ``sensor`` (int32),
+    ``ts`` (int64 ms), ``value`` (float64, the metric's unit) and ``quality`` (uint8,
+    the incoming flag) are parallel arrays.
     Output values are window aggregates (or, for a late reading, its value) in the
     metric's unit.
 
@@ -155,7 +153,7 @@ def process(state, p, limits, sensor, ts, value, quality, prior, out):  # type: 
     Only the rare paths (a transition, a health change) call helpers with arrays: numba
     reference-counts every array argument, which on the per-reading path cost 2x.
     """
-    future_lim, past_lim, stale_ms = limits
+    future_lim, past_lim, current_from = limits
     tr, hc, late = out
     n_tr = n_hc = n_late = 0
     w = p.window_ms
@@ -171,9 +169,9 @@ def process(state, p, limits, sensor, ts, value, quality, prior, out):  # type: 
         st = state[i]
         q = qc_step(st, p, future_lim, past_lim, t, v, quality[r])
         seen = st["seen_ts"]
-        ev = health_step(st, p.fail_after, stale_ms, prior[r], t, q)
+        ev = health_step(st, p.fail_after, current_from, t, q)
         if ev:
-            n_hc = health_out(hc, n_hc, st, i, ev, t, seen, v, stale_ms)
+            n_hc = health_out(hc, n_hc, st, i, ev, t, seen, v)
         if q >= p.drop_from:
             continue  # QC failures (and dropped suspects) never raise or clear a level
         last = st["last_ts"]

@@ -9,6 +9,7 @@ import numpy.typing as npt
 
 from engine.contracts.ruleset import ThresholdCalendar, ThresholdRule
 from engine.evaluation.health import HealthChange
+from engine.evaluation.kernels._common import NO_TS
 
 __all__ = ["RawTransition", "Rejected", "Runner", "SensorIndex", "gathered_thresholds", "periods"]
 
@@ -94,15 +95,13 @@ class Runner(Protocol):
         quality: npt.NDArray[np.uint8],
         watermark: int,
         now_ms: int,
-        prior: npt.NDArray[np.int64] | None = None,
+        partition_ms: int = NO_TS,
     ) -> tuple[list[RawTransition], list[HealthChange]]:
         """Take readings of sensors already indexed, QC them (``quality`` is the incoming
         flag; ``now_ms`` the clock the time checks use) and return the level transitions
-        and the sensor-health changes they cause. ``prior`` (ms, one per reading): the
-        partition's event time before each reading (``hk.prior_times``; None: none yet).
-        A sensor falls silent at a reading when that time passed its last reading plus
-        the rule's ``stale``, and a silent sensor's reading ends its silence only within
-        ``stale`` of it (``engine.evaluation.kernels.health``)."""
+        and the sensor-health changes they cause. ``partition_ms``: the partition's event
+        time before this batch (ms); a silent sensor's reading ends its silence only
+        within the rule's ``stale`` of it (``engine.evaluation.kernels.health``)."""
         ...
 
     def close(self, watermark: int) -> list[RawTransition]:

@@ -136,20 +136,18 @@ class TumblingRunner:
         quality: npt.NDArray[np.uint8],
         watermark: int,
         now_ms: int,
-        prior: npt.NDArray[np.int64] | None = None,
+        partition_ms: int = NO_TS,
     ) -> tuple[list[RawTransition], list[HealthChange]]:
-        if prior is None:
-            prior = np.full(len(ts), NO_TS, np.int64)
         calendar = self.rule.calendar
         if calendar is None or not len(ts):
-            return self._apply(sensor, ts, value, quality, now_ms, prior)
+            return self._apply(sensor, ts, value, quality, now_ms, partition_ms)
         transitions: list[RawTransition] = []
         changes: list[HealthChange] = []
         for a, b, begin, table in periods(calendar, ts):
             transitions += self._close_before(sensor[a:b], begin)
             self._load(begin, table)
             tr, hc = self._apply(sensor[a:b], ts[a:b], value[a:b], quality[a:b], now_ms,
-                                 prior[a:b])  # fmt: skip
+                                 partition_ms)  # fmt: skip
             transitions += tr
             changes += hc
         return transitions, changes
@@ -193,15 +191,15 @@ class TumblingRunner:
         value: npt.NDArray[np.float64],
         quality: npt.NDArray[np.uint8],
         now_ms: int,
-        prior: npt.NDArray[np.int64],
+        partition_ms: int,
     ) -> tuple[list[RawTransition], list[HealthChange]]:
         rule = self.rule
         if len(self._out[2][0]) < len(ts):
             self._out = kernel.outputs(len(ts))
         out = self._out
-        limits = (*time_limits(self.qc, now_ms), max(rule.stale_ms, 0))
+        limits = (*time_limits(self.qc, now_ms), hk.current_from(rule.stale_ms, partition_ms))
         n_tr, n_hc, n_late = kernel.process(
-            self.state, self.params, limits, sensor, ts, value, quality, prior, out
+            self.state, self.params, limits, sensor, ts, value, quality, out
         )
         for r in out[2][0][:n_late].tolist():
             self.rejected.append(Rejected(

@@ -93,9 +93,9 @@ class WindowedRunner:
         quality: npt.NDArray[np.uint8],
         watermark: int,
         now_ms: int,
-        prior: npt.NDArray[np.int64] | None = None,
+        partition_ms: int = NO_TS,
     ) -> tuple[list[RawTransition], list[HealthChange]]:
-        quality, changes = self.health.check(sensor, ts, value, quality, now_ms, prior)
+        quality, changes = self.health.check(sensor, ts, value, quality, now_ms, partition_ms)
         codes = order.taken(self.recent, sensor, ts)  # each reading counts once
         if codes.any():
             # Older than the sensor's last few readings: a sum cannot tell a redelivery
